@@ -1,0 +1,64 @@
+# Everything a fresh clone needs: `make run` serves the dashboard, `make test` runs every check.
+SHELL := /bin/bash
+VENV := .venv
+PYTHON := $(VENV)/bin/python
+PIP_INSTALL := $(VENV)/bin/pip install --quiet --disable-pip-version-check
+BIND ?= 127.0.0.1:8000
+SAMPLE_COUNT ?= 20000
+PYTEST_ARGS ?=
+
+.PHONY: run test test-sqlite test-postgres lint format bench venv dev-venv system-deps clean
+
+$(PYTHON):
+	python3 -m venv $(VENV)
+
+# Reinstall only when a requirements file changed.
+$(VENV)/.requirements: requirements.txt | $(PYTHON)
+	$(PIP_INSTALL) -r requirements.txt 2> >(grep -v "is ignored: it is neither" >&2)
+	touch $@
+
+$(VENV)/.requirements-dev: requirements.txt requirements-dev.txt | $(PYTHON)
+	$(PIP_INSTALL) -r requirements-dev.txt 2> >(grep -v "is ignored: it is neither" >&2)
+	touch $(VENV)/.requirements $@
+
+venv: $(VENV)/.requirements
+dev-venv: $(VENV)/.requirements-dev
+
+run: venv
+	$(PYTHON) manage.py migrate --noinput
+	$(PYTHON) manage.py generate_sample_data --count $(SAMPLE_COUNT) --days 30 --if-empty
+	$(PYTHON) manage.py collectstatic --noinput --verbosity 0
+	@$(PYTHON) manage.py ensure_admin
+	@echo "Serving http://$(BIND)/ (Ctrl-C to stop)"
+	$(VENV)/bin/gunicorn core.wsgi --bind $(BIND) --workers 2 --threads 8 --timeout 120 \
+		--access-logfile - --graceful-timeout 10
+
+lint: dev-venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: dev-venv
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+system-deps:
+	@scripts/install-system-deps
+
+test: dev-venv system-deps lint
+	$(PYTHON) manage.py makemigrations --check --dry-run
+	$(MAKE) --no-print-directory test-sqlite
+	$(MAKE) --no-print-directory test-postgres
+
+test-sqlite: dev-venv
+	@echo "== tests on SQLite"
+	env -u DATABASE_URL $(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test-postgres: dev-venv
+	@echo "== tests on PostgreSQL (throwaway cluster on 127.0.0.1)"
+	scripts/with-postgres $(VENV)/bin/pytest $(PYTEST_ARGS)
+
+bench: dev-venv system-deps
+	$(PYTHON) bench/api_bench.py
+
+clean:
+	rm -rf $(VENV) staticfiles .pytest_cache .ruff_cache

@@ -1,0 +1,131 @@
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.utils import timezone
+
+from llm.models import AlertLog, AlertRule, APIKey, LLMRequestLog, ModelPrice, UserFeedback
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Logged calls are evidence: they can be read and deleted, not edited."""
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+
+class UserFeedbackInline(admin.TabularInline):
+    model = UserFeedback
+    extra = 0
+    fields = ["rating", "comment", "created_at"]
+    readonly_fields = fields
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(LLMRequestLog)
+class LLMRequestLogAdmin(ReadOnlyAdmin):
+    list_display = [
+        "timestamp",
+        "model_name",
+        "status",
+        "error_type",
+        "user_id",
+        "total_tokens",
+        "latency_ms",
+        "cost_estimate",
+        "source",
+    ]
+    list_filter = ["status", "source", "error_type", "model_name", "provider"]
+    search_fields = ["=request_id", "user_id", "session_id", "=trace_id", "prompt_text", "response_text"]
+    date_hierarchy = "timestamp"
+    list_select_related = True
+    show_full_result_count = False  # COUNT(*) over millions of rows on every page is slow
+    inlines = [UserFeedbackInline]
+
+
+@admin.register(UserFeedback)
+class UserFeedbackAdmin(admin.ModelAdmin):
+    list_display = ["created_at", "rating", "request", "comment"]
+    list_filter = ["rating"]
+    search_fields = ["comment", "=request__request_id"]
+    raw_id_fields = ["request"]
+    date_hierarchy = "created_at"
+    list_select_related = ["request"]
+
+
+@admin.register(AlertRule)
+class AlertRuleAdmin(admin.ModelAdmin):
+    list_display = ["name", "metric_type", "threshold", "time_window_minutes", "model_name", "is_active"]
+    list_filter = ["metric_type", "is_active"]
+    search_fields = ["name", "description", "model_name"]
+
+
+@admin.register(AlertLog)
+class AlertLogAdmin(admin.ModelAdmin):
+    list_display = ["triggered_at", "alert_rule", "metric_value", "threshold", "acknowledged", "acknowledged_by"]
+    list_filter = ["acknowledged", "alert_rule"]
+    search_fields = ["message", "alert_rule__name"]
+    date_hierarchy = "triggered_at"
+    list_select_related = ["alert_rule", "acknowledged_by"]
+    readonly_fields = [
+        "alert_rule",
+        "triggered_at",
+        "message",
+        "metric_value",
+        "threshold",
+        "window_start",
+        "window_end",
+        "acknowledged_at",
+        "acknowledged_by",
+        "notifications",
+    ]
+    actions = ["acknowledge"]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    @admin.action(description="Acknowledge selected alerts")
+    def acknowledge(self, request, queryset) -> None:
+        count = sum(alert.acknowledge(request.user) for alert in queryset.filter(acknowledged=False))
+        self.message_user(request, f"Acknowledged {count} alert(s).", messages.SUCCESS)
+
+
+@admin.register(ModelPrice)
+class ModelPriceAdmin(admin.ModelAdmin):
+    list_display = ["model_name", "input_per_million", "output_per_million", "updated_at"]
+    search_fields = ["model_name"]
+
+
+@admin.register(APIKey)
+class APIKeyAdmin(admin.ModelAdmin):
+    list_display = ["name", "key_prefix", "created_at", "last_used_at", "revoked_at"]
+    list_filter = [("revoked_at", admin.EmptyFieldListFilter)]
+    search_fields = ["name", "key_prefix"]
+    fields = ["name", "key_prefix", "created_at", "last_used_at", "revoked_at"]
+    readonly_fields = ["key_prefix", "created_at", "last_used_at", "revoked_at"]
+    actions = ["revoke"]
+
+    def save_model(self, request, obj, form, change) -> None:
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        api_key, raw_key = APIKey.generate(obj.name)
+        obj.pk = api_key.pk
+        obj.key_prefix = api_key.key_prefix
+        obj.key_hash = api_key.key_hash
+        obj.created_at = api_key.created_at
+        self.message_user(
+            request,
+            f"API key for “{api_key.name}”: {raw_key} — copy it now, it will not be shown again.",
+            messages.WARNING,
+        )
+
+    @admin.action(description="Revoke selected keys")
+    def revoke(self, request, queryset) -> None:
+        count = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
+        self.message_user(request, f"Revoked {count} key(s).", messages.SUCCESS)

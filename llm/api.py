@@ -1,0 +1,102 @@
+"""JSON API views. Thin: validate, call one function, answer."""
+
+from __future__ import annotations
+
+from django.http import StreamingHttpResponse
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from llm.models import LLMRequestLog
+from llm.providers import ChatRequest, get_provider
+from llm.proxy import CallContext, PromptOutcome, PromptStream, send_prompt
+from llm.serializers import PromptErrorSerializer, PromptRequestSerializer, PromptResponseSerializer
+
+# How each upstream failure is answered to our caller.
+UPSTREAM_ERROR_STATUS = {
+    LLMRequestLog.ErrorType.TIMEOUT: 504,
+    LLMRequestLog.ErrorType.RATE_LIMIT: 429,
+    LLMRequestLog.ErrorType.CONFIGURATION: 503,
+}
+
+
+def prompt_answer(outcome: PromptOutcome) -> dict:
+    log = outcome.log
+    if outcome.error is not None:
+        return {
+            "request_id": str(log.request_id),
+            "status": log.status,
+            "error_type": outcome.error.error_type,
+            "error_message": outcome.error.message,
+        }
+    return {
+        "request_id": str(log.request_id),
+        "model": log.model_name,
+        "response": outcome.response_text,
+        "prompt_tokens": log.prompt_tokens,
+        "completion_tokens": log.completion_tokens,
+        "total_tokens": log.total_tokens,
+        "latency_ms": round(log.latency_ms, 3),
+        "ttft_ms": round(log.ttft_ms, 3) if log.ttft_ms is not None else None,
+        "cost_estimate": float(log.cost_estimate),
+        "status": log.status,
+    }
+
+
+def error_response(outcome: PromptOutcome) -> Response:
+    status = UPSTREAM_ERROR_STATUS.get(outcome.error.error_type, 502)
+    return Response(prompt_answer(outcome), status=status)
+
+
+class PromptView(APIView):
+    """Send a prompt to Groq; the call is measured and logged whatever happens."""
+
+    @extend_schema(
+        request=PromptRequestSerializer,
+        responses={
+            200: PromptResponseSerializer,
+            400: OpenApiResponse(description="Invalid input; the body names each bad field."),
+            429: PromptErrorSerializer,
+            502: PromptErrorSerializer,
+            503: PromptErrorSerializer,
+            504: PromptErrorSerializer,
+        },
+    )
+    def post(self, request: Request) -> Response | StreamingHttpResponse:
+        serializer = PromptRequestSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        chat = ChatRequest(
+            prompt=data["prompt"],
+            model=data["model"],
+            system_prompt=data.get("system_prompt", ""),
+            max_tokens=data.get("max_tokens"),
+            temperature=data.get("temperature"),
+        )
+        context = CallContext(
+            user_id=data.get("user_id") or self._default_user_id(request),
+            session_id=data.get("session_id", ""),
+            tags=data["tags"],
+        )
+        provider = get_provider()
+        if data["stream"]:
+            prompt_stream = PromptStream(chat, context, provider)
+            failure = prompt_stream.open()
+            if failure is not None:
+                return error_response(failure)
+            response = StreamingHttpResponse(prompt_stream.events(prompt_answer), content_type="text/event-stream")
+            response["Cache-Control"] = "no-cache"
+            response["X-Accel-Buffering"] = "no"  # let nginx pass chunks through as they come
+            return response
+        outcome = send_prompt(chat, context, provider)
+        if outcome.error is not None:
+            return error_response(outcome)
+        return Response(prompt_answer(outcome))
+
+    @staticmethod
+    def _default_user_id(request: Request) -> str:
+        # A prompt from the dashboard's playground is attributed to the person logged in.
+        if request.user and request.user.is_authenticated:
+            return request.user.get_username()
+        return ""

@@ -1,0 +1,337 @@
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, models, transaction
+from django.utils import timezone
+
+ONE_MILLION = Decimal(1_000_000)
+COST_PLACES = Decimal("0.0000000001")
+
+
+class LLMRequestLogQuerySet(models.QuerySet):
+    def in_window(self, start: datetime | None, end: datetime | None) -> LLMRequestLogQuerySet:
+        """Rows with start <= timestamp < end; either bound may be None."""
+        queryset = self
+        if start is not None:
+            queryset = queryset.filter(timestamp__gte=start)
+        if end is not None:
+            queryset = queryset.filter(timestamp__lt=end)
+        return queryset
+
+    def for_model(self, model_name: str | None) -> LLMRequestLogQuerySet:
+        return self.filter(model_name=model_name) if model_name else self
+
+    def successful(self) -> LLMRequestLogQuerySet:
+        return self.filter(status=LLMRequestLog.Status.SUCCESS)
+
+    def failed(self) -> LLMRequestLogQuerySet:
+        return self.filter(status=LLMRequestLog.Status.ERROR)
+
+
+class LLMRequestLogManager(models.Manager.from_queryset(LLMRequestLogQuerySet)):
+    def record(self, **fields: Any) -> tuple[LLMRequestLog, bool]:
+        """Store one call; answers (row, created). A repeated request_id stores nothing new.
+
+        Every path that writes calls (proxy, events, OTLP) goes through here or through
+        `record_many`, so privacy rules, derived totals and cost apply the same way everywhere.
+        """
+        fields.setdefault("cost_estimate", None)  # None: computed from ModelPrice
+        log = LLMRequestLog(**fields)
+        log.prepare_for_storage()
+        try:
+            with transaction.atomic():
+                log.save(force_insert=True)
+        except IntegrityError:
+            existing = self.filter(request_id=log.request_id).first()
+            if existing is None:
+                raise
+            return existing, False
+        return log, True
+
+    def record_many(self, logs: list[LLMRequestLog]) -> tuple[int, int]:
+        """Store many calls in one transaction; answers (created, duplicates).
+
+        A log whose cost_estimate is None gets its cost from ModelPrice.
+        """
+        prices = ModelPrice.objects.price_table()
+        for log in logs:
+            log.prepare_for_storage(prices)
+        ids = [log.request_id for log in logs]
+        with transaction.atomic():
+            existing = set(self.filter(request_id__in=ids).values_list("request_id", flat=True))
+            seen: set[uuid.UUID] = set()
+            new_logs = []
+            for log in logs:
+                if log.request_id in existing or log.request_id in seen:
+                    continue
+                seen.add(log.request_id)
+                new_logs.append(log)
+            # ignore_conflicts covers a concurrent writer inserting the same id meanwhile.
+            self.bulk_create(new_logs, batch_size=500, ignore_conflicts=True)
+        return len(new_logs), len(logs) - len(new_logs)
+
+
+class LLMRequestLog(models.Model):
+    class Source(models.TextChoices):
+        PROXY = "proxy", "Proxy"
+        API = "api", "Events API"
+        OTLP = "otlp", "OpenTelemetry"
+
+    class Status(models.TextChoices):
+        SUCCESS = "success", "Success"
+        ERROR = "error", "Error"
+
+    class ErrorType(models.TextChoices):
+        TIMEOUT = "timeout", "Timeout"
+        RATE_LIMIT = "rate_limit", "Rate limit"
+        AUTHENTICATION = "authentication", "Authentication"
+        BAD_REQUEST = "bad_request", "Bad request"
+        SERVER_ERROR = "server_error", "Server error"
+        CONNECTION_ERROR = "connection_error", "Connection error"
+        CONFIGURATION = "configuration", "Configuration"
+        OTHER = "other", "Other"
+
+    request_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    timestamp = models.DateTimeField(default=timezone.now, db_index=True)
+    source = models.CharField(max_length=8, choices=Source.choices, default=Source.PROXY)
+    provider = models.CharField(max_length=64, default="groq")
+    model_name = models.CharField(max_length=200)
+    user_id = models.CharField(max_length=200, blank=True, default="")
+    session_id = models.CharField(max_length=200, blank=True, default="")
+    trace_id = models.CharField(max_length=32, blank=True, default="")
+    span_id = models.CharField(max_length=16, blank=True, default="")
+    parent_span_id = models.CharField(max_length=16, blank=True, default="")
+    prompt_text = models.TextField(blank=True, default="")
+    response_text = models.TextField(blank=True, default="")
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    completion_tokens = models.PositiveIntegerField(default=0)
+    total_tokens = models.PositiveIntegerField(default=0)
+    latency_ms = models.FloatField(default=0)
+    ttft_ms = models.FloatField(null=True, blank=True)
+    cost_estimate = models.DecimalField(max_digits=20, decimal_places=10, default=Decimal(0))
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.SUCCESS)
+    error_type = models.CharField(max_length=20, choices=ErrorType.choices, blank=True, default="")
+    error_message = models.TextField(blank=True, default="")
+    finish_reason = models.CharField(max_length=32, blank=True, default="")
+    temperature = models.FloatField(null=True, blank=True)
+    max_tokens = models.PositiveIntegerField(null=True, blank=True)
+    tags = models.JSONField(default=dict, blank=True)
+
+    objects = LLMRequestLogManager()
+
+    class Meta:
+        verbose_name = "LLM request log"
+        indexes = [
+            # Dashboard and metrics filtered by model, status or user over a time range.
+            models.Index(fields=["model_name", "timestamp"], name="llm_log_model_time"),
+            models.Index(fields=["status", "timestamp"], name="llm_log_status_time"),
+            models.Index(fields=["user_id", "timestamp"], name="llm_log_user_time"),
+            # The trace view lists every call of one trace.
+            models.Index(fields=["trace_id", "timestamp"], name="llm_log_trace_time"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model_name} {self.status} {self.request_id}"
+
+    @property
+    def is_error(self) -> bool:
+        return self.status == self.Status.ERROR
+
+    def prepare_for_storage(self, prices: dict[str, ModelPrice] | None = None) -> None:
+        """Derive totals and cost, and apply the privacy settings to the stored text."""
+        from llm import privacy
+
+        if not self.total_tokens:
+            self.total_tokens = (self.prompt_tokens or 0) + (self.completion_tokens or 0)
+        if self.cost_estimate is None:
+            self.cost_estimate = ModelPrice.cost_for(
+                self.model_name, self.prompt_tokens, self.completion_tokens, prices
+            )
+        self.prompt_text = privacy.stored_text(self.prompt_text)
+        self.response_text = privacy.stored_text(self.response_text)
+        self.error_message = privacy.stored_text(self.error_message, always_store=True)
+
+
+class UserFeedback(models.Model):
+    class Rating(models.TextChoices):
+        THUMBS_UP = "thumbs_up", "Thumbs up"
+        THUMBS_DOWN = "thumbs_down", "Thumbs down"
+
+    request = models.ForeignKey(LLMRequestLog, on_delete=models.CASCADE, related_name="feedback")
+    rating = models.CharField(max_length=12, choices=Rating.choices)
+    comment = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        verbose_name = "user feedback"
+        verbose_name_plural = "user feedback"
+
+    def __str__(self) -> str:
+        return f"{self.get_rating_display()} on {self.request.request_id}"
+
+
+class AlertRule(models.Model):
+    class MetricType(models.TextChoices):
+        ERROR_RATE = "error_rate", "Error rate (%)"
+        LATENCY_P95 = "latency_p95", "Latency p95 (ms)"
+        TOKEN_SPIKE = "token_spike", "Token spike (ratio to previous window)"
+        COST = "cost", "Cost (USD per window)"
+        NO_TRAFFIC = "no_traffic", "No traffic (fewer requests than threshold)"
+
+    name = models.CharField(max_length=200, unique=True)
+    description = models.TextField(blank=True, default="")
+    metric_type = models.CharField(max_length=16, choices=MetricType.choices)
+    threshold = models.FloatField()
+    time_window_minutes = models.PositiveIntegerField(default=60)
+    model_name = models.CharField(max_length=200, blank=True, default="", help_text="Blank: all models.")
+    cooldown_minutes = models.PositiveIntegerField(default=60)
+    is_active = models.BooleanField(default=True)
+    notify_email = models.BooleanField(default=True)
+    email_recipients = models.TextField(
+        blank=True, default="", help_text="Comma-separated; blank: ALERT_EMAIL_RECIPIENTS."
+    )
+    webhook_url = models.URLField(blank=True, default="", help_text="Blank: ALERT_WEBHOOK_URL.")
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class AlertLog(models.Model):
+    alert_rule = models.ForeignKey(AlertRule, on_delete=models.CASCADE, related_name="logs")
+    triggered_at = models.DateTimeField(default=timezone.now, db_index=True)
+    message = models.TextField()
+    metric_value = models.FloatField(null=True, blank=True)
+    threshold = models.FloatField()
+    window_start = models.DateTimeField()
+    window_end = models.DateTimeField()
+    acknowledged = models.BooleanField(default=False)
+    acknowledged_at = models.DateTimeField(null=True, blank=True)
+    acknowledged_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    # What happened to each channel: {"email": {"status": "sent"|"error", "error": "...", "at": ...}}
+    notifications = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-triggered_at"]
+
+    def __str__(self) -> str:
+        return f"{self.alert_rule.name} at {self.triggered_at:%Y-%m-%d %H:%M}"
+
+    def acknowledge(self, user: Any | None) -> bool:
+        """Mark acknowledged once; answers False when someone already had."""
+        now = timezone.now()
+        user_id = user.pk if user is not None and user.is_authenticated else None
+        updated = AlertLog.objects.filter(pk=self.pk, acknowledged=False).update(
+            acknowledged=True, acknowledged_at=now, acknowledged_by_id=user_id
+        )
+        self.refresh_from_db(fields=["acknowledged", "acknowledged_at", "acknowledged_by"])
+        return updated == 1
+
+
+class ModelPriceQuerySet(models.QuerySet):
+    def price_table(self) -> dict[str, ModelPrice]:
+        return {price.model_name: price for price in self}
+
+
+class ModelPrice(models.Model):
+    model_name = models.CharField(max_length=200, unique=True)
+    input_per_million = models.DecimalField(max_digits=12, decimal_places=6, help_text="USD")
+    output_per_million = models.DecimalField(max_digits=12, decimal_places=6, help_text="USD")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = ModelPriceQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["model_name"]
+
+    def __str__(self) -> str:
+        return self.model_name
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> Decimal:
+        total = prompt_tokens * self.input_per_million + completion_tokens * self.output_per_million
+        return (total / ONE_MILLION).quantize(COST_PLACES)
+
+    @classmethod
+    def cost_for(
+        cls,
+        model_name: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        prices: dict[str, ModelPrice] | None = None,
+    ) -> Decimal:
+        """USD for these tokens at the model's price; an unknown model costs 0."""
+        price = prices.get(model_name) if prices is not None else cls.objects.filter(model_name=model_name).first()
+        if price is None:
+            return Decimal(0)
+        return price.cost(prompt_tokens or 0, completion_tokens or 0)
+
+
+class APIKeyQuerySet(models.QuerySet):
+    def active(self) -> APIKeyQuerySet:
+        return self.filter(revoked_at__isnull=True)
+
+
+class APIKey(models.Model):
+    """A secret for machine clients. Only its SHA-256 is stored; the key is shown once."""
+
+    PREFIX = "llmo_"
+
+    name = models.CharField(max_length=200)
+    key_prefix = models.CharField(max_length=16, editable=False, help_text="First characters, to tell keys apart.")
+    key_hash = models.CharField(max_length=64, unique=True, editable=False)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    objects = APIKeyQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = "API key"
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.key_prefix}…)"
+
+    @staticmethod
+    def hash_key(raw_key: str) -> str:
+        # The key has 256 bits of entropy, so a fast hash is safe and keeps auth cheap.
+        return hashlib.sha256(raw_key.encode()).hexdigest()
+
+    @classmethod
+    def generate(cls, name: str) -> tuple[APIKey, str]:
+        """Create a key; answers (row, raw key). The raw key cannot be recovered later."""
+        raw_key = cls.PREFIX + secrets.token_urlsafe(32)
+        api_key = cls.objects.create(name=name, key_prefix=raw_key[:12], key_hash=cls.hash_key(raw_key))
+        return api_key, raw_key
+
+    @classmethod
+    def authenticate(cls, raw_key: str) -> APIKey | None:
+        api_key = cls.objects.active().filter(key_hash=cls.hash_key(raw_key)).first()
+        if api_key is not None:
+            now = timezone.now()
+            # Writing on every request would make each call a write; once a minute is enough.
+            if api_key.last_used_at is None or (now - api_key.last_used_at).total_seconds() > 60:
+                APIKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
+        return api_key
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None
+
+    def revoke(self) -> None:
+        if self.revoked_at is None:
+            self.revoked_at = timezone.now()
+            self.save(update_fields=["revoked_at"])

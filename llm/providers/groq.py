@@ -1,0 +1,143 @@
+"""Groq through its official SDK."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from functools import lru_cache
+
+import groq
+import httpx
+from django.conf import settings
+
+from llm.models import LLMRequestLog
+from llm.providers import ChatRequest, ChatResult, ProviderError
+
+ErrorType = LLMRequestLog.ErrorType
+
+
+@lru_cache(maxsize=4)
+def _client(api_key: str, base_url: str, timeout: float, max_retries: int) -> groq.Groq:
+    # One client per configuration keeps its connection pool across requests.
+    return groq.Groq(api_key=api_key, base_url=base_url, timeout=timeout, max_retries=max_retries)
+
+
+def classify(exc: Exception) -> ProviderError:
+    """Map an SDK exception onto SPEC's error types."""
+    message = getattr(exc, "message", None) or str(exc) or exc.__class__.__name__
+    status_code = getattr(exc, "status_code", None)
+    if isinstance(exc, groq.APITimeoutError | httpx.TimeoutException):
+        error_type = ErrorType.TIMEOUT
+    elif isinstance(exc, groq.APIConnectionError | httpx.TransportError):
+        # The SDK does not wrap transport errors raised while a stream is being read.
+        error_type = ErrorType.CONNECTION_ERROR
+    elif isinstance(exc, groq.RateLimitError):
+        error_type = ErrorType.RATE_LIMIT
+    elif isinstance(exc, groq.AuthenticationError | groq.PermissionDeniedError):
+        error_type = ErrorType.AUTHENTICATION
+    elif isinstance(exc, groq.BadRequestError | groq.NotFoundError | groq.UnprocessableEntityError):
+        error_type = ErrorType.BAD_REQUEST
+    elif isinstance(exc, groq.APIStatusError):
+        error_type = ErrorType.SERVER_ERROR if exc.status_code >= 500 else ErrorType.OTHER
+    elif isinstance(exc, groq.APIError):
+        # An error event inside a stream: a plain APIError with no status code.
+        error_type = ErrorType.SERVER_ERROR
+    else:
+        error_type = ErrorType.OTHER
+    return ProviderError(error_type=error_type, message=str(message), status_code=status_code)
+
+
+def _messages(request: ChatRequest) -> list[dict[str, str]]:
+    messages = []
+    if request.system_prompt:
+        messages.append({"role": "system", "content": request.system_prompt})
+    messages.append({"role": "user", "content": request.prompt})
+    return messages
+
+
+def _options(request: ChatRequest) -> dict:
+    options: dict = {"model": request.model, "messages": _messages(request)}
+    if request.max_tokens is not None:
+        options["max_tokens"] = request.max_tokens
+    if request.temperature is not None:
+        options["temperature"] = request.temperature
+    return options
+
+
+class GroqStream:
+    def __init__(self, sdk_stream: groq.Stream, model: str) -> None:
+        self._sdk_stream = sdk_stream
+        self.result = ChatResult(model=model)
+
+    def __iter__(self) -> Iterator[str]:
+        parts: list[str] = []
+        try:
+            for chunk in self._sdk_stream:
+                if chunk.model:
+                    self.result.model = chunk.model
+                usage = chunk.usage or (chunk.x_groq.usage if chunk.x_groq else None)
+                if usage is not None:
+                    self.result.prompt_tokens = usage.prompt_tokens or 0
+                    self.result.completion_tokens = usage.completion_tokens or 0
+                for choice in chunk.choices:
+                    if choice.finish_reason:
+                        self.result.finish_reason = choice.finish_reason
+                    if choice.delta and choice.delta.content:
+                        parts.append(choice.delta.content)
+                        yield choice.delta.content
+        except (groq.GroqError, httpx.HTTPError) as exc:
+            error = classify(exc)
+            error.partial = self.result
+            raise error from exc
+        finally:
+            self.result.text = "".join(parts)
+
+    def close(self) -> None:
+        self._sdk_stream.close()
+
+
+class GroqProvider:
+    name = "groq"
+
+    def __init__(self, api_key: str, base_url: str, timeout: float, max_retries: int) -> None:
+        self.api_key = api_key
+        self.base_url = base_url
+        self.timeout = timeout
+        self.max_retries = max_retries
+
+    @classmethod
+    def from_settings(cls) -> GroqProvider:
+        return cls(
+            api_key=settings.GROQ_API_KEY,
+            base_url=settings.GROQ_BASE_URL,
+            timeout=settings.GROQ_TIMEOUT_SECONDS,
+            max_retries=settings.GROQ_MAX_RETRIES,
+        )
+
+    def _sdk(self) -> groq.Groq:
+        if not self.api_key:
+            raise ProviderError(error_type=ErrorType.CONFIGURATION, message="GROQ_API_KEY is not configured.")
+        return _client(self.api_key, self.base_url, self.timeout, self.max_retries)
+
+    def complete(self, request: ChatRequest) -> ChatResult:
+        client = self._sdk()
+        try:
+            completion = client.chat.completions.create(**_options(request))
+        except groq.GroqError as exc:
+            raise classify(exc) from exc
+        choice = completion.choices[0] if completion.choices else None
+        usage = completion.usage
+        return ChatResult(
+            text=(choice.message.content or "") if choice else "",
+            model=completion.model or request.model,
+            prompt_tokens=(usage.prompt_tokens or 0) if usage else 0,
+            completion_tokens=(usage.completion_tokens or 0) if usage else 0,
+            finish_reason=(choice.finish_reason or "") if choice else "",
+        )
+
+    def stream(self, request: ChatRequest) -> GroqStream:
+        client = self._sdk()
+        try:
+            sdk_stream = client.chat.completions.create(**_options(request), stream=True)
+        except groq.GroqError as exc:
+            raise classify(exc) from exc
+        return GroqStream(sdk_stream, request.model)

@@ -1,0 +1,166 @@
+"""Sending a prompt through a provider: measure it, and log it whatever happens.
+
+Every call, success or failure, streamed or not, writes exactly one `LLMRequestLog` row.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from django.utils import timezone
+
+from llm.models import LLMRequestLog
+from llm.providers import ChatRequest, ChatResult, Provider, ProviderError
+
+
+@dataclass
+class CallContext:
+    """Who made the call and how to label it; none of it is sent to the provider."""
+
+    user_id: str = ""
+    session_id: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
+    request_id: uuid.UUID = field(default_factory=uuid.uuid4)
+
+
+@dataclass
+class PromptOutcome:
+    log: LLMRequestLog
+    # What the caller gets back: the provider's text, untouched by redaction or truncation.
+    response_text: str = ""
+    error: ProviderError | None = None
+
+
+def _elapsed_ms(started: float) -> float:
+    return (time.perf_counter() - started) * 1000
+
+
+def _record(
+    chat: ChatRequest,
+    context: CallContext,
+    provider: Provider,
+    started_at: datetime,
+    latency_ms: float,
+    result: ChatResult,
+    error: ProviderError | None = None,
+    ttft_ms: float | None = None,
+    extra_tags: dict[str, str] | None = None,
+) -> LLMRequestLog:
+    log, _ = LLMRequestLog.objects.record(
+        request_id=context.request_id,
+        timestamp=started_at,
+        source=LLMRequestLog.Source.PROXY,
+        provider=provider.name,
+        model_name=result.model or chat.model,
+        user_id=context.user_id,
+        session_id=context.session_id,
+        prompt_text=chat.prompt,
+        response_text=result.text,
+        prompt_tokens=result.prompt_tokens,
+        completion_tokens=result.completion_tokens,
+        latency_ms=latency_ms,
+        ttft_ms=ttft_ms,
+        status=LLMRequestLog.Status.ERROR if error else LLMRequestLog.Status.SUCCESS,
+        error_type=error.error_type if error else "",
+        error_message=error.message if error else "",
+        finish_reason=result.finish_reason,
+        temperature=chat.temperature,
+        max_tokens=chat.max_tokens,
+        tags={**context.tags, **(extra_tags or {})},
+    )
+    return log
+
+
+def send_prompt(chat: ChatRequest, context: CallContext, provider: Provider) -> PromptOutcome:
+    started_at = timezone.now()
+    started = time.perf_counter()
+    try:
+        result = provider.complete(chat)
+    except ProviderError as error:
+        log = _record(chat, context, provider, started_at, _elapsed_ms(started), error.partial, error)
+        return PromptOutcome(log=log, error=error)
+    log = _record(chat, context, provider, started_at, _elapsed_ms(started), result)
+    return PromptOutcome(log=log, response_text=result.text)
+
+
+def server_sent_event(event: str, data: dict) -> str:
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+class PromptStream:
+    """A streamed call. `open()` reaches the provider; iterating `events()` relays the answer
+    as Server-Sent Events and writes the row when the stream ends, fails, or the client leaves.
+    """
+
+    def __init__(self, chat: ChatRequest, context: CallContext, provider: Provider) -> None:
+        self.chat = chat
+        self.context = context
+        self.provider = provider
+        self.log: LLMRequestLog | None = None
+
+    def open(self) -> PromptOutcome | None:
+        """Start the stream; answers the logged failure when the provider refuses outright."""
+        self.started_at = timezone.now()
+        self.started = time.perf_counter()
+        try:
+            self.stream = self.provider.stream(self.chat)
+        except ProviderError as error:
+            latency = _elapsed_ms(self.started)
+            log = _record(self.chat, self.context, self.provider, self.started_at, latency, error.partial, error)
+            return PromptOutcome(log=log, error=error)
+        return None
+
+    def events(self, answer: callable) -> Iterator[str]:
+        """`answer(outcome)` builds the final event's payload, the same as a non-streamed answer."""
+        ttft_ms = None
+        error: ProviderError | None = None
+        client_left = True
+        chunks = iter(self.stream)
+        # Sent first so that the caller knows the request_id even if the stream breaks.
+        yield server_sent_event("start", {"request_id": str(self.context.request_id), "model": self.chat.model})
+        try:
+            try:
+                for text in chunks:
+                    if ttft_ms is None:
+                        ttft_ms = _elapsed_ms(self.started)
+                    yield server_sent_event("chunk", {"text": text})
+                client_left = False
+            except ProviderError as exc:
+                error = exc
+                client_left = False
+            except Exception as exc:  # noqa: BLE001 - anything else still gets its row
+                error = ProviderError(error_type=LLMRequestLog.ErrorType.OTHER, message=str(exc))
+                client_left = False
+        finally:
+            extra_tags = {}
+            if client_left:
+                # The client went away (GeneratorExit): read the rest of the answer so the row
+                # has the full text and the usage, which only arrives in the last chunk.
+                extra_tags["client_disconnected"] = "true"
+                try:
+                    for _ in chunks:
+                        if ttft_ms is None:
+                            ttft_ms = _elapsed_ms(self.started)
+                except ProviderError as exc:
+                    error = exc
+                except Exception as exc:  # noqa: BLE001
+                    error = ProviderError(error_type=LLMRequestLog.ErrorType.OTHER, message=str(exc))
+            result = self.stream.result
+            self.log = _record(
+                self.chat,
+                self.context,
+                self.provider,
+                self.started_at,
+                _elapsed_ms(self.started),
+                result,
+                error,
+                ttft_ms=ttft_ms,
+                extra_tags=extra_tags,
+            )
+        outcome = PromptOutcome(log=self.log, response_text=result.text, error=error)
+        yield server_sent_event("error" if error else "done", answer(outcome))

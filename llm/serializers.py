@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+from django.conf import settings
+from rest_framework import serializers
+
+# Long enough for a large context window, short enough that one request cannot fill the disk.
+PROMPT_MAX_CHARS = 100_000
+MAX_TOKENS_LIMIT = 32_768
+TAGS_MAX_COUNT = 50
+TAG_KEY_MAX_CHARS = 100
+TAG_VALUE_MAX_CHARS = 500
+
+
+def validate_tags(value: object) -> dict[str, str]:
+    """Tags are a flat JSON object of strings, small enough to index and display."""
+    if not isinstance(value, dict):
+        raise serializers.ValidationError("Must be a JSON object of strings.")
+    if len(value) > TAGS_MAX_COUNT:
+        raise serializers.ValidationError(f"At most {TAGS_MAX_COUNT} tags.")
+    for key, tag_value in value.items():
+        if not isinstance(key, str) or not isinstance(tag_value, str):
+            raise serializers.ValidationError("Every key and value must be a string.")
+        if not key or len(key) > TAG_KEY_MAX_CHARS:
+            raise serializers.ValidationError(f"Keys must be 1 to {TAG_KEY_MAX_CHARS} characters.")
+        if len(tag_value) > TAG_VALUE_MAX_CHARS:
+            raise serializers.ValidationError(f"Values must be at most {TAG_VALUE_MAX_CHARS} characters.")
+    return value
+
+
+class TagsField(serializers.JSONField):
+    def to_internal_value(self, data):
+        return validate_tags(super().to_internal_value(data))
+
+
+class PromptRequestSerializer(serializers.Serializer):
+    prompt = serializers.CharField(max_length=PROMPT_MAX_CHARS, trim_whitespace=False)
+    model = serializers.RegexField(r"^[A-Za-z0-9._:/-]+$", max_length=200, required=False)
+    system_prompt = serializers.CharField(
+        max_length=PROMPT_MAX_CHARS, required=False, allow_blank=True, trim_whitespace=False
+    )
+    user_id = serializers.CharField(max_length=200, required=False, allow_blank=True)
+    session_id = serializers.CharField(max_length=200, required=False, allow_blank=True)
+    max_tokens = serializers.IntegerField(min_value=1, max_value=MAX_TOKENS_LIMIT, required=False)
+    temperature = serializers.FloatField(min_value=0.0, max_value=2.0, required=False)
+    tags = TagsField(required=False)
+    stream = serializers.BooleanField(required=False, default=False)
+
+    def validate_prompt(self, value: str) -> str:
+        if not value.strip():
+            raise serializers.ValidationError("This field may not be blank.")
+        return value
+
+    def validate(self, attrs: dict) -> dict:
+        attrs.setdefault("model", settings.GROQ_DEFAULT_MODEL)
+        attrs.setdefault("tags", {})
+        return attrs
+
+
+class PromptResponseSerializer(serializers.Serializer):
+    request_id = serializers.UUIDField()
+    model = serializers.CharField()
+    response = serializers.CharField()
+    prompt_tokens = serializers.IntegerField()
+    completion_tokens = serializers.IntegerField()
+    total_tokens = serializers.IntegerField()
+    latency_ms = serializers.FloatField()
+    cost_estimate = serializers.FloatField()
+    status = serializers.CharField()
+
+
+class PromptErrorSerializer(serializers.Serializer):
+    request_id = serializers.UUIDField()
+    error_type = serializers.CharField()
+    error_message = serializers.CharField()
+    status = serializers.CharField()

@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import pytest
+from rest_framework.test import APIClient
+
+from llm.models import APIKey
+from tests.fake_groq import FakeGroq
+
+
+@pytest.fixture(scope="session")
+def fake_groq_server():
+    server = FakeGroq().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fake_groq(fake_groq_server, settings):
+    """The fake Groq server, reset, with the app pointed at it."""
+    fake_groq_server.reset()
+    settings.GROQ_BASE_URL = fake_groq_server.base_url
+    settings.GROQ_API_KEY = "gsk_test_key"
+    settings.GROQ_MAX_RETRIES = 0
+    settings.GROQ_TIMEOUT_SECONDS = 5.0
+    yield fake_groq_server
+    fake_groq_server.reset()
+
+
+@pytest.fixture(autouse=True)
+def _test_settings(settings):
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    settings.STORE_PROMPTS = True
+    settings.REDACT_PII = False
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+
+
+@pytest.fixture
+def api_key(db) -> str:
+    _, raw_key = APIKey.generate("tests")
+    return raw_key
+
+
+@pytest.fixture
+def api_client(api_key) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {api_key}")
+    return client
+
+
+@pytest.fixture
+def anonymous_client() -> APIClient:
+    return APIClient()
+
+
+@pytest.fixture
+def staff_user(django_user_model):
+    return django_user_model.objects.create_user("alice", "alice@example.com", "secret-password", is_staff=True)
+
+
+@pytest.fixture
+def logged_in_client(staff_user) -> APIClient:
+    client = APIClient()
+    client.force_login(staff_user)
+    return client

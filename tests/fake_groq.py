@@ -1,0 +1,188 @@
+"""A Groq-compatible HTTP server on 127.0.0.1 for tests: the real `groq` SDK talks to it.
+
+It serves POST /openai/v1/chat/completions and can be told, one request at a time, to answer
+normally, stream, be slow, fail with a status code, fail inside a stream, or drop the connection.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+@dataclass
+class Behaviour:
+    mode: str = "ok"  # ok | stream | status | stream_error | drop | drop_stream
+    text: str = "Hello from the fake Groq server."
+    prompt_tokens: int = 21
+    completion_tokens: int = 7
+    status: int = 200
+    error_message: str = "Something went wrong"
+    delay_seconds: float = 0.0
+    chunk_delay_seconds: float = 0.0
+    chunks: list[str] | None = None
+    finish_reason: str = "stop"
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class FakeGroq:
+    def __init__(self) -> None:
+        self.requests: list[dict] = []
+        self._queue: deque[Behaviour] = deque()
+        self.default = Behaviour()
+        self._lock = threading.Lock()
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        # Set when a test ends, so a handler still sleeping stops early.
+        self.stopping = threading.Event()
+
+    @property
+    def base_url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> FakeGroq:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+    def reset(self) -> None:
+        self.stopping.set()
+        with self._lock:
+            self.requests.clear()
+            self._queue.clear()
+            self.default = Behaviour()
+        self.stopping = threading.Event()
+
+    def will(self, *behaviours: Behaviour) -> None:
+        """Queue behaviours for the next requests; after them, `default` applies."""
+        with self._lock:
+            self._queue.extend(behaviours)
+
+    def _next(self, body: dict) -> Behaviour:
+        with self._lock:
+            self.requests.append(body)
+            return self._queue.popleft() if self._queue else self.default
+
+    def _handler_class(self):
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format, *args):  # quiet
+                pass
+
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length) or b"{}")
+                body["_authorization"] = self.headers.get("Authorization")
+                if self.path != "/openai/v1/chat/completions":
+                    return self._json(404, {"error": {"message": "Unknown path", "type": "not_found"}})
+                behaviour = fake._next(body)
+                stopping = fake.stopping
+                if behaviour.delay_seconds:
+                    stopping.wait(behaviour.delay_seconds)
+                if behaviour.mode == "drop":
+                    self.close_connection = True
+                    self.connection.close()
+                    return None
+                if behaviour.mode == "status":
+                    return self._json(
+                        behaviour.status,
+                        {"error": {"message": behaviour.error_message, "type": "api_error"}},
+                        behaviour.headers,
+                    )
+                if body.get("stream"):
+                    return self._stream(body, behaviour, stopping)
+                return self._json(200, self._completion(body, behaviour), behaviour.headers)
+
+            def _completion(self, body, behaviour):
+                return {
+                    "id": "chatcmpl-fake",
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": body.get("model"),
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": behaviour.text},
+                            "finish_reason": behaviour.finish_reason,
+                            "logprobs": None,
+                        }
+                    ],
+                    "usage": {
+                        "prompt_tokens": behaviour.prompt_tokens,
+                        "completion_tokens": behaviour.completion_tokens,
+                        "total_tokens": behaviour.prompt_tokens + behaviour.completion_tokens,
+                    },
+                }
+
+            def _json(self, status, payload, headers=None):
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _stream(self, body, behaviour, stopping):
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                chunks = behaviour.chunks or [word + " " for word in behaviour.text.split(" ")]
+                chunks[-1] = chunks[-1].rstrip(" ")
+
+                def send(payload):
+                    data = f"data: {payload}\n\n".encode()
+                    self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+                    self.wfile.flush()
+
+                base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "model": body.get("model")}
+                try:
+                    for index, chunk in enumerate(chunks):
+                        if behaviour.mode == "drop_stream" and index == len(chunks) // 2:
+                            self.close_connection = True
+                            self.connection.close()
+                            return
+                        if behaviour.mode == "stream_error" and index == len(chunks) // 2:
+                            error = {"error": {"message": behaviour.error_message, "type": "internal_server_error"}}
+                            send(json.dumps(error))
+                            break
+                        delta = {"content": chunk} if index else {"role": "assistant", "content": chunk}
+                        choice = {"index": 0, "delta": delta, "finish_reason": None}
+                        send(json.dumps({**base, "choices": [choice], "created": int(time.time())}))
+                        if behaviour.chunk_delay_seconds:
+                            stopping.wait(behaviour.chunk_delay_seconds)
+                    else:
+                        usage = {
+                            "prompt_tokens": behaviour.prompt_tokens,
+                            "completion_tokens": behaviour.completion_tokens,
+                            "total_tokens": behaviour.prompt_tokens + behaviour.completion_tokens,
+                        }
+                        last = {
+                            **base,
+                            "created": int(time.time()),
+                            "choices": [{"index": 0, "delta": {}, "finish_reason": behaviour.finish_reason}],
+                            "x_groq": {"id": "req_fake", "usage": usage},
+                        }
+                        send(json.dumps(last))
+                    send("[DONE]")
+                    self.wfile.write(b"0\r\n\r\n")
+                    self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        return Handler

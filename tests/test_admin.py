@@ -1,0 +1,29 @@
+import pytest
+from django.core.management import call_command
+
+from llm.models import APIKey
+
+pytestmark = pytest.mark.django_db
+
+CHANGELISTS = ["llmrequestlog", "userfeedback", "alertrule", "alertlog", "modelprice", "apikey"]
+
+
+@pytest.mark.parametrize("model", CHANGELISTS)
+def test_admin_changelist_loads_with_data(admin_client, model):
+    call_command("generate_sample_data", "--count", "30", "--seed", "3", "--days", "1", stdout=None)
+    response = admin_client.get(f"/admin/llm/{model}/")
+    assert response.status_code == 200
+
+
+def test_log_rows_are_read_only_in_admin(admin_client):
+    call_command("generate_sample_data", "--count", "5", "--seed", "3", "--days", "1")
+    assert admin_client.get("/admin/llm/llmrequestlog/add/").status_code == 403
+
+
+def test_api_key_created_in_admin_is_shown_once_and_works(admin_client):
+    response = admin_client.post("/admin/llm/apikey/add/", {"name": "from-admin"}, follow=True)
+    assert response.status_code == 200
+    message = next(str(m) for m in response.context["messages"] if "llmo_" in str(m))
+    raw_key = next(word for word in message.split() if word.startswith("llmo_"))
+    assert APIKey.authenticate(raw_key).name == "from-admin"
+    assert APIKey.objects.count() == 1
