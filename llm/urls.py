@@ -1,7 +1,13 @@
 from django.urls import path
 
-from llm import api
+from llm.api import prompt
 
 urlpatterns = [
-    path("api/llm/prompt/", api.PromptView.as_view(), name="api-prompt"),
+    # Proxy
+    path("api/llm/prompt/", prompt.PromptView.as_view(), name="api-prompt"),
+    # Metrics, logs, feedback, export (issue 3)
+    # Alerts (issue 4)
+    # Ingest: events API and OTLP (issue 6)
+    # Prometheus (issue 7)
+    # Dashboard pages (issue 5)
 ]
