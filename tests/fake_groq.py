@@ -186,3 +186,15 @@ class FakeGroq:
                     pass
 
         return Handler
+
+
+if __name__ == "__main__":
+    # A stand-in Groq to try the proxy without a key: python -m tests.fake_groq [PORT]
+    import sys
+
+    port = int(sys.argv[1]) if len(sys.argv) > 1 else 8099
+    fake = FakeGroq()
+    fake.server.server_close()
+    fake.server = ThreadingHTTPServer(("127.0.0.1", port), fake._handler_class())
+    print(f"Fake Groq listening on {fake.base_url}", flush=True)
+    fake.server.serve_forever()
