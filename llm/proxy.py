@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -115,7 +115,7 @@ class PromptStream:
             return PromptOutcome(log=log, error=error)
         return None
 
-    def events(self, answer: callable) -> Iterator[str]:
+    def events(self, answer: Callable[[PromptOutcome], dict]) -> Iterator[str]:
         """`answer(outcome)` builds the final event's payload, the same as a non-streamed answer."""
         ttft_ms = None
         error: ProviderError | None = None
