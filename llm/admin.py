@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from django.contrib import admin, messages
+from django.db import models
 from django.utils import timezone
 
 from llm.models import AlertLog, AlertRule, APIKey, LLMRequestLog, ModelPrice, UserFeedback
@@ -73,6 +74,8 @@ class AlertRuleAdmin(admin.ModelAdmin):
     ]
     list_filter = ["metric_type", "is_active", "is_firing"]
     search_fields = ["name", "description", "model_name"]
+    # A webhook typed without a scheme is meant as https (Django 6's default; silences its warning).
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
     readonly_fields = ["is_firing", "last_value", "last_checked_at", "last_notified_at", "created_at", "updated_at"]
     fieldsets = [
         (None, {"fields": ["name", "description", "is_active"]}),

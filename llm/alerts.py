@@ -244,7 +244,7 @@ def planned_notice(evaluation: Evaluation, now: datetime) -> str | None:
     if evaluation.breached and not rule.is_firing:
         return AlertLog.Kind.FIRED
     if evaluation.breached and rule.is_firing:
-        due = rule.last_notified_at is None or rule.last_notified_at <= now - timedelta(minutes=rule.cooldown_minutes)
+        due = rule.last_notified_at is None or rule.last_notified_at < now - timedelta(minutes=rule.cooldown_minutes)
         return AlertLog.Kind.FIRED if due else None
     if evaluation.breached is False and rule.is_firing:
         return AlertLog.Kind.RESOLVED

@@ -290,11 +290,12 @@ class AlertRule(models.Model):
         with transaction.atomic():
             rules.update(last_value=value, last_checked_at=now)
             if breached:
-                # Newly over threshold: always a notice. Still over: a reminder once per cooldown.
+                # Newly over threshold: always a notice. Still over: a reminder once the cooldown has passed
+                # (strictly: two runs at the same instant never both remind, even with a cooldown of 0).
                 cooldown_start = now - timedelta(minutes=self.cooldown_minutes)
                 newly_firing = rules.filter(is_firing=False).update(is_firing=True, last_notified_at=now)
                 reminder_due = not newly_firing and rules.filter(
-                    is_firing=True, last_notified_at__lte=cooldown_start
+                    is_firing=True, last_notified_at__lt=cooldown_start
                 ).update(last_notified_at=now)
                 if newly_firing or reminder_due:
                     kind = AlertLog.Kind.FIRED

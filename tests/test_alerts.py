@@ -238,20 +238,20 @@ def test_firing_rule_writes_one_alert_then_reminds_after_cooldown_then_resolves(
     rule.refresh_from_db()
     assert (rule.is_firing, rule.last_value, rule.last_checked_at, rule.last_notified_at) == (True, 0.0, NOW, NOW)
 
-    assert check(rule, NOW + timedelta(minutes=29)).alert is None  # within the cooldown
-    reminder = check(rule, NOW + timedelta(minutes=30)).alert
+    assert check(rule, NOW + timedelta(minutes=30)).alert is None  # not yet *after* the cooldown
+    reminder = check(rule, NOW + timedelta(minutes=31)).alert
     assert reminder is not None and reminder.kind == AlertLog.Kind.FIRED
-    assert check(rule, NOW + timedelta(minutes=45)).alert is None  # the cooldown counts from the reminder
+    assert check(rule, NOW + timedelta(minutes=61)).alert is None  # the cooldown counts from the reminder
 
-    make_logs(3, minutes_ago=-50)  # traffic again, at NOW + 50 min
-    resolved = check(rule, NOW + timedelta(minutes=55)).alert
+    make_logs(3, minutes_ago=-62)  # traffic again, at NOW + 62 min
+    resolved = check(rule, NOW + timedelta(minutes=65)).alert
     assert resolved is not None and resolved.kind == AlertLog.Kind.RESOLVED
     assert resolved.metric_value == 3
-    assert check(rule, NOW + timedelta(minutes=56)).alert is None
+    assert check(rule, NOW + timedelta(minutes=66)).alert is None
     assert list(AlertLog.objects.order_by("id").values_list("kind", flat=True)) == ["fired", "fired", "resolved"]
     rule.refresh_from_db()
     assert rule.is_firing is False
-    assert rule.last_checked_at == NOW + timedelta(minutes=56)
+    assert rule.last_checked_at == NOW + timedelta(minutes=66)
 
 
 def test_rule_that_stays_fine_writes_nothing():
@@ -293,7 +293,8 @@ def test_dry_run_reports_the_notice_and_writes_nothing():
     [
         (False, None, True, "fired"),
         (True, 10, True, None),
-        (True, 60, True, "fired"),
+        (True, 60, True, None),
+        (True, 61, True, "fired"),
         (True, 10, False, "resolved"),
         (False, None, False, None),
         (True, 10, None, None),
@@ -317,3 +318,13 @@ def test_create_default_rules_is_idempotent():
     assert {rule.metric_type for rule in first} == set(Metric.values)
     assert alerts.create_default_rules() == []
     assert AlertRule.objects.count() == len(alerts.DEFAULT_RULES)
+
+
+@pytest.mark.parametrize("cooldown", [0, 60])
+def test_two_runs_holding_the_same_stale_rule_write_one_alert(cooldown):
+    # Both runs loaded the rule while it was not firing; the conditional UPDATE lets one win.
+    rule = make_rule(Metric.NO_TRAFFIC, 1, cooldown_minutes=cooldown)
+    first, second = AlertRule.objects.get(pk=rule.pk), AlertRule.objects.get(pk=rule.pk)
+    assert alerts.check_rule(first, NOW).alert is not None
+    assert alerts.check_rule(second, NOW).alert is None
+    assert AlertLog.objects.count() == 1
