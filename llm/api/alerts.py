@@ -16,7 +16,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from llm.models import AlertLog, AlertRule, APIKey, split_email_list
+from llm.models import AlertLog, AlertRule, APIKey, split_email_list, webhook_url_validator
 
 STATE_FIELDS = ["is_firing", "last_value", "last_checked_at", "last_notified_at"]
 
@@ -42,6 +42,8 @@ class AlertRuleSerializer(serializers.ModelSerializer):
             "updated_at",
         ]
         read_only_fields = [*STATE_FIELDS, "created_at", "updated_at"]
+        # DRF drops a model URLField's URLValidator (keeping its own, which also allows ftp): put ours back.
+        extra_kwargs = {"webhook_url": {"validators": [webhook_url_validator]}}
 
     def validate_email_recipients(self, value: str) -> str:
         # Stored in one canonical form whatever separators the caller used.
