@@ -203,6 +203,10 @@ class AlertRuleQuerySet(models.QuerySet):
     def active(self) -> AlertRuleQuerySet:
         return self.filter(is_active=True)
 
+    def firing(self) -> AlertRuleQuerySet:
+        """Active rules over their threshold at the last check (a deactivated rule is not firing)."""
+        return self.active().filter(is_firing=True)
+
 
 class AlertRule(models.Model):
     class MetricType(models.TextChoices):
