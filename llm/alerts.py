@@ -120,9 +120,11 @@ class Evaluation:
             measured = f"{rule.get_metric_type_display()}: no value"
         else:
             measured = f"{metric_label(rule.metric_type)} {format_value(rule.metric_type, self.value)}"
+        # no_traffic's value is already the number of requests.
+        requests = "" if rule.metric_type == Metric.NO_TRAFFIC else f"; {self.requests} requests"
         text = (
             f"{measured}{scope} over the last {self.window_minutes} min "
-            f"(fires {comparison} {format_value(rule.metric_type, rule.threshold)}; {self.requests} requests)"
+            f"(fires {comparison} {format_value(rule.metric_type, rule.threshold)}{requests})"
         )
         return f"{text}; {self.note}" if self.note else text
 
@@ -148,7 +150,8 @@ def format_value(metric_type: str, value: float | None) -> str:
         return f"{value:.2f}x"
     if metric_type == Metric.COST:
         return f"${value:.4f}"
-    return f"{value:g}"
+    # Request counts (no_traffic): whole numbers in full, never 1.2e+06.
+    return f"{value:.0f}" if float(value).is_integer() else f"{value:.2f}"
 
 
 class _PercentileCont(Aggregate):
@@ -228,7 +231,7 @@ def evaluate(rule: AlertRule, now: datetime, window_minutes: int | None = None) 
     needs_traffic = rule.metric_type in (Metric.ERROR_RATE, Metric.LATENCY_P95)
     if needs_traffic and requests < MIN_REQUESTS_TO_JUDGE:
         breached = None
-        note = f"too little traffic to judge (fewer than {MIN_REQUESTS_TO_JUDGE} requests)"
+        note = f"too little traffic to judge: fewer than {MIN_REQUESTS_TO_JUDGE} requests"
     elif value is None:
         breached = None
     elif rule.metric_type == Metric.NO_TRAFFIC:

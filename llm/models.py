@@ -291,8 +291,13 @@ class AlertRule(models.Model):
         """
         rules = AlertRule.objects.filter(pk=self.pk)
         kind = None
+        alert = None
         with transaction.atomic():
-            rules.update(last_value=value, last_checked_at=now)
+            # A run that evaluated earlier but got here later (it was slow) must not undo what a
+            # newer check recorded, e.g. fire again right after a newer check resolved.
+            not_older = models.Q(last_checked_at__isnull=True) | models.Q(last_checked_at__lte=now)
+            if not rules.filter(not_older).update(last_value=value, last_checked_at=now):
+                return None
             if breached:
                 # Newly over threshold: always a notice. Still over: a reminder once the cooldown has passed
                 # (strictly: two runs at the same instant never both remind, even with a cooldown of 0).
@@ -305,7 +310,6 @@ class AlertRule(models.Model):
                     kind = AlertLog.Kind.FIRED
             elif breached is False and rules.filter(is_firing=True).update(is_firing=False):
                 kind = AlertLog.Kind.RESOLVED
-            alert = None
             if kind is not None:
                 alert = AlertLog.objects.create(
                     alert_rule=self,

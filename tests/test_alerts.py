@@ -361,3 +361,68 @@ def test_migration_marks_alerts_written_before_it_as_delivered():
     alert = AlertLog.objects.get()
     assert (alert.kind, alert.delivery_claimed_at, alert.delivered_at) == ("fired", NOW, NOW)
     assert not AlertLog.objects.undelivered().exists()
+
+
+def test_an_older_evaluation_recorded_late_changes_nothing():
+    rule = make_rule(Metric.NO_TRAFFIC, 1)
+    newer = rule.record_check(value=5, breached=False, window_start=NOW, window_end=NOW, message="m", now=NOW)
+    assert newer is None
+    # A slow run that measured a minute earlier (and saw no traffic) arrives now.
+    late = rule.record_check(
+        value=0, breached=True, window_start=NOW, window_end=NOW, message="m", now=NOW - timedelta(minutes=1)
+    )
+    assert late is None
+    rule.refresh_from_db()
+    assert (rule.is_firing, rule.last_value, rule.last_checked_at) == (False, 5.0, NOW)
+    assert not AlertLog.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("metric_type", "value", "text"),
+    [
+        (Metric.NO_TRAFFIC, 1_234_567.0, "1234567"),
+        (Metric.NO_TRAFFIC, 1.5, "1.50"),
+        (Metric.ERROR_RATE, 12.345, "12.35%"),
+        (Metric.LATENCY_P95, 1905.4, "1905 ms"),
+        (Metric.TOKEN_SPIKE, 3.0, "3.00x"),
+        (Metric.COST, 0.5, "$0.5000"),
+        (Metric.COST, None, "n/a"),
+    ],
+)
+def test_format_value(metric_type, value, text):
+    assert alerts.format_value(metric_type, value) == text
+
+
+def test_admin_form_refuses_an_error_rate_above_100(admin_client):
+    response = admin_client.post(
+        "/admin/llm/alertrule/add/",
+        {
+            "name": "impossible",
+            "metric_type": "error_rate",
+            "threshold": "150",
+            "time_window_minutes": "15",
+            "cooldown_minutes": "60",
+            "email_recipients": "not-an-address",
+            "webhook_url": "ftp://example.com/",
+        },
+    )
+    assert response.status_code == 200
+    errors = response.context["adminform"].form.errors
+    assert set(errors) == {"threshold", "email_recipients", "webhook_url"}
+    assert not AlertRule.objects.exists()
+
+
+def test_describe_says_value_scope_window_threshold_and_traffic():
+    make_logs(17, model="qwen/qwen3-32b")
+    make_errors(3, model="qwen/qwen3-32b")
+    rule = make_rule(Metric.ERROR_RATE, 5, model_name="qwen/qwen3-32b", time_window_minutes=15)
+    assert alerts.evaluate(rule, NOW).describe() == (
+        "error rate 15.00% for qwen/qwen3-32b over the last 15 min (fires above 5.00%; 20 requests)"
+    )
+    quiet = make_rule(Metric.NO_TRAFFIC, 100, time_window_minutes=15)
+    assert alerts.evaluate(quiet, NOW).describe() == "requests 20 over the last 15 min (fires below 100)"
+    thin = make_rule(Metric.LATENCY_P95, 1000, model_name="nothing-here")
+    assert alerts.evaluate(thin, NOW).describe() == (
+        "Latency p95 (ms): no value for nothing-here over the last 60 min (fires above 1000 ms; 0 requests); "
+        "too little traffic to judge: fewer than 10 requests"
+    )
