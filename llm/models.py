@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import secrets
 import uuid
@@ -186,6 +187,12 @@ ALERT_COOLDOWN_MINUTES_MAX = 7 * 24 * 60
 webhook_url_validator = URLValidator(schemes=["http", "https"], message="Enter an http:// or https:// URL.")
 
 
+def validate_finite(value: float) -> None:
+    # NaN and infinity pass MinValueValidator, never compare as over a threshold, and are not JSON.
+    if value is not None and not math.isfinite(value):
+        raise ValidationError("Enter a finite number.")
+
+
 def split_email_list(value: str) -> list[str]:
     """'a@x.org, b@y.org' -> ['a@x.org', 'b@y.org'] (commas, semicolons or whitespace between)."""
     return [address for address in re.split(r"[,;\s]+", value or "") if address]
@@ -219,7 +226,7 @@ class AlertRule(models.Model):
     name = models.CharField(max_length=200, unique=True)
     description = models.TextField(blank=True, default="")
     metric_type = models.CharField(max_length=16, choices=MetricType.choices)
-    threshold = models.FloatField(validators=[MinValueValidator(0)])
+    threshold = models.FloatField(validators=[validate_finite, MinValueValidator(0)])
     time_window_minutes = models.PositiveIntegerField(
         default=60, validators=[MinValueValidator(1), MaxValueValidator(ALERT_WINDOW_MINUTES_MAX)]
     )

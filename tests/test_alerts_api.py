@@ -91,6 +91,8 @@ def test_update_patch_and_delete_rule(api_client):
         ({"metric_type": "latency_p99"}, "metric_type"),
         ({"threshold": -1}, "threshold"),
         ({"threshold": "lots"}, "threshold"),
+        ({"threshold": "NaN"}, "threshold"),
+        ({"threshold": "Infinity"}, "threshold"),
         ({"metric_type": "error_rate", "threshold": 100.5}, "threshold"),
         ({"time_window_minutes": 0}, "time_window_minutes"),
         ({"time_window_minutes": 10081}, "time_window_minutes"),

@@ -80,7 +80,7 @@ class Migration(migrations.Migration):
         migrations.AlterField(
             model_name='alertrule',
             name='threshold',
-            field=models.FloatField(validators=[django.core.validators.MinValueValidator(0)]),
+            field=models.FloatField(validators=[llm.models.validate_finite, django.core.validators.MinValueValidator(0)]),
         ),
         migrations.AlterField(
             model_name='alertrule',
