@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from django.contrib import admin, messages
+from django.db import models
 from django.utils import timezone
 
 from llm.models import AlertLog, AlertRule, APIKey, LLMRequestLog, ModelPrice, UserFeedback
@@ -60,28 +61,68 @@ class UserFeedbackAdmin(admin.ModelAdmin):
 
 @admin.register(AlertRule)
 class AlertRuleAdmin(admin.ModelAdmin):
-    list_display = ["name", "metric_type", "threshold", "time_window_minutes", "model_name", "is_active"]
-    list_filter = ["metric_type", "is_active"]
+    list_display = [
+        "name",
+        "metric_type",
+        "threshold",
+        "time_window_minutes",
+        "model_name",
+        "is_active",
+        "is_firing",
+        "last_value",
+        "last_checked_at",
+    ]
+    list_filter = ["metric_type", "is_active", "is_firing"]
     search_fields = ["name", "description", "model_name"]
+    # A webhook typed without a scheme is meant as https (Django 6's default; silences its warning).
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
+    readonly_fields = ["is_firing", "last_value", "last_checked_at", "last_notified_at", "created_at", "updated_at"]
+    fieldsets = [
+        (None, {"fields": ["name", "description", "is_active"]}),
+        (
+            "Condition",
+            {
+                "fields": ["metric_type", "threshold", "time_window_minutes", "model_name", "cooldown_minutes"],
+                "description": "error_rate (%), latency_p95 (ms), token_spike (ratio), cost (USD) fire above "
+                "the threshold; no_traffic fires below it. Window 1 to 10080 minutes; cooldown 0 to 10080.",
+            },
+        ),
+        ("Notify", {"fields": ["notify_email", "email_recipients", "webhook_url"]}),
+        ("State (written by check_alerts)", {"fields": readonly_fields}),
+    ]
 
 
 @admin.register(AlertLog)
 class AlertLogAdmin(admin.ModelAdmin):
-    list_display = ["triggered_at", "alert_rule", "metric_value", "threshold", "acknowledged", "acknowledged_by"]
-    list_filter = ["acknowledged", "alert_rule"]
+    list_display = [
+        "triggered_at",
+        "alert_rule",
+        "kind",
+        "metric_value",
+        "threshold",
+        "delivery",
+        "acknowledged",
+        "acknowledged_by_name",
+    ]
+    list_filter = ["kind", "acknowledged", "alert_rule"]
     search_fields = ["message", "alert_rule__name"]
     date_hierarchy = "triggered_at"
     list_select_related = ["alert_rule", "acknowledged_by"]
     readonly_fields = [
         "alert_rule",
+        "kind",
         "triggered_at",
         "message",
         "metric_value",
         "threshold",
         "window_start",
         "window_end",
+        "acknowledged",
         "acknowledged_at",
         "acknowledged_by",
+        "acknowledged_by_name",
+        "delivery_claimed_at",
+        "delivered_at",
         "notifications",
     ]
     actions = ["acknowledge"]
@@ -89,9 +130,16 @@ class AlertLogAdmin(admin.ModelAdmin):
     def has_add_permission(self, request) -> bool:
         return False
 
+    @admin.display(description="delivery")
+    def delivery(self, alert: AlertLog) -> str:
+        if alert.delivered_at is None:
+            return "sending" if alert.delivery_claimed_at else "pending"
+        results = alert.notifications or {}
+        return ", ".join(f"{name}: {result.get('status')}" for name, result in results.items()) or "no channel"
+
     @admin.action(description="Acknowledge selected alerts")
     def acknowledge(self, request, queryset) -> None:
-        count = sum(alert.acknowledge(request.user) for alert in queryset.filter(acknowledged=False))
+        count = queryset.acknowledge(request.user)
         self.message_user(request, f"Acknowledged {count} alert(s).", messages.SUCCESS)
 
 

@@ -1,13 +1,17 @@
 from __future__ import annotations
 
 import hashlib
+import math
+import re
 import secrets
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator, URLValidator, validate_email
 from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
@@ -177,6 +181,40 @@ class UserFeedback(models.Model):
         return f"{self.get_rating_display()} on {self.request.request_id}"
 
 
+# Bounds for a rule, documented in the README and enforced by the admin form and the API.
+ALERT_WINDOW_MINUTES_MAX = 7 * 24 * 60  # one week: longer windows belong on a dashboard, not a pager
+ALERT_COOLDOWN_MINUTES_MAX = 7 * 24 * 60
+webhook_url_validator = URLValidator(schemes=["http", "https"], message="Enter an http:// or https:// URL.")
+
+
+def validate_finite(value: float) -> None:
+    # NaN and infinity pass MinValueValidator, never compare as over a threshold, and are not JSON.
+    if value is not None and not math.isfinite(value):
+        raise ValidationError("Enter a finite number.")
+
+
+def split_email_list(value: str) -> list[str]:
+    """'a@x.org, b@y.org' -> ['a@x.org', 'b@y.org'] (commas, semicolons or whitespace between)."""
+    return [address for address in re.split(r"[,;\s]+", value or "") if address]
+
+
+def validate_email_list(value: str) -> None:
+    for address in split_email_list(value):
+        try:
+            validate_email(address)
+        except ValidationError:
+            raise ValidationError("“%(address)s” is not a valid e-mail address.", params={"address": address}) from None
+
+
+class AlertRuleQuerySet(models.QuerySet):
+    def active(self) -> AlertRuleQuerySet:
+        return self.filter(is_active=True)
+
+    def firing(self) -> AlertRuleQuerySet:
+        """Active rules over their threshold at the last check (a deactivated rule is not firing)."""
+        return self.active().filter(is_firing=True)
+
+
 class AlertRule(models.Model):
     class MetricType(models.TextChoices):
         ERROR_RATE = "error_rate", "Error rate (%)"
@@ -188,18 +226,38 @@ class AlertRule(models.Model):
     name = models.CharField(max_length=200, unique=True)
     description = models.TextField(blank=True, default="")
     metric_type = models.CharField(max_length=16, choices=MetricType.choices)
-    threshold = models.FloatField()
-    time_window_minutes = models.PositiveIntegerField(default=60)
+    threshold = models.FloatField(validators=[validate_finite, MinValueValidator(0)])
+    time_window_minutes = models.PositiveIntegerField(
+        default=60, validators=[MinValueValidator(1), MaxValueValidator(ALERT_WINDOW_MINUTES_MAX)]
+    )
     model_name = models.CharField(max_length=200, blank=True, default="", help_text="Blank: all models.")
-    cooldown_minutes = models.PositiveIntegerField(default=60)
+    cooldown_minutes = models.PositiveIntegerField(
+        default=60,
+        validators=[MaxValueValidator(ALERT_COOLDOWN_MINUTES_MAX)],
+        help_text="While the rule stays over its threshold, notify again only after this long.",
+    )
     is_active = models.BooleanField(default=True)
     notify_email = models.BooleanField(default=True)
     email_recipients = models.TextField(
-        blank=True, default="", help_text="Comma-separated; blank: ALERT_EMAIL_RECIPIENTS."
+        blank=True,
+        default="",
+        validators=[validate_email_list],
+        help_text="Comma-separated; blank: ALERT_EMAIL_RECIPIENTS.",
     )
-    webhook_url = models.URLField(blank=True, default="", help_text="Blank: ALERT_WEBHOOK_URL.")
+    webhook_url = models.URLField(
+        blank=True, default="", validators=[webhook_url_validator], help_text="Blank: ALERT_WEBHOOK_URL."
+    )
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
+
+    # State, written by check_alerts only (through the methods below).
+    is_firing = models.BooleanField(default=False, editable=False)
+    last_value = models.FloatField(null=True, blank=True, editable=False)
+    last_checked_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # When the last "fired" notice was written: the cooldown counts from here.
+    last_notified_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    objects = AlertRuleQuerySet.as_manager()
 
     class Meta:
         ordering = ["name"]
@@ -207,9 +265,94 @@ class AlertRule(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    def clean(self) -> None:
+        super().clean()
+        if self.metric_type == self.MetricType.ERROR_RATE and self.threshold is not None and self.threshold > 100:
+            raise ValidationError({"threshold": "An error rate is a percentage: at most 100."})
+
+    @property
+    def recipients(self) -> list[str]:
+        return split_email_list(self.email_recipients) or list(settings.ALERT_EMAIL_RECIPIENTS)
+
+    @property
+    def effective_webhook_url(self) -> str:
+        return self.webhook_url or settings.ALERT_WEBHOOK_URL
+
+    def record_check(
+        self,
+        *,
+        value: float | None,
+        breached: bool | None,
+        window_start: datetime,
+        window_end: datetime,
+        message: str,
+        now: datetime,
+    ) -> AlertLog | None:
+        """Store the outcome of one evaluation; answers the notice to send, if any.
+
+        breached None means "too little data to judge": the state is left as it is.
+        Each transition is a conditional UPDATE on the rule's row, so when two check_alerts runs
+        evaluate the same rule at once, only one of them wins it and writes the AlertLog; the
+        loser's UPDATE matches no row (PostgreSQL re-checks the WHERE after the winner commits).
+        The transaction is short and holds no lock while anything is sent.
+        """
+        rules = AlertRule.objects.filter(pk=self.pk)
+        kind = None
+        alert = None
+        with transaction.atomic():
+            # A run that evaluated earlier but got here later (it was slow) must not undo what a
+            # newer check recorded, e.g. fire again right after a newer check resolved.
+            not_older = models.Q(last_checked_at__isnull=True) | models.Q(last_checked_at__lte=now)
+            if not rules.filter(not_older).update(last_value=value, last_checked_at=now):
+                return None
+            if breached:
+                # Newly over threshold: always a notice. Still over: a reminder once the cooldown has passed
+                # (strictly: two runs at the same instant never both remind, even with a cooldown of 0).
+                cooldown_start = now - timedelta(minutes=self.cooldown_minutes)
+                newly_firing = rules.filter(is_firing=False).update(is_firing=True, last_notified_at=now)
+                reminder_due = not newly_firing and rules.filter(
+                    is_firing=True, last_notified_at__lt=cooldown_start
+                ).update(last_notified_at=now)
+                if newly_firing or reminder_due:
+                    kind = AlertLog.Kind.FIRED
+            elif breached is False and rules.filter(is_firing=True).update(is_firing=False):
+                kind = AlertLog.Kind.RESOLVED
+            if kind is not None:
+                alert = AlertLog.objects.create(
+                    alert_rule=self,
+                    kind=kind,
+                    triggered_at=now,
+                    message=message,
+                    metric_value=value,
+                    threshold=self.threshold,
+                    window_start=window_start,
+                    window_end=window_end,
+                )
+        self.refresh_from_db(fields=["is_firing", "last_value", "last_checked_at", "last_notified_at"])
+        return alert
+
+
+class AlertLogQuerySet(models.QuerySet):
+    def undelivered(self) -> AlertLogQuerySet:
+        return self.filter(delivery_claimed_at__isnull=True)
+
+    def acknowledge(self, user: Any | None, by_name: str = "") -> int:
+        """Acknowledge the ones not yet acknowledged; answers how many."""
+        user_id = user.pk if user is not None and user.is_authenticated else None
+        if not by_name and user_id is not None:
+            by_name = user.get_username()
+        return self.filter(acknowledged=False).update(
+            acknowledged=True, acknowledged_at=timezone.now(), acknowledged_by_id=user_id, acknowledged_by_name=by_name
+        )
+
 
 class AlertLog(models.Model):
+    class Kind(models.TextChoices):
+        FIRED = "fired", "Fired"
+        RESOLVED = "resolved", "Resolved"
+
     alert_rule = models.ForeignKey(AlertRule, on_delete=models.CASCADE, related_name="logs")
+    kind = models.CharField(max_length=8, choices=Kind.choices, default=Kind.FIRED)
     triggered_at = models.DateTimeField(default=timezone.now, db_index=True)
     message = models.TextField()
     metric_value = models.FloatField(null=True, blank=True)
@@ -221,24 +364,47 @@ class AlertLog(models.Model):
     acknowledged_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
-    # What happened to each channel: {"email": {"status": "sent"|"error", "error": "...", "at": ...}}
+    # Who, as text: a user name, or "API key <name>" for a machine client (no user row).
+    acknowledged_by_name = models.CharField(max_length=200, blank=True, default="")
+    # A check_alerts run takes a notice for delivery by setting this from NULL (a conditional
+    # UPDATE), so two overlapping runs never both send it.
+    delivery_claimed_at = models.DateTimeField(null=True, blank=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    # What happened to each channel:
+    # {"email": {"status": "sent"|"error"|"skipped", "error": "...", "at": "...", ...}, "webhook": {...}}
     notifications = models.JSONField(default=dict, blank=True)
 
+    objects = AlertLogQuerySet.as_manager()
+
     class Meta:
-        ordering = ["-triggered_at"]
+        ordering = ["-triggered_at", "-id"]
+        indexes = [
+            # check_alerts looks up the notices nobody has claimed yet, on every run.
+            models.Index(
+                fields=["alert_rule"], condition=models.Q(delivery_claimed_at__isnull=True), name="llm_alertlog_pending"
+            ),
+        ]
 
     def __str__(self) -> str:
-        return f"{self.alert_rule.name} at {self.triggered_at:%Y-%m-%d %H:%M}"
+        return f"{self.alert_rule.name} {self.kind} at {self.triggered_at:%Y-%m-%d %H:%M}"
 
-    def acknowledge(self, user: Any | None) -> bool:
+    def acknowledge(self, user: Any | None, by_name: str = "") -> bool:
         """Mark acknowledged once; answers False when someone already had."""
-        now = timezone.now()
-        user_id = user.pk if user is not None and user.is_authenticated else None
-        updated = AlertLog.objects.filter(pk=self.pk, acknowledged=False).update(
-            acknowledged=True, acknowledged_at=now, acknowledged_by_id=user_id
-        )
-        self.refresh_from_db(fields=["acknowledged", "acknowledged_at", "acknowledged_by"])
+        updated = AlertLog.objects.filter(pk=self.pk).acknowledge(user, by_name)
+        self.refresh_from_db(fields=["acknowledged", "acknowledged_at", "acknowledged_by", "acknowledged_by_name"])
         return updated == 1
+
+    def claim_delivery(self, now: datetime) -> bool:
+        """Take this notice for delivery; answers False when another run already has."""
+        claimed = AlertLog.objects.filter(pk=self.pk, delivery_claimed_at__isnull=True).update(delivery_claimed_at=now)
+        if claimed:
+            self.delivery_claimed_at = now
+        return claimed == 1
+
+    def record_delivery(self, notifications: dict[str, dict[str, Any]]) -> None:
+        self.notifications = notifications
+        self.delivered_at = timezone.now()
+        AlertLog.objects.filter(pk=self.pk).update(notifications=notifications, delivered_at=self.delivered_at)
 
 
 class ModelPriceQuerySet(models.QuerySet):

@@ -62,3 +62,53 @@ def logged_in_client(staff_user) -> APIClient:
     client = APIClient()
     client.force_login(staff_user)
     return client
+
+
+# Alerts (issue 4): real SMTP and webhook peers on 127.0.0.1.
+
+
+@pytest.fixture(scope="session")
+def smtp_server_session():
+    from tests.alert_receivers import SMTPServer
+
+    server = SMTPServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def smtp_server(smtp_server_session, settings):
+    """An SMTP server on 127.0.0.1 with Django's SMTP backend pointed at it."""
+    smtp_server_session.reset()
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST = "127.0.0.1"
+    settings.EMAIL_PORT = smtp_server_session.port
+    settings.EMAIL_HOST_USER = ""
+    settings.EMAIL_HOST_PASSWORD = ""
+    settings.EMAIL_USE_TLS = False
+    settings.EMAIL_USE_SSL = False
+    settings.EMAIL_TIMEOUT = 5
+    settings.DEFAULT_FROM_EMAIL = "Observatory <alerts@observatory.test>"
+    yield smtp_server_session
+    smtp_server_session.reset()
+
+
+@pytest.fixture(scope="session")
+def webhook_receiver_session():
+    from tests.alert_receivers import WebhookReceiver
+
+    receiver = WebhookReceiver().start()
+    yield receiver
+    receiver.stop()
+
+
+@pytest.fixture
+def webhook_receiver(webhook_receiver_session, settings):
+    """An HTTP receiver on 127.0.0.1; short webhook timeout and no backoff, so failures are quick."""
+    webhook_receiver_session.reset()
+    settings.ALERT_WEBHOOK_TIMEOUT_SECONDS = 0.5
+    settings.ALERT_WEBHOOK_TRIES = 2
+    settings.ALERT_WEBHOOK_RETRY_DELAY_SECONDS = 0
+    settings.SITE_URL = "https://observatory.test"
+    yield webhook_receiver_session
+    webhook_receiver_session.reset()

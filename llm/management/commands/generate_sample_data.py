@@ -247,6 +247,13 @@ class Command(BaseCommand):
                     window_end=window_end,
                     acknowledged=index > 0,
                     acknowledged_at=window_end + timedelta(minutes=20) if index > 0 else None,
+                    acknowledged_by_name="sample data" if index > 0 else "",
+                    # History, already delivered: check_alerts must not send these.
+                    delivery_claimed_at=window_end,
+                    delivered_at=window_end,
+                    notifications={
+                        "email": {"status": "sent", "recipients": ["oncall@example.com"], "at": window_end.isoformat()}
+                    },
                 )
             )
         AlertLog.objects.bulk_create(alerts)

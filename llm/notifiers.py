@@ -1,0 +1,213 @@
+"""Alert channels: e-mail and webhook. Each notifier sends one `AlertLog` notice.
+
+`notify_all(alert)` tries every channel configured for the alert's rule and answers what
+happened to each (sent, or the error); one failing channel never stops the others. It is
+called by `llm.alerts.deliver` only, after the notice has been claimed: never from a request
+handler, `save()` or a signal.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, ClassVar
+
+import httpx
+from django.conf import settings
+from django.core.mail import EmailMessage
+from django.utils import timezone
+
+from llm.models import AlertLog, AlertRule
+
+logger = logging.getLogger(__name__)
+
+# Webhook delivery: each try waits at most the timeout, and there are at most `tries` of them, so
+# one dead receiver delays a check_alerts run by a bounded time.
+WEBHOOK_TIMEOUT_SECONDS = 5.0
+WEBHOOK_TRIES = 3
+WEBHOOK_RETRY_DELAY_SECONDS = 1.0
+
+
+class DeliveryError(Exception):
+    def __init__(self, message: str, attempts: int = 1) -> None:
+        super().__init__(message)
+        self.attempts = attempts
+
+
+def post_json(
+    url: str,
+    payload: dict[str, Any],
+    *,
+    timeout: float | None = None,
+    tries: int | None = None,
+    retry_delay: float | None = None,
+) -> dict[str, Any]:
+    """POST `payload` as JSON; answers {"http_status", "attempts"} or raises DeliveryError.
+
+    Retries connection errors, timeouts, 429 and 5xx answers, at most `tries` times in all;
+    any other non-2xx answer fails at once (retrying a 404 will not fix it). Redirects are not
+    followed: a webhook that moved should be updated, not chased.
+    """
+    # Settings override the module defaults (tests use short ones); arguments override both.
+    if timeout is None:
+        timeout = getattr(settings, "ALERT_WEBHOOK_TIMEOUT_SECONDS", WEBHOOK_TIMEOUT_SECONDS)
+    if tries is None:
+        tries = getattr(settings, "ALERT_WEBHOOK_TRIES", WEBHOOK_TRIES)
+    if retry_delay is None:
+        retry_delay = getattr(settings, "ALERT_WEBHOOK_RETRY_DELAY_SECONDS", WEBHOOK_RETRY_DELAY_SECONDS)
+    tries = max(1, tries)
+    if not url.startswith(("http://", "https://")):
+        raise DeliveryError(f"Not an http(s) URL: {url!r}", attempts=0)
+    error = ""
+    with httpx.Client(timeout=timeout, follow_redirects=False) as client:
+        for attempt in range(1, tries + 1):
+            try:
+                response = client.post(url, json=payload, headers={"User-Agent": "llm-observatory-alerts"})
+            except httpx.TimeoutException:
+                error = f"timed out after {timeout:g}s"
+            except httpx.HTTPError as exc:
+                error = f"{type(exc).__name__}: {exc}"
+            else:
+                if response.is_success:
+                    return {"http_status": response.status_code, "attempts": attempt}
+                error = f"HTTP {response.status_code}: {response.text[:200]}"
+                if response.status_code != 429 and response.status_code < 500:
+                    raise DeliveryError(error, attempts=attempt)
+            if attempt < tries and retry_delay > 0:
+                time.sleep(retry_delay * attempt)  # a short, bounded backoff between tries
+    raise DeliveryError(error, attempts=tries)
+
+
+def dashboard_link() -> str:
+    return settings.SITE_URL.rstrip("/") + "/alerts/"
+
+
+def headline(alert: AlertLog) -> str:
+    status = "RESOLVED" if alert.kind == AlertLog.Kind.RESOLVED else "FIRING"
+    return f"[{status}] {alert.alert_rule.name}"
+
+
+class Notifier:
+    """One channel. `notify` sends the notice and answers details to record, or raises."""
+
+    name: ClassVar[str]
+
+    def __init__(self, rule: AlertRule) -> None:
+        self.rule = rule
+
+    def is_enabled(self) -> bool:
+        """Whether this channel applies to the rule at all (not recorded when it does not)."""
+        raise NotImplementedError
+
+    def notify(self, alert: AlertLog) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+NOTIFIERS: dict[str, type[Notifier]] = {}
+
+
+def register(notifier_class: type[Notifier]) -> type[Notifier]:
+    NOTIFIERS[notifier_class.name] = notifier_class
+    return notifier_class
+
+
+@register
+class EmailNotifier(Notifier):
+    """Django mail (EMAIL_URL) from DEFAULT_FROM_EMAIL to the rule's recipients or ALERT_EMAIL_RECIPIENTS."""
+
+    name = "email"
+
+    def is_enabled(self) -> bool:
+        return self.rule.notify_email
+
+    def notify(self, alert: AlertLog) -> dict[str, Any]:
+        recipients = self.rule.recipients
+        if not recipients:
+            raise DeliveryError("No recipients: set them on the rule or in ALERT_EMAIL_RECIPIENTS.", attempts=0)
+        message = EmailMessage(
+            subject=f"{headline(alert)}: {alert.message}"[:200],
+            body=email_body(alert),
+            from_email=settings.DEFAULT_FROM_EMAIL,
+            to=recipients,
+        )
+        message.send(fail_silently=False)
+        return {"recipients": recipients}
+
+
+@register
+class WebhookNotifier(Notifier):
+    """POST of JSON: a Slack-compatible `text`, and the same facts as structured fields."""
+
+    name = "webhook"
+
+    def is_enabled(self) -> bool:
+        return bool(self.rule.effective_webhook_url)
+
+    def notify(self, alert: AlertLog) -> dict[str, Any]:
+        url = self.rule.effective_webhook_url
+        return {"url": url, **post_json(url, webhook_payload(alert))}
+
+
+def email_body(alert: AlertLog) -> str:
+    rule = alert.alert_rule
+    lines = [
+        headline(alert),
+        "",
+        alert.message,
+        "",
+        f"Rule:      {rule.name} (#{rule.pk})",
+        f"Metric:    {rule.get_metric_type_display()}",
+        f"Model:     {rule.model_name or 'all models'}",
+        f"Value:     {alert.metric_value if alert.metric_value is not None else 'n/a'}",
+        f"Threshold: {alert.threshold:g}",
+        f"Window:    {alert.window_start:%Y-%m-%d %H:%M:%S} to {alert.window_end:%Y-%m-%d %H:%M:%S} UTC",
+        "",
+        f"Alerts: {dashboard_link()}",
+    ]
+    if rule.description:
+        lines[3:3] = [rule.description, ""]
+    return "\n".join(lines) + "\n"
+
+
+def webhook_payload(alert: AlertLog) -> dict[str, Any]:
+    rule = alert.alert_rule
+    link = dashboard_link()
+    return {
+        # Slack (and Mattermost, Discord's /slack endpoint…) show `text`; the rest is for machines.
+        "text": f"{headline(alert)}: {alert.message} <{link}|Open alerts>",
+        "status": "resolved" if alert.kind == AlertLog.Kind.RESOLVED else "firing",
+        "alert_id": alert.pk,
+        "rule": rule.name,
+        "rule_id": rule.pk,
+        "metric": rule.metric_type,
+        "model": rule.model_name or None,
+        "value": alert.metric_value,
+        "threshold": alert.threshold,
+        "window": {
+            "start": alert.window_start.isoformat(),
+            "end": alert.window_end.isoformat(),
+            "minutes": round((alert.window_end - alert.window_start).total_seconds() / 60),
+        },
+        "triggered_at": alert.triggered_at.isoformat(),
+        "message": alert.message,
+        "link": link,
+    }
+
+
+def notify_all(alert: AlertLog) -> dict[str, dict[str, Any]]:
+    """Send through every enabled channel; answers {channel: {"status": "sent"|"error", …}}."""
+    results: dict[str, dict[str, Any]] = {}
+    for name, notifier_class in NOTIFIERS.items():
+        notifier = notifier_class(alert.alert_rule)
+        if not notifier.is_enabled():
+            continue
+        try:
+            detail = notifier.notify(alert)
+        except Exception as exc:  # noqa: BLE001 - whatever breaks one channel must not stop the others
+            attempts = getattr(exc, "attempts", 1)
+            error = str(exc) if isinstance(exc, DeliveryError) else f"{type(exc).__name__}: {exc}"
+            logger.warning("Alert %s: %s notification failed: %s", alert.pk, name, error)
+            results[name] = {"status": "error", "error": error, "attempts": attempts, "at": timezone.now().isoformat()}
+        else:
+            results[name] = {"status": "sent", **detail, "at": timezone.now().isoformat()}
+    return results
