@@ -172,6 +172,8 @@ if GROQ_MAX_RETRIES < 0:
 # Alerts.
 ALERT_EMAIL_RECIPIENTS = env.list("ALERT_EMAIL_RECIPIENTS", default=[])
 ALERT_WEBHOOK_URL = env.str("ALERT_WEBHOOK_URL", default="")
+ALERT_WEBHOOK_TIMEOUT_SECONDS = env.float("ALERT_WEBHOOK_TIMEOUT_SECONDS", default=10.0)
+ALERT_WEBHOOK_TRIES = env.int("ALERT_WEBHOOK_TRIES", default=3)
 # Used to build links in alert notices.
 SITE_URL = env.str("SITE_URL", default="http://127.0.0.1:8000")
 
