@@ -62,3 +62,13 @@ def logged_in_client(staff_user) -> APIClient:
     client = APIClient()
     client.force_login(staff_user)
     return client
+
+
+@pytest.fixture
+def model_prices(db) -> None:
+    """SPEC's seeded prices, also after a transactional test (live_server) flushed the table."""
+    import importlib
+
+    from django.apps import apps
+
+    importlib.import_module("llm.migrations.0002_seed_model_prices").seed_prices(apps, None)

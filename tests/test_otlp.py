@@ -136,9 +136,9 @@ def by_name(spans) -> dict:
     return {span.name: span for span in spans}
 
 
-@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+@pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("compression", [Compression.NoCompression, Compression.Gzip])
-def test_sdk_export_stores_genai_spans_with_both_attribute_generations(live_server, api_key, compression):
+def test_sdk_export_stores_genai_spans_with_both_attribute_generations(live_server, api_key, model_prices, compression):
     spans = record_genai_spans()
     exporter = exporter_for(live_server, api_key, compression)
     assert exporter.export(spans) == SpanExportResult.SUCCESS
@@ -183,7 +183,7 @@ def test_sdk_export_stores_genai_spans_with_both_attribute_generations(live_serv
     assert LLMRequestLog.objects.count() == 3
 
 
-@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+@pytest.mark.django_db(transaction=True)
 def test_sdk_export_without_the_key_is_refused(live_server, api_key):
     exporter = OTLPSpanExporter(endpoint=live_server.url + URL, timeout=10)
     assert exporter.export(record_genai_spans()) == SpanExportResult.FAILURE
