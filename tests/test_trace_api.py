@@ -56,6 +56,11 @@ def test_calls_in_time_order_with_depth_and_parent(api_client, trace_rows, djang
     request_id = {key: str(row.request_id) for key, row in trace_rows.items()}
     assert [call["parent_request_id"] for call in calls] == [None, request_id["a"], request_id["b"], None]
     assert [call["parent_span_id"] for call in calls] == ["f" * 16, "a" * 16, "b" * 16, ""]
+    assert set(calls[0]) == {
+        "request_id", "timestamp", "source", "provider", "model", "span_id", "parent_span_id", "parent_request_id",
+        "depth", "status", "error_type", "latency_ms", "prompt_tokens", "completion_tokens", "total_tokens",
+        "cost_estimate", "user_id", "session_id", "finish_reason",
+    }  # fmt: skip
     second = calls[1]
     assert (second["status"], second["error_type"], second["model"]) == ("error", "timeout", "llama-3.1-8b-instant")
     assert second["timestamp"] == "2025-06-01T12:00:00.020000+00:00"
@@ -82,6 +87,13 @@ def test_a_cycle_of_parent_ids_does_not_loop(api_client):
     response = api_client.get(f"/api/traces/{TRACE}/")
     assert response.status_code == 200
     assert sorted(call["depth"] for call in response.json()["calls"]) == [0, 1]
+
+
+def test_a_deep_chain_is_walked_without_recursion(api_client):
+    chain = [make_call(f"{index + 1:016x}", f"{index:016x}" if index else "", index) for index in range(1_500)]
+    LLMRequestLog.objects.record_many(chain)
+    calls = api_client.get(f"/api/traces/{TRACE}/").json()["calls"]
+    assert [call["depth"] for call in calls] == list(range(1_500))
 
 
 def test_needs_credentials(anonymous_client, trace_rows):

@@ -178,34 +178,43 @@ def trace_calls(trace_id: str) -> tuple[list[dict], bool]:
     truncated = len(rows) > MAX_TRACE_CALLS
     rows = rows[:MAX_TRACE_CALLS]
     by_span = {row["span_id"]: row for row in rows if row["span_id"]}
-    depths: dict[str, int] = {}
-
-    def depth_of(row: dict, seen: frozenset = frozenset()) -> int:
-        span_id = row["span_id"]
-        if span_id and span_id in depths:
-            return depths[span_id]
-        parent = by_span.get(row["parent_span_id"])
-        # `seen` guards against a cycle of parent ids sent by a confused client.
-        depth = 0 if parent is None or parent["span_id"] in seen else depth_of(parent, seen | {span_id}) + 1
-        if span_id:
-            depths[span_id] = depth
-        return depth
+    depths = span_depths({span_id: row["parent_span_id"] for span_id, row in by_span.items()})
 
     calls = []
     for row in rows:
         parent = by_span.get(row["parent_span_id"]) if row["parent_span_id"] else None
+        # An event may name a parent without a span id of its own.
+        depth = depths[row["span_id"]] if row["span_id"] else (depths[parent["span_id"]] + 1 if parent else 0)
+        call = dict(row)
+        call["model"] = call.pop("model_name")
         calls.append(
             {
-                **row,
-                "model": row.pop("model_name"),
+                **call,
                 "request_id": str(row["request_id"]),
                 "timestamp": row["timestamp"].isoformat(),
                 "cost_estimate": float(row["cost_estimate"]),
                 "parent_request_id": str(parent["request_id"]) if parent is not None else None,
-                "depth": depth_of(row),
+                "depth": depth,
             }
         )
     return calls, truncated
+
+
+def span_depths(parents: dict[str, str]) -> dict[str, int]:
+    """Depth of each span among `parents` ({span_id: parent_span_id}): 0 when its parent is not
+    in the map. Iterative, and a cycle of parent ids (a confused client) ends at the repeat."""
+    depths: dict[str, int] = {}
+    for start in parents:
+        chain, seen, span_id = [], set(), start
+        while span_id in parents and span_id not in depths and span_id not in seen:
+            seen.add(span_id)
+            chain.append(span_id)
+            span_id = parents[span_id]
+        depth = depths.get(span_id, -1) if span_id not in seen else -1
+        for span_id in reversed(chain):
+            depth += 1
+            depths[span_id] = depth
+    return depths
 
 
 class TraceView(APIView):
