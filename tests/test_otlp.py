@@ -6,6 +6,7 @@ import gzip
 import json
 import time
 import uuid
+import zlib
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -290,6 +291,21 @@ def test_gzip_json_is_accepted(client, bearer):
     response = client.post(URL, body, content_type="application/json", HTTP_CONTENT_ENCODING="gzip", **bearer)
     assert response.status_code == 200, response.content
     assert LLMRequestLog.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_deflate_json_is_accepted(client, bearer):
+    body = zlib.compress(json.dumps(otlp_json(otlp_json_span())).encode())
+    response = client.post(URL, body, content_type="application/json", HTTP_CONTENT_ENCODING="deflate", **bearer)
+    assert response.status_code == 200, response.content
+    assert LLMRequestLog.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_gzip_that_is_not_gzip_is_400(client, bearer):
+    body = json.dumps(otlp_json(otlp_json_span())).encode()
+    response = client.post(URL, body, content_type="application/json", HTTP_CONTENT_ENCODING="gzip", **bearer)
+    assert response.status_code == 400 and "decompress" in response.json()["message"]
 
 
 @pytest.mark.django_db
