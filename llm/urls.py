@@ -1,6 +1,6 @@
 from django.urls import path
 
-from llm.api import alerts, prompt
+from llm.api import alerts, ingest, prompt
 
 urlpatterns = [
     # Proxy
@@ -12,6 +12,9 @@ urlpatterns = [
     path("api/alerts/logs/", alerts.AlertLogList.as_view(), name="api-alert-logs"),
     path("api/alerts/logs/<int:pk>/acknowledge/", alerts.AlertLogAcknowledge.as_view(), name="api-alert-acknowledge"),
     # Ingest: events API and OTLP (issue 6)
+    path("api/events/", ingest.EventsView.as_view(), name="api-events"),
+    path("v1/traces", ingest.otlp_traces, name="otlp-traces"),
+    path("api/traces/<str:trace_id>/", ingest.TraceView.as_view(), name="api-trace"),
     # Prometheus (issue 7)
     # Dashboard pages (issue 5)
 ]

@@ -112,3 +112,13 @@ def webhook_receiver(webhook_receiver_session, settings):
     settings.SITE_URL = "https://observatory.test"
     yield webhook_receiver_session
     webhook_receiver_session.reset()
+
+
+@pytest.fixture
+def model_prices(db) -> None:
+    """SPEC's seeded prices, also after a transactional test (live_server) flushed the table."""
+    import importlib
+
+    from django.apps import apps
+
+    importlib.import_module("llm.migrations.0002_seed_model_prices").seed_prices(apps, None)
