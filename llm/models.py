@@ -501,3 +501,58 @@ class APIKey(models.Model):
         if self.revoked_at is None:
             self.revoked_at = timezone.now()
             self.save(update_fields=["revoked_at"])
+
+
+# Prometheus running totals (issue 7). /metrics reads these small tables instead of scanning the
+# logs, and they keep counting what purge_logs deletes, so Prometheus counters never go down.
+
+# Upper bounds, in seconds, of the latency and time-to-first-token histogram buckets: from a
+# cached short answer (0.1 s) to a long generation near the proxy's timeout (60 s).
+HISTOGRAM_BUCKETS_SECONDS: tuple[float, ...] = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60)
+
+
+def empty_buckets() -> list[int]:
+    return [0] * len(HISTOGRAM_BUCKETS_SECONDS)
+
+
+class RequestTotal(models.Model):
+    """Everything ever logged for one model and status, up to the `requests` watermark."""
+
+    model_name = models.CharField(max_length=200)
+    status = models.CharField(max_length=8, choices=LLMRequestLog.Status.choices)
+    requests = models.BigIntegerField(default=0)
+    prompt_tokens = models.BigIntegerField(default=0)
+    completion_tokens = models.BigIntegerField(default=0)
+    cost_usd = models.DecimalField(max_digits=28, decimal_places=10, default=Decimal(0))
+    duration_sum_seconds = models.FloatField(default=0)
+    # Cumulative counts: duration_buckets[i] = requests with latency <= HISTOGRAM_BUCKETS_SECONDS[i].
+    duration_buckets = models.JSONField(default=empty_buckets)
+    ttft_count = models.BigIntegerField(default=0)
+    ttft_sum_seconds = models.FloatField(default=0)
+    ttft_buckets = models.JSONField(default=empty_buckets)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["model_name", "status"], name="llm_requesttotal_model_status")]
+
+    def __str__(self) -> str:
+        return f"{self.model_name} {self.status}: {self.requests}"
+
+
+class FeedbackTotal(models.Model):
+    rating = models.CharField(max_length=12, choices=UserFeedback.Rating.choices, unique=True)
+    count = models.BigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"{self.rating}: {self.count}"
+
+
+class MetricWatermark(models.Model):
+    """The highest row id of a table already added to the running totals."""
+
+    name = models.CharField(max_length=32, unique=True)  # "requests" or "feedback"
+    last_id = models.BigIntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.name} up to id {self.last_id}"

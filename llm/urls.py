@@ -1,6 +1,6 @@
 from django.urls import path
 
-from llm.api import alerts, ingest, prompt
+from llm.api import alerts, ingest, prometheus, prompt
 
 urlpatterns = [
     # Proxy
@@ -16,5 +16,6 @@ urlpatterns = [
     path("v1/traces", ingest.otlp_traces, name="otlp-traces"),
     path("api/traces/<str:trace_id>/", ingest.TraceView.as_view(), name="api-trace"),
     # Prometheus (issue 7)
+    path("metrics", prometheus.metrics, name="metrics"),
     # Dashboard pages (issue 5)
 ]
