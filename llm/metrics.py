@@ -1,0 +1,298 @@
+"""Every figure of the metrics API and the dashboard, computed in the database.
+
+Each function takes an already filtered `LLMRequestLog` queryset (see `llm.filters`) and answers
+plain dicts with SPEC's field names. Nothing here loads log rows into Python: counts, sums,
+averages and percentiles are aggregate queries, grouped by the database.
+
+Percentiles interpolate linearly between closest ranks, as PostgreSQL's `percentile_cont` and
+NumPy's default do. SQLite has no such function, so `register_sqlite_functions` adds one to each
+SQLite connection; both databases give the same figure.
+"""
+
+from __future__ import annotations
+
+import math
+from decimal import Decimal
+from typing import Any
+
+from django.db.models import Aggregate, Avg, Count, F, FloatField, Max, OuterRef, Q, Subquery, Sum
+from django.db.models.functions import TruncDay, TruncHour, TruncMonth
+
+from llm.models import LLMRequestLog, LLMRequestLogQuerySet, ModelPrice
+
+GROUP_BY = {"hour": TruncHour, "day": TruncDay, "month": TruncMonth}
+FAILED = Q(status=LLMRequestLog.Status.ERROR)
+
+
+class Percentile(Aggregate):
+    """The `fraction` percentile (0–1) of an expression, linearly interpolated."""
+
+    function = "PERCENTILE_CONT"
+    name = "Percentile"
+    output_field = FloatField()
+    template = "%(function)s(%(fraction)s) WITHIN GROUP (ORDER BY %(expressions)s)"
+
+    def __init__(self, expression: Any, fraction: float, **extra: Any) -> None:
+        if not 0 <= fraction <= 1:
+            raise ValueError("fraction must be between 0 and 1")
+        super().__init__(expression, fraction=repr(float(fraction)), **extra)
+
+    def as_sqlite(self, compiler, connection, **extra_context):
+        # Aggregate.as_sql passes its own template when there is a filter: change the copy's.
+        clone = self.copy()
+        clone.function = "llm_percentile_cont"
+        clone.template = "%(function)s(%(expressions)s, %(fraction)s)"
+        return super(Percentile, clone).as_sql(compiler, connection, **extra_context)
+
+
+class _SQLitePercentileCont:
+    """percentile_cont for SQLite: collects the group's values inside SQLite, interpolates at the end."""
+
+    def __init__(self) -> None:
+        self.values: list[float] = []
+        self.fraction = 0.5
+
+    def step(self, value: float | None, fraction: float) -> None:
+        if value is not None:
+            self.values.append(value)
+        self.fraction = fraction
+
+    def finalize(self) -> float | None:
+        return interpolated_percentile(self.values, self.fraction)
+
+
+def interpolated_percentile(values: list[float], fraction: float) -> float | None:
+    """Linear interpolation between closest ranks (NumPy's default method)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * fraction
+    lower = math.floor(position)
+    upper = min(lower + 1, len(ordered) - 1)
+    return ordered[lower] + (ordered[upper] - ordered[lower]) * (position - lower)
+
+
+def register_sqlite_functions(sender: Any, connection: Any, **kwargs: Any) -> None:
+    """connection_created receiver: add llm_percentile_cont to every SQLite connection."""
+    if connection.vendor == "sqlite":
+        connection.connection.create_aggregate("llm_percentile_cont", 2, _SQLitePercentileCont)
+
+
+def _number(value: Any) -> float:
+    """Sums are NULL over no rows; the API answers 0 (and floats, not Decimal strings)."""
+    if value is None:
+        return 0
+    # SQLite sums decimals as floats: round back to the column's 10 places.
+    return float(round(value, 10)) if isinstance(value, Decimal) else value
+
+
+def _rate(part: int, whole: int) -> float:
+    return part * 100.0 / whole if whole else 0.0
+
+
+def _latency_aggregates(*, average: bool = True, p50: bool = True, p99: bool = True) -> dict[str, Aggregate]:
+    aggregates: dict[str, Aggregate] = {}
+    if average:
+        aggregates["avg_latency_ms"] = Avg("latency_ms")
+    if p50:
+        aggregates["p50_latency_ms"] = Percentile("latency_ms", 0.5)
+    aggregates["p95_latency_ms"] = Percentile("latency_ms", 0.95)
+    if p99:
+        aggregates["p99_latency_ms"] = Percentile("latency_ms", 0.99)
+    return aggregates
+
+
+def overview(logs: LLMRequestLogQuerySet) -> dict[str, Any]:
+    figures = logs.aggregate(
+        total_requests=Count("id"),
+        failed_requests=Count("id", filter=FAILED),
+        total_tokens=Sum("total_tokens"),
+        prompt_tokens=Sum("prompt_tokens"),
+        completion_tokens=Sum("completion_tokens"),
+        total_cost=Sum("cost_estimate"),
+        unique_users=Count("user_id", distinct=True, filter=~Q(user_id="")),
+        **_latency_aggregates(),
+    )
+    total, failed = figures["total_requests"], figures["failed_requests"]
+    return {
+        "total_requests": total,
+        "successful_requests": total - failed,
+        "failed_requests": failed,
+        "error_rate": _rate(failed, total),
+        "total_tokens": _number(figures["total_tokens"]),
+        "prompt_tokens": _number(figures["prompt_tokens"]),
+        "completion_tokens": _number(figures["completion_tokens"]),
+        "avg_latency_ms": figures["avg_latency_ms"],
+        "p50_latency_ms": figures["p50_latency_ms"],
+        "p95_latency_ms": figures["p95_latency_ms"],
+        "p99_latency_ms": figures["p99_latency_ms"],
+        "total_cost": _number(figures["total_cost"]),
+        "unique_users": figures["unique_users"],
+    }
+
+
+def _by_period(logs: LLMRequestLogQuerySet, group_by: str, **aggregates: Aggregate) -> list[dict[str, Any]]:
+    """One row per period that has traffic, oldest first; `period` in TIME_ZONE, ISO 8601."""
+    truncate = GROUP_BY[group_by]
+    rows = logs.annotate(period=truncate("timestamp")).values("period").annotate(**aggregates).order_by("period")
+    return [{**row, "period": row["period"].isoformat()} for row in rows]
+
+
+def token_usage(logs: LLMRequestLogQuerySet, group_by: str = "day") -> list[dict[str, Any]]:
+    rows = _by_period(
+        logs,
+        group_by,
+        prompt_tokens=Sum("prompt_tokens"),
+        completion_tokens=Sum("completion_tokens"),
+        total_tokens=Sum("total_tokens"),
+        requests=Count("id"),
+    )
+    return [{key: _number(value) if key != "period" else value for key, value in row.items()} for row in rows]
+
+
+def timeseries(logs: LLMRequestLogQuerySet, group_by: str = "hour") -> list[dict[str, Any]]:
+    """Requests, errors, tokens, cost and latency per period: what the dashboard's charts draw."""
+    rows = _by_period(
+        logs,
+        group_by,
+        requests=Count("id"),
+        errors=Count("id", filter=FAILED),
+        prompt_tokens=Sum("prompt_tokens"),
+        completion_tokens=Sum("completion_tokens"),
+        total_tokens=Sum("total_tokens"),
+        cost=Sum("cost_estimate"),
+        **_latency_aggregates(p99=False),
+    )
+    return [
+        {
+            **row,
+            "error_rate": _rate(row["errors"], row["requests"]),
+            "prompt_tokens": _number(row["prompt_tokens"]),
+            "completion_tokens": _number(row["completion_tokens"]),
+            "total_tokens": _number(row["total_tokens"]),
+            "cost": _number(row["cost"]),
+        }
+        for row in rows
+    ]
+
+
+def daily_stats(logs: LLMRequestLogQuerySet) -> list[dict[str, Any]]:
+    rows = _by_period(
+        logs,
+        "day",
+        requests=Count("id"),
+        errors=Count("id", filter=FAILED),
+        total_tokens=Sum("total_tokens"),
+        cost=Sum("cost_estimate"),
+        **_latency_aggregates(p50=False, p99=False),
+    )
+    return [
+        {
+            "date": row["period"][:10],
+            "requests": row["requests"],
+            "errors": row["errors"],
+            "error_rate": _rate(row["errors"], row["requests"]),
+            "total_tokens": _number(row["total_tokens"]),
+            "cost": _number(row["cost"]),
+            "avg_latency_ms": row["avg_latency_ms"],
+            "p95_latency_ms": row["p95_latency_ms"],
+        }
+        for row in rows
+    ]
+
+
+def latency_by_model(logs: LLMRequestLogQuerySet) -> list[dict[str, Any]]:
+    rows = (
+        logs.values("model_name")
+        .annotate(requests=Count("id"), **_latency_aggregates())
+        .order_by("-requests", "model_name")
+    )
+    return [{"model": row.pop("model_name"), **row} for row in rows]
+
+
+def model_usage(logs: LLMRequestLogQuerySet) -> list[dict[str, Any]]:
+    """Per model; `priced` is false for a model missing from the price table (its cost counts as 0)."""
+    rows = (
+        logs.values("model_name")
+        .annotate(
+            requests=Count("id"),
+            errors=Count("id", filter=FAILED),
+            prompt_tokens=Sum("prompt_tokens"),
+            completion_tokens=Sum("completion_tokens"),
+            total_tokens=Sum("total_tokens"),
+            cost=Sum("cost_estimate"),
+            avg_latency_ms=Avg("latency_ms"),
+            p50_latency_ms=Percentile("latency_ms", 0.5),
+            p95_latency_ms=Percentile("latency_ms", 0.95),
+        )
+        .order_by("-requests", "model_name")
+    )
+    priced = set(ModelPrice.objects.values_list("model_name", flat=True))
+    return [
+        {
+            "model": row["model_name"],
+            "requests": row["requests"],
+            "errors": row["errors"],
+            "error_rate": _rate(row["errors"], row["requests"]),
+            "prompt_tokens": _number(row["prompt_tokens"]),
+            "completion_tokens": _number(row["completion_tokens"]),
+            "total_tokens": _number(row["total_tokens"]),
+            "cost": _number(row["cost"]),
+            "avg_latency_ms": row["avg_latency_ms"],
+            "p50_latency_ms": row["p50_latency_ms"],
+            "p95_latency_ms": row["p95_latency_ms"],
+            "priced": row["model_name"] in priced,
+        }
+        for row in rows
+    ]
+
+
+def errors(logs: LLMRequestLogQuerySet) -> dict[str, Any]:
+    """Errors per error_type: count, share of all errors (percent), latest message and time."""
+    failed = logs.filter(FAILED)
+    latest = failed.filter(error_type=OuterRef("error_type")).order_by("-timestamp", "-id")
+    rows = (
+        failed.values("error_type")
+        .annotate(
+            count=Count("id"),
+            last_seen=Max("timestamp"),
+            latest_message=Subquery(latest.values("error_message")[:1]),
+        )
+        .order_by("-count", "error_type")
+    )
+    rows = list(rows)
+    total_errors = sum(row["count"] for row in rows)  # a handful of groups, not log rows
+    total_requests = logs.count()
+    return {
+        "total_errors": total_errors,
+        "total_requests": total_requests,
+        "error_rate": _rate(total_errors, total_requests),
+        "errors": [
+            {
+                "error_type": row["error_type"],
+                "count": row["count"],
+                "share": _rate(row["count"], total_errors),
+                "latest_message": row["latest_message"],
+                "last_seen": row["last_seen"].isoformat(),
+            }
+            for row in rows
+        ],
+    }
+
+
+def user_usage(logs: LLMRequestLogQuerySet, order_by: str = "cost", limit: int = 10) -> list[dict[str, Any]]:
+    """The top users by `cost` or by `requests`; calls without a user_id are left out."""
+    if order_by not in ("cost", "requests"):
+        raise ValueError("order_by is cost or requests")
+    rows = (
+        logs.exclude(user_id="")
+        .values("user_id")
+        .annotate(
+            requests=Count("id"),
+            errors=Count("id", filter=FAILED),
+            total_tokens=Sum("total_tokens"),
+            cost=Sum("cost_estimate"),
+        )
+        .order_by(F(order_by).desc(nulls_last=True), "user_id")[:limit]
+    )
+    return [{**row, "total_tokens": _number(row["total_tokens"]), "cost": _number(row["cost"])} for row in rows]
