@@ -149,6 +149,9 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Send prompts through Groq, report LLM calls made elsewhere, and read their metrics.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # The schema describes private endpoints: same rule as the API itself.
+    "SERVE_PERMISSIONS": ["llm.auth.HasSessionOrAPIKey"],
+    "SERVE_AUTHENTICATION": ["llm.auth.APIKeyAuthentication", "rest_framework.authentication.SessionAuthentication"],
 }
 
 # Email (alerts). EMAIL_URL like smtp://user:pass@host:587 or smtp+tls://…; console by default.

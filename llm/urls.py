@@ -1,11 +1,26 @@
 from django.urls import path
 
-from llm.api import alerts, ingest, prometheus, prompt
+from llm.api import alerts, docs, export, feedback, ingest, logs, metrics, prometheus, prompt
 
 urlpatterns = [
     # Proxy
     path("api/llm/prompt/", prompt.PromptView.as_view(), name="api-prompt"),
     # Metrics, logs, feedback, export (issue 3)
+    path("api/metrics/overview/", metrics.OverviewView.as_view(), name="api-metrics-overview"),
+    path("api/metrics/token-usage/", metrics.TokenUsageView.as_view(), name="api-metrics-token-usage"),
+    path("api/metrics/latency/", metrics.LatencyView.as_view(), name="api-metrics-latency"),
+    path("api/metrics/errors/", metrics.ErrorsView.as_view(), name="api-metrics-errors"),
+    path("api/metrics/model-usage/", metrics.ModelUsageView.as_view(), name="api-metrics-model-usage"),
+    path("api/metrics/daily-stats/", metrics.DailyStatsView.as_view(), name="api-metrics-daily-stats"),
+    path("api/logs/", logs.LogList.as_view(), name="api-logs"),
+    path("api/logs/errors/", logs.ErrorLogList.as_view(), name="api-logs-errors"),
+    path("api/logs/<uuid:request_id>/", logs.LogDetail.as_view(), name="api-log"),
+    path("api/feedback/", feedback.FeedbackListCreate.as_view(), name="api-feedback"),
+    path("api/feedback/analytics/", feedback.FeedbackAnalytics.as_view(), name="api-feedback-analytics"),
+    path("api/export/csv/", export.CSVExport.as_view(), name="api-export-csv"),
+    path("api/export/json/", export.JSONExport.as_view(), name="api-export-json"),
+    path("api/schema/", docs.SchemaView.as_view(), name="api-schema"),
+    path("api/docs/", docs.api_docs, name="api-docs"),
     # Alerts (issue 4)
     path("api/alerts/rules/", alerts.AlertRuleList.as_view(), name="api-alert-rules"),
     path("api/alerts/rules/<int:pk>/", alerts.AlertRuleDetail.as_view(), name="api-alert-rule"),

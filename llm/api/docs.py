@@ -1,0 +1,28 @@
+"""GET /api/schema/ (OpenAPI 3) and /api/docs/ (Swagger UI, vendored: no CDN)."""
+
+from __future__ import annotations
+
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from drf_spectacular.views import SpectacularAPIView
+
+
+class SchemaView(SpectacularAPIView):
+    """The OpenAPI document; like the rest of the API it needs a session or an API key."""
+
+
+class APIKeyAuthenticationScheme(OpenApiAuthenticationExtension):
+    """Documents `Authorization: Bearer <api key>` in the schema."""
+
+    target_class = "llm.auth.APIKeyAuthentication"
+    name = "apiKey"
+
+    def get_security_definition(self, auto_schema):
+        return {"type": "http", "scheme": "bearer", "description": "An API key made in admin or by create_api_key."}
+
+
+@login_required
+def api_docs(request: HttpRequest) -> HttpResponse:
+    return render(request, "api_docs.html")

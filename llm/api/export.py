@@ -1,0 +1,138 @@
+"""GET /api/export/csv/ and /api/export/json/: every filtered log, streamed.
+
+Rows come from the database in chunks (a server-side cursor on PostgreSQL) and leave as they are
+written, so memory stays flat whatever the row count.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from django.core.serializers.json import DjangoJSONEncoder
+from django.http import StreamingHttpResponse
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework.renderers import BaseRenderer, JSONRenderer
+from rest_framework.request import Request
+from rest_framework.views import APIView
+
+from llm.api.logs import LOG_FIELDS
+from llm.api.metrics import FILTER_PARAMETERS
+from llm.filters import date_range_label, filter_logs
+
+CHUNK_ROWS = 2_000
+# A spreadsheet runs a cell that starts with one of these as a formula (CSV injection, OWASP).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+class CSVRenderer(BaseRenderer):
+    """Lets `Accept: text/csv` through content negotiation; error bodies are still JSON."""
+
+    media_type = "text/csv"
+    format = "csv"
+
+    def render(self, data: Any, accepted_media_type=None, renderer_context=None) -> bytes:
+        return json.dumps(data, cls=DjangoJSONEncoder).encode()
+
+
+def escape_formula(value: Any) -> Any:
+    if value.__class__ is str and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+class _Line:
+    """csv.writer writes into this and hands the line back instead of buffering it."""
+
+    def write(self, line: str) -> str:
+        return line
+
+
+def csv_lines(rows: Iterable[tuple]) -> Iterator[str]:
+    writer = csv.writer(_Line())
+    yield writer.writerow(LOG_FIELDS)
+    batch = []
+    for row in rows:
+        batch.append(writer.writerow([escape_formula(cell) for cell in csv_row(row)]))
+        if len(batch) >= 500:
+            yield "".join(batch)
+            batch.clear()
+    yield "".join(batch)
+
+
+TIMESTAMP = LOG_FIELDS.index("timestamp")
+TAGS = LOG_FIELDS.index("tags")
+
+
+def csv_row(row: tuple) -> list:
+    cells = list(row)
+    cells[TIMESTAMP] = cells[TIMESTAMP].isoformat()
+    cells[TAGS] = json.dumps(cells[TAGS], ensure_ascii=False) if cells[TAGS] else ""
+    return cells
+
+
+def json_chunks(rows: Iterable[tuple]) -> Iterator[str]:
+    encoder = DjangoJSONEncoder(ensure_ascii=False)
+    yield "["
+    separator = "\n"
+    batch = []
+    for row in rows:
+        batch.append(separator + encoder.encode(dict(zip(LOG_FIELDS, row, strict=True))))
+        separator = ",\n"
+        if len(batch) >= 500:
+            yield "".join(batch)
+            batch.clear()
+    yield "".join(batch) + "\n]\n"
+
+
+class ExportView(APIView):
+    extension = ""
+    content_type = ""
+
+    def body(self, rows: Iterable[tuple]) -> Iterator[str]:
+        raise NotImplementedError
+
+    def get(self, request: Request) -> StreamingHttpResponse:
+        filtered = filter_logs(request.query_params)
+        rows = filtered.queryset.order_by("timestamp", "id").values_list(*LOG_FIELDS).iterator(chunk_size=CHUNK_ROWS)
+        filename = f"llm-logs_{date_range_label(filtered)}.{self.extension}"
+        return StreamingHttpResponse(
+            self.body(rows),
+            content_type=self.content_type,
+            headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+        )
+
+
+EXPORT_SCHEMA = {"parameters": FILTER_PARAMETERS}
+
+
+class CSVExport(ExportView):
+    """Every filtered log as CSV (UTF-8, oldest first); formula-like cells are prefixed with '."""
+
+    renderer_classes = [JSONRenderer, CSVRenderer]
+    extension = "csv"
+    content_type = "text/csv; charset=utf-8"
+
+    def body(self, rows):
+        return csv_lines(rows)
+
+    @extend_schema(**EXPORT_SCHEMA, responses={(200, "text/csv"): OpenApiResponse(description="CSV file")})
+    def get(self, request: Request) -> StreamingHttpResponse:
+        return super().get(request)
+
+
+class JSONExport(ExportView):
+    """Every filtered log as one JSON array (UTF-8, oldest first)."""
+
+    renderer_classes = [JSONRenderer]
+    extension = "json"
+    content_type = "application/json; charset=utf-8"
+
+    def body(self, rows):
+        return json_chunks(rows)
+
+    @extend_schema(**EXPORT_SCHEMA, responses={(200, "application/json"): OpenApiResponse(description="JSON array")})
+    def get(self, request: Request) -> StreamingHttpResponse:
+        return super().get(request)

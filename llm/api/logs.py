@@ -1,0 +1,133 @@
+"""GET /api/logs/ (paginated, filtered, searchable), /api/logs/errors/ and /api/logs/<request_id>/."""
+
+from __future__ import annotations
+
+from django.db.models import Q
+from django.shortcuts import get_object_or_404
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import generics, serializers
+from rest_framework.exceptions import ValidationError
+from rest_framework.pagination import PageNumberPagination
+
+from llm.api.metrics import FILTER_PARAMETERS
+from llm.filters import filter_logs
+from llm.models import LLMRequestLog, LLMRequestLogQuerySet, UserFeedback
+
+LOG_FIELDS = [
+    "request_id",
+    "timestamp",
+    "source",
+    "provider",
+    "model_name",
+    "user_id",
+    "session_id",
+    "trace_id",
+    "span_id",
+    "parent_span_id",
+    "prompt_text",
+    "response_text",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "latency_ms",
+    "ttft_ms",
+    "cost_estimate",
+    "status",
+    "error_type",
+    "error_message",
+    "finish_reason",
+    "temperature",
+    "max_tokens",
+    "tags",
+]
+SEARCH_MAX_CHARS = 200
+
+
+class LogSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = LLMRequestLog
+        fields = LOG_FIELDS
+        read_only_fields = LOG_FIELDS
+
+
+class FeedbackSerializer(serializers.ModelSerializer):
+    request_id = serializers.UUIDField(source="request.request_id")
+
+    class Meta:
+        model = UserFeedback
+        fields = ["id", "request_id", "rating", "comment", "created_at"]
+        read_only_fields = ["id", "created_at"]
+
+
+class LogDetailSerializer(LogSerializer):
+    feedback = FeedbackSerializer(many=True, read_only=True)
+
+    class Meta(LogSerializer.Meta):
+        fields = [*LOG_FIELDS, "feedback"]
+        read_only_fields = fields
+
+
+class StrictPageNumberPagination(PageNumberPagination):
+    """DRF caps a too large page_size silently; we say so, naming the field."""
+
+    page_size = 50
+    page_size_query_param = "page_size"
+    max_page_size = 500
+
+    def get_page_size(self, request) -> int:
+        raw = request.query_params.get(self.page_size_query_param)
+        if raw is None:
+            return self.page_size
+        try:
+            size = int(raw)
+        except ValueError:
+            raise ValidationError({"page_size": ["A whole number is required."]}) from None
+        if not 1 <= size <= self.max_page_size:
+            raise ValidationError({"page_size": [f"Must be between 1 and {self.max_page_size}."]})
+        return size
+
+
+class LogList(generics.ListAPIView):
+    """Logs, newest first. Filters: start_date, end_date, model, status, user_id; search in prompt and response."""
+
+    serializer_class = LogSerializer
+    pagination_class = StrictPageNumberPagination
+
+    def base_queryset(self) -> LLMRequestLogQuerySet:
+        return LLMRequestLog.objects.all()
+
+    def get_queryset(self) -> LLMRequestLogQuerySet:
+        logs = filter_logs(self.request.query_params, queryset=self.base_queryset()).queryset
+        search = self.request.query_params.get("search", "").strip()
+        if len(search) > SEARCH_MAX_CHARS:
+            raise ValidationError({"search": [f"At most {SEARCH_MAX_CHARS} characters."]})
+        if search:
+            logs = logs.filter(Q(prompt_text__icontains=search) | Q(response_text__icontains=search))
+        return logs.order_by("-timestamp", "-id")
+
+    @extend_schema(
+        parameters=[
+            *FILTER_PARAMETERS,
+            OpenApiParameter("search", OpenApiTypes.STR, description="Text in the prompt or the response."),
+        ]
+    )
+    def get(self, request, *args, **kwargs):
+        return super().get(request, *args, **kwargs)
+
+
+class ErrorLogList(LogList):
+    """Failed calls only, newest first; same filters and search as the log list."""
+
+    def base_queryset(self) -> LLMRequestLogQuerySet:
+        return LLMRequestLog.objects.failed()
+
+
+class LogDetail(generics.RetrieveAPIView):
+    """One call with its feedback."""
+
+    serializer_class = LogDetailSerializer
+
+    def get_object(self) -> LLMRequestLog:
+        queryset = LLMRequestLog.objects.prefetch_related("feedback")
+        return get_object_or_404(queryset, request_id=self.kwargs["request_id"])

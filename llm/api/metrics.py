@@ -1,0 +1,123 @@
+"""GET /api/metrics/…: the figures of llm.metrics over the shared filters.
+
+With no dates a metric covers the last 24 hours; every answer states its window (`start`, `end`,
+`window_defaulted`), so a client never has to guess what it is looking at.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from django.utils import timezone
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework.exceptions import ValidationError
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from llm import metrics
+from llm.filters import DEFAULT_METRICS_WINDOW, FilteredLogs, filter_logs
+
+FILTER_PARAMETERS = [
+    OpenApiParameter("start_date", OpenApiTypes.STR, description="ISO 8601 date or date-time (inclusive)."),
+    OpenApiParameter("end_date", OpenApiTypes.STR, description="ISO 8601 date-time (exclusive); a date: to its end."),
+    OpenApiParameter("model", OpenApiTypes.STR, description="Exact model name."),
+    OpenApiParameter("status", OpenApiTypes.STR, enum=["success", "error"]),
+    OpenApiParameter("user_id", OpenApiTypes.STR),
+]
+GROUP_BY_PARAMETER = OpenApiParameter(
+    "group_by",
+    OpenApiTypes.STR,
+    enum=list(metrics.GROUP_BY),
+    description="Period length; by default hour up to 2 days, day up to 90 days, month beyond.",
+)
+
+
+def group_by_for(request: Request, filtered: FilteredLogs) -> str:
+    group_by = request.query_params.get("group_by")
+    if group_by:
+        if group_by not in metrics.GROUP_BY:
+            raise ValidationError({"group_by": [f"Must be one of: {', '.join(metrics.GROUP_BY)}."]})
+        return group_by
+    if filtered.start is None:
+        return "day"
+    span = (filtered.end or timezone.now()) - filtered.start
+    if span <= timedelta(days=2):
+        return "hour"
+    return "day" if span <= timedelta(days=90) else "month"
+
+
+class MetricsView(APIView):
+    """Filters the logs, answers the window and what `figures` computes from them."""
+
+    def figures(self, request: Request, filtered: FilteredLogs) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def get(self, request: Request) -> Response:
+        filtered = filter_logs(request.query_params, default_window=DEFAULT_METRICS_WINDOW)
+        return Response({**filtered.window(), **self.figures(request, filtered)})
+
+
+def metrics_schema(description: str, *, group_by: bool = False):
+    parameters = [*FILTER_PARAMETERS, GROUP_BY_PARAMETER] if group_by else FILTER_PARAMETERS
+    return extend_schema(
+        parameters=parameters,
+        responses={200: OpenApiResponse(description=description), 400: OpenApiResponse(description="Bad filter.")},
+    )
+
+
+class OverviewView(MetricsView):
+    @metrics_schema("Totals, error rate, latency percentiles, cost and unique users of the window.")
+    def get(self, request: Request) -> Response:
+        return super().get(request)
+
+    def figures(self, request, filtered):
+        return metrics.overview(filtered.queryset)
+
+
+class TokenUsageView(MetricsView):
+    @metrics_schema("Per period: prompt, completion and total tokens, requests.", group_by=True)
+    def get(self, request: Request) -> Response:
+        return super().get(request)
+
+    def figures(self, request, filtered):
+        group_by = group_by_for(request, filtered)
+        return {"group_by": group_by, "results": metrics.token_usage(filtered.queryset, group_by)}
+
+
+class LatencyView(MetricsView):
+    @metrics_schema("Per model: requests, average and p50/p95/p99 latency in ms.")
+    def get(self, request: Request) -> Response:
+        return super().get(request)
+
+    def figures(self, request, filtered):
+        return {"results": metrics.latency_by_model(filtered.queryset)}
+
+
+class ErrorsView(MetricsView):
+    @metrics_schema("Per error_type: count, share of all errors (percent), latest message.")
+    def get(self, request: Request) -> Response:
+        return super().get(request)
+
+    def figures(self, request, filtered):
+        return metrics.errors(filtered.queryset)
+
+
+class ModelUsageView(MetricsView):
+    @metrics_schema("Per model: requests, tokens, cost, error rate, latency; priced=false: no price known.")
+    def get(self, request: Request) -> Response:
+        return super().get(request)
+
+    def figures(self, request, filtered):
+        return {"results": metrics.model_usage(filtered.queryset)}
+
+
+class DailyStatsView(MetricsView):
+    @metrics_schema("Per day (TIME_ZONE): requests, errors, tokens, cost, average and p95 latency.")
+    def get(self, request: Request) -> Response:
+        return super().get(request)
+
+    def figures(self, request, filtered):
+        return {"results": metrics.daily_stats(filtered.queryset)}

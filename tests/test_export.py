@@ -1,0 +1,94 @@
+"""CSV and JSON export: every filtered row, round-trips, formula escaping, file names."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+
+from llm.api.logs import LOG_FIELDS
+from llm.models import LLMRequestLog
+from tests.read_api_data import NOW, make_logs, select
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def logs(model_prices):
+    return make_logs(300)
+
+
+def content(response) -> str:
+    return b"".join(response.streaming_content).decode()
+
+
+def test_csv_has_every_filtered_row_and_round_trips(api_client, logs):
+    params = {"start_date": (NOW - timedelta(days=20)).isoformat(), "model": "llama-3.1-8b-instant"}
+    response = api_client.get("/api/export/csv/", params)
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(content(response))))
+    expected = {str(log.request_id): log for log in select(logs, start=NOW - timedelta(days=20), model=params["model"])}
+    assert (
+        len(rows)
+        == len(expected)
+        == LLMRequestLog.objects.filter(timestamp__gte=NOW - timedelta(days=20), model_name=params["model"]).count()
+    )
+    assert list(rows[0]) == LOG_FIELDS
+    for row in rows:
+        log = expected[row["request_id"]]
+        assert int(row["total_tokens"]) == log.total_tokens
+        assert float(row["latency_ms"]) == log.latency_ms
+        assert Decimal(row["cost_estimate"]) == log.cost_estimate
+        assert row["error_message"] == log.error_message
+        unescaped = row["prompt_text"][1:] if row["prompt_text"].startswith("'=") else row["prompt_text"]
+        assert unescaped == log.prompt_text
+
+
+def test_csv_escapes_formula_cells(api_client, db):
+    for text in ['=HYPERLINK("http://evil")', "+cmd|' /C calc'!A0", "-2+3", "@SUM(A1)", "\tx", "plain = text"]:
+        LLMRequestLog.objects.create(model_name="m", prompt_text=text)
+    rows = list(csv.DictReader(io.StringIO(content(api_client.get("/api/export/csv/")))))
+    prompts = sorted(row["prompt_text"] for row in rows)
+    assert prompts == sorted(
+        ['\'=HYPERLINK("http://evil")', "'+cmd|' /C calc'!A0", "'-2+3", "'@SUM(A1)", "'\tx", "plain = text"]
+    )
+
+
+def test_json_export_is_valid_for_awkward_text(api_client, db):
+    awkward = 'He said "hi"\nthen \\ left — 日本語 \u2028 ☕ </script>'
+    log = LLMRequestLog.objects.create(model_name="m", prompt_text=awkward, response_text='{"a": 1}', tags={"k": "é"})
+    response = api_client.get("/api/export/json/")
+    assert response["Content-Type"].startswith("application/json")
+    rows = json.loads(content(response))
+    assert len(rows) == 1
+    assert rows[0]["prompt_text"] == awkward
+    assert rows[0]["tags"] == {"k": "é"}
+    assert rows[0]["request_id"] == str(log.request_id)
+
+
+def test_json_export_row_count_equals_filter(api_client, logs):
+    rows = json.loads(content(api_client.get("/api/export/json/", {"status": "error"})))
+    assert len(rows) == len(select(logs, status="error")) > 0
+    assert {row["status"] for row in rows} == {"error"}
+
+
+def test_empty_export_is_still_valid(api_client, db):
+    assert json.loads(content(api_client.get("/api/export/json/"))) == []
+    assert content(api_client.get("/api/export/csv/")).strip() == ",".join(LOG_FIELDS)
+
+
+def test_file_names_carry_the_date_range(api_client, db):
+    response = api_client.get("/api/export/csv/", {"start_date": "2026-11-01", "end_date": "2026-11-20"})
+    assert response["Content-Disposition"] == 'attachment; filename="llm-logs_2026-11-01_to_2026-11-20.csv"'
+    response = api_client.get("/api/export/json/", {"start_date": "2026-11-01T00:00:00Z"})
+    assert response["Content-Disposition"].startswith('attachment; filename="llm-logs_2026-11-01_to_')
+    assert response["Content-Disposition"].endswith('.json"')
+
+
+def test_csv_accepts_text_csv_accept_header(api_client, db):
+    assert api_client.get("/api/export/csv/", HTTP_ACCEPT="text/csv").status_code == 200
