@@ -57,8 +57,12 @@ test-postgres: dev-venv
 	@echo "== tests on PostgreSQL (throwaway cluster on 127.0.0.1)"
 	scripts/with-postgres $(VENV)/bin/pytest $(PYTEST_ARGS)
 
+# Speed and memory targets, measured on SQLite and on a throwaway PostgreSQL (takes a while).
 bench: dev-venv system-deps
-	$(PYTHON) bench/api_bench.py
+	env -u DATABASE_URL $(PYTHON) bench/api_bench.py
+	scripts/with-postgres $(PYTHON) bench/api_bench.py
+	env -u DATABASE_URL $(PYTHON) bench/metrics_bench.py
+	scripts/with-postgres $(PYTHON) bench/metrics_bench.py
 
 clean:
 	rm -rf $(VENV) staticfiles .pytest_cache .ruff_cache
