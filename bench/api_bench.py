@@ -105,7 +105,7 @@ def main() -> None:
             f"{figures['peak_mb']:.0f} MB",
         )
     )
-    print(f"\n| database | rows | endpoint | median ms | export peak memory |\n| --- | ---: | --- | ---: | ---: |")
+    print("\n| database | rows | endpoint | median ms | export peak memory |\n| --- | ---: | --- | ---: | ---: |")
     for path, milliseconds, memory in results:
         print(f"| {database} | {ROWS:,} | {path} | {milliseconds:,.0f} | {memory} |")
 

@@ -34,10 +34,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import connections
-from django.db.models import Aggregate, Count, FloatField, Q, Sum
+from django.db.models import Count, Q, Sum
 
 from llm import notifiers
+from llm.metrics import Percentile
 from llm.models import AlertLog, AlertRule, LLMRequestLog
 
 logger = logging.getLogger(__name__)
@@ -154,38 +154,6 @@ def format_value(metric_type: str, value: float | None) -> str:
     return f"{value:.0f}" if float(value).is_integer() else f"{value:.2f}"
 
 
-class _PercentileCont(Aggregate):
-    """PostgreSQL's ordered-set aggregate `percentile_cont(f) WITHIN GROUP (ORDER BY expr)`."""
-
-    function = "percentile_cont"
-    template = "%(function)s(%(fraction)s) WITHIN GROUP (ORDER BY %(expressions)s)"
-    output_field = FloatField()
-
-    def __init__(self, expression: str, fraction: float) -> None:
-        # The fraction is ours (a constant float), never user input, so it is inlined.
-        super().__init__(expression, fraction=repr(float(fraction)))
-
-
-def _p95(queryset, count: int, column: str = "latency_ms") -> float | None:
-    """95th percentile of `column` over `queryset` (which has `count` rows), in the database.
-
-    Linear interpolation between the two closest ranks, the definition of PostgreSQL's
-    `percentile_cont` and NumPy's default, so both databases give the same figure. SQLite has
-    no percentile function: it reads just those two rows, ordered, with LIMIT/OFFSET.
-    TODO(lead): replace with llm/metrics.py's percentile functions once issue 3 is merged.
-    """
-    if count == 0:
-        return None
-    if connections[queryset.db].vendor == "postgresql":
-        return queryset.aggregate(p95=_PercentileCont(column, 0.95))["p95"]
-    # rank = 0.95 * (count - 1), in integer arithmetic so that 19.000000000000004 cannot happen.
-    lower, remainder = divmod(95 * (count - 1), 100)
-    values = list(queryset.order_by(column).values_list(column, flat=True)[lower : lower + 2])
-    if remainder == 0 or len(values) == 1:
-        return float(values[0])
-    return values[0] + (values[1] - values[0]) * remainder / 100
-
-
 def evaluate(rule: AlertRule, now: datetime, window_minutes: int | None = None) -> Evaluation:
     """Measure the rule's metric over [now - window, now) and compare it with the threshold."""
     minutes = window_minutes or rule.time_window_minutes
@@ -216,8 +184,8 @@ def evaluate(rule: AlertRule, now: datetime, window_minutes: int | None = None) 
         requests = counts["requests"]
         value = 100 * counts["failed"] / requests if requests else None
     elif rule.metric_type == Metric.LATENCY_P95:
-        requests = window.count()
-        value = _p95(window, requests)
+        figures = window.aggregate(requests=Count("id"), p95=Percentile("latency_ms", 0.95))
+        requests, value = figures["requests"], figures["p95"]
     elif rule.metric_type == Metric.COST:
         totals = window.aggregate(requests=Count("id"), cost=Sum("cost_estimate"))
         requests = totals["requests"]
