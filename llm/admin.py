@@ -4,7 +4,7 @@ from django.contrib import admin, messages
 from django.db import models
 from django.utils import timezone
 
-from llm.models import AlertLog, AlertRule, APIKey, LLMRequestLog, ModelPrice, UserFeedback
+from llm.models import AlertLog, AlertRule, APIKey, DashboardSettings, LLMRequestLog, ModelPrice, UserFeedback
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -177,3 +177,16 @@ class APIKeyAdmin(admin.ModelAdmin):
     def revoke(self, request, queryset) -> None:
         count = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
         self.message_user(request, f"Revoked {count} key(s).", messages.SUCCESS)
+
+
+@admin.register(DashboardSettings)
+class DashboardSettingsAdmin(admin.ModelAdmin):
+    """One row: the overview's amber and red thresholds."""
+
+    list_display = ["__str__", "error_rate_amber", "error_rate_red", "p95_latency_amber_ms", "p95_latency_red_ms"]
+
+    def has_add_permission(self, request) -> bool:
+        return not DashboardSettings.objects.exists()
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False

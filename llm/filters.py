@@ -9,6 +9,7 @@ from typing import Any
 
 import django_filters
 from django import forms
+from django.db.models import Q
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 from rest_framework.exceptions import ValidationError
@@ -16,6 +17,7 @@ from rest_framework.exceptions import ValidationError
 from llm.models import LLMRequestLog, LLMRequestLogQuerySet
 
 DEFAULT_METRICS_WINDOW = timedelta(hours=24)
+SEARCH_MAX_CHARS = 200
 
 
 class DateOrDateTimeField(forms.Field):
@@ -124,3 +126,13 @@ def date_range_label(filtered: FilteredLogs) -> str:
 
     end = filtered.end - timedelta(microseconds=1) if filtered.end else None
     return f"{label(filtered.start, 'beginning')}_to_{label(end, timezone.localdate().isoformat())}"
+
+
+def search_logs(logs: LLMRequestLogQuerySet, params: Any) -> LLMRequestLogQuerySet:
+    """The `search` parameter: text in the prompt or the response (logs list, logs page, export)."""
+    search = params.get("search", "").strip()
+    if len(search) > SEARCH_MAX_CHARS:
+        raise ValidationError({"search": [f"At most {SEARCH_MAX_CHARS} characters."]})
+    if not search:
+        return logs
+    return logs.filter(Q(prompt_text__icontains=search) | Q(response_text__icontains=search))

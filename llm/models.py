@@ -556,3 +556,50 @@ class MetricWatermark(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} up to id {self.last_id}"
+
+
+class DashboardSettings(models.Model):
+    """Where the overview's cards turn amber and red; one row, edited in admin."""
+
+    error_rate_amber = models.FloatField(default=2.0, validators=[MinValueValidator(0)], help_text="Percent.")
+    error_rate_red = models.FloatField(default=5.0, validators=[MinValueValidator(0)], help_text="Percent.")
+    p95_latency_amber_ms = models.FloatField(default=3000, validators=[MinValueValidator(0)])
+    p95_latency_red_ms = models.FloatField(default=8000, validators=[MinValueValidator(0)])
+    cost_per_day_amber_usd = models.FloatField(
+        default=10, validators=[MinValueValidator(0)], help_text="Average spend per day over the range shown."
+    )
+    cost_per_day_red_usd = models.FloatField(default=50, validators=[MinValueValidator(0)])
+
+    class Meta:
+        verbose_name = verbose_name_plural = "dashboard settings"
+
+    def __str__(self) -> str:
+        return "Dashboard settings"
+
+    def thresholds(self) -> dict[str, tuple[float, float]]:
+        return {
+            "error_rate": (self.error_rate_amber, self.error_rate_red),
+            "p95_latency": (self.p95_latency_amber_ms, self.p95_latency_red_ms),
+            "cost_per_day": (self.cost_per_day_amber_usd, self.cost_per_day_red_usd),
+        }
+
+    def clean(self) -> None:
+        red_fields = {"error_rate": "error_rate_red", "p95_latency": "p95_latency_red_ms"}
+        for metric, (amber, red) in self.thresholds().items():
+            if red < amber:
+                field = red_fields.get(metric, "cost_per_day_red_usd")
+                raise ValidationError({field: "Red must be at least the amber threshold."})
+
+    @classmethod
+    def load(cls) -> DashboardSettings:
+        settings_row, _ = cls.objects.get_or_create(pk=1)
+        return settings_row
+
+    def level(self, metric: str, value: float | None) -> str:
+        """ "ok", "amber" or "red" for a card; metric is error_rate, p95_latency or cost_per_day."""
+        if value is None:
+            return "ok"
+        amber, red = self.thresholds()[metric]
+        if value >= red:
+            return "red"
+        return "amber" if value >= amber else "ok"

@@ -92,3 +92,9 @@ def test_file_names_carry_the_date_range(api_client, db):
 
 def test_csv_accepts_text_csv_accept_header(api_client, db):
     assert api_client.get("/api/export/csv/", HTTP_ACCEPT="text/csv").status_code == 200
+
+
+def test_export_applies_search_like_the_logs_list(api_client, logs):
+    listed = api_client.get("/api/logs/", {"search": "hello", "page_size": 500}).json()["count"]
+    rows = json.loads(content(api_client.get("/api/export/json/", {"search": "hello"})))
+    assert len(rows) == listed > 0

@@ -19,8 +19,8 @@ from rest_framework.request import Request
 from rest_framework.views import APIView
 
 from llm.api.logs import LOG_FIELDS
-from llm.api.metrics import FILTER_PARAMETERS
-from llm.filters import date_range_label, filter_logs
+from llm.api.metrics import FILTER_PARAMETERS, SEARCH_PARAMETER
+from llm.filters import date_range_label, filter_logs, search_logs
 
 CHUNK_ROWS = 2_000
 # A spreadsheet runs a cell that starts with one of these as a formula (CSV injection, OWASP).
@@ -96,7 +96,8 @@ class ExportView(APIView):
 
     def get(self, request: Request) -> StreamingHttpResponse:
         filtered = filter_logs(request.query_params)
-        rows = filtered.queryset.order_by("timestamp", "id").values_list(*LOG_FIELDS).iterator(chunk_size=CHUNK_ROWS)
+        logs = search_logs(filtered.queryset, request.query_params)
+        rows = logs.order_by("timestamp", "id").values_list(*LOG_FIELDS).iterator(chunk_size=CHUNK_ROWS)
         filename = f"llm-logs_{date_range_label(filtered)}.{self.extension}"
         return StreamingHttpResponse(
             self.body(rows),
@@ -105,7 +106,7 @@ class ExportView(APIView):
         )
 
 
-EXPORT_SCHEMA = {"parameters": FILTER_PARAMETERS}
+EXPORT_SCHEMA = {"parameters": [*FILTER_PARAMETERS, SEARCH_PARAMETER]}
 
 
 class CSVExport(ExportView):

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-from django.db.models import Count, Q, QuerySet
+from django.db.models import QuerySet
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import generics, serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from llm import metrics
 from llm.api.logs import FeedbackSerializer, StrictPageNumberPagination
 from llm.api.metrics import FILTER_PARAMETERS
 from llm.filters import filter_logs
 from llm.models import LLMRequestLog, UserFeedback
 
 COMMENT_MAX_CHARS = 5_000
-UP = Q(rating=UserFeedback.Rating.THUMBS_UP)
-DOWN = Q(rating=UserFeedback.Rating.THUMBS_DOWN)
 
 
 class FeedbackCreateSerializer(serializers.Serializer):
@@ -66,38 +65,10 @@ class FeedbackListCreate(generics.ListCreateAPIView):
         return super().get(request, *args, **kwargs)
 
 
-def satisfaction(up: int, down: int) -> float | None:
-    """Percent of ratings that are thumbs up; None with no rating at all."""
-    return up * 100.0 / (up + down) if up + down else None
-
-
 class FeedbackAnalytics(APIView):
     @extend_schema(
         parameters=FILTER_PARAMETERS,
         responses={200: OpenApiResponse(description="thumbs_up, thumbs_down, total, satisfaction_rate, by_model")},
     )
     def get(self, request: Request) -> Response:
-        feedback = feedback_for(request.query_params)
-        totals = feedback.aggregate(thumbs_up=Count("id", filter=UP), thumbs_down=Count("id", filter=DOWN))
-        per_model = (
-            feedback.values("request__model_name")
-            .annotate(thumbs_up=Count("id", filter=UP), thumbs_down=Count("id", filter=DOWN))
-            .order_by("request__model_name")
-        )
-        return Response(
-            {
-                **totals,
-                "total": totals["thumbs_up"] + totals["thumbs_down"],
-                "satisfaction_rate": satisfaction(totals["thumbs_up"], totals["thumbs_down"]),
-                "by_model": [
-                    {
-                        "model": row["request__model_name"],
-                        "thumbs_up": row["thumbs_up"],
-                        "thumbs_down": row["thumbs_down"],
-                        "total": row["thumbs_up"] + row["thumbs_down"],
-                        "satisfaction_rate": satisfaction(row["thumbs_up"], row["thumbs_down"]),
-                    }
-                    for row in per_model
-                ],
-            }
-        )
+        return Response(metrics.feedback_summary(feedback_for(request.query_params)))

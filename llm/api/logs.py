@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from django.db.models import Q
 from django.shortcuts import get_object_or_404
-from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import generics, serializers
 from rest_framework.exceptions import ValidationError
 from rest_framework.pagination import PageNumberPagination
 
-from llm.api.metrics import FILTER_PARAMETERS
-from llm.filters import filter_logs
+from llm.api.metrics import FILTER_PARAMETERS, SEARCH_PARAMETER
+from llm.filters import filter_logs, search_logs
 from llm.models import LLMRequestLog, LLMRequestLogQuerySet, UserFeedback
 
 LOG_FIELDS = [
@@ -41,7 +39,6 @@ LOG_FIELDS = [
     "max_tokens",
     "tags",
 ]
-SEARCH_MAX_CHARS = 200
 
 
 class LogSerializer(serializers.ModelSerializer):
@@ -99,17 +96,12 @@ class LogList(generics.ListAPIView):
 
     def get_queryset(self) -> LLMRequestLogQuerySet:
         logs = filter_logs(self.request.query_params, queryset=self.base_queryset()).queryset
-        search = self.request.query_params.get("search", "").strip()
-        if len(search) > SEARCH_MAX_CHARS:
-            raise ValidationError({"search": [f"At most {SEARCH_MAX_CHARS} characters."]})
-        if search:
-            logs = logs.filter(Q(prompt_text__icontains=search) | Q(response_text__icontains=search))
-        return logs.order_by("-timestamp", "-id")
+        return search_logs(logs, self.request.query_params).order_by("-timestamp", "-id")
 
     @extend_schema(
         parameters=[
             *FILTER_PARAMETERS,
-            OpenApiParameter("search", OpenApiTypes.STR, description="Text in the prompt or the response."),
+            SEARCH_PARAMETER,
         ]
     )
     def get(self, request, *args, **kwargs):

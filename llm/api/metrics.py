@@ -27,6 +27,7 @@ FILTER_PARAMETERS = [
     OpenApiParameter("status", OpenApiTypes.STR, enum=["success", "error"]),
     OpenApiParameter("user_id", OpenApiTypes.STR),
 ]
+SEARCH_PARAMETER = OpenApiParameter("search", OpenApiTypes.STR, description="Text in the prompt or the response.")
 GROUP_BY_PARAMETER = OpenApiParameter(
     "group_by",
     OpenApiTypes.STR,
@@ -38,7 +39,7 @@ GROUP_BY_PARAMETER = OpenApiParameter(
 def group_by_for(request: Request, filtered: FilteredLogs) -> str:
     group_by = request.query_params.get("group_by")
     if group_by:
-        if group_by not in metrics.GROUP_BY:
+        if group_by not in metrics.GROUP_BY:  # not "minute": that is the dashboard's
             raise ValidationError({"group_by": [f"Must be one of: {', '.join(metrics.GROUP_BY)}."]})
         return group_by
     if filtered.start is None:
