@@ -1,5 +1,6 @@
 from django.urls import path
 
+from llm import views
 from llm.api import alerts, docs, export, feedback, ingest, logs, metrics, prometheus, prompt
 
 urlpatterns = [
@@ -33,4 +34,13 @@ urlpatterns = [
     # Prometheus (issue 7)
     path("metrics", prometheus.metrics, name="metrics"),
     # Dashboard pages (issue 5)
+    path("", views.overview, name="overview"),
+    path("analytics/", views.analytics, name="analytics"),
+    path("logs/", views.logs, name="logs"),
+    path("logs/<uuid:request_id>/", views.log_detail, name="log-detail"),
+    path("traces/<str:trace_id>/", views.trace, name="trace"),
+    path("feedback/", views.feedback, name="feedback"),
+    path("alerts/", views.alerts_page, name="alerts"),
+    path("alerts/<int:pk>/acknowledge/", views.acknowledge_alert, name="alert-acknowledge"),
+    path("playground/", views.playground, name="playground"),
 ]

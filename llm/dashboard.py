@@ -1,0 +1,222 @@
+"""What the dashboard pages show, built on llm.metrics: the pages and the API read the same figures.
+
+The time range and model filter live in the URL (`?range=7d&model=…`, or `range=custom` with
+`start_date` and `end_date`), so a view can be shared; they become the same `start_date`,
+`end_date` and `model` parameters the API takes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import urlencode
+
+from django.utils import timezone
+from rest_framework.exceptions import ValidationError
+
+from llm import metrics
+from llm.filters import FilteredLogs, filter_logs
+from llm.models import DashboardSettings, LLMRequestLog, LLMRequestLogQuerySet, ModelPrice
+
+RANGES = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "7d": timedelta(days=7), "30d": timedelta(days=30)}
+RANGE_LABELS = {"1h": "1 hour", "24h": "24 hours", "7d": "7 days", "30d": "30 days", "custom": "Custom"}
+DEFAULT_RANGE = "24h"
+STEPS = {"minute": timedelta(minutes=1), "hour": timedelta(hours=1), "day": timedelta(days=1)}
+PERIOD_START = {
+    "minute": {"second": 0},
+    "hour": {"minute": 0, "second": 0},
+    "day": {"hour": 0, "minute": 0, "second": 0},
+}
+AUTO_REFRESH_SECONDS = 30
+
+
+@dataclass
+class TimeRange:
+    key: str
+    start: datetime
+    end: datetime
+    model: str = ""
+    errors: dict[str, list[str]] = field(default_factory=dict)
+    # Extra filters a page keeps in its links (the logs page: status, user_id, search).
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def length(self) -> timedelta:
+        return self.end - self.start
+
+    @property
+    def group_by(self) -> str:
+        if self.length <= timedelta(hours=2):
+            return "minute"
+        if self.length <= timedelta(days=7):
+            return "hour"
+        return "day" if self.length <= timedelta(days=180) else "month"
+
+    def api_params(self) -> dict[str, str]:
+        """The same window as API parameters: what the export buttons and the tests ask for."""
+        params = {"start_date": self.start.isoformat(), "end_date": self.end.isoformat()}
+        if self.model:
+            params["model"] = self.model
+        return {**params, **{key: value for key, value in self.extra.items() if value}}
+
+    def api_query(self) -> str:
+        return urlencode(self.api_params())
+
+    def page_params(self) -> dict[str, str]:
+        """The URL parameters of this view, for links that keep it (pagination, refresh)."""
+        params = {"range": self.key}
+        if self.key == "custom":
+            params |= {"start_date": self.start.isoformat(), "end_date": self.end.isoformat()}
+        if self.model:
+            params["model"] = self.model
+        return {**params, **{key: value for key, value in self.extra.items() if value}}
+
+    def logs(self) -> LLMRequestLogQuerySet:
+        return filter_logs(self.api_params()).queryset
+
+    def previous(self) -> TimeRange:
+        return TimeRange(self.key, self.start - self.length, self.start, self.model)
+
+
+def time_range(params: Any, *, extra_keys: tuple[str, ...] = ()) -> TimeRange:
+    """The range a page shows; bad values fall back to the default and are reported in `errors`."""
+    key = params.get("range") or DEFAULT_RANGE
+    model = params.get("model", "").strip()
+    extra = {name: params.get(name, "").strip() for name in extra_keys}
+    end = timezone.now()
+    if key == "custom":
+        try:
+            filtered: FilteredLogs = filter_logs(
+                {"start_date": params.get("start_date", ""), "end_date": params.get("end_date", "")}
+            )
+        except ValidationError as error:
+            fallback = time_range({"model": model}, extra_keys=())
+            fallback.errors = {name: [str(message) for message in messages] for name, messages in error.detail.items()}
+            fallback.extra = extra
+            return fallback
+        start = filtered.start or end - RANGES[DEFAULT_RANGE]
+        return TimeRange(key, start, filtered.end or end, model, extra=extra)
+    errors = {}
+    if key not in RANGES:
+        errors["range"] = [f"Choose one of {', '.join(RANGE_LABELS)}."]
+        key = DEFAULT_RANGE
+    return TimeRange(key, end - RANGES[key], end, model, errors, extra)
+
+
+def model_choices() -> list[str]:
+    """Models with a price or with traffic, for the model filter and the playground."""
+    priced = set(ModelPrice.objects.values_list("model_name", flat=True))
+    seen = set(LLMRequestLog.objects.values_list("model_name", flat=True).distinct().order_by()[:200])
+    return sorted(priced | seen)
+
+
+def _filled(rows: list[dict[str, Any]], window: TimeRange, empty: dict[str, Any]) -> list[dict[str, Any]]:
+    """Periods without traffic as zeros, so a chart's x axis is time, not just the busy periods."""
+    step = STEPS.get(window.group_by)
+    if step is None or window.length / step > 2000:
+        return rows
+    by_period = {row["period"]: row for row in rows}
+    moment = timezone.localtime(window.start).replace(microsecond=0, **PERIOD_START[window.group_by])
+    filled = []
+    while moment < window.end:
+        # Day steps cross DST changes in local time: normalise through localtime each step.
+        period = moment.isoformat()
+        filled.append(by_period.get(period, {"period": period, **empty}))
+        moment = timezone.localtime(moment + step)
+        if window.group_by == "day":
+            moment = moment.replace(hour=0)
+    return filled
+
+
+def change(current: float | None, previous: float | None) -> float | None:
+    """Percent change against the previous period; None when there is nothing to compare with."""
+    if current is None or not previous:
+        return None
+    return (current - previous) * 100.0 / previous
+
+
+def overview(window: TimeRange) -> dict[str, Any]:
+    logs = window.logs()
+    current = metrics.overview(logs)
+    previous = metrics.overview(window.previous().logs())
+    series = _filled(
+        metrics.timeseries(logs, window.group_by),
+        window,
+        {
+            "requests": 0,
+            "errors": 0,
+            "error_rate": 0,
+            "prompt_tokens": 0,
+            "completion_tokens": 0,
+            "total_tokens": 0,
+            "cost": 0,
+            "avg_latency_ms": None,
+            "p50_latency_ms": None,
+            "p95_latency_ms": None,
+        },
+    )
+    thresholds = DashboardSettings.load()
+    days = max(window.length / timedelta(days=1), 1 / 24)
+    cards = [
+        ("requests", "Requests", current["total_requests"], previous["total_requests"], "requests", "ok"),
+        (
+            "error_rate",
+            "Error rate",
+            current["error_rate"],
+            previous["error_rate"] if previous["total_requests"] else None,
+            "error_rate",
+            thresholds.level("error_rate", current["error_rate"] if current["total_requests"] else None),
+        ),
+        (
+            "p95_latency_ms",
+            "p95 latency",
+            current["p95_latency_ms"],
+            previous["p95_latency_ms"],
+            "p95_latency_ms",
+            thresholds.level("p95_latency", current["p95_latency_ms"]),
+        ),
+        ("total_tokens", "Tokens", current["total_tokens"], previous["total_tokens"], "total_tokens", "ok"),
+        (
+            "total_cost",
+            "Cost",
+            current["total_cost"],
+            previous["total_cost"],
+            "cost",
+            thresholds.level("cost_per_day", current["total_cost"] / days),
+        ),
+    ]
+    return {
+        "figures": current,
+        "cards": [
+            {
+                "key": key,
+                "label": label,
+                "value": value,
+                "previous": before,
+                "change": change(value, before),
+                "spark": [row[series_key] for row in series],
+                "level": level,
+            }
+            for key, label, value, before, series_key, level in cards
+        ],
+        "series": series,
+        "cost_by_model": metrics.model_usage(logs),
+        "recent": list(logs.order_by("-timestamp", "-id")[:10]),
+    }
+
+
+def analytics(window: TimeRange) -> dict[str, Any]:
+    logs = window.logs()
+    return {
+        "models": metrics.model_usage(logs),
+        "top_by_cost": metrics.user_usage(logs, "cost", 10),
+        "top_by_requests": metrics.user_usage(logs, "requests", 10),
+        "daily": metrics.daily_stats(logs),
+    }
+
+
+def chart_series(rows: list[dict[str, Any]], *keys: str) -> dict[str, list[Any]]:
+    """Columns for Chart.js: {"labels": [...], key: [...]}; no figure is computed in JavaScript."""
+    label_key = "period" if rows and "period" in rows[0] else ("date" if rows and "date" in rows[0] else "model")
+    return {"labels": [row.get(label_key) for row in rows], **{key: [row.get(key) for row in rows] for key in keys}}

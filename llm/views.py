@@ -1,0 +1,172 @@
+"""The dashboard pages: server-rendered, behind login, reading figures through llm.dashboard."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
+from django.views.decorators.http import require_POST
+from rest_framework.exceptions import ValidationError
+
+from llm import alerts, dashboard, metrics
+from llm.api.ingest import TRACE_ID, trace_calls
+from llm.filters import search_logs
+from llm.forms import FeedbackForm
+from llm.models import AlertLog, AlertRule, LLMRequestLog, UserFeedback
+
+LOGS_PER_PAGE = 50
+LOG_FILTERS = ("status", "user_id", "search")
+
+
+def page(request: HttpRequest, template: str, window: dashboard.TimeRange | None, **context) -> HttpResponse:
+    """Render with what every page's filter bar needs."""
+    if window is not None:
+        context |= {
+            "window": window,
+            "ranges": dashboard.RANGE_LABELS,
+            "models": dashboard.model_choices(),
+            "refresh_seconds": dashboard.AUTO_REFRESH_SECONDS if request.GET.get("refresh") else None,
+        }
+    return render(request, template, context)
+
+
+@login_required
+def overview(request: HttpRequest) -> HttpResponse:
+    window = dashboard.time_range(request.GET)
+    data = dashboard.overview(window)
+    series = data["series"]
+    charts = {
+        "traffic": dashboard.chart_series(series, "requests", "errors"),
+        "tokens": dashboard.chart_series(series, "prompt_tokens", "completion_tokens"),
+        "latency": dashboard.chart_series(series, "p50_latency_ms", "p95_latency_ms"),
+        "cost_by_model": dashboard.chart_series(data["cost_by_model"], "cost"),
+        "sparks": {card["key"]: card["spark"] for card in data["cards"]},
+    }
+    has_any_logs = data["figures"]["total_requests"] > 0 or LLMRequestLog.objects.exists()
+    return page(request, "dashboard/overview.html", window, **data, charts=charts, has_any_logs=has_any_logs)
+
+
+@login_required
+def analytics(request: HttpRequest) -> HttpResponse:
+    window = dashboard.time_range(request.GET)
+    data = dashboard.analytics(window)
+    charts = {
+        "models": dashboard.chart_series(
+            data["models"], "requests", "cost", "error_rate", "p50_latency_ms", "p95_latency_ms", "total_tokens"
+        ),
+        "daily": dashboard.chart_series(data["daily"], "requests", "errors", "cost"),
+    }
+    return page(request, "dashboard/analytics.html", window, **data, charts=charts)
+
+
+@login_required
+def logs(request: HttpRequest) -> HttpResponse:
+    window = dashboard.time_range(request.GET, extra_keys=LOG_FILTERS)
+    try:
+        rows = search_logs(window.logs(), request.GET)
+        rows = rows.order_by("-timestamp", "-id")
+    except ValidationError as error:  # a bad status or search is shown above the table, not a 500
+        window.errors |= {name: [str(message) for message in problems] for name, problems in error.detail.items()}
+        rows = LLMRequestLog.objects.none()
+    page_obj = Paginator(rows, LOGS_PER_PAGE).get_page(request.GET.get("page"))
+    return page(
+        request,
+        "dashboard/logs.html",
+        window,
+        page_obj=page_obj,
+        statuses=LLMRequestLog.Status.choices,
+        has_any_logs=LLMRequestLog.objects.exists(),
+    )
+
+
+@login_required
+def log_detail(request: HttpRequest, request_id) -> HttpResponse:
+    log = get_object_or_404(LLMRequestLog, request_id=request_id)
+    form = FeedbackForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        UserFeedback.objects.create(request=log, **form.cleaned_data)
+        messages.success(request, "Thanks: your feedback is saved.")
+        return redirect("log-detail", request_id=log.request_id)
+    feedback = log.feedback.order_by("-created_at")
+    return page(request, "dashboard/log_detail.html", None, log=log, form=form, feedback=feedback)
+
+
+@login_required
+def trace(request: HttpRequest, trace_id: str) -> HttpResponse:
+    trace_id = trace_id.lower()
+    if not TRACE_ID.match(trace_id):
+        raise Http404("Not a trace id.")
+    calls, truncated = trace_calls(trace_id)
+    if not calls:
+        raise Http404("No call with this trace id.")
+    return page(request, "dashboard/trace.html", None, trace_id=trace_id, calls=calls, truncated=truncated)
+
+
+@login_required
+def feedback(request: HttpRequest) -> HttpResponse:
+    window = dashboard.time_range(request.GET)
+    rated = UserFeedback.objects.filter(request__in=window.logs().values("id"))
+    summary = metrics.feedback_summary(rated)
+    by_day = metrics.feedback_by_day(rated)
+    charts = {
+        "by_day": {
+            "labels": [row["day"] for row in by_day],
+            "satisfaction_rate": [row["satisfaction_rate"] for row in by_day],
+            "thumbs_up": [row["thumbs_up"] for row in by_day],
+            "thumbs_down": [row["thumbs_down"] for row in by_day],
+        },
+        "by_model": dashboard.chart_series(summary["by_model"], "satisfaction_rate"),
+    }
+    comments = rated.exclude(comment="").select_related("request").order_by("-created_at")[:20]
+    return page(request, "dashboard/feedback.html", window, summary=summary, charts=charts, comments=comments)
+
+
+@login_required
+def alerts_page(request: HttpRequest) -> HttpResponse:
+    now = timezone.now()
+    # Rules are few: each is measured now, exactly as check_alerts would, without writing anything.
+    rules = []
+    for rule in AlertRule.objects.order_by("name"):
+        evaluation = alerts.evaluate(rule, now)
+        rules.append(
+            {
+                "rule": rule,
+                "evaluation": evaluation,
+                "value": alerts.format_value(rule.metric_type, evaluation.value),
+                "threshold": alerts.format_value(rule.metric_type, rule.threshold),
+            }
+        )
+    triggered = AlertLog.objects.select_related("alert_rule", "acknowledged_by").order_by("-triggered_at", "-id")
+    return page(
+        request,
+        "dashboard/alerts.html",
+        None,
+        rules=rules,
+        triggered=triggered[:50],
+        unacknowledged=triggered.filter(acknowledged=False).count(),
+    )
+
+
+@login_required
+@require_POST
+def acknowledge_alert(request: HttpRequest, pk: int) -> HttpResponse:
+    alert = get_object_or_404(AlertLog, pk=pk)
+    if alert.acknowledge(request.user):
+        messages.success(request, f"Acknowledged: {alert.alert_rule.name}.")
+    return redirect("alerts")
+
+
+@login_required
+def playground(request: HttpRequest) -> HttpResponse:
+    return page(
+        request,
+        "dashboard/playground.html",
+        None,
+        models=dashboard.model_choices(),
+        default_model=settings.GROQ_DEFAULT_MODEL,
+        has_key=bool(settings.GROQ_API_KEY),
+    )
