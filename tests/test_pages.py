@@ -131,7 +131,8 @@ def test_logs_page_filters_search_and_export_links(browser, traffic):
     html = response.content.decode()
     assert "/api/export/csv/?" in html and "status=error" in html
     response = browser.get("/logs/", {"range": "7d", "search": "question 1"})
-    assert response.context["page_obj"].paginator.count == len([log for log in traffic if "question 1" in log.prompt_text])
+    expected = [log for log in traffic if "question 1" in log.prompt_text]
+    assert response.context["page_obj"].paginator.count == len(expected)
     assert browser.get("/logs/", {"status": "maybe"}).context["window"].errors["status"]
 
 
