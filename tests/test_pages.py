@@ -85,8 +85,10 @@ def test_overview_cards_equal_metrics(browser, traffic):
     window = response.context["window"]
     expected = metrics.overview(LLMRequestLog.objects.in_window(window.start, window.end))
     cards = {card["key"]: card["value"] for card in response.context["cards"]}
-    assert cards["requests"] == expected["total_requests"] == len(
-        [log for log in traffic if log.timestamp >= window.start]
+    assert (
+        cards["requests"]
+        == expected["total_requests"]
+        == len([log for log in traffic if log.timestamp >= window.start])
     )
     assert cards["error_rate"] == pytest.approx(expected["error_rate"])
     assert cards["p95_latency_ms"] == pytest.approx(expected["p95_latency_ms"])
