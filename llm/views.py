@@ -28,7 +28,7 @@ def page(request: HttpRequest, template: str, window: dashboard.TimeRange | None
         context |= {
             "window": window,
             "ranges": dashboard.RANGE_LABELS,
-            "models": dashboard.model_choices(),
+            "model_names": dashboard.model_choices(),
             "refresh_seconds": dashboard.AUTO_REFRESH_SECONDS if request.GET.get("refresh") else None,
         }
     return render(request, template, context)
@@ -166,7 +166,7 @@ def playground(request: HttpRequest) -> HttpResponse:
         request,
         "dashboard/playground.html",
         None,
-        models=dashboard.model_choices(),
+        model_names=dashboard.model_choices(),
         default_model=settings.GROQ_DEFAULT_MODEL,
         has_key=bool(settings.GROQ_API_KEY),
     )

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+
 import pytest
 from rest_framework.test import APIClient
 
@@ -122,3 +124,51 @@ def model_prices(db) -> None:
     from django.apps import apps
 
     importlib.import_module("llm.migrations.0002_seed_model_prices").seed_prices(apps, None)
+
+
+# Dashboard (issue 5): a real headless Chromium through Playwright.
+# Playwright's sync API runs an event loop in the test thread; Django would then refuse ORM calls
+# from that thread, though nothing runs concurrently there.
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    if not os.path.exists(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} is missing: run scripts/install-system-deps (Debian package chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--disable-gpu"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page_for(chromium, live_server, staff_user):
+    """page_for(width) -> a logged-in page; collects console errors and failed requests."""
+    contexts = []
+
+    def open_page(width: int = 1280):
+        context = chromium.new_context(viewport={"width": width, "height": 900}, accept_downloads=True)
+        contexts.append(context)
+        page = context.new_page()
+        page.problems = []
+        page.on("console", lambda message: message.type == "error" and page.problems.append(message.text))
+        page.on("pageerror", lambda error: page.problems.append(str(error)))
+        page.on("requestfailed", lambda request: page.problems.append(f"failed: {request.url}"))
+        page.on(
+            "response",
+            lambda response: response.status >= 400 and page.problems.append(f"{response.status}: {response.url}"),
+        )
+        page.goto(f"{live_server.url}/accounts/login/")
+        page.fill("#id_username", "alice")
+        page.fill("#id_password", "secret-password")
+        page.click("button[type=submit]")
+        page.wait_for_url(f"{live_server.url}/")
+        return page
+
+    yield open_page
+    for context in contexts:
+        context.close()

@@ -195,3 +195,12 @@ def test_time_range_parameters_match_the_api(db):
     assert params["model"] == "m"
     assert window.length == timedelta(days=7)
     assert window.group_by == "hour"
+
+
+def test_analytics_compares_models(browser, traffic):
+    response = browser.get("/analytics/", {"range": "24h"})
+    html = response.content.decode()
+    for row in response.context["models"]:
+        assert f"<th scope=\"row\">{row['model']}" in html
+    assert {row["model"] for row in response.context["models"]} == {"llama-3.1-8b-instant", "openai/gpt-oss-20b"}
+    assert "no price" not in html

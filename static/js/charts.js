@@ -54,7 +54,7 @@
   draw("chart-model-cost", "bar", models, [bar("Cost (USD)", models && models.cost, colors.orange)], { indexAxis: "y" });
   draw("chart-model-latency", "bar", models, [bar("p50 (ms)", models && models.p50_latency_ms, colors.green), bar("p95 (ms)", models && models.p95_latency_ms, colors.purple)], { indexAxis: "y" });
   draw("chart-model-errors", "bar", models, [bar("Error rate (%)", models && models.error_rate, colors.red)], { indexAxis: "y" });
-  draw("chart-daily", "bar", data.daily, [bar("Requests", data.daily && data.daily.requests, colors.blue), bar("Errors", data.daily && data.daily.errors, colors.red)]);
+  draw("chart-daily", "bar", data.daily, [bar("Requests", data.daily && data.daily.requests, colors.blue), bar("Errors", data.daily && data.daily.errors, colors.red)], { aspectRatio: 4 });
 
   // Feedback
   draw("chart-feedback-days", "line", data.by_day, [line("Satisfaction (%)", data.by_day && data.by_day.satisfaction_rate, colors.green, { pointRadius: 2 })], { scales: { y: { min: 0, max: 100 } } });
