@@ -81,8 +81,12 @@ def test_every_page_loads_cleanly_and_is_captured(page_for, live_server, traffic
     rules = create_default_rules()
     now = timezone.now()
     AlertLog.objects.create(
-        alert_rule=rules[0], message="error rate 5.9% over 60 min", metric_value=5.9, threshold=5,
-        window_start=now - timedelta(hours=1), window_end=now,
+        alert_rule=rules[0],
+        message="error rate 5.9% over 60 min",
+        metric_value=5.9,
+        threshold=5,
+        window_start=now - timedelta(hours=1),
+        window_end=now,
     )
     page = page_for(width)
     for name, path in PAGES.items():

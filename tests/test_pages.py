@@ -201,6 +201,6 @@ def test_analytics_compares_models(browser, traffic):
     response = browser.get("/analytics/", {"range": "24h"})
     html = response.content.decode()
     for row in response.context["models"]:
-        assert f"<th scope=\"row\">{row['model']}" in html
+        assert f'<th scope="row">{row["model"]}' in html
     assert {row["model"] for row in response.context["models"]} == {"llama-3.1-8b-instant", "openai/gpt-oss-20b"}
     assert "no price" not in html
