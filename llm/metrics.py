@@ -11,11 +11,12 @@ SQLite connection; both databases give the same figure.
 
 from __future__ import annotations
 
+import json
 import math
 from decimal import Decimal
 from typing import Any
 
-from django.db.models import Aggregate, Avg, Count, F, FloatField, Max, OuterRef, Q, QuerySet, Subquery, Sum
+from django.db.models import Aggregate, Avg, Count, F, Field, FloatField, Max, OuterRef, Q, QuerySet, Subquery, Sum
 from django.db.models.functions import TruncDay, TruncHour, TruncMinute, TruncMonth
 
 from llm.models import LLMRequestLog, LLMRequestLogQuerySet, ModelPrice, UserFeedback
@@ -47,6 +48,33 @@ class Percentile(Aggregate):
         return super(Percentile, clone).as_sql(compiler, connection, **extra_context)
 
 
+class FloatList(Field):
+    """The output of Percentiles: a PostgreSQL float8[] arrives as a list, SQLite's as JSON text."""
+
+    def from_db_value(self, value: Any, expression: Any, connection: Any) -> list[float] | None:
+        return json.loads(value) if isinstance(value, str) else value
+
+
+class Percentiles(Aggregate):
+    """Several percentiles of one expression from a single sort (one ORDER BY, not one per fraction)."""
+
+    function = "PERCENTILE_CONT"
+    name = "Percentiles"
+    output_field = FloatList()
+    template = "%(function)s(ARRAY[%(fractions)s]::float8[]) WITHIN GROUP (ORDER BY %(expressions)s)"
+
+    def __init__(self, expression: Any, fractions: tuple[float, ...], **extra: Any) -> None:
+        if not all(0 <= fraction <= 1 for fraction in fractions):
+            raise ValueError("fractions must be between 0 and 1")
+        super().__init__(expression, fractions=",".join(repr(float(f)) for f in fractions), **extra)
+
+    def as_sqlite(self, compiler, connection, **extra_context):
+        clone = self.copy()
+        clone.function = "llm_percentiles_cont"
+        clone.template = "%(function)s(%(expressions)s, '%(fractions)s')"
+        return super(Percentiles, clone).as_sql(compiler, connection, **extra_context)
+
+
 class _SQLitePercentileCont:
     """percentile_cont for SQLite: collects the group's values inside SQLite, interpolates at the end."""
 
@@ -63,11 +91,32 @@ class _SQLitePercentileCont:
         return interpolated_percentile(self.values, self.fraction)
 
 
-def interpolated_percentile(values: list[float], fraction: float) -> float | None:
+class _SQLitePercentilesCont:
+    """Several percentiles at once for SQLite: answers a JSON list, like PostgreSQL's float8[]."""
+
+    def __init__(self) -> None:
+        self.values: list[float] = []
+        self.fractions = ""
+
+    def step(self, value: float | None, fractions: str) -> None:
+        if value is not None:
+            self.values.append(value)
+        self.fractions = fractions
+
+    def finalize(self) -> str | None:
+        if not self.values:
+            return None
+        self.values.sort()
+        return json.dumps(
+            [interpolated_percentile(self.values, float(f), is_sorted=True) for f in self.fractions.split(",")]
+        )
+
+
+def interpolated_percentile(values: list[float], fraction: float, *, is_sorted: bool = False) -> float | None:
     """Linear interpolation between closest ranks (NumPy's default method)."""
     if not values:
         return None
-    ordered = sorted(values)
+    ordered = values if is_sorted else sorted(values)
     position = (len(ordered) - 1) * fraction
     lower = math.floor(position)
     upper = min(lower + 1, len(ordered) - 1)
@@ -78,6 +127,7 @@ def register_sqlite_functions(sender: Any, connection: Any, **kwargs: Any) -> No
     """connection_created receiver: add llm_percentile_cont to every SQLite connection."""
     if connection.vendor == "sqlite":
         connection.connection.create_aggregate("llm_percentile_cont", 2, _SQLitePercentileCont)
+        connection.connection.create_aggregate("llm_percentiles_cont", 2, _SQLitePercentilesCont)
 
 
 def _number(value: Any) -> float:
@@ -92,16 +142,20 @@ def _rate(part: int, whole: int) -> float:
     return part * 100.0 / whole if whole else 0.0
 
 
-def _latency_aggregates(*, average: bool = True, p50: bool = True, p99: bool = True) -> dict[str, Aggregate]:
-    aggregates: dict[str, Aggregate] = {}
-    if average:
-        aggregates["avg_latency_ms"] = Avg("latency_ms")
-    if p50:
-        aggregates["p50_latency_ms"] = Percentile("latency_ms", 0.5)
-    aggregates["p95_latency_ms"] = Percentile("latency_ms", 0.95)
-    if p99:
-        aggregates["p99_latency_ms"] = Percentile("latency_ms", 0.99)
+FRACTIONS = {"p50": 0.5, "p95": 0.95, "p99": 0.99}
+
+
+def _latency_aggregates(*names: str, average: bool = True) -> dict[str, Aggregate]:
+    """Average latency and the named percentiles (p50, p95, p99), all from one sort per group."""
+    aggregates: dict[str, Aggregate] = {"avg_latency_ms": Avg("latency_ms")} if average else {}
+    aggregates["latency_percentiles"] = Percentiles("latency_ms", tuple(FRACTIONS[name] for name in names))
     return aggregates
+
+
+def _spread(row: dict[str, Any], *names: str) -> dict[str, Any]:
+    """Turn the `latency_percentiles` list of a result row into p50_latency_ms, … keys."""
+    values = row.pop("latency_percentiles") or [None] * len(names)
+    return {**row, **{f"{name}_latency_ms": value for name, value in zip(names, values, strict=True)}}
 
 
 def overview(logs: LLMRequestLogQuerySet) -> dict[str, Any]:
@@ -113,8 +167,9 @@ def overview(logs: LLMRequestLogQuerySet) -> dict[str, Any]:
         completion_tokens=Sum("completion_tokens"),
         total_cost=Sum("cost_estimate"),
         unique_users=Count("user_id", distinct=True, filter=~Q(user_id="")),
-        **_latency_aggregates(),
+        **_latency_aggregates("p50", "p95", "p99"),
     )
+    figures = _spread(figures, "p50", "p95", "p99")
     total, failed = figures["total_requests"], figures["failed_requests"]
     return {
         "total_requests": total,
@@ -163,11 +218,11 @@ def timeseries(logs: LLMRequestLogQuerySet, group_by: str = "hour") -> list[dict
         completion_tokens=Sum("completion_tokens"),
         total_tokens=Sum("total_tokens"),
         cost=Sum("cost_estimate"),
-        **_latency_aggregates(p99=False),
+        **_latency_aggregates("p50", "p95"),
     )
     return [
         {
-            **row,
+            **_spread(row, "p50", "p95"),
             "error_rate": _rate(row["errors"], row["requests"]),
             "prompt_tokens": _number(row["prompt_tokens"]),
             "completion_tokens": _number(row["completion_tokens"]),
@@ -186,8 +241,9 @@ def daily_stats(logs: LLMRequestLogQuerySet) -> list[dict[str, Any]]:
         errors=Count("id", filter=FAILED),
         total_tokens=Sum("total_tokens"),
         cost=Sum("cost_estimate"),
-        **_latency_aggregates(p50=False, p99=False),
+        **_latency_aggregates("p95"),
     )
+    rows = [_spread(row, "p95") for row in rows]
     return [
         {
             "date": row["period"][:10],
@@ -206,10 +262,10 @@ def daily_stats(logs: LLMRequestLogQuerySet) -> list[dict[str, Any]]:
 def latency_by_model(logs: LLMRequestLogQuerySet) -> list[dict[str, Any]]:
     rows = (
         logs.values("model_name")
-        .annotate(requests=Count("id"), **_latency_aggregates())
+        .annotate(requests=Count("id"), **_latency_aggregates("p50", "p95", "p99"))
         .order_by("-requests", "model_name")
     )
-    return [{"model": row.pop("model_name"), **row} for row in rows]
+    return [_spread({"model": row.pop("model_name"), **row}, "p50", "p95", "p99") for row in rows]
 
 
 def model_usage(logs: LLMRequestLogQuerySet) -> list[dict[str, Any]]:
@@ -223,12 +279,11 @@ def model_usage(logs: LLMRequestLogQuerySet) -> list[dict[str, Any]]:
             completion_tokens=Sum("completion_tokens"),
             total_tokens=Sum("total_tokens"),
             cost=Sum("cost_estimate"),
-            avg_latency_ms=Avg("latency_ms"),
-            p50_latency_ms=Percentile("latency_ms", 0.5),
-            p95_latency_ms=Percentile("latency_ms", 0.95),
+            **_latency_aggregates("p50", "p95"),
         )
         .order_by("-requests", "model_name")
     )
+    rows = [_spread(row, "p50", "p95") for row in rows]
     priced = set(ModelPrice.objects.values_list("model_name", flat=True))
     return [
         {
