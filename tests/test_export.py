@@ -98,3 +98,11 @@ def test_export_applies_search_like_the_logs_list(api_client, logs):
     listed = api_client.get("/api/logs/", {"search": "hello", "page_size": 500}).json()["count"]
     rows = json.loads(content(api_client.get("/api/export/json/", {"search": "hello"})))
     assert len(rows) == listed > 0
+
+
+def test_csv_tags_are_json(api_client, db):
+    LLMRequestLog.objects.create(model_name="m", tags={"feature": "search", "team": "é"})
+    LLMRequestLog.objects.create(model_name="m")
+    rows = list(csv.DictReader(io.StringIO(content(api_client.get("/api/export/csv/")))))
+    tags = sorted((json.loads(row["tags"]) if row["tags"] else {} for row in rows), key=len)
+    assert tags == [{}, {"feature": "search", "team": "é"}]

