@@ -151,6 +151,13 @@ def test_log_detail_and_feedback_form(browser, traffic):
     assert browser.get(f"/logs/{uuid.uuid4()}/").status_code == 404
 
 
+def test_logs_page_shows_source_and_links_the_trace(browser, traffic):
+    html = browser.get("/logs/", {"range": "24h"}).content.decode()
+    assert f'href="/traces/{"ab" * 16}/"' in html
+    assert f"{1:016x}" in html  # a span id
+    assert "<td>proxy</td>" in html
+
+
 def test_trace_page_lists_the_calls(browser, traffic):
     page = browser.get(f"/traces/{'ab' * 16}/")
     assert page.status_code == 200
