@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db.models import TextField
+from django.db.models import CharField, TextField
 from django.db.models.functions import Cast
 from django.http import StreamingHttpResponse
 from drf_spectacular.utils import OpenApiResponse, extend_schema
@@ -23,25 +23,9 @@ from rest_framework.views import APIView
 from llm.api.logs import LOG_FIELDS
 from llm.api.metrics import FILTER_PARAMETERS, SEARCH_PARAMETER
 from llm.filters import date_range_label, filter_logs, search_logs
-from llm.models import LLMRequestLogQuerySet
+from llm.models import LLMRequestLog, LLMRequestLogQuerySet
 
 CHUNK_ROWS = 2_000
-TEXT_FIELDS = {
-    "source",
-    "provider",
-    "model_name",
-    "user_id",
-    "session_id",
-    "trace_id",
-    "span_id",
-    "parent_span_id",
-    "prompt_text",
-    "response_text",
-    "status",
-    "error_type",
-    "error_message",
-    "finish_reason",
-}
 # A spreadsheet runs a cell that starts with one of these as a formula (CSV injection, OWASP).
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
@@ -78,6 +62,7 @@ def csv_lines(rows: Iterable[tuple]) -> Iterator[str]:
 TIMESTAMP = LOG_FIELDS.index("timestamp")
 TAGS = LOG_FIELDS.index("tags")
 # Only text columns can hold a formula; numbers, UUIDs and times are written as they are.
+TEXT_FIELDS = {field.name for field in LLMRequestLog._meta.get_fields() if isinstance(field, CharField | TextField)}
 TEXT_COLUMNS = [index for index, name in enumerate(LOG_FIELDS) if name in TEXT_FIELDS]
 
 
