@@ -37,7 +37,8 @@ def page(request: HttpRequest, template: str, window: dashboard.TimeRange | None
 @login_required
 def overview(request: HttpRequest) -> HttpResponse:
     window = dashboard.time_range(request.GET)
-    data = dashboard.overview(window)
+    with metrics.aggregate_queries():
+        data = dashboard.overview(window)
     series = data["series"]
     charts = {
         "traffic": dashboard.chart_series(series, "requests", "errors"),
@@ -53,7 +54,8 @@ def overview(request: HttpRequest) -> HttpResponse:
 @login_required
 def analytics(request: HttpRequest) -> HttpResponse:
     window = dashboard.time_range(request.GET)
-    data = dashboard.analytics(window)
+    with metrics.aggregate_queries():
+        data = dashboard.analytics(window)
     charts = {
         "models": dashboard.chart_series(
             data["models"], "requests", "cost", "error_rate", "p50_latency_ms", "p95_latency_ms", "total_tokens"

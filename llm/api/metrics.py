@@ -58,7 +58,9 @@ class MetricsView(APIView):
 
     def get(self, request: Request) -> Response:
         filtered = filter_logs(request.query_params, default_window=DEFAULT_METRICS_WINDOW)
-        return Response({**filtered.window(), **self.figures(request, filtered)})
+        with metrics.aggregate_queries():
+            figures = self.figures(request, filtered)
+        return Response({**filtered.window(), **figures})
 
 
 def metrics_schema(description: str, *, group_by: bool = False):
