@@ -102,8 +102,13 @@ def test_every_page_loads_cleanly_and_is_captured(page_for, live_server, traffic
         window_end=now,
     )
     page = page_for(width)
-    log = LLMRequestLog.objects.filter(status="error").first()
-    LLMRequestLog.objects.filter(pk=log.pk).update(trace_id="ab" * 16, span_id="1" * 16)
+    # A small agent run: a planner call, two tool calls under it, and a failed summary under the second.
+    calls = list(LLMRequestLog.objects.order_by("-timestamp")[:4])[::-1]
+    log = calls[-1]
+    assert log.status == "error"
+    spans = [("1" * 16, ""), ("2" * 16, "1" * 16), ("3" * 16, "1" * 16), ("4" * 16, "3" * 16)]
+    for call, (span_id, parent) in zip(calls, spans, strict=True):
+        LLMRequestLog.objects.filter(pk=call.pk).update(trace_id="ab" * 16, span_id=span_id, parent_span_id=parent)
     pages = {**PAGES, "log": f"/logs/{log.request_id}/", "trace": f"/traces/{'ab' * 16}/"}
     inaccessible = {}
     for name, path in pages.items():

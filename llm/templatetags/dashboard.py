@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from urllib.parse import urlencode
 
 from django import template
+from django.utils.dateparse import parse_datetime
 from django.utils.safestring import mark_safe
 
 register = template.Library()
@@ -44,6 +45,12 @@ def duration(value: timedelta) -> str:
 @register.filter
 def urlencode_dict(params: dict[str, str]) -> str:
     return urlencode(params)
+
+
+@register.filter
+def iso_datetime(value: str) -> datetime | None:
+    """An ISO 8601 string (as the trace API gives it) as a datetime, for the `date` filter."""
+    return parse_datetime(value) if value else None
 
 
 @register.simple_tag
