@@ -207,55 +207,40 @@ def token_usage(logs: LLMRequestLogQuerySet, group_by: str = "day") -> list[dict
     return [{key: _number(value) if key != "period" else value for key, value in row.items()} for row in rows]
 
 
+def _traffic_aggregates() -> dict[str, Aggregate]:
+    return {
+        "requests": Count("id"),
+        "errors": Count("id", filter=FAILED),
+        "prompt_tokens": Sum("prompt_tokens"),
+        "completion_tokens": Sum("completion_tokens"),
+        "total_tokens": Sum("total_tokens"),
+        "cost": Sum("cost_estimate"),
+    }
+
+
+def _traffic(row: dict[str, Any], *percentiles: str) -> dict[str, Any]:
+    """A row of _traffic_aggregates and _latency_aggregates as the API answers it."""
+    row = _spread(row, *percentiles)
+    for key in ("prompt_tokens", "completion_tokens", "total_tokens", "cost"):
+        row[key] = _number(row[key])
+    row["error_rate"] = _rate(row["errors"], row["requests"])
+    return row
+
+
 def timeseries(logs: LLMRequestLogQuerySet, group_by: str = "hour") -> list[dict[str, Any]]:
     """Requests, errors, tokens, cost and latency per period: what the dashboard's charts draw."""
-    rows = _by_period(
-        logs,
-        group_by,
-        requests=Count("id"),
-        errors=Count("id", filter=FAILED),
-        prompt_tokens=Sum("prompt_tokens"),
-        completion_tokens=Sum("completion_tokens"),
-        total_tokens=Sum("total_tokens"),
-        cost=Sum("cost_estimate"),
-        **_latency_aggregates("p50", "p95"),
-    )
-    return [
-        {
-            **_spread(row, "p50", "p95"),
-            "error_rate": _rate(row["errors"], row["requests"]),
-            "prompt_tokens": _number(row["prompt_tokens"]),
-            "completion_tokens": _number(row["completion_tokens"]),
-            "total_tokens": _number(row["total_tokens"]),
-            "cost": _number(row["cost"]),
-        }
-        for row in rows
-    ]
+    rows = _by_period(logs, group_by, **_traffic_aggregates(), **_latency_aggregates("p50", "p95"))
+    return [_traffic(row, "p50", "p95") for row in rows]
+
+
+DAILY_FIELDS = ["requests", "errors", "error_rate", "total_tokens", "cost", "avg_latency_ms", "p95_latency_ms"]
 
 
 def daily_stats(logs: LLMRequestLogQuerySet) -> list[dict[str, Any]]:
-    rows = _by_period(
-        logs,
-        "day",
-        requests=Count("id"),
-        errors=Count("id", filter=FAILED),
-        total_tokens=Sum("total_tokens"),
-        cost=Sum("cost_estimate"),
-        **_latency_aggregates("p95"),
-    )
-    rows = [_spread(row, "p95") for row in rows]
+    rows = _by_period(logs, "day", **_traffic_aggregates(), **_latency_aggregates("p95"))
     return [
-        {
-            "date": row["period"][:10],
-            "requests": row["requests"],
-            "errors": row["errors"],
-            "error_rate": _rate(row["errors"], row["requests"]),
-            "total_tokens": _number(row["total_tokens"]),
-            "cost": _number(row["cost"]),
-            "avg_latency_ms": row["avg_latency_ms"],
-            "p95_latency_ms": row["p95_latency_ms"],
-        }
-        for row in rows
+        {"date": row["period"][:10], **{key: row[key] for key in DAILY_FIELDS}}
+        for row in (_traffic(row, "p95") for row in rows)
     ]
 
 
@@ -272,36 +257,15 @@ def model_usage(logs: LLMRequestLogQuerySet) -> list[dict[str, Any]]:
     """Per model; `priced` is false for a model missing from the price table (its cost counts as 0)."""
     rows = (
         logs.values("model_name")
-        .annotate(
-            requests=Count("id"),
-            errors=Count("id", filter=FAILED),
-            prompt_tokens=Sum("prompt_tokens"),
-            completion_tokens=Sum("completion_tokens"),
-            total_tokens=Sum("total_tokens"),
-            cost=Sum("cost_estimate"),
-            **_latency_aggregates("p50", "p95"),
-        )
+        .annotate(**_traffic_aggregates(), **_latency_aggregates("p50", "p95"))
         .order_by("-requests", "model_name")
     )
-    rows = [_spread(row, "p50", "p95") for row in rows]
     priced = set(ModelPrice.objects.values_list("model_name", flat=True))
-    return [
-        {
-            "model": row["model_name"],
-            "requests": row["requests"],
-            "errors": row["errors"],
-            "error_rate": _rate(row["errors"], row["requests"]),
-            "prompt_tokens": _number(row["prompt_tokens"]),
-            "completion_tokens": _number(row["completion_tokens"]),
-            "total_tokens": _number(row["total_tokens"]),
-            "cost": _number(row["cost"]),
-            "avg_latency_ms": row["avg_latency_ms"],
-            "p50_latency_ms": row["p50_latency_ms"],
-            "p95_latency_ms": row["p95_latency_ms"],
-            "priced": row["model_name"] in priced,
-        }
-        for row in rows
-    ]
+    usage = []
+    for row in rows:
+        model = row.pop("model_name")
+        usage.append({"model": model, **_traffic(row, "p50", "p95"), "priced": model in priced})
+    return usage
 
 
 def errors(logs: LLMRequestLogQuerySet) -> dict[str, Any]:

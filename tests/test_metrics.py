@@ -131,6 +131,7 @@ def test_latency_and_model_usage_per_model(logs, selection):
     latency = {row["model"]: row for row in metrics.latency_by_model(queryset)}
     usage = {row["model"]: row for row in metrics.model_usage(queryset)}
     assert set(latency) == set(usage) == set(by_model)
+    assert all("model_name" not in row for row in usage.values())
     for model, group in by_model.items():
         latencies = [log.latency_ms for log in group]
         assert latency[model]["requests"] == usage[model]["requests"] == len(group)
