@@ -153,10 +153,11 @@ def chromium():
 
 @pytest.fixture
 def page_for(chromium, live_server, staff_user):
-    """page_for(width) -> a logged-in page; collects console errors and failed requests."""
+    """page_for(width) -> a logged-in page (log_in=False: a fresh one); collects console errors and
+    failed requests in page.problems."""
     contexts = []
 
-    def open_page(width: int = 1280):
+    def open_page(width: int = 1280, *, log_in: bool = True):
         context = chromium.new_context(viewport={"width": width, "height": 900}, accept_downloads=True)
         contexts.append(context)
         page = context.new_page()
@@ -168,6 +169,8 @@ def page_for(chromium, live_server, staff_user):
             "response",
             lambda response: response.status >= 400 and page.problems.append(f"{response.status}: {response.url}"),
         )
+        if not log_in:
+            return page
         page.goto(f"{live_server.url}/accounts/login/")
         page.fill("#id_username", "alice")
         page.fill("#id_password", "secret-password")

@@ -20,6 +20,9 @@ pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 PAGES = {"overview": "/", "analytics": "/analytics/", "logs": "/logs/", "feedback": "/feedback/", "alerts": "/alerts/"}
 PAGES["playground"] = "/playground/"
+AXE = Path(__file__).parent / "vendor" / "axe-core" / "axe.min.js"
+# What WCAG 2.1 A and AA rules an automated checker can verify (contrast, labels, names, structure).
+WCAG_TAGS = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]
 # scripts/update-screenshots sets this to docs/screenshots; otherwise they go to a temporary folder.
 SCREENSHOTS = Path(os.environ.get("SCREENSHOT_DIR") or tempfile.mkdtemp(prefix="screenshots-"))
 
@@ -64,6 +67,16 @@ def api_overview(page, params: dict) -> dict:
     return response.json()
 
 
+def wcag_violations(page) -> list[str]:
+    """axe-core's WCAG A/AA violations on the page as it is now, one line per rule and element."""
+    if not page.evaluate("() => Boolean(window.axe)"):
+        page.add_script_tag(path=str(AXE))
+    violations = page.evaluate("(tags) => axe.run(document, {runOnly: {type: 'tag', values: tags}})", WCAG_TAGS)[
+        "violations"
+    ]
+    return [f"{v['id']}: {node['target']} {node['failureSummary']}" for v in violations for node in v["nodes"]]
+
+
 def canvas_has_pixels(page, selector: str) -> bool:
     return page.evaluate(
         """(selector) => {
@@ -89,13 +102,33 @@ def test_every_page_loads_cleanly_and_is_captured(page_for, live_server, traffic
         window_end=now,
     )
     page = page_for(width)
-    for name, path in PAGES.items():
+    # A small agent run: a planner call, two tool calls under it, and a failed summary under the second.
+    calls = list(LLMRequestLog.objects.order_by("-timestamp")[:4])[::-1]
+    log = calls[-1]
+    assert log.status == "error"
+    spans = [("1" * 16, ""), ("2" * 16, "1" * 16), ("3" * 16, "1" * 16), ("4" * 16, "3" * 16)]
+    for call, (span_id, parent) in zip(calls, spans, strict=True):
+        LLMRequestLog.objects.filter(pk=call.pk).update(trace_id="ab" * 16, span_id=span_id, parent_span_id=parent)
+    pages = {**PAGES, "log": f"/logs/{log.request_id}/", "trace": f"/traces/{'ab' * 16}/"}
+    inaccessible = {}
+    for name, path in pages.items():
         page.goto(f"{live_server.url}{path}")
         page.wait_for_load_state("networkidle")
         assert page.locator("h1").first.is_visible()
         suffix = "" if width == 1280 else "-phone"
         page.screenshot(path=SCREENSHOTS / f"{name}{suffix}.png", full_page=True)
+        inaccessible[name] = wcag_violations(page)
+        # Nothing sticks out sideways (wide tables scroll inside their own box).
+        overflow = page.evaluate(
+            """() => [...document.querySelectorAll("body *")].filter((el) => {
+                const box = el.getBoundingClientRect();
+                return box.width && box.right > document.documentElement.clientWidth + 0.5
+                    && !el.closest(".table-wrap");
+            }).map((el) => el.tagName + "." + el.className)"""
+        )
+        assert overflow == [], (name, overflow)
     assert page.problems == []
+    assert inaccessible == dict.fromkeys(pages, [])
 
 
 def test_overview_numbers_equal_the_api_and_follow_the_model_filter(page_for, live_server, traffic):
@@ -118,6 +151,39 @@ def test_overview_numbers_equal_the_api_and_follow_the_model_filter(page_for, li
     filtered = api_overview(page, {**window, "model": "openai/gpt-oss-20b"})
     assert card_value(page, "requests") == filtered["total_requests"] == 100
     assert card_value(page, "p95_latency_ms") == pytest.approx(filtered["p95_latency_ms"])
+    assert page.problems == []
+
+
+def focused(page) -> str:
+    return page.evaluate("() => document.activeElement.outerHTML.split('>')[0] + '>'")
+
+
+def test_keyboard_only_login_and_filter_bar(page_for, live_server, traffic):
+    page = page_for(log_in=False)
+    page.goto(f"{live_server.url}/analytics/?range=24h")
+    assert page.url.startswith(f"{live_server.url}/accounts/login/")
+    assert wcag_violations(page) == []
+    assert 'id="id_username"' in focused(page)  # autofocus: type right away
+    page.keyboard.type("alice")
+    page.keyboard.press("Tab")
+    page.keyboard.type("secret-password")
+    page.keyboard.press("Enter")
+    page.wait_for_url("**/analytics/?range=24h")
+
+    page.keyboard.press("Tab")
+    assert "skip-link" in focused(page)
+    page.keyboard.press("Enter")
+    page.keyboard.press("Tab")  # past the navigation, into the filter bar: the checked range
+    assert 'value="24h"' in focused(page)
+    # Arrow keys move through the ranges without reloading the page (the focus stays)...
+    page.keyboard.press("ArrowRight")
+    assert 'value="7d"' in focused(page)
+    assert page.url == f"{live_server.url}/analytics/?range=24h#main"
+    # ...and Enter applies the choice.
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
+    assert "range=7d" in page.url
+    assert page.locator("input[name=range][value='7d']").is_checked()
     assert page.problems == []
 
 

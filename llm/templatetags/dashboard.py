@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from urllib.parse import urlencode
 
 from django import template
+from django.utils.dateparse import parse_datetime
+from django.utils.safestring import mark_safe
 
 register = template.Library()
 
@@ -45,6 +47,29 @@ def urlencode_dict(params: dict[str, str]) -> str:
     return urlencode(params)
 
 
+@register.filter
+def iso_datetime(value: str) -> datetime | None:
+    """An ISO 8601 string (as the trace API gives it) as a datetime, for the `date` filter."""
+    return parse_datetime(value) if value else None
+
+
 @register.simple_tag
 def page_url(params: dict[str, str], page: int) -> str:
     return "?" + urlencode({**params, "page": page})
+
+
+# A thumb drawn here rather than an emoji: emoji fonts are missing on many servers and desktops
+# (the screenshots and the browser tests run on one), where 👍 shows as an empty box.
+THUMB_SVG = (
+    '<svg class="icon thumb-{direction}" viewBox="0 0 24 24" width="1.1em" height="1.1em" aria-hidden="true" '
+    'focusable="false" fill="none" stroke="currentColor" stroke-width="2" stroke-linejoin="round">'
+    '<path d="M2 10h4v11H2z"/><path d="M6 10l4-8a2.5 2.5 0 0 1 3 2.5V9h6a2 2 0 0 1 2 2.3l-1.4 7.6'
+    'A2.5 2.5 0 0 1 17.1 21H6"/></svg>'
+)
+
+
+@register.simple_tag
+def thumb(rating: str) -> str:
+    """The thumbs up/down icon of a rating (decorative: always next to words that say it)."""
+    direction = "down" if rating == "thumbs_down" else "up"
+    return mark_safe(THUMB_SVG.format(direction=direction))  # noqa: S308 -- a constant, no input

@@ -3,14 +3,24 @@
   "use strict";
   document.querySelectorAll("form.filters").forEach(function (form) {
     var custom = form.querySelector(".custom-range");
+    // A pointer choice applies at once. A keyboard choice does not: arrow keys step through the
+    // ranges and models, and reloading the page at each step would lose the focus (WCAG 3.2.2);
+    // Enter (or the Apply button) applies it.
+    var byKeyboard = false;
+    form.addEventListener("keydown", function (event) {
+      byKeyboard = true;
+      var target = event.target;
+      if (event.key === "Enter" && target.matches("input[type=radio], input[type=checkbox], select")) {
+        event.preventDefault();
+        form.requestSubmit();
+      }
+    });
+    form.addEventListener("pointerdown", function () { byKeyboard = false; });
     form.querySelectorAll("[data-autosubmit]").forEach(function (input) {
       input.addEventListener("change", function () {
-        if (input.name === "range" && input.value === "custom") {
-          if (custom) custom.hidden = false;
-          return; // wait for the dates and Apply
-        }
-        if (input.name === "range" && custom) custom.hidden = true;
-        form.requestSubmit();
+        if (input.name === "range" && custom) custom.hidden = input.value !== "custom";
+        if (input.name === "range" && input.value === "custom") return; // wait for the dates and Apply
+        if (!byKeyboard) form.requestSubmit();
       });
     });
     form.addEventListener("submit", function () {
