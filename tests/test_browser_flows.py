@@ -1,0 +1,173 @@
+"""Dashboard flows in a real headless Chromium that tests/test_browser.py does not drive: a custom
+range shared by URL, opt-in auto refresh, search and pagination, the JSON export, feedback on a
+call, logging out, and phone-width layout."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+from django.utils import timezone
+
+from llm.models import LLMRequestLog, UserFeedback
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+MODELS = ["llama-3.1-8b-instant", "openai/gpt-oss-20b"]
+
+
+@pytest.fixture
+def calls(model_prices) -> list[LLMRequestLog]:
+    """120 calls, one every 10 minutes back from now; every 10th failed, every 6th about an invoice."""
+    now = timezone.now()
+    logs = [
+        LLMRequestLog(
+            timestamp=now - timedelta(minutes=10 * index + 1),
+            model_name=MODELS[index % 2],
+            user_id=f"user-{index % 4}",
+            prompt_text=f"Question about invoice {index}" if index % 6 == 0 else f"Question {index}",
+            response_text="An answer.",
+            prompt_tokens=100 + index,
+            completion_tokens=20,
+            total_tokens=120 + index,
+            latency_ms=200.0 + 7 * index,
+            cost_estimate=0.0002,
+            status="error" if index % 10 == 0 else "success",
+            error_type="timeout" if index % 10 == 0 else "",
+        )
+        for index in range(120)
+    ]
+    LLMRequestLog.objects.bulk_create(logs)
+    return list(LLMRequestLog.objects.order_by("-timestamp"))
+
+
+def card(page, key: str) -> float:
+    return float(page.get_attribute(f".metric[data-key={key}]", "data-value"))
+
+
+def test_custom_range_applies_and_is_shareable(page_for, live_server, calls):
+    page = page_for()
+    page.goto(f"{live_server.url}/?range=24h")
+    page.check("input[name=range][value=custom]")
+    assert page.is_visible("input[name=start_date]")
+    start = timezone.localtime() - timedelta(hours=5)
+    end = timezone.localtime() - timedelta(hours=2)
+    page.fill("input[name=start_date]", start.strftime("%Y-%m-%dT%H:%M"))
+    page.fill("input[name=end_date]", end.strftime("%Y-%m-%dT%H:%M"))
+    page.click("form.filters button[type=submit]")
+    page.wait_for_url("**range=custom**")
+    cards = page.locator(".cards")
+    window_start = datetime.fromisoformat(cards.get_attribute("data-start"))
+    window_end = datetime.fromisoformat(cards.get_attribute("data-end"))
+    assert window_start == start.replace(second=0, microsecond=0)
+    expected = LLMRequestLog.objects.filter(timestamp__gte=window_start, timestamp__lte=window_end).count()
+    assert card(page, "requests") == expected
+    assert 0 < expected < len(calls)
+
+    # The URL alone reproduces the view in another session.
+    shared = page_for()
+    shared.goto(page.url)
+    assert shared.locator("input[name=range][value=custom]").is_checked()
+    assert card(shared, "requests") == expected
+    assert page.problems == shared.problems == []
+
+
+def test_auto_refresh_is_opt_in(page_for, live_server, calls):
+    page = page_for()
+    page.clock.install()
+    page.goto(f"{live_server.url}/analytics/?range=24h")
+    page.evaluate("() => { window.marker = 1; }")
+    page.clock.run_for(120_000)
+    assert page.evaluate("() => window.marker") == 1  # off by default: no reload
+
+    with page.expect_navigation():
+        page.check("input[name=refresh]")
+    assert "refresh=1" in page.url and "range=24h" in page.url
+    page.evaluate("() => { window.marker = 1; }")
+    with page.expect_navigation():
+        page.clock.run_for(31_000)
+    assert page.evaluate("() => window.marker") is None
+    assert page.locator("input[name=refresh]").is_checked()
+    assert page.problems == []
+
+
+def test_logs_search_and_pagination_keep_the_filter(page_for, live_server, calls):
+    page = page_for()
+    page.goto(f"{live_server.url}/logs/?range=7d")
+    assert page.text_content(".pagination span") == "Page 1 of 3"
+    first_page = page.locator("tbody tr").all_text_contents()
+    page.click("a[rel=next]")
+    page.wait_for_url("**page=2**")
+    assert "range=7d" in page.url
+    assert page.locator("tbody tr").count() == 50
+    assert page.locator("tbody tr").all_text_contents() != first_page
+
+    page.fill("input[name=search]", "INVOICE")
+    page.press("input[name=search]", "Enter")
+    page.wait_for_url("**search=INVOICE**")
+    expected = sum("invoice" in log.prompt_text for log in calls)
+    assert page.text_content(".table-head strong") == str(expected) == "20"
+    assert page.locator("tbody tr").count() == expected
+    assert page.locator(".pagination").count() == 0
+    assert page.problems == []
+
+
+def test_json_export_button_has_the_filtered_rows(page_for, live_server, calls):
+    page = page_for()
+    page.goto(f"{live_server.url}/logs/?range=7d&model={MODELS[0]}&status=success&search=invoice")
+    with page.expect_download() as download:
+        page.click("#export-json")
+    rows = json.loads(Path(download.value.path()).read_text())
+    expected = {
+        str(log.request_id)
+        for log in calls
+        if log.model_name == MODELS[0] and log.status == "success" and "invoice" in log.prompt_text
+    }
+    assert {row["request_id"] for row in rows} == expected
+    assert len(expected) == 16  # every 6th call mentions an invoice, minus the failed ones
+    assert download.value.suggested_filename.endswith(".json")
+
+
+def test_feedback_on_a_call_is_stored_and_shown(page_for, live_server, calls):
+    log = calls[3]
+    page = page_for()
+    page.goto(f"{live_server.url}/logs/{log.request_id}/")
+    page.check("input[name=rating][value=thumbs_down]")
+    page.fill("textarea[name=comment]", "Wrong total on the invoice")
+    page.click("button:has-text('Save feedback')")
+    page.wait_for_selector(".messages:has-text('Thanks')")
+    page.reload()
+    assert "Wrong total on the invoice" in page.text_content("main")
+    feedback = UserFeedback.objects.get(request=log)
+    assert (feedback.rating, feedback.comment) == ("thumbs_down", "Wrong total on the invoice")
+    assert page.problems == []
+
+
+def test_log_out(page_for, live_server):
+    page = page_for()
+    page.click("button:has-text('Log out')")
+    page.wait_for_url("**/accounts/login/")
+    page.goto(f"{live_server.url}/logs/")
+    assert "/accounts/login/?next=/logs/" in page.url
+    assert page.is_visible("#id_username")
+
+
+@pytest.mark.parametrize("path", ["/", "/analytics/", "/logs/", "/feedback/", "/alerts/", "/playground/"])
+def test_phone_width_needs_no_sideways_scrolling(page_for, live_server, calls, path):
+    """Wide tables scroll inside their card; the page itself fits a 390 px wide phone."""
+    page = page_for(390)
+    page.goto(f"{live_server.url}{path}")
+    page.wait_for_load_state("networkidle")
+    too_wide = page.evaluate(
+        """() => {
+            const width = document.documentElement.clientWidth;
+            return [...document.querySelectorAll("body *")]
+                .filter((element) => element.getBoundingClientRect().right > width + 0.5)
+                .filter((element) => !element.closest(".table-wrap"))  // scrolls inside its card
+                .map((element) => element.outerHTML.split(">")[0].slice(0, 120) + ">");
+        }"""
+    )
+    assert too_wide == []
+    assert page.evaluate("() => document.documentElement.scrollWidth - document.documentElement.clientWidth") == 0
