@@ -12,6 +12,7 @@ import pytest
 from django.utils import timezone
 
 from llm.models import LLMRequestLog, UserFeedback
+from tests.fake_groq import Behaviour
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -171,3 +172,54 @@ def test_phone_width_needs_no_sideways_scrolling(page_for, live_server, calls, p
     )
     assert too_wide == []
     assert page.evaluate("() => document.documentElement.scrollWidth - document.documentElement.clientWidth") == 0
+
+
+def test_playground_shows_the_answer_while_it_streams(page_for, live_server, fake_groq, model_prices):
+    fake_groq.default = Behaviour(chunks=["Once", " upon", " a", " time"], chunk_delay_seconds=0.3)
+    page = page_for()
+    page.goto(f"{live_server.url}/playground/")
+    page.fill("#pg-prompt", "Tell a story")
+    page.click("#pg-send")
+    # Part of the answer is on screen before the last chunk and the figures arrive.
+    page.wait_for_function(
+        """() => {
+            const text = document.getElementById("pg-answer").textContent;
+            return text.startsWith("Once") && text !== "Once upon a time"
+                && document.getElementById("pg-figures").hidden;
+        }"""
+    )
+    assert page.is_disabled("#pg-send")  # no second prompt while one streams
+    page.wait_for_selector("#pg-figures:not([hidden])")
+    assert page.text_content("#pg-answer") == "Once upon a time"
+    assert page.is_enabled("#pg-send")
+    assert page.problems == []
+
+
+def test_playground_shows_an_error_in_the_middle_of_the_stream(page_for, live_server, fake_groq, model_prices):
+    fake_groq.default = Behaviour(mode="stream_error", chunks=["Once", " upon", " a", " time"])
+    page = page_for()
+    page.goto(f"{live_server.url}/playground/")
+    page.fill("#pg-prompt", "Tell a story")
+    page.click("#pg-send")
+    page.wait_for_selector("#pg-error:not(:empty)")
+    page.wait_for_selector("#pg-send:enabled")
+    assert page.text_content("#pg-answer") == "Once upon"
+    log = LLMRequestLog.objects.get()
+    assert log.status == "error"
+    assert log.error_type in page.text_content("#pg-error")
+    assert page.is_hidden("#pg-rate")  # nothing to rate
+    assert page.problems == []
+
+
+def test_playground_shows_a_refused_prompt(page_for, live_server, fake_groq, model_prices):
+    fake_groq.default = Behaviour(mode="status", status=429, error_message="Rate limit reached for model")
+    page = page_for()
+    page.goto(f"{live_server.url}/playground/")
+    page.fill("#pg-prompt", "Hello?")
+    page.click("#pg-send")
+    page.wait_for_selector("#pg-error:not(:empty)")
+    assert "Rate limit reached" in page.text_content("#pg-error")
+    assert LLMRequestLog.objects.get().error_type == "rate_limit"
+    assert page.is_hidden("#pg-figures") and page.is_hidden("#pg-rate")
+    # The only problem the browser saw is the 429 answer itself.
+    assert page.problems and all("429" in problem for problem in page.problems)
