@@ -223,3 +223,31 @@ def test_playground_shows_a_refused_prompt(page_for, live_server, fake_groq, mod
     assert page.is_hidden("#pg-figures") and page.is_hidden("#pg-rate")
     # The only problem the browser saw is the 429 answer itself.
     assert page.problems and all("429" in problem for problem in page.problems)
+
+
+def test_trace_page_indents_calls_under_their_parent(page_for, live_server, model_prices):
+    trace_id = "7f" * 16
+    now = timezone.now()
+    spans = {"root": ("a" * 16, ""), "child": ("b" * 16, "a" * 16), "grandchild": ("c" * 16, "b" * 16)}
+    spans["sibling"] = ("d" * 16, "a" * 16)
+    for index, (name, (span_id, parent)) in enumerate(spans.items()):
+        LLMRequestLog.objects.create(
+            timestamp=now - timedelta(seconds=10 - index),
+            model_name=f"model-{name}",
+            latency_ms=100,
+            trace_id=trace_id,
+            span_id=span_id,
+            parent_span_id=parent,
+        )
+    page = page_for()
+    page.goto(f"{live_server.url}/logs/{LLMRequestLog.objects.get(model_name='model-grandchild').request_id}/")
+    page.click(f"a[href='/traces/{trace_id}/']")
+    page.wait_for_url(f"**/traces/{trace_id}/")
+    lefts = page.evaluate(
+        """() => Object.fromEntries([...document.querySelectorAll(".trace li")].map(
+            (item) => [item.querySelector("a").textContent, item.getBoundingClientRect().left]))"""
+    )
+    assert list(lefts) == ["model-root", "model-child", "model-grandchild", "model-sibling"]  # time order
+    assert lefts["model-root"] < lefts["model-child"] < lefts["model-grandchild"]
+    assert lefts["model-sibling"] == lefts["model-child"]
+    assert page.problems == []
