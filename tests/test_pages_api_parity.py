@@ -1,0 +1,82 @@
+"""Pages and API read the same figures: for one window, what a page renders equals the API's answer."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+from django.core.serializers.json import DjangoJSONEncoder
+from django.utils import timezone
+
+from llm.models import LLMRequestLog, UserFeedback
+
+pytestmark = pytest.mark.django_db
+
+MODELS = ["llama-3.1-8b-instant", "openai/gpt-oss-20b", "unpriced-model"]
+
+
+@pytest.fixture
+def logged_in(client, staff_user):
+    client.force_login(staff_user)
+    return client
+
+
+@pytest.fixture
+def calls(model_prices):
+    now = timezone.now()
+    logs = [
+        LLMRequestLog(
+            timestamp=now - timedelta(minutes=37 * index + 1),
+            model_name=MODELS[index % 3],
+            user_id=f"user-{index % 5}",
+            prompt_tokens=50 + index,
+            completion_tokens=0 if index % 9 == 0 else 30,
+            total_tokens=(50 + index) + (0 if index % 9 == 0 else 30),
+            latency_ms=120.0 + (index * 53) % 900,
+            cost_estimate=0.00001 * (index % 4),
+            status="error" if index % 9 == 0 else "success",
+            error_type="timeout" if index % 9 == 0 else "",
+        )
+        for index in range(90)  # about 2.3 days
+    ]
+    LLMRequestLog.objects.bulk_create(logs)
+    for log in LLMRequestLog.objects.order_by("id")[::7]:
+        UserFeedback.objects.create(request=log, rating="thumbs_up" if log.id % 2 else "thumbs_down")
+
+
+def as_json(value):
+    return json.loads(json.dumps(value, cls=DjangoJSONEncoder))
+
+
+@pytest.mark.parametrize("model", ["", MODELS[1]])
+def test_analytics_page_equals_the_metrics_api(logged_in, calls, model):
+    page = logged_in.get("/analytics/", {"range": "7d", "model": model})
+    params = page.context["window"].api_params()
+    models = logged_in.get("/api/metrics/model-usage/", params).json()["results"]
+    daily = logged_in.get("/api/metrics/daily-stats/", params).json()["results"]
+    assert as_json(page.context["models"]) == models
+    assert as_json(page.context["daily"]) == daily
+    assert sum(row["requests"] for row in models) == LLMRequestLog.objects.filter(model_name__startswith=model).count()
+
+
+@pytest.mark.parametrize("model", ["", MODELS[0]])
+def test_feedback_page_equals_the_feedback_api(logged_in, calls, model):
+    page = logged_in.get("/feedback/", {"range": "7d", "model": model})
+    params = page.context["window"].api_params()
+    api = logged_in.get("/api/feedback/analytics/", params).json()
+    assert as_json(page.context["summary"]) == api
+    rated = UserFeedback.objects.filter(request__model_name__startswith=model)
+    assert api["total"] == rated.count() > 0
+    assert api["thumbs_up"] == rated.filter(rating="thumbs_up").count()
+
+
+def test_overview_chart_data_equals_the_token_usage_api(logged_in, calls):
+    page = logged_in.get("/", {"range": "7d"})
+    params = page.context["window"].api_params()
+    api = logged_in.get("/api/metrics/token-usage/", {**params, "group_by": "hour"}).json()["results"]
+    busy = {row["period"]: row for row in page.context["series"] if row["requests"]}
+    assert len(busy) == len(api) > 0
+    for row in api:
+        assert busy[row["period"]]["prompt_tokens"] == row["prompt_tokens"]
+        assert busy[row["period"]]["completion_tokens"] == row["completion_tokens"]
