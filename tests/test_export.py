@@ -50,12 +50,12 @@ def test_csv_has_every_filtered_row_and_round_trips(api_client, logs):
 
 
 def test_csv_escapes_formula_cells(api_client, db):
-    for text in ['=HYPERLINK("http://evil")', "+cmd|' /C calc'!A0", "-2+3", "@SUM(A1)", "\tx", "plain = text"]:
+    for text in ['=HYPERLINK("http://evil")', "+cmd|' /C calc'!A0", "-2+3", "@SUM(A1)", "\tx", "\rx", "plain = text"]:
         LLMRequestLog.objects.create(model_name="m", prompt_text=text)
     rows = list(csv.DictReader(io.StringIO(content(api_client.get("/api/export/csv/")))))
     prompts = sorted(row["prompt_text"] for row in rows)
     assert prompts == sorted(
-        ['\'=HYPERLINK("http://evil")', "'+cmd|' /C calc'!A0", "'-2+3", "'@SUM(A1)", "'\tx", "plain = text"]
+        ['\'=HYPERLINK("http://evil")', "'+cmd|' /C calc'!A0", "'-2+3", "'@SUM(A1)", "'\tx", "'\rx", "plain = text"]
     )
 
 

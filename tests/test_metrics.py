@@ -218,3 +218,17 @@ def test_date_only_end_includes_the_whole_day(logs):
     filtered = filter_logs({"start_date": day.isoformat(), "end_date": day.isoformat()})
     expected = [log for log in logs if log.timestamp.date() == day]
     assert filtered.queryset.count() == len(expected) > 0
+
+
+@pytest.mark.parametrize("time_zone", ["America/New_York", "Asia/Kolkata"])
+@pytest.mark.parametrize("group_by", ["hour", "day", "month"])
+def test_periods_follow_time_zone(logs, settings, time_zone, group_by):
+    # New York changes offset on 1 November (inside the data's 40 days); Kolkata is UTC+05:30, so
+    # even hours differ from UTC hours.
+    settings.TIME_ZONE = time_zone
+    expected = defaultdict(int)
+    for log in logs:
+        expected[period_key(log.timestamp, group_by)] += 1
+    usage = metrics.token_usage(LLMRequestLog.objects.all(), group_by)
+    assert {row["period"]: row["requests"] for row in usage} == expected
+    assert any(row["period"].endswith(("-05:00", "-04:00", "+05:30")) for row in usage)

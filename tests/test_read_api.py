@@ -126,6 +126,13 @@ def test_logs_pagination_and_order(api_client, logs):
     assert api_client.get("/api/logs/", {"page_size": 100, "page": last_page + 1}).status_code == 404
 
 
+@pytest.mark.parametrize("page", ["0", "-1", "two", "1.5"])
+def test_bad_page_is_400(api_client, db, page):
+    response = api_client.get("/api/logs/", {"page": page})
+    assert response.status_code == 400
+    assert "page" in response.json()["fields"]
+
+
 @pytest.mark.parametrize("page_size", ["501", "0", "many"])
 def test_bad_page_size_is_400(api_client, db, page_size):
     response = api_client.get("/api/logs/", {"page_size": page_size})

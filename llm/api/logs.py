@@ -84,6 +84,13 @@ class StrictPageNumberPagination(PageNumberPagination):
             raise ValidationError({"page_size": [f"Must be between 1 and {self.max_page_size}."]})
         return size
 
+    def paginate_queryset(self, queryset, request, view=None):
+        # A page that is not a number is bad input (400); a number past the end is a 404.
+        page = request.query_params.get(self.page_query_param)
+        if page is not None and page not in self.last_page_strings and not (page.isdigit() and int(page) >= 1):
+            raise ValidationError({"page": ["A whole number from 1 is required."]})
+        return super().paginate_queryset(queryset, request, view)
+
 
 class LogList(generics.ListAPIView):
     """Logs, newest first. Filters: start_date, end_date, model, status, user_id; search in prompt and response."""
