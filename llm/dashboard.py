@@ -29,6 +29,21 @@ PERIOD_START = {
     "day": {"hour": 0, "minute": 0, "second": 0},
 }
 AUTO_REFRESH_SECONDS = 30
+# The logs page's orders: newest first, or the worst calls first (what a card links to).
+LOG_SORTS = {
+    "newest": ("Newest first", ("-timestamp", "-id")),
+    "slowest": ("Slowest first", ("-latency_ms", "-id")),
+    "costliest": ("Costliest first", ("-cost_estimate", "-id")),
+    "tokens": ("Most tokens first", ("-total_tokens", "-id")),
+}
+# Where each overview card leads: the calls behind its figure, worst first.
+CARD_LOGS = {
+    "requests": ("All calls", {}),
+    "error_rate": ("Failed calls", {"status": "error"}),
+    "p95_latency_ms": ("Slowest calls", {"sort": "slowest"}),
+    "total_tokens": ("Largest calls", {"sort": "tokens"}),
+    "total_cost": ("Costliest calls", {"sort": "costliest"}),
+}
 
 
 @dataclass
@@ -40,6 +55,8 @@ class TimeRange:
     errors: dict[str, list[str]] = field(default_factory=dict)
     # Extra filters a page keeps in its links (the logs page: status, user_id, search).
     extra: dict[str, str] = field(default_factory=dict)
+    # How the page shows the rows (the logs page's sort): kept in links, not a filter.
+    options: dict[str, str] = field(default_factory=dict)
 
     @property
     def length(self) -> timedelta:
@@ -70,7 +87,11 @@ class TimeRange:
             params |= {"start_date": self.start.isoformat(), "end_date": self.end.isoformat()}
         if self.model:
             params["model"] = self.model
-        return {**params, **{key: value for key, value in self.extra.items() if value}}
+        return {**params, **{key: value for key, value in (self.extra | self.options).items() if value}}
+
+    def logs_query(self, **params: str) -> str:
+        """The logs page's query string for this range and model, plus `params`."""
+        return urlencode({**self.page_params(), **params})
 
     def logs(self) -> LLMRequestLogQuerySet:
         return filter_logs(self.api_params()).queryset
@@ -197,6 +218,8 @@ def overview(window: TimeRange) -> dict[str, Any]:
                 "change": change(value, before),
                 "spark": [row[series_key] for row in series],
                 "level": level,
+                "link_text": CARD_LOGS[key][0],
+                "logs_query": window.logs_query(**CARD_LOGS[key][1]),
             }
             for key, label, value, before, series_key, level in cards
         ],

@@ -68,9 +68,15 @@ def analytics(request: HttpRequest) -> HttpResponse:
 @login_required
 def logs(request: HttpRequest) -> HttpResponse:
     window = dashboard.time_range(request.GET, extra_keys=LOG_FILTERS)
+    sort = request.GET.get("sort") or "newest"
+    if sort not in dashboard.LOG_SORTS:
+        window.errors["sort"] = [f"Choose one of {', '.join(dashboard.LOG_SORTS)}."]
+        sort = "newest"
+    if sort != "newest":
+        window.options["sort"] = sort
     try:
         rows = search_logs(window.logs(), request.GET)
-        rows = rows.order_by("-timestamp", "-id")
+        rows = rows.order_by(*dashboard.LOG_SORTS[sort][1])
     except ValidationError as error:  # a bad status or search is shown above the table, not a 500
         window.errors |= {name: [str(message) for message in problems] for name, problems in error.detail.items()}
         rows = LLMRequestLog.objects.none()
@@ -81,6 +87,8 @@ def logs(request: HttpRequest) -> HttpResponse:
         window,
         page_obj=page_obj,
         statuses=LLMRequestLog.Status.choices,
+        sorts={key: label for key, (label, _) in dashboard.LOG_SORTS.items()},
+        sort=sort,
         has_any_logs=LLMRequestLog.objects.exists(),
     )
 

@@ -249,3 +249,45 @@ def test_pages_render_with_generated_sample_data(browser, model_prices):
     call_command("generate_sample_data", count=500, days=3, seed=3, verbosity=0)
     for path in PAGES:
         assert browser.get(path).status_code == 200, path
+
+
+def test_logs_page_orders_the_worst_calls_first(browser, traffic):
+    in_range = [log for log in traffic if log.timestamp >= timezone.now() - timedelta(hours=24)]
+    for sort, key in [("slowest", "latency_ms"), ("costliest", "cost_estimate"), ("tokens", "total_tokens")]:
+        response = browser.get("/logs/", {"range": "24h", "sort": sort})
+        shown = [getattr(log, key) for log in response.context["page_obj"]]
+        assert shown == sorted((getattr(log, key) for log in in_range), reverse=True)
+        assert response.context["window"].options == {"sort": sort}
+    newest = browser.get("/logs/", {"range": "24h"}).context["page_obj"]
+    assert [log.pk for log in newest] == [log.pk for log in sorted(in_range, key=lambda log: log.timestamp)[::-1]]
+    response = browser.get("/logs/", {"sort": "random"})
+    assert response.status_code == 200
+    assert response.context["window"].errors["sort"]
+    # The export keeps the filter but has no use for the order.
+    response = browser.get("/logs/", {"range": "24h", "sort": "slowest", "status": "error"})
+    assert "sort" not in response.context["window"].api_params()
+    assert response.context["window"].api_params()["status"] == "error"
+
+
+def test_pagination_keeps_the_filter_and_order(browser, traffic, monkeypatch):
+    monkeypatch.setattr("llm.views.LOGS_PER_PAGE", 5)
+    response = browser.get("/logs/", {"range": "7d", "sort": "slowest", "model": "openai/gpt-oss-20b"})
+    html = response.content.decode()
+    assert 'href="?range=7d&amp;model=openai%2Fgpt-oss-20b&amp;sort=slowest&amp;page=2"' in html
+    second = browser.get("/logs/", {"range": "7d", "sort": "slowest", "model": "openai/gpt-oss-20b", "page": 2})
+    latencies = [log.latency_ms for log in response.context["page_obj"]] + [
+        log.latency_ms for log in second.context["page_obj"]
+    ]
+    assert latencies == sorted(latencies, reverse=True)
+    assert {log.model_name for log in second.context["page_obj"]} == {"openai/gpt-oss-20b"}
+
+
+def test_overview_cards_link_to_the_calls_behind_them(browser, traffic):
+    response = browser.get("/", {"range": "7d", "model": "llama-3.1-8b-instant"})
+    links = {card["key"]: card["logs_query"] for card in response.context["cards"]}
+    assert links["error_rate"] == "range=7d&model=llama-3.1-8b-instant&status=error"
+    assert links["p95_latency_ms"] == "range=7d&model=llama-3.1-8b-instant&sort=slowest"
+    failed = browser.get(f"/logs/?{links['error_rate']}").context["page_obj"]
+    expected = [log for log in traffic if log.is_error and log.model_name == "llama-3.1-8b-instant"]
+    assert {log.pk for log in failed} == {log.pk for log in expected}
+    assert f'href="/logs/?{links["total_cost"].replace("&", "&amp;")}"' in response.content.decode()
