@@ -43,6 +43,7 @@ PAGES = [
     "/analytics/",
     "/logs/",
     "/logs/?status=error&model=llama-3.1-8b-instant",
+    "/logs/?sort=slowest",
     "/logs/?search=refund",
     "/feedback/",
 ]

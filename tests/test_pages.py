@@ -6,6 +6,7 @@ import uuid
 from datetime import timedelta
 
 import pytest
+from django.core.management import call_command
 from django.utils import timezone
 
 from llm import metrics
@@ -291,3 +292,17 @@ def test_overview_cards_link_to_the_calls_behind_them(browser, traffic):
     expected = [log for log in traffic if log.is_error and log.model_name == "llama-3.1-8b-instant"]
     assert {log.pk for log in failed} == {log.pk for log in expected}
     assert f'href="/logs/?{links["total_cost"].replace("&", "&amp;")}"' in response.content.decode()
+
+
+def test_every_page_renders_over_sample_data(browser, model_prices):
+    """What `make run` serves: sample traffic, feedback and triggered alerts (some acknowledged by
+    nobody in particular: no user row)."""
+    call_command("generate_sample_data", count=400, days=3, seed=7, verbosity=0)
+    assert AlertLog.objects.filter(acknowledged=True, acknowledged_by=None).exists()
+    log = LLMRequestLog.objects.exclude(trace_id="").first() or LLMRequestLog.objects.first()
+    paths = [*PAGES, f"/logs/{log.request_id}/", "/logs/?sort=slowest&range=30d", "/?range=30d"]
+    if log.trace_id:
+        paths.append(f"/traces/{log.trace_id}/")
+    for path in paths:
+        assert browser.get(path).status_code == 200, path
+    assert "sample data" in browser.get("/alerts/").content.decode()
