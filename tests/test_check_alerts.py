@@ -236,6 +236,11 @@ def test_rule_created_in_admin_fires_and_reaches_smtp_and_webhook(clock, admin_c
         9.5,
         5.0,
     )
+    page = admin_client.get("/alerts/")
+    rule_row = next(item for item in page.context["rules"] if item["rule"].name == "Spend above $5 per hour")
+    assert rule_row["evaluation"].breached is True
+    assert [alert.alert_rule.name for alert in page.context["triggered"]] == ["Spend above $5 per hour"]
+    assert 'class="badge badge-error">1 unacknowledged' in page.content.decode()
 
 
 @pytest.mark.postgres_only
