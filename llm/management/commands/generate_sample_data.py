@@ -94,6 +94,7 @@ class Command(BaseCommand):
     def handle(self, *args, count: int, days: int, seed: int | None, clear: bool, if_empty: bool, **options):
         if count < 1 or days < 1:
             raise CommandError("--count and --days must be at least 1.")
+        self.show_progress = options["verbosity"] >= 1
         if if_empty and LLMRequestLog.objects.exists():
             self.stdout.write("Logs already exist; no sample data added.")
             return
@@ -187,7 +188,8 @@ class Command(BaseCommand):
                 UserFeedback.objects.bulk_create(feedback, batch_size=1_000)
             created += batch_size
             feedback_count += len(feedback)
-            self.stderr.write(f"  {created}/{count} calls", ending="\r" if sys.stderr.isatty() else "\n")
+            if self.show_progress:
+                self.stderr.write(f"  {created}/{count} calls", ending="\r" if sys.stderr.isatty() else "\n")
         return created, feedback_count
 
     @staticmethod
