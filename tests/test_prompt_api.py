@@ -119,6 +119,17 @@ def test_streaming_relays_chunks_then_the_final_answer(api_client, fake_groq):
     assert fake_groq.requests[0]["stream"] is True
 
 
+def test_a_client_that_accepts_only_event_streams_is_answered(api_client, fake_groq):
+    fake_groq.will(Behaviour(text="hi there", prompt_tokens=3, completion_tokens=2))
+    streamed = api_client.post(URL, {"prompt": "hi", "stream": True}, format="json", HTTP_ACCEPT="text/event-stream")
+    assert streamed.status_code == 200
+    assert [name for name, _ in parse_sse(b"".join(streamed.streaming_content))][-1] == "done"
+    refused = api_client.post(URL, {"prompt": "", "stream": True}, format="json", HTTP_ACCEPT="text/event-stream")
+    assert refused.status_code == 400
+    assert refused["Content-Type"] == "application/json"
+    assert "prompt" in refused.json()["fields"]
+
+
 @pytest.mark.parametrize(
     ("behaviour", "http_status", "error_type"),
     [

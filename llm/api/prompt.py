@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from django.http import StreamingHttpResponse
 from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework.exceptions import NotAcceptable
+from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -49,8 +51,22 @@ def error_response(outcome: PromptOutcome) -> Response:
     return Response(prompt_answer(outcome), status=status)
 
 
+class JSONUnlessAskedOtherwise(DefaultContentNegotiation):
+    """Streaming clients often send only `Accept: text/event-stream`. The stream itself bypasses
+    the renderers, and what does not stream (a 400, an upstream error before the first token) is
+    better answered in JSON than refused with 406."""
+
+    def select_renderer(self, request: Request, renderers: list, format_suffix: str | None = None) -> tuple:
+        try:
+            return super().select_renderer(request, renderers, format_suffix)
+        except NotAcceptable:
+            return renderers[0], renderers[0].media_type
+
+
 class PromptView(APIView):
     """Send a prompt to Groq; the call is measured and logged whatever happens."""
+
+    content_negotiation_class = JSONUnlessAskedOtherwise
 
     @extend_schema(
         request=PromptRequestSerializer,
