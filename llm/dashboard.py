@@ -224,7 +224,7 @@ def overview(window: TimeRange) -> dict[str, Any]:
             for key, label, value, before, series_key, level in cards
         ],
         "series": series,
-        "cost_by_model": metrics.model_usage(logs),
+        "cost_by_model": metrics.cost_by_model(logs),
         "recent": list(logs.order_by("-timestamp", "-id")[:10]),
     }
 

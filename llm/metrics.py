@@ -287,6 +287,12 @@ def model_usage(logs: LLMRequestLogQuerySet) -> list[dict[str, Any]]:
     return usage
 
 
+def cost_by_model(logs: LLMRequestLogQuerySet) -> list[dict[str, Any]]:
+    """USD per model, costliest first. Cheaper than model_usage: no latency sort per model."""
+    rows = logs.values("model_name").annotate(cost=Sum("cost_estimate")).order_by("-cost", "model_name")
+    return [{"model": row["model_name"], "cost": _number(row["cost"])} for row in rows]
+
+
 def errors(logs: LLMRequestLogQuerySet) -> dict[str, Any]:
     """Errors per error_type: count, share of all errors (percent), latest message and time."""
     failed = logs.filter(FAILED)

@@ -144,6 +144,10 @@ def test_latency_and_model_usage_per_model(logs, selection):
         assert usage[model]["total_tokens"] == sum(log.total_tokens for log in group)
         assert usage[model]["cost"] == pytest.approx(float(sum(log.cost_estimate for log in group)), abs=1e-9)
         assert usage[model]["priced"] is (model != "unpriced-model")
+    costs = metrics.cost_by_model(queryset)
+    expected_costs = {model: float(sum(log.cost_estimate for log in group)) for model, group in by_model.items()}
+    assert {row["model"]: row["cost"] for row in costs} == pytest.approx(expected_costs, abs=1e-9)
+    assert [row["cost"] for row in costs] == sorted((row["cost"] for row in costs), reverse=True)
 
 
 @pytest.mark.parametrize("selection", FILTERS)
@@ -188,7 +192,7 @@ def test_empty_window_answers_zeros_and_nulls(logs):
     assert figures["p95_latency_ms"] is None and figures["avg_latency_ms"] is None
     assert metrics.token_usage(empty, "hour") == []
     assert metrics.errors(empty) == {"total_errors": 0, "total_requests": 0, "error_rate": 0.0, "errors": []}
-    assert metrics.model_usage(empty) == metrics.daily_stats(empty) == []
+    assert metrics.model_usage(empty) == metrics.cost_by_model(empty) == metrics.daily_stats(empty) == []
 
 
 def test_filter_defaults_to_last_24_hours_and_says_so(db):
