@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -41,12 +41,24 @@ def test_csv_has_every_filtered_row_and_round_trips(api_client, logs):
     assert list(rows[0]) == LOG_FIELDS
     for row in rows:
         log = expected[row["request_id"]]
+        assert datetime.fromisoformat(row["timestamp"]) == log.timestamp
         assert int(row["total_tokens"]) == log.total_tokens
         assert float(row["latency_ms"]) == log.latency_ms
         assert Decimal(row["cost_estimate"]) == log.cost_estimate
         assert row["error_message"] == log.error_message
         unescaped = row["prompt_text"][1:] if row["prompt_text"].startswith("'=") else row["prompt_text"]
         assert unescaped == log.prompt_text
+
+
+def test_csv_timestamps_are_iso_8601_in_utc(api_client, db, settings):
+    settings.TIME_ZONE = "America/New_York"
+    whole_second = datetime(2026, 3, 8, 7, 30, tzinfo=UTC)
+    precise = datetime(2026, 11, 1, 5, 59, 59, 123456, tzinfo=UTC)
+    for timestamp in (precise, whole_second):
+        LLMRequestLog.objects.create(model_name="m", timestamp=timestamp)
+    rows = list(csv.DictReader(io.StringIO(content(api_client.get("/api/export/csv/")))))
+    assert [datetime.fromisoformat(row["timestamp"]) for row in rows] == [whole_second, precise]
+    assert all(row["timestamp"].endswith("+00:00") and "T" in row["timestamp"] for row in rows)
 
 
 def test_csv_escapes_formula_cells(api_client, db):

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db.models import CharField, TextField
+from django.db.models import CharField, Func, TextField
 from django.db.models.functions import Cast
 from django.http import StreamingHttpResponse
 from drf_spectacular.utils import OpenApiResponse, extend_schema
@@ -59,16 +59,30 @@ def csv_lines(rows: Iterable[tuple]) -> Iterator[str]:
     yield "".join(batch)
 
 
-TIMESTAMP = LOG_FIELDS.index("timestamp")
 TAGS = LOG_FIELDS.index("tags")
 # Only text columns can hold a formula; numbers, UUIDs and times are written as they are.
 TEXT_FIELDS = {field.name for field in LLMRequestLog._meta.get_fields() if isinstance(field, CharField | TextField)}
 TEXT_COLUMNS = [index for index, name in enumerate(LOG_FIELDS) if name in TEXT_FIELDS]
 
 
+class ISOTimestamp(Func):
+    """A timestamp as ISO 8601 text in UTC, written by the database: parsing it into a datetime
+    only to print it again took a fifth of a PostgreSQL export."""
+
+    output_field = TextField()
+
+    def as_postgresql(self, compiler, connection, **extra_context):
+        template = "to_char(%(expressions)s AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US') || '+00:00'"
+        return self.as_sql(compiler, connection, template=template, **extra_context)
+
+    def as_sqlite(self, compiler, connection, **extra_context):
+        # Django stores "YYYY-MM-DD HH:MM:SS[.ffffff]" in UTC: the same text as datetime.isoformat().
+        template = "replace(%(expressions)s, ' ', 'T') || '+00:00'"
+        return self.as_sql(compiler, connection, template=template, **extra_context)
+
+
 def csv_row(row: tuple) -> list:
     cells = list(row)
-    cells[TIMESTAMP] = cells[TIMESTAMP].isoformat()
     cells[TAGS] = "" if cells[TAGS] == "{}" else cells[TAGS]
     for index in TEXT_COLUMNS:
         text = cells[index]
@@ -127,9 +141,11 @@ class CSVExport(ExportView):
         return csv_lines(rows)
 
     def columns(self, logs):
-        # Tags as the database's JSON text: decoding and encoding them again costs a sixth of the time.
-        fields = [name if name != "tags" else "tags_text" for name in LOG_FIELDS]
-        return logs.annotate(tags_text=Cast("tags", TextField())).values_list(*fields)
+        # Tags and time as the database's text: decoding and encoding them again costs a third of the time.
+        as_text = {"tags": "tags_text", "timestamp": "timestamp_text"}
+        return logs.annotate(tags_text=Cast("tags", TextField()), timestamp_text=ISOTimestamp("timestamp")).values_list(
+            *[as_text.get(name, name) for name in LOG_FIELDS]
+        )
 
     @extend_schema(**EXPORT_SCHEMA, responses={(200, "text/csv"): OpenApiResponse(description="CSV file")})
     def get(self, request: Request) -> StreamingHttpResponse:
