@@ -13,6 +13,7 @@ from django.core.management import get_commands
 ROOT = Path(settings.BASE_DIR)
 README = ROOT / "README.md"
 DOCS = sorted((ROOT / "docs").glob("*.md"))
+SDK_README = ROOT / "sdk" / "README.md"
 README_MAX_LINES = 250
 
 FENCED_CODE = re.compile(r"^(```|~~~).*?^\1", re.MULTILINE | re.DOTALL)
@@ -62,7 +63,7 @@ def test_docs_pages_exist():
     assert expected | {"benchmarks.md", "development.md"} <= names
 
 
-@pytest.mark.parametrize("page", [README, *DOCS], ids=lambda page: page.relative_to(ROOT).as_posix())
+@pytest.mark.parametrize("page", [README, *DOCS, SDK_README], ids=lambda page: page.relative_to(ROOT).as_posix())
 def test_every_relative_link_resolves(page):
     assert broken_links(page) == []
 
