@@ -223,16 +223,45 @@ def test_alerting_rules_are_valid():
 
 
 @needs_promtool
-def test_example_scrape_config_is_valid(tmp_path):
+def test_example_scrape_config_is_valid_as_shipped():
+    # Exactly the file users copy, checked where it lies (its rule_files path is relative to it).
+    command = [PROMTOOL, "check", "config", str(GRAFANA / "prometheus.yml")]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=GRAFANA)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS: 6 rules found" in result.stdout
+
+
+@needs_promtool
+def test_example_scrape_config_with_its_token_block_uncommented_is_valid(tmp_path):
+    # The commented-out authorization block is what a user with METRICS_TOKEN set switches on:
+    # uncommented, and with its token file present, it must still be a valid config.
+    shipped = (GRAFANA / "prometheus.yml").read_text()
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN)
-    config = (GRAFANA / "prometheus.yml").read_text()
+    commented = [
+        "    # authorization:",
+        "    #   type: Bearer",
+        "    #   credentials_file: /etc/prometheus/observatory-metrics-token",
+    ]
+    assert all(line in shipped.splitlines() for line in commented)
+    config = shipped
+    for line in commented:
+        config = config.replace(line, line.replace("# ", "", 1))
     config = config.replace("/etc/prometheus/observatory-metrics-token", str(token_file))
+    assert "\n    authorization:\n      type: Bearer\n" in config
     (tmp_path / "prometheus.yml").write_text(config)
     shutil.copy(GRAFANA / "alerts.yml", tmp_path / "alerts.yml")
-    command = [PROMTOOL, "check", "config", str(tmp_path / "prometheus.yml")]
-    result = subprocess.run(command, capture_output=True, text=True)
+    result = subprocess.run(
+        [PROMTOOL, "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr
+
+    # And promtool does read the block: a missing token file fails the check.
+    token_file.unlink()
+    result = subprocess.run(
+        [PROMTOOL, "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True, text=True
+    )
+    assert result.returncode != 0 and "token" in result.stdout + result.stderr
 
 
 def test_dashboard_queries_only_our_metrics():
