@@ -10,14 +10,18 @@ PYTEST_ARGS ?=
 .PHONY: run test test-sqlite test-postgres lint format bench venv dev-venv system-deps clean
 
 $(PYTHON):
+	@echo "Creating the virtualenv in $(VENV)..."
 	python3 -m venv $(VENV)
 
 # Reinstall only when a requirements file changed.
+# pip is quiet, so say what the wait is for.
 $(VENV)/.requirements: requirements.txt | $(PYTHON)
+	@echo "Installing Python packages from requirements.txt (the first run takes a minute)..."
 	$(PIP_INSTALL) -r requirements.txt 2> >(grep -v "is ignored: it is neither" >&2)
 	touch $@
 
 $(VENV)/.requirements-dev: requirements.txt requirements-dev.txt | $(PYTHON)
+	@echo "Installing Python packages from requirements-dev.txt (the first run takes a minute or two)..."
 	$(PIP_INSTALL) -r requirements-dev.txt 2> >(grep -v "is ignored: it is neither" >&2)
 	touch $(VENV)/.requirements $@
 
@@ -25,6 +29,7 @@ venv: $(VENV)/.requirements
 dev-venv: $(VENV)/.requirements-dev
 
 run: venv
+	@echo "Preparing the database..."
 	$(PYTHON) manage.py migrate --noinput
 	$(PYTHON) manage.py generate_sample_data --count $(SAMPLE_COUNT) --days 30 --if-empty
 	$(PYTHON) manage.py collectstatic --noinput --verbosity 0
@@ -44,8 +49,10 @@ format: dev-venv
 system-deps:
 	@scripts/install-system-deps
 
+# Tests read tests.settings (see pyproject.toml): no .env, none of the shell's settings variables but
+# DATABASE_URL, which the two targets below set or unset.
 test: dev-venv system-deps lint
-	$(PYTHON) manage.py makemigrations --check --dry-run
+	env -u DATABASE_URL DJANGO_SETTINGS_MODULE=tests.settings $(PYTHON) manage.py makemigrations --check --dry-run
 	$(MAKE) --no-print-directory test-sqlite
 	$(MAKE) --no-print-directory test-postgres
 

@@ -1,21 +1,23 @@
-"""Settings, read from the environment (and an optional `.env` file) by django-environ.
+"""Settings, read from the environment (and an optional `.env` file) through core/environment.py.
 
-With nothing configured the project runs in debug mode on SQLite. With `DEBUG=False` it refuses to
-start until `DJANGO_SECRET_KEY` and `ALLOWED_HOSTS` are set.
+With nothing configured the project runs in debug mode on SQLite. An empty value means the default,
+for every variable. With `DEBUG=False` it refuses to start until `DJANGO_SECRET_KEY` and
+`ALLOWED_HOSTS` are set. Every variable read here is listed in `.env.example`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import environ
 from django.core.exceptions import ImproperlyConfigured
+
+from core.environment import Environment, email_settings, load_env_file
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
-env = environ.Env()
-if (BASE_DIR / ".env").is_file():
-    environ.Env.read_env(BASE_DIR / ".env")
+# `.env` next to manage.py, or $OBSERVATORY_ENV_FILE (empty: none, as in the test suite).
+ENV_FILE, ENV_FILE_NAMES = load_env_file(BASE_DIR / ".env")
+env = Environment(file_path=ENV_FILE, file_names=ENV_FILE_NAMES)
 
 DEBUG = env.bool("DEBUG", default=True)
 
@@ -23,12 +25,26 @@ DEBUG = env.bool("DEBUG", default=True)
 DEVELOPMENT_SECRET_KEY = "django-insecure-development-only-key-do-not-use-in-production"  # noqa: S105
 SECRET_KEY = env.str("DJANGO_SECRET_KEY", default=DEVELOPMENT_SECRET_KEY if DEBUG else "")
 if not DEBUG and (not SECRET_KEY or SECRET_KEY == DEVELOPMENT_SECRET_KEY):
-    raise ImproperlyConfigured("DJANGO_SECRET_KEY must be set when DEBUG=False.")
+    raise ImproperlyConfigured(
+        "DJANGO_SECRET_KEY must be set when DEBUG=False. Generate one with "
+        "`python -c 'import secrets; print(secrets.token_urlsafe(50))'` and set it in the environment or in .env."
+    )
 
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"] if DEBUG else [])
 if not DEBUG and not ALLOWED_HOSTS:
-    raise ImproperlyConfigured("ALLOWED_HOSTS must be set when DEBUG=False.")
+    raise ImproperlyConfigured(
+        "ALLOWED_HOSTS must be set when DEBUG=False: the host names this site answers to, comma-separated, "
+        "e.g. ALLOWED_HOSTS=observatory.example.com."
+    )
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+# Django would only say so in a system check, which gunicorn does not run.
+if any(not origin.startswith(("http://", "https://")) for origin in CSRF_TRUSTED_ORIGINS):
+    raise env.invalid(
+        "CSRF_TRUSTED_ORIGINS",
+        "has an origin without its scheme",
+        [],
+        fix="Write each origin with its scheme, e.g. https://observatory.example.com",
+    )
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -75,7 +91,8 @@ TEMPLATES = [
 ]
 
 DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
-DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
+# Seconds a connection is kept for the next request (0: one per request).
+DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60, minimum=0)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # WAL lets the dashboard read while a request is being logged.
@@ -93,7 +110,7 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 
 LANGUAGE_CODE = "en-us"
-TIME_ZONE = env.str("TIME_ZONE", default="UTC")
+TIME_ZONE = env.time_zone("TIME_ZONE", default="UTC")
 USE_I18N = True
 USE_TZ = True
 
@@ -113,20 +130,26 @@ LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "login"
 
-# Security headers and cookies for production.
+# Security headers and cookies: on by default in production (what `check --deploy` asks for), off in
+# development, which is served over plain HTTP. Each can be changed, e.g. SECURE_SSL_REDIRECT=False
+# when TLS ends at a proxy that already redirects.
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=not DEBUG)
+CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=not DEBUG)
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=not DEBUG)
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0 if DEBUG else 60 * 60 * 24 * 30, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=not DEBUG)
+# Only says the site may be preloaded; browsers' preload lists also ask for a year of HSTS, and
+# someone must submit the site (hstspreload.org).
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=not DEBUG)
+# /metrics is scraped over plain HTTP inside the network by Prometheus.
+SECURE_REDIRECT_EXEMPT = [r"^metrics$"]
 if not DEBUG:
-    SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=True)
-    CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=True)
-    SESSION_COOKIE_HTTPONLY = True
-    SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
-    SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=60 * 60 * 24 * 30)
-    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    # Production runs behind a proxy that ends TLS and says so in X-Forwarded-Proto.
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
-    # /metrics is scraped over plain HTTP inside the network by Prometheus.
-    SECURE_REDIRECT_EXEMPT = [r"^metrics$"]
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -154,39 +177,33 @@ SPECTACULAR_SETTINGS = {
     "SERVE_AUTHENTICATION": ["llm.auth.APIKeyAuthentication", "rest_framework.authentication.SessionAuthentication"],
 }
 
-# Email (alerts). EMAIL_URL like smtp://user:pass@host:587 or smtp+tls://…; console by default.
-EMAIL_CONFIG = env.email_url("EMAIL_URL", default="consolemail://")
-vars().update(EMAIL_CONFIG)
+# Email (alerts): EMAIL_URL (smtp://user:password@host:587, smtp+tls://..., consolemail://) when set,
+# else Django's EMAIL_HOST, EMAIL_PORT, EMAIL_HOST_USER, EMAIL_HOST_PASSWORD, EMAIL_USE_TLS/SSL; with
+# neither, mails are written to the console. Sets EMAIL_BACKEND, EMAIL_HOST... and EMAIL_TIMEOUT.
+globals().update(email_settings(env))
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="LLM Observatory <observatory@localhost>")
 SERVER_EMAIL = DEFAULT_FROM_EMAIL
-EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=10)
 
 # Groq, through the official SDK.
 GROQ_API_KEY = env.str("GROQ_API_KEY", default="")
-GROQ_BASE_URL = env.str("GROQ_BASE_URL", default="https://api.groq.com")
+GROQ_BASE_URL = env.http_url("GROQ_BASE_URL", default="https://api.groq.com")
 GROQ_DEFAULT_MODEL = env.str("GROQ_DEFAULT_MODEL", default="llama-3.1-8b-instant")
-GROQ_TIMEOUT_SECONDS = env.float("GROQ_TIMEOUT_SECONDS", default=60.0)
-GROQ_MAX_RETRIES = env.int("GROQ_MAX_RETRIES", default=2)
-if GROQ_TIMEOUT_SECONDS <= 0:
-    raise ImproperlyConfigured("GROQ_TIMEOUT_SECONDS must be positive.")
-if GROQ_MAX_RETRIES < 0:
-    raise ImproperlyConfigured("GROQ_MAX_RETRIES must not be negative.")
+GROQ_TIMEOUT_SECONDS = env.float("GROQ_TIMEOUT_SECONDS", default=60.0, positive=True)
+GROQ_MAX_RETRIES = env.int("GROQ_MAX_RETRIES", default=2, minimum=0)
 
 # Alerts.
 ALERT_EMAIL_RECIPIENTS = env.list("ALERT_EMAIL_RECIPIENTS", default=[])
-ALERT_WEBHOOK_URL = env.str("ALERT_WEBHOOK_URL", default="")
-ALERT_WEBHOOK_TIMEOUT_SECONDS = env.float("ALERT_WEBHOOK_TIMEOUT_SECONDS", default=10.0)
-ALERT_WEBHOOK_TRIES = env.int("ALERT_WEBHOOK_TRIES", default=3)
-# Used to build links in alert notices.
-SITE_URL = env.str("SITE_URL", default="http://127.0.0.1:8000")
+ALERT_WEBHOOK_URL = env.http_url("ALERT_WEBHOOK_URL", default="")
+ALERT_WEBHOOK_TIMEOUT_SECONDS = env.float("ALERT_WEBHOOK_TIMEOUT_SECONDS", default=10.0, positive=True)
+ALERT_WEBHOOK_TRIES = env.int("ALERT_WEBHOOK_TRIES", default=3, minimum=1)
+# Base of the links in alert notices; empty means the address the dashboard is served at.
+SITE_URL = env.http_url("SITE_URL", default="")
 
 # Privacy and retention.
 STORE_PROMPTS = env.bool("STORE_PROMPTS", default=True)
 REDACT_PII = env.bool("REDACT_PII", default=False)
-MAX_STORED_TEXT_CHARS = env.int("MAX_STORED_TEXT_CHARS", default=20_000)
-RETENTION_DAYS = env.int("RETENTION_DAYS", default=90)
-if MAX_STORED_TEXT_CHARS < 0 or RETENTION_DAYS < 1:
-    raise ImproperlyConfigured("MAX_STORED_TEXT_CHARS must be >= 0 and RETENTION_DAYS >= 1.")
+MAX_STORED_TEXT_CHARS = env.int("MAX_STORED_TEXT_CHARS", default=20_000, minimum=0)
+RETENTION_DAYS = env.int("RETENTION_DAYS", default=90, minimum=1)
 
 # Prometheus scraping: when set, GET /metrics needs `Authorization: Bearer <METRICS_TOKEN>`.
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
@@ -196,6 +213,9 @@ LOGGING = {
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "root": {
+        "handlers": ["console"],
+        "level": env.str("LOG_LEVEL", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]),
+    },
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }

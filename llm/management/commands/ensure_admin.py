@@ -11,6 +11,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 
 PASSWORD_FILE = Path(settings.BASE_DIR) / ".admin-password"
+CHANGE_HINT = "change it with `python manage.py changepassword admin`"
 
 
 class Command(BaseCommand):
@@ -19,18 +20,17 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options) -> None:
         User = get_user_model()
-        password = os.environ.get("DJANGO_SUPERUSER_PASSWORD", "")
-        if User.objects.filter(username="admin").exists():
-            if password:
-                message = "password from DJANGO_SUPERUSER_PASSWORD"
-            elif PASSWORD_FILE.exists():
-                message = (
-                    f"password {PASSWORD_FILE.read_text().strip()} (generated on first run, in {PASSWORD_FILE.name})"
-                )
+        admin = User.objects.filter(username="admin").first()
+        if admin is not None:
+            # The password is printed once, when it is made: `make run`'s output ends up in terminals
+            # and logs on every start.
+            if PASSWORD_FILE.exists() and admin.check_password(PASSWORD_FILE.read_text().strip()):
+                where = f"password in {PASSWORD_FILE.name} (generated on the first run)"
             else:
-                message = "password as you set it"
-            self.stdout.write(f"Admin login: user admin, {message}")
+                where = "password as you set it"
+            self.stdout.write(f"Admin login: user admin, {where}; {CHANGE_HINT}.")
             return
+        password = os.environ.get("DJANGO_SUPERUSER_PASSWORD", "")
         if password:
             message = "password from DJANGO_SUPERUSER_PASSWORD"
         else:
@@ -39,4 +39,4 @@ class Command(BaseCommand):
             PASSWORD_FILE.chmod(0o600)
             message = f"password {password} (generated, kept in {PASSWORD_FILE.name})"
         User.objects.create_superuser("admin", "admin@localhost", password)
-        self.stdout.write(f"Created admin login: user admin, {message}")
+        self.stdout.write(f"Created admin login: user admin, {message}; {CHANGE_HINT}.")
