@@ -3,6 +3,8 @@ from __future__ import annotations
 from django.conf import settings
 from rest_framework import serializers
 
+from llm.models import LLMRequestLog
+
 # Long enough for a large context window, short enough that one request cannot fill the disk.
 PROMPT_MAX_CHARS = 100_000
 MAX_TOKENS_LIMIT = 32_768
@@ -64,12 +66,23 @@ class PromptResponseSerializer(serializers.Serializer):
     completion_tokens = serializers.IntegerField()
     total_tokens = serializers.IntegerField()
     latency_ms = serializers.FloatField()
+    ttft_ms = serializers.FloatField(allow_null=True, help_text="Time to the first token; null unless streamed.")
     cost_estimate = serializers.FloatField()
     status = serializers.CharField()
 
 
 class PromptErrorSerializer(serializers.Serializer):
-    request_id = serializers.UUIDField()
-    error_type = serializers.CharField()
-    error_message = serializers.CharField()
+    """An upstream failure (also the `error` event of a stream); the call is logged all the same."""
+
+    request_id = serializers.UUIDField(help_text="The logged call: GET /api/logs/<request_id>/ or /logs/<request_id>/.")
+    error_type = serializers.ChoiceField(choices=LLMRequestLog.ErrorType.choices)
+    error_message = serializers.CharField(help_text="What happened and what to do, in plain words.")
+    upstream_message = serializers.CharField(
+        allow_null=True, help_text="The provider's own error text, or null when it said nothing (timeout, no key)."
+    )
+    retry_after_seconds = serializers.FloatField(
+        allow_null=True,
+        help_text="How long the provider asked to wait before retrying (its Retry-After), or null. "
+        "A 429 answer also carries it, rounded up, as a Retry-After header.",
+    )
     status = serializers.CharField()

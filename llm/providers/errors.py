@@ -1,0 +1,142 @@
+"""What an upstream failure means, in words a new user can act on.
+
+The one home of the messages the proxy answers, stores and streams for each of SPEC's error
+types. The vendor's own words travel next to ours (`upstream_message`), never as a Python repr.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+
+from llm.models import LLMRequestLog
+
+ErrorType = LLMRequestLog.ErrorType
+
+# A vendor's error text is short; an HTML error page from a proxy in between is not.
+UPSTREAM_MESSAGE_MAX_CHARS = 1_000
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """What a message names about the configured vendor: its settings and their values."""
+
+    vendor: str  # "Groq"
+    key_setting: str  # "GROQ_API_KEY"
+    base_url_setting: str
+    base_url: str
+    timeout_setting: str
+    timeout_seconds: float
+
+
+def explain(
+    error_type: str,
+    upstream: Upstream,
+    *,
+    status_code: int | None = None,
+    retry_after_seconds: float | None = None,
+    during_stream: bool = False,
+    detail: str = "",
+) -> str:
+    """One or two sentences: what happened, and what to do about it.
+
+    `detail` is what we know beyond the vendor's words: the transport error of a connection
+    failure, or the exception's class of an unexpected one.
+    """
+    vendor = upstream.vendor
+    http = f" (HTTP {status_code})" if status_code else ""
+    if error_type == ErrorType.CONFIGURATION:
+        return (
+            f"No {vendor} API key is configured: set {upstream.key_setting} in .env (or the environment) "
+            "and restart the server."
+        )
+    if error_type == ErrorType.AUTHENTICATION:
+        if status_code == 403:
+            return (
+                f"{vendor} refused this request with the configured key{http}: check that {upstream.key_setting} "
+                "belongs to an account allowed to use this model."
+            )
+        return (
+            f"{vendor} refused the API key{http}: check {upstream.key_setting} (mistyped, revoked or from "
+            "another account?) and restart the server after changing it."
+        )
+    if error_type == ErrorType.RATE_LIMIT:
+        if retry_after_seconds is not None:
+            return f"{vendor} is rate limiting this API key{http}: retry after {whole_seconds(retry_after_seconds)} s."
+        return f"{vendor} is rate limiting this API key{http}: wait a little, then retry or send fewer requests."
+    if error_type == ErrorType.TIMEOUT:
+        return (
+            f"{vendor} did not answer within {upstream.timeout_setting} = {upstream.timeout_seconds:g} s: retry, "
+            f"ask for fewer tokens (max_tokens), or raise {upstream.timeout_setting}."
+        )
+    if error_type == ErrorType.CONNECTION_ERROR:
+        where = f"{vendor} at {upstream.base_url_setting} = {upstream.base_url}"
+        why = f" ({detail})" if detail else ""
+        if during_stream:
+            return f"The connection to {where} broke in the middle of the answer{why}: retry."
+        return f"Could not reach {where}{why}: check the address and this server's network, then retry."
+    if error_type == ErrorType.BAD_REQUEST:
+        if status_code == 404:
+            return f"{vendor} does not know this model or endpoint{http}: check the model name."
+        return f"{vendor} refused the request{http}: check the model name, the prompt's length and max_tokens."
+    if error_type == ErrorType.SERVER_ERROR:
+        if during_stream:
+            return f"{vendor} reported an error in the middle of the answer: the problem is on its side; retry later."
+        return f"{vendor} failed to answer{http}: the problem is on its side; retry later."
+    if status_code:
+        return f"{vendor} answered HTTP {status_code}, which the proxy does not expect."
+    return f"The call to {vendor} failed unexpectedly" + (f" ({detail})." if detail else ".")
+
+
+def stored_message(message: str, vendor: str, upstream_message: str | None) -> str:
+    """The row's error_message: ours, then the vendor's own words."""
+    return f"{message} {vendor} said: {upstream_message}" if upstream_message else message
+
+
+def vendor_message(body: object) -> str | None:
+    """The vendor's text from an error body: `{"error": {"message": ...}}`, the inner object of a
+    stream's error event, `{"error": "..."}`, or a plain-text body."""
+    message = body
+    if isinstance(body, Mapping):
+        inner = body.get("error", body)
+        message = inner.get("message") if isinstance(inner, Mapping) else inner
+    if not isinstance(message, str) or not message.strip():
+        return None
+    message = " ".join(message.split())
+    if len(message) > UPSTREAM_MESSAGE_MAX_CHARS:
+        message = message[: UPSTREAM_MESSAGE_MAX_CHARS - 1] + "…"
+    return message
+
+
+def retry_after(headers: Mapping[str, str] | None) -> float | None:
+    """Seconds the vendor asked us to wait: `retry-after-ms` (OpenAI-style), else `Retry-After` in
+    seconds or as an HTTP date. None when absent or unreadable."""
+    if not headers:
+        return None
+    try:
+        milliseconds = float(headers.get("retry-after-ms") or "nan")
+    except ValueError:
+        milliseconds = math.nan
+    if math.isfinite(milliseconds) and milliseconds >= 0:
+        return round(milliseconds / 1000, 3)
+    value = (headers.get("retry-after") or "").strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError, IndexError):
+            return None
+    if not math.isfinite(seconds):
+        return None
+    return round(max(0.0, seconds), 3)
+
+
+def whole_seconds(seconds: float) -> int:
+    """For the Retry-After header and the message: whole seconds, rounded up, at least 1."""
+    return max(1, math.ceil(seconds))
