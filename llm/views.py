@@ -12,7 +12,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 from rest_framework.exceptions import ValidationError
 
-from llm import alerts, dashboard, metrics
+from llm import alerts, dashboard, metrics, providers
 from llm.api.ingest import TRACE_ID, trace_calls
 from llm.filters import search_logs
 from llm.forms import FeedbackForm
@@ -176,7 +176,8 @@ def playground(request: HttpRequest) -> HttpResponse:
         request,
         "dashboard/playground.html",
         None,
-        model_names=dashboard.model_choices(),
+        # What can be called (the provider's models), not what was seen in the logs.
+        model_names=providers.callable_models(),
         default_model=settings.GROQ_DEFAULT_MODEL,
         has_key=bool(settings.GROQ_API_KEY),
     )
