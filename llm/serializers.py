@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.conf import settings
 from rest_framework import serializers
 
-from llm.models import LLMRequestLog
+from llm.models import LLMRequestLog, UserFeedback
 
 # Long enough for a large context window, short enough that one request cannot fill the disk.
 PROMPT_MAX_CHARS = 100_000
@@ -11,6 +11,8 @@ MAX_TOKENS_LIMIT = 32_768
 TAGS_MAX_COUNT = 50
 TAG_KEY_MAX_CHARS = 100
 TAG_VALUE_MAX_CHARS = 500
+COMMENT_MAX_CHARS = 5_000
+RATER_MAX_CHARS = 200
 
 
 def validate_tags(value: object) -> dict[str, str]:
@@ -86,3 +88,26 @@ class PromptErrorSerializer(serializers.Serializer):
         "A 429 answer also carries it, rounded up, as a Retry-After header.",
     )
     status = serializers.CharField()
+
+
+class FeedbackCreateSerializer(serializers.Serializer):
+    """One rating of a logged call. A rater has one rating per call: rating again replaces it."""
+
+    request_id = serializers.UUIDField()
+    rating = serializers.ChoiceField(choices=UserFeedback.Rating.choices)
+    comment = serializers.CharField(required=False, allow_blank=True, max_length=COMMENT_MAX_CHARS, default="")
+    rater = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        max_length=RATER_MAX_CHARS,
+        default="",
+        help_text="Who rated, for an app that collects feedback from its own users (their id). "
+        "Default: the logged-in user's name, or key:<API key name>.",
+    )
+
+    def validate_request_id(self, value):
+        log = LLMRequestLog.objects.filter(request_id=value).first()
+        if log is None:
+            raise serializers.ValidationError("No logged call has this request_id.")
+        self.context["log"] = log
+        return value

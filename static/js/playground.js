@@ -108,7 +108,10 @@
     button.addEventListener("click", async function () {
       if (!requestId) return;
       var response = await post(form.dataset.feedbackUrl, { request_id: requestId, rating: button.dataset.rating });
-      rated.textContent = response.ok ? "Thanks, saved." : "Could not save the rating (HTTP " + response.status + ").";
+      // 201: a first rating; 200: this person's earlier rating of the call, replaced.
+      if (response.status === 201) rated.textContent = "Thanks, saved.";
+      else if (response.ok) rated.textContent = "Thanks, your rating is updated.";
+      else rated.textContent = "Could not save the rating (HTTP " + response.status + ").";
     });
   });
 })();
