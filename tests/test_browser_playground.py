@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from llm.models import LLMRequestLog
+from llm.models import LLMRequestLog, UserFeedback
 from tests.fake_groq import Behaviour
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -67,3 +67,20 @@ def test_a_failure_without_vendor_words_hides_them_and_a_success_clears_the_erro
     assert page.text_content("#pg-error") == ""
     assert page.is_hidden("#pg-error-more")
     assert all("504" in problem for problem in page.problems)
+
+
+def test_rating_twice_keeps_one_rating(page_for, live_server, fake_groq, model_prices, settings):
+    fake_groq.default = Behaviour(chunks=["Bon", "jour"])
+    page = page_for()
+    page.goto(f"{live_server.url}/playground/")
+    assert page.input_value("#pg-model") == settings.GROQ_DEFAULT_MODEL
+    page.fill("#pg-prompt", "Say hello in French")
+    page.click("#pg-send")
+    page.wait_for_selector("#pg-rate:not([hidden])")
+    page.click("button[data-rating=thumbs_up]")
+    page.wait_for_selector("#pg-rated:has-text('Thanks, saved.')")
+    page.click("button[data-rating=thumbs_down]")
+    page.wait_for_selector("#pg-rated:has-text('updated')")
+    log = LLMRequestLog.objects.get()
+    assert list(UserFeedback.objects.filter(request=log).values_list("rater", "rating")) == [("alice", "thumbs_down")]
+    assert page.problems == []
