@@ -267,3 +267,14 @@ def test_retry_after_as_an_http_date():
 )
 def test_the_vendors_words_are_taken_from_the_body(body, said):
     assert errors.vendor_message(body) == said
+
+
+def test_every_upstream_error_type_has_its_message():
+    spec_types = {"timeout", "rate_limit", "authentication", "bad_request", "server_error", "connection_error"}
+    spec_types |= {"configuration", "other"}
+    assert spec_types <= set(errors.MESSAGES)
+    upstream = errors.Upstream(
+        "Groq", "GROQ_API_KEY", "GROQ_BASE_URL", "https://api.groq.com", "GROQ_TIMEOUT_SECONDS", 30
+    )
+    messages = {errors.explain(error_type, upstream) for error_type in spec_types}
+    assert len(messages) == len(spec_types)  # no two types say the same thing

@@ -32,63 +32,104 @@ class Upstream:
     timeout_seconds: float
 
 
-def explain(
-    error_type: str,
-    upstream: Upstream,
-    *,
-    status_code: int | None = None,
-    retry_after_seconds: float | None = None,
-    during_stream: bool = False,
-    detail: str = "",
-) -> str:
-    """One or two sentences: what happened, and what to do about it.
+@dataclass(frozen=True)
+class Failure:
+    """What is known about one failure, beyond its type."""
 
-    `detail` is what we know beyond the vendor's words: the transport error of a connection
-    failure, or the exception's class of an unexpected one.
-    """
-    vendor = upstream.vendor
-    http = f" (HTTP {status_code})" if status_code else ""
-    if error_type == ErrorType.CONFIGURATION:
+    upstream: Upstream
+    status_code: int | None = None
+    retry_after_seconds: float | None = None
+    during_stream: bool = False
+    # What we know beyond the vendor's words: the transport error of a connection failure, or
+    # the exception's class of an unexpected one.
+    detail: str = ""
+
+    @property
+    def http(self) -> str:
+        return f" (HTTP {self.status_code})" if self.status_code else ""
+
+
+def _configuration(failure: Failure) -> str:
+    up = failure.upstream
+    return (
+        f"No {up.vendor} API key is configured: set {up.key_setting} in .env (or the environment) "
+        "and restart the server."
+    )
+
+
+def _authentication(failure: Failure) -> str:
+    up = failure.upstream
+    if failure.status_code == 403:
         return (
-            f"No {vendor} API key is configured: set {upstream.key_setting} in .env (or the environment) "
-            "and restart the server."
+            f"{up.vendor} refused this request with the configured key{failure.http}: check that {up.key_setting} "
+            "belongs to an account allowed to use this model."
         )
-    if error_type == ErrorType.AUTHENTICATION:
-        if status_code == 403:
-            return (
-                f"{vendor} refused this request with the configured key{http}: check that {upstream.key_setting} "
-                "belongs to an account allowed to use this model."
-            )
-        return (
-            f"{vendor} refused the API key{http}: check {upstream.key_setting} (mistyped, revoked or from "
-            "another account?) and restart the server after changing it."
-        )
-    if error_type == ErrorType.RATE_LIMIT:
-        if retry_after_seconds is not None:
-            return f"{vendor} is rate limiting this API key{http}: retry after {whole_seconds(retry_after_seconds)} s."
-        return f"{vendor} is rate limiting this API key{http}: wait a little, then retry or send fewer requests."
-    if error_type == ErrorType.TIMEOUT:
-        return (
-            f"{vendor} did not answer within {upstream.timeout_setting} = {upstream.timeout_seconds:g} s: retry, "
-            f"ask for fewer tokens (max_tokens), or raise {upstream.timeout_setting}."
-        )
-    if error_type == ErrorType.CONNECTION_ERROR:
-        where = f"{vendor} at {upstream.base_url_setting} = {upstream.base_url}"
-        why = f" ({detail})" if detail else ""
-        if during_stream:
-            return f"The connection to {where} broke in the middle of the answer{why}: retry."
-        return f"Could not reach {where}{why}: check the address and this server's network, then retry."
-    if error_type == ErrorType.BAD_REQUEST:
-        if status_code == 404:
-            return f"{vendor} does not know this model or endpoint{http}: check the model name."
-        return f"{vendor} refused the request{http}: check the model name, the prompt's length and max_tokens."
-    if error_type == ErrorType.SERVER_ERROR:
-        if during_stream:
-            return f"{vendor} reported an error in the middle of the answer: the problem is on its side; retry later."
-        return f"{vendor} failed to answer{http}: the problem is on its side; retry later."
-    if status_code:
-        return f"{vendor} answered HTTP {status_code}, which the proxy does not expect."
-    return f"The call to {vendor} failed unexpectedly" + (f" ({detail})." if detail else ".")
+    return (
+        f"{up.vendor} refused the API key{failure.http}: check {up.key_setting} (mistyped, revoked or from "
+        "another account?) and restart the server after changing it."
+    )
+
+
+def _rate_limit(failure: Failure) -> str:
+    said = f"{failure.upstream.vendor} is rate limiting this API key{failure.http}"
+    if failure.retry_after_seconds is not None:
+        return f"{said}: retry after {whole_seconds(failure.retry_after_seconds)} s."
+    return f"{said}: wait a little, then retry or send fewer requests."
+
+
+def _timeout(failure: Failure) -> str:
+    up = failure.upstream
+    return (
+        f"{up.vendor} did not answer within {up.timeout_setting} = {up.timeout_seconds:g} s: retry, "
+        f"ask for fewer tokens (max_tokens), or raise {up.timeout_setting}."
+    )
+
+
+def _connection_error(failure: Failure) -> str:
+    up = failure.upstream
+    where = f"{up.vendor} at {up.base_url_setting} = {up.base_url}"
+    why = f" ({failure.detail})" if failure.detail else ""
+    if failure.during_stream:
+        return f"The connection to {where} broke in the middle of the answer{why}: retry."
+    return f"Could not reach {where}{why}: check the address and this server's network, then retry."
+
+
+def _bad_request(failure: Failure) -> str:
+    vendor = failure.upstream.vendor
+    if failure.status_code == 404:
+        return f"{vendor} does not know this model or endpoint{failure.http}: check the model name."
+    return f"{vendor} refused the request{failure.http}: check the model name, the prompt's length and max_tokens."
+
+
+def _server_error(failure: Failure) -> str:
+    vendor = failure.upstream.vendor
+    if failure.during_stream:
+        return f"{vendor} reported an error in the middle of the answer: the problem is on its side; retry later."
+    return f"{vendor} failed to answer{failure.http}: the problem is on its side; retry later."
+
+
+def _other(failure: Failure) -> str:
+    vendor = failure.upstream.vendor
+    if failure.status_code:
+        return f"{vendor} answered HTTP {failure.status_code}, which the proxy does not expect."
+    return f"The call to {vendor} failed unexpectedly" + (f" ({failure.detail})." if failure.detail else ".")
+
+
+MESSAGES = {
+    ErrorType.CONFIGURATION: _configuration,
+    ErrorType.AUTHENTICATION: _authentication,
+    ErrorType.RATE_LIMIT: _rate_limit,
+    ErrorType.TIMEOUT: _timeout,
+    ErrorType.CONNECTION_ERROR: _connection_error,
+    ErrorType.BAD_REQUEST: _bad_request,
+    ErrorType.SERVER_ERROR: _server_error,
+    ErrorType.OTHER: _other,
+}
+
+
+def explain(error_type: str, upstream: Upstream, **known) -> str:
+    """One or two sentences: what happened, and what to do about it. `known`: Failure's fields."""
+    return MESSAGES.get(error_type, _other)(Failure(upstream, **known))
 
 
 def stored_message(message: str, vendor: str, upstream_message: str | None) -> str:
