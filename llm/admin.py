@@ -20,7 +20,7 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 class UserFeedbackInline(admin.TabularInline):
     model = UserFeedback
     extra = 0
-    fields = ["rating", "comment", "created_at"]
+    fields = ["rating", "rater", "comment", "created_at"]
     readonly_fields = fields
     can_delete = False
 
@@ -51,9 +51,9 @@ class LLMRequestLogAdmin(ReadOnlyAdmin):
 
 @admin.register(UserFeedback)
 class UserFeedbackAdmin(admin.ModelAdmin):
-    list_display = ["created_at", "rating", "request", "comment"]
+    list_display = ["created_at", "rating", "rater", "request", "comment"]
     list_filter = ["rating"]
-    search_fields = ["comment", "=request__request_id"]
+    search_fields = ["comment", "=rater", "=request__request_id"]
     raw_id_fields = ["request"]
     date_hierarchy = "created_at"
     list_select_related = ["request"]

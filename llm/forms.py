@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from django import forms
 
-from llm.api.feedback import COMMENT_MAX_CHARS
 from llm.models import UserFeedback
+from llm.serializers import COMMENT_MAX_CHARS
 
 
 class FeedbackForm(forms.Form):

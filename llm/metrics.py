@@ -359,7 +359,10 @@ def _with_rate(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def feedback_summary(feedback: QuerySet[UserFeedback]) -> dict[str, Any]:
-    """Thumbs up/down counts and satisfaction rate, overall and per model of the rated call."""
+    """Thumbs up/down counts and satisfaction rate, overall and per model of the rated call.
+
+    Counts ratings: a rater has at most one per call (UserFeedback's unique constraint; rating
+    again replaces it), so nobody counts twice, and a call rated by three people weighs three."""
     counts = {"thumbs_up": Count("id", filter=THUMBS_UP), "thumbs_down": Count("id", filter=THUMBS_DOWN)}
     per_model = feedback.values("request__model_name").annotate(**counts).order_by("request__model_name")
     return {

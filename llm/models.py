@@ -163,6 +163,17 @@ class LLMRequestLog(models.Model):
         self.error_message = privacy.stored_text(self.error_message, always_store=True)
 
 
+class UserFeedbackQuerySet(models.QuerySet):
+    def rate(self, log: LLMRequestLog, rater: str, rating: str, comment: str = "") -> tuple[UserFeedback, bool]:
+        """One rating per call and rater: a second one replaces the first (rating, comment and
+        time), so that nobody counts twice in a satisfaction rate. Answers (feedback, created)."""
+        # update_or_create locks the existing row, and the unique constraint settles two
+        # first ratings racing each other (get_or_create retries its get on IntegrityError).
+        return self.update_or_create(
+            request=log, rater=rater, defaults={"rating": rating, "comment": comment, "created_at": timezone.now()}
+        )
+
+
 class UserFeedback(models.Model):
     class Rating(models.TextChoices):
         THUMBS_UP = "thumbs_up", "Thumbs up"
@@ -171,11 +182,18 @@ class UserFeedback(models.Model):
     request = models.ForeignKey(LLMRequestLog, on_delete=models.CASCADE, related_name="feedback")
     rating = models.CharField(max_length=12, choices=Rating.choices)
     comment = models.TextField(blank=True, default="")
+    # Who rated: a dashboard user's name, "key:<API key name>", or the end user an app names
+    # (POST /api/feedback/ `rater`). Empty for ratings older than this field.
+    rater = models.CharField(max_length=200, blank=True, default="")
+    # When the current rating was given: replacing a rating moves it.
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    objects = UserFeedbackQuerySet.as_manager()
 
     class Meta:
         verbose_name = "user feedback"
         verbose_name_plural = "user feedback"
+        constraints = [models.UniqueConstraint(fields=["request", "rater"], name="one_rating_per_call_and_rater")]
 
     def __str__(self) -> str:
         return f"{self.get_rating_display()} on {self.request.request_id}"

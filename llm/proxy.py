@@ -67,7 +67,7 @@ def _record(
         ttft_ms=ttft_ms,
         status=LLMRequestLog.Status.ERROR if error else LLMRequestLog.Status.SUCCESS,
         error_type=error.error_type if error else "",
-        error_message=error.message if error else "",
+        error_message=error.stored_message if error else "",
         finish_reason=result.finish_reason,
         temperature=chat.temperature,
         max_tokens=chat.max_tokens,
@@ -86,6 +86,15 @@ def send_prompt(chat: ChatRequest, context: CallContext, provider: Provider) -> 
         return PromptOutcome(log=log, error=error)
     log = _record(chat, context, provider, started_at, _elapsed_ms(started), result)
     return PromptOutcome(log=log, response_text=result.text)
+
+
+def relay_failure(exc: Exception) -> ProviderError:
+    """A failure of ours while relaying a stream (not the vendor's): still a row, and a message."""
+    detail = f"{exc.__class__.__name__}: {exc}" if str(exc) else exc.__class__.__name__
+    return ProviderError(
+        error_type=LLMRequestLog.ErrorType.OTHER,
+        message=f"The answer could not be relayed ({detail}).",
+    )
 
 
 def server_sent_event(event: str, data: dict) -> str:
@@ -134,7 +143,7 @@ class PromptStream:
                 error = exc
                 client_left = False
             except Exception as exc:  # noqa: BLE001 - anything else still gets its row
-                error = ProviderError(error_type=LLMRequestLog.ErrorType.OTHER, message=str(exc))
+                error = relay_failure(exc)
                 client_left = False
         finally:
             extra_tags = {}
@@ -149,7 +158,7 @@ class PromptStream:
                 except ProviderError as exc:
                     error = exc
                 except Exception as exc:  # noqa: BLE001
-                    error = ProviderError(error_type=LLMRequestLog.ErrorType.OTHER, message=str(exc))
+                    error = relay_failure(exc)
             result = self.stream.result
             self.log = _record(
                 self.chat,

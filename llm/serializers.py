@@ -3,12 +3,16 @@ from __future__ import annotations
 from django.conf import settings
 from rest_framework import serializers
 
+from llm.models import LLMRequestLog, UserFeedback
+
 # Long enough for a large context window, short enough that one request cannot fill the disk.
 PROMPT_MAX_CHARS = 100_000
 MAX_TOKENS_LIMIT = 32_768
 TAGS_MAX_COUNT = 50
 TAG_KEY_MAX_CHARS = 100
 TAG_VALUE_MAX_CHARS = 500
+COMMENT_MAX_CHARS = 5_000
+RATER_MAX_CHARS = 200
 
 
 def validate_tags(value: object) -> dict[str, str]:
@@ -64,12 +68,46 @@ class PromptResponseSerializer(serializers.Serializer):
     completion_tokens = serializers.IntegerField()
     total_tokens = serializers.IntegerField()
     latency_ms = serializers.FloatField()
+    ttft_ms = serializers.FloatField(allow_null=True, help_text="Time to the first token; null unless streamed.")
     cost_estimate = serializers.FloatField()
     status = serializers.CharField()
 
 
 class PromptErrorSerializer(serializers.Serializer):
-    request_id = serializers.UUIDField()
-    error_type = serializers.CharField()
-    error_message = serializers.CharField()
+    """An upstream failure (also the `error` event of a stream); the call is logged all the same."""
+
+    request_id = serializers.UUIDField(help_text="The logged call: GET /api/logs/<request_id>/ or /logs/<request_id>/.")
+    error_type = serializers.ChoiceField(choices=LLMRequestLog.ErrorType.choices)
+    error_message = serializers.CharField(help_text="What happened and what to do, in plain words.")
+    upstream_message = serializers.CharField(
+        allow_null=True, help_text="The provider's own error text, or null when it said nothing (timeout, no key)."
+    )
+    retry_after_seconds = serializers.FloatField(
+        allow_null=True,
+        help_text="How long the provider asked to wait before retrying (its Retry-After), or null. "
+        "A 429 answer also carries it, rounded up, as a Retry-After header.",
+    )
     status = serializers.CharField()
+
+
+class FeedbackCreateSerializer(serializers.Serializer):
+    """One rating of a logged call. A rater has one rating per call: rating again replaces it."""
+
+    request_id = serializers.UUIDField()
+    rating = serializers.ChoiceField(choices=UserFeedback.Rating.choices)
+    comment = serializers.CharField(required=False, allow_blank=True, max_length=COMMENT_MAX_CHARS, default="")
+    rater = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        max_length=RATER_MAX_CHARS,
+        default="",
+        help_text="Who rated, for an app that collects feedback from its own users (their id). "
+        "Default: the logged-in user's name, or key:<API key name>.",
+    )
+
+    def validate_request_id(self, value):
+        log = LLMRequestLog.objects.filter(request_id=value).first()
+        if log is None:
+            raise serializers.ValidationError("No logged call has this request_id.")
+        self.context["log"] = log
+        return value

@@ -12,7 +12,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 from rest_framework.exceptions import ValidationError
 
-from llm import alerts, dashboard, metrics
+from llm import alerts, dashboard, metrics, providers
 from llm.api.ingest import TRACE_ID, trace_calls
 from llm.filters import search_logs
 from llm.forms import FeedbackForm
@@ -96,13 +96,16 @@ def logs(request: HttpRequest) -> HttpResponse:
 @login_required
 def log_detail(request: HttpRequest, request_id) -> HttpResponse:
     log = get_object_or_404(LLMRequestLog, request_id=request_id)
-    form = FeedbackForm(request.POST or None)
+    rater = request.user.get_username()
+    mine = log.feedback.filter(rater=rater).first()
+    initial = {"rating": mine.rating, "comment": mine.comment} if mine else None
+    form = FeedbackForm(request.POST or None, initial=initial)
     if request.method == "POST" and form.is_valid():
-        UserFeedback.objects.create(request=log, **form.cleaned_data)
-        messages.success(request, "Thanks: your feedback is saved.")
+        _, created = UserFeedback.objects.rate(log, rater, **form.cleaned_data)
+        messages.success(request, "Thanks: your feedback is saved." if created else "Thanks: your rating is updated.")
         return redirect("log-detail", request_id=log.request_id)
-    feedback = log.feedback.order_by("-created_at")
-    return page(request, "dashboard/log_detail.html", None, log=log, form=form, feedback=feedback)
+    feedback = log.feedback.order_by("-created_at", "-id")
+    return page(request, "dashboard/log_detail.html", None, log=log, form=form, feedback=feedback, mine=mine)
 
 
 @login_required
@@ -176,7 +179,8 @@ def playground(request: HttpRequest) -> HttpResponse:
         request,
         "dashboard/playground.html",
         None,
-        model_names=dashboard.model_choices(),
+        # What can be called (the provider's models), not what was seen in the logs.
+        model_names=providers.callable_models(),
         default_model=settings.GROQ_DEFAULT_MODEL,
         has_key=bool(settings.GROQ_API_KEY),
     )

@@ -46,8 +46,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-__version__ = "1.0.0"
-__all__ = ["Client", "DeliveryError", "TrackedCall"]
+__version__ = "1.1.0"
+__all__ = ["Client", "DeliveryError", "TrackedCall", "classify_error", "error_message"]
 
 logger = logging.getLogger("llm_observatory")
 
@@ -453,11 +453,12 @@ class Tracker:
         return False  # never swallow the caller's exception
 
     def __call__(self, function: Callable) -> Callable:
+        arguments = _argument_reader(function)
         if inspect.iscoroutinefunction(function):
 
             @functools.wraps(function)
             async def async_wrapper(*args, **kwargs):
-                call = TrackedCall(self._client, self._defaults, kwargs)
+                call = TrackedCall(self._client, self._defaults, arguments(args, kwargs))
                 try:
                     result = await function(*args, **kwargs)
                 except Exception as error:
@@ -471,7 +472,7 @@ class Tracker:
 
         @functools.wraps(function)
         def wrapper(*args, **kwargs):
-            call = TrackedCall(self._client, self._defaults, kwargs)
+            call = TrackedCall(self._client, self._defaults, arguments(args, kwargs))
             try:
                 result = function(*args, **kwargs)
             except Exception as error:
@@ -500,6 +501,12 @@ class TrackedCall:
                     self.fields["prompt"] = prompt
             except Exception:  # noqa: BLE001
                 logger.debug("llm_observatory: could not read the prompt", exc_info=True)
+        # The model the call asks for (over the decorator's default: it is what was sent) is what
+        # a failed call is recorded under; a response, when there is one, names the model that
+        # answered and takes over.
+        model = call_kwargs.get("model") if call_kwargs else None
+        if isinstance(model, str) and model:
+            self.fields["model"] = model
 
     def set(self, **fields: Any) -> None:
         """Set event fields by hand (see `Client.log_event`)."""
@@ -528,7 +535,7 @@ class TrackedCall:
             if error is not None:
                 fields["status"] = "error"
                 fields.setdefault("error_type", classify_error(error))
-                fields.setdefault("error_message", str(error) or error.__class__.__name__)
+                fields.setdefault("error_message", error_message(error))
             self._client.log_event(
                 fields.pop("model", None) or "unknown",
                 timestamp=self._started_at,
@@ -537,6 +544,20 @@ class TrackedCall:
             )
         except Exception:  # noqa: BLE001
             logger.exception("llm_observatory: could not record a call")
+
+
+def error_message(error: BaseException) -> str:
+    """The vendor's own words for an SDK exception (Groq and OpenAI put `{"error": {"message":
+    ...}}` in `body`; their str() is a Python repr of it), with the HTTP status; else str()."""
+    body = getattr(error, "body", None)
+    message = body
+    if isinstance(body, Mapping):
+        inner = body.get("error", body)
+        message = inner.get("message") if isinstance(inner, Mapping) else inner
+    if isinstance(message, str) and message.strip():
+        status = getattr(error, "status_code", None)
+        return f"HTTP {status}: {message.strip()}" if isinstance(status, int) else message.strip()
+    return str(error) or error.__class__.__name__
 
 
 def classify_error(error: BaseException) -> str:
@@ -616,6 +637,29 @@ def _read_response(response: Any) -> dict[str, Any]:
         if isinstance(content, str) and content:
             fields["response"] = content
     return fields
+
+
+def _argument_reader(function: Callable) -> Callable[[tuple, dict], dict[str, Any]]:
+    """(args, kwargs) -> the call's arguments by parameter name, so that `model` and `messages`
+    are found whether they were passed by keyword or by position."""
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):
+        signature = None
+
+    def read(args: tuple, kwargs: dict) -> dict[str, Any]:
+        if signature is None:
+            return dict(kwargs)
+        try:
+            arguments = dict(signature.bind_partial(*args, **kwargs).arguments)
+        except TypeError:  # the call does not fit the signature: it is about to raise anyway
+            return dict(kwargs)
+        for name, parameter in signature.parameters.items():
+            if parameter.kind is inspect.Parameter.VAR_KEYWORD and isinstance(arguments.get(name), dict):
+                arguments.update(arguments.pop(name))
+        return arguments
+
+    return read
 
 
 def _prompt_from_arguments(arguments: Mapping[str, Any]) -> str:

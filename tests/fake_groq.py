@@ -27,6 +27,8 @@ class Behaviour:
     chunks: list[str] | None = None
     finish_reason: str = "stop"
     headers: dict[str, str] = field(default_factory=dict)
+    # mode "status" with raw_body: that text as the body (a proxy's plain-text error page), not JSON.
+    raw_body: str | None = None
 
 
 class FakeGroq:
@@ -96,6 +98,8 @@ class FakeGroq:
                     self.close_connection = True
                     self.connection.close()
                     return None
+                if behaviour.mode == "status" and behaviour.raw_body is not None:
+                    return self._text(behaviour.status, behaviour.raw_body, behaviour.headers)
                 if behaviour.mode == "status":
                     return self._json(
                         behaviour.status,
@@ -133,6 +137,16 @@ class FakeGroq:
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 for name, value in (headers or {}).items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _text(self, status, text, headers):
+                data = text.encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(data)))
+                for name, value in headers.items():
                     self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(data)

@@ -206,7 +206,8 @@ def test_playground_shows_an_error_in_the_middle_of_the_stream(page_for, live_se
     assert page.text_content("#pg-answer") == "Once upon"
     log = LLMRequestLog.objects.get()
     assert log.status == "error"
-    assert log.error_type in page.text_content("#pg-error")
+    assert "Groq reported an error in the middle of the answer" in page.text_content("#pg-error")
+    assert page.get_attribute("#pg-error-link", "href") == f"/logs/{log.request_id}/"
     assert page.is_hidden("#pg-rate")  # nothing to rate
     assert page.problems == []
 
@@ -218,7 +219,8 @@ def test_playground_shows_a_refused_prompt(page_for, live_server, fake_groq, mod
     page.fill("#pg-prompt", "Hello?")
     page.click("#pg-send")
     page.wait_for_selector("#pg-error:not(:empty)")
-    assert "Rate limit reached" in page.text_content("#pg-error")
+    assert "Groq is rate limiting this API key" in page.text_content("#pg-error")
+    assert page.text_content("#pg-upstream-text") == "Rate limit reached for model"
     assert LLMRequestLog.objects.get().error_type == "rate_limit"
     assert page.is_hidden("#pg-figures") and page.is_hidden("#pg-rate")
     # The only problem the browser saw is the 429 answer itself.

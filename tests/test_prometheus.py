@@ -144,8 +144,8 @@ def test_counters_stay_when_logs_are_deleted(client):
 @pytest.mark.django_db
 def test_feedback_and_firing_alerts(client):
     log = make_log()
-    for rating in ["thumbs_up", "thumbs_up", "thumbs_down"]:
-        UserFeedback.objects.create(request=log, rating=rating)
+    for rater, rating in enumerate(["thumbs_up", "thumbs_up", "thumbs_down"]):  # one rating per rater
+        UserFeedback.objects.create(request=log, rating=rating, rater=f"rater-{rater}")
     AlertRule.objects.create(name="Errors", metric_type="error_rate", threshold=5, is_firing=True)
     AlertRule.objects.create(name="Quiet", metric_type="no_traffic", threshold=1)
     AlertRule.objects.create(name="Off", metric_type="cost", threshold=1, is_firing=True, is_active=False)

@@ -96,7 +96,58 @@ def test_decorator_records_a_failed_call_and_raises_it_unchanged(make_client, fa
     assert client.flush(timeout=20)
     row = LLMRequestLog.objects.get()
     assert (row.status, row.error_type, row.model_name) == ("error", "rate_limit", "llama-3.1-8b-instant")
-    assert "Rate limit reached" in row.error_message
+    assert row.error_message == "HTTP 429: Rate limit reached"
+
+
+@live
+def test_a_failed_call_is_recorded_under_the_model_it_asked_for(make_client, fake_groq, groq_client):
+    client = make_client()
+    fake_groq.will(
+        Behaviour(mode="status", status=429, error_message="Rate limit reached"),
+        Behaviour(mode="status", status=500, error_message="Internal Server Error"),
+        Behaviour(mode="drop"),
+    )
+
+    @client.track(user_id="u-7")
+    def ask(*, model, messages):
+        return groq_client.chat.completions.create(model=model, messages=messages)
+
+    @client.track(model="llama-3.1-8b-instant")  # the decorator's default; the call asks for another
+    def ask_positionally(model, prompt):
+        return groq_client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}])
+
+    @client.track()
+    def ask_with_options(prompt, **options):
+        return groq_client.chat.completions.create(messages=[{"role": "user", "content": prompt}], **options)
+
+    with pytest.raises(groq.RateLimitError):
+        ask(model="qwen/qwen3-32b", messages=[{"role": "user", "content": "Hi?"}])
+    with pytest.raises(groq.InternalServerError):
+        ask_positionally("openai/gpt-oss-20b", "Hello?")
+    with pytest.raises(groq.APIConnectionError):
+        ask_with_options("Hey?", model="llama-3.3-70b-versatile")
+    assert client.flush(timeout=20)
+
+    rows = {row.prompt_text: row for row in LLMRequestLog.objects.all()}
+    assert {prompt: (row.model_name, row.error_type) for prompt, row in rows.items()} == {
+        "Hi?": ("qwen/qwen3-32b", "rate_limit"),
+        "Hello?": ("openai/gpt-oss-20b", "server_error"),
+        "Hey?": ("llama-3.3-70b-versatile", "connection_error"),
+    }
+    # The vendor's words, not the SDK's repr of its error body.
+    assert rows["Hi?"].error_message == "HTTP 429: Rate limit reached"
+    assert rows["Hello?"].error_message == "HTTP 500: Internal Server Error"
+    assert rows["Hi?"].user_id == "u-7"
+
+
+@live
+def test_a_context_manager_failure_is_recorded_under_its_model(make_client):
+    client = make_client()
+    with pytest.raises(TimeoutError), client.track(model="qwen/qwen3-32b") as call:
+        raise TimeoutError("read timed out")
+    assert client.flush(timeout=20)
+    row = LLMRequestLog.objects.get(request_id=call.request_id)
+    assert (row.model_name, row.error_type, row.error_message) == ("qwen/qwen3-32b", "timeout", "read timed out")
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.db.models import QuerySet
 from drf_spectacular.utils import OpenApiResponse, extend_schema
-from rest_framework import generics, serializers, status
+from rest_framework import generics, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -13,33 +13,21 @@ from llm import metrics
 from llm.api.logs import FeedbackSerializer, StrictPageNumberPagination
 from llm.api.metrics import FILTER_PARAMETERS
 from llm.filters import filter_logs
-from llm.models import LLMRequestLog, UserFeedback
-
-COMMENT_MAX_CHARS = 5_000
-
-
-class FeedbackCreateSerializer(serializers.Serializer):
-    request_id = serializers.UUIDField()
-    rating = serializers.ChoiceField(choices=UserFeedback.Rating.choices)
-    comment = serializers.CharField(required=False, allow_blank=True, max_length=COMMENT_MAX_CHARS, default="")
-
-    def validate_request_id(self, value):
-        log = LLMRequestLog.objects.filter(request_id=value).first()
-        if log is None:
-            raise serializers.ValidationError("No logged call has this request_id.")
-        self.context["log"] = log
-        return value
-
-    def create(self, validated_data: dict) -> UserFeedback:
-        return UserFeedback.objects.create(
-            request=self.context["log"], rating=validated_data["rating"], comment=validated_data["comment"]
-        )
+from llm.models import APIKey, UserFeedback
+from llm.serializers import FeedbackCreateSerializer
 
 
 def feedback_for(params) -> QuerySet[UserFeedback]:
     """Feedback on the calls the shared filters keep (dates apply to the call, not the rating)."""
     logs = filter_logs(params).queryset
     return UserFeedback.objects.filter(request__in=logs.values("id"))
+
+
+def default_rater(request: Request) -> str:
+    """The logged-in user, or the API key (one rating per call for an app that names no rater)."""
+    if isinstance(request.auth, APIKey):
+        return f"key:{request.auth.name}"
+    return request.user.get_username()
 
 
 class FeedbackListCreate(generics.ListCreateAPIView):
@@ -53,12 +41,21 @@ class FeedbackListCreate(generics.ListCreateAPIView):
     def get_queryset(self):
         return feedback_for(self.request.query_params).select_related("request").order_by("-created_at", "-id")
 
-    @extend_schema(request=FeedbackCreateSerializer, responses={201: FeedbackSerializer})
+    @extend_schema(
+        request=FeedbackCreateSerializer,
+        responses={
+            201: OpenApiResponse(FeedbackSerializer, description="A first rating of this call by this rater."),
+            200: OpenApiResponse(FeedbackSerializer, description="This rater's earlier rating, replaced."),
+        },
+    )
     def post(self, request: Request, *args, **kwargs) -> Response:
         serializer = FeedbackCreateSerializer(data=request.data, context={})
         serializer.is_valid(raise_exception=True)
-        feedback = serializer.save()
-        return Response(FeedbackSerializer(feedback).data, status=status.HTTP_201_CREATED)
+        data = serializer.validated_data
+        rater = data["rater"].strip() or default_rater(request)
+        feedback, created = UserFeedback.objects.rate(serializer.context["log"], rater, data["rating"], data["comment"])
+        answer_status = status.HTTP_201_CREATED if created else status.HTTP_200_OK
+        return Response(FeedbackSerializer(feedback).data, status=answer_status)
 
     @extend_schema(parameters=FILTER_PARAMETERS)
     def get(self, request, *args, **kwargs):

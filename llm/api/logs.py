@@ -53,7 +53,7 @@ class FeedbackSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = UserFeedback
-        fields = ["id", "request_id", "rating", "comment", "created_at"]
+        fields = ["id", "request_id", "rating", "comment", "rater", "created_at"]
         read_only_fields = ["id", "created_at"]
 
 

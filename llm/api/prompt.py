@@ -12,6 +12,7 @@ from rest_framework.views import APIView
 
 from llm.models import LLMRequestLog
 from llm.providers import ChatRequest, get_provider
+from llm.providers.errors import whole_seconds
 from llm.proxy import CallContext, PromptOutcome, PromptStream, send_prompt
 from llm.serializers import PromptErrorSerializer, PromptRequestSerializer, PromptResponseSerializer
 
@@ -31,6 +32,8 @@ def prompt_answer(outcome: PromptOutcome) -> dict:
             "status": log.status,
             "error_type": outcome.error.error_type,
             "error_message": outcome.error.message,
+            "upstream_message": outcome.error.upstream_message,
+            "retry_after_seconds": outcome.error.retry_after_seconds,
         }
     return {
         "request_id": str(log.request_id),
@@ -48,7 +51,11 @@ def prompt_answer(outcome: PromptOutcome) -> dict:
 
 def error_response(outcome: PromptOutcome) -> Response:
     status = UPSTREAM_ERROR_STATUS.get(outcome.error.error_type, 502)
-    return Response(prompt_answer(outcome), status=status)
+    response = Response(prompt_answer(outcome), status=status)
+    if status == 429 and outcome.error.retry_after_seconds is not None:
+        # Passed on, so that HTTP clients which honour Retry-After wait as long as Groq asked.
+        response["Retry-After"] = str(whole_seconds(outcome.error.retry_after_seconds))
+    return response
 
 
 class JSONUnlessAskedOtherwise(DefaultContentNegotiation):

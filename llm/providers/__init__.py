@@ -11,6 +11,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from django.conf import settings
+
+from llm.models import ModelPrice
+from llm.providers import errors
+
 
 @dataclass(frozen=True)
 class ChatRequest:
@@ -33,13 +38,24 @@ class ChatResult:
 @dataclass
 class ProviderError(Exception):
     error_type: str
+    # Ours, for people: what happened and what to do (llm.providers.errors.explain).
     message: str
     status_code: int | None = None
+    # The vendor's own words, from its error body; None when it said nothing (timeout, no key).
+    upstream_message: str | None = None
+    # How long the vendor asked us to wait (Retry-After), when it said so.
+    retry_after_seconds: float | None = None
+    vendor: str = ""
     # Whatever of the answer arrived before the failure (streaming).
     partial: ChatResult = field(default_factory=ChatResult)
 
     def __str__(self) -> str:
-        return f"{self.error_type}: {self.message}"
+        return f"{self.error_type}: {self.stored_message}"
+
+    @property
+    def stored_message(self) -> str:
+        """What the row's error_message keeps: our message, then the vendor's."""
+        return errors.stored_message(self.message, self.vendor or "The provider", self.upstream_message)
 
 
 class ChatStream(Protocol):
@@ -63,8 +79,17 @@ class Provider(Protocol):
 
 
 def get_provider(name: str = "groq") -> Provider:
+    """The configured provider (Groq: the only one until issue 19)."""
     if name == "groq":
         from llm.providers.groq import GroqProvider
 
         return GroqProvider.from_settings()
     raise ValueError(f"Unknown provider {name!r}")
+
+
+def callable_models() -> list[str]:
+    """The models the playground offers: those the configured provider prices (every price is
+    Groq's until ModelPrice has a provider column), GROQ_DEFAULT_MODEL first."""
+    default = settings.GROQ_DEFAULT_MODEL
+    priced = ModelPrice.objects.exclude(model_name=default).order_by("model_name")
+    return [default, *priced.values_list("model_name", flat=True)]

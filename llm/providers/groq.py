@@ -10,7 +10,8 @@ import httpx
 from django.conf import settings
 
 from llm.models import LLMRequestLog
-from llm.providers import ChatRequest, ChatResult, ProviderError
+from llm.providers import ChatRequest, ChatResult, ProviderError, errors
+from llm.providers.errors import Upstream
 
 ErrorType = LLMRequestLog.ErrorType
 
@@ -21,9 +22,8 @@ def _client(api_key: str, base_url: str, timeout: float, max_retries: int) -> gr
     return groq.Groq(api_key=api_key, base_url=base_url, timeout=timeout, max_retries=max_retries)
 
 
-def classify(exc: Exception) -> ProviderError:
-    """Map an SDK exception onto SPEC's error types."""
-    message = getattr(exc, "message", None) or str(exc) or exc.__class__.__name__
+def classify(exc: Exception, upstream: Upstream, *, during_stream: bool = False) -> ProviderError:
+    """Map an SDK exception onto SPEC's error types, with our message and the vendor's words."""
     status_code = getattr(exc, "status_code", None)
     if isinstance(exc, groq.APITimeoutError | httpx.TimeoutException):
         error_type = ErrorType.TIMEOUT
@@ -43,7 +43,35 @@ def classify(exc: Exception) -> ProviderError:
         error_type = ErrorType.SERVER_ERROR
     else:
         error_type = ErrorType.OTHER
-    return ProviderError(error_type=error_type, message=str(message), status_code=status_code)
+    response = getattr(exc, "response", None)
+    wait = errors.retry_after(response.headers) if isinstance(response, httpx.Response) else None
+    message = errors.explain(
+        error_type,
+        upstream,
+        status_code=status_code,
+        retry_after_seconds=wait,
+        during_stream=during_stream,
+        detail=_detail(exc, error_type),
+    )
+    return ProviderError(
+        error_type=error_type,
+        message=message,
+        status_code=status_code,
+        upstream_message=errors.vendor_message(getattr(exc, "body", None)),
+        retry_after_seconds=wait,
+        vendor=upstream.vendor,
+    )
+
+
+def _detail(exc: Exception, error_type: str) -> str:
+    """What the transport said (connection refused, server disconnected) or, for a failure we do
+    not expect, the exception's class: the SDK's own text for these is only "Connection error."."""
+    if error_type == ErrorType.CONNECTION_ERROR:
+        cause = exc if isinstance(exc, httpx.TransportError) else exc.__cause__
+        return str(cause or "").strip()
+    if error_type == ErrorType.OTHER and not isinstance(exc, groq.APIStatusError):
+        return exc.__class__.__name__
+    return ""
 
 
 def _messages(request: ChatRequest) -> list[dict[str, str]]:
@@ -64,8 +92,9 @@ def _options(request: ChatRequest) -> dict:
 
 
 class GroqStream:
-    def __init__(self, sdk_stream: groq.Stream, model: str) -> None:
+    def __init__(self, sdk_stream: groq.Stream, model: str, upstream: Upstream) -> None:
         self._sdk_stream = sdk_stream
+        self._upstream = upstream
         self.result = ChatResult(model=model)
 
     def __iter__(self) -> Iterator[str]:
@@ -85,7 +114,7 @@ class GroqStream:
                         parts.append(choice.delta.content)
                         yield choice.delta.content
         except (groq.GroqError, httpx.HTTPError) as exc:
-            error = classify(exc)
+            error = classify(exc, self._upstream, during_stream=True)
             error.partial = self.result
             raise error from exc
         finally:
@@ -103,6 +132,14 @@ class GroqProvider:
         self.base_url = base_url
         self.timeout = timeout
         self.max_retries = max_retries
+        self.upstream = Upstream(
+            vendor="Groq",
+            key_setting="GROQ_API_KEY",
+            base_url_setting="GROQ_BASE_URL",
+            base_url=base_url,
+            timeout_setting="GROQ_TIMEOUT_SECONDS",
+            timeout_seconds=timeout,
+        )
 
     @classmethod
     def from_settings(cls) -> GroqProvider:
@@ -115,7 +152,11 @@ class GroqProvider:
 
     def _sdk(self) -> groq.Groq:
         if not self.api_key:
-            raise ProviderError(error_type=ErrorType.CONFIGURATION, message="GROQ_API_KEY is not configured.")
+            raise ProviderError(
+                error_type=ErrorType.CONFIGURATION,
+                message=errors.explain(ErrorType.CONFIGURATION, self.upstream),
+                vendor=self.upstream.vendor,
+            )
         return _client(self.api_key, self.base_url, self.timeout, self.max_retries)
 
     def complete(self, request: ChatRequest) -> ChatResult:
@@ -123,7 +164,7 @@ class GroqProvider:
         try:
             completion = client.chat.completions.create(**_options(request))
         except groq.GroqError as exc:
-            raise classify(exc) from exc
+            raise classify(exc, self.upstream) from exc
         choice = completion.choices[0] if completion.choices else None
         usage = completion.usage
         return ChatResult(
@@ -139,5 +180,5 @@ class GroqProvider:
         try:
             sdk_stream = client.chat.completions.create(**_options(request), stream=True)
         except groq.GroqError as exc:
-            raise classify(exc) from exc
-        return GroqStream(sdk_stream, request.model)
+            raise classify(exc, self.upstream) from exc
+        return GroqStream(sdk_stream, request.model, self.upstream)

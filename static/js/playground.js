@@ -7,6 +7,8 @@
   var csrf = form.querySelector("input[name=csrfmiddlewaretoken]").value;
   var answer = document.getElementById("pg-answer");
   var errorBox = document.getElementById("pg-error");
+  var errorMore = document.getElementById("pg-error-more");
+  var upstream = document.getElementById("pg-upstream");
   var figures = document.getElementById("pg-figures");
   var rate = document.getElementById("pg-rate");
   var rated = document.getElementById("pg-rated");
@@ -33,17 +35,33 @@
     figures.hidden = false;
   }
 
+  // A failed prompt: our message (what happened, what to do), the vendor's own words, and the
+  // logged call, whose page has the whole story.
+  function fail(data) {
+    errorBox.textContent = data.error_message || data.error || "The prompt failed.";
+    if (data.fields) errorBox.textContent += " " + JSON.stringify(data.fields);
+    upstream.hidden = !data.upstream_message;
+    document.getElementById("pg-upstream-text").textContent = data.upstream_message || "";
+    if (data.request_id) {
+      requestId = data.request_id;
+      document.getElementById("pg-error-link").href = form.dataset.logUrl + data.request_id + "/";
+      errorMore.hidden = false;
+    }
+  }
+
   function handle(event, data) {
     if (event === "start") requestId = data.request_id;
     else if (event === "chunk") answer.textContent += data.text;
     else if (event === "done") { requestId = data.request_id; show(data); rate.hidden = false; }
-    else if (event === "error") { requestId = data.request_id; errorBox.textContent = (data.error_type ? data.error_type + ": " : "") + (data.error_message || data.error || "failed"); }
+    else if (event === "error") fail(data);
   }
 
   form.addEventListener("submit", async function (submit) {
     submit.preventDefault();
     answer.textContent = "";
+    requestId = null;
     errorBox.textContent = "";
+    errorMore.hidden = true;
     figures.hidden = true;
     rate.hidden = true;
     rated.textContent = "";
@@ -56,9 +74,8 @@
       var response = await post(form.dataset.promptUrl, body);
       var type = response.headers.get("Content-Type") || "";
       if (!type.startsWith("text/event-stream")) {
-        var failure = await response.json();
-        errorBox.textContent = failure.error_message || failure.error || ("HTTP " + response.status);
-        if (failure.fields) errorBox.textContent += " " + JSON.stringify(failure.fields);
+        var failure = await response.json().catch(function () { return {}; });
+        fail(Object.assign({ error: "HTTP " + response.status }, failure));
         return;
       }
       var reader = response.body.getReader();
@@ -91,7 +108,10 @@
     button.addEventListener("click", async function () {
       if (!requestId) return;
       var response = await post(form.dataset.feedbackUrl, { request_id: requestId, rating: button.dataset.rating });
-      rated.textContent = response.ok ? "Thanks, saved." : "Could not save the rating (HTTP " + response.status + ").";
+      // 201: a first rating; 200: this person's earlier rating of the call, replaced.
+      if (response.status === 201) rated.textContent = "Thanks, saved.";
+      else if (response.ok) rated.textContent = "Thanks, your rating is updated.";
+      else rated.textContent = "Could not save the rating (HTTP " + response.status + ").";
     });
   });
 })();
