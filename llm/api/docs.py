@@ -6,11 +6,18 @@ from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter
 from drf_spectacular.views import SpectacularAPIView
 
+from llm.api.params import DeclaredParameters
 
-class SchemaView(SpectacularAPIView):
+
+class SchemaView(DeclaredParameters, SpectacularAPIView):
     """The OpenAPI document; like the rest of the API it needs a session or an API key."""
+
+    # ?format=json|yaml is DRF's; ?lang= translates the document.
+    parameters = (OpenApiParameter("lang", OpenApiTypes.STR),)
 
 
 class APIKeyAuthenticationScheme(OpenApiAuthenticationExtension):

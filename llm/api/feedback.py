@@ -10,9 +10,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from llm import metrics
-from llm.api.logs import FeedbackSerializer, StrictPageNumberPagination
-from llm.api.metrics import FILTER_PARAMETERS
-from llm.filters import filter_logs
+from llm.api.logs import FeedbackSerializer, WindowedList
+from llm.api.params import DeclaredParameters
+from llm.filters import FilteredLogs, filter_logs
 from llm.models import LLMRequestLog, UserFeedback
 
 COMMENT_MAX_CHARS = 5_000
@@ -36,22 +36,20 @@ class FeedbackCreateSerializer(serializers.Serializer):
         )
 
 
-def feedback_for(params) -> QuerySet[UserFeedback]:
+def feedback_on(filtered: FilteredLogs) -> QuerySet[UserFeedback]:
     """Feedback on the calls the shared filters keep (dates apply to the call, not the rating)."""
-    logs = filter_logs(params).queryset
-    return UserFeedback.objects.filter(request__in=logs.values("id"))
+    return UserFeedback.objects.filter(request__in=filtered.queryset.values("id"))
 
 
-class FeedbackListCreate(generics.ListCreateAPIView):
+class FeedbackListCreate(WindowedList, generics.CreateAPIView):
     """List feedback, newest first (shared filters apply to the rated call); submit one rating."""
-
-    pagination_class = StrictPageNumberPagination
 
     def get_serializer_class(self):
         return FeedbackCreateSerializer if self.request.method == "POST" else FeedbackSerializer
 
     def get_queryset(self):
-        return feedback_for(self.request.query_params).select_related("request").order_by("-created_at", "-id")
+        self.filter_logs()
+        return feedback_on(self.filtered_logs).select_related("request").order_by("-created_at", "-id")
 
     @extend_schema(request=FeedbackCreateSerializer, responses={201: FeedbackSerializer})
     def post(self, request: Request, *args, **kwargs) -> Response:
@@ -60,15 +58,17 @@ class FeedbackListCreate(generics.ListCreateAPIView):
         feedback = serializer.save()
         return Response(FeedbackSerializer(feedback).data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(parameters=FILTER_PARAMETERS)
-    def get(self, request, *args, **kwargs):
-        return super().get(request, *args, **kwargs)
 
+class FeedbackAnalytics(DeclaredParameters, APIView):
+    filtered = True
 
-class FeedbackAnalytics(APIView):
     @extend_schema(
-        parameters=FILTER_PARAMETERS,
-        responses={200: OpenApiResponse(description="thumbs_up, thumbs_down, total, satisfaction_rate, by_model")},
+        responses={
+            200: OpenApiResponse(
+                description="start, end, window_defaulted, thumbs_up, thumbs_down, total, satisfaction_rate, by_model"
+            )
+        },
     )
     def get(self, request: Request) -> Response:
-        return Response(metrics.feedback_summary(feedback_for(request.query_params)))
+        filtered = filter_logs(request.query_params)
+        return Response({**filtered.window(), **metrics.feedback_summary(feedback_on(filtered))})
