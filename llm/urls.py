@@ -9,13 +9,16 @@ def with_and_without_slash(patterns: list[URLPattern]) -> list[URLPattern]:
 
     API clients drop or add the slash freely, and CommonMiddleware's APPEND_SLASH cannot redirect a
     POST (with DEBUG it raises). The twin serves the same view with no name, so reverse() keeps
-    giving the canonical form of SPEC.
+    giving the canonical form of SPEC, and stays out of the OpenAPI document (one path each).
     """
     twins = []
     for pattern in patterns:
         route = str(pattern.pattern)
         twin = route[:-1] if route.endswith("/") else f"{route}/"
-        twins.append(path(twin, pattern.callback, pattern.default_args))
+        view = pattern.callback
+        if hasattr(view, "cls"):  # a DRF view: the same class, left out of the schema
+            view = view.cls.as_view(**{**view.initkwargs, "schema": None})
+        twins.append(path(twin, view, pattern.default_args))
     return [*patterns, *twins]
 
 
