@@ -9,6 +9,8 @@ from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter
 from drf_spectacular.views import SpectacularAPIView
+from rest_framework.renderers import JSONRenderer
+from rest_framework.response import Response
 
 from llm.api.params import DeclaredParameters
 
@@ -18,6 +20,11 @@ class SchemaView(DeclaredParameters, SpectacularAPIView):
 
     # ?format=json|yaml is DRF's; ?lang= translates the document.
     parameters = (OpenApiParameter("lang", OpenApiTypes.STR),)
+
+    def handle_exception(self, exc: Exception) -> Response:
+        # An error is JSON like everywhere in the API, not rendered as a YAML OpenAPI document.
+        self.request.accepted_renderer, self.request.accepted_media_type = JSONRenderer(), JSONRenderer.media_type
+        return super().handle_exception(exc)
 
 
 class APIKeyAuthenticationScheme(OpenApiAuthenticationExtension):
