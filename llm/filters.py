@@ -1,5 +1,5 @@
-"""The filters shared by metrics, logs and export: the same query string means the same rows
-everywhere (start_date, end_date, model, status, user_id)."""
+"""The filters shared by metrics, logs, feedback and export: the same query string means the same
+rows everywhere (start_date, end_date, hours, model, status, user_id), over the same window."""
 
 from __future__ import annotations
 
@@ -16,7 +16,15 @@ from rest_framework.exceptions import ValidationError
 
 from llm.models import LLMRequestLog, LLMRequestLogQuerySet
 
-DEFAULT_METRICS_WINDOW = timedelta(hours=24)
+# One rule for every filtered endpoint (metrics, logs, feedback, export); the API docs quote it.
+DEFAULT_WINDOW = timedelta(hours=24)
+MAX_WINDOW_HOURS = 8784  # a leap year
+WINDOW_RULE = (
+    "With no start_date, end_date or hours the answer covers the last 24 hours. start_date alone: "
+    "from then until now; end_date alone: the 24 hours before it; hours=N: the last N hours. "
+    "JSON answers state the window in `start`, `end` and `window_defaulted`; exports in the "
+    "X-Window-Start and X-Window-End headers and in the file name."
+)
 SEARCH_MAX_CHARS = 200
 
 
@@ -59,73 +67,104 @@ class DateBoundFilter(django_filters.Filter):
     field_class = DateOrDateTimeField
 
 
+class HoursFilter(django_filters.Filter):
+    field_class = forms.IntegerField
+
+
 class LogFilterSet(django_filters.FilterSet):
-    start_date = DateBoundFilter(field_name="timestamp", lookup_expr="gte")
-    end_date = DateBoundFilter(field_name="timestamp", lookup_expr="lt", end_of_day=True)
-    model = django_filters.CharFilter(field_name="model_name")
-    status = django_filters.ChoiceFilter(choices=LLMRequestLog.Status.choices)
-    user_id = django_filters.CharFilter()
+    # The three window parameters only validate here: filter_logs turns them into one window.
+    start_date = DateBoundFilter(
+        method="window_only", help_text="ISO 8601 date or date-time (inclusive). Alone: from then until now."
+    )
+    end_date = DateBoundFilter(
+        method="window_only",
+        end_of_day=True,
+        help_text="ISO 8601 date-time (exclusive); a bare date includes that whole day. Alone: the 24 hours before it.",
+    )
+    hours = HoursFilter(
+        method="window_only",
+        min_value=1,
+        max_value=MAX_WINDOW_HOURS,
+        help_text=f"The last N hours (1 to {MAX_WINDOW_HOURS}); not together with start_date or end_date.",
+    )
+    model = django_filters.CharFilter(field_name="model_name", help_text="Exact model name.")
+    status = django_filters.ChoiceFilter(choices=LLMRequestLog.Status.choices, help_text="success or error.")
+    user_id = django_filters.CharFilter(help_text="Exact user id.")
 
     class Meta:
         model = LLMRequestLog
-        fields = ["start_date", "end_date", "model", "status", "user_id"]
+        fields = ["start_date", "end_date", "hours", "model", "status", "user_id"]
 
-    def clean_window(self) -> None:
+    def window_only(self, queryset: LLMRequestLogQuerySet, name: str, value: Any) -> LLMRequestLogQuerySet:
+        return queryset
+
+    def clean_window(self) -> tuple[datetime, datetime, bool]:
+        """The window of WINDOW_RULE as (start, end, defaulted); a conflict is a form error."""
         start = self.form.cleaned_data.get("start_date")
         end = self.form.cleaned_data.get("end_date")
-        if start and end and end <= start:
-            self.form.add_error("end_date", "end_date must be after start_date.")
+        hours = self.form.cleaned_data.get("hours")
+        now = timezone.now()
+        if hours is not None:
+            if start or end:
+                self.form.add_error("hours", "Give either hours or start_date/end_date, not both.")
+            return now - timedelta(hours=hours), now, False
+        if start and end:
+            if end <= start:
+                self.form.add_error("end_date", "end_date must be after start_date.")
+            return start, end, False
+        if start:
+            if start >= now:
+                self.form.add_error("start_date", "With no end_date the window ends now: start_date must be earlier.")
+            return start, now, False
+        if end:
+            return end - DEFAULT_WINDOW, end, False
+        return now - DEFAULT_WINDOW, now, True
 
 
 @dataclass
 class FilteredLogs:
     queryset: LLMRequestLogQuerySet
-    start: datetime | None
-    end: datetime | None
-    # True when no dates were given and the default window applied (metrics: last 24 hours).
+    start: datetime
+    end: datetime
+    # True when neither dates nor hours were given and the default window (last 24 hours) applied.
     window_defaulted: bool
 
     def window(self) -> dict[str, Any]:
-        """How a response states the window it covers."""
+        """How a JSON answer states the window it covers."""
+        return {"start": self.start.isoformat(), "end": self.end.isoformat(), "window_defaulted": self.window_defaulted}
+
+    def window_headers(self) -> dict[str, str]:
+        """How a file answer (the exports) states it."""
         return {
-            "start": self.start.isoformat() if self.start else None,
-            "end": self.end.isoformat() if self.end else None,
-            "window_defaulted": self.window_defaulted,
+            "X-Window-Start": self.start.isoformat(),
+            "X-Window-End": self.end.isoformat(),
+            "X-Window-Defaulted": "true" if self.window_defaulted else "false",
         }
 
 
-def filter_logs(
-    params: Any, *, default_window: timedelta | None = None, queryset: LLMRequestLogQuerySet | None = None
-) -> FilteredLogs:
-    """Apply the shared filters of a query string; bad values raise a ValidationError naming the field.
+def filter_logs(params: Any, *, queryset: LLMRequestLogQuerySet | None = None) -> FilteredLogs:
+    """Apply the shared filters of a query string over the window of WINDOW_RULE.
 
-    With `default_window` and neither date given, the rows are those of the last `default_window`.
+    Bad values raise a ValidationError naming the field. Unknown parameters are the view's
+    business (llm/api/params.py): the dashboard passes its own.
     """
     filterset = LogFilterSet(params, queryset=queryset if queryset is not None else LLMRequestLog.objects.all())
-    if filterset.is_valid():
-        filterset.clean_window()
-    if filterset.form.errors:
+    window = filterset.clean_window() if filterset.is_valid() else None
+    if filterset.form.errors or window is None:
         raise ValidationError({field: list(errors) for field, errors in filterset.form.errors.items()})
-    start = filterset.form.cleaned_data.get("start_date")
-    end = filterset.form.cleaned_data.get("end_date")
-    rows = filterset.qs
-    defaulted = False
-    if default_window is not None and start is None and end is None:
-        end = timezone.now()
-        start = end - default_window
-        rows = rows.in_window(start, end)
-        defaulted = True
-    return FilteredLogs(queryset=rows, start=start, end=end, window_defaulted=defaulted)
+    start, end, defaulted = window
+    return FilteredLogs(queryset=filterset.qs.in_window(start, end), start=start, end=end, window_defaulted=defaulted)
 
 
 def date_range_label(filtered: FilteredLogs) -> str:
-    """A file-name-safe label for the window, e.g. 2026-11-01_to_2026-11-20."""
-
-    def label(moment: datetime | None, fallback: str) -> str:
-        return timezone.localtime(moment).date().isoformat() if moment else fallback
-
-    end = filtered.end - timedelta(microseconds=1) if filtered.end else None
-    return f"{label(filtered.start, 'beginning')}_to_{label(end, timezone.localdate().isoformat())}"
+    """A file-name-safe label for the window in TIME_ZONE: 2026-11-01_to_2026-11-20 for whole days,
+    2026-11-19T1400_to_2026-11-20T1400 otherwise (the default window, hours=N)."""
+    start = timezone.localtime(filtered.start)
+    end = timezone.localtime(filtered.end)
+    if start.time() == end.time() == time.min:
+        # The end is exclusive: a window of whole days ends on the day before.
+        return f"{start.date().isoformat()}_to_{(end - timedelta(days=1)).date().isoformat()}"
+    return f"{start:%Y-%m-%dT%H%M}_to_{end:%Y-%m-%dT%H%M}"
 
 
 def search_logs(logs: LLMRequestLogQuerySet, params: Any) -> LLMRequestLogQuerySet:

@@ -89,6 +89,7 @@ class EventSerializer(serializers.Serializer):
     cost_usd = serializers.DecimalField(
         max_digits=20,
         decimal_places=10,
+        coerce_to_string=False,  # a number in the API document, like every cost
         min_value=0,
         required=False,
         allow_null=True,

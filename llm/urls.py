@@ -1,9 +1,29 @@
-from django.urls import path
+from django.urls import URLPattern, path
 
 from llm import views
 from llm.api import alerts, docs, export, feedback, ingest, logs, metrics, prometheus, prompt
 
-urlpatterns = [
+
+def with_and_without_slash(patterns: list[URLPattern]) -> list[URLPattern]:
+    """Each pattern, then a twin that differs only by the trailing slash.
+
+    API clients drop or add the slash freely, and CommonMiddleware's APPEND_SLASH cannot redirect a
+    POST (with DEBUG it raises). The twin serves the same view with no name, so reverse() keeps
+    giving the canonical form of SPEC, and stays out of the OpenAPI document (one path each).
+    """
+    twins = []
+    for pattern in patterns:
+        route = str(pattern.pattern)
+        twin = route[:-1] if route.endswith("/") else f"{route}/"
+        view = pattern.callback
+        if hasattr(view, "cls"):  # a DRF view: the same class, left out of the schema
+            view = view.cls.as_view(**{**view.initkwargs, "schema": None})
+        twins.append(path(twin, view, pattern.default_args))
+    return [*patterns, *twins]
+
+
+# Everything under /api/, plus /v1/traces and /metrics.
+api_urlpatterns = [
     # Proxy
     path("api/llm/prompt/", prompt.PromptView.as_view(), name="api-prompt"),
     # Metrics, logs, feedback, export (issue 3)
@@ -33,6 +53,10 @@ urlpatterns = [
     path("api/traces/<str:trace_id>/", ingest.TraceView.as_view(), name="api-trace"),
     # Prometheus (issue 7)
     path("metrics", prometheus.metrics, name="metrics"),
+]
+
+urlpatterns = [
+    *with_and_without_slash(api_urlpatterns),
     # Dashboard pages (issue 5)
     path("", views.overview, name="overview"),
     path("analytics/", views.analytics, name="analytics"),

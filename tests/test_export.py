@@ -14,6 +14,8 @@ from llm.api.logs import LOG_FIELDS
 from llm.models import LLMRequestLog
 from tests.read_api_data import NOW, make_logs, select
 
+WINDOW = {"start_date": (NOW - timedelta(days=50)).isoformat(), "end_date": NOW.isoformat()}
+
 pytestmark = pytest.mark.django_db
 
 
@@ -56,7 +58,8 @@ def test_csv_timestamps_are_iso_8601_in_utc(api_client, db, settings):
     precise = datetime(2026, 11, 1, 5, 59, 59, 123456, tzinfo=UTC)
     for timestamp in (precise, whole_second):
         LLMRequestLog.objects.create(model_name="m", timestamp=timestamp)
-    rows = list(csv.DictReader(io.StringIO(content(api_client.get("/api/export/csv/")))))
+    window = {"start_date": "2026-03-01", "end_date": "2026-11-02"}
+    rows = list(csv.DictReader(io.StringIO(content(api_client.get("/api/export/csv/", window)))))
     assert [datetime.fromisoformat(row["timestamp"]) for row in rows] == [whole_second, precise]
     assert all(row["timestamp"].endswith("+00:00") and "T" in row["timestamp"] for row in rows)
 
@@ -84,7 +87,7 @@ def test_json_export_is_valid_for_awkward_text(api_client, db):
 
 
 def test_json_export_row_count_equals_filter(api_client, logs):
-    rows = json.loads(content(api_client.get("/api/export/json/", {"status": "error"})))
+    rows = json.loads(content(api_client.get("/api/export/json/", {**WINDOW, "status": "error"})))
     assert len(rows) == len(select(logs, status="error")) > 0
     assert {row["status"] for row in rows} == {"error"}
 
@@ -97,9 +100,15 @@ def test_empty_export_is_still_valid(api_client, db):
 def test_file_names_carry_the_date_range(api_client, db):
     response = api_client.get("/api/export/csv/", {"start_date": "2026-11-01", "end_date": "2026-11-20"})
     assert response["Content-Disposition"] == 'attachment; filename="llm-logs_2026-11-01_to_2026-11-20.csv"'
+    assert (response["X-Window-Start"], response["X-Window-End"]) == (
+        "2026-11-01T00:00:00+00:00",
+        "2026-11-21T00:00:00+00:00",
+    )
     response = api_client.get("/api/export/json/", {"start_date": "2026-11-01T00:00:00Z"})
-    assert response["Content-Disposition"].startswith('attachment; filename="llm-logs_2026-11-01_to_')
+    assert response["Content-Disposition"].startswith('attachment; filename="llm-logs_2026-11-01T0000_to_')
     assert response["Content-Disposition"].endswith('.json"')
+    assert response["X-Window-Start"] == "2026-11-01T00:00:00+00:00"
+    assert response["X-Window-Defaulted"] == "false"
 
 
 def test_csv_accepts_text_csv_accept_header(api_client, db):
@@ -107,8 +116,8 @@ def test_csv_accepts_text_csv_accept_header(api_client, db):
 
 
 def test_export_applies_search_like_the_logs_list(api_client, logs):
-    listed = api_client.get("/api/logs/", {"search": "hello", "page_size": 500}).json()["count"]
-    rows = json.loads(content(api_client.get("/api/export/json/", {"search": "hello"})))
+    listed = api_client.get("/api/logs/", {**WINDOW, "search": "hello", "page_size": 500}).json()["count"]
+    rows = json.loads(content(api_client.get("/api/export/json/", {**WINDOW, "search": "hello"})))
     assert len(rows) == listed > 0
 
 

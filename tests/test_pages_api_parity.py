@@ -65,6 +65,8 @@ def test_feedback_page_equals_the_feedback_api(logged_in, calls, model):
     page = logged_in.get("/feedback/", {"range": "7d", "model": model})
     params = page.context["window"].api_params()
     api = logged_in.get("/api/feedback/analytics/", params).json()
+    window = {key: api.pop(key) for key in ("start", "end", "window_defaulted")}
+    assert window == {"start": params["start_date"], "end": params["end_date"], "window_defaulted": False}
     assert as_json(page.context["summary"]) == api
     rated = UserFeedback.objects.filter(request__model_name__startswith=model)
     assert api["total"] == rated.count() > 0

@@ -115,15 +115,15 @@ def test_metrics_answer_empty_windows_without_error(api_client, db, path):
 
 
 def test_logs_pagination_and_order(api_client, logs):
-    first = api_client.get("/api/logs/", {"page_size": 100}).json()
+    first = api_client.get("/api/logs/", {**WINDOW, "page_size": 100}).json()
     assert first["count"] == len(logs)
     assert first["previous"] is None and "page=2" in first["next"]
     stamps = [row["timestamp"] for row in first["results"]]
     assert stamps == sorted(stamps, reverse=True)
     last_page = -(-len(logs) // 100)
-    last = api_client.get("/api/logs/", {"page_size": 100, "page": last_page}).json()
+    last = api_client.get("/api/logs/", {**WINDOW, "page_size": 100, "page": last_page}).json()
     assert last["next"] is None and len(last["results"]) == len(logs) - 100 * (last_page - 1)
-    assert api_client.get("/api/logs/", {"page_size": 100, "page": last_page + 1}).status_code == 404
+    assert api_client.get("/api/logs/", {**WINDOW, "page_size": 100, "page": last_page + 1}).status_code == 404
 
 
 @pytest.mark.parametrize("page", ["0", "-1", "two", "1.5"])
@@ -143,12 +143,12 @@ def test_bad_page_size_is_400(api_client, db, page_size):
 def test_logs_filters_and_search(api_client, logs):
     # Case folds for ASCII on both databases (SQLite's LIKE folds nothing else); non-ASCII as written.
     for search, needle in (("HELLO", "hello"), ("café", "café")):
-        body = api_client.get("/api/logs/", {"search": search, "status": "success", "page_size": 500}).json()
+        body = api_client.get("/api/logs/", {**WINDOW, "search": search, "status": "success", "page_size": 500}).json()
         expected = [log for log in logs if needle in log.prompt_text.lower() and not log.is_error]
         assert body["count"] == len(expected) > 0
         assert {row["request_id"] for row in body["results"]} == {str(log.request_id) for log in expected}
 
-    errors = api_client.get("/api/logs/errors/", {"page_size": 500, "user_id": "u-1"}).json()
+    errors = api_client.get("/api/logs/errors/", {**WINDOW, "page_size": 500, "user_id": "u-1"}).json()
     assert errors["count"] == len([log for log in logs if log.is_error and log.user_id == "u-1"])
     assert all(row["status"] == "error" for row in errors["results"])
 
@@ -174,9 +174,9 @@ def test_feedback_submit_list_and_analytics(api_client, logs):
         assert response.json()["rating"] == rating
     assert UserFeedback.objects.count() == 4
 
-    listing = api_client.get("/api/feedback/").json()
+    listing = api_client.get("/api/feedback/", WINDOW).json()
     assert listing["count"] == 4
-    analytics = api_client.get("/api/feedback/analytics/").json()
+    analytics = api_client.get("/api/feedback/analytics/", WINDOW).json()
     assert (analytics["thumbs_up"], analytics["thumbs_down"], analytics["total"]) == (3, 1, 4)
     assert analytics["satisfaction_rate"] == pytest.approx(75.0)
     per_model = {}
@@ -209,4 +209,5 @@ def test_bad_feedback_is_400_naming_the_field(api_client, logs, body, field):
 
 def test_empty_feedback_analytics(api_client, db):
     body = api_client.get("/api/feedback/analytics/").json()
+    assert body.pop("window_defaulted") is True and body.pop("start") and body.pop("end")
     assert body == {"thumbs_up": 0, "thumbs_down": 0, "total": 0, "satisfaction_rate": None, "by_model": []}

@@ -57,12 +57,13 @@ def test_calls_in_time_order_with_depth_and_parent(api_client, trace_rows, djang
     assert [call["parent_request_id"] for call in calls] == [None, request_id["a"], request_id["b"], None]
     assert [call["parent_span_id"] for call in calls] == ["f" * 16, "a" * 16, "b" * 16, ""]
     assert set(calls[0]) == {
-        "request_id", "timestamp", "source", "provider", "model", "span_id", "parent_span_id", "parent_request_id",
+        "request_id", "timestamp", "source", "provider", "model_name", "span_id", "parent_span_id", "parent_request_id",
         "depth", "status", "error_type", "latency_ms", "prompt_tokens", "completion_tokens", "total_tokens",
         "cost_estimate", "user_id", "session_id", "finish_reason",
     }  # fmt: skip
     second = calls[1]
-    assert (second["status"], second["error_type"], second["model"]) == ("error", "timeout", "llama-3.1-8b-instant")
+    assert (second["status"], second["error_type"]) == ("error", "timeout")
+    assert second["model_name"] == "llama-3.1-8b-instant" and "model" not in second
     assert second["timestamp"] == "2025-06-01T12:00:00.020000+00:00"
     assert (second["total_tokens"], second["source"]) == (150, "otlp")
     # 100 × 0.05 + 50 × 0.08 per million.

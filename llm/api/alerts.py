@@ -16,6 +16,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from llm.api.params import DeclaredParameters
 from llm.models import AlertLog, AlertRule, APIKey, split_email_list, webhook_url_validator
 
 STATE_FIELDS = ["is_firing", "last_value", "last_checked_at", "last_notified_at"]
@@ -90,14 +91,14 @@ class AlertLogSerializer(serializers.ModelSerializer):
         return alert.acknowledged_by_name or (alert.acknowledged_by.get_username() if alert.acknowledged_by else None)
 
 
-class AlertRuleList(generics.ListCreateAPIView):
+class AlertRuleList(DeclaredParameters, generics.ListCreateAPIView):
     """All rules with their current state (there are few: not paginated)."""
 
     queryset = AlertRule.objects.order_by("id")
     serializer_class = AlertRuleSerializer
 
 
-class AlertRuleDetail(generics.RetrieveUpdateDestroyAPIView):
+class AlertRuleDetail(DeclaredParameters, generics.RetrieveUpdateDestroyAPIView):
     queryset = AlertRule.objects.all()
     serializer_class = AlertRuleSerializer
 
@@ -120,7 +121,7 @@ class AlertLogPagination(PageNumberPagination):
     max_page_size = 500
 
 
-class AlertLogList(generics.ListAPIView):
+class AlertLogList(DeclaredParameters, generics.ListAPIView):
     """Triggered alerts, newest first; filters: rule, acknowledged, kind, since, until."""
 
     queryset = AlertLog.objects.select_related("alert_rule", "acknowledged_by").order_by("-triggered_at", "-id")

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db.models import CharField, Func, TextField
+from django.db.models import CharField, FloatField, Func, TextField
 from django.db.models.functions import Cast
 from django.http import StreamingHttpResponse
 from drf_spectacular.utils import OpenApiResponse, extend_schema
@@ -21,7 +21,7 @@ from rest_framework.request import Request
 from rest_framework.views import APIView
 
 from llm.api.logs import LOG_FIELDS
-from llm.api.metrics import FILTER_PARAMETERS, SEARCH_PARAMETER
+from llm.api.params import SEARCH_PARAMETER, DeclaredParameters
 from llm.filters import date_range_label, filter_logs, search_logs
 from llm.models import LLMRequestLog, LLMRequestLogQuerySet
 
@@ -81,6 +81,21 @@ class ISOTimestamp(Func):
         return self.as_sql(compiler, connection, template=template, **extra_context)
 
 
+class FixedPointCost(Func):
+    """A cost as fixed-point text with the column's 10 decimals ("0.0000000000", never "0E-10"),
+    written by the database, like the timestamps."""
+
+    output_field = TextField()
+
+    def as_postgresql(self, compiler, connection, **extra_context):
+        return self.as_sql(compiler, connection, template="(%(expressions)s)::text", **extra_context)
+
+    def as_sqlite(self, compiler, connection, **extra_context):
+        # The %% pairs survive two rounds of %-formatting: the template's and the SQLite backend's.
+        template = "printf('%%%%.10f', %(expressions)s)"
+        return self.as_sql(compiler, connection, template=template, **extra_context)
+
+
 def csv_row(row: tuple) -> list:
     cells = list(row)
     cells[TAGS] = "" if cells[TAGS] == "{}" else cells[TAGS]
@@ -105,7 +120,9 @@ def json_chunks(rows: Iterable[tuple]) -> Iterator[str]:
     yield "".join(batch) + "\n]\n"
 
 
-class ExportView(APIView):
+class ExportView(DeclaredParameters, APIView):
+    filtered = True
+    parameters = (SEARCH_PARAMETER,)
     extension = ""
     content_type = ""
 
@@ -123,11 +140,8 @@ class ExportView(APIView):
         return StreamingHttpResponse(
             self.body(rows),
             content_type=self.content_type,
-            headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+            headers={"Content-Disposition": f'attachment; filename="{filename}"', **filtered.window_headers()},
         )
-
-
-EXPORT_SCHEMA = {"parameters": [*FILTER_PARAMETERS, SEARCH_PARAMETER]}
 
 
 class CSVExport(ExportView):
@@ -142,12 +156,14 @@ class CSVExport(ExportView):
 
     def columns(self, logs):
         # Tags and time as the database's text: decoding and encoding them again costs a third of the time.
-        as_text = {"tags": "tags_text", "timestamp": "timestamp_text"}
-        return logs.annotate(tags_text=Cast("tags", TextField()), timestamp_text=ISOTimestamp("timestamp")).values_list(
-            *[as_text.get(name, name) for name in LOG_FIELDS]
-        )
+        as_text = {"tags": "tags_text", "timestamp": "timestamp_text", "cost_estimate": "cost_text"}
+        return logs.annotate(
+            tags_text=Cast("tags", TextField()),
+            timestamp_text=ISOTimestamp("timestamp"),
+            cost_text=FixedPointCost("cost_estimate"),
+        ).values_list(*[as_text.get(name, name) for name in LOG_FIELDS])
 
-    @extend_schema(**EXPORT_SCHEMA, responses={(200, "text/csv"): OpenApiResponse(description="CSV file")})
+    @extend_schema(responses={(200, "text/csv"): OpenApiResponse(description="CSV file")})
     def get(self, request: Request) -> StreamingHttpResponse:
         return super().get(request)
 
@@ -162,6 +178,13 @@ class JSONExport(ExportView):
     def body(self, rows):
         return json_chunks(rows)
 
-    @extend_schema(**EXPORT_SCHEMA, responses={(200, "application/json"): OpenApiResponse(description="JSON array")})
+    def columns(self, logs):
+        # A JSON number, like cost_estimate in every other answer (DjangoJSONEncoder writes a Decimal as a string).
+        as_number = {"cost_estimate": "cost_number"}
+        return logs.annotate(cost_number=Cast("cost_estimate", FloatField())).values_list(
+            *[as_number.get(name, name) for name in LOG_FIELDS]
+        )
+
+    @extend_schema(responses={(200, "application/json"): OpenApiResponse(description="JSON array")})
     def get(self, request: Request) -> StreamingHttpResponse:
         return super().get(request)

@@ -10,17 +10,16 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from llm import metrics
-from llm.api.logs import FeedbackSerializer, StrictPageNumberPagination
-from llm.api.metrics import FILTER_PARAMETERS
-from llm.filters import filter_logs
+from llm.api.logs import FeedbackSerializer, WindowedList
+from llm.api.params import DeclaredParameters
+from llm.filters import FilteredLogs, filter_logs
 from llm.models import APIKey, UserFeedback
 from llm.serializers import FeedbackCreateSerializer
 
 
-def feedback_for(params) -> QuerySet[UserFeedback]:
+def feedback_on(filtered: FilteredLogs) -> QuerySet[UserFeedback]:
     """Feedback on the calls the shared filters keep (dates apply to the call, not the rating)."""
-    logs = filter_logs(params).queryset
-    return UserFeedback.objects.filter(request__in=logs.values("id"))
+    return UserFeedback.objects.filter(request__in=filtered.queryset.values("id"))
 
 
 def default_rater(request: Request) -> str:
@@ -30,16 +29,15 @@ def default_rater(request: Request) -> str:
     return request.user.get_username()
 
 
-class FeedbackListCreate(generics.ListCreateAPIView):
+class FeedbackListCreate(WindowedList, generics.CreateAPIView):
     """List feedback, newest first (shared filters apply to the rated call); submit one rating."""
-
-    pagination_class = StrictPageNumberPagination
 
     def get_serializer_class(self):
         return FeedbackCreateSerializer if self.request.method == "POST" else FeedbackSerializer
 
     def get_queryset(self):
-        return feedback_for(self.request.query_params).select_related("request").order_by("-created_at", "-id")
+        self.filter_logs()
+        return feedback_on(self.filtered_logs).select_related("request").order_by("-created_at", "-id")
 
     @extend_schema(
         request=FeedbackCreateSerializer,
@@ -57,15 +55,17 @@ class FeedbackListCreate(generics.ListCreateAPIView):
         answer_status = status.HTTP_201_CREATED if created else status.HTTP_200_OK
         return Response(FeedbackSerializer(feedback).data, status=answer_status)
 
-    @extend_schema(parameters=FILTER_PARAMETERS)
-    def get(self, request, *args, **kwargs):
-        return super().get(request, *args, **kwargs)
 
+class FeedbackAnalytics(DeclaredParameters, APIView):
+    filtered = True
 
-class FeedbackAnalytics(APIView):
     @extend_schema(
-        parameters=FILTER_PARAMETERS,
-        responses={200: OpenApiResponse(description="thumbs_up, thumbs_down, total, satisfaction_rate, by_model")},
+        responses={
+            200: OpenApiResponse(
+                description="start, end, window_defaulted, thumbs_up, thumbs_down, total, satisfaction_rate, by_model"
+            )
+        },
     )
     def get(self, request: Request) -> Response:
-        return Response(metrics.feedback_summary(feedback_for(request.query_params)))
+        filtered = filter_logs(request.query_params)
+        return Response({**filtered.window(), **metrics.feedback_summary(feedback_on(filtered))})

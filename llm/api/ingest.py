@@ -24,6 +24,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from llm import ingest
+from llm.api.params import DeclaredParameters
 from llm.auth import APIKeyAuthentication
 from llm.models import APIKey, LLMRequestLog
 
@@ -185,11 +186,9 @@ def trace_calls(trace_id: str) -> tuple[list[dict], bool]:
         parent = by_span.get(row["parent_span_id"]) if row["parent_span_id"] else None
         # An event may name a parent without a span id of its own.
         depth = depths[row["span_id"]] if row["span_id"] else (depths[parent["span_id"]] + 1 if parent else 0)
-        call = dict(row)
-        call["model"] = call.pop("model_name")
         calls.append(
             {
-                **call,
+                **row,
                 "request_id": str(row["request_id"]),
                 "timestamp": row["timestamp"].isoformat(),
                 "cost_estimate": float(row["cost_estimate"]),
@@ -217,7 +216,7 @@ def span_depths(parents: dict[str, str]) -> dict[str, int]:
     return depths
 
 
-class TraceView(APIView):
+class TraceView(DeclaredParameters, APIView):
     """Every call of one trace, in time order, with what a page needs to draw it as a tree."""
 
     renderer_classes = [JSONRenderer]

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import extend_schema
 from rest_framework import generics, serializers
 from rest_framework.exceptions import ValidationError
 from rest_framework.pagination import PageNumberPagination
+from rest_framework.response import Response
 
-from llm.api.metrics import FILTER_PARAMETERS, SEARCH_PARAMETER
-from llm.filters import filter_logs, search_logs
+from llm.api.params import SEARCH_PARAMETER, DeclaredParameters
+from llm.filters import FilteredLogs, filter_logs, search_logs
 from llm.models import LLMRequestLog, LLMRequestLogQuerySet, UserFeedback
 
 LOG_FIELDS = [
@@ -42,6 +42,9 @@ LOG_FIELDS = [
 
 
 class LogSerializer(serializers.ModelSerializer):
+    # A JSON number, like every cost in the API (a ModelSerializer would make the Decimal a string).
+    cost_estimate = serializers.DecimalField(max_digits=20, decimal_places=10, coerce_to_string=False, read_only=True)
+
     class Meta:
         model = LLMRequestLog
         fields = LOG_FIELDS
@@ -92,27 +95,54 @@ class StrictPageNumberPagination(PageNumberPagination):
         return super().paginate_queryset(queryset, request, view)
 
 
-class LogList(generics.ListAPIView):
-    """Logs, newest first. Filters: start_date, end_date, model, status, user_id; search in prompt and response."""
+class WindowedPagination(StrictPageNumberPagination):
+    """A page of a filtered list states its window (`start`, `end`, `window_defaulted`) next to `count`."""
+
+    def paginate_queryset(self, queryset, request, view=None):
+        self.window = view.filtered_logs.window()
+        return super().paginate_queryset(queryset, request, view)
+
+    def get_paginated_response(self, data) -> Response:
+        response = super().get_paginated_response(data)
+        response.data = {**self.window, **response.data}
+        return response
+
+    def get_paginated_response_schema(self, schema: dict) -> dict:
+        paginated = super().get_paginated_response_schema(schema)
+        paginated["properties"] = {
+            "start": {"type": "string", "format": "date-time"},
+            "end": {"type": "string", "format": "date-time"},
+            "window_defaulted": {"type": "boolean"},
+            **paginated["properties"],
+        }
+        paginated["required"] = ["start", "end", "window_defaulted", *paginated.get("required", [])]
+        return paginated
+
+
+class WindowedList(DeclaredParameters, generics.ListAPIView):
+    """A paginated list over the shared filters and their window (llm.filters.WINDOW_RULE)."""
+
+    pagination_class = WindowedPagination
+    filtered = True
+    filtered_logs: FilteredLogs
+
+    def filter_logs(self, queryset: LLMRequestLogQuerySet | None = None) -> LLMRequestLogQuerySet:
+        self.filtered_logs = filter_logs(self.request.query_params, queryset=queryset)
+        return self.filtered_logs.queryset
+
+
+class LogList(WindowedList):
+    """Logs, newest first, over the shared filters; `search` looks in the prompt and the response."""
 
     serializer_class = LogSerializer
-    pagination_class = StrictPageNumberPagination
+    parameters = (SEARCH_PARAMETER,)
 
     def base_queryset(self) -> LLMRequestLogQuerySet:
         return LLMRequestLog.objects.all()
 
     def get_queryset(self) -> LLMRequestLogQuerySet:
-        logs = filter_logs(self.request.query_params, queryset=self.base_queryset()).queryset
+        logs = self.filter_logs(self.base_queryset())
         return search_logs(logs, self.request.query_params).order_by("-timestamp", "-id")
-
-    @extend_schema(
-        parameters=[
-            *FILTER_PARAMETERS,
-            SEARCH_PARAMETER,
-        ]
-    )
-    def get(self, request, *args, **kwargs):
-        return super().get(request, *args, **kwargs)
 
 
 class ErrorLogList(LogList):
@@ -122,7 +152,7 @@ class ErrorLogList(LogList):
         return LLMRequestLog.objects.failed()
 
 
-class LogDetail(generics.RetrieveAPIView):
+class LogDetail(DeclaredParameters, generics.RetrieveAPIView):
     """One call with its feedback."""
 
     serializer_class = LogDetailSerializer

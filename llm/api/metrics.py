@@ -1,7 +1,8 @@
 """GET /api/metrics/…: the figures of llm.metrics over the shared filters.
 
-With no dates a metric covers the last 24 hours; every answer states its window (`start`, `end`,
-`window_defaulted`), so a client never has to guess what it is looking at.
+Like every filtered endpoint, with no dates a metric covers the last 24 hours (llm.filters.
+WINDOW_RULE); every answer states its window (`start`, `end`, `window_defaulted`), so a client
+never has to guess what it is looking at.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework.exceptions import ValidationError
@@ -18,16 +18,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from llm import metrics
-from llm.filters import DEFAULT_METRICS_WINDOW, FilteredLogs, filter_logs
+from llm.api.params import DeclaredParameters
+from llm.filters import FilteredLogs, filter_logs
 
-FILTER_PARAMETERS = [
-    OpenApiParameter("start_date", OpenApiTypes.STR, description="ISO 8601 date or date-time (inclusive)."),
-    OpenApiParameter("end_date", OpenApiTypes.STR, description="ISO 8601 date-time (exclusive); a date: to its end."),
-    OpenApiParameter("model", OpenApiTypes.STR, description="Exact model name."),
-    OpenApiParameter("status", OpenApiTypes.STR, enum=["success", "error"]),
-    OpenApiParameter("user_id", OpenApiTypes.STR),
-]
-SEARCH_PARAMETER = OpenApiParameter("search", OpenApiTypes.STR, description="Text in the prompt or the response.")
 GROUP_BY_PARAMETER = OpenApiParameter(
     "group_by",
     OpenApiTypes.STR,
@@ -42,31 +35,29 @@ def group_by_for(request: Request, filtered: FilteredLogs) -> str:
         if group_by not in metrics.GROUP_BY:  # not "minute": that is the dashboard's
             raise ValidationError({"group_by": [f"Must be one of: {', '.join(metrics.GROUP_BY)}."]})
         return group_by
-    if filtered.start is None:
-        return "day"
-    span = (filtered.end or timezone.now()) - filtered.start
+    span = filtered.end - filtered.start
     if span <= timedelta(days=2):
         return "hour"
     return "day" if span <= timedelta(days=90) else "month"
 
 
-class MetricsView(APIView):
+class MetricsView(DeclaredParameters, APIView):
     """Filters the logs, answers the window and what `figures` computes from them."""
+
+    filtered = True
 
     def figures(self, request: Request, filtered: FilteredLogs) -> dict[str, Any]:
         raise NotImplementedError
 
     def get(self, request: Request) -> Response:
-        filtered = filter_logs(request.query_params, default_window=DEFAULT_METRICS_WINDOW)
+        filtered = filter_logs(request.query_params)
         with metrics.aggregate_queries():
             figures = self.figures(request, filtered)
         return Response({**filtered.window(), **figures})
 
 
-def metrics_schema(description: str, *, group_by: bool = False):
-    parameters = [*FILTER_PARAMETERS, GROUP_BY_PARAMETER] if group_by else FILTER_PARAMETERS
+def metrics_schema(description: str):
     return extend_schema(
-        parameters=parameters,
         responses={200: OpenApiResponse(description=description), 400: OpenApiResponse(description="Bad filter.")},
     )
 
@@ -81,7 +72,9 @@ class OverviewView(MetricsView):
 
 
 class TokenUsageView(MetricsView):
-    @metrics_schema("Per period: prompt, completion and total tokens, requests.", group_by=True)
+    parameters = (GROUP_BY_PARAMETER,)
+
+    @metrics_schema("Per period: prompt, completion and total tokens, requests.")
     def get(self, request: Request) -> Response:
         return super().get(request)
 
