@@ -12,11 +12,11 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 from rest_framework.exceptions import ValidationError
 
-from llm import alerts, dashboard, metrics
+from llm import alerts, dashboard, metrics, notifiers
 from llm.api.ingest import TRACE_ID, trace_calls
 from llm.filters import search_logs
 from llm.forms import FeedbackForm
-from llm.models import AlertLog, AlertRule, LLMRequestLog, UserFeedback
+from llm.models import AlertLog, AlertRule, DashboardSettings, LLMRequestLog, UserFeedback, describe_notifications
 
 LOGS_PER_PAGE = 50
 LOG_FILTERS = ("status", "user_id", "search")
@@ -24,6 +24,8 @@ LOG_FILTERS = ("status", "user_id", "search")
 
 def page(request: HttpRequest, template: str, window: dashboard.TimeRange | None, **context) -> HttpResponse:
     """Render with what every page's filter bar needs."""
+    # Alert notices link to where the dashboard is really served when SITE_URL is empty.
+    DashboardSettings.remember_origin(notifiers.request_origin(request))
     if window is not None:
         context |= {
             "window": window,
@@ -148,6 +150,7 @@ def alerts_page(request: HttpRequest) -> HttpResponse:
                 "evaluation": evaluation,
                 "value": alerts.format_value(rule.metric_type, evaluation.value),
                 "threshold": alerts.format_value(rule.metric_type, rule.threshold),
+                "channels": notifiers.channel_names(rule),
             }
         )
     triggered = AlertLog.objects.select_related("alert_rule", "acknowledged_by").order_by("-triggered_at", "-id")
@@ -167,6 +170,42 @@ def acknowledge_alert(request: HttpRequest, pk: int) -> HttpResponse:
     alert = get_object_or_404(AlertLog, pk=pk)
     if alert.acknowledge(request.user):
         messages.success(request, f"Acknowledged: {alert.alert_rule.name}.")
+    return redirect("alerts")
+
+
+@login_required
+@require_POST
+def test_alert_rule(request: HttpRequest, pk: int) -> HttpResponse:
+    """Send a test notification through the rule's channels; the result comes back as a message."""
+    rule = get_object_or_404(AlertRule, pk=pk)
+    base = notifiers.base_url(notifiers.request_origin(request))
+    try:
+        results = alerts.send_test_notification(rule, timezone.now(), base)
+    except alerts.NoChannel as exc:
+        messages.error(request, f"{rule.name}: {exc}.")
+        return redirect("alerts")
+    all_sent = all(result["status"] == "sent" for result in results.values())
+    level = messages.SUCCESS if all_sent else messages.ERROR
+    messages.add_message(request, level, f"Test notification for {rule.name}: {describe_notifications(results)}.")
+    return redirect("alerts")
+
+
+@login_required
+@require_POST
+def check_alert_rule(request: HttpRequest, pk: int) -> HttpResponse:
+    """Evaluate one rule now, as `check_alerts --rule ID` does (state, notice, cooldown)."""
+    rule = get_object_or_404(AlertRule, pk=pk)
+    if not rule.is_active:
+        messages.error(request, f"{rule.name} is inactive: activate it to check it.")
+        return redirect("alerts")
+    run = alerts.check_rules([rule], timezone.now(), base=notifiers.base_url(notifiers.request_origin(request)))
+    for _, error in run.failures:
+        messages.error(request, f"{rule.name}: could not evaluate: {error}")
+    for outcome in run.outcomes:
+        level = {True: messages.WARNING, False: messages.SUCCESS}.get(outcome.evaluation.breached, messages.INFO)
+        messages.add_message(request, level, f"Checked now: {outcome.summary()}")
+    for alert in run.deliveries:
+        messages.info(request, f"Sent {alerts.delivery_summary(alert)}")
     return redirect("alerts")
 
 
