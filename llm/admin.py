@@ -72,7 +72,7 @@ class UserFeedbackAdmin(admin.ModelAdmin):
 @admin.register(AlertRule)
 class AlertRuleAdmin(admin.ModelAdmin):
     # Few, compact columns: the list must fit a 1366 px wide screen next to the filter sidebar.
-    list_display = ["name", "condition", "channels", "is_active", "state", "last_checked_at"]
+    list_display = ["name", "condition", "channels", "is_active", "state", "checked"]
     list_filter = ["metric_type", "is_active", "is_firing"]
     search_fields = ["name", "description", "model_name"]
     # A webhook typed without a scheme is meant as https (Django 6's default; silences its warning).
@@ -110,6 +110,12 @@ class AlertRuleAdmin(admin.ModelAdmin):
             return "not checked"
         value = alerts.format_value(rule.metric_type, rule.last_value)
         return f"{'firing' if rule.is_firing else 'ok'} ({value})"
+
+    @admin.display(description="last checked", ordering="last_checked_at")
+    def checked(self, rule: AlertRule) -> str:
+        if rule.last_checked_at is None:
+            return "-"
+        return timezone.localtime(rule.last_checked_at).strftime("%Y-%m-%d %H:%M")
 
     @admin.action(description="Send a test notification")
     def send_test_notification(self, request, queryset) -> None:
