@@ -99,8 +99,9 @@ def request_origin(request: HttpRequest) -> str:
 def base_url(request_origin: str = "") -> str:
     """Where links in notices point: SITE_URL when set, else the asking request's origin, else the
     origin the dashboard was last served from, else DEFAULT_BASE_URL. Never ends with a slash."""
-    if settings.SITE_URL:
-        return settings.SITE_URL.rstrip("/")
+    site_url = getattr(settings, "SITE_URL", "")
+    if site_url:
+        return site_url.rstrip("/")
     return (request_origin or DashboardSettings.last_served_origin() or DEFAULT_BASE_URL).rstrip("/")
 
 

@@ -44,7 +44,7 @@ urlpatterns = [
     path("feedback/", views.feedback, name="feedback"),
     path("alerts/", views.alerts_page, name="alerts"),
     path("alerts/<int:pk>/acknowledge/", views.acknowledge_alert, name="alert-acknowledge"),
-    path("alerts/rules/<int:pk>/test/", views.test_alert_rule, name="alert-rule-test"),
-    path("alerts/rules/<int:pk>/check/", views.check_alert_rule, name="alert-rule-check"),
+    path("alerts/rules/<int:pk>/test/", views.alert_rule_test, name="alert-rule-test"),
+    path("alerts/rules/<int:pk>/check/", views.alert_rule_check, name="alert-rule-check"),
     path("playground/", views.playground, name="playground"),
 ]

@@ -413,3 +413,10 @@ def test_kind_filter_refuses_test_which_is_never_stored(api_client):
     response = api_client.get(LOGS_URL, {"kind": "test"})
     assert response.status_code == 400
     assert "kind" in response.json()["fields"]
+
+
+def test_check_now_of_a_rule_that_cannot_be_evaluated_is_400_not_500(api_client):
+    rule = make_rule(metric_type="retired_metric")  # e.g. left behind by a downgrade
+    response = api_client.post(rule_url(rule.pk, "check"))
+    assert response.status_code == 400
+    assert "retired_metric" in response.json()["fields"]["rule"][0]

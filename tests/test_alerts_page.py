@@ -132,6 +132,9 @@ def test_check_now_of_a_rule_without_channel_records_not_sent(browser, no_defaul
     assert f"Sent alert #{alert.pk} (fired, No traffic): not sent: no channel" in messages_of(response)
     assert alert.delivery_note == "not sent: no channel"
     assert [record for record in caplog.records if record.levelname in ("WARNING", "ERROR")] == []
+    page = browser.get("/alerts/").content.decode()
+    row = re.search(rf'<tr class="alert-log" data-alert="{alert.pk}">.*?</tr>', page, re.S).group(0)
+    assert '<td class="delivery">not sent: no channel</td>' in row
 
 
 def test_check_now_of_an_inactive_rule_changes_nothing(browser):
@@ -141,6 +144,14 @@ def test_check_now_of_an_inactive_rule_changes_nothing(browser):
     rule.refresh_from_db()
     assert rule.last_checked_at is None
     assert "Check now" not in browser.get("/alerts/").content.decode()
+
+
+def test_check_now_of_a_rule_that_cannot_be_evaluated_says_why(browser):
+    rule = make_rule(metric_type="retired_metric")  # e.g. left behind by a downgrade
+    response = browser.post(f"/alerts/rules/{rule.pk}/check/", follow=True)
+    assert response.status_code == 200
+    [message] = messages_of(response)
+    assert message.startswith("No traffic: could not evaluate: ValueError: Unknown metric type 'retired_metric'")
 
 
 @pytest.mark.parametrize("action", ["test", "check"])
