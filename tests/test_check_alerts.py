@@ -124,10 +124,14 @@ def test_dry_run_does_not_deliver_pending_notices(clock, smtp_server):
     assert AlertLog.objects.undelivered().count() == 1
 
 
-def test_create_defaults_twice_creates_them_once(clock):
+def test_create_defaults_twice_creates_them_once(clock, settings):
+    settings.ALERT_EMAIL_RECIPIENTS, settings.ALERT_WEBHOOK_URL = [], ""
     output = run("--create-defaults")
     assert "Created 5 default rule(s)" in output
+    assert "5 active rule(s) reach no one (No channel: add e-mail recipients or a webhook" in output
     assert "Created 0 default rule(s): none." in run("--create-defaults")
+    settings.ALERT_WEBHOOK_URL = "https://hooks.example/alerts"
+    assert "reach no one" not in run("--create-defaults", "--dry-run")  # dry: nothing is sent there
     assert AlertRule.objects.count() == len(alerts.DEFAULT_RULES) == 5
     assert sorted(AlertRule.objects.values_list("metric_type", flat=True)) == sorted(AlertRule.MetricType.values)
 

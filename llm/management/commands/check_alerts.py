@@ -10,7 +10,7 @@ from __future__ import annotations
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
-from llm import alerts
+from llm import alerts, notifiers
 from llm.models import ALERT_WINDOW_MINUTES_MAX, AlertRule
 
 
@@ -47,6 +47,13 @@ class Command(BaseCommand):
             else:
                 names = [created.name for created in alerts.create_default_rules()]
                 self.stdout.write(f"Created {len(names)} default rule(s): {', '.join(names) or 'none'}.")
+            # Said once, when the rules are set up, not on every cron run.
+            unreached = [r.name for r in AlertRule.objects.active().order_by("id") if not notifiers.channel_names(r)]
+            if unreached:
+                self.stdout.write(
+                    f"{len(unreached)} active rule(s) reach no one ({alerts.NO_CHANNEL_HELP}): "
+                    f"they are checked and recorded, nothing is sent. Try it with the alerts page's Send test."
+                )
 
         rules = AlertRule.objects.active().order_by("id")
         if rule is not None:
