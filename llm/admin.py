@@ -5,16 +5,7 @@ from django.db import models
 from django.utils import timezone
 
 from llm import alerts, notifiers
-from llm.models import (
-    AlertLog,
-    AlertRule,
-    APIKey,
-    DashboardSettings,
-    LLMRequestLog,
-    ModelPrice,
-    UserFeedback,
-    describe_notifications,
-)
+from llm.models import AlertLog, AlertRule, APIKey, DashboardSettings, LLMRequestLog, ModelPrice, UserFeedback
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -124,16 +115,12 @@ class AlertRuleAdmin(admin.ModelAdmin):
         now = timezone.now()
         for rule in queryset.order_by("name"):
             try:
-                results = alerts.send_test_notification(rule, now, base)
+                result = alerts.send_test_notification(rule, now, base)
             except alerts.NoChannel as exc:
                 self.message_user(request, f"{rule.name}: {exc}.", messages.WARNING)
                 continue
-            all_sent = all(result["status"] == "sent" for result in results.values())
-            self.message_user(
-                request,
-                f"Test notification for {rule.name}: {describe_notifications(results)}.",
-                messages.SUCCESS if all_sent else messages.ERROR,
-            )
+            level = messages.SUCCESS if result.all_sent else messages.ERROR
+            self.message_user(request, f"Test notification for {rule.name}: {result.summary}.", level)
 
 
 @admin.register(AlertLog)

@@ -7,7 +7,12 @@ Three separate steps, so that two overlapping `check_alerts` runs cannot send on
    cooldown, resolved) becomes one `AlertLog` row, won by a conditional UPDATE.
 3. `deliver_pending(...)` claims each undelivered `AlertLog` with a conditional UPDATE and only
    then sends it through every configured channel (`llm/notifiers.py`), outside any transaction,
-   recording each channel's result on the row.
+   recording each channel's result on the row (or "not sent: no channel" when the rule reaches
+   no one: it is still evaluated and recorded, and nothing is logged as an error).
+`check_rules` chains the three for some rules: `check_alerts` runs it over the active rules, and
+"check now" (alerts page, API) over one, so both follow the same cooldown and claim.
+`send_test_notification` sends a notice marked as a test through the same channels and writes
+nothing.
 
 What each metric means (the README says the same):
 - `error_rate`: failed requests as a percent of all requests in the window; fires above the
@@ -38,7 +43,7 @@ from django.db.models import Count, Q, Sum
 
 from llm import notifiers
 from llm.metrics import Percentile
-from llm.models import AlertLog, AlertRule, LLMRequestLog
+from llm.models import AlertLog, AlertRule, LLMRequestLog, describe_notifications
 
 logger = logging.getLogger(__name__)
 
@@ -356,7 +361,21 @@ def build_test_notice(rule: AlertRule, now: datetime) -> AlertLog:
     )
 
 
-def send_test_notification(rule: AlertRule, now: datetime, base: str | None = None) -> dict[str, dict[str, Any]]:
+@dataclass(frozen=True)
+class TestSendResult:
+    # {"email": {"status": "sent", ...}, "webhook": {"status": "error", "error": ...}}
+    notifications: dict[str, dict[str, Any]]
+
+    @property
+    def all_sent(self) -> bool:
+        return all(result["status"] == "sent" for result in self.notifications.values())
+
+    @property
+    def summary(self) -> str:
+        return describe_notifications(self.notifications)
+
+
+def send_test_notification(rule: AlertRule, now: datetime, base: str | None = None) -> TestSendResult:
     """Send a test notice through the rule's channels; answers what happened to each.
 
     Raises NoChannel when there is none. Writes nothing: no AlertLog, no rule state, no cooldown.
@@ -365,7 +384,7 @@ def send_test_notification(rule: AlertRule, now: datetime, base: str | None = No
     """
     if not notifiers.enabled_notifiers(rule):
         raise NoChannel(NO_CHANNEL_HELP)
-    return notifiers.notify_all(build_test_notice(rule, now), base)
+    return TestSendResult(notifiers.notify_all(build_test_notice(rule, now), base))
 
 
 def create_default_rules() -> list[AlertRule]:

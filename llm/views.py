@@ -16,7 +16,7 @@ from llm import alerts, dashboard, metrics, notifiers
 from llm.api.ingest import TRACE_ID, trace_calls
 from llm.filters import search_logs
 from llm.forms import FeedbackForm
-from llm.models import AlertLog, AlertRule, DashboardSettings, LLMRequestLog, UserFeedback, describe_notifications
+from llm.models import AlertLog, AlertRule, DashboardSettings, LLMRequestLog, UserFeedback
 
 LOGS_PER_PAGE = 50
 LOG_FILTERS = ("status", "user_id", "search")
@@ -183,13 +183,12 @@ def alert_rule_test(request: HttpRequest, pk: int) -> HttpResponse:
     rule = get_object_or_404(AlertRule, pk=pk)
     base = notifiers.base_url(notifiers.request_origin(request))
     try:
-        results = alerts.send_test_notification(rule, timezone.now(), base)
+        result = alerts.send_test_notification(rule, timezone.now(), base)
     except alerts.NoChannel as exc:
         messages.error(request, f"{rule.name}: {exc}.")
         return redirect("alerts")
-    all_sent = all(result["status"] == "sent" for result in results.values())
-    level = messages.SUCCESS if all_sent else messages.ERROR
-    messages.add_message(request, level, f"Test notification for {rule.name}: {describe_notifications(results)}.")
+    level = messages.SUCCESS if result.all_sent else messages.ERROR
+    messages.add_message(request, level, f"Test notification for {rule.name}: {result.summary}.")
     return redirect("alerts")
 
 

@@ -239,9 +239,9 @@ def test_test_notification_reaches_smtp_and_webhook_and_says_it_is_a_test(smtp_s
     rule = make_rule(webhook_url=webhook_receiver.url)
     before = AlertRule.objects.values().get(pk=rule.pk)
 
-    results = alerts.send_test_notification(rule, NOW)
+    result = alerts.send_test_notification(rule, NOW)
 
-    assert {name: result["status"] for name, result in results.items()} == {"email": "sent", "webhook": "sent"}
+    assert (result.all_sent, result.summary) == (True, "email sent, webhook sent")
     message = smtp_server.messages[0]
     assert message["Subject"].startswith("[TEST] Error rate above 5%: Test notification")
     assert "nothing is firing" in message.get_content()
@@ -255,10 +255,11 @@ def test_test_notification_reaches_smtp_and_webhook_and_says_it_is_a_test(smtp_s
 
 def test_test_notification_reports_a_failing_channel_and_still_sends_the_other(smtp_server, webhook_receiver):
     webhook_receiver.status = 500
-    results = alerts.send_test_notification(make_rule(webhook_url=webhook_receiver.url), NOW)
-    assert results["email"]["status"] == "sent"
-    assert results["webhook"]["status"] == "error"
-    assert results["webhook"]["error"].startswith("HTTP 500")
+    result = alerts.send_test_notification(make_rule(webhook_url=webhook_receiver.url), NOW)
+    assert result.all_sent is False
+    assert result.notifications["email"]["status"] == "sent"
+    assert result.notifications["webhook"]["status"] == "error"
+    assert result.notifications["webhook"]["error"].startswith("HTTP 500")
     assert len(webhook_receiver.requests) == 2  # bounded by ALERT_WEBHOOK_TRIES, even on request
 
 

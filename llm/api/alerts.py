@@ -18,7 +18,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from llm import alerts, notifiers
-from llm.models import AlertLog, AlertRule, APIKey, describe_notifications, split_email_list, webhook_url_validator
+from llm.models import AlertLog, AlertRule, APIKey, split_email_list, webhook_url_validator
 
 STATE_FIELDS = ["is_firing", "last_value", "last_checked_at", "last_notified_at"]
 
@@ -189,14 +189,14 @@ class AlertRuleTest(APIView):
         rule = get_object_or_404(AlertRule, pk=pk)
         base = notifiers.base_url(notifiers.request_origin(request))
         try:
-            results = alerts.send_test_notification(rule, timezone.now(), base)
+            result = alerts.send_test_notification(rule, timezone.now(), base)
         except alerts.NoChannel as exc:
             raise serializers.ValidationError({"channels": [f"Rule “{rule.name}” (#{rule.pk}): {exc}."]}) from None
         answer = {
             "rule_id": rule.pk,
-            "sent": all(result["status"] == "sent" for result in results.values()),
-            "summary": describe_notifications(results),
-            "notifications": results,
+            "sent": result.all_sent,
+            "summary": result.summary,
+            "notifications": result.notifications,
         }
         return Response(TestNotificationSerializer(answer).data)
 
