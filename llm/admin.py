@@ -213,6 +213,8 @@ class DashboardSettingsAdmin(admin.ModelAdmin):
     """One row: the overview's amber and red thresholds."""
 
     list_display = ["__str__", "error_rate_amber", "error_rate_red", "p95_latency_amber_ms", "p95_latency_red_ms"]
+    # Written by the pages themselves; alert notices link there when SITE_URL is empty.
+    readonly_fields = ["served_origin"]
 
     def has_add_permission(self, request) -> bool:
         return not DashboardSettings.objects.exists()

@@ -200,6 +200,8 @@ def alert_rule_check(request: HttpRequest, pk: int) -> HttpResponse:
     if not rule.is_active:
         messages.error(request, f"{rule.name} is inactive: activate it to check it.")
         return redirect("alerts")
+    # A notice this check writes is sent in this request, because the user asked for the check;
+    # the SMTP timeout and the webhook's timeout and bounded tries keep the wait short.
     run = alerts.check_rules([rule], timezone.now(), base=notifiers.base_url(notifiers.request_origin(request)))
     for _, error in run.failures:
         messages.error(request, f"{rule.name}: could not evaluate: {error}")

@@ -211,6 +211,7 @@ class AlertRuleCheck(APIView):
         if not rule.is_active:
             raise serializers.ValidationError({"is_active": [f"Rule #{rule.pk} is inactive: activate it to check it."]})
         base = notifiers.base_url(notifiers.request_origin(request))
+        # Sent in this request since the caller asked for the check; notifier timeouts and tries bound it.
         run = alerts.check_rules([rule], timezone.now(), base=base)
         if run.failures:
             raise serializers.ValidationError({"rule": [f"Could not evaluate: {run.failures[0][1]}"]})
