@@ -4,6 +4,7 @@ from django.contrib import admin, messages
 from django.db import models
 from django.utils import timezone
 
+from llm import alerts, notifiers
 from llm.models import AlertLog, AlertRule, APIKey, DashboardSettings, LLMRequestLog, ModelPrice, UserFeedback
 
 
@@ -61,17 +62,8 @@ class UserFeedbackAdmin(admin.ModelAdmin):
 
 @admin.register(AlertRule)
 class AlertRuleAdmin(admin.ModelAdmin):
-    list_display = [
-        "name",
-        "metric_type",
-        "threshold",
-        "time_window_minutes",
-        "model_name",
-        "is_active",
-        "is_firing",
-        "last_value",
-        "last_checked_at",
-    ]
+    # Few, compact columns: the list must fit a 1366 px wide screen next to the filter sidebar.
+    list_display = ["name", "condition", "channels", "is_active", "state", "checked"]
     list_filter = ["metric_type", "is_active", "is_firing"]
     search_fields = ["name", "description", "model_name"]
     # A webhook typed without a scheme is meant as https (Django 6's default; silences its warning).
@@ -90,6 +82,45 @@ class AlertRuleAdmin(admin.ModelAdmin):
         ("Notify", {"fields": ["notify_email", "email_recipients", "webhook_url"]}),
         ("State (written by check_alerts)", {"fields": readonly_fields}),
     ]
+    actions = ["send_test_notification"]
+
+    @admin.display(description="condition")
+    def condition(self, rule: AlertRule) -> str:
+        comparison = "<" if rule.metric_type == AlertRule.MetricType.NO_TRAFFIC else ">"
+        threshold = alerts.format_value(rule.metric_type, rule.threshold)
+        scope = f", {rule.model_name}" if rule.model_name else ""
+        return f"{rule.metric_type} {comparison} {threshold} / {rule.time_window_minutes} min{scope}"
+
+    @admin.display(description="channels")
+    def channels(self, rule: AlertRule) -> str:
+        return ", ".join(notifiers.channel_names(rule)) or "none"
+
+    @admin.display(description="state", ordering="is_firing")
+    def state(self, rule: AlertRule) -> str:
+        if rule.last_checked_at is None:
+            return "not checked"
+        value = alerts.format_value(rule.metric_type, rule.last_value)
+        return f"{'firing' if rule.is_firing else 'ok'} ({value})"
+
+    @admin.display(description="last checked", ordering="last_checked_at")
+    def checked(self, rule: AlertRule) -> str:
+        if rule.last_checked_at is None:
+            return "-"
+        return timezone.localtime(rule.last_checked_at).strftime("%Y-%m-%d %H:%M")
+
+    @admin.action(description="Send a test notification")
+    def send_test_notification(self, request, queryset) -> None:
+        # Sent in this request because a user asked for it; notifier timeouts and tries bound it.
+        base = notifiers.base_url(notifiers.request_origin(request))
+        now = timezone.now()
+        for rule in queryset.order_by("name"):
+            try:
+                result = alerts.send_test_notification(rule, now, base)
+            except alerts.NoChannel as exc:
+                self.message_user(request, f"{rule.name}: {exc}.", messages.WARNING)
+                continue
+            level = messages.SUCCESS if result.all_sent else messages.ERROR
+            self.message_user(request, f"Test notification for {rule.name}: {result.summary}.", level)
 
 
 @admin.register(AlertLog)
@@ -124,6 +155,7 @@ class AlertLogAdmin(admin.ModelAdmin):
         "delivery_claimed_at",
         "delivered_at",
         "notifications",
+        "delivery_note",
     ]
     actions = ["acknowledge"]
 
@@ -132,10 +164,7 @@ class AlertLogAdmin(admin.ModelAdmin):
 
     @admin.display(description="delivery")
     def delivery(self, alert: AlertLog) -> str:
-        if alert.delivered_at is None:
-            return "sending" if alert.delivery_claimed_at else "pending"
-        results = alert.notifications or {}
-        return ", ".join(f"{name}: {result.get('status')}" for name, result in results.items()) or "no channel"
+        return alert.delivery_summary
 
     @admin.action(description="Acknowledge selected alerts")
     def acknowledge(self, request, queryset) -> None:
@@ -184,6 +213,8 @@ class DashboardSettingsAdmin(admin.ModelAdmin):
     """One row: the overview's amber and red thresholds."""
 
     list_display = ["__str__", "error_rate_amber", "error_rate_red", "p95_latency_amber_ms", "p95_latency_red_ms"]
+    # Written by the pages themselves; alert notices link there when SITE_URL is empty.
+    readonly_fields = ["served_origin"]
 
     def has_add_permission(self, request) -> bool:
         return not DashboardSettings.objects.exists()

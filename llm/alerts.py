@@ -7,7 +7,12 @@ Three separate steps, so that two overlapping `check_alerts` runs cannot send on
    cooldown, resolved) becomes one `AlertLog` row, won by a conditional UPDATE.
 3. `deliver_pending(...)` claims each undelivered `AlertLog` with a conditional UPDATE and only
    then sends it through every configured channel (`llm/notifiers.py`), outside any transaction,
-   recording each channel's result on the row.
+   recording each channel's result on the row (or "not sent: no channel" when the rule reaches
+   no one: it is still evaluated and recorded, and nothing is logged as an error).
+`check_rules` chains the three for some rules: `check_alerts` runs it over the active rules, and
+"check now" (alerts page, API) over one, so both follow the same cooldown and claim.
+`send_test_notification` sends a notice marked as a test through the same channels and writes
+nothing.
 
 What each metric means (the README says the same):
 - `error_rate`: failed requests as a percent of all requests in the window; fires above the
@@ -38,7 +43,7 @@ from django.db.models import Count, Q, Sum
 
 from llm import notifiers
 from llm.metrics import Percentile
-from llm.models import AlertLog, AlertRule, LLMRequestLog
+from llm.models import AlertLog, AlertRule, LLMRequestLog, describe_notifications
 
 logger = logging.getLogger(__name__)
 
@@ -228,7 +233,36 @@ class CheckOutcome:
     # The notice this run wrote (or, on a dry run, would write: "fired" / "resolved").
     notice: str | None = None
     alert: AlertLog | None = None
-    # Channel results of the notices this run delivered for the rule.
+
+    def summary(self, dry_run: bool = False) -> str:
+        """One line: the rule, its value against the threshold, the verdict and the notice."""
+        evaluation = self.evaluation
+        rule = evaluation.rule
+        metric = rule.metric_type
+        line = (
+            f"#{rule.pk} {rule.name} [{metric}]: value {format_value(metric, evaluation.value)}, "
+            f"threshold {format_value(metric, rule.threshold)}, {evaluation.requests} requests "
+            f"in {evaluation.window_minutes} min: {evaluation.state.upper()}"
+        )
+        if evaluation.note:
+            line += f" ({evaluation.note})"
+        if self.notice:
+            verb = "would notify" if dry_run else "notice"
+            line += f"; {verb}: {self.notice}"
+        return line
+
+
+def delivery_summary(alert: AlertLog) -> str:
+    return f"alert #{alert.pk} ({alert.kind}, {alert.alert_rule.name}): {alert.delivery_summary}"
+
+
+@dataclass
+class CheckRun:
+    """What one pass over some rules did: a verdict per rule, the rules that broke, the sends."""
+
+    outcomes: list[CheckOutcome] = field(default_factory=list)
+    # (rule, "ExceptionName: message") for each rule that could not be evaluated.
+    failures: list[tuple[AlertRule, str]] = field(default_factory=list)
     deliveries: list[AlertLog] = field(default_factory=list)
 
 
@@ -250,27 +284,107 @@ def check_rule(
     return CheckOutcome(evaluation, notice=alert.kind if alert else None, alert=alert)
 
 
-def deliver(alert: AlertLog, now: datetime) -> bool:
+def deliver(alert: AlertLog, now: datetime, base: str | None = None) -> bool:
     """Send one notice through every channel, if this run wins the claim; answers whether it did.
 
     No transaction is open here: the claim is its own UPDATE, and the SMTP and HTTP calls that
     follow hold no lock. A crash after the claim loses the notice rather than sending it twice.
+    A rule with no channel gets its notice claimed and marked "not sent: no channel".
+    `base` starts the links in the notice (`notifiers.base_url()` when None).
     """
     if not alert.claim_delivery(now):
         return False
-    alert.record_delivery(notifiers.notify_all(alert))
+    alert.record_delivery(notifiers.notify_all(alert, base))
     return True
 
 
-def deliver_pending(rules: Iterable[AlertRule], now: datetime) -> list[AlertLog]:
+def deliver_pending(rules: Iterable[AlertRule], now: datetime, base: str | None = None) -> list[AlertLog]:
     """Deliver every unclaimed notice of these rules (also ones an interrupted run left behind)."""
-    pending = (
+    pending = list(
         AlertLog.objects.undelivered()
         .filter(alert_rule__in=list(rules))
         .select_related("alert_rule")
         .order_by("triggered_at", "id")
     )
-    return [alert for alert in pending if deliver(alert, now)]
+    if pending and base is None:
+        base = notifiers.base_url()  # once per run, not once per notice
+    return [alert for alert in pending if deliver(alert, now, base)]
+
+
+def check_rules(
+    rules: Iterable[AlertRule],
+    now: datetime,
+    *,
+    window_minutes: int | None = None,
+    dry_run: bool = False,
+    base: str | None = None,
+) -> CheckRun:
+    """One check_alerts pass: evaluate and record every rule, then deliver their notices.
+
+    The command runs it over all active rules (or `--rule ID`); "check now" on the alerts page
+    and the API run it over one rule, so both follow the same cooldown and the same claim.
+    """
+    rules = list(rules)
+    run = CheckRun()
+    for rule in rules:
+        try:
+            run.outcomes.append(check_rule(rule, now, window_minutes=window_minutes, dry_run=dry_run))
+        except Exception as exc:  # noqa: BLE001 - one broken rule must not keep the others from being checked
+            logger.exception("Could not evaluate alert rule %s", rule.pk)
+            run.failures.append((rule, f"{type(exc).__name__}: {exc}"))
+    if not dry_run:
+        # After every state is written: sending may take a while and must not delay evaluation.
+        run.deliveries = deliver_pending(rules, now, base)
+    return run
+
+
+class NoChannel(Exception):
+    """The rule reaches no one: no e-mail recipient and no webhook, its own or the defaults."""
+
+
+NO_CHANNEL_HELP = (
+    "No channel: add e-mail recipients or a webhook in admin (or set ALERT_EMAIL_RECIPIENTS / ALERT_WEBHOOK_URL)"
+)
+
+
+def build_test_notice(rule: AlertRule, now: datetime) -> AlertLog:
+    """An unsaved notice that says it is a test, shaped like a real one for this rule."""
+    return AlertLog(
+        alert_rule=rule,
+        kind=AlertLog.Kind.TEST,
+        triggered_at=now,
+        message="Test notification, sent on request: nothing is firing. Real notices of this rule will come here too.",
+        metric_value=rule.last_value,
+        threshold=rule.threshold,
+        window_start=now - timedelta(minutes=rule.time_window_minutes),
+        window_end=now,
+    )
+
+
+@dataclass(frozen=True)
+class TestSendResult:
+    # {"email": {"status": "sent", ...}, "webhook": {"status": "error", "error": ...}}
+    notifications: dict[str, dict[str, Any]]
+
+    @property
+    def all_sent(self) -> bool:
+        return all(result["status"] == "sent" for result in self.notifications.values())
+
+    @property
+    def summary(self) -> str:
+        return describe_notifications(self.notifications)
+
+
+def send_test_notification(rule: AlertRule, now: datetime, base: str | None = None) -> TestSendResult:
+    """Send a test notice through the rule's channels; answers what happened to each.
+
+    Raises NoChannel when there is none. Writes nothing: no AlertLog, no rule state, no cooldown.
+    It runs in the request of the user who asked for it (the one exception to "never send from a
+    request handler"); the SMTP timeout and the webhook's timeout and bounded tries keep it short.
+    """
+    if not notifiers.enabled_notifiers(rule):
+        raise NoChannel(NO_CHANNEL_HELP)
+    return TestSendResult(notifiers.notify_all(build_test_notice(rule, now), base))
 
 
 def create_default_rules() -> list[AlertRule]:

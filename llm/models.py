@@ -350,6 +350,18 @@ class AlertRule(models.Model):
         return alert
 
 
+NOT_SENT_NO_CHANNEL = "not sent: no channel"
+
+
+def describe_notifications(notifications: dict[str, dict[str, Any]]) -> str:
+    """{"email": {"status": "sent"}, "webhook": {"status": "error", "error": "HTTP 500"}} ->
+    "email sent, webhook error (HTTP 500)"."""
+    return ", ".join(
+        f"{name} {result.get('status')}" + (f" ({result['error']})" if result.get("error") else "")
+        for name, result in notifications.items()
+    )
+
+
 class AlertLogQuerySet(models.QuerySet):
     def undelivered(self) -> AlertLogQuerySet:
         return self.filter(delivery_claimed_at__isnull=True)
@@ -368,6 +380,8 @@ class AlertLog(models.Model):
     class Kind(models.TextChoices):
         FIRED = "fired", "Fired"
         RESOLVED = "resolved", "Resolved"
+        # Never stored: a test notification is an unsaved AlertLog sent through the same notifiers.
+        TEST = "test", "Test"
 
     alert_rule = models.ForeignKey(AlertRule, on_delete=models.CASCADE, related_name="logs")
     kind = models.CharField(max_length=8, choices=Kind.choices, default=Kind.FIRED)
@@ -391,6 +405,8 @@ class AlertLog(models.Model):
     # What happened to each channel:
     # {"email": {"status": "sent"|"error"|"skipped", "error": "...", "at": "...", ...}, "webhook": {...}}
     notifications = models.JSONField(default=dict, blank=True)
+    # Why nothing was sent when nothing was ("not sent: no channel"); blank when a channel was tried.
+    delivery_note = models.CharField(max_length=200, blank=True, default="")
 
     objects = AlertLogQuerySet.as_manager()
 
@@ -422,7 +438,20 @@ class AlertLog(models.Model):
     def record_delivery(self, notifications: dict[str, dict[str, Any]]) -> None:
         self.notifications = notifications
         self.delivered_at = timezone.now()
-        AlertLog.objects.filter(pk=self.pk).update(notifications=notifications, delivered_at=self.delivered_at)
+        # A rule without any channel is not an error to repeat on every run: it is said once, here.
+        self.delivery_note = "" if notifications else NOT_SENT_NO_CHANNEL
+        AlertLog.objects.filter(pk=self.pk).update(
+            notifications=notifications, delivered_at=self.delivered_at, delivery_note=self.delivery_note
+        )
+
+    @property
+    def delivery_summary(self) -> str:
+        """One line for people: "email sent, webhook error (HTTP 500…)", "not sent: no channel", "pending"."""
+        if self.delivered_at is None:
+            return "sending" if self.delivery_claimed_at else "pending"
+        if self.delivery_note or not self.notifications:
+            return self.delivery_note or "nothing recorded"
+        return describe_notifications(self.notifications)
 
 
 class ModelPriceQuerySet(models.QuerySet):
@@ -587,6 +616,9 @@ class DashboardSettings(models.Model):
         default=10, validators=[MinValueValidator(0)], help_text="Average spend per day over the range shown."
     )
     cost_per_day_red_usd = models.FloatField(default=50, validators=[MinValueValidator(0)])
+    # Where the dashboard was last opened (scheme://host[:port]): links in alert notices point
+    # there when SITE_URL is empty. Written only when it changes: a page view costs one small read.
+    served_origin = models.CharField(max_length=300, blank=True, default="", editable=False)
 
     class Meta:
         verbose_name = verbose_name_plural = "dashboard settings"
@@ -612,6 +644,23 @@ class DashboardSettings(models.Model):
     def load(cls) -> DashboardSettings:
         settings_row, _ = cls.objects.get_or_create(pk=1)
         return settings_row
+
+    @classmethod
+    def last_served_origin(cls) -> str:
+        """The origin the dashboard was last served from; "" when it never was."""
+        return cls.objects.filter(pk=1).values_list("served_origin", flat=True).first() or ""
+
+    @classmethod
+    def remember_origin(cls, origin: str) -> None:
+        """Record the origin a page was served from, writing only when it differs from the stored one."""
+        if len(origin) > cls._meta.get_field("served_origin").max_length:
+            return  # no real host is that long, and a cut origin would be a broken link
+        stored = cls.objects.filter(pk=1).values_list("served_origin", flat=True).first()
+        if stored == origin:
+            return
+        if stored is None:
+            cls.load()
+        cls.objects.filter(pk=1).update(served_origin=origin)
 
     def level(self, metric: str, value: float | None) -> str:
         """ "ok", "amber" or "red" for a card; metric is error_rate, p95_latency or cost_per_day."""

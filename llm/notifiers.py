@@ -2,8 +2,17 @@
 
 `notify_all(alert)` tries every channel configured for the alert's rule and answers what
 happened to each (sent, or the error); one failing channel never stops the others. It is
-called by `llm.alerts.deliver` only, after the notice has been claimed: never from a request
-handler, `save()` or a signal.
+called by `llm.alerts.deliver`, after the notice has been claimed, and by
+`llm.alerts.send_test_notification`. Not from `save()` or a signal; from a request handler only
+when a user asked for exactly that (a test notification, "check now"), which the timeouts and
+bounded tries below keep short.
+
+A rule has a channel when e-mail is on and has recipients (its own or ALERT_EMAIL_RECIPIENTS),
+or when it has a webhook (its own or ALERT_WEBHOOK_URL). Without one, nothing is attempted.
+
+Links in notices start with `base_url()`: SITE_URL when set, else the origin of the request that
+asked (test, check now), else the origin the dashboard was last served from, else
+DEFAULT_BASE_URL.
 """
 
 from __future__ import annotations
@@ -15,9 +24,10 @@ from typing import Any, ClassVar
 import httpx
 from django.conf import settings
 from django.core.mail import EmailMessage
+from django.http import HttpRequest
 from django.utils import timezone
 
-from llm.models import AlertLog, AlertRule
+from llm.models import AlertLog, AlertRule, DashboardSettings
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +36,9 @@ logger = logging.getLogger(__name__)
 WEBHOOK_TIMEOUT_SECONDS = 5.0
 WEBHOOK_TRIES = 3
 WEBHOOK_RETRY_DELAY_SECONDS = 1.0
+
+# Where `make run` serves by default: the last resort for links when nothing better is known.
+DEFAULT_BASE_URL = "http://127.0.0.1:8000"
 
 
 class DeliveryError(Exception):
@@ -78,12 +91,26 @@ def post_json(
     raise DeliveryError(error, attempts=tries)
 
 
-def dashboard_link() -> str:
-    return settings.SITE_URL.rstrip("/") + "/alerts/"
+def request_origin(request: HttpRequest) -> str:
+    """scheme://host[:port] the request was sent to (its Host is already checked by ALLOWED_HOSTS)."""
+    return f"{request.scheme}://{request.get_host()}"
+
+
+def base_url(request_origin: str = "") -> str:
+    """Where links in notices point: SITE_URL when set, else the asking request's origin, else the
+    origin the dashboard was last served from, else DEFAULT_BASE_URL. Never ends with a slash."""
+    site_url = getattr(settings, "SITE_URL", "")
+    if site_url:
+        return site_url.rstrip("/")
+    return (request_origin or DashboardSettings.last_served_origin() or DEFAULT_BASE_URL).rstrip("/")
+
+
+def dashboard_link(base: str) -> str:
+    return base + "/alerts/"
 
 
 def headline(alert: AlertLog) -> str:
-    status = "RESOLVED" if alert.kind == AlertLog.Kind.RESOLVED else "FIRING"
+    status = {AlertLog.Kind.RESOLVED: "RESOLVED", AlertLog.Kind.TEST: "TEST"}.get(alert.kind, "FIRING")
     return f"[{status}] {alert.alert_rule.name}"
 
 
@@ -92,8 +119,9 @@ class Notifier:
 
     name: ClassVar[str]
 
-    def __init__(self, rule: AlertRule) -> None:
+    def __init__(self, rule: AlertRule, base: str = DEFAULT_BASE_URL) -> None:
         self.rule = rule
+        self.base = base
 
     def is_enabled(self) -> bool:
         """Whether this channel applies to the rule at all (not recorded when it does not)."""
@@ -118,15 +146,14 @@ class EmailNotifier(Notifier):
     name = "email"
 
     def is_enabled(self) -> bool:
-        return self.rule.notify_email
+        # E-mail on but nobody to send to is no channel, not an error to record on every run.
+        return self.rule.notify_email and bool(self.rule.recipients)
 
     def notify(self, alert: AlertLog) -> dict[str, Any]:
         recipients = self.rule.recipients
-        if not recipients:
-            raise DeliveryError("No recipients: set them on the rule or in ALERT_EMAIL_RECIPIENTS.", attempts=0)
         message = EmailMessage(
             subject=f"{headline(alert)}: {alert.message}"[:200],
-            body=email_body(alert),
+            body=email_body(alert, self.base),
             from_email=settings.DEFAULT_FROM_EMAIL,
             to=recipients,
         )
@@ -145,10 +172,10 @@ class WebhookNotifier(Notifier):
 
     def notify(self, alert: AlertLog) -> dict[str, Any]:
         url = self.rule.effective_webhook_url
-        return {"url": url, **post_json(url, webhook_payload(alert))}
+        return {"url": url, **post_json(url, webhook_payload(alert, self.base))}
 
 
-def email_body(alert: AlertLog) -> str:
+def email_body(alert: AlertLog, base: str) -> str:
     rule = alert.alert_rule
     lines = [
         headline(alert),
@@ -162,20 +189,21 @@ def email_body(alert: AlertLog) -> str:
         f"Threshold: {alert.threshold:g}",
         f"Window:    {alert.window_start:%Y-%m-%d %H:%M:%S} to {alert.window_end:%Y-%m-%d %H:%M:%S} UTC",
         "",
-        f"Alerts: {dashboard_link()}",
+        f"Alerts: {dashboard_link(base)}",
     ]
     if rule.description:
         lines[3:3] = [rule.description, ""]
     return "\n".join(lines) + "\n"
 
 
-def webhook_payload(alert: AlertLog) -> dict[str, Any]:
+def webhook_payload(alert: AlertLog, base: str) -> dict[str, Any]:
     rule = alert.alert_rule
-    link = dashboard_link()
+    link = dashboard_link(base)
     return {
         # Slack (and Mattermost, Discord's /slack endpoint…) show `text`; the rest is for machines.
         "text": f"{headline(alert)}: {alert.message} <{link}|Open alerts>",
-        "status": "resolved" if alert.kind == AlertLog.Kind.RESOLVED else "firing",
+        "status": {AlertLog.Kind.RESOLVED: "resolved", AlertLog.Kind.TEST: "test"}.get(alert.kind, "firing"),
+        "test": alert.kind == AlertLog.Kind.TEST,
         "alert_id": alert.pk,
         "rule": rule.name,
         "rule_id": rule.pk,
@@ -194,19 +222,34 @@ def webhook_payload(alert: AlertLog) -> dict[str, Any]:
     }
 
 
-def notify_all(alert: AlertLog) -> dict[str, dict[str, Any]]:
-    """Send through every enabled channel; answers {channel: {"status": "sent"|"error", …}}."""
+def enabled_notifiers(rule: AlertRule, base: str = DEFAULT_BASE_URL) -> list[Notifier]:
+    """The channels that apply to the rule; empty: the rule reaches no one."""
+    notifiers = (notifier_class(rule, base) for notifier_class in NOTIFIERS.values())
+    return [notifier for notifier in notifiers if notifier.is_enabled()]
+
+
+def channel_names(rule: AlertRule) -> list[str]:
+    return [notifier.name for notifier in enabled_notifiers(rule)]
+
+
+def notify_all(alert: AlertLog, base: str | None = None) -> dict[str, dict[str, Any]]:
+    """Send through every enabled channel; answers {channel: {"status": "sent"|"error", …}}.
+
+    `base` starts the links in the notice (see `base_url()`, which answers it when None).
+    An empty answer means the rule has no channel: nothing was attempted.
+    """
     results: dict[str, dict[str, Any]] = {}
-    for name, notifier_class in NOTIFIERS.items():
-        notifier = notifier_class(alert.alert_rule)
-        if not notifier.is_enabled():
-            continue
+    if not enabled_notifiers(alert.alert_rule):
+        return results
+    label = f"Alert {alert.pk}" if alert.pk else f"Test notification for rule {alert.alert_rule.pk}"
+    for notifier in enabled_notifiers(alert.alert_rule, base or base_url()):
+        name = notifier.name
         try:
             detail = notifier.notify(alert)
         except Exception as exc:  # noqa: BLE001 - whatever breaks one channel must not stop the others
             attempts = getattr(exc, "attempts", 1)
             error = str(exc) if isinstance(exc, DeliveryError) else f"{type(exc).__name__}: {exc}"
-            logger.warning("Alert %s: %s notification failed: %s", alert.pk, name, error)
+            logger.warning("%s: %s notification failed: %s", label, name, error)
             results[name] = {"status": "error", "error": error, "attempts": attempts, "at": timezone.now().isoformat()}
         else:
             results[name] = {"status": "sent", **detail, "at": timezone.now().isoformat()}

@@ -45,6 +45,8 @@ api_urlpatterns = [
     # Alerts (issue 4)
     path("api/alerts/rules/", alerts.AlertRuleList.as_view(), name="api-alert-rules"),
     path("api/alerts/rules/<int:pk>/", alerts.AlertRuleDetail.as_view(), name="api-alert-rule"),
+    path("api/alerts/rules/<int:pk>/test/", alerts.AlertRuleTest.as_view(), name="api-alert-rule-test"),
+    path("api/alerts/rules/<int:pk>/check/", alerts.AlertRuleCheck.as_view(), name="api-alert-rule-check"),
     path("api/alerts/logs/", alerts.AlertLogList.as_view(), name="api-alert-logs"),
     path("api/alerts/logs/<int:pk>/acknowledge/", alerts.AlertLogAcknowledge.as_view(), name="api-alert-acknowledge"),
     # Ingest: events API and OTLP (issue 6)
@@ -66,5 +68,7 @@ urlpatterns = [
     path("feedback/", views.feedback, name="feedback"),
     path("alerts/", views.alerts_page, name="alerts"),
     path("alerts/<int:pk>/acknowledge/", views.acknowledge_alert, name="alert-acknowledge"),
+    path("alerts/rules/<int:pk>/test/", views.alert_rule_test, name="alert-rule-test"),
+    path("alerts/rules/<int:pk>/check/", views.alert_rule_check, name="alert-rule-check"),
     path("playground/", views.playground, name="playground"),
 ]

@@ -12,11 +12,11 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 from rest_framework.exceptions import ValidationError
 
-from llm import alerts, dashboard, metrics, providers
+from llm import alerts, dashboard, metrics, notifiers, providers
 from llm.api.ingest import TRACE_ID, trace_calls
 from llm.filters import search_logs
 from llm.forms import FeedbackForm
-from llm.models import AlertLog, AlertRule, LLMRequestLog, UserFeedback
+from llm.models import AlertLog, AlertRule, DashboardSettings, LLMRequestLog, UserFeedback
 
 LOGS_PER_PAGE = 50
 LOG_FILTERS = ("status", "user_id", "search")
@@ -24,6 +24,8 @@ LOG_FILTERS = ("status", "user_id", "search")
 
 def page(request: HttpRequest, template: str, window: dashboard.TimeRange | None, **context) -> HttpResponse:
     """Render with what every page's filter bar needs."""
+    # Alert notices link to where the dashboard is really served when SITE_URL is empty.
+    DashboardSettings.remember_origin(notifiers.request_origin(request))
     if window is not None:
         context |= {
             "window": window,
@@ -144,13 +146,17 @@ def alerts_page(request: HttpRequest) -> HttpResponse:
     # Rules are few: each is measured now, exactly as check_alerts would, without writing anything.
     rules = []
     for rule in AlertRule.objects.order_by("name"):
-        evaluation = alerts.evaluate(rule, now)
+        try:
+            evaluation = alerts.evaluate(rule, now)
+        except ValueError as error:  # a metric type this version does not know: say so rather than a 500
+            evaluation = alerts.Evaluation(rule, None, None, 0, now, now, note=str(error))
         rules.append(
             {
                 "rule": rule,
                 "evaluation": evaluation,
                 "value": alerts.format_value(rule.metric_type, evaluation.value),
                 "threshold": alerts.format_value(rule.metric_type, rule.threshold),
+                "channels": notifiers.channel_names(rule),
             }
         )
     triggered = AlertLog.objects.select_related("alert_rule", "acknowledged_by").order_by("-triggered_at", "-id")
@@ -170,6 +176,43 @@ def acknowledge_alert(request: HttpRequest, pk: int) -> HttpResponse:
     alert = get_object_or_404(AlertLog, pk=pk)
     if alert.acknowledge(request.user):
         messages.success(request, f"Acknowledged: {alert.alert_rule.name}.")
+    return redirect("alerts")
+
+
+@login_required
+@require_POST
+def alert_rule_test(request: HttpRequest, pk: int) -> HttpResponse:
+    """Send a test notification through the rule's channels; the result comes back as a message."""
+    rule = get_object_or_404(AlertRule, pk=pk)
+    base = notifiers.base_url(notifiers.request_origin(request))
+    try:
+        result = alerts.send_test_notification(rule, timezone.now(), base)
+    except alerts.NoChannel as exc:
+        messages.error(request, f"{rule.name}: {exc}.")
+        return redirect("alerts")
+    level = messages.SUCCESS if result.all_sent else messages.ERROR
+    messages.add_message(request, level, f"Test notification for {rule.name}: {result.summary}.")
+    return redirect("alerts")
+
+
+@login_required
+@require_POST
+def alert_rule_check(request: HttpRequest, pk: int) -> HttpResponse:
+    """Evaluate one rule now, as `check_alerts --rule ID` does (state, notice, cooldown)."""
+    rule = get_object_or_404(AlertRule, pk=pk)
+    if not rule.is_active:
+        messages.error(request, f"{rule.name} is inactive: activate it to check it.")
+        return redirect("alerts")
+    # A notice this check writes is sent in this request, because the user asked for the check;
+    # the SMTP timeout and the webhook's timeout and bounded tries keep the wait short.
+    run = alerts.check_rules([rule], timezone.now(), base=notifiers.base_url(notifiers.request_origin(request)))
+    for _, error in run.failures:
+        messages.error(request, f"{rule.name}: could not evaluate: {error}")
+    for outcome in run.outcomes:
+        level = {True: messages.WARNING, False: messages.SUCCESS}.get(outcome.evaluation.breached, messages.INFO)
+        messages.add_message(request, level, f"Checked now: {outcome.summary()}")
+    for alert in run.deliveries:
+        messages.info(request, f"Sent {alerts.delivery_summary(alert)}")
     return redirect("alerts")
 
 

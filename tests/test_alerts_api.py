@@ -275,5 +275,148 @@ def test_schema_documents_the_alert_endpoints(api_client):
         "/api/alerts/rules/{id}/",
         "/api/alerts/logs/",
         "/api/alerts/logs/{id}/acknowledge/",
+        "/api/alerts/rules/{id}/test/",
+        "/api/alerts/rules/{id}/check/",
     ]:
         assert path in schema["paths"]
+    test_answer = schema["paths"]["/api/alerts/rules/{id}/test/"]["post"]["responses"]["200"]
+    assert test_answer["content"]["application/json"]["schema"]["$ref"].endswith("/TestNotification")
+
+
+# Test notification and check now
+
+
+def rule_url(rule_id: int, action: str) -> str:
+    return f"{RULES_URL}{rule_id}/{action}/"
+
+
+def test_test_notification_reaches_smtp_and_webhook_and_stores_nothing(api_client, smtp_server, webhook_receiver):
+    rule = make_rule(email_recipients="oncall@example.com", webhook_url=webhook_receiver.url)
+    state_before = AlertRule.objects.values().get(pk=rule.pk)
+
+    response = api_client.post(rule_url(rule.pk, "test"))
+
+    assert response.status_code == 200
+    body = response.json()
+    assert (body["rule_id"], body["sent"], body["summary"]) == (rule.pk, True, "email sent, webhook sent")
+    assert body["notifications"]["email"]["recipients"] == ["oncall@example.com"]
+    assert body["notifications"]["webhook"]["http_status"] == 200
+    assert smtp_server.messages[0]["Subject"].startswith("[TEST] rule: Test notification")
+    assert webhook_receiver.requests[0].json()["status"] == "test"
+    assert AlertLog.objects.count() == 0
+    assert AlertRule.objects.values().get(pk=rule.pk) == state_before
+
+
+def test_test_notification_answers_each_channels_error(api_client, smtp_server, webhook_receiver):
+    webhook_receiver.status = 500
+    rule = make_rule(email_recipients="oncall@example.com", webhook_url=webhook_receiver.url)
+    body = api_client.post(rule_url(rule.pk, "test")).json()
+    assert body["sent"] is False
+    assert body["notifications"]["email"]["status"] == "sent"
+    assert body["notifications"]["webhook"]["status"] == "error"
+    assert body["notifications"]["webhook"]["error"].startswith("HTTP 500")
+
+
+@pytest.mark.parametrize(
+    ("site_url", "link"),
+    [("https://observatory.example", "https://observatory.example/alerts/"), ("", "http://localhost:9000/alerts/")],
+)
+def test_test_notification_links_use_site_url_else_the_requests_origin(
+    api_client, webhook_receiver, settings, site_url, link
+):
+    settings.SITE_URL = site_url
+    rule = make_rule(notify_email=False, webhook_url=webhook_receiver.url)
+    assert api_client.post(rule_url(rule.pk, "test"), HTTP_HOST="localhost:9000").status_code == 200
+    assert webhook_receiver.requests[0].json()["link"] == link
+
+
+def test_test_notification_for_a_rule_without_channel_is_400_naming_it(api_client, smtp_server, settings):
+    settings.ALERT_EMAIL_RECIPIENTS, settings.ALERT_WEBHOOK_URL = [], ""
+    rule = make_rule(name="Quiet rule")
+    response = api_client.post(rule_url(rule.pk, "test"))
+    assert response.status_code == 400
+    [error] = response.json()["fields"]["channels"]
+    assert error.startswith(f"Rule “Quiet rule” (#{rule.pk}): No channel: add e-mail recipients or a webhook")
+    assert smtp_server.messages == []
+
+
+@pytest.mark.parametrize("action", ["test", "check"])
+def test_test_and_check_of_an_unknown_rule_are_404(api_client, action):
+    assert api_client.post(rule_url(999_999, action)).status_code == 404
+
+
+@pytest.mark.parametrize("action", ["test", "check"])
+def test_test_and_check_need_post_and_credentials(api_client, anonymous_client, action):
+    rule = make_rule()
+    assert api_client.get(rule_url(rule.pk, action)).status_code == 405
+    assert anonymous_client.post(rule_url(rule.pk, action)).status_code in (401, 403)
+
+
+def test_check_now_fires_and_notifies_once_under_the_cooldown(api_client, smtp_server, time_machine):
+    time_machine.move_to(NOW, tick=False)
+    # No traffic at all: a dead man's switch fires.
+    rule = make_rule(
+        metric_type=AlertRule.MetricType.NO_TRAFFIC,
+        threshold=1,
+        time_window_minutes=10,
+        cooldown_minutes=30,
+        email_recipients="oncall@example.com",
+    )
+
+    first = api_client.post(rule_url(rule.pk, "check")).json()
+    alert = AlertLog.objects.get()
+    assert (first["state"], first["value"], first["notice"], first["alert_id"]) == ("firing", 0.0, "fired", alert.pk)
+    assert first["summary"].endswith("0 requests in 10 min: FIRING; notice: fired")
+    assert first["deliveries"] == [
+        {
+            "alert_id": alert.pk,
+            "kind": "fired",
+            "delivery": "email sent",
+            "notifications": first["deliveries"][0]["notifications"],
+        }
+    ]
+    assert len(smtp_server.messages) == 1
+
+    time_machine.move_to(NOW + timedelta(minutes=29), tick=False)
+    second = api_client.post(rule_url(rule.pk, "check")).json()
+    assert (second["state"], second["notice"], second["alert_id"], second["deliveries"]) == ("firing", None, None, [])
+    assert AlertLog.objects.count() == 1
+    assert len(smtp_server.messages) == 1
+
+    time_machine.move_to(NOW + timedelta(minutes=31), tick=False)
+    third = api_client.post(rule_url(rule.pk, "check")).json()
+    assert third["notice"] == "fired"  # the reminder cron would also send after the cooldown
+    assert len(smtp_server.messages) == 2
+    rule.refresh_from_db()
+    assert rule.last_checked_at == NOW + timedelta(minutes=31)
+
+
+def test_check_now_of_a_fine_rule_writes_state_and_sends_nothing(api_client, smtp_server):
+    rule = make_rule(threshold=10, email_recipients="oncall@example.com")
+    body = api_client.post(rule_url(rule.pk, "check")).json()
+    assert (body["state"], body["value"], body["notice"], body["deliveries"]) == ("ok", 0.0, None, [])
+    rule.refresh_from_db()
+    assert rule.last_checked_at is not None and rule.is_firing is False
+    assert smtp_server.messages == []
+
+
+def test_check_now_of_an_inactive_rule_is_400_naming_is_active(api_client):
+    rule = make_rule(is_active=False)
+    response = api_client.post(rule_url(rule.pk, "check"))
+    assert response.status_code == 400
+    assert "inactive" in response.json()["fields"]["is_active"][0]
+    rule.refresh_from_db()
+    assert rule.last_checked_at is None
+
+
+def test_kind_filter_refuses_test_which_is_never_stored(api_client):
+    response = api_client.get(LOGS_URL, {"kind": "test"})
+    assert response.status_code == 400
+    assert "kind" in response.json()["fields"]
+
+
+def test_check_now_of_a_rule_that_cannot_be_evaluated_is_400_not_500(api_client):
+    rule = make_rule(metric_type="retired_metric")  # e.g. left behind by a downgrade
+    response = api_client.post(rule_url(rule.pk, "check"))
+    assert response.status_code == 400
+    assert "retired_metric" in response.json()["fields"]["rule"][0]

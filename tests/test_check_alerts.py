@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import threading
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -123,12 +124,33 @@ def test_dry_run_does_not_deliver_pending_notices(clock, smtp_server):
     assert AlertLog.objects.undelivered().count() == 1
 
 
-def test_create_defaults_twice_creates_them_once(clock):
+def test_create_defaults_twice_creates_them_once(clock, settings):
+    settings.ALERT_EMAIL_RECIPIENTS, settings.ALERT_WEBHOOK_URL = [], ""
     output = run("--create-defaults")
     assert "Created 5 default rule(s)" in output
+    assert "5 active rule(s) reach no one (No channel: add e-mail recipients or a webhook" in output
     assert "Created 0 default rule(s): none." in run("--create-defaults")
+    settings.ALERT_WEBHOOK_URL = "https://hooks.example/alerts"
+    assert "reach no one" not in run("--create-defaults", "--dry-run")  # dry: nothing is sent there
     assert AlertRule.objects.count() == len(alerts.DEFAULT_RULES) == 5
     assert sorted(AlertRule.objects.values_list("metric_type", flat=True)) == sorted(AlertRule.MetricType.values)
+
+
+def test_default_rules_without_channel_are_evaluated_and_log_no_error_run_after_run(clock, settings, caplog):
+    settings.ALERT_EMAIL_RECIPIENTS, settings.ALERT_WEBHOOK_URL = [], ""
+    errors = io.StringIO()
+    with caplog.at_level("WARNING"):
+        call_command("check_alerts", "--create-defaults", stdout=io.StringIO(), stderr=errors)
+        clock.move_to(NOW + timedelta(hours=5))  # past every default cooldown: the dead man's switch reminds
+        output = run()
+    # No traffic: the dead man's switch fires (then reminds), and says once per notice that nobody was told.
+    alerts_written = list(AlertLog.objects.order_by("id"))
+    assert [alert.alert_rule.name for alert in alerts_written] == ["No traffic for an hour"] * 2
+    assert {alert.delivery_note for alert in alerts_written} == {"not sent: no channel"}
+    assert all(alert.delivered_at is not None and alert.notifications == {} for alert in alerts_written)
+    assert f"alert #{alerts_written[1].pk} (fired, No traffic for an hour): not sent: no channel" in output
+    assert errors.getvalue() == ""
+    assert [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING] == []
 
 
 def test_rule_option_evaluates_only_that_rule(clock):

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from llm import alerts, notifiers
-from llm.models import AlertLog, AlertRule
+from llm.models import AlertLog, AlertRule, DashboardSettings
 from tests.alert_receivers import free_port
 
 pytestmark = pytest.mark.django_db
@@ -82,12 +82,30 @@ def test_email_falls_back_to_alert_email_recipients(smtp_server, settings):
     assert alert.notifications["email"]["status"] == "sent"
 
 
-def test_email_without_any_recipient_is_recorded_as_an_error(smtp_server, settings):
+def test_rule_without_any_channel_attempts_nothing_and_records_no_channel(smtp_server, settings, caplog):
     settings.ALERT_EMAIL_RECIPIENTS = []
-    alert = delivered(make_alert(make_rule(email_recipients="")))
+    settings.ALERT_WEBHOOK_URL = ""
+    rule = make_rule(email_recipients="")
+    assert notifiers.channel_names(rule) == []
+    with caplog.at_level("WARNING"):
+        alert = delivered(make_alert(rule))
     assert smtp_server.messages == []
-    assert alert.notifications["email"]["status"] == "error"
-    assert "ALERT_EMAIL_RECIPIENTS" in alert.notifications["email"]["error"]
+    assert alert.notifications == {}
+    assert alert.delivery_note == "not sent: no channel"
+    assert alert.delivery_summary == "not sent: no channel"
+    assert alert.delivered_at is not None  # settled: the next run does not pick it up again
+    assert caplog.records == []
+
+
+def test_email_without_recipients_is_no_channel_when_a_webhook_is_set(smtp_server, webhook_receiver, settings):
+    settings.ALERT_EMAIL_RECIPIENTS = []
+    rule = make_rule(email_recipients="", webhook_url=webhook_receiver.url)
+    assert notifiers.channel_names(rule) == ["webhook"]
+    alert = delivered(make_alert(rule))
+    assert list(alert.notifications) == ["webhook"]
+    assert alert.notifications["webhook"]["status"] == "sent"
+    assert (alert.delivery_note, alert.delivery_summary) == ("", "webhook sent")
+    assert smtp_server.messages == []
 
 
 def test_rule_with_email_turned_off_sends_no_email(smtp_server):
@@ -110,6 +128,7 @@ def test_webhook_posts_slack_compatible_json_with_structured_fields(webhook_rece
     assert payload == {
         "text": payload["text"],
         "status": "firing",
+        "test": False,
         "alert_id": alert.pk,
         "rule": "Error rate above 5%",
         "rule_id": rule.pk,
@@ -211,3 +230,84 @@ def test_deliver_pending_sends_unclaimed_notices_of_the_given_rules_only(smtp_se
     assert len(smtp_server.messages) == 1
     assert alerts.deliver_pending([first], NOW) == []
     assert AlertLog.objects.undelivered().get().alert_rule == second
+
+
+# Test notifications: the same notifiers, a notice that says it is a test, nothing written.
+
+
+def test_test_notification_reaches_smtp_and_webhook_and_says_it_is_a_test(smtp_server, webhook_receiver):
+    rule = make_rule(webhook_url=webhook_receiver.url)
+    before = AlertRule.objects.values().get(pk=rule.pk)
+
+    result = alerts.send_test_notification(rule, NOW)
+
+    assert (result.all_sent, result.summary) == (True, "email sent, webhook sent")
+    message = smtp_server.messages[0]
+    assert message["Subject"].startswith("[TEST] Error rate above 5%: Test notification")
+    assert "nothing is firing" in message.get_content()
+    payload = webhook_receiver.requests[0].json()
+    assert (payload["status"], payload["test"], payload["alert_id"]) == ("test", True, None)
+    assert payload["text"].startswith("[TEST] Error rate above 5%")
+    # Nothing stored: no triggered alert, and the rule's state and cooldown are as they were.
+    assert AlertLog.objects.count() == 0
+    assert AlertRule.objects.values().get(pk=rule.pk) == before
+
+
+def test_test_notification_reports_a_failing_channel_and_still_sends_the_other(smtp_server, webhook_receiver):
+    webhook_receiver.status = 500
+    result = alerts.send_test_notification(make_rule(webhook_url=webhook_receiver.url), NOW)
+    assert result.all_sent is False
+    assert result.notifications["email"]["status"] == "sent"
+    assert result.notifications["webhook"]["status"] == "error"
+    assert result.notifications["webhook"]["error"].startswith("HTTP 500")
+    assert len(webhook_receiver.requests) == 2  # bounded by ALERT_WEBHOOK_TRIES, even on request
+
+
+def test_test_notification_for_a_rule_without_channel_is_refused(smtp_server, settings):
+    settings.ALERT_EMAIL_RECIPIENTS = []
+    with pytest.raises(alerts.NoChannel, match="add e-mail recipients or a webhook"):
+        alerts.send_test_notification(make_rule(email_recipients=""), NOW)
+    assert smtp_server.messages == []
+
+
+# Links in notices: SITE_URL when set, else where the dashboard is served from.
+
+
+@pytest.mark.parametrize(
+    ("site_url", "served", "request_origin", "expected"),
+    [
+        (
+            "https://observatory.example/",
+            "http://10.0.0.5:9000",
+            "http://localhost:8001",
+            "https://observatory.example",
+        ),
+        ("", "", "", "http://127.0.0.1:8000"),
+        ("", "http://10.0.0.5:9000", "", "http://10.0.0.5:9000"),
+        ("", "http://10.0.0.5:9000", "http://localhost:8001", "http://localhost:8001"),
+    ],
+)
+def test_base_url_prefers_site_url_then_the_request_then_the_last_served_origin(
+    settings, site_url, served, request_origin, expected
+):
+    settings.SITE_URL = site_url
+    if served:
+        DashboardSettings.remember_origin(served)
+    assert notifiers.base_url(request_origin) == expected
+
+
+def test_notice_links_follow_the_served_origin_when_site_url_is_empty(smtp_server, webhook_receiver, settings):
+    settings.SITE_URL = ""
+    DashboardSettings.remember_origin("http://192.168.1.20:9000")
+    delivered(make_alert(make_rule(webhook_url=webhook_receiver.url)))
+    assert "Alerts: http://192.168.1.20:9000/alerts/" in smtp_server.messages[0].get_content()
+    assert webhook_receiver.requests[0].json()["link"] == "http://192.168.1.20:9000/alerts/"
+
+
+def test_remember_origin_writes_only_when_the_origin_changes(django_assert_num_queries):
+    DashboardSettings.remember_origin("http://127.0.0.1:9000")
+    with django_assert_num_queries(1):  # one read, no write
+        DashboardSettings.remember_origin("http://127.0.0.1:9000")
+    with django_assert_num_queries(2):  # the read, then the write
+        DashboardSettings.remember_origin("http://127.0.0.1:9001")
+    assert DashboardSettings.last_served_origin() == "http://127.0.0.1:9001"

@@ -1,4 +1,4 @@
-"""Alert rules (CRUD) and triggered alerts (list, acknowledge).
+"""Alert rules (CRUD, test notification, check now) and triggered alerts (list, acknowledge).
 
 Rules are validated by the model's own validators (the same ones the admin form uses), so a
 bad value gets the same message in both places; the 400 body names the field.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import django_filters
 from django.shortcuts import get_object_or_404
+from django.utils import timezone
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.utils import extend_schema
 from rest_framework import generics, serializers
@@ -16,6 +17,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from llm import alerts, notifiers
 from llm.api.params import DeclaredParameters
 from llm.models import AlertLog, AlertRule, APIKey, split_email_list, webhook_url_validator
 
@@ -82,6 +84,7 @@ class AlertLogSerializer(serializers.ModelSerializer):
             "acknowledged_by",
             "delivered_at",
             "notifications",
+            "delivery_note",
         ]
         read_only_fields = fields
 
@@ -103,10 +106,14 @@ class AlertRuleDetail(DeclaredParameters, generics.RetrieveUpdateDestroyAPIView)
     serializer_class = AlertRuleSerializer
 
 
+# Test notices are never stored: filtering on them would always answer nothing.
+STORED_KINDS = [(kind, label) for kind, label in AlertLog.Kind.choices if kind != AlertLog.Kind.TEST]
+
+
 class AlertLogFilter(django_filters.FilterSet):
     rule = django_filters.NumberFilter(field_name="alert_rule_id")
     acknowledged = django_filters.BooleanFilter()
-    kind = django_filters.ChoiceFilter(choices=AlertLog.Kind.choices)
+    kind = django_filters.ChoiceFilter(choices=STORED_KINDS)
     since = django_filters.IsoDateTimeFilter(field_name="triggered_at", lookup_expr="gte")
     until = django_filters.IsoDateTimeFilter(field_name="triggered_at", lookup_expr="lt")
 
@@ -140,3 +147,81 @@ class AlertLogAcknowledge(APIView):
         by_name = f"API key {request.auth.name}" if isinstance(request.auth, APIKey) else ""
         alert.acknowledge(request.user, by_name)
         return Response(AlertLogSerializer(alert).data)
+
+
+class TestNotificationSerializer(serializers.Serializer):
+    rule_id = serializers.IntegerField()
+    sent = serializers.BooleanField(help_text="True when every channel took the notice.")
+    summary = serializers.CharField(help_text='For people: "email sent, webhook error (HTTP 500: …)".')
+    notifications = serializers.DictField(child=serializers.DictField(), help_text="Per channel: sent, or the error.")
+
+
+class DeliverySerializer(serializers.Serializer):
+    alert_id = serializers.IntegerField(source="pk")
+    kind = serializers.CharField()
+    delivery = serializers.CharField(source="delivery_summary")
+    notifications = serializers.DictField(child=serializers.DictField())
+
+
+class CheckResultSerializer(serializers.Serializer):
+    rule_id = serializers.IntegerField(source="evaluation.rule.pk")
+    state = serializers.ChoiceField(choices=["firing", "ok", "no verdict"], source="evaluation.state")
+    value = serializers.FloatField(source="evaluation.value", allow_null=True)
+    threshold = serializers.FloatField(source="evaluation.rule.threshold")
+    requests = serializers.IntegerField(source="evaluation.requests")
+    window_start = serializers.DateTimeField(source="evaluation.window_start")
+    window_end = serializers.DateTimeField(source="evaluation.window_end")
+    note = serializers.CharField(source="evaluation.note")
+    summary = serializers.CharField(help_text="The line check_alerts prints for the rule.")
+    notice = serializers.CharField(allow_null=True, help_text="fired, resolved, or null: nothing to notify.")
+    alert_id = serializers.IntegerField(source="alert.pk", allow_null=True, default=None)
+    deliveries = DeliverySerializer(many=True, help_text="Notices of the rule sent by this check.")
+
+
+class AlertRuleTest(APIView):
+    """Send a test notification through the rule's channels now and answer what happened to each.
+
+    The notice says it is a test; nothing is stored (no triggered alert, no state, no cooldown).
+    400 when the rule has no channel.
+    """
+
+    @extend_schema(request=None, responses={200: TestNotificationSerializer})
+    def post(self, request: Request, pk: int) -> Response:
+        rule = get_object_or_404(AlertRule, pk=pk)
+        base = notifiers.base_url(notifiers.request_origin(request))
+        try:
+            result = alerts.send_test_notification(rule, timezone.now(), base)
+        except alerts.NoChannel as exc:
+            raise serializers.ValidationError({"channels": [f"Rule “{rule.name}” (#{rule.pk}): {exc}."]}) from None
+        answer = {
+            "rule_id": rule.pk,
+            "sent": result.all_sent,
+            "summary": result.summary,
+            "notifications": result.notifications,
+        }
+        return Response(TestNotificationSerializer(answer).data)
+
+
+class AlertRuleCheck(APIView):
+    """Evaluate one active rule now, exactly as `check_alerts --rule ID`: record its state and
+    send its notice if one is due (the cooldown applies)."""
+
+    @extend_schema(request=None, responses={200: CheckResultSerializer})
+    def post(self, request: Request, pk: int) -> Response:
+        rule = get_object_or_404(AlertRule, pk=pk)
+        if not rule.is_active:
+            raise serializers.ValidationError({"is_active": [f"Rule #{rule.pk} is inactive: activate it to check it."]})
+        base = notifiers.base_url(notifiers.request_origin(request))
+        # Sent in this request since the caller asked for the check; notifier timeouts and tries bound it.
+        run = alerts.check_rules([rule], timezone.now(), base=base)
+        if run.failures:
+            raise serializers.ValidationError({"rule": [f"Could not evaluate: {run.failures[0][1]}"]})
+        outcome = run.outcomes[0]
+        answer = {
+            "evaluation": outcome.evaluation,
+            "summary": outcome.summary(),
+            "notice": outcome.notice,
+            "alert": outcome.alert,
+            "deliveries": run.deliveries,
+        }
+        return Response(CheckResultSerializer(answer).data)

@@ -7,15 +7,11 @@ non-zero when it could not run (bad arguments, no database, a rule that could no
 
 from __future__ import annotations
 
-import logging
-
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
-from llm import alerts
-from llm.models import ALERT_WINDOW_MINUTES_MAX, AlertLog, AlertRule
-
-logger = logging.getLogger(__name__)
+from llm import alerts, notifiers
+from llm.models import ALERT_WINDOW_MINUTES_MAX, AlertRule
 
 
 def window_minutes(value: str) -> int:
@@ -51,6 +47,13 @@ class Command(BaseCommand):
             else:
                 names = [created.name for created in alerts.create_default_rules()]
                 self.stdout.write(f"Created {len(names)} default rule(s): {', '.join(names) or 'none'}.")
+            # Said once, when the rules are set up, not on every cron run.
+            unreached = [r.name for r in AlertRule.objects.active().order_by("id") if not notifiers.channel_names(r)]
+            if unreached:
+                self.stdout.write(
+                    f"{len(unreached)} active rule(s) reach no one ({alerts.NO_CHANNEL_HELP}): "
+                    f"they are checked and recorded, nothing is sent. Try it with the alerts page's Send test."
+                )
 
         rules = AlertRule.objects.active().order_by("id")
         if rule is not None:
@@ -62,48 +65,13 @@ class Command(BaseCommand):
             self.stdout.write("No active alert rules. Add some in admin, or run check_alerts --create-defaults.")
             return
 
-        failed = []
-        outcomes = []
-        for alert_rule in rules:
-            try:
-                outcome = alerts.check_rule(alert_rule, now, window_minutes=time_window, dry_run=dry_run)
-            except Exception as exc:  # noqa: BLE001 - one broken rule must not keep the others from being checked
-                logger.exception("Could not evaluate alert rule %s", alert_rule.pk)
-                failed.append(alert_rule)
-                error = f"{type(exc).__name__}: {exc}"
-                self.stderr.write(f"#{alert_rule.pk} {alert_rule.name}: could not evaluate: {error}")
-                continue
-            outcomes.append(outcome)
-            self.stdout.write(self.summary(outcome, dry_run))
-
-        if not dry_run:
-            # After every state is written: sending may take a while and must not delay evaluation.
-            for alert in alerts.deliver_pending(rules, now):
-                self.stdout.write(self.delivery_summary(alert))
-        if failed:
-            raise CommandError(f"{len(failed)} rule(s) could not be evaluated: {', '.join(str(r.pk) for r in failed)}.")
-
-    @staticmethod
-    def summary(outcome: alerts.CheckOutcome, dry_run: bool) -> str:
-        evaluation = outcome.evaluation
-        rule = evaluation.rule
-        metric = rule.metric_type
-        line = (
-            f"#{rule.pk} {rule.name} [{metric}]: value {alerts.format_value(metric, evaluation.value)}, "
-            f"threshold {alerts.format_value(metric, rule.threshold)}, {evaluation.requests} requests "
-            f"in {evaluation.window_minutes} min: {evaluation.state.upper()}"
-        )
-        if evaluation.note:
-            line += f" ({evaluation.note})"
-        if outcome.notice:
-            verb = "would notify" if dry_run else "notice"
-            line += f"; {verb}: {outcome.notice}"
-        return line
-
-    @staticmethod
-    def delivery_summary(alert: AlertLog) -> str:
-        channels = ", ".join(
-            f"{name} {result['status']}" + (f" ({result['error']})" if result.get("error") else "")
-            for name, result in alert.notifications.items()
-        )
-        return f"  alert #{alert.pk} ({alert.kind}, {alert.alert_rule.name}): {channels or 'no channel configured'}"
+        run = alerts.check_rules(rules, now, window_minutes=time_window, dry_run=dry_run)
+        for outcome in run.outcomes:
+            self.stdout.write(outcome.summary(dry_run))
+        for alert_rule, error in run.failures:
+            self.stderr.write(f"#{alert_rule.pk} {alert_rule.name}: could not evaluate: {error}")
+        for alert in run.deliveries:
+            self.stdout.write("  " + alerts.delivery_summary(alert))
+        if run.failures:
+            failed = ", ".join(str(alert_rule.pk) for alert_rule, _ in run.failures)
+            raise CommandError(f"{len(run.failures)} rule(s) could not be evaluated: {failed}.")
