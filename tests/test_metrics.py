@@ -39,6 +39,11 @@ def percentile(values, fraction):
     return float(np.percentile(values, fraction * 100)) if values else None
 
 
+def period_percentile(values, fraction):
+    """A period's percentile: none from fewer than MIN_CALLS_FOR_PERCENTILE calls."""
+    return percentile(values, fraction) if len(values) >= metrics.MIN_CALLS_FOR_PERCENTILE else None
+
+
 @pytest.fixture
 def logs(model_prices):
     return make_logs()
@@ -99,8 +104,8 @@ def test_token_usage_and_timeseries_per_period(logs, selection, group_by):
         latencies = [log.latency_ms for log in group]
         assert row["errors"] == sum(log.is_error for log in group)
         assert row["cost"] == pytest.approx(float(sum(log.cost_estimate for log in group)), abs=1e-9)
-        assert row["p95_latency_ms"] == pytest.approx(percentile(latencies, 0.95))
-        assert row["p50_latency_ms"] == pytest.approx(percentile(latencies, 0.5))
+        for name, fraction in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99)):
+            assert row[f"{name}_latency_ms"] == pytest.approx(period_percentile(latencies, fraction))
 
 
 def test_daily_stats(logs):
@@ -117,7 +122,8 @@ def test_daily_stats(logs):
         assert row["errors"] == sum(log.is_error for log in group)
         assert row["total_tokens"] == sum(log.total_tokens for log in group)
         assert row["avg_latency_ms"] == pytest.approx(statistics.fmean(latencies))
-        assert row["p95_latency_ms"] == pytest.approx(percentile(latencies, 0.95))
+        assert row["p95_latency_ms"] == pytest.approx(period_percentile(latencies, 0.95))
+        assert row["p99_latency_ms"] == pytest.approx(period_percentile(latencies, 0.99))
 
 
 @pytest.mark.parametrize("selection", FILTERS)

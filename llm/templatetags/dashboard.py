@@ -6,6 +6,7 @@ from datetime import datetime, timedelta
 from urllib.parse import urlencode
 
 from django import template
+from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django.utils.safestring import mark_safe
 
@@ -32,6 +33,26 @@ def signed_percent(value: float | None) -> str:
     if value is None:
         return "—"
     return f"{value:+.1f}%"
+
+
+@register.filter
+def signed_change(value: float | None, unit: str = "%") -> str:
+    """A card's change: a relative change in percent, or a rate's change in percentage points."""
+    if value is None:
+        return "—"
+    if unit == "pp":
+        return f"{value:+.2f} pp"
+    return f"{value:+.1f}%"
+
+
+@register.filter
+def day_label(row: dict) -> str:
+    """A daily row's label: the current day says it is not over, another partial day says so."""
+    if row.get("partial"):
+        if row["date"] == timezone.localdate().isoformat():
+            return f"{row['date']}, today (so far)"
+        return f"{row['date']} (partial)"
+    return row["date"]
 
 
 @register.filter
