@@ -47,8 +47,9 @@
     if (!series.partial || series.partial.indexOf(true) === -1) return dataset;
     var color = dataset.borderColor || dataset.backgroundColor;
     if (type === "line") {
+      var radius = dataset.pointRadius || 0;
       return Object.assign(dataset, {
-        pointRadius: function (context) { return isPartial(series, context.dataIndex) ? 4 : dataset.pointRadius || 0; },
+        pointRadius: function (context) { return isPartial(series, context.dataIndex) ? 4 : radius; },
         pointBackgroundColor: function (context) { return isPartial(series, context.dataIndex) ? "#fff" : color; },
         pointBorderColor: color,
         segment: { borderDash: function (context) { return isPartial(series, context.p0DataIndex) || isPartial(series, context.p1DataIndex) ? [5, 4] : undefined; } },
