@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import re
 from datetime import datetime, timedelta
+from html import unescape
+from urllib.parse import unquote
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -182,16 +184,18 @@ def test_feedback_page_shows_the_ratings_behind_each_day(browser, clock):
     assert chart_data(response)["by_day"]["ratings"] == [1, 4]
 
 
-def test_favicon_answers_at_the_root_and_pages_link_one(client, browser):
+def test_favicon_answers_at_the_root_and_pages_carry_one(client, browser):
     response = client.get("/favicon.ico")
     assert response.status_code == 200
     body = b"".join(response.streaming_content) if response.streaming else response.content
     assert body[:4] == b"\x00\x00\x01\x00"  # an ICO file's header
-    html = browser.get("/").content.decode()
-    href = re.search(r'<link rel="icon" href="([^"]+)" type="image/svg\+xml">', html).group(1)
-    svg = client.get(href)
+    svg = client.get("/static/favicon.svg")
     assert svg.status_code == 200
-    assert b"<svg" in b"".join(svg.streaming_content)
+    svg_text = b"".join(svg.streaming_content).decode().strip()
+    for path in ["/", "/api/docs/", "/accounts/login/"]:
+        html = browser.get(path).content.decode()
+        href = re.search(r'<link rel="icon" href="data:image/svg\+xml,([^"]+)" type="image/svg\+xml">', html).group(1)
+        assert unquote(unescape(href)) == svg_text
 
 
 def test_api_docs_lead_back_to_the_dashboard(browser):
