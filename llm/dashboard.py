@@ -243,6 +243,8 @@ def overview(window: TimeRange) -> dict[str, Any]:
         ],
         "series": series,
         "min_calls_for_percentile": metrics.MIN_CALLS_FOR_PERCENTILE,
+        # An empty latency chart needs a reason: no period had enough calls for a percentile.
+        "periods_with_percentiles": sum(row["p95_latency_ms"] is not None for row in series),
         "cost_by_model": metrics.cost_by_model(logs),
         "errors_by_type": errors_by_type,
         "failed_logs_query": window.logs_query(status="error"),

@@ -201,3 +201,14 @@ def test_favicon_answers_at_the_root_and_pages_carry_one(client, browser):
 def test_api_docs_lead_back_to_the_dashboard(browser):
     html = browser.get("/api/docs/").content.decode()
     assert '<a href="/">← Back to the dashboard</a>' in html
+
+
+def test_an_empty_latency_chart_says_why(browser, clock):
+    make_calls(5, at=NOW - timedelta(hours=1))
+    response = browser.get("/", {"range": "24h"})
+    assert response.context["periods_with_percentiles"] == 0
+    assert "No hour in this range has 20 calls" in response.content.decode()
+    make_calls(20, at=NOW - timedelta(hours=3))
+    response = browser.get("/", {"range": "24h"})
+    assert response.context["periods_with_percentiles"] == 1
+    assert 'id="no-percentiles"' not in response.content.decode()

@@ -42,13 +42,6 @@ def metric_value(key: str, value: float | None) -> str:
 
 
 @register.filter
-def signed_percent(value: float | None) -> str:
-    if value is None:
-        return "—"
-    return f"{value:+.1f}%"
-
-
-@register.filter
 def signed_change(value: float | None, unit: str = "%") -> str:
     """A card's change: a relative change in percent, or a rate's change in percentage points."""
     if value is None:
