@@ -132,7 +132,7 @@ def model_choices() -> list[str]:
     return sorted(priced | seen)
 
 
-def _filled(rows: list[dict[str, Any]], window: TimeRange, empty: dict[str, Any]) -> list[dict[str, Any]]:
+def _filled(rows: list[dict[str, Any]], window: TimeRange) -> list[dict[str, Any]]:
     """Periods without traffic as zeros, so a chart's x axis is time, not just the busy periods."""
     step = STEPS.get(window.group_by)
     if step is None or window.length / step > 2000:
@@ -143,7 +143,7 @@ def _filled(rows: list[dict[str, Any]], window: TimeRange, empty: dict[str, Any]
     while moment < window.end:
         # Day steps cross DST changes in local time: normalise through localtime each step.
         period = moment.isoformat()
-        filled.append(by_period.get(period, {"period": period, **empty}))
+        filled.append(by_period.get(period) or metrics.empty_period(moment, window.group_by, window.start, window.end))
         moment = timezone.localtime(moment + step)
         if window.group_by == "day":
             moment = moment.replace(hour=0)
@@ -157,74 +157,97 @@ def change(current: float | None, previous: float | None) -> float | None:
     return (current - previous) * 100.0 / previous
 
 
+def point_change(current: float | None, previous: float | None) -> float | None:
+    """Change of a percentage in percentage points (3.08 % -> 5.23 % is +2.15 pp, not +69.9 %)."""
+    if current is None or previous is None:
+        return None
+    return current - previous
+
+
+@dataclass(frozen=True)
+class Card:
+    """One overview card: which figure of metrics.overview it shows and how its change is told."""
+
+    key: str
+    label: str
+    figure: str  # the key in metrics.overview
+    series: str  # the metrics.timeseries column its sparkline draws
+    # A percentage changes in percentage points; a relative change of a rate misleads.
+    is_rate: bool = False
+    # A second figure shown under the value (p99 under p95).
+    secondary: tuple[str, str] | None = None
+
+    @property
+    def change_unit(self) -> str:
+        return "pp" if self.is_rate else "%"
+
+    def change(self, current: float | None, previous: float | None) -> float | None:
+        return point_change(current, previous) if self.is_rate else change(current, previous)
+
+
+CARDS = [
+    Card("requests", "Requests", "total_requests", "requests"),
+    Card("error_rate", "Error rate", "error_rate", "error_rate", is_rate=True),
+    Card("p95_latency_ms", "p95 latency", "p95_latency_ms", "p95_latency_ms", secondary=("p99", "p99_latency_ms")),
+    Card("total_tokens", "Tokens", "total_tokens", "total_tokens"),
+    Card("total_cost", "Cost", "total_cost", "cost"),
+]
+
+
+def card(spec: Card, current: dict[str, Any], previous: dict[str, Any]) -> dict[str, Any]:
+    """A card's figures: its value, the previous window's, and the change between them.
+
+    A rate over a window without calls is no rate (0 % of nothing), so it has no previous value.
+    """
+    value = current[spec.figure]
+    before = previous[spec.figure] if previous["total_requests"] or not spec.is_rate else None
+    secondary = None
+    if spec.secondary:
+        label, figure = spec.secondary
+        secondary = {"label": label, "key": figure, "value": current[figure]}
+    return {
+        "key": spec.key,
+        "label": spec.label,
+        "value": value,
+        "previous": before,
+        "change": spec.change(value, before),
+        "change_unit": spec.change_unit,
+        "secondary": secondary,
+        "link_text": CARD_LOGS[spec.key][0],
+    }
+
+
 def overview(window: TimeRange) -> dict[str, Any]:
     logs = window.logs()
     current = metrics.overview(logs)
     previous = metrics.overview(window.previous().logs())
-    series = _filled(
-        metrics.timeseries(logs, window.group_by),
-        window,
-        {
-            "requests": 0,
-            "errors": 0,
-            "error_rate": 0,
-            "prompt_tokens": 0,
-            "completion_tokens": 0,
-            "total_tokens": 0,
-            "cost": 0,
-            "avg_latency_ms": None,
-            "p50_latency_ms": None,
-            "p95_latency_ms": None,
-        },
-    )
+    series = _filled(metrics.timeseries(logs, window.group_by, start=window.start, end=window.end), window)
     thresholds = DashboardSettings.load()
     days = max(window.length / timedelta(days=1), 1 / 24)
-    cards = [
-        ("requests", "Requests", current["total_requests"], previous["total_requests"], "requests", "ok"),
-        (
-            "error_rate",
-            "Error rate",
-            current["error_rate"],
-            previous["error_rate"] if previous["total_requests"] else None,
-            "error_rate",
-            thresholds.level("error_rate", current["error_rate"] if current["total_requests"] else None),
-        ),
-        (
-            "p95_latency_ms",
-            "p95 latency",
-            current["p95_latency_ms"],
-            previous["p95_latency_ms"],
-            "p95_latency_ms",
-            thresholds.level("p95_latency", current["p95_latency_ms"]),
-        ),
-        ("total_tokens", "Tokens", current["total_tokens"], previous["total_tokens"], "total_tokens", "ok"),
-        (
-            "total_cost",
-            "Cost",
-            current["total_cost"],
-            previous["total_cost"],
-            "cost",
-            thresholds.level("cost_per_day", current["total_cost"] / days),
-        ),
-    ]
+    levels = {
+        "error_rate": thresholds.level("error_rate", current["error_rate"] if current["total_requests"] else None),
+        "p95_latency_ms": thresholds.level("p95_latency", current["p95_latency_ms"]),
+        "total_cost": thresholds.level("cost_per_day", current["total_cost"] / days),
+    }
+    errors_by_type = metrics.errors(logs)["errors"]
     return {
         "figures": current,
         "cards": [
             {
-                "key": key,
-                "label": label,
-                "value": value,
-                "previous": before,
-                "change": change(value, before),
-                "spark": [row[series_key] for row in series],
-                "level": level,
-                "link_text": CARD_LOGS[key][0],
-                "logs_query": window.logs_query(**CARD_LOGS[key][1]),
+                **card(spec, current, previous),
+                "spark": [row[spec.series] for row in series],
+                "level": levels.get(spec.key, "ok"),
+                "logs_query": window.logs_query(**CARD_LOGS[spec.key][1]),
             }
-            for key, label, value, before, series_key, level in cards
+            for spec in CARDS
         ],
         "series": series,
+        "min_calls_for_percentile": metrics.MIN_CALLS_FOR_PERCENTILE,
+        # An empty latency chart needs a reason: no period had enough calls for a percentile.
+        "periods_with_percentiles": sum(row["p95_latency_ms"] is not None for row in series),
         "cost_by_model": metrics.cost_by_model(logs),
+        "errors_by_type": errors_by_type,
+        "failed_logs_query": window.logs_query(status="error"),
         "recent": list(logs.order_by("-timestamp", "-id")[:10]),
     }
 
@@ -235,11 +258,18 @@ def analytics(window: TimeRange) -> dict[str, Any]:
         "models": metrics.model_usage(logs),
         "top_by_cost": metrics.user_usage(logs, "cost", 10),
         "top_by_requests": metrics.user_usage(logs, "requests", 10),
-        "daily": metrics.daily_stats(logs),
+        "daily": metrics.daily_stats(logs, start=window.start, end=window.end),
+        "min_calls_for_percentile": metrics.MIN_CALLS_FOR_PERCENTILE,
     }
 
 
 def chart_series(rows: list[dict[str, Any]], *keys: str) -> dict[str, list[Any]]:
-    """Columns for Chart.js: {"labels": [...], key: [...]}; no figure is computed in JavaScript."""
+    """Columns for Chart.js: {"labels": [...], key: [...]}; no figure is computed in JavaScript.
+
+    Rows over time also carry `partial` (drawn hollow and dashed, "(partial)" in the label) and
+    `requests` (the sample count a tooltip shows), whether or not the chart draws them.
+    """
     label_key = "period" if rows and "period" in rows[0] else ("date" if rows and "date" in rows[0] else "model")
+    if label_key != "model":
+        keys = tuple(dict.fromkeys([*keys, "requests", "partial"]))
     return {"labels": [row.get(label_key) for row in rows], **{key: [row.get(key) for row in rows] for key in keys}}

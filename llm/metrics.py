@@ -15,12 +15,14 @@ import json
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
 from django.db import connections, transaction
 from django.db.models import Aggregate, Avg, Count, F, Field, FloatField, Max, OuterRef, Q, QuerySet, Subquery, Sum
 from django.db.models.functions import TruncDay, TruncHour, TruncMinute, TruncMonth
+from django.utils import timezone
 
 from llm.models import LLMRequestLog, LLMRequestLogQuerySet, ModelPrice, UserFeedback
 
@@ -33,6 +35,10 @@ GROUP_BY = {"hour": TruncHour, "day": TruncDay, "month": TruncMonth}
 # The dashboard's 1-hour range also draws per minute; the API offers SPEC's three.
 TRUNCATE = {"minute": TruncMinute, **GROUP_BY}
 FAILED = Q(status=LLMRequestLog.Status.ERROR)
+# A period's p50/p95/p99 from a handful of calls is noise drawn as a trend (one slow call of five
+# is "the p95"): below this many calls the per-period percentiles are None, a gap in the charts and
+# "—" in the tables. Totals over the whole window (overview, per model) are not affected.
+MIN_CALLS_FOR_PERCENTILE = 20
 
 
 class Percentile(Aggregate):
@@ -214,6 +220,35 @@ def _by_period(logs: LLMRequestLogQuerySet, group_by: str, **aggregates: Aggrega
     return [{**row, "period": row["period"].isoformat()} for row in rows]
 
 
+FIXED_STEPS = {"minute": timedelta(minutes=1), "hour": timedelta(hours=1)}
+
+
+def period_end(period_start: datetime, group_by: str) -> datetime:
+    """Where a period that starts at `period_start` ends: days and months end at local midnight."""
+    if group_by in FIXED_STEPS:
+        return period_start + FIXED_STEPS[group_by]
+    local = timezone.localtime(period_start)
+    if group_by == "day":
+        following = local.date() + timedelta(days=1)
+    else:
+        following = (local.date().replace(day=28) + timedelta(days=4)).replace(day=1)
+    return timezone.make_aware(datetime.combine(following, time.min))
+
+
+def is_partial(
+    period_start: datetime,
+    group_by: str,
+    start: datetime | None,
+    end: datetime | None,
+    now: datetime | None = None,
+) -> bool:
+    """True when the window covers only part of the period: it starts inside it, or the period
+    has not ended yet (by the window's end or by the clock). Its figures are not comparable to a
+    whole period's, so pages draw it differently."""
+    cutoff = min(end, now or timezone.now()) if end else now or timezone.now()
+    return (start is not None and period_start < start) or period_end(period_start, group_by) > cutoff
+
+
 def token_usage(logs: LLMRequestLogQuerySet, group_by: str = "day") -> list[dict[str, Any]]:
     rows = _by_period(
         logs,
@@ -237,30 +272,85 @@ def _traffic_aggregates() -> dict[str, Aggregate]:
     }
 
 
-def _traffic(row: dict[str, Any], *percentiles: str) -> dict[str, Any]:
-    """A row of _traffic_aggregates and _latency_aggregates as the API answers it."""
+def _traffic(row: dict[str, Any], *percentiles: str, min_calls: int = 0) -> dict[str, Any]:
+    """A row of _traffic_aggregates and _latency_aggregates as the API answers it; with fewer than
+    `min_calls` requests its percentiles are None."""
     row = _spread(row, *percentiles)
+    if row["requests"] < min_calls:
+        row |= {f"{name}_latency_ms": None for name in percentiles}
     for key in ("prompt_tokens", "completion_tokens", "total_tokens", "cost"):
         row[key] = _number(row[key])
     row["error_rate"] = _rate(row["errors"], row["requests"])
     return row
 
 
-def timeseries(logs: LLMRequestLogQuerySet, group_by: str = "hour") -> list[dict[str, Any]]:
-    """Requests, errors, tokens, cost and latency per period: what the dashboard's charts draw."""
-    rows = _by_period(logs, group_by, **_traffic_aggregates(), **_latency_aggregates("p50", "p95"))
-    return [_traffic(row, "p50", "p95") for row in rows]
-
-
-DAILY_FIELDS = ["requests", "errors", "error_rate", "total_tokens", "cost", "avg_latency_ms", "p95_latency_ms"]
-
-
-def daily_stats(logs: LLMRequestLogQuerySet) -> list[dict[str, Any]]:
-    rows = _by_period(logs, "day", **_traffic_aggregates(), **_latency_aggregates("p95"))
+def _with_partial(
+    rows: list[dict[str, Any]], group_by: str, start: datetime | None, end: datetime | None
+) -> list[dict[str, Any]]:
+    now = timezone.now()
     return [
-        {"date": row["period"][:10], **{key: row[key] for key in DAILY_FIELDS}}
-        for row in (_traffic(row, "p95") for row in rows)
+        {**row, "partial": is_partial(datetime.fromisoformat(row["period"]), group_by, start, end, now)} for row in rows
     ]
+
+
+def timeseries(
+    logs: LLMRequestLogQuerySet,
+    group_by: str = "hour",
+    *,
+    start: datetime | None = None,
+    end: datetime | None = None,
+) -> list[dict[str, Any]]:
+    """Requests, errors, tokens, cost and latency per period: what the dashboard's charts draw.
+
+    `start` and `end` are the window `logs` was filtered to; they decide which periods are
+    `partial`. Percentiles of a period with fewer than MIN_CALLS_FOR_PERCENTILE calls are None.
+    """
+    rows = _by_period(logs, group_by, **_traffic_aggregates(), **_latency_aggregates("p50", "p95", "p99"))
+    rows = [_traffic(row, "p50", "p95", "p99", min_calls=MIN_CALLS_FOR_PERCENTILE) for row in rows]
+    return _with_partial(rows, group_by, start, end)
+
+
+def empty_period(period_start: datetime, group_by: str, start: datetime | None, end: datetime | None) -> dict[str, Any]:
+    """A timeseries row for a period without traffic, for charts whose x axis is time."""
+    return {
+        "period": period_start.isoformat(),
+        "requests": 0,
+        "errors": 0,
+        "prompt_tokens": 0,
+        "completion_tokens": 0,
+        "total_tokens": 0,
+        "cost": 0,
+        "avg_latency_ms": None,
+        "p50_latency_ms": None,
+        "p95_latency_ms": None,
+        "p99_latency_ms": None,
+        "error_rate": 0.0,
+        "partial": is_partial(period_start, group_by, start, end),
+    }
+
+
+DAILY_FIELDS = [
+    "requests",
+    "errors",
+    "error_rate",
+    "total_tokens",
+    "cost",
+    "avg_latency_ms",
+    "p95_latency_ms",
+    "p99_latency_ms",
+    "partial",
+]
+
+
+def daily_stats(
+    logs: LLMRequestLogQuerySet, *, start: datetime | None = None, end: datetime | None = None
+) -> list[dict[str, Any]]:
+    """Per day (TIME_ZONE); `partial` and the percentile minimum as in `timeseries`."""
+    rows = _by_period(logs, "day", **_traffic_aggregates(), **_latency_aggregates("p95", "p99"))
+    rows = _with_partial(
+        [_traffic(row, "p95", "p99", min_calls=MIN_CALLS_FOR_PERCENTILE) for row in rows], "day", start, end
+    )
+    return [{"date": row["period"][:10], **{key: row[key] for key in DAILY_FIELDS}} for row in rows]
 
 
 def latency_by_model(logs: LLMRequestLogQuerySet) -> list[dict[str, Any]]:
@@ -276,14 +366,14 @@ def model_usage(logs: LLMRequestLogQuerySet) -> list[dict[str, Any]]:
     """Per model; `priced` is false for a model missing from the price table (its cost counts as 0)."""
     rows = (
         logs.values("model_name")
-        .annotate(**_traffic_aggregates(), **_latency_aggregates("p50", "p95"))
+        .annotate(**_traffic_aggregates(), **_latency_aggregates("p50", "p95", "p99"))
         .order_by("-requests", "model_name")
     )
     priced = set(ModelPrice.objects.values_list("model_name", flat=True))
     usage = []
     for row in rows:
         model = row.pop("model_name")
-        usage.append({"model": model, **_traffic(row, "p50", "p95"), "priced": model in priced})
+        usage.append({"model": model, **_traffic(row, "p50", "p95", "p99"), "priced": model in priced})
     return usage
 
 

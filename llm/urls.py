@@ -33,6 +33,7 @@ api_urlpatterns = [
     path("api/metrics/errors/", metrics.ErrorsView.as_view(), name="api-metrics-errors"),
     path("api/metrics/model-usage/", metrics.ModelUsageView.as_view(), name="api-metrics-model-usage"),
     path("api/metrics/daily-stats/", metrics.DailyStatsView.as_view(), name="api-metrics-daily-stats"),
+    path("api/metrics/timeseries/", metrics.TimeseriesView.as_view(), name="api-metrics-timeseries"),
     path("api/logs/", logs.LogList.as_view(), name="api-logs"),
     path("api/logs/errors/", logs.ErrorLogList.as_view(), name="api-logs-errors"),
     path("api/logs/<uuid:request_id>/", logs.LogDetail.as_view(), name="api-log"),

@@ -45,7 +45,7 @@ def overview(request: HttpRequest) -> HttpResponse:
     charts = {
         "traffic": dashboard.chart_series(series, "requests", "errors"),
         "tokens": dashboard.chart_series(series, "prompt_tokens", "completion_tokens"),
-        "latency": dashboard.chart_series(series, "p50_latency_ms", "p95_latency_ms"),
+        "latency": dashboard.chart_series(series, "p50_latency_ms", "p95_latency_ms", "p99_latency_ms"),
         "cost_by_model": dashboard.chart_series(data["cost_by_model"], "cost"),
         "sparks": {card["key"]: card["spark"] for card in data["cards"]},
     }
@@ -60,7 +60,14 @@ def analytics(request: HttpRequest) -> HttpResponse:
         data = dashboard.analytics(window)
     charts = {
         "models": dashboard.chart_series(
-            data["models"], "requests", "cost", "error_rate", "p50_latency_ms", "p95_latency_ms", "total_tokens"
+            data["models"],
+            "requests",
+            "cost",
+            "error_rate",
+            "p50_latency_ms",
+            "p95_latency_ms",
+            "p99_latency_ms",
+            "total_tokens",
         ),
         "daily": dashboard.chart_series(data["daily"], "requests", "errors", "cost"),
     }
@@ -133,11 +140,14 @@ def feedback(request: HttpRequest) -> HttpResponse:
             "satisfaction_rate": [row["satisfaction_rate"] for row in by_day],
             "thumbs_up": [row["thumbs_up"] for row in by_day],
             "thumbs_down": [row["thumbs_down"] for row in by_day],
+            "ratings": [row["total"] for row in by_day],
         },
         "by_model": dashboard.chart_series(summary["by_model"], "satisfaction_rate"),
     }
     comments = rated.exclude(comment="").select_related("request").order_by("-created_at")[:20]
-    return page(request, "dashboard/feedback.html", window, summary=summary, charts=charts, comments=comments)
+    return page(
+        request, "dashboard/feedback.html", window, summary=summary, by_day=by_day, charts=charts, comments=comments
+    )
 
 
 @login_required

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import numpy as np
 import pytest
@@ -36,6 +36,11 @@ def params_for(selection: dict) -> dict:
 
 def percentile(values, fraction):
     return float(np.percentile(values, fraction * 100)) if values else None
+
+
+def period_percentile(values, fraction):
+    """A period's percentile: none from fewer than MIN_CALLS_FOR_PERCENTILE calls."""
+    return percentile(values, fraction) if len(values) >= metrics.MIN_CALLS_FOR_PERCENTILE else None
 
 
 @pytest.fixture
@@ -98,8 +103,8 @@ def test_token_usage_and_timeseries_per_period(logs, selection, group_by):
         latencies = [log.latency_ms for log in group]
         assert row["errors"] == sum(log.is_error for log in group)
         assert row["cost"] == pytest.approx(float(sum(log.cost_estimate for log in group)), abs=1e-9)
-        assert row["p95_latency_ms"] == pytest.approx(percentile(latencies, 0.95))
-        assert row["p50_latency_ms"] == pytest.approx(percentile(latencies, 0.5))
+        for name, fraction in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99)):
+            assert row[f"{name}_latency_ms"] == pytest.approx(period_percentile(latencies, fraction))
 
 
 def test_daily_stats(logs):
@@ -116,7 +121,8 @@ def test_daily_stats(logs):
         assert row["errors"] == sum(log.is_error for log in group)
         assert row["total_tokens"] == sum(log.total_tokens for log in group)
         assert row["avg_latency_ms"] == pytest.approx(statistics.fmean(latencies))
-        assert row["p95_latency_ms"] == pytest.approx(percentile(latencies, 0.95))
+        assert row["p95_latency_ms"] == pytest.approx(period_percentile(latencies, 0.95))
+        assert row["p99_latency_ms"] == pytest.approx(period_percentile(latencies, 0.99))
 
 
 @pytest.mark.parametrize("selection", FILTERS)
@@ -235,3 +241,72 @@ def test_periods_follow_time_zone(logs, settings, time_zone, group_by):
     usage = metrics.token_usage(LLMRequestLog.objects.all(), group_by)
     assert {row["period"]: row["requests"] for row in usage} == expected
     assert any(row["period"].endswith(("-05:00", "-04:00", "+05:30")) for row in usage)
+
+
+def make_calls(moment, latencies, **fields):
+    LLMRequestLog.objects.bulk_create(
+        [LLMRequestLog(model_name="m", timestamp=moment, latency_ms=value, **fields) for value in latencies]
+    )
+
+
+@pytest.mark.parametrize("group_by", ["hour", "day"])
+def test_a_period_needs_min_calls_for_its_percentiles(db, group_by):
+    assert metrics.MIN_CALLS_FOR_PERCENTILE == 20
+    fewer = [float(100 + (n * 37) % 400) for n in range(19)]
+    enough = [float(200 + (n * 53) % 900) for n in range(20)]
+    make_calls(NOW - timedelta(days=3), fewer)
+    make_calls(NOW - timedelta(days=2), enough)
+
+    series = metrics.timeseries(LLMRequestLog.objects.all(), group_by)
+    daily = metrics.daily_stats(LLMRequestLog.objects.all())
+    assert [row["requests"] for row in series] == [row["requests"] for row in daily] == [19, 20]
+    short, full = series
+    assert short["p50_latency_ms"] is short["p95_latency_ms"] is short["p99_latency_ms"] is None
+    assert daily[0]["p95_latency_ms"] is daily[0]["p99_latency_ms"] is None
+    # The counts and the average of the short period are still there: only percentiles need a sample.
+    assert short["avg_latency_ms"] == pytest.approx(statistics.fmean(fewer))
+    for name, fraction in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99)):
+        assert full[f"{name}_latency_ms"] == pytest.approx(float(np.percentile(enough, fraction * 100)))
+    assert daily[1]["p95_latency_ms"] == pytest.approx(float(np.percentile(enough, 95)))
+    # Totals over the whole window are not periods: 39 calls give percentiles, 19 do too.
+    assert metrics.overview(LLMRequestLog.objects.all())["p95_latency_ms"] == pytest.approx(
+        float(np.percentile(fewer + enough, 95))
+    )
+
+
+def test_partial_periods_mid_hour(db, time_machine):
+    # 12:20 UTC: the 12:00 hour has 20 minutes behind it, the 11:00 hour is over.
+    time_machine.move_to(NOW + timedelta(minutes=20), tick=False)
+    now = NOW + timedelta(minutes=20)
+    for minutes in (5, 65, 125, 175):
+        make_calls(now - timedelta(minutes=minutes), [100.0])
+    start = now - timedelta(hours=3)  # 09:20: the window starts inside the 09:00 hour
+    logs = LLMRequestLog.objects.in_window(start, now)
+
+    series = metrics.timeseries(logs, "hour", start=start, end=now)
+    assert [(row["period"][11:16], row["partial"]) for row in series] == [
+        ("09:00", True),
+        ("10:00", False),
+        ("11:00", False),
+        ("12:00", True),
+    ]
+    # Without a window, only the running hour is partial; a window that ended on the hour has none.
+    assert [row["partial"] for row in metrics.timeseries(logs, "hour")] == [False, False, False, True]
+    ended = metrics.timeseries(LLMRequestLog.objects.in_window(NOW - timedelta(hours=2), NOW), "hour")
+    assert [row["partial"] for row in ended] == [False, False]
+    days = metrics.daily_stats(logs, start=start, end=now)
+    assert [(row["date"], row["partial"]) for row in days] == [("2026-11-20", True)]
+
+
+def test_period_end_follows_local_days_and_months(db, settings):
+    settings.TIME_ZONE = "Europe/Paris"
+    from django.utils import timezone
+
+    with timezone.override("Europe/Paris"):
+        # 25 October 2026: Paris leaves summer time, the day lasts 25 hours.
+        day = timezone.make_aware(datetime(2026, 10, 25))
+        # (Subtracting datetimes of one zone compares wall clocks: compare timestamps instead.)
+        assert metrics.period_end(day, "day").timestamp() - day.timestamp() == 25 * 3600
+        month = timezone.make_aware(datetime(2026, 12, 1))
+        assert metrics.period_end(month, "month") == timezone.make_aware(datetime(2027, 1, 1))
+        assert metrics.period_end(month, "hour") - month == timedelta(hours=1)

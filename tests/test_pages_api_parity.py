@@ -82,3 +82,30 @@ def test_overview_chart_data_equals_the_token_usage_api(logged_in, calls):
     for row in api:
         assert busy[row["period"]]["prompt_tokens"] == row["prompt_tokens"]
         assert busy[row["period"]]["completion_tokens"] == row["completion_tokens"]
+
+
+@pytest.mark.parametrize("model", ["", MODELS[2]])
+def test_overview_charts_equal_the_timeseries_api(logged_in, calls, model):
+    page = logged_in.get("/", {"range": "7d", "model": model})
+    params = page.context["window"].api_params()
+    body = logged_in.get("/api/metrics/timeseries/", {**params, "group_by": "hour"}).json()
+    api = {row["period"]: row for row in body["results"]}
+    series = page.context["series"]
+    busy = {row["period"]: row for row in series if row["requests"]}
+    assert set(busy) == set(api) and len(api) > 0
+    for period, row in api.items():
+        assert as_json(busy[period]) == row
+    # The periods the page fills in have no calls; the running hour is partial on both sides.
+    assert all(row["requests"] == 0 for row in series if row["period"] not in api)
+    assert series[-1]["partial"] is True
+    latest = max(api)
+    assert api[latest]["partial"] is (latest == series[-1]["period"])
+    # What the charts draw is those rows, column by column.
+    charts = page.context["charts"]
+    for chart, keys in {
+        "traffic": ("requests", "errors"),
+        "tokens": ("prompt_tokens", "completion_tokens"),
+        "latency": ("p50_latency_ms", "p95_latency_ms", "p99_latency_ms", "requests", "partial"),
+    }.items():
+        for key in keys:
+            assert charts[chart][key] == [row[key] for row in series], (chart, key)

@@ -22,6 +22,7 @@ READ_ENDPOINTS = [
     "/api/metrics/errors/",
     "/api/metrics/model-usage/",
     "/api/metrics/daily-stats/",
+    "/api/metrics/timeseries/",
     "/api/logs/",
     "/api/logs/errors/",
     f"/api/logs/{uuid.uuid4()}/",
@@ -105,7 +106,14 @@ def test_unknown_group_by_is_400(api_client, db):
 
 
 @pytest.mark.parametrize(
-    "path", ["/api/metrics/latency/", "/api/metrics/model-usage/", "/api/metrics/daily-stats/", "/api/metrics/errors/"]
+    "path",
+    [
+        "/api/metrics/latency/",
+        "/api/metrics/model-usage/",
+        "/api/metrics/daily-stats/",
+        "/api/metrics/errors/",
+        "/api/metrics/timeseries/",
+    ],
 )
 def test_metrics_answer_empty_windows_without_error(api_client, db, path):
     response = api_client.get(path, {"start_date": "2001-01-01", "end_date": "2001-01-02"})

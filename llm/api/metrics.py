@@ -111,9 +111,29 @@ class ModelUsageView(MetricsView):
 
 
 class DailyStatsView(MetricsView):
-    @metrics_schema("Per day (TIME_ZONE): requests, errors, tokens, cost, average and p95 latency.")
+    @metrics_schema(
+        "Per day (TIME_ZONE): requests, errors, tokens, cost, average, p95 and p99 latency (null under "
+        f"{metrics.MIN_CALLS_FOR_PERCENTILE} calls), and `partial` (a day the window covers only in part)."
+    )
     def get(self, request: Request) -> Response:
         return super().get(request)
 
     def figures(self, request, filtered):
-        return {"results": metrics.daily_stats(filtered.queryset)}
+        return {"results": metrics.daily_stats(filtered.queryset, start=filtered.start, end=filtered.end)}
+
+
+class TimeseriesView(MetricsView):
+    @metrics_schema(
+        "Per period with traffic: requests, errors, error_rate, tokens, cost, average and p50/p95/p99 latency, "
+        f"and `partial` (the window covers only part of the period, or it is still running). Percentiles are "
+        f"null for a period with fewer than {metrics.MIN_CALLS_FOR_PERCENTILE} calls. The overview page's "
+        "charts draw these rows.",
+        group_by=True,
+    )
+    def get(self, request: Request) -> Response:
+        return super().get(request)
+
+    def figures(self, request, filtered):
+        group_by = group_by_for(request, filtered)
+        rows = metrics.timeseries(filtered.queryset, group_by, start=filtered.start, end=filtered.end)
+        return {"group_by": group_by, "min_calls_for_percentile": metrics.MIN_CALLS_FOR_PERCENTILE, "results": rows}

@@ -3,13 +3,27 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from urllib.parse import urlencode
+from functools import cache
+from pathlib import Path
+from urllib.parse import quote, urlencode
 
 from django import template
+from django.contrib.staticfiles import finders
+from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django.utils.safestring import mark_safe
 
 register = template.Library()
+
+
+@register.simple_tag
+@cache
+def favicon_data_uri() -> str:
+    """static/favicon.svg inlined as a data: URI. A linked icon is fetched at low priority and
+    Chromium aborts that fetch when the user moves on quickly, a failed request on every page."""
+    svg = Path(finders.find("favicon.svg")).read_text(encoding="utf-8").strip()
+    # ":" and "/" encoded too: the svg namespace URL is no link, and pages are checked for none.
+    return "data:image/svg+xml," + quote(svg, safe=" =\"'")
 
 
 @register.simple_tag
@@ -28,10 +42,23 @@ def metric_value(key: str, value: float | None) -> str:
 
 
 @register.filter
-def signed_percent(value: float | None) -> str:
+def signed_change(value: float | None, unit: str = "%") -> str:
+    """A card's change: a relative change in percent, or a rate's change in percentage points."""
     if value is None:
         return "—"
+    if unit == "pp":
+        return f"{value:+.2f} pp"
     return f"{value:+.1f}%"
+
+
+@register.filter
+def day_label(row: dict) -> str:
+    """A daily row's label: the current day says it is not over, another partial day says so."""
+    if row.get("partial"):
+        if row["date"] == timezone.localdate().isoformat():
+            return f"{row['date']}, today (so far)"
+        return f"{row['date']} (partial)"
+    return row["date"]
 
 
 @register.filter

@@ -13,17 +13,58 @@
     // ISO periods: drop the offset and seconds for the axis.
     return typeof label === "string" && label.length > 16 && label[10] === "T" ? label.slice(5, 16).replace("T", " ") : label;
   }
-  function draw(id, type, series, datasets, options) {
+  // A period the range covers only in part (the server's `partial`) is drawn hollow and dashed
+  // and says "(partial)"; the tooltip gives the calls behind each period (the server's `requests`).
+  function isPartial(series, index) {
+    return Boolean(series && series.partial && series.partial[index]);
+  }
+  function axisLabels(series) {
+    return series.labels.map(function (label, index) {
+      return shortLabel(label) + (isPartial(series, index) ? " (partial)" : "");
+    });
+  }
+  function countFooter(series, noun) {
+    return function (items) {
+      if (!items.length || !series[noun.key]) return "";
+      var count = series[noun.key][items[0].dataIndex];
+      return count === null || count === undefined ? "" : count.toLocaleString() + " " + (count === 1 ? noun.one : noun.many);
+    };
+  }
+  var CALLS = { key: "requests", one: "call", many: "calls" };
+  function draw(id, type, series, datasets, options, noun) {
     var canvas = document.getElementById(id);
     if (!canvas || !series) return;
+    noun = noun || CALLS;
+    var base = { responsive: true, interaction: { mode: "index", intersect: false } };
+    if (series[noun.key]) base.plugins = { tooltip: { callbacks: { footer: countFooter(series, noun) } } };
     return new Chart(canvas, {
       type: type,
-      data: { labels: series.labels.map(shortLabel), datasets: datasets },
-      options: Object.assign({ responsive: true, interaction: { mode: "index", intersect: false } }, options || {}),
+      data: { labels: axisLabels(series), datasets: datasets.map(function (dataset) { return marked(dataset, series, type); }) },
+      options: Object.assign(base, options || {}),
+    });
+  }
+  function marked(dataset, series, type) {
+    if (!series.partial || series.partial.indexOf(true) === -1) return dataset;
+    var color = dataset.borderColor || dataset.backgroundColor;
+    if (type === "line") {
+      var radius = dataset.pointRadius || 0;
+      return Object.assign(dataset, {
+        pointRadius: function (context) { return isPartial(series, context.dataIndex) ? 4 : radius; },
+        pointBackgroundColor: function (context) { return isPartial(series, context.dataIndex) ? "#fff" : color; },
+        pointBorderColor: color,
+        segment: { borderDash: function (context) { return isPartial(series, context.p0DataIndex) || isPartial(series, context.p1DataIndex) ? [5, 4] : undefined; } },
+      });
+    }
+    // Bars: a partial period's bar is outlined, not filled.
+    return Object.assign(dataset, {
+      backgroundColor: function (context) { return isPartial(series, context.dataIndex) ? "rgba(255,255,255,0)" : color; },
+      borderColor: color,
+      borderWidth: function (context) { return isPartial(series, context.dataIndex) ? 2 : 0; },
+      borderDash: [4, 3],
     });
   }
   function line(label, values, color, extra) {
-    return Object.assign({ label: label, data: values, borderColor: color, backgroundColor: color, pointRadius: 0, borderWidth: 2, spanGaps: true }, extra || {});
+    return Object.assign({ label: label, data: values, borderColor: color, backgroundColor: color, pointRadius: 0, borderWidth: 2, spanGaps: false }, extra || {});
   }
   function bar(label, values, color) {
     return { label: label, data: values, backgroundColor: color };
@@ -33,7 +74,12 @@
   draw("chart-traffic", "line", data.traffic, [line("Requests", data.traffic && data.traffic.requests, colors.blue), line("Errors", data.traffic && data.traffic.errors, colors.red)]);
   draw("chart-tokens", "bar", data.tokens, [bar("Prompt", data.tokens && data.tokens.prompt_tokens, colors.blue), bar("Completion", data.tokens && data.tokens.completion_tokens, colors.orange)],
     { scales: { x: { stacked: true }, y: { stacked: true } } });
-  draw("chart-latency", "line", data.latency, [line("p50", data.latency && data.latency.p50_latency_ms, colors.green), line("p95", data.latency && data.latency.p95_latency_ms, colors.purple)]);
+  // Gaps stay gaps: a period without enough calls has no percentile, and a line across it would invent one.
+  draw("chart-latency", "line", data.latency, [
+    line("p50", data.latency && data.latency.p50_latency_ms, colors.green),
+    line("p95", data.latency && data.latency.p95_latency_ms, colors.purple),
+    line("p99", data.latency && data.latency.p99_latency_ms, colors.orange),
+  ]);
   draw("chart-cost", "bar", data.cost_by_model, [bar("Cost (USD)", data.cost_by_model && data.cost_by_model.cost, colors.blue)], { indexAxis: "y" });
 
   // Sparklines on the cards
@@ -52,11 +98,12 @@
   var models = data.models;
   draw("chart-model-requests", "bar", models, [bar("Requests", models && models.requests, colors.blue)], { indexAxis: "y" });
   draw("chart-model-cost", "bar", models, [bar("Cost (USD)", models && models.cost, colors.orange)], { indexAxis: "y" });
-  draw("chart-model-latency", "bar", models, [bar("p50 (ms)", models && models.p50_latency_ms, colors.green), bar("p95 (ms)", models && models.p95_latency_ms, colors.purple)], { indexAxis: "y" });
+  draw("chart-model-latency", "bar", models, [bar("p50 (ms)", models && models.p50_latency_ms, colors.green), bar("p95 (ms)", models && models.p95_latency_ms, colors.purple), bar("p99 (ms)", models && models.p99_latency_ms, colors.orange)], { indexAxis: "y" });
   draw("chart-model-errors", "bar", models, [bar("Error rate (%)", models && models.error_rate, colors.red)], { indexAxis: "y" });
   draw("chart-daily", "bar", data.daily, [bar("Requests", data.daily && data.daily.requests, colors.blue), bar("Errors", data.daily && data.daily.errors, colors.red)], { aspectRatio: 4 });
 
   // Feedback
-  draw("chart-feedback-days", "line", data.by_day, [line("Satisfaction (%)", data.by_day && data.by_day.satisfaction_rate, colors.green, { pointRadius: 2 })], { scales: { y: { min: 0, max: 100 } } });
+  draw("chart-feedback-days", "line", data.by_day, [line("Satisfaction (%)", data.by_day && data.by_day.satisfaction_rate, colors.green, { pointRadius: 2 })], { scales: { y: { min: 0, max: 100 } } },
+    { key: "ratings", one: "rating", many: "ratings" });
   draw("chart-feedback-models", "bar", data.by_model, [bar("Satisfaction (%)", data.by_model && data.by_model.satisfaction_rate, colors.green)], { indexAxis: "y", scales: { x: { min: 0, max: 100 } } });
 })();
