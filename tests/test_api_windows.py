@@ -40,6 +40,7 @@ COUNTERS = {
     "/api/metrics/errors/": lambda response: response.json()["total_errors"],
     "/api/metrics/model-usage/": total("requests"),
     "/api/metrics/daily-stats/": total("requests"),
+    "/api/metrics/timeseries/": total("requests"),
     "/api/logs/": lambda response: response.json()["count"],
     "/api/logs/errors/": lambda response: response.json()["count"],
     "/api/feedback/": lambda response: response.json()["count"],

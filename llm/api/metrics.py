@@ -123,12 +123,13 @@ class DailyStatsView(MetricsView):
 
 
 class TimeseriesView(MetricsView):
+    parameters = (GROUP_BY_PARAMETER,)
+
     @metrics_schema(
         "Per period with traffic: requests, errors, error_rate, tokens, cost, average and p50/p95/p99 latency, "
         f"and `partial` (the window covers only part of the period, or it is still running). Percentiles are "
         f"null for a period with fewer than {metrics.MIN_CALLS_FOR_PERCENTILE} calls. The overview page's "
         "charts draw these rows.",
-        group_by=True,
     )
     def get(self, request: Request) -> Response:
         return super().get(request)
