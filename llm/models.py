@@ -550,7 +550,7 @@ class APIKey(models.Model):
             self.save(update_fields=["revoked_at"])
 
 
-# Prometheus running totals (issue 7). /metrics reads these small tables instead of scanning the
+# Prometheus running totals. /metrics reads these small tables instead of scanning the
 # logs, and they keep counting what purge_logs deletes, so Prometheus counters never go down.
 
 # Upper bounds, in seconds, of the latency and time-to-first-token histogram buckets: from a

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from decimal import Decimal
 
 from django.db import DatabaseError, connection, models, transaction
@@ -211,65 +212,78 @@ class DatabaseCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         if self.roll_up_first:
             roll_up()
-        totals = list(RequestTotal.objects.order_by("model_name", "status"))
+        yield from _request_families(RequestTotal.objects.order_by("model_name", "status"))
+        yield _feedback_family()
+        yield _alerts_firing_family()
 
-        requests = CounterMetricFamily("llm_requests", "LLM calls logged.", labels=["model", "status"])
-        tokens = CounterMetricFamily("llm_tokens", "Tokens used.", labels=["model", "type"])
-        cost = CounterMetricFamily("llm_cost_usd", "Estimated cost in USD.", labels=["model"])
-        duration = HistogramMetricFamily(
-            "llm_request_duration_seconds", "Latency of LLM calls (all tries, to the last byte).", labels=["model"]
-        )
-        ttft = HistogramMetricFamily(
-            "llm_time_to_first_token_seconds", "Time to the first token of streamed calls.", labels=["model"]
-        )
 
-        per_model: dict[str, dict] = defaultdict(
-            lambda: {
-                "prompt": 0,
-                "completion": 0,
-                "cost": Decimal(0),
-                "requests": 0,
-                "duration_sum": 0.0,
-                "duration_buckets": empty_buckets(),
-                "ttft_count": 0,
-                "ttft_sum": 0.0,
-                "ttft_buckets": empty_buckets(),
-            }
-        )
-        for total in totals:
-            requests.add_metric([total.model_name, total.status], total.requests)
-            model = per_model[total.model_name]
-            model["prompt"] += total.prompt_tokens
-            model["completion"] += total.completion_tokens
-            model["cost"] += Decimal(total.cost_usd)
-            model["requests"] += total.requests
-            model["duration_sum"] += total.duration_sum_seconds
-            model["ttft_count"] += total.ttft_count
-            model["ttft_sum"] += total.ttft_sum_seconds
-            for index in range(len(HISTOGRAM_BUCKETS_SECONDS)):
-                model["duration_buckets"][index] += total.duration_buckets[index]
-                model["ttft_buckets"][index] += total.ttft_buckets[index]
-        for name, model in per_model.items():
-            tokens.add_metric([name, "prompt"], model["prompt"])
-            tokens.add_metric([name, "completion"], model["completion"])
-            cost.add_metric([name], float(model["cost"]))
-            duration.add_metric(
-                [name], _histogram_buckets(model["duration_buckets"], model["requests"]), model["duration_sum"]
-            )
-            ttft.add_metric([name], _histogram_buckets(model["ttft_buckets"], model["ttft_count"]), model["ttft_sum"])
-        yield from (requests, tokens, cost, duration, ttft)
+@dataclass
+class ModelTotals:
+    """One model's figures summed over its statuses (tokens, cost and latency are per model)."""
 
-        feedback = CounterMetricFamily("llm_feedback", "User feedback received.", labels=["rating"])
-        for rating, count in FeedbackTotal.objects.order_by("rating").values_list("rating", "count"):
-            feedback.add_metric([rating], count)
-        yield feedback
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: Decimal = Decimal(0)
+    requests: int = 0
+    duration_sum_seconds: float = 0.0
+    duration_buckets: list[int] = field(default_factory=empty_buckets)
+    ttft_count: int = 0
+    ttft_sum_seconds: float = 0.0
+    ttft_buckets: list[int] = field(default_factory=empty_buckets)
 
-        firing = GaugeMetricFamily(
-            "llm_alerts_firing", "1 while an active alert rule is over its threshold, else 0.", labels=["rule"]
+    def add(self, total: RequestTotal) -> None:
+        self.prompt_tokens += total.prompt_tokens
+        self.completion_tokens += total.completion_tokens
+        self.cost_usd += Decimal(total.cost_usd)
+        self.requests += total.requests
+        self.duration_sum_seconds += total.duration_sum_seconds
+        self.ttft_count += total.ttft_count
+        self.ttft_sum_seconds += total.ttft_sum_seconds
+        # roll_up_requests keeps every stored bucket list at HISTOGRAM_BUCKETS_SECONDS' length.
+        self.duration_buckets = [a + b for a, b in zip(self.duration_buckets, total.duration_buckets, strict=True)]
+        self.ttft_buckets = [a + b for a, b in zip(self.ttft_buckets, total.ttft_buckets, strict=True)]
+
+
+def _request_families(totals: Iterable[RequestTotal]) -> list[Metric]:
+    """Requests per model and status; tokens, cost and the two latency histograms per model."""
+    requests = CounterMetricFamily("llm_requests", "LLM calls logged.", labels=["model", "status"])
+    tokens = CounterMetricFamily("llm_tokens", "Tokens used.", labels=["model", "type"])
+    cost = CounterMetricFamily("llm_cost_usd", "Estimated cost in USD.", labels=["model"])
+    duration = HistogramMetricFamily(
+        "llm_request_duration_seconds", "Latency of LLM calls (all tries, to the last byte).", labels=["model"]
+    )
+    ttft = HistogramMetricFamily(
+        "llm_time_to_first_token_seconds", "Time to the first token of streamed calls.", labels=["model"]
+    )
+    per_model: dict[str, ModelTotals] = defaultdict(ModelTotals)
+    for total in totals:
+        requests.add_metric([total.model_name, total.status], total.requests)
+        per_model[total.model_name].add(total)
+    for name, model in per_model.items():
+        tokens.add_metric([name, "prompt"], model.prompt_tokens)
+        tokens.add_metric([name, "completion"], model.completion_tokens)
+        cost.add_metric([name], float(model.cost_usd))
+        duration.add_metric(
+            [name], _histogram_buckets(model.duration_buckets, model.requests), model.duration_sum_seconds
         )
-        for name, is_firing in AlertRule.objects.active().order_by("name").values_list("name", "is_firing"):
-            firing.add_metric([name], 1 if is_firing else 0)
-        yield firing
+        ttft.add_metric([name], _histogram_buckets(model.ttft_buckets, model.ttft_count), model.ttft_sum_seconds)
+    return [requests, tokens, cost, duration, ttft]
+
+
+def _feedback_family() -> Metric:
+    feedback = CounterMetricFamily("llm_feedback", "User feedback received.", labels=["rating"])
+    for rating, count in FeedbackTotal.objects.order_by("rating").values_list("rating", "count"):
+        feedback.add_metric([rating], count)
+    return feedback
+
+
+def _alerts_firing_family() -> Metric:
+    firing = GaugeMetricFamily(
+        "llm_alerts_firing", "1 while an active alert rule is over its threshold, else 0.", labels=["rule"]
+    )
+    for name, is_firing in AlertRule.objects.active().order_by("name").values_list("name", "is_firing"):
+        firing.add_metric([name], 1 if is_firing else 0)
+    return firing
 
 
 def build_registry(roll_up_first: bool = True) -> CollectorRegistry:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import os
-import tempfile
 from datetime import timedelta
 from pathlib import Path
 
@@ -23,8 +22,15 @@ PAGES["playground"] = "/playground/"
 AXE = Path(__file__).parent / "vendor" / "axe-core" / "axe.min.js"
 # What WCAG 2.1 A and AA rules an automated checker can verify (contrast, labels, names, structure).
 WCAG_TAGS = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]
-# scripts/update-screenshots sets this to docs/screenshots; otherwise they go to a temporary folder.
-SCREENSHOTS = Path(os.environ.get("SCREENSHOT_DIR") or tempfile.mkdtemp(prefix="screenshots-"))
+
+
+@pytest.fixture(scope="session")
+def screenshots(tmp_path_factory) -> Path:
+    """Where page screenshots go: SCREENSHOT_DIR when set (scripts/update-screenshots collects them
+    from there for docs/screenshots), otherwise a temporary folder pytest makes and prunes."""
+    if directory := os.environ.get("SCREENSHOT_DIR"):
+        return Path(directory)
+    return tmp_path_factory.mktemp("screenshots")
 
 
 @pytest.fixture
@@ -90,7 +96,7 @@ def canvas_has_pixels(page, selector: str) -> bool:
 
 
 @pytest.mark.parametrize("width", [1280, 390])
-def test_every_page_loads_cleanly_and_is_captured(page_for, live_server, traffic, width):
+def test_every_page_loads_cleanly_and_is_captured(page_for, live_server, traffic, width, screenshots):
     rules = create_default_rules()
     now = timezone.now()
     AlertLog.objects.create(
@@ -116,7 +122,7 @@ def test_every_page_loads_cleanly_and_is_captured(page_for, live_server, traffic
         page.wait_for_load_state("networkidle")
         assert page.locator("h1").first.is_visible()
         suffix = "" if width == 1280 else "-phone"
-        page.screenshot(path=SCREENSHOTS / f"{name}{suffix}.png", full_page=True)
+        page.screenshot(path=screenshots / f"{name}{suffix}.png", full_page=True)
         inaccessible[name] = wcag_violations(page)
         # Nothing sticks out sideways (wide tables scroll inside their own box).
         overflow = page.evaluate(

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import io
+from decimal import Decimal
 
 import pytest
 from django.core.management import call_command
-from django.db.models import Count, Sum
+from django.db.models import Count, F, Sum
 
-from llm.models import AlertLog, APIKey, LLMRequestLog, UserFeedback
+from llm.models import AlertLog, APIKey, LLMRequestLog, ModelPrice, UserFeedback
+from llm.privacy import TRUNCATION_MARKER
 
 pytestmark = pytest.mark.django_db
 
@@ -67,6 +69,47 @@ def test_generate_sample_data_if_empty_adds_nothing_twice():
     output = run("generate_sample_data", "--count", "50", "--seed", "1", "--days", "1", "--if-empty")
     assert "already exist" in output
     assert LLMRequestLog.objects.count() == 50
+
+
+def test_generate_sample_data_follows_the_privacy_settings(settings):
+    # Sample data is written through the same path as real calls, so every privacy rule applies.
+    settings.STORE_PROMPTS = False
+    run("generate_sample_data", "--count", "300", "--seed", "3", "--days", "2")
+    logs = LLMRequestLog.objects.all()
+    assert logs.count() == 300
+    assert not logs.exclude(prompt_text="").exists() and not logs.exclude(response_text="").exists()
+    # Operators need error messages even when prompts are not kept.
+    assert logs.failed().exists() and not logs.failed().filter(error_message="").exists()
+
+    settings.STORE_PROMPTS = True
+    settings.MAX_STORED_TEXT_CHARS = 15  # every sample prompt is longer
+    run("generate_sample_data", "--count", "300", "--seed", "3", "--days", "2", "--clear")
+    prompts = set(LLMRequestLog.objects.values_list("prompt_text", flat=True))
+    assert prompts and all(len(text) == 15 and text.endswith(TRUNCATION_MARKER) for text in prompts)
+
+
+def test_generate_sample_data_derives_totals_and_cost_from_model_prices():
+    ModelPrice.objects.update_or_create(
+        model_name="llama-3.1-8b-instant",
+        defaults={"input_per_million": Decimal(100_000), "output_per_million": Decimal(200_000)},
+    )
+    run("generate_sample_data", "--count", "400", "--seed", "5", "--days", "2")
+    logs = LLMRequestLog.objects.all()
+    assert not logs.exclude(total_tokens=F("prompt_tokens") + F("completion_tokens")).exists()
+    rows = logs.filter(model_name="llama-3.1-8b-instant").values_list(
+        "prompt_tokens", "completion_tokens", "cost_estimate"
+    )
+    assert len(rows) > 50
+    # Ten cents a token in, twenty out: the price table, not a figure of the command's own.
+    assert all(cost == Decimal("0.1") * prompt + Decimal("0.2") * completion for prompt, completion, cost in rows)
+
+
+def test_generate_sample_data_with_a_seed_already_used_adds_no_duplicates():
+    run("generate_sample_data", "--count", "200", "--seed", "9", "--days", "1")
+    calls, feedback = LLMRequestLog.objects.count(), UserFeedback.objects.count()
+    output = run("generate_sample_data", "--count", "200", "--seed", "9", "--days", "1")
+    assert "Created 0 calls, 0 feedback entries" in output
+    assert (LLMRequestLog.objects.count(), UserFeedback.objects.count()) == (calls, feedback)
 
 
 def test_create_api_key_prints_a_working_key():

@@ -23,8 +23,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import Status, StatusCode, set_span_in_context
 
 from llm.api.ingest import MAX_BODY_BYTES
-from llm.ingest import OTLP_REQUEST_ID_NAMESPACE, error_type_for
 from llm.models import LLMRequestLog
+from llm.otlp import OTLP_REQUEST_ID_NAMESPACE, error_type_for
 
 URL = "/v1/traces"
 # A fixed start, in nanoseconds since the epoch, so latencies are exact.
@@ -314,8 +314,11 @@ def test_gzip_protobuf_is_accepted(client, bearer):
     response = client.post(URL, body, content_type="application/x-protobuf", HTTP_CONTENT_ENCODING="gzip", **bearer)
     assert response.status_code == 200
     assert response["Content-Type"] == "application/x-protobuf"
-    assert not ExportTraceServiceResponse.FromString(response.content).HasField("partial_success")
     assert LLMRequestLog.objects.count() == 3
+    # Nothing was rejected; the HTTP handler and the agent span are reported as ignored (a warning).
+    partial = ExportTraceServiceResponse.FromString(response.content).partial_success
+    assert partial.rejected_spans == 0
+    assert partial.error_message == "2 span(s) ignored: not LLM calls (no gen_ai model, or an agent or tool span)."
 
 
 @pytest.mark.django_db
@@ -334,6 +337,9 @@ def test_broken_genai_spans_are_rejected_and_counted_the_rest_stored(client, bea
     partial = response.json()["partialSuccess"]
     assert int(partial["rejectedSpans"]) == 3
     assert "gen_ai.usage.input_tokens" in partial["errorMessage"] and "ends before it starts" in partial["errorMessage"]
+    assert partial["errorMessage"].endswith(
+        "1 span(s) ignored: not LLM calls (no gen_ai model, or an agent or tool span)."
+    )
     assert list(LLMRequestLog.objects.values_list("span_id", flat=True)) == ["eee19b7ec3c1b174"]
 
 

@@ -23,7 +23,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from llm import ingest
+from llm import events, otlp
 from llm.api.params import DeclaredParameters
 from llm.auth import APIKeyAuthentication
 from llm.models import APIKey, LLMRequestLog
@@ -107,7 +107,7 @@ class EventsView(APIView):
     renderer_classes = [JSONRenderer]
 
     @extend_schema(
-        request=ingest.EventSerializer,
+        request=events.EventSerializer,
         responses={
             201: EventsAnswer,
             200: OpenApiResponse(EventsAnswer, description="Every event was already stored."),
@@ -137,7 +137,7 @@ class EventsView(APIView):
             payload = json.loads(body)
         except ValueError as error:
             raise exceptions.ParseError(f"Malformed JSON: {error}") from error
-        stored = ingest.store_events(ingest.parse_events(payload))
+        stored = events.store_events(events.parse_events(payload))
         answer = {"created": stored.created, "duplicates": stored.duplicates, "request_ids": stored.request_ids}
         return Response(answer, status=201 if stored.created else 200)
 
@@ -279,16 +279,16 @@ def otlp_traces(request: HttpRequest) -> HttpResponse:
     except MalformedBody as error:
         return otlp_error(encoding, 400, code_pb2.INVALID_ARGUMENT, str(error))
     try:
-        message = ingest.decode_trace_request(body, json_encoded=encoding == JSON)
-    except ingest.OTLPDecodeError as error:
+        message = otlp.decode_trace_request(body, json_encoded=encoding == JSON)
+    except otlp.OTLPDecodeError as error:
         return otlp_error(encoding, 400, code_pb2.INVALID_ARGUMENT, f"Not an ExportTraceServiceRequest: {error}")
 
-    conversion = ingest.logs_from_trace_request(message)
+    conversion = otlp.logs_from_trace_request(message)
     if conversion.logs:
         LLMRequestLog.objects.record_many(conversion.logs)
     answer = ExportTraceServiceResponse()
-    if conversion.rejected:
+    if partial_message := conversion.partial_success_message():
         answer.partial_success.CopyFrom(
-            ExportTracePartialSuccess(rejected_spans=conversion.rejected, error_message=conversion.rejection_message())
+            ExportTracePartialSuccess(rejected_spans=conversion.rejected, error_message=partial_message)
         )
     return otlp_response(answer, encoding)

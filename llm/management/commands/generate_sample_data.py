@@ -11,15 +11,15 @@ import random
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 from django.utils import timezone
 
-from llm import privacy
-from llm.models import AlertLog, AlertRule, LLMRequestLog, ModelPrice, UserFeedback
+from llm.models import AlertLog, AlertRule, LLMRequestLog, UserFeedback
 
 BATCH_SIZE = 5_000
 
@@ -81,6 +81,113 @@ def _weighted_picker(rng: random.Random, items: list, weights: list[float]):
     return pick
 
 
+@dataclass(frozen=True)
+class Traffic:
+    """When calls happen and what they are: an hour of the window, a model, a user, an error kind."""
+
+    hours: list[datetime]
+    incident_hours: set[int]
+    pick_hour: Callable[[], int]
+    pick_model: Callable[[], ModelProfile]
+    pick_user: Callable[[], str]
+    pick_error: Callable[[], tuple[str, float, str]]
+
+    @classmethod
+    def over(cls, rng: random.Random, days: int) -> Traffic:
+        end = timezone.now().replace(second=0, microsecond=0)
+        start = end - timedelta(days=days)
+        hours = [start + timedelta(hours=h) for h in range(days * 24)]
+        hour_weights = [HOURLY_RHYTHM[hour.hour] * (WEEKEND_FACTOR if hour.weekday() >= 5 else 1.0) for hour in hours]
+        # A couple of incident hours with many errors and slow answers, so alerts have something to find.
+        incident_hours = {rng.randrange(len(hours)) for _ in range(max(1, days // 10))}
+        incident_hours.add(len(hours) - 2)
+        users = [f"user-{n:03d}" for n in range(1, 37)]
+        return cls(
+            hours=hours,
+            incident_hours=incident_hours,
+            pick_hour=_weighted_picker(rng, list(range(len(hours))), hour_weights),
+            pick_model=_weighted_picker(rng, MODELS, [m.share for m in MODELS]),
+            pick_user=_weighted_picker(rng, users, [1 / (rank + 1) ** 0.8 for rank in range(len(users))]),
+            pick_error=_weighted_picker(rng, ERROR_KINDS, [kind[1] for kind in ERROR_KINDS]),
+        )
+
+
+def sample_call(rng: random.Random, traffic: Traffic) -> LLMRequestLog:
+    """One unsaved call as a client sent it: raw text, no totals or cost (the write path adds them).
+
+    The order of the random draws is part of what --seed reproduces: keep it when editing.
+    """
+    hour_index = traffic.pick_hour()
+    in_incident = hour_index in traffic.incident_hours
+    timestamp = traffic.hours[hour_index] + timedelta(seconds=rng.random() * 3600)
+    model = traffic.pick_model()
+    prompt_tokens = int(min(rng.lognormvariate(5.6, 0.7), 12_000)) + 8
+    completion_tokens = int(min(rng.lognormvariate(5.2, 0.8), 4_000)) + 1
+    is_error = rng.random() < (0.3 if in_incident else 0.03)
+    latency = _latency(rng, model, completion_tokens, in_incident)
+    streamed = rng.random() < 0.4
+    topic = rng.choice(TOPICS)
+    log = LLMRequestLog(
+        request_id=uuid.UUID(int=rng.getrandbits(128), version=4),
+        timestamp=timestamp,
+        source=LLMRequestLog.Source.PROXY if rng.random() < 0.7 else LLMRequestLog.Source.API,
+        provider="groq",
+        model_name=model.name,
+        user_id=traffic.pick_user() if rng.random() < 0.95 else "",
+        session_id=f"sess-{rng.getrandbits(32):08x}",
+        prompt_text=topic[0],
+        temperature=rng.choice([0.0, 0.2, 0.7, 1.0]),
+        max_tokens=rng.choice([None, 512, 1024, 4096]),
+        tags={"feature": rng.choice(["support", "search", "summaries", "translate"])},
+        cost_estimate=None,  # None: priced from ModelPrice on the way in
+    )
+    if is_error:
+        _fail(log, traffic.pick_error(), latency)
+    else:
+        _succeed(log, rng, topic[1], prompt_tokens, completion_tokens, latency, streamed)
+    return log
+
+
+def _latency(rng: random.Random, model: ModelProfile, completion_tokens: int, in_incident: bool) -> float:
+    latency = model.base_latency_ms + completion_tokens * model.ms_per_output_token
+    latency *= rng.lognormvariate(0, 0.25)
+    if rng.random() < 0.01:
+        latency *= rng.uniform(4, 10)  # the occasional spike
+    if in_incident:
+        latency *= 3
+    return latency
+
+
+def _fail(log: LLMRequestLog, error_kind: tuple[str, float, str], latency: float) -> None:
+    error_type, _, message = error_kind
+    log.status = LLMRequestLog.Status.ERROR
+    log.error_type = error_type
+    log.error_message = message
+    # A failed call used no tokens; a timeout waited long, other errors answer fast.
+    log.prompt_tokens = 0
+    log.completion_tokens = 0
+    log.latency_ms = round(latency * 4 if error_type == LLMRequestLog.ErrorType.TIMEOUT else latency / 3, 3)
+
+
+def _succeed(
+    log: LLMRequestLog,
+    rng: random.Random,
+    response: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+    latency: float,
+    streamed: bool,
+) -> None:
+    log.status = LLMRequestLog.Status.SUCCESS
+    log.response_text = response
+    log.prompt_tokens = prompt_tokens
+    log.completion_tokens = completion_tokens
+    log.finish_reason = "length" if rng.random() < 0.04 else "stop"
+    log.latency_ms = round(latency, 3)
+    if streamed:
+        log.ttft_ms = round(min(latency, 60 + rng.lognormvariate(4.6, 0.5)), 3)
+
+
 class Command(BaseCommand):
     help = "Fill the database with realistic sample LLM traffic."
 
@@ -111,86 +218,39 @@ class Command(BaseCommand):
         )
 
     def generate(self, count: int, days: int, seed: int | None) -> tuple[int, int]:
+        """Store `count` calls in batches; answers (calls created, feedback entries created)."""
         rng = random.Random(seed)
-        prices = ModelPrice.objects.price_table()
-        end = timezone.now().replace(second=0, microsecond=0)
-        start = end - timedelta(days=days)
-        hours = [start + timedelta(hours=h) for h in range(days * 24)]
-        hour_weights = [HOURLY_RHYTHM[hour.hour] * (WEEKEND_FACTOR if hour.weekday() >= 5 else 1.0) for hour in hours]
-        # A couple of incident hours with many errors and slow answers, so alerts have something to find.
-        incident_hours = {rng.randrange(len(hours)) for _ in range(max(1, days // 10))}
-        incident_hours.add(len(hours) - 2)
-        pick_hour = _weighted_picker(rng, list(range(len(hours))), hour_weights)
-        pick_model = _weighted_picker(rng, MODELS, [m.share for m in MODELS])
-        users = [f"user-{n:03d}" for n in range(1, 37)]
-        pick_user = _weighted_picker(rng, users, [1 / (rank + 1) ** 0.8 for rank in range(len(users))])
-        pick_error = _weighted_picker(rng, ERROR_KINDS, [kind[1] for kind in ERROR_KINDS])
-
+        traffic = Traffic.over(rng, days)
         created = 0
         feedback_count = 0
-        while created < count:
-            batch_size = min(BATCH_SIZE, count - created)
-            logs = []
-            for _ in range(batch_size):
-                hour_index = pick_hour()
-                in_incident = hour_index in incident_hours
-                timestamp = hours[hour_index] + timedelta(seconds=rng.random() * 3600)
-                model = pick_model()
-                prompt_tokens = int(min(rng.lognormvariate(5.6, 0.7), 12_000)) + 8
-                completion_tokens = int(min(rng.lognormvariate(5.2, 0.8), 4_000)) + 1
-                is_error = rng.random() < (0.3 if in_incident else 0.03)
-                latency = model.base_latency_ms + completion_tokens * model.ms_per_output_token
-                latency *= rng.lognormvariate(0, 0.25)
-                if rng.random() < 0.01:
-                    latency *= rng.uniform(4, 10)  # the occasional spike
-                if in_incident:
-                    latency *= 3
-                streamed = rng.random() < 0.4
-                topic = rng.choice(TOPICS)
-                log = LLMRequestLog(
-                    request_id=uuid.UUID(int=rng.getrandbits(128), version=4),
-                    timestamp=timestamp,
-                    source=LLMRequestLog.Source.PROXY if rng.random() < 0.7 else LLMRequestLog.Source.API,
-                    provider="groq",
-                    model_name=model.name,
-                    user_id=pick_user() if rng.random() < 0.95 else "",
-                    session_id=f"sess-{rng.getrandbits(32):08x}",
-                    prompt_text=privacy.stored_text(topic[0]),
-                    temperature=rng.choice([0.0, 0.2, 0.7, 1.0]),
-                    max_tokens=rng.choice([None, 512, 1024, 4096]),
-                    tags={"feature": rng.choice(["support", "search", "summaries", "translate"])},
-                )
-                if is_error:
-                    error_type, _, message = pick_error()
-                    log.status = LLMRequestLog.Status.ERROR
-                    log.error_type = error_type
-                    log.error_message = privacy.stored_text(message, always_store=True)
-                    log.prompt_tokens = 0
-                    log.completion_tokens = 0
-                    log.latency_ms = round(
-                        latency * 4 if error_type == LLMRequestLog.ErrorType.TIMEOUT else latency / 3, 3
-                    )
-                else:
-                    log.status = LLMRequestLog.Status.SUCCESS
-                    log.response_text = privacy.stored_text(topic[1])
-                    log.prompt_tokens = prompt_tokens
-                    log.completion_tokens = completion_tokens
-                    log.finish_reason = "length" if rng.random() < 0.04 else "stop"
-                    log.latency_ms = round(latency, 3)
-                    if streamed:
-                        log.ttft_ms = round(min(latency, 60 + rng.lognormvariate(4.6, 0.5)), 3)
-                log.total_tokens = log.prompt_tokens + log.completion_tokens
-                log.cost_estimate = ModelPrice.cost_for(model.name, log.prompt_tokens, log.completion_tokens, prices)
-                logs.append(log)
-            with transaction.atomic():
-                LLMRequestLog.objects.bulk_create(logs, batch_size=1_000)
-                feedback = self._feedback_for(rng, logs)
-                UserFeedback.objects.bulk_create(feedback, batch_size=1_000)
-            created += batch_size
-            feedback_count += len(feedback)
+        for done in range(0, count, BATCH_SIZE):
+            batch = [sample_call(rng, traffic) for _ in range(min(BATCH_SIZE, count - done))]
+            batch_created, batch_feedback = self._store(rng, batch)
+            created += batch_created
+            feedback_count += batch_feedback
             if self.show_progress:
-                self.stderr.write(f"  {created}/{count} calls", ending="\r" if sys.stderr.isatty() else "\n")
+                self.stderr.write(f"  {done + len(batch)}/{count} calls", ending="\r" if sys.stderr.isatty() else "\n")
         return created, feedback_count
+
+    def _store(self, rng: random.Random, logs: list[LLMRequestLog]) -> tuple[int, int]:
+        """Store one batch through the write path every caller uses (privacy, totals, cost), and
+        feedback on the calls it created; answers (calls created, feedback entries created)."""
+        request_ids = [log.request_id for log in logs]
+        with transaction.atomic():
+            # A seed already used without --clear gives the same request ids: those calls and
+            # their feedback are stored already.
+            stored_before = set(
+                LLMRequestLog.objects.filter(request_id__in=request_ids).values_list("request_id", flat=True)
+            )
+            created, _ = LLMRequestLog.objects.record_many(logs)
+            # bulk_create with ignore_conflicts does not hand back ids; feedback needs them.
+            ids = dict(LLMRequestLog.objects.filter(request_id__in=request_ids).values_list("request_id", "id"))
+            new_logs = [log for log in logs if log.request_id not in stored_before]
+            for log in new_logs:
+                log.id = ids[log.request_id]
+            feedback = self._feedback_for(rng, new_logs)
+            UserFeedback.objects.bulk_create(feedback, batch_size=1_000)
+        return created, len(feedback)
 
     @staticmethod
     def _feedback_for(rng: random.Random, logs: list[LLMRequestLog]) -> list[UserFeedback]:
