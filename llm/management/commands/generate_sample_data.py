@@ -313,9 +313,9 @@ class Command(BaseCommand):
                     # History, already delivered: check_alerts must not send these.
                     delivery_claimed_at=window_end,
                     delivered_at=window_end,
-                    notifications={
-                        "email": {"status": "sent", "recipients": ["oncall@example.com"], "at": window_end.isoformat()}
-                    },
+                    # The sample rules have no channel: say so rather than claim a mail that never left.
+                    notifications={},
+                    delivery_note="sample data: not sent",
                 )
             )
         AlertLog.objects.bulk_create(alerts)
