@@ -64,11 +64,7 @@ class TimeRange:
 
     @property
     def group_by(self) -> str:
-        if self.length <= timedelta(hours=2):
-            return "minute"
-        if self.length <= timedelta(days=7):
-            return "hour"
-        return "day" if self.length <= timedelta(days=180) else "month"
+        return metrics.group_by_for(self.length)
 
     def api_params(self) -> dict[str, str]:
         """The same window as API parameters: what the export buttons and the tests ask for."""
