@@ -16,7 +16,7 @@ import math
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -294,18 +294,42 @@ def _by_period(logs: LLMRequestLogQuerySet, group_by: str, **aggregates: Aggrega
 
 
 FIXED_STEPS = {"minute": timedelta(minutes=1), "hour": timedelta(hours=1)}
+# Where a period starts in TIME_ZONE, as TRUNCATE groups the rows.
+PERIOD_START = {
+    "minute": {"second": 0},
+    "hour": {"minute": 0, "second": 0},
+    "day": {"hour": 0, "minute": 0, "second": 0},
+}
+# A chart's x axis is filled with empty periods up to this many; beyond, only busy periods are drawn.
+MAX_FILLED_PERIODS = 2000
 
 
 def period_end(period_start: datetime, group_by: str) -> datetime:
     """Where a period that starts at `period_start` ends: days and months end at local midnight."""
     if group_by in FIXED_STEPS:
-        return period_start + FIXED_STEPS[group_by]
+        # Counted in UTC: adding to a local time adds wall-clock time, and on the night clocks go
+        # forward "01:00 + 1 h" would be a 02:00 that does not exist (the same instant as 03:00).
+        return timezone.localtime(period_start.astimezone(UTC) + FIXED_STEPS[group_by])
     local = timezone.localtime(period_start)
     if group_by == "day":
         following = local.date() + timedelta(days=1)
     else:
         following = (local.date().replace(day=28) + timedelta(days=4)).replace(day=1)
     return timezone.make_aware(datetime.combine(following, time.min))
+
+
+def period_starts(start: datetime, end: datetime, group_by: str) -> list[datetime] | None:
+    """Every period [start, end) touches, in TIME_ZONE, as `period` in timeseries rows; None for
+    months or for more than MAX_FILLED_PERIODS periods (a chart then draws the busy ones)."""
+    step = FIXED_STEPS.get(group_by, timedelta(days=1))
+    if group_by not in PERIOD_START or (end - start) / step > MAX_FILLED_PERIODS:
+        return None
+    moment = timezone.localtime(start).replace(microsecond=0, **PERIOD_START[group_by])
+    periods = []
+    while moment < end:
+        periods.append(moment)
+        moment = period_end(moment, group_by)
+    return periods
 
 
 def is_partial(

@@ -108,19 +108,3 @@ def test_an_empty_window_has_no_error_rate_while_overview_says_zero(db, now):
     totals = metrics.window_totals([window])[window]
     assert (totals.requests, totals.error_rate, totals.p95_latency_ms) == (0, None, None)
     assert metrics.overview(LLMRequestLog.objects.in_window(window.start, window.end))["error_rate"] == 0.0
-
-
-@pytest.mark.parametrize(
-    ("length", "group_by"),
-    [
-        (timedelta(minutes=1), "minute"),
-        (timedelta(hours=2), "minute"),
-        (timedelta(hours=2, seconds=1), "hour"),
-        (timedelta(days=7), "hour"),
-        (timedelta(days=7, seconds=1), "day"),
-        (timedelta(days=180), "day"),
-        (timedelta(days=181), "month"),
-    ],
-)
-def test_one_bucket_rule(length, group_by):
-    assert metrics.group_by_for(length) == group_by
