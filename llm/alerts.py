@@ -1,8 +1,9 @@
 """Alert rules: evaluate a rule over its window, record the state change, deliver the notice.
 
 Three separate steps, so that two overlapping `check_alerts` runs cannot send one alert twice:
-1. `evaluate(rule, now)` reads aggregates from the database and returns a verdict; it writes
-   nothing.
+1. `evaluate(rule, now)` measures the rule's metric (the MEASURES table: a figure of
+   llm.metrics over the rule's window) and returns a verdict; it writes nothing. `measure_rules`
+   measures the windows of many rules in one query, so checking ten rules costs one query.
 2. `AlertRule.record_check(...)` writes the outcome; a state change (fired, a reminder after the
    cooldown, resolved) becomes one `AlertLog` row, won by a conditional UPDATE.
 3. `deliver_pending(...)` claims each undelivered `AlertLog` with a conditional UPDATE and only
@@ -105,6 +106,7 @@ class Measure:
     # No verdict on fewer than MIN_REQUESTS_TO_JUDGE requests.
     needs_traffic: bool = False
     compares_previous: bool = False
+    # Also measure the window's p95 latency (a sort of its rows: only for the rules that use it).
     latency: bool = False
     # Why there is no value when `value` answers None.
     no_value_note: str = ""
