@@ -4,7 +4,7 @@ from django.contrib import admin, messages
 from django.db import models
 from django.utils import timezone
 
-from llm import alerts, notifiers
+from llm import alerts, formatting, notifiers
 from llm.models import AlertLog, AlertRule, APIKey, DashboardSettings, LLMRequestLog, ModelPrice, UserFeedback
 
 
@@ -87,7 +87,7 @@ class AlertRuleAdmin(admin.ModelAdmin):
     @admin.display(description="condition")
     def condition(self, rule: AlertRule) -> str:
         comparison = "<" if rule.metric_type == AlertRule.MetricType.NO_TRAFFIC else ">"
-        threshold = alerts.format_value(rule.metric_type, rule.threshold)
+        threshold = formatting.rule_value(rule.metric_type, rule.threshold)
         scope = f", {rule.model_name}" if rule.model_name else ""
         return f"{rule.metric_type} {comparison} {threshold} / {rule.time_window_minutes} min{scope}"
 
@@ -99,7 +99,7 @@ class AlertRuleAdmin(admin.ModelAdmin):
     def state(self, rule: AlertRule) -> str:
         if rule.last_checked_at is None:
             return "not checked"
-        value = alerts.format_value(rule.metric_type, rule.last_value)
+        value = formatting.rule_value(rule.metric_type, rule.last_value)
         return f"{'firing' if rule.is_firing else 'ok'} ({value})"
 
     @admin.display(description="last checked", ordering="last_checked_at")

@@ -1,8 +1,9 @@
 """Alert rules: evaluate a rule over its window, record the state change, deliver the notice.
 
 Three separate steps, so that two overlapping `check_alerts` runs cannot send one alert twice:
-1. `evaluate(rule, now)` reads aggregates from the database and returns a verdict; it writes
-   nothing.
+1. `evaluate(rule, now)` measures the rule's metric (the MEASURES table: a figure of
+   llm.metrics over the rule's window) and returns a verdict; it writes nothing. `measure_rules`
+   measures the windows of many rules in one query, so checking ten rules costs one query.
 2. `AlertRule.record_check(...)` writes the outcome; a state change (fired, a reminder after the
    cooldown, resolved) becomes one `AlertLog` row, won by a conditional UPDATE.
 3. `deliver_pending(...)` claims each undelivered `AlertLog` with a conditional UPDATE and only
@@ -34,16 +35,13 @@ neither fires nor resolves) until there is enough traffic to judge again.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db.models import Count, Q, Sum
-
-from llm import notifiers
-from llm.metrics import Percentile
-from llm.models import AlertLog, AlertRule, LLMRequestLog, describe_notifications
+from llm import formatting, metrics, notifiers
+from llm.models import AlertLog, AlertRule, describe_notifications
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +96,41 @@ DEFAULT_RULES: list[dict[str, Any]] = [
 
 
 @dataclass(frozen=True)
+class Measure:
+    """What a metric type measures (a figure of llm.metrics over the rule's window) and how it is judged."""
+
+    label: str
+    # (the window's totals, the previous window's or None) -> the value compared with the threshold.
+    value: Callable[[metrics.WindowTotals, metrics.WindowTotals | None], float | None]
+    fires_below: bool = False
+    # No verdict on fewer than MIN_REQUESTS_TO_JUDGE requests.
+    needs_traffic: bool = False
+    compares_previous: bool = False
+    # Also measure the window's p95 latency (a sort of its rows: only for the rules that use it).
+    latency: bool = False
+    # Why there is no value when `value` answers None.
+    no_value_note: str = ""
+
+
+# Alert evaluation is this table: each metric type is a figure of llm.metrics (the same the API
+# and the pages answer) over the rule's window.
+MEASURES: dict[str, Measure] = {
+    Metric.ERROR_RATE: Measure("error rate", lambda window, _: window.error_rate, needs_traffic=True),
+    Metric.LATENCY_P95: Measure(
+        "p95 latency", lambda window, _: window.p95_latency_ms, needs_traffic=True, latency=True
+    ),
+    Metric.TOKEN_SPIKE: Measure(
+        "tokens vs previous window",
+        lambda window, previous: metrics.growth(window.total_tokens, previous.total_tokens),
+        compares_previous=True,
+        no_value_note="no tokens in the previous window to compare with",
+    ),
+    Metric.COST: Measure("cost", lambda window, _: window.cost),
+    Metric.NO_TRAFFIC: Measure("requests", lambda window, _: float(window.requests), fires_below=True),
+}
+
+
+@dataclass(frozen=True)
 class Evaluation:
     rule: AlertRule
     value: float | None
@@ -120,98 +153,95 @@ class Evaluation:
         """One sentence for the notice and the command's output."""
         rule = self.rule
         scope = f" for {rule.model_name}" if rule.model_name else ""
-        comparison = "below" if rule.metric_type == Metric.NO_TRAFFIC else "above"
-        if self.value is None:
+        measure = MEASURES.get(rule.metric_type)
+        fires_below = bool(measure and measure.fires_below)
+        comparison = "below" if fires_below else "above"
+        if measure is None or self.value is None:
             measured = f"{rule.get_metric_type_display()}: no value"
         else:
-            measured = f"{metric_label(rule.metric_type)} {format_value(rule.metric_type, self.value)}"
+            measured = f"{measure.label} {formatting.rule_value(rule.metric_type, self.value)}"
         # no_traffic's value is already the number of requests.
-        requests = "" if rule.metric_type == Metric.NO_TRAFFIC else f"; {self.requests} requests"
+        requests = "" if fires_below else f"; {self.requests} requests"
         text = (
             f"{measured}{scope} over the last {self.window_minutes} min "
-            f"(fires {comparison} {format_value(rule.metric_type, rule.threshold)}{requests})"
+            f"(fires {comparison} {formatting.rule_value(rule.metric_type, rule.threshold)}{requests})"
         )
         return f"{text}; {self.note}" if self.note else text
 
 
-def metric_label(metric_type: str) -> str:
-    return {
-        Metric.ERROR_RATE: "error rate",
-        Metric.LATENCY_P95: "p95 latency",
-        Metric.TOKEN_SPIKE: "tokens vs previous window",
-        Metric.COST: "cost",
-        Metric.NO_TRAFFIC: "requests",
-    }.get(metric_type, metric_type)
+def measure_of(rule: AlertRule) -> Measure:
+    try:
+        return MEASURES[rule.metric_type]
+    except KeyError:
+        raise ValueError(f"Unknown metric type {rule.metric_type!r} on rule {rule.pk}") from None
 
 
-def format_value(metric_type: str, value: float | None) -> str:
-    if value is None:
-        return "n/a"
-    if metric_type == Metric.ERROR_RATE:
-        return f"{value:.2f}%"
-    if metric_type == Metric.LATENCY_P95:
-        return f"{value:.0f} ms"
-    if metric_type == Metric.TOKEN_SPIKE:
-        return f"{value:.2f}x"
-    if metric_type == Metric.COST:
-        return f"${value:.4f}"
-    # Request counts (no_traffic): whole numbers in full, never 1.2e+06.
-    return f"{value:.0f}" if float(value).is_integer() else f"{value:.2f}"
+def windows_of(
+    rule: AlertRule, now: datetime, window_minutes: int | None = None
+) -> tuple[metrics.Window, metrics.Window | None]:
+    """The window a rule measures, [now - its minutes, now), and the one just before it if it compares."""
+    measure = measure_of(rule)
+    length = timedelta(minutes=window_minutes or rule.time_window_minutes)
+    window = metrics.Window(now - length, now, rule.model_name, latency=measure.latency)
+    if not measure.compares_previous:
+        return window, None
+    return window, metrics.Window(now - 2 * length, now - length, rule.model_name)
 
 
-def evaluate(rule: AlertRule, now: datetime, window_minutes: int | None = None) -> Evaluation:
-    """Measure the rule's metric over [now - window, now) and compare it with the threshold."""
-    minutes = window_minutes or rule.time_window_minutes
-    end = now
-    start = end - timedelta(minutes=minutes)
-    logs = LLMRequestLog.objects.for_model(rule.model_name)
-    window = logs.in_window(start, end)
-    value: float | None
-    note = ""
+def measure_rules(
+    rules: Iterable[AlertRule], now: datetime, window_minutes: int | None = None
+) -> dict[metrics.Window, metrics.WindowTotals]:
+    """The totals of every window these rules look at, in one query (rules of unknown type left out)."""
+    windows = [
+        window
+        for rule in rules
+        if rule.metric_type in MEASURES
+        for window in windows_of(rule, now, window_minutes)
+        if window is not None
+    ]
+    return metrics.window_totals(windows)
 
-    if rule.metric_type == Metric.TOKEN_SPIKE:
-        # Both windows in one query.
-        previous_start = start - timedelta(minutes=minutes)
-        in_current = Q(timestamp__gte=start)
-        totals = logs.in_window(previous_start, end).aggregate(
-            requests=Count("id", filter=in_current),
-            current=Sum("total_tokens", filter=in_current),
-            previous=Sum("total_tokens", filter=~in_current),
-        )
-        requests = totals["requests"]
-        current, previous = totals["current"] or 0, totals["previous"] or 0
-        if previous == 0:
-            value, note = None, "no tokens in the previous window to compare with"
-        else:
-            value = current / previous
-    elif rule.metric_type == Metric.ERROR_RATE:
-        counts = window.aggregate(requests=Count("id"), failed=Count("id", filter=Q(status=LLMRequestLog.Status.ERROR)))
-        requests = counts["requests"]
-        value = 100 * counts["failed"] / requests if requests else None
-    elif rule.metric_type == Metric.LATENCY_P95:
-        figures = window.aggregate(requests=Count("id"), p95=Percentile("latency_ms", 0.95))
-        requests, value = figures["requests"], figures["p95"]
-    elif rule.metric_type == Metric.COST:
-        totals = window.aggregate(requests=Count("id"), cost=Sum("cost_estimate"))
-        requests = totals["requests"]
-        value = float(totals["cost"] or 0)
-    elif rule.metric_type == Metric.NO_TRAFFIC:
-        requests = window.count()
-        value = float(requests)
-    else:
-        raise ValueError(f"Unknown metric type {rule.metric_type!r} on rule {rule.pk}")
 
-    needs_traffic = rule.metric_type in (Metric.ERROR_RATE, Metric.LATENCY_P95)
-    if needs_traffic and requests < MIN_REQUESTS_TO_JUDGE:
+def evaluate(
+    rule: AlertRule,
+    now: datetime,
+    window_minutes: int | None = None,
+    measured: Mapping[metrics.Window, metrics.WindowTotals] | None = None,
+) -> Evaluation:
+    """Measure the rule's metric over [now - window, now) and compare it with the threshold.
+
+    `measured` is measure_rules' answer for several rules at once; without it, this rule's windows
+    are measured now. Raises ValueError for a metric type this version does not know.
+    """
+    measure = measure_of(rule)
+    window, previous = windows_of(rule, now, window_minutes)
+    if measured is None:
+        measured = metrics.window_totals([window] if previous is None else [window, previous])
+    totals = measured[window]
+    value = measure.value(totals, measured.get(previous))
+    note = measure.no_value_note if value is None else ""
+    if measure.needs_traffic and totals.requests < MIN_REQUESTS_TO_JUDGE:
         breached = None
         note = f"too little traffic to judge: fewer than {MIN_REQUESTS_TO_JUDGE} requests"
     elif value is None:
         breached = None
-    elif rule.metric_type == Metric.NO_TRAFFIC:
-        breached = value < rule.threshold
     else:
-        breached = value > rule.threshold
-    return Evaluation(rule, value, breached, requests, start, end, note)
+        breached = value < rule.threshold if measure.fires_below else value > rule.threshold
+    return Evaluation(rule, value, breached, totals.requests, window.start, window.end, note)
+
+
+def evaluate_rules(rules: Iterable[AlertRule], now: datetime) -> list[Evaluation]:
+    """Every rule's verdict now, from one query, writing nothing (the alerts page). A rule of a
+    metric type this version does not know has no verdict and says why."""
+    rules = list(rules)
+    measured = measure_rules(rules, now)
+    evaluations = []
+    for rule in rules:
+        try:
+            evaluations.append(evaluate(rule, now, measured=measured))
+        except ValueError as error:
+            evaluations.append(Evaluation(rule, None, None, 0, now, now, note=str(error)))
+    return evaluations
 
 
 def planned_notice(evaluation: Evaluation, now: datetime) -> str | None:
@@ -240,8 +270,8 @@ class CheckOutcome:
         rule = evaluation.rule
         metric = rule.metric_type
         line = (
-            f"#{rule.pk} {rule.name} [{metric}]: value {format_value(metric, evaluation.value)}, "
-            f"threshold {format_value(metric, rule.threshold)}, {evaluation.requests} requests "
+            f"#{rule.pk} {rule.name} [{metric}]: value {formatting.rule_value(metric, evaluation.value)}, "
+            f"threshold {formatting.rule_value(metric, rule.threshold)}, {evaluation.requests} requests "
             f"in {evaluation.window_minutes} min: {evaluation.state.upper()}"
         )
         if evaluation.note:
@@ -267,10 +297,15 @@ class CheckRun:
 
 
 def check_rule(
-    rule: AlertRule, now: datetime, *, window_minutes: int | None = None, dry_run: bool = False
+    rule: AlertRule,
+    now: datetime,
+    *,
+    window_minutes: int | None = None,
+    dry_run: bool = False,
+    measured: Mapping[metrics.Window, metrics.WindowTotals] | None = None,
 ) -> CheckOutcome:
     """Evaluate one rule and, unless dry_run, record its new state (no sending here)."""
-    evaluation = evaluate(rule, now, window_minutes)
+    evaluation = evaluate(rule, now, window_minutes, measured)
     if dry_run:
         return CheckOutcome(evaluation, notice=planned_notice(evaluation, now))
     alert = rule.record_check(
@@ -326,9 +361,12 @@ def check_rules(
     """
     rules = list(rules)
     run = CheckRun()
+    measured = measure_rules(rules, now, window_minutes)
     for rule in rules:
         try:
-            run.outcomes.append(check_rule(rule, now, window_minutes=window_minutes, dry_run=dry_run))
+            run.outcomes.append(
+                check_rule(rule, now, window_minutes=window_minutes, dry_run=dry_run, measured=measured)
+            )
         except Exception as exc:  # noqa: BLE001 - one broken rule must not keep the others from being checked
             logger.exception("Could not evaluate alert rule %s", rule.pk)
             run.failures.append((rule, f"{type(exc).__name__}: {exc}"))

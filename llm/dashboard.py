@@ -22,12 +22,6 @@ from llm.models import DashboardSettings, LLMRequestLog, LLMRequestLogQuerySet, 
 RANGES = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "7d": timedelta(days=7), "30d": timedelta(days=30)}
 RANGE_LABELS = {"1h": "1 hour", "24h": "24 hours", "7d": "7 days", "30d": "30 days", "custom": "Custom"}
 DEFAULT_RANGE = "24h"
-STEPS = {"minute": timedelta(minutes=1), "hour": timedelta(hours=1), "day": timedelta(days=1)}
-PERIOD_START = {
-    "minute": {"second": 0},
-    "hour": {"minute": 0, "second": 0},
-    "day": {"hour": 0, "minute": 0, "second": 0},
-}
 AUTO_REFRESH_SECONDS = 30
 # The logs page's orders: newest first, or the worst calls first (what a card links to).
 LOG_SORTS = {
@@ -64,11 +58,7 @@ class TimeRange:
 
     @property
     def group_by(self) -> str:
-        if self.length <= timedelta(hours=2):
-            return "minute"
-        if self.length <= timedelta(days=7):
-            return "hour"
-        return "day" if self.length <= timedelta(days=180) else "month"
+        return metrics.group_by_for(self.length)
 
     def api_params(self) -> dict[str, str]:
         """The same window as API parameters: what the export buttons and the tests ask for."""
@@ -134,20 +124,14 @@ def model_choices() -> list[str]:
 
 def _filled(rows: list[dict[str, Any]], window: TimeRange) -> list[dict[str, Any]]:
     """Periods without traffic as zeros, so a chart's x axis is time, not just the busy periods."""
-    step = STEPS.get(window.group_by)
-    if step is None or window.length / step > 2000:
+    periods = metrics.period_starts(window.start, window.end, window.group_by)
+    if periods is None:
         return rows
     by_period = {row["period"]: row for row in rows}
-    moment = timezone.localtime(window.start).replace(microsecond=0, **PERIOD_START[window.group_by])
-    filled = []
-    while moment < window.end:
-        # Day steps cross DST changes in local time: normalise through localtime each step.
-        period = moment.isoformat()
-        filled.append(by_period.get(period) or metrics.empty_period(moment, window.group_by, window.start, window.end))
-        moment = timezone.localtime(moment + step)
-        if window.group_by == "day":
-            moment = moment.replace(hour=0)
-    return filled
+    return [
+        by_period.get(moment.isoformat()) or metrics.empty_period(moment, window.group_by, window.start, window.end)
+        for moment in periods
+    ]
 
 
 def change(current: float | None, previous: float | None) -> float | None:

@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, time, timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
 from django.db import connections, transaction
-from django.db.models import Aggregate, Avg, Count, F, Field, FloatField, Max, OuterRef, Q, QuerySet, Subquery, Sum
+from django.db.models import Aggregate, Avg, Count, F, Field, Max, OuterRef, Q, QuerySet, Subquery, Sum
 from django.db.models.functions import TruncDay, TruncHour, TruncMinute, TruncMonth
 from django.utils import timezone
 
@@ -31,35 +32,22 @@ from llm.models import LLMRequestLog, LLMRequestLogQuerySet, ModelPrice, UserFee
 # million rows instead of 0.8 s for a sequential scan and an in-memory sort (bench/api_bench.py).
 PERCENTILE_WORK_MEM = "64MB"
 
+# The periods a client may ask for (SPEC's three). `minute` is only ever chosen by the bucket rule
+# below, for windows of up to two hours: asked for over a month it would be 43,200 rows.
 GROUP_BY = {"hour": TruncHour, "day": TruncDay, "month": TruncMonth}
-# The dashboard's 1-hour range also draws per minute; the API offers SPEC's three.
 TRUNCATE = {"minute": TruncMinute, **GROUP_BY}
-FAILED = Q(status=LLMRequestLog.Status.ERROR)
+# The one time-bucketing rule, for the pages and the API alike: the period of a window up to each
+# length, and "month" beyond the last. Between 60 and 180 points for a window at its bound, so a
+# chart stays readable, and a 1-hour window is drawn per minute rather than as one or two hours.
+BUCKETS = [
+    (timedelta(hours=2), "minute"),
+    (timedelta(days=7), "hour"),
+    (timedelta(days=180), "day"),
+]
 # A period's p50/p95/p99 from a handful of calls is noise drawn as a trend (one slow call of five
 # is "the p95"): below this many calls the per-period percentiles are None, a gap in the charts and
 # "—" in the tables. Totals over the whole window (overview, per model) are not affected.
 MIN_CALLS_FOR_PERCENTILE = 20
-
-
-class Percentile(Aggregate):
-    """The `fraction` percentile (0–1) of an expression, linearly interpolated."""
-
-    function = "PERCENTILE_CONT"
-    name = "Percentile"
-    output_field = FloatField()
-    template = "%(function)s(%(fraction)s) WITHIN GROUP (ORDER BY %(expressions)s)"
-
-    def __init__(self, expression: Any, fraction: float, **extra: Any) -> None:
-        if not 0 <= fraction <= 1:
-            raise ValueError("fraction must be between 0 and 1")
-        super().__init__(expression, fraction=repr(float(fraction)), **extra)
-
-    def as_sqlite(self, compiler, connection, **extra_context):
-        # Aggregate.as_sql passes its own template when there is a filter: change the copy's.
-        clone = self.copy()
-        clone.function = "llm_percentile_cont"
-        clone.template = "%(function)s(%(expressions)s, %(fraction)s)"
-        return super(Percentile, clone).as_sql(compiler, connection, **extra_context)
 
 
 class FloatList(Field):
@@ -70,43 +58,31 @@ class FloatList(Field):
 
 
 class Percentiles(Aggregate):
-    """Several percentiles of one expression from a single sort (one ORDER BY, not one per fraction)."""
+    """One or several percentiles (fractions 0-1) of an expression from a single sort, linearly
+    interpolated; answers a list in the order of `fractions` (None over no rows)."""
 
     function = "PERCENTILE_CONT"
     name = "Percentiles"
     output_field = FloatList()
     template = "%(function)s(ARRAY[%(fractions)s]::float8[]) WITHIN GROUP (ORDER BY %(expressions)s)"
 
-    def __init__(self, expression: Any, fractions: tuple[float, ...], **extra: Any) -> None:
-        if not all(0 <= fraction <= 1 for fraction in fractions):
+    def __init__(self, expression: Any, fractions: float | tuple[float, ...], **extra: Any) -> None:
+        fractions = (fractions,) if isinstance(fractions, int | float) else tuple(fractions)
+        if not fractions or not all(0 <= fraction <= 1 for fraction in fractions):
             raise ValueError("fractions must be between 0 and 1")
         super().__init__(expression, fractions=",".join(repr(float(f)) for f in fractions), **extra)
 
     def as_sqlite(self, compiler, connection, **extra_context):
+        # Aggregate.as_sql passes its own template when there is a filter: change the copy's.
         clone = self.copy()
         clone.function = "llm_percentiles_cont"
         clone.template = "%(function)s(%(expressions)s, '%(fractions)s')"
         return super(Percentiles, clone).as_sql(compiler, connection, **extra_context)
 
 
-class _SQLitePercentileCont:
-    """percentile_cont for SQLite: collects the group's values inside SQLite, interpolates at the end."""
-
-    def __init__(self) -> None:
-        self.values: list[float] = []
-        self.fraction = 0.5
-
-    def step(self, value: float | None, fraction: float) -> None:
-        if value is not None:
-            self.values.append(value)
-        self.fraction = fraction
-
-    def finalize(self) -> float | None:
-        return interpolated_percentile(self.values, self.fraction)
-
-
 class _SQLitePercentilesCont:
-    """Several percentiles at once for SQLite: answers a JSON list, like PostgreSQL's float8[]."""
+    """percentile_cont for SQLite: collects the group's values inside SQLite, interpolates each
+    fraction at the end; answers a JSON list, like PostgreSQL's float8[]."""
 
     def __init__(self) -> None:
         self.values: list[float] = []
@@ -149,21 +125,26 @@ def aggregate_queries(using: str = "default") -> Iterator[None]:
 
 
 def register_sqlite_functions(sender: Any, connection: Any, **kwargs: Any) -> None:
-    """connection_created receiver: add llm_percentile_cont to every SQLite connection."""
+    """connection_created receiver: add llm_percentiles_cont to every SQLite connection."""
     if connection.vendor == "sqlite":
-        connection.connection.create_aggregate("llm_percentile_cont", 2, _SQLitePercentileCont)
         connection.connection.create_aggregate("llm_percentiles_cont", 2, _SQLitePercentilesCont)
 
 
-def _number(value: Any) -> float:
-    """Sums are NULL over no rows; the API answers 0 (and floats, not Decimal strings)."""
+def group_by_for(length: timedelta) -> str:
+    """The period a window of this length is shown by (BUCKETS): minute, hour, day or month."""
+    return next((group_by for bound, group_by in BUCKETS if length <= bound), "month")
+
+
+def _sum(value: Any) -> float:
+    """A SUM as the API answers it: 0 over no rows (SQL says NULL), a float rather than a Decimal."""
     if value is None:
         return 0
     # SQLite sums decimals as floats: round back to the column's 10 places.
     return float(round(value, 10)) if isinstance(value, Decimal) else value
 
 
-def _rate(part: int, whole: int) -> float:
+def rate(part: int, whole: int) -> float:
+    """`part` as a percent of `whole` (the error rate: failed of all requests); 0 of nothing is 0."""
     return part * 100.0 / whole if whole else 0.0
 
 
@@ -183,33 +164,125 @@ def _spread(row: dict[str, Any], *names: str) -> dict[str, Any]:
     return {**row, **{f"{name}_latency_ms": value for name, value in zip(names, values, strict=True)}}
 
 
+def _traffic_aggregates(within: Q | None = None) -> dict[str, Aggregate]:
+    """Requests, errors, tokens and cost of the rows (of those matching `within`, when given)."""
+    failed = LLMRequestLog.FAILED if within is None else within & LLMRequestLog.FAILED
+    return {
+        "requests": Count("id", filter=within),
+        "errors": Count("id", filter=failed),
+        "prompt_tokens": Sum("prompt_tokens", filter=within),
+        "completion_tokens": Sum("completion_tokens", filter=within),
+        "total_tokens": Sum("total_tokens", filter=within),
+        "cost": Sum("cost_estimate", filter=within),
+    }
+
+
+def _traffic(row: dict[str, Any], *percentiles: str, min_calls: int = 0) -> dict[str, Any]:
+    """A row of _traffic_aggregates and _latency_aggregates as the API answers it; with fewer than
+    `min_calls` requests its percentiles are None."""
+    row = _spread(row, *percentiles)
+    if row["requests"] < min_calls:
+        row |= {f"{name}_latency_ms": None for name in percentiles}
+    for key in ("prompt_tokens", "completion_tokens", "total_tokens", "cost"):
+        row[key] = _sum(row[key])
+    row["error_rate"] = rate(row["errors"], row["requests"])
+    return row
+
+
 def overview(logs: LLMRequestLogQuerySet) -> dict[str, Any]:
-    figures = logs.aggregate(
-        total_requests=Count("id"),
-        failed_requests=Count("id", filter=FAILED),
-        total_tokens=Sum("total_tokens"),
-        prompt_tokens=Sum("prompt_tokens"),
-        completion_tokens=Sum("completion_tokens"),
-        total_cost=Sum("cost_estimate"),
-        unique_users=Count("user_id", distinct=True, filter=~Q(user_id="")),
-        **_latency_aggregates("p50", "p95", "p99"),
+    figures = _traffic(
+        logs.aggregate(
+            **_traffic_aggregates(),
+            unique_users=Count("user_id", distinct=True, filter=~Q(user_id="")),
+            **_latency_aggregates("p50", "p95", "p99"),
+        ),
+        "p50",
+        "p95",
+        "p99",
     )
-    figures = _spread(figures, "p50", "p95", "p99")
-    total, failed = figures["total_requests"], figures["failed_requests"]
+    total, failed = figures["requests"], figures["errors"]
     return {
         "total_requests": total,
         "successful_requests": total - failed,
         "failed_requests": failed,
-        "error_rate": _rate(failed, total),
-        "total_tokens": _number(figures["total_tokens"]),
-        "prompt_tokens": _number(figures["prompt_tokens"]),
-        "completion_tokens": _number(figures["completion_tokens"]),
+        "error_rate": figures["error_rate"],
+        "total_tokens": figures["total_tokens"],
+        "prompt_tokens": figures["prompt_tokens"],
+        "completion_tokens": figures["completion_tokens"],
         "avg_latency_ms": figures["avg_latency_ms"],
         "p50_latency_ms": figures["p50_latency_ms"],
         "p95_latency_ms": figures["p95_latency_ms"],
         "p99_latency_ms": figures["p99_latency_ms"],
-        "total_cost": _number(figures["total_cost"]),
+        "total_cost": figures["cost"],
         "unique_users": figures["unique_users"],
+    }
+
+
+@dataclass(frozen=True)
+class Window:
+    """The calls of [start, end), of one model or of all (blank); `latency` asks for its p95 too
+    (a sort of the window's rows, so only when a rule needs it)."""
+
+    start: datetime
+    end: datetime
+    model: str = ""
+    latency: bool = False
+
+    def condition(self) -> Q:
+        """LLMRequestLog.objects.in_window(start, end).for_model(model) as a condition, so several
+        windows can be measured in one query."""
+        within = Q(timestamp__gte=self.start, timestamp__lt=self.end)
+        return within & Q(model_name=self.model) if self.model else within
+
+
+@dataclass(frozen=True)
+class WindowTotals:
+    """What alert rules measure over a window; each figure as overview() answers it."""
+
+    requests: int
+    errors: int
+    total_tokens: float
+    cost: float
+    p95_latency_ms: float | None = None
+
+    @property
+    def error_rate(self) -> float | None:
+        """overview()'s error_rate, or None without requests: 0 % of nothing is no rate."""
+        return rate(self.errors, self.requests) if self.requests else None
+
+
+def growth(current: float, previous: float) -> float | None:
+    """`current` as a multiple of `previous`; None without a baseline (nothing before)."""
+    return current / previous if previous else None
+
+
+WINDOW_FIGURES = ("requests", "errors", "total_tokens", "cost")
+
+
+def window_totals(windows: Iterable[Window]) -> dict[Window, WindowTotals]:
+    """The totals of several windows in one query: conditional aggregates (one set per window)
+    over the rows of the span they cover together. Evaluating every alert rule costs one query."""
+    windows = list(dict.fromkeys(windows))
+    if not windows:
+        return {}
+    aggregates: dict[str, Aggregate] = {}
+    for index, window in enumerate(windows):
+        within = window.condition()
+        wanted = {name: aggregate for name, aggregate in _traffic_aggregates(within).items() if name in WINDOW_FIGURES}
+        if window.latency:
+            wanted["latency_percentiles"] = Percentiles("latency_ms", FRACTIONS["p95"], filter=within)
+        aggregates |= {f"w{index}_{name}": aggregate for name, aggregate in wanted.items()}
+    span = LLMRequestLog.objects.in_window(min(w.start for w in windows), max(w.end for w in windows))
+    row = span.aggregate(**aggregates)
+    return {
+        window: WindowTotals(
+            requests=row[f"w{index}_requests"],
+            errors=row[f"w{index}_errors"],
+            total_tokens=_sum(row[f"w{index}_total_tokens"]),
+            cost=_sum(row[f"w{index}_cost"]),
+            p95_latency_ms=(row.get(f"w{index}_latency_percentiles") or [None])[0],
+        )
+        for index, window in enumerate(windows)
     }
 
 
@@ -221,18 +294,42 @@ def _by_period(logs: LLMRequestLogQuerySet, group_by: str, **aggregates: Aggrega
 
 
 FIXED_STEPS = {"minute": timedelta(minutes=1), "hour": timedelta(hours=1)}
+# Where a period starts in TIME_ZONE, as TRUNCATE groups the rows.
+PERIOD_START = {
+    "minute": {"second": 0},
+    "hour": {"minute": 0, "second": 0},
+    "day": {"hour": 0, "minute": 0, "second": 0},
+}
+# A chart's x axis is filled with empty periods up to this many; beyond, only busy periods are drawn.
+MAX_FILLED_PERIODS = 2000
 
 
 def period_end(period_start: datetime, group_by: str) -> datetime:
     """Where a period that starts at `period_start` ends: days and months end at local midnight."""
     if group_by in FIXED_STEPS:
-        return period_start + FIXED_STEPS[group_by]
+        # Counted in UTC: adding to a local time adds wall-clock time, and on the night clocks go
+        # forward "01:00 + 1 h" would be a 02:00 that does not exist (the same instant as 03:00).
+        return timezone.localtime(period_start.astimezone(UTC) + FIXED_STEPS[group_by])
     local = timezone.localtime(period_start)
     if group_by == "day":
         following = local.date() + timedelta(days=1)
     else:
         following = (local.date().replace(day=28) + timedelta(days=4)).replace(day=1)
     return timezone.make_aware(datetime.combine(following, time.min))
+
+
+def period_starts(start: datetime, end: datetime, group_by: str) -> list[datetime] | None:
+    """Every period [start, end) touches, in TIME_ZONE, as `period` in timeseries rows; None for
+    months or for more than MAX_FILLED_PERIODS periods (a chart then draws the busy ones)."""
+    step = FIXED_STEPS.get(group_by, timedelta(days=1))
+    if group_by not in PERIOD_START or (end - start) / step > MAX_FILLED_PERIODS:
+        return None
+    moment = timezone.localtime(start).replace(microsecond=0, **PERIOD_START[group_by])
+    periods = []
+    while moment < end:
+        periods.append(moment)
+        moment = period_end(moment, group_by)
+    return periods
 
 
 def is_partial(
@@ -258,30 +355,7 @@ def token_usage(logs: LLMRequestLogQuerySet, group_by: str = "day") -> list[dict
         total_tokens=Sum("total_tokens"),
         requests=Count("id"),
     )
-    return [{key: _number(value) if key != "period" else value for key, value in row.items()} for row in rows]
-
-
-def _traffic_aggregates() -> dict[str, Aggregate]:
-    return {
-        "requests": Count("id"),
-        "errors": Count("id", filter=FAILED),
-        "prompt_tokens": Sum("prompt_tokens"),
-        "completion_tokens": Sum("completion_tokens"),
-        "total_tokens": Sum("total_tokens"),
-        "cost": Sum("cost_estimate"),
-    }
-
-
-def _traffic(row: dict[str, Any], *percentiles: str, min_calls: int = 0) -> dict[str, Any]:
-    """A row of _traffic_aggregates and _latency_aggregates as the API answers it; with fewer than
-    `min_calls` requests its percentiles are None."""
-    row = _spread(row, *percentiles)
-    if row["requests"] < min_calls:
-        row |= {f"{name}_latency_ms": None for name in percentiles}
-    for key in ("prompt_tokens", "completion_tokens", "total_tokens", "cost"):
-        row[key] = _number(row[key])
-    row["error_rate"] = _rate(row["errors"], row["requests"])
-    return row
+    return [{key: _sum(value) if key != "period" else value for key, value in row.items()} for row in rows]
 
 
 def _with_partial(
@@ -380,12 +454,12 @@ def model_usage(logs: LLMRequestLogQuerySet) -> list[dict[str, Any]]:
 def cost_by_model(logs: LLMRequestLogQuerySet) -> list[dict[str, Any]]:
     """USD per model, costliest first. Cheaper than model_usage: no latency sort per model."""
     rows = logs.values("model_name").annotate(cost=Sum("cost_estimate")).order_by("-cost", "model_name")
-    return [{"model": row["model_name"], "cost": _number(row["cost"])} for row in rows]
+    return [{"model": row["model_name"], "cost": _sum(row["cost"])} for row in rows]
 
 
 def errors(logs: LLMRequestLogQuerySet) -> dict[str, Any]:
     """Errors per error_type: count, share of all errors (percent), latest message and time."""
-    failed = logs.filter(FAILED)
+    failed = logs.failed()
     latest = failed.filter(error_type=OuterRef("error_type")).order_by("-timestamp", "-id")
     rows = (
         failed.values("error_type")
@@ -402,12 +476,12 @@ def errors(logs: LLMRequestLogQuerySet) -> dict[str, Any]:
     return {
         "total_errors": total_errors,
         "total_requests": total_requests,
-        "error_rate": _rate(total_errors, total_requests),
+        "error_rate": rate(total_errors, total_requests),
         "errors": [
             {
                 "error_type": row["error_type"],
                 "count": row["count"],
-                "share": _rate(row["count"], total_errors),
+                "share": rate(row["count"], total_errors),
                 "latest_message": row["latest_message"],
                 "last_seen": row["last_seen"].isoformat(),
             }
@@ -425,13 +499,13 @@ def user_usage(logs: LLMRequestLogQuerySet, order_by: str = "cost", limit: int =
         .values("user_id")
         .annotate(
             requests=Count("id"),
-            errors=Count("id", filter=FAILED),
+            errors=Count("id", filter=LLMRequestLog.FAILED),
             total_tokens=Sum("total_tokens"),
             cost=Sum("cost_estimate"),
         )
         .order_by(F(order_by).desc(nulls_last=True), "user_id")[:limit]
     )
-    return [{**row, "total_tokens": _number(row["total_tokens"]), "cost": _number(row["cost"])} for row in rows]
+    return [{**row, "total_tokens": _sum(row["total_tokens"]), "cost": _sum(row["cost"])} for row in rows]
 
 
 THUMBS_UP = Q(rating=UserFeedback.Rating.THUMBS_UP)

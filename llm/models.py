@@ -32,11 +32,8 @@ class LLMRequestLogQuerySet(models.QuerySet):
     def for_model(self, model_name: str | None) -> LLMRequestLogQuerySet:
         return self.filter(model_name=model_name) if model_name else self
 
-    def successful(self) -> LLMRequestLogQuerySet:
-        return self.filter(status=LLMRequestLog.Status.SUCCESS)
-
     def failed(self) -> LLMRequestLogQuerySet:
-        return self.filter(status=LLMRequestLog.Status.ERROR)
+        return self.filter(LLMRequestLog.FAILED)
 
 
 class LLMRequestLogManager(models.Manager.from_queryset(LLMRequestLogQuerySet)):
@@ -91,6 +88,10 @@ class LLMRequestLog(models.Model):
     class Status(models.TextChoices):
         SUCCESS = "success", "Success"
         ERROR = "error", "Error"
+
+    # What a failed call is, for every count of failures: the metrics, alert rules, the pages and
+    # the logs API (`LLMRequestLog.objects.failed()`). Also usable as an aggregate's `filter`.
+    FAILED = models.Q(status=Status.ERROR)
 
     class ErrorType(models.TextChoices):
         TIMEOUT = "timeout", "Timeout"

@@ -27,6 +27,7 @@ from django.core.mail import EmailMessage
 from django.http import HttpRequest
 from django.utils import timezone
 
+from llm import formatting
 from llm.models import AlertLog, AlertRule, DashboardSettings
 
 logger = logging.getLogger(__name__)
@@ -185,8 +186,8 @@ def email_body(alert: AlertLog, base: str) -> str:
         f"Rule:      {rule.name} (#{rule.pk})",
         f"Metric:    {rule.get_metric_type_display()}",
         f"Model:     {rule.model_name or 'all models'}",
-        f"Value:     {alert.metric_value if alert.metric_value is not None else 'n/a'}",
-        f"Threshold: {alert.threshold:g}",
+        f"Value:     {formatting.rule_value(rule.metric_type, alert.metric_value)}",
+        f"Threshold: {formatting.rule_value(rule.metric_type, alert.threshold)}",
         f"Window:    {alert.window_start:%Y-%m-%d %H:%M:%S} to {alert.window_end:%Y-%m-%d %H:%M:%S} UTC",
         "",
         f"Alerts: {dashboard_link(base)}",

@@ -73,7 +73,7 @@ def test_one_line_per_rule_with_value_and_threshold(clock):
     lines = run().splitlines()
     assert len(lines) == 2
     assert lines[0].endswith("quiet [no_traffic]: value 20, threshold 1, 20 requests in 10 min: OK")
-    assert lines[1].endswith("slow [latency_p95]: value 250 ms, threshold 1000 ms, 20 requests in 10 min: OK")
+    assert lines[1].endswith("slow [latency_p95]: value 250 ms, threshold 1,000 ms, 20 requests in 10 min: OK")
 
 
 def test_cooldown_then_resolve_through_the_command(clock, smtp_server, webhook_receiver):

@@ -76,7 +76,9 @@ def test_feedback_page_equals_the_feedback_api(logged_in, calls, model):
 def test_overview_chart_data_equals_the_token_usage_api(logged_in, calls):
     page = logged_in.get("/", {"range": "7d"})
     params = page.context["window"].api_params()
-    api = logged_in.get("/api/metrics/token-usage/", {**params, "group_by": "hour"}).json()["results"]
+    body = logged_in.get("/api/metrics/token-usage/", params).json()  # the default period: no group_by
+    assert body["group_by"] == page.context["window"].group_by == "hour"
+    api = body["results"]
     busy = {row["period"]: row for row in page.context["series"] if row["requests"]}
     assert len(busy) == len(api) > 0
     for row in api:
@@ -88,7 +90,8 @@ def test_overview_chart_data_equals_the_token_usage_api(logged_in, calls):
 def test_overview_charts_equal_the_timeseries_api(logged_in, calls, model):
     page = logged_in.get("/", {"range": "7d", "model": model})
     params = page.context["window"].api_params()
-    body = logged_in.get("/api/metrics/timeseries/", {**params, "group_by": "hour"}).json()
+    body = logged_in.get("/api/metrics/timeseries/", params).json()  # the default period: no group_by
+    assert body["group_by"] == page.context["window"].group_by == "hour"
     api = {row["period"]: row for row in body["results"]}
     series = page.context["series"]
     busy = {row["period"]: row for row in series if row["requests"]}
@@ -109,3 +112,42 @@ def test_overview_charts_equal_the_timeseries_api(logged_in, calls, model):
     }.items():
         for key in keys:
             assert charts[chart][key] == [row[key] for row in series], (chart, key)
+
+
+@pytest.mark.parametrize(
+    ("query", "group_by"),
+    [
+        ({"range": "1h"}, "minute"),
+        ({"range": "24h"}, "hour"),
+        ({"range": "7d"}, "hour"),
+        ({"range": "30d"}, "day"),
+        ({"range": "custom", "days": 90}, "day"),
+        ({"range": "custom", "days": 180}, "day"),
+        ({"range": "custom", "days": 181}, "month"),
+        ({"range": "custom", "days": 365}, "month"),
+    ],
+)
+def test_page_and_api_choose_the_same_period_for_a_window(logged_in, calls, query, group_by):
+    if query.get("days"):
+        end = timezone.now().replace(microsecond=0)
+        start = end - timedelta(days=query.pop("days"))
+        query |= {"start_date": start.isoformat(), "end_date": end.isoformat()}
+    page = logged_in.get("/", query)
+    window = page.context["window"]
+    assert not window.errors
+    assert window.group_by == group_by
+    for endpoint in ("/api/metrics/timeseries/", "/api/metrics/token-usage/"):
+        body = logged_in.get(endpoint, window.api_params()).json()
+        assert body["group_by"] == group_by, endpoint
+    # The chart's periods are the API's: every busy period of the page is one the API answers.
+    api = {row["period"] for row in logged_in.get("/api/metrics/timeseries/", window.api_params()).json()["results"]}
+    assert {row["period"] for row in page.context["series"] if row["requests"]} == api
+
+
+def test_a_client_may_not_ask_for_minutes_though_the_default_may_be_minutes(logged_in, calls):
+    end = timezone.now()
+    params = {"start_date": (end - timedelta(hours=1)).isoformat(), "end_date": end.isoformat()}
+    assert logged_in.get("/api/metrics/timeseries/", params).json()["group_by"] == "minute"
+    response = logged_in.get("/api/metrics/timeseries/", {**params, "group_by": "minute"})
+    assert response.status_code == 400
+    assert "group_by" in response.json()["fields"]

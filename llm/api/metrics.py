@@ -7,7 +7,6 @@ never has to guess what it is looking at.
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
 from drf_spectacular.types import OpenApiTypes
@@ -25,20 +24,22 @@ GROUP_BY_PARAMETER = OpenApiParameter(
     "group_by",
     OpenApiTypes.STR,
     enum=list(metrics.GROUP_BY),
-    description="Period length; by default hour up to 2 days, day up to 90 days, month beyond.",
+    description=(
+        "Period length; by default, as the dashboard: minute up to 2 hours, hour up to 7 days, day up to 180 days, "
+        "month beyond."
+    ),
 )
 
 
 def group_by_for(request: Request, filtered: FilteredLogs) -> str:
+    """The `group_by` a client asks for (hour, day or month), or by default the one bucket rule the
+    pages follow too (metrics.group_by_for), which answers `minute` for a window of up to 2 hours."""
     group_by = request.query_params.get("group_by")
     if group_by:
-        if group_by not in metrics.GROUP_BY:  # not "minute": that is the dashboard's
+        if group_by not in metrics.GROUP_BY:  # not "minute": over a long window that is too many rows
             raise ValidationError({"group_by": [f"Must be one of: {', '.join(metrics.GROUP_BY)}."]})
         return group_by
-    span = filtered.end - filtered.start
-    if span <= timedelta(days=2):
-        return "hour"
-    return "day" if span <= timedelta(days=90) else "month"
+    return metrics.group_by_for(filtered.end - filtered.start)
 
 
 class MetricsView(DeclaredParameters, APIView):

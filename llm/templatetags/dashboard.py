@@ -13,6 +13,8 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django.utils.safestring import mark_safe
 
+from llm import formatting
+
 register = template.Library()
 
 
@@ -28,17 +30,8 @@ def favicon_data_uri() -> str:
 
 @register.simple_tag
 def metric_value(key: str, value: float | None) -> str:
-    if value is None or value == "":
-        return "—"
-    if not isinstance(value, int | float):
-        raise TypeError(f"metric_value {key}: {value!r}")
-    if key == "error_rate":
-        return f"{value:.2f}%"
-    if key.endswith("latency_ms"):
-        return f"{value:,.0f} ms"
-    if key in ("total_cost", "cost"):
-        return f"${value:,.4f}"
-    return f"{value:,.0f}"
+    """A figure written as everywhere else (llm.formatting): "12,000 ms", "$1,234.5000", "—"."""
+    return formatting.figure(key, value)
 
 
 @register.filter

@@ -40,32 +40,41 @@ class Command(BaseCommand):
     def handle(self, *args, time_window: int | None, create_defaults: bool, dry_run: bool, rule: int | None, **options):
         now = timezone.now()
         if create_defaults:
-            if dry_run:
-                existing = set(AlertRule.objects.values_list("name", flat=True))
-                names = [spec["name"] for spec in alerts.DEFAULT_RULES if spec["name"] not in existing]
-                self.stdout.write(f"Would create {len(names)} default rule(s): {', '.join(names) or 'none'}.")
-            else:
-                names = [created.name for created in alerts.create_default_rules()]
-                self.stdout.write(f"Created {len(names)} default rule(s): {', '.join(names) or 'none'}.")
-            # Said once, when the rules are set up, not on every cron run.
-            unreached = [r.name for r in AlertRule.objects.active().order_by("id") if not notifiers.channel_names(r)]
-            if unreached:
-                self.stdout.write(
-                    f"{len(unreached)} active rule(s) reach no one ({alerts.NO_CHANNEL_HELP}): "
-                    f"they are checked and recorded, nothing is sent. Try it with the alerts page's Send test."
-                )
-
-        rules = AlertRule.objects.active().order_by("id")
-        if rule is not None:
-            rules = rules.filter(pk=rule)
-            if not rules.exists():
-                raise CommandError(f"No active alert rule with id {rule}.")
-        rules = list(rules)
+            self.create_defaults(dry_run)
+        rules = self.rules_to_check(rule)
         if not rules:
             self.stdout.write("No active alert rules. Add some in admin, or run check_alerts --create-defaults.")
             return
-
         run = alerts.check_rules(rules, now, window_minutes=time_window, dry_run=dry_run)
+        self.report(run, dry_run)
+
+    def create_defaults(self, dry_run: bool) -> None:
+        if dry_run:
+            existing = set(AlertRule.objects.values_list("name", flat=True))
+            names = [spec["name"] for spec in alerts.DEFAULT_RULES if spec["name"] not in existing]
+            self.stdout.write(f"Would create {len(names)} default rule(s): {', '.join(names) or 'none'}.")
+        else:
+            names = [created.name for created in alerts.create_default_rules()]
+            self.stdout.write(f"Created {len(names)} default rule(s): {', '.join(names) or 'none'}.")
+        # Said once, when the rules are set up, not on every cron run.
+        unreached = [r.name for r in AlertRule.objects.active().order_by("id") if not notifiers.channel_names(r)]
+        if unreached:
+            self.stdout.write(
+                f"{len(unreached)} active rule(s) reach no one ({alerts.NO_CHANNEL_HELP}): "
+                f"they are checked and recorded, nothing is sent. Try it with the alerts page's Send test."
+            )
+
+    def rules_to_check(self, rule_id: int | None) -> list[AlertRule]:
+        """The active rules, or only `--rule ID` (which must be one of them)."""
+        rules = AlertRule.objects.active().order_by("id")
+        if rule_id is not None:
+            rules = rules.filter(pk=rule_id)
+            if not rules.exists():
+                raise CommandError(f"No active alert rule with id {rule_id}.")
+        return list(rules)
+
+    def report(self, run: alerts.CheckRun, dry_run: bool) -> None:
+        """A line per rule and per notice sent; non-zero exit when a rule could not be evaluated."""
         for outcome in run.outcomes:
             self.stdout.write(outcome.summary(dry_run))
         for alert_rule, error in run.failures:
