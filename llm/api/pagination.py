@@ -23,6 +23,14 @@ class StrictPageNumberPagination(PageNumberPagination):
     page_size = 50
     page_size_query_param = "page_size"
     max_page_size = MAX_PAGE_SIZE
+    page_size_query_description = f"Rows per page, 1 to {MAX_PAGE_SIZE} (default 50); outside that: 400."
+
+    def get_schema_operation_parameters(self, view) -> list[dict]:
+        parameters = super().get_schema_operation_parameters(view)
+        for parameter in parameters:
+            if parameter["name"] == self.page_size_query_param:
+                parameter["schema"] |= {"minimum": 1, "maximum": self.max_page_size}
+        return parameters
 
     def get_page_size(self, request) -> int:
         raw = request.query_params.get(self.page_size_query_param)
