@@ -2,7 +2,7 @@
 answer holds (so the OpenAPI document describes every field).
 
 API view modules (llm/api/*) and the events receiver (llm/events.py) import from here; this
-module imports models and the ingest limits only.
+module imports models, the ingest limits and llm/metrics.py's names only.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.utils import timezone
 from rest_framework import serializers
 
+from llm import metrics
 from llm.ingest_limits import (
     ERROR_MESSAGE_MAX_CHARS,
     FINISH_REASON_MAX_CHARS,
@@ -419,6 +420,8 @@ class EventsAnswerSerializer(serializers.Serializer):
 # llm/metrics.py as plain data; these describe them in the OpenAPI document (tests/test_api_schema.py
 # compares each answer's keys with them).
 
+ERROR_RATE_HELP = "Percent of requests that failed."
+PERIOD_HELP = "Start of the period, in TIME_ZONE."
 PERCENTILE_NULL = "null when there is no call, or for a period below the 20-call percentile minimum."
 
 
@@ -437,38 +440,35 @@ class LatencyFields(serializers.Serializer):
     p99_latency_ms = serializers.FloatField(allow_null=True, help_text=PERCENTILE_NULL)
 
 
-class TrafficFields(serializers.Serializer):
-    requests = serializers.IntegerField()
-    errors = serializers.IntegerField()
-    error_rate = serializers.FloatField(help_text="Percent of requests that failed.")
+class TokenFields(serializers.Serializer):
     prompt_tokens = serializers.IntegerField()
     completion_tokens = serializers.IntegerField()
     total_tokens = serializers.IntegerField()
+
+
+class TrafficFields(TokenFields):
+    requests = serializers.IntegerField()
+    errors = serializers.IntegerField()
+    error_rate = serializers.FloatField(help_text=ERROR_RATE_HELP)
     cost = serializers.FloatField(help_text="USD.")
 
 
-class OverviewSerializer(WindowSerializer, LatencyFields):
+class OverviewSerializer(WindowSerializer, TokenFields, LatencyFields):
     total_requests = serializers.IntegerField()
     successful_requests = serializers.IntegerField()
     failed_requests = serializers.IntegerField()
-    error_rate = serializers.FloatField(help_text="Percent of requests that failed.")
-    total_tokens = serializers.IntegerField()
-    prompt_tokens = serializers.IntegerField()
-    completion_tokens = serializers.IntegerField()
+    error_rate = serializers.FloatField(help_text=ERROR_RATE_HELP)
     total_cost = serializers.FloatField(help_text="USD.")
     unique_users = serializers.IntegerField(help_text="Distinct non-empty user_id values.")
 
 
-class TokenUsageRowSerializer(serializers.Serializer):
-    period = serializers.DateTimeField(help_text="Start of the period, in TIME_ZONE.")
-    prompt_tokens = serializers.IntegerField()
-    completion_tokens = serializers.IntegerField()
-    total_tokens = serializers.IntegerField()
+class TokenUsageRowSerializer(TokenFields):
+    period = serializers.DateTimeField(help_text=PERIOD_HELP)
     requests = serializers.IntegerField()
 
 
 class GroupedSerializer(WindowSerializer):
-    group_by = serializers.ChoiceField(choices=["hour", "day", "month"], help_text="The period length used.")
+    group_by = serializers.ChoiceField(choices=list(metrics.GROUP_BY), help_text="The period length used.")
 
 
 class TokenUsageSerializer(GroupedSerializer):
@@ -495,7 +495,7 @@ class ErrorRowSerializer(serializers.Serializer):
 class ErrorsSerializer(WindowSerializer):
     total_errors = serializers.IntegerField()
     total_requests = serializers.IntegerField()
-    error_rate = serializers.FloatField(help_text="Percent of requests that failed.")
+    error_rate = serializers.FloatField(help_text=ERROR_RATE_HELP)
     errors = ErrorRowSerializer(many=True)
 
 
@@ -509,7 +509,7 @@ class ModelUsageSerializer(WindowSerializer):
 
 
 class PeriodRowSerializer(TrafficFields, LatencyFields):
-    period = serializers.DateTimeField(help_text="Start of the period, in TIME_ZONE.")
+    period = serializers.DateTimeField(help_text=PERIOD_HELP)
     partial = serializers.BooleanField(help_text="The window covers only part of the period, or it is still running.")
 
 
