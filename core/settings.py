@@ -58,6 +58,8 @@ INSTALLED_APPS = [
     "rest_framework",
     "django_filters",
     "drf_spectacular",
+    # Swagger UI's files, served as our own static files (no CDN at run time).
+    "drf_spectacular_sidecar",
     "llm",
 ]
 
@@ -166,7 +168,9 @@ REST_FRAMEWORK = {
         "rest_framework.renderers.BrowsableAPIRenderer",
     ],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "EXCEPTION_HANDLER": "llm.api_errors.exception_handler",
+    "EXCEPTION_HANDLER": "llm.api.errors.exception_handler",
+    # One pagination for every list: page_size above 500 answers 400 (DRF would cap it silently).
+    "DEFAULT_PAGINATION_CLASS": "llm.api.pagination.StrictPageNumberPagination",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
 
@@ -178,6 +182,10 @@ SPECTACULAR_SETTINGS = {
     # The schema describes private endpoints: same rule as the API itself.
     "SERVE_PERMISSIONS": ["llm.auth.HasSessionOrAPIKey"],
     "SERVE_AUTHENTICATION": ["llm.auth.APIKeyAuthentication", "rest_framework.authentication.SessionAuthentication"],
+    # /api/docs/ loads Swagger UI from drf-spectacular-sidecar's static files, never from a CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # Email (alerts): EMAIL_URL (smtp://user:password@host:587, smtp+tls://..., consolemail://) when set,

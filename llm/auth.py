@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.contrib.auth.models import AnonymousUser
+from django.http import HttpRequest
 from rest_framework import authentication, exceptions, permissions
 
 from llm.models import APIKey
@@ -28,6 +29,16 @@ class APIKeyAuthentication(authentication.BaseAuthentication):
 
     def authenticate_header(self, request) -> str:
         return self.keyword
+
+
+def api_key_from(request: HttpRequest) -> APIKey | None:
+    """The valid API key a plain Django view's request carries (the OTLP receiver, which is not a
+    DRF view), read exactly as the API reads it; None when it carries none, or a bad one."""
+    try:
+        authenticated = APIKeyAuthentication().authenticate(request)
+    except exceptions.AuthenticationFailed:
+        return None
+    return authenticated[1] if authenticated else None
 
 
 class HasSessionOrAPIKey(permissions.BasePermission):

@@ -5,7 +5,7 @@ inside the handler (the technical 404/500 pages with DEBUG=True, HTML templates 
 any outer middleware sees it. So this middleware looks at the finished response instead:
 
 - under /api/, /v1/ and /metrics an HTML error answer becomes `{"error": "..."}` with the same
-  status (the shape of llm/api_errors.py); DRF's own answers, JSON or the browsable API, pass;
+  status (the shape of llm/api/errors.py); DRF's own answers, JSON or the browsable API, pass;
 - on dashboard pages a 400, 404 or 500 becomes templates/400.html, 404.html or 500.html.
 
 The traceback of a 500 is still logged: Django logs it (logger `django.request`) when it builds

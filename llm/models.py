@@ -15,6 +15,8 @@ from django.core.validators import MaxValueValidator, MinValueValidator, URLVali
 from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
+from llm import traces
+
 ONE_MILLION = Decimal(1_000_000)
 COST_PLACES = Decimal("0.0000000001")
 
@@ -34,6 +36,15 @@ class LLMRequestLogQuerySet(models.QuerySet):
 
     def failed(self) -> LLMRequestLogQuerySet:
         return self.filter(LLMRequestLog.FAILED)
+
+    def trace(self, trace_id: str) -> traces.Trace:
+        """The calls of one trace as a tree (llm/traces.py); no call: an empty list."""
+        rows = (
+            self.filter(trace_id=trace_id)
+            .order_by("timestamp", "id")
+            .values(*traces.TRACE_CALL_FIELDS)[: traces.MAX_TRACE_CALLS + 1]
+        )
+        return traces.as_tree(list(rows))
 
 
 class LLMRequestLogManager(models.Manager.from_queryset(LLMRequestLogQuerySet)):
@@ -234,6 +245,10 @@ class AlertRuleQuerySet(models.QuerySet):
         return self.active().filter(is_firing=True)
 
 
+# An error_rate rule's threshold is a percentage.
+MAX_ERROR_RATE_PERCENT = 100.0
+
+
 class AlertRule(models.Model):
     class MetricType(models.TextChoices):
         ERROR_RATE = "error_rate", "Error rate (%)"
@@ -286,8 +301,14 @@ class AlertRule(models.Model):
 
     def clean(self) -> None:
         super().clean()
-        if self.metric_type == self.MetricType.ERROR_RATE and self.threshold is not None and self.threshold > 100:
-            raise ValidationError({"threshold": "An error rate is a percentage: at most 100."})
+        self.validate_threshold(self.metric_type, self.threshold)
+
+    @classmethod
+    def validate_threshold(cls, metric_type: str | None, threshold: float | None) -> None:
+        """The bound a threshold has for its metric type; the admin form (through clean) and the
+        API's serializer both ask here."""
+        if metric_type == cls.MetricType.ERROR_RATE and threshold is not None and threshold > MAX_ERROR_RATE_PERCENT:
+            raise ValidationError({"threshold": f"An error rate is a percentage: at most {MAX_ERROR_RATE_PERCENT:g}."})
 
     @property
     def recipients(self) -> list[str]:

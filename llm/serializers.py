@@ -1,9 +1,43 @@
+"""Every serializer of the API in one place: what requests carry (validated here) and what each
+answer holds (so the OpenAPI document describes every field).
+
+API view modules (llm/api/*) and the events receiver (llm/events.py) import from here; this
+module imports models, the ingest limits and llm/metrics.py's names only.
+"""
+
 from __future__ import annotations
 
+from datetime import datetime
+
 from django.conf import settings
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.utils import timezone
 from rest_framework import serializers
 
-from llm.models import LLMRequestLog, UserFeedback
+from llm import metrics
+from llm.ingest_limits import (
+    ERROR_MESSAGE_MAX_CHARS,
+    FINISH_REASON_MAX_CHARS,
+    FUTURE_TOLERANCE,
+    FUTURE_TOLERANCE_TEXT,
+    HEX_SPAN_ID,
+    HEX_TRACE_ID,
+    MAX_COUNT,
+    MAX_LATENCY_MS,
+    MODEL_MAX_CHARS,
+    PROVIDER_MAX_CHARS,
+    SESSION_ID_MAX_CHARS,
+    USER_ID_MAX_CHARS,
+)
+from llm.models import (
+    AlertLog,
+    AlertRule,
+    LLMRequestLog,
+    UserFeedback,
+    split_email_list,
+    webhook_url_validator,
+)
+from llm.traces import TRACE_CALL_FIELDS
 
 # Long enough for a large context window, short enough that one request cannot fill the disk.
 PROMPT_MAX_CHARS = 100_000
@@ -111,3 +145,419 @@ class FeedbackCreateSerializer(serializers.Serializer):
             raise serializers.ValidationError("No logged call has this request_id.")
         self.context["log"] = log
         return value
+
+
+# Logs and feedback
+
+LOG_FIELDS = [
+    "request_id",
+    "timestamp",
+    "source",
+    "provider",
+    "model_name",
+    "user_id",
+    "session_id",
+    "trace_id",
+    "span_id",
+    "parent_span_id",
+    "prompt_text",
+    "response_text",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "latency_ms",
+    "ttft_ms",
+    "cost_estimate",
+    "status",
+    "error_type",
+    "error_message",
+    "finish_reason",
+    "temperature",
+    "max_tokens",
+    "tags",
+]
+
+
+class LogSerializer(serializers.ModelSerializer):
+    # A JSON number, like every cost in the API (a ModelSerializer would make the Decimal a string).
+    cost_estimate = serializers.DecimalField(max_digits=20, decimal_places=10, coerce_to_string=False, read_only=True)
+
+    class Meta:
+        model = LLMRequestLog
+        fields = LOG_FIELDS
+        read_only_fields = LOG_FIELDS
+
+
+class FeedbackSerializer(serializers.ModelSerializer):
+    request_id = serializers.UUIDField(source="request.request_id")
+
+    class Meta:
+        model = UserFeedback
+        fields = ["id", "request_id", "rating", "comment", "rater", "created_at"]
+        read_only_fields = ["id", "created_at"]
+
+
+class LogDetailSerializer(LogSerializer):
+    feedback = FeedbackSerializer(many=True, read_only=True)
+
+    class Meta(LogSerializer.Meta):
+        fields = [*LOG_FIELDS, "feedback"]
+        read_only_fields = fields
+
+
+# Alerts
+
+STATE_FIELDS = ["is_firing", "last_value", "last_checked_at", "last_notified_at"]
+
+
+class AlertRuleSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = AlertRule
+        fields = [
+            "id",
+            "name",
+            "description",
+            "metric_type",
+            "threshold",
+            "time_window_minutes",
+            "model_name",
+            "cooldown_minutes",
+            "is_active",
+            "notify_email",
+            "email_recipients",
+            "webhook_url",
+            *STATE_FIELDS,
+            "created_at",
+            "updated_at",
+        ]
+        read_only_fields = [*STATE_FIELDS, "created_at", "updated_at"]
+        # DRF drops a model URLField's URLValidator (keeping its own, which also allows ftp): put ours back.
+        extra_kwargs = {"webhook_url": {"validators": [webhook_url_validator]}}
+
+    def validate_email_recipients(self, value: str) -> str:
+        # Stored in one canonical form whatever separators the caller used.
+        return ", ".join(split_email_list(value))
+
+    def validate(self, attrs: dict) -> dict:
+        metric_type = attrs.get("metric_type", getattr(self.instance, "metric_type", None))
+        threshold = attrs.get("threshold", getattr(self.instance, "threshold", None))
+        try:
+            AlertRule.validate_threshold(metric_type, threshold)
+        except DjangoValidationError as error:
+            raise serializers.ValidationError(error.message_dict) from None
+        return attrs
+
+
+class AlertLogSerializer(serializers.ModelSerializer):
+    rule_name = serializers.CharField(source="alert_rule.name", read_only=True)
+    metric_type = serializers.CharField(source="alert_rule.metric_type", read_only=True)
+    acknowledged_by = serializers.SerializerMethodField()
+
+    class Meta:
+        model = AlertLog
+        fields = [
+            "id",
+            "alert_rule",
+            "rule_name",
+            "metric_type",
+            "kind",
+            "triggered_at",
+            "message",
+            "metric_value",
+            "threshold",
+            "window_start",
+            "window_end",
+            "acknowledged",
+            "acknowledged_at",
+            "acknowledged_by",
+            "delivered_at",
+            "notifications",
+            "delivery_note",
+        ]
+        read_only_fields = fields
+
+    def get_acknowledged_by(self, alert: AlertLog) -> str | None:
+        if not alert.acknowledged:
+            return None
+        return alert.acknowledged_by_name or (alert.acknowledged_by.get_username() if alert.acknowledged_by else None)
+
+
+class TestNotificationSerializer(serializers.Serializer):
+    rule_id = serializers.IntegerField()
+    sent = serializers.BooleanField(help_text="True when every channel took the notice.")
+    summary = serializers.CharField(help_text='For people: "email sent, webhook error (HTTP 500: …)".')
+    notifications = serializers.DictField(child=serializers.DictField(), help_text="Per channel: sent, or the error.")
+
+
+class DeliverySerializer(serializers.Serializer):
+    alert_id = serializers.IntegerField(source="pk")
+    kind = serializers.CharField()
+    delivery = serializers.CharField(source="delivery_summary")
+    notifications = serializers.DictField(child=serializers.DictField())
+
+
+class CheckResultSerializer(serializers.Serializer):
+    rule_id = serializers.IntegerField(source="evaluation.rule.pk")
+    state = serializers.ChoiceField(choices=["firing", "ok", "no verdict"], source="evaluation.state")
+    value = serializers.FloatField(source="evaluation.value", allow_null=True)
+    threshold = serializers.FloatField(source="evaluation.rule.threshold")
+    requests = serializers.IntegerField(source="evaluation.requests")
+    window_start = serializers.DateTimeField(source="evaluation.window_start")
+    window_end = serializers.DateTimeField(source="evaluation.window_end")
+    note = serializers.CharField(source="evaluation.note")
+    summary = serializers.CharField(help_text="The line check_alerts prints for the rule.")
+    notice = serializers.CharField(allow_null=True, help_text="fired, resolved, or null: nothing to notify.")
+    alert_id = serializers.IntegerField(source="alert.pk", allow_null=True, default=None)
+    deliveries = DeliverySerializer(many=True, help_text="Notices of the rule sent by this check.")
+
+
+# Events
+
+# JSON has types; a number where text is expected (or text where a number is) is a bug in the
+# sender, so these fields refuse it rather than converting as DRF's fields do.
+
+
+class TextField(serializers.CharField):
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class WholeNumberField(serializers.IntegerField):
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, int):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class NumberField(serializers.FloatField):
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, int | float):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class EventSerializer(serializers.Serializer):
+    """One call reported by another application (the body of POST /api/events/)."""
+
+    request_id = serializers.UUIDField(required=False, help_text="Send the same id on a retry; it is stored once.")
+    timestamp = serializers.DateTimeField(required=False, help_text="ISO 8601, when the call started; default now.")
+    model = TextField(max_length=MODEL_MAX_CHARS)
+    provider = TextField(max_length=PROVIDER_MAX_CHARS, required=False, default="unknown")
+    prompt_tokens = WholeNumberField(min_value=0, max_value=MAX_COUNT, required=False)
+    completion_tokens = WholeNumberField(min_value=0, max_value=MAX_COUNT, required=False)
+    total_tokens = WholeNumberField(
+        min_value=0, max_value=MAX_COUNT, required=False, help_text="Default prompt + completion."
+    )
+    latency_ms = NumberField(min_value=0, max_value=MAX_LATENCY_MS, required=False)
+    ttft_ms = NumberField(min_value=0, max_value=MAX_LATENCY_MS, required=False, allow_null=True)
+    status = serializers.ChoiceField(LLMRequestLog.Status.choices, required=False)
+    error_type = serializers.ChoiceField(LLMRequestLog.ErrorType.choices, required=False, allow_blank=True)
+    error_message = TextField(
+        max_length=ERROR_MESSAGE_MAX_CHARS, required=False, allow_blank=True, trim_whitespace=False
+    )
+    cost_usd = serializers.DecimalField(
+        max_digits=20,
+        decimal_places=10,
+        coerce_to_string=False,  # a number in the API document, like every cost
+        min_value=0,
+        required=False,
+        allow_null=True,
+        help_text="Computed from the model's price when absent.",
+    )
+    user_id = TextField(max_length=USER_ID_MAX_CHARS, required=False, allow_blank=True)
+    session_id = TextField(max_length=SESSION_ID_MAX_CHARS, required=False, allow_blank=True)
+    prompt = TextField(max_length=PROMPT_MAX_CHARS, required=False, allow_blank=True, trim_whitespace=False)
+    response = TextField(max_length=PROMPT_MAX_CHARS, required=False, allow_blank=True, trim_whitespace=False)
+    finish_reason = TextField(max_length=FINISH_REASON_MAX_CHARS, required=False, allow_blank=True)
+    temperature = NumberField(min_value=0, max_value=2, required=False, allow_null=True)
+    max_tokens = WholeNumberField(min_value=1, max_value=MAX_COUNT, required=False, allow_null=True)
+    trace_id = serializers.RegexField(HEX_TRACE_ID, required=False, allow_blank=True)
+    span_id = serializers.RegexField(HEX_SPAN_ID, required=False, allow_blank=True)
+    parent_span_id = serializers.RegexField(HEX_SPAN_ID, required=False, allow_blank=True)
+    tags = TagsField(required=False)
+
+    def validate_timestamp(self, value: datetime) -> datetime:
+        if value > timezone.now() + FUTURE_TOLERANCE:
+            raise serializers.ValidationError(f"Must not be {FUTURE_TOLERANCE_TEXT}.")
+        return value
+
+    def validate(self, attrs: dict) -> dict:
+        errors: dict[str, str] = {}
+        prompt_tokens, completion_tokens = attrs.get("prompt_tokens", 0), attrs.get("completion_tokens", 0)
+        total = attrs.get("total_tokens")
+        # Only a total may be known (some providers report nothing else); with parts it must add up.
+        counts_given = "prompt_tokens" in attrs or "completion_tokens" in attrs
+        if total is not None and counts_given and total != prompt_tokens + completion_tokens:
+            errors["total_tokens"] = (
+                f"Must equal prompt_tokens + completion_tokens ({prompt_tokens + completion_tokens})."
+            )
+        ttft = attrs.get("ttft_ms")
+        if ttft is not None and "latency_ms" in attrs and ttft > attrs["latency_ms"]:
+            errors["ttft_ms"] = "Must not exceed latency_ms."
+        error_type = attrs.get("error_type", "")
+        status = attrs.get("status") or (LLMRequestLog.Status.ERROR if error_type else LLMRequestLog.Status.SUCCESS)
+        if status == LLMRequestLog.Status.SUCCESS and error_type:
+            errors["error_type"] = "Must be empty when status is success."
+        if errors:
+            raise serializers.ValidationError(errors)
+        attrs["status"] = status
+        attrs.setdefault("prompt_tokens", 0)
+        attrs.setdefault("completion_tokens", 0)
+        attrs.setdefault("latency_ms", 0.0)
+        attrs["error_type"] = error_type or (LLMRequestLog.ErrorType.OTHER if status == "error" else "")
+        return attrs
+
+
+class EventsAnswerSerializer(serializers.Serializer):
+    created = serializers.IntegerField(help_text="Events stored by this request.")
+    duplicates = serializers.IntegerField(help_text="Events whose request_id was already stored.")
+    request_ids = serializers.ListField(child=serializers.UUIDField(), help_text="Every event's id, in order.")
+
+
+# Answers of the metrics, feedback analytics and trace endpoints. The figures are computed by
+# llm/metrics.py as plain data; these describe them in the OpenAPI document (tests/test_api_schema.py
+# compares each answer's keys with them).
+
+ERROR_RATE_HELP = "Percent of requests that failed."
+PERIOD_HELP = "Start of the period, in TIME_ZONE."
+PERCENTILE_NULL = "null when there is no call, or for a period below the 20-call percentile minimum."
+
+
+class WindowSerializer(serializers.Serializer):
+    """The window a filtered answer covers (llm.filters.WINDOW_RULE)."""
+
+    start = serializers.DateTimeField()
+    end = serializers.DateTimeField()
+    window_defaulted = serializers.BooleanField(help_text="True when no date was given: the default window.")
+
+
+class LatencyFields(serializers.Serializer):
+    avg_latency_ms = serializers.FloatField(allow_null=True, help_text="null when there is no call.")
+    p50_latency_ms = serializers.FloatField(allow_null=True, help_text=PERCENTILE_NULL)
+    p95_latency_ms = serializers.FloatField(allow_null=True, help_text=PERCENTILE_NULL)
+    p99_latency_ms = serializers.FloatField(allow_null=True, help_text=PERCENTILE_NULL)
+
+
+class TokenFields(serializers.Serializer):
+    prompt_tokens = serializers.IntegerField()
+    completion_tokens = serializers.IntegerField()
+    total_tokens = serializers.IntegerField()
+
+
+class TrafficFields(TokenFields):
+    requests = serializers.IntegerField()
+    errors = serializers.IntegerField()
+    error_rate = serializers.FloatField(help_text=ERROR_RATE_HELP)
+    cost = serializers.FloatField(help_text="USD.")
+
+
+class OverviewSerializer(WindowSerializer, TokenFields, LatencyFields):
+    total_requests = serializers.IntegerField()
+    successful_requests = serializers.IntegerField()
+    failed_requests = serializers.IntegerField()
+    error_rate = serializers.FloatField(help_text=ERROR_RATE_HELP)
+    total_cost = serializers.FloatField(help_text="USD.")
+    unique_users = serializers.IntegerField(help_text="Distinct non-empty user_id values.")
+
+
+class TokenUsageRowSerializer(TokenFields):
+    period = serializers.DateTimeField(help_text=PERIOD_HELP)
+    requests = serializers.IntegerField()
+
+
+class GroupedSerializer(WindowSerializer):
+    group_by = serializers.ChoiceField(choices=list(metrics.GROUP_BY), help_text="The period length used.")
+
+
+class TokenUsageSerializer(GroupedSerializer):
+    results = TokenUsageRowSerializer(many=True)
+
+
+class LatencyRowSerializer(LatencyFields):
+    model = serializers.CharField()
+    requests = serializers.IntegerField()
+
+
+class LatencySerializer(WindowSerializer):
+    results = LatencyRowSerializer(many=True)
+
+
+class ErrorRowSerializer(serializers.Serializer):
+    error_type = serializers.ChoiceField(choices=LLMRequestLog.ErrorType.choices)
+    count = serializers.IntegerField()
+    share = serializers.FloatField(help_text="Percent of all errors.")
+    latest_message = serializers.CharField()
+    last_seen = serializers.DateTimeField()
+
+
+class ErrorsSerializer(WindowSerializer):
+    total_errors = serializers.IntegerField()
+    total_requests = serializers.IntegerField()
+    error_rate = serializers.FloatField(help_text=ERROR_RATE_HELP)
+    errors = ErrorRowSerializer(many=True)
+
+
+class ModelUsageRowSerializer(TrafficFields, LatencyFields):
+    model = serializers.CharField()
+    priced = serializers.BooleanField(help_text="False: the model has no price; its cost counts as 0.")
+
+
+class ModelUsageSerializer(WindowSerializer):
+    results = ModelUsageRowSerializer(many=True)
+
+
+class PeriodRowSerializer(TrafficFields, LatencyFields):
+    period = serializers.DateTimeField(help_text=PERIOD_HELP)
+    partial = serializers.BooleanField(help_text="The window covers only part of the period, or it is still running.")
+
+
+class DailyRowSerializer(PeriodRowSerializer):
+    date = serializers.DateField(help_text="The day, in TIME_ZONE.")
+    # A day's row carries fewer figures than a timeseries period's (DRF drops a field set to None).
+    period = None
+    prompt_tokens = None
+    completion_tokens = None
+    p50_latency_ms = None
+
+
+class DailyStatsSerializer(WindowSerializer):
+    results = DailyRowSerializer(many=True)
+
+
+class TimeseriesSerializer(GroupedSerializer):
+    min_calls_for_percentile = serializers.IntegerField(help_text="Periods with fewer calls have null percentiles.")
+    results = PeriodRowSerializer(many=True)
+
+
+class RatingsFields(serializers.Serializer):
+    thumbs_up = serializers.IntegerField()
+    thumbs_down = serializers.IntegerField()
+    total = serializers.IntegerField()
+    satisfaction_rate = serializers.FloatField(allow_null=True, help_text="Percent thumbs up; null with no rating.")
+
+
+class FeedbackModelRowSerializer(RatingsFields):
+    model = serializers.CharField(help_text="The rated call's model.")
+
+
+class FeedbackAnalyticsSerializer(WindowSerializer, RatingsFields):
+    by_model = FeedbackModelRowSerializer(many=True)
+
+
+class TraceCallSerializer(serializers.ModelSerializer):
+    cost_estimate = serializers.FloatField()
+    parent_request_id = serializers.UUIDField(allow_null=True, help_text="The nearest ancestor that is a stored call.")
+    depth = serializers.IntegerField(help_text="0 for a root call.")
+
+    class Meta:
+        model = LLMRequestLog
+        fields = [*TRACE_CALL_FIELDS, "parent_request_id", "depth"]
+        read_only_fields = fields
+
+
+class TraceSerializer(serializers.Serializer):
+    trace_id = serializers.RegexField(HEX_TRACE_ID)
+    calls = TraceCallSerializer(many=True, help_text="In time order.")
+    truncated = serializers.BooleanField(help_text="True when the trace has more calls than the answer holds.")

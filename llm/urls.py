@@ -1,7 +1,7 @@
 from django.urls import URLPattern, path
 
 from llm import views
-from llm.api import alerts, docs, export, feedback, ingest, logs, metrics, prometheus, prompt
+from llm.api import alerts, docs, export, feedback, ingest, logs, metrics, prometheus, prompt, traces
 
 
 def with_and_without_slash(patterns: list[URLPattern]) -> list[URLPattern]:
@@ -42,7 +42,7 @@ api_urlpatterns = [
     path("api/export/csv/", export.CSVExport.as_view(), name="api-export-csv"),
     path("api/export/json/", export.JSONExport.as_view(), name="api-export-json"),
     path("api/schema/", docs.SchemaView.as_view(), name="api-schema"),
-    path("api/docs/", docs.api_docs, name="api-docs"),
+    path("api/docs/", docs.SwaggerView.as_view(), name="api-docs"),
     # Alerts (issue 4)
     path("api/alerts/rules/", alerts.AlertRuleList.as_view(), name="api-alert-rules"),
     path("api/alerts/rules/<int:pk>/", alerts.AlertRuleDetail.as_view(), name="api-alert-rule"),
@@ -50,10 +50,10 @@ api_urlpatterns = [
     path("api/alerts/rules/<int:pk>/check/", alerts.AlertRuleCheck.as_view(), name="api-alert-rule-check"),
     path("api/alerts/logs/", alerts.AlertLogList.as_view(), name="api-alert-logs"),
     path("api/alerts/logs/<int:pk>/acknowledge/", alerts.AlertLogAcknowledge.as_view(), name="api-alert-acknowledge"),
-    # Ingest: events API and OTLP (issue 6)
+    # Ingest: events API and OTLP (issue 6); reading a trace
     path("api/events/", ingest.EventsView.as_view(), name="api-events"),
     path("v1/traces", ingest.otlp_traces, name="otlp-traces"),
-    path("api/traces/<str:trace_id>/", ingest.TraceView.as_view(), name="api-trace"),
+    path("api/traces/<str:trace_id>/", traces.TraceView.as_view(), name="api-trace"),
     # Prometheus (issue 7)
     path("metrics", prometheus.metrics, name="metrics"),
 ]

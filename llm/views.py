@@ -13,10 +13,10 @@ from django.views.decorators.http import require_POST
 from rest_framework.exceptions import ValidationError
 
 from llm import alerts, dashboard, formatting, metrics, notifiers, providers
-from llm.api.ingest import TRACE_ID, trace_calls
 from llm.filters import search_logs
 from llm.forms import FeedbackForm
 from llm.models import AlertLog, AlertRule, DashboardSettings, LLMRequestLog, UserFeedback
+from llm.traces import normal_trace_id
 
 LOGS_PER_PAGE = 50
 LOG_FILTERS = ("status", "user_id", "search")
@@ -119,13 +119,13 @@ def log_detail(request: HttpRequest, request_id) -> HttpResponse:
 
 @login_required
 def trace(request: HttpRequest, trace_id: str) -> HttpResponse:
-    trace_id = trace_id.lower()
-    if not TRACE_ID.match(trace_id):
+    trace_id = normal_trace_id(trace_id)
+    if trace_id is None:
         raise Http404("Not a trace id.")
-    calls, truncated = trace_calls(trace_id)
-    if not calls:
+    found = LLMRequestLog.objects.trace(trace_id)
+    if not found.calls:
         raise Http404("No call with this trace id.")
-    return page(request, "dashboard/trace.html", None, trace_id=trace_id, calls=calls, truncated=truncated)
+    return page(request, "dashboard/trace.html", None, trace_id=trace_id, calls=found.calls, truncated=found.truncated)
 
 
 @login_required

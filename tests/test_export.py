@@ -10,8 +10,8 @@ from decimal import Decimal
 
 import pytest
 
-from llm.api.logs import LOG_FIELDS
 from llm.models import LLMRequestLog
+from llm.serializers import LOG_FIELDS
 from tests.read_api_data import NOW, make_logs, select
 
 WINDOW = {"start_date": (NOW - timedelta(days=50)).isoformat(), "end_date": NOW.isoformat()}

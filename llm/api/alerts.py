@@ -12,86 +12,19 @@ from django.utils import timezone
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.utils import extend_schema
 from rest_framework import generics, serializers
-from rest_framework.pagination import PageNumberPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from llm import alerts, notifiers
 from llm.api.params import DeclaredParameters
-from llm.models import AlertLog, AlertRule, APIKey, split_email_list, webhook_url_validator
-
-STATE_FIELDS = ["is_firing", "last_value", "last_checked_at", "last_notified_at"]
-
-
-class AlertRuleSerializer(serializers.ModelSerializer):
-    class Meta:
-        model = AlertRule
-        fields = [
-            "id",
-            "name",
-            "description",
-            "metric_type",
-            "threshold",
-            "time_window_minutes",
-            "model_name",
-            "cooldown_minutes",
-            "is_active",
-            "notify_email",
-            "email_recipients",
-            "webhook_url",
-            *STATE_FIELDS,
-            "created_at",
-            "updated_at",
-        ]
-        read_only_fields = [*STATE_FIELDS, "created_at", "updated_at"]
-        # DRF drops a model URLField's URLValidator (keeping its own, which also allows ftp): put ours back.
-        extra_kwargs = {"webhook_url": {"validators": [webhook_url_validator]}}
-
-    def validate_email_recipients(self, value: str) -> str:
-        # Stored in one canonical form whatever separators the caller used.
-        return ", ".join(split_email_list(value))
-
-    def validate(self, attrs: dict) -> dict:
-        metric_type = attrs.get("metric_type", getattr(self.instance, "metric_type", None))
-        threshold = attrs.get("threshold", getattr(self.instance, "threshold", None))
-        if metric_type == AlertRule.MetricType.ERROR_RATE and threshold is not None and threshold > 100:
-            raise serializers.ValidationError({"threshold": ["An error rate is a percentage: at most 100."]})
-        return attrs
-
-
-class AlertLogSerializer(serializers.ModelSerializer):
-    rule_name = serializers.CharField(source="alert_rule.name", read_only=True)
-    metric_type = serializers.CharField(source="alert_rule.metric_type", read_only=True)
-    acknowledged_by = serializers.SerializerMethodField()
-
-    class Meta:
-        model = AlertLog
-        fields = [
-            "id",
-            "alert_rule",
-            "rule_name",
-            "metric_type",
-            "kind",
-            "triggered_at",
-            "message",
-            "metric_value",
-            "threshold",
-            "window_start",
-            "window_end",
-            "acknowledged",
-            "acknowledged_at",
-            "acknowledged_by",
-            "delivered_at",
-            "notifications",
-            "delivery_note",
-        ]
-        read_only_fields = fields
-
-    def get_acknowledged_by(self, alert: AlertLog) -> str | None:
-        if not alert.acknowledged:
-            return None
-        return alert.acknowledged_by_name or (alert.acknowledged_by.get_username() if alert.acknowledged_by else None)
+from llm.models import AlertLog, AlertRule, APIKey
+from llm.serializers import (
+    AlertLogSerializer,
+    AlertRuleSerializer,
+    CheckResultSerializer,
+    TestNotificationSerializer,
+)
 
 
 class AlertRuleList(DeclaredParameters, generics.ListCreateAPIView):
@@ -99,6 +32,7 @@ class AlertRuleList(DeclaredParameters, generics.ListCreateAPIView):
 
     queryset = AlertRule.objects.order_by("id")
     serializer_class = AlertRuleSerializer
+    pagination_class = None
 
 
 class AlertRuleDetail(DeclaredParameters, generics.RetrieveUpdateDestroyAPIView):
@@ -122,12 +56,6 @@ class AlertLogFilter(django_filters.FilterSet):
         fields = ["rule", "acknowledged", "kind", "since", "until"]
 
 
-class AlertLogPagination(PageNumberPagination):
-    page_size = 50
-    page_size_query_param = "page_size"
-    max_page_size = 500
-
-
 class AlertLogList(DeclaredParameters, generics.ListAPIView):
     """Triggered alerts, newest first; filters: rule, acknowledged, kind, since, until."""
 
@@ -135,7 +63,6 @@ class AlertLogList(DeclaredParameters, generics.ListAPIView):
     serializer_class = AlertLogSerializer
     filter_backends = [DjangoFilterBackend]
     filterset_class = AlertLogFilter
-    pagination_class = AlertLogPagination
 
 
 class AlertLogAcknowledge(APIView):
@@ -147,35 +74,6 @@ class AlertLogAcknowledge(APIView):
         by_name = f"API key {request.auth.name}" if isinstance(request.auth, APIKey) else ""
         alert.acknowledge(request.user, by_name)
         return Response(AlertLogSerializer(alert).data)
-
-
-class TestNotificationSerializer(serializers.Serializer):
-    rule_id = serializers.IntegerField()
-    sent = serializers.BooleanField(help_text="True when every channel took the notice.")
-    summary = serializers.CharField(help_text='For people: "email sent, webhook error (HTTP 500: …)".')
-    notifications = serializers.DictField(child=serializers.DictField(), help_text="Per channel: sent, or the error.")
-
-
-class DeliverySerializer(serializers.Serializer):
-    alert_id = serializers.IntegerField(source="pk")
-    kind = serializers.CharField()
-    delivery = serializers.CharField(source="delivery_summary")
-    notifications = serializers.DictField(child=serializers.DictField())
-
-
-class CheckResultSerializer(serializers.Serializer):
-    rule_id = serializers.IntegerField(source="evaluation.rule.pk")
-    state = serializers.ChoiceField(choices=["firing", "ok", "no verdict"], source="evaluation.state")
-    value = serializers.FloatField(source="evaluation.value", allow_null=True)
-    threshold = serializers.FloatField(source="evaluation.rule.threshold")
-    requests = serializers.IntegerField(source="evaluation.requests")
-    window_start = serializers.DateTimeField(source="evaluation.window_start")
-    window_end = serializers.DateTimeField(source="evaluation.window_end")
-    note = serializers.CharField(source="evaluation.note")
-    summary = serializers.CharField(help_text="The line check_alerts prints for the rule.")
-    notice = serializers.CharField(allow_null=True, help_text="fired, resolved, or null: nothing to notify.")
-    alert_id = serializers.IntegerField(source="alert.pk", allow_null=True, default=None)
-    deliveries = DeliverySerializer(many=True, help_text="Notices of the rule sent by this check.")
 
 
 class AlertRuleTest(APIView):

@@ -15,15 +15,16 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db.models import CharField, FloatField, Func, TextField
 from django.db.models.functions import Cast
 from django.http import StreamingHttpResponse
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
-from llm.api.logs import LOG_FIELDS
 from llm.api.params import SEARCH_PARAMETER, DeclaredParameters
 from llm.filters import date_range_label, filter_logs, search_logs
 from llm.models import LLMRequestLog, LLMRequestLogQuerySet
+from llm.serializers import LOG_FIELDS, LogSerializer
 
 CHUNK_ROWS = 2_000
 # A spreadsheet runs a cell that starts with one of these as a formula (CSV injection, OWASP).
@@ -144,6 +145,9 @@ class ExportView(DeclaredParameters, APIView):
         )
 
 
+@extend_schema_view(
+    get=extend_schema(responses={(200, "text/csv"): OpenApiResponse(OpenApiTypes.BINARY, description="CSV file")})
+)
 class CSVExport(ExportView):
     """Every filtered log as CSV (UTF-8, oldest first); formula-like cells are prefixed with '."""
 
@@ -163,11 +167,12 @@ class CSVExport(ExportView):
             cost_text=FixedPointCost("cost_estimate"),
         ).values_list(*[as_text.get(name, name) for name in LOG_FIELDS])
 
-    @extend_schema(responses={(200, "text/csv"): OpenApiResponse(description="CSV file")})
-    def get(self, request: Request) -> StreamingHttpResponse:
-        return super().get(request)
 
-
+@extend_schema_view(
+    get=extend_schema(
+        responses={(200, "application/json"): OpenApiResponse(LogSerializer(many=True), description="JSON array")}
+    )
+)
 class JSONExport(ExportView):
     """Every filtered log as one JSON array (UTF-8, oldest first)."""
 
@@ -184,7 +189,3 @@ class JSONExport(ExportView):
         return logs.annotate(cost_number=Cast("cost_estimate", FloatField())).values_list(
             *[as_number.get(name, name) for name in LOG_FIELDS]
         )
-
-    @extend_schema(responses={(200, "application/json"): OpenApiResponse(description="JSON array")})
-    def get(self, request: Request) -> StreamingHttpResponse:
-        return super().get(request)

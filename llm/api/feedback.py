@@ -10,11 +10,11 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from llm import metrics
-from llm.api.logs import FeedbackSerializer, WindowedList
+from llm.api.base import WindowedList
 from llm.api.params import DeclaredParameters
 from llm.filters import FilteredLogs, filter_logs
 from llm.models import APIKey, UserFeedback
-from llm.serializers import FeedbackCreateSerializer
+from llm.serializers import FeedbackAnalyticsSerializer, FeedbackCreateSerializer, FeedbackSerializer
 
 
 def feedback_on(filtered: FilteredLogs) -> QuerySet[UserFeedback]:
@@ -59,13 +59,9 @@ class FeedbackListCreate(WindowedList, generics.CreateAPIView):
 class FeedbackAnalytics(DeclaredParameters, APIView):
     filtered = True
 
-    @extend_schema(
-        responses={
-            200: OpenApiResponse(
-                description="start, end, window_defaulted, thumbs_up, thumbs_down, total, satisfaction_rate, by_model"
-            )
-        },
-    )
+    """Thumbs up and down, their total and satisfaction rate, overall and per model of the rated call."""
+
+    @extend_schema(responses={200: FeedbackAnalyticsSerializer})
     def get(self, request: Request) -> Response:
         filtered = filter_logs(request.query_params)
         return Response({**filtered.window(), **metrics.feedback_summary(feedback_on(filtered))})

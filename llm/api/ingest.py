@@ -1,39 +1,35 @@
-"""Calls reported from elsewhere: POST /api/events/, the OTLP/HTTP receiver POST /v1/traces, and
-GET /api/traces/<trace_id>/ (every call of one trace)."""
+"""Calls reported from elsewhere: POST /api/events/ and the OTLP/HTTP receiver POST /v1/traces."""
 
 from __future__ import annotations
 
 import json
-import re
 import zlib
 
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
-from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from google.protobuf import json_format
 from google.rpc import code_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTracePartialSuccess,
     ExportTraceServiceResponse,
 )
-from rest_framework import exceptions, serializers
+from rest_framework import exceptions
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from llm import events, otlp
-from llm.api.params import DeclaredParameters
-from llm.auth import APIKeyAuthentication
-from llm.models import APIKey, LLMRequestLog
+from llm.auth import APIKeyAuthentication, api_key_from
+from llm.models import LLMRequestLog
+from llm.serializers import EventsAnswerSerializer, EventSerializer
 
 # Largest body accepted, before and after decompression: 1,000 events with sizeable prompts, or
 # a large OTLP export. Larger gets 413. We read the body ourselves rather than through
 # request.body, so Django's DATA_UPLOAD_MAX_MEMORY_SIZE (2.5 MB) does not apply here.
 MAX_BODY_BYTES = 10 * 1024 * 1024
-# A trace with more calls than this is cut short (the answer says so).
-MAX_TRACE_CALLS = 2_000
 
 
 class BodyTooLarge(Exception):
@@ -91,26 +87,16 @@ class PayloadTooLarge(exceptions.APIException):
     default_code = "payload_too_large"
 
 
-EventsAnswer = inline_serializer(
-    "EventsAnswer",
-    {
-        "created": serializers.IntegerField(),
-        "duplicates": serializers.IntegerField(),
-        "request_ids": serializers.ListField(child=serializers.UUIDField()),
-    },
-)
-
-
 class EventsView(APIView):
     """Store calls reported by another application: one event or {"events": [...]}."""
 
     renderer_classes = [JSONRenderer]
 
     @extend_schema(
-        request=events.EventSerializer,
+        request=EventSerializer,
         responses={
-            201: EventsAnswer,
-            200: OpenApiResponse(EventsAnswer, description="Every event was already stored."),
+            201: EventsAnswerSerializer,
+            200: OpenApiResponse(EventsAnswerSerializer, description="Every event was already stored."),
             400: OpenApiResponse(description="Invalid input; names each bad event by index, and its fields."),
             413: OpenApiResponse(description="Body over 10 MiB."),
             415: OpenApiResponse(description="Not JSON, or an unknown Content-Encoding."),
@@ -142,102 +128,6 @@ class EventsView(APIView):
         return Response(answer, status=201 if stored.created else 200)
 
 
-TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
-TRACE_CALL_FIELDS = [
-    "request_id",
-    "timestamp",
-    "source",
-    "provider",
-    "model_name",
-    "span_id",
-    "parent_span_id",
-    "status",
-    "error_type",
-    "latency_ms",
-    "prompt_tokens",
-    "completion_tokens",
-    "total_tokens",
-    "cost_estimate",
-    "user_id",
-    "session_id",
-    "finish_reason",
-]
-
-
-def trace_calls(trace_id: str) -> tuple[list[dict], bool]:
-    """The calls of one trace in time order, each with `depth` and `parent_request_id`.
-
-    A call's parent is the nearest ancestor span that is itself a stored call; spans between them
-    (an HTTP handler, an agent step) were not stored, so a call whose parent span is not a stored
-    call is a root (depth 0).
-    """
-    rows = list(
-        LLMRequestLog.objects.filter(trace_id=trace_id)
-        .order_by("timestamp", "id")
-        .values(*TRACE_CALL_FIELDS)[: MAX_TRACE_CALLS + 1]
-    )
-    truncated = len(rows) > MAX_TRACE_CALLS
-    rows = rows[:MAX_TRACE_CALLS]
-    by_span = {row["span_id"]: row for row in rows if row["span_id"]}
-    depths = span_depths({span_id: row["parent_span_id"] for span_id, row in by_span.items()})
-
-    calls = []
-    for row in rows:
-        parent = by_span.get(row["parent_span_id"]) if row["parent_span_id"] else None
-        # An event may name a parent without a span id of its own.
-        depth = depths[row["span_id"]] if row["span_id"] else (depths[parent["span_id"]] + 1 if parent else 0)
-        calls.append(
-            {
-                **row,
-                "request_id": str(row["request_id"]),
-                "timestamp": row["timestamp"].isoformat(),
-                "cost_estimate": float(row["cost_estimate"]),
-                "parent_request_id": str(parent["request_id"]) if parent is not None else None,
-                "depth": depth,
-            }
-        )
-    return calls, truncated
-
-
-def span_depths(parents: dict[str, str]) -> dict[str, int]:
-    """Depth of each span among `parents` ({span_id: parent_span_id}): 0 when its parent is not
-    in the map. Iterative, and a cycle of parent ids (a confused client) ends at the repeat."""
-    depths: dict[str, int] = {}
-    for start in parents:
-        chain, seen, span_id = [], set(), start
-        while span_id in parents and span_id not in depths and span_id not in seen:
-            seen.add(span_id)
-            chain.append(span_id)
-            span_id = parents[span_id]
-        depth = depths.get(span_id, -1) if span_id not in seen else -1
-        for span_id in reversed(chain):
-            depth += 1
-            depths[span_id] = depth
-    return depths
-
-
-class TraceView(DeclaredParameters, APIView):
-    """Every call of one trace, in time order, with what a page needs to draw it as a tree."""
-
-    renderer_classes = [JSONRenderer]
-
-    @extend_schema(
-        responses={
-            200: OpenApiResponse(description="{trace_id, calls: [...], truncated}"),
-            400: OpenApiResponse(description="Not a 32-character hex trace id."),
-            404: OpenApiResponse(description="No call with this trace id."),
-        }
-    )
-    def get(self, request: Request, trace_id: str) -> Response:
-        trace_id = trace_id.lower()
-        if not TRACE_ID.match(trace_id):
-            raise exceptions.ValidationError({"trace_id": ["Must be 32 hexadecimal characters."]})
-        calls, truncated = trace_calls(trace_id)
-        if not calls:
-            raise exceptions.NotFound("No call with this trace id.")
-        return Response({"trace_id": trace_id, "calls": calls, "truncated": truncated})
-
-
 # OTLP/HTTP: https://opentelemetry.io/docs/specs/otlp/#otlphttp
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
@@ -259,8 +149,7 @@ def otlp_traces(request: HttpRequest) -> HttpResponse:
     """OTLP/HTTP traces receiver: spans with gen_ai.* attributes become log rows."""
     content_type = media_type(request)
     encoding = JSON if content_type == JSON else PROTOBUF
-    scheme, _, raw_key = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != APIKeyAuthentication.keyword.lower() or APIKey.authenticate(raw_key.strip()) is None:
+    if api_key_from(request) is None:
         return otlp_error(
             encoding,
             401,

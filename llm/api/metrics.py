@@ -10,13 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from llm import metrics
+from llm import metrics, serializers
 from llm.api.params import DeclaredParameters
 from llm.filters import FilteredLogs, filter_logs
 
@@ -57,83 +57,72 @@ class MetricsView(DeclaredParameters, APIView):
         return Response({**filtered.window(), **figures})
 
 
-def metrics_schema(description: str):
-    return extend_schema(
-        responses={200: OpenApiResponse(description=description), 400: OpenApiResponse(description="Bad filter.")},
-    )
+def answers(serializer: type[serializers.WindowSerializer], description: str):
+    """The schema of a metrics endpoint's GET: its answer's fields, and a 400 for a bad filter."""
+    responses = {
+        200: OpenApiResponse(serializer, description=description),
+        400: OpenApiResponse(description="Bad filter."),
+    }
+    return extend_schema_view(get=extend_schema(responses=responses))
 
 
+@answers(
+    serializers.OverviewSerializer, "Totals, error rate, latency percentiles, cost and unique users of the window."
+)
 class OverviewView(MetricsView):
-    @metrics_schema("Totals, error rate, latency percentiles, cost and unique users of the window.")
-    def get(self, request: Request) -> Response:
-        return super().get(request)
-
     def figures(self, request, filtered):
         return metrics.overview(filtered.queryset)
 
 
+@answers(serializers.TokenUsageSerializer, "Per period: prompt, completion and total tokens, requests.")
 class TokenUsageView(MetricsView):
     parameters = (GROUP_BY_PARAMETER,)
-
-    @metrics_schema("Per period: prompt, completion and total tokens, requests.")
-    def get(self, request: Request) -> Response:
-        return super().get(request)
 
     def figures(self, request, filtered):
         group_by = group_by_for(request, filtered)
         return {"group_by": group_by, "results": metrics.token_usage(filtered.queryset, group_by)}
 
 
+@answers(serializers.LatencySerializer, "Per model: requests, average and p50/p95/p99 latency in ms.")
 class LatencyView(MetricsView):
-    @metrics_schema("Per model: requests, average and p50/p95/p99 latency in ms.")
-    def get(self, request: Request) -> Response:
-        return super().get(request)
-
     def figures(self, request, filtered):
         return {"results": metrics.latency_by_model(filtered.queryset)}
 
 
+@answers(serializers.ErrorsSerializer, "Per error_type: count, share of all errors (percent), latest message.")
 class ErrorsView(MetricsView):
-    @metrics_schema("Per error_type: count, share of all errors (percent), latest message.")
-    def get(self, request: Request) -> Response:
-        return super().get(request)
-
     def figures(self, request, filtered):
         return metrics.errors(filtered.queryset)
 
 
+@answers(
+    serializers.ModelUsageSerializer,
+    "Per model: requests, tokens, cost, error rate, latency; priced=false: no price known.",
+)
 class ModelUsageView(MetricsView):
-    @metrics_schema("Per model: requests, tokens, cost, error rate, latency; priced=false: no price known.")
-    def get(self, request: Request) -> Response:
-        return super().get(request)
-
     def figures(self, request, filtered):
         return {"results": metrics.model_usage(filtered.queryset)}
 
 
+@answers(
+    serializers.DailyStatsSerializer,
+    "Per day (TIME_ZONE): requests, errors, tokens, cost, average, p95 and p99 latency (null under "
+    f"{metrics.MIN_CALLS_FOR_PERCENTILE} calls), and `partial` (a day the window covers only in part).",
+)
 class DailyStatsView(MetricsView):
-    @metrics_schema(
-        "Per day (TIME_ZONE): requests, errors, tokens, cost, average, p95 and p99 latency (null under "
-        f"{metrics.MIN_CALLS_FOR_PERCENTILE} calls), and `partial` (a day the window covers only in part)."
-    )
-    def get(self, request: Request) -> Response:
-        return super().get(request)
-
     def figures(self, request, filtered):
         return {"results": metrics.daily_stats(filtered.queryset, start=filtered.start, end=filtered.end)}
 
 
+@answers(
+    serializers.TimeseriesSerializer,
+    "Per period with traffic: requests, errors, error_rate, tokens, cost, average and p50/p95/p99 latency, "
+    f"and `partial` (the window covers only part of the period, or it is still running). Percentiles are "
+    f"null for a period with fewer than {metrics.MIN_CALLS_FOR_PERCENTILE} calls. The overview page's "
+    "charts draw these rows.",
+)
 class TimeseriesView(MetricsView):
     parameters = (GROUP_BY_PARAMETER,)
-
-    @metrics_schema(
-        "Per period with traffic: requests, errors, error_rate, tokens, cost, average and p50/p95/p99 latency, "
-        f"and `partial` (the window covers only part of the period, or it is still running). Percentiles are "
-        f"null for a period with fewer than {metrics.MIN_CALLS_FOR_PERCENTILE} calls. The overview page's "
-        "charts draw these rows.",
-    )
-    def get(self, request: Request) -> Response:
-        return super().get(request)
 
     def figures(self, request, filtered):
         group_by = group_by_for(request, filtered)

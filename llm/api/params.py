@@ -14,6 +14,7 @@ from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter
 from rest_framework.exceptions import ValidationError
+from rest_framework.mixins import ListModelMixin
 from rest_framework.request import Request
 from rest_framework.settings import api_settings
 
@@ -74,7 +75,8 @@ class DeclaredParameters:
         filterset_class = getattr(self, "filterset_class", None)
         if filterset_class is not None:
             names.update(filterset_class.base_filters)
-        paginator = getattr(self, "paginator", None)
+        # Every generic view has a paginator (REST_FRAMEWORK's default); only a list uses it.
+        paginator = getattr(self, "paginator", None) if isinstance(self, ListModelMixin) else None
         if paginator is not None:
             names.update(
                 name for name in (getattr(paginator, "page_query_param", None), paginator.page_size_query_param) if name
