@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from rest_framework.test import APIClient
 
-from llm.models import APIKey
+from tests.factories import make_api_key
 from tests.fake_groq import FakeGroq
 
 
@@ -39,7 +39,7 @@ def _test_settings(settings):
 
 @pytest.fixture
 def api_key(db) -> str:
-    _, raw_key = APIKey.generate("tests")
+    _, raw_key = make_api_key("tests")
     return raw_key
 
 
