@@ -207,6 +207,8 @@ ALERT_EMAIL_RECIPIENTS = env.list("ALERT_EMAIL_RECIPIENTS", default=[])
 ALERT_WEBHOOK_URL = env.http_url("ALERT_WEBHOOK_URL", default="")
 ALERT_WEBHOOK_TIMEOUT_SECONDS = env.float("ALERT_WEBHOOK_TIMEOUT_SECONDS", default=10.0, positive=True)
 ALERT_WEBHOOK_TRIES = env.int("ALERT_WEBHOOK_TRIES", default=3, minimum=1)
+# Seconds between webhook tries, times the try number (1 s, 2 s, ...): a short, bounded backoff.
+ALERT_WEBHOOK_RETRY_DELAY_SECONDS = env.float("ALERT_WEBHOOK_RETRY_DELAY_SECONDS", default=1.0, minimum=0)
 # Base of the links in alert notices; empty means the address the dashboard is served at.
 SITE_URL = env.http_url("SITE_URL", default="")
 

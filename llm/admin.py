@@ -5,7 +5,17 @@ from django.db import models
 from django.utils import timezone
 
 from llm import alerts, formatting, notifiers
-from llm.models import AlertLog, AlertRule, APIKey, DashboardSettings, LLMRequestLog, ModelPrice, UserFeedback
+from llm.models import (
+    ALERT_COOLDOWN_MINUTES_MAX,
+    ALERT_WINDOW_MINUTES_MAX,
+    AlertLog,
+    AlertRule,
+    APIKey,
+    DashboardSettings,
+    LLMRequestLog,
+    ModelPrice,
+    UserFeedback,
+)
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -76,7 +86,8 @@ class AlertRuleAdmin(admin.ModelAdmin):
             {
                 "fields": ["metric_type", "threshold", "time_window_minutes", "model_name", "cooldown_minutes"],
                 "description": "error_rate (%), latency_p95 (ms), token_spike (ratio), cost (USD) fire above "
-                "the threshold; no_traffic fires below it. Window 1 to 10080 minutes; cooldown 0 to 10080.",
+                f"the threshold; no_traffic fires below it. Window 1 to {ALERT_WINDOW_MINUTES_MAX} minutes; "
+                f"cooldown 0 to {ALERT_COOLDOWN_MINUTES_MAX}.",
             },
         ),
         ("Notify", {"fields": ["notify_email", "email_recipients", "webhook_url"]}),

@@ -26,6 +26,11 @@ WINDOW_RULE = (
     "X-Window-Start and X-Window-End headers and in the file name."
 )
 SEARCH_MAX_CHARS = 200
+# Dates outside these years are refused: a window and the previous one of the same length (the
+# overview's trend) must stay within what Python and both databases can represent.
+EARLIEST_YEAR, LATEST_YEAR = 1900, 2999
+# Real UTC offsets run from -12:00 to +14:00; PostgreSQL refuses literals beyond ±15:59.
+MIN_UTC_OFFSET, MAX_UTC_OFFSET = timedelta(hours=-12), timedelta(hours=14)
 
 
 class DateOrDateTimeField(forms.Field):
@@ -56,6 +61,11 @@ class DateOrDateTimeField(forms.Field):
             raise forms.ValidationError(
                 "Enter an ISO 8601 date or date-time, e.g. 2026-11-20 or 2026-11-20T14:00:00Z.", code="invalid"
             )
+        if not EARLIEST_YEAR <= (moment or day).year <= LATEST_YEAR:
+            raise forms.ValidationError(f"Enter a date between {EARLIEST_YEAR} and {LATEST_YEAR}.", code="out_of_range")
+        offset = moment.utcoffset() if moment is not None else None
+        if offset is not None and not MIN_UTC_OFFSET <= offset <= MAX_UTC_OFFSET:
+            raise forms.ValidationError("Enter a UTC offset between -12:00 and +14:00.", code="out_of_range")
         if moment is None:
             moment = datetime.combine(day + timedelta(days=1) if self.end_of_day else day, time.min)
         if timezone.is_naive(moment):

@@ -562,10 +562,6 @@ class APIKey(models.Model):
                 APIKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
         return api_key
 
-    @property
-    def is_active(self) -> bool:
-        return self.revoked_at is None
-
     def revoke(self) -> None:
         if self.revoked_at is None:
             self.revoked_at = timezone.now()

@@ -32,12 +32,6 @@ from llm.models import AlertLog, AlertRule, DashboardSettings
 
 logger = logging.getLogger(__name__)
 
-# Webhook delivery: each try waits at most the timeout, and there are at most `tries` of them, so
-# one dead receiver delays a check_alerts run by a bounded time.
-WEBHOOK_TIMEOUT_SECONDS = 5.0
-WEBHOOK_TRIES = 3
-WEBHOOK_RETRY_DELAY_SECONDS = 1.0
-
 # Where `make run` serves by default: the last resort for links when nothing better is known.
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
 
@@ -62,13 +56,14 @@ def post_json(
     any other non-2xx answer fails at once (retrying a 404 will not fix it). Redirects are not
     followed: a webhook that moved should be updated, not chased.
     """
-    # Settings override the module defaults (tests use short ones); arguments override both.
+    # Each try waits at most the timeout, and there are at most `tries` of them, so one dead
+    # receiver delays a check_alerts run by a bounded time. Arguments override the settings.
     if timeout is None:
-        timeout = getattr(settings, "ALERT_WEBHOOK_TIMEOUT_SECONDS", WEBHOOK_TIMEOUT_SECONDS)
+        timeout = settings.ALERT_WEBHOOK_TIMEOUT_SECONDS
     if tries is None:
-        tries = getattr(settings, "ALERT_WEBHOOK_TRIES", WEBHOOK_TRIES)
+        tries = settings.ALERT_WEBHOOK_TRIES
     if retry_delay is None:
-        retry_delay = getattr(settings, "ALERT_WEBHOOK_RETRY_DELAY_SECONDS", WEBHOOK_RETRY_DELAY_SECONDS)
+        retry_delay = settings.ALERT_WEBHOOK_RETRY_DELAY_SECONDS
     tries = max(1, tries)
     if not url.startswith(("http://", "https://")):
         raise DeliveryError(f"Not an http(s) URL: {url!r}", attempts=0)
@@ -100,9 +95,8 @@ def request_origin(request: HttpRequest) -> str:
 def base_url(request_origin: str = "") -> str:
     """Where links in notices point: SITE_URL when set, else the asking request's origin, else the
     origin the dashboard was last served from, else DEFAULT_BASE_URL. Never ends with a slash."""
-    site_url = getattr(settings, "SITE_URL", "")
-    if site_url:
-        return site_url.rstrip("/")
+    if settings.SITE_URL:
+        return settings.SITE_URL.rstrip("/")
     return (request_origin or DashboardSettings.last_served_origin() or DEFAULT_BASE_URL).rstrip("/")
 
 

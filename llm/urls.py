@@ -26,7 +26,7 @@ def with_and_without_slash(patterns: list[URLPattern]) -> list[URLPattern]:
 api_urlpatterns = [
     # Proxy
     path("api/llm/prompt/", prompt.PromptView.as_view(), name="api-prompt"),
-    # Metrics, logs, feedback, export (issue 3)
+    # Metrics, logs, feedback, export
     path("api/metrics/overview/", metrics.OverviewView.as_view(), name="api-metrics-overview"),
     path("api/metrics/token-usage/", metrics.TokenUsageView.as_view(), name="api-metrics-token-usage"),
     path("api/metrics/latency/", metrics.LatencyView.as_view(), name="api-metrics-latency"),
@@ -43,24 +43,24 @@ api_urlpatterns = [
     path("api/export/json/", export.JSONExport.as_view(), name="api-export-json"),
     path("api/schema/", docs.SchemaView.as_view(), name="api-schema"),
     path("api/docs/", docs.SwaggerView.as_view(), name="api-docs"),
-    # Alerts (issue 4)
+    # Alerts
     path("api/alerts/rules/", alerts.AlertRuleList.as_view(), name="api-alert-rules"),
     path("api/alerts/rules/<int:pk>/", alerts.AlertRuleDetail.as_view(), name="api-alert-rule"),
     path("api/alerts/rules/<int:pk>/test/", alerts.AlertRuleTest.as_view(), name="api-alert-rule-test"),
     path("api/alerts/rules/<int:pk>/check/", alerts.AlertRuleCheck.as_view(), name="api-alert-rule-check"),
     path("api/alerts/logs/", alerts.AlertLogList.as_view(), name="api-alert-logs"),
     path("api/alerts/logs/<int:pk>/acknowledge/", alerts.AlertLogAcknowledge.as_view(), name="api-alert-acknowledge"),
-    # Ingest: events API and OTLP (issue 6); reading a trace
+    # Ingest: events API and OTLP; reading a trace
     path("api/events/", ingest.EventsView.as_view(), name="api-events"),
     path("v1/traces", ingest.otlp_traces, name="otlp-traces"),
     path("api/traces/<str:trace_id>/", traces.TraceView.as_view(), name="api-trace"),
-    # Prometheus (issue 7)
+    # Prometheus
     path("metrics", prometheus.metrics, name="metrics"),
 ]
 
 urlpatterns = [
     *with_and_without_slash(api_urlpatterns),
-    # Dashboard pages (issue 5)
+    # Dashboard pages
     path("", views.overview, name="overview"),
     path("analytics/", views.analytics, name="analytics"),
     path("logs/", views.logs, name="logs"),

@@ -31,6 +31,7 @@ def page(request: HttpRequest, template: str, window: dashboard.TimeRange | None
             "window": window,
             "ranges": dashboard.RANGE_LABELS,
             "model_names": dashboard.model_choices(),
+            "auto_refresh_seconds": dashboard.AUTO_REFRESH_SECONDS,
             "refresh_seconds": dashboard.AUTO_REFRESH_SECONDS if request.GET.get("refresh") else None,
         }
     return render(request, template, context)

@@ -1,11 +1,12 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 from rest_framework.test import APIClient
 
-from llm.models import APIKey
+from tests.factories import make_api_key
 from tests.fake_groq import FakeGroq
 
 
@@ -38,7 +39,7 @@ def _test_settings(settings):
 
 @pytest.fixture
 def api_key(db) -> str:
-    _, raw_key = APIKey.generate("tests")
+    _, raw_key = make_api_key("tests")
     return raw_key
 
 
@@ -66,7 +67,7 @@ def logged_in_client(staff_user) -> APIClient:
     return client
 
 
-# Alerts (issue 4): real SMTP and webhook peers on 127.0.0.1.
+# Alerts: real SMTP and webhook peers on 127.0.0.1.
 
 
 @pytest.fixture(scope="session")
@@ -126,7 +127,7 @@ def model_prices(db) -> None:
     importlib.import_module("llm.migrations.0002_seed_model_prices").seed_prices(apps, None)
 
 
-# Dashboard (issue 5): a real headless Chromium through Playwright.
+# Dashboard: a real headless Chromium through Playwright.
 # Playwright's sync API runs an event loop in the test thread; Django would then refuse ORM calls
 # from that thread, though nothing runs concurrently there.
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
@@ -137,6 +138,15 @@ def pytest_collection_modifyitems(config, items):
     """Browser tests last: Playwright's event loop stays in the main thread until the session
     ends, and asyncio.run() refuses to start inside it."""
     items.sort(key=lambda item: item.get_closest_marker("browser") is not None)
+
+
+@pytest.fixture(scope="session")
+def screenshots(tmp_path_factory) -> Path:
+    """Where page screenshots go: SCREENSHOT_DIR when set (scripts/update-screenshots collects them
+    from there for docs/screenshots), otherwise a temporary folder pytest makes and prunes."""
+    if directory := os.environ.get("SCREENSHOT_DIR"):
+        return Path(directory)
+    return tmp_path_factory.mktemp("screenshots")
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 from django.utils import timezone
 
 from llm.models import LLMRequestLog
+from tests.factories import build_log
 
 MODELS = ["llama-3.1-8b-instant", "llama-3.3-70b-versatile", "openai/gpt-oss-20b", "unpriced-model"]
 USERS = ["u-1", "u-2", "u-3", "u-4", ""]
@@ -27,7 +28,7 @@ def make_logs(count: int = 400, *, seed: int = 7, days: int = 40) -> list[LLMReq
         prompt_tokens = rng.randint(0, 2000)
         completion_tokens = 0 if failed else rng.randint(0, 800)
         logs.append(
-            LLMRequestLog(
+            build_log(
                 request_id=uuid.UUID(int=rng.getrandbits(128)),
                 timestamp=NOW - timedelta(seconds=rng.randint(0, days * 86400)),
                 model_name=rng.choice(MODELS),
@@ -36,7 +37,6 @@ def make_logs(count: int = 400, *, seed: int = 7, days: int = 40) -> list[LLMReq
                 response_text="" if failed else rng.choice(["ok", "+1 call", "fine"]),
                 prompt_tokens=prompt_tokens,
                 completion_tokens=completion_tokens,
-                total_tokens=prompt_tokens + completion_tokens,
                 latency_ms=round(rng.lognormvariate(6.5, 0.8), 3),
                 cost_estimate=Decimal(rng.randint(0, 10**7)) / Decimal(10**10),
                 status=LLMRequestLog.Status.ERROR if failed else LLMRequestLog.Status.SUCCESS,

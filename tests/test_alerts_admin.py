@@ -5,17 +5,11 @@ from __future__ import annotations
 import pytest
 
 from llm.models import AlertLog, AlertRule
+from tests.factories import make_rule
 
 pytestmark = pytest.mark.django_db
 
 CHANGELIST = "/admin/llm/alertrule/"
-
-
-def make_rule(name: str, **fields) -> AlertRule:
-    fields.setdefault("metric_type", AlertRule.MetricType.ERROR_RATE)
-    fields.setdefault("threshold", 5)
-    fields.setdefault("time_window_minutes", 15)
-    return AlertRule.objects.create(name=name, **fields)
 
 
 def messages_of(response) -> list[str]:
@@ -26,9 +20,9 @@ def test_send_test_notification_action_reaches_each_rules_channels(
     admin_client, smtp_server, webhook_receiver, settings
 ):
     settings.ALERT_EMAIL_RECIPIENTS, settings.ALERT_WEBHOOK_URL = [], ""
-    by_email = make_rule("By e-mail", email_recipients="oncall@example.com")
-    by_webhook = make_rule("By webhook", notify_email=False, webhook_url=webhook_receiver.url)
-    nowhere = make_rule("Nowhere", email_recipients="")
+    by_email = make_rule(name="By e-mail", email_recipients="oncall@example.com")
+    by_webhook = make_rule(name="By webhook", notify_email=False, webhook_url=webhook_receiver.url)
+    nowhere = make_rule(name="Nowhere", email_recipients="")
     state_before = list(AlertRule.objects.order_by("pk").values())
 
     response = admin_client.post(
@@ -52,7 +46,7 @@ def test_send_test_notification_action_reaches_each_rules_channels(
 
 def test_send_test_notification_action_reports_a_failing_channel(admin_client, webhook_receiver):
     webhook_receiver.status = 404
-    rule = make_rule("Broken hook", notify_email=False, webhook_url=webhook_receiver.url)
+    rule = make_rule(name="Broken hook", notify_email=False, webhook_url=webhook_receiver.url)
     response = admin_client.post(
         CHANGELIST, {"action": "send_test_notification", "_selected_action": [rule.pk]}, follow=True
     )
@@ -63,8 +57,20 @@ def test_send_test_notification_action_reports_a_failing_channel(admin_client, w
 
 def test_changelist_shows_condition_channels_and_state(admin_client, settings):
     settings.ALERT_EMAIL_RECIPIENTS, settings.ALERT_WEBHOOK_URL = [], ""
-    make_rule("Errors", model_name="qwen/qwen3-32b", email_recipients="oncall@example.com")
-    make_rule("Silence", metric_type=AlertRule.MetricType.NO_TRAFFIC, threshold=1, email_recipients="")
+    make_rule(
+        name="Errors",
+        threshold=5,
+        time_window_minutes=15,
+        model_name="qwen/qwen3-32b",
+        email_recipients="oncall@example.com",
+    )
+    make_rule(
+        name="Silence",
+        metric_type=AlertRule.MetricType.NO_TRAFFIC,
+        threshold=1,
+        time_window_minutes=15,
+        email_recipients="",
+    )
     page = admin_client.get(CHANGELIST).content.decode()
     assert "error_rate &gt; 5.00% / 15 min, qwen/qwen3-32b" in page
     assert "no_traffic &lt; 1 / 15 min" in page

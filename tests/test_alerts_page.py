@@ -11,6 +11,7 @@ from django.core.management import call_command
 from django.test import Client
 
 from llm.models import AlertLog, AlertRule, DashboardSettings
+from tests.factories import make_rule
 
 pytestmark = pytest.mark.django_db
 
@@ -32,15 +33,19 @@ def no_default_channels(settings):
     settings.ALERT_WEBHOOK_URL = ""
 
 
-def make_rule(**fields) -> AlertRule:
-    """A dead man's switch: with no traffic in the test database, it fires."""
-    fields.setdefault("name", "No traffic")
-    fields.setdefault("metric_type", AlertRule.MetricType.NO_TRAFFIC)
-    fields.setdefault("threshold", 1)
-    fields.setdefault("time_window_minutes", 10)
-    fields.setdefault("cooldown_minutes", 30)
-    fields.setdefault("email_recipients", "oncall@example.com")
-    return AlertRule.objects.create(**fields)
+# With no traffic in the test database, this rule fires.
+DEAD_MANS_SWITCH = {
+    "name": "No traffic",
+    "metric_type": AlertRule.MetricType.NO_TRAFFIC,
+    "threshold": 1,
+    "time_window_minutes": 10,
+    "cooldown_minutes": 30,
+    "email_recipients": "oncall@example.com",
+}
+
+
+def dead_mans_switch(**fields) -> AlertRule:
+    return make_rule(**DEAD_MANS_SWITCH | fields)
 
 
 def text_of(html: str) -> str:
@@ -52,7 +57,7 @@ def messages_of(response) -> list[str]:
 
 
 def test_rule_without_channel_says_so_and_links_to_the_rule_in_admin(browser, no_default_channels):
-    quiet = make_rule(name="Quiet", email_recipients="")
+    quiet = dead_mans_switch(name="Quiet", email_recipients="")
     page = browser.get("/alerts/").content.decode()
     row = re.search(rf'<tr class="rule" data-rule="{quiet.pk}">.*?</tr>', page, re.S).group(0)
     assert NO_CHANNEL in text_of(row)
@@ -62,7 +67,7 @@ def test_rule_without_channel_says_so_and_links_to_the_rule_in_admin(browser, no
 
 
 def test_rule_with_channels_lists_them_and_offers_a_test(browser, no_default_channels):
-    rule = make_rule(webhook_url="https://hooks.example/alerts")
+    rule = dead_mans_switch(webhook_url="https://hooks.example/alerts")
     page = browser.get("/alerts/").content.decode()
     row = re.search(rf'<tr class="rule" data-rule="{rule.pk}">.*?</tr>', page, re.S).group(0)
     assert '<td class="channels">email, webhook</td>' in row
@@ -71,7 +76,7 @@ def test_rule_with_channels_lists_them_and_offers_a_test(browser, no_default_cha
 
 
 def test_send_test_button_posts_with_csrf_and_reaches_smtp_and_webhook(staff_user, smtp_server, webhook_receiver):
-    rule = make_rule(webhook_url=webhook_receiver.url)
+    rule = dead_mans_switch(webhook_url=webhook_receiver.url)
     client = Client(enforce_csrf_checks=True)
     client.force_login(staff_user)
     client.get("/alerts/")
@@ -90,14 +95,14 @@ def test_send_test_button_posts_with_csrf_and_reaches_smtp_and_webhook(staff_use
 
 def test_send_test_shows_a_failing_channel(browser, smtp_server, webhook_receiver):
     webhook_receiver.status = 500
-    rule = make_rule(webhook_url=webhook_receiver.url)
+    rule = dead_mans_switch(webhook_url=webhook_receiver.url)
     response = browser.post(f"/alerts/rules/{rule.pk}/test/", follow=True)
     [message] = messages_of(response)
     assert message.startswith("Test notification for No traffic: email sent, webhook error (HTTP 500")
 
 
 def test_send_test_for_a_rule_without_channel_says_what_to_do(browser, smtp_server, no_default_channels):
-    rule = make_rule(email_recipients="")
+    rule = dead_mans_switch(email_recipients="")
     response = browser.post(f"/alerts/rules/{rule.pk}/test/", follow=True)
     assert messages_of(response) == [f"No traffic: {NO_CHANNEL}."]
     assert smtp_server.messages == []
@@ -105,7 +110,7 @@ def test_send_test_for_a_rule_without_channel_says_what_to_do(browser, smtp_serv
 
 def test_check_now_fires_notifies_once_and_shows_the_verdict(browser, smtp_server, time_machine):
     time_machine.move_to(NOW, tick=False)
-    rule = make_rule()
+    rule = dead_mans_switch()
     url = f"/alerts/rules/{rule.pk}/check/"
 
     first = messages_of(browser.post(url, follow=True))
@@ -125,7 +130,7 @@ def test_check_now_fires_notifies_once_and_shows_the_verdict(browser, smtp_serve
 
 
 def test_check_now_of_a_rule_without_channel_records_not_sent(browser, no_default_channels, caplog):
-    rule = make_rule(email_recipients="")
+    rule = dead_mans_switch(email_recipients="")
     with caplog.at_level("WARNING"):
         response = browser.post(f"/alerts/rules/{rule.pk}/check/", follow=True)
     alert = AlertLog.objects.get()
@@ -138,7 +143,7 @@ def test_check_now_of_a_rule_without_channel_records_not_sent(browser, no_defaul
 
 
 def test_check_now_of_an_inactive_rule_changes_nothing(browser):
-    rule = make_rule(is_active=False)
+    rule = dead_mans_switch(is_active=False)
     response = browser.post(f"/alerts/rules/{rule.pk}/check/", follow=True)
     assert messages_of(response) == ["No traffic is inactive: activate it to check it."]
     rule.refresh_from_db()
@@ -147,7 +152,7 @@ def test_check_now_of_an_inactive_rule_changes_nothing(browser):
 
 
 def test_check_now_of_a_rule_that_cannot_be_evaluated_says_why(browser):
-    rule = make_rule(metric_type="retired_metric")  # e.g. left behind by a downgrade
+    rule = dead_mans_switch(metric_type="retired_metric")  # e.g. left behind by a downgrade
     response = browser.post(f"/alerts/rules/{rule.pk}/check/", follow=True)
     assert response.status_code == 200
     [message] = messages_of(response)
@@ -156,7 +161,7 @@ def test_check_now_of_a_rule_that_cannot_be_evaluated_says_why(browser):
 
 @pytest.mark.parametrize("action", ["test", "check"])
 def test_rule_buttons_need_post_login_and_a_known_rule(browser, client, action):
-    rule = make_rule()
+    rule = dead_mans_switch()
     assert browser.get(f"/alerts/rules/{rule.pk}/{action}/").status_code == 405
     assert browser.post(f"/alerts/rules/999999/{action}/").status_code == 404
     client.logout()
@@ -176,7 +181,7 @@ def run_check_alerts() -> str:
 
 def test_cron_notice_links_to_where_the_dashboard_was_last_served(browser, webhook_receiver, settings):
     settings.SITE_URL = ""
-    make_rule(notify_email=False, webhook_url=webhook_receiver.url)
+    dead_mans_switch(notify_email=False, webhook_url=webhook_receiver.url)
     browser.get("/alerts/", HTTP_HOST="localhost:9000")
     assert DashboardSettings.last_served_origin() == "http://localhost:9000"
 
@@ -187,7 +192,7 @@ def test_cron_notice_links_to_where_the_dashboard_was_last_served(browser, webho
 
 def test_cron_notice_links_to_site_url_when_set(browser, webhook_receiver, settings):
     settings.SITE_URL = "https://observatory.example/"
-    make_rule(notify_email=False, webhook_url=webhook_receiver.url)
+    dead_mans_switch(notify_email=False, webhook_url=webhook_receiver.url)
     browser.get("/alerts/", HTTP_HOST="localhost:9000")
     run_check_alerts()
     assert webhook_receiver.requests[0].json()["link"] == "https://observatory.example/alerts/"
@@ -195,7 +200,7 @@ def test_cron_notice_links_to_site_url_when_set(browser, webhook_receiver, setti
 
 def test_cron_notice_links_to_the_default_address_when_never_served(webhook_receiver, settings):
     settings.SITE_URL = ""
-    make_rule(notify_email=False, webhook_url=webhook_receiver.url)
+    dead_mans_switch(notify_email=False, webhook_url=webhook_receiver.url)
     run_check_alerts()
     assert webhook_receiver.requests[0].json()["link"] == "http://127.0.0.1:8000/alerts/"
 
@@ -203,6 +208,6 @@ def test_cron_notice_links_to_the_default_address_when_never_served(webhook_rece
 def test_check_now_links_to_the_requests_own_origin(browser, webhook_receiver, settings):
     settings.SITE_URL = ""
     DashboardSettings.remember_origin("http://127.0.0.1:8000")
-    rule = make_rule(notify_email=False, webhook_url=webhook_receiver.url)
+    rule = dead_mans_switch(notify_email=False, webhook_url=webhook_receiver.url)
     browser.post(f"/alerts/rules/{rule.pk}/check/", HTTP_HOST="localhost:8123")
     assert webhook_receiver.requests[0].json()["link"] == "http://localhost:8123/alerts/"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from datetime import timedelta
 from pathlib import Path
 
@@ -12,7 +11,8 @@ import pytest
 from django.utils import timezone
 
 from llm.alerts import create_default_rules
-from llm.models import AlertLog, AlertRule, LLMRequestLog, UserFeedback
+from llm.models import LLMRequestLog, UserFeedback
+from tests.factories import build_log, make_alert, make_feedback, make_rule
 from tests.fake_groq import Behaviour
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -24,15 +24,6 @@ AXE = Path(__file__).parent / "vendor" / "axe-core" / "axe.min.js"
 WCAG_TAGS = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]
 
 
-@pytest.fixture(scope="session")
-def screenshots(tmp_path_factory) -> Path:
-    """Where page screenshots go: SCREENSHOT_DIR when set (scripts/update-screenshots collects them
-    from there for docs/screenshots), otherwise a temporary folder pytest makes and prunes."""
-    if directory := os.environ.get("SCREENSHOT_DIR"):
-        return Path(directory)
-    return tmp_path_factory.mktemp("screenshots")
-
-
 @pytest.fixture
 def traffic(model_prices):
     now = timezone.now()
@@ -41,7 +32,7 @@ def traffic(model_prices):
     for index in range(300):
         failed = index % 17 == 0
         logs.append(
-            LLMRequestLog(
+            build_log(
                 timestamp=now - timedelta(minutes=9 * index + 1),
                 model_name=models[index % 3],
                 user_id=f"user-{index % 7}",
@@ -56,11 +47,9 @@ def traffic(model_prices):
                 error_message="Rate limit reached" if failed else "",
             )
         )
-    for log in logs:
-        log.total_tokens = log.prompt_tokens + log.completion_tokens
     LLMRequestLog.objects.bulk_create(logs)
     for log in LLMRequestLog.objects.order_by("id")[:40:4]:
-        UserFeedback.objects.create(request=log, rating="thumbs_down" if log.id % 3 == 0 else "thumbs_up", comment="ok")
+        make_feedback(log, "thumbs_down" if log.id % 3 == 0 else "thumbs_up", comment="ok")
 
 
 def card_value(page, key: str) -> float:
@@ -98,15 +87,7 @@ def canvas_has_pixels(page, selector: str) -> bool:
 @pytest.mark.parametrize("width", [1280, 390])
 def test_every_page_loads_cleanly_and_is_captured(page_for, live_server, traffic, width, screenshots):
     rules = create_default_rules()
-    now = timezone.now()
-    AlertLog.objects.create(
-        alert_rule=rules[0],
-        message="error rate 5.9% over 60 min",
-        metric_value=5.9,
-        threshold=5,
-        window_start=now - timedelta(hours=1),
-        window_end=now,
-    )
+    make_alert(rules[0], message="error rate 5.9% over 60 min", metric_value=5.9)
     page = page_for(width)
     # A small agent run: a planner call, two tool calls under it, and a failed summary under the second.
     calls = list(LLMRequestLog.objects.order_by("-timestamp")[:4])[::-1]
@@ -229,11 +210,8 @@ def test_playground_streams_and_stores_the_rating(page_for, live_server, fake_gr
 
 
 def test_acknowledging_an_alert_sticks(page_for, live_server, staff_user, db):
-    rule = AlertRule.objects.create(name="High error rate", metric_type="error_rate", threshold=5)
-    now = timezone.now()
-    alert = AlertLog.objects.create(
-        alert_rule=rule, message="error rate 9%", metric_value=9, threshold=5, window_start=now, window_end=now
-    )
+    rule = make_rule(name="High error rate", metric_type="error_rate", threshold=5)
+    alert = make_alert(rule, message="error rate 9%", metric_value=9)
     page = page_for()
     page.goto(f"{live_server.url}/alerts/")
     page.click(f"tr[data-alert='{alert.pk}'] button:has-text('Acknowledge')")

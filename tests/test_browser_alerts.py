@@ -2,26 +2,21 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
-from pathlib import Path
-
 import pytest
 from django.utils import timezone
 
 from llm.alerts import create_default_rules
 from llm.models import AlertLog, AlertRule
+from tests.factories import make_rule
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
-SCREENSHOTS = Path(os.environ.get("SCREENSHOT_DIR") or tempfile.mkdtemp(prefix="screenshots-"))
 
-
-def test_admin_rule_list_fits_a_1366_px_screen(chromium, live_server, django_user_model, settings):
+def test_admin_rule_list_fits_a_1366_px_screen(chromium, live_server, django_user_model, settings, screenshots):
     settings.ALERT_EMAIL_RECIPIENTS, settings.ALERT_WEBHOOK_URL = [], ""
     django_user_model.objects.create_superuser("root", "root@example.com", "secret-password")
     create_default_rules()
-    AlertRule.objects.create(
+    make_rule(
         name="p95 latency of the 70B model above 8 s during business hours",
         metric_type=AlertRule.MetricType.LATENCY_P95,
         threshold=8000,
@@ -41,7 +36,7 @@ def test_admin_rule_list_fits_a_1366_px_screen(chromium, live_server, django_use
         page.fill("#id_password", "secret-password")
         page.click("input[type=submit]")
         page.wait_for_url(f"{live_server.url}/admin/llm/alertrule/")
-        page.screenshot(path=SCREENSHOTS / "admin-alertrule-1366.png")
+        page.screenshot(path=screenshots / "admin-alertrule-1366.png")
 
         assert page.locator("#result_list tbody tr").count() == 6
         overflow = page.evaluate(
@@ -61,7 +56,7 @@ def test_admin_rule_list_fits_a_1366_px_screen(chromium, live_server, django_use
 
 
 def test_send_test_and_check_now_from_the_alerts_page(page_for, live_server, smtp_server):
-    rule = AlertRule.objects.create(
+    rule = make_rule(
         name="Dead man's switch",
         metric_type=AlertRule.MetricType.NO_TRAFFIC,
         threshold=1,

@@ -8,7 +8,8 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from llm.models import LLMRequestLog, UserFeedback
+from llm.models import LLMRequestLog
+from tests.factories import build_log, make_feedback
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -20,13 +21,12 @@ MODELS = ["meta-llama/llama-4-scout-17b-16e-instruct", "llama-3.3-70b-versatile"
 def traffic(model_prices):
     now = timezone.now()
     logs = [
-        LLMRequestLog(
+        build_log(
             timestamp=now - timedelta(minutes=7 * index + 1),
             model_name=MODELS[index % 3],
             user_id=f"user-{index % 4}",
             prompt_tokens=100,
             completion_tokens=40,
-            total_tokens=140,
             latency_ms=200.0 + (index * 31) % 900,
             status="error" if index % 11 == 0 else "success",
             error_type="rate_limit" if index % 11 == 0 else "",
@@ -35,7 +35,7 @@ def traffic(model_prices):
     ]
     LLMRequestLog.objects.bulk_create(logs)
     for log in LLMRequestLog.objects.order_by("id")[:60:3]:
-        UserFeedback.objects.create(request=log, rating="thumbs_up" if log.id % 4 else "thumbs_down")
+        make_feedback(log, "thumbs_up" if log.id % 4 else "thumbs_down")
 
 
 SIDEWAYS = """() => ({

@@ -12,6 +12,7 @@ import pytest
 from django.utils import timezone
 
 from llm.models import LLMRequestLog, UserFeedback
+from tests.factories import build_log, make_log
 from tests.fake_groq import Behaviour
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -24,7 +25,7 @@ def calls(model_prices) -> list[LLMRequestLog]:
     """120 calls, one every 10 minutes back from now; every 10th failed, every 6th about an invoice."""
     now = timezone.now()
     logs = [
-        LLMRequestLog(
+        build_log(
             timestamp=now - timedelta(minutes=10 * index + 1),
             model_name=MODELS[index % 2],
             user_id=f"user-{index % 4}",
@@ -32,7 +33,6 @@ def calls(model_prices) -> list[LLMRequestLog]:
             response_text="An answer.",
             prompt_tokens=100 + index,
             completion_tokens=20,
-            total_tokens=120 + index,
             latency_ms=200.0 + 7 * index,
             cost_estimate=0.0002,
             status="error" if index % 10 == 0 else "success",
@@ -233,7 +233,7 @@ def test_trace_page_indents_calls_under_their_parent(page_for, live_server, mode
     spans = {"root": ("a" * 16, ""), "child": ("b" * 16, "a" * 16), "grandchild": ("c" * 16, "b" * 16)}
     spans["sibling"] = ("d" * 16, "a" * 16)
     for index, (name, (span_id, parent)) in enumerate(spans.items()):
-        LLMRequestLog.objects.create(
+        make_log(
             timestamp=now - timedelta(seconds=10 - index),
             model_name=f"model-{name}",
             latency_ms=100,

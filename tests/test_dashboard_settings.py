@@ -7,7 +7,8 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from llm.models import DashboardSettings, LLMRequestLog
+from llm.models import DashboardSettings
+from tests.factories import make_logs
 
 pytestmark = pytest.mark.django_db
 
@@ -28,14 +29,10 @@ def error_rate_level(client) -> str:
 
 def test_admin_sets_the_thresholds_the_overview_uses(admin_client):
     now = timezone.now()
-    LLMRequestLog.objects.bulk_create(
-        LLMRequestLog(
-            timestamp=now - timedelta(minutes=index + 1),
-            model_name="m",
-            latency_ms=100,
-            status="error" if index < 3 else "success",
-        )
-        for index in range(100)
+    make_logs(
+        100,
+        timestamp=lambda index: now - timedelta(minutes=index + 1),
+        status=lambda index: "error" if index < 3 else "success",
     )  # 3 % errors: amber with the defaults
     assert error_rate_level(admin_client) == "amber"
     row = DashboardSettings.load()

@@ -12,6 +12,7 @@ import pytest
 
 from llm.models import LLMRequestLog
 from llm.serializers import LOG_FIELDS
+from tests.factories import make_log
 from tests.read_api_data import NOW, make_logs, select
 
 WINDOW = {"start_date": (NOW - timedelta(days=50)).isoformat(), "end_date": NOW.isoformat()}
@@ -57,7 +58,7 @@ def test_csv_timestamps_are_iso_8601_in_utc(api_client, db, settings):
     whole_second = datetime(2026, 3, 8, 7, 30, tzinfo=UTC)
     precise = datetime(2026, 11, 1, 5, 59, 59, 123456, tzinfo=UTC)
     for timestamp in (precise, whole_second):
-        LLMRequestLog.objects.create(model_name="m", timestamp=timestamp)
+        make_log(timestamp=timestamp)
     window = {"start_date": "2026-03-01", "end_date": "2026-11-02"}
     rows = list(csv.DictReader(io.StringIO(content(api_client.get("/api/export/csv/", window)))))
     assert [datetime.fromisoformat(row["timestamp"]) for row in rows] == [whole_second, precise]
@@ -66,7 +67,7 @@ def test_csv_timestamps_are_iso_8601_in_utc(api_client, db, settings):
 
 def test_csv_escapes_formula_cells(api_client, db):
     for text in ['=HYPERLINK("http://evil")', "+cmd|' /C calc'!A0", "-2+3", "@SUM(A1)", "\tx", "\rx", "plain = text"]:
-        LLMRequestLog.objects.create(model_name="m", prompt_text=text)
+        make_log(prompt_text=text)
     rows = list(csv.DictReader(io.StringIO(content(api_client.get("/api/export/csv/")))))
     prompts = sorted(row["prompt_text"] for row in rows)
     assert prompts == sorted(
@@ -76,7 +77,7 @@ def test_csv_escapes_formula_cells(api_client, db):
 
 def test_json_export_is_valid_for_awkward_text(api_client, db):
     awkward = 'He said "hi"\nthen \\ left — 日本語 \u2028 ☕ </script>'
-    log = LLMRequestLog.objects.create(model_name="m", prompt_text=awkward, response_text='{"a": 1}', tags={"k": "é"})
+    log = make_log(prompt_text=awkward, response_text='{"a": 1}', tags={"k": "é"})
     response = api_client.get("/api/export/json/")
     assert response["Content-Type"].startswith("application/json")
     rows = json.loads(content(response))
@@ -122,8 +123,8 @@ def test_export_applies_search_like_the_logs_list(api_client, logs):
 
 
 def test_csv_tags_are_json(api_client, db):
-    LLMRequestLog.objects.create(model_name="m", tags={"feature": "search", "team": "é"})
-    LLMRequestLog.objects.create(model_name="m")
+    make_log(tags={"feature": "search", "team": "é"})
+    make_log()
     rows = list(csv.DictReader(io.StringIO(content(api_client.get("/api/export/csv/")))))
     tags = sorted((json.loads(row["tags"]) if row["tags"] else {} for row in rows), key=len)
     assert tags == [{}, {"feature": "search", "team": "é"}]

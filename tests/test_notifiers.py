@@ -2,39 +2,36 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import pytest
 
 from llm import alerts, notifiers
 from llm.models import AlertLog, AlertRule, DashboardSettings
 from tests.alert_receivers import free_port
+from tests.factories import make_alert, make_rule
 
 pytestmark = pytest.mark.django_db
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 
 
-def make_rule(**fields) -> AlertRule:
-    fields.setdefault("name", "Error rate above 5%")
-    fields.setdefault("metric_type", AlertRule.MetricType.ERROR_RATE)
-    fields.setdefault("threshold", 5)
-    fields.setdefault("time_window_minutes", 15)
-    fields.setdefault("email_recipients", "oncall@example.com, lead@example.com")
-    return AlertRule.objects.create(**fields)
+ERROR_RATE_RULE = {
+    "name": "Error rate above 5%",
+    "metric_type": AlertRule.MetricType.ERROR_RATE,
+    "threshold": 5,
+    "time_window_minutes": 15,
+    "email_recipients": "oncall@example.com, lead@example.com",
+}
 
 
-def make_alert(rule: AlertRule, kind: str = AlertLog.Kind.FIRED, value: float = 12.5) -> AlertLog:
-    return AlertLog.objects.create(
-        alert_rule=rule,
-        kind=kind,
-        triggered_at=NOW,
-        message=f"error rate {value:.2f}% over the last 15 min (fires above 5.00%; 40 requests)",
-        metric_value=value,
-        threshold=rule.threshold,
-        window_start=NOW - timedelta(minutes=15),
-        window_end=NOW,
-    )
+def error_rate_rule(**fields) -> AlertRule:
+    return make_rule(**ERROR_RATE_RULE | fields)
+
+
+def notice(rule: AlertRule, kind: str = AlertLog.Kind.FIRED, value: float = 12.5) -> AlertLog:
+    message = f"error rate {value:.2f}% over the last 15 min (fires above 5.00%; 40 requests)"
+    return make_alert(rule, triggered_at=NOW, kind=kind, message=message, metric_value=value)
 
 
 def delivered(alert: AlertLog) -> AlertLog:
@@ -45,8 +42,8 @@ def delivered(alert: AlertLog) -> AlertLog:
 
 def test_email_reaches_the_smtp_server_with_the_facts(smtp_server, settings):
     settings.SITE_URL = "https://observatory.test/"
-    rule = make_rule(description="More than one call in twenty failed.", model_name="qwen/qwen3-32b")
-    alert = delivered(make_alert(rule))
+    rule = error_rate_rule(description="More than one call in twenty failed.", model_name="qwen/qwen3-32b")
+    alert = delivered(notice(rule))
 
     assert len(smtp_server.messages) == 1
     message = smtp_server.messages[0]
@@ -71,13 +68,13 @@ def test_email_reaches_the_smtp_server_with_the_facts(smtp_server, settings):
 
 
 def test_resolved_notice_says_resolved(smtp_server):
-    delivered(make_alert(make_rule(), kind=AlertLog.Kind.RESOLVED, value=1.0))
+    delivered(notice(error_rate_rule(), kind=AlertLog.Kind.RESOLVED, value=1.0))
     assert smtp_server.messages[0]["Subject"].startswith("[RESOLVED] Error rate above 5%")
 
 
 def test_email_falls_back_to_alert_email_recipients(smtp_server, settings):
     settings.ALERT_EMAIL_RECIPIENTS = ["team@example.com"]
-    alert = delivered(make_alert(make_rule(email_recipients="")))
+    alert = delivered(notice(error_rate_rule(email_recipients="")))
     assert smtp_server.envelopes[0][1] == ["team@example.com"]
     assert alert.notifications["email"]["status"] == "sent"
 
@@ -85,10 +82,10 @@ def test_email_falls_back_to_alert_email_recipients(smtp_server, settings):
 def test_rule_without_any_channel_attempts_nothing_and_records_no_channel(smtp_server, settings, caplog):
     settings.ALERT_EMAIL_RECIPIENTS = []
     settings.ALERT_WEBHOOK_URL = ""
-    rule = make_rule(email_recipients="")
+    rule = error_rate_rule(email_recipients="")
     assert notifiers.channel_names(rule) == []
     with caplog.at_level("WARNING"):
-        alert = delivered(make_alert(rule))
+        alert = delivered(notice(rule))
     assert smtp_server.messages == []
     assert alert.notifications == {}
     assert alert.delivery_note == "not sent: no channel"
@@ -99,9 +96,9 @@ def test_rule_without_any_channel_attempts_nothing_and_records_no_channel(smtp_s
 
 def test_email_without_recipients_is_no_channel_when_a_webhook_is_set(smtp_server, webhook_receiver, settings):
     settings.ALERT_EMAIL_RECIPIENTS = []
-    rule = make_rule(email_recipients="", webhook_url=webhook_receiver.url)
+    rule = error_rate_rule(email_recipients="", webhook_url=webhook_receiver.url)
     assert notifiers.channel_names(rule) == ["webhook"]
-    alert = delivered(make_alert(rule))
+    alert = delivered(notice(rule))
     assert list(alert.notifications) == ["webhook"]
     assert alert.notifications["webhook"]["status"] == "sent"
     assert (alert.delivery_note, alert.delivery_summary) == ("", "webhook sent")
@@ -109,14 +106,14 @@ def test_email_without_recipients_is_no_channel_when_a_webhook_is_set(smtp_serve
 
 
 def test_rule_with_email_turned_off_sends_no_email(smtp_server):
-    alert = delivered(make_alert(make_rule(notify_email=False)))
+    alert = delivered(notice(error_rate_rule(notify_email=False)))
     assert smtp_server.messages == []
     assert alert.notifications == {}
 
 
 def test_webhook_posts_slack_compatible_json_with_structured_fields(webhook_receiver):
-    rule = make_rule(webhook_url=webhook_receiver.url, notify_email=False, model_name="qwen/qwen3-32b")
-    alert = delivered(make_alert(rule))
+    rule = error_rate_rule(webhook_url=webhook_receiver.url, notify_email=False, model_name="qwen/qwen3-32b")
+    alert = delivered(notice(rule))
 
     assert len(webhook_receiver.requests) == 1
     request = webhook_receiver.requests[0]
@@ -152,14 +149,14 @@ def test_webhook_posts_slack_compatible_json_with_structured_fields(webhook_rece
 
 def test_webhook_falls_back_to_alert_webhook_url(webhook_receiver, settings):
     settings.ALERT_WEBHOOK_URL = webhook_receiver.url
-    alert = delivered(make_alert(make_rule(notify_email=False)))
+    alert = delivered(notice(error_rate_rule(notify_email=False)))
     assert webhook_receiver.requests[0].json()["status"] == "firing"
     assert alert.notifications["webhook"]["status"] == "sent"
 
 
 def test_failing_webhook_is_recorded_and_the_email_still_goes(smtp_server, webhook_receiver):
     webhook_receiver.status = 500
-    alert = delivered(make_alert(make_rule(webhook_url=webhook_receiver.url)))
+    alert = delivered(notice(error_rate_rule(webhook_url=webhook_receiver.url)))
     assert len(webhook_receiver.requests) == 2  # ALERT_WEBHOOK_TRIES in the fixture: bounded retries
     assert alert.notifications["webhook"]["status"] == "error"
     assert alert.notifications["webhook"]["error"].startswith("HTTP 500")
@@ -171,7 +168,7 @@ def test_failing_webhook_is_recorded_and_the_email_still_goes(smtp_server, webho
 def test_hanging_webhook_times_out_and_the_email_still_goes(smtp_server, webhook_receiver, settings):
     settings.ALERT_WEBHOOK_TIMEOUT_SECONDS = 0.2
     webhook_receiver.hang = True
-    alert = delivered(make_alert(make_rule(webhook_url=webhook_receiver.url)))
+    alert = delivered(notice(error_rate_rule(webhook_url=webhook_receiver.url)))
     assert alert.notifications["webhook"]["status"] == "error"
     assert alert.notifications["webhook"]["error"] == "timed out after 0.2s"
     assert len(webhook_receiver.requests) == 2
@@ -181,7 +178,7 @@ def test_hanging_webhook_times_out_and_the_email_still_goes(smtp_server, webhook
 
 def test_unreachable_webhook_is_recorded(smtp_server, webhook_receiver):
     url = f"http://127.0.0.1:{free_port()}/hook"  # nothing listens there
-    alert = delivered(make_alert(make_rule(webhook_url=url)))
+    alert = delivered(notice(error_rate_rule(webhook_url=url)))
     assert alert.notifications["webhook"]["status"] == "error"
     assert "ConnectError" in alert.notifications["webhook"]["error"]
     assert alert.notifications["email"]["status"] == "sent"
@@ -190,7 +187,7 @@ def test_unreachable_webhook_is_recorded(smtp_server, webhook_receiver):
 def test_unreachable_smtp_server_is_recorded_and_the_webhook_still_goes(settings, webhook_receiver):
     settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
     settings.EMAIL_HOST, settings.EMAIL_PORT, settings.EMAIL_TIMEOUT = "127.0.0.1", free_port(), 2
-    alert = delivered(make_alert(make_rule(webhook_url=webhook_receiver.url)))
+    alert = delivered(notice(error_rate_rule(webhook_url=webhook_receiver.url)))
     assert alert.notifications["email"]["status"] == "error"
     assert "ConnectionRefusedError" in alert.notifications["email"]["error"]
     assert alert.notifications["webhook"]["status"] == "sent"
@@ -212,7 +209,7 @@ def test_post_json_refuses_other_schemes():
 
 
 def test_a_notice_is_delivered_once_even_if_delivered_twice(smtp_server, webhook_receiver):
-    alert = make_alert(make_rule(webhook_url=webhook_receiver.url))
+    alert = notice(error_rate_rule(webhook_url=webhook_receiver.url))
     assert alerts.deliver(alert, NOW) is True
     stale_copy = AlertLog.objects.get(pk=alert.pk)
     stale_copy.delivery_claimed_at = None  # as another run that read the row before the claim
@@ -222,9 +219,9 @@ def test_a_notice_is_delivered_once_even_if_delivered_twice(smtp_server, webhook
 
 
 def test_deliver_pending_sends_unclaimed_notices_of_the_given_rules_only(smtp_server):
-    first, second = make_rule(), make_rule(name="other")
-    make_alert(first)
-    make_alert(second)
+    first, second = error_rate_rule(), error_rate_rule(name="other")
+    notice(first)
+    notice(second)
     sent = alerts.deliver_pending([first], NOW)
     assert [alert.alert_rule_id for alert in sent] == [first.pk]
     assert len(smtp_server.messages) == 1
@@ -236,7 +233,7 @@ def test_deliver_pending_sends_unclaimed_notices_of_the_given_rules_only(smtp_se
 
 
 def test_test_notification_reaches_smtp_and_webhook_and_says_it_is_a_test(smtp_server, webhook_receiver):
-    rule = make_rule(webhook_url=webhook_receiver.url)
+    rule = error_rate_rule(webhook_url=webhook_receiver.url)
     before = AlertRule.objects.values().get(pk=rule.pk)
 
     result = alerts.send_test_notification(rule, NOW)
@@ -255,7 +252,7 @@ def test_test_notification_reaches_smtp_and_webhook_and_says_it_is_a_test(smtp_s
 
 def test_test_notification_reports_a_failing_channel_and_still_sends_the_other(smtp_server, webhook_receiver):
     webhook_receiver.status = 500
-    result = alerts.send_test_notification(make_rule(webhook_url=webhook_receiver.url), NOW)
+    result = alerts.send_test_notification(error_rate_rule(webhook_url=webhook_receiver.url), NOW)
     assert result.all_sent is False
     assert result.notifications["email"]["status"] == "sent"
     assert result.notifications["webhook"]["status"] == "error"
@@ -266,7 +263,7 @@ def test_test_notification_reports_a_failing_channel_and_still_sends_the_other(s
 def test_test_notification_for_a_rule_without_channel_is_refused(smtp_server, settings):
     settings.ALERT_EMAIL_RECIPIENTS = []
     with pytest.raises(alerts.NoChannel, match="add e-mail recipients or a webhook"):
-        alerts.send_test_notification(make_rule(email_recipients=""), NOW)
+        alerts.send_test_notification(error_rate_rule(email_recipients=""), NOW)
     assert smtp_server.messages == []
 
 
@@ -299,7 +296,7 @@ def test_base_url_prefers_site_url_then_the_request_then_the_last_served_origin(
 def test_notice_links_follow_the_served_origin_when_site_url_is_empty(smtp_server, webhook_receiver, settings):
     settings.SITE_URL = ""
     DashboardSettings.remember_origin("http://192.168.1.20:9000")
-    delivered(make_alert(make_rule(webhook_url=webhook_receiver.url)))
+    delivered(notice(error_rate_rule(webhook_url=webhook_receiver.url)))
     assert "Alerts: http://192.168.1.20:9000/alerts/" in smtp_server.messages[0].get_content()
     assert webhook_receiver.requests[0].json()["link"] == "http://192.168.1.20:9000/alerts/"
 

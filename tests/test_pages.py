@@ -11,7 +11,8 @@ from django.utils import timezone
 
 from llm import metrics
 from llm.dashboard import time_range
-from llm.models import AlertLog, AlertRule, DashboardSettings, LLMRequestLog, UserFeedback
+from llm.models import AlertLog, DashboardSettings, LLMRequestLog, UserFeedback
+from tests.factories import build_log, make_alert, make_feedback, make_rule
 
 pytestmark = pytest.mark.django_db
 
@@ -31,7 +32,7 @@ def traffic(model_prices):
     for index in range(40):
         failed = index % 8 == 0
         logs.append(
-            LLMRequestLog(
+            build_log(
                 timestamp=now - timedelta(minutes=20 * index),
                 model_name="llama-3.1-8b-instant" if index % 2 else "openai/gpt-oss-20b",
                 user_id=f"user-{index % 3}",
@@ -39,7 +40,6 @@ def traffic(model_prices):
                 response_text="" if failed else f"answer {index}",
                 prompt_tokens=100 + index,
                 completion_tokens=0 if failed else 50,
-                total_tokens=150 + index if not failed else 100 + index,
                 latency_ms=100.0 + 10 * index,
                 status="error" if failed else "success",
                 error_type="timeout" if failed else "",
@@ -168,16 +168,8 @@ def test_trace_page_lists_the_calls(browser, traffic):
 
 
 def test_alerts_page_shows_state_and_acknowledges(browser, traffic, staff_user):
-    rule = AlertRule.objects.create(name="Errors", metric_type="error_rate", threshold=1, time_window_minutes=600)
-    now = timezone.now()
-    alert = AlertLog.objects.create(
-        alert_rule=rule,
-        message="error rate 12%",
-        metric_value=12,
-        threshold=1,
-        window_start=now - timedelta(hours=10),
-        window_end=now,
-    )
+    rule = make_rule(name="Errors", metric_type="error_rate", threshold=1, time_window_minutes=600)
+    alert = make_alert(rule, message="error rate 12%", metric_value=12)
     page = browser.get("/alerts/")
     (item,) = page.context["rules"]
     assert item["evaluation"].breached is True
@@ -191,7 +183,7 @@ def test_alerts_page_shows_state_and_acknowledges(browser, traffic, staff_user):
 
 def test_feedback_page_figures(browser, traffic):
     for log, rating in zip(traffic[:4], ["thumbs_up", "thumbs_up", "thumbs_down", "thumbs_up"], strict=True):
-        UserFeedback.objects.create(request=log, rating=rating, comment="c")
+        make_feedback(log, rating, comment="c")
     summary = browser.get("/feedback/").context["summary"]
     assert (summary["thumbs_up"], summary["thumbs_down"]) == (3, 1)
     assert summary["satisfaction_rate"] == pytest.approx(75)
@@ -216,20 +208,9 @@ def test_analytics_compares_models(browser, traffic):
 
 def test_alerts_page_with_alerts_acknowledged_by_nobody_in_particular(browser, traffic):
     """Sample data and API-key acknowledgements leave acknowledged_by empty."""
-    rule = AlertRule.objects.create(name="Cost", metric_type="cost", threshold=1)
-    now = timezone.now()
+    rule = make_rule(name="Cost", metric_type="cost", threshold=1)
     for name in ["", "API key ops"]:
-        AlertLog.objects.create(
-            alert_rule=rule,
-            message="m",
-            metric_value=2,
-            threshold=1,
-            window_start=now,
-            window_end=now,
-            acknowledged=True,
-            acknowledged_at=now,
-            acknowledged_by_name=name,
-        )
+        make_alert(rule, acknowledged=True, acknowledged_at=timezone.now(), acknowledged_by_name=name)
     page = browser.get("/alerts/")
     assert page.status_code == 200
     assert "API key ops" in page.content.decode()

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from llm import dashboard, metrics
-from llm.models import LLMRequestLog, UserFeedback
+from llm.models import LLMRequestLog
+from tests.factories import make_feedback, make_logs
 
 pytestmark = pytest.mark.django_db
 
@@ -35,21 +36,16 @@ def clock(time_machine):
 
 
 def make_calls(count: int, *, at: datetime, errors: int = 0, error_type: str = "timeout", model: str = "m") -> None:
-    LLMRequestLog.objects.bulk_create(
-        [
-            LLMRequestLog(
-                model_name=model,
-                timestamp=at - timedelta(seconds=index),
-                latency_ms=float(100 + (index * 37) % 500),
-                prompt_tokens=10,
-                completion_tokens=5,
-                total_tokens=15,
-                status="error" if index < errors else "success",
-                error_type=error_type if index < errors else "",
-                error_message=f"{error_type} happened" if index < errors else "",
-            )
-            for index in range(count)
-        ]
+    make_logs(
+        count,
+        model_name=model,
+        timestamp=lambda index: at - timedelta(seconds=index),
+        latency_ms=lambda index: float(100 + (index * 37) % 500),
+        prompt_tokens=10,
+        completion_tokens=5,
+        status=lambda index: "error" if index < errors else "success",
+        error_type=lambda index: error_type if index < errors else "",
+        error_message=lambda index: f"{error_type} happened" if index < errors else "",
     )
 
 
@@ -172,9 +168,8 @@ def test_feedback_page_shows_the_ratings_behind_each_day(browser, clock):
     make_calls(6, at=NOW - timedelta(hours=2))
     calls = list(LLMRequestLog.objects.order_by("id"))
     for call, rating in zip(calls, ["thumbs_up", "thumbs_up", "thumbs_up", "thumbs_down"], strict=False):
-        UserFeedback.objects.create(request=call, rating=rating)
-    feedback = UserFeedback.objects.create(request=calls[4], rating="thumbs_down")
-    UserFeedback.objects.filter(pk=feedback.pk).update(created_at=NOW - timedelta(days=1))
+        make_feedback(call, rating)
+    make_feedback(calls[4], "thumbs_down", created_at=NOW - timedelta(days=1))
     response = browser.get("/feedback/", {"range": "7d"})
     html = response.content.decode()
     today = html[html.index('<tr data-day="2026-03-11">') :].split("</tr>")[0]

@@ -22,6 +22,7 @@ from llm.models import (
     RequestTotal,
     UserFeedback,
 )
+from tests.factories import make_feedback, make_rule
 
 URL = "/metrics"
 
@@ -38,7 +39,8 @@ CALLS = [
 ]
 
 
-def make_log(model: str = "llama-3.1-8b-instant", status: str = "success", **fields) -> LLMRequestLog:
+def record_call(model: str = "llama-3.1-8b-instant", status: str = "success", **fields) -> LLMRequestLog:
+    """One call through the write path (cost from the seeded prices, as in production)."""
     if status == "error":
         fields.setdefault("error_type", "server_error")
     log, _ = LLMRequestLog.objects.record(model_name=model, status=status, **fields)
@@ -47,7 +49,7 @@ def make_log(model: str = "llama-3.1-8b-instant", status: str = "success", **fie
 
 def make_calls() -> None:
     for model, status, prompt, completion, latency, ttft in CALLS:
-        make_log(model, status, prompt_tokens=prompt, completion_tokens=completion, latency_ms=latency, ttft_ms=ttft)
+        record_call(model, status, prompt_tokens=prompt, completion_tokens=completion, latency_ms=latency, ttft_ms=ttft)
 
 
 def scrape(client, **headers) -> dict[str, list]:
@@ -121,8 +123,8 @@ def test_new_rows_are_added_to_the_next_scrape_once(client):
     make_calls()
     first = scrape(client)
     assert value(first, "llm_requests_total", model="unpriced/model", status="success") == 1
-    make_log("unpriced/model", prompt_tokens=5, latency_ms=10)
-    make_log("brand/new-model", prompt_tokens=4, latency_ms=10)
+    record_call("unpriced/model", prompt_tokens=5, latency_ms=10)
+    record_call("brand/new-model", prompt_tokens=4, latency_ms=10)
     second = scrape(client)
     assert value(second, "llm_requests_total", model="unpriced/model", status="success") == 2
     assert value(second, "llm_tokens_total", model="unpriced/model", type="prompt") == 12
@@ -143,12 +145,12 @@ def test_counters_stay_when_logs_are_deleted(client):
 
 @pytest.mark.django_db
 def test_feedback_and_firing_alerts(client):
-    log = make_log()
+    log = record_call()
     for rater, rating in enumerate(["thumbs_up", "thumbs_up", "thumbs_down"]):  # one rating per rater
-        UserFeedback.objects.create(request=log, rating=rating, rater=f"rater-{rater}")
-    AlertRule.objects.create(name="Errors", metric_type="error_rate", threshold=5, is_firing=True)
-    AlertRule.objects.create(name="Quiet", metric_type="no_traffic", threshold=1)
-    AlertRule.objects.create(name="Off", metric_type="cost", threshold=1, is_firing=True, is_active=False)
+        make_feedback(log, rating, rater=f"rater-{rater}")
+    make_rule(name="Errors", is_firing=True)
+    make_rule(name="Quiet", metric_type="no_traffic", threshold=1)
+    make_rule(name="Off", metric_type="cost", threshold=1, is_firing=True, is_active=False)
     samples = scrape(client)
     assert value(samples, "llm_feedback_total", rating="thumbs_up") == 2
     assert value(samples, "llm_feedback_total", rating="thumbs_down") == 1
@@ -171,7 +173,7 @@ def test_two_workers_answer_the_same(client):
     make_calls()
     worker_a, worker_b = prometheus.build_registry(), prometheus.build_registry()
     first = generate_latest(worker_a)
-    make_log("llama-3.1-8b-instant", prompt_tokens=1, latency_ms=1)
+    record_call("llama-3.1-8b-instant", prompt_tokens=1, latency_ms=1)
     assert generate_latest(worker_b) == generate_latest(worker_a) != first
     assert generate_latest(worker_a) == client.get(URL).content
 
@@ -209,7 +211,7 @@ def test_scrape_queries_do_not_grow_with_new_rows(client):
     counts = []
     for new_rows in (5, 100):
         for index in range(new_rows):
-            make_log(f"model-{index % 5}", latency_ms=index)
+            record_call(f"model-{index % 5}", latency_ms=index)
         with CaptureQueriesContext(connection) as queries:
             assert client.get(URL).status_code == 200
         counts.append(len(queries))
@@ -229,7 +231,7 @@ def test_a_row_committed_late_with_a_smaller_id_is_still_counted():
 
         try:
             with transaction.atomic():
-                early_ids.append(make_log("late/model", latency_ms=10).id)
+                early_ids.append(record_call("late/model", latency_ms=10).id)
                 inserted.set()
                 may_commit.wait(timeout=30)
         finally:
@@ -238,7 +240,7 @@ def test_a_row_committed_late_with_a_smaller_id_is_still_counted():
     writer = threading.Thread(target=slow_writer)
     writer.start()
     assert inserted.wait(timeout=30)
-    later = make_log("late/model", latency_ms=20)  # committed now, with a larger id
+    later = record_call("late/model", latency_ms=20)  # committed now, with a larger id
     assert later.id > early_ids[0]
 
     results: list[int] = []
@@ -278,7 +280,7 @@ def test_concurrent_scrapes_count_each_row_once():
     if connection.vendor != "postgresql":
         pytest.skip("SQLite's shared-cache test database fails concurrent writers instead of queueing them.")
     for index in range(40):
-        make_log(f"model-{index % 4}", latency_ms=index * 10)
+        record_call(f"model-{index % 4}", latency_ms=index * 10)
     start = threading.Barrier(4)
     errors: list[Exception] = []
 

@@ -11,8 +11,9 @@ from django.utils import timezone
 from prometheus_client.exposition import generate_latest
 
 from llm import prometheus, retention
-from llm.models import AlertLog, AlertRule, LLMRequestLog, UserFeedback
-from tests.test_prometheus import make_log, parse, value
+from llm.models import AlertLog, LLMRequestLog, UserFeedback
+from tests.factories import make_alert, make_feedback, make_rule
+from tests.test_prometheus import parse, record_call, value
 
 pytestmark = pytest.mark.django_db
 
@@ -22,23 +23,16 @@ def history():
     """5 logs 100 days old (3 with feedback), 2 logs 10 days old (1 with feedback); alerts: old
     acknowledged (2), old unacknowledged (1), recent acknowledged (1)."""
     now = timezone.now()
-    old = [make_log(f"model-{i % 2}", timestamp=now - timedelta(days=100, minutes=i), latency_ms=i) for i in range(5)]
-    recent = [make_log("model-0", timestamp=now - timedelta(days=10), latency_ms=1) for _ in range(2)]
+    old = [
+        record_call(f"model-{i % 2}", timestamp=now - timedelta(days=100, minutes=i), latency_ms=i) for i in range(5)
+    ]
+    recent = [record_call("model-0", timestamp=now - timedelta(days=10), latency_ms=1) for _ in range(2)]
     for log in old[:3] + recent[:1]:
-        UserFeedback.objects.create(request=log, rating="thumbs_up")
-    rule = AlertRule.objects.create(name="Errors", metric_type="error_rate", threshold=5)
+        make_feedback(log, "thumbs_up")
+    rule = make_rule(name="Errors")
 
     def alert(days: int, acknowledged: bool) -> AlertLog:
-        at = now - timedelta(days=days)
-        return AlertLog.objects.create(
-            alert_rule=rule,
-            triggered_at=at,
-            message="m",
-            threshold=5,
-            window_start=at,
-            window_end=at,
-            acknowledged=acknowledged,
-        )
+        return make_alert(rule, triggered_at=now - timedelta(days=days), acknowledged=acknowledged)
 
     alerts = {"old_ack": [alert(100, True), alert(95, True)], "old_open": alert(100, False), "new": alert(1, True)}
     return {"old": old, "recent": recent, "alerts": alerts}
@@ -85,7 +79,7 @@ def test_dry_run_counts_and_deletes_nothing(history):
 def test_rows_not_yet_counted_are_kept(history):
     # A log the totals have not seen (id above the watermark) is kept until a roll-up counts it.
     prometheus.roll_up()
-    late = make_log(timestamp=timezone.now() - timedelta(days=200))
+    late = record_call(timestamp=timezone.now() - timedelta(days=200))
     assert late.id not in set(retention.old_logs(timezone.now() - timedelta(days=90)).values_list("id", flat=True))
     retention.purge(90)  # rolls up first, so now it goes
     assert not LLMRequestLog.objects.filter(id=late.id).exists()

@@ -172,6 +172,7 @@ BAD_SETTINGS = {
     "zero mail timeout": ({"EMAIL_TIMEOUT": "0"}, "more than 0"),
     "negative webhook timeout": ({"ALERT_WEBHOOK_TIMEOUT_SECONDS": "-1"}, "more than 0"),
     "no webhook tries": ({"ALERT_WEBHOOK_TRIES": "0"}, "at least 1"),
+    "negative webhook retry delay": ({"ALERT_WEBHOOK_RETRY_DELAY_SECONDS": "-1"}, "at least 0"),
     "negative connection age": ({"CONN_MAX_AGE": "-1"}, "at least 0"),
     "negative hsts": ({"SECURE_HSTS_SECONDS": "-1"}, "at least 0"),
     "retention": ({"RETENTION_DAYS": "0"}, "at least 1"),

@@ -11,6 +11,7 @@ import pytest
 
 from llm import metrics
 from llm.models import LLMRequestLog
+from tests.factories import build_log
 from tests.read_api_data import NOW, make_logs, period_key, select
 
 pytestmark = pytest.mark.django_db
@@ -37,7 +38,7 @@ def logs(model_prices, time_machine):
     time_machine.move_to(NOW + timedelta(minutes=30), tick=False)
     # Ten days of traffic before NOW, and a burst of 25 calls in the running hour (12:00-12:30).
     burst = [
-        LLMRequestLog(
+        build_log(
             model_name="llama-3.1-8b-instant",
             timestamp=NOW + timedelta(minutes=1, seconds=index),
             latency_ms=float(50 + index * index),

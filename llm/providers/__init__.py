@@ -79,7 +79,7 @@ class Provider(Protocol):
 
 
 def get_provider(name: str = "groq") -> Provider:
-    """The configured provider (Groq: the only one until issue 19)."""
+    """The configured provider (Groq, the only one so far)."""
     if name == "groq":
         from llm.providers.groq import GroqProvider
 

@@ -1,0 +1,84 @@
+"""Rows for tests: small `make_*` functions with plain defaults.
+
+A test passes every value it asserts on, so the figures it checks stay visible in the test; the
+defaults here only fill what the model requires. `make_logs` takes, for any field, either a value
+or a function of the row's index (`timestamp=lambda index: now - timedelta(seconds=index)`).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.utils import timezone
+
+from llm.models import AlertLog, AlertRule, APIKey, LLMRequestLog, UserFeedback
+
+DEFAULT_MODEL = "llama-3.1-8b-instant"
+
+_rule_numbers = itertools.count(1)
+
+
+def build_log(**overrides: Any) -> LLMRequestLog:
+    """An unsaved call: a success of DEFAULT_MODEL unless told otherwise.
+
+    An error gets error_type "server_error" unless one is given; total_tokens is the sum of the
+    prompt and completion tokens unless given.
+    """
+    fields: dict[str, Any] = {"model_name": DEFAULT_MODEL, **overrides}
+    if fields.get("status") == LLMRequestLog.Status.ERROR:
+        fields.setdefault("error_type", LLMRequestLog.ErrorType.SERVER_ERROR)
+    fields.setdefault("total_tokens", fields.get("prompt_tokens", 0) + fields.get("completion_tokens", 0))
+    return LLMRequestLog(**fields)
+
+
+def make_log(**overrides: Any) -> LLMRequestLog:
+    """One stored call (see build_log for the defaults)."""
+    log = build_log(**overrides)
+    log.save(force_insert=True)
+    return log
+
+
+def make_logs(count: int, **overrides: Any | Callable[[int], Any]) -> list[LLMRequestLog]:
+    """`count` stored calls in one INSERT; a callable value is called with each row's index."""
+    logs = [
+        build_log(**{name: value(index) if callable(value) else value for name, value in overrides.items()})
+        for index in range(count)
+    ]
+    return LLMRequestLog.objects.bulk_create(logs)
+
+
+def make_rule(**overrides: Any) -> AlertRule:
+    """An active error-rate rule over 5 % (a unique name unless one is given)."""
+    fields: dict[str, Any] = {
+        "name": f"Rule {next(_rule_numbers)}",
+        "metric_type": AlertRule.MetricType.ERROR_RATE,
+        "threshold": 5,
+        **overrides,
+    }
+    return AlertRule.objects.create(**fields)
+
+
+def make_alert(rule: AlertRule, *, triggered_at: datetime | None = None, **overrides: Any) -> AlertLog:
+    """A notice of `rule` that fired at `triggered_at` (now by default), over the rule's window."""
+    triggered_at = triggered_at or timezone.now()
+    fields: dict[str, Any] = {
+        "message": f"{rule.name}: over {rule.threshold:g}",
+        "metric_value": rule.threshold + 1,
+        "threshold": rule.threshold,
+        "window_start": triggered_at - timedelta(minutes=rule.time_window_minutes),
+        "window_end": triggered_at,
+        **overrides,
+    }
+    return AlertLog.objects.create(alert_rule=rule, triggered_at=triggered_at, **fields)
+
+
+def make_feedback(log: LLMRequestLog, rating: str = UserFeedback.Rating.THUMBS_UP, **overrides: Any) -> UserFeedback:
+    return UserFeedback.objects.create(request=log, rating=rating, **overrides)
+
+
+def make_api_key(name: str = "tests") -> tuple[APIKey, str]:
+    """A stored key and its raw value (the only time the raw value is known)."""
+    return APIKey.generate(name)
