@@ -150,24 +150,8 @@ class AlertLogAdmin(admin.ModelAdmin):
     search_fields = ["message", "alert_rule__name"]
     date_hierarchy = "triggered_at"
     list_select_related = ["alert_rule", "acknowledged_by"]
-    readonly_fields = [
-        "alert_rule",
-        "kind",
-        "triggered_at",
-        "message",
-        "metric_value",
-        "threshold",
-        "window_start",
-        "window_end",
-        "acknowledged",
-        "acknowledged_at",
-        "acknowledged_by",
-        "acknowledged_by_name",
-        "delivery_claimed_at",
-        "delivered_at",
-        "notifications",
-        "delivery_note",
-    ]
+    # A triggered alert is history: every field is shown, none edited.
+    readonly_fields = [field.name for field in AlertLog._meta.concrete_fields if not field.primary_key]
     actions = ["acknowledge"]
 
     def has_add_permission(self, request) -> bool:

@@ -48,13 +48,13 @@ logger = logging.getLogger(__name__)
 # Below this many requests in the window, error_rate and latency_p95 give no verdict.
 MIN_REQUESTS_TO_JUDGE = 10
 
-Metric = AlertRule.MetricType
+MetricType = AlertRule.MetricType
 
 # The rules `check_alerts --create-defaults` creates, by name (so running it twice adds nothing).
 DEFAULT_RULES: list[dict[str, Any]] = [
     {
         "name": "Error rate above 5%",
-        "metric_type": Metric.ERROR_RATE,
+        "metric_type": MetricType.ERROR_RATE,
         "threshold": 5,
         "time_window_minutes": 15,
         "cooldown_minutes": 60,
@@ -62,7 +62,7 @@ DEFAULT_RULES: list[dict[str, Any]] = [
     },
     {
         "name": "p95 latency above 10 s",
-        "metric_type": Metric.LATENCY_P95,
+        "metric_type": MetricType.LATENCY_P95,
         "threshold": 10_000,
         "time_window_minutes": 15,
         "cooldown_minutes": 60,
@@ -70,7 +70,7 @@ DEFAULT_RULES: list[dict[str, Any]] = [
     },
     {
         "name": "Token usage tripled",
-        "metric_type": Metric.TOKEN_SPIKE,
+        "metric_type": MetricType.TOKEN_SPIKE,
         "threshold": 3,
         "time_window_minutes": 60,
         "cooldown_minutes": 180,
@@ -78,7 +78,7 @@ DEFAULT_RULES: list[dict[str, Any]] = [
     },
     {
         "name": "Spend above $10 per hour",
-        "metric_type": Metric.COST,
+        "metric_type": MetricType.COST,
         "threshold": 10,
         "time_window_minutes": 60,
         "cooldown_minutes": 180,
@@ -86,7 +86,7 @@ DEFAULT_RULES: list[dict[str, Any]] = [
     },
     {
         "name": "No traffic for an hour",
-        "metric_type": Metric.NO_TRAFFIC,
+        "metric_type": MetricType.NO_TRAFFIC,
         "threshold": 1,
         "time_window_minutes": 60,
         "cooldown_minutes": 240,
@@ -115,18 +115,18 @@ class Measure:
 # Alert evaluation is this table: each metric type is a figure of llm.metrics (the same the API
 # and the pages answer) over the rule's window.
 MEASURES: dict[str, Measure] = {
-    Metric.ERROR_RATE: Measure("error rate", lambda window, _: window.error_rate, needs_traffic=True),
-    Metric.LATENCY_P95: Measure(
+    MetricType.ERROR_RATE: Measure("error rate", lambda window, _: window.error_rate, needs_traffic=True),
+    MetricType.LATENCY_P95: Measure(
         "p95 latency", lambda window, _: window.p95_latency_ms, needs_traffic=True, latency=True
     ),
-    Metric.TOKEN_SPIKE: Measure(
+    MetricType.TOKEN_SPIKE: Measure(
         "tokens vs previous window",
         lambda window, previous: metrics.growth(window.total_tokens, previous.total_tokens),
         compares_previous=True,
         no_value_note="no tokens in the previous window to compare with",
     ),
-    Metric.COST: Measure("cost", lambda window, _: window.cost),
-    Metric.NO_TRAFFIC: Measure("requests", lambda window, _: float(window.requests), fires_below=True),
+    MetricType.COST: Measure("cost", lambda window, _: window.cost),
+    MetricType.NO_TRAFFIC: Measure("requests", lambda window, _: float(window.requests), fires_below=True),
 }
 
 

@@ -3,10 +3,12 @@ acknowledged alert notices, in small batches so no transaction holds locks for l
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.db import transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from llm import prometheus
@@ -60,19 +62,26 @@ def purge(
 
     # First add everything to the running totals, so the deleted rows stay counted.
     prometheus.roll_up()
-    while True:
-        with transaction.atomic():
-            ids = list(old_logs(cutoff).order_by("id").values_list("id", flat=True)[:batch_size])
-            if not ids:
-                break
-            result.feedback += UserFeedback.objects.filter(request_id__in=ids).delete()[0]
-            result.logs += LLMRequestLog.objects.filter(id__in=ids).delete()[1].get("llm.LLMRequestLog", 0)
-        result.batches += 1
-    while True:
-        with transaction.atomic():
-            ids = list(old_alert_logs(cutoff).order_by("id").values_list("id", flat=True)[:batch_size])
-            if not ids:
-                break
-            result.alert_logs += AlertLog.objects.filter(id__in=ids).delete()[0]
-        result.batches += 1
+
+    def delete_logs(ids: list[int]) -> None:
+        result.feedback += UserFeedback.objects.filter(request_id__in=ids).delete()[0]
+        result.logs += LLMRequestLog.objects.filter(id__in=ids).delete()[1].get("llm.LLMRequestLog", 0)
+
+    def delete_alert_logs(ids: list[int]) -> None:
+        result.alert_logs += AlertLog.objects.filter(id__in=ids).delete()[0]
+
+    result.batches += _in_batches(lambda: old_logs(cutoff), delete_logs, batch_size)
+    result.batches += _in_batches(lambda: old_alert_logs(cutoff), delete_alert_logs, batch_size)
     return result
+
+
+def _in_batches(rows: Callable[[], QuerySet], delete: Callable[[list[int]], None], batch_size: int) -> int:
+    """Delete what `rows()` selects, `batch_size` ids per transaction; answers the number of batches."""
+    batches = 0
+    while True:
+        with transaction.atomic():
+            ids = list(rows().order_by("id").values_list("id", flat=True)[:batch_size])
+            if not ids:
+                return batches
+            delete(ids)
+        batches += 1

@@ -16,7 +16,7 @@ from llm.models import AlertLog, AlertRule, LLMRequestLog
 pytestmark = pytest.mark.django_db
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
-Metric = AlertRule.MetricType
+MetricType = AlertRule.MetricType
 
 
 def make_rule(metric_type: str, threshold: float, **fields) -> AlertRule:
@@ -51,7 +51,7 @@ def make_errors(count: int, **fields) -> None:
 def test_error_rate_rule_fires_only_above_threshold(failed, expected_value, fires):
     make_logs(20 - failed)
     make_errors(failed)
-    evaluation = alerts.evaluate(make_rule(Metric.ERROR_RATE, 10), NOW)
+    evaluation = alerts.evaluate(make_rule(MetricType.ERROR_RATE, 10), NOW)
     assert evaluation.requests == 20
     assert evaluation.value == pytest.approx(expected_value)
     assert evaluation.breached is fires
@@ -59,7 +59,7 @@ def test_error_rate_rule_fires_only_above_threshold(failed, expected_value, fire
 
 def test_error_rate_rule_with_too_little_traffic_gives_no_verdict():
     make_errors(alerts.MIN_REQUESTS_TO_JUDGE - 1)
-    evaluation = alerts.evaluate(make_rule(Metric.ERROR_RATE, 10), NOW)
+    evaluation = alerts.evaluate(make_rule(MetricType.ERROR_RATE, 10), NOW)
     assert evaluation.value == 100.0
     assert evaluation.breached is None
     assert "too little traffic" in evaluation.note
@@ -67,16 +67,16 @@ def test_error_rate_rule_with_too_little_traffic_gives_no_verdict():
 
 def test_error_rate_rule_judges_at_the_minimum_traffic():
     make_errors(alerts.MIN_REQUESTS_TO_JUDGE)
-    assert alerts.evaluate(make_rule(Metric.ERROR_RATE, 10), NOW).breached is True
+    assert alerts.evaluate(make_rule(MetricType.ERROR_RATE, 10), NOW).breached is True
 
 
 def test_error_rate_rule_with_no_traffic_gives_no_verdict():
-    evaluation = alerts.evaluate(make_rule(Metric.ERROR_RATE, 10), NOW)
+    evaluation = alerts.evaluate(make_rule(MetricType.ERROR_RATE, 10), NOW)
     assert (evaluation.value, evaluation.breached, evaluation.requests) == (None, None, 0)
 
 
 def test_window_includes_its_start_and_excludes_now_and_older_calls():
-    rule = make_rule(Metric.ERROR_RATE, 10, time_window_minutes=30)
+    rule = make_rule(MetricType.ERROR_RATE, 10, time_window_minutes=30)
     make_logs(10, minutes_ago=30)  # exactly at the start: counted
     make_errors(5, minutes_ago=30.01)  # just before the window
     make_errors(5, minutes_ago=0)  # at `now`: the window is [start, now)
@@ -87,7 +87,7 @@ def test_window_includes_its_start_and_excludes_now_and_older_calls():
 
 
 def test_window_override_replaces_the_rules_window():
-    rule = make_rule(Metric.ERROR_RATE, 10, time_window_minutes=30)
+    rule = make_rule(MetricType.ERROR_RATE, 10, time_window_minutes=30)
     make_logs(10, minutes_ago=45)
     make_errors(10, minutes_ago=45)
     assert alerts.evaluate(rule, NOW).requests == 0
@@ -96,12 +96,12 @@ def test_window_override_replaces_the_rules_window():
 
 
 def test_model_filter_counts_only_that_model():
-    rule = make_rule(Metric.ERROR_RATE, 10, model_name="qwen/qwen3-32b")
+    rule = make_rule(MetricType.ERROR_RATE, 10, model_name="qwen/qwen3-32b")
     make_logs(20, model="qwen/qwen3-32b")
     make_errors(20, model="llama-3.3-70b-versatile")
     evaluation = alerts.evaluate(rule, NOW)
     assert (evaluation.requests, evaluation.value, evaluation.breached) == (20, 0.0, False)
-    all_models = alerts.evaluate(make_rule(Metric.ERROR_RATE, 10), NOW)
+    all_models = alerts.evaluate(make_rule(MetricType.ERROR_RATE, 10), NOW)
     assert (all_models.requests, all_models.value, all_models.breached) == (40, 50.0, True)
 
 
@@ -127,15 +127,15 @@ def test_latency_rule_fires_only_above_p95_threshold():
     for latency in latencies:
         make_logs(1, latency_ms=latency)
     p95 = float(np.percentile(latencies, 95))  # 1905.0
-    at_threshold = alerts.evaluate(make_rule(Metric.LATENCY_P95, p95), NOW)
+    at_threshold = alerts.evaluate(make_rule(MetricType.LATENCY_P95, p95), NOW)
     assert at_threshold.value == pytest.approx(p95)
     assert at_threshold.breached is False
-    assert alerts.evaluate(make_rule(Metric.LATENCY_P95, p95 - 0.5), NOW).breached is True
+    assert alerts.evaluate(make_rule(MetricType.LATENCY_P95, p95 - 0.5), NOW).breached is True
 
 
 def test_latency_rule_with_too_little_traffic_gives_no_verdict():
     make_logs(alerts.MIN_REQUESTS_TO_JUDGE - 1, latency_ms=60_000)
-    evaluation = alerts.evaluate(make_rule(Metric.LATENCY_P95, 1000), NOW)
+    evaluation = alerts.evaluate(make_rule(MetricType.LATENCY_P95, 1000), NOW)
     assert evaluation.value == 60_000
     assert evaluation.breached is None
 
@@ -143,8 +143,8 @@ def test_latency_rule_with_too_little_traffic_gives_no_verdict():
 def test_latency_rule_with_model_filter():
     make_logs(20, latency_ms=5000, model="slow-model")
     make_logs(20, latency_ms=50, model="fast-model")
-    assert alerts.evaluate(make_rule(Metric.LATENCY_P95, 1000, model_name="fast-model"), NOW).breached is False
-    assert alerts.evaluate(make_rule(Metric.LATENCY_P95, 1000, model_name="slow-model"), NOW).breached is True
+    assert alerts.evaluate(make_rule(MetricType.LATENCY_P95, 1000, model_name="fast-model"), NOW).breached is False
+    assert alerts.evaluate(make_rule(MetricType.LATENCY_P95, 1000, model_name="slow-model"), NOW).breached is True
 
 
 # token_spike
@@ -152,7 +152,7 @@ def test_latency_rule_with_model_filter():
 
 @pytest.mark.parametrize(("current_tokens", "fires"), [(3000, False), (3001, True), (900, False)])
 def test_token_spike_rule_compares_with_the_previous_window(current_tokens, fires):
-    rule = make_rule(Metric.TOKEN_SPIKE, 3, time_window_minutes=60)
+    rule = make_rule(MetricType.TOKEN_SPIKE, 3, time_window_minutes=60)
     make_logs(1, minutes_ago=90, total_tokens=1000)  # previous window [now-120, now-60)
     make_logs(1, minutes_ago=121, total_tokens=50_000)  # before both windows: ignored
     make_logs(1, minutes_ago=10, total_tokens=current_tokens)
@@ -164,7 +164,7 @@ def test_token_spike_rule_compares_with_the_previous_window(current_tokens, fire
 
 def test_token_spike_with_an_empty_previous_window_gives_no_verdict():
     make_logs(5, minutes_ago=10, total_tokens=1_000_000)
-    evaluation = alerts.evaluate(make_rule(Metric.TOKEN_SPIKE, 3), NOW)
+    evaluation = alerts.evaluate(make_rule(MetricType.TOKEN_SPIKE, 3), NOW)
     assert evaluation.value is None
     assert evaluation.breached is None
     assert "previous window" in evaluation.note
@@ -172,12 +172,12 @@ def test_token_spike_with_an_empty_previous_window_gives_no_verdict():
 
 def test_token_spike_with_an_empty_current_window_is_zero():
     make_logs(1, minutes_ago=90, total_tokens=1000)
-    evaluation = alerts.evaluate(make_rule(Metric.TOKEN_SPIKE, 3), NOW)
+    evaluation = alerts.evaluate(make_rule(MetricType.TOKEN_SPIKE, 3), NOW)
     assert (evaluation.value, evaluation.breached) == (0.0, False)
 
 
 def test_token_spike_with_model_filter():
-    rule = make_rule(Metric.TOKEN_SPIKE, 2, model_name="a")
+    rule = make_rule(MetricType.TOKEN_SPIKE, 2, model_name="a")
     make_logs(1, minutes_ago=90, total_tokens=100, model="a")
     make_logs(1, minutes_ago=10, total_tokens=150, model="a")
     make_logs(1, minutes_ago=10, total_tokens=10_000, model="b")
@@ -191,14 +191,14 @@ def test_token_spike_with_model_filter():
 def test_cost_rule_fires_only_above_threshold(threshold, fires):
     make_logs(4, cost_estimate=Decimal("0.25"))
     make_logs(3, minutes_ago=61, cost_estimate=Decimal("100"))  # outside the window
-    evaluation = alerts.evaluate(make_rule(Metric.COST, threshold), NOW)
+    evaluation = alerts.evaluate(make_rule(MetricType.COST, threshold), NOW)
     assert evaluation.value == pytest.approx(1.0)
     assert evaluation.breached is fires
 
 
 def test_cost_rule_needs_no_minimum_traffic():
     make_logs(1, cost_estimate=Decimal("12.5"))
-    evaluation = alerts.evaluate(make_rule(Metric.COST, 10), NOW)
+    evaluation = alerts.evaluate(make_rule(MetricType.COST, 10), NOW)
     assert (evaluation.value, evaluation.breached) == (12.5, True)
 
 
@@ -208,15 +208,15 @@ def test_cost_rule_needs_no_minimum_traffic():
 @pytest.mark.parametrize(("requests", "fires"), [(5, False), (4, True), (0, True), (6, False)])
 def test_no_traffic_rule_fires_below_threshold(requests, fires):
     make_logs(requests)
-    evaluation = alerts.evaluate(make_rule(Metric.NO_TRAFFIC, 5), NOW)
+    evaluation = alerts.evaluate(make_rule(MetricType.NO_TRAFFIC, 5), NOW)
     assert evaluation.value == requests
     assert evaluation.breached is fires
 
 
 def test_no_traffic_rule_with_model_filter():
     make_logs(10, model="busy")
-    assert alerts.evaluate(make_rule(Metric.NO_TRAFFIC, 1, model_name="quiet"), NOW).breached is True
-    assert alerts.evaluate(make_rule(Metric.NO_TRAFFIC, 1, model_name="busy"), NOW).breached is False
+    assert alerts.evaluate(make_rule(MetricType.NO_TRAFFIC, 1, model_name="quiet"), NOW).breached is True
+    assert alerts.evaluate(make_rule(MetricType.NO_TRAFFIC, 1, model_name="busy"), NOW).breached is False
 
 
 # State: fire once, remind after the cooldown, resolve once
@@ -228,7 +228,7 @@ def check(rule: AlertRule, at: datetime) -> alerts.CheckOutcome:
 
 
 def test_firing_rule_writes_one_alert_then_reminds_after_cooldown_then_resolves():
-    rule = make_rule(Metric.NO_TRAFFIC, 1, time_window_minutes=10, cooldown_minutes=30)
+    rule = make_rule(MetricType.NO_TRAFFIC, 1, time_window_minutes=10, cooldown_minutes=30)
 
     first = check(rule, NOW)
     assert first.notice == AlertLog.Kind.FIRED
@@ -257,7 +257,7 @@ def test_firing_rule_writes_one_alert_then_reminds_after_cooldown_then_resolves(
 
 def test_rule_that_stays_fine_writes_nothing():
     make_logs(5)
-    rule = make_rule(Metric.NO_TRAFFIC, 1)
+    rule = make_rule(MetricType.NO_TRAFFIC, 1)
     assert check(rule, NOW).alert is None
     assert check(rule, NOW + timedelta(minutes=1)).alert is None
     assert not AlertLog.objects.exists()
@@ -266,7 +266,7 @@ def test_rule_that_stays_fine_writes_nothing():
 
 
 def test_rule_without_verdict_keeps_its_state():
-    rule = make_rule(Metric.ERROR_RATE, 10, time_window_minutes=10)
+    rule = make_rule(MetricType.ERROR_RATE, 10, time_window_minutes=10)
     make_errors(20, minutes_ago=5)
     assert check(rule, NOW).notice == AlertLog.Kind.FIRED
     # Ten minutes later the errors are out of the window and only 2 calls are in it: no verdict.
@@ -280,7 +280,7 @@ def test_rule_without_verdict_keeps_its_state():
 
 
 def test_dry_run_reports_the_notice_and_writes_nothing():
-    rule = make_rule(Metric.NO_TRAFFIC, 1)
+    rule = make_rule(MetricType.NO_TRAFFIC, 1)
     outcome = alerts.check_rule(rule, NOW, dry_run=True)
     assert outcome.notice == AlertLog.Kind.FIRED
     assert outcome.alert is None
@@ -303,7 +303,7 @@ def test_dry_run_reports_the_notice_and_writes_nothing():
 )
 def test_planned_notice_matches_what_record_check_writes(is_firing, minutes_since_notice, breached, expected):
     last = NOW - timedelta(minutes=minutes_since_notice) if minutes_since_notice is not None else None
-    rule = make_rule(Metric.COST, 1, cooldown_minutes=60)
+    rule = make_rule(MetricType.COST, 1, cooldown_minutes=60)
     AlertRule.objects.filter(pk=rule.pk).update(is_firing=is_firing, last_notified_at=last)
     rule.refresh_from_db()
     evaluation = alerts.Evaluation(rule, 2.0, breached, 10, NOW - timedelta(hours=1), NOW)
@@ -316,7 +316,7 @@ def test_planned_notice_matches_what_record_check_writes(is_firing, minutes_sinc
 
 def test_create_default_rules_is_idempotent():
     first = alerts.create_default_rules()
-    assert {rule.metric_type for rule in first} == set(Metric.values)
+    assert {rule.metric_type for rule in first} == set(MetricType.values)
     assert alerts.create_default_rules() == []
     assert AlertRule.objects.count() == len(alerts.DEFAULT_RULES)
 
@@ -324,7 +324,7 @@ def test_create_default_rules_is_idempotent():
 @pytest.mark.parametrize("cooldown", [0, 60])
 def test_two_runs_holding_the_same_stale_rule_write_one_alert(cooldown):
     # Both runs loaded the rule while it was not firing; the conditional UPDATE lets one win.
-    rule = make_rule(Metric.NO_TRAFFIC, 1, cooldown_minutes=cooldown)
+    rule = make_rule(MetricType.NO_TRAFFIC, 1, cooldown_minutes=cooldown)
     first, second = AlertRule.objects.get(pk=rule.pk), AlertRule.objects.get(pk=rule.pk)
     assert alerts.check_rule(first, NOW).alert is not None
     assert alerts.check_rule(second, NOW).alert is None
@@ -332,9 +332,9 @@ def test_two_runs_holding_the_same_stale_rule_write_one_alert(cooldown):
 
 
 def test_firing_lists_active_rules_over_threshold():
-    firing = make_rule(Metric.NO_TRAFFIC, 1, model_name="quiet")
-    make_rule(Metric.NO_TRAFFIC, 1, model_name="quiet", is_active=False)
-    make_rule(Metric.NO_TRAFFIC, 1, model_name="busy")
+    firing = make_rule(MetricType.NO_TRAFFIC, 1, model_name="quiet")
+    make_rule(MetricType.NO_TRAFFIC, 1, model_name="quiet", is_active=False)
+    make_rule(MetricType.NO_TRAFFIC, 1, model_name="busy")
     make_logs(5, model="busy")
     for rule in AlertRule.objects.all():
         alerts.check_rule(rule, NOW)
@@ -365,7 +365,7 @@ def test_migration_marks_alerts_written_before_it_as_delivered():
 
 
 def test_an_older_evaluation_recorded_late_changes_nothing():
-    rule = make_rule(Metric.NO_TRAFFIC, 1)
+    rule = make_rule(MetricType.NO_TRAFFIC, 1)
     newer = rule.record_check(value=5, breached=False, window_start=NOW, window_end=NOW, message="m", now=NOW)
     assert newer is None
     # A slow run that measured a minute earlier (and saw no traffic) arrives now.
@@ -400,13 +400,13 @@ def test_admin_form_refuses_an_error_rate_above_100(admin_client):
 def test_describe_says_value_scope_window_threshold_and_traffic():
     make_logs(17, model="qwen/qwen3-32b")
     make_errors(3, model="qwen/qwen3-32b")
-    rule = make_rule(Metric.ERROR_RATE, 5, model_name="qwen/qwen3-32b", time_window_minutes=15)
+    rule = make_rule(MetricType.ERROR_RATE, 5, model_name="qwen/qwen3-32b", time_window_minutes=15)
     assert alerts.evaluate(rule, NOW).describe() == (
         "error rate 15.00% for qwen/qwen3-32b over the last 15 min (fires above 5.00%; 20 requests)"
     )
-    quiet = make_rule(Metric.NO_TRAFFIC, 100, time_window_minutes=15)
+    quiet = make_rule(MetricType.NO_TRAFFIC, 100, time_window_minutes=15)
     assert alerts.evaluate(quiet, NOW).describe() == "requests 20 over the last 15 min (fires below 100)"
-    thin = make_rule(Metric.LATENCY_P95, 1000, model_name="nothing-here")
+    thin = make_rule(MetricType.LATENCY_P95, 1000, model_name="nothing-here")
     assert alerts.evaluate(thin, NOW).describe() == (
         "Latency p95 (ms): no value for nothing-here over the last 60 min (fires above 1,000 ms; 0 requests); "
         "too little traffic to judge: fewer than 10 requests"

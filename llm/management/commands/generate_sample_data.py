@@ -188,6 +188,25 @@ def _succeed(
         log.ttft_ms = round(min(latency, 60 + rng.lognormvariate(4.6, 0.5)), 3)
 
 
+# The rules behind the sample history of triggered alerts (no channel: nothing is ever sent).
+SAMPLE_RULES: list[dict] = [
+    {
+        "name": "Error rate above 10%",
+        "metric_type": AlertRule.MetricType.ERROR_RATE,
+        "threshold": 10,
+        "time_window_minutes": 60,
+        "description": "More than one call in ten failed over the last hour.",
+    },
+    {
+        "name": "p95 latency above 5 s",
+        "metric_type": AlertRule.MetricType.LATENCY_P95,
+        "threshold": 5000,
+        "time_window_minutes": 60,
+        "description": "The slowest 5% of calls took longer than five seconds.",
+    },
+]
+
+
 class Command(BaseCommand):
     help = "Fill the database with realistic sample LLM traffic."
 
@@ -274,23 +293,8 @@ class Command(BaseCommand):
     @staticmethod
     def add_triggered_alerts(rng: random.Random, days: int) -> int:
         """A few alerts in the past, so the alerts page has history to show."""
-        error_rule, _ = AlertRule.objects.get_or_create(
-            name="Error rate above 10%",
-            defaults={
-                "metric_type": AlertRule.MetricType.ERROR_RATE,
-                "threshold": 10,
-                "time_window_minutes": 60,
-                "description": "More than one call in ten failed over the last hour.",
-            },
-        )
-        latency_rule, _ = AlertRule.objects.get_or_create(
-            name="p95 latency above 5 s",
-            defaults={
-                "metric_type": AlertRule.MetricType.LATENCY_P95,
-                "threshold": 5000,
-                "time_window_minutes": 60,
-                "description": "The slowest 5% of calls took longer than five seconds.",
-            },
+        error_rule, latency_rule = (
+            AlertRule.objects.get_or_create(name=spec["name"], defaults=spec)[0] for spec in SAMPLE_RULES
         )
         now = timezone.now()
         alerts = []
