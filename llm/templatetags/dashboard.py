@@ -11,6 +11,7 @@ from django import template
 from django.contrib.staticfiles import finders
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
+from django.utils.html import format_html
 from django.utils.safestring import mark_safe
 
 from llm import formatting
@@ -26,6 +27,35 @@ def favicon_data_uri() -> str:
     svg = Path(finders.find("favicon.svg")).read_text(encoding="utf-8").strip()
     # ":" and "/" encoded too: the svg namespace URL is no link, and pages are checked for none.
     return "data:image/svg+xml," + quote(svg, safe=" =\"'")
+
+
+class ScrollTableNode(template.Node):
+    def __init__(self, label: template.base.FilterExpression, nodelist: template.NodeList) -> None:
+        self.label = label
+        self.nodelist = nodelist
+
+    def render(self, context: template.Context) -> str:
+        # A wide table scrolls inside its own box instead of widening the page (390 px phones). A
+        # box that scrolls must take the keyboard focus to be scrolled without a mouse (axe's
+        # scrollable-region-focusable), and a focusable region needs a name to be announced.
+        return format_html(
+            '<div class="table-wrap" tabindex="0" role="region" aria-label="{}">{}</div>',
+            self.label.resolve(context),
+            self.nodelist.render(context),
+        )
+
+
+@register.tag
+def scroll_table(parser: template.base.Parser, token: template.base.Token) -> ScrollTableNode:
+    """`{% scroll_table "Alert rules" %}<table>…</table>{% endscroll_table %}`: the table in a
+    focusable scroll box named by the label (a string or a variable)."""
+    try:
+        _, label = token.split_contents()
+    except ValueError:
+        raise template.TemplateSyntaxError("scroll_table takes one argument, the table's label") from None
+    nodelist = parser.parse(("endscroll_table",))
+    parser.delete_first_token()
+    return ScrollTableNode(parser.compile_filter(label), nodelist)
 
 
 @register.simple_tag
