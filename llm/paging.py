@@ -77,12 +77,13 @@ class EstimatingPaginator(Paginator):
     """Django's Paginator with the bounded count above; `count_is_estimate` says which count it is."""
 
     count_is_estimate = False
+    exact_count_up_to = EXACT_COUNT_UP_TO
 
     @cached_property
     def count(self) -> int:
         if not isinstance(self.object_list, QuerySet):
             return len(self.object_list)
-        count, self.count_is_estimate = count_rows(self.object_list)
+        count, self.count_is_estimate = count_rows(self.object_list, self.exact_count_up_to)
         return count
 
     @cached_property
