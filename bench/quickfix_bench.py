@@ -188,7 +188,7 @@ def main() -> None:
         row(f"logs count, {name}", old["counts"][name], new_counts[name], note)
         params = window(days)
         row(f"GET /api/logs/, {name}", None, get_ms(client, "/api/logs/", params), "")
-        row(f"GET /logs/, {name}", None, get_ms(client, "/logs/", params), "")
+        row(f"GET /logs/, {name}", None, get_ms(client, "/logs/", {**params, "range": "custom"}), "")
     for label, case in filters_cases().items():
         after = filtered_page_ms(case, lambda qs: count_rows(qs))
         row(f"first page + count, {label}", old["filters"][label], after, "")
