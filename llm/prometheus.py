@@ -52,6 +52,10 @@ FEEDBACK = "feedback"
 # How long a roll-up waits for inserts in flight before giving up; the scrape then serves the
 # totals as they are, and the next one catches up. Inserts are short transactions.
 BOUNDARY_LOCK_TIMEOUT_MS = 2000
+# At most this many ids are rolled up per scrape: the first scrape after an upgrade (or after
+# a long pause) would otherwise read the whole table in one go (5 s at 10 million rows). Each
+# scrape adds the next slice, so the counters stay monotonic and catch up over a few scrapes.
+ROLL_UP_MAX_IDS = 100_000
 
 
 def _final_id_boundary(model: type[models.Model]) -> int | None:
@@ -88,6 +92,15 @@ def _watermark_for_update(name: str, model: type[models.Model]) -> Iterator[tupl
         yield watermark, boundary
 
 
+def _batch_end(model: type[models.Model], last_id: int, boundary: int) -> int:
+    """Where this roll-up stops: at most ROLL_UP_MAX_IDS ids past the first row above `last_id`
+    (so a gap in the ids, after a purge or a sequence jump, does not cost empty scrapes)."""
+    first = model.objects.filter(id__gt=last_id, id__lte=boundary).aggregate(first=models.Min("id"))["first"]
+    if first is None:
+        return boundary
+    return min(boundary, first - 1 + ROLL_UP_MAX_IDS)
+
+
 def _bucket_counts(field: str) -> dict[str, Count]:
     return {
         f"{field}_le_{index}": Count("id", filter=Q(**{f"{field}__lte": bound * 1000}))
@@ -100,6 +113,7 @@ def roll_up_requests() -> int:
     with _watermark_for_update(REQUESTS, LLMRequestLog) as (watermark, boundary):
         if boundary is None or boundary <= watermark.last_id:
             return 0
+        boundary = _batch_end(LLMRequestLog, watermark.last_id, boundary)
         groups = (
             LLMRequestLog.objects.filter(id__gt=watermark.last_id, id__lte=boundary)
             .values("model_name", "status")
@@ -166,6 +180,7 @@ def roll_up_feedback() -> int:
     with _watermark_for_update(FEEDBACK, UserFeedback) as (watermark, boundary):
         if boundary is None or boundary <= watermark.last_id:
             return 0
+        boundary = _batch_end(UserFeedback, watermark.last_id, boundary)
         groups = (
             UserFeedback.objects.filter(id__gt=watermark.last_id, id__lte=boundary)
             .values("rating")

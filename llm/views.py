@@ -5,7 +5,6 @@ from __future__ import annotations
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
@@ -16,6 +15,7 @@ from llm import alerts, dashboard, formatting, metrics, notifiers, providers
 from llm.filters import search_logs
 from llm.forms import FeedbackForm
 from llm.models import AlertLog, AlertRule, DashboardSettings, LLMRequestLog, UserFeedback
+from llm.paging import EstimatingPaginator
 from llm.traces import normal_trace_id
 
 LOGS_PER_PAGE = 50
@@ -90,7 +90,7 @@ def logs(request: HttpRequest) -> HttpResponse:
     except ValidationError as error:  # a bad status or search is shown above the table, not a 500
         window.errors |= {name: [str(message) for message in problems] for name, problems in error.detail.items()}
         rows = LLMRequestLog.objects.none()
-    page_obj = Paginator(rows, LOGS_PER_PAGE).get_page(request.GET.get("page"))
+    page_obj = EstimatingPaginator(rows, LOGS_PER_PAGE).get_page(request.GET.get("page"))
     return page(
         request,
         "dashboard/logs.html",

@@ -10,6 +10,8 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.response import Response
 
+from llm.paging import EXACT_COUNT_UP_TO, EstimatingPaginator
+
 MAX_PAGE_SIZE = 500
 
 
@@ -18,8 +20,12 @@ class StrictPageNumberPagination(PageNumberPagination):
 
     DRF caps a too large page_size silently; we answer 400, naming the field, so a client that
     asked for 1,000 rows does not take 500 for the whole list.
+
+    `count` is exact up to llm.paging.EXACT_COUNT_UP_TO rows and PostgreSQL's estimate above
+    (`count_is_estimate`); `next` is there exactly while rows remain (see llm/paging.py).
     """
 
+    django_paginator_class = EstimatingPaginator
     page_size = 50
     page_size_query_param = "page_size"
     max_page_size = MAX_PAGE_SIZE
@@ -50,6 +56,26 @@ class StrictPageNumberPagination(PageNumberPagination):
         if page is not None and page not in self.last_page_strings and not (page.isdigit() and int(page) >= 1):
             raise ValidationError({"page": ["A whole number from 1 is required."]})
         return super().paginate_queryset(queryset, request, view)
+
+    def get_paginated_response(self, data) -> Response:
+        response = super().get_paginated_response(data)
+        rows = list(response.data.items())
+        rows.insert(1, ("count_is_estimate", self.page.paginator.count_is_estimate))
+        response.data = dict(rows)
+        return response
+
+    def get_paginated_response_schema(self, schema: dict) -> dict:
+        paginated = super().get_paginated_response_schema(schema)
+        properties = list(paginated["properties"].items())
+        estimate = {
+            "type": "boolean",
+            "description": f"True when `count` is PostgreSQL's estimate (above {EXACT_COUNT_UP_TO:,} rows); "
+            "`next` is exact either way.",
+        }
+        properties.insert(1, ("count_is_estimate", estimate))
+        paginated["properties"] = dict(properties)
+        paginated["required"] = [*paginated.get("required", []), "count_is_estimate"]
+        return paginated
 
 
 class WindowedPagination(StrictPageNumberPagination):
