@@ -571,20 +571,24 @@ def commit() -> str:
         return "unknown"
 
 
-def print_table(calls: int, rows: list[Row]) -> None:
+def print_table(calls: int, rows: list[Row], load_before: float) -> None:
     with connection.cursor() as cursor:
         cursor.execute("SHOW server_version")
         (version,) = cursor.fetchone()
     print(
         f"\n{calls:,} calls over {DAYS} days in PostgreSQL {version.split()[0]}, measured "
         f"{timezone.now():%Y-%m-%d %H:%M} UTC on {os.cpu_count()} cores, commit {commit()}; "
-        f"`{FILTER_MODEL}` is the one-model filter.\n"
+        f"`{FILTER_MODEL}` is the one-model filter. Load average (1 min) when the timing began "
+        f"{load_before:.1f}, when it ended {os.getloadavg()[0]:.1f}: other work on the machine slows every figure.\n"
     )
     print("| endpoint or page | window | model | app (median of 3) | raw SQL | agrees |")
     print("| --- | --- | --- | ---: | ---: | --- |")
     for row in rows:
         print(f"| {row.what} | {row.window} | {row.model} | {row.app} | {row.raw_sql} | {row.agrees} |")
-    print("\nWhat agrees compares with SQL over the raw rows:\n")
+    print(
+        "\nraw SQL: how long the SQL over raw rows took that gives the figures compared (once; per-period "
+        "percentiles are not recomputed). What agrees compares:\n"
+    )
     for what, compared in CHECKS.items():
         print(f"- {what}: {compared}.")
 
@@ -595,11 +599,12 @@ def main() -> None:
     started = time.perf_counter()
     calls = prepare()
     client = logged_in_client()
+    load_before = os.getloadavg()[0]
     end = timezone.now()
     rows = measure_windows(client, end)
     rows += measure_alerts(client)
     rows += measure_ingest()
-    print_table(calls, rows)
+    print_table(calls, rows, load_before)
     progress(f"bench-scale: {time.perf_counter() - started:,.0f} s in all")
 
 

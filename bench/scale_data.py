@@ -297,6 +297,9 @@ def load_calls(
     sql = insert_calls_sql(seed)
     indexes = plain_indexes() if rebuild_indexes else []
     with connection.cursor() as cursor:
+        # The planner guesses 1,000 rows per generate_series and JIT-compiles even a small load
+        # (a second or two per statement); the expressions are cheap to interpret.
+        cursor.execute("SET jit = off")
         for name, _ in indexes:
             cursor.execute(f'DROP INDEX "{name}"')
         written = 0
@@ -313,6 +316,7 @@ def load_calls(
             for name, definition in indexes:
                 cursor.execute(definition)
                 progress(f"index {name} rebuilt ({time.perf_counter() - started:,.0f} s)")
+        cursor.execute("RESET jit")
     return end
 
 
