@@ -244,10 +244,16 @@ def check_overview(answer: dict, raw: RawRows, differences: Differences) -> None
     differences.latency("", answer, totals)
 
 
+def same_keys(what: str, app: dict[str, Any], raw: dict[str, Any], differences: Differences) -> bool:
+    """The app and the raw rows know the same periods, models or error types (else: noted)."""
+    if app.keys() != raw.keys():
+        differences.append(f"{what} {sorted(app)[:5]}≠{sorted(raw)[:5]} ({len(app)}≠{len(raw)})")
+    return app.keys() == raw.keys()
+
+
 def check_periods(rows: list[dict], raw: dict[str, dict], key: str, names: list[str], differences: Differences) -> None:
     app = {row[key][:19]: row for row in rows if row["requests"]}
-    if app.keys() != raw.keys():
-        differences.append(f"periods {len(app)}≠{len(raw)}")
+    if not same_keys("periods", app, raw, differences):
         return
     for period, raw_row in raw.items():
         for name in names:
@@ -271,8 +277,7 @@ def check_daily_stats(answer: dict, raw: RawRows, differences: Differences) -> N
 def check_latency(answer: dict, raw: RawRows, differences: Differences) -> None:
     by_model = raw.by_model()
     app = {row["model"]: row for row in answer["results"]}
-    if app.keys() != by_model.keys():
-        differences.append(f"models {sorted(app)}≠{sorted(by_model)}")
+    if not same_keys("models", app, by_model, differences):
         return
     for model, raw_row in by_model.items():
         differences.exact(f"{model} requests", app[model]["requests"], raw_row["requests"])
@@ -293,8 +298,7 @@ def check_errors(answer: dict, raw: RawRows, differences: Differences) -> None:
     differences.exact("total_requests", answer["total_requests"], totals["requests"])
     differences.exact("total_errors", answer["total_errors"], totals["errors"])
     app = {row["error_type"]: row for row in answer["errors"]}
-    if app.keys() != by_type.keys():
-        differences.append(f"error types {sorted(app)}≠{sorted(by_type)}")
+    if not same_keys("error types", app, by_type, differences):
         return
     for error_type, raw_row in by_type.items():
         differences.exact(f"{error_type} count", app[error_type]["count"], raw_row["count"])
