@@ -575,13 +575,13 @@ def commit() -> str:
         return "unknown"
 
 
-def print_table(calls: int, rows: list[Row], load_before: float) -> None:
+def print_table(calls: int, rows: list[Row], load_before: float, measured_commit: str) -> None:
     with connection.cursor() as cursor:
         cursor.execute("SHOW server_version")
         (version,) = cursor.fetchone()
     print(
         f"\n{calls:,} calls over {DAYS} days in PostgreSQL {version.split()[0]}, measured "
-        f"{timezone.now():%Y-%m-%d %H:%M} UTC on {os.cpu_count()} cores, commit {commit()}; "
+        f"{timezone.now():%Y-%m-%d %H:%M} UTC on {os.cpu_count()} cores, commit {measured_commit}; "
         f"`{FILTER_MODEL}` is the one-model filter. Load average (1 min) when the timing began "
         f"{load_before:.1f}, when it ended {os.getloadavg()[0]:.1f}: other work on the machine slows every figure.\n"
     )
@@ -601,6 +601,7 @@ def main() -> None:
     if connection.vendor != "postgresql":
         sys.exit("bench/scale_bench.py needs PostgreSQL: run it through `make bench-scale` or scripts/with-postgres.")
     started = time.perf_counter()
+    measured_commit = commit()  # now: the checkout may move during a long run
     calls = prepare()
     client = logged_in_client()
     load_before = os.getloadavg()[0]
@@ -608,7 +609,7 @@ def main() -> None:
     rows = measure_windows(client, end)
     rows += measure_alerts(client)
     rows += measure_ingest()
-    print_table(calls, rows, load_before)
+    print_table(calls, rows, load_before, measured_commit)
     progress(f"bench-scale: {time.perf_counter() - started:,.0f} s in all")
 
 
