@@ -24,6 +24,7 @@ def health(request: HttpRequest) -> JsonResponse:
             cursor.fetchone()
     except UNAVAILABLE_ERRORS as error:
         # The error's class only: its text names hosts and ports, and this answer is public.
+        request.database_unavailable = error  # Django's own "Service Unavailable" line is left out
         logger.warning("Health check: database unavailable (%s)", describe(error))
         response = JsonResponse({"status": "unavailable", "database": type(error).__name__}, status=503)
         response["Retry-After"] = str(RETRY_AFTER_SECONDS)

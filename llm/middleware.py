@@ -70,8 +70,9 @@ class FriendlyErrorsMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         response = self.get_response(request)
-        if response.status_code == 500 and getattr(request, "database_unavailable", None) is not None:
-            return unavailable_response(request)
+        if getattr(request, "database_unavailable", None) is not None and response.status_code >= 500:
+            # process_exception's 503 as it is; a middleware's error, already a 500, becomes one.
+            return response if response.status_code == 503 else unavailable_response(request)
         if response.status_code < 400 or isinstance(response, DRFResponse) or not is_html(response):
             return response
         if is_api_path(request.path):

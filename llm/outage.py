@@ -37,8 +37,11 @@ def describe(exception: BaseException) -> str:
 
 
 class SkipOutageTraceback(logging.Filter):
-    """For the `django.request` logger: the 500 Django logs (with its traceback) before a
-    middleware's database error becomes a 503 is dropped; the middleware logs its one line."""
+    """What Django's `django.request` logger says of a request the database failed (a 500 with its
+    traceback, or "Service Unavailable") is dropped: llm/middleware.py or llm/health.py has logged
+    its one line and marked the request (`database_unavailable`)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(getattr(record, "request", None), "database_unavailable", None) is not None:
+            return False
         return not (record.exc_info and is_database_unavailable(record.exc_info[1]))
