@@ -68,6 +68,8 @@ MIDDLEWARE = [
     "llm.logging.RequestLogMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "llm.middleware.SecurityHeadersMiddleware",
+    # Out here (not last) so that the error pages and 503s made below also carry it.
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Above everything that may touch the database (sessions, auth, messages, views): their
     # database errors become 503 here.
     "llm.middleware.FriendlyErrorsMiddleware",
@@ -77,7 +79,6 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
-    "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
 ROOT_URLCONF = "core.urls"

@@ -70,6 +70,12 @@ class FriendlyErrorsMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         response = self.get_response(request)
+        answer = self.answer_for(request, response)
+        if answer is not response and getattr(response, "_has_been_logged", False):
+            answer._has_been_logged = True  # Django logged this error once: not again for our answer
+        return answer
+
+    def answer_for(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
         if getattr(request, "database_unavailable", None) is not None and response.status_code >= 500:
             # process_exception's 503 as it is; a middleware's error, already a 500, becomes one.
             return response if response.status_code == 503 else unavailable_response(request)
