@@ -64,7 +64,14 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # Outermost: times the whole request, gives it its X-Request-ID, logs one line (llm/logging.py).
+    "llm.logging.RequestLogMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "llm.middleware.SecurityHeadersMiddleware",
+    # Out here (not last) so that the error pages and 503s made below also carry it.
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Above everything that may touch the database (sessions, auth, messages, views): their
+    # database errors become 503 here.
     "llm.middleware.FriendlyErrorsMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -72,7 +79,6 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
-    "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
 ROOT_URLCONF = "core.urls"
@@ -150,8 +156,24 @@ SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", defa
 # Only says the site may be preloaded; browsers' preload lists also ask for a year of HSTS, and
 # someone must submit the site (hstspreload.org).
 SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=not DEBUG)
-# /metrics is scraped over plain HTTP inside the network by Prometheus.
-SECURE_REDIRECT_EXEMPT = [r"^metrics$"]
+# /metrics is scraped, and /health/ probed by load balancers, over plain HTTP inside the network.
+SECURE_REDIRECT_EXEMPT = [r"^metrics$", r"^health/?$"]
+# Scripts, styles, images and fonts from this site only: no inline script or style, no CDN. Chart.js
+# and Swagger UI are served as our own static files; favicons and Swagger UI's icons are data: URIs.
+CONTENT_SECURITY_POLICY = "; ".join(
+    [
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self' data:",
+        "font-src 'self'",
+        "connect-src 'self'",
+        "object-src 'none'",
+        "base-uri 'self'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+    ]
+)
 if not DEBUG:
     # Production runs behind a proxy that ends TLS and says so in X-Forwarded-Proto.
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
@@ -221,14 +243,28 @@ RETENTION_DAYS = env.int("RETENTION_DAYS", default=90, minimum=1)
 # Prometheus scraping: when set, GET /metrics needs `Authorization: Bearer <METRICS_TOKEN>`.
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 
+# The log on standard error: "plain" text lines, or "json", one JSON object per line (time, level,
+# logger, message, request_id, and per request method, path, status, duration_ms, user or api_key;
+# per error the exception) for Loki or any log shipper. See llm/logging.py.
+LOG_FORMAT = env.str("LOG_FORMAT", default="plain", choices=["plain", "json"])
+LOG_LEVEL = env.str("LOG_LEVEL", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {
-        "handlers": ["console"],
-        "level": env.str("LOG_LEVEL", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]),
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "llm.logging.JSONFormatter"},
     },
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    # While the database is down, one line per request (llm.outage), not a traceback each.
+    "filters": {"skip_outage_traceback": {"()": "llm.outage.SkipOutageTraceback"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["skip_outage_traceback"]}
+    },
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        # Django's own handlers (a second console copy with DEBUG, mail to ADMINS, which is empty)
+        # off: everything goes through the one console handler above, in LOG_FORMAT.
+        "django": {"handlers": [], "level": LOG_LEVEL, "propagate": True},
+        "django.db.backends": {"level": "WARNING"},
+    },
 }

@@ -10,15 +10,37 @@ any outer middleware sees it. So this middleware looks at the finished response 
 
 The traceback of a 500 is still logged: Django logs it (logger `django.request`) when it builds
 the response we replace.
+
+While the database is down (or refuses connections) nothing is a 500: the API, /v1/traces and
+/metrics answer 503 with Retry-After and `{"error": "..."}` (OTLP exporters and Prometheus retry a
+503), pages answer templates/503.html, and the log gets one line per request instead of a
+traceback. A view's failure arrives in process_exception; one raised by another middleware (a
+session saved on the way out) has already become a 500 by then, so a signal receiver marks its
+request and the finished response is replaced. Nothing is kept between requests: the next one
+connects again (CONN_HEALTH_CHECKS), so the site recovers by itself as soon as the database answers.
+
+SecurityHeadersMiddleware adds the Content-Security-Policy of settings.CONTENT_SECURITY_POLICY
+(Django 5.2 has none of its own).
 """
 
 from __future__ import annotations
 
+import logging
+import sys
 from collections.abc import Callable
 
+from django.conf import settings
+from django.core.signals import got_request_exception
+from django.dispatch import receiver
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.template import loader
 from rest_framework.response import Response as DRFResponse
+
+from llm.outage import RETRY_AFTER_SECONDS, describe, is_database_unavailable
+
+logger = logging.getLogger("llm.outage")
+
+UNAVAILABLE_MESSAGE = "The database is temporarily unavailable. Try again in a few seconds."
 
 API_PREFIXES = ("/api/", "/v1/", "/metrics")
 # With DEBUG, a bad request (SuspiciousOperation, BadRequest) gets the technical page with status 400.
@@ -48,6 +70,15 @@ class FriendlyErrorsMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         response = self.get_response(request)
+        answer = self.answer_for(request, response)
+        if answer is not response and getattr(response, "_has_been_logged", False):
+            answer._has_been_logged = True  # Django logged this error once: not again for our answer
+        return answer
+
+    def answer_for(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
+        if getattr(request, "database_unavailable", None) is not None and response.status_code >= 500:
+            # process_exception's 503 as it is; a middleware's error, already a 500, becomes one.
+            return response if response.status_code == 503 else unavailable_response(request)
         if response.status_code < 400 or isinstance(response, DRFResponse) or not is_html(response):
             return response
         if is_api_path(request.path):
@@ -61,6 +92,57 @@ class FriendlyErrorsMiddleware:
         if response.status_code >= 500:
             # No request context: rendering must not depend on what may have just failed (the database).
             return HttpResponse(loader.render_to_string("500.html"), status=response.status_code)
+        return response
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        if not is_database_unavailable(exception):
+            return None
+        note_outage(request, exception)
+        return unavailable_response(request)
+
+
+def note_outage(request: HttpRequest, exception: BaseException) -> None:
+    """One log line per request, no traceback: an outage is not a bug, and a traceback per request
+    would bury the log."""
+    request.database_unavailable = exception
+    logger.warning(
+        "Database unavailable: %s %s answered 503 (%s)",
+        request.method,
+        request.path,
+        describe(exception),
+        extra={"database_error": type(exception).__name__},
+    )
+
+
+@receiver(got_request_exception)
+def mark_outage(sender, request: HttpRequest | None = None, **kwargs) -> None:
+    """A middleware's exception (not a view's) is turned into a 500 before FriendlyErrorsMiddleware
+    sees it; this marks its request so that the 500 becomes a 503."""
+    exception = sys.exc_info()[1]
+    if request is not None and is_database_unavailable(exception):
+        note_outage(request, exception)
+
+
+def unavailable_response(request: HttpRequest) -> HttpResponse:
+    if is_api_path(request.path):
+        response = JsonResponse({"error": UNAVAILABLE_MESSAGE}, status=503)
+    else:
+        # No request context: the context processors would ask the database for the user.
+        response = HttpResponse(loader.render_to_string("503.html"), status=503)
+    response["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response
+
+
+class SecurityHeadersMiddleware:
+    """Content-Security-Policy on every answer that has none (settings.CONTENT_SECURITY_POLICY)."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response = self.get_response(request)
+        if settings.CONTENT_SECURITY_POLICY:
+            response.headers.setdefault("Content-Security-Policy", settings.CONTENT_SECURITY_POLICY)
         return response
 
 

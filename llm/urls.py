@@ -1,6 +1,6 @@
 from django.urls import URLPattern, path
 
-from llm import views
+from llm import health, views
 from llm.api import alerts, docs, export, feedback, ingest, logs, metrics, prometheus, prompt, traces
 
 
@@ -60,6 +60,8 @@ api_urlpatterns = [
 
 urlpatterns = [
     *with_and_without_slash(api_urlpatterns),
+    # For load balancers: no auth, no data (llm/health.py).
+    *with_and_without_slash([path("health/", health.health, name="health")]),
     # Dashboard pages
     path("", views.overview, name="overview"),
     path("analytics/", views.analytics, name="analytics"),

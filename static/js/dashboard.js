@@ -32,6 +32,11 @@
       });
     });
   });
+  // A trace's calls are indented by their depth (a style attribute would be inline style, which the
+  // Content-Security-Policy forbids; setting the property from a script is allowed).
+  document.querySelectorAll("[data-depth]").forEach(function (item) {
+    item.style.setProperty("--depth", item.dataset.depth);
+  });
   var refresh = document.querySelector("meta[name=auto-refresh]");
   if (refresh) {
     setTimeout(function () { window.location.reload(); }, Number(refresh.content) * 1000);

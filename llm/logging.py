@@ -1,0 +1,109 @@
+"""The app's own log: one line per request (RequestLogMiddleware) and the JSON formatter that
+LOG_FORMAT=json selects, one JSON object per line for Loki or any log shipper.
+
+Every request gets an id: a sane incoming `X-Request-ID` (from a proxy or a load balancer) or a new
+one. It is returned as `X-Request-ID` and added to every JSON line logged while the request runs, so
+an error's traceback and its request line share it. Imports nothing of the apps: LOGGING loads this
+module before they are ready.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import Any
+
+from django.utils.functional import empty
+
+request_id_var: ContextVar[str] = ContextVar("request_id", default="")
+logger = logging.getLogger("llm.requests")
+
+# What a proxy's or a tracer's id looks like (UUIDs, hex, base64-ish); anything else is replaced.
+REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+/=-]{0,127}")
+# A record's own attributes; any other attribute came through `extra=` and becomes a JSON field.
+RECORD_ATTRIBUTES = {*vars(logging.makeLogRecord({})), "message", "asctime", "request"}
+
+
+class JSONFormatter(logging.Formatter):
+    """time, level, logger, message, request_id, the record's extra fields, and exception (the
+    traceback) when there is one. ASCII-only JSON: a lone surrogate or a newline in a path cannot
+    break the line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if request_id := request_id_var.get():
+            entry["request_id"] = request_id
+        for key, value in vars(record).items():
+            if key not in RECORD_ATTRIBUTES and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info:
+            entry["exception_type"] = record.exc_info[0].__name__ if record.exc_info[0] else ""
+            entry["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(entry, default=str)
+
+
+class RequestLogMiddleware:
+    """Outermost middleware: gives the request its id, and logs one line when the answer is ready
+    (for a streamed answer, when its headers are: `duration_ms` is the time to the first byte)."""
+
+    def __init__(self, get_response: Callable) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request):
+        incoming = request.headers.get("X-Request-ID", "")
+        request_id = incoming if REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+        request.request_id = request_id
+        token = request_id_var.set(request_id)
+        started = time.perf_counter()
+        try:
+            response = self.get_response(request)
+            response["X-Request-ID"] = request_id
+            duration_ms = round((time.perf_counter() - started) * 1000, 1)
+            caller = who(request)
+            fields = {
+                "method": request.method,
+                "path": request.path,
+                "status": response.status_code,
+                "duration_ms": duration_ms,
+                **caller,
+            }
+            logger.info(
+                "%s %s %s %.1f ms%s",
+                request.method,
+                request.path,
+                response.status_code,
+                duration_ms,
+                "".join(f" {key}={value}" for key, value in caller.items()),
+                extra=fields,
+            )
+            return response
+        finally:
+            request_id_var.reset(token)
+
+
+def who(request) -> dict[str, str]:
+    """The API key's name or the user's name, when the request already knows it: never a query of
+    its own (a session the view did not read stays unread)."""
+    key = getattr(request, "auth", None)  # DRF puts the authenticated API key here
+    if key is not None and getattr(key, "name", None):
+        return {"api_key": key.name}
+    user = request.__dict__.get("user")
+    if user is None:
+        return {}
+    wrapped = getattr(user, "_wrapped", user)  # the lazy user of AuthenticationMiddleware
+    if wrapped is empty or not getattr(wrapped, "is_authenticated", False):
+        return {}
+    return {"user": wrapped.get_username()}
