@@ -8,8 +8,10 @@ class LlmConfig(AppConfig):
     def ready(self) -> None:
         from django.db.backends.signals import connection_created
 
-        from llm import checks  # noqa: F401 - registers the system checks
-        from llm import rollups
+        from llm import (
+            checks,  # noqa: F401 - registers the system checks
+            rollups,
+        )
         from llm.metrics import register_sqlite_functions
         from llm.models import calls_recorded
 

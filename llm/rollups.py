@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 from django.conf import settings
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError, connection
 from django.db.models import BigIntegerField, Case, Count, F, IntegerField, Q, Sum, Value, When
 from django.db.models.functions import Cast, Floor, Least, Ln, Round, TruncDate, TruncHour
 from django.utils import timezone
