@@ -220,17 +220,18 @@ class Plan:
     zone: Any
     period: str | None
 
-    def raw_condition(self, watermark: int) -> Q:
-        """Rows read from the logs: the raw spans, and above the watermark where roll-ups answer."""
-        condition = Q(pk__in=[])
-        for start, end in self.split.raw:
-            condition |= Q(timestamp__gte=start, timestamp__lt=end)
+    def raw_conditions(self, watermark: int) -> list[Q]:
+        """Rows read from the logs, as conditions that do not overlap, each one index range: every
+        raw span (on timestamp), and the rows above the watermark where roll-ups answer (on id)."""
+        conditions = [Q(timestamp__gte=start, timestamp__lt=end) for start, end in self.split.raw]
+        above = Q(pk__in=[])
         for start, end in self.split.rolled_up_spans(self.zone):
-            condition |= Q(id__gt=watermark, timestamp__gte=start, timestamp__lt=end)
-        return condition
+            above |= Q(timestamp__gte=start, timestamp__lt=end)
+        return [*conditions, Q(id__gt=watermark) & above]
 
-    def raw_rows(self, watermark: int) -> LLMRequestLogQuerySet:
-        return LLMRequestLog.objects.filter(self.selection.matching(), self.raw_condition(watermark)).order_by()
+    def raw_rows(self, watermark: int) -> list[LLMRequestLogQuerySet]:
+        matching = LLMRequestLog.objects.filter(self.selection.matching()).order_by()
+        return [matching.filter(condition) for condition in self.raw_conditions(watermark)]
 
     def daily(self) -> Q:
         days = self.split.days
@@ -322,22 +323,24 @@ def _add_rollups(found: KeyedFigures, rows: QuerySet, period_field: str, key: An
 
 
 def _add_raw(found: KeyedFigures, the_plan: Plan, watermark: int, group: tuple[str, ...], percentiles: bool) -> None:
-    rows = the_plan.raw_rows(watermark)
     names = [name for name in group if name != "period"]
     if "period" in group:
-        rows = rows.annotate(period=TRUNCATE[the_plan.period]("timestamp"))
         names.append("period")
     if percentiles:
-        rows = rows.annotate(bucket=rollups.bucket_of("latency_ms"))
         names.append("bucket")
-    for row in rows.values(*names).annotate(**_raw_sums()):
-        row["cost_units"] = rollups.as_units(row["cost_units"])
-        if "period" in row:
-            row["period"] = row["period"].isoformat()
-        figures = found.setdefault(tuple(row[name] for name in group), rollups.Figures())
-        figures.add_sums(row)
+    for rows in the_plan.raw_rows(watermark):
+        if "period" in group:
+            rows = rows.annotate(period=TRUNCATE[the_plan.period]("timestamp"))
         if percentiles:
-            figures.latency[row["bucket"]] += row["requests"]
+            rows = rows.annotate(bucket=rollups.bucket_of("latency_ms"))
+        for row in rows.values(*names).annotate(**_raw_sums()):
+            row["cost_units"] = rollups.as_units(row["cost_units"])
+            if "period" in row:
+                row["period"] = row["period"].isoformat()
+            figures = found.setdefault(tuple(row[name] for name in group), rollups.Figures())
+            figures.add_sums(row)
+            if percentiles:
+                figures.latency[row["bucket"]] += row["requests"]
 
 
 def _raw_sums() -> dict[str, Aggregate]:
@@ -459,10 +462,30 @@ def _user_totals_sql(the_plan: Plan, watermark: int) -> tuple[str, tuple]:
 
 
 def unique_users_from_rollups(the_plan: Plan, watermark: int) -> int:
-    sql, params = _user_totals_sql(the_plan, watermark)
+    """Distinct users of the day-x-user roll-ups of the whole days and of the raw rows elsewhere."""
+    days = the_plan.split.days
+    users = DailyUserRollup.objects.filter(the_plan.selection.matching(day__gte=days[0], day__lte=days[-1]))
+    users = users.values("user_id").order_by()
+    parts = [users.query.sql_with_params()]
+    for rows in _user_raw_rows(the_plan, watermark):
+        parts.append(rows.values("user_id").order_by().query.sql_with_params())
+    sql = " UNION ".join(part_sql for part_sql, _params in parts)
+    params = tuple(param for _sql, part_params in parts for param in part_params)
     with connections["default"].cursor() as cursor:
         cursor.execute(f"SELECT COUNT(*) FROM ({sql}) AS users", params)  # noqa: S608 - ORM-made SQL
         return cursor.fetchone()[0]
+
+
+def _user_raw_rows(the_plan: Plan, watermark: int) -> list[LLMRequestLogQuerySet]:
+    """The rows the day-x-user roll-ups do not answer: all but the whole days, and above the watermark."""
+    days = the_plan.split.days
+    spans = [*the_plan.split.raw, *the_plan.split.hours]
+    days_start = rollup_math.day_start(days[0], the_plan.zone)
+    days_end = rollup_math.day_start(days[-1] + timedelta(days=1), the_plan.zone)
+    matching = LLMRequestLog.objects.filter(the_plan.selection.matching()).exclude(user_id="").order_by()
+    conditions = [Q(timestamp__gte=start, timestamp__lt=end) for start, end in spans]
+    conditions.append(Q(id__gt=watermark, timestamp__gte=days_start, timestamp__lt=days_end))
+    return [matching.filter(condition) for condition in conditions]
 
 
 def top_users_from_rollups(the_plan: Plan, watermark: int, order_by: str, limit: int) -> list[dict[str, Any]]:
@@ -976,9 +999,9 @@ def _error_counts_at(the_plan: Plan, watermark: int) -> tuple[int, dict[str, tup
         latest_hours = HourlyRollup.objects.filter(the_plan.hourly(), failures).values("error_type")
         for row in latest_hours.annotate(at=Max("hour")).order_by():
             later(row["error_type"], row["at"])
-    latest_raw = the_plan.raw_rows(watermark).filter(failures).values("error_type").annotate(at=Max("timestamp"))
-    for row in latest_raw:
-        later(row["error_type"], row["at"])
+    for rows in the_plan.raw_rows(watermark):
+        for row in rows.filter(failures).values("error_type").annotate(at=Max("timestamp")):
+            later(row["error_type"], row["at"])
     return total, {error_type: (count, since[error_type]) for error_type, count in failed.items()}
 
 
