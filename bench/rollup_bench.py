@@ -56,7 +56,7 @@ def insert_rows(count: int) -> None:
                 f"""INSERT INTO {table} ({COLUMNS})
                 SELECT gen_random_uuid(), now() - (n * %s || ' seconds')::interval, 'api', 'groq',
                        'model-' || (n %% 6), 'u-' || (n %% 500), '', '', '', '', '', '',
-                       n %% 3000, n %% 700, n %% 3000 + n %% 700, 50 + (n * 7919 %% 20000)::float,
+                       n %% 3000, n %% 700, n %% 3000 + n %% 700, 50 + (n::bigint * 7919 %% 20000)::float,
                        CASE WHEN n %% 2 = 0 THEN (n %% 3000)::float END,
                        (n %% 1000) * 0.0000001, CASE WHEN n %% 25 = 0 THEN 'error' ELSE 'success' END,
                        CASE WHEN n %% 25 = 0 THEN (ARRAY['timeout', 'rate_limit', 'server_error'])[n %% 3 + 1]

@@ -219,15 +219,18 @@ class Plan:
     split: rollup_math.Split
     zone: Any
     period: str | None
+    watermark: int = 0  # as the plan was made: the first reading's
 
     def raw_conditions(self, watermark: int) -> list[Q]:
         """Rows read from the logs, as conditions that do not overlap, each one index range: every
         raw span (on timestamp), and the rows above the watermark where roll-ups answer (on id)."""
-        conditions = [Q(timestamp__gte=start, timestamp__lt=end) for start, end in self.split.raw]
+        edges = Q(pk__in=[])
+        for start, end in self.split.raw:
+            edges |= Q(timestamp__gte=start, timestamp__lt=end)
         above = Q(pk__in=[])
         for start, end in self.split.rolled_up_spans(self.zone):
             above |= Q(timestamp__gte=start, timestamp__lt=end)
-        return [*conditions, Q(id__gt=watermark) & above]
+        return [edges, Q(id__gt=watermark) & above] if self.split.raw else [Q(id__gt=watermark) & above]
 
     def raw_rows(self, watermark: int) -> list[LLMRequestLogQuerySet]:
         matching = LLMRequestLog.objects.filter(self.selection.matching()).order_by()
@@ -263,7 +266,7 @@ def plan(logs: Selection | Any, period: str | None = None) -> Plan | None:
     )
     hours = period is None or rollup_math.whole_hour_offsets(zone, start, end)
     split = rollup_math.split_window(start, end, zone, days=days, hours=hours)
-    return Plan(chosen, split, zone, period) if split.uses_rollups else None
+    return Plan(chosen, split, zone, period, state.last_id) if split.uses_rollups else None
 
 
 def percentiles_kind(logs: Selection | Any, period: str | None = None) -> str:
@@ -271,10 +274,11 @@ def percentiles_kind(logs: Selection | Any, period: str | None = None) -> str:
     return PERCENTILES_EXACT if plan(logs, period) is None else PERCENTILES_APPROXIMATE
 
 
-def consistent(read: Any) -> Any:
-    """`read(watermark)` at a watermark that did not move while it ran (see above)."""
-    for _ in range(READ_ATTEMPTS):
-        before = rollup_state().last_id
+def consistent(read: Any, the_plan: Plan | None = None) -> Any:
+    """`read(watermark)` at a watermark that did not move while it ran (see above); the first try
+    at the plan's."""
+    for attempt in range(READ_ATTEMPTS):
+        before = the_plan.watermark if the_plan is not None and attempt == 0 else rollup_state().last_id
         answer = read(before)
         if rollup_state().last_id == before:
             return answer
@@ -373,7 +377,7 @@ def measure_at(the_plan: Plan, group: tuple[str, ...], watermark: int, *, percen
 
 def measure(the_plan: Plan, group: tuple[str, ...], *, percentiles: bool = True) -> KeyedFigures | None:
     """measure_at a watermark that holds still; None if it would not (read the logs instead)."""
-    return consistent(lambda watermark: measure_at(the_plan, group, watermark, percentiles=percentiles))
+    return consistent(lambda watermark: measure_at(the_plan, group, watermark, percentiles=percentiles), the_plan)
 
 
 @dataclass
@@ -571,7 +575,7 @@ def overview(logs: Selection | LLMRequestLogQuerySet) -> dict[str, Any]:
                 return totals.row("p50", "p95", "p99"), unique_users_from_rollups(the_plan, watermark)
             return totals.row("p50", "p95", "p99"), _unique_users(chosen.logs)
 
-        answer = consistent(read)
+        answer = consistent(read, the_plan)
         if answer is not None:
             return _overview_answer(*answer)
     figures = _traffic(
@@ -968,7 +972,7 @@ def errors(logs: Selection | LLMRequestLogQuerySet) -> dict[str, Any]:
 def _error_counts(chosen: Selection) -> tuple[int, dict[str, tuple[int, datetime]]]:
     """All requests, and per error type: its failures and a time its latest failure is not before."""
     the_plan = plan(chosen)
-    answer = None if the_plan is None else consistent(lambda watermark: _error_counts_at(the_plan, watermark))
+    answer = None if the_plan is None else consistent(lambda watermark: _error_counts_at(the_plan, watermark), the_plan)
     if answer is not None:
         return answer
     by_type = (
@@ -1014,7 +1018,7 @@ def user_usage(
     chosen = selection(logs)
     the_plan = plan(chosen)
     if the_plan is not None and the_plan.split.days:
-        answer = consistent(lambda watermark: top_users_from_rollups(the_plan, watermark, order_by, limit))
+        answer = consistent(lambda watermark: top_users_from_rollups(the_plan, watermark, order_by, limit), the_plan)
         if answer is not None:
             return answer
     rows = (
