@@ -126,6 +126,12 @@ class Figures:
         for name in self.SUMS:
             setattr(self, name, getattr(self, name) + (get(name) or 0))
 
+    def merge(self, other: Figures) -> None:
+        for name in self.SUMS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.latency += other.latency
+        self.ttft += other.ttft
+
     def add_stored(self, row: Any) -> None:
         """Add a roll-up row, histograms included."""
         self.add_sums(row)
@@ -216,15 +222,28 @@ def _upsert_users(rows: LLMRequestLogQuerySet, zone: Any) -> None:
     DailyUserRollup.objects.bulk_update(changed, ["requests", "total_tokens", "cost_units"], batch_size=500)
 
 
+PERIOD_TABLES = (("hour", HourlyRollup), ("day", DailyRollup))
+
+
 def add_rows(rows: LLMRequestLogQuerySet, *, hourly: bool = True, daily: bool = True) -> None:
     """Add these log rows to the hourly roll-ups and (in TIME_ZONE) the daily ones."""
     zone = timezone.get_current_timezone()
+    periods = {}
     if hourly:
-        hours = _grouped(rows, {"hour": TruncHour("timestamp", tzinfo=UTC)})
-        _upsert(HourlyRollup, "hour", hours)
+        periods["hour"] = TruncHour("timestamp", tzinfo=UTC)
     if daily:
-        days = _grouped(rows, {"day": TruncDate("timestamp", tzinfo=zone)})
-        _upsert(DailyRollup, "day", days)
+        periods["day"] = TruncDate("timestamp", tzinfo=zone)
+    if not periods:
+        return
+    # One pass groups by hour and day together (a UTC hour can straddle two local days), then
+    # each table gets its own sums: three queries over the new rows rather than six.
+    both = _grouped(rows, periods)
+    for index, (name, model) in enumerate((name, model) for name, model in PERIOD_TABLES if name in periods):
+        per_period: dict[tuple, Figures] = defaultdict(Figures)
+        for key, figures in both.items():
+            per_period[(key[index], *key[len(periods) :])].merge(figures)
+        _upsert(model, name, per_period)
+    if daily:
         _upsert_users(rows, zone)
 
 
