@@ -87,6 +87,10 @@ class TimeRange:
     def logs(self) -> LLMRequestLogQuerySet:
         return filter_logs(self.api_params()).queryset
 
+    def selection(self) -> metrics.Selection:
+        """The same rows as `logs`, with what llm.metrics needs to read them from the roll-ups."""
+        return metrics.Selection.of(filter_logs(self.api_params()))
+
     def previous(self) -> TimeRange:
         return TimeRange(self.key, self.start - self.length, self.start, self.model)
 
@@ -229,10 +233,11 @@ def card(spec: Card, current: dict[str, Any], previous: dict[str, Any]) -> dict[
 
 
 def overview(window: TimeRange) -> dict[str, Any]:
-    logs = window.logs()
-    current = metrics.overview(logs)
-    previous = metrics.overview(window.previous().logs())
-    series = _filled(metrics.timeseries(logs, window.group_by, start=window.start, end=window.end), window)
+    chosen = window.selection()
+    logs = chosen.logs
+    current = metrics.overview(chosen)
+    previous = metrics.overview(window.previous().selection())
+    series = _filled(metrics.timeseries(chosen, window.group_by, start=window.start, end=window.end), window)
     thresholds = DashboardSettings.load()
     days = max(window.length / timedelta(days=1), 1 / 24)
     levels = {
@@ -240,7 +245,7 @@ def overview(window: TimeRange) -> dict[str, Any]:
         "p95_latency_ms": thresholds.level("p95_latency", current["p95_latency_ms"]),
         "total_cost": thresholds.level("cost_per_day", current["total_cost"] / days),
     }
-    errors_by_type = metrics.errors(logs)["errors"]
+    errors_by_type = metrics.errors(chosen)["errors"]
     return {
         "figures": current,
         "cards": [
@@ -256,7 +261,8 @@ def overview(window: TimeRange) -> dict[str, Any]:
         "min_calls_for_percentile": metrics.MIN_CALLS_FOR_PERCENTILE,
         # An empty latency chart needs a reason: no period had enough calls for a percentile.
         "periods_with_percentiles": sum(row["p95_latency_ms"] is not None for row in series),
-        "cost_by_model": metrics.cost_by_model(logs),
+        "cost_by_model": metrics.cost_by_model(chosen),
+        "percentiles": metrics.percentiles_kind(chosen),
         "errors_by_type": errors_by_type,
         "failed_logs_query": window.logs_query(status="error"),
         "recent": list(logs.order_by("-timestamp", "-id")[:10]),
@@ -264,12 +270,13 @@ def overview(window: TimeRange) -> dict[str, Any]:
 
 
 def analytics(window: TimeRange) -> dict[str, Any]:
-    logs = window.logs()
+    chosen = window.selection()
     return {
-        "models": metrics.model_usage(logs),
-        "top_by_cost": metrics.user_usage(logs, "cost", 10),
-        "top_by_requests": metrics.user_usage(logs, "requests", 10),
-        "daily": metrics.daily_stats(logs, start=window.start, end=window.end),
+        "models": metrics.model_usage(chosen),
+        "top_by_cost": metrics.user_usage(chosen, "cost", 10),
+        "top_by_requests": metrics.user_usage(chosen, "requests", 10),
+        "daily": metrics.daily_stats(chosen, start=window.start, end=window.end),
+        "percentiles": metrics.percentiles_kind(chosen),
         "min_calls_for_percentile": metrics.MIN_CALLS_FOR_PERCENTILE,
     }
 

@@ -26,6 +26,8 @@ WINDOW_RULE = (
     "X-Window-Start and X-Window-End headers and in the file name."
 )
 SEARCH_MAX_CHARS = 200
+# LogFilterSet fields the roll-ups do not break down by: with one of them, figures come from the rows.
+ROLLUP_BLIND_FILTERS = ("user_id",)
 # Dates outside these years are refused: a window and the previous one of the same length (the
 # overview's trend) must stay within what Python and both databases can represent.
 EARLIEST_YEAR, LATEST_YEAR = 1900, 2999
@@ -138,6 +140,11 @@ class FilteredLogs:
     end: datetime
     # True when neither dates nor hours were given and the default window (last 24 hours) applied.
     window_defaulted: bool
+    # What llm.metrics needs to read roll-ups: the model and status filters (blank: none), and
+    # whether any other filter (user_id, search, ...) narrows the rows, which roll-ups cannot answer.
+    model: str = ""
+    status: str = ""
+    other_filters: bool = False
 
     def window(self) -> dict[str, Any]:
         """How a JSON answer states the window it covers."""
@@ -163,7 +170,16 @@ def filter_logs(params: Any, *, queryset: LLMRequestLogQuerySet | None = None) -
     if filterset.form.errors or window is None:
         raise ValidationError({field: list(errors) for field, errors in filterset.form.errors.items()})
     start, end, defaulted = window
-    return FilteredLogs(queryset=filterset.qs.in_window(start, end), start=start, end=end, window_defaulted=defaulted)
+    cleaned = filterset.form.cleaned_data
+    return FilteredLogs(
+        queryset=filterset.qs.in_window(start, end),
+        start=start,
+        end=end,
+        window_defaulted=defaulted,
+        model=cleaned.get("model") or "",
+        status=cleaned.get("status") or "",
+        other_filters=queryset is not None or any(cleaned.get(name) for name in ROLLUP_BLIND_FILTERS),
+    )
 
 
 def date_range_label(filtered: FilteredLogs) -> str:

@@ -17,15 +17,26 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
+from datetime import date as date_type
 from decimal import Decimal
 from typing import Any
 
 from django.db import connections, transaction
-from django.db.models import Aggregate, Avg, Count, F, Field, Max, OuterRef, Q, QuerySet, Subquery, Sum
+from django.db.models import Aggregate, Avg, Count, F, Field, Max, Q, QuerySet, Sum
 from django.db.models.functions import TruncDay, TruncHour, TruncMinute, TruncMonth
 from django.utils import timezone
 
-from llm.models import LLMRequestLog, LLMRequestLogQuerySet, ModelPrice, UserFeedback
+from llm import rollup_math, rollups
+from llm.models import (
+    DailyRollup,
+    DailyUserRollup,
+    HourlyRollup,
+    LLMRequestLog,
+    LLMRequestLogQuerySet,
+    MetricWatermark,
+    ModelPrice,
+    UserFeedback,
+)
 
 # Sorting memory for the percentile queries on PostgreSQL. With the default 4 MB the planner walks
 # the (model_name, timestamp) index to group by model, reading the table at random: 3.7 s over a
@@ -117,10 +128,14 @@ def interpolated_percentile(values: list[float], fraction: float, *, is_sorted: 
 def aggregate_queries(using: str = "default") -> Iterator[None]:
     """A transaction in which heavy aggregate queries get PERCENTILE_WORK_MEM (PostgreSQL only)."""
     connection = connections[using]
+    if connection.vendor != "postgresql":
+        # On SQLite a transaction here would be a write lock (transaction_mode IMMEDIATE): reads
+        # must not hold up writers.
+        yield
+        return
     with transaction.atomic(using=using):
-        if connection.vendor == "postgresql":
-            with connection.cursor() as cursor:
-                cursor.execute(f"SET LOCAL work_mem = '{PERCENTILE_WORK_MEM}'")
+        with connection.cursor() as cursor:
+            cursor.execute(f"SET LOCAL work_mem = '{PERCENTILE_WORK_MEM}'")
         yield
 
 
@@ -133,6 +148,366 @@ def register_sqlite_functions(sender: Any, connection: Any, **kwargs: Any) -> No
 def group_by_for(length: timedelta) -> str:
     """The period a window of this length is shown by (BUCKETS): minute, hour, day or month."""
     return next((group_by for bound, group_by in BUCKETS if length <= bound), "month")
+
+
+# Reading the roll-ups (llm/rollups.py keeps them).
+#
+# A window is read as whole days (DailyRollup), whole UTC hours (HourlyRollup) and raw rows for
+# the rest (rollup_math.split_window), plus the rows above the roll-ups' watermark wherever the
+# roll-ups answer (rows written since the last roll-up: an index range on the primary key). The
+# watermark is read before and after; if a roll-up moved it meanwhile, the reading starts over,
+# so a row is never counted twice nor missed, without a transaction that would hold up writers.
+# Counts, tokens and cost are exact. Percentiles come from the histograms, within
+# rollup_math.ERROR_BOUND, unless the window is read from raw rows only: a window of at most
+# EXACT_WINDOW, a filter the roll-ups do not break down by (user_id), or a period they cannot
+# answer (minutes; local hours in a time zone a half hour off UTC) are read raw and exact.
+
+EXACT_WINDOW = timedelta(hours=2)
+READ_ATTEMPTS = 3
+PERCENTILES_EXACT = rollup_math.EXACT_LABEL
+PERCENTILES_APPROXIMATE = rollup_math.ERROR_LABEL
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The rows a figure covers: `logs` (filtered), their window, and the filters the roll-ups
+    break down by; `rollups_apply` is False when another filter narrows the rows."""
+
+    logs: LLMRequestLogQuerySet
+    start: datetime | None = None
+    end: datetime | None = None
+    model: str = ""
+    status: str = ""
+    rollups_apply: bool = False
+
+    @classmethod
+    def of(cls, filtered: Any) -> Selection:
+        """From llm.filters.FilteredLogs."""
+        return cls(
+            filtered.queryset,
+            filtered.start,
+            filtered.end,
+            filtered.model,
+            filtered.status,
+            rollups_apply=not filtered.other_filters,
+        )
+
+    def matching(self, **lookups: Any) -> Q:
+        """The model and status filters on a roll-up (or log) table."""
+        condition = Q(**lookups)
+        if self.model:
+            condition &= Q(model_name=self.model)
+        if self.status:
+            condition &= Q(status=self.status)
+        return condition
+
+
+def selection(logs: Selection | LLMRequestLogQuerySet | Any) -> Selection:
+    """A Selection of a Selection, of llm.filters.FilteredLogs, or of a bare queryset (read raw)."""
+    if isinstance(logs, Selection):
+        return logs
+    if isinstance(logs, QuerySet):
+        return Selection(logs)
+    return Selection.of(logs)
+
+
+@dataclass
+class Plan:
+    """How one reading of a Selection goes: the split of its window and the roll-ups' state."""
+
+    selection: Selection
+    split: rollup_math.Split
+    zone: Any
+    period: str | None
+    watermark: int = 0  # as the plan was made: the first reading's
+
+    def raw_conditions(self, watermark: int) -> list[Q]:
+        """Rows read from the logs, as conditions that do not overlap, each one index range: every
+        raw span (on timestamp), and the rows above the watermark where roll-ups answer (on id)."""
+        edges = Q(pk__in=[])
+        for start, end in self.split.raw:
+            edges |= Q(timestamp__gte=start, timestamp__lt=end)
+        above = Q(pk__in=[])
+        for start, end in self.split.rolled_up_spans(self.zone):
+            above |= Q(timestamp__gte=start, timestamp__lt=end)
+        return [edges, Q(id__gt=watermark) & above] if self.split.raw else [Q(id__gt=watermark) & above]
+
+    def raw_rows(self, watermark: int) -> list[LLMRequestLogQuerySet]:
+        matching = LLMRequestLog.objects.filter(self.selection.matching()).order_by()
+        return [matching.filter(condition) for condition in self.raw_conditions(watermark)]
+
+    def daily(self) -> Q:
+        days = self.split.days
+        return self.selection.matching(day__gte=days[0], day__lte=days[-1]) if days else Q(pk__in=[])
+
+    def hourly(self) -> Q:
+        condition = Q(pk__in=[])
+        for start, end in self.split.hours:
+            condition |= Q(hour__gte=start, hour__lt=end)
+        return self.selection.matching() & condition if self.split.hours else condition
+
+
+def rollup_state() -> MetricWatermark:
+    return MetricWatermark.objects.filter(name=rollups.ROLLUPS).first() or MetricWatermark(name=rollups.ROLLUPS)
+
+
+def plan(logs: Selection | Any, period: str | None = None) -> Plan | None:
+    """How to read `logs` from the roll-ups, grouped by `period` (None: totals); None: read raw."""
+    chosen = selection(logs)
+    start, end = chosen.start, chosen.end
+    if not chosen.rollups_apply or start is None or end is None or end - start <= EXACT_WINDOW or period == "minute":
+        return None
+    zone = timezone.get_current_timezone()
+    state = rollup_state()
+    days = (
+        period != "hour"
+        and rollups.daily_rows_valid(state)
+        and (state.days_since is None or start >= rollup_math.day_start(state.days_since, zone))
+    )
+    hours = period is None or rollup_math.whole_hour_offsets(zone, start, end)
+    split = rollup_math.split_window(start, end, zone, days=days, hours=hours)
+    return Plan(chosen, split, zone, period, state.last_id) if split.uses_rollups else None
+
+
+def percentiles_kind(logs: Selection | Any, period: str | None = None) -> str:
+    """What an answer over `logs` says of its percentiles: "exact" or "approximate (<=1 %)"."""
+    return PERCENTILES_EXACT if plan(logs, period) is None else PERCENTILES_APPROXIMATE
+
+
+def consistent(read: Any, the_plan: Plan | None = None) -> Any:
+    """`read(watermark)` at a watermark that did not move while it ran (see above); the first try
+    at the plan's."""
+    for attempt in range(READ_ATTEMPTS):
+        before = the_plan.watermark if the_plan is not None and attempt == 0 else rollup_state().last_id
+        answer = read(before)
+        if rollup_state().last_id == before:
+            return answer
+    return None  # roll-ups kept moving: the caller reads the logs instead
+
+
+class PeriodOf:
+    """The local period (an aware datetime's ISO text, as _by_period answers) of an hour or a day."""
+
+    def __init__(self, period: str | None, zone: Any) -> None:
+        self.period = period
+        self.zone = zone
+        self.cache: dict[Any, str] = {}
+
+    def __call__(self, moment: datetime | date_type) -> str | None:
+        if self.period is None:
+            return None
+        if moment not in self.cache:
+            self.cache[moment] = self._compute(moment)
+        return self.cache[moment]
+
+    def _compute(self, moment: datetime | date_type) -> str:
+        if isinstance(moment, datetime):
+            local = moment.astimezone(self.zone)
+            if self.period == "hour":
+                return local.isoformat()
+            moment = local.date()
+        if self.period == "month":
+            moment = moment.replace(day=1)
+        return timezone.make_aware(datetime.combine(moment, time.min), self.zone).isoformat()
+
+
+KeyedFigures = dict[tuple, rollups.Figures]
+ROLLUP_SUMS = rollups.Figures.SUMS
+
+
+def _add_rollups(found: KeyedFigures, rows: QuerySet, period_field: str, key: Any, percentiles: bool) -> None:
+    fields = [period_field, "model_name", "status", "error_type", *ROLLUP_SUMS]
+    if percentiles:
+        fields.append("latency_histogram")
+    for row in rows.values(*fields):
+        figures = found.setdefault(key(row, row[period_field]), rollups.Figures())
+        figures.add_sums(row)
+        if percentiles:
+            rollup_math.add_encoded(figures.latency, row["latency_histogram"])
+
+
+def _add_raw(found: KeyedFigures, the_plan: Plan, watermark: int, group: tuple[str, ...], percentiles: bool) -> None:
+    names = [name for name in group if name != "period"]
+    if "period" in group:
+        names.append("period")
+    if percentiles:
+        names.append("bucket")
+    for rows in the_plan.raw_rows(watermark):
+        if "period" in group:
+            rows = rows.annotate(period=TRUNCATE[the_plan.period]("timestamp"))
+        if percentiles:
+            rows = rows.annotate(bucket=rollups.bucket_of("latency_ms"))
+        for row in rows.values(*names).annotate(**_raw_sums()):
+            row["cost_units"] = rollups.as_units(row["cost_units"])
+            if "period" in row:
+                row["period"] = row["period"].isoformat()
+            figures = found.setdefault(tuple(row[name] for name in group), rollups.Figures())
+            figures.add_sums(row)
+            if percentiles:
+                figures.latency[row["bucket"]] += row["requests"]
+
+
+def _raw_sums() -> dict[str, Aggregate]:
+    return {
+        "requests": Count("id"),
+        "prompt_tokens": Sum("prompt_tokens"),
+        "completion_tokens": Sum("completion_tokens"),
+        "total_tokens": Sum("total_tokens"),
+        "cost_units": rollups.cost_units_sum(),
+        "latency_sum_ms": Sum("latency_ms"),
+    }
+
+
+def measure_at(the_plan: Plan, group: tuple[str, ...], watermark: int, *, percentiles: bool = True) -> KeyedFigures:
+    """Figures per `group` (names among period, model_name, status, error_type) over the plan's
+    window: roll-ups plus raw rows, the roll-ups being at `watermark`."""
+    period_of = PeriodOf(the_plan.period, the_plan.zone)
+
+    def key(row: dict[str, Any], moment: Any) -> tuple:
+        return tuple(period_of(moment) if name == "period" else row[name] for name in group)
+
+    found: KeyedFigures = {}
+    if the_plan.split.days:
+        _add_rollups(found, DailyRollup.objects.filter(the_plan.daily()), "day", key, percentiles)
+    if the_plan.split.hours:
+        _add_rollups(found, HourlyRollup.objects.filter(the_plan.hourly()), "hour", key, percentiles)
+    _add_raw(found, the_plan, watermark, group, percentiles)
+    return found
+
+
+def measure(the_plan: Plan, group: tuple[str, ...], *, percentiles: bool = True) -> KeyedFigures | None:
+    """measure_at a watermark that holds still; None if it would not (read the logs instead)."""
+    return consistent(lambda watermark: measure_at(the_plan, group, watermark, percentiles=percentiles), the_plan)
+
+
+@dataclass
+class Totals:
+    """Figures of one group, failures counted apart: what _traffic answers from raw rows."""
+
+    figures: rollups.Figures
+    errors: int = 0
+
+    def row(self, *percentile_names: str, min_calls: int = 0) -> dict[str, Any]:
+        figures = self.figures
+        requests = figures.requests
+        values = rollup_math.percentiles(figures.latency, [FRACTIONS[name] for name in percentile_names])
+        if requests < min_calls:
+            values = [None] * len(percentile_names)
+        return {
+            "requests": requests,
+            "errors": self.errors,
+            "prompt_tokens": figures.prompt_tokens,
+            "completion_tokens": figures.completion_tokens,
+            "total_tokens": figures.total_tokens,
+            "cost": float(rollups.usd(figures.cost_units)),
+            "avg_latency_ms": figures.latency_sum_ms / requests if requests else None,
+            **{f"{name}_latency_ms": value for name, value in zip(percentile_names, values, strict=True)},
+            "error_rate": rate(self.errors, requests),
+        }
+
+
+def fold_status(found: KeyedFigures) -> dict[tuple, Totals]:
+    """Figures keyed (..., status) -> Totals keyed (...): the status folded into an error count."""
+    folded: dict[tuple, Totals] = {}
+    for key, figures in found.items():
+        totals = folded.setdefault(key[:-1], Totals(rollups.Figures()))
+        totals.figures.add_sums(_sums(figures))
+        totals.figures.latency += figures.latency
+        if key[-1] == LLMRequestLog.Status.ERROR:
+            totals.errors += figures.requests
+    return folded
+
+
+def _sums(figures: rollups.Figures) -> dict[str, Any]:
+    return {name: getattr(figures, name) for name in ROLLUP_SUMS}
+
+
+def _union_sql(the_plan: Plan, watermark: int, rollup_fields: dict[str, Any], raw_fields: dict[str, Any]) -> tuple:
+    """SQL of the day-x-user roll-ups of the plan's whole days UNION ALL the raw rows of the rest
+    of the window (and of those days, above the watermark), both grouped by user."""
+    days = the_plan.split.days
+    users = DailyUserRollup.objects.filter(the_plan.selection.matching(day__gte=days[0], day__lte=days[-1]))
+    users = users.values("user_id").annotate(**rollup_fields).order_by()
+    raw_condition = Q(pk__in=[])
+    for start, end in [*the_plan.split.raw, *the_plan.split.hours]:
+        raw_condition |= Q(timestamp__gte=start, timestamp__lt=end)
+    days_start = rollup_math.day_start(days[0], the_plan.zone)
+    days_end = rollup_math.day_start(days[-1] + timedelta(days=1), the_plan.zone)
+    raw_condition |= Q(id__gt=watermark, timestamp__gte=days_start, timestamp__lt=days_end)
+    raw = LLMRequestLog.objects.filter(the_plan.selection.matching(), raw_condition).exclude(user_id="")
+    raw = raw.values("user_id").annotate(**raw_fields).order_by()
+    users_sql, users_params = users.query.sql_with_params()
+    raw_sql, raw_params = raw.query.sql_with_params()
+    return f"{users_sql} UNION ALL {raw_sql}", (*users_params, *raw_params)
+
+
+USER_ROLLUP_FIELDS = {
+    "u_requests": Sum("requests"),
+    "u_errors": Sum("requests", filter=LLMRequestLog.FAILED),
+    "u_total_tokens": Sum("total_tokens"),
+    "u_cost_units": Sum("cost_units"),
+}
+
+
+def _user_raw_fields() -> dict[str, Aggregate]:
+    return {
+        "u_requests": Count("id"),
+        "u_errors": Count("id", filter=LLMRequestLog.FAILED),
+        "u_total_tokens": Sum("total_tokens"),
+        "u_cost_units": rollups.cost_units_sum(),
+    }
+
+
+def _user_totals_sql(the_plan: Plan, watermark: int) -> tuple[str, tuple]:
+    union, params = _union_sql(the_plan, watermark, USER_ROLLUP_FIELDS, _user_raw_fields())
+    sums = "SUM(u_requests) AS requests, SUM(u_errors) AS errors, SUM(u_total_tokens) AS total_tokens"
+    sql = f"SELECT user_id, {sums}, SUM(u_cost_units) AS cost_units FROM ({union}) AS parts GROUP BY user_id"  # noqa: S608
+    return sql, params
+
+
+def unique_users_from_rollups(the_plan: Plan, watermark: int) -> int:
+    """Distinct users of the day-x-user roll-ups of the whole days and of the raw rows elsewhere."""
+    days = the_plan.split.days
+    users = DailyUserRollup.objects.filter(the_plan.selection.matching(day__gte=days[0], day__lte=days[-1]))
+    users = users.values("user_id").order_by()
+    parts = [users.query.sql_with_params()]
+    for rows in _user_raw_rows(the_plan, watermark):
+        parts.append(rows.values("user_id").order_by().query.sql_with_params())
+    sql = " UNION ".join(part_sql for part_sql, _params in parts)
+    params = tuple(param for _sql, part_params in parts for param in part_params)
+    with connections["default"].cursor() as cursor:
+        cursor.execute(f"SELECT COUNT(*) FROM ({sql}) AS users", params)  # noqa: S608 - ORM-made SQL
+        return cursor.fetchone()[0]
+
+
+def _user_raw_rows(the_plan: Plan, watermark: int) -> list[LLMRequestLogQuerySet]:
+    """The rows the day-x-user roll-ups do not answer: all but the whole days, and above the watermark."""
+    days = the_plan.split.days
+    spans = [*the_plan.split.raw, *the_plan.split.hours]
+    days_start = rollup_math.day_start(days[0], the_plan.zone)
+    days_end = rollup_math.day_start(days[-1] + timedelta(days=1), the_plan.zone)
+    matching = LLMRequestLog.objects.filter(the_plan.selection.matching()).exclude(user_id="").order_by()
+    conditions = [Q(timestamp__gte=start, timestamp__lt=end) for start, end in spans]
+    conditions.append(Q(id__gt=watermark, timestamp__gte=days_start, timestamp__lt=days_end))
+    return [matching.filter(condition) for condition in conditions]
+
+
+def top_users_from_rollups(the_plan: Plan, watermark: int, order_by: str, limit: int) -> list[dict[str, Any]]:
+    sql, params = _user_totals_sql(the_plan, watermark)
+    order = "cost_units" if order_by == "cost" else "requests"
+    with connections["default"].cursor() as cursor:
+        cursor.execute(f"{sql} ORDER BY {order} DESC, user_id LIMIT %s", (*params, int(limit)))  # noqa: S608
+        rows = cursor.fetchall()
+    return [
+        {
+            "user_id": user_id,
+            "requests": int(requests),
+            "errors": int(errors or 0),
+            "total_tokens": int(tokens or 0),
+            "cost": float(rollups.usd(rollups.as_units(units))),
+        }
+        for user_id, requests, errors, tokens, units in rows
+    ]
 
 
 def _sum(value: Any) -> float:
@@ -189,17 +564,31 @@ def _traffic(row: dict[str, Any], *percentiles: str, min_calls: int = 0) -> dict
     return row
 
 
-def overview(logs: LLMRequestLogQuerySet) -> dict[str, Any]:
+def overview(logs: Selection | LLMRequestLogQuerySet) -> dict[str, Any]:
+    chosen = selection(logs)
+    the_plan = plan(chosen)
+    if the_plan is not None:
+
+        def read(watermark: int) -> tuple[dict[str, Any], int]:
+            totals = fold_status(measure_at(the_plan, ("status",), watermark)).get((), Totals(rollups.Figures()))
+            if the_plan.split.days:
+                return totals.row("p50", "p95", "p99"), unique_users_from_rollups(the_plan, watermark)
+            return totals.row("p50", "p95", "p99"), _unique_users(chosen.logs)
+
+        answer = consistent(read, the_plan)
+        if answer is not None:
+            return _overview_answer(*answer)
     figures = _traffic(
-        logs.aggregate(
-            **_traffic_aggregates(),
-            unique_users=Count("user_id", distinct=True, filter=~Q(user_id="")),
-            **_latency_aggregates("p50", "p95", "p99"),
-        ),
-        "p50",
-        "p95",
-        "p99",
+        chosen.logs.aggregate(**_traffic_aggregates(), **_latency_aggregates("p50", "p95", "p99")), "p50", "p95", "p99"
     )
+    return _overview_answer(figures, _unique_users(chosen.logs))
+
+
+def _unique_users(logs: LLMRequestLogQuerySet) -> int:
+    return logs.exclude(user_id="").aggregate(users=Count("user_id", distinct=True))["users"]
+
+
+def _overview_answer(figures: dict[str, Any], unique_users: int) -> dict[str, Any]:
     total, failed = figures["requests"], figures["errors"]
     return {
         "total_requests": total,
@@ -214,7 +603,7 @@ def overview(logs: LLMRequestLogQuerySet) -> dict[str, Any]:
         "p95_latency_ms": figures["p95_latency_ms"],
         "p99_latency_ms": figures["p99_latency_ms"],
         "total_cost": figures["cost"],
-        "unique_users": figures["unique_users"],
+        "unique_users": unique_users,
     }
 
 
@@ -260,9 +649,38 @@ WINDOW_FIGURES = ("requests", "errors", "total_tokens", "cost")
 
 
 def window_totals(windows: Iterable[Window]) -> dict[Window, WindowTotals]:
-    """The totals of several windows in one query: conditional aggregates (one set per window)
-    over the rows of the span they cover together. Evaluating every alert rule costs one query."""
+    """The totals of several windows. Those the roll-ups answer (longer than EXACT_WINDOW) are read
+    each from them; the others in one query: conditional aggregates (one set per window) over the
+    rows of the span they cover together."""
     windows = list(dict.fromkeys(windows))
+    measured: dict[Window, WindowTotals] = {}
+    raw_windows = []
+    for window in windows:
+        chosen = Selection(
+            LLMRequestLog.objects.in_window(window.start, window.end).for_model(window.model),
+            window.start,
+            window.end,
+            window.model,
+            rollups_apply=True,
+        )
+        the_plan = plan(chosen)
+        found = None if the_plan is None else measure(the_plan, ("status",), percentiles=window.latency)
+        if found is None:
+            raw_windows.append(window)
+            continue
+        totals = fold_status(found).get((), Totals(rollups.Figures()))
+        row = totals.row("p95") if window.latency else totals.row()
+        measured[window] = WindowTotals(
+            requests=row["requests"],
+            errors=row["errors"],
+            total_tokens=row["total_tokens"],
+            cost=row["cost"],
+            p95_latency_ms=row.get("p95_latency_ms"),
+        )
+    return {**measured, **_raw_window_totals(raw_windows)}
+
+
+def _raw_window_totals(windows: list[Window]) -> dict[Window, WindowTotals]:
     if not windows:
         return {}
     aggregates: dict[str, Aggregate] = {}
@@ -346,9 +764,23 @@ def is_partial(
     return (start is not None and period_start < start) or period_end(period_start, group_by) > cutoff
 
 
-def token_usage(logs: LLMRequestLogQuerySet, group_by: str = "day") -> list[dict[str, Any]]:
+def token_usage(logs: Selection | LLMRequestLogQuerySet, group_by: str = "day") -> list[dict[str, Any]]:
+    chosen = selection(logs)
+    the_plan = plan(chosen, group_by)
+    found = None if the_plan is None else measure(the_plan, ("period",), percentiles=False)
+    if found is not None:
+        return [
+            {
+                "period": period,
+                "prompt_tokens": figures.prompt_tokens,
+                "completion_tokens": figures.completion_tokens,
+                "total_tokens": figures.total_tokens,
+                "requests": figures.requests,
+            }
+            for (period,), figures in sorted(found.items())
+        ]
     rows = _by_period(
-        logs,
+        chosen.logs,
         group_by,
         prompt_tokens=Sum("prompt_tokens"),
         completion_tokens=Sum("completion_tokens"),
@@ -356,6 +788,20 @@ def token_usage(logs: LLMRequestLogQuerySet, group_by: str = "day") -> list[dict
         requests=Count("id"),
     )
     return [{key: _sum(value) if key != "period" else value for key, value in row.items()} for row in rows]
+
+
+def _periods_from_rollups(
+    chosen: Selection, group_by: str, percentile_names: tuple[str, ...]
+) -> list[dict[str, Any]] | None:
+    """Per period, as _traffic answers, from the roll-ups; None: read the logs."""
+    the_plan = plan(chosen, group_by)
+    found = None if the_plan is None else measure(the_plan, ("period", "status"))
+    if found is None:
+        return None
+    return [
+        {"period": period, **totals.row(*percentile_names, min_calls=MIN_CALLS_FOR_PERCENTILE)}
+        for (period,), totals in sorted(fold_status(found).items())
+    ]
 
 
 def _with_partial(
@@ -368,7 +814,7 @@ def _with_partial(
 
 
 def timeseries(
-    logs: LLMRequestLogQuerySet,
+    logs: Selection | LLMRequestLogQuerySet,
     group_by: str = "hour",
     *,
     start: datetime | None = None,
@@ -379,9 +825,12 @@ def timeseries(
     `start` and `end` are the window `logs` was filtered to; they decide which periods are
     `partial`. Percentiles of a period with fewer than MIN_CALLS_FOR_PERCENTILE calls are None.
     """
-    rows = _by_period(logs, group_by, **_traffic_aggregates(), **_latency_aggregates("p50", "p95", "p99"))
-    rows = [_traffic(row, "p50", "p95", "p99", min_calls=MIN_CALLS_FOR_PERCENTILE) for row in rows]
-    return _with_partial(rows, group_by, start, end)
+    chosen = selection(logs)
+    rows = _periods_from_rollups(chosen, group_by, ("p50", "p95", "p99"))
+    if rows is None:
+        rows = _by_period(chosen.logs, group_by, **_traffic_aggregates(), **_latency_aggregates("p50", "p95", "p99"))
+        rows = [_traffic(row, "p50", "p95", "p99", min_calls=MIN_CALLS_FOR_PERCENTILE) for row in rows]
+    return _with_partial(rows, group_by, start or chosen.start, end or chosen.end)
 
 
 def empty_period(period_start: datetime, group_by: str, start: datetime | None, end: datetime | None) -> dict[str, Any]:
@@ -417,33 +866,60 @@ DAILY_FIELDS = [
 
 
 def daily_stats(
-    logs: LLMRequestLogQuerySet, *, start: datetime | None = None, end: datetime | None = None
+    logs: Selection | LLMRequestLogQuerySet, *, start: datetime | None = None, end: datetime | None = None
 ) -> list[dict[str, Any]]:
     """Per day (TIME_ZONE); `partial` and the percentile minimum as in `timeseries`."""
-    rows = _by_period(logs, "day", **_traffic_aggregates(), **_latency_aggregates("p95", "p99"))
-    rows = _with_partial(
-        [_traffic(row, "p95", "p99", min_calls=MIN_CALLS_FOR_PERCENTILE) for row in rows], "day", start, end
-    )
+    chosen = selection(logs)
+    rows = _periods_from_rollups(chosen, "day", ("p95", "p99"))
+    if rows is None:
+        rows = _by_period(chosen.logs, "day", **_traffic_aggregates(), **_latency_aggregates("p95", "p99"))
+        rows = [_traffic(row, "p95", "p99", min_calls=MIN_CALLS_FOR_PERCENTILE) for row in rows]
+    rows = _with_partial(rows, "day", start or chosen.start, end or chosen.end)
     return [{"date": row["period"][:10], **{key: row[key] for key in DAILY_FIELDS}} for row in rows]
 
 
-def latency_by_model(logs: LLMRequestLogQuerySet) -> list[dict[str, Any]]:
+def _per_model_from_rollups(chosen: Selection) -> list[tuple[str, Totals]] | None:
+    """Per model, busiest first, from the roll-ups; None: read the logs."""
+    the_plan = plan(chosen)
+    found = None if the_plan is None else measure(the_plan, ("model_name", "status"))
+    if found is None:
+        return None
+    per_model = [(model, totals) for (model,), totals in fold_status(found).items()]
+    return sorted(per_model, key=lambda item: (-item[1].figures.requests, item[0]))
+
+
+def latency_by_model(logs: Selection | LLMRequestLogQuerySet) -> list[dict[str, Any]]:
+    chosen = selection(logs)
+    per_model = _per_model_from_rollups(chosen)
+    if per_model is not None:
+        names = ("requests", "avg_latency_ms", "p50_latency_ms", "p95_latency_ms", "p99_latency_ms")
+        return [
+            {"model": model, **{name: row[name] for name in names}}
+            for model, row in ((model, totals.row("p50", "p95", "p99")) for model, totals in per_model)
+        ]
     rows = (
-        logs.values("model_name")
+        chosen.logs.values("model_name")
         .annotate(requests=Count("id"), **_latency_aggregates("p50", "p95", "p99"))
         .order_by("-requests", "model_name")
     )
     return [_spread({"model": row.pop("model_name"), **row}, "p50", "p95", "p99") for row in rows]
 
 
-def model_usage(logs: LLMRequestLogQuerySet) -> list[dict[str, Any]]:
+def model_usage(logs: Selection | LLMRequestLogQuerySet) -> list[dict[str, Any]]:
     """Per model; `priced` is false for a model missing from the price table (its cost counts as 0)."""
+    chosen = selection(logs)
+    priced = set(ModelPrice.objects.values_list("model_name", flat=True))
+    per_model = _per_model_from_rollups(chosen)
+    if per_model is not None:
+        return [
+            {"model": model, **totals.row("p50", "p95", "p99"), "priced": model in priced}
+            for model, totals in per_model
+        ]
     rows = (
-        logs.values("model_name")
+        chosen.logs.values("model_name")
         .annotate(**_traffic_aggregates(), **_latency_aggregates("p50", "p95", "p99"))
         .order_by("-requests", "model_name")
     )
-    priced = set(ModelPrice.objects.values_list("model_name", flat=True))
     usage = []
     for row in rows:
         model = row.pop("model_name")
@@ -451,51 +927,102 @@ def model_usage(logs: LLMRequestLogQuerySet) -> list[dict[str, Any]]:
     return usage
 
 
-def cost_by_model(logs: LLMRequestLogQuerySet) -> list[dict[str, Any]]:
-    """USD per model, costliest first. Cheaper than model_usage: no latency sort per model."""
-    rows = logs.values("model_name").annotate(cost=Sum("cost_estimate")).order_by("-cost", "model_name")
+def cost_by_model(logs: Selection | LLMRequestLogQuerySet) -> list[dict[str, Any]]:
+    """USD per model, costliest first. Cheaper than model_usage: no latency percentiles."""
+    chosen = selection(logs)
+    the_plan = plan(chosen)
+    found = None if the_plan is None else measure(the_plan, ("model_name",), percentiles=False)
+    if found is not None:
+        costs = [(model, float(rollups.usd(figures.cost_units))) for (model,), figures in found.items()]
+        return [{"model": model, "cost": cost} for model, cost in sorted(costs, key=lambda item: (-item[1], item[0]))]
+    rows = chosen.logs.values("model_name").annotate(cost=Sum("cost_estimate")).order_by("-cost", "model_name")
     return [{"model": row["model_name"], "cost": _sum(row["cost"])} for row in rows]
 
 
-def errors(logs: LLMRequestLogQuerySet) -> dict[str, Any]:
+def errors(logs: Selection | LLMRequestLogQuerySet) -> dict[str, Any]:
     """Errors per error_type: count, share of all errors (percent), latest message and time."""
-    failed = logs.failed()
-    latest = failed.filter(error_type=OuterRef("error_type")).order_by("-timestamp", "-id")
-    rows = (
-        failed.values("error_type")
-        .annotate(
-            count=Count("id"),
-            last_seen=Max("timestamp"),
-            latest_message=Subquery(latest.values("error_message")[:1]),
-        )
-        .order_by("-count", "error_type")
-    )
-    rows = list(rows)
-    total_errors = sum(row["count"] for row in rows)  # a handful of groups, not log rows
-    total_requests = logs.count()
+    chosen = selection(logs)
+    counted = _error_counts(chosen)
+    failed = chosen.logs.failed()
+    # One lookup per error type of its latest message, each from where the counts say it is.
+    latest = {}
+    for error_type, (_count, since) in counted[1].items():
+        newest = failed.filter(error_type=error_type, timestamp__gte=since).order_by("-timestamp", "-id")
+        latest[error_type] = newest.values("error_message", "timestamp").first()
+    total_requests, by_type = counted
+    rows = sorted(by_type.items(), key=lambda item: (-item[1][0], item[0]))
+    total_errors = sum(count for count, _since in by_type.values())  # a handful of types, not log rows
     return {
         "total_errors": total_errors,
         "total_requests": total_requests,
         "error_rate": rate(total_errors, total_requests),
         "errors": [
             {
-                "error_type": row["error_type"],
-                "count": row["count"],
-                "share": rate(row["count"], total_errors),
-                "latest_message": row["latest_message"],
-                "last_seen": row["last_seen"].isoformat(),
+                "error_type": error_type,
+                "count": count,
+                "share": rate(count, total_errors),
+                "latest_message": (latest[error_type] or {}).get("error_message"),
+                "last_seen": latest[error_type]["timestamp"].isoformat() if latest[error_type] else None,
             }
-            for row in rows
+            for error_type, (count, _since) in rows
         ],
     }
 
 
-def user_usage(logs: LLMRequestLogQuerySet, order_by: str = "cost", limit: int = 10) -> list[dict[str, Any]]:
+def _error_counts(chosen: Selection) -> tuple[int, dict[str, tuple[int, datetime]]]:
+    """All requests, and per error type: its failures and a time its latest failure is not before."""
+    the_plan = plan(chosen)
+    answer = None if the_plan is None else consistent(lambda watermark: _error_counts_at(the_plan, watermark), the_plan)
+    if answer is not None:
+        return answer
+    by_type = (
+        chosen.logs.failed().values("error_type").annotate(count=Count("id"), last_seen=Max("timestamp")).order_by()
+    )
+    return chosen.logs.count(), {row["error_type"]: (row["count"], row["last_seen"]) for row in by_type}
+
+
+def _error_counts_at(the_plan: Plan, watermark: int) -> tuple[int, dict[str, tuple[int, datetime]]]:
+    found = measure_at(the_plan, ("status", "error_type"), watermark, percentiles=False)
+    total = sum(figures.requests for figures in found.values())
+    failed = {key[1]: figures.requests for key, figures in found.items() if key[0] == LLMRequestLog.Status.ERROR}
+    # Where each type's latest failure can be: the start of its latest day or hour, or its latest raw row.
+    since: dict[str, datetime] = {}
+
+    def later(error_type: str, moment: datetime) -> None:
+        if error_type in failed and (error_type not in since or moment > since[error_type]):
+            since[error_type] = moment
+
+    failures = Q(status=LLMRequestLog.Status.ERROR)
+    if the_plan.split.days:
+        latest_days = (
+            DailyRollup.objects.filter(the_plan.daily(), failures).values("error_type").annotate(at=Max("day"))
+        )
+        for row in latest_days.order_by():
+            later(row["error_type"], rollup_math.day_start(row["at"], the_plan.zone))
+    if the_plan.split.hours:
+        latest_hours = HourlyRollup.objects.filter(the_plan.hourly(), failures).values("error_type")
+        for row in latest_hours.annotate(at=Max("hour")).order_by():
+            later(row["error_type"], row["at"])
+    for rows in the_plan.raw_rows(watermark):
+        for row in rows.filter(failures).values("error_type").annotate(at=Max("timestamp")):
+            later(row["error_type"], row["at"])
+    return total, {error_type: (count, since[error_type]) for error_type, count in failed.items()}
+
+
+def user_usage(
+    logs: Selection | LLMRequestLogQuerySet, order_by: str = "cost", limit: int = 10
+) -> list[dict[str, Any]]:
     """The top users by `cost` or by `requests`; calls without a user_id are left out."""
     if order_by not in ("cost", "requests"):
         raise ValueError("order_by is cost or requests")
+    chosen = selection(logs)
+    the_plan = plan(chosen)
+    if the_plan is not None and the_plan.split.days:
+        answer = consistent(lambda watermark: top_users_from_rollups(the_plan, watermark, order_by, limit), the_plan)
+        if answer is not None:
+            return answer
     rows = (
-        logs.exclude(user_id="")
+        chosen.logs.exclude(user_id="")
         .values("user_id")
         .annotate(
             requests=Count("id"),

@@ -13,11 +13,16 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator, URLValidator, validate_email
 from django.db import IntegrityError, models, transaction
+from django.dispatch import Signal
 from django.utils import timezone
 
 from llm import traces
 
 ONE_MILLION = Decimal(1_000_000)
+# Sent (sender LLMRequestLog, `created`: how many rows) once calls stored by `record` or
+# `record_many` are committed. llm/rollups.py listens (connected in apps.py) and brings the
+# roll-ups up to date, so this module does not import what imports it.
+calls_recorded = Signal()
 COST_PLACES = Decimal("0.0000000001")
 
 
@@ -65,6 +70,7 @@ class LLMRequestLogManager(models.Manager.from_queryset(LLMRequestLogQuerySet)):
             if existing is None:
                 raise
             return existing, False
+        _announce(1)
         return log, True
 
     def record_many(self, logs: list[LLMRequestLog]) -> tuple[int, int]:
@@ -87,7 +93,15 @@ class LLMRequestLogManager(models.Manager.from_queryset(LLMRequestLogQuerySet)):
                 new_logs.append(log)
             # ignore_conflicts covers a concurrent writer inserting the same id meanwhile.
             self.bulk_create(new_logs, batch_size=500, ignore_conflicts=True)
+        if new_logs:
+            _announce(len(new_logs))
         return len(new_logs), len(logs) - len(new_logs)
+
+
+def _announce(created: int) -> None:
+    """calls_recorded, after the commit (at once outside a transaction): a receiver must never
+    run inside the writer's transaction, where its locks would last until that commits."""
+    transaction.on_commit(lambda: calls_recorded.send(sender=LLMRequestLog, created=created), robust=True)
 
 
 class LLMRequestLog(models.Model):
@@ -619,14 +633,91 @@ class FeedbackTotal(models.Model):
 
 
 class MetricWatermark(models.Model):
-    """The highest row id of a table already added to the running totals."""
+    """The highest row id of a table already added to running totals or roll-ups."""
 
-    name = models.CharField(max_length=32, unique=True)  # "requests" or "feedback"
+    name = models.CharField(max_length=32, unique=True)  # "requests", "feedback" or "rollups"
     last_id = models.BigIntegerField(default=0)
+    # The roll-ups only: the TIME_ZONE their daily rows were built in (llm.checks warns on a change).
+    time_zone = models.CharField(max_length=64, blank=True, default="")
+    # The roll-ups only: the first day the daily rows cover in full (None: every day). Set when a
+    # rebuild in a new TIME_ZONE could not rebuild days whose logs purge_logs had deleted.
+    days_since = models.DateField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     def __str__(self) -> str:
         return f"{self.name} up to id {self.last_id}"
+
+
+# Roll-ups (llm/rollups.py keeps them, llm/metrics.py reads them): the logs summed per UTC hour and
+# per day in TIME_ZONE, so a figure over a long window reads a few hundred small rows. Latency and
+# time-to-first-token distributions are histograms in the stored form of llm/rollup_math.py.
+
+
+class RollupFigures(models.Model):
+    """What an hour's or a day's calls of one model, status and error type add up to."""
+
+    model_name = models.CharField(max_length=200)
+    status = models.CharField(max_length=8, choices=LLMRequestLog.Status.choices)
+    error_type = models.CharField(max_length=20, blank=True, default="")
+    requests = models.BigIntegerField(default=0)
+    prompt_tokens = models.BigIntegerField(default=0)
+    completion_tokens = models.BigIntegerField(default=0)
+    total_tokens = models.BigIntegerField(default=0)
+    # The sum of the rows' stored cost_estimate (a price change rewrites neither) in units of
+    # COST_PLACES (USD 10^-10): an integer, so sums stay exact on SQLite, which adds decimals as floats.
+    cost_units = models.BigIntegerField(default=0)
+    latency_sum_ms = models.FloatField(default=0)
+    ttft_count = models.BigIntegerField(default=0)
+    ttft_sum_ms = models.FloatField(default=0)
+    latency_histogram = models.BinaryField(default=b"")
+    ttft_histogram = models.BinaryField(default=b"")
+
+    class Meta:
+        abstract = True
+
+
+class HourlyRollup(RollupFigures):
+    hour = models.DateTimeField(help_text="Start of the UTC hour.")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["hour", "model_name", "status", "error_type"], name="llm_hourlyrollup_key")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.hour:%Y-%m-%d %H:00} {self.model_name} {self.status}: {self.requests}"
+
+
+class DailyRollup(RollupFigures):
+    day = models.DateField(help_text="The date in TIME_ZONE (MetricWatermark 'rollups'.time_zone).")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["day", "model_name", "status", "error_type"], name="llm_dailyrollup_key")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.model_name} {self.status}: {self.requests}"
+
+
+class DailyUserRollup(models.Model):
+    """One user's calls of a day (TIME_ZONE), model and status: unique users and top users."""
+
+    day = models.DateField()
+    user_id = models.CharField(max_length=200)
+    model_name = models.CharField(max_length=200)
+    status = models.CharField(max_length=8, choices=LLMRequestLog.Status.choices)
+    requests = models.BigIntegerField(default=0)
+    total_tokens = models.BigIntegerField(default=0)
+    cost_units = models.BigIntegerField(default=0)  # USD 10^-10, as RollupFigures.cost_units
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["day", "model_name", "status", "user_id"], name="llm_dailyuserrollup_key")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.user_id} {self.model_name} {self.status}: {self.requests}"
 
 
 class DashboardSettings(models.Model):

@@ -6,99 +6,40 @@ small tables (`RequestTotal` per model and status, `FeedbackTotal` per rating) w
 the highest log id already counted. A scrape first adds the rows above the watermark (an index
 range scan on the primary key: only what arrived since the last scrape), then reads the totals.
 
-Why a lock around the watermark: two gunicorn workers scraped at once must not both add the same
-rows. The roll-up holds the watermark row (SELECT … FOR UPDATE on PostgreSQL; SQLite's write
-transaction is exclusive) while it reads, adds and moves the watermark, all in one transaction.
-
-Why a boundary, and not simply "every id above the watermark": ids are handed out when a row is
-inserted, not when it is committed. Writer A takes id 10 and commits late; writer B takes id 11
-and commits first. A roll-up that saw 11 and moved the watermark past it would never count 10.
-So a roll-up only goes up to an id below which every row is final: on PostgreSQL it takes a SHARE
-lock on the log table for an instant, which waits for the inserts in flight to commit (or roll
-back) and is released at once; whatever id is the largest then can no longer be undercut. On
-SQLite writers are serialised, so the largest id in the write transaction is final already.
+How the rows above the watermark are added exactly once (a lock around the watermark, a final id
+boundary so a row committed late is never skipped) is llm/watermarks.py, which the roll-ups of
+llm/rollups.py share. One scrape adds at most SCRAPE_ROLLUP_LIMIT rows: the first scrape after an
+upgrade does not read the whole table, and the counters catch up over the next scrapes.
 """
 
 from __future__ import annotations
 
-import logging
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from django.db import DatabaseError, connection, models, transaction
-from django.db.models import Count, Max, Q, Sum
+from django.db import models
+from django.db.models import Count, Q, Sum
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
+from llm import watermarks
 from llm.models import (
     HISTOGRAM_BUCKETS_SECONDS,
     AlertRule,
     FeedbackTotal,
     LLMRequestLog,
-    MetricWatermark,
     RequestTotal,
     UserFeedback,
     empty_buckets,
 )
 
-logger = logging.getLogger(__name__)
-
 REQUESTS = "requests"
 FEEDBACK = "feedback"
-# How long a roll-up waits for inserts in flight before giving up; the scrape then serves the
-# totals as they are, and the next one catches up. Inserts are short transactions.
-BOUNDARY_LOCK_TIMEOUT_MS = 2000
-# At most this many ids are rolled up per scrape: the first scrape after an upgrade (or after
-# a long pause) would otherwise read the whole table in one go (5 s at 10 million rows). Each
-# scrape adds the next slice, so the counters stay monotonic and catch up over a few scrapes.
-ROLL_UP_MAX_IDS = 100_000
-
-
-def _final_id_boundary(model: type[models.Model]) -> int | None:
-    """The largest id of `model` below which no row can still appear; None when it is not known.
-
-    On PostgreSQL, called outside the roll-up transaction so the table lock lasts only this.
-    """
-    if connection.vendor != "postgresql":
-        return model.objects.aggregate(top=Max("id"))["top"] or 0
-    table = connection.ops.quote_name(model._meta.db_table)
-    try:
-        with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute(f"SET LOCAL lock_timeout = {int(BOUNDARY_LOCK_TIMEOUT_MS)}")
-            # SHARE conflicts with the ROW EXCLUSIVE lock every INSERT holds until its commit.
-            cursor.execute(f"LOCK TABLE {table} IN SHARE MODE")
-            cursor.execute(f"SELECT COALESCE(MAX(id), 0) FROM {table}")  # noqa: S608 - our own table name
-            return cursor.fetchone()[0]
-    except DatabaseError:
-        logger.warning("Metrics roll-up skipped: inserts into %s held a lock too long.", table)
-        return None
-
-
-@contextmanager
-def _watermark_for_update(name: str, model: type[models.Model]) -> Iterator[tuple[MetricWatermark, int | None]]:
-    """A transaction holding the watermark row; yields it and the id boundary (None: skip)."""
-    postgres = connection.vendor == "postgresql"
-    # On PostgreSQL the boundary comes first, in its own short transaction (see the module doc).
-    boundary = _final_id_boundary(model) if postgres else None
-    MetricWatermark.objects.get_or_create(name=name)
-    with transaction.atomic():
-        watermark = MetricWatermark.objects.select_for_update().get(name=name)
-        if not postgres:
-            boundary = _final_id_boundary(model)  # SQLite: inside the (exclusive) write transaction
-        yield watermark, boundary
-
-
-def _batch_end(model: type[models.Model], last_id: int, boundary: int) -> int:
-    """Where this roll-up stops: at most ROLL_UP_MAX_IDS ids past the first row above `last_id`
-    (so a gap in the ids, after a purge or a sequence jump, does not cost empty scrapes)."""
-    first = model.objects.filter(id__gt=last_id, id__lte=boundary).aggregate(first=models.Min("id"))["first"]
-    if first is None:
-        return boundary
-    return min(boundary, first - 1 + ROLL_UP_MAX_IDS)
+# Rows one scrape adds to the totals at most (about 0.2 s of work on PostgreSQL).
+SCRAPE_ROLLUP_LIMIT = 200_000
 
 
 def _bucket_counts(field: str) -> dict[str, Count]:
@@ -108,14 +49,14 @@ def _bucket_counts(field: str) -> dict[str, Count]:
     }
 
 
-def roll_up_requests() -> int:
-    """Add the logs above the watermark to RequestTotal; answers how many rows were added."""
-    with _watermark_for_update(REQUESTS, LLMRequestLog) as (watermark, boundary):
-        if boundary is None or boundary <= watermark.last_id:
+def roll_up_requests(limit: int | None = SCRAPE_ROLLUP_LIMIT) -> int:
+    """Add the logs above the watermark (at most `limit` ids) to RequestTotal; answers how many
+    rows were added."""
+    with watermarks.claim(REQUESTS, LLMRequestLog, limit=limit) as claim:
+        if claim.upto is None:
             return 0
-        boundary = _batch_end(LLMRequestLog, watermark.last_id, boundary)
         groups = (
-            LLMRequestLog.objects.filter(id__gt=watermark.last_id, id__lte=boundary)
+            LLMRequestLog.objects.filter(id__gt=claim.watermark.last_id, id__lte=claim.upto)
             .values("model_name", "status")
             .annotate(
                 requests=Count("id"),
@@ -166,8 +107,7 @@ def roll_up_requests() -> int:
                 "ttft_buckets",
             ],
         )
-        watermark.last_id = boundary
-        watermark.save(update_fields=["last_id", "updated_at"])
+        claim.advance()
     return added
 
 
@@ -176,13 +116,12 @@ def _add(buckets: list[int], group: dict, field: str) -> list[int]:
     return [count + group[f"{field}_le_{index}"] for index, count in enumerate(buckets)]
 
 
-def roll_up_feedback() -> int:
-    with _watermark_for_update(FEEDBACK, UserFeedback) as (watermark, boundary):
-        if boundary is None or boundary <= watermark.last_id:
+def roll_up_feedback(limit: int | None = SCRAPE_ROLLUP_LIMIT) -> int:
+    with watermarks.claim(FEEDBACK, UserFeedback, limit=limit) as claim:
+        if claim.upto is None:
             return 0
-        boundary = _batch_end(UserFeedback, watermark.last_id, boundary)
         groups = (
-            UserFeedback.objects.filter(id__gt=watermark.last_id, id__lte=boundary)
+            UserFeedback.objects.filter(id__gt=claim.watermark.last_id, id__lte=claim.upto)
             .values("rating")
             .annotate(count=Count("id"))
             .order_by()
@@ -192,21 +131,20 @@ def roll_up_feedback() -> int:
             FeedbackTotal.objects.get_or_create(rating=group["rating"])
             FeedbackTotal.objects.filter(rating=group["rating"]).update(count=models.F("count") + group["count"])
             added += group["count"]
-        watermark.last_id = boundary
-        watermark.save(update_fields=["last_id", "updated_at"])
+        claim.advance()
     return added
 
 
-def roll_up() -> None:
-    """Bring the running totals up to date (each scrape, and purge_logs before deleting)."""
-    roll_up_requests()
-    roll_up_feedback()
+def roll_up(limit: int | None = SCRAPE_ROLLUP_LIMIT) -> None:
+    """Bring the running totals up to date, by at most `limit` rows of each table (each scrape;
+    purge_logs, before deleting, with no limit)."""
+    roll_up_requests(limit)
+    roll_up_feedback(limit)
 
 
 def counted_up_to(name: str) -> int:
     """The watermark: rows with a larger id are not in the totals yet (purge_logs keeps them)."""
-    watermark = MetricWatermark.objects.filter(name=name).first()
-    return watermark.last_id if watermark else 0
+    return watermarks.counted_up_to(name)
 
 
 def _histogram_buckets(cumulative: list[int], count: int) -> list[tuple[str, float]]:
@@ -226,7 +164,7 @@ class DatabaseCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         if self.roll_up_first:
-            roll_up()
+            roll_up(limit=SCRAPE_ROLLUP_LIMIT)
         yield from _request_families(RequestTotal.objects.order_by("model_name", "status"))
         yield _feedback_family()
         yield _alerts_firing_family()

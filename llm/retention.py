@@ -11,7 +11,7 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from llm import prometheus
+from llm import prometheus, rollups, watermarks
 from llm.models import AlertLog, AlertLogQuerySet, LLMRequestLog, LLMRequestLogQuerySet, UserFeedback
 
 # Rows deleted per transaction: each batch is a short transaction, so writers and readers of the
@@ -29,13 +29,13 @@ class PurgeResult:
 
 
 def old_logs(cutoff: datetime, *, counted_only: bool = True) -> LLMRequestLogQuerySet:
-    """Logs older than `cutoff`. `counted_only`: only those the Prometheus totals already count,
-    with all their feedback counted too; deleting an uncounted row would make a counter miss it."""
+    """Logs older than `cutoff`. `counted_only`: only those the Prometheus totals and the roll-ups
+    already count, with all their feedback counted too; deleting an uncounted row would make a
+    counter or a roll-up miss it."""
     logs = LLMRequestLog.objects.filter(timestamp__lt=cutoff).order_by()
     if counted_only:
-        logs = logs.filter(id__lte=prometheus.counted_up_to(prometheus.REQUESTS)).exclude(
-            feedback__id__gt=prometheus.counted_up_to(prometheus.FEEDBACK)
-        )
+        counted = min(prometheus.counted_up_to(prometheus.REQUESTS), watermarks.counted_up_to(rollups.ROLLUPS))
+        logs = logs.filter(id__lte=counted).exclude(feedback__id__gt=prometheus.counted_up_to(prometheus.FEEDBACK))
     return logs
 
 
@@ -60,8 +60,10 @@ def purge(
         result.alert_logs = old_alert_logs(cutoff).count()
         return result
 
-    # First add everything to the running totals, so the deleted rows stay counted.
-    prometheus.roll_up()
+    # First add everything to the running totals and the roll-ups, so the deleted rows stay
+    # counted: figures over old windows keep reading them from the roll-ups.
+    prometheus.roll_up(limit=None)
+    rollups.catch_up()
 
     def delete_logs(ids: list[int]) -> None:
         result.feedback += UserFeedback.objects.filter(request_id__in=ids).delete()[0]

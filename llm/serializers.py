@@ -433,6 +433,19 @@ class WindowSerializer(serializers.Serializer):
     window_defaulted = serializers.BooleanField(help_text="True when no date was given: the default window.")
 
 
+class MetricsWindowSerializer(WindowSerializer):
+    """A metrics answer: its window, and how its latency percentiles were computed."""
+
+    percentiles = serializers.ChoiceField(
+        choices=[metrics.PERCENTILES_EXACT, metrics.PERCENTILES_APPROXIMATE],
+        help_text=(
+            "exact: from the calls themselves; approximate (<=1 %): from the roll-ups' latency histograms, "
+            "within 1 % of the exact value. Windows of up to 2 hours, a user_id filter and per-minute "
+            "periods are exact. Counts, tokens and cost are always exact."
+        ),
+    )
+
+
 class LatencyFields(serializers.Serializer):
     avg_latency_ms = serializers.FloatField(allow_null=True, help_text="null when there is no call.")
     p50_latency_ms = serializers.FloatField(allow_null=True, help_text=PERCENTILE_NULL)
@@ -453,7 +466,7 @@ class TrafficFields(TokenFields):
     cost = serializers.FloatField(help_text="USD.")
 
 
-class OverviewSerializer(WindowSerializer, TokenFields, LatencyFields):
+class OverviewSerializer(MetricsWindowSerializer, TokenFields, LatencyFields):
     total_requests = serializers.IntegerField()
     successful_requests = serializers.IntegerField()
     failed_requests = serializers.IntegerField()
@@ -467,7 +480,7 @@ class TokenUsageRowSerializer(TokenFields):
     requests = serializers.IntegerField()
 
 
-class GroupedSerializer(WindowSerializer):
+class GroupedSerializer(MetricsWindowSerializer):
     group_by = serializers.ChoiceField(choices=list(metrics.GROUP_BY), help_text="The period length used.")
 
 
@@ -480,7 +493,7 @@ class LatencyRowSerializer(LatencyFields):
     requests = serializers.IntegerField()
 
 
-class LatencySerializer(WindowSerializer):
+class LatencySerializer(MetricsWindowSerializer):
     results = LatencyRowSerializer(many=True)
 
 
@@ -489,10 +502,10 @@ class ErrorRowSerializer(serializers.Serializer):
     count = serializers.IntegerField()
     share = serializers.FloatField(help_text="Percent of all errors.")
     latest_message = serializers.CharField()
-    last_seen = serializers.DateTimeField()
+    last_seen = serializers.DateTimeField(help_text="When the latest message was logged.")
 
 
-class ErrorsSerializer(WindowSerializer):
+class ErrorsSerializer(MetricsWindowSerializer):
     total_errors = serializers.IntegerField()
     total_requests = serializers.IntegerField()
     error_rate = serializers.FloatField(help_text=ERROR_RATE_HELP)
@@ -504,7 +517,7 @@ class ModelUsageRowSerializer(TrafficFields, LatencyFields):
     priced = serializers.BooleanField(help_text="False: the model has no price; its cost counts as 0.")
 
 
-class ModelUsageSerializer(WindowSerializer):
+class ModelUsageSerializer(MetricsWindowSerializer):
     results = ModelUsageRowSerializer(many=True)
 
 
@@ -522,7 +535,7 @@ class DailyRowSerializer(PeriodRowSerializer):
     p50_latency_ms = None
 
 
-class DailyStatsSerializer(WindowSerializer):
+class DailyStatsSerializer(MetricsWindowSerializer):
     results = DailyRowSerializer(many=True)
 
 

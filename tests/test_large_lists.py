@@ -238,8 +238,7 @@ def test_the_session_and_user_filters_have_indexes():
 # /metrics catching up over several scrapes.
 
 
-def test_metrics_catch_up_over_several_scrapes_to_the_exact_totals(monkeypatch):
-    monkeypatch.setattr(prometheus, "ROLL_UP_MAX_IDS", 40)
+def test_metrics_catch_up_over_several_scrapes_to_the_exact_totals():
     logs = make_logs(
         130,
         model_name=lambda index: MODELS[index % 3],
@@ -254,7 +253,7 @@ def test_metrics_catch_up_over_several_scrapes_to_the_exact_totals(monkeypatch):
     kept = list(LLMRequestLog.objects.all())
     added, totals_seen = [], []
     while True:
-        count = prometheus.roll_up_requests()
+        count = prometheus.roll_up_requests(limit=40)
         if not count:
             break
         added.append(count)
@@ -276,7 +275,7 @@ def test_metrics_catch_up_over_several_scrapes_to_the_exact_totals(monkeypatch):
 
 
 def test_the_metrics_endpoint_serves_the_totals_so_far_and_then_all(client, monkeypatch):
-    monkeypatch.setattr(prometheus, "ROLL_UP_MAX_IDS", 25)
+    monkeypatch.setattr(prometheus, "SCRAPE_ROLLUP_LIMIT", 25)
     make_logs(60, model_name="llama-3.1-8b-instant")
     line = 'llm_requests_total{model="llama-3.1-8b-instant",status="success"}'
     seen = []

@@ -74,7 +74,9 @@ def test_overview_api_equals_recomputation(api_client, logs):
     body = api_client.get("/api/metrics/overview/", {**WINDOW, "model": "openai/gpt-oss-20b"}).json()
     latencies = [log.latency_ms for log in rows]
     assert body["total_requests"] == len(rows)
-    assert body["p95_latency_ms"] == pytest.approx(float(np.percentile(latencies, 95)))
+    # 50 days come from the roll-ups: their percentiles are within the documented bound.
+    assert body["percentiles"] == "approximate (<=1 %)"
+    assert body["p95_latency_ms"] == pytest.approx(float(np.percentile(latencies, 95)), rel=0.01)
     assert body["avg_latency_ms"] == pytest.approx(statistics.fmean(latencies))
     assert body["total_cost"] == pytest.approx(float(sum(log.cost_estimate for log in rows)), abs=1e-9)
     assert body["window_defaulted"] is False

@@ -75,8 +75,9 @@ def test_each_period_equals_a_recomputation(api_client, logs, group_by):
             assert row["p50_latency_ms"] is row["p95_latency_ms"] is row["p99_latency_ms"] is None
         else:
             checked_percentiles += 1
-            assert row["p95_latency_ms"] == pytest.approx(float(np.percentile(latencies, 95)))
-            assert row["p99_latency_ms"] == pytest.approx(float(np.percentile(latencies, 99)))
+            # Hours, days and months come from the roll-ups' histograms: within 1 %.
+            assert row["p95_latency_ms"] == pytest.approx(float(np.percentile(latencies, 95)), rel=0.01)
+            assert row["p99_latency_ms"] == pytest.approx(float(np.percentile(latencies, 99)), rel=0.01)
     assert checked_percentiles > 0
     # The clock is inside the last period. The window starts at 06:00: inside the first day and
     # month, which are partial, but on an hour's edge, so the first hour is whole.

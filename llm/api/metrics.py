@@ -50,14 +50,19 @@ class MetricsView(DeclaredParameters, APIView):
     def figures(self, request: Request, filtered: FilteredLogs) -> dict[str, Any]:
         raise NotImplementedError
 
+    def period(self, request: Request, filtered: FilteredLogs) -> str | None:
+        """The period the figures are grouped by (None: totals), which decides what roll-ups answer."""
+        return None
+
     def get(self, request: Request) -> Response:
         filtered = filter_logs(request.query_params)
         with metrics.aggregate_queries():
             figures = self.figures(request, filtered)
-        return Response({**filtered.window(), **figures})
+        percentiles = metrics.percentiles_kind(filtered, self.period(request, filtered))
+        return Response({**filtered.window(), "percentiles": percentiles, **figures})
 
 
-def answers(serializer: type[serializers.WindowSerializer], description: str):
+def answers(serializer: type[serializers.MetricsWindowSerializer], description: str):
     """The schema of a metrics endpoint's GET: its answer's fields, and a 400 for a bad filter."""
     responses = {
         200: OpenApiResponse(serializer, description=description),
@@ -71,7 +76,7 @@ def answers(serializer: type[serializers.WindowSerializer], description: str):
 )
 class OverviewView(MetricsView):
     def figures(self, request, filtered):
-        return metrics.overview(filtered.queryset)
+        return metrics.overview(filtered)
 
 
 @answers(serializers.TokenUsageSerializer, "Per period: prompt, completion and total tokens, requests.")
@@ -80,19 +85,22 @@ class TokenUsageView(MetricsView):
 
     def figures(self, request, filtered):
         group_by = group_by_for(request, filtered)
-        return {"group_by": group_by, "results": metrics.token_usage(filtered.queryset, group_by)}
+        return {"group_by": group_by, "results": metrics.token_usage(filtered, group_by)}
+
+    def period(self, request, filtered):
+        return group_by_for(request, filtered)
 
 
 @answers(serializers.LatencySerializer, "Per model: requests, average and p50/p95/p99 latency in ms.")
 class LatencyView(MetricsView):
     def figures(self, request, filtered):
-        return {"results": metrics.latency_by_model(filtered.queryset)}
+        return {"results": metrics.latency_by_model(filtered)}
 
 
 @answers(serializers.ErrorsSerializer, "Per error_type: count, share of all errors (percent), latest message.")
 class ErrorsView(MetricsView):
     def figures(self, request, filtered):
-        return metrics.errors(filtered.queryset)
+        return metrics.errors(filtered)
 
 
 @answers(
@@ -101,7 +109,7 @@ class ErrorsView(MetricsView):
 )
 class ModelUsageView(MetricsView):
     def figures(self, request, filtered):
-        return {"results": metrics.model_usage(filtered.queryset)}
+        return {"results": metrics.model_usage(filtered)}
 
 
 @answers(
@@ -111,7 +119,10 @@ class ModelUsageView(MetricsView):
 )
 class DailyStatsView(MetricsView):
     def figures(self, request, filtered):
-        return {"results": metrics.daily_stats(filtered.queryset, start=filtered.start, end=filtered.end)}
+        return {"results": metrics.daily_stats(filtered)}
+
+    def period(self, request, filtered):
+        return "day"
 
 
 @answers(
@@ -126,5 +137,8 @@ class TimeseriesView(MetricsView):
 
     def figures(self, request, filtered):
         group_by = group_by_for(request, filtered)
-        rows = metrics.timeseries(filtered.queryset, group_by, start=filtered.start, end=filtered.end)
+        rows = metrics.timeseries(filtered, group_by)
         return {"group_by": group_by, "min_calls_for_percentile": metrics.MIN_CALLS_FOR_PERCENTILE, "results": rows}
+
+    def period(self, request, filtered):
+        return group_by_for(request, filtered)

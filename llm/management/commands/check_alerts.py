@@ -10,7 +10,7 @@ from __future__ import annotations
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
-from llm import alerts, notifiers
+from llm import alerts, notifiers, rollups
 from llm.models import ALERT_WINDOW_MINUTES_MAX, AlertRule
 
 
@@ -38,6 +38,9 @@ class Command(BaseCommand):
         parser.add_argument("--rule", type=int, metavar="ID", help="Evaluate only this active rule.")
 
     def handle(self, *args, time_window: int | None, create_defaults: bool, dry_run: bool, rule: int | None, **options):
+        if not dry_run:
+            # Cron's minute is when the roll-ups catch up on what the writes' own roll-ups skipped.
+            rollups.roll_up(limit=rollups.CATCH_UP_LIMIT)
         now = timezone.now()
         if create_defaults:
             self.create_defaults(dry_run)

@@ -1,0 +1,207 @@
+"""The arithmetic of the roll-ups, as plain functions: no model, no query (llm/rollups.py writes the
+tables, llm/metrics.py reads them; both import this, and this imports neither).
+
+Latency histograms. A latency (or a time to first token) v > 0 ms falls in the log-spaced bucket
+k = floor(ln(v / MIN_MS) / ln(RATIO)) + 1, that is [MIN_MS·RATIO^(k-1), MIN_MS·RATIO^k); bucket 0
+holds 0 and anything under MIN_MS, and the last bucket everything from its lower bound up. A
+bucket stands for its geometric middle, MIN_MS·RATIO^(k-1/2), which is within sqrt(RATIO) - 1
+(0.995 % for RATIO 1.02) of every value in it. A percentile is interpolated between the two
+closest ranks as NumPy and PostgreSQL's percentile_cont do, each rank read as its bucket's
+middle; the interpolation of two values each within 0.995 % is within 0.995 % of theirs, so a
+percentile from a histogram is within ERROR_BOUND of the exact one (values under MIN_MS read 0).
+
+Histograms merge by adding counts, so an hour's, a day's or a window's distribution is the sum of
+its parts. Stored, a histogram is bytes: the first non-empty bucket's index (int32) and the counts
+from there to the last non-empty one (uint32 each), little-endian: the few dozen buckets an hour of
+one model touches, not all BUCKETS.
+
+Windows. A window [start, end) is read as whole days (in TIME_ZONE) where it covers them, whole
+UTC hours where it covers those, and raw rows for the rest (under an hour at each edge, or a
+little more in a half-hour time zone): `split_window`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
+
+import numpy as np
+
+RATIO = 1.02
+MIN_MS = 0.001  # one microsecond: anything faster reads as 0
+LN_RATIO = math.log(RATIO)
+# Bucket of 10^9 ms (11.6 days): a latency above lands there too.
+TOP_BUCKET = math.floor(math.log(1e9 / MIN_MS) / LN_RATIO) + 1
+BUCKETS = TOP_BUCKET + 1
+ERROR_BOUND = math.sqrt(RATIO) - 1  # 0.995 %
+ERROR_LABEL = "approximate (<=1 %)"
+EXACT_LABEL = "exact"
+_HEADER = np.dtype("<i4")
+_COUNTS = np.dtype("<u4")
+
+
+def bucket_index(value_ms: float | None) -> int | None:
+    """The bucket of one value (None for no value); the SQL of llm/rollups.py computes the same."""
+    if value_ms is None:
+        return None
+    if value_ms < MIN_MS:
+        return 0
+    return min(math.floor(math.log(value_ms / MIN_MS) / LN_RATIO) + 1, TOP_BUCKET)
+
+
+def bucket_value(index: int) -> float:
+    """What a bucket stands for: its geometric middle (0 for bucket 0)."""
+    return 0.0 if index == 0 else MIN_MS * RATIO ** (index - 0.5)
+
+
+def empty() -> np.ndarray:
+    return np.zeros(BUCKETS, dtype=np.int64)
+
+
+def from_counts(counts: Iterable[tuple[int, int]]) -> np.ndarray:
+    """A dense histogram from (bucket, count) pairs (the rows of a GROUP BY bucket)."""
+    dense = empty()
+    for index, count in counts:
+        dense[int(index)] += int(count)
+    return dense
+
+
+def encode(dense: np.ndarray) -> bytes:
+    """The stored form: the first non-empty bucket and the counts up to the last non-empty one."""
+    filled = np.flatnonzero(dense)
+    if not len(filled):
+        return b""
+    first, last = int(filled[0]), int(filled[-1])
+    return np.array([first], dtype=_HEADER).tobytes() + dense[first : last + 1].astype(_COUNTS).tobytes()
+
+
+def add_encoded(dense: np.ndarray, stored: bytes | memoryview | None) -> np.ndarray:
+    """Add a stored histogram into a dense one (in place); answers it."""
+    if stored:
+        raw = bytes(stored)
+        first = int(np.frombuffer(raw[:4], dtype=_HEADER)[0])
+        counts = np.frombuffer(raw[4:], dtype=_COUNTS)
+        dense[first : first + len(counts)] += counts
+    return dense
+
+
+def merge(stored: Iterable[bytes | memoryview | None]) -> np.ndarray:
+    dense = empty()
+    for histogram in stored:
+        add_encoded(dense, histogram)
+    return dense
+
+
+def _value_at_rank(cumulative: np.ndarray, rank: int) -> float:
+    """The (bucket middle of the) value of 0-based rank `rank`."""
+    return bucket_value(int(np.searchsorted(cumulative, rank, side="right")))
+
+
+def percentiles(dense: np.ndarray, fractions: Sequence[float]) -> list[float | None]:
+    """Percentiles (fractions 0-1) of a histogram, interpolated between closest ranks."""
+    cumulative = np.cumsum(dense)
+    total = int(cumulative[-1]) if len(cumulative) else 0
+    if total == 0:
+        return [None] * len(fractions)
+    answers = []
+    for fraction in fractions:
+        position = (total - 1) * fraction
+        lower = math.floor(position)
+        upper = min(lower + 1, total - 1)
+        low, high = _value_at_rank(cumulative, lower), _value_at_rank(cumulative, upper)
+        answers.append(low + (high - low) * (position - lower))
+    return answers
+
+
+# Windows.
+
+
+@dataclass
+class Split:
+    """How a window is read: `days` (local dates, each whole), `hours` ([start, end) spans of whole
+    UTC hours), `raw` ([start, end) spans read from the log rows)."""
+
+    days: list[date] = field(default_factory=list)
+    hours: list[tuple[datetime, datetime]] = field(default_factory=list)
+    raw: list[tuple[datetime, datetime]] = field(default_factory=list)
+
+    @property
+    def uses_rollups(self) -> bool:
+        return bool(self.days or self.hours)
+
+    def rolled_up_spans(self, zone: tzinfo) -> list[tuple[datetime, datetime]]:
+        """The instants the days and hours cover."""
+        spans = list(self.hours)
+        if self.days:
+            spans.append((day_start(self.days[0], zone), day_start(self.days[-1] + timedelta(days=1), zone)))
+        return spans
+
+
+def day_start(day: date, zone: tzinfo) -> datetime:
+    """The first instant of a local date (a midnight that does not exist is where the day starts)."""
+    return datetime.combine(day, time.min, tzinfo=zone).astimezone(UTC)
+
+
+def local_date(moment: datetime, zone: tzinfo) -> date:
+    return moment.astimezone(zone).date()
+
+
+def floor_hour(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def ceil_hour(moment: datetime) -> datetime:
+    floored = floor_hour(moment)
+    return floored if floored == moment else floored + timedelta(hours=1)
+
+
+def _whole_days(start: datetime, end: datetime, zone: tzinfo) -> tuple[list[date], datetime, datetime]:
+    """The local dates whose whole day lies in [start, end), and where they begin and end."""
+    first = local_date(start, zone)
+    if day_start(first, zone) < start:
+        first += timedelta(days=1)
+    last = local_date(end, zone) - timedelta(days=1)  # the day before the one `end` falls in
+    if last < first or day_start(last + timedelta(days=1), zone) > end:
+        return [], end, end
+    days = [first + timedelta(days=offset) for offset in range((last - first).days + 1)]
+    return days, day_start(first, zone), day_start(last + timedelta(days=1), zone)
+
+
+def _split_hours(start: datetime, end: datetime, split: Split) -> None:
+    if start >= end:
+        return
+    first, last = ceil_hour(start), floor_hour(end)
+    if first >= last:
+        split.raw.append((start, end))
+        return
+    if start < first:
+        split.raw.append((start, first))
+    split.hours.append((first, last))
+    if last < end:
+        split.raw.append((last, end))
+
+
+def split_window(start: datetime, end: datetime, zone: tzinfo, *, days: bool = True, hours: bool = True) -> Split:
+    """Whole days (when `days`), whole UTC hours (when `hours`) and raw edges of [start, end)."""
+    split = Split()
+    if start >= end:
+        return split
+    if not hours:
+        split.raw.append((start, end))
+        return split
+    whole_days, days_start, days_end = _whole_days(start, end, zone) if days else ([], end, end)
+    if not whole_days:
+        _split_hours(start, end, split)
+        return split
+    split.days = whole_days
+    _split_hours(start, days_start, split)
+    _split_hours(days_end, end, split)
+    return split
+
+
+def whole_hour_offsets(zone: tzinfo, *moments: datetime) -> bool:
+    """Whether the zone is a whole number of hours from UTC at these moments: then a UTC hour lies
+    within one local hour (and one local day), and hourly roll-ups can be grouped by local periods."""
+    return all(moment.astimezone(zone).utcoffset() % timedelta(hours=1) == timedelta(0) for moment in moments)

@@ -1,0 +1,376 @@
+"""Keeping the roll-ups (HourlyRollup, DailyRollup, DailyUserRollup) equal to what the logs say.
+
+The roll-ups add up the logs above the "rollups" watermark, exactly once, with the machinery of
+llm/watermarks.py (a final id boundary, so a row committed late is never skipped; the watermark row
+locked while rows are added). Because the watermark follows ids, not timestamps, a late event (an
+old timestamp) lands in its own hour and day; a retried event with a known request_id is no new
+row, so it adds nothing; a row inserted by any path (bulk loads and tests too) is counted.
+
+When: right after calls are written (`calls_recorded`, at most once per AFTER_WRITE_INTERVAL per
+process, without waiting for another process that is rolling up, at most AFTER_WRITE_LIMIT rows),
+by check_alerts, and by purge_logs before it deletes (the roll-ups keep the history the logs lose).
+Reads never wait for any of this: llm/metrics.py adds the rows above the watermark from the logs.
+
+The work is set-based: GROUP BY queries over the new rows (sums; counts per latency bucket), then
+one upsert per touched roll-up row, not per log row. `rebuild` recomputes them from the logs.
+
+Days are in TIME_ZONE, which the watermark row records. If TIME_ZONE changes, the daily rows are
+no longer trusted (reads fall back to hourly rows and the logs; llm.checks warns) until
+`manage.py rebuild_rollups` builds them again in the new zone.
+"""
+
+from __future__ import annotations
+
+import logging
+import time as clock
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import numpy as np
+from django.conf import settings
+from django.db import DatabaseError, connection
+from django.db.models import BigIntegerField, Case, Count, F, IntegerField, Q, Sum, Value, When
+from django.db.models.functions import Cast, Floor, Least, Ln, Round, TruncDate, TruncHour
+from django.utils import timezone
+
+from llm import rollup_math, watermarks
+from llm.models import (
+    COST_PLACES,
+    DailyRollup,
+    DailyUserRollup,
+    HourlyRollup,
+    LLMRequestLog,
+    LLMRequestLogQuerySet,
+    MetricWatermark,
+)
+
+logger = logging.getLogger(__name__)
+
+ROLLUPS = "rollups"
+# The roll-up after a write: at most this many rows (a first one after an upgrade must not add
+# millions inside a request), at most once a second per process (each costs a few queries).
+AFTER_WRITE_LIMIT = 20_000
+AFTER_WRITE_INTERVAL = 1.0
+# check_alerts (every minute) catches up by this many rows per run at most.
+CATCH_UP_LIMIT = 500_000
+COST_SCALE = 10 ** -COST_PLACES.as_tuple().exponent  # 10^10: cost_units per USD
+KEY = ("model_name", "status", "error_type")
+
+
+# Expressions shared with the reads of llm/metrics.py.
+
+
+def bucket_of(field_name: str) -> Case:
+    """rollup_math.bucket_index of a column, in SQL (LN and FLOOR are on both databases)."""
+    bucket = Floor(Ln(F(field_name) / Value(rollup_math.MIN_MS)) / Value(rollup_math.LN_RATIO)) + Value(1)
+    return Case(
+        When(**{f"{field_name}__lt": rollup_math.MIN_MS}, then=Value(0)),
+        default=Cast(Least(bucket, Value(float(rollup_math.TOP_BUCKET))), IntegerField()),
+        output_field=IntegerField(),
+    )
+
+
+def cost_units_sum(field_name: str = "cost_estimate", *, filter: Q | None = None) -> Sum:
+    """The sum of a decimal cost in COST_PLACES units, exact: SQLite keeps decimals as floats, so
+    each one is rounded back to its 10 places as an integer before they are added."""
+    if connection.vendor == "sqlite":
+        return Sum(Cast(Round(F(field_name) * Value(COST_SCALE)), BigIntegerField()), filter=filter)
+    return Sum(F(field_name) * Value(COST_SCALE), filter=filter, output_field=BigIntegerField())
+
+
+def as_units(value: Any) -> int:
+    """A cost_units_sum as an int (PostgreSQL answers a numeric with a zero fraction)."""
+    return int(value or 0)
+
+
+def usd(units: int) -> Decimal:
+    return Decimal(int(units)).scaleb(COST_PLACES.as_tuple().exponent)
+
+
+# Adding rows.
+
+
+@dataclass
+class Figures:
+    """Sums of some rows, in the roll-ups' units; `latency` and `ttft` are dense histograms."""
+
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    cost_units: int = 0
+    latency_sum_ms: float = 0.0
+    ttft_count: int = 0
+    ttft_sum_ms: float = 0.0
+    latency: np.ndarray = field(default_factory=rollup_math.empty)
+    ttft: np.ndarray = field(default_factory=rollup_math.empty)
+
+    SUMS = (
+        "requests",
+        "prompt_tokens",
+        "completion_tokens",
+        "total_tokens",
+        "cost_units",
+        "latency_sum_ms",
+        "ttft_count",
+        "ttft_sum_ms",
+    )
+
+    def add_sums(self, row: Any) -> None:
+        """Add a row (a roll-up or a dict of SUMS) without its histograms."""
+        get = row.get if isinstance(row, dict) else lambda name: getattr(row, name)
+        for name in self.SUMS:
+            setattr(self, name, getattr(self, name) + (get(name) or 0))
+
+    def merge(self, other: Figures) -> None:
+        for name in self.SUMS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.latency += other.latency
+        self.ttft += other.ttft
+
+    def add_stored(self, row: Any) -> None:
+        """Add a roll-up row, histograms included."""
+        self.add_sums(row)
+        rollup_math.add_encoded(self.latency, row.latency_histogram)
+        rollup_math.add_encoded(self.ttft, row.ttft_histogram)
+
+
+def _sum_aggregates() -> dict[str, Any]:
+    return {
+        "requests": Count("id"),
+        "prompt_tokens": Sum("prompt_tokens"),
+        "completion_tokens": Sum("completion_tokens"),
+        "total_tokens": Sum("total_tokens"),
+        "cost_units": cost_units_sum(),
+        "latency_sum_ms": Sum("latency_ms"),
+        "ttft_count": Count("ttft_ms"),
+        "ttft_sum_ms": Sum("ttft_ms"),
+    }
+
+
+def _grouped(rows: LLMRequestLogQuerySet, periods: dict[str, Any]) -> dict[tuple, Figures]:
+    """The rows' Figures per (period, model, status, error_type): three GROUP BY queries."""
+    keyed = rows.annotate(**periods).order_by()
+    names = [*periods, *KEY]
+    groups: dict[tuple, Figures] = defaultdict(Figures)
+    for row in keyed.values(*names).annotate(**_sum_aggregates()):
+        row["cost_units"] = as_units(row["cost_units"])
+        groups[tuple(row[name] for name in names)].add_sums(row)
+    for measure, histogram in (("latency_ms", "latency"), ("ttft_ms", "ttft")):
+        counted = keyed.filter(**{f"{measure}__isnull": False}).annotate(bucket=bucket_of(measure))
+        for row in counted.values(*names, "bucket").annotate(count=Count("id")):
+            getattr(groups[tuple(row[name] for name in names)], histogram)[row["bucket"]] += row["count"]
+    return groups
+
+
+def _upsert(model: type, period_field: str, groups: dict[tuple, Figures]) -> None:
+    """Add `groups` ((period, *KEY) -> Figures) to `model`'s rows, creating the missing ones."""
+    if not groups:
+        return
+    periods = {key[0] for key in groups}
+    existing = {
+        (getattr(row, period_field), row.model_name, row.status, row.error_type): row
+        for row in model.objects.filter(**{f"{period_field}__in": periods})
+    }
+    new, changed = [], []
+    for key, figures in groups.items():
+        row = existing.get(key)
+        if row is None:
+            row = model(**{period_field: key[0]}, **dict(zip(KEY, key[1:], strict=True)))
+            new.append(row)
+        else:
+            changed.append(row)
+        for name in Figures.SUMS:
+            setattr(row, name, getattr(row, name) + getattr(figures, name))
+        row.latency_histogram = rollup_math.encode(rollup_math.add_encoded(figures.latency, row.latency_histogram))
+        row.ttft_histogram = rollup_math.encode(rollup_math.add_encoded(figures.ttft, row.ttft_histogram))
+    model.objects.bulk_create(new, batch_size=500)
+    model.objects.bulk_update(changed, [*Figures.SUMS, "latency_histogram", "ttft_histogram"], batch_size=500)
+
+
+def _upsert_users(rows: LLMRequestLogQuerySet, zone: Any) -> None:
+    groups = (
+        rows.exclude(user_id="")
+        .annotate(day=TruncDate("timestamp", tzinfo=zone))
+        .values("day", "model_name", "status", "user_id")
+        .annotate(requests=Count("id"), total_tokens=Sum("total_tokens"), cost_units=cost_units_sum())
+        .order_by()
+    )
+    added = {(row["day"], row["model_name"], row["status"], row["user_id"]): row for row in groups}
+    if not added:
+        return
+    existing = {
+        (row.day, row.model_name, row.status, row.user_id): row
+        for row in DailyUserRollup.objects.filter(day__in={key[0] for key in added}, user_id__in={k[3] for k in added})
+    }
+    new, changed = [], []
+    for key, group in added.items():
+        row = existing.get(key)
+        if row is None:
+            row = DailyUserRollup(day=key[0], model_name=key[1], status=key[2], user_id=key[3])
+            new.append(row)
+        else:
+            changed.append(row)
+        row.requests += group["requests"]
+        row.total_tokens += group["total_tokens"] or 0
+        row.cost_units += as_units(group["cost_units"])
+    DailyUserRollup.objects.bulk_create(new, batch_size=500)
+    DailyUserRollup.objects.bulk_update(changed, ["requests", "total_tokens", "cost_units"], batch_size=500)
+
+
+PERIOD_TABLES = (("hour", HourlyRollup), ("day", DailyRollup))
+
+
+def add_rows(rows: LLMRequestLogQuerySet, *, hourly: bool = True, daily: bool = True) -> None:
+    """Add these log rows to the hourly roll-ups and (in TIME_ZONE) the daily ones."""
+    zone = timezone.get_current_timezone()
+    periods = {}
+    if hourly:
+        periods["hour"] = TruncHour("timestamp", tzinfo=UTC)
+    if daily:
+        periods["day"] = TruncDate("timestamp", tzinfo=zone)
+    if not periods:
+        return
+    # One pass groups by hour and day together (a UTC hour can straddle two local days), then
+    # each table gets its own sums: three queries over the new rows rather than six.
+    both = _grouped(rows, periods)
+    for index, (name, model) in enumerate((name, model) for name, model in PERIOD_TABLES if name in periods):
+        per_period: dict[tuple, Figures] = defaultdict(Figures)
+        for key, figures in both.items():
+            per_period[(key[index], *key[len(periods) :])].merge(figures)
+        _upsert(model, name, per_period)
+    if daily:
+        _upsert_users(rows, zone)
+
+
+def daily_rows_valid(watermark: MetricWatermark) -> bool:
+    """Whether the daily roll-ups were built in the current TIME_ZONE."""
+    return watermark.time_zone == settings.TIME_ZONE
+
+
+def roll_up(*, limit: int | None = CATCH_UP_LIMIT, try_lock: bool = False) -> int | None:
+    """Add the logs above the watermark (at most `limit` ids) to the roll-ups; answers how many
+    rows, or None when another process was rolling up and `try_lock` said not to wait."""
+    with watermarks.claim(ROLLUPS, LLMRequestLog, limit=limit, try_lock=try_lock) as claim:
+        if claim is None:
+            return None
+        watermark = claim.watermark
+        if not watermark.time_zone and not watermark.last_id:
+            watermark.time_zone = settings.TIME_ZONE  # the first roll-up: days in this zone
+        if claim.upto is None:
+            return 0
+        rows = LLMRequestLog.objects.filter(id__gt=watermark.last_id, id__lte=claim.upto)
+        daily = daily_rows_valid(watermark)
+        if not daily and watermark.time_zone:
+            logger.warning(
+                "TIME_ZONE is %s but the daily roll-ups are in %s: run manage.py rebuild_rollups.",
+                settings.TIME_ZONE,
+                watermark.time_zone,
+            )
+            watermark.time_zone = ""  # from now on they miss rows: only a rebuild trusts them again
+        added = claim.upto - watermark.last_id
+        add_rows(rows, daily=daily)
+        claim.advance()
+        return added
+
+
+def catch_up(limit_per_call: int = CATCH_UP_LIMIT) -> int:
+    """Roll up until the watermark reaches the logs (purge_logs, before deleting); answers the
+    number of calls it took."""
+    calls = 0
+    while True:
+        before = watermarks.counted_up_to(ROLLUPS)
+        roll_up(limit=limit_per_call)
+        calls += 1
+        if watermarks.counted_up_to(ROLLUPS) == before:
+            return calls
+
+
+_last_after_write = 0.0
+
+
+def after_write(sender: Any = None, created: int = 0, **kwargs: Any) -> None:
+    """calls_recorded receiver: a cheap roll-up that never waits for another one."""
+    global _last_after_write
+    now = clock.monotonic()
+    if now - _last_after_write < AFTER_WRITE_INTERVAL:
+        return
+    _last_after_write = now
+    try:
+        roll_up(limit=AFTER_WRITE_LIMIT, try_lock=True)
+    except DatabaseError:
+        # The call is stored; the next roll-up adds it. Reads are exact meanwhile (llm/metrics.py).
+        logger.exception("Roll-up after a write failed")
+
+
+# Rebuilding.
+
+
+@dataclass
+class RebuildResult:
+    since: date | None
+    upto: int
+    days: int
+
+
+def rebuild(since: date | None = None, progress: Callable[[str], None] | None = None) -> RebuildResult:
+    """Recompute the roll-ups from the logs: from local date `since` on (None: from the oldest
+    log's day, so the history purge_logs has deleted stays), and add what was not rolled up yet
+    before it. One transaction: readers see the old roll-ups until it commits. Idempotent."""
+    progress = progress or (lambda message: None)
+    zone = timezone.get_current_timezone()
+    with watermarks.claim(ROLLUPS, LLMRequestLog) as claim:
+        watermark = claim.watermark
+        upto = claim.upto if claim.upto is not None else watermark.last_id
+        if since is None:
+            oldest = LLMRequestLog.objects.order_by("timestamp").values_list("timestamp", flat=True).first()
+            since = rollup_math.local_date(oldest, zone) if oldest else timezone.localdate()
+        daily_valid = daily_rows_valid(watermark)
+        day_cut = rollup_math.day_start(since, zone)
+        hour_cut = rollup_math.floor_hour(day_cut)
+        HourlyRollup.objects.filter(hour__gte=hour_cut).delete()
+        DailyRollup.objects.filter(day__gte=since).delete()
+        DailyUserRollup.objects.filter(day__gte=since).delete()
+        if not daily_valid:
+            # Built in another zone: no daily row is kept; before `since` reads use hourly rows.
+            DailyRollup.objects.all().delete()
+            DailyUserRollup.objects.all().delete()
+            watermark.days_since = since
+        elif watermark.days_since is not None:
+            watermark.days_since = min(watermark.days_since, since)
+        pending = Q(id__gt=watermark.last_id, id__lte=upto)
+        # What was not rolled up yet, before the cut (late events), in one go.
+        add_rows(LLMRequestLog.objects.filter(pending, timestamp__lt=hour_cut), daily=False)
+        if daily_valid:
+            add_rows(LLMRequestLog.objects.filter(pending, timestamp__lt=day_cut), hourly=False)
+        # [hour_cut, day_cut): under an hour, hourly only (a half-hour zone's midnight is mid-hour).
+        add_rows(
+            LLMRequestLog.objects.filter(id__lte=upto, timestamp__gte=hour_cut, timestamp__lt=day_cut), daily=False
+        )
+        days = 0
+        for day, start, end in _days_from(since, zone, upto):
+            add_rows(LLMRequestLog.objects.filter(id__lte=upto, timestamp__gte=start, timestamp__lt=end))
+            days += 1
+            progress(f"{day}: rolled up")
+        watermark.time_zone = settings.TIME_ZONE
+        claim.upto = upto
+        claim.advance()
+    return RebuildResult(since=since, upto=upto, days=days)
+
+
+def _days_from(since: date, zone: Any, upto: int) -> Iterable[tuple[date, datetime, datetime]]:
+    """Each local day from `since` to the newest log's (ids up to `upto`)."""
+    newest = LLMRequestLog.objects.filter(id__lte=upto).order_by("-timestamp").values_list("timestamp", flat=True)
+    last = newest.first()
+    if last is None:
+        return
+    day = since
+    final = rollup_math.local_date(last, zone)
+    while day <= final:
+        following = day + timedelta(days=1)
+        yield day, rollup_math.day_start(day, zone), rollup_math.day_start(following, zone)
+        day = following
