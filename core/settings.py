@@ -167,6 +167,12 @@ REST_FRAMEWORK = {
         "rest_framework.renderers.JSONRenderer",
         "rest_framework.renderers.BrowsableAPIRenderer",
     ],
+    # JSON with a nesting limit (a 3,000-level body is a 400, not a RecursionError); forms as DRF's default.
+    "DEFAULT_PARSER_CLASSES": [
+        "llm.api.parsers.JSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "llm.api.errors.exception_handler",
     # One pagination for every list: page_size above 500 answers 400 (DRF would cap it silently).
