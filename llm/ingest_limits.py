@@ -38,6 +38,8 @@ EARLIEST_TIMESTAMP_TEXT = "before 1970-01-01T00:00:00Z"
 # PositiveIntegerField is a 32-bit integer on PostgreSQL: every token count, and their sum
 # (total_tokens), must fit.
 MAX_COUNT = 2_147_483_647
+# Row ids are 64-bit (BigAutoField): a filter on an id beyond this would overflow the query.
+MAX_ROW_ID = 2**63 - 1
 # One call cannot have lasted longer than a day; a larger figure is a unit mistake (an OTLP end
 # time of 2^64-1 ns would be a latency of 528 years). Also bounds ttft_ms.
 MAX_LATENCY_MS = 24 * 60 * 60 * 1000.0

@@ -16,6 +16,7 @@ from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
 from llm import traces
+from llm.ingest_limits import CONTROL_CHARACTER
 
 ONE_MILLION = Decimal(1_000_000)
 COST_PLACES = Decimal("0.0000000001")
@@ -223,6 +224,12 @@ def validate_finite(value: float) -> None:
         raise ValidationError("Enter a finite number.")
 
 
+def validate_one_line(value: str) -> None:
+    # A rule's name goes into e-mail subjects, where a line break makes Django refuse to send.
+    if value and CONTROL_CHARACTER.search(value):
+        raise ValidationError("Must be one line: no line break, tab or other control character.")
+
+
 def split_email_list(value: str) -> list[str]:
     """'a@x.org, b@y.org' -> ['a@x.org', 'b@y.org'] (commas, semicolons or whitespace between)."""
     return [address for address in re.split(r"[,;\s]+", value or "") if address]
@@ -257,7 +264,7 @@ class AlertRule(models.Model):
         COST = "cost", "Cost (USD per window)"
         NO_TRAFFIC = "no_traffic", "No traffic (fewer requests than threshold)"
 
-    name = models.CharField(max_length=200, unique=True)
+    name = models.CharField(max_length=200, unique=True, validators=[validate_one_line])
     description = models.TextField(blank=True, default="")
     metric_type = models.CharField(max_length=16, choices=MetricType.choices)
     threshold = models.FloatField(validators=[validate_finite, MinValueValidator(0)])

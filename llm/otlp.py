@@ -101,9 +101,9 @@ def _request_from_json(document: dict) -> DecodedRequest:
             scope_spans = resource_spans.scope_spans.add()
             scope_problem = resource_problem or _parse_part(scope_json, scope_spans, SCOPE_CHILDREN, "scope")
             for span_json in _list(scope_json, *SCOPE_CHILDREN):
+                span_id = span_json.get("spanId") if isinstance(span_json, dict) else None  # hex, before parsing
                 if problem := scope_problem or _parse_span(span_json, scope_spans):
-                    span_id = span_json.get("spanId", "?") if isinstance(span_json, dict) else "?"
-                    decoded.rejected.append(f"span {str(span_id)[:32] or '?'}: {problem}")
+                    decoded.rejected.append(f"span {str(span_id or '?')[:32]}: {problem}")
     return decoded
 
 
