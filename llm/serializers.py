@@ -433,18 +433,22 @@ class EventSerializer(serializers.Serializer):
             raise serializers.ValidationError(f"Must not be {EARLIEST_TIMESTAMP_TEXT}.")
         return value
 
-    def validate(self, attrs: dict) -> dict:
-        errors: dict[str, str] = {}
+    @staticmethod
+    def total_tokens_error(attrs: dict) -> str | None:
         prompt_tokens, completion_tokens = attrs.get("prompt_tokens", 0), attrs.get("completion_tokens", 0)
         total = attrs.get("total_tokens")
+        if prompt_tokens + completion_tokens > MAX_COUNT:  # the total is stored in a 32-bit column too
+            return f"prompt_tokens + completion_tokens must be at most {MAX_COUNT:,}."
         # Only a total may be known (some providers report nothing else); with parts it must add up.
         counts_given = "prompt_tokens" in attrs or "completion_tokens" in attrs
-        if prompt_tokens + completion_tokens > MAX_COUNT:  # the total is stored in a 32-bit column too
-            errors["total_tokens"] = f"prompt_tokens + completion_tokens must be at most {MAX_COUNT:,}."
-        elif total is not None and counts_given and total != prompt_tokens + completion_tokens:
-            errors["total_tokens"] = (
-                f"Must equal prompt_tokens + completion_tokens ({prompt_tokens + completion_tokens})."
-            )
+        if total is not None and counts_given and total != prompt_tokens + completion_tokens:
+            return f"Must equal prompt_tokens + completion_tokens ({prompt_tokens + completion_tokens})."
+        return None
+
+    def validate(self, attrs: dict) -> dict:
+        errors: dict[str, str] = {}
+        if total_error := self.total_tokens_error(attrs):
+            errors["total_tokens"] = total_error
         ttft = attrs.get("ttft_ms")
         if ttft is not None and "latency_ms" in attrs and ttft > attrs["latency_ms"]:
             errors["ttft_ms"] = "Must not exceed latency_ms."
