@@ -28,7 +28,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from llm import alerts
 from llm.ingest_limits import MAX_COST_USD, MAX_COUNT, MAX_JSON_DEPTH, MAX_LATENCY_MS
 from llm.models import AlertRule, LLMRequestLog, UserFeedback
-from tests.factories import make_alert, make_log, make_rule
+from tests.factories import make_alert, make_feedback, make_log, make_rule
 from tests.fake_groq import Behaviour
 
 pytestmark = pytest.mark.django_db
@@ -546,6 +546,40 @@ def test_ids_beyond_64_bits_are_404(api_client, logged_in_client, admin_client):
         assert listing.status_code in (200, 302), model
 
 
+ADMIN_LISTS = ["llmrequestlog", "userfeedback", "alertrule", "alertlog", "modelprice", "apikey"]
+ADMIN_LOOKUPS = [
+    {"q": "\x00"},
+    {"model_name": "\x00"},
+    {"name": "a\x00"},
+    {"created_at__year": "0"},
+    {"created_at__year": "99999"},
+    {"timestamp__year": "0"},
+    {"triggered_at__gte": "0001-01-01"},
+    {"id__exact": BEYOND_64_BITS},
+    {"p": BEYOND_64_BITS},
+]
+
+
+@pytest.mark.parametrize("model", ADMIN_LISTS)
+def test_admin_lists_send_a_lookup_the_database_cannot_run_back_to_the_list(admin_client, model):
+    make_feedback(make_log(model_name="m"))
+    make_alert(make_rule())
+    for params in ADMIN_LOOKUPS:
+        response = admin_client.get(f"/admin/llm/{model}/", params)
+        assert response.status_code in (200, 302), (model, params)
+        if response.status_code == 302:
+            assert response["Location"].endswith("?e=1"), (model, params)
+    assert admin_client.get(f"/admin/llm/{model}/", {"e": "1"}).status_code == 200
+
+
+def test_the_feedback_form_on_a_call_refuses_a_nul(logged_in_client):
+    log = make_log()
+    response = logged_in_client.post(f"/logs/{log.request_id}/", {"rating": "thumbs_up", "comment": "c\x00"})
+    assert response.status_code == 200  # the form again, with the error
+    assert "Null characters are not allowed" in response.content.decode()
+    assert UserFeedback.objects.count() == 0
+
+
 PAGES = ["/", "/analytics/", "/logs/", "/feedback/"]
 BAD_PAGE_VALUES = [
     ({"range": "custom", "start_date": "0001-01-02"}, "start_date"),
@@ -603,6 +637,11 @@ def test_pages_without_filters_ignore_hostile_parameters(logged_in_client, url):
     path = url.format(request_id=log.request_id, trace_id=log.trace_id)
     response = logged_in_client.get(path, {"range": "custom", "start_date": "0001-01-01", "model": "\x00"})
     assert response.status_code == 200
+
+
+def test_a_trace_id_with_a_nul_is_refused(api_client, logged_in_client):
+    assert api_client.get("/api/traces/%00/").status_code in (400, 404)
+    assert logged_in_client.get("/traces/%00/").status_code == 404
 
 
 # 5. What the doors accept is read back, shown and exported.
