@@ -164,7 +164,7 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["llm.auth.HasSessionOrAPIKey"],
     "DEFAULT_RENDERER_CLASSES": [
-        "rest_framework.renderers.JSONRenderer",
+        "llm.api.parsers.JSONRenderer",  # DRF's, with \u escapes for text UTF-8 cannot carry
         "rest_framework.renderers.BrowsableAPIRenderer",
     ],
     # JSON with a nesting limit (a 3,000-level body is a 400, not a RecursionError); forms as DRF's default.

@@ -48,6 +48,14 @@ def post_json(client, url: str, body, method: str = "post", **extra):
     return getattr(client, method)(url, text, content_type="application/json", **extra)
 
 
+def refuse_constant(name: str):
+    raise AssertionError(f"{name} in a JSON answer")
+
+
+def strict_json(text: str | bytes):
+    return json.loads(text, parse_constant=refuse_constant)
+
+
 def named_fields(response) -> set[str]:
     return set(response.json()["fields"])
 
@@ -300,15 +308,22 @@ def test_prompt_tags_sent_as_a_form_field_are_read_with_the_depth_limit(api_clie
     assert fake_groq.requests == []
 
 
-def test_text_a_provider_answers_with_a_nul_is_logged_with_it_replaced(api_client, fake_groq):
-    fake_groq.will(Behaviour(text="a\x00b"), Behaviour(mode="status", status=500, error_message="bad\x00news"))
+@pytest.mark.parametrize("character", ["\x00", "\ud800"])
+def test_text_a_provider_answers_that_cannot_be_stored_is_logged_with_it_replaced(api_client, fake_groq, character):
+    """The call happened: its answer is passed on (JSON escapes what UTF-8 cannot carry) and logged
+    with the character replaced by U+FFFD."""
+    fake_groq.will(
+        Behaviour(text=f"a{character}b"), Behaviour(mode="status", status=500, error_message=f"bad{character}news")
+    )
     answered = post_json(api_client, "/api/llm/prompt/", {"prompt": "hi"})
-    assert answered.status_code == 200 and answered.json()["response"] == "a\x00b"
+    assert answered.status_code == 200 and strict_json(answered.content)["response"] == f"a{character}b"
     failed = post_json(api_client, "/api/llm/prompt/", {"prompt": "hi"})
-    assert failed.status_code == 502
+    assert failed.status_code == 502 and strict_json(failed.content)["upstream_message"] == f"bad{character}news"
     ok, error = LLMRequestLog.objects.order_by("timestamp", "id")
     assert ok.response_text == "a\ufffdb"
     assert error.error_message.endswith("bad\ufffdnews")
+    for row in (ok, error):
+        assert api_client.get(f"/api/logs/{row.request_id}/").status_code == 200
 
 
 # 1. Feedback and alert rules.
@@ -645,14 +660,6 @@ def test_a_trace_id_with_a_nul_is_refused(api_client, logged_in_client):
 
 
 # 5. What the doors accept is read back, shown and exported.
-
-
-def refuse_constant(name: str):
-    raise AssertionError(f"{name} in a JSON answer")
-
-
-def strict_json(text: str | bytes):
-    return json.loads(text, parse_constant=refuse_constant)
 
 
 def store_hostile_but_accepted_values(api_client, client, api_key, fake_groq) -> None:
