@@ -34,6 +34,9 @@ FUTURE_TOLERANCE_TEXT = f"more than {int(FUTURE_TOLERANCE.total_seconds() // 60)
 # year-1 values break the pages under a TIME_ZONE west of UTC.
 EARLIEST_TIMESTAMP = EPOCH
 EARLIEST_TIMESTAMP_TEXT = "before 1970-01-01T00:00:00Z"
+# Years a time typed in a form (admin) may have: later than 2999 soon overflows Python's datetime
+# when converted between time zones.
+STORED_YEARS = (1970, 2999)
 
 # PositiveIntegerField is a 32-bit integer on PostgreSQL: every token count, and their sum
 # (total_tokens), must fit.

@@ -16,7 +16,7 @@ from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
 from llm import traces
-from llm.ingest_limits import CONTROL_CHARACTER
+from llm.ingest_limits import CONTROL_CHARACTER, STORED_YEARS
 
 ONE_MILLION = Decimal(1_000_000)
 COST_PLACES = Decimal("0.0000000001")
@@ -176,6 +176,13 @@ class LLMRequestLog(models.Model):
         self.error_message = privacy.stored_text(self.error_message, always_store=True)
 
 
+def validate_stored_year(value: datetime) -> None:
+    # Compared by year, in the time zone it was typed in: comparing with a bound in another zone
+    # could itself overflow near year 1 or 9999.
+    if value is not None and not STORED_YEARS[0] <= value.year <= STORED_YEARS[1]:
+        raise ValidationError(f"Enter a time between the years {STORED_YEARS[0]} and {STORED_YEARS[1]}.")
+
+
 class UserFeedbackQuerySet(models.QuerySet):
     def rate(self, log: LLMRequestLog, rater: str, rating: str, comment: str = "") -> tuple[UserFeedback, bool]:
         """One rating per call and rater: a second one replaces the first (rating, comment and
@@ -199,7 +206,7 @@ class UserFeedback(models.Model):
     # (POST /api/feedback/ `rater`). Empty for ratings older than this field.
     rater = models.CharField(max_length=200, blank=True, default="")
     # When the current rating was given: replacing a rating moves it.
-    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True, validators=[validate_stored_year])
 
     objects = UserFeedbackQuerySet.as_manager()
 

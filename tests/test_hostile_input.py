@@ -587,6 +587,21 @@ def test_admin_lists_send_a_lookup_the_database_cannot_run_back_to_the_list(admi
     assert admin_client.get(f"/admin/llm/{model}/", {"e": "1"}).status_code == 200
 
 
+@pytest.mark.parametrize("time_zone", ["America/New_York", "Pacific/Kiritimati"])
+@pytest.mark.parametrize("day", ["0001-01-01", "1969-12-31", "3000-01-01", "9999-12-31"])
+def test_admin_refuses_a_feedback_time_pages_could_not_show(admin_client, settings, time_zone, day):
+    settings.TIME_ZONE = time_zone
+    log = make_log()
+    feedback = make_feedback(log, rater="x")
+    before = feedback.created_at
+    data = {"request": log.pk, "rating": "thumbs_up", "rater": "x", "created_at_0": day, "created_at_1": "23:59:59"}
+    response = admin_client.post(f"/admin/llm/userfeedback/{feedback.pk}/change/", data)
+    assert response.status_code == 200  # the form again, with the error
+    assert "Enter a time between the years 1970 and 2999" in response.content.decode()
+    feedback.refresh_from_db()
+    assert feedback.created_at == before
+
+
 def test_the_feedback_form_on_a_call_refuses_a_nul(logged_in_client):
     log = make_log()
     response = logged_in_client.post(f"/logs/{log.request_id}/", {"rating": "thumbs_up", "comment": "c\x00"})
