@@ -186,8 +186,14 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["llm.auth.HasSessionOrAPIKey"],
     "DEFAULT_RENDERER_CLASSES": [
-        "rest_framework.renderers.JSONRenderer",
+        "llm.api.parsers.JSONRenderer",  # DRF's, with \u escapes for text UTF-8 cannot carry
         "rest_framework.renderers.BrowsableAPIRenderer",
+    ],
+    # JSON with a nesting limit (a 3,000-level body is a 400, not a RecursionError); forms as DRF's default.
+    "DEFAULT_PARSER_CLASSES": [
+        "llm.api.parsers.JSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
     ],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "llm.api.errors.exception_handler",

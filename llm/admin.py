@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 from django.contrib import admin, messages
+from django.contrib.admin.options import IncorrectLookupParameters
 from django.db import models
 from django.utils import timezone
 
 from llm import alerts, formatting, notifiers
+from llm.ingest_limits import text_problem
 from llm.models import (
     ALERT_COOLDOWN_MINUTES_MAX,
     ALERT_WINDOW_MINUTES_MAX,
@@ -18,7 +20,21 @@ from llm.models import (
 )
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
+class ModelAdmin(admin.ModelAdmin):
+    """Every admin list: a query-string lookup the database cannot run (a NUL character, which
+    PostgreSQL refuses; a year such as 0 that Python cannot represent) sends the list back to its
+    unfiltered form with Django's "?e=1" notice, as any other wrong lookup does, instead of a 500."""
+
+    def get_changelist_instance(self, request):
+        if any(text_problem(value) for values in request.GET.lists() for value in values[1]):
+            raise IncorrectLookupParameters("Text the database cannot hold in the query string.")
+        try:
+            return super().get_changelist_instance(request)
+        except (ValueError, OverflowError) as error:
+            raise IncorrectLookupParameters(error) from error
+
+
+class ReadOnlyAdmin(ModelAdmin):
     """Logged calls are evidence: they can be read and deleted, not edited."""
 
     def has_add_permission(self, request) -> bool:
@@ -61,7 +77,7 @@ class LLMRequestLogAdmin(ReadOnlyAdmin):
 
 
 @admin.register(UserFeedback)
-class UserFeedbackAdmin(admin.ModelAdmin):
+class UserFeedbackAdmin(ModelAdmin):
     list_display = ["created_at", "rating", "rater", "request", "comment"]
     list_filter = ["rating"]
     search_fields = ["comment", "=rater", "=request__request_id"]
@@ -71,7 +87,7 @@ class UserFeedbackAdmin(admin.ModelAdmin):
 
 
 @admin.register(AlertRule)
-class AlertRuleAdmin(admin.ModelAdmin):
+class AlertRuleAdmin(ModelAdmin):
     # Few, compact columns: the list must fit a 1366 px wide screen next to the filter sidebar.
     list_display = ["name", "condition", "channels", "is_active", "state", "checked"]
     list_filter = ["metric_type", "is_active", "is_firing"]
@@ -135,7 +151,7 @@ class AlertRuleAdmin(admin.ModelAdmin):
 
 
 @admin.register(AlertLog)
-class AlertLogAdmin(admin.ModelAdmin):
+class AlertLogAdmin(ModelAdmin):
     list_display = [
         "triggered_at",
         "alert_rule",
@@ -168,13 +184,13 @@ class AlertLogAdmin(admin.ModelAdmin):
 
 
 @admin.register(ModelPrice)
-class ModelPriceAdmin(admin.ModelAdmin):
+class ModelPriceAdmin(ModelAdmin):
     list_display = ["model_name", "input_per_million", "output_per_million", "updated_at"]
     search_fields = ["model_name"]
 
 
 @admin.register(APIKey)
-class APIKeyAdmin(admin.ModelAdmin):
+class APIKeyAdmin(ModelAdmin):
     list_display = ["name", "key_prefix", "created_at", "last_used_at", "revoked_at"]
     list_filter = [("revoked_at", admin.EmptyFieldListFilter)]
     search_fields = ["name", "key_prefix"]
@@ -204,7 +220,7 @@ class APIKeyAdmin(admin.ModelAdmin):
 
 
 @admin.register(DashboardSettings)
-class DashboardSettingsAdmin(admin.ModelAdmin):
+class DashboardSettingsAdmin(ModelAdmin):
     """One row: the overview's amber and red thresholds."""
 
     list_display = ["__str__", "error_rate_amber", "error_rate_red", "p95_latency_amber_ms", "p95_latency_red_ms"]

@@ -17,7 +17,7 @@ from django.utils import timezone
 from rest_framework.exceptions import ValidationError
 
 from llm import metrics
-from llm.filters import FilteredLogs, filter_logs
+from llm.filters import filter_errors, filter_logs, filter_rows
 from llm.models import DashboardSettings, LLMRequestLog, LLMRequestLogQuerySet, ModelPrice
 
 RANGES = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "7d": timedelta(days=7), "30d": timedelta(days=30)}
@@ -85,7 +85,9 @@ class TimeRange:
         return urlencode({**self.page_params(), **params})
 
     def logs(self) -> LLMRequestLogQuerySet:
-        return filter_logs(self.api_params()).queryset
+        # The window is decided (and its dates checked) by time_range; the previous period of the
+        # overview's comparison may start before the earliest date a query string may give.
+        return filter_rows({"model": self.model, **self.extra}, self.start, self.end)
 
     def selection(self) -> metrics.Selection:
         """The same rows as `logs`, with what llm.metrics needs to read them from the roll-ups."""
@@ -96,28 +98,27 @@ class TimeRange:
 
 
 def time_range(params: Any, *, extra_keys: tuple[str, ...] = ()) -> TimeRange:
-    """The range a page shows; bad values fall back to the default and are reported in `errors`."""
+    """The range and filters a page shows. A bad value is reported in `errors` (the filter bar
+    shows it) and not applied: a bad range or date falls back to the default range, a bad filter
+    to none."""
     key = params.get("range") or DEFAULT_RANGE
-    model = params.get("model", "").strip()
-    extra = {name: params.get(name, "").strip() for name in extra_keys}
+    values = {name: params.get(name, "").strip() for name in ("model", *extra_keys)}
+    errors = filter_errors(values)
+    for name in errors:
+        values[name] = ""
+    model = values.pop("model")
     end = timezone.now()
     if key == "custom":
         try:
-            filtered: FilteredLogs = filter_logs(
-                {"start_date": params.get("start_date", ""), "end_date": params.get("end_date", "")}
-            )
+            filtered = filter_logs({"start_date": params.get("start_date", ""), "end_date": params.get("end_date", "")})
         except ValidationError as error:
-            fallback = time_range({"model": model}, extra_keys=())
-            fallback.errors = {name: [str(message) for message in messages] for name, messages in error.detail.items()}
-            fallback.extra = extra
-            return fallback
-        start = filtered.start or end - RANGES[DEFAULT_RANGE]
-        return TimeRange(key, start, filtered.end or end, model, extra=extra)
-    errors = {}
-    if key not in RANGES:
+            errors |= {name: [str(message) for message in messages] for name, messages in error.detail.items()}
+        else:
+            return TimeRange(key, filtered.start, filtered.end, model, errors, values)
+    elif key not in RANGES:
         errors["range"] = [f"Choose one of {', '.join(RANGE_LABELS)}."]
-        key = DEFAULT_RANGE
-    return TimeRange(key, end - RANGES[key], end, model, errors, extra)
+    key = key if key in RANGES else DEFAULT_RANGE
+    return TimeRange(key, end - RANGES[key], end, model, errors, values)
 
 
 # At most this many models with traffic are listed (the model filter is a <select>).

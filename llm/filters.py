@@ -14,6 +14,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 from rest_framework.exceptions import ValidationError
 
+from llm.ingest_limits import MAX_ROW_ID, text_problem
 from llm.models import LLMRequestLog, LLMRequestLogQuerySet
 
 # One rule for every filtered endpoint (metrics, logs, feedback, export); the API docs quote it.
@@ -81,6 +82,18 @@ class DateBoundFilter(django_filters.Filter):
 
 class HoursFilter(django_filters.Filter):
     field_class = forms.IntegerField
+
+
+class IdFilter(django_filters.NumberFilter):
+    """A row's id: a whole number from 1 to the id column's 64-bit maximum; anything else ("1.5",
+    "x", an id beyond 64 bits, which would overflow the query) is a 400 naming the parameter."""
+
+    field_class = forms.IntegerField
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("min_value", 1)
+        kwargs.setdefault("max_value", MAX_ROW_ID)
+        super().__init__(*args, **kwargs)
 
 
 class LogFilterSet(django_filters.FilterSet):
@@ -182,6 +195,31 @@ def filter_logs(params: Any, *, queryset: LLMRequestLogQuerySet | None = None) -
     )
 
 
+WINDOW_PARAMETERS = ("start_date", "end_date", "hours")
+
+
+def _filters_only(params: Any) -> LogFilterSet:
+    data = {name: params.get(name) for name in LogFilterSet.base_filters if name not in WINDOW_PARAMETERS}
+    return LogFilterSet({name: value for name, value in data.items() if value is not None})
+
+
+def filter_errors(params: Any) -> dict[str, list[str]]:
+    """What is wrong with the shared filters other than the window (model, status, user_id), by
+    parameter; empty when nothing is. For the pages, which show it in the filter bar."""
+    filterset = _filters_only(params)
+    return {} if filterset.is_valid() else {name: list(errors) for name, errors in filterset.form.errors.items()}
+
+
+def filter_rows(params: Any, start: datetime, end: datetime) -> LLMRequestLogQuerySet:
+    """The shared filters other than the window, over a window already decided: start <= timestamp
+    < end (the pages, whose previous-period comparison may reach before the earliest date a query
+    string may give). Bad values raise a ValidationError naming the parameter."""
+    filterset = _filters_only(params)
+    if not filterset.is_valid():
+        raise ValidationError({name: list(errors) for name, errors in filterset.form.errors.items()})
+    return filterset.qs.in_window(start, end)
+
+
 def date_range_label(filtered: FilteredLogs) -> str:
     """A file-name-safe label for the window in TIME_ZONE: 2026-11-01_to_2026-11-20 for whole days,
     2026-11-19T1400_to_2026-11-20T1400 otherwise (the default window, hours=N)."""
@@ -198,6 +236,8 @@ def search_logs(logs: LLMRequestLogQuerySet, params: Any) -> LLMRequestLogQueryS
     search = params.get("search", "").strip()
     if len(search) > SEARCH_MAX_CHARS:
         raise ValidationError({"search": [f"At most {SEARCH_MAX_CHARS} characters."]})
+    if problem := text_problem(search):  # PostgreSQL refuses NUL in a query
+        raise ValidationError({"search": [problem]})
     if not search:
         return logs
     return logs.filter(Q(prompt_text__icontains=search) | Q(response_text__icontains=search))

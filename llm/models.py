@@ -17,6 +17,7 @@ from django.dispatch import Signal
 from django.utils import timezone
 
 from llm import traces
+from llm.ingest_limits import CONTROL_CHARACTER, STORED_YEARS
 
 ONE_MILLION = Decimal(1_000_000)
 # Sent (sender LLMRequestLog, `created`: how many rows) once calls stored by `record` or
@@ -195,6 +196,13 @@ class LLMRequestLog(models.Model):
         self.error_message = privacy.stored_text(self.error_message, always_store=True)
 
 
+def validate_stored_year(value: datetime) -> None:
+    # Compared by year, in the time zone it was typed in: comparing with a bound in another zone
+    # could itself overflow near year 1 or 9999.
+    if value is not None and not STORED_YEARS[0] <= value.year <= STORED_YEARS[1]:
+        raise ValidationError(f"Enter a time between the years {STORED_YEARS[0]} and {STORED_YEARS[1]}.")
+
+
 class UserFeedbackQuerySet(models.QuerySet):
     def rate(self, log: LLMRequestLog, rater: str, rating: str, comment: str = "") -> tuple[UserFeedback, bool]:
         """One rating per call and rater: a second one replaces the first (rating, comment and
@@ -218,7 +226,7 @@ class UserFeedback(models.Model):
     # (POST /api/feedback/ `rater`). Empty for ratings older than this field.
     rater = models.CharField(max_length=200, blank=True, default="")
     # When the current rating was given: replacing a rating moves it.
-    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True, validators=[validate_stored_year])
 
     objects = UserFeedbackQuerySet.as_manager()
 
@@ -241,6 +249,12 @@ def validate_finite(value: float) -> None:
     # NaN and infinity pass MinValueValidator, never compare as over a threshold, and are not JSON.
     if value is not None and not math.isfinite(value):
         raise ValidationError("Enter a finite number.")
+
+
+def validate_one_line(value: str) -> None:
+    # A rule's name goes into e-mail subjects, where a line break makes Django refuse to send.
+    if value and CONTROL_CHARACTER.search(value):
+        raise ValidationError("Must be one line: no line break, tab or other control character.")
 
 
 def split_email_list(value: str) -> list[str]:
@@ -277,7 +291,7 @@ class AlertRule(models.Model):
         COST = "cost", "Cost (USD per window)"
         NO_TRAFFIC = "no_traffic", "No traffic (fewer requests than threshold)"
 
-    name = models.CharField(max_length=200, unique=True)
+    name = models.CharField(max_length=200, unique=True, validators=[validate_one_line])
     description = models.TextField(blank=True, default="")
     metric_type = models.CharField(max_length=16, choices=MetricType.choices)
     threshold = models.FloatField(validators=[validate_finite, MinValueValidator(0)])

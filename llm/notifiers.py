@@ -28,6 +28,7 @@ from django.http import HttpRequest
 from django.utils import timezone
 
 from llm import formatting
+from llm.ingest_limits import CONTROL_CHARACTER
 from llm.models import AlertLog, AlertRule, DashboardSettings
 
 logger = logging.getLogger(__name__)
@@ -104,6 +105,12 @@ def dashboard_link(base: str) -> str:
     return base + "/alerts/"
 
 
+def subject_line(text: str, limit: int = 200) -> str:
+    """`text` as one header line: control characters and line breaks become spaces (a rule named
+    before names were checked may hold them, and Django refuses a subject with a line break)."""
+    return " ".join(CONTROL_CHARACTER.sub(" ", text).split())[:limit]
+
+
 def headline(alert: AlertLog) -> str:
     status = {AlertLog.Kind.RESOLVED: "RESOLVED", AlertLog.Kind.TEST: "TEST"}.get(alert.kind, "FIRING")
     return f"[{status}] {alert.alert_rule.name}"
@@ -147,7 +154,7 @@ class EmailNotifier(Notifier):
     def notify(self, alert: AlertLog) -> dict[str, Any]:
         recipients = self.rule.recipients
         message = EmailMessage(
-            subject=f"{headline(alert)}: {alert.message}"[:200],
+            subject=subject_line(f"{headline(alert)}: {alert.message}"),
             body=email_body(alert, self.base),
             from_email=settings.DEFAULT_FROM_EMAIL,
             to=recipients,

@@ -28,10 +28,14 @@ from llm.ingest_limits import (
     FUTURE_TOLERANCE,
     FUTURE_TOLERANCE_TEXT,
     MAX_COUNT,
+    MAX_LATENCY_MS,
     MODEL_MAX_CHARS,
     PROVIDER_MAX_CHARS,
     SESSION_ID_MAX_CHARS,
     USER_ID_MAX_CHARS,
+    finite_problem,
+    parse_json,
+    text_problem,
 )
 from llm.models import LLMRequestLog
 from llm.serializers import TAG_VALUE_MAX_CHARS
@@ -52,36 +56,86 @@ class SpanRejected(ValueError):
     """A GenAI span that cannot be stored; counted in partial_success.rejected_spans."""
 
 
-def decode_trace_request(body: bytes, *, json_encoded: bool) -> ExportTraceServiceRequest:
-    message = ExportTraceServiceRequest()
+@dataclass
+class DecodedRequest:
+    message: ExportTraceServiceRequest
+    # Spans refused while decoding (OTLP/JSON only), each with its reason.
+    rejected: list[str] = field(default_factory=list)
+
+
+def decode_trace_request(body: bytes, *, json_encoded: bool) -> DecodedRequest:
+    """The request's spans. A body that is not an export at all raises OTLPDecodeError; in
+    OTLP/JSON, a span (or its resource or scope) that protobuf's JSON mapping refuses, such as an
+    unpaired surrogate or an integer beyond 64 bits, is rejected alone.
+
+    A protobuf body is decoded whole: protobuf refuses a message with invalid UTF-8 anywhere.
+    """
     try:
         if json_encoded:
-            document = json.loads(body)
+            document = parse_json(body)
             if not isinstance(document, dict):
                 raise OTLPDecodeError("Expected a JSON object.")
-            _hex_ids_to_base64(document)
-            # The OTLP spec tells receivers to ignore fields they do not know.
-            json_format.ParseDict(document, message, ignore_unknown_fields=True)
-        else:
-            message.ParseFromString(body)
+            return _request_from_json(document)
+        message = ExportTraceServiceRequest()
+        message.ParseFromString(body)
     except OTLPDecodeError:
         raise
     except (DecodeError, json_format.ParseError, ValueError, TypeError, RecursionError) as error:
         raise OTLPDecodeError(str(error) or error.__class__.__name__) from error
-    return message
+    return DecodedRequest(message)
 
 
 ID_KEYS = ("traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_span_id")
+RESOURCE_CHILDREN = ("scopeSpans", "scope_spans")
+SCOPE_CHILDREN = ("spans",)
 
 
-def _hex_ids_to_base64(document: dict) -> None:
-    """OTLP/JSON carries trace and span ids as hex, where protobuf's JSON mapping expects base64."""
-    for resource_spans in _list(document, "resourceSpans", "resource_spans"):
-        for scope_spans in _list(resource_spans, "scopeSpans", "scope_spans"):
-            for span in _list(scope_spans, "spans"):
-                _convert_ids(span)
-                for link in _list(span, "links"):
-                    _convert_ids(link)
+def _request_from_json(document: dict) -> DecodedRequest:
+    """The message of an OTLP/JSON document, parsed span by span so that one bad span (or the
+    resource or scope it belongs to) is rejected without the others."""
+    decoded = DecodedRequest(ExportTraceServiceRequest())
+    for resource_json in _list(document, "resourceSpans", "resource_spans"):
+        resource_spans = decoded.message.resource_spans.add()
+        resource_problem = _parse_part(resource_json, resource_spans, RESOURCE_CHILDREN, "resource")
+        for scope_json in _list(resource_json, *RESOURCE_CHILDREN):
+            scope_spans = resource_spans.scope_spans.add()
+            scope_problem = resource_problem or _parse_part(scope_json, scope_spans, SCOPE_CHILDREN, "scope")
+            for span_json in _list(scope_json, *SCOPE_CHILDREN):
+                span_id = span_json.get("spanId") if isinstance(span_json, dict) else None  # hex, before parsing
+                if problem := scope_problem or _parse_span(span_json, scope_spans):
+                    decoded.rejected.append(f"span {str(span_id or '?')[:32]}: {problem}")
+    return decoded
+
+
+JSON_MAPPING_ERRORS = (json_format.ParseError, OTLPDecodeError, ValueError, TypeError, RecursionError)
+
+
+def _parse_part(part: dict, target, children: tuple[str, ...], name: str) -> str | None:
+    """Parse a resource or scope without its children into `target`; answers what was wrong."""
+    try:
+        # The OTLP spec tells receivers to ignore fields they do not know.
+        json_format.ParseDict(
+            {key: value for key, value in part.items() if key not in children}, target, ignore_unknown_fields=True
+        )
+    except JSON_MAPPING_ERRORS as error:
+        return f"{name}: {error}"
+    return None
+
+
+def _parse_span(span_json: object, scope_spans) -> str | None:
+    """Parse one span into `scope_spans`; answers what was wrong (and adds nothing) or None."""
+    span = scope_spans.spans.add()
+    try:
+        if not isinstance(span_json, dict):
+            raise OTLPDecodeError("Expected a JSON object.")
+        _convert_ids(span_json)
+        for link in _list(span_json, "links"):
+            _convert_ids(link)
+        json_format.ParseDict(span_json, span, ignore_unknown_fields=True)
+    except JSON_MAPPING_ERRORS as error:
+        del scope_spans.spans[-1]
+        return str(error) or error.__class__.__name__
+    return None
 
 
 def _list(container: object, *keys: str) -> list:
@@ -139,11 +193,11 @@ class SpanConversion:
         return " ".join(parts)
 
 
-def logs_from_trace_request(message: ExportTraceServiceRequest) -> SpanConversion:
+def logs_from_trace_request(decoded: DecodedRequest) -> SpanConversion:
     """Rows for the spans that are LLM calls; other spans are ignored, broken ones rejected."""
-    conversion = SpanConversion()
+    conversion = SpanConversion(rejected=len(decoded.rejected), reasons=list(decoded.rejected))
     now = timezone.now()
-    for resource_spans in message.resource_spans:
+    for resource_spans in decoded.message.resource_spans:
         resource = attribute_dict(resource_spans.resource.attributes)
         for scope_spans in resource_spans.scope_spans:
             for span in scope_spans.spans:
@@ -176,7 +230,7 @@ def log_from_span(span: Span, resource: dict[str, Any], now: datetime) -> LLMReq
     status, error_type, error_message = _outcome(span, attributes)
     prompt, completion = prompt_and_completion(attributes, span)
     trace_id, span_id = span.trace_id.hex(), span.span_id.hex()
-    return LLMRequestLog(
+    log = LLMRequestLog(
         request_id=uuid.uuid5(OTLP_REQUEST_ID_NAMESPACE, trace_id + span_id),
         timestamp=started,
         source=LLMRequestLog.Source.OTLP,
@@ -198,10 +252,34 @@ def log_from_span(span: Span, resource: dict[str, Any], now: datetime) -> LLMReq
         error_type=error_type,
         error_message=error_message,
         finish_reason=_finish_reason(attributes),
-        temperature=_float_or_none(attributes.get("gen_ai.request.temperature")),
+        temperature=_temperature(attributes),
         max_tokens=_positive_int_or_none(attributes.get("gen_ai.request.max_tokens")),
         tags=_tags(resource, operation),
     )
+    _check_text(log)
+    return log
+
+
+# The text columns a span fills, checked for what the databases cannot store.
+TEXT_COLUMNS = (
+    "provider",
+    "model_name",
+    "user_id",
+    "session_id",
+    "prompt_text",
+    "response_text",
+    "error_message",
+    "finish_reason",
+)
+
+
+def _check_text(log: LLMRequestLog) -> None:
+    for name in TEXT_COLUMNS:
+        if problem := text_problem(getattr(log, name)):
+            raise SpanRejected(f"{name}: {problem}")
+    for key, value in log.tags.items():
+        if problem := text_problem(value):
+            raise SpanRejected(f"tag {key}: {problem}")
 
 
 def _check_ids(span: Span) -> None:
@@ -225,7 +303,10 @@ def _start_and_latency(span: Span, now: datetime) -> tuple[datetime, float]:
         return started, 0.0
     if span.end_time_unix_nano < span.start_time_unix_nano:
         raise SpanRejected("ends before it starts")
-    return started, (span.end_time_unix_nano - span.start_time_unix_nano) / 1e6
+    latency_ms = (span.end_time_unix_nano - span.start_time_unix_nano) / 1e6
+    if latency_ms > MAX_LATENCY_MS:
+        raise SpanRejected(f"lasts more than {MAX_LATENCY_MS / 3_600_000:g} hours (end_time_unix_nano)")
+    return started, latency_ms
 
 
 def _token_counts(attributes: dict[str, Any]) -> tuple[int, int, int]:
@@ -233,6 +314,8 @@ def _token_counts(attributes: dict[str, Any]) -> tuple[int, int, int]:
     prompt_tokens = _count(attributes, "gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens")
     completion_tokens = _count(attributes, "gen_ai.usage.output_tokens", "gen_ai.usage.completion_tokens")
     total_tokens = _count(attributes, "gen_ai.usage.total_tokens", "llm.usage.total_tokens")
+    if prompt_tokens + completion_tokens > MAX_COUNT:  # the total is a 32-bit column too
+        raise SpanRejected(f"input + output tokens must be at most {MAX_COUNT}")
     return prompt_tokens, completion_tokens, max(total_tokens, prompt_tokens + completion_tokens)
 
 
@@ -399,8 +482,8 @@ def _structured_messages(value: Any) -> str:
         return ""
     if isinstance(value, str):
         try:
-            value = json.loads(value)
-        except ValueError:
+            value = parse_json(value)
+        except ValueError:  # not JSON (or too deep, or NaN): the text as it is
             return value
     if not isinstance(value, list):
         return _content(value)
@@ -472,6 +555,15 @@ def _float_or_none(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return float(value)
+
+
+def _temperature(attributes: dict[str, Any]) -> float | None:
+    """gen_ai.request.temperature; NaN or Infinity rejects the span (neither is a temperature, and
+    the JSON export could not carry it)."""
+    temperature = _float_or_none(attributes.get("gen_ai.request.temperature"))
+    if temperature is not None and (problem := finite_problem(temperature)):
+        raise SpanRejected(f"gen_ai.request.temperature: {problem}")
+    return temperature
 
 
 def _positive_int_or_none(value: Any) -> int | None:

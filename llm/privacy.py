@@ -1,9 +1,12 @@
 """What of a prompt, a response or an error message is stored: the STORE_PROMPTS,
-REDACT_PII and MAX_STORED_TEXT_CHARS settings, applied before anything is written."""
+REDACT_PII and MAX_STORED_TEXT_CHARS settings, applied before anything is written (and text the
+databases cannot hold replaced)."""
 
 from __future__ import annotations
 
 from django.conf import settings
+
+from llm.ingest_limits import storable_text
 
 TRUNCATION_MARKER = "…[truncated]"
 
@@ -27,4 +30,6 @@ def stored_text(text: str | None, *, always_store: bool = False) -> str:
         from llm.redaction import redact
 
         text = redact(text)
-    return truncate(text, settings.MAX_STORED_TEXT_CHARS)
+    # The doors refuse NUL and lone surrogates (llm/ingest_limits.py); what a provider answered
+    # through the proxy cannot be refused, so it is kept with them replaced.
+    return truncate(storable_text(text), settings.MAX_STORED_TEXT_CHARS)

@@ -16,18 +16,27 @@ from rest_framework import serializers
 
 from llm import metrics
 from llm.ingest_limits import (
+    EARLIEST_TIMESTAMP,
+    EARLIEST_TIMESTAMP_TEXT,
     ERROR_MESSAGE_MAX_CHARS,
     FINISH_REASON_MAX_CHARS,
     FUTURE_TOLERANCE,
     FUTURE_TOLERANCE_TEXT,
     HEX_SPAN_ID,
     HEX_TRACE_ID,
+    MAX_COST_USD,
     MAX_COUNT,
     MAX_LATENCY_MS,
+    MAX_TEMPERATURE,
+    MIN_TEMPERATURE,
     MODEL_MAX_CHARS,
     PROVIDER_MAX_CHARS,
     SESSION_ID_MAX_CHARS,
     USER_ID_MAX_CHARS,
+    JSONError,
+    finite_problem,
+    parse_json,
+    text_problem,
 )
 from llm.models import (
     AlertLog,
@@ -50,7 +59,8 @@ RATER_MAX_CHARS = 200
 
 
 def validate_tags(value: object) -> dict[str, str]:
-    """Tags are a flat JSON object of strings, small enough to index and display."""
+    """Tags are a flat JSON object of strings, small enough to index and display, that both
+    databases can store (no NUL character, no lone surrogate)."""
     if not isinstance(value, dict):
         raise serializers.ValidationError("Must be a JSON object of strings.")
     if len(value) > TAGS_MAX_COUNT:
@@ -62,11 +72,28 @@ def validate_tags(value: object) -> dict[str, str]:
             raise serializers.ValidationError(f"Keys must be 1 to {TAG_KEY_MAX_CHARS} characters.")
         if len(tag_value) > TAG_VALUE_MAX_CHARS:
             raise serializers.ValidationError(f"Values must be at most {TAG_VALUE_MAX_CHARS} characters.")
+        if problem := text_problem(key) or text_problem(tag_value):
+            raise serializers.ValidationError(f"Keys and values: {problem}")
     return value
 
 
+TAGS_HELP = (
+    f"A flat JSON object of strings: at most {TAGS_MAX_COUNT} tags, keys of 1 to {TAG_KEY_MAX_CHARS} "
+    f"characters, values of at most {TAG_VALUE_MAX_CHARS}; no NUL character or lone surrogate."
+)
+
+
 class TagsField(serializers.JSONField):
+    def __init__(self, **kwargs):
+        kwargs.setdefault("help_text", TAGS_HELP)
+        super().__init__(**kwargs)
+
     def to_internal_value(self, data):
+        if getattr(data, "is_json_string", False):  # a form field: JSON text, read with our limits
+            try:
+                data = parse_json(data)
+            except JSONError:
+                self.fail("invalid")
         return validate_tags(super().to_internal_value(data))
 
 
@@ -79,7 +106,7 @@ class PromptRequestSerializer(serializers.Serializer):
     user_id = serializers.CharField(max_length=200, required=False, allow_blank=True)
     session_id = serializers.CharField(max_length=200, required=False, allow_blank=True)
     max_tokens = serializers.IntegerField(min_value=1, max_value=MAX_TOKENS_LIMIT, required=False)
-    temperature = serializers.FloatField(min_value=0.0, max_value=2.0, required=False)
+    temperature = serializers.FloatField(min_value=MIN_TEMPERATURE, max_value=MAX_TEMPERATURE, required=False)
     tags = TagsField(required=False)
     stream = serializers.BooleanField(required=False, default=False)
 
@@ -335,23 +362,43 @@ class NumberField(serializers.FloatField):
     def to_internal_value(self, data):
         if isinstance(data, bool) or not isinstance(data, int | float):
             self.fail("invalid")
-        return super().to_internal_value(data)
+        value = super().to_internal_value(data)
+        if problem := finite_problem(value):
+            raise serializers.ValidationError(problem)
+        return value
+
+
+COUNT_HELP = f"0 to {MAX_COUNT:,} (a 32-bit column)."
+LATENCY_HELP = f"Milliseconds, 0 to {MAX_LATENCY_MS:,.0f} (one day)."
+TEXT_HELP = "No NUL character or lone surrogate (neither database can store them)."
 
 
 class EventSerializer(serializers.Serializer):
-    """One call reported by another application (the body of POST /api/events/)."""
+    """One call reported by another application (the body of POST /api/events/).
+
+    Every bound is what the storage can hold (llm/ingest_limits.py); text may not carry a NUL
+    character or a lone surrogate. A value outside answers 400 naming the field.
+    """
 
     request_id = serializers.UUIDField(required=False, help_text="Send the same id on a retry; it is stored once.")
-    timestamp = serializers.DateTimeField(required=False, help_text="ISO 8601, when the call started; default now.")
-    model = TextField(max_length=MODEL_MAX_CHARS)
-    provider = TextField(max_length=PROVIDER_MAX_CHARS, required=False, default="unknown")
-    prompt_tokens = WholeNumberField(min_value=0, max_value=MAX_COUNT, required=False)
-    completion_tokens = WholeNumberField(min_value=0, max_value=MAX_COUNT, required=False)
-    total_tokens = WholeNumberField(
-        min_value=0, max_value=MAX_COUNT, required=False, help_text="Default prompt + completion."
+    timestamp = serializers.DateTimeField(
+        required=False,
+        help_text="ISO 8601, when the call started; default now. From 1970-01-01T00:00:00Z to 5 minutes ahead of now.",
     )
-    latency_ms = NumberField(min_value=0, max_value=MAX_LATENCY_MS, required=False)
-    ttft_ms = NumberField(min_value=0, max_value=MAX_LATENCY_MS, required=False, allow_null=True)
+    model = TextField(max_length=MODEL_MAX_CHARS, help_text=TEXT_HELP)
+    provider = TextField(max_length=PROVIDER_MAX_CHARS, required=False, default="unknown", help_text=TEXT_HELP)
+    prompt_tokens = WholeNumberField(min_value=0, max_value=MAX_COUNT, required=False, help_text=COUNT_HELP)
+    completion_tokens = WholeNumberField(min_value=0, max_value=MAX_COUNT, required=False, help_text=COUNT_HELP)
+    total_tokens = WholeNumberField(
+        min_value=0,
+        max_value=MAX_COUNT,
+        required=False,
+        help_text=f"Default prompt + completion, which must then be at most {MAX_COUNT:,}.",
+    )
+    latency_ms = NumberField(min_value=0, max_value=MAX_LATENCY_MS, required=False, help_text=LATENCY_HELP)
+    ttft_ms = NumberField(
+        min_value=0, max_value=MAX_LATENCY_MS, required=False, allow_null=True, help_text=LATENCY_HELP
+    )
     status = serializers.ChoiceField(LLMRequestLog.Status.choices, required=False)
     error_type = serializers.ChoiceField(LLMRequestLog.ErrorType.choices, required=False, allow_blank=True)
     error_message = TextField(
@@ -362,16 +409,17 @@ class EventSerializer(serializers.Serializer):
         decimal_places=10,
         coerce_to_string=False,  # a number in the API document, like every cost
         min_value=0,
+        max_value=MAX_COST_USD,
         required=False,
         allow_null=True,
-        help_text="Computed from the model's price when absent.",
+        help_text=f"USD, 0 to {MAX_COST_USD:,}; computed from the model's price when absent.",
     )
     user_id = TextField(max_length=USER_ID_MAX_CHARS, required=False, allow_blank=True)
     session_id = TextField(max_length=SESSION_ID_MAX_CHARS, required=False, allow_blank=True)
     prompt = TextField(max_length=PROMPT_MAX_CHARS, required=False, allow_blank=True, trim_whitespace=False)
     response = TextField(max_length=PROMPT_MAX_CHARS, required=False, allow_blank=True, trim_whitespace=False)
     finish_reason = TextField(max_length=FINISH_REASON_MAX_CHARS, required=False, allow_blank=True)
-    temperature = NumberField(min_value=0, max_value=2, required=False, allow_null=True)
+    temperature = NumberField(min_value=MIN_TEMPERATURE, max_value=MAX_TEMPERATURE, required=False, allow_null=True)
     max_tokens = WholeNumberField(min_value=1, max_value=MAX_COUNT, required=False, allow_null=True)
     trace_id = serializers.RegexField(HEX_TRACE_ID, required=False, allow_blank=True)
     span_id = serializers.RegexField(HEX_SPAN_ID, required=False, allow_blank=True)
@@ -381,18 +429,26 @@ class EventSerializer(serializers.Serializer):
     def validate_timestamp(self, value: datetime) -> datetime:
         if value > timezone.now() + FUTURE_TOLERANCE:
             raise serializers.ValidationError(f"Must not be {FUTURE_TOLERANCE_TEXT}.")
+        if value < EARLIEST_TIMESTAMP:
+            raise serializers.ValidationError(f"Must not be {EARLIEST_TIMESTAMP_TEXT}.")
         return value
 
-    def validate(self, attrs: dict) -> dict:
-        errors: dict[str, str] = {}
+    @staticmethod
+    def total_tokens_error(attrs: dict) -> str | None:
         prompt_tokens, completion_tokens = attrs.get("prompt_tokens", 0), attrs.get("completion_tokens", 0)
         total = attrs.get("total_tokens")
+        if prompt_tokens + completion_tokens > MAX_COUNT:  # the total is stored in a 32-bit column too
+            return f"prompt_tokens + completion_tokens must be at most {MAX_COUNT:,}."
         # Only a total may be known (some providers report nothing else); with parts it must add up.
         counts_given = "prompt_tokens" in attrs or "completion_tokens" in attrs
         if total is not None and counts_given and total != prompt_tokens + completion_tokens:
-            errors["total_tokens"] = (
-                f"Must equal prompt_tokens + completion_tokens ({prompt_tokens + completion_tokens})."
-            )
+            return f"Must equal prompt_tokens + completion_tokens ({prompt_tokens + completion_tokens})."
+        return None
+
+    def validate(self, attrs: dict) -> dict:
+        errors: dict[str, str] = {}
+        if total_error := self.total_tokens_error(attrs):
+            errors["total_tokens"] = total_error
         ttft = attrs.get("ttft_ms")
         if ttft is not None and "latency_ms" in attrs and ttft > attrs["latency_ms"]:
             errors["ttft_ms"] = "Must not exceed latency_ms."

@@ -11,7 +11,7 @@ import pytest
 
 LLM = Path(__file__).resolve().parent.parent / "llm"
 # Modules of llm/api/ that every API view module may import: they hold no view of an endpoint.
-SHARED_API_MODULES = {"llm.api.base", "llm.api.pagination", "llm.api.params", "llm.api.errors"}
+SHARED_API_MODULES = {"llm.api.base", "llm.api.pagination", "llm.api.params", "llm.api.errors", "llm.api.parsers"}
 PAGES = ["views.py", "dashboard.py", "forms.py"]
 
 

@@ -18,6 +18,7 @@ from rest_framework.views import APIView
 
 from llm import alerts, notifiers
 from llm.api.params import DeclaredParameters
+from llm.filters import DateBoundFilter, IdFilter
 from llm.models import AlertLog, AlertRule, APIKey
 from llm.serializers import (
     AlertLogSerializer,
@@ -45,11 +46,12 @@ STORED_KINDS = [(kind, label) for kind, label in AlertLog.Kind.choices if kind !
 
 
 class AlertLogFilter(django_filters.FilterSet):
-    rule = django_filters.NumberFilter(field_name="alert_rule_id")
+    rule = IdFilter(field_name="alert_rule_id")
     acknowledged = django_filters.BooleanFilter()
     kind = django_filters.ChoiceFilter(choices=STORED_KINDS)
-    since = django_filters.IsoDateTimeFilter(field_name="triggered_at", lookup_expr="gte")
-    until = django_filters.IsoDateTimeFilter(field_name="triggered_at", lookup_expr="lt")
+    # ISO 8601, between the years every page and database can show (llm.filters.DateBoundFilter).
+    since = DateBoundFilter(field_name="triggered_at", lookup_expr="gte")
+    until = DateBoundFilter(field_name="triggered_at", lookup_expr="lt")
 
     class Meta:
         model = AlertLog

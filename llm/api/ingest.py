@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import zlib
 
 from django.http import HttpRequest, HttpResponse
@@ -23,6 +22,7 @@ from rest_framework.views import APIView
 
 from llm import events, otlp
 from llm.auth import APIKeyAuthentication, api_key_from
+from llm.ingest_limits import JSONError, parse_json
 from llm.models import LLMRequestLog
 from llm.serializers import EventsAnswerSerializer, EventSerializer
 
@@ -120,8 +120,8 @@ class EventsView(APIView):
         except MalformedBody as error:
             raise exceptions.ParseError(str(error)) from error
         try:
-            payload = json.loads(body)
-        except ValueError as error:
+            payload = parse_json(body)
+        except JSONError as error:
             raise exceptions.ParseError(f"Malformed JSON: {error}") from error
         stored = events.store_events(events.parse_events(payload))
         answer = {"created": stored.created, "duplicates": stored.duplicates, "request_ids": stored.request_ids}
@@ -168,11 +168,11 @@ def otlp_traces(request: HttpRequest) -> HttpResponse:
     except MalformedBody as error:
         return otlp_error(encoding, 400, code_pb2.INVALID_ARGUMENT, str(error))
     try:
-        message = otlp.decode_trace_request(body, json_encoded=encoding == JSON)
+        decoded = otlp.decode_trace_request(body, json_encoded=encoding == JSON)
     except otlp.OTLPDecodeError as error:
         return otlp_error(encoding, 400, code_pb2.INVALID_ARGUMENT, f"Not an ExportTraceServiceRequest: {error}")
 
-    conversion = otlp.logs_from_trace_request(message)
+    conversion = otlp.logs_from_trace_request(decoded)
     if conversion.logs:
         LLMRequestLog.objects.record_many(conversion.logs)
     answer = ExportTraceServiceResponse()
