@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('llm', '0007_alert_channels'),
+        ('llm', '0009_rollups'),
     ]
 
     operations = [
