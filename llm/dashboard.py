@@ -90,8 +90,12 @@ class TimeRange:
         return filter_rows({"model": self.model, **self.extra}, self.start, self.end)
 
     def selection(self) -> metrics.Selection:
-        """The same rows as `logs`, with what llm.metrics needs to read them from the roll-ups."""
-        return metrics.Selection.of(filter_logs(self.api_params()))
+        """The same rows as `logs`, with what llm.metrics needs to read them from the roll-ups.
+        Built over the decided window, like `logs`: the previous period may start before the
+        earliest date a query string may give, so the dates are not checked again."""
+        status = self.extra.get("status", "")
+        narrowed = any(value for name, value in self.extra.items() if name != "status")
+        return metrics.Selection(self.logs(), self.start, self.end, self.model, status, rollups_apply=not narrowed)
 
     def previous(self) -> TimeRange:
         return TimeRange(self.key, self.start - self.length, self.start, self.model)
