@@ -169,9 +169,7 @@ async def measure_overhead(app_port: int, upstream_port: int, auth: str) -> dict
             times["through"].append((ended - middle) * 1000)
     direct.close()
     through.close()
-    return {
-        f"{name} {q}": percentile(values, q) for name, values in times.items() for q in (50, 99)
-    }
+    return {f"{name} {q}": percentile(values, q) for name, values in times.items() for q in (50, 99)}
 
 
 async def measure_throughput(app_port: int, auth: str, stream: bool = False) -> dict[str, float]:
@@ -194,8 +192,13 @@ async def measure_throughput(app_port: int, auth: str, stream: bool = False) -> 
     started = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(CLIENTS)))
     elapsed = time.perf_counter() - started
-    return {"per second": len(latencies) / elapsed, "p50": percentile(latencies, 50),
-            "p99": percentile(latencies, 99), "calls": len(latencies), "failures": failures}
+    return {
+        "per second": len(latencies) / elapsed,
+        "p50": percentile(latencies, 50),
+        "p99": percentile(latencies, 99),
+        "calls": len(latencies),
+        "failures": failures,
+    }
 
 
 async def measure_concurrency(app_port: int, auth: str, stream: bool) -> dict[str, float]:
@@ -232,7 +235,7 @@ def prepare_database() -> str:
     return raw_key
 
 
-def rows_for(prompt_since: float) -> int:
+def row_count() -> int:
     from django.db import connection
 
     from llm.models import LLMRequestLog
@@ -250,22 +253,25 @@ def main() -> None:
     fast_port, slow_port, app_port = free_port(), free_port(), free_port()
     loop_run = _loop_runner()
 
-    with fake_groq(fast_port, FAST_SECONDS, logs / "fake.log"):
-        with app_server(app_port, f"http://127.0.0.1:{fast_port}", logs / "app.log"):
-            before = rows_for(0)
-            results["overhead"] = loop_run(measure_overhead(app_port, fast_port, auth))
-            results["throughput"] = loop_run(measure_throughput(app_port, auth))
-            results["throughput stream"] = loop_run(measure_throughput(app_port, auth, stream=True))
-            written = rows_for(0) - before
-            expected = OVERHEAD_CALLS + 50 + results["throughput"]["calls"] + results["throughput stream"]["calls"]
-            results["rows"] = {"written": written, "expected": expected}
-    with fake_groq(slow_port, SLOW_SECONDS, logs / "fake-slow.log"):
-        with app_server(app_port, f"http://127.0.0.1:{slow_port}", logs / "app-slow.log"):
-            before = rows_for(0)
-            results["concurrent"] = loop_run(measure_concurrency(app_port, auth, stream=False))
-            results["concurrent stream"] = loop_run(measure_concurrency(app_port, auth, stream=True))
-            time.sleep(0.5)
-            results["rows slow"] = {"written": rows_for(0) - before, "expected": 2 * CONCURRENT}
+    with (
+        fake_groq(fast_port, FAST_SECONDS, logs / "fake.log"),
+        app_server(app_port, f"http://127.0.0.1:{fast_port}", logs / "app.log"),
+    ):
+        before = row_count()
+        results["overhead"] = loop_run(measure_overhead(app_port, fast_port, auth))
+        results["throughput"] = loop_run(measure_throughput(app_port, auth))
+        results["throughput stream"] = loop_run(measure_throughput(app_port, auth, stream=True))
+        written = row_count() - before
+        expected = OVERHEAD_CALLS + 50 + results["throughput"]["calls"] + results["throughput stream"]["calls"]
+        results["rows"] = {"written": written, "expected": expected}
+    with (
+        fake_groq(slow_port, SLOW_SECONDS, logs / "fake-slow.log"),
+        app_server(app_port, f"http://127.0.0.1:{slow_port}", logs / "app-slow.log"),
+    ):
+        before = row_count()
+        results["concurrent"] = loop_run(measure_concurrency(app_port, auth, stream=False))
+        results["concurrent stream"] = loop_run(measure_concurrency(app_port, auth, stream=True))
+        results["rows slow"] = {"written": row_count() - before, "expected": 2 * CONCURRENT}
     print_table(results, engine)
     print(f"server logs: {logs}", file=sys.stderr)
 
@@ -283,21 +289,48 @@ def print_table(results: dict[str, dict], engine: str) -> None:
     plain, streamed = results["throughput"], results["throughput stream"]
     slow, slow_stream = results["concurrent"], results["concurrent stream"]
     rows = [
-        ("proxy overhead p50 (through - direct)", f"{overhead['through 50'] - overhead['direct 50']:.2f} ms",
-         f"direct {overhead['direct 50']:.2f} ms, through {overhead['through 50']:.2f} ms", "< 2 ms"),
-        ("proxy overhead p99 (through - direct)", f"{overhead['through 99'] - overhead['direct 99']:.2f} ms",
-         f"direct {overhead['direct 99']:.2f} ms, through {overhead['through 99']:.2f} ms", ""),
-        (f"prompts/s, {CLIENTS} clients (upstream ~1 ms)", f"{plain['per second']:,.0f}/s",
-         f"p50 {plain['p50']:.1f} ms, p99 {plain['p99']:.1f} ms, {plain['failures']} failed", ">= 1,000/s, p99 < 50 ms"),
-        (f"prompts/s, {CLIENTS} clients, streamed", f"{streamed['per second']:,.0f}/s",
-         f"p50 {streamed['p50']:.1f} ms, p99 {streamed['p99']:.1f} ms, {streamed['failures']} failed", ""),
-        (f"{CONCURRENT:,} concurrent {SLOW_SECONDS:g} s prompts", f"{slow['wall']:.2f} s wall",
-         f"median {slow['median']:.2f} s, {slow['ok']:,} answered 200", "< 3 s"),
-        (f"{CONCURRENT:,} concurrent {SLOW_SECONDS:g} s prompts, streamed", f"{slow_stream['wall']:.2f} s wall",
-         f"median {slow_stream['median']:.2f} s, {slow_stream['ok']:,} ended with done", "< 3 s"),
-        ("rows logged (each call exactly once)",
-         f"{results['rows']['written'] + results['rows slow']['written']:,}",
-         f"expected {results['rows']['expected'] + results['rows slow']['expected']:,}", "equal"),
+        (
+            "proxy overhead p50 (through - direct)",
+            f"{overhead['through 50'] - overhead['direct 50']:.2f} ms",
+            f"direct {overhead['direct 50']:.2f} ms, through {overhead['through 50']:.2f} ms",
+            "< 2 ms",
+        ),
+        (
+            "proxy overhead p99 (through - direct)",
+            f"{overhead['through 99'] - overhead['direct 99']:.2f} ms",
+            f"direct {overhead['direct 99']:.2f} ms, through {overhead['through 99']:.2f} ms",
+            "",
+        ),
+        (
+            f"prompts/s, {CLIENTS} clients (upstream ~1 ms)",
+            f"{plain['per second']:,.0f}/s",
+            f"p50 {plain['p50']:.1f} ms, p99 {plain['p99']:.1f} ms, {plain['failures']} failed",
+            ">= 1,000/s, p99 < 50 ms",
+        ),
+        (
+            f"prompts/s, {CLIENTS} clients, streamed",
+            f"{streamed['per second']:,.0f}/s",
+            f"p50 {streamed['p50']:.1f} ms, p99 {streamed['p99']:.1f} ms, {streamed['failures']} failed",
+            "",
+        ),
+        (
+            f"{CONCURRENT:,} concurrent {SLOW_SECONDS:g} s prompts",
+            f"{slow['wall']:.2f} s wall",
+            f"median {slow['median']:.2f} s, {slow['ok']:,} answered 200",
+            "< 3 s",
+        ),
+        (
+            f"{CONCURRENT:,} concurrent {SLOW_SECONDS:g} s prompts, streamed",
+            f"{slow_stream['wall']:.2f} s wall",
+            f"median {slow_stream['median']:.2f} s, {slow_stream['ok']:,} ended with done",
+            "< 3 s",
+        ),
+        (
+            "rows logged (each call exactly once)",
+            f"{results['rows']['written'] + results['rows slow']['written']:,}",
+            f"expected {results['rows']['expected'] + results['rows slow']['expected']:,}",
+            "equal",
+        ),
         # Ingest: another part of issue 15 fills these two lines.
         ("events/s, 1/4/8 clients vs raw COPY (ingest)", "TODO", "filled by the ingest part of issue 15", ""),
         ("OTLP spans/s (ingest)", "TODO", "filled by the ingest part of issue 15", ""),
