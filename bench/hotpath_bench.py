@@ -37,6 +37,8 @@ CLIENTS = 16
 CONCURRENT = int(os.environ.get("BENCH_CONCURRENT", "1000"))
 SLOW_SECONDS = 2.0
 FAST_SECONDS = 0.001
+# The server's, and this process's when it signs a session for it (bench/serving_compare.py).
+SECRET_KEY = "hotpath-bench-" + "x" * 40
 SERVE_COMMAND = "gunicorn --config core/gunicorn.conf.py core.asgi:application"
 PROMPT = {"prompt": "What is the capital of France?", "model": "llama-3.1-8b-instant"}
 
@@ -88,7 +90,7 @@ def app_server(port: int, upstream: str, log: Path):
         **os.environ,
         # Production settings: no debug bookkeeping, plain HTTP on the loopback.
         "DEBUG": "False",
-        "DJANGO_SECRET_KEY": "hotpath-bench-" + "x" * 40,
+        "DJANGO_SECRET_KEY": SECRET_KEY,
         "ALLOWED_HOSTS": "127.0.0.1,localhost",
         "SECURE_SSL_REDIRECT": "False",
         "GROQ_API_KEY": "gsk_bench",
