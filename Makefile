@@ -35,8 +35,7 @@ run: venv
 	$(PYTHON) manage.py collectstatic --noinput --verbosity 0
 	@$(PYTHON) manage.py ensure_admin
 	@echo "Serving http://$(BIND)/ (Ctrl-C to stop)"
-	$(VENV)/bin/gunicorn core.wsgi --bind $(BIND) --workers 2 --threads 8 --timeout 120 \
-		--access-logfile - --graceful-timeout 10
+	$(VENV)/bin/gunicorn --config core/gunicorn.conf.py core.asgi:application --bind $(BIND)
 
 lint: dev-venv
 	$(VENV)/bin/ruff check .
@@ -73,6 +72,7 @@ bench: dev-venv system-deps
 	scripts/with-postgres sh -c '$(BENCH_1M)'
 	env -u DATABASE_URL $(PYTHON) bench/metrics_bench.py
 	scripts/with-postgres $(PYTHON) bench/metrics_bench.py
+	scripts/with-postgres $(PYTHON) bench/hotpath_bench.py
 
 # Every metrics endpoint and page at 24 h to 90 d over 10,000,000 calls in a throwaway PostgreSQL,
 # next to the same figures from raw rows (bench/scale_bench.py; BENCH_SCALE_ROWS=200000 for a quick run).

@@ -1,6 +1,10 @@
 """Sending a prompt through a provider: measure it, and log it whatever happens.
 
 Every call, success or failure, streamed or not, writes exactly one `LLMRequestLog` row.
+
+Two ways to wait for the vendor, one row each: `send_prompt`/`PromptStream` block a thread (WSGI,
+the test client); `asend_prompt`/`AsyncPromptStream` wait on the ASGI worker's event loop
+(core/asgi.py) and write their row through `run_sync`, one short hop to a worker thread.
 """
 
 from __future__ import annotations
@@ -8,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -130,10 +134,11 @@ class PromptStream:
         error: ProviderError | None = None
         client_left = True
         chunks = iter(self.stream)
-        # Sent first so that the caller knows the request_id even if the stream breaks.
-        yield server_sent_event("start", {"request_id": str(self.context.request_id), "model": self.chat.model})
         try:
             try:
+                # Sent first so that the caller knows the request_id even if the stream breaks;
+                # inside the try, so that a client gone already still gets its row.
+                yield server_sent_event("start", {"request_id": str(self.context.request_id), "model": self.chat.model})
                 for text in chunks:
                     if ttft_ms is None:
                         ttft_ms = _elapsed_ms(self.started)
@@ -173,3 +178,98 @@ class PromptStream:
             )
         outcome = PromptOutcome(log=self.log, response_text=result.text, error=error)
         yield server_sent_event("error" if error else "done", answer(outcome))
+
+
+# Run a sync function in a thread that may use the ORM (core.deferred.RunSync).
+RunSync = Callable[..., Awaitable]
+
+
+async def asend_prompt(chat: ChatRequest, context: CallContext, provider: Provider, run_sync: RunSync) -> PromptOutcome:
+    """send_prompt on the event loop: the wait holds no thread; the row is one hop."""
+    started_at = timezone.now()
+    started = time.perf_counter()
+    try:
+        result = await provider.acomplete(chat)
+    except ProviderError as error:
+        latency = _elapsed_ms(started)
+        log = await run_sync(_record, chat, context, provider, started_at, latency, error.partial, error)
+        return PromptOutcome(log=log, error=error)
+    log = await run_sync(_record, chat, context, provider, started_at, _elapsed_ms(started), result)
+    return PromptOutcome(log=log, response_text=result.text)
+
+
+class AsyncPromptStream:
+    """PromptStream on the event loop. When the client leaves, the server closes `events()`
+    (aclose): the rest of the answer is read and the row written, tagged client_disconnected."""
+
+    def __init__(self, chat: ChatRequest, context: CallContext, provider: Provider, run_sync: RunSync) -> None:
+        self.chat = chat
+        self.context = context
+        self.provider = provider
+        self.run_sync = run_sync
+        self.log: LLMRequestLog | None = None
+
+    async def open(self) -> PromptOutcome | None:
+        self.started_at = timezone.now()
+        self.started = time.perf_counter()
+        try:
+            self.stream = await self.provider.astream(self.chat)
+        except ProviderError as error:
+            latency = _elapsed_ms(self.started)
+            log = await self.run_sync(
+                _record, self.chat, self.context, self.provider, self.started_at, latency, error.partial, error
+            )
+            return PromptOutcome(log=log, error=error)
+        return None
+
+    async def events(self, answer: Callable[[PromptOutcome], dict]) -> AsyncIterator[str]:
+        self.ttft_ms = None
+        error: ProviderError | None = None
+        client_left = True
+        chunks = aiter(self.stream)
+        try:
+            try:
+                yield server_sent_event("start", {"request_id": str(self.context.request_id), "model": self.chat.model})
+                async for text in chunks:
+                    if self.ttft_ms is None:
+                        self.ttft_ms = _elapsed_ms(self.started)
+                    yield server_sent_event("chunk", {"text": text})
+                client_left = False
+            except ProviderError as exc:
+                error = exc
+                client_left = False
+            except Exception as exc:  # noqa: BLE001 - anything else still gets its row
+                error = relay_failure(exc)
+                client_left = False
+        finally:
+            extra_tags = {}
+            if client_left:
+                # aclose() from the server (GeneratorExit): read the rest, as PromptStream does.
+                extra_tags["client_disconnected"] = "true"
+                error = await self._drain(chunks) or error
+            result = self.stream.result
+            self.log = await self.run_sync(
+                _record,
+                self.chat,
+                self.context,
+                self.provider,
+                self.started_at,
+                _elapsed_ms(self.started),
+                result,
+                error,
+                self.ttft_ms,
+                extra_tags,
+            )
+        outcome = PromptOutcome(log=self.log, response_text=result.text, error=error)
+        yield server_sent_event("error" if error else "done", answer(outcome))
+
+    async def _drain(self, chunks: AsyncIterator[str]) -> ProviderError | None:
+        try:
+            async for _ in chunks:
+                if self.ttft_ms is None:
+                    self.ttft_ms = _elapsed_ms(self.started)
+        except ProviderError as exc:
+            return exc
+        except Exception as exc:  # noqa: BLE001
+            return relay_failure(exc)
+        return None

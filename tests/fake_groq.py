@@ -6,6 +6,7 @@ normally, stream, be slow, fail with a status code, fail inside a stream, or dro
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -202,10 +203,132 @@ class FakeGroq:
         return Handler
 
 
+class FastFakeGroq(asyncio.Protocol):
+    """The same API on asyncio, for the bench: one process holds thousands of slow answers at
+    once (the threaded server above spends a thread on each). Every request gets the same
+    behaviour: `delay_seconds` before the answer, or, streamed, spread over `chunk_count` chunks.
+    Run it with `python -m tests.fake_groq --fast PORT [DELAY_SECONDS]`."""
+
+    delay_seconds = 0.0
+    chunk_count = 8
+    behaviour = Behaviour()
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.buffer = b""
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while (end := self.buffer.find(b"\r\n\r\n")) >= 0:
+            head = self.buffer[:end].decode("latin-1").lower()
+            length = 0
+            for line in head.split("\r\n")[1:]:
+                name, _, value = line.partition(":")
+                if name == "content-length":
+                    length = int(value)
+            if len(self.buffer) < end + 4 + length:
+                return
+            body = json.loads(self.buffer[end + 4 : end + 4 + length] or b"{}")
+            self.buffer = self.buffer[end + 4 + length :]
+            asyncio.get_running_loop().create_task(self.answer(body))
+
+    async def answer(self, body: dict) -> None:
+        behaviour = self.behaviour
+        model = body.get("model")
+        if not body.get("stream"):
+            if self.delay_seconds:
+                await asyncio.sleep(self.delay_seconds)
+            payload = json.dumps(_completion(model, behaviour)).encode()
+            head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+            self.write(head.encode() + payload)
+            return
+        self.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+        text = behaviour.text
+        count = max(1, self.chunk_count)
+        size = -(-len(text) // count)
+        for index in range(count):
+            if self.delay_seconds:
+                await asyncio.sleep(self.delay_seconds / count)
+            piece = text[index * size : (index + 1) * size]
+            delta = {"content": piece} if index else {"role": "assistant", "content": piece}
+            choice = {"index": 0, "delta": delta, "finish_reason": None}
+            self.write(_sse_chunk({**_chunk_base(model), "choices": [choice]}))
+        self.write(_sse_chunk(_last_chunk(model, behaviour)) + _sse_chunk("[DONE]") + b"0\r\n\r\n")
+
+    def write(self, data: bytes) -> None:
+        if not self.transport.is_closing():
+            self.transport.write(data)
+
+
+def _completion(model: str | None, behaviour: Behaviour) -> dict:
+    return {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": behaviour.text},
+                "finish_reason": behaviour.finish_reason,
+                "logprobs": None,
+            }
+        ],
+        "usage": _usage(behaviour),
+    }
+
+
+def _usage(behaviour: Behaviour) -> dict:
+    return {
+        "prompt_tokens": behaviour.prompt_tokens,
+        "completion_tokens": behaviour.completion_tokens,
+        "total_tokens": behaviour.prompt_tokens + behaviour.completion_tokens,
+    }
+
+
+def _chunk_base(model: str | None) -> dict:
+    return {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "model": model, "created": int(time.time())}
+
+
+def _last_chunk(model: str | None, behaviour: Behaviour) -> dict:
+    return {
+        **_chunk_base(model),
+        "choices": [{"index": 0, "delta": {}, "finish_reason": behaviour.finish_reason}],
+        "x_groq": {"id": "req_fake", "usage": _usage(behaviour)},
+    }
+
+
+def _sse_chunk(payload: dict | str) -> bytes:
+    data = f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n".encode()
+    return f"{len(data):x}\r\n".encode() + data + b"\r\n"
+
+
+def serve_fast(port: int, delay_seconds: float = 0.0) -> None:
+    """Serve FastFakeGroq on 127.0.0.1:PORT until killed (uvloop when installed)."""
+    FastFakeGroq.delay_seconds = delay_seconds
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(FastFakeGroq, "127.0.0.1", port, backlog=4096)
+        print(f"Fast fake Groq listening on http://127.0.0.1:{port} (delay {delay_seconds:g} s)", flush=True)
+        await server.serve_forever()
+
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main())
+    else:
+        uvloop.run(main())
+
+
 if __name__ == "__main__":
     # A stand-in Groq to try the proxy without a key: python -m tests.fake_groq [PORT]
+    # The asyncio one the bench uses: python -m tests.fake_groq --fast PORT [DELAY_SECONDS]
     import sys
 
+    if sys.argv[1:2] == ["--fast"]:
+        serve_fast(int(sys.argv[2]), float(sys.argv[3]) if len(sys.argv) > 3 else 0.0)
+        sys.exit(0)
     port = int(sys.argv[1]) if len(sys.argv) > 1 else 8099
     fake = FakeGroq()
     fake.server.server_close()

@@ -85,7 +85,9 @@ def test_make_run_steps_serve_the_dashboard_and_the_api_from_a_fresh_clone(check
 
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "core.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", "1"],
+        # As `make run` serves it (core/gunicorn.conf.py), with one worker.
+        [sys.executable, "-m", "gunicorn", "--config", "core/gunicorn.conf.py", "core.asgi:application"]
+        + ["--bind", f"127.0.0.1:{port}", "--workers", "1"],
         cwd=checkout,
         env=clean_environment(),
         stdout=subprocess.DEVNULL,

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 from django.http import StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework.exceptions import NotAcceptable
 from rest_framework.negotiation import DefaultContentNegotiation
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from core.deferred import DeferredResponse, RelayResponse, RunSync, can_defer
 from llm.models import LLMRequestLog
-from llm.providers import ChatRequest, get_provider
+from llm.providers import ChatRequest, Provider, get_provider
 from llm.providers.errors import whole_seconds
-from llm.proxy import CallContext, PromptOutcome, PromptStream, send_prompt
+from llm.proxy import AsyncPromptStream, CallContext, PromptOutcome, PromptStream, asend_prompt, send_prompt
 from llm.serializers import PromptErrorSerializer, PromptRequestSerializer, PromptResponseSerializer
 
 # How each upstream failure is answered to our caller.
@@ -70,8 +73,19 @@ class JSONUnlessAskedOtherwise(DefaultContentNegotiation):
             return renderers[0], renderers[0].media_type
 
 
+def event_stream(response: StreamingHttpResponse) -> StreamingHttpResponse:
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"  # let nginx pass chunks through as they come
+    return response
+
+
 class PromptView(APIView):
-    """Send a prompt to Groq; the call is measured and logged whatever happens."""
+    """Send a prompt to Groq; the call is measured and logged whatever happens.
+
+    Auth, CSRF, parsing and validation run here, in a worker thread. Served by core/asgi.py, the
+    call itself is then a DeferredResponse awaited on the event loop (`_call_async`): a call in
+    flight holds no thread. Elsewhere (WSGI, the test client) it blocks this thread (`_call`).
+    """
 
     content_negotiation_class = JSONUnlessAskedOtherwise
 
@@ -103,16 +117,51 @@ class PromptView(APIView):
             tags=data["tags"],
         )
         provider = get_provider()
-        if data["stream"]:
+        if can_defer(request):
+            renderer_context = self.get_renderer_context()
+
+            async def complete(run_sync: RunSync) -> HttpResponseBase:
+                response = await self._call_async(chat, context, provider, data["stream"], run_sync)
+                if isinstance(response, Response):
+                    response.accepted_renderer = request.accepted_renderer
+                    response.accepted_media_type = request.accepted_media_type
+                    response.renderer_context = renderer_context
+                    # JSON renders on the loop; the browsable API's HTML may read the database.
+                    if isinstance(request.accepted_renderer, JSONRenderer):
+                        response.render()
+                    else:
+                        await run_sync(response.render)
+                return response
+
+            return DeferredResponse(complete)
+        return self._call(chat, context, provider, data["stream"])
+
+    @staticmethod
+    def _call(chat: ChatRequest, context: CallContext, provider: Provider, stream: bool) -> HttpResponseBase:
+        if stream:
             prompt_stream = PromptStream(chat, context, provider)
             failure = prompt_stream.open()
             if failure is not None:
                 return error_response(failure)
-            response = StreamingHttpResponse(prompt_stream.events(prompt_answer), content_type="text/event-stream")
-            response["Cache-Control"] = "no-cache"
-            response["X-Accel-Buffering"] = "no"  # let nginx pass chunks through as they come
-            return response
+            return event_stream(
+                StreamingHttpResponse(prompt_stream.events(prompt_answer), content_type="text/event-stream")
+            )
         outcome = send_prompt(chat, context, provider)
+        if outcome.error is not None:
+            return error_response(outcome)
+        return Response(prompt_answer(outcome))
+
+    @staticmethod
+    async def _call_async(
+        chat: ChatRequest, context: CallContext, provider: Provider, stream: bool, run_sync: RunSync
+    ) -> HttpResponseBase:
+        if stream:
+            prompt_stream = AsyncPromptStream(chat, context, provider, run_sync)
+            failure = await prompt_stream.open()
+            if failure is not None:
+                return error_response(failure)
+            return event_stream(RelayResponse(prompt_stream.events(prompt_answer), content_type="text/event-stream"))
+        outcome = await asend_prompt(chat, context, provider, run_sync)
         if outcome.error is not None:
             return error_response(outcome)
         return Response(prompt_answer(outcome))

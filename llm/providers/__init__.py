@@ -7,7 +7,7 @@ nor logs: `llm.proxy` does both, the same way for every provider.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -68,7 +68,19 @@ class ChatStream(Protocol):
     def close(self) -> None: ...
 
 
+class AsyncChatStream(Protocol):
+    """ChatStream for the event loop: `async for` yields text chunks."""
+
+    result: ChatResult
+
+    def __aiter__(self) -> AsyncIterator[str]: ...
+
+    async def close(self) -> None: ...
+
+
 class Provider(Protocol):
+    """Each call twice: blocking a thread (WSGI), or awaited on the ASGI worker's event loop."""
+
     name: str
 
     def complete(self, request: ChatRequest) -> ChatResult: ...
@@ -76,6 +88,10 @@ class Provider(Protocol):
     def stream(self, request: ChatRequest) -> ChatStream:
         """Opens the stream; raises ProviderError when the vendor refuses it outright."""
         ...
+
+    async def acomplete(self, request: ChatRequest) -> ChatResult: ...
+
+    async def astream(self, request: ChatRequest) -> AsyncChatStream: ...
 
 
 def get_provider(name: str = "groq") -> Provider:

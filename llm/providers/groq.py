@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import AsyncIterator, Iterator
 from functools import lru_cache
 
+import aiohttp
 import groq
 import httpx
 from django.conf import settings
@@ -22,10 +24,49 @@ def _client(api_key: str, base_url: str, timeout: float, max_retries: int) -> gr
     return groq.Groq(api_key=api_key, base_url=base_url, timeout=timeout, max_retries=max_retries)
 
 
+# Async clients, one per event loop and configuration (an httpx connection belongs to the loop
+# that opened it). The ASGI worker has one loop for its life, so its client keeps its pool.
+_async_clients: dict[tuple, tuple[asyncio.AbstractEventLoop, groq.AsyncGroq]] = {}
+# The SDK's aiohttp transport (groq[aiohttp]): httpx's own async pool slows down with the square of
+# the calls in flight (500 at once took 17 s instead of 2). Its default of 100 connections would
+# queue the rest: calls in flight are bounded by the server instead.
+ASYNC_LIMITS = httpx.Limits(max_connections=100_000, max_keepalive_connections=1_000)
+
+
+def _async_client(api_key: str, base_url: str, timeout: float, max_retries: int) -> groq.AsyncGroq:
+    loop = asyncio.get_running_loop()
+    key = (id(loop), api_key, base_url, timeout, max_retries)
+    cached = _async_clients.get(key)
+    if cached is not None and cached[0] is loop:
+        return cached[1]
+    for stale in [key for key, (other, _) in _async_clients.items() if other.is_closed()]:
+        del _async_clients[stale]
+    client = groq.AsyncGroq(
+        api_key=api_key,
+        base_url=base_url,
+        timeout=timeout,
+        max_retries=max_retries,
+        http_client=groq.DefaultAioHttpClient(limits=ASYNC_LIMITS, timeout=timeout),
+    )
+    _async_clients[key] = (loop, client)
+    return client
+
+
+def _aiohttp_cause(exc: BaseException) -> BaseException | None:
+    """The aiohttp error under an SDK error (the transport maps some to httpx errors loosely)."""
+    while exc is not None and not isinstance(exc, aiohttp.ClientError | TimeoutError):
+        exc = exc.__cause__
+    return exc
+
+
 def classify(exc: Exception, upstream: Upstream, *, during_stream: bool = False) -> ProviderError:
     """Map an SDK exception onto SPEC's error types, with our message and the vendor's words."""
     status_code = getattr(exc, "status_code", None)
-    if isinstance(exc, groq.APITimeoutError | httpx.TimeoutException):
+    cause = _aiohttp_cause(exc)
+    if isinstance(cause, aiohttp.ClientConnectionError) and not isinstance(cause, aiohttp.ServerTimeoutError):
+        # httpx-aiohttp reports a dropped connection as ConnectTimeout: it is a connection error.
+        error_type = ErrorType.CONNECTION_ERROR
+    elif isinstance(exc, groq.APITimeoutError | httpx.TimeoutException):
         error_type = ErrorType.TIMEOUT
     elif isinstance(exc, groq.APIConnectionError | httpx.TransportError):
         # The SDK does not wrap transport errors raised while a stream is being read.
@@ -67,7 +108,7 @@ def _detail(exc: Exception, error_type: str) -> str:
     """What the transport said (connection refused, server disconnected) or, for a failure we do
     not expect, the exception's class: the SDK's own text for these is only "Connection error."."""
     if error_type == ErrorType.CONNECTION_ERROR:
-        cause = exc if isinstance(exc, httpx.TransportError) else exc.__cause__
+        cause = _aiohttp_cause(exc) or (exc if isinstance(exc, httpx.TransportError) else exc.__cause__)
         return str(cause or "").strip()
     if error_type == ErrorType.OTHER and not isinstance(exc, groq.APIStatusError):
         return exc.__class__.__name__
@@ -101,18 +142,9 @@ class GroqStream:
         parts: list[str] = []
         try:
             for chunk in self._sdk_stream:
-                if chunk.model:
-                    self.result.model = chunk.model
-                usage = chunk.usage or (chunk.x_groq.usage if chunk.x_groq else None)
-                if usage is not None:
-                    self.result.prompt_tokens = usage.prompt_tokens or 0
-                    self.result.completion_tokens = usage.completion_tokens or 0
-                for choice in chunk.choices:
-                    if choice.finish_reason:
-                        self.result.finish_reason = choice.finish_reason
-                    if choice.delta and choice.delta.content:
-                        parts.append(choice.delta.content)
-                        yield choice.delta.content
+                for text in _take_chunk(self.result, chunk):
+                    parts.append(text)
+                    yield text
         except (groq.GroqError, httpx.HTTPError) as exc:
             error = classify(exc, self._upstream, during_stream=True)
             error.partial = self.result
@@ -122,6 +154,49 @@ class GroqStream:
 
     def close(self) -> None:
         self._sdk_stream.close()
+
+
+class AsyncGroqStream:
+    """GroqStream for the async client: `async for` yields text; `result` is complete after."""
+
+    def __init__(self, sdk_stream: groq.AsyncStream, model: str, upstream: Upstream) -> None:
+        self._sdk_stream = sdk_stream
+        self._upstream = upstream
+        self.result = ChatResult(model=model)
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        parts: list[str] = []
+        try:
+            async for chunk in self._sdk_stream:
+                for text in _take_chunk(self.result, chunk):
+                    parts.append(text)
+                    yield text
+        except (groq.GroqError, httpx.HTTPError) as exc:
+            error = classify(exc, self._upstream, during_stream=True)
+            error.partial = self.result
+            raise error from exc
+        finally:
+            self.result.text = "".join(parts)
+
+    async def close(self) -> None:
+        await self._sdk_stream.close()
+
+
+def _take_chunk(result: ChatResult, chunk) -> list[str]:
+    """Fold one stream chunk into `result` (model, usage, finish reason); answers its texts."""
+    if chunk.model:
+        result.model = chunk.model
+    usage = chunk.usage or (chunk.x_groq.usage if chunk.x_groq else None)
+    if usage is not None:
+        result.prompt_tokens = usage.prompt_tokens or 0
+        result.completion_tokens = usage.completion_tokens or 0
+    texts = []
+    for choice in chunk.choices:
+        if choice.finish_reason:
+            result.finish_reason = choice.finish_reason
+        if choice.delta and choice.delta.content:
+            texts.append(choice.delta.content)
+    return texts
 
 
 class GroqProvider:
@@ -150,14 +225,21 @@ class GroqProvider:
             max_retries=settings.GROQ_MAX_RETRIES,
         )
 
-    def _sdk(self) -> groq.Groq:
+    def _check_key(self) -> None:
         if not self.api_key:
             raise ProviderError(
                 error_type=ErrorType.CONFIGURATION,
                 message=errors.explain(ErrorType.CONFIGURATION, self.upstream),
                 vendor=self.upstream.vendor,
             )
+
+    def _sdk(self) -> groq.Groq:
+        self._check_key()
         return _client(self.api_key, self.base_url, self.timeout, self.max_retries)
+
+    def _async_sdk(self) -> groq.AsyncGroq:
+        self._check_key()
+        return _async_client(self.api_key, self.base_url, self.timeout, self.max_retries)
 
     def complete(self, request: ChatRequest) -> ChatResult:
         client = self._sdk()
@@ -165,15 +247,15 @@ class GroqProvider:
             completion = client.chat.completions.create(**_options(request))
         except groq.GroqError as exc:
             raise classify(exc, self.upstream) from exc
-        choice = completion.choices[0] if completion.choices else None
-        usage = completion.usage
-        return ChatResult(
-            text=(choice.message.content or "") if choice else "",
-            model=completion.model or request.model,
-            prompt_tokens=(usage.prompt_tokens or 0) if usage else 0,
-            completion_tokens=(usage.completion_tokens or 0) if usage else 0,
-            finish_reason=(choice.finish_reason or "") if choice else "",
-        )
+        return _completion_result(completion, request)
+
+    async def acomplete(self, request: ChatRequest) -> ChatResult:
+        client = self._async_sdk()
+        try:
+            completion = await client.chat.completions.create(**_options(request))
+        except groq.GroqError as exc:
+            raise classify(exc, self.upstream) from exc
+        return _completion_result(completion, request)
 
     def stream(self, request: ChatRequest) -> GroqStream:
         client = self._sdk()
@@ -182,3 +264,23 @@ class GroqProvider:
         except groq.GroqError as exc:
             raise classify(exc, self.upstream) from exc
         return GroqStream(sdk_stream, request.model, self.upstream)
+
+    async def astream(self, request: ChatRequest) -> AsyncGroqStream:
+        client = self._async_sdk()
+        try:
+            sdk_stream = await client.chat.completions.create(**_options(request), stream=True)
+        except groq.GroqError as exc:
+            raise classify(exc, self.upstream) from exc
+        return AsyncGroqStream(sdk_stream, request.model, self.upstream)
+
+
+def _completion_result(completion, request: ChatRequest) -> ChatResult:
+    choice = completion.choices[0] if completion.choices else None
+    usage = completion.usage
+    return ChatResult(
+        text=(choice.message.content or "") if choice else "",
+        model=completion.model or request.model,
+        prompt_tokens=(usage.prompt_tokens or 0) if usage else 0,
+        completion_tokens=(usage.completion_tokens or 0) if usage else 0,
+        finish_reason=(choice.finish_reason or "") if choice else "",
+    )

@@ -1,0 +1,357 @@
+"""The proxy's hot path through the server `make run` starts: what a prompt costs, how many go
+through a second, and how many can be in flight at once.
+
+    .venv/bin/python bench/hotpath_bench.py                         # SQLite (a temporary file)
+    scripts/with-postgres .venv/bin/python bench/hotpath_bench.py   # PostgreSQL
+
+It starts the fake Groq of tests/fake_groq.py in its asyncio form (one process holds thousands of
+slow answers), then the app as `make run` serves it (core/gunicorn.conf.py), and talks
+to both over raw HTTP/1.1 keep-alive sockets from an asyncio client, so that the client costs as
+little CPU as possible on the same two cores. Prints one table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shlex
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DATABASE_URL", f"sqlite:///{tempfile.mkdtemp(prefix='llm-hotpath-')}/bench.sqlite3")
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "core.settings")
+
+OVERHEAD_CALLS = int(os.environ.get("BENCH_OVERHEAD_CALLS", "1000"))
+THROUGHPUT_SECONDS = float(os.environ.get("BENCH_THROUGHPUT_SECONDS", "10"))
+CLIENTS = 16
+CONCURRENT = int(os.environ.get("BENCH_CONCURRENT", "1000"))
+SLOW_SECONDS = 2.0
+FAST_SECONDS = 0.001
+# The server's, and this process's when it signs a session for it (bench/serving_compare.py).
+SECRET_KEY = "hotpath-bench-" + "x" * 40
+SERVE_COMMAND = "gunicorn --config core/gunicorn.conf.py core.asgi:application"
+PROMPT = {"prompt": "What is the capital of France?", "model": "llama-3.1-8b-instant"}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for_port(port: int, process: subprocess.Popen, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args} exited with {process.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port} after {seconds} s")
+
+
+@contextmanager
+def running(command: list[str], port: int, env: dict[str, str], log: Path):
+    with log.open("ab") as output:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port, process)
+        yield process
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def fake_groq(port: int, delay: float, log: Path):
+    command = [sys.executable, "-m", "tests.fake_groq", "--fast", str(port), str(delay)]
+    return running(command, port, dict(os.environ), log)
+
+
+def app_server(port: int, upstream: str, log: Path):
+    command = shlex.split(_serve_label()) + ["--bind", f"127.0.0.1:{port}"]
+    command[0] = str(ROOT / ".venv" / "bin" / command[0]) if not os.path.isabs(command[0]) else command[0]
+    env = {
+        **os.environ,
+        # Production settings: no debug bookkeeping, plain HTTP on the loopback.
+        "DEBUG": "False",
+        "DJANGO_SECRET_KEY": SECRET_KEY,
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "SECURE_SSL_REDIRECT": "False",
+        "GROQ_API_KEY": "gsk_bench",
+        "GROQ_BASE_URL": upstream,
+        "GROQ_MAX_RETRIES": "0",
+        "OBSERVATORY_ENV_FILE": "",
+    }
+    return running(command, port, env, log)
+
+
+# A minimal HTTP/1.1 client: keep-alive, Content-Length or chunked answers.
+
+
+class Connection:
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def open(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port, limit=1 << 20)
+        self.writer.transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    async def post(self, path: str, body: bytes, headers: str = "") -> tuple[int, bytes]:
+        if self.writer is None:
+            await self.open()
+        self.writer.write(
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n{headers}"
+            f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        lower = head.lower()
+        if b"transfer-encoding: chunked" in lower:
+            parts = []
+            while True:
+                size = int((await self.reader.readuntil(b"\r\n"))[:-2], 16)
+                data = await self.reader.readexactly(size + 2)
+                if size == 0:
+                    break
+                parts.append(data[:-2])
+            content = b"".join(parts)
+        else:
+            start = lower.index(b"content-length:") + 15
+            length = int(lower[start : lower.index(b"\r\n", start)])
+            content = await self.reader.readexactly(length)
+        if b"connection: close" in lower:
+            self.close()
+        return status, content
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+async def measure_overhead(app_port: int, upstream_port: int, auth: str) -> dict[str, float]:
+    """One client, alternating: the upstream directly, then the same prompt through the proxy."""
+    direct, through = Connection(upstream_port), Connection(app_port)
+    upstream_body = json.dumps({"model": PROMPT["model"], "messages": [{"role": "user", "content": PROMPT["prompt"]}]})
+    body = json.dumps(PROMPT).encode()
+    times: dict[str, list[float]] = {"direct": [], "through": []}
+    for index in range(OVERHEAD_CALLS + 50):
+        started = time.perf_counter()
+        status, _ = await direct.post("/openai/v1/chat/completions", upstream_body.encode())
+        middle = time.perf_counter()
+        status2, answer = await through.post("/api/llm/prompt/", body, auth)
+        ended = time.perf_counter()
+        assert status == 200 and status2 == 200, (status, status2, answer[:300])
+        if index >= 50:  # warm-up
+            times["direct"].append((middle - started) * 1000)
+            times["through"].append((ended - middle) * 1000)
+    direct.close()
+    through.close()
+    return {f"{name} {q}": percentile(values, q) for name, values in times.items() for q in (50, 99)}
+
+
+async def measure_throughput(app_port: int, auth: str, stream: bool = False) -> dict[str, float]:
+    """CLIENTS keep-alive connections, each sending prompts back to back for THROUGHPUT_SECONDS."""
+    body = json.dumps({**PROMPT, "stream": stream}).encode()
+    latencies: list[float] = []
+    failures = 0
+    deadline = time.perf_counter() + THROUGHPUT_SECONDS
+
+    async def client() -> None:
+        nonlocal failures
+        connection = Connection(app_port)
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            status, _ = await connection.post("/api/llm/prompt/", body, auth)
+            latencies.append((time.perf_counter() - started) * 1000)
+            failures += status != 200
+        connection.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(CLIENTS)))
+    elapsed = time.perf_counter() - started
+    return {
+        "per second": len(latencies) / elapsed,
+        "p50": percentile(latencies, 50),
+        "p99": percentile(latencies, 99),
+        "calls": len(latencies),
+        "failures": failures,
+    }
+
+
+async def measure_concurrency(app_port: int, auth: str, stream: bool) -> dict[str, float]:
+    """CONCURRENT prompts sent at once, each on its own connection; wall time until the last answer."""
+    body = json.dumps({**PROMPT, "stream": stream}).encode()
+    connections = [Connection(app_port) for _ in range(CONCURRENT)]
+    await asyncio.gather(*(connection.open() for connection in connections))
+    times: list[float] = []
+
+    async def one(connection: Connection) -> int:
+        sent = time.perf_counter()
+        status, content = await connection.post("/api/llm/prompt/", body, auth)
+        times.append(time.perf_counter() - sent)
+        connection.close()
+        ok = status == 200 and (not stream or b"event: done" in content)
+        return int(ok)
+
+    started = time.perf_counter()
+    ok = sum(await asyncio.gather(*(one(connection) for connection in connections)))
+    wall = time.perf_counter() - started
+    return {"wall": wall, "median": statistics.median(times), "ok": ok}
+
+
+def prepare_database() -> str:
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+    from llm.models import APIKey
+
+    _, raw_key = APIKey.generate("hotpath-bench")
+    return raw_key
+
+
+def row_count() -> int:
+    from django.db import connection
+
+    from llm.models import LLMRequestLog
+
+    connection.close()
+    return LLMRequestLog.objects.count()
+
+
+def main() -> None:
+    raw_key = prepare_database()
+    auth = f"Authorization: Bearer {raw_key}\r\n"
+    engine = "PostgreSQL" if os.environ["DATABASE_URL"].startswith("postgres") else "SQLite"
+    logs = Path(tempfile.mkdtemp(prefix="llm-hotpath-logs-"))
+    results: dict[str, dict] = {}
+    fast_port, slow_port, app_port = free_port(), free_port(), free_port()
+    loop_run = _loop_runner()
+
+    with (
+        fake_groq(fast_port, FAST_SECONDS, logs / "fake.log"),
+        app_server(app_port, f"http://127.0.0.1:{fast_port}", logs / "app.log"),
+    ):
+        before = row_count()
+        results["overhead"] = loop_run(measure_overhead(app_port, fast_port, auth))
+        results["throughput"] = loop_run(measure_throughput(app_port, auth))
+        results["throughput stream"] = loop_run(measure_throughput(app_port, auth, stream=True))
+        written = row_count() - before
+        expected = OVERHEAD_CALLS + 50 + results["throughput"]["calls"] + results["throughput stream"]["calls"]
+        results["rows"] = {"written": written, "expected": expected}
+    with (
+        fake_groq(slow_port, SLOW_SECONDS, logs / "fake-slow.log"),
+        app_server(app_port, f"http://127.0.0.1:{slow_port}", logs / "app-slow.log"),
+    ):
+        before = row_count()
+        results["concurrent"] = loop_run(measure_concurrency(app_port, auth, stream=False))
+        results["concurrent stream"] = loop_run(measure_concurrency(app_port, auth, stream=True))
+        results["rows slow"] = {"written": row_count() - before, "expected": 2 * CONCURRENT}
+    print_table(results, engine)
+    print(f"server logs: {logs}", file=sys.stderr)
+
+
+def _loop_runner():
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run
+    return uvloop.run
+
+
+def print_table(results: dict[str, dict], engine: str) -> None:
+    overhead = results["overhead"]
+    plain, streamed = results["throughput"], results["throughput stream"]
+    slow, slow_stream = results["concurrent"], results["concurrent stream"]
+    rows = [
+        (
+            "proxy overhead p50 (through - direct)",
+            f"{overhead['through 50'] - overhead['direct 50']:.2f} ms",
+            f"direct {overhead['direct 50']:.2f} ms, through {overhead['through 50']:.2f} ms",
+            "< 2 ms",
+        ),
+        (
+            "proxy overhead p99 (through - direct)",
+            f"{overhead['through 99'] - overhead['direct 99']:.2f} ms",
+            f"direct {overhead['direct 99']:.2f} ms, through {overhead['through 99']:.2f} ms",
+            "",
+        ),
+        (
+            f"prompts/s, {CLIENTS} clients (upstream ~1 ms)",
+            f"{plain['per second']:,.0f}/s",
+            f"p50 {plain['p50']:.1f} ms, p99 {plain['p99']:.1f} ms, {plain['failures']} failed",
+            ">= 1,000/s, p99 < 50 ms",
+        ),
+        (
+            f"prompts/s, {CLIENTS} clients, streamed",
+            f"{streamed['per second']:,.0f}/s",
+            f"p50 {streamed['p50']:.1f} ms, p99 {streamed['p99']:.1f} ms, {streamed['failures']} failed",
+            "",
+        ),
+        (
+            f"{CONCURRENT:,} concurrent {SLOW_SECONDS:g} s prompts",
+            f"{slow['wall']:.2f} s wall",
+            f"median {slow['median']:.2f} s, {slow['ok']:,} answered 200",
+            "< 3 s",
+        ),
+        (
+            f"{CONCURRENT:,} concurrent {SLOW_SECONDS:g} s prompts, streamed",
+            f"{slow_stream['wall']:.2f} s wall",
+            f"median {slow_stream['median']:.2f} s, {slow_stream['ok']:,} ended with done",
+            "< 3 s",
+        ),
+        (
+            "rows logged (each call exactly once)",
+            f"{results['rows']['written'] + results['rows slow']['written']:,}",
+            f"expected {results['rows']['expected'] + results['rows slow']['expected']:,}",
+            "equal",
+        ),
+        # Ingest: another part of issue 15 fills these two lines.
+        ("events/s, 1/4/8 clients vs raw COPY (ingest)", "TODO", "filled by the ingest part of issue 15", ""),
+        ("OTLP spans/s (ingest)", "TODO", "filled by the ingest part of issue 15", ""),
+    ]
+    print(f"\nHot path on {engine}, {os.cpu_count()} cores, served by: {_serve_label()}")
+    widths = [max(len(str(row[i])) for row in rows) for i in range(4)]
+    header = ("measure", "result", "detail", "target")
+    widths = [max(w, len(h)) for w, h in zip(widths, header, strict=True)]
+    line = " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))
+    print(line)
+    print("-|-".join("-" * w for w in widths))
+    for row in rows:
+        print(" | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
+
+
+def _serve_label() -> str:
+    # What `make run` runs (BENCH_SERVE: another command, to compare).
+    return os.environ.get("BENCH_SERVE", SERVE_COMMAND)
+
+
+if __name__ == "__main__":
+    main()

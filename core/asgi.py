@@ -1,0 +1,163 @@
+"""The ASGI application `make run` serves (gunicorn with uvicorn workers, core/gunicorn.conf.py).
+
+Django's own ASGI handler runs each middleware of a sync stack in a thread hop of its own and
+gives every request a new thread (and so, on PostgreSQL, a new connection). This handler instead
+runs the whole sync stack, middleware and view, in one hop to a fixed pool of THREADS threads
+per worker, as gunicorn's gthread workers did: pages, the API and ingest keep their persistent
+connections and cost what they cost under WSGI. What the event loop adds is for views that wait
+on the network: a view may answer a `core.deferred.DeferredResponse`, whose slow part (the proxy's
+call to the LLM vendor) is awaited on the loop, so that a call in flight holds no thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import aclosing
+
+import django
+from django.core import signals
+from django.core.exceptions import RequestAborted
+from django.core.handlers.asgi import ASGIHandler, get_script_prefix
+from django.core.handlers.base import BaseHandler
+from django.http import FileResponse
+from django.urls import set_script_prefix
+
+from core.deferred import REQUEST_FLAG, DeferredResponse, RelayResponse
+
+# Threads per worker process for Django's sync code (pages, the API, ingest, the proxy's checks and
+# writes): what gthread's --threads 8 was. A prompt waiting on its vendor holds none.
+THREADS = 8
+# Bytes gathered from a sync streaming response (CSV export) before one send.
+SYNC_STREAM_BATCH_BYTES = 64 * 1024
+
+
+class ObservatoryASGIHandler(ASGIHandler):
+    def __init__(self) -> None:
+        BaseHandler.__init__(self)
+        self.load_middleware(is_async=False)
+        self.executor = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="django")
+        # The rows of deferred calls are written by one thread of their own: they neither wait
+        # behind pages in the pool nor contend with each other for the database (on SQLite, 16
+        # writers backing off from each other's locks wrote 40 rows a second).
+        self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="django-writer")
+
+    async def run_sync(self, function, *args):
+        """`function(*args)` in one of the pool's threads (where the ORM may be used)."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, functools.partial(function, *args))
+
+    async def run_write(self, function, *args):
+        """`function(*args)` in the writer thread."""
+        return await asyncio.get_running_loop().run_in_executor(self.writer, functools.partial(function, *args))
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "lifespan":
+            return await self.lifespan(receive, send)
+        if scope["type"] != "http":
+            raise ValueError(f"Only HTTP is served, not {scope['type']}.")
+        try:
+            body_file = await self.read_body(receive)
+        except RequestAborted:
+            return None
+        try:
+            response = await self.run_sync(self.respond, scope, body_file)
+            if isinstance(response, DeferredResponse):
+                response = await response.resolve(self.run_write)
+            if isinstance(response, RelayResponse):
+                await self.send_relay(response, send, receive)
+            elif response.streaming:
+                await self.send_sync_stream(response, send)
+            else:
+                await self.send_response(response, send)
+        finally:
+            body_file.close()
+        # request_finished: closes the thread's connection if it is too old or broken, as under WSGI.
+        await self.run_sync(response.close)
+        return None
+
+    def respond(self, scope, body_file):
+        """The sync half, in a pool thread: request_started, middleware and view."""
+        set_script_prefix(get_script_prefix(scope))
+        signals.request_started.send(sender=self.__class__, scope=scope)
+        request, error_response = self.create_request(scope, body_file)
+        if request is None:
+            return error_response
+        setattr(request, REQUEST_FLAG, True)
+        response = self.get_response(request)
+        if isinstance(response, FileResponse):
+            response.block_size = self.chunk_size
+        return response
+
+    async def send_relay(self, response: RelayResponse, send, receive) -> None:
+        """Relay an async stream; when the client leaves, close the source at once so that it
+        finishes its own way (the proxy reads the rest of the answer and logs the call)."""
+        await send({"type": "http.response.start", "status": response.status_code, "headers": headers(response)})
+        gone = asyncio.Event()
+        watcher = asyncio.create_task(wait_for_disconnect(receive, gone))
+        try:
+            async with aclosing(response.source) as source:
+                async for part in source:
+                    if gone.is_set():
+                        break
+                    await send({"type": "http.response.body", "body": response.make_bytes(part), "more_body": True})
+            if not gone.is_set():
+                await send({"type": "http.response.body", "body": b""})
+        finally:
+            watcher.cancel()
+
+    async def send_sync_stream(self, response, send) -> None:
+        """A sync iterator (CSV export, static files) stays in one thread: a database cursor it
+        holds belongs to that thread's connection."""
+        loop = asyncio.get_running_loop()
+        await send({"type": "http.response.start", "status": response.status_code, "headers": headers(response)})
+
+        def pump() -> None:
+            batch: list[bytes] = []
+            size = 0
+            for part in response:
+                batch.append(part)
+                size += len(part)
+                if size >= SYNC_STREAM_BATCH_BYTES:
+                    body = b"".join(batch)
+                    asyncio.run_coroutine_threadsafe(send_part(send, body), loop).result()
+                    batch, size = [], 0
+            if batch:
+                asyncio.run_coroutine_threadsafe(send_part(send, b"".join(batch)), loop).result()
+
+        await self.run_sync(pump)
+        await send({"type": "http.response.body", "body": b""})
+
+    async def lifespan(self, receive, send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                self.executor.shutdown(wait=False)
+                self.writer.shutdown(wait=True)
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+async def send_part(send, body: bytes) -> None:
+    await send({"type": "http.response.body", "body": body, "more_body": True})
+
+
+async def wait_for_disconnect(receive, gone: asyncio.Event) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    gone.set()
+
+
+def headers(response) -> list[tuple[bytes, bytes]]:
+    """The response's headers and cookies as ASGI wants them (as Django's send_response does)."""
+    pairs = [(name.encode("ascii"), value.encode("latin1")) for name, value in response.items()]
+    pairs += [(b"Set-Cookie", cookie.output(header="").encode("ascii").strip()) for cookie in response.cookies.values()]
+    return pairs
+
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "core.settings")
+django.setup(set_prefix=False)
+application = ObservatoryASGIHandler()

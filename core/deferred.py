@@ -1,0 +1,59 @@
+"""Answers that finish on the ASGI worker's event loop (core/asgi.py).
+
+A sync view runs in one of the worker's threads with the whole middleware chain, as under WSGI. A
+view whose slow part is waiting on the network (the proxy's call to the LLM vendor) answers a
+`DeferredResponse` instead of waiting in that thread: the handler then awaits `resolve()` on the
+loop, where a thousand waiting calls cost memory, not threads, and sends the final response with
+the headers and cookies the middleware set on the deferred one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
+from django.utils.cache import patch_vary_headers
+
+# Runs a sync function (one that may use the ORM) in one of the worker's threads.
+RunSync = Callable[..., Awaitable[Any]]
+# Set by the ASGI handler on each request it serves: a view may then answer a DeferredResponse.
+REQUEST_FLAG = "completes_deferred"
+# Headers that belong to the final body, not to the deferred placeholder.
+BODY_HEADERS = {"content-type", "content-length"}
+
+
+def can_defer(request: HttpRequest) -> bool:
+    return getattr(request, REQUEST_FLAG, False)
+
+
+class DeferredResponse(HttpResponse):
+    """A placeholder the middleware sees; `complete(run_sync)` answers the real response."""
+
+    def __init__(self, complete: Callable[[RunSync], Awaitable[HttpResponseBase]]) -> None:
+        super().__init__(content_type="application/json")
+        self._complete = complete
+
+    async def resolve(self, run_sync: RunSync) -> HttpResponseBase:
+        final = await self._complete(run_sync)
+        for header, value in self.items():
+            name = header.lower()
+            if name == "vary":
+                patch_vary_headers(final, [part.strip() for part in value.split(",")])
+            elif name not in BODY_HEADERS and not final.has_header(header):
+                final[header] = value
+        for key, morsel in self.cookies.items():
+            final.cookies.setdefault(key, morsel)
+        final._resource_closers.extend(self._resource_closers)
+        self._resource_closers = []
+        return final
+
+
+class RelayResponse(StreamingHttpResponse):
+    """A streamed answer from an async generator that the handler closes itself when the client
+    leaves (`aclose()` runs the generator's cleanup at once, not when it is garbage collected)."""
+
+    def __init__(self, source: AsyncIterator[str], **kwargs: Any) -> None:
+        super().__init__(source, **kwargs)
+        self.source = source
