@@ -4,6 +4,9 @@ import hashlib
 import math
 import re
 import secrets
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 import uuid
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -119,7 +122,7 @@ def _insert_new(model: type[LLMRequestLog], logs: list[LLMRequestLog], using: st
     logs = sorted(logs, key=lambda log: log.request_id)
     statements = _insert_statements(model, logs, connection)
     inserted: dict[uuid.UUID, int] = {}
-    with transaction.atomic(using=using), connection.cursor() as cursor:
+    with _writer_turn(connection), transaction.atomic(using=using), connection.cursor() as cursor:
         for sql, params in statements:
             cursor.execute(sql, params)
             inserted.update((_as_uuid(request_id), pk) for pk, request_id in cursor.fetchall())
@@ -129,6 +132,23 @@ def _insert_new(model: type[LLMRequestLog], logs: list[LLMRequestLog], using: st
             log._state.adding = False
             log._state.db = using
     return len(inserted)
+
+
+# SQLite has one writer at a time; the others poll for the lock (sleeping up to 100 ms between
+# tries), so under load some lose many times in a row and wait seconds. Within one process the
+# writers queue on this lock instead, and only one of them polls SQLite. Not inside an outer
+# transaction, which may hold SQLite's lock already while another thread holds this one.
+_SQLITE_WRITERS = threading.Lock()
+
+
+@contextmanager
+def _writer_turn(connection) -> Iterator[None]:
+    """Our turn to write, on SQLite; at once elsewhere."""
+    if connection.vendor != "sqlite" or connection.in_atomic_block:
+        yield
+        return
+    with _SQLITE_WRITERS:
+        yield
 
 
 def _insert_statements(model: type[LLMRequestLog], logs: list[LLMRequestLog], connection) -> list[tuple[str, list]]:
