@@ -5,9 +5,9 @@ import math
 import re
 import secrets
 import threading
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-import uuid
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
