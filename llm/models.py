@@ -4,7 +4,10 @@ import hashlib
 import math
 import re
 import secrets
+import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -12,7 +15,7 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator, URLValidator, validate_email
-from django.db import IntegrityError, models, transaction
+from django.db import IntegrityError, connections, models, transaction
 from django.dispatch import Signal
 from django.utils import timezone
 
@@ -63,40 +66,108 @@ class LLMRequestLogManager(models.Manager.from_queryset(LLMRequestLogQuerySet)):
         fields.setdefault("cost_estimate", None)  # None: computed from ModelPrice
         log = LLMRequestLog(**fields)
         log.prepare_for_storage()
-        try:
-            with transaction.atomic():
-                log.save(force_insert=True)
-        except IntegrityError:
+        log.request_id = _as_uuid(log.request_id)
+        for _ in range(2):
+            if _insert_new(self.model, [log], self.db):
+                _announce(1)
+                return log, True
             existing = self.filter(request_id=log.request_id).first()
-            if existing is None:
-                raise
-            return existing, False
-        _announce(1)
-        return log, True
+            if existing is not None:
+                return existing, False
+            # Stored by another writer, then purged before we read it: store it after all.
+        raise IntegrityError(f"request_id {log.request_id} neither stored nor found")
 
     def record_many(self, logs: list[LLMRequestLog]) -> tuple[int, int]:
-        """Store many calls in one transaction; answers (created, duplicates).
+        """Store many calls in one transaction; answers (created, duplicates), exact whatever other
+        writers do meanwhile: `created` counts the rows this call inserted, `duplicates` the rest
+        (a request_id already stored, by anyone, or repeated within `logs`).
 
-        A log whose cost_estimate is None gets its cost from ModelPrice.
+        A log whose cost_estimate is None gets its cost from ModelPrice. Created logs get their id.
         """
         prices = ModelPrice.objects.price_table()
+        unique: dict[uuid.UUID, LLMRequestLog] = {}
         for log in logs:
             log.prepare_for_storage(prices)
-        ids = [log.request_id for log in logs]
-        with transaction.atomic():
-            existing = set(self.filter(request_id__in=ids).values_list("request_id", flat=True))
-            seen: set[uuid.UUID] = set()
-            new_logs = []
-            for log in logs:
-                if log.request_id in existing or log.request_id in seen:
-                    continue
-                seen.add(log.request_id)
-                new_logs.append(log)
-            # ignore_conflicts covers a concurrent writer inserting the same id meanwhile.
-            self.bulk_create(new_logs, batch_size=500, ignore_conflicts=True)
-        if new_logs:
-            _announce(len(new_logs))
-        return len(new_logs), len(logs) - len(new_logs)
+            log.request_id = _as_uuid(log.request_id)
+            unique.setdefault(log.request_id, log)
+        created = _insert_new(self.model, list(unique.values()), self.db)
+        if created:
+            _announce(created)
+        return created, len(logs) - created
+
+
+# Rows per INSERT statement: 500 rows of ~27 columns stay under both databases' limits on
+# parameters per statement (SQLite 32,766; PostgreSQL 65,535).
+INSERT_BATCH_ROWS = 500
+
+
+def _as_uuid(value: Any) -> uuid.UUID:
+    return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+
+
+def _insert_new(model: type[LLMRequestLog], logs: list[LLMRequestLog], using: str) -> int:
+    """INSERT … ON CONFLICT (request_id) DO NOTHING RETURNING id, request_id: answers how many rows
+    were really inserted (a row another writer stored first is skipped and not counted) and gives
+    those logs their id. `logs` must have distinct request_ids.
+
+    Why not bulk_create(ignore_conflicts=True): it cannot tell which rows it skipped. Why sorted by
+    request_id: on PostgreSQL an insert waits for a concurrent uncommitted insert of the same key;
+    two writers taking their keys in different orders wait for each other (a deadlock, answered
+    500). In one global order, one of them always goes first. The statements are built before
+    the transaction, which holds only their execution (on SQLite every other writer waits for it).
+    """
+    if not logs:
+        return 0
+    connection = connections[using]
+    logs = sorted(logs, key=lambda log: log.request_id)
+    statements = _insert_statements(model, logs, connection)
+    inserted: dict[uuid.UUID, int] = {}
+    with _writer_turn(connection), transaction.atomic(using=using), connection.cursor() as cursor:
+        for sql, params in statements:
+            cursor.execute(sql, params)
+            inserted.update((_as_uuid(request_id), pk) for pk, request_id in cursor.fetchall())
+    for log in logs:
+        if log.request_id in inserted:
+            log.pk = inserted[log.request_id]
+            log._state.adding = False
+            log._state.db = using
+    return len(inserted)
+
+
+# SQLite has one writer at a time; the others poll for the lock (sleeping up to 100 ms between
+# tries), so under load some lose many times in a row and wait seconds. Within one process the
+# writers queue on this lock instead, and only one of them polls SQLite. Not inside an outer
+# transaction, which may hold SQLite's lock already while another thread holds this one.
+_SQLITE_WRITERS = threading.Lock()
+
+
+@contextmanager
+def _writer_turn(connection) -> Iterator[None]:
+    """Our turn to write, on SQLite; at once elsewhere."""
+    if connection.vendor != "sqlite" or connection.in_atomic_block:
+        yield
+        return
+    with _SQLITE_WRITERS:
+        yield
+
+
+def _insert_statements(model: type[LLMRequestLog], logs: list[LLMRequestLog], connection) -> list[tuple[str, list]]:
+    """The INSERT statements (SQL, parameters) for `logs`, INSERT_BATCH_ROWS rows each, in order.
+    Values are prepared by each field as Django's own inserts do (get_db_prep_save)."""
+    meta = model._meta
+    fields = [field for field in meta.concrete_fields if not field.primary_key]
+    quote = connection.ops.quote_name
+    columns = ", ".join(quote(field.column) for field in fields)
+    row = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    head = f"INSERT INTO {quote(meta.db_table)} ({columns}) VALUES "  # noqa: S608 - the model's own names
+    unique_column = quote(meta.get_field("request_id").column)
+    tail = f" ON CONFLICT ({unique_column}) DO NOTHING RETURNING {quote(meta.pk.column)}, {unique_column}"
+    statements = []
+    for start in range(0, len(logs), INSERT_BATCH_ROWS):
+        chunk = logs[start : start + INSERT_BATCH_ROWS]
+        params = [field.get_db_prep_save(field.pre_save(log, True), connection) for log in chunk for field in fields]
+        statements.append((head + ", ".join([row] * len(chunk)) + tail, params))
+    return statements
 
 
 def _announce(created: int) -> None:
