@@ -1,6 +1,6 @@
 """Many HTTP clients against a real server process, for the concurrency tests and bench/ingest_load.py.
 
-`gunicorn_server` starts `core.wsgi` as `make run` does (gunicorn, workers and threads as given) on
+`gunicorn_server` starts `core.asgi` as `make run` does (gunicorn with uvicorn workers, as many as given) on
 any database; `run_clients` runs client threads for a bounded time and tallies every answer:
 statuses, latencies, and for /api/events/ the `created` and `duplicates` each answer reported and
 every request_id sent, so a test can compare them with the rows stored.
@@ -57,12 +57,14 @@ def manage(environment: dict[str, str], *args: str) -> str:
 
 @contextmanager
 def gunicorn_server(
-    environment: dict[str, str], log_path: Path, *, workers: int = 2, threads: int = 8
+    environment: dict[str, str], log_path: Path, *, workers: int = 2
 ) -> Iterator[str]:
     """`make run`'s gunicorn (same worker class, timeouts) on 127.0.0.1; yields its base URL."""
     port = free_port()
-    command = [sys.executable, "-m", "gunicorn", "core.wsgi", "--bind", f"127.0.0.1:{port}"]
-    command += ["--workers", str(workers), "--threads", str(threads), "--timeout", "120", "--graceful-timeout", "10"]
+    # Exactly `make run`'s command: uvicorn workers from core/gunicorn.conf.py, each running Django's
+    # sync code in core.asgi's fixed pool of threads.
+    command = [sys.executable, "-m", "gunicorn", "--config", "core/gunicorn.conf.py", "core.asgi:application"]
+    command += ["--bind", f"127.0.0.1:{port}", "--workers", str(workers)]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=log, stderr=log)
         try:

@@ -77,7 +77,7 @@ def app_server(tmp_path: Path, **variables: str) -> Iterator[tuple[str, str, Cal
                 rows = db.execute("SELECT request_id FROM llm_llmrequestlog WHERE model_name = ?", [model])
                 return [row[0] for row in rows]  # a UUID is 32 hex digits on SQLite
 
-    with gunicorn_server(environment, tmp_path / "gunicorn.log", workers=2, threads=8) as address:
+    with gunicorn_server(environment, tmp_path / "gunicorn.log", workers=2) as address:
         yield address, key, stored
 
 
