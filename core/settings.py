@@ -208,7 +208,7 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": (
         "Send prompts through Groq, report LLM calls made elsewhere, and read their metrics.\n\n"
         "Authenticate with an API key (`Authorization: Bearer <key>`) or a logged-in session (which sends its "
-        "CSRF token on POST, PUT, PATCH and DELETE). Every error answers JSON: `{\"error\": \"...\"}`, and for "
+        'CSRF token on POST, PUT, PATCH and DELETE). Every error answers JSON: `{"error": "..."}`, and for '
         "bad input (400) `fields`, naming each bad field or query parameter. Each operation lists the errors "
         "it can answer; besides those, any path answers 405 to a method it does not take (with `Allow`) and "
         "406 to an `Accept` header it cannot satisfy, and every operation answers 503 with `Retry-After` "

@@ -502,7 +502,7 @@ EVENTS_PER_BATCH = 1_000
 class EventBatchSerializer(serializers.Serializer):
     """Several calls in one request: stored all together, or none when any is bad."""
 
-    events = EventSerializer(many=True, min_length=1, max_length=EVENTS_PER_BATCH)
+    events = serializers.ListField(child=EventSerializer(), min_length=1, max_length=EVENTS_PER_BATCH)
 
 
 class EventsAnswerSerializer(serializers.Serializer):
