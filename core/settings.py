@@ -201,7 +201,8 @@ REST_FRAMEWORK = {
         "rest_framework.parsers.FormParser",
         "rest_framework.parsers.MultiPartParser",
     ],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # drf-spectacular's, plus the error answers (400, 401, 403, 404, 415, 503) each operation can give.
+    "DEFAULT_SCHEMA_CLASS": "llm.api.errors.ErrorResponsesSchema",
     "EXCEPTION_HANDLER": "llm.api.errors.exception_handler",
     # One pagination for every list: page_size above 500 answers 400 (DRF would cap it silently).
     "DEFAULT_PAGINATION_CLASS": "llm.api.pagination.StrictPageNumberPagination",
@@ -210,7 +211,15 @@ REST_FRAMEWORK = {
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "LLM Observatory API",
-    "DESCRIPTION": "Send prompts through Groq, report LLM calls made elsewhere, and read their metrics.",
+    "DESCRIPTION": (
+        "Send prompts through Groq, report LLM calls made elsewhere, and read their metrics.\n\n"
+        "Authenticate with an API key (`Authorization: Bearer <key>`) or a logged-in session (which sends its "
+        'CSRF token on POST, PUT, PATCH and DELETE). Every error answers JSON: `{"error": "..."}`, and for '
+        "bad input (400) `fields`, naming each bad field or query parameter. Each operation lists the errors "
+        "it can answer; besides those, any path answers 405 to a method it does not take (with `Allow`) and "
+        "406 to an `Accept` header it cannot satisfy, and every operation answers 503 with `Retry-After` "
+        "while the database is unavailable."
+    ),
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     # The schema describes private endpoints: same rule as the API itself.

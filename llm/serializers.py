@@ -134,6 +134,18 @@ class PromptResponseSerializer(serializers.Serializer):
     status = serializers.CharField()
 
 
+class ErrorSerializer(serializers.Serializer):
+    """Every error answer of the API but an upstream failure of the prompt endpoint (llm/api/errors.py)."""
+
+    error = serializers.CharField(help_text="What went wrong, in plain words.")
+    fields = serializers.DictField(
+        child=serializers.JSONField(),
+        required=False,
+        help_text="Only on a 400 for bad input: per field, its messages (a list of strings). A batch of events "
+        'names each bad event by its index: {"events": {"3": {"model": ["..."]}}}.',
+    )
+
+
 class PromptErrorSerializer(serializers.Serializer):
     """An upstream failure (also the `error` event of a stream); the call is logged all the same."""
 
@@ -149,6 +161,16 @@ class PromptErrorSerializer(serializers.Serializer):
         "A 429 answer also carries it, rounded up, as a Retry-After header.",
     )
     status = serializers.CharField()
+
+
+class PromptStreamEventSerializer(serializers.Serializer):
+    """One Server-Sent Event of a streamed prompt (`stream: true`): `start`, then `chunk`s, then `done` or `error`."""
+
+    event = serializers.ChoiceField(choices=["start", "chunk", "done", "error"])
+    data = serializers.CharField(
+        help_text='JSON text. start: {"request_id", "model"}; chunk: {"text"}; done: the answer of a call that '
+        "did not stream (PromptResponse); error: an upstream error answer (PromptError)."
+    )
 
 
 class FeedbackCreateSerializer(serializers.Serializer):
@@ -205,9 +227,16 @@ LOG_FIELDS = [
 ]
 
 
+ERROR_TYPE_HELP = "Empty for a success."
+
+
 class LogSerializer(serializers.ModelSerializer):
     # A JSON number, like every cost in the API (a ModelSerializer would make the Decimal a string).
     cost_estimate = serializers.DecimalField(max_digits=20, decimal_places=10, coerce_to_string=False, read_only=True)
+    # Read-only model fields lose allow_blank: declared, so that the document says "" is an answer.
+    error_type = serializers.ChoiceField(
+        choices=LLMRequestLog.ErrorType.choices, allow_blank=True, read_only=True, help_text=ERROR_TYPE_HELP
+    )
 
     class Meta:
         model = LLMRequestLog
@@ -466,6 +495,16 @@ class EventSerializer(serializers.Serializer):
         return attrs
 
 
+# llm/events.py refuses a longer batch (its MAX_EVENTS_PER_BATCH; tests/test_schema.py checks they agree).
+EVENTS_PER_BATCH = 1_000
+
+
+class EventBatchSerializer(serializers.Serializer):
+    """Several calls in one request: stored all together, or none when any is bad."""
+
+    events = serializers.ListField(child=EventSerializer(), min_length=1, max_length=EVENTS_PER_BATCH)
+
+
 class EventsAnswerSerializer(serializers.Serializer):
     created = serializers.IntegerField(help_text="Events stored by this request.")
     duplicates = serializers.IntegerField(help_text="Events whose request_id was already stored.")
@@ -617,6 +656,9 @@ class FeedbackAnalyticsSerializer(WindowSerializer, RatingsFields):
 
 class TraceCallSerializer(serializers.ModelSerializer):
     cost_estimate = serializers.FloatField()
+    error_type = serializers.ChoiceField(
+        choices=LLMRequestLog.ErrorType.choices, allow_blank=True, read_only=True, help_text=ERROR_TYPE_HELP
+    )
     parent_request_id = serializers.UUIDField(allow_null=True, help_text="The nearest ancestor that is a stored call.")
     depth = serializers.IntegerField(help_text="0 for a root call.")
 

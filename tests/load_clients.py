@@ -56,9 +56,7 @@ def manage(environment: dict[str, str], *args: str) -> str:
 
 
 @contextmanager
-def gunicorn_server(
-    environment: dict[str, str], log_path: Path, *, workers: int = 2
-) -> Iterator[str]:
+def gunicorn_server(environment: dict[str, str], log_path: Path, *, workers: int = 2) -> Iterator[str]:
     """`make run`'s gunicorn (same worker class, timeouts) on 127.0.0.1; yields its base URL."""
     port = free_port()
     # Exactly `make run`'s command: uvicorn workers from core/gunicorn.conf.py, each running Django's

@@ -10,7 +10,7 @@ import django_filters
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
 from django_filters.rest_framework import DjangoFilterBackend
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import generics, serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -85,7 +85,10 @@ class AlertRuleTest(APIView):
     400 when the rule has no channel.
     """
 
-    @extend_schema(request=None, responses={200: TestNotificationSerializer})
+    @extend_schema(
+        request=None,
+        responses={200: TestNotificationSerializer, 400: OpenApiResponse(description="The rule has no channel.")},
+    )
     def post(self, request: Request, pk: int) -> Response:
         rule = get_object_or_404(AlertRule, pk=pk)
         base = notifiers.base_url(notifiers.request_origin(request))
@@ -106,7 +109,13 @@ class AlertRuleCheck(APIView):
     """Evaluate one active rule now, exactly as `check_alerts --rule ID`: record its state and
     send its notice if one is due (the cooldown applies)."""
 
-    @extend_schema(request=None, responses={200: CheckResultSerializer})
+    @extend_schema(
+        request=None,
+        responses={
+            200: CheckResultSerializer,
+            400: OpenApiResponse(description="The rule is inactive, or could not be evaluated."),
+        },
+    )
     def post(self, request: Request, pk: int) -> Response:
         rule = get_object_or_404(AlertRule, pk=pk)
         if not rule.is_active:

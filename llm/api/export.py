@@ -133,6 +133,11 @@ class ExportView(DeclaredParameters, APIView):
     def columns(self, logs: LLMRequestLogQuerySet) -> LLMRequestLogQuerySet:
         return logs.values_list(*LOG_FIELDS)
 
+    def handle_exception(self, exc: Exception):
+        # An error is JSON whatever the file type asked for (?format=csv, Accept: text/csv).
+        self.request.accepted_renderer, self.request.accepted_media_type = JSONRenderer(), JSONRenderer.media_type
+        return super().handle_exception(exc)
+
     def get(self, request: Request) -> StreamingHttpResponse:
         filtered = filter_logs(request.query_params)
         logs = search_logs(filtered.queryset, request.query_params)

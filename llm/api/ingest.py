@@ -7,7 +7,7 @@ import zlib
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiResponse, PolymorphicProxySerializer, extend_schema
 from google.protobuf import json_format
 from google.rpc import code_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -21,10 +21,11 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from llm import events, otlp
+from llm.api.parsers import JSONParser
 from llm.auth import APIKeyAuthentication, api_key_from
 from llm.ingest_limits import JSONError, parse_json
 from llm.models import LLMRequestLog
-from llm.serializers import EventsAnswerSerializer, EventSerializer
+from llm.serializers import EventBatchSerializer, EventsAnswerSerializer, EventSerializer
 
 # Largest body accepted, before and after decompression: 1,000 events with sizeable prompts, or
 # a large OTLP export. Larger gets 413. We read the body ourselves rather than through
@@ -87,19 +88,28 @@ class PayloadTooLarge(exceptions.APIException):
     default_code = "payload_too_large"
 
 
+EVENT_OR_BATCH = PolymorphicProxySerializer(
+    component_name="EventOrBatch",
+    serializers=[EventSerializer, EventBatchSerializer],
+    resource_type_field_name=None,
+)
+
+
 class EventsView(APIView):
     """Store calls reported by another application: one event or {"events": [...]}."""
 
     renderer_classes = [JSONRenderer]
+    # The body is read as JSON below (a form is a 415): the document offers JSON only.
+    parser_classes = [JSONParser]
 
     @extend_schema(
-        request=EventSerializer,
+        request=EVENT_OR_BATCH,
         responses={
             201: EventsAnswerSerializer,
             200: OpenApiResponse(EventsAnswerSerializer, description="Every event was already stored."),
             400: OpenApiResponse(description="Invalid input; names each bad event by index, and its fields."),
-            413: OpenApiResponse(description="Body over 10 MiB."),
-            415: OpenApiResponse(description="Not JSON, or an unknown Content-Encoding."),
+            413: OpenApiResponse(description="Body over 10 MiB, before or after decompression."),
+            415: OpenApiResponse(description="Not JSON, or a Content-Encoding other than gzip or deflate."),
         },
         description=(
             "One event, or {'events': [...]} with up to 1,000. A batch with any bad event stores nothing. "

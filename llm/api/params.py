@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter
 from rest_framework.exceptions import ValidationError
@@ -18,6 +17,7 @@ from rest_framework.mixins import ListModelMixin
 from rest_framework.request import Request
 from rest_framework.settings import api_settings
 
+from llm.api.errors import ErrorResponsesSchema
 from llm.filters import WINDOW_RULE, HoursFilter, LogFilterSet
 
 
@@ -41,7 +41,7 @@ FILTER_PARAMETERS = filter_parameters()
 SEARCH_PARAMETER = OpenApiParameter("search", OpenApiTypes.STR, description="Text in the prompt or the response.")
 
 
-class DeclaredParametersSchema(AutoSchema):
+class DeclaredParametersSchema(ErrorResponsesSchema):
     """Adds a view's declared query parameters to its GET operation, and the window rule to the
     description of every filtered endpoint."""
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from django.http import StreamingHttpResponse
 from django.http.response import HttpResponseBase
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, PolymorphicProxySerializer, extend_schema
 from rest_framework.exceptions import NotAcceptable
 from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.renderers import JSONRenderer
@@ -17,7 +18,13 @@ from llm.models import LLMRequestLog
 from llm.providers import ChatRequest, Provider, get_provider
 from llm.providers.errors import whole_seconds
 from llm.proxy import AsyncPromptStream, CallContext, PromptOutcome, PromptStream, asend_prompt, send_prompt
-from llm.serializers import PromptErrorSerializer, PromptRequestSerializer, PromptResponseSerializer
+from llm.serializers import (
+    ErrorSerializer,
+    PromptErrorSerializer,
+    PromptRequestSerializer,
+    PromptResponseSerializer,
+    PromptStreamEventSerializer,
+)
 
 # How each upstream failure is answered to our caller.
 UPSTREAM_ERROR_STATUS = {
@@ -61,6 +68,14 @@ def error_response(outcome: PromptOutcome) -> Response:
     return response
 
 
+# A 503 is an upstream error answer (no provider key) or the database's (llm/api/errors.py).
+PROMPT_UNAVAILABLE = PolymorphicProxySerializer(
+    component_name="PromptUnavailable",
+    serializers=[PromptErrorSerializer, ErrorSerializer],
+    resource_type_field_name=None,
+)
+
+
 class JSONUnlessAskedOtherwise(DefaultContentNegotiation):
     """Streaming clients often send only `Accept: text/event-stream`. The stream itself bypasses
     the renderers, and what does not stream (a 400, an upstream error before the first token) is
@@ -92,13 +107,30 @@ class PromptView(APIView):
     @extend_schema(
         request=PromptRequestSerializer,
         responses={
-            200: PromptResponseSerializer,
+            (200, "application/json"): PromptResponseSerializer,
+            (200, "text/event-stream"): OpenApiResponse(
+                PromptStreamEventSerializer,
+                description="With `stream: true`: Server-Sent Events (the schema is one event's).",
+            ),
             400: OpenApiResponse(description="Invalid input; the body names each bad field."),
-            429: PromptErrorSerializer,
-            502: PromptErrorSerializer,
-            503: PromptErrorSerializer,
-            504: PromptErrorSerializer,
+            429: OpenApiResponse(PromptErrorSerializer, description="The provider's rate limit (Retry-After)."),
+            502: OpenApiResponse(PromptErrorSerializer, description="The provider failed or could not be reached."),
+            503: OpenApiResponse(
+                PROMPT_UNAVAILABLE,
+                description="No provider key configured (an upstream error answer), or the database unavailable "
+                "(Retry-After).",
+            ),
+            504: OpenApiResponse(PromptErrorSerializer, description="The provider did not answer in time."),
         },
+        parameters=[
+            OpenApiParameter(
+                "Retry-After",
+                OpenApiTypes.INT,
+                OpenApiParameter.HEADER,
+                response=[429, 503],
+                description="Seconds to wait: the provider's (429), or the database's (503).",
+            )
+        ],
     )
     def post(self, request: Request) -> Response | StreamingHttpResponse:
         serializer = PromptRequestSerializer(data=request.data)
