@@ -264,6 +264,11 @@ RETENTION_DAYS = env.int("RETENTION_DAYS", default=90, minimum=1)
 # Prometheus scraping: when set, GET /metrics needs `Authorization: Bearer <METRICS_TOKEN>`.
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 
+# Roll up new calls right after they are written (llm/rollups.py). Not from the environment: only
+# the test suite turns it off, for live-server tests, whose server thread shares the test's
+# database and must not still be rolling up while the test's transaction is flushed.
+ROLLUPS_AFTER_WRITE = True
+
 # The log on standard error: "plain" text lines, or "json", one JSON object per line (time, level,
 # logger, message, request_id, and per request method, path, status, duration_ms, user or api_key;
 # per error the exception) for Loki or any log shipper. See llm/logging.py.

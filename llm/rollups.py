@@ -296,6 +296,8 @@ _last_after_write = 0.0
 def after_write(sender: Any = None, created: int = 0, **kwargs: Any) -> None:
     """calls_recorded receiver: a cheap roll-up that never waits for another one."""
     global _last_after_write
+    if not settings.ROLLUPS_AFTER_WRITE:
+        return
     now = clock.monotonic()
     if now - _last_after_write < AFTER_WRITE_INTERVAL:
         return
