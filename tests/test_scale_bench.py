@@ -118,7 +118,9 @@ def test_overview_api_reads_the_loaded_rows_with_the_totals_of_sql(loaded, logge
     assert (answer["total_requests"], answer["failed_requests"], answer["total_tokens"]) == (calls, failed, tokens)
     assert calls == ROWS
     assert answer["total_cost"] == float(cost) > 0
-    assert answer["p95_latency_ms"] == pytest.approx(p95, rel=1e-9)
+    # Roll-ups answer 90 days with percentiles from their histograms: within 1 %, and they say so.
+    bound = 1e-9 if answer["percentiles"] == "exact" else 0.01
+    assert answer["p95_latency_ms"] == pytest.approx(p95, rel=bound)
 
 
 def test_the_consistency_step_runs_rebuild_rollups_only_when_the_app_has_it(db):
