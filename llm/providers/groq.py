@@ -11,6 +11,9 @@ import groq
 import httpx
 from django.conf import settings
 
+# Imported with this module (the URLconf, at a worker's start), not by the first answer parsed.
+from groq.types.chat import ChatCompletion, ChatCompletionChunk  # noqa: F401
+
 from llm.models import LLMRequestLog
 from llm.providers import ChatRequest, ChatResult, ProviderError, errors
 from llm.providers.errors import Upstream
