@@ -47,18 +47,22 @@ def parse_events(payload: object) -> list[dict]:
     validated: list[dict | None] = [plain_event(event) for event in events]
     unsure = [index for index, data in enumerate(validated) if data is None]
     if unsure:
-        # EventSerializer decides (and words the errors) for every event the plain check was not
-        # sure of. One list serializer for all of them: a serializer per event would copy its
-        # fields each time, several times slower.
-        serializer = EventSerializer(data=[events[index] for index in unsure], many=True)
-        if not serializer.is_valid():
-            errors = serializer.errors  # {position: {field: [...]}} for the bad events only
-            if isinstance(errors, list):  # older DRF: one entry per event, {} when valid
-                errors = {position: event_errors for position, event_errors in enumerate(errors) if event_errors}
-            raise serializers.ValidationError({"events": {unsure[position]: errors[position] for position in errors}})
-        for index, data in zip(unsure, serializer.validated_data, strict=True):
+        for index, data in zip(unsure, serializer_decides([events[index] for index in unsure], unsure), strict=True):
             validated[index] = data
     return validated
+
+
+def serializer_decides(events: list, indexes: list[int]) -> list[dict]:
+    """EventSerializer's validated data for the events the plain check was not sure of; raises
+    its errors, each under the event's index in the whole batch (`indexes`). One list serializer
+    for all of them: a serializer per event would copy its fields each time, several times slower."""
+    serializer = EventSerializer(data=events, many=True)
+    if not serializer.is_valid():
+        errors = serializer.errors  # {position: {field: [...]}} for the bad events only
+        if isinstance(errors, list):  # older DRF: one entry per event, {} when valid
+            errors = {position: event_errors for position, event_errors in enumerate(errors) if event_errors}
+        raise serializers.ValidationError({"events": {indexes[position]: errors[position] for position in errors}})
+    return serializer.validated_data
 
 
 # The plain check of an event: EventSerializer's rules as plain functions over its own declared
