@@ -23,7 +23,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,6 +43,13 @@ FAST_SECONDS = 0.001
 SECRET_KEY = "hotpath-bench-" + "x" * 40
 SERVE_COMMAND = "gunicorn --config core/gunicorn.conf.py core.asgi:application"
 PROMPT = {"prompt": "What is the capital of France?", "model": "llama-3.1-8b-instant"}
+# Ingest: POST /api/events/ in batches of EVENTS_PER_BATCH for INGEST_SECONDS with 1, 4 and 8
+# clients; OTLP/JSON exports of SPANS_PER_EXPORT spans (the OTel SDK's batch size is 512).
+INGEST_SECONDS = float(os.environ.get("BENCH_INGEST_SECONDS", "8"))
+INGEST_CLIENTS = (1, 4, 8)
+EVENTS_PER_BATCH = 500
+SPANS_PER_EXPORT = 500
+COPY_ROWS = 20_000
 
 
 def free_port() -> int:
@@ -224,6 +233,134 @@ async def measure_concurrency(app_port: int, auth: str, stream: bool) -> dict[st
     return {"wall": wall, "median": statistics.median(times), "ok": ok}
 
 
+def event_batch() -> bytes:
+    """EVENTS_PER_BATCH new events (fresh request ids) as one body, like an SDK's batch."""
+    now = datetime.now(UTC)
+    return json.dumps(
+        {
+            "events": [
+                {
+                    "request_id": str(uuid.uuid4()),
+                    "timestamp": (now - timedelta(milliseconds=index)).isoformat(),
+                    "model": "llama-3.1-8b-instant",
+                    "provider": "groq",
+                    "prompt_tokens": 120 + index % 50,
+                    "completion_tokens": 40 + index % 30,
+                    "latency_ms": 250.5 + index,
+                    "ttft_ms": 80.25,
+                    "status": "success",
+                    "user_id": f"user-{index % 20}",
+                    "prompt": "What is the capital of France?",
+                    "response": "Paris.",
+                    "finish_reason": "stop",
+                    "tags": {"team": "search"},
+                }
+                for index in range(EVENTS_PER_BATCH)
+            ]
+        }
+    ).encode()
+
+
+def otlp_export() -> bytes:
+    """SPANS_PER_EXPORT GenAI client spans (OTLP/JSON), fresh ids."""
+    start = time.time_ns() - 10**9
+
+    def span(index: int) -> dict:
+        def attribute(key: str, value: dict) -> dict:
+            return {"key": key, "value": value}
+
+        return {
+            "traceId": uuid.uuid4().hex,
+            "spanId": uuid.uuid4().hex[:16],
+            "name": "chat llama-3.1-8b-instant",
+            "kind": 3,
+            "startTimeUnixNano": str(start + index),
+            "endTimeUnixNano": str(start + index + 250_000_000),
+            "attributes": [
+                attribute("gen_ai.operation.name", {"stringValue": "chat"}),
+                attribute("gen_ai.provider.name", {"stringValue": "groq"}),
+                attribute("gen_ai.request.model", {"stringValue": "llama-3.1-8b-instant"}),
+                attribute("gen_ai.usage.input_tokens", {"intValue": str(120 + index % 50)}),
+                attribute("gen_ai.usage.output_tokens", {"intValue": str(40 + index % 30)}),
+            ],
+            "status": {},
+        }
+
+    resource = {"attributes": [{"key": "service.name", "value": {"stringValue": "bench"}}]}
+    spans = [span(index) for index in range(SPANS_PER_EXPORT)]
+    return json.dumps({"resourceSpans": [{"resource": resource, "scopeSpans": [{"spans": spans}]}]}).encode()
+
+
+async def measure_ingest(app_port: int, auth: str, path: str, bodies: list[bytes], clients: int, per_body: int):
+    """`clients` connections posting the prepared bodies back to back for INGEST_SECONDS."""
+    posted = 0
+    failures = 0
+    deadline = time.perf_counter() + INGEST_SECONDS
+
+    async def client() -> None:
+        nonlocal posted, failures
+        connection = Connection(app_port)
+        while time.perf_counter() < deadline and bodies:
+            status, answer = await connection.post(path, bodies.pop(), auth)
+            if status in (200, 201):
+                posted += per_body
+            else:
+                failures += 1
+                print(status, answer[:300], file=sys.stderr)
+        connection.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return {"per second": posted / (time.perf_counter() - started), "failures": failures, "ran out": not bodies}
+
+
+def prepared(make, count: int) -> list[bytes]:
+    return [make() for _ in range(count)]
+
+
+def copy_rate() -> float | None:
+    """Rows/s of a raw COPY of rows like the events' (as record_many would store them) into the
+    log table, on PostgreSQL; None on SQLite."""
+    from django.db import connection
+
+    from llm import events as event_ingest
+    from llm.models import LLMRequestLog, ModelPrice
+
+    if connection.vendor != "postgresql":
+        return None
+    prices = ModelPrice.objects.price_table()
+    logs = []
+    while len(logs) < COPY_ROWS:
+        for data in event_ingest.parse_events(json.loads(event_batch())):
+            log = event_ingest.log_from_event(data)
+            log.prepare_for_storage(prices)
+            logs.append(log)
+    fields = [field for field in LLMRequestLog._meta.concrete_fields if not field.primary_key]
+    columns = ", ".join(connection.ops.quote_name(field.column) for field in fields)
+    rows = [[field.get_db_prep_save(getattr(log, field.attname), connection) for field in fields] for log in logs]
+    with connection.cursor() as cursor:
+        started = time.perf_counter()
+        with cursor.cursor.copy(f"COPY {LLMRequestLog._meta.db_table} ({columns}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        elapsed = time.perf_counter() - started
+    return len(rows) / elapsed
+
+
+def run_ingest(app_port: int, auth: str, loop_run) -> dict[str, dict]:
+    results: dict[str, dict] = {}
+    for clients in INGEST_CLIENTS:
+        # Enough bodies for 15,000 events/s per run, prepared before the clock starts.
+        bodies = prepared(event_batch, int(15_000 * INGEST_SECONDS / EVENTS_PER_BATCH))
+        results[f"events {clients}"] = loop_run(
+            measure_ingest(app_port, auth, "/api/events/", bodies, clients, EVENTS_PER_BATCH)
+        )
+    bodies = prepared(otlp_export, int(15_000 * INGEST_SECONDS / SPANS_PER_EXPORT))
+    results["otlp"] = loop_run(measure_ingest(app_port, auth, "/v1/traces", bodies, 4, SPANS_PER_EXPORT))
+    results["copy"] = {"per second": copy_rate()}
+    return results
+
+
 def prepare_database() -> str:
     import django
 
@@ -266,6 +403,8 @@ def main() -> None:
         written = row_count() - before
         expected = OVERHEAD_CALLS + 50 + results["throughput"]["calls"] + results["throughput stream"]["calls"]
         results["rows"] = {"written": written, "expected": expected}
+        if os.environ.get("BENCH_INGEST", "1") == "1":
+            results.update(run_ingest(app_port, auth, loop_run))
     with (
         fake_groq(slow_port, SLOW_SECONDS, logs / "fake-slow.log"),
         app_server(app_port, f"http://127.0.0.1:{slow_port}", logs / "app-slow.log"),
@@ -333,9 +472,7 @@ def print_table(results: dict[str, dict], engine: str) -> None:
             f"expected {results['rows']['expected'] + results['rows slow']['expected']:,}",
             "equal",
         ),
-        # Ingest: another part of issue 15 fills these two lines.
-        ("events/s, 1/4/8 clients vs raw COPY (ingest)", "TODO", "filled by the ingest part of issue 15", ""),
-        ("OTLP spans/s (ingest)", "TODO", "filled by the ingest part of issue 15", ""),
+        *ingest_rows(results),
     ]
     print(f"\nHot path on {engine}, {os.cpu_count()} cores, served by: {_serve_label()}")
     widths = [max(len(str(row[i])) for row in rows) for i in range(4)]
@@ -346,6 +483,31 @@ def print_table(results: dict[str, dict], engine: str) -> None:
     print("-|-".join("-" * w for w in widths))
     for row in rows:
         print(" | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
+
+
+def ingest_rows(results: dict[str, dict]) -> list[tuple[str, str, str, str]]:
+    if "otlp" not in results:
+        return []
+    rates = [results[f"events {clients}"] for clients in INGEST_CLIENTS]
+    copy = results["copy"]["per second"]
+    copy_text = f"raw COPY of the same rows {copy:,.0f} rows/s" if copy else "no COPY on SQLite"
+    failed = sum(rate["failures"] for rate in rates)
+    ran_out = " (ran out of prepared bodies)" if any(rate["ran out"] for rate in rates) else ""
+    otlp = results["otlp"]
+    return [
+        (
+            f"events/s, {'/'.join(map(str, INGEST_CLIENTS))} clients, batches of {EVENTS_PER_BATCH}",
+            "/".join(f"{rate['per second']:,.0f}" for rate in rates),
+            f"{copy_text}; {failed} failed{ran_out}",
+            ">= 10,000/s with 4 clients",
+        ),
+        (
+            f"OTLP spans/s, 4 clients, exports of {SPANS_PER_EXPORT}",
+            f"{otlp['per second']:,.0f}",
+            f"{otlp['failures']} failed" + (" (ran out of prepared bodies)" if otlp["ran out"] else ""),
+            "keeps pace with events",
+        ),
+    ]
 
 
 def _serve_label() -> str:

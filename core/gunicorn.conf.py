@@ -12,6 +12,9 @@ worker_class = "uvicorn_worker.UvicornWorker"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 timeout = 120
 graceful_timeout = 10
-accesslog = "-"
+# No access log: RequestLogMiddleware (llm/logging.py) already writes one line per request, with its
+# request id, status, duration and caller; a second line per prompt cost CPU on the hot path.
+# `--access-logfile -` in GUNICORN_CMD_ARGS turns it back on.
+accesslog = None
 # Room for a thousand calls in flight per worker (gunicorn's default backlog is 2048).
 backlog = 4096

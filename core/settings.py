@@ -292,5 +292,8 @@ LOGGING = {
         # off: everything goes through the one console handler above, in LOG_FORMAT.
         "django": {"handlers": [], "level": LOG_LEVEL, "propagate": True},
         "django.db.backends": {"level": "WARNING"},
+        # The HTTP client under the Groq SDK logs every request it sends at INFO: one line per prompt,
+        # which RequestLogMiddleware's line already covers (its failures still show at WARNING).
+        "httpx": {"level": "WARNING"},
     },
 }

@@ -2,11 +2,47 @@
 
 from __future__ import annotations
 
+import time
+
 from django.contrib.auth.models import AnonymousUser
+from django.db.models.signals import post_delete, post_save
 from django.http import HttpRequest
 from rest_framework import authentication, exceptions, permissions
 
 from llm.models import APIKey
+
+# A valid key is remembered for this many seconds per process, so that a prompt or an ingest batch
+# costs no query to authenticate. Revoking or deleting a key takes effect at once in the process
+# that does it (the cache is emptied on every APIKey save or delete) and within this bound in the
+# other workers. A bad key is never remembered: it is looked up every time.
+KEY_CACHE_SECONDS = 5.0
+KEY_CACHE_MAX = 1_000
+_valid_keys: dict[str, tuple[APIKey, float]] = {}
+
+
+def authenticate_key(raw_key: str) -> APIKey | None:
+    """APIKey.authenticate, remembered for KEY_CACHE_SECONDS when the key is valid."""
+    key_hash = APIKey.hash_key(raw_key)
+    now = time.monotonic()
+    cached = _valid_keys.get(key_hash)
+    if cached is not None and cached[1] > now:
+        return cached[0]
+    api_key = APIKey.authenticate(raw_key)
+    if api_key is None:
+        _valid_keys.pop(key_hash, None)
+        return None
+    if len(_valid_keys) >= KEY_CACHE_MAX:
+        _valid_keys.clear()
+    _valid_keys[key_hash] = (api_key, now + KEY_CACHE_SECONDS)
+    return api_key
+
+
+def forget_keys(**kwargs) -> None:
+    _valid_keys.clear()
+
+
+post_save.connect(forget_keys, sender=APIKey, dispatch_uid="llm_auth_forget_keys_on_save")
+post_delete.connect(forget_keys, sender=APIKey, dispatch_uid="llm_auth_forget_keys_on_delete")
 
 
 class APIKeyAuthentication(authentication.BaseAuthentication):
@@ -22,7 +58,7 @@ class APIKeyAuthentication(authentication.BaseAuthentication):
         raw_key = raw_key.strip()
         if not raw_key:
             raise exceptions.AuthenticationFailed("Empty API key.")
-        api_key = APIKey.authenticate(raw_key)
+        api_key = authenticate_key(raw_key)
         if api_key is None:
             raise exceptions.AuthenticationFailed("Invalid or revoked API key.")
         return AnonymousUser(), api_key

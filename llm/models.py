@@ -5,6 +5,7 @@ import math
 import re
 import secrets
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -65,7 +66,7 @@ class LLMRequestLogManager(models.Manager.from_queryset(LLMRequestLogQuerySet)):
         """
         fields.setdefault("cost_estimate", None)  # None: computed from ModelPrice
         log = LLMRequestLog(**fields)
-        log.prepare_for_storage()
+        log.prepare_for_storage(cached_price_table())
         log.request_id = _as_uuid(log.request_id)
         for _ in range(2):
             if _insert_new(self.model, [log], self.db):
@@ -84,7 +85,7 @@ class LLMRequestLogManager(models.Manager.from_queryset(LLMRequestLogQuerySet)):
 
         A log whose cost_estimate is None gets its cost from ModelPrice. Created logs get their id.
         """
-        prices = ModelPrice.objects.price_table()
+        prices = cached_price_table()
         unique: dict[uuid.UUID, LLMRequestLog] = {}
         for log in logs:
             log.prepare_for_storage(prices)
@@ -586,6 +587,32 @@ class ModelPriceQuerySet(models.QuerySet):
         return {price.model_name: price for price in self}
 
 
+# The price table each process keeps, so that a write (the proxy's, one per prompt) costs no
+# price query: read again after PRICE_CACHE_SECONDS, and at once in the process that saves or
+# deletes a ModelPrice (signals below). Inside a transaction the table is read afresh: the
+# transaction may see prices of its own that no other connection sees (and tests roll back).
+PRICE_CACHE_SECONDS = 10.0
+_price_cache: tuple[dict[str, ModelPrice], float] | None = None
+
+
+def cached_price_table() -> dict[str, ModelPrice]:
+    global _price_cache
+    if transaction.get_connection().in_atomic_block:
+        return ModelPrice.objects.price_table()
+    now = time.monotonic()
+    cached = _price_cache
+    if cached is not None and cached[1] > now:
+        return cached[0]
+    table = ModelPrice.objects.price_table()
+    _price_cache = (table, now + PRICE_CACHE_SECONDS)
+    return table
+
+
+def forget_prices(**kwargs: Any) -> None:
+    global _price_cache
+    _price_cache = None
+
+
 class ModelPrice(models.Model):
     model_name = models.CharField(max_length=200, unique=True)
     input_per_million = models.DecimalField(max_digits=12, decimal_places=6, help_text="USD")
@@ -870,3 +897,7 @@ class DashboardSettings(models.Model):
         if value >= red:
             return "red"
         return "amber" if value >= amber else "ok"
+
+
+models.signals.post_save.connect(forget_prices, sender=ModelPrice, dispatch_uid="llm_forget_prices_on_save")
+models.signals.post_delete.connect(forget_prices, sender=ModelPrice, dispatch_uid="llm_forget_prices_on_delete")

@@ -9,12 +9,15 @@ the test client); `asend_prompt`/`AsyncPromptStream` wait on the ASGI worker's e
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from django.utils import timezone
 
@@ -44,7 +47,7 @@ def _elapsed_ms(started: float) -> float:
     return (time.perf_counter() - started) * 1000
 
 
-def _record(
+def _log_fields(
     chat: ChatRequest,
     context: CallContext,
     provider: Provider,
@@ -54,29 +57,35 @@ def _record(
     error: ProviderError | None = None,
     ttft_ms: float | None = None,
     extra_tags: dict[str, str] | None = None,
-) -> LLMRequestLog:
-    log, _ = LLMRequestLog.objects.record(
-        request_id=context.request_id,
-        timestamp=started_at,
-        source=LLMRequestLog.Source.PROXY,
-        provider=provider.name,
-        model_name=result.model or chat.model,
-        user_id=context.user_id,
-        session_id=context.session_id,
-        prompt_text=chat.prompt,
-        response_text=result.text,
-        prompt_tokens=result.prompt_tokens,
-        completion_tokens=result.completion_tokens,
-        latency_ms=latency_ms,
-        ttft_ms=ttft_ms,
-        status=LLMRequestLog.Status.ERROR if error else LLMRequestLog.Status.SUCCESS,
-        error_type=error.error_type if error else "",
-        error_message=error.stored_message if error else "",
-        finish_reason=result.finish_reason,
-        temperature=chat.temperature,
-        max_tokens=chat.max_tokens,
-        tags={**context.tags, **(extra_tags or {})},
-    )
+) -> dict[str, Any]:
+    """The row of one call, as LLMRequestLog fields (cost: None, computed from ModelPrice)."""
+    return {
+        "request_id": context.request_id,
+        "timestamp": started_at,
+        "source": LLMRequestLog.Source.PROXY,
+        "provider": provider.name,
+        "model_name": result.model or chat.model,
+        "user_id": context.user_id,
+        "session_id": context.session_id,
+        "prompt_text": chat.prompt,
+        "response_text": result.text,
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "latency_ms": latency_ms,
+        "ttft_ms": ttft_ms,
+        "status": LLMRequestLog.Status.ERROR if error else LLMRequestLog.Status.SUCCESS,
+        "error_type": error.error_type if error else "",
+        "error_message": error.stored_message if error else "",
+        "finish_reason": result.finish_reason,
+        "temperature": chat.temperature,
+        "max_tokens": chat.max_tokens,
+        "tags": {**context.tags, **(extra_tags or {})},
+        "cost_estimate": None,
+    }
+
+
+def _record(*args: Any, **kwargs: Any) -> LLMRequestLog:
+    log, _ = LLMRequestLog.objects.record(**_log_fields(*args, **kwargs))
     return log
 
 
@@ -183,6 +192,94 @@ class PromptStream:
 # Run a sync function in a thread that may use the ORM (core.deferred.RunSync).
 RunSync = Callable[..., Awaitable]
 
+logger = logging.getLogger(__name__)
+# Rows written in one INSERT at most, when many calls end at once.
+MAX_BATCH_ROWS = 500
+
+
+class RowBatcher:
+    """The rows of the calls that end on one event loop, written together.
+
+    A call's row is queued and the call waits for it. While one batch is being written (in the
+    writer thread, `run_sync`), the rows of calls ending meanwhile gather and go in the next one:
+    alone, a call waits for its own INSERT; a thousand calls ending together cost a few INSERTs,
+    not a thousand transactions. A row is written even if the call waiting for it is cancelled,
+    and a batch the database refuses is written again row by row, so one bad row costs no other.
+    """
+
+    def __init__(self, run_sync: RunSync) -> None:
+        self.run_sync = run_sync
+        self.pending: list[tuple[dict[str, Any], asyncio.Future]] = []
+        self.task: asyncio.Task | None = None
+
+    async def write(self, fields: dict[str, Any]) -> LLMRequestLog:
+        future = asyncio.get_running_loop().create_future()
+        self.pending.append((fields, future))
+        if self.task is None or self.task.done():
+            self.task = asyncio.get_running_loop().create_task(self.drain())
+        # Shielded: a call cancelled meanwhile leaves its row to be written, not a lost future.
+        return await asyncio.shield(future)
+
+    async def drain(self) -> None:
+        while self.pending:
+            batch, self.pending = self.pending[:MAX_BATCH_ROWS], self.pending[MAX_BATCH_ROWS:]
+            try:
+                outcomes = await self.run_sync(store_rows, [fields for fields, _ in batch])
+            except BaseException as exc:  # noqa: BLE001 - every waiting call hears of it
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            for (_, future), outcome in zip(batch, outcomes, strict=True):
+                if future.done():
+                    continue
+                if isinstance(outcome, BaseException):
+                    future.set_exception(outcome)
+                else:
+                    future.set_result(outcome)
+
+
+def store_rows(rows: list[dict[str, Any]]) -> list[LLMRequestLog | Exception]:
+    """Write calls' rows (in the writer thread): one record_many, or row by row (`record`) for
+    one row or when the batch fails."""
+    if len(rows) > 1:
+        logs = [LLMRequestLog(**fields) for fields in rows]
+        try:
+            LLMRequestLog.objects.record_many(logs)
+            return logs
+        except Exception:  # noqa: BLE001 - each row on its own, below
+            logger.warning("A batch of %d call rows failed; writing them one by one", len(rows), exc_info=True)
+    outcomes: list[LLMRequestLog | Exception] = []
+    for fields in rows:
+        try:
+            outcomes.append(LLMRequestLog.objects.record(**fields)[0])
+        except Exception as exc:  # noqa: BLE001 - this call's waiter raises it
+            outcomes.append(exc)
+    return outcomes
+
+
+_batchers: dict[tuple[int, RunSync], tuple[asyncio.AbstractEventLoop, RowBatcher]] = {}
+
+
+def _batcher(run_sync: RunSync) -> RowBatcher:
+    loop = asyncio.get_running_loop()
+    key = (id(loop), run_sync)
+    cached = _batchers.get(key)
+    if cached is not None and cached[0] is loop:
+        return cached[1]
+    for stale in [key for key, (other, _) in _batchers.items() if other.is_closed()]:
+        del _batchers[stale]
+    batcher = RowBatcher(run_sync)
+    _batchers[key] = (loop, batcher)
+    return batcher
+
+
+async def _arecord(run_sync: RunSync, *args: Any, **kwargs: Any) -> LLMRequestLog:
+    """_record on the event loop: the row goes in the next batch of the writer thread."""
+    return await _batcher(run_sync).write(_log_fields(*args, **kwargs))
+
 
 async def asend_prompt(chat: ChatRequest, context: CallContext, provider: Provider, run_sync: RunSync) -> PromptOutcome:
     """send_prompt on the event loop: the wait holds no thread; the row is one hop."""
@@ -192,9 +289,9 @@ async def asend_prompt(chat: ChatRequest, context: CallContext, provider: Provid
         result = await provider.acomplete(chat)
     except ProviderError as error:
         latency = _elapsed_ms(started)
-        log = await run_sync(_record, chat, context, provider, started_at, latency, error.partial, error)
+        log = await _arecord(run_sync, chat, context, provider, started_at, latency, error.partial, error)
         return PromptOutcome(log=log, error=error)
-    log = await run_sync(_record, chat, context, provider, started_at, _elapsed_ms(started), result)
+    log = await _arecord(run_sync, chat, context, provider, started_at, _elapsed_ms(started), result)
     return PromptOutcome(log=log, response_text=result.text)
 
 
@@ -216,8 +313,8 @@ class AsyncPromptStream:
             self.stream = await self.provider.astream(self.chat)
         except ProviderError as error:
             latency = _elapsed_ms(self.started)
-            log = await self.run_sync(
-                _record, self.chat, self.context, self.provider, self.started_at, latency, error.partial, error
+            log = await _arecord(
+                self.run_sync, self.chat, self.context, self.provider, self.started_at, latency, error.partial, error
             )
             return PromptOutcome(log=log, error=error)
         return None
@@ -248,8 +345,8 @@ class AsyncPromptStream:
                 extra_tags["client_disconnected"] = "true"
                 error = await self._drain(chunks) or error
             result = self.stream.result
-            self.log = await self.run_sync(
-                _record,
+            self.log = await _arecord(
+                self.run_sync,
                 self.chat,
                 self.context,
                 self.provider,

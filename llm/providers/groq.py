@@ -11,6 +11,9 @@ import groq
 import httpx
 from django.conf import settings
 
+# Imported with this module (the URLconf, at a worker's start), not by the first answer parsed.
+from groq.types.chat import ChatCompletion, ChatCompletionChunk
+
 from llm.models import LLMRequestLog
 from llm.providers import ChatRequest, ChatResult, ProviderError, errors
 from llm.providers.errors import Upstream
@@ -252,7 +255,7 @@ class GroqProvider:
     async def acomplete(self, request: ChatRequest) -> ChatResult:
         client = self._async_sdk()
         try:
-            completion = await client.chat.completions.create(**_options(request))
+            completion = await _acreate(client, request, stream=False)
         except groq.GroqError as exc:
             raise classify(exc, self.upstream) from exc
         return _completion_result(completion, request)
@@ -268,10 +271,27 @@ class GroqProvider:
     async def astream(self, request: ChatRequest) -> AsyncGroqStream:
         client = self._async_sdk()
         try:
-            sdk_stream = await client.chat.completions.create(**_options(request), stream=True)
+            sdk_stream = await _acreate(client, request, stream=True)
         except groq.GroqError as exc:
             raise classify(exc, self.upstream) from exc
         return AsyncGroqStream(sdk_stream, request.model, self.upstream)
+
+
+# What `client.chat.completions.create` posts, without its per-call pass over the parameters'
+# type hints (`async_maybe_transform`, ~5 % of a proxied prompt's CPU): it changes nothing in the
+# plain strings and numbers of `_options` (no aliased or formatted field among them). Retries,
+# timeouts, errors and the parsing of the answer are the SDK's, as with `create`.
+CHAT_COMPLETIONS_PATH = "/openai/v1/chat/completions"
+
+
+async def _acreate(client: groq.AsyncGroq, request: ChatRequest, *, stream: bool):
+    return await client.post(
+        CHAT_COMPLETIONS_PATH,
+        body={**_options(request), "stream": stream} if stream else _options(request),
+        cast_to=ChatCompletion,
+        stream=stream,
+        stream_cls=groq.AsyncStream[ChatCompletionChunk],
+    )
 
 
 def _completion_result(completion, request: ChatRequest) -> ChatResult:
