@@ -30,6 +30,7 @@ from llm import rollup_math, rollups
 from llm.models import (
     DailyRollup,
     DailyUserRollup,
+    DailyUserTotals,
     HourlyRollup,
     LLMRequestLog,
     LLMRequestLogQuerySet,
@@ -425,9 +426,8 @@ def _sums(figures: rollups.Figures) -> dict[str, Any]:
 def _union_sql(the_plan: Plan, watermark: int, rollup_fields: dict[str, Any], raw_fields: dict[str, Any]) -> tuple:
     """SQL of the day-x-user roll-ups of the plan's whole days UNION ALL the raw rows of the rest
     of the window (and of those days, above the watermark), both grouped by user."""
+    users = _user_rollups(the_plan).values("user_id").annotate(**rollup_fields).order_by()
     days = the_plan.split.days
-    users = DailyUserRollup.objects.filter(the_plan.selection.matching(day__gte=days[0], day__lte=days[-1]))
-    users = users.values("user_id").annotate(**rollup_fields).order_by()
     raw_condition = Q(pk__in=[])
     for start, end in [*the_plan.split.raw, *the_plan.split.hours]:
         raw_condition |= Q(timestamp__gte=start, timestamp__lt=end)
@@ -441,12 +441,23 @@ def _union_sql(the_plan: Plan, watermark: int, rollup_fields: dict[str, Any], ra
     return f"{users_sql} UNION ALL {raw_sql}", (*users_params, *raw_params)
 
 
-USER_ROLLUP_FIELDS = {
-    "u_requests": Sum("requests"),
-    "u_errors": Sum("requests", filter=LLMRequestLog.FAILED),
-    "u_total_tokens": Sum("total_tokens"),
-    "u_cost_units": Sum("cost_units"),
-}
+def _user_rollups(the_plan: Plan) -> QuerySet:
+    """The day-x-user roll-ups of the plan's whole days: DailyUserTotals (one row per user and day)
+    unless a model or status filter needs DailyUserRollup's breakdown."""
+    days = the_plan.split.days
+    chosen = the_plan.selection
+    table = DailyUserRollup if chosen.model or chosen.status else DailyUserTotals
+    return table.objects.filter(chosen.matching(day__gte=days[0], day__lte=days[-1]))
+
+
+def _user_rollup_fields(the_plan: Plan) -> dict[str, Aggregate]:
+    breakdown = the_plan.selection.model or the_plan.selection.status
+    return {
+        "u_requests": Sum("requests"),
+        "u_errors": Sum("requests", filter=LLMRequestLog.FAILED) if breakdown else Sum("errors"),
+        "u_total_tokens": Sum("total_tokens"),
+        "u_cost_units": Sum("cost_units"),
+    }
 
 
 def _user_raw_fields() -> dict[str, Aggregate]:
@@ -459,7 +470,7 @@ def _user_raw_fields() -> dict[str, Aggregate]:
 
 
 def _user_totals_sql(the_plan: Plan, watermark: int) -> tuple[str, tuple]:
-    union, params = _union_sql(the_plan, watermark, USER_ROLLUP_FIELDS, _user_raw_fields())
+    union, params = _union_sql(the_plan, watermark, _user_rollup_fields(the_plan), _user_raw_fields())
     sums = "SUM(u_requests) AS requests, SUM(u_errors) AS errors, SUM(u_total_tokens) AS total_tokens"
     sql = f"SELECT user_id, {sums}, SUM(u_cost_units) AS cost_units FROM ({union}) AS parts GROUP BY user_id"  # noqa: S608
     return sql, params
@@ -467,9 +478,7 @@ def _user_totals_sql(the_plan: Plan, watermark: int) -> tuple[str, tuple]:
 
 def unique_users_from_rollups(the_plan: Plan, watermark: int) -> int:
     """Distinct users of the day-x-user roll-ups of the whole days and of the raw rows elsewhere."""
-    days = the_plan.split.days
-    users = DailyUserRollup.objects.filter(the_plan.selection.matching(day__gte=days[0], day__lte=days[-1]))
-    users = users.values("user_id").order_by()
+    users = _user_rollups(the_plan).values("user_id").order_by()
     parts = [users.query.sql_with_params()]
     for rows in _user_raw_rows(the_plan, watermark):
         parts.append(rows.values("user_id").order_by().query.sql_with_params())

@@ -4,6 +4,7 @@ NumPy's, whatever part of the rows has been rolled up, for windows not aligned t
 
 from __future__ import annotations
 
+import importlib
 import os
 import random
 import subprocess
@@ -22,7 +23,7 @@ from django.db import connection
 from django.utils import timezone
 
 from llm import metrics, retention, rollup_math, rollups
-from llm.models import DailyRollup, DailyUserRollup, HourlyRollup, LLMRequestLog, MetricWatermark
+from llm.models import DailyRollup, DailyUserRollup, DailyUserTotals, HourlyRollup, LLMRequestLog, MetricWatermark
 from tests.factories import build_log, make_logs
 
 pytestmark = pytest.mark.django_db
@@ -221,6 +222,10 @@ def rollup_contents():
         rows(HourlyRollup, "hour", "model_name", "status", "error_type"),
         rows(DailyRollup, "day", "model_name", "status", "error_type"),
         rows(DailyUserRollup, "day", "model_name", "status", "user_id"),
+        {
+            (row.day, row.user_id): (row.requests, row.errors, row.total_tokens, row.cost_units)
+            for row in DailyUserTotals.objects.all()
+        },
     )
 
 
@@ -232,6 +237,42 @@ def test_rebuild_equals_incremental_roll_ups(half_rolled):
     call_command("rebuild_rollups", "--since", (NOW - timedelta(days=4)).date().isoformat(), verbosity=0)
     assert rollup_contents() == incremental
     assert sum(HourlyRollup.objects.values_list("requests", flat=True)) == len(half_rolled)
+
+
+def test_user_totals_equal_raw_rows_and_the_migration_fills_them_from_user_rollups(half_rolled):
+    rollups.roll_up()
+    zone = timezone.get_current_timezone()
+    expected = defaultdict(lambda: [0, 0, 0, Decimal(0)])
+    for log in half_rolled:
+        if log.user_id:
+            sums = expected[(rollup_math.local_date(log.timestamp, zone), log.user_id)]
+            sums[0] += 1
+            sums[1] += log.is_error
+            sums[2] += log.total_tokens
+            sums[3] += log.cost_estimate
+    stored_totals = rollup_contents()[3]
+    assert stored_totals == {
+        key: (requests, errors, tokens, int(cost * rollups.COST_SCALE))
+        for key, (requests, errors, tokens, cost) in expected.items()
+    }
+    DailyUserTotals.objects.all().delete()
+    migration = importlib.import_module("llm.migrations.0011_daily_user_totals")
+    with connection.cursor() as cursor:
+        cursor.execute(migration.fill_sql(DailyUserTotals._meta.db_table, DailyUserRollup._meta.db_table))
+    assert rollup_contents()[3] == stored_totals
+
+
+def test_top_and_unique_users_of_one_model_equal_raw_rows(half_rolled):
+    start, end = WINDOWS[0]
+    rows = within(half_rolled, start, end, "model-b")
+    per_user = defaultdict(list)
+    for log in rows:
+        if log.user_id:
+            per_user[log.user_id].append(log)
+    top = metrics.user_usage(chosen(start, end, "model-b"), "requests", 3)
+    assert [row["user_id"] for row in top] == sorted(per_user, key=lambda user: (-len(per_user[user]), user))[:3]
+    assert [row["errors"] for row in top] == [sum(log.is_error for log in per_user[row["user_id"]]) for row in top]
+    assert metrics.overview(chosen(start, end, "model-b"))["unique_users"] == len(per_user)
 
 
 def test_rebuild_since_adds_late_rows_before_the_day(half_rolled):
