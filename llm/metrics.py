@@ -339,12 +339,15 @@ def _add_rollups(
         figures.add_sums(row)
     if not percentiles:
         return
-    histograms: dict[tuple, list] = defaultdict(list)
+    keys: dict[tuple, int] = {}
+    groups, stored = [], []
     for *values, histogram in rows.values_list(*names, "latency_histogram").order_by():
         row = dict(zip(names, values, strict=True))
-        histograms[key(row, row.get(period_field))].append(histogram)
-    for keyed, stored in histograms.items():
-        found[keyed].latency += rollup_math.merge(stored)
+        groups.append(keys.setdefault(key(row, row.get(period_field)), len(keys)))
+        stored.append(histogram)
+    merged = rollup_math.merge_grouped(groups, stored, len(keys))
+    for keyed, index in keys.items():
+        found[keyed].latency += merged[index]
 
 
 def _add_raw(found: KeyedFigures, the_plan: Plan, watermark: int, group: tuple[str, ...], percentiles: bool) -> None:

@@ -438,3 +438,20 @@ def test_concurrent_writers_in_several_processes_count_each_call_once(tmp_path):
     )
     start, end = NOW - timedelta(days=2, minutes=7), NOW
     assert metrics.overview(chosen(start, end))["total_requests"] == len(within(logs, start, end))
+
+
+def test_merged_histograms_equal_the_sum_of_their_counts():
+    rng = random.Random(5)
+    dense, groups = [], []
+    for _ in range(200):
+        histogram = rollup_math.empty()
+        for _ in range(rng.randint(0, 40)):
+            histogram[rng.randint(0, rollup_math.TOP_BUCKET)] += rng.randint(1, 10**6)
+        dense.append(histogram)
+        groups.append(rng.randrange(4))
+    stored = [rollup_math.encode(histogram) for histogram in dense]
+    merged = rollup_math.merge_grouped(groups, stored, 5)
+    for group in range(5):
+        expected = sum((h for h, g in zip(dense, groups, strict=True) if g == group), rollup_math.empty())
+        assert merged[group].tolist() == expected.tolist()
+    assert rollup_math.merge([*stored, b"", None]).tolist() == sum(dense, rollup_math.empty()).tolist()
