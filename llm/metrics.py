@@ -24,7 +24,7 @@ from typing import Any
 
 from django.db import connections, transaction
 from django.db.models import Aggregate, Avg, Count, F, Field, Max, Q, QuerySet, Sum
-from django.db.models.functions import TruncDay, TruncHour, TruncMinute, TruncMonth
+from django.db.models.functions import Coalesce, TruncDay, TruncHour, TruncMinute, TruncMonth
 from django.utils import timezone
 
 from llm import rollup_math, rollups
@@ -223,20 +223,17 @@ class Plan:
     period: str | None
     watermark: int = 0  # as the plan was made: the first reading's
 
-    def raw_conditions(self, watermark: int) -> list[Q]:
-        """Rows read from the logs, as conditions that do not overlap, each one index range: every
+    def raw_rows(self, watermark: int) -> list[LLMRequestLogQuerySet]:
+        """Rows read from the logs, as querysets that do not overlap, each one index range: every
         raw span (on timestamp), and the rows above the watermark where roll-ups answer (on id)."""
+        matching = LLMRequestLog.objects.filter(self.selection.matching()).order_by()
+        above = above_watermark(matching, watermark, self.split.rolled_up_spans(self.zone))
+        if not self.split.raw:
+            return [above]
         edges = Q(pk__in=[])
         for start, end in self.split.raw:
             edges |= Q(timestamp__gte=start, timestamp__lt=end)
-        above = Q(pk__in=[])
-        for start, end in self.split.rolled_up_spans(self.zone):
-            above |= Q(timestamp__gte=start, timestamp__lt=end)
-        return [edges, Q(id__gt=watermark) & above] if self.split.raw else [Q(id__gt=watermark) & above]
-
-    def raw_rows(self, watermark: int) -> list[LLMRequestLogQuerySet]:
-        matching = LLMRequestLog.objects.filter(self.selection.matching()).order_by()
-        return [matching.filter(condition) for condition in self.raw_conditions(watermark)]
+        return [matching.filter(edges), above]
 
     def daily(self) -> Q:
         days = self.split.days
@@ -247,6 +244,24 @@ class Plan:
         for start, end in self.split.hours:
             condition |= Q(hour__gte=start, hour__lt=end)
         return self.selection.matching() & condition if self.split.hours else condition
+
+
+def above_watermark(
+    rows: LLMRequestLogQuerySet, watermark: int, spans: list[tuple[datetime, datetime]]
+) -> LLMRequestLogQuerySet:
+    """The rows above the watermark within `spans`: an index range on the id (rows written since
+    the last roll-up, a handful). The spans are tested on COALESCE(timestamp, timestamp), which no
+    index answers: else SQLite walks the timestamp index over the spans (90 days of rows) to
+    find those few; and the id range is closed (up to the largest id there can be), else SQLite
+    walks a whole index that spares it sorting for the GROUP BY."""
+    within = Q(pk__in=[])
+    for start, end in spans:
+        within |= Q(stamp__gte=start, stamp__lt=end)
+    ids = rows.filter(id__gt=watermark, id__lte=LARGEST_ID)
+    return ids.alias(stamp=Coalesce("timestamp", "timestamp")).filter(within)
+
+
+LARGEST_ID = 2**63 - 1
 
 
 def rollup_state() -> MetricWatermark:
@@ -450,18 +465,11 @@ def _union_sql(the_plan: Plan, watermark: int, rollup_fields: dict[str, Any], ra
     """SQL of the day-x-user roll-ups of the plan's whole days UNION ALL the raw rows of the rest
     of the window (and of those days, above the watermark), both grouped by user."""
     users = _user_rollups(the_plan).values("user_id").annotate(**rollup_fields).order_by()
-    days = the_plan.split.days
-    raw_condition = Q(pk__in=[])
-    for start, end in [*the_plan.split.raw, *the_plan.split.hours]:
-        raw_condition |= Q(timestamp__gte=start, timestamp__lt=end)
-    days_start = rollup_math.day_start(days[0], the_plan.zone)
-    days_end = rollup_math.day_start(days[-1] + timedelta(days=1), the_plan.zone)
-    raw_condition |= Q(id__gt=watermark, timestamp__gte=days_start, timestamp__lt=days_end)
-    raw = LLMRequestLog.objects.filter(the_plan.selection.matching(), raw_condition).exclude(user_id="")
-    raw = raw.values("user_id").annotate(**raw_fields).order_by()
-    users_sql, users_params = users.query.sql_with_params()
-    raw_sql, raw_params = raw.query.sql_with_params()
-    return f"{users_sql} UNION ALL {raw_sql}", (*users_params, *raw_params)
+    parts = [users.query.sql_with_params()]
+    for rows in _user_raw_rows(the_plan, watermark):
+        parts.append(rows.values("user_id").annotate(**raw_fields).order_by().query.sql_with_params())
+    sql = " UNION ALL ".join(part_sql for part_sql, _params in parts)
+    return sql, tuple(param for _sql, part_params in parts for param in part_params)
 
 
 def _user_rollups(the_plan: Plan) -> QuerySet:
@@ -519,9 +527,8 @@ def _user_raw_rows(the_plan: Plan, watermark: int) -> list[LLMRequestLogQuerySet
     days_start = rollup_math.day_start(days[0], the_plan.zone)
     days_end = rollup_math.day_start(days[-1] + timedelta(days=1), the_plan.zone)
     matching = LLMRequestLog.objects.filter(the_plan.selection.matching()).exclude(user_id="").order_by()
-    conditions = [Q(timestamp__gte=start, timestamp__lt=end) for start, end in spans]
-    conditions.append(Q(id__gt=watermark, timestamp__gte=days_start, timestamp__lt=days_end))
-    return [matching.filter(condition) for condition in conditions]
+    rows = [matching.filter(timestamp__gte=start, timestamp__lt=end) for start, end in spans]
+    return [*rows, above_watermark(matching, watermark, [(days_start, days_end)])]
 
 
 def top_users_from_rollups(the_plan: Plan, watermark: int, order_by: str, limit: int) -> list[dict[str, Any]]:
