@@ -33,6 +33,7 @@ from llm.models import (
     DailyUserRollup,
     DailyUserTotals,
     HourlyRollup,
+    HourlyUserTotals,
     LLMRequestLog,
     LLMRequestLogQuerySet,
     MetricWatermark,
@@ -461,34 +462,50 @@ def _sums(figures: rollups.Figures) -> dict[str, Any]:
     return {name: getattr(figures, name) for name in ROLLUP_SUMS}
 
 
-def _union_sql(the_plan: Plan, watermark: int, rollup_fields: dict[str, Any], raw_fields: dict[str, Any]) -> tuple:
-    """SQL of the day-x-user roll-ups of the plan's whole days UNION ALL the raw rows of the rest
-    of the window (and of those days, above the watermark), both grouped by user."""
-    users = _user_rollups(the_plan).values("user_id").annotate(**rollup_fields).order_by()
-    parts = [users.query.sql_with_params()]
-    for rows in _user_raw_rows(the_plan, watermark):
-        parts.append(rows.values("user_id").annotate(**raw_fields).order_by().query.sql_with_params())
-    sql = " UNION ALL ".join(part_sql for part_sql, _params in parts)
-    return sql, tuple(param for _sql, part_params in parts for param in part_params)
-
-
-def _user_rollups(the_plan: Plan) -> QuerySet:
-    """The day-x-user roll-ups of the plan's whole days: DailyUserTotals (one row per user and day)
-    unless a model or status filter needs DailyUserRollup's breakdown."""
-    days = the_plan.split.days
+def _user_parts(the_plan: Plan, watermark: int, rollup_fields: dict | None, raw_fields: dict | None) -> tuple:
+    """SQL parts that together hold the users of the plan's window, each grouped by user (with
+    `rollup_fields` / `raw_fields` when given): the day-x-user roll-ups of the whole days, the
+    hour-x-user ones of the whole hours (without a model or status filter; with one, those hours
+    are read raw), the raw rows of the edges, and the rows above the watermark."""
     chosen = the_plan.selection
-    table = DailyUserRollup if chosen.model or chosen.status else DailyUserTotals
-    return table.objects.filter(chosen.matching(day__gte=days[0], day__lte=days[-1]))
+    breakdown = bool(chosen.model or chosen.status)
+    split = the_plan.split
+    tables, raw_spans, rolled_spans = [], list(split.raw), []
+    if split.days:
+        table = DailyUserRollup if breakdown else DailyUserTotals
+        tables.append(table.objects.filter(chosen.matching(day__gte=split.days[0], day__lte=split.days[-1])))
+        rolled_spans.append(split.rolled_up_spans(the_plan.zone)[-1])
+    if split.hours and not breakdown:
+        within = Q(pk__in=[])
+        for start, end in split.hours:
+            within |= Q(hour__gte=start, hour__lt=end)
+        tables.append(HourlyUserTotals.objects.filter(within))
+        rolled_spans.extend(split.hours)
+    else:
+        raw_spans.extend(split.hours)
+    matching = LLMRequestLog.objects.filter(chosen.matching()).exclude(user_id="").order_by()
+    raw = [matching.filter(timestamp__gte=start, timestamp__lt=end) for start, end in raw_spans]
+    if rolled_spans:
+        raw.append(above_watermark(matching, watermark, rolled_spans))
+    parts = []
+    for rows in tables:
+        fields = rollup_fields
+        if fields is not None and rows.model is DailyUserRollup:
+            fields = {**fields, "u_errors": Sum("requests", filter=LLMRequestLog.FAILED)}
+        rows = rows.values("user_id").order_by()
+        parts.append((rows.annotate(**fields) if fields else rows).query.sql_with_params())
+    for rows in raw:
+        rows = rows.values("user_id").order_by()
+        parts.append((rows.annotate(**raw_fields) if raw_fields else rows).query.sql_with_params())
+    return [sql for sql, _params in parts], tuple(param for _sql, params in parts for param in params)
 
 
-def _user_rollup_fields(the_plan: Plan) -> dict[str, Aggregate]:
-    breakdown = the_plan.selection.model or the_plan.selection.status
-    return {
-        "u_requests": Sum("requests"),
-        "u_errors": Sum("requests", filter=LLMRequestLog.FAILED) if breakdown else Sum("errors"),
-        "u_total_tokens": Sum("total_tokens"),
-        "u_cost_units": Sum("cost_units"),
-    }
+USER_ROLLUP_FIELDS = {
+    "u_requests": Sum("requests"),
+    "u_errors": Sum("errors"),
+    "u_total_tokens": Sum("total_tokens"),
+    "u_cost_units": Sum("cost_units"),
+}
 
 
 def _user_raw_fields() -> dict[str, Aggregate]:
@@ -501,34 +518,21 @@ def _user_raw_fields() -> dict[str, Aggregate]:
 
 
 def _user_totals_sql(the_plan: Plan, watermark: int) -> tuple[str, tuple]:
-    union, params = _union_sql(the_plan, watermark, _user_rollup_fields(the_plan), _user_raw_fields())
+    parts, params = _user_parts(the_plan, watermark, USER_ROLLUP_FIELDS, _user_raw_fields())
+    union = " UNION ALL ".join(parts)
     sums = "SUM(u_requests) AS requests, SUM(u_errors) AS errors, SUM(u_total_tokens) AS total_tokens"
     sql = f"SELECT user_id, {sums}, SUM(u_cost_units) AS cost_units FROM ({union}) AS parts GROUP BY user_id"  # noqa: S608
     return sql, params
 
 
 def unique_users_from_rollups(the_plan: Plan, watermark: int) -> int:
-    """Distinct users of the day-x-user roll-ups of the whole days and of the raw rows elsewhere."""
-    users = _user_rollups(the_plan).values("user_id").order_by()
-    parts = [users.query.sql_with_params()]
-    for rows in _user_raw_rows(the_plan, watermark):
-        parts.append(rows.values("user_id").order_by().query.sql_with_params())
-    sql = " UNION ".join(part_sql for part_sql, _params in parts)
-    params = tuple(param for _sql, part_params in parts for param in part_params)
+    """Distinct users of the user roll-ups of the whole days and hours and of the raw rows elsewhere."""
+    parts, params = _user_parts(the_plan, watermark, None, None)
+    if not parts:
+        return 0
     with connections["default"].cursor() as cursor:
-        cursor.execute(f"SELECT COUNT(*) FROM ({sql}) AS users", params)  # noqa: S608 - ORM-made SQL
+        cursor.execute(f"SELECT COUNT(*) FROM ({' UNION '.join(parts)}) AS users", params)  # noqa: S608 - ORM-made SQL
         return cursor.fetchone()[0]
-
-
-def _user_raw_rows(the_plan: Plan, watermark: int) -> list[LLMRequestLogQuerySet]:
-    """The rows the day-x-user roll-ups do not answer: all but the whole days, and above the watermark."""
-    days = the_plan.split.days
-    spans = [*the_plan.split.raw, *the_plan.split.hours]
-    days_start = rollup_math.day_start(days[0], the_plan.zone)
-    days_end = rollup_math.day_start(days[-1] + timedelta(days=1), the_plan.zone)
-    matching = LLMRequestLog.objects.filter(the_plan.selection.matching()).exclude(user_id="").order_by()
-    rows = [matching.filter(timestamp__gte=start, timestamp__lt=end) for start, end in spans]
-    return [*rows, above_watermark(matching, watermark, [(days_start, days_end)])]
 
 
 def top_users_from_rollups(the_plan: Plan, watermark: int, order_by: str, limit: int) -> list[dict[str, Any]]:
@@ -610,9 +614,7 @@ def overview(logs: Selection | LLMRequestLogQuerySet) -> dict[str, Any]:
 
         def read(watermark: int) -> tuple[dict[str, Any], int]:
             totals = fold_status(measure_at(the_plan, ("status",), watermark)).get((), Totals(rollups.Figures()))
-            if the_plan.split.days:
-                return totals.row("p50", "p95", "p99"), unique_users_from_rollups(the_plan, watermark)
-            return totals.row("p50", "p95", "p99"), _unique_users(chosen.logs)
+            return totals.row("p50", "p95", "p99"), unique_users_from_rollups(the_plan, watermark)
 
         answer = consistent(read, the_plan)
         if answer is not None:
@@ -1056,7 +1058,7 @@ def user_usage(
         raise ValueError("order_by is cost or requests")
     chosen = selection(logs)
     the_plan = plan(chosen)
-    if the_plan is not None and the_plan.split.days:
+    if the_plan is not None:
         answer = consistent(lambda watermark: top_users_from_rollups(the_plan, watermark, order_by, limit), the_plan)
         if answer is not None:
             return answer

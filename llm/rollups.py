@@ -1,4 +1,5 @@
-"""Keeping the roll-ups (HourlyRollup, DailyRollup, DailyUserRollup, DailyUserTotals) equal to what the logs say.
+"""Keeping the roll-ups (HourlyRollup, DailyRollup, DailyUserRollup, DailyUserTotals, HourlyUserTotals)
+equal to what the logs say.
 
 The roll-ups add up the logs above the "rollups" watermark, exactly once, with the machinery of
 llm/watermarks.py (a final id boundary, so a row committed late is never skipped; the watermark row
@@ -44,6 +45,7 @@ from llm.models import (
     DailyUserRollup,
     DailyUserTotals,
     HourlyRollup,
+    HourlyUserTotals,
     LLMRequestLog,
     LLMRequestLogQuerySet,
     MetricWatermark,
@@ -217,15 +219,36 @@ def _upsert_users(rows: LLMRequestLogQuerySet, zone: Any) -> None:
     _add_user_rows(DailyUserTotals, ("day", "user_id"), totals)
 
 
+def _upsert_hourly_users(rows: LLMRequestLogQuerySet) -> None:
+    groups = (
+        rows.exclude(user_id="")
+        .annotate(hour=TruncHour("timestamp", tzinfo=UTC))
+        .values("hour", "user_id")
+        .annotate(
+            requests=Count("id"),
+            errors=Count("id", filter=Q(status=LLMRequestLog.Status.ERROR)),
+            total_tokens=Sum("total_tokens"),
+            cost_units=cost_units_sum(),
+        )
+        .order_by()
+    )
+    added = {(row["hour"], row["user_id"]): row for row in groups}
+    if added:
+        _add_user_rows(HourlyUserTotals, ("hour", "user_id"), added)
+
+
 USER_TOTALS = ("requests", "errors", "total_tokens", "cost_units")
 
 
 def _add_user_rows(model: type, key_fields: tuple[str, ...], added: dict[tuple, dict[str, Any]]) -> None:
-    """Add `added` (key -> sums) to `model`'s rows, keyed by `key_fields` (day first, user last)."""
+    """Add `added` (key -> sums) to `model`'s rows, keyed by `key_fields` (period first, user last)."""
     sums = [name for name in USER_TOTALS if hasattr(model, name)]
+    period = key_fields[0]
     existing = {
         tuple(getattr(row, name) for name in key_fields): row
-        for row in model.objects.filter(day__in={key[0] for key in added}, user_id__in={key[-1] for key in added})
+        for row in model.objects.filter(
+            **{f"{period}__in": {key[0] for key in added}}, user_id__in={key[-1] for key in added}
+        )
     }
     new, changed = [], []
     for key, group in added.items():
@@ -262,6 +285,8 @@ def add_rows(rows: LLMRequestLogQuerySet, *, hourly: bool = True, daily: bool = 
         for key, figures in both.items():
             per_period[(key[index], *key[len(periods) :])].merge(figures)
         _upsert(model, name, per_period)
+    if hourly:
+        _upsert_hourly_users(rows)
     if daily:
         _upsert_users(rows, zone)
 
@@ -352,6 +377,7 @@ def rebuild(since: date | None = None, progress: Callable[[str], None] | None = 
         day_cut = rollup_math.day_start(since, zone)
         hour_cut = rollup_math.floor_hour(day_cut)
         HourlyRollup.objects.filter(hour__gte=hour_cut).delete()
+        HourlyUserTotals.objects.filter(hour__gte=hour_cut).delete()
         DailyRollup.objects.filter(day__gte=since).delete()
         DailyUserRollup.objects.filter(day__gte=since).delete()
         DailyUserTotals.objects.filter(day__gte=since).delete()

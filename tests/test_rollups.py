@@ -18,12 +18,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from django.apps import apps as django_apps
 from django.core.management import call_command
 from django.db import connection
 from django.utils import timezone
 
 from llm import metrics, retention, rollup_math, rollups
-from llm.models import DailyRollup, DailyUserRollup, DailyUserTotals, HourlyRollup, LLMRequestLog, MetricWatermark
+from llm.models import (
+    DailyRollup,
+    DailyUserRollup,
+    DailyUserTotals,
+    HourlyRollup,
+    HourlyUserTotals,
+    LLMRequestLog,
+    MetricWatermark,
+)
 from tests.factories import build_log, make_logs
 
 pytestmark = pytest.mark.django_db
@@ -226,6 +235,10 @@ def rollup_contents():
             (row.day, row.user_id): (row.requests, row.errors, row.total_tokens, row.cost_units)
             for row in DailyUserTotals.objects.all()
         },
+        {
+            (row.hour, row.user_id): (row.requests, row.errors, row.total_tokens, row.cost_units)
+            for row in HourlyUserTotals.objects.all()
+        },
     )
 
 
@@ -256,10 +269,47 @@ def test_user_totals_equal_raw_rows_and_the_migration_fills_them_from_user_rollu
         for key, (requests, errors, tokens, cost) in expected.items()
     }
     DailyUserTotals.objects.all().delete()
-    migration = importlib.import_module("llm.migrations.0011_daily_user_totals")
+    migration = importlib.import_module("llm.migrations.0011_user_totals")
     with connection.cursor() as cursor:
         cursor.execute(migration.fill_sql(DailyUserTotals._meta.db_table, DailyUserRollup._meta.db_table))
     assert rollup_contents()[3] == stored_totals
+
+    hourly = defaultdict(lambda: [0, 0, 0, Decimal(0)])
+    for log in half_rolled:
+        if log.user_id:
+            sums = hourly[(rollup_math.floor_hour(log.timestamp), log.user_id)]
+            sums[0] += 1
+            sums[1] += log.is_error
+            sums[2] += log.total_tokens
+            sums[3] += log.cost_estimate
+    stored_hourly = rollup_contents()[4]
+    assert stored_hourly == {
+        key: (requests, errors, tokens, int(cost * rollups.COST_SCALE))
+        for key, (requests, errors, tokens, cost) in hourly.items()
+    }
+    HourlyUserTotals.objects.all().delete()
+    migration.fill_hourly_users(django_apps, None)
+    assert rollup_contents()[4] == stored_hourly
+
+
+@pytest.mark.parametrize("window", [WINDOWS[0], WINDOWS[2]])
+def test_top_users_without_a_whole_day_or_with_days_equal_raw_rows(half_rolled, window):
+    start, end = window
+    per_user = defaultdict(list)
+    for log in within(half_rolled, start, end):
+        if log.user_id:
+            per_user[log.user_id].append(log)
+    top = metrics.user_usage(chosen(start, end), "cost", 10)
+    assert [row["user_id"] for row in top] == sorted(per_user, key=lambda user: (-cost(per_user[user]), user))
+    for row in top:
+        group = per_user[row["user_id"]]
+        assert (row["requests"], row["errors"], row["total_tokens"], row["cost"]) == (
+            len(group),
+            sum(log.is_error for log in group),
+            sum(log.total_tokens for log in group),
+            cost(group),
+        )
+    assert metrics.overview(chosen(start, end))["unique_users"] == len(per_user)
 
 
 def test_top_and_unique_users_of_one_model_equal_raw_rows(half_rolled):
