@@ -462,11 +462,9 @@ def _sums(figures: rollups.Figures) -> dict[str, Any]:
     return {name: getattr(figures, name) for name in ROLLUP_SUMS}
 
 
-def _user_parts(the_plan: Plan, watermark: int, rollup_fields: dict | None, raw_fields: dict | None) -> tuple:
-    """SQL parts that together hold the users of the plan's window, each grouped by user (with
-    `rollup_fields` / `raw_fields` when given): the day-x-user roll-ups of the whole days, the
-    hour-x-user ones of the whole hours (without a model or status filter; with one, those hours
-    are read raw), the raw rows of the edges, and the rows above the watermark."""
+def _user_sources(the_plan: Plan) -> tuple[list[QuerySet], list[tuple], list[tuple]]:
+    """Where the users of the plan's window are: the user roll-ups of its whole days and (without
+    a model or status filter) whole hours, the spans read raw, and the spans the roll-ups answer."""
     chosen = the_plan.selection
     breakdown = bool(chosen.model or chosen.status)
     split = the_plan.split
@@ -483,7 +481,20 @@ def _user_parts(the_plan: Plan, watermark: int, rollup_fields: dict | None, raw_
         rolled_spans.extend(split.hours)
     else:
         raw_spans.extend(split.hours)
-    matching = LLMRequestLog.objects.filter(chosen.matching()).exclude(user_id="").order_by()
+    return tables, raw_spans, rolled_spans
+
+
+def _per_user_sql(rows: QuerySet, fields: dict[str, Aggregate] | None) -> tuple[str, tuple]:
+    rows = rows.values("user_id").order_by()
+    return (rows.annotate(**fields) if fields else rows).query.sql_with_params()
+
+
+def _user_parts(the_plan: Plan, watermark: int, rollup_fields: dict | None, raw_fields: dict | None) -> tuple:
+    """SQL parts that together hold the users of the plan's window, each grouped by user (with
+    `rollup_fields` / `raw_fields` when given): the user roll-ups (_user_sources), the raw rows
+    of the other spans, and the rows above the watermark."""
+    tables, raw_spans, rolled_spans = _user_sources(the_plan)
+    matching = LLMRequestLog.objects.filter(the_plan.selection.matching()).exclude(user_id="").order_by()
     raw = [matching.filter(timestamp__gte=start, timestamp__lt=end) for start, end in raw_spans]
     if rolled_spans:
         raw.append(above_watermark(matching, watermark, rolled_spans))
@@ -492,11 +503,8 @@ def _user_parts(the_plan: Plan, watermark: int, rollup_fields: dict | None, raw_
         fields = rollup_fields
         if fields is not None and rows.model is DailyUserRollup:
             fields = {**fields, "u_errors": Sum("requests", filter=LLMRequestLog.FAILED)}
-        rows = rows.values("user_id").order_by()
-        parts.append((rows.annotate(**fields) if fields else rows).query.sql_with_params())
-    for rows in raw:
-        rows = rows.values("user_id").order_by()
-        parts.append((rows.annotate(**raw_fields) if raw_fields else rows).query.sql_with_params())
+        parts.append(_per_user_sql(rows, fields))
+    parts.extend(_per_user_sql(rows, raw_fields) for rows in raw)
     return [sql for sql, _params in parts], tuple(param for _sql, params in parts for param in params)
 
 
