@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,14 +24,16 @@ from typing import Any
 
 from django.db import connections, transaction
 from django.db.models import Aggregate, Avg, Count, F, Field, Max, Q, QuerySet, Sum
-from django.db.models.functions import TruncDay, TruncHour, TruncMinute, TruncMonth
+from django.db.models.functions import Coalesce, TruncDay, TruncHour, TruncMinute, TruncMonth
 from django.utils import timezone
 
 from llm import rollup_math, rollups
 from llm.models import (
     DailyRollup,
     DailyUserRollup,
+    DailyUserTotals,
     HourlyRollup,
+    HourlyUserTotals,
     LLMRequestLog,
     LLMRequestLogQuerySet,
     MetricWatermark,
@@ -221,20 +224,17 @@ class Plan:
     period: str | None
     watermark: int = 0  # as the plan was made: the first reading's
 
-    def raw_conditions(self, watermark: int) -> list[Q]:
-        """Rows read from the logs, as conditions that do not overlap, each one index range: every
+    def raw_rows(self, watermark: int) -> list[LLMRequestLogQuerySet]:
+        """Rows read from the logs, as querysets that do not overlap, each one index range: every
         raw span (on timestamp), and the rows above the watermark where roll-ups answer (on id)."""
+        matching = LLMRequestLog.objects.filter(self.selection.matching()).order_by()
+        above = above_watermark(matching, watermark, self.split.rolled_up_spans(self.zone))
+        if not self.split.raw:
+            return [above]
         edges = Q(pk__in=[])
         for start, end in self.split.raw:
             edges |= Q(timestamp__gte=start, timestamp__lt=end)
-        above = Q(pk__in=[])
-        for start, end in self.split.rolled_up_spans(self.zone):
-            above |= Q(timestamp__gte=start, timestamp__lt=end)
-        return [edges, Q(id__gt=watermark) & above] if self.split.raw else [Q(id__gt=watermark) & above]
-
-    def raw_rows(self, watermark: int) -> list[LLMRequestLogQuerySet]:
-        matching = LLMRequestLog.objects.filter(self.selection.matching()).order_by()
-        return [matching.filter(condition) for condition in self.raw_conditions(watermark)]
+        return [matching.filter(edges), above]
 
     def daily(self) -> Q:
         days = self.split.days
@@ -245,6 +245,24 @@ class Plan:
         for start, end in self.split.hours:
             condition |= Q(hour__gte=start, hour__lt=end)
         return self.selection.matching() & condition if self.split.hours else condition
+
+
+def above_watermark(
+    rows: LLMRequestLogQuerySet, watermark: int, spans: list[tuple[datetime, datetime]]
+) -> LLMRequestLogQuerySet:
+    """The rows above the watermark within `spans`: an index range on the id (rows written since
+    the last roll-up, a handful). The spans are tested on COALESCE(timestamp, timestamp), which no
+    index answers: else SQLite walks the timestamp index over the spans (90 days of rows) to
+    find those few; and the id range is closed (up to the largest id there can be), else SQLite
+    walks a whole index that spares it sorting for the GROUP BY."""
+    within = Q(pk__in=[])
+    for start, end in spans:
+        within |= Q(stamp__gte=start, stamp__lt=end)
+    ids = rows.filter(id__gt=watermark, id__lte=LARGEST_ID)
+    return ids.alias(stamp=Coalesce("timestamp", "timestamp")).filter(within)
+
+
+LARGEST_ID = 2**63 - 1
 
 
 def rollup_state() -> MetricWatermark:
@@ -315,15 +333,37 @@ KeyedFigures = dict[tuple, rollups.Figures]
 ROLLUP_SUMS = rollups.Figures.SUMS
 
 
-def _add_rollups(found: KeyedFigures, rows: QuerySet, period_field: str, key: Any, percentiles: bool) -> None:
-    fields = [period_field, "model_name", "status", "error_type", *ROLLUP_SUMS]
-    if percentiles:
-        fields.append("latency_histogram")
-    for row in rows.values(*fields):
-        figures = found.setdefault(key(row, row[period_field]), rollups.Figures())
+FLOAT_SUMS = ("latency_sum_ms", "ttft_sum_ms")
+
+
+def _add_rollups(
+    found: KeyedFigures, rows: QuerySet, period_field: str, key: Any, group: tuple, percentiles: bool
+) -> None:
+    """Add roll-up rows to `found`: their sums added up by the database per `group` (and period),
+    so a 90-day reading returns a few rows, not one per day, model, status and error type; the
+    histograms, when percentiles are asked for, fetched bare and merged in NumPy per group."""
+    names = [name for name in group if name != "period"]
+    if "period" in group:
+        names.append(period_field)
+    sums = {name: Sum(name) for name in ROLLUP_SUMS}
+    for row in rows.values(*names).annotate(**sums).order_by():
+        for name in ROLLUP_SUMS:
+            row[name] = float(row[name] or 0) if name in FLOAT_SUMS else int(row[name] or 0)
+        figures = found.get(keyed := key(row, row.get(period_field)))
+        if figures is None:
+            figures = found[keyed] = rollups.Figures()
         figures.add_sums(row)
-        if percentiles:
-            rollup_math.add_encoded(figures.latency, row["latency_histogram"])
+    if not percentiles:
+        return
+    keys: dict[tuple, int] = {}
+    groups, stored = [], []
+    for *values, histogram in rows.values_list(*names, "latency_histogram").order_by():
+        row = dict(zip(names, values, strict=True))
+        groups.append(keys.setdefault(key(row, row.get(period_field)), len(keys)))
+        stored.append(histogram)
+    merged = rollup_math.merge_grouped(groups, stored, len(keys))
+    for keyed, index in keys.items():
+        found[keyed].latency += merged[index]
 
 
 def _add_raw(found: KeyedFigures, the_plan: Plan, watermark: int, group: tuple[str, ...], percentiles: bool) -> None:
@@ -368,9 +408,9 @@ def measure_at(the_plan: Plan, group: tuple[str, ...], watermark: int, *, percen
 
     found: KeyedFigures = {}
     if the_plan.split.days:
-        _add_rollups(found, DailyRollup.objects.filter(the_plan.daily()), "day", key, percentiles)
+        _add_rollups(found, DailyRollup.objects.filter(the_plan.daily()), "day", key, group, percentiles)
     if the_plan.split.hours:
-        _add_rollups(found, HourlyRollup.objects.filter(the_plan.hourly()), "hour", key, percentiles)
+        _add_rollups(found, HourlyRollup.objects.filter(the_plan.hourly()), "hour", key, group, percentiles)
     _add_raw(found, the_plan, watermark, group, percentiles)
     return found
 
@@ -422,28 +462,55 @@ def _sums(figures: rollups.Figures) -> dict[str, Any]:
     return {name: getattr(figures, name) for name in ROLLUP_SUMS}
 
 
-def _union_sql(the_plan: Plan, watermark: int, rollup_fields: dict[str, Any], raw_fields: dict[str, Any]) -> tuple:
-    """SQL of the day-x-user roll-ups of the plan's whole days UNION ALL the raw rows of the rest
-    of the window (and of those days, above the watermark), both grouped by user."""
-    days = the_plan.split.days
-    users = DailyUserRollup.objects.filter(the_plan.selection.matching(day__gte=days[0], day__lte=days[-1]))
-    users = users.values("user_id").annotate(**rollup_fields).order_by()
-    raw_condition = Q(pk__in=[])
-    for start, end in [*the_plan.split.raw, *the_plan.split.hours]:
-        raw_condition |= Q(timestamp__gte=start, timestamp__lt=end)
-    days_start = rollup_math.day_start(days[0], the_plan.zone)
-    days_end = rollup_math.day_start(days[-1] + timedelta(days=1), the_plan.zone)
-    raw_condition |= Q(id__gt=watermark, timestamp__gte=days_start, timestamp__lt=days_end)
-    raw = LLMRequestLog.objects.filter(the_plan.selection.matching(), raw_condition).exclude(user_id="")
-    raw = raw.values("user_id").annotate(**raw_fields).order_by()
-    users_sql, users_params = users.query.sql_with_params()
-    raw_sql, raw_params = raw.query.sql_with_params()
-    return f"{users_sql} UNION ALL {raw_sql}", (*users_params, *raw_params)
+def _user_sources(the_plan: Plan) -> tuple[list[QuerySet], list[tuple], list[tuple]]:
+    """Where the users of the plan's window are: the user roll-ups of its whole days and (without
+    a model or status filter) whole hours, the spans read raw, and the spans the roll-ups answer."""
+    chosen = the_plan.selection
+    breakdown = bool(chosen.model or chosen.status)
+    split = the_plan.split
+    tables, raw_spans, rolled_spans = [], list(split.raw), []
+    if split.days:
+        table = DailyUserRollup if breakdown else DailyUserTotals
+        tables.append(table.objects.filter(chosen.matching(day__gte=split.days[0], day__lte=split.days[-1])))
+        rolled_spans.append(split.rolled_up_spans(the_plan.zone)[-1])
+    if split.hours and not breakdown:
+        within = Q(pk__in=[])
+        for start, end in split.hours:
+            within |= Q(hour__gte=start, hour__lt=end)
+        tables.append(HourlyUserTotals.objects.filter(within))
+        rolled_spans.extend(split.hours)
+    else:
+        raw_spans.extend(split.hours)
+    return tables, raw_spans, rolled_spans
+
+
+def _per_user_sql(rows: QuerySet, fields: dict[str, Aggregate] | None) -> tuple[str, tuple]:
+    rows = rows.values("user_id").order_by()
+    return (rows.annotate(**fields) if fields else rows).query.sql_with_params()
+
+
+def _user_parts(the_plan: Plan, watermark: int, rollup_fields: dict | None, raw_fields: dict | None) -> tuple:
+    """SQL parts that together hold the users of the plan's window, each grouped by user (with
+    `rollup_fields` / `raw_fields` when given): the user roll-ups (_user_sources), the raw rows
+    of the other spans, and the rows above the watermark."""
+    tables, raw_spans, rolled_spans = _user_sources(the_plan)
+    matching = LLMRequestLog.objects.filter(the_plan.selection.matching()).exclude(user_id="").order_by()
+    raw = [matching.filter(timestamp__gte=start, timestamp__lt=end) for start, end in raw_spans]
+    if rolled_spans:
+        raw.append(above_watermark(matching, watermark, rolled_spans))
+    parts = []
+    for rows in tables:
+        fields = rollup_fields
+        if fields is not None and rows.model is DailyUserRollup:
+            fields = {**fields, "u_errors": Sum("requests", filter=LLMRequestLog.FAILED)}
+        parts.append(_per_user_sql(rows, fields))
+    parts.extend(_per_user_sql(rows, raw_fields) for rows in raw)
+    return [sql for sql, _params in parts], tuple(param for _sql, params in parts for param in params)
 
 
 USER_ROLLUP_FIELDS = {
     "u_requests": Sum("requests"),
-    "u_errors": Sum("requests", filter=LLMRequestLog.FAILED),
+    "u_errors": Sum("errors"),
     "u_total_tokens": Sum("total_tokens"),
     "u_cost_units": Sum("cost_units"),
 }
@@ -459,37 +526,21 @@ def _user_raw_fields() -> dict[str, Aggregate]:
 
 
 def _user_totals_sql(the_plan: Plan, watermark: int) -> tuple[str, tuple]:
-    union, params = _union_sql(the_plan, watermark, USER_ROLLUP_FIELDS, _user_raw_fields())
+    parts, params = _user_parts(the_plan, watermark, USER_ROLLUP_FIELDS, _user_raw_fields())
+    union = " UNION ALL ".join(parts)
     sums = "SUM(u_requests) AS requests, SUM(u_errors) AS errors, SUM(u_total_tokens) AS total_tokens"
     sql = f"SELECT user_id, {sums}, SUM(u_cost_units) AS cost_units FROM ({union}) AS parts GROUP BY user_id"  # noqa: S608
     return sql, params
 
 
 def unique_users_from_rollups(the_plan: Plan, watermark: int) -> int:
-    """Distinct users of the day-x-user roll-ups of the whole days and of the raw rows elsewhere."""
-    days = the_plan.split.days
-    users = DailyUserRollup.objects.filter(the_plan.selection.matching(day__gte=days[0], day__lte=days[-1]))
-    users = users.values("user_id").order_by()
-    parts = [users.query.sql_with_params()]
-    for rows in _user_raw_rows(the_plan, watermark):
-        parts.append(rows.values("user_id").order_by().query.sql_with_params())
-    sql = " UNION ".join(part_sql for part_sql, _params in parts)
-    params = tuple(param for _sql, part_params in parts for param in part_params)
+    """Distinct users of the user roll-ups of the whole days and hours and of the raw rows elsewhere."""
+    parts, params = _user_parts(the_plan, watermark, None, None)
+    if not parts:
+        return 0
     with connections["default"].cursor() as cursor:
-        cursor.execute(f"SELECT COUNT(*) FROM ({sql}) AS users", params)  # noqa: S608 - ORM-made SQL
+        cursor.execute(f"SELECT COUNT(*) FROM ({' UNION '.join(parts)}) AS users", params)  # noqa: S608 - ORM-made SQL
         return cursor.fetchone()[0]
-
-
-def _user_raw_rows(the_plan: Plan, watermark: int) -> list[LLMRequestLogQuerySet]:
-    """The rows the day-x-user roll-ups do not answer: all but the whole days, and above the watermark."""
-    days = the_plan.split.days
-    spans = [*the_plan.split.raw, *the_plan.split.hours]
-    days_start = rollup_math.day_start(days[0], the_plan.zone)
-    days_end = rollup_math.day_start(days[-1] + timedelta(days=1), the_plan.zone)
-    matching = LLMRequestLog.objects.filter(the_plan.selection.matching()).exclude(user_id="").order_by()
-    conditions = [Q(timestamp__gte=start, timestamp__lt=end) for start, end in spans]
-    conditions.append(Q(id__gt=watermark, timestamp__gte=days_start, timestamp__lt=days_end))
-    return [matching.filter(condition) for condition in conditions]
 
 
 def top_users_from_rollups(the_plan: Plan, watermark: int, order_by: str, limit: int) -> list[dict[str, Any]]:
@@ -571,9 +622,7 @@ def overview(logs: Selection | LLMRequestLogQuerySet) -> dict[str, Any]:
 
         def read(watermark: int) -> tuple[dict[str, Any], int]:
             totals = fold_status(measure_at(the_plan, ("status",), watermark)).get((), Totals(rollups.Figures()))
-            if the_plan.split.days:
-                return totals.row("p50", "p95", "p99"), unique_users_from_rollups(the_plan, watermark)
-            return totals.row("p50", "p95", "p99"), _unique_users(chosen.logs)
+            return totals.row("p50", "p95", "p99"), unique_users_from_rollups(the_plan, watermark)
 
         answer = consistent(read, the_plan)
         if answer is not None:
@@ -1017,7 +1066,7 @@ def user_usage(
         raise ValueError("order_by is cost or requests")
     chosen = selection(logs)
     the_plan = plan(chosen)
-    if the_plan is not None and the_plan.split.days:
+    if the_plan is not None:
         answer = consistent(lambda watermark: top_users_from_rollups(the_plan, watermark, order_by, limit), the_plan)
         if answer is not None:
             return answer
@@ -1060,6 +1109,29 @@ def feedback_summary(feedback: QuerySet[UserFeedback]) -> dict[str, Any]:
         **_with_rate(feedback.aggregate(**counts)),
         "by_model": [_with_rate({"model": row.pop("request__model_name"), **row}) for row in per_model],
     }
+
+
+def feedback_figures(feedback: QuerySet[UserFeedback]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """feedback_summary and feedback_by_day from one GROUP BY (model x day x rating: a bounded
+    number of rows), not three passes over the rated calls."""
+    rows = (
+        feedback.annotate(day=TruncDay("created_at"))
+        .values("request__model_name", "day", "rating")
+        .annotate(count=Count("id"))
+        .order_by()
+    )
+    overall = {"thumbs_up": 0, "thumbs_down": 0}
+    per_model: dict[str, dict[str, int]] = defaultdict(lambda: {"thumbs_up": 0, "thumbs_down": 0})
+    per_day: dict[str, dict[str, int]] = defaultdict(lambda: {"thumbs_up": 0, "thumbs_down": 0})
+    for row in rows:
+        rating = "thumbs_up" if row["rating"] == UserFeedback.Rating.THUMBS_UP else "thumbs_down"
+        for counts in (overall, per_model[row["request__model_name"]], per_day[row["day"].date().isoformat()]):
+            counts[rating] += row["count"]
+    summary = {
+        **_with_rate(overall),
+        "by_model": [_with_rate({"model": model, **counts}) for model, counts in sorted(per_model.items())],
+    }
+    return summary, [_with_rate({"day": day, **counts}) for day, counts in sorted(per_day.items())]
 
 
 def feedback_by_day(feedback: QuerySet[UserFeedback]) -> list[dict[str, Any]]:

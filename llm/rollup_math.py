@@ -88,10 +88,31 @@ def add_encoded(dense: np.ndarray, stored: bytes | memoryview | None) -> np.ndar
 
 
 def merge(stored: Iterable[bytes | memoryview | None]) -> np.ndarray:
-    dense = empty()
-    for histogram in stored:
-        add_encoded(dense, histogram)
-    return dense
+    """The sum of stored histograms, dense."""
+    stored = list(stored)
+    return merge_grouped([0] * len(stored), stored, 1)[0]
+
+
+def merge_grouped(groups: Sequence[int], stored: Sequence[bytes | memoryview | None], count: int) -> np.ndarray:
+    """Stored histograms summed per group (`groups[i]` is the group, 0 to count - 1, of
+    `stored[i]`): a count x BUCKETS array, from one pass of NumPy over all their counts (a stored
+    histogram is whole 4-byte words, the first one the index of its first bucket)."""
+    kept = [(group, bytes(histogram)) for group, histogram in zip(groups, stored, strict=True) if histogram]
+    if not kept:
+        return np.zeros((count, BUCKETS), dtype=np.int64)
+    words = np.frombuffer(b"".join(blob for _group, blob in kept), dtype=_COUNTS)
+    lengths = np.fromiter((len(blob) // 4 for _group, blob in kept), dtype=np.int64, count=len(kept))
+    owners = np.fromiter((group for group, _blob in kept), dtype=np.int64, count=len(kept))
+    headers = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+    firsts = words[headers].view(_HEADER).astype(np.int64)
+    # Each word's cell: its group's row, its histogram's first bucket plus its place after the header.
+    owner = np.repeat(np.arange(len(kept)), lengths)
+    cells = owners[owner] * BUCKETS + firsts[owner] + np.arange(len(words)) - headers[owner] - 1
+    counts = words.astype(np.int64)
+    counts[headers] = 0  # the headers are no counts
+    cells[headers] = 0
+    summed = np.bincount(cells, weights=counts, minlength=count * BUCKETS)
+    return summed.astype(np.int64).reshape(count, BUCKETS)
 
 
 def _value_at_rank(cumulative: np.ndarray, rank: int) -> float:

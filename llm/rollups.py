@@ -1,4 +1,5 @@
-"""Keeping the roll-ups (HourlyRollup, DailyRollup, DailyUserRollup) equal to what the logs say.
+"""Keeping the roll-ups (HourlyRollup, DailyRollup, DailyUserRollup, DailyUserTotals, HourlyUserTotals)
+equal to what the logs say.
 
 The roll-ups add up the logs above the "rollups" watermark, exactly once, with the machinery of
 llm/watermarks.py (a final id boundary, so a row committed late is never skipped; the watermark row
@@ -42,7 +43,9 @@ from llm.models import (
     COST_PLACES,
     DailyRollup,
     DailyUserRollup,
+    DailyUserTotals,
     HourlyRollup,
+    HourlyUserTotals,
     LLMRequestLog,
     LLMRequestLogQuerySet,
     MetricWatermark,
@@ -193,6 +196,8 @@ def _upsert(model: type, period_field: str, groups: dict[tuple, Figures]) -> Non
 
 
 def _upsert_users(rows: LLMRequestLogQuerySet, zone: Any) -> None:
+    """Add the rows to DailyUserRollup (day x model x status x user) and, from the same GROUP BY,
+    to DailyUserTotals (day x user)."""
     groups = (
         rows.exclude(user_id="")
         .annotate(day=TruncDate("timestamp", tzinfo=zone))
@@ -203,23 +208,60 @@ def _upsert_users(rows: LLMRequestLogQuerySet, zone: Any) -> None:
     added = {(row["day"], row["model_name"], row["status"], row["user_id"]): row for row in groups}
     if not added:
         return
+    totals: dict[tuple, dict[str, int]] = defaultdict(lambda: dict.fromkeys(USER_TOTALS, 0))
+    for (day, _model, status, user_id), group in added.items():
+        total = totals[(day, user_id)]
+        total["requests"] += group["requests"]
+        total["errors"] += group["requests"] if status == LLMRequestLog.Status.ERROR else 0
+        total["total_tokens"] += group["total_tokens"] or 0
+        total["cost_units"] += as_units(group["cost_units"])
+    _add_user_rows(DailyUserRollup, ("day", "model_name", "status", "user_id"), added)
+    _add_user_rows(DailyUserTotals, ("day", "user_id"), totals)
+
+
+def _upsert_hourly_users(rows: LLMRequestLogQuerySet) -> None:
+    groups = (
+        rows.exclude(user_id="")
+        .annotate(hour=TruncHour("timestamp", tzinfo=UTC))
+        .values("hour", "user_id")
+        .annotate(
+            requests=Count("id"),
+            errors=Count("id", filter=Q(status=LLMRequestLog.Status.ERROR)),
+            total_tokens=Sum("total_tokens"),
+            cost_units=cost_units_sum(),
+        )
+        .order_by()
+    )
+    added = {(row["hour"], row["user_id"]): row for row in groups}
+    if added:
+        _add_user_rows(HourlyUserTotals, ("hour", "user_id"), added)
+
+
+USER_TOTALS = ("requests", "errors", "total_tokens", "cost_units")
+
+
+def _add_user_rows(model: type, key_fields: tuple[str, ...], added: dict[tuple, dict[str, Any]]) -> None:
+    """Add `added` (key -> sums) to `model`'s rows, keyed by `key_fields` (period first, user last)."""
+    sums = [name for name in USER_TOTALS if hasattr(model, name)]
+    period = key_fields[0]
     existing = {
-        (row.day, row.model_name, row.status, row.user_id): row
-        for row in DailyUserRollup.objects.filter(day__in={key[0] for key in added}, user_id__in={k[3] for k in added})
+        tuple(getattr(row, name) for name in key_fields): row
+        for row in model.objects.filter(
+            **{f"{period}__in": {key[0] for key in added}}, user_id__in={key[-1] for key in added}
+        )
     }
     new, changed = [], []
     for key, group in added.items():
         row = existing.get(key)
         if row is None:
-            row = DailyUserRollup(day=key[0], model_name=key[1], status=key[2], user_id=key[3])
+            row = model(**dict(zip(key_fields, key, strict=True)))
             new.append(row)
         else:
             changed.append(row)
-        row.requests += group["requests"]
-        row.total_tokens += group["total_tokens"] or 0
-        row.cost_units += as_units(group["cost_units"])
-    DailyUserRollup.objects.bulk_create(new, batch_size=500)
-    DailyUserRollup.objects.bulk_update(changed, ["requests", "total_tokens", "cost_units"], batch_size=500)
+        for name in sums:
+            setattr(row, name, getattr(row, name) + as_units(group.get(name)))
+    model.objects.bulk_create(new, batch_size=500)
+    model.objects.bulk_update(changed, sums, batch_size=500)
 
 
 PERIOD_TABLES = (("hour", HourlyRollup), ("day", DailyRollup))
@@ -243,6 +285,8 @@ def add_rows(rows: LLMRequestLogQuerySet, *, hourly: bool = True, daily: bool = 
         for key, figures in both.items():
             per_period[(key[index], *key[len(periods) :])].merge(figures)
         _upsert(model, name, per_period)
+    if hourly:
+        _upsert_hourly_users(rows)
     if daily:
         _upsert_users(rows, zone)
 
@@ -335,12 +379,15 @@ def rebuild(since: date | None = None, progress: Callable[[str], None] | None = 
         day_cut = rollup_math.day_start(since, zone)
         hour_cut = rollup_math.floor_hour(day_cut)
         HourlyRollup.objects.filter(hour__gte=hour_cut).delete()
+        HourlyUserTotals.objects.filter(hour__gte=hour_cut).delete()
         DailyRollup.objects.filter(day__gte=since).delete()
         DailyUserRollup.objects.filter(day__gte=since).delete()
+        DailyUserTotals.objects.filter(day__gte=since).delete()
         if not daily_valid:
             # Built in another zone: no daily row is kept; before `since` reads use hourly rows.
             DailyRollup.objects.all().delete()
             DailyUserRollup.objects.all().delete()
+            DailyUserTotals.objects.all().delete()
             watermark.days_since = since
         elif watermark.days_since is not None:
             watermark.days_since = min(watermark.days_since, since)

@@ -132,9 +132,8 @@ def trace(request: HttpRequest, trace_id: str) -> HttpResponse:
 @login_required
 def feedback(request: HttpRequest) -> HttpResponse:
     window = dashboard.time_range(request.GET)
-    rated = UserFeedback.objects.filter(request__in=window.logs().values("id"))
-    summary = metrics.feedback_summary(rated)
-    by_day = metrics.feedback_by_day(rated)
+    figures = dashboard.feedback(window)
+    summary, by_day, comments = figures["summary"], figures["by_day"], figures["comments"]
     charts = {
         "by_day": {
             "labels": [row["day"] for row in by_day],
@@ -145,7 +144,6 @@ def feedback(request: HttpRequest) -> HttpResponse:
         },
         "by_model": dashboard.chart_series(summary["by_model"], "satisfaction_rate"),
     }
-    comments = rated.exclude(comment="").select_related("request").order_by("-created_at")[:20]
     return page(
         request, "dashboard/feedback.html", window, summary=summary, by_day=by_day, charts=charts, comments=comments
     )

@@ -4,6 +4,7 @@ NumPy's, whatever part of the rows has been rolled up, for windows not aligned t
 
 from __future__ import annotations
 
+import importlib
 import os
 import random
 import subprocess
@@ -17,12 +18,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from django.apps import apps as django_apps
 from django.core.management import call_command
 from django.db import connection
 from django.utils import timezone
 
 from llm import metrics, retention, rollup_math, rollups
-from llm.models import DailyRollup, DailyUserRollup, HourlyRollup, LLMRequestLog, MetricWatermark
+from llm.models import (
+    DailyRollup,
+    DailyUserRollup,
+    DailyUserTotals,
+    HourlyRollup,
+    HourlyUserTotals,
+    LLMRequestLog,
+    MetricWatermark,
+)
 from tests.factories import build_log, make_logs
 
 pytestmark = pytest.mark.django_db
@@ -221,6 +231,14 @@ def rollup_contents():
         rows(HourlyRollup, "hour", "model_name", "status", "error_type"),
         rows(DailyRollup, "day", "model_name", "status", "error_type"),
         rows(DailyUserRollup, "day", "model_name", "status", "user_id"),
+        {
+            (row.day, row.user_id): (row.requests, row.errors, row.total_tokens, row.cost_units)
+            for row in DailyUserTotals.objects.all()
+        },
+        {
+            (row.hour, row.user_id): (row.requests, row.errors, row.total_tokens, row.cost_units)
+            for row in HourlyUserTotals.objects.all()
+        },
     )
 
 
@@ -232,6 +250,79 @@ def test_rebuild_equals_incremental_roll_ups(half_rolled):
     call_command("rebuild_rollups", "--since", (NOW - timedelta(days=4)).date().isoformat(), verbosity=0)
     assert rollup_contents() == incremental
     assert sum(HourlyRollup.objects.values_list("requests", flat=True)) == len(half_rolled)
+
+
+def test_user_totals_equal_raw_rows_and_the_migration_fills_them_from_user_rollups(half_rolled):
+    rollups.roll_up()
+    zone = timezone.get_current_timezone()
+    expected = defaultdict(lambda: [0, 0, 0, Decimal(0)])
+    for log in half_rolled:
+        if log.user_id:
+            sums = expected[(rollup_math.local_date(log.timestamp, zone), log.user_id)]
+            sums[0] += 1
+            sums[1] += log.is_error
+            sums[2] += log.total_tokens
+            sums[3] += log.cost_estimate
+    stored_totals = rollup_contents()[3]
+    assert stored_totals == {
+        key: (requests, errors, tokens, int(cost * rollups.COST_SCALE))
+        for key, (requests, errors, tokens, cost) in expected.items()
+    }
+    DailyUserTotals.objects.all().delete()
+    migration = importlib.import_module("llm.migrations.0011_user_totals")
+    with connection.cursor() as cursor:
+        cursor.execute(migration.fill_sql(DailyUserTotals._meta.db_table, DailyUserRollup._meta.db_table))
+    assert rollup_contents()[3] == stored_totals
+
+    hourly = defaultdict(lambda: [0, 0, 0, Decimal(0)])
+    for log in half_rolled:
+        if log.user_id:
+            sums = hourly[(rollup_math.floor_hour(log.timestamp), log.user_id)]
+            sums[0] += 1
+            sums[1] += log.is_error
+            sums[2] += log.total_tokens
+            sums[3] += log.cost_estimate
+    stored_hourly = rollup_contents()[4]
+    assert stored_hourly == {
+        key: (requests, errors, tokens, int(cost * rollups.COST_SCALE))
+        for key, (requests, errors, tokens, cost) in hourly.items()
+    }
+    HourlyUserTotals.objects.all().delete()
+    migration.fill_hourly_users(django_apps, None)
+    assert rollup_contents()[4] == stored_hourly
+
+
+@pytest.mark.parametrize("window", [WINDOWS[0], WINDOWS[2]])
+def test_top_users_without_a_whole_day_or_with_days_equal_raw_rows(half_rolled, window):
+    start, end = window
+    per_user = defaultdict(list)
+    for log in within(half_rolled, start, end):
+        if log.user_id:
+            per_user[log.user_id].append(log)
+    top = metrics.user_usage(chosen(start, end), "cost", 10)
+    assert [row["user_id"] for row in top] == sorted(per_user, key=lambda user: (-cost(per_user[user]), user))
+    for row in top:
+        group = per_user[row["user_id"]]
+        assert (row["requests"], row["errors"], row["total_tokens"], row["cost"]) == (
+            len(group),
+            sum(log.is_error for log in group),
+            sum(log.total_tokens for log in group),
+            cost(group),
+        )
+    assert metrics.overview(chosen(start, end))["unique_users"] == len(per_user)
+
+
+def test_top_and_unique_users_of_one_model_equal_raw_rows(half_rolled):
+    start, end = WINDOWS[0]
+    rows = within(half_rolled, start, end, "model-b")
+    per_user = defaultdict(list)
+    for log in rows:
+        if log.user_id:
+            per_user[log.user_id].append(log)
+    top = metrics.user_usage(chosen(start, end, "model-b"), "requests", 3)
+    assert [row["user_id"] for row in top] == sorted(per_user, key=lambda user: (-len(per_user[user]), user))[:3]
+    assert [row["errors"] for row in top] == [sum(log.is_error for log in per_user[row["user_id"]]) for row in top]
+    assert metrics.overview(chosen(start, end, "model-b"))["unique_users"] == len(per_user)
 
 
 def test_rebuild_since_adds_late_rows_before_the_day(half_rolled):
@@ -397,3 +488,20 @@ def test_concurrent_writers_in_several_processes_count_each_call_once(tmp_path):
     )
     start, end = NOW - timedelta(days=2, minutes=7), NOW
     assert metrics.overview(chosen(start, end))["total_requests"] == len(within(logs, start, end))
+
+
+def test_merged_histograms_equal_the_sum_of_their_counts():
+    rng = random.Random(5)
+    dense, groups = [], []
+    for _ in range(200):
+        histogram = rollup_math.empty()
+        for _ in range(rng.randint(0, 40)):
+            histogram[rng.randint(0, rollup_math.TOP_BUCKET)] += rng.randint(1, 10**6)
+        dense.append(histogram)
+        groups.append(rng.randrange(4))
+    stored = [rollup_math.encode(histogram) for histogram in dense]
+    merged = rollup_math.merge_grouped(groups, stored, 5)
+    for group in range(5):
+        expected = sum((h for h, g in zip(dense, groups, strict=True) if g == group), rollup_math.empty())
+        assert merged[group].tolist() == expected.tolist()
+    assert rollup_math.merge([*stored, b"", None]).tolist() == sum(dense, rollup_math.empty()).tolist()
