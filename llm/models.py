@@ -832,17 +832,25 @@ class DailyUserRollup(models.Model):
         return f"{self.day} {self.user_id} {self.model_name} {self.status}: {self.requests}"
 
 
-class DailyUserTotals(models.Model):
-    """One user's calls of a day (TIME_ZONE), all models and statuses together: DailyUserRollup
-    summed over model and status, so unique and top users over 90 days read one row per user and
-    day (~45,000 for 500 users) instead of one per user, day, model and status."""
+class UserTotals(models.Model):
+    """One user's calls of a period, all models and statuses together."""
 
-    day = models.DateField()
     user_id = models.CharField(max_length=200)
     requests = models.BigIntegerField(default=0)
     errors = models.BigIntegerField(default=0)
     total_tokens = models.BigIntegerField(default=0)
     cost_units = models.BigIntegerField(default=0)  # USD 10^-10, as RollupFigures.cost_units
+
+    class Meta:
+        abstract = True
+
+
+class DailyUserTotals(UserTotals):
+    """One user's calls of a day (TIME_ZONE), all models and statuses together: DailyUserRollup
+    summed over model and status, so unique and top users over 90 days read one row per user and
+    day (~45,000 for 500 users) instead of one per user, day, model and status."""
+
+    day = models.DateField()
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["day", "user_id"], name="llm_dailyusertotals_key")]
@@ -852,17 +860,12 @@ class DailyUserTotals(models.Model):
         return f"{self.day} {self.user_id}: {self.requests}"
 
 
-class HourlyUserTotals(models.Model):
+class HourlyUserTotals(UserTotals):
     """One user's calls of a UTC hour, all models and statuses together: distinct and top users
     over the whole hours of a window (a window without a whole day, and the hours around the
     days of a longer one) without reading their calls."""
 
     hour = models.DateTimeField(help_text="Start of the UTC hour.")
-    user_id = models.CharField(max_length=200)
-    requests = models.BigIntegerField(default=0)
-    errors = models.BigIntegerField(default=0)
-    total_tokens = models.BigIntegerField(default=0)
-    cost_units = models.BigIntegerField(default=0)  # USD 10^-10, as RollupFigures.cost_units
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["hour", "user_id"], name="llm_hourlyusertotals_key")]

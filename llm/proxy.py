@@ -110,6 +110,11 @@ def relay_failure(exc: Exception) -> ProviderError:
     )
 
 
+def stream_failure(exc: Exception) -> ProviderError:
+    """What broke a relayed stream: the vendor's error as classified, or a failure of ours."""
+    return exc if isinstance(exc, ProviderError) else relay_failure(exc)
+
+
 def server_sent_event(event: str, data: dict) -> str:
     return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
 
@@ -153,11 +158,8 @@ class PromptStream:
                         ttft_ms = _elapsed_ms(self.started)
                     yield server_sent_event("chunk", {"text": text})
                 client_left = False
-            except ProviderError as exc:
-                error = exc
-                client_left = False
-            except Exception as exc:  # noqa: BLE001 - anything else still gets its row
-                error = relay_failure(exc)
+            except Exception as exc:  # noqa: BLE001 - the vendor's failure or ours: the row is written anyway
+                error = stream_failure(exc)
                 client_left = False
         finally:
             extra_tags = {}
@@ -169,10 +171,8 @@ class PromptStream:
                     for _ in chunks:
                         if ttft_ms is None:
                             ttft_ms = _elapsed_ms(self.started)
-                except ProviderError as exc:
-                    error = exc
                 except Exception as exc:  # noqa: BLE001
-                    error = relay_failure(exc)
+                    error = stream_failure(exc)
             result = self.stream.result
             self.log = _record(
                 self.chat,
@@ -332,11 +332,8 @@ class AsyncPromptStream:
                         self.ttft_ms = _elapsed_ms(self.started)
                     yield server_sent_event("chunk", {"text": text})
                 client_left = False
-            except ProviderError as exc:
-                error = exc
-                client_left = False
-            except Exception as exc:  # noqa: BLE001 - anything else still gets its row
-                error = relay_failure(exc)
+            except Exception as exc:  # noqa: BLE001 - the vendor's failure or ours: the row is written anyway
+                error = stream_failure(exc)
                 client_left = False
         finally:
             extra_tags = {}
@@ -365,8 +362,6 @@ class AsyncPromptStream:
             async for _ in chunks:
                 if self.ttft_ms is None:
                     self.ttft_ms = _elapsed_ms(self.started)
-        except ProviderError as exc:
-            return exc
         except Exception as exc:  # noqa: BLE001
-            return relay_failure(exc)
+            return stream_failure(exc)
         return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 
 import aiohttp
@@ -135,6 +136,20 @@ def _options(request: ChatRequest) -> dict:
     return options
 
 
+@contextmanager
+def _relaying(result: ChatResult, upstream: Upstream, parts: list[str]) -> Iterator[None]:
+    """Around a stream's loop (sync or async): an SDK or transport error becomes a ProviderError
+    carrying what arrived so far, and `result.text` is what was relayed, however the loop ends."""
+    try:
+        yield
+    except (groq.GroqError, httpx.HTTPError) as exc:
+        error = classify(exc, upstream, during_stream=True)
+        error.partial = result
+        raise error from exc
+    finally:
+        result.text = "".join(parts)
+
+
 class GroqStream:
     def __init__(self, sdk_stream: groq.Stream, model: str, upstream: Upstream) -> None:
         self._sdk_stream = sdk_stream
@@ -143,17 +158,11 @@ class GroqStream:
 
     def __iter__(self) -> Iterator[str]:
         parts: list[str] = []
-        try:
+        with _relaying(self.result, self._upstream, parts):
             for chunk in self._sdk_stream:
                 for text in _take_chunk(self.result, chunk):
                     parts.append(text)
                     yield text
-        except (groq.GroqError, httpx.HTTPError) as exc:
-            error = classify(exc, self._upstream, during_stream=True)
-            error.partial = self.result
-            raise error from exc
-        finally:
-            self.result.text = "".join(parts)
 
     def close(self) -> None:
         self._sdk_stream.close()
@@ -169,17 +178,11 @@ class AsyncGroqStream:
 
     async def __aiter__(self) -> AsyncIterator[str]:
         parts: list[str] = []
-        try:
+        with _relaying(self.result, self._upstream, parts):
             async for chunk in self._sdk_stream:
                 for text in _take_chunk(self.result, chunk):
                     parts.append(text)
                     yield text
-        except (groq.GroqError, httpx.HTTPError) as exc:
-            error = classify(exc, self._upstream, during_stream=True)
-            error.partial = self.result
-            raise error from exc
-        finally:
-            self.result.text = "".join(parts)
 
     async def close(self) -> None:
         await self._sdk_stream.close()
