@@ -190,7 +190,8 @@ REST_FRAMEWORK = {
         "llm.auth.APIKeyAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["llm.auth.HasSessionOrAPIKey"],
+    # A session or a key holding the right the view declares (`required_right`, llm/permissions.py).
+    "DEFAULT_PERMISSION_CLASSES": ["llm.permissions.HasRight"],
     "DEFAULT_RENDERER_CLASSES": [
         "llm.api.parsers.JSONRenderer",  # DRF's, with \u escapes for text UTF-8 cannot carry
         "rest_framework.renderers.BrowsableAPIRenderer",

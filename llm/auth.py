@@ -61,6 +61,9 @@ class APIKeyAuthentication(authentication.BaseAuthentication):
         api_key = authenticate_key(raw_key)
         if api_key is None:
             raise exceptions.AuthenticationFailed("Invalid or revoked API key.")
+        if api_key.has_expired():
+            expired_at = api_key.expires_at.isoformat(timespec="seconds")
+            raise exceptions.AuthenticationFailed(f"This API key expired at {expired_at}: make a new one.")
         return AnonymousUser(), api_key
 
     def authenticate_header(self, request) -> str:
@@ -75,6 +78,20 @@ def api_key_from(request: HttpRequest) -> APIKey | None:
     except exceptions.AuthenticationFailed:
         return None
     return authenticated[1] if authenticated else None
+
+
+def key_refusal(request: HttpRequest, scope: str) -> tuple[int, str] | None:
+    """Why a plain Django view (the OTLP receiver) refuses the request's API key: (401, why) for
+    none, a bad or an expired one, (403, why) for a key without `scope`; None to go on."""
+    try:
+        authenticated = APIKeyAuthentication().authenticate(request)
+    except exceptions.AuthenticationFailed as error:
+        return 401, str(error.detail)
+    if not authenticated:
+        return 401, "Send an API key: Authorization: Bearer <key>."
+    if not authenticated[1].has_scope(scope):
+        return 403, f"This API key lacks the scope “{scope}”."
+    return None
 
 
 class HasSessionOrAPIKey(permissions.BasePermission):

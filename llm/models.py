@@ -231,6 +231,16 @@ class LLMRequestLog(models.Model):
 
     class Meta:
         verbose_name = "LLM request log"
+        # The rights of the roles (llm/permissions.py): prompt and response text are the most
+        # sensitive data stored here, so seeing them is a permission of its own.
+        permissions = [
+            ("view_prompt_text", "Can see prompt and response text"),
+            ("export_logs", "Can export logs (CSV, JSON)"),
+            ("give_feedback", "Can rate calls"),
+            ("use_playground", "Can send prompts (playground, /api/llm/prompt/)"),
+            ("manage_alerting", "Can change alerting: rules, budgets, silences, acknowledging"),
+            ("ingest_events", "Can report calls with a logged-in session (/api/events/)"),
+        ]
         indexes = [
             # Dashboard and metrics filtered by model, status or user over a time range (model: also
             # the model list, a loose index scan in llm.dashboard.logged_model_names; user: the
@@ -651,15 +661,57 @@ class APIKeyQuerySet(models.QuerySet):
         return self.filter(revoked_at__isnull=True)
 
 
+def parse_scopes(value: str | list[str] | tuple[str, ...]) -> list[str]:
+    """Scope names, from a comma-separated text or a list, in the canonical order of
+    APIKey.Scope; a name that is no scope raises ValidationError naming it."""
+    names = [name.strip() for name in value.split(",")] if isinstance(value, str) else [*value]
+    names = [name for name in names if name]
+    unknown = sorted(set(names) - set(APIKey.Scope.values))
+    if unknown:
+        raise ValidationError(
+            f"Unknown scope {', '.join(unknown)}: choose among {', '.join(APIKey.Scope.values)}.", code="scope"
+        )
+    if not names:
+        raise ValidationError("Give at least one scope.", code="scope")
+    return [scope for scope in APIKey.Scope.values if scope in names]
+
+
+def validate_scopes(value: str) -> None:
+    parse_scopes(value)
+
+
 class APIKey(models.Model):
-    """A secret for machine clients. Only its SHA-256 is stored; the key is shown once."""
+    """A secret for machine clients. Only its SHA-256 is stored; the key is shown once.
+
+    A key may do what its scopes allow and nothing else (llm/permissions.py maps each endpoint to
+    one scope); `scopes` holds their names comma-separated, in Scope's order, so that "has every
+    scope" is one exact match (the admin's filter)."""
 
     PREFIX = "llmo_"
+
+    class Scope(models.TextChoices):
+        INGEST = "ingest", "ingest: report calls (/api/events/, /v1/traces)"
+        PROMPT = "prompt", "prompt: send prompts (/api/llm/prompt/)"
+        READ = "read", "read: metrics, logs without their text, alerts"
+        READ_TEXT = "read_text", "read_text: prompt and response text, search, export, feedback"
+        MANAGE = "manage", "manage: alert rules, budgets, acknowledging"
+
+    DEFAULT_SCOPES = "ingest"
+    ALL_SCOPES = ",".join(Scope.values)
 
     name = models.CharField(max_length=200)
     key_prefix = models.CharField(max_length=16, editable=False, help_text="First characters, to tell keys apart.")
     key_hash = models.CharField(max_length=64, unique=True, editable=False)
+    scopes = models.CharField(
+        max_length=100,
+        default=DEFAULT_SCOPES,
+        validators=[validate_scopes],
+        help_text="What the key may do, comma-separated: " + ", ".join(Scope.values) + ".",
+    )
     created_at = models.DateTimeField(default=timezone.now, editable=False)
+    expires_at = models.DateTimeField(
+        null=True, blank=True, help_text="After this moment the key answers 401 (empty: never expires)."
+    )
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
     revoked_at = models.DateTimeField(null=True, blank=True)
 
@@ -678,16 +730,41 @@ class APIKey(models.Model):
         return hashlib.sha256(raw_key.encode()).hexdigest()
 
     @classmethod
-    def generate(cls, name: str) -> tuple[APIKey, str]:
-        """Create a key; answers (row, raw key). The raw key cannot be recovered later."""
+    def generate(
+        cls, name: str, scopes: str | list[str] = DEFAULT_SCOPES, expires_at: datetime | None = None
+    ) -> tuple[APIKey, str]:
+        """Create a key with these scopes (ValidationError for an unknown one); answers (row, raw
+        key). The raw key cannot be recovered later."""
+        scope_text = ",".join(parse_scopes(scopes))
         raw_key = cls.PREFIX + secrets.token_urlsafe(32)
-        api_key = cls.objects.create(name=name, key_prefix=raw_key[:12], key_hash=cls.hash_key(raw_key))
+        api_key = cls.objects.create(
+            name=name,
+            key_prefix=raw_key[:12],
+            key_hash=cls.hash_key(raw_key),
+            scopes=scope_text,
+            expires_at=expires_at,
+        )
         return api_key, raw_key
+
+    @property
+    def scope_list(self) -> list[str]:
+        return [scope for scope in self.scopes.split(",") if scope]
+
+    def has_scope(self, scope: str) -> bool:
+        return scope in self.scope_list
+
+    @property
+    def has_all_scopes(self) -> bool:
+        return self.scopes == self.ALL_SCOPES
+
+    def has_expired(self, now: datetime | None = None) -> bool:
+        return self.expires_at is not None and self.expires_at <= (now or timezone.now())
 
     @classmethod
     def authenticate(cls, raw_key: str) -> APIKey | None:
+        """The unrevoked key, expired or not (the caller tells an expired key apart: 401 saying so)."""
         api_key = cls.objects.active().filter(key_hash=cls.hash_key(raw_key)).first()
-        if api_key is not None:
+        if api_key is not None and not api_key.has_expired():
             now = timezone.now()
             # Writing on every request would make each call a write; once a minute is enough.
             if api_key.last_used_at is None or (now - api_key.last_used_at).total_seconds() > 60:

@@ -138,6 +138,12 @@ class ErrorSerializer(serializers.Serializer):
     """Every error answer of the API but an upstream failure of the prompt endpoint (llm/api/errors.py)."""
 
     error = serializers.CharField(help_text="What went wrong, in plain words.")
+    missing = serializers.CharField(
+        required=False,
+        help_text="Only on a 403 for a missing right: the API key's missing scope (read_text), or the user's "
+        "missing permission (llm.view_prompt_text).",
+    )
+    role = serializers.CharField(required=False, help_text="Only on a 403 to a user: the role that has the right.")
     fields = serializers.DictField(
         child=serializers.JSONField(),
         required=False,
@@ -228,6 +234,7 @@ LOG_FIELDS = [
 
 
 ERROR_TYPE_HELP = "Empty for a success."
+HIDDEN_TEXT_HELP = 'null for a caller without the read_text right (scope, or Analyst role); "" when not stored.'
 
 
 class LogSerializer(serializers.ModelSerializer):
@@ -237,11 +244,20 @@ class LogSerializer(serializers.ModelSerializer):
     error_type = serializers.ChoiceField(
         choices=LLMRequestLog.ErrorType.choices, allow_blank=True, read_only=True, help_text=ERROR_TYPE_HELP
     )
+    prompt_text = serializers.CharField(read_only=True, allow_null=True, help_text=HIDDEN_TEXT_HELP)
+    response_text = serializers.CharField(read_only=True, allow_null=True, help_text=HIDDEN_TEXT_HELP)
 
     class Meta:
         model = LLMRequestLog
         fields = LOG_FIELDS
         read_only_fields = LOG_FIELDS
+
+    def to_representation(self, instance: LLMRequestLog) -> dict:
+        data = super().to_representation(instance)
+        # Hidden unless the view says the caller may see it (llm/api/logs.py): a use that forgets wins nothing.
+        if not self.context.get("show_text"):
+            data["prompt_text"] = data["response_text"] = None
+        return data
 
 
 class FeedbackSerializer(serializers.ModelSerializer):

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from rest_framework.test import APIClient
 
-from tests.factories import make_api_key
+from tests.factories import make_api_key, make_user
 from tests.fake_groq import FakeGroq
 
 
@@ -61,8 +61,9 @@ def anonymous_client() -> APIClient:
 
 
 @pytest.fixture
-def staff_user(django_user_model):
-    return django_user_model.objects.create_user("alice", "alice@example.com", "secret-password", is_staff=True)
+def staff_user(db):
+    """A staff member with the Admin role (every right but a superuser's)."""
+    return make_user("alice", "Admin", is_staff=True)
 
 
 @pytest.fixture

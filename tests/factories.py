@@ -79,6 +79,16 @@ def make_feedback(log: LLMRequestLog, rating: str = UserFeedback.Rating.THUMBS_U
     return UserFeedback.objects.create(request=log, rating=rating, **overrides)
 
 
-def make_api_key(name: str = "tests") -> tuple[APIKey, str]:
-    """A stored key and its raw value (the only time the raw value is known)."""
-    return APIKey.generate(name)
+def make_api_key(name: str = "tests", scopes: str = APIKey.ALL_SCOPES, **fields: Any) -> tuple[APIKey, str]:
+    """A stored key and its raw value (the only time the raw value is known); every scope unless told."""
+    return APIKey.generate(name, scopes, **fields)
+
+
+def make_user(username: str, role: str | None = None, **fields: Any):
+    """A user with a password of "secret-password", in the role's group (None: no group, a Viewer)."""
+    from django.contrib.auth.models import Group, User
+
+    user = User.objects.create_user(username, f"{username}@example.com", "secret-password", **fields)
+    if role is not None:
+        user.groups.add(Group.objects.get(name=role))
+    return user

@@ -31,12 +31,14 @@ from llm.serializers import (
 class AlertRuleList(DeclaredParameters, generics.ListCreateAPIView):
     """All rules with their current state (there are few: not paginated)."""
 
+    required_right = {"GET": "read", "POST": "manage"}
     queryset = AlertRule.objects.order_by("id")
     serializer_class = AlertRuleSerializer
     pagination_class = None
 
 
 class AlertRuleDetail(DeclaredParameters, generics.RetrieveUpdateDestroyAPIView):
+    required_right = {"GET": "read", "PUT": "manage", "PATCH": "manage", "DELETE": "manage"}
     queryset = AlertRule.objects.all()
     serializer_class = AlertRuleSerializer
 
@@ -61,6 +63,7 @@ class AlertLogFilter(django_filters.FilterSet):
 class AlertLogList(DeclaredParameters, generics.ListAPIView):
     """Triggered alerts, newest first; filters: rule, acknowledged, kind, since, until."""
 
+    required_right = "read"
     queryset = AlertLog.objects.select_related("alert_rule", "acknowledged_by").order_by("-triggered_at", "-id")
     serializer_class = AlertLogSerializer
     filter_backends = [DjangoFilterBackend]
@@ -69,6 +72,8 @@ class AlertLogList(DeclaredParameters, generics.ListAPIView):
 
 class AlertLogAcknowledge(APIView):
     """Acknowledge a triggered alert: records who and when. Acknowledging twice keeps the first."""
+
+    required_right = "manage"
 
     @extend_schema(request=None, responses={200: AlertLogSerializer})
     def post(self, request: Request, pk: int) -> Response:
@@ -84,6 +89,8 @@ class AlertRuleTest(APIView):
     The notice says it is a test; nothing is stored (no triggered alert, no state, no cooldown).
     400 when the rule has no channel.
     """
+
+    required_right = "manage"
 
     @extend_schema(
         request=None,
@@ -108,6 +115,8 @@ class AlertRuleTest(APIView):
 class AlertRuleCheck(APIView):
     """Evaluate one active rule now, exactly as `check_alerts --rule ID`: record its state and
     send its notice if one is due (the cooldown applies)."""
+
+    required_right = "manage"
 
     @extend_schema(
         request=None,

@@ -7,7 +7,8 @@ OpenAPI document what it can answer besides its own responses, with the error sh
 
 - 400: a GET with a bad or unknown query parameter (llm/api/params.py), a body that is invalid;
 - 401: no API key or session, or a bad key (with `WWW-Authenticate: Bearer`);
-- 403: a POST, PUT, PATCH or DELETE from a logged-in session without the CSRF token;
+- 403: a caller without the right the view declares (llm/permissions.py), or a POST, PUT, PATCH or
+  DELETE from a logged-in session without the CSRF token;
 - 404: a path naming nothing, a page past the last one;
 - 415: a body that is not JSON (or a form where forms are read);
 - 503: the database unavailable, with Retry-After: one response, `#/components/responses/DatabaseUnavailable`.
@@ -45,11 +46,12 @@ def exception_handler(exc, context):
 
 
 JSON = "application/json"
-UNSAFE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 ERROR_DESCRIPTIONS = {
     "400": "Invalid input: `fields` names each bad field or query parameter and says why.",
     "401": "No credentials, or an API key that is unknown or revoked (`WWW-Authenticate: Bearer`).",
-    "403": "A logged-in session sent no valid CSRF token (an API key needs none).",
+    "403": "The caller lacks the right this operation needs (`missing` names the API key's scope, or the "
+    "user's permission with the `role` that has it), or a logged-in session sent no valid CSRF token on a "
+    "POST, PUT, PATCH or DELETE (an API key needs none).",
     "404": "Nothing at this path (no such object), a page past the last one, or an unknown `format`.",
     "415": "A body in a media type this endpoint does not read (see the request body's types).",
 }
@@ -88,9 +90,8 @@ class ErrorResponsesSchema(AutoSchema):
         has_body = "requestBody" in operation
         # Every GET checks its query string (llm/api/params.py): an unknown parameter is a 400.
         statuses = ["400"] if has_body or self.method == "GET" else []
-        statuses.append("401")
-        if self.method in UNSAFE_METHODS:
-            statuses.append("403")
+        # 403: a missing right (llm/permissions.py) on any method; the CSRF check on unsafe ones.
+        statuses += ["401", "403"]
         paginated = self.method == "GET" and self._is_list_view() and self._get_paginator() is not None
         # DRF answers 404 to an unknown ?format= (documented where renderers offer a choice).
         names = {(parameter["in"], parameter["name"]) for parameter in parameters}

@@ -122,6 +122,8 @@ def json_chunks(rows: Iterable[tuple]) -> Iterator[str]:
 
 
 class ExportView(DeclaredParameters, APIView):
+    # Every row with its prompt and response: the text right, and for a user the export permission.
+    required_right = "export"
     filtered = True
     parameters = (SEARCH_PARAMETER,)
     extension = ""

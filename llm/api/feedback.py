@@ -32,6 +32,9 @@ def default_rater(request: Request) -> str:
 class FeedbackListCreate(WindowedList, generics.CreateAPIView):
     """List feedback, newest first (shared filters apply to the rated call); submit one rating."""
 
+    # Ratings and comments hold no prompt text: reading them is `read`; rating is the Analyst's.
+    required_right = {"GET": "read", "POST": "feedback"}
+
     def get_serializer_class(self):
         return FeedbackCreateSerializer if self.request.method == "POST" else FeedbackSerializer
 
@@ -57,6 +60,7 @@ class FeedbackListCreate(WindowedList, generics.CreateAPIView):
 
 
 class FeedbackAnalytics(DeclaredParameters, APIView):
+    required_right = "read"
     filtered = True
 
     """Thumbs up and down, their total and satisfaction rate, overall and per model of the rated call."""

@@ -22,7 +22,7 @@ from rest_framework.views import APIView
 
 from llm import events, otlp
 from llm.api.parsers import JSONParser
-from llm.auth import APIKeyAuthentication, api_key_from
+from llm.auth import APIKeyAuthentication, key_refusal
 from llm.ingest_limits import JSONError, parse_json
 from llm.models import LLMRequestLog
 from llm.serializers import EventBatchSerializer, EventsAnswerSerializer, EventSerializer
@@ -98,6 +98,7 @@ EVENT_OR_BATCH = PolymorphicProxySerializer(
 class EventsView(APIView):
     """Store calls reported by another application: one event or {"events": [...]}."""
 
+    required_right = "ingest"
     renderer_classes = [JSONRenderer]
     # The body is read as JSON below (a form is a 415): the document offers JSON only.
     parser_classes = [JSONParser]
@@ -159,13 +160,12 @@ def otlp_traces(request: HttpRequest) -> HttpResponse:
     """OTLP/HTTP traces receiver: spans with gen_ai.* attributes become log rows."""
     content_type = media_type(request)
     encoding = JSON if content_type == JSON else PROTOBUF
-    if api_key_from(request) is None:
+    if refusal := key_refusal(request, EventsView.required_right):
+        status, why = refusal
+        if status == 403:
+            return otlp_error(encoding, 403, code_pb2.PERMISSION_DENIED, why)
         return otlp_error(
-            encoding,
-            401,
-            code_pb2.UNAUTHENTICATED,
-            "Send an API key: Authorization: Bearer <key>.",
-            {"WWW-Authenticate": APIKeyAuthentication.keyword},
+            encoding, 401, code_pb2.UNAUTHENTICATED, why, {"WWW-Authenticate": APIKeyAuthentication.keyword}
         )
     if content_type not in (JSON, PROTOBUF):
         return otlp_error(encoding, 415, code_pb2.INVALID_ARGUMENT, f"Content-Type must be {PROTOBUF} or {JSON}.")

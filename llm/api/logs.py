@@ -1,4 +1,8 @@
-"""GET /api/logs/ (paginated, filtered, searchable), /api/logs/errors/ and /api/logs/<request_id>/."""
+"""GET /api/logs/ (paginated, filtered, searchable), /api/logs/errors/ and /api/logs/<request_id>/.
+
+All three need `read`; a caller without `read_text` gets `prompt_text` and `response_text` as null
+(the text is hidden, not only unlinked), and `search`, which looks in the text, answers 403 for them.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +13,20 @@ from llm.api.base import WindowedList
 from llm.api.params import SEARCH_PARAMETER, DeclaredParameters
 from llm.filters import search_logs
 from llm.models import LLMRequestLog, LLMRequestLogQuerySet
+from llm.permissions import caller_has, require
 from llm.serializers import LogDetailSerializer, LogSerializer
 
 
-class LogList(WindowedList):
+class TextForTheRight:
+    """The serializers write the text only for a caller with `read_text` (LogSerializer, `show_text`)."""
+
+    required_right = "read"
+
+    def get_serializer_context(self) -> dict:
+        return {**super().get_serializer_context(), "show_text": caller_has(self.request, "read_text")}
+
+
+class LogList(TextForTheRight, WindowedList):
     """Logs, newest first, over the shared filters; `search` looks in the prompt and the response."""
 
     serializer_class = LogSerializer
@@ -23,6 +37,9 @@ class LogList(WindowedList):
 
     def get_queryset(self) -> LLMRequestLogQuerySet:
         logs = self.filter_logs(self.base_queryset())
+        if self.request.query_params.get("search"):
+            # Which calls match a word tells what their text holds.
+            require(self.request, "read_text")
         return search_logs(logs, self.request.query_params).order_by("-timestamp", "-id")
 
 
@@ -33,7 +50,7 @@ class ErrorLogList(LogList):
         return LLMRequestLog.objects.failed()
 
 
-class LogDetail(DeclaredParameters, generics.RetrieveAPIView):
+class LogDetail(TextForTheRight, DeclaredParameters, generics.RetrieveAPIView):
     """One call with its feedback."""
 
     serializer_class = LogDetailSerializer

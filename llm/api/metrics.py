@@ -45,6 +45,7 @@ def group_by_for(request: Request, filtered: FilteredLogs) -> str:
 class MetricsView(DeclaredParameters, APIView):
     """Filters the logs, answers the window and what `figures` computes from them."""
 
+    required_right = "read"
     filtered = True
 
     def figures(self, request: Request, filtered: FilteredLogs) -> dict[str, Any]:

@@ -102,6 +102,7 @@ class PromptView(APIView):
     flight holds no thread. Elsewhere (WSGI, the test client) it blocks this thread (`_call`).
     """
 
+    required_right = "prompt"
     content_negotiation_class = JSONUnlessAskedOtherwise
 
     @extend_schema(

@@ -18,6 +18,7 @@ from llm.traces import normal_trace_id
 class TraceView(DeclaredParameters, APIView):
     """Every call of one trace, in time order, with what a page needs to draw it as a tree."""
 
+    required_right = "read"  # the calls' figures and ids, never their text
     renderer_classes = [JSONRenderer]
 
     @extend_schema(
