@@ -1,4 +1,9 @@
-"""The dashboard pages: server-rendered, behind login, reading figures through llm.dashboard."""
+"""The dashboard pages: server-rendered, behind login, reading figures through llm.dashboard.
+
+Every logged-in user sees the dashboards (the `read` right); the rest follows llm/permissions.py:
+prompt and response text, search and export need the Analyst role, rating calls too, the playground
+and changing alerting the Operator role. A page shows a feature the user may not use disabled, with
+the role it needs (`access` in every page's context); a direct request answers a plain 403 page."""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from django.views.decorators.http import require_POST
 from rest_framework.exceptions import ValidationError
 
 from llm import alerts, dashboard, formatting, metrics, notifiers, providers
+from llm.permissions import access_for, refused_page, requires_right
 from llm.filters import search_logs
 from llm.forms import FeedbackForm
 from llm.models import AlertLog, AlertRule, DashboardSettings, LLMRequestLog, UserFeedback
@@ -26,6 +32,7 @@ def page(request: HttpRequest, template: str, window: dashboard.TimeRange | None
     """Render with what every page's filter bar needs."""
     # Alert notices link to where the dashboard is really served when SITE_URL is empty.
     DashboardSettings.remember_origin(notifiers.request_origin(request))
+    context.setdefault("access", access_for(request.user))
     if window is not None:
         context |= {
             "window": window,
@@ -84,8 +91,15 @@ def logs(request: HttpRequest) -> HttpResponse:
         sort = "newest"
     if sort != "newest":
         window.options["sort"] = sort
+    access = access_for(request.user)
+    query = request.GET
+    if query.get("search") and not access.read_text:
+        # Which calls match a word tells what their text holds: not searched, and said why.
+        window.errors["search"] = [f"Searching the text: {access.reason['read_text']}"]
+        query = query.copy()
+        query.pop("search")
     try:
-        rows = search_logs(window.logs(), request.GET)
+        rows = search_logs(window.logs(), query)
         rows = rows.order_by(*dashboard.LOG_SORTS[sort][1])
     except ValidationError as error:  # a bad status or search is shown above the table, not a 500
         window.errors |= {name: [str(message) for message in problems] for name, problems in error.detail.items()}
@@ -100,12 +114,17 @@ def logs(request: HttpRequest) -> HttpResponse:
         sorts={key: label for key, (label, _) in dashboard.LOG_SORTS.items()},
         sort=sort,
         has_any_logs=LLMRequestLog.objects.exists(),
+        access=access,
     )
 
 
 @login_required
 def log_detail(request: HttpRequest, request_id) -> HttpResponse:
-    log = get_object_or_404(LLMRequestLog, request_id=request_id)
+    access = access_for(request.user)
+    if request.method == "POST" and not access.feedback:
+        return refused_page(request, "feedback")
+    logs = LLMRequestLog.objects.all() if access.read_text else LLMRequestLog.objects.defer("prompt_text", "response_text")
+    log = get_object_or_404(logs, request_id=request_id)
     rater = request.user.get_username()
     mine = log.feedback.filter(rater=rater).first()
     initial = {"rating": mine.rating, "comment": mine.comment} if mine else None
@@ -115,7 +134,9 @@ def log_detail(request: HttpRequest, request_id) -> HttpResponse:
         messages.success(request, "Thanks: your feedback is saved." if created else "Thanks: your rating is updated.")
         return redirect("log-detail", request_id=log.request_id)
     feedback = log.feedback.order_by("-created_at", "-id")
-    return page(request, "dashboard/log_detail.html", None, log=log, form=form, feedback=feedback, mine=mine)
+    return page(
+        request, "dashboard/log_detail.html", None, log=log, form=form, feedback=feedback, mine=mine, access=access
+    )
 
 
 @login_required
@@ -174,7 +195,7 @@ def alerts_page(request: HttpRequest) -> HttpResponse:
     )
 
 
-@login_required
+@requires_right("manage")
 @require_POST
 def acknowledge_alert(request: HttpRequest, pk: int) -> HttpResponse:
     alert = get_object_or_404(AlertLog, pk=pk)
@@ -183,7 +204,7 @@ def acknowledge_alert(request: HttpRequest, pk: int) -> HttpResponse:
     return redirect("alerts")
 
 
-@login_required
+@requires_right("manage")
 @require_POST
 def alert_rule_test(request: HttpRequest, pk: int) -> HttpResponse:
     """Send a test notification through the rule's channels; the result comes back as a message."""
@@ -199,7 +220,7 @@ def alert_rule_test(request: HttpRequest, pk: int) -> HttpResponse:
     return redirect("alerts")
 
 
-@login_required
+@requires_right("manage")
 @require_POST
 def alert_rule_check(request: HttpRequest, pk: int) -> HttpResponse:
     """Evaluate one rule now, as `check_alerts --rule ID` does (state, notice, cooldown)."""
@@ -220,7 +241,7 @@ def alert_rule_check(request: HttpRequest, pk: int) -> HttpResponse:
     return redirect("alerts")
 
 
-@login_required
+@requires_right("prompt")
 def playground(request: HttpRequest) -> HttpResponse:
     return page(
         request,
