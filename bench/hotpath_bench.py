@@ -370,7 +370,7 @@ def prepare_database() -> str:
     call_command("migrate", verbosity=0)
     from llm.models import APIKey
 
-    _, raw_key = APIKey.generate("hotpath-bench")
+    _, raw_key = APIKey.generate("hotpath-bench", APIKey.ALL_SCOPES)
     return raw_key
 
 

@@ -538,7 +538,7 @@ def ingest_rate(raw_key: str, threads: int, seed: int) -> float:
 
 
 def measure_ingest() -> list[Row]:
-    _, raw_key = APIKey.generate("scale bench")
+    _, raw_key = APIKey.generate("scale bench", APIKey.ALL_SCOPES)
     rows = []
     for threads in (1, 4):
         rate = ingest_rate(raw_key, threads, seed=threads)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.db import models
@@ -74,6 +75,28 @@ class LLMRequestLogAdmin(ReadOnlyAdmin):
     list_select_related = True
     show_full_result_count = False  # COUNT(*) over millions of rows on every page is slow
     inlines = [UserFeedbackInline]
+    TEXT_FIELDS = ("prompt_text", "response_text")
+
+    # Prompt and response text only for a user with the permission (the Analyst role and up):
+    # neither shown on a row's page nor searchable (which calls match a word tells what they hold).
+    def can_see_text(self, request) -> bool:
+        return request.user.has_perm("llm.view_prompt_text")
+
+    def get_search_fields(self, request) -> list[str]:
+        fields = super().get_search_fields(request)
+        return fields if self.can_see_text(request) else [name for name in fields if name not in self.TEXT_FIELDS]
+
+    def get_exclude(self, request, obj=None):
+        excluded = super().get_exclude(request, obj) or ()
+        return excluded if self.can_see_text(request) else [*excluded, *self.TEXT_FIELDS]
+
+    def get_fields(self, request, obj=None) -> list[str]:
+        fields = super().get_fields(request, obj)
+        return fields if self.can_see_text(request) else [name for name in fields if name not in self.TEXT_FIELDS]
+
+    def get_queryset(self, request):
+        queryset = super().get_queryset(request)
+        return queryset if self.can_see_text(request) else queryset.defer(*self.TEXT_FIELDS)
 
 
 @admin.register(UserFeedback)
@@ -189,20 +212,69 @@ class ModelPriceAdmin(ModelAdmin):
     search_fields = ["model_name"]
 
 
+class APIKeyForm(forms.ModelForm):
+    """Scopes as checkboxes (a new key gets `ingest` unless more are ticked), stored as APIKey.scopes."""
+
+    scope_choices = forms.MultipleChoiceField(
+        label="Scopes",
+        choices=APIKey.Scope.choices,
+        widget=forms.CheckboxSelectMultiple,
+        initial=[APIKey.DEFAULT_SCOPES],
+        help_text="What the key may do; nothing else. An app that only sends events needs `ingest` alone.",
+    )
+
+    class Meta:
+        model = APIKey
+        fields = ["name", "expires_at"]
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if self.instance.pk:
+            self.fields["scope_choices"].initial = self.instance.scope_list
+
+    def clean(self) -> dict:
+        cleaned = super().clean()
+        if "scope_choices" in cleaned:
+            self.instance.scopes = ",".join(scope for scope in APIKey.Scope.values if scope in cleaned["scope_choices"])
+        return cleaned
+
+
+class ScopeBreadthFilter(admin.SimpleListFilter):
+    """Keys made before scopes existed kept every scope: this finds them (and any made that broad)."""
+
+    title = "scopes"
+    parameter_name = "scopes"
+
+    def lookups(self, request, model_admin):
+        return [("all", "all scopes"), ("limited", "limited")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "all":
+            return queryset.filter(scopes=APIKey.ALL_SCOPES)
+        if self.value() == "limited":
+            return queryset.exclude(scopes=APIKey.ALL_SCOPES)
+        return queryset
+
+
 @admin.register(APIKey)
 class APIKeyAdmin(ModelAdmin):
-    list_display = ["name", "key_prefix", "created_at", "last_used_at", "revoked_at"]
-    list_filter = [("revoked_at", admin.EmptyFieldListFilter)]
+    form = APIKeyForm
+    list_display = ["name", "key_prefix", "scope_summary", "created_at", "last_used_at", "expires_at", "revoked_at"]
+    list_filter = [ScopeBreadthFilter, ("revoked_at", admin.EmptyFieldListFilter)]
     search_fields = ["name", "key_prefix"]
-    fields = ["name", "key_prefix", "created_at", "last_used_at", "revoked_at"]
+    fields = ["name", "scope_choices", "expires_at", "key_prefix", "created_at", "last_used_at", "revoked_at"]
     readonly_fields = ["key_prefix", "created_at", "last_used_at", "revoked_at"]
     actions = ["revoke"]
+
+    @admin.display(description="scopes", ordering="scopes")
+    def scope_summary(self, api_key: APIKey) -> str:
+        return "all scopes" if api_key.has_all_scopes else ", ".join(api_key.scope_list)
 
     def save_model(self, request, obj, form, change) -> None:
         if change:
             super().save_model(request, obj, form, change)
             return
-        api_key, raw_key = APIKey.generate(obj.name)
+        api_key, raw_key = APIKey.generate(obj.name, obj.scopes, expires_at=obj.expires_at)
         obj.pk = api_key.pk
         obj.key_prefix = api_key.key_prefix
         obj.key_hash = api_key.key_hash

@@ -80,15 +80,18 @@ def api_key_from(request: HttpRequest) -> APIKey | None:
     return authenticated[1] if authenticated else None
 
 
+SEND_A_KEY = "Send an API key: Authorization: Bearer <key>."
+
+
 def key_refusal(request: HttpRequest, scope: str) -> tuple[int, str] | None:
     """Why a plain Django view (the OTLP receiver) refuses the request's API key: (401, why) for
     none, a bad or an expired one, (403, why) for a key without `scope`; None to go on."""
     try:
         authenticated = APIKeyAuthentication().authenticate(request)
     except exceptions.AuthenticationFailed as error:
-        return 401, str(error.detail)
+        return 401, f"{error.detail} {SEND_A_KEY}"
     if not authenticated:
-        return 401, "Send an API key: Authorization: Bearer <key>."
+        return 401, SEND_A_KEY
     if not authenticated[1].has_scope(scope):
         return 403, f"This API key lacks the scope “{scope}”."
     return None

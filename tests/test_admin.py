@@ -1,3 +1,5 @@
+import re
+
 import pytest
 from django.core.management import call_command
 
@@ -21,9 +23,15 @@ def test_log_rows_are_read_only_in_admin(admin_client):
 
 
 def test_api_key_created_in_admin_is_shown_once_and_works(admin_client):
-    response = admin_client.post("/admin/llm/apikey/add/", {"name": "from-admin"}, follow=True)
+    form = admin_client.get("/admin/llm/apikey/add/").content.decode()
+    # The form offers every scope and ticks only `ingest`, as a browser would submit it.
+    ticked = re.findall(r'<input type="checkbox" name="scope_choices" value="(\w+)"[^>]*checked', form)
+    offered = re.findall(r'<input type="checkbox" name="scope_choices" value="(\w+)"', form)
+    assert (ticked, offered) == (["ingest"], APIKey.Scope.values)
+    data = {"name": "from-admin", "scope_choices": "ingest"}
+    response = admin_client.post("/admin/llm/apikey/add/", data, follow=True)
     assert response.status_code == 200
     message = next(str(m) for m in response.context["messages"] if "llmo_" in str(m))
     raw_key = next(word for word in message.split() if word.startswith("llmo_"))
     assert APIKey.authenticate(raw_key).name == "from-admin"
-    assert APIKey.objects.count() == 1
+    assert APIKey.objects.get().scope_list == ["ingest"]

@@ -70,7 +70,7 @@ def app_server(tmp_path: Path, **variables: str) -> Iterator[tuple[str, str, Cal
         database = tmp_path / "db.sqlite3"
         environment = server_environment(f"sqlite:///{database}", **variables)
         manage(environment, "migrate", "--noinput")
-        key = manage(environment, "create_api_key", "load").strip()
+        key = manage(environment, "create_api_key", "load", "--scopes", "ingest,prompt,read,read_text,manage").strip()
 
         def stored(model: str) -> list[str]:
             with contextlib.closing(sqlite3.connect(database)) as db:

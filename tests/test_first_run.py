@@ -79,7 +79,7 @@ def test_make_run_steps_serve_the_dashboard_and_the_api_from_a_fresh_clone(check
     assert password not in again.stdout
     assert ".admin-password" in again.stdout and "changepassword admin" in again.stdout
 
-    key = manage(checkout, "create_api_key", "first-run")
+    key = manage(checkout, "create_api_key", "first-run", "--scopes", "ingest,prompt,read,read_text,manage")
     assert key.returncode == 0, key.stderr
     api_key = key.stdout.strip()
 

@@ -62,9 +62,9 @@ class Server:
 
     def api_key(self) -> str:
         if self.sqlite_path is None:
-            return APIKey.generate("server-tests")[1]
+            return APIKey.generate("server-tests", APIKey.ALL_SCOPES)[1]
         created = subprocess.run(
-            [sys.executable, "manage.py", "create_api_key", "server-tests"],
+            [sys.executable, "manage.py", "create_api_key", "server-tests", "--scopes", APIKey.ALL_SCOPES],
             cwd=ROOT,
             env=self.environment(),
             capture_output=True,
