@@ -693,7 +693,7 @@ class APIKey(models.Model):
         INGEST = "ingest", "ingest: report calls (/api/events/, /v1/traces)"
         PROMPT = "prompt", "prompt: send prompts (/api/llm/prompt/)"
         READ = "read", "read: metrics, logs without their text, alerts"
-        READ_TEXT = "read_text", "read_text: prompt and response text, search, export, feedback"
+        READ_TEXT = "read_text", "read_text: what read allows, with prompt and response text, search, export, feedback"
         MANAGE = "manage", "manage: alert rules, budgets, acknowledging"
 
     DEFAULT_SCOPES = "ingest"

@@ -41,12 +41,14 @@ class Right:
     permissions: tuple[str, ...]  # the user permissions that grant it (all of them); () = any logged-in user
     role: str  # the first role that has it, for messages
     does: str  # what it allows, for messages: "needs the Analyst role to <does>"
+    also_by: tuple[str, ...] = ()  # other scopes that grant it too
 
 
 RIGHTS: dict[str, Right] = {
     right.name: right
     for right in [
-        Right("read", Scope.READ, (), "Viewer", "see dashboards and figures"),
+        # Text is read on the logs it belongs to: a read_text key reads them too.
+        Right("read", Scope.READ, (), "Viewer", "see dashboards and figures", also_by=(Scope.READ_TEXT,)),
         Right("read_text", Scope.READ_TEXT, ("llm.view_prompt_text",), "Analyst", "see prompt and response text"),
         Right(
             "export", Scope.READ_TEXT, ("llm.export_logs", "llm.view_prompt_text"), "Analyst", "export logs with text"
@@ -142,7 +144,7 @@ def user_has(user: Any, right: Right) -> bool:
 
 
 def key_has(api_key: APIKey, right: Right) -> bool:
-    return api_key.has_scope(right.scope)
+    return any(api_key.has_scope(scope) for scope in (right.scope, *right.also_by))
 
 
 def caller_has(request: HttpRequest | Request, right_name: str) -> bool:
