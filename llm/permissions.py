@@ -121,7 +121,11 @@ def install_roles(apps: Any, only_missing: bool = False) -> None:
 
 
 def roles_after_migrate(sender: Any, apps: Any = None, **kwargs: Any) -> None:
-    """post_migrate: the groups again after a flush (a transactional test empties auth_group)."""
+    """post_migrate: the groups again after a flush (a transactional test empties auth_group).
+
+    Sent once per app: only for ours, after the auth app's handler has made our permissions."""
+    if getattr(sender, "name", None) != "llm":
+        return
     if apps is None:
         from django.apps import apps as global_apps
 

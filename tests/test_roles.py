@@ -203,3 +203,12 @@ def test_a_superuser_made_by_ensure_admin_has_every_right(db, monkeypatch):
     assert client.login(username="admin", password="correct horse battery")
     assert client.get("/playground/").status_code == 200
     assert client.get("/api/export/csv/").status_code == 200
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_roles_come_back_with_their_permissions_after_a_flush():
+    call_command("flush", "--noinput", verbosity=0)
+    analyst = Group.objects.get(name="Analyst")
+    assert set(analyst.permissions.values_list("content_type__app_label", "codename")) == {
+        tuple(name.split(".")) for name in ROLES["Analyst"]
+    }
