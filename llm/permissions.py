@@ -23,7 +23,9 @@ from dataclasses import dataclass
 from functools import wraps
 from typing import Any
 
+from django.contrib.auth.models import Permission
 from django.contrib.auth.views import redirect_to_login
+from django.db.models import Q
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from rest_framework import exceptions, permissions
@@ -141,10 +143,24 @@ def roles_after_migrate(sender: Any, apps: Any = None, **kwargs: Any) -> None:
 # Rights of callers.
 
 
+def permission_names(user: Any) -> set[str]:
+    """The user's permissions, its own and its roles', "app_label.codename", in one query (Django's
+    ModelBackend asks two), kept on the user object for the rest of the request."""
+    cached = getattr(user, "_llm_permission_names", None)
+    if cached is None:
+        rows = (
+            Permission.objects.filter(Q(user=user) | Q(group__user=user))
+            .values_list("content_type__app_label", "codename")
+            .distinct()
+        )
+        cached = user._llm_permission_names = {f"{app_label}.{codename}" for app_label, codename in rows}
+    return cached
+
+
 def user_has(user: Any, right: Right) -> bool:
     if not (user and user.is_authenticated and user.is_active):
         return False
-    return all(user.has_perm(permission) for permission in right.permissions)
+    return user.is_superuser or set(right.permissions) <= permission_names(user)
 
 
 def key_has(api_key: APIKey, right: Right) -> bool:
@@ -179,7 +195,8 @@ class MissingRight(exceptions.PermissionDenied):
             }
         else:
             right = RIGHTS[right_name]
-            missing = next((name for name in right.permissions if not request.user.has_perm(name)), right.role)
+            held = permission_names(request.user)
+            missing = next((name for name in right.permissions if name not in held), right.role)
             detail = {"error": role_message(right), "missing": missing, "role": right.role}
         super().__init__(detail)
 
@@ -251,9 +268,8 @@ def access_for(user: Any) -> Access:
 
 def refused_page(request: HttpRequest, right_name: str) -> HttpResponse:
     right = RIGHTS[right_name]
-    return render(
-        request, "403.html", {"message": role_message(right), "role": right.role, "right": right_name}, status=403
-    )
+    context = {"message": role_message(right), "role": right.role, "access": access_for(request.user)}
+    return render(request, "403.html", context, status=403)
 
 
 def requires_right(right_name: str) -> Callable:
