@@ -68,14 +68,15 @@ def test_every_operation_documents_its_errors_with_one_shape(api_client):
     unavailable = document["components"]["responses"]["DatabaseUnavailable"]
     assert unavailable["headers"]["Retry-After"]["schema"]["type"] == "integer"
     assert unavailable["content"]["application/json"]["schema"] == error
-    assert set(document["components"]["schemas"]["Error"]["properties"]) == {"error", "fields"}
+    # `missing` and `role`: a 403 for a missing right (llm/permissions.py).
+    assert set(document["components"]["schemas"]["Error"]["properties"]) == {"error", "fields", "missing", "role"}
     checked = 0
     for name, operation in operations(document):
         responses = operation["responses"]
         assert "401" in responses, name
         assert responses["401"]["content"]["application/json"]["schema"] == error, name
-        if name.split()[0] in ("POST", "PUT", "PATCH", "DELETE"):
-            assert "403" in responses, name  # a session without its CSRF token
+        # A caller without the operation's right; on a POST, PUT, PATCH or DELETE also a session without its CSRF token.
+        assert "403" in responses, name
         if "{" in name:
             assert "404" in responses, name
         if "requestBody" in operation:

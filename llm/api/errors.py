@@ -29,6 +29,7 @@ from rest_framework.views import exception_handler as drf_exception_handler
 
 from llm.middleware import UNAVAILABLE_MESSAGE
 from llm.outage import RETRY_AFTER_SECONDS
+from llm.permissions import RIGHTS, right_for
 from llm.serializers import ErrorSerializer
 
 
@@ -83,7 +84,20 @@ class ErrorResponsesSchema(AutoSchema):
             responses.setdefault(code, self._error_response(code, ERROR_DESCRIPTIONS[code]))
         responses.setdefault("503", self._unavailable_response())
         operation["responses"] = dict(sorted(responses.items()))
+        self._describe_right(operation)
         return operation
+
+    def _describe_right(self, operation: dict) -> None:
+        """Which right the operation needs: in its description, and as `x-required-right`."""
+        right_name = right_for(self.view, self.method)
+        if not isinstance(right_name, str):
+            return
+        right = RIGHTS[right_name]
+        who = f"the {right.role} role" if right.permissions else "any logged-in user"
+        scopes = " or ".join(f"`{scope}`" for scope in (right.scope, *right.also_by))
+        needs = f"Needs the right `{right_name}`: an API key with the scope {scopes}, or {who}."
+        operation["description"] = f"{operation.get('description', '')}\n\n{needs}".strip()
+        operation["x-required-right"] = right_name
 
     def error_statuses(self, operation: dict) -> list[str]:
         parameters = operation.get("parameters", [])

@@ -27,7 +27,9 @@ class TextForTheRight:
 
 
 class LogList(TextForTheRight, WindowedList):
-    """Logs, newest first, over the shared filters; `search` looks in the prompt and the response."""
+    """Logs, newest first, over the shared filters; `search` looks in the prompt and the response.
+
+    Without the right `read_text`, `prompt_text` and `response_text` are null and `search` answers 403."""
 
     serializer_class = LogSerializer
     parameters = (SEARCH_PARAMETER,)
@@ -51,7 +53,7 @@ class ErrorLogList(LogList):
 
 
 class LogDetail(TextForTheRight, DeclaredParameters, generics.RetrieveAPIView):
-    """One call with its feedback."""
+    """One call with its feedback; without the right `read_text`, `prompt_text` and `response_text` are null."""
 
     serializer_class = LogDetailSerializer
 
