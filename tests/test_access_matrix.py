@@ -248,6 +248,8 @@ def check(row: Row, world: dict, kind: str, name: str) -> list[str]:
             problems.append(f"{row.label} as {who}: 403 names no permission and role: {answer}")
     if want == 403 and row.page and not re.search(r"the (Viewer|Analyst|Operator|Admin) role", text):
         problems.append(f"{row.label} as {who}: the 403 page names no role")
+    if not row.text and (PROMPT in text or RESPONSE in text):
+        problems.append(f"{row.label} as {who}: text in an answer that never shows it")
     if row.text and want == 200:
         shown = PROMPT in text and RESPONSE in text if not row.page or row.name == "log-detail" else PROMPT in text
         hidden = PROMPT not in text and RESPONSE not in text
