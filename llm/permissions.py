@@ -177,8 +177,10 @@ def caller_has(request: HttpRequest | Request, right_name: str) -> bool:
 
 
 def role_message(right: Right) -> str:
-    permissions_text = ", ".join(right.permissions)
-    return f"Needs the {right.role} role to {right.does} (permission {permissions_text})."
+    if not right.permissions:
+        return f"Needs the {right.role} role to {right.does}."
+    noun = "permissions" if len(right.permissions) > 1 else "permission"
+    return f"Needs the {right.role} role to {right.does} ({noun} {' and '.join(right.permissions)})."
 
 
 class MissingRight(exceptions.PermissionDenied):
