@@ -42,10 +42,12 @@ from llm.models import (
     AlertLog,
     AlertRule,
     LLMRequestLog,
+    ModelPrice,
     UserFeedback,
     split_email_list,
     webhook_url_validator,
 )
+from llm.providers import UnknownModel, route
 from llm.traces import TRACE_CALL_FIELDS
 
 # Long enough for a large context window, short enough that one request cannot fill the disk.
@@ -109,6 +111,12 @@ class PromptRequestSerializer(serializers.Serializer):
     temperature = serializers.FloatField(min_value=MIN_TEMPERATURE, max_value=MAX_TEMPERATURE, required=False)
     tags = TagsField(required=False)
     stream = serializers.BooleanField(required=False, default=False)
+    provider = serializers.ChoiceField(
+        choices=ModelPrice.Provider.choices,
+        required=False,
+        help_text="Who serves the model. Default: the provider the price table gives the model; name one "
+        "to call a model the table does not list (it then costs 0).",
+    )
 
     def validate_prompt(self, value: str) -> str:
         if not value.strip():
@@ -118,7 +126,17 @@ class PromptRequestSerializer(serializers.Serializer):
     def validate(self, attrs: dict) -> dict:
         attrs.setdefault("model", settings.GROQ_DEFAULT_MODEL)
         attrs.setdefault("tags", {})
+        try:
+            attrs["provider"] = route(attrs["model"], attrs.get("provider"))
+        except UnknownModel as unknown:
+            raise serializers.ValidationError({"model": [str(unknown)]}) from None
         return attrs
+
+
+TOKENS_ESTIMATED_HELP = (
+    "True when the provider reported no usage: the token counts are estimated (ceil(characters / 4)) "
+    "and the cost with them."
+)
 
 
 class PromptResponseSerializer(serializers.Serializer):
@@ -132,6 +150,12 @@ class PromptResponseSerializer(serializers.Serializer):
     ttft_ms = serializers.FloatField(allow_null=True, help_text="Time to the first token; null unless streamed.")
     cost_estimate = serializers.FloatField()
     status = serializers.CharField()
+    provider = serializers.CharField(help_text="Who served the call: groq, cerebras or openai.")
+    cached_tokens = serializers.IntegerField(help_text="Prompt tokens served from the provider's cache.")
+    tokens_estimated = serializers.BooleanField(help_text=TOKENS_ESTIMATED_HELP)
+    output_tokens_per_second = serializers.FloatField(
+        allow_null=True, help_text="completion_tokens / (latency - ttft), in seconds; null unless streamed."
+    )
 
 
 class ErrorSerializer(serializers.Serializer):
@@ -224,6 +248,12 @@ LOG_FIELDS = [
     "temperature",
     "max_tokens",
     "tags",
+    "cached_tokens",
+    "tokens_estimated",
+    "queue_time_ms",
+    "prompt_time_ms",
+    "completion_time_ms",
+    "output_tokens_per_second",
 ]
 
 
