@@ -158,8 +158,11 @@ def take_chunk(result: ChatResult, chunk: Any) -> list[str]:
     for choice in getattr(chunk, "choices", None) or []:
         if choice.finish_reason:
             result.finish_reason = choice.finish_reason
-        if choice.delta and choice.delta.content:
-            texts.append(choice.delta.content)
+        # A dict when an SDK could not tell a chunk from an answer (cerebras-cloud-sdk's union type).
+        delta = choice.delta if hasattr(choice, "delta") else None
+        content = delta.get("content") if isinstance(delta, dict) else getattr(delta, "content", None)
+        if content:
+            texts.append(content)
     return texts
 
 
