@@ -228,15 +228,23 @@ class LLMRequestLog(models.Model):
     tags = models.JSONField(default=dict, blank=True)
     # Prompt tokens the provider served from its cache (part of prompt_tokens), priced at the
     # cached rate where the price has one.
-    cached_tokens = models.PositiveIntegerField(default=0)
-    # True when the provider reported no usage and the counts are estimated (ESTIMATE_CHARS_PER_TOKEN).
-    tokens_estimated = models.BooleanField(default=False)
+    cached_tokens = models.PositiveIntegerField(
+        default=0, help_text="Prompt tokens served from the provider's cache (part of prompt_tokens)."
+    )
+    # True when the provider reported no usage and the counts are estimated (llm.proxy.estimate_tokens).
+    tokens_estimated = models.BooleanField(
+        default=False,
+        help_text="True when the provider reported no usage: the token counts (and the cost) are estimated, "
+        "ceil(characters / 4).",
+    )
     # The provider's own timings, where it reports them (Groq's usage, Cerebras' time_info).
-    queue_time_ms = models.FloatField(null=True, blank=True)
-    prompt_time_ms = models.FloatField(null=True, blank=True)
-    completion_time_ms = models.FloatField(null=True, blank=True)
+    queue_time_ms = models.FloatField(null=True, blank=True, help_text="Time queued at the provider (its own figure).")
+    prompt_time_ms = models.FloatField(null=True, blank=True, help_text="The provider's time reading the prompt.")
+    completion_time_ms = models.FloatField(null=True, blank=True, help_text="The provider's time generating.")
     # completion_tokens / (latency - time to first token): how fast a streamed answer came.
-    output_tokens_per_second = models.FloatField(null=True, blank=True)
+    output_tokens_per_second = models.FloatField(
+        null=True, blank=True, help_text="completion_tokens / (latency - ttft) in seconds; null unless streamed."
+    )
 
     objects = LLMRequestLogManager()
 

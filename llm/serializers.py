@@ -454,6 +454,13 @@ class EventSerializer(serializers.Serializer):
         required=False,
         help_text=f"Default prompt + completion, which must then be at most {MAX_COUNT:,}.",
     )
+    cached_tokens = WholeNumberField(
+        min_value=0,
+        max_value=MAX_COUNT,
+        required=False,
+        help_text="Prompt tokens served from the provider's cache (OpenAI's prompt_tokens_details.cached_tokens), "
+        "part of prompt_tokens: priced at the model's cached-input rate when it has one.",
+    )
     latency_ms = NumberField(min_value=0, max_value=MAX_LATENCY_MS, required=False, help_text=LATENCY_HELP)
     ttft_ms = NumberField(
         min_value=0, max_value=MAX_LATENCY_MS, required=False, allow_null=True, help_text=LATENCY_HELP
@@ -504,6 +511,12 @@ class EventSerializer(serializers.Serializer):
             return f"Must equal prompt_tokens + completion_tokens ({prompt_tokens + completion_tokens})."
         return None
 
+    @staticmethod
+    def cached_tokens_error(attrs: dict) -> str | None:
+        if attrs.get("cached_tokens", 0) > attrs.get("prompt_tokens", 0):
+            return "Must not exceed prompt_tokens (cached tokens are part of them)."
+        return None
+
     def validate(self, attrs: dict) -> dict:
         errors: dict[str, str] = {}
         if total_error := self.total_tokens_error(attrs):
@@ -511,6 +524,8 @@ class EventSerializer(serializers.Serializer):
         ttft = attrs.get("ttft_ms")
         if ttft is not None and "latency_ms" in attrs and ttft > attrs["latency_ms"]:
             errors["ttft_ms"] = "Must not exceed latency_ms."
+        if cached_error := self.cached_tokens_error(attrs):
+            errors["cached_tokens"] = cached_error
         error_type = attrs.get("error_type", "")
         status = attrs.get("status") or (LLMRequestLog.Status.ERROR if error_type else LLMRequestLog.Status.SUCCESS)
         if status == LLMRequestLog.Status.SUCCESS and error_type:
