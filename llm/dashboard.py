@@ -295,8 +295,14 @@ def feedback(window: TimeRange) -> dict[str, Any]:
 
 def analytics(window: TimeRange) -> dict[str, Any]:
     chosen = window.selection()
+    models = metrics.model_usage(chosen)
+    speeds = metrics.model_speeds(chosen)
+    for row in models:
+        speed = speeds.get(row["model"], {})
+        row["output_tokens_per_second"] = speed.get("output_tokens_per_second")
+        row["queue_time_ms"] = speed.get("queue_time_ms")
     return {
-        "models": metrics.model_usage(chosen),
+        "models": models,
         "top_by_cost": metrics.user_usage(chosen, "cost", 10),
         "top_by_requests": metrics.user_usage(chosen, "requests", 10),
         "daily": metrics.daily_stats(chosen, start=window.start, end=window.end),
