@@ -132,6 +132,16 @@ def model_prices(db) -> None:
     importlib.import_module("llm.migrations.0002_seed_model_prices").seed_prices(apps, None)
 
 
+@pytest.fixture
+def provider_prices(model_prices) -> None:
+    """Cerebras' and OpenAI's seeded prices too (they route their models), also after a flush."""
+    import importlib
+
+    from django.apps import apps
+
+    importlib.import_module("llm.migrations.0013_seed_provider_prices").seed_prices(apps, None)
+
+
 # Dashboard: a real headless Chromium through Playwright.
 # Playwright's sync API runs an event loop in the test thread; Django would then refuse ORM calls
 # from that thread, though nothing runs concurrently there.

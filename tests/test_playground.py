@@ -22,7 +22,7 @@ SEEDED = [
 
 
 @pytest.fixture
-def browser(staff_user) -> Client:
+def browser(staff_user, provider_prices) -> Client:
     client = Client()
     client.force_login(staff_user)
     return client
@@ -77,7 +77,7 @@ def test_a_provider_without_a_key_is_named_with_its_variable(browser, settings):
     assert "OPENAI_API_KEY</code> is configured" not in html and "GROQ_API_KEY</code> is configured" not in html
 
 
-def test_the_prompt_api_routes_a_priced_model_to_its_provider(api_client, fake_groq, settings):
+def test_the_prompt_api_routes_a_priced_model_to_its_provider(api_client, fake_groq, settings, provider_prices):
     settings.OPENAI_API_KEY = ""
     response = api_client.post("/api/llm/prompt/", {"prompt": "hi", "model": "gpt-4o"}, format="json")
     # gpt-4o is OpenAI's in the price table: not sent to Groq, and the missing key is named.

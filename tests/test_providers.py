@@ -28,7 +28,7 @@ PROVIDERS = {
 
 
 @pytest.fixture
-def fake(fake_groq, settings):
+def fake(fake_groq, settings, provider_prices):
     """The fake server, with Cerebras and the OpenAI-compatible provider pointed at it."""
     settings.CEREBRAS_BASE_URL = fake_groq.base_url
     settings.OPENAI_BASE_URL = fake_groq.openai_base_url

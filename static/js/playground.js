@@ -26,6 +26,8 @@
 
   function show(done) {
     document.getElementById("pg-tokens").textContent = done.prompt_tokens + " prompt + " + done.completion_tokens + " completion = " + done.total_tokens;
+    // The provider reported no usage: the server estimated the counts (one token per 4 characters).
+    if (done.tokens_estimated) document.getElementById("pg-tokens").textContent += " (estimated)";
     document.getElementById("pg-latency").textContent = Math.round(done.latency_ms) + " ms";
     document.getElementById("pg-ttft").textContent = done.ttft_ms == null ? "—" : Math.round(done.ttft_ms) + " ms";
     document.getElementById("pg-cost").textContent = "$" + Number(done.cost_estimate).toFixed(8);
