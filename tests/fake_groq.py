@@ -199,7 +199,7 @@ class FakeGroq:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def _stream(self, body, behaviour, stopping, dialect):  # noqa: C901 - one wire format per dialect
+            def _stream(self, body, behaviour, stopping, dialect):
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
                 self.send_header("Transfer-Encoding", "chunked")

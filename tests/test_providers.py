@@ -28,14 +28,8 @@ PROVIDERS = {
 
 
 @pytest.fixture
-def fake(fake_groq, settings, provider_prices):
-    """The fake server, with Cerebras and the OpenAI-compatible provider pointed at it."""
-    settings.CEREBRAS_BASE_URL = fake_groq.base_url
-    settings.OPENAI_BASE_URL = fake_groq.openai_base_url
-    for prefix in ("CEREBRAS", "OPENAI"):
-        setattr(settings, f"{prefix}_API_KEY", f"{prefix.lower()}-test-key")
-        setattr(settings, f"{prefix}_MAX_RETRIES", 0)
-        setattr(settings, f"{prefix}_TIMEOUT_SECONDS", 5.0)
+def fake(fake_groq, provider_prices):
+    """The fake server (conftest points Cerebras and the OpenAI-compatible provider at it too)."""
     return fake_groq
 
 

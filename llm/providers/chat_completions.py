@@ -46,7 +46,7 @@ def _aiohttp_cause(exc: BaseException | None) -> BaseException | None:
     return exc
 
 
-def _error_type(exc: Exception, sdk: SDK, during_stream: bool) -> str:  # noqa: C901 - one table of SDK errors
+def _error_type(exc: Exception, sdk: SDK, during_stream: bool) -> str:
     sdk_errors = sdk.module
     cause = _aiohttp_cause(exc)
     if isinstance(cause, aiohttp.ClientConnectionError) and not isinstance(cause, aiohttp.ServerTimeoutError):
