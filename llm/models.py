@@ -664,9 +664,13 @@ class PriceTable:
         if not rows:
             return None
         at = at or timezone.now()
-        in_effect = [price for price in rows if price.effective_from <= at]
-        own = [price for price in in_effect if price.provider == provider]
-        return (own or in_effect or [None])[0]
+        newest_in_effect = None
+        for price in rows:  # newest first
+            if price.effective_from <= at:
+                if price.provider == provider:
+                    return price
+                newest_in_effect = newest_in_effect or price
+        return newest_in_effect
 
     def providers(self, model_name: str) -> list[str]:
         """Who serves a model, by the price table (none: the table does not know it)."""
