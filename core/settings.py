@@ -246,6 +246,18 @@ GROQ_DEFAULT_MODEL = env.str("GROQ_DEFAULT_MODEL", default="llama-3.1-8b-instant
 GROQ_TIMEOUT_SECONDS = env.float("GROQ_TIMEOUT_SECONDS", default=60.0, positive=True)
 GROQ_MAX_RETRIES = env.int("GROQ_MAX_RETRIES", default=2, minimum=0)
 
+# Cerebras, through its official SDK (cerebras-cloud-sdk).
+CEREBRAS_API_KEY = env.str("CEREBRAS_API_KEY", default="")
+CEREBRAS_BASE_URL = env.http_url("CEREBRAS_BASE_URL", default="https://api.cerebras.ai")
+CEREBRAS_TIMEOUT_SECONDS = env.float("CEREBRAS_TIMEOUT_SECONDS", default=60.0, positive=True)
+CEREBRAS_MAX_RETRIES = env.int("CEREBRAS_MAX_RETRIES", default=2, minimum=0)
+
+# Any OpenAI-compatible server (OpenAI, vLLM, Ollama, Together, ...), through the official openai SDK.
+OPENAI_API_KEY = env.str("OPENAI_API_KEY", default="")
+OPENAI_BASE_URL = env.http_url("OPENAI_BASE_URL", default="https://api.openai.com/v1")
+OPENAI_TIMEOUT_SECONDS = env.float("OPENAI_TIMEOUT_SECONDS", default=60.0, positive=True)
+OPENAI_MAX_RETRIES = env.int("OPENAI_MAX_RETRIES", default=2, minimum=0)
+
 # Alerts.
 ALERT_EMAIL_RECIPIENTS = env.list("ALERT_EMAIL_RECIPIENTS", default=[])
 ALERT_WEBHOOK_URL = env.http_url("ALERT_WEBHOOK_URL", default="")

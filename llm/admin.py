@@ -208,8 +208,28 @@ class AlertLogAdmin(ModelAdmin):
 
 @admin.register(ModelPrice)
 class ModelPriceAdmin(ModelAdmin):
-    list_display = ["model_name", "input_per_million", "output_per_million", "updated_at"]
+    """Who serves each model and at what price. A price change is a new row with its effective date,
+    so calls made before it keep their price (cost is computed once, when a call is stored)."""
+
+    list_display = [
+        "model_name",
+        "provider",
+        "input_per_million",
+        "output_per_million",
+        "cached_input_per_million",
+        "effective_from",
+        "updated_at",
+    ]
+    list_filter = ["provider"]
     search_fields = ["model_name"]
+    fields = [
+        "provider",
+        "model_name",
+        "input_per_million",
+        "output_per_million",
+        "cached_input_per_million",
+        "effective_from",
+    ]
 
 
 class APIKeyForm(forms.ModelForm):

@@ -293,10 +293,17 @@ def feedback(window: TimeRange) -> dict[str, Any]:
     return {"summary": summary, "by_day": by_day, "comments": comments}
 
 
+NO_SPEED = {"output_tokens_per_second": None, "queue_time_ms": None}
+
+
 def analytics(window: TimeRange) -> dict[str, Any]:
     chosen = window.selection()
+    models = metrics.model_usage(chosen)
+    speeds = metrics.model_speeds(chosen)
     return {
-        "models": metrics.model_usage(chosen),
+        "models": models,
+        # The model table: each model's figures with its output speed and queue time, where known.
+        "model_rows": [{**NO_SPEED, **row, **speeds.get(row["model"], {})} for row in models],
         "top_by_cost": metrics.user_usage(chosen, "cost", 10),
         "top_by_requests": metrics.user_usage(chosen, "requests", 10),
         "daily": metrics.daily_stats(chosen, start=window.start, end=window.end),

@@ -227,7 +227,7 @@ def _plain_event_rules(data: dict[str, Any]) -> dict | None:
     timestamp = data.get("timestamp")
     if timestamp is not None and not EARLIEST_TIMESTAMP <= timestamp <= timezone.now() + FUTURE_TOLERANCE:
         return None
-    if EventSerializer.total_tokens_error(data):
+    if EventSerializer.total_tokens_error(data) or EventSerializer.cached_tokens_error(data):
         return None
     ttft = data.get("ttft_ms")
     if ttft is not None and "latency_ms" in data and ttft > data["latency_ms"]:
@@ -263,6 +263,7 @@ def log_from_event(data: dict) -> LLMRequestLog:
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
         total_tokens=data.get("total_tokens") or prompt_tokens + completion_tokens,
+        cached_tokens=data.get("cached_tokens", 0),
         latency_ms=data["latency_ms"],
         ttft_ms=data.get("ttft_ms"),
         cost_estimate=data.get("cost_usd"),  # None: record_many prices it

@@ -35,12 +35,22 @@ def count(value: float) -> str:
     return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.2f}"
 
 
+def tokens_per_second(value: float) -> str:
+    return f"{value:,.1f} tokens/s"
+
+
+# A provider's own timings (Groq, Cerebras), written like latencies.
+PROVIDER_TIMINGS = ("queue_time_ms", "prompt_time_ms", "completion_time_ms")
+
+
 def formatter(key: str) -> Callable[[float], str]:
     """The formatter of a figure by its key in llm.metrics' answers (error_rate, p95_latency_ms, cost…)."""
     if key == "error_rate":
         return percent
-    if key.endswith("latency_ms"):
+    if key.endswith("latency_ms") or key in PROVIDER_TIMINGS:
         return milliseconds
+    if key == "output_tokens_per_second":
+        return tokens_per_second
     if key in ("total_cost", "cost"):
         return usd
     if key == "token_ratio":

@@ -954,6 +954,36 @@ def latency_by_model(logs: Selection | LLMRequestLogQuerySet) -> list[dict[str, 
     return [_spread({"model": row.pop("model_name"), **row}, "p50", "p95", "p99") for row in rows]
 
 
+def model_speeds(logs: Selection | LLMRequestLogQuerySet) -> dict[str, dict[str, Any]]:
+    """Per model over the window: the mean output speed of its streamed calls (tokens per second
+    after the first token) and the mean time its calls queued at the provider (Groq, Cerebras
+    report it), each with how many calls it is over. Models with neither figure are left out.
+
+    From the raw rows (the roll-ups do not carry these), in one GROUP BY over the calls that have
+    either figure."""
+    chosen = selection(logs)
+    rows = (
+        chosen.logs.filter(Q(output_tokens_per_second__isnull=False) | Q(queue_time_ms__isnull=False))
+        .values("model_name")
+        .annotate(
+            speed=Avg("output_tokens_per_second"),
+            streamed_calls=Count("output_tokens_per_second"),
+            queue=Avg("queue_time_ms"),
+            queued_calls=Count("queue_time_ms"),
+        )
+        .order_by("model_name")
+    )
+    return {
+        row["model_name"]: {
+            "output_tokens_per_second": row["speed"],
+            "streamed_calls": row["streamed_calls"],
+            "queue_time_ms": row["queue"],
+            "queued_calls": row["queued_calls"],
+        }
+        for row in rows
+    }
+
+
 def model_usage(logs: Selection | LLMRequestLogQuerySet) -> list[dict[str, Any]]:
     """Per model; `priced` is false for a model missing from the price table (its cost counts as 0)."""
     chosen = selection(logs)

@@ -7,7 +7,7 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -21,7 +21,7 @@ from django.dispatch import Signal
 from django.utils import timezone
 
 from llm import traces
-from llm.ingest_limits import CONTROL_CHARACTER, STORED_YEARS
+from llm.ingest_limits import CONTROL_CHARACTER, EPOCH, STORED_YEARS
 
 ONE_MILLION = Decimal(1_000_000)
 # Sent (sender LLMRequestLog, `created`: how many rows) once calls stored by `record` or
@@ -226,6 +226,25 @@ class LLMRequestLog(models.Model):
     temperature = models.FloatField(null=True, blank=True)
     max_tokens = models.PositiveIntegerField(null=True, blank=True)
     tags = models.JSONField(default=dict, blank=True)
+    # Prompt tokens the provider served from its cache (part of prompt_tokens), priced at the
+    # cached rate where the price has one.
+    cached_tokens = models.PositiveIntegerField(
+        default=0, help_text="Prompt tokens served from the provider's cache (part of prompt_tokens)."
+    )
+    # True when the provider reported no usage and the counts are estimated (llm.proxy.estimate_tokens).
+    tokens_estimated = models.BooleanField(
+        default=False,
+        help_text="True when the provider reported no usage: the token counts (and the cost) are estimated, "
+        "ceil(characters / 4).",
+    )
+    # The provider's own timings, where it reports them (Groq's usage, Cerebras' time_info).
+    queue_time_ms = models.FloatField(null=True, blank=True, help_text="Time queued at the provider (its own figure).")
+    prompt_time_ms = models.FloatField(null=True, blank=True, help_text="The provider's time reading the prompt.")
+    completion_time_ms = models.FloatField(null=True, blank=True, help_text="The provider's time generating.")
+    # completion_tokens / (latency - time to first token): how fast a streamed answer came.
+    output_tokens_per_second = models.FloatField(
+        null=True, blank=True, help_text="completion_tokens / (latency - ttft) in seconds; null unless streamed."
+    )
 
     objects = LLMRequestLogManager()
 
@@ -263,19 +282,28 @@ class LLMRequestLog(models.Model):
     def is_error(self) -> bool:
         return self.status == self.Status.ERROR
 
-    def prepare_for_storage(self, prices: dict[str, ModelPrice] | None = None) -> None:
+    def prepare_for_storage(self, prices: PriceTable | None = None) -> None:
         """Derive totals and cost, and apply the privacy settings to the stored text."""
         from llm import privacy
 
         if not self.total_tokens:
             self.total_tokens = (self.prompt_tokens or 0) + (self.completion_tokens or 0)
         if self.cost_estimate is None:
-            self.cost_estimate = ModelPrice.cost_for(
-                self.model_name, self.prompt_tokens, self.completion_tokens, prices
+            self.cost_estimate = (prices if prices is not None else ModelPrice.objects.price_table()).cost(self)
+        if self.output_tokens_per_second is None:
+            self.output_tokens_per_second = output_tokens_per_second(
+                self.completion_tokens, self.latency_ms, self.ttft_ms
             )
         self.prompt_text = privacy.stored_text(self.prompt_text)
         self.response_text = privacy.stored_text(self.response_text)
         self.error_message = privacy.stored_text(self.error_message, always_store=True)
+
+
+def output_tokens_per_second(completion_tokens: int, latency_ms: float, ttft_ms: float | None) -> float | None:
+    """Generation speed after the first token; None when not streamed or nothing to measure."""
+    if ttft_ms is None or not completion_tokens or latency_ms is None or latency_ms <= ttft_ms:
+        return None
+    return completion_tokens / ((latency_ms - ttft_ms) / 1000)
 
 
 def validate_stored_year(value: datetime) -> None:
@@ -593,8 +621,93 @@ class AlertLog(models.Model):
 
 
 class ModelPriceQuerySet(models.QuerySet):
-    def price_table(self) -> dict[str, ModelPrice]:
-        return {price.model_name: price for price in self}
+    def price_table(self) -> PriceTable:
+        return PriceTable(self)
+
+
+# A price's model name may end in or contain `*` (any characters): `gpt-4o*` prices every
+# `gpt-4o-…` snapshot. An exact name beats any pattern; among patterns the longest wins.
+PRICE_WILDCARD = "*"
+# Model names whose pattern match a table remembers (one lookup per distinct name, not per row).
+MATCH_MEMORY_NAMES = 10_000
+
+
+class PriceTable:
+    """Every price, ready to answer "what did this call cost" without a query.
+
+    Prices are kept per name, newest effective date first: a call is priced at the price in effect
+    at its timestamp, so a price change never reprices older calls, even ones reported late.
+    Where several providers price one name, the call's own provider's price wins.
+    """
+
+    def __init__(self, prices: Iterable[ModelPrice]) -> None:
+        self.exact: dict[str, list[ModelPrice]] = {}
+        patterns: dict[str, list[ModelPrice]] = {}
+        for price in prices:
+            home = patterns if PRICE_WILDCARD in price.model_name else self.exact
+            home.setdefault(price.model_name, []).append(price)
+        for rows in [*self.exact.values(), *patterns.values()]:
+            rows.sort(key=lambda price: price.effective_from, reverse=True)
+        # Longest pattern first (ties: by name, so the choice never depends on the row order).
+        self.patterns = [
+            (_pattern_regex(name), rows)
+            for name, rows in sorted(patterns.items(), key=lambda item: (-len(item[0]), item[0]))
+        ]
+        self._matched: dict[str, list[ModelPrice] | None] = {}
+
+    def candidates(self, model_name: str) -> list[ModelPrice] | None:
+        """The prices of the name, or of the longest pattern matching it; None: no price at all."""
+        rows = self.exact.get(model_name)
+        if rows is not None or not self.patterns:
+            return rows
+        if model_name not in self._matched:
+            if len(self._matched) >= MATCH_MEMORY_NAMES:
+                self._matched.clear()
+            self._matched[model_name] = next(
+                (rows for regex, rows in self.patterns if regex.fullmatch(model_name)), None
+            )
+        return self._matched[model_name]
+
+    def lookup(self, model_name: str, provider: str = "", at: datetime | None = None) -> ModelPrice | None:
+        """The price in effect at `at` (default: now), the provider's own first."""
+        rows = self.candidates(model_name)
+        if not rows:
+            return None
+        at = at or timezone.now()
+        newest_in_effect = None
+        for price in rows:  # newest first
+            if price.effective_from <= at:
+                if price.provider == provider:
+                    return price
+                newest_in_effect = newest_in_effect or price
+        return newest_in_effect
+
+    def providers(self, model_name: str) -> list[str]:
+        """Who serves a model, by the price table (none: the table does not know it)."""
+        return sorted({price.provider for price in self.candidates(model_name) or []})
+
+    def cost(self, log: LLMRequestLog) -> Decimal:
+        """USD for one call at the price in effect at its timestamp; an unknown model costs 0."""
+        price = self.lookup(log.model_name, log.provider, log.timestamp)
+        if price is None:
+            return Decimal(0)
+        return price.cost(log.prompt_tokens or 0, log.completion_tokens or 0, log.cached_tokens or 0)
+
+    def __contains__(self, model_name: object) -> bool:
+        return isinstance(model_name, str) and bool(self.candidates(model_name))
+
+    def __getitem__(self, model_name: str) -> ModelPrice:
+        price = self.lookup(model_name)
+        if price is None:
+            raise KeyError(model_name)
+        return price
+
+    def get(self, model_name: str, default: ModelPrice | None = None) -> ModelPrice | None:
+        return self.lookup(model_name) or default
+
+
+def _pattern_regex(pattern: str) -> re.Pattern:
+    return re.compile(".*".join(re.escape(part) for part in pattern.split(PRICE_WILDCARD)), re.DOTALL)
 
 
 # The price table each process keeps, so that a write (the proxy's, one per prompt) costs no
@@ -602,10 +715,10 @@ class ModelPriceQuerySet(models.QuerySet):
 # deletes a ModelPrice (signals below). Inside a transaction the table is read afresh: the
 # transaction may see prices of its own that no other connection sees (and tests roll back).
 PRICE_CACHE_SECONDS = 10.0
-_price_cache: tuple[dict[str, ModelPrice], float] | None = None
+_price_cache: tuple[PriceTable, float] | None = None
 
 
-def cached_price_table() -> dict[str, ModelPrice]:
+def cached_price_table() -> PriceTable:
     global _price_cache
     if transaction.get_connection().in_atomic_block:
         return ModelPrice.objects.price_table()
@@ -624,21 +737,60 @@ def forget_prices(**kwargs: Any) -> None:
 
 
 class ModelPrice(models.Model):
-    model_name = models.CharField(max_length=200, unique=True)
+    class Provider(models.TextChoices):
+        GROQ = "groq", "Groq"
+        CEREBRAS = "cerebras", "Cerebras"
+        OPENAI = "openai", "OpenAI-compatible"
+
+    provider = models.CharField(
+        max_length=16,
+        choices=Provider.choices,
+        default=Provider.GROQ,
+        help_text="Who serves the model: the proxy sends a prompt for this model there.",
+    )
+    model_name = models.CharField(
+        max_length=200,
+        help_text="The model's name, or a pattern with * (gpt-4o* prices every gpt-4o-… snapshot). "
+        "An exact name beats a pattern; the longest matching pattern wins.",
+    )
     input_per_million = models.DecimalField(max_digits=12, decimal_places=6, help_text="USD")
     output_per_million = models.DecimalField(max_digits=12, decimal_places=6, help_text="USD")
+    cached_input_per_million = models.DecimalField(
+        max_digits=12,
+        decimal_places=6,
+        null=True,
+        blank=True,
+        help_text="USD for cached prompt tokens; empty: they cost the input price.",
+    )
+    effective_from = models.DateTimeField(
+        default=EPOCH,
+        validators=[validate_stored_year],
+        help_text="The price applies to calls from this time on. To change a price, add a row with the "
+        "date of the change: calls before it keep the old price, even when reported late.",
+    )
     updated_at = models.DateTimeField(auto_now=True)
 
     objects = ModelPriceQuerySet.as_manager()
 
     class Meta:
-        ordering = ["model_name"]
+        ordering = ["provider", "model_name", "-effective_from"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["provider", "model_name", "effective_from"], name="llm_modelprice_provider_model_from"
+            )
+        ]
 
     def __str__(self) -> str:
-        return self.model_name
+        return f"{self.model_name} ({self.provider})"
 
-    def cost(self, prompt_tokens: int, completion_tokens: int) -> Decimal:
-        total = prompt_tokens * self.input_per_million + completion_tokens * self.output_per_million
+    def cost(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> Decimal:
+        # Cached tokens are part of prompt_tokens (as OpenAI reports them), at their own rate if set.
+        cached = min(cached_tokens, prompt_tokens) if self.cached_input_per_million is not None else 0
+        total = (
+            (prompt_tokens - cached) * self.input_per_million
+            + cached * (self.cached_input_per_million or 0)
+            + completion_tokens * self.output_per_million
+        )
         return (total / ONE_MILLION).quantize(COST_PLACES)
 
     @classmethod
@@ -647,13 +799,18 @@ class ModelPrice(models.Model):
         model_name: str,
         prompt_tokens: int,
         completion_tokens: int,
-        prices: dict[str, ModelPrice] | None = None,
+        prices: PriceTable | None = None,
+        *,
+        provider: str = "",
+        at: datetime | None = None,
+        cached_tokens: int = 0,
     ) -> Decimal:
-        """USD for these tokens at the model's price; an unknown model costs 0."""
-        price = prices.get(model_name) if prices is not None else cls.objects.filter(model_name=model_name).first()
+        """USD for these tokens at the model's price in effect at `at`; an unknown model costs 0."""
+        table = prices if prices is not None else cls.objects.price_table()
+        price = table.lookup(model_name, provider, at)
         if price is None:
             return Decimal(0)
-        return price.cost(prompt_tokens or 0, completion_tokens or 0)
+        return price.cost(prompt_tokens or 0, completion_tokens or 0, cached_tokens or 0)
 
 
 class APIKeyQuerySet(models.QuerySet):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -59,6 +60,11 @@ def _log_fields(
     extra_tags: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The row of one call, as LLMRequestLog fields (cost: None, computed from ModelPrice)."""
+    prompt_tokens, completion_tokens = result.prompt_tokens, result.completion_tokens
+    estimated = not result.usage_reported and bool(result.text)
+    if estimated:
+        prompt_tokens = estimate_tokens(chat.system_prompt) + estimate_tokens(chat.prompt)
+        completion_tokens = estimate_tokens(result.text)
     return {
         "request_id": context.request_id,
         "timestamp": started_at,
@@ -69,8 +75,13 @@ def _log_fields(
         "session_id": context.session_id,
         "prompt_text": chat.prompt,
         "response_text": result.text,
-        "prompt_tokens": result.prompt_tokens,
-        "completion_tokens": result.completion_tokens,
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "cached_tokens": result.cached_tokens,
+        "tokens_estimated": estimated,
+        "queue_time_ms": result.queue_time_ms,
+        "prompt_time_ms": result.prompt_time_ms,
+        "completion_time_ms": result.completion_time_ms,
         "latency_ms": latency_ms,
         "ttft_ms": ttft_ms,
         "status": LLMRequestLog.Status.ERROR if error else LLMRequestLog.Status.SUCCESS,
@@ -82,6 +93,17 @@ def _log_fields(
         "tags": {**context.tags, **(extra_tags or {})},
         "cost_estimate": None,
     }
+
+
+# When a provider reports no usage (some OpenAI-compatible servers, a stream cut short), the
+# counts are estimated from the text: one token per 4 characters, rounded up, OpenAI's rule of
+# thumb for English. The row says so (tokens_estimated), and its cost is estimated with it.
+ESTIMATE_CHARS_PER_TOKEN = 4
+
+
+def estimate_tokens(text: str) -> int:
+    """ceil(characters / 4): the documented estimate for a text whose tokens nobody counted."""
+    return math.ceil(len(text) / ESTIMATE_CHARS_PER_TOKEN)
 
 
 def _record(*args: Any, **kwargs: Any) -> LLMRequestLog:

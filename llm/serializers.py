@@ -42,10 +42,12 @@ from llm.models import (
     AlertLog,
     AlertRule,
     LLMRequestLog,
+    ModelPrice,
     UserFeedback,
     split_email_list,
     webhook_url_validator,
 )
+from llm.providers import UnknownModel, route
 from llm.traces import TRACE_CALL_FIELDS
 
 # Long enough for a large context window, short enough that one request cannot fill the disk.
@@ -109,6 +111,12 @@ class PromptRequestSerializer(serializers.Serializer):
     temperature = serializers.FloatField(min_value=MIN_TEMPERATURE, max_value=MAX_TEMPERATURE, required=False)
     tags = TagsField(required=False)
     stream = serializers.BooleanField(required=False, default=False)
+    provider = serializers.ChoiceField(
+        choices=ModelPrice.Provider.choices,
+        required=False,
+        help_text="Who serves the model. Default: the provider the price table gives the model; name one "
+        "to call a model the table does not list (it then costs 0).",
+    )
 
     def validate_prompt(self, value: str) -> str:
         if not value.strip():
@@ -118,7 +126,17 @@ class PromptRequestSerializer(serializers.Serializer):
     def validate(self, attrs: dict) -> dict:
         attrs.setdefault("model", settings.GROQ_DEFAULT_MODEL)
         attrs.setdefault("tags", {})
+        try:
+            attrs["provider"] = route(attrs["model"], attrs.get("provider"))
+        except UnknownModel as unknown:
+            raise serializers.ValidationError({"model": [str(unknown)]}) from None
         return attrs
+
+
+TOKENS_ESTIMATED_HELP = (
+    "True when the provider reported no usage: the token counts are estimated (ceil(characters / 4)) "
+    "and the cost with them."
+)
 
 
 class PromptResponseSerializer(serializers.Serializer):
@@ -132,6 +150,12 @@ class PromptResponseSerializer(serializers.Serializer):
     ttft_ms = serializers.FloatField(allow_null=True, help_text="Time to the first token; null unless streamed.")
     cost_estimate = serializers.FloatField()
     status = serializers.CharField()
+    provider = serializers.CharField(help_text="Who served the call: groq, cerebras or openai.")
+    cached_tokens = serializers.IntegerField(help_text="Prompt tokens served from the provider's cache.")
+    tokens_estimated = serializers.BooleanField(help_text=TOKENS_ESTIMATED_HELP)
+    output_tokens_per_second = serializers.FloatField(
+        allow_null=True, help_text="completion_tokens / (latency - ttft), in seconds; null unless streamed."
+    )
 
 
 class ErrorSerializer(serializers.Serializer):
@@ -230,6 +254,12 @@ LOG_FIELDS = [
     "temperature",
     "max_tokens",
     "tags",
+    "cached_tokens",
+    "tokens_estimated",
+    "queue_time_ms",
+    "prompt_time_ms",
+    "completion_time_ms",
+    "output_tokens_per_second",
 ]
 
 
@@ -440,6 +470,13 @@ class EventSerializer(serializers.Serializer):
         required=False,
         help_text=f"Default prompt + completion, which must then be at most {MAX_COUNT:,}.",
     )
+    cached_tokens = WholeNumberField(
+        min_value=0,
+        max_value=MAX_COUNT,
+        required=False,
+        help_text="Prompt tokens served from the provider's cache (OpenAI's prompt_tokens_details.cached_tokens), "
+        "part of prompt_tokens: priced at the model's cached-input rate when it has one.",
+    )
     latency_ms = NumberField(min_value=0, max_value=MAX_LATENCY_MS, required=False, help_text=LATENCY_HELP)
     ttft_ms = NumberField(
         min_value=0, max_value=MAX_LATENCY_MS, required=False, allow_null=True, help_text=LATENCY_HELP
@@ -490,6 +527,12 @@ class EventSerializer(serializers.Serializer):
             return f"Must equal prompt_tokens + completion_tokens ({prompt_tokens + completion_tokens})."
         return None
 
+    @staticmethod
+    def cached_tokens_error(attrs: dict) -> str | None:
+        if attrs.get("cached_tokens", 0) > attrs.get("prompt_tokens", 0):
+            return "Must not exceed prompt_tokens (cached tokens are part of them)."
+        return None
+
     def validate(self, attrs: dict) -> dict:
         errors: dict[str, str] = {}
         if total_error := self.total_tokens_error(attrs):
@@ -497,6 +540,8 @@ class EventSerializer(serializers.Serializer):
         ttft = attrs.get("ttft_ms")
         if ttft is not None and "latency_ms" in attrs and ttft > attrs["latency_ms"]:
             errors["ttft_ms"] = "Must not exceed latency_ms."
+        if cached_error := self.cached_tokens_error(attrs):
+            errors["cached_tokens"] = cached_error
         error_type = attrs.get("error_type", "")
         status = attrs.get("status") or (LLMRequestLog.Status.ERROR if error_type else LLMRequestLog.Status.SUCCESS)
         if status == LLMRequestLog.Status.SUCCESS and error_type:

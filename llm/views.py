@@ -249,8 +249,7 @@ def playground(request: HttpRequest) -> HttpResponse:
         request,
         "dashboard/playground.html",
         None,
-        # What can be called (the provider's models), not what was seen in the logs.
-        model_names=providers.callable_models(),
+        # What can be called (each provider's priced models), not what was seen in the logs.
+        providers=providers.playground_providers(),
         default_model=settings.GROQ_DEFAULT_MODEL,
-        has_key=bool(settings.GROQ_API_KEY),
     )

@@ -19,12 +19,18 @@ def fake_groq_server():
 
 @pytest.fixture
 def fake_groq(fake_groq_server, settings):
-    """The fake Groq server, reset, with the app pointed at it."""
+    """The fake Groq server, reset, with the app pointed at it (Cerebras and the OpenAI-compatible
+    provider too: it speaks their dialects)."""
     fake_groq_server.reset()
     settings.GROQ_BASE_URL = fake_groq_server.base_url
+    settings.CEREBRAS_BASE_URL = fake_groq_server.base_url
+    settings.OPENAI_BASE_URL = fake_groq_server.openai_base_url
     settings.GROQ_API_KEY = "gsk_test_key"
-    settings.GROQ_MAX_RETRIES = 0
-    settings.GROQ_TIMEOUT_SECONDS = 5.0
+    settings.CEREBRAS_API_KEY = "cerebras-test-key"
+    settings.OPENAI_API_KEY = "openai-test-key"
+    for prefix in ("GROQ", "CEREBRAS", "OPENAI"):
+        setattr(settings, f"{prefix}_MAX_RETRIES", 0)
+        setattr(settings, f"{prefix}_TIMEOUT_SECONDS", 5.0)
     yield fake_groq_server
     fake_groq_server.reset()
 
@@ -131,6 +137,16 @@ def model_prices(db) -> None:
     from django.apps import apps
 
     importlib.import_module("llm.migrations.0002_seed_model_prices").seed_prices(apps, None)
+
+
+@pytest.fixture
+def provider_prices(model_prices) -> None:
+    """Cerebras' and OpenAI's seeded prices too (they route their models), also after a flush."""
+    import importlib
+
+    from django.apps import apps
+
+    importlib.import_module("llm.migrations.0013_seed_provider_prices").seed_prices(apps, None)
 
 
 # Dashboard: a real headless Chromium through Playwright.

@@ -2,6 +2,12 @@
 
 It serves POST /openai/v1/chat/completions and can be told, one request at a time, to answer
 normally, stream, be slow, fail with a status code, fail inside a stream, or drop the connection.
+
+It speaks two more dialects of the same chat-completions format, by path (`DIALECTS`), for the
+real `cerebras-cloud-sdk` (base URL `base_url`: it posts to /v1/chat/completions; usage and
+`time_info` at the top of the answer and of a stream's last chunk) and the real `openai` SDK (base
+URL `openai_base_url`: usage with `prompt_tokens_details.cached_tokens`, and in a stream only when
+asked, in a last chunk without choices).
 """
 
 from __future__ import annotations
@@ -30,6 +36,43 @@ class Behaviour:
     headers: dict[str, str] = field(default_factory=dict)
     # mode "status" with raw_body: that text as the body (a proxy's plain-text error page), not JSON.
     raw_body: str | None = None
+    # False: the answer carries no usage at all (some OpenAI-compatible servers).
+    usage: bool = True
+    cached_tokens: int = 0
+    # The vendor's timings in seconds (queue_time, prompt_time, completion_time): Groq's usage,
+    # Cerebras' time_info.
+    timings: dict[str, float] | None = None
+
+
+# Path -> dialect. The openai SDK's base URL is OPENAI_PREFIX + "/v1" (it posts to {base}/chat/completions).
+OPENAI_PREFIX = "/compatible"
+DIALECTS = {
+    "/openai/v1/chat/completions": "groq",
+    "/v1/chat/completions": "cerebras",
+    OPENAI_PREFIX + "/v1/chat/completions": "openai",
+}
+
+
+def usage_for(behaviour: Behaviour, dialect: str) -> dict | None:
+    if not behaviour.usage:
+        return None
+    usage: dict = {
+        "prompt_tokens": behaviour.prompt_tokens,
+        "completion_tokens": behaviour.completion_tokens,
+        "total_tokens": behaviour.prompt_tokens + behaviour.completion_tokens,
+    }
+    if behaviour.cached_tokens:
+        usage["prompt_tokens_details"] = {"cached_tokens": behaviour.cached_tokens}
+    if dialect == "groq" and behaviour.timings:
+        usage.update(behaviour.timings)
+    return usage
+
+
+def dialect_extras(behaviour: Behaviour, dialect: str) -> dict:
+    """What a dialect adds at the top of an answer (and of a stream's last chunk)."""
+    if dialect == "cerebras":
+        return {"system_fingerprint": "fp_fake", **({"time_info": behaviour.timings} if behaviour.timings else {})}
+    return {}
 
 
 class FakeGroq:
@@ -48,6 +91,10 @@ class FakeGroq:
     def base_url(self) -> str:
         host, port = self.server.server_address[:2]
         return f"http://{host}:{port}"
+
+    @property
+    def openai_base_url(self) -> str:
+        return f"{self.base_url}{OPENAI_PREFIX}/v1"
 
     def start(self) -> FakeGroq:
         self.thread.start()
@@ -89,8 +136,10 @@ class FakeGroq:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")
                 body["_authorization"] = self.headers.get("Authorization")
-                if self.path != "/openai/v1/chat/completions":
+                dialect = DIALECTS.get(self.path)
+                if dialect is None:
                     return self._json(404, {"error": {"message": "Unknown path", "type": "not_found"}})
+                body["_dialect"] = dialect
                 behaviour = fake._next(body)
                 stopping = fake.stopping
                 if behaviour.delay_seconds:
@@ -108,11 +157,11 @@ class FakeGroq:
                         behaviour.headers,
                     )
                 if body.get("stream"):
-                    return self._stream(body, behaviour, stopping)
-                return self._json(200, self._completion(body, behaviour), behaviour.headers)
+                    return self._stream(body, behaviour, stopping, dialect)
+                return self._json(200, self._completion(body, behaviour, dialect), behaviour.headers)
 
-            def _completion(self, body, behaviour):
-                return {
+            def _completion(self, body, behaviour, dialect):
+                answer = {
                     "id": "chatcmpl-fake",
                     "object": "chat.completion",
                     "created": int(time.time()),
@@ -125,12 +174,10 @@ class FakeGroq:
                             "logprobs": None,
                         }
                     ],
-                    "usage": {
-                        "prompt_tokens": behaviour.prompt_tokens,
-                        "completion_tokens": behaviour.completion_tokens,
-                        "total_tokens": behaviour.prompt_tokens + behaviour.completion_tokens,
-                    },
+                    "usage": usage_for(behaviour, dialect),
+                    **dialect_extras(behaviour, dialect),
                 }
+                return answer
 
             def _json(self, status, payload, headers=None):
                 data = json.dumps(payload).encode()
@@ -152,7 +199,7 @@ class FakeGroq:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def _stream(self, body, behaviour, stopping):
+            def _stream(self, body, behaviour, stopping, dialect):
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
                 self.send_header("Transfer-Encoding", "chunked")
@@ -166,6 +213,8 @@ class FakeGroq:
                     self.wfile.flush()
 
                 base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "model": body.get("model")}
+                if dialect == "cerebras":
+                    base["system_fingerprint"] = "fp_fake"  # on every chunk, as Cerebras sends it
                 try:
                     for index, chunk in enumerate(chunks):
                         if behaviour.mode == "drop_stream" and index == len(chunks) // 2:
@@ -182,18 +231,20 @@ class FakeGroq:
                         if behaviour.chunk_delay_seconds:
                             stopping.wait(behaviour.chunk_delay_seconds)
                     else:
-                        usage = {
-                            "prompt_tokens": behaviour.prompt_tokens,
-                            "completion_tokens": behaviour.completion_tokens,
-                            "total_tokens": behaviour.prompt_tokens + behaviour.completion_tokens,
-                        }
+                        usage = usage_for(behaviour, dialect)
                         last = {
                             **base,
                             "created": int(time.time()),
                             "choices": [{"index": 0, "delta": {}, "finish_reason": behaviour.finish_reason}],
-                            "x_groq": {"id": "req_fake", "usage": usage},
                         }
+                        if dialect == "groq" and usage:
+                            last["x_groq"] = {"id": "req_fake", "usage": usage}
+                        if dialect == "cerebras":
+                            last.update(dialect_extras(behaviour, dialect), **({"usage": usage} if usage else {}))
                         send(json.dumps(last))
+                        asked = (body.get("stream_options") or {}).get("include_usage")
+                        if dialect == "openai" and usage and asked:
+                            send(json.dumps({**base, "created": int(time.time()), "choices": [], "usage": usage}))
                     send("[DONE]")
                     self.wfile.write(b"0\r\n\r\n")
                     self.wfile.flush()

@@ -34,6 +34,6 @@ def test_playground_without_a_key_says_where_to_put_it(client, staff_user, setti
     html = client.get("/playground/").content.decode()
     assert "GROQ_API_KEY" in html
     # The model picker offers the priced models even before any traffic.
-    for name in ModelPrice.objects.values_list("model_name", flat=True):
+    for name in ModelPrice.objects.exclude(model_name__contains="*").values_list("model_name", flat=True):
         assert f'<option value="{name}"' in html
     assert ModelPrice.objects.exists()

@@ -88,8 +88,8 @@ def test_default_model_is_used_when_none_is_given(api_client, fake_groq, setting
     assert row.cost_estimate == expected_cost(21, 7, "0.29", "0.59")
 
 
-def test_unknown_model_costs_nothing(api_client, fake_groq):
-    response = api_client.post(URL, {"prompt": "hi", "model": "brand-new-model"}, format="json")
+def test_an_unpriced_model_of_a_named_provider_costs_nothing(api_client, fake_groq):
+    response = api_client.post(URL, {"prompt": "hi", "model": "brand-new-model", "provider": "groq"}, format="json")
     assert response.status_code == 200
     assert response.json()["cost_estimate"] == 0
     assert LLMRequestLog.objects.get().cost_estimate == 0

@@ -56,6 +56,10 @@ def prompt_answer(outcome: PromptOutcome) -> dict:
         "ttft_ms": round(log.ttft_ms, 3) if log.ttft_ms is not None else None,
         "cost_estimate": float(log.cost_estimate),
         "status": log.status,
+        "provider": log.provider,
+        "cached_tokens": log.cached_tokens,
+        "tokens_estimated": log.tokens_estimated,
+        "output_tokens_per_second": log.output_tokens_per_second,
     }
 
 
@@ -95,7 +99,7 @@ def event_stream(response: StreamingHttpResponse) -> StreamingHttpResponse:
 
 
 class PromptView(APIView):
-    """Send a prompt to Groq; the call is measured and logged whatever happens.
+    """Send a prompt to the model's provider; the call is measured and logged whatever happens.
 
     Auth, CSRF, parsing and validation run here, in a worker thread. Served by core/asgi.py, the
     call itself is then a DeferredResponse awaited on the event loop (`_call_async`): a call in
@@ -113,7 +117,10 @@ class PromptView(APIView):
                 PromptStreamEventSerializer,
                 description="With `stream: true`: Server-Sent Events (the schema is one event's).",
             ),
-            400: OpenApiResponse(description="Invalid input; the body names each bad field."),
+            400: OpenApiResponse(
+                description="Invalid input; the body names each bad field. An unknown model (no price names it "
+                "and no `provider` is given) lists the models that can be called."
+            ),
             429: OpenApiResponse(PromptErrorSerializer, description="The provider's rate limit (Retry-After)."),
             502: OpenApiResponse(PromptErrorSerializer, description="The provider failed or could not be reached."),
             503: OpenApiResponse(
@@ -149,7 +156,7 @@ class PromptView(APIView):
             session_id=data.get("session_id", ""),
             tags=data["tags"],
         )
-        provider = get_provider()
+        provider = get_provider(data["provider"])
         if can_defer(request):
             renderer_context = self.get_renderer_context()
 

@@ -7,13 +7,14 @@ nor logs: `llm.proxy` does both, the same way for every provider.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from django.conf import settings
 
-from llm.models import ModelPrice
+from llm.models import PRICE_WILDCARD, ModelPrice, cached_price_table
 from llm.providers import errors
 
 
@@ -33,6 +34,14 @@ class ChatResult:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: str = ""
+    # Prompt tokens served from the provider's cache (part of prompt_tokens).
+    cached_tokens: int = 0
+    # False when the provider sent no usage at all: the proxy then estimates the counts.
+    usage_reported: bool = False
+    # The provider's own timings, where it reports them (Groq, Cerebras).
+    queue_time_ms: float | None = None
+    prompt_time_ms: float | None = None
+    completion_time_ms: float | None = None
 
 
 @dataclass
@@ -94,18 +103,80 @@ class Provider(Protocol):
     async def astream(self, request: ChatRequest) -> AsyncChatStream: ...
 
 
+# Each provider's module and class, imported when first asked for.
+PROVIDER_CLASSES = {
+    "groq": ("llm.providers.groq", "GroqProvider"),
+    "cerebras": ("llm.providers.cerebras", "CerebrasProvider"),
+    "openai": ("llm.providers.openai_compatible", "OpenAICompatibleProvider"),
+}
+
+
 def get_provider(name: str = "groq") -> Provider:
-    """The configured provider (Groq, the only one so far)."""
-    if name == "groq":
-        from llm.providers.groq import GroqProvider
+    """The provider of that name (ModelPrice.Provider), configured from the settings."""
+    if name not in PROVIDER_CLASSES:
+        raise ValueError(f"Unknown provider {name!r}")
+    module_name, class_name = PROVIDER_CLASSES[name]
+    return getattr(importlib.import_module(module_name), class_name).from_settings()
 
-        return GroqProvider.from_settings()
-    raise ValueError(f"Unknown provider {name!r}")
+
+class UnknownModel(Exception):
+    """No provider is known to serve the model (or several are): the caller must say which."""
 
 
-def callable_models() -> list[str]:
-    """The models the playground offers: those the configured provider prices (every price is
-    Groq's until ModelPrice has a provider column), GROQ_DEFAULT_MODEL first."""
+def route(model: str, provider: str | None = None) -> str:
+    """The provider a prompt for `model` goes to: the one named, else the one the price table
+    gives the model (exact name, else the longest pattern), else Groq for GROQ_DEFAULT_MODEL."""
+    if provider:
+        return provider
+    serving = cached_price_table().providers(model)
+    if len(serving) == 1:
+        return serving[0]
+    if serving:
+        raise UnknownModel(f"Several providers serve {model!r} ({', '.join(serving)}): name one in `provider`.")
+    if model == settings.GROQ_DEFAULT_MODEL:
+        return ModelPrice.Provider.GROQ
+    offered = "; ".join(f"{name}: {', '.join(models)}" for name, models in callable_models().items())
+    raise UnknownModel(
+        f"No provider is known to serve {model!r}. Models that can be called: {offered}. "
+        "To call another model, name its `provider` (or add its price in admin)."
+    )
+
+
+def callable_models() -> dict[str, list[str]]:
+    """The models the playground offers, per provider (Groq first, GROQ_DEFAULT_MODEL first
+    among Groq's): the price table's exact names (a pattern names no model one can call)."""
     default = settings.GROQ_DEFAULT_MODEL
-    priced = ModelPrice.objects.exclude(model_name=default).order_by("model_name")
-    return [default, *priced.values_list("model_name", flat=True)]
+    grouped: dict[str, list[str]] = {name: [] for name in PROVIDER_CLASSES}
+    grouped["groq"].append(default)
+    names = (
+        ModelPrice.objects.exclude(model_name__contains=PRICE_WILDCARD)
+        .order_by("provider", "model_name")
+        .values_list("provider", "model_name")
+        .distinct()
+    )
+    for provider, model_name in names:
+        if model_name not in grouped.setdefault(provider, []):
+            grouped[provider].append(model_name)
+    return {provider: models for provider, models in grouped.items() if models}
+
+
+@dataclass(frozen=True)
+class OfferedProvider:
+    name: str
+    vendor: str
+    key_setting: str
+    has_key: bool
+    models: list[str]
+
+
+def playground_providers() -> list[OfferedProvider]:
+    """The playground's model picker, one group per provider with models (Groq always: its
+    default model), each saying whether its key is configured."""
+    offered = []
+    for name, models in callable_models().items():
+        if name not in PROVIDER_CLASSES:
+            continue
+        upstream = get_provider(name).upstream
+        has_key = bool(getattr(settings, upstream.key_setting))
+        offered.append(OfferedProvider(name, upstream.vendor, upstream.key_setting, has_key, models))
+    return offered

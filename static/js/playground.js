@@ -26,6 +26,8 @@
 
   function show(done) {
     document.getElementById("pg-tokens").textContent = done.prompt_tokens + " prompt + " + done.completion_tokens + " completion = " + done.total_tokens;
+    // The provider reported no usage: the server estimated the counts (one token per 4 characters).
+    if (done.tokens_estimated) document.getElementById("pg-tokens").textContent += " (estimated)";
     document.getElementById("pg-latency").textContent = Math.round(done.latency_ms) + " ms";
     document.getElementById("pg-ttft").textContent = done.ttft_ms == null ? "—" : Math.round(done.ttft_ms) + " ms";
     document.getElementById("pg-cost").textContent = "$" + Number(done.cost_estimate).toFixed(8);
@@ -41,6 +43,10 @@
     errorBox.textContent = data.error_message || data.error || "The prompt failed.";
     if (data.fields) errorBox.textContent += " " + JSON.stringify(data.fields);
     upstream.hidden = !data.upstream_message;
+    var chosen = form.model.selectedOptions[0];
+    if (chosen && chosen.parentElement.dataset.vendor) {
+      document.getElementById("pg-vendor").textContent = chosen.parentElement.dataset.vendor;
+    }
     document.getElementById("pg-upstream-text").textContent = data.upstream_message || "";
     if (data.request_id) {
       requestId = data.request_id;
@@ -67,6 +73,9 @@
     rated.textContent = "";
     send.disabled = true;
     var body = { prompt: form.prompt.value, model: form.model.value, stream: true };
+    // The provider of the group chosen: a model name may be served by more than one.
+    var option = form.model.selectedOptions[0];
+    if (option && option.dataset.provider) body.provider = option.dataset.provider;
     if (form.system_prompt.value) body.system_prompt = form.system_prompt.value;
     if (form.temperature.value !== "") body.temperature = Number(form.temperature.value);
     if (form.max_tokens.value !== "") body.max_tokens = Number(form.max_tokens.value);
