@@ -146,7 +146,7 @@ def provider_prices(model_prices) -> None:
 
     from django.apps import apps
 
-    importlib.import_module("llm.migrations.0013_seed_provider_prices").seed_prices(apps, None)
+    importlib.import_module("llm.migrations.0014_seed_provider_prices").seed_prices(apps, None)
 
 
 # Dashboard: a real headless Chromium through Playwright.

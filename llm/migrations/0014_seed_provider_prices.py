@@ -56,5 +56,5 @@ def unseed_prices(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-    dependencies = [("llm", "0012_provider_prices")]
+    dependencies = [("llm", "0013_provider_prices")]
     operations = [migrations.RunPython(seed_prices, unseed_prices)]

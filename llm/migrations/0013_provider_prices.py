@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('llm', '0011_user_totals'),
+        ('llm', '0012_roles_and_key_scopes'),
     ]
 
     operations = [
