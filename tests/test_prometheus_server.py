@@ -281,8 +281,8 @@ def test_dashboard_queries_only_our_metrics():
         assert used <= known, expr
 
 
-# promtool's rule unit tests: series in, alerts out. Latency of 20 calls per minute, one in a hundred
-# above 30 s only in the second scenario; a target down for 10 minutes.
+# promtool's rule unit tests: series in, alerts out. 20 calls a minute, all fast in the first
+# scenario, half of them slow in the second; a target down from the fourth minute.
 RULE_TESTS = """
 rule_files:
   - {rules}
@@ -314,7 +314,8 @@ tests:
           - exp_labels: {{severity: critical, job: llm-observatory, instance: observatory.example.com}}
             exp_annotations:
               summary: "LLM Observatory's /metrics is not answering"
-              description: "Prometheus could not scrape observatory.example.com for 5 minutes: is the app down, or is METRICS_TOKEN wrong?"
+              description: "Prometheus could not scrape observatory.example.com for 5 minutes: is the app down, \\
+                or is METRICS_TOKEN wrong?"
   - interval: 1m
     input_series:
       # 20 calls a minute, half of them between 10 s and 60 s: p99 about 59 s, the alert fires.
