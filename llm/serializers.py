@@ -28,6 +28,7 @@ from llm.ingest_limits import (
     MAX_COST_USD,
     MAX_COUNT,
     MAX_LATENCY_MS,
+    MAX_ROW_ID,
     MAX_TEMPERATURE,
     MIN_TEMPERATURE,
     MODEL_MAX_CHARS,
@@ -321,8 +322,19 @@ class UnsilenceSerializer(serializers.Serializer):
     unmuted = serializers.IntegerField(help_text="How many silences ended (0: the rule was not muted).")
 
 
+class ChannelIdField(serializers.PrimaryKeyRelatedField):
+    """A channel id: a whole number a database id can be (a bigger one would overflow the lookup)."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, int):
+            self.fail("incorrect_type", data_type=type(data).__name__)
+        if not 1 <= data <= MAX_ROW_ID:
+            self.fail("does_not_exist", pk_value=data)
+        return super().to_internal_value(data)
+
+
 class AlertRuleSerializer(serializers.ModelSerializer):
-    channels = serializers.PrimaryKeyRelatedField(
+    channels = ChannelIdField(
         many=True,
         required=False,
         queryset=NotificationChannel.objects.all(),
