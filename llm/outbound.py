@@ -51,8 +51,9 @@ def address_class(address: IPAddress) -> str | None:
         ("link-local", address.is_link_local),
         ("multicast", address.is_multicast),
         ("CGNAT", isinstance(address, ipaddress.IPv4Address) and address in CGNAT),
-        ("private", address.is_private),
+        # Before "private": Python counts 240.0.0.0/4 (reserved) as private too.
         ("reserved", address.is_reserved),
+        ("private", address.is_private),
         ("non-public", not address.is_global),
     ]
     return next((name for name, matches in checks if matches), None)
