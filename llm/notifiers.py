@@ -103,19 +103,13 @@ def post_json(
     # Serialized once: a signature covers exactly the bytes sent.
     body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
     error = ""
+    # trust_env=False: no HTTP(S)_PROXY. A proxy would resolve the name itself, past the guard.
     with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False) as client:
         for attempt in range(1, tries + 1):
             try:
-                pinned = outbound.resolve_pinned(url)
+                response = pinned_post(client, url, body, secret)
             except outbound.OutboundURLError as refused:
                 raise DeliveryError(str(refused), attempts=attempt - 1) from None
-            try:
-                response = client.post(
-                    pinned.url,
-                    content=body,
-                    headers=request_headers(pinned, secret, body),
-                    extensions={"sni_hostname": pinned.server_name} if pinned.url.startswith("https:") else {},
-                )
             except httpx.TimeoutException:
                 error = f"timed out after {timeout:g}s"
             except httpx.HTTPError as exc:
@@ -129,6 +123,19 @@ def post_json(
             if attempt < tries and retry_delay > 0:
                 time.sleep(retry_delay * attempt)  # a short, bounded backoff between tries
     raise DeliveryError(error, attempts=tries)
+
+
+def pinned_post(client: httpx.Client, url: str, body: bytes, secret: str = "") -> httpx.Response:
+    """One POST to `url` through the guard: resolved and checked now (raises OutboundURLError),
+    sent to the checked address, with the URL's name as Host header and, for https, as TLS server
+    name (SNI) and certificate name, so the receiver's certificate is verified as usual."""
+    pinned = outbound.resolve_pinned(url)
+    return client.post(
+        pinned.url,
+        content=body,
+        headers=request_headers(pinned, secret, body),
+        extensions={"sni_hostname": pinned.server_name} if pinned.url.startswith("https:") else {},
+    )
 
 
 def request_headers(pinned: outbound.PinnedURL, secret: str, body: bytes) -> dict[str, str]:

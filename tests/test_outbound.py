@@ -6,8 +6,13 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import ssl
+import subprocess
+import threading
 from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import httpx
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
@@ -202,3 +207,57 @@ def test_the_allow_list_setting_is_checked_at_start_up():
     env.ENVIRON = {"OUTBOUND_ALLOWED_NETWORKS": "127.0.0.1/32,intranet"}
     with pytest.raises(ImproperlyConfigured, match="OUTBOUND_ALLOWED_NETWORKS.*'intranet'.*not an IP network"):
         env.ip_networks("OUTBOUND_ALLOWED_NETWORKS", default=[])
+
+
+@pytest.fixture(scope="module")
+def tls_receiver(tmp_path_factory):
+    """An HTTPS server on 127.0.0.1 whose self-signed certificate names `localhost` only."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days",
+         "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost", "-keyout", str(key), "-out",
+         str(cert)],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    seen: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's hook name
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            seen.append({"host": self.headers["Host"], "sni": getattr(self.connection, "sni", None)})
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(cert, key)
+
+    def remember_sni(connection, server_name, _context) -> None:
+        connection.sni = server_name
+
+    server_context.sni_callback = remember_sni
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.socket = server_context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_port, cert, seen
+    server.shutdown()
+    server.server_close()
+
+
+def test_https_to_the_pinned_address_verifies_the_certificate_of_the_name(tls_receiver, settings):
+    settings.OUTBOUND_ALLOWED_NETWORKS = ["127.0.0.1/32"]
+    port, cert, seen = tls_receiver
+    trusting = ssl.create_default_context(cafile=str(cert))
+    with httpx.Client(verify=trusting, timeout=5) as client:
+        # Connected to 127.0.0.1, yet TLS names localhost: SNI and the certificate check use the name.
+        response = notifiers.pinned_post(client, f"https://localhost:{port}/hook", b"{}")
+        assert response.status_code == 204
+        assert seen[-1] == {"host": f"localhost:{port}", "sni": "localhost"}
+        # The same server reached by its address: the certificate does not name it, so it is refused.
+        with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
+            notifiers.pinned_post(client, f"https://127.0.0.1:{port}/hook", b"{}")
