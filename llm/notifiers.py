@@ -409,6 +409,10 @@ class PagerDutyNotifier(ChannelNotifier):
     def notify(self, alert: AlertLog) -> dict[str, Any]:
         event = pagerduty_event(alert, self.channel.routing_key, self.base)
         result = post_json(settings.PAGERDUTY_EVENTS_URL, event)
+        if alert.kind == AlertLog.Kind.TEST:
+            # A test shows up in PagerDuty and is closed at once: it must not leave an incident open.
+            resolve = {"routing_key": event["routing_key"], "event_action": "resolve", "dedup_key": event["dedup_key"]}
+            post_json(settings.PAGERDUTY_EVENTS_URL, resolve)
         return {"event_action": event["event_action"], "dedup_key": event["dedup_key"], **result}
 
 

@@ -296,3 +296,15 @@ def test_receiver_answer_body_is_never_stored(webhook_receiver):
     assert RECEIVER_BODY.decode() not in json.dumps(alert.notifications)
     channel.refresh_from_db()
     assert RECEIVER_BODY.decode() not in channel.last_error
+
+
+def test_a_test_notice_to_pagerduty_opens_and_closes_its_own_incident(pagerduty, api_client):
+    channel = make_channel(NotificationChannel.Kind.PAGERDUTY, name="oncall", routing_key=ROUTING_KEY)
+    rule = quiet_rule(channel)
+    answer = api_client.post(f"/api/alerts/rules/{rule.pk}/test/")
+    assert answer.status_code == 200 and answer.json()["sent"] is True
+    trigger, resolve = (request.json() for request in pagerduty.requests)
+    assert (trigger["event_action"], resolve["event_action"]) == ("trigger", "resolve")
+    assert trigger["dedup_key"] == resolve["dedup_key"] == f"llm-observatory/rule-{rule.pk}/test"
+    assert trigger["payload"]["summary"].startswith(f"[TEST] {rule.name}")
+    assert AlertLog.objects.count() == 0
