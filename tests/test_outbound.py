@@ -261,3 +261,29 @@ def test_https_to_the_pinned_address_verifies_the_certificate_of_the_name(tls_re
         # The same server reached by its address: the certificate does not name it, so it is refused.
         with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
             notifiers.pinned_post(client, f"https://127.0.0.1:{port}/hook", b"{}")
+
+
+@pytest.mark.django_db
+def test_the_migration_keeps_only_the_status_line_of_answers_stored_before():
+    from importlib import import_module
+
+    from django.apps import apps
+
+    migration = import_module("llm.migrations.0012_alert_channels_and_silences")
+    rule = make_rule()
+    old = make_alert(rule, triggered_at=NOW)
+    old_results = {
+        "webhook": {"status": "error", "error": "HTTP 500: <html>internal admin page</html>", "attempts": 3},
+        "email": {"status": "sent", "recipients": ["a@example.com"]},
+    }
+    AlertLog.objects.filter(pk=old.pk).update(notifications=old_results)
+    untouched = make_alert(rule, triggered_at=NOW)
+    kept = {"webhook": {"status": "error", "error": "timed out after 10s", "attempts": 3}}
+    AlertLog.objects.filter(pk=untouched.pk).update(notifications=kept)
+
+    migration.keep_only_status_lines(apps, None)
+    old.refresh_from_db()
+    assert old.notifications["webhook"] == {"status": "error", "error": "HTTP 500", "attempts": 3}
+    assert old.notifications["email"] == old_results["email"]
+    untouched.refresh_from_db()
+    assert untouched.notifications == kept
