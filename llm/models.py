@@ -927,6 +927,9 @@ class RequestTotal(models.Model):
     ttft_count = models.BigIntegerField(default=0)
     ttft_sum_seconds = models.FloatField(default=0)
     ttft_buckets = models.JSONField(default=empty_buckets)
+    # The provider of the model's calls (the greatest name among the rows last added): kept here,
+    # not read from the logs, so `llm_model_info` stays the same when purge_logs deletes them.
+    provider = models.CharField(max_length=64, blank=True, default="")
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:

@@ -21,7 +21,7 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Count, OuterRef, Q, Subquery, Sum
+from django.db.models import Count, Max, Q, Sum
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
@@ -66,6 +66,7 @@ def roll_up_requests(limit: int | None = SCRAPE_ROLLUP_LIMIT) -> int:
                 completion_tokens=Sum("completion_tokens"),
                 cost_usd=Sum("cost_estimate"),
                 duration_sum_ms=Sum("latency_ms"),
+                provider=Max("provider"),
                 ttft_count=Count("ttft_ms"),
                 ttft_sum_ms=Sum("ttft_ms"),
                 **_bucket_counts("latency_ms"),
@@ -93,6 +94,7 @@ def roll_up_requests(limit: int | None = SCRAPE_ROLLUP_LIMIT) -> int:
             total.ttft_sum_seconds += (group["ttft_sum_ms"] or 0) / 1000
             total.duration_buckets = _add(total.duration_buckets, group, "latency_ms")
             total.ttft_buckets = _add(total.ttft_buckets, group, "ttft_ms")
+            total.provider = group["provider"] or total.provider
             added += group["requests"]
         RequestTotal.objects.bulk_create(new)
         RequestTotal.objects.bulk_update(
@@ -107,6 +109,7 @@ def roll_up_requests(limit: int | None = SCRAPE_ROLLUP_LIMIT) -> int:
                 "ttft_count",
                 "ttft_sum_seconds",
                 "ttft_buckets",
+                "provider",
             ],
         )
         claim.advance()
@@ -258,20 +261,12 @@ def _channel_failing_family() -> Metric:
 
 def _model_info_family() -> Metric:
     """llm_model_info{model, provider} 1 per model counted in the totals, for joins in PromQL
-    (`... * on (model) group_left (provider) llm_model_info`). The provider is the one of the
-    model's latest call: one index lookup per model (llm_log_model_time), in one query."""
+    (`... * on (model) group_left (provider) llm_model_info`). From the totals, not the logs: it
+    neither scans the logs nor changes when they are purged."""
     info = GaugeMetricFamily(
         "llm_model_info", "A model seen in the logs, and its provider.", labels=["model", "provider"]
     )
-    latest_provider = (
-        LLMRequestLog.objects.filter(model_name=OuterRef("model_name")).order_by("-timestamp").values("provider")[:1]
-    )
-    models_seen = (
-        RequestTotal.objects.values("model_name")
-        .distinct()
-        .annotate(provider=Subquery(latest_provider))
-        .order_by("model_name")
-    )
+    models_seen = RequestTotal.objects.values("model_name").annotate(provider=Max("provider")).order_by("model_name")
     for row in models_seen:
         info.add_metric([row["model_name"], row["provider"] or ""], 1)
     return info

@@ -266,25 +266,39 @@ def test_rule_list_does_not_query_per_rule(api_client, webhook_receiver):
     assert queries() == at_two
 
 
-def test_model_info_names_each_model_with_the_provider_of_its_latest_call(client):
+def test_model_info_names_each_model_with_its_provider_and_survives_a_purge(client):
     calls = [
         ("llama-3.1-8b-instant", "groq", NOW - timedelta(hours=3)),
         ("llama-3.1-8b-instant", "groq", NOW - timedelta(hours=2)),
-        ("gpt-4o-mini", "cerebras", NOW - timedelta(hours=2)),
-        ("gpt-4o-mini", "openai", NOW - timedelta(hours=1)),  # the latest call says openai
+        ("qwen-3-235b", "cerebras", NOW - timedelta(hours=2)),
+        ("gpt-4o-mini", "openai", NOW - timedelta(hours=1)),
     ]
     for model, provider, timestamp in calls:
         LLMRequestLog.objects.record(model_name=model, provider=provider, timestamp=timestamp)
-    # Independently: the provider of each model's latest call.
-    latest: dict[str, tuple[datetime, str]] = {}
-    for model, provider, timestamp in calls:
-        if model not in latest or timestamp > latest[model][0]:
-            latest[model] = (timestamp, provider)
+    expected = sorted({(model, provider) for model, provider, _ in calls})
     samples = parse(client.get("/metrics").content.decode())
-    assert sorted((labels["model"], labels["provider"]) for labels, _ in samples["llm_model_info"]) == sorted(
-        (model, provider) for model, (_, provider) in latest.items()
-    )
+    assert sorted((labels["model"], labels["provider"]) for labels, _ in samples["llm_model_info"]) == expected
     assert all(sample_value == 1 for _, sample_value in samples["llm_model_info"])
+    # The totals keep the provider: deleting every log (purge_logs) changes nothing.
+    LLMRequestLog.objects.all().delete()
+    after = parse(client.get("/metrics").content.decode())
+    assert after["llm_model_info"] == samples["llm_model_info"]
+
+
+def test_the_migration_fills_the_provider_of_totals_kept_before(client):
+    from importlib import import_module
+
+    from django.apps import apps
+
+    from llm.models import RequestTotal
+
+    migration = import_module("llm.migrations.0013_request_total_provider")
+    LLMRequestLog.objects.record(model_name="gpt-4o-mini", provider="cerebras", timestamp=NOW - timedelta(hours=2))
+    LLMRequestLog.objects.record(model_name="gpt-4o-mini", provider="openai", timestamp=NOW - timedelta(hours=1))
+    client.get("/metrics")  # rolls the calls into the totals
+    RequestTotal.objects.update(provider="")  # as before the migration
+    migration.fill_providers(apps, None)
+    assert list(RequestTotal.objects.values_list("model_name", "provider")) == [("gpt-4o-mini", "openai")]
 
 
 def test_receiver_answer_body_is_never_stored(webhook_receiver):
