@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import warnings
@@ -233,6 +234,16 @@ class Environment(environ.Env):
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise self.invalid(var, "is not an http:// or https:// URL", default)
         return value
+
+    def ip_networks(self, var: str, default: Any = NOTSET) -> Any:
+        """A comma-separated list of IP networks ("127.0.0.1/32, 10.0.0.0/8"), each checked."""
+        values = self.list(var, default=default)
+        for value in values:
+            try:
+                ipaddress.ip_network(value.strip(), strict=False)
+            except ValueError as error:
+                raise self.invalid(var, f"has {value!r}, which is not an IP network ({error})", default) from error
+        return [value.strip() for value in values if value.strip()]
 
     def time_zone(self, var: str, default: Any = NOTSET) -> Any:
         value = self.str(var, default=default)

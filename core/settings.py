@@ -265,6 +265,13 @@ ALERT_WEBHOOK_TIMEOUT_SECONDS = env.float("ALERT_WEBHOOK_TIMEOUT_SECONDS", defau
 ALERT_WEBHOOK_TRIES = env.int("ALERT_WEBHOOK_TRIES", default=3, minimum=1)
 # Seconds between webhook tries, times the try number (1 s, 2 s, ...): a short, bounded backoff.
 ALERT_WEBHOOK_RETRY_DELAY_SECONDS = env.float("ALERT_WEBHOOK_RETRY_DELAY_SECONDS", default=1.0, minimum=0)
+# Where PagerDuty channels send their events (Events API v2); tests point it at a local receiver.
+PAGERDUTY_EVENTS_URL = env.http_url("PAGERDUTY_EVENTS_URL", default="https://events.pagerduty.com/v2/enqueue")
+# A notification channel that failed this many times in a row is shown as failing (alerts page, /metrics).
+ALERT_CHANNEL_FAILING_AFTER = env.int("ALERT_CHANNEL_FAILING_AFTER", default=3, minimum=1)
+# Webhooks, channels and every outbound HTTP call refuse loopback, private, link-local, CGNAT,
+# multicast and metadata addresses, unless one of these networks (comma-separated CIDRs) holds them.
+OUTBOUND_ALLOWED_NETWORKS = env.ip_networks("OUTBOUND_ALLOWED_NETWORKS", default=[])
 # Base of the links in alert notices; empty means the address the dashboard is served at.
 SITE_URL = env.http_url("SITE_URL", default="")
 

@@ -13,10 +13,12 @@ from llm.models import (
     ALERT_WINDOW_MINUTES_MAX,
     AlertLog,
     AlertRule,
+    AlertSilence,
     APIKey,
     DashboardSettings,
     LLMRequestLog,
     ModelPrice,
+    NotificationChannel,
     UserFeedback,
 )
 
@@ -112,7 +114,7 @@ class UserFeedbackAdmin(ModelAdmin):
 @admin.register(AlertRule)
 class AlertRuleAdmin(ModelAdmin):
     # Few, compact columns: the list must fit a 1366 px wide screen next to the filter sidebar.
-    list_display = ["name", "condition", "channels", "is_active", "state", "checked"]
+    list_display = ["name", "condition", "notify_to", "is_active", "state", "checked"]
     list_filter = ["metric_type", "is_active", "is_firing"]
     search_fields = ["name", "description", "model_name"]
     # A webhook typed without a scheme is meant as https (Django 6's default; silences its warning).
@@ -129,10 +131,15 @@ class AlertRuleAdmin(ModelAdmin):
                 f"cooldown 0 to {ALERT_COOLDOWN_MINUTES_MAX}.",
             },
         ),
-        ("Notify", {"fields": ["notify_email", "email_recipients", "webhook_url"]}),
+        ("Notify", {"fields": ["notify_email", "email_recipients", "webhook_url", "channels"]}),
         ("State (written by check_alerts)", {"fields": readonly_fields}),
     ]
+    filter_horizontal = ["channels"]
     actions = ["send_test_notification"]
+
+    def get_queryset(self, request):
+        # The channel column names each rule's channels: one query for all rows, not one per row.
+        return super().get_queryset(request).prefetch_related("channels")
 
     @admin.display(description="condition")
     def condition(self, rule: AlertRule) -> str:
@@ -142,7 +149,7 @@ class AlertRuleAdmin(ModelAdmin):
         return f"{rule.metric_type} {comparison} {threshold} / {rule.time_window_minutes} min{scope}"
 
     @admin.display(description="channels")
-    def channels(self, rule: AlertRule) -> str:
+    def notify_to(self, rule: AlertRule) -> str:
         return ", ".join(notifiers.channel_names(rule)) or "none"
 
     @admin.display(description="state", ordering="is_firing")
@@ -171,6 +178,59 @@ class AlertRuleAdmin(ModelAdmin):
                 continue
             level = messages.SUCCESS if result.all_sent else messages.ERROR
             self.message_user(request, f"Test notification for {rule.name}: {result.summary}.", level)
+
+
+@admin.register(NotificationChannel)
+class NotificationChannelAdmin(ModelAdmin):
+    list_display = ["name", "kind", "is_active", "health", "last_success_at", "last_failure_at"]
+    list_filter = ["kind", "is_active"]
+    search_fields = ["name", "target"]
+    readonly_fields = ["consecutive_failures", "last_error", "last_success_at", "last_failure_at", "created_at"]
+    fieldsets = [
+        (None, {"fields": ["name", "kind", "is_active"]}),
+        (
+            "Where",
+            {
+                "fields": ["target", "secret", "routing_key"],
+                "description": "Webhook URLs may not point at loopback, private, link-local or metadata addresses "
+                "unless OUTBOUND_ALLOWED_NETWORKS allows them.",
+            },
+        ),
+        ("Delivery health (written by the notifiers)", {"fields": readonly_fields}),
+    ]
+
+    @admin.display(description="health", ordering="consecutive_failures")
+    def health(self, channel: NotificationChannel) -> str:
+        if channel.is_failing:
+            return f"failing ({channel.consecutive_failures} in a row: {channel.last_error})"
+        if channel.consecutive_failures:
+            return f"{channel.consecutive_failures} recent failure(s)"
+        return "ok"
+
+
+@admin.register(AlertSilence)
+class AlertSilenceAdmin(ModelAdmin):
+    list_display = ["alert_rule", "starts_at", "ends_at", "created_by_name", "reason", "ended_at", "ended_by_name"]
+    list_filter = ["alert_rule"]
+    search_fields = ["reason", "alert_rule__name", "created_by_name"]
+    list_select_related = ["alert_rule"]
+    fields = ["alert_rule", "starts_at", "ends_at", "reason", "created_by_name", "ended_at", "ended_by_name"]
+    readonly_fields = ["created_by_name", "ended_at", "ended_by_name"]
+    actions = ["unmute"]
+
+    def save_model(self, request, obj, form, change) -> None:
+        if not change:
+            # Who muted it is whoever saved it here, not a field to type.
+            obj.created_by = request.user
+            obj.created_by_name = request.user.get_username()
+        super().save_model(request, obj, form, change)
+
+    @admin.action(description="Unmute (end the selected silences now)")
+    def unmute(self, request, queryset) -> None:
+        count = queryset.active(timezone.now()).update(
+            ended_at=timezone.now(), ended_by_name=request.user.get_username()
+        )
+        self.message_user(request, f"Ended {count} silence(s).", messages.SUCCESS)
 
 
 @admin.register(AlertLog)

@@ -329,6 +329,11 @@ def deliver(alert: AlertLog, now: datetime, base: str | None = None) -> bool:
     """
     if not alert.claim_delivery(now):
         return False
+    # A silenced rule's notice is settled as "muted": evaluated and recorded, not sent.
+    silence = alert.alert_rule.active_silence(now)
+    if silence is not None:
+        alert.record_muted(silence)
+        return True
     alert.record_delivery(notifiers.notify_all(alert, base))
     return True
 
@@ -339,6 +344,7 @@ def deliver_pending(rules: Iterable[AlertRule], now: datetime, base: str | None 
         AlertLog.objects.undelivered()
         .filter(alert_rule__in=list(rules))
         .select_related("alert_rule")
+        .prefetch_related("alert_rule__channels")
         .order_by("triggered_at", "id")
     )
     if pending and base is None:

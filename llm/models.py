@@ -22,6 +22,7 @@ from django.utils import timezone
 
 from llm import traces
 from llm.ingest_limits import CONTROL_CHARACTER, EPOCH, STORED_YEARS
+from llm.outbound import validate_outbound_url
 
 ONE_MILLION = Decimal(1_000_000)
 # Sent (sender LLMRequestLog, `created`: how many rows) once calls stored by `record` or
@@ -380,6 +381,111 @@ def validate_email_list(value: str) -> None:
             raise ValidationError("“%(address)s” is not a valid e-mail address.", params={"address": address}) from None
 
 
+class NotificationChannelQuerySet(models.QuerySet):
+    def failing(self) -> NotificationChannelQuerySet:
+        """Channels whose last ALERT_CHANNEL_FAILING_AFTER deliveries (or more) all failed."""
+        return self.filter(consecutive_failures__gte=settings.ALERT_CHANNEL_FAILING_AFTER)
+
+
+class NotificationChannel(models.Model):
+    """Somewhere notices go: an e-mail list, a Slack-compatible webhook, a signed webhook or a
+    PagerDuty service. A rule may use several; one channel may serve many rules.
+
+    The rule's own `notify_email`/`email_recipients`/`webhook_url` keep working beside these (they
+    are the rule's unnamed e-mail and Slack-compatible channels); both are tried on every notice.
+    """
+
+    class Kind(models.TextChoices):
+        EMAIL = "email", "E-mail"
+        SLACK = "slack", "Slack-compatible webhook"
+        WEBHOOK = "webhook", "Signed webhook (HMAC-SHA256)"
+        PAGERDUTY = "pagerduty", "PagerDuty Events API v2"
+
+    name = models.CharField(max_length=100, unique=True, validators=[validate_one_line])
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    target = models.CharField(
+        max_length=2000,
+        blank=True,
+        default="",
+        validators=[validate_one_line],
+        help_text="E-mail: comma-separated addresses. Webhooks: the http(s) URL. PagerDuty: blank.",
+    )
+    secret = models.CharField(
+        max_length=200,
+        blank=True,
+        default="",
+        validators=[validate_one_line],
+        help_text="Signed webhook: the HMAC-SHA256 key the receiver checks the signature with.",
+    )
+    routing_key = models.CharField(
+        max_length=64,
+        blank=True,
+        default="",
+        validators=[validate_one_line],
+        help_text="PagerDuty: the integration (routing) key of an Events API v2 integration.",
+    )
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    # Delivery health, written by the notifiers only (record_result).
+    consecutive_failures = models.PositiveIntegerField(default=0, editable=False)
+    last_error = models.CharField(max_length=300, blank=True, default="", editable=False)
+    last_failure_at = models.DateTimeField(null=True, blank=True, editable=False)
+    last_success_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    objects = NotificationChannelQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.get_kind_display()})"
+
+    # A secret shorter than this is guessable enough to forge signatures.
+    MIN_SECRET_LENGTH = 16
+
+    def clean(self) -> None:
+        super().clean()
+        problems: dict[str, str] = {}
+        if self.kind == self.Kind.EMAIL:
+            if not split_email_list(self.target):
+                problems["target"] = "Enter at least one e-mail address."
+            else:
+                try:
+                    validate_email_list(self.target)
+                except ValidationError as error:
+                    problems["target"] = error.messages[0]
+        elif self.kind in (self.Kind.SLACK, self.Kind.WEBHOOK):
+            try:
+                webhook_url_validator(self.target)
+                validate_outbound_url(self.target)
+            except ValidationError as error:
+                problems["target"] = error.messages[0]
+        if self.kind == self.Kind.WEBHOOK and len(self.secret) < self.MIN_SECRET_LENGTH:
+            problems["secret"] = f"A signed webhook needs a secret of at least {self.MIN_SECRET_LENGTH} characters."
+        if self.kind == self.Kind.PAGERDUTY and not self.routing_key:
+            problems["routing_key"] = "A PagerDuty channel needs the routing key of its integration."
+        if problems:
+            raise ValidationError(problems)
+
+    @property
+    def is_failing(self) -> bool:
+        return self.consecutive_failures >= settings.ALERT_CHANNEL_FAILING_AFTER
+
+    def record_result(self, error: str = "", now: datetime | None = None) -> None:
+        """Count a delivery: a success clears the run of failures, a failure adds one to it.
+
+        An UPDATE with F(), so two runs delivering at once both count."""
+        now = now or timezone.now()
+        rows = NotificationChannel.objects.filter(pk=self.pk)
+        if error:
+            rows.update(
+                consecutive_failures=models.F("consecutive_failures") + 1, last_error=error[:300], last_failure_at=now
+            )
+        else:
+            rows.update(consecutive_failures=0, last_success_at=now)
+        self.refresh_from_db(fields=["consecutive_failures", "last_error", "last_failure_at", "last_success_at"])
+
+
 class AlertRuleQuerySet(models.QuerySet):
     def active(self) -> AlertRuleQuerySet:
         return self.filter(is_active=True)
@@ -387,6 +493,14 @@ class AlertRuleQuerySet(models.QuerySet):
     def firing(self) -> AlertRuleQuerySet:
         """Active rules over their threshold at the last check (a deactivated rule is not firing)."""
         return self.active().filter(is_firing=True)
+
+    def with_channels_and_silences(self, now: datetime | None = None) -> AlertRuleQuerySet:
+        """Each rule's named channels and the silences muting it at `now` (`active_silences`), in
+        two queries for the whole list rather than two per rule."""
+        silences = AlertSilence.objects.active(now or timezone.now()).order_by("-ends_at", "-id")
+        return self.prefetch_related(
+            "channels", models.Prefetch("silences", queryset=silences, to_attr="active_silences")
+        )
 
 
 # An error_rate rule's threshold is a percentage.
@@ -423,7 +537,13 @@ class AlertRule(models.Model):
         help_text="Comma-separated; blank: ALERT_EMAIL_RECIPIENTS.",
     )
     webhook_url = models.URLField(
-        blank=True, default="", validators=[webhook_url_validator], help_text="Blank: ALERT_WEBHOOK_URL."
+        blank=True,
+        default="",
+        validators=[webhook_url_validator, validate_outbound_url],
+        help_text="Blank: ALERT_WEBHOOK_URL.",
+    )
+    channels = models.ManyToManyField(
+        NotificationChannel, blank=True, related_name="rules", help_text="Named channels, besides the fields above."
     )
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
@@ -461,6 +581,26 @@ class AlertRule(models.Model):
     @property
     def effective_webhook_url(self) -> str:
         return self.webhook_url or settings.ALERT_WEBHOOK_URL
+
+    def active_silence(self, now: datetime | None = None) -> AlertSilence | None:
+        """The silence muting the rule now (the one that lasts longest), or None."""
+        return self.silences.active(now or timezone.now()).order_by("-ends_at", "-id").first()
+
+    def silence(self, until: datetime, reason: str, user: Any | None = None, by_name: str = "") -> AlertSilence:
+        """Mute the rule's notices until `until`; it is still evaluated and its state still shown."""
+        if not by_name and user is not None and user.is_authenticated:
+            by_name = user.get_username()
+        created_by = user if user is not None and user.is_authenticated else None
+        return AlertSilence.objects.create(
+            alert_rule=self, ends_at=until, reason=reason, created_by=created_by, created_by_name=by_name
+        )
+
+    def unsilence(self, user: Any | None = None, by_name: str = "", now: datetime | None = None) -> int:
+        """End every silence muting the rule now; answers how many."""
+        if not by_name and user is not None and user.is_authenticated:
+            by_name = user.get_username()
+        now = now or timezone.now()
+        return self.silences.active(now).update(ended_at=now, ended_by_name=by_name)
 
     def record_check(
         self,
@@ -610,6 +750,19 @@ class AlertLog(models.Model):
             notifications=notifications, delivered_at=self.delivered_at, delivery_note=self.delivery_note
         )
 
+    def record_muted(self, silence: AlertSilence) -> None:
+        """Settle a claimed notice without sending it: the rule is silenced."""
+        self.notifications = {}
+        self.delivered_at = timezone.now()
+        self.delivery_note = silence.muted_note()[:200]
+        AlertLog.objects.filter(pk=self.pk).update(
+            notifications={}, delivered_at=self.delivered_at, delivery_note=self.delivery_note
+        )
+
+    @property
+    def is_muted(self) -> bool:
+        return self.delivery_note.startswith(MUTED_NOTE_PREFIX)
+
     @property
     def delivery_summary(self) -> str:
         """One line for people: "email sent, webhook error (HTTP 500…)", "not sent: no channel", "pending"."""
@@ -618,6 +771,53 @@ class AlertLog(models.Model):
         if self.delivery_note or not self.notifications:
             return self.delivery_note or "nothing recorded"
         return describe_notifications(self.notifications)
+
+
+MUTED_NOTE_PREFIX = "muted"
+
+
+class AlertSilenceQuerySet(models.QuerySet):
+    def active(self, now: datetime) -> AlertSilenceQuerySet:
+        return self.filter(ended_at__isnull=True, starts_at__lte=now, ends_at__gt=now)
+
+
+class AlertSilence(models.Model):
+    """A rule muted until a time, by whom and why. While it lasts, the rule is still evaluated and
+    its state recorded and shown, but its notices are settled as "muted" instead of being sent."""
+
+    alert_rule = models.ForeignKey(AlertRule, on_delete=models.CASCADE, related_name="silences")
+    starts_at = models.DateTimeField(default=timezone.now)
+    ends_at = models.DateTimeField(validators=[validate_stored_year])
+    reason = models.CharField(max_length=500)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    # Who, as text: a user name, or "API key <name>" (as for acknowledging).
+    created_by_name = models.CharField(max_length=200, blank=True, default="")
+    # Set when someone unmutes before ends_at.
+    ended_at = models.DateTimeField(null=True, blank=True)
+    ended_by_name = models.CharField(max_length=200, blank=True, default="")
+
+    objects = AlertSilenceQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-starts_at", "-id"]
+        indexes = [
+            # Delivery and the alerts page ask which rules are muted now, on every run.
+            models.Index(fields=["alert_rule", "ends_at"], name="llm_silence_rule_ends"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.alert_rule.name} muted until {self.ends_at:%Y-%m-%d %H:%M}"
+
+    def clean(self) -> None:
+        super().clean()
+        if self.ends_at and self.starts_at and self.ends_at <= self.starts_at:
+            raise ValidationError({"ends_at": "A silence must end after it starts."})
+
+    def muted_note(self) -> str:
+        who = f" by {self.created_by_name}" if self.created_by_name else ""
+        return f"{MUTED_NOTE_PREFIX}: silenced until {self.ends_at:%Y-%m-%d %H:%M} UTC{who}"
 
 
 class ModelPriceQuerySet(models.QuerySet):
@@ -961,6 +1161,9 @@ class RequestTotal(models.Model):
     ttft_count = models.BigIntegerField(default=0)
     ttft_sum_seconds = models.FloatField(default=0)
     ttft_buckets = models.JSONField(default=empty_buckets)
+    # The provider of the model's calls (the greatest name among the rows last added): kept here,
+    # not read from the logs, so `llm_model_info` stays the same when purge_logs deletes them.
+    provider = models.CharField(max_length=64, blank=True, default="")
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:

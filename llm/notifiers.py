@@ -17,9 +17,14 @@ DEFAULT_BASE_URL.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import logging
 import time
+from http import HTTPStatus
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 import httpx
 from django.conf import settings
@@ -27,9 +32,9 @@ from django.core.mail import EmailMessage
 from django.http import HttpRequest
 from django.utils import timezone
 
-from llm import formatting
+from llm import formatting, outbound
 from llm.ingest_limits import CONTROL_CHARACTER
-from llm.models import AlertLog, AlertRule, DashboardSettings
+from llm.models import AlertLog, AlertRule, DashboardSettings, NotificationChannel, split_email_list
 
 logger = logging.getLogger(__name__)
 
@@ -43,19 +48,48 @@ class DeliveryError(Exception):
         self.attempts = attempts
 
 
+SIGNATURE_VERSION = "v1"
+TIMESTAMP_HEADER = "X-Observatory-Timestamp"
+SIGNATURE_HEADER = "X-Observatory-Signature"
+
+
+def sign(secret: str, timestamp: str, body: bytes) -> str:
+    """The signature header's value: "v1=" + hex HMAC-SHA256(secret, f"{timestamp}.{body}").
+
+    The timestamp is signed with the body so a receiver can refuse a replay of an old notice."""
+    digest = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return f"{SIGNATURE_VERSION}={digest}"
+
+
+def status_line(response: httpx.Response) -> str:
+    """ "HTTP 503 Service Unavailable": the code and its standard phrase, never the receiver's own
+    words, so nothing a receiver answers is stored or shown (it could be an internal page)."""
+    try:
+        phrase = HTTPStatus(response.status_code).phrase
+    except ValueError:
+        phrase = ""
+    return f"HTTP {response.status_code} {phrase}".rstrip()
+
+
 def post_json(
     url: str,
     payload: dict[str, Any],
     *,
+    secret: str = "",
     timeout: float | None = None,
     tries: int | None = None,
     retry_delay: float | None = None,
 ) -> dict[str, Any]:
     """POST `payload` as JSON; answers {"http_status", "attempts"} or raises DeliveryError.
 
-    Retries connection errors, timeouts, 429 and 5xx answers, at most `tries` times in all;
-    any other non-2xx answer fails at once (retrying a 404 will not fix it). Redirects are not
-    followed: a webhook that moved should be updated, not chased.
+    Every outbound HTTP call of the app comes here, so the guard is here: before each try the
+    host is resolved, every address checked (llm/outbound.py) and the connection made to the
+    checked address, with the Host header and TLS name of the URL. A refused address fails at
+    once. With `secret`, the body is signed (`sign`, headers X-Observatory-Timestamp and
+    X-Observatory-Signature). Retries connection errors, timeouts, 429 and 5xx answers, at most
+    `tries` times in all; any other non-2xx answer fails at once (retrying a 404 will not fix it).
+    Redirects are not followed: a webhook that moved should be updated, not chased (and a
+    redirect could point inside the network).
     """
     # Each try waits at most the timeout, and there are at most `tries` of them, so one dead
     # receiver delays a check_alerts run by a bounded time. Arguments override the settings.
@@ -66,13 +100,16 @@ def post_json(
     if retry_delay is None:
         retry_delay = settings.ALERT_WEBHOOK_RETRY_DELAY_SECONDS
     tries = max(1, tries)
-    if not url.startswith(("http://", "https://")):
-        raise DeliveryError(f"Not an http(s) URL: {url!r}", attempts=0)
+    # Serialized once: a signature covers exactly the bytes sent.
+    body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
     error = ""
-    with httpx.Client(timeout=timeout, follow_redirects=False) as client:
+    # trust_env=False: no HTTP(S)_PROXY. A proxy would resolve the name itself, past the guard.
+    with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False) as client:
         for attempt in range(1, tries + 1):
             try:
-                response = client.post(url, json=payload, headers={"User-Agent": "llm-observatory-alerts"})
+                response = pinned_post(client, url, body, secret)
+            except outbound.OutboundURLError as refused:
+                raise DeliveryError(str(refused), attempts=attempt - 1) from None
             except httpx.TimeoutException:
                 error = f"timed out after {timeout:g}s"
             except httpx.HTTPError as exc:
@@ -80,12 +117,39 @@ def post_json(
             else:
                 if response.is_success:
                     return {"http_status": response.status_code, "attempts": attempt}
-                error = f"HTTP {response.status_code}: {response.text[:200]}"
+                error = status_line(response)
                 if response.status_code != 429 and response.status_code < 500:
                     raise DeliveryError(error, attempts=attempt)
             if attempt < tries and retry_delay > 0:
                 time.sleep(retry_delay * attempt)  # a short, bounded backoff between tries
     raise DeliveryError(error, attempts=tries)
+
+
+def pinned_post(client: httpx.Client, url: str, body: bytes, secret: str = "") -> httpx.Response:
+    """One POST to `url` through the guard: resolved and checked now (raises OutboundURLError),
+    sent to the checked address, with the URL's name as Host header and, for https, as TLS server
+    name (SNI) and certificate name, so the receiver's certificate is verified as usual."""
+    pinned = outbound.resolve_pinned(url)
+    return client.post(
+        pinned.url,
+        content=body,
+        headers=request_headers(pinned, secret, body),
+        extensions={"sni_hostname": pinned.server_name} if pinned.url.startswith("https:") else {},
+    )
+
+
+def request_headers(pinned: outbound.PinnedURL, secret: str, body: bytes) -> dict[str, str]:
+    headers = {
+        "User-Agent": "llm-observatory-alerts",
+        "Content-Type": "application/json",
+        # The connection goes to the checked address; the receiver still sees the name it serves.
+        "Host": pinned.host_header,
+    }
+    if secret:
+        timestamp = str(int(time.time()))
+        headers[TIMESTAMP_HEADER] = timestamp
+        headers[SIGNATURE_HEADER] = sign(secret, timestamp, body)
+    return headers
 
 
 def request_origin(request: HttpRequest) -> str:
@@ -125,6 +189,11 @@ class Notifier:
         self.rule = rule
         self.base = base
 
+    @property
+    def label(self) -> str:
+        """The key its result is recorded under in AlertLog.notifications."""
+        return self.name
+
     def is_enabled(self) -> bool:
         """Whether this channel applies to the rule at all (not recorded when it does not)."""
         raise NotImplementedError
@@ -153,14 +222,18 @@ class EmailNotifier(Notifier):
 
     def notify(self, alert: AlertLog) -> dict[str, Any]:
         recipients = self.rule.recipients
-        message = EmailMessage(
-            subject=subject_line(f"{headline(alert)}: {alert.message}"),
-            body=email_body(alert, self.base),
-            from_email=settings.DEFAULT_FROM_EMAIL,
-            to=recipients,
-        )
-        message.send(fail_silently=False)
+        send_email(alert, self.base, recipients)
         return {"recipients": recipients}
+
+
+def send_email(alert: AlertLog, base: str, recipients: list[str]) -> None:
+    message = EmailMessage(
+        subject=subject_line(f"{headline(alert)}: {alert.message}"),
+        body=email_body(alert, base),
+        from_email=settings.DEFAULT_FROM_EMAIL,
+        to=recipients,
+    )
+    message.send(fail_silently=False)
 
 
 @register
@@ -224,35 +297,180 @@ def webhook_payload(alert: AlertLog, base: str) -> dict[str, Any]:
     }
 
 
+# Channels a rule names (NotificationChannel), by kind. Each sends to the channel's target.
+
+
+class ChannelNotifier(Notifier):
+    """A named channel: its result is recorded under "<kind>:<name>", and counted on the channel
+    (a run of failures marks it failing)."""
+
+    def __init__(self, rule: AlertRule, base: str = DEFAULT_BASE_URL, channel: NotificationChannel | None = None):
+        super().__init__(rule, base)
+        assert channel is not None
+        self.channel = channel
+
+    @property
+    def label(self) -> str:
+        return f"{self.channel.kind}:{self.channel.name}"
+
+    def is_enabled(self) -> bool:
+        return self.channel.is_active
+
+
+CHANNEL_NOTIFIERS: dict[str, type[ChannelNotifier]] = {}
+
+
+def register_channel(notifier_class: type[ChannelNotifier]) -> type[ChannelNotifier]:
+    CHANNEL_NOTIFIERS[notifier_class.name] = notifier_class
+    return notifier_class
+
+
+@register_channel
+class EmailChannelNotifier(ChannelNotifier):
+    name = NotificationChannel.Kind.EMAIL
+
+    def notify(self, alert: AlertLog) -> dict[str, Any]:
+        recipients = split_email_list(self.channel.target)
+        send_email(alert, self.base, recipients)
+        return {"recipients": recipients}
+
+
+@register_channel
+class SlackChannelNotifier(ChannelNotifier):
+    name = NotificationChannel.Kind.SLACK
+
+    def notify(self, alert: AlertLog) -> dict[str, Any]:
+        return post_json(self.channel.target, webhook_payload(alert, self.base))
+
+
+@register_channel
+class SignedWebhookNotifier(ChannelNotifier):
+    """The webhook payload, signed: see `sign` (and the docs' verification snippet)."""
+
+    name = NotificationChannel.Kind.WEBHOOK
+
+    def notify(self, alert: AlertLog) -> dict[str, Any]:
+        payload = webhook_payload(alert, self.base)
+        return {"signed": True, **post_json(self.channel.target, payload, secret=self.channel.secret)}
+
+
+# PagerDuty's severities, from the notice's level (warning / critical thresholds).
+PAGERDUTY_SEVERITIES = {"critical": "critical", "warning": "warning", "info": "info"}
+
+
+def dedup_key(alert: AlertLog) -> str:
+    """One PagerDuty incident per rule (and per group of a grouped rule): its trigger and its resolve
+    carry the same key, so PagerDuty closes the incident the trigger opened."""
+    key = f"llm-observatory/rule-{alert.alert_rule.pk}"
+    group = getattr(alert, "group_key", "")
+    if group:
+        key += f"/{group}"
+    if alert.kind == AlertLog.Kind.TEST:
+        key += "/test"  # a test never touches the real incident
+    return key[:255]  # PagerDuty's limit
+
+
+def pagerduty_event(alert: AlertLog, routing_key: str, base: str) -> dict[str, Any]:
+    """An Events API v2 event: "trigger" for a firing notice (or a test), "resolve" for a resolved one."""
+    event: dict[str, Any] = {
+        "routing_key": routing_key,
+        "event_action": "resolve" if alert.kind == AlertLog.Kind.RESOLVED else "trigger",
+        "dedup_key": dedup_key(alert),
+    }
+    if alert.kind == AlertLog.Kind.RESOLVED:
+        return event  # PagerDuty takes nothing else with a resolve
+    level = getattr(alert, "level", "")
+    severity = "info" if alert.kind == AlertLog.Kind.TEST else PAGERDUTY_SEVERITIES.get(level, "error")
+    rule = alert.alert_rule
+    event["payload"] = {
+        "summary": subject_line(f"{headline(alert)}: {alert.message}", limit=1024),
+        "source": urlsplit(base).hostname or "llm-observatory",
+        "severity": severity,
+        "timestamp": alert.triggered_at.isoformat(),
+        "component": rule.model_name or "all models",
+        "class": rule.metric_type,
+        "custom_details": {
+            "rule": rule.name,
+            "rule_id": rule.pk,
+            "value": alert.metric_value,
+            "threshold": alert.threshold,
+            "window_start": alert.window_start.isoformat(),
+            "window_end": alert.window_end.isoformat(),
+        },
+    }
+    event["links"] = [{"href": dashboard_link(base), "text": "Open alerts"}]
+    return event
+
+
+@register_channel
+class PagerDutyNotifier(ChannelNotifier):
+    name = NotificationChannel.Kind.PAGERDUTY
+
+    def notify(self, alert: AlertLog) -> dict[str, Any]:
+        event = pagerduty_event(alert, self.channel.routing_key, self.base)
+        result = post_json(settings.PAGERDUTY_EVENTS_URL, event)
+        if alert.kind == AlertLog.Kind.TEST:
+            # A test shows up in PagerDuty and is closed at once: it must not leave an incident open.
+            resolve = {"routing_key": event["routing_key"], "event_action": "resolve", "dedup_key": event["dedup_key"]}
+            post_json(settings.PAGERDUTY_EVENTS_URL, resolve)
+        return {"event_action": event["event_action"], "dedup_key": event["dedup_key"], **result}
+
+
 def enabled_notifiers(rule: AlertRule, base: str = DEFAULT_BASE_URL) -> list[Notifier]:
-    """The channels that apply to the rule; empty: the rule reaches no one."""
-    notifiers = (notifier_class(rule, base) for notifier_class in NOTIFIERS.values())
+    """The channels that apply to the rule: its own e-mail and webhook fields, then the named
+    channels it uses (active ones). Empty: the rule reaches no one."""
+    notifiers: list[Notifier] = [notifier_class(rule, base) for notifier_class in NOTIFIERS.values()]
+    # rule.channels.all() uses the prefetched channels when the caller prefetched them.
+    for channel in rule.channels.all():
+        notifier_class = CHANNEL_NOTIFIERS.get(channel.kind)
+        if notifier_class is not None:
+            notifiers.append(notifier_class(rule, base, channel))
     return [notifier for notifier in notifiers if notifier.is_enabled()]
 
 
 def channel_names(rule: AlertRule) -> list[str]:
-    return [notifier.name for notifier in enabled_notifiers(rule)]
+    return [notifier.label for notifier in enabled_notifiers(rule)]
+
+
+def channel_states(rule: AlertRule) -> list[dict[str, Any]]:
+    """[{"label": "pagerduty:oncall", "failing": True, "last_error": "HTTP 500 ..."}] for the pages."""
+    states = []
+    for notifier in enabled_notifiers(rule):
+        channel = notifier.channel if isinstance(notifier, ChannelNotifier) else None
+        failing = bool(channel and channel.is_failing)
+        states.append(
+            {"label": notifier.label, "failing": failing, "last_error": channel.last_error if failing else ""}
+        )
+    return states
 
 
 def notify_all(alert: AlertLog, base: str | None = None) -> dict[str, dict[str, Any]]:
     """Send through every enabled channel; answers {channel: {"status": "sent"|"error", …}}.
 
     `base` starts the links in the notice (see `base_url()`, which answers it when None).
-    An empty answer means the rule has no channel: nothing was attempted.
+    An empty answer means the rule has no channel: nothing was attempted. A named channel's
+    result is also counted on it (NotificationChannel.record_result).
     """
     results: dict[str, dict[str, Any]] = {}
     if not enabled_notifiers(alert.alert_rule):
         return results
     label = f"Alert {alert.pk}" if alert.pk else f"Test notification for rule {alert.alert_rule.pk}"
     for notifier in enabled_notifiers(alert.alert_rule, base or base_url()):
-        name = notifier.name
-        try:
-            detail = notifier.notify(alert)
-        except Exception as exc:  # noqa: BLE001 - whatever breaks one channel must not stop the others
-            attempts = getattr(exc, "attempts", 1)
-            error = str(exc) if isinstance(exc, DeliveryError) else f"{type(exc).__name__}: {exc}"
-            logger.warning("%s: %s notification failed: %s", label, name, error)
-            results[name] = {"status": "error", "error": error, "attempts": attempts, "at": timezone.now().isoformat()}
-        else:
-            results[name] = {"status": "sent", **detail, "at": timezone.now().isoformat()}
+        results[notifier.label] = send_one(notifier, alert, label)
     return results
+
+
+def send_one(notifier: Notifier, alert: AlertLog, label: str) -> dict[str, Any]:
+    try:
+        detail = notifier.notify(alert)
+    except Exception as exc:  # noqa: BLE001 - whatever breaks one channel must not stop the others
+        attempts = getattr(exc, "attempts", 1)
+        error = str(exc) if isinstance(exc, DeliveryError) else f"{type(exc).__name__}: {exc}"
+        logger.warning("%s: %s notification failed: %s", label, notifier.label, error)
+        result = {"status": "error", "error": error, "attempts": attempts, "at": timezone.now().isoformat()}
+    else:
+        error = ""
+        result = {"status": "sent", **detail, "at": timezone.now().isoformat()}
+    if isinstance(notifier, ChannelNotifier):
+        notifier.channel.record_result(error)
+    return result

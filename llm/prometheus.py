@@ -19,8 +19,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+from django.conf import settings
 from django.db import models
-from django.db.models import Count, Q, Sum
+from django.db.models import Count, Max, Q, Sum
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
@@ -31,6 +32,7 @@ from llm.models import (
     AlertRule,
     FeedbackTotal,
     LLMRequestLog,
+    NotificationChannel,
     RequestTotal,
     UserFeedback,
     empty_buckets,
@@ -64,6 +66,7 @@ def roll_up_requests(limit: int | None = SCRAPE_ROLLUP_LIMIT) -> int:
                 completion_tokens=Sum("completion_tokens"),
                 cost_usd=Sum("cost_estimate"),
                 duration_sum_ms=Sum("latency_ms"),
+                provider=Max("provider"),
                 ttft_count=Count("ttft_ms"),
                 ttft_sum_ms=Sum("ttft_ms"),
                 **_bucket_counts("latency_ms"),
@@ -91,6 +94,7 @@ def roll_up_requests(limit: int | None = SCRAPE_ROLLUP_LIMIT) -> int:
             total.ttft_sum_seconds += (group["ttft_sum_ms"] or 0) / 1000
             total.duration_buckets = _add(total.duration_buckets, group, "latency_ms")
             total.ttft_buckets = _add(total.ttft_buckets, group, "ttft_ms")
+            total.provider = group["provider"] or total.provider
             added += group["requests"]
         RequestTotal.objects.bulk_create(new)
         RequestTotal.objects.bulk_update(
@@ -105,6 +109,7 @@ def roll_up_requests(limit: int | None = SCRAPE_ROLLUP_LIMIT) -> int:
                 "ttft_count",
                 "ttft_sum_seconds",
                 "ttft_buckets",
+                "provider",
             ],
         )
         claim.advance()
@@ -168,6 +173,8 @@ class DatabaseCollector(Collector):
         yield from _request_families(RequestTotal.objects.order_by("model_name", "status"))
         yield _feedback_family()
         yield _alerts_firing_family()
+        yield _channel_failing_family()
+        yield _model_info_family()
 
 
 @dataclass
@@ -237,6 +244,32 @@ def _alerts_firing_family() -> Metric:
     for name, is_firing in AlertRule.objects.active().order_by("name").values_list("name", "is_firing"):
         firing.add_metric([name], 1 if is_firing else 0)
     return firing
+
+
+def _channel_failing_family() -> Metric:
+    failing = GaugeMetricFamily(
+        "llm_alert_channel_failing",
+        "1 while an active notification channel's last ALERT_CHANNEL_FAILING_AFTER deliveries all failed, else 0.",
+        labels=["channel", "kind"],
+    )
+    threshold = settings.ALERT_CHANNEL_FAILING_AFTER
+    channels = NotificationChannel.objects.filter(is_active=True).order_by("name")
+    for name, kind, failures in channels.values_list("name", "kind", "consecutive_failures"):
+        failing.add_metric([name, kind], 1 if failures >= threshold else 0)
+    return failing
+
+
+def _model_info_family() -> Metric:
+    """llm_model_info{model, provider} 1 per model counted in the totals, for joins in PromQL
+    (`... * on (model) group_left (provider) llm_model_info`). From the totals, not the logs: it
+    neither scans the logs nor changes when they are purged."""
+    info = GaugeMetricFamily(
+        "llm_model_info", "A model seen in the logs, and its provider.", labels=["model", "provider"]
+    )
+    models_seen = RequestTotal.objects.values("model_name").annotate(provider=Max("provider")).order_by("model_name")
+    for row in models_seen:
+        info.add_metric([row["model_name"], row["provider"] or ""], 1)
+    return info
 
 
 def build_registry(roll_up_first: bool = True) -> CollectorRegistry:

@@ -7,11 +7,12 @@ module imports models, the ingest limits and llm/metrics.py's names only.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.utils import timezone
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from llm import metrics
@@ -27,6 +28,7 @@ from llm.ingest_limits import (
     MAX_COST_USD,
     MAX_COUNT,
     MAX_LATENCY_MS,
+    MAX_ROW_ID,
     MAX_TEMPERATURE,
     MIN_TEMPERATURE,
     MODEL_MAX_CHARS,
@@ -41,12 +43,15 @@ from llm.ingest_limits import (
 from llm.models import (
     AlertLog,
     AlertRule,
+    AlertSilence,
     LLMRequestLog,
     ModelPrice,
+    NotificationChannel,
     UserFeedback,
     split_email_list,
     webhook_url_validator,
 )
+from llm.outbound import validate_outbound_url
 from llm.providers import UnknownModel, route
 from llm.traces import TRACE_CALL_FIELDS
 
@@ -312,7 +317,77 @@ class LogDetailSerializer(LogSerializer):
 STATE_FIELDS = ["is_firing", "last_value", "last_checked_at", "last_notified_at"]
 
 
+class AlertSilenceSerializer(serializers.ModelSerializer):
+    rule_id = serializers.IntegerField(source="alert_rule_id", read_only=True)
+    created_by = serializers.CharField(source="created_by_name", read_only=True)
+    ended_by = serializers.CharField(source="ended_by_name", read_only=True)
+
+    class Meta:
+        model = AlertSilence
+        fields = ["id", "rule_id", "starts_at", "ends_at", "reason", "created_by", "ended_at", "ended_by"]
+        read_only_fields = fields
+
+
+# A silence lasts at most a year: longer is switching the rule off (is_active), and says so.
+SILENCE_MAX_MINUTES = 366 * 24 * 60
+SILENCE_REASON_MAX_CHARS = 500
+
+
+class SilenceRequestSerializer(serializers.Serializer):
+    """Mute a rule: until a time, or for a number of minutes; with why."""
+
+    until = serializers.DateTimeField(required=False, help_text="When the silence ends (ISO 8601, in the future).")
+    minutes = serializers.IntegerField(
+        required=False, min_value=1, max_value=SILENCE_MAX_MINUTES, help_text="Or: how long, from now."
+    )
+    reason = serializers.CharField(max_length=SILENCE_REASON_MAX_CHARS, help_text="Why (shown on the alerts page).")
+
+    def validate_reason(self, value: str) -> str:
+        if problem := text_problem(value):
+            raise serializers.ValidationError(problem)
+        return value
+
+    def validate_until(self, value: datetime) -> datetime:
+        now = timezone.now()
+        if value <= now:
+            raise serializers.ValidationError("Must be in the future.")
+        if value > now + timedelta(minutes=SILENCE_MAX_MINUTES):
+            raise serializers.ValidationError("At most a year ahead: to stop a rule for longer, deactivate it.")
+        return value
+
+    def validate(self, attrs: dict) -> dict:
+        if ("until" in attrs) == ("minutes" in attrs):
+            raise serializers.ValidationError({"until": ["Give either `until` or `minutes`, not both or neither."]})
+        if "minutes" in attrs:
+            attrs["until"] = timezone.now() + timedelta(minutes=attrs.pop("minutes"))
+        return attrs
+
+
+class UnsilenceSerializer(serializers.Serializer):
+    rule_id = serializers.IntegerField()
+    unmuted = serializers.IntegerField(help_text="How many silences ended (0: the rule was not muted).")
+
+
+class ChannelIdField(serializers.PrimaryKeyRelatedField):
+    """A channel id: a whole number a database id can be (a bigger one would overflow the lookup)."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, int):
+            self.fail("incorrect_type", data_type=type(data).__name__)
+        if not 1 <= data <= MAX_ROW_ID:
+            self.fail("does_not_exist", pk_value=data)
+        return super().to_internal_value(data)
+
+
 class AlertRuleSerializer(serializers.ModelSerializer):
+    channels = ChannelIdField(
+        many=True,
+        required=False,
+        queryset=NotificationChannel.objects.all(),
+        help_text="Ids of named channels (admin: Notification channels), besides email_recipients and webhook_url.",
+    )
+    silence = serializers.SerializerMethodField(help_text="The silence muting the rule now, or null.")
+
     class Meta:
         model = AlertRule
         fields = [
@@ -328,13 +403,24 @@ class AlertRuleSerializer(serializers.ModelSerializer):
             "notify_email",
             "email_recipients",
             "webhook_url",
+            "channels",
+            "silence",
             *STATE_FIELDS,
             "created_at",
             "updated_at",
         ]
         read_only_fields = [*STATE_FIELDS, "created_at", "updated_at"]
         # DRF drops a model URLField's URLValidator (keeping its own, which also allows ftp): put ours back.
-        extra_kwargs = {"webhook_url": {"validators": [webhook_url_validator]}}
+        extra_kwargs = {"webhook_url": {"validators": [webhook_url_validator, validate_outbound_url]}}
+
+    @extend_schema_field(AlertSilenceSerializer(allow_null=True))
+    def get_silence(self, rule: AlertRule) -> dict | None:
+        # The list prefetches the active silences (`active_silences`); one rule asks.
+        if hasattr(rule, "active_silences"):
+            silence = max(rule.active_silences, key=lambda item: item.ends_at, default=None)
+        else:
+            silence = rule.active_silence()
+        return None if silence is None else AlertSilenceSerializer(silence).data
 
     def validate_email_recipients(self, value: str) -> str:
         # Stored in one canonical form whatever separators the caller used.

@@ -7,19 +7,23 @@ the role it needs (`access` in every page's context); a direct request answers a
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 from rest_framework.exceptions import ValidationError
 
+from llm import alert_history as alert_history_module
 from llm import alerts, dashboard, formatting, metrics, notifiers, providers
 from llm.filters import search_logs
-from llm.forms import FeedbackForm
-from llm.models import AlertLog, AlertRule, DashboardSettings, LLMRequestLog, UserFeedback
+from llm.forms import FeedbackForm, SilenceForm
+from llm.models import AlertLog, AlertRule, DashboardSettings, LLMRequestLog, NotificationChannel, UserFeedback
 from llm.paging import EstimatingPaginator
 from llm.permissions import access_for, refused_page, requires_right
 from llm.traces import normal_trace_id
@@ -175,17 +179,9 @@ def feedback(request: HttpRequest) -> HttpResponse:
 @login_required
 def alerts_page(request: HttpRequest) -> HttpResponse:
     # Each rule measured now, as check_alerts would, without writing anything: one query for all.
-    evaluations = alerts.evaluate_rules(AlertRule.objects.order_by("name"), timezone.now())
-    rules = [
-        {
-            "rule": evaluation.rule,
-            "evaluation": evaluation,
-            "value": formatting.rule_value(evaluation.rule.metric_type, evaluation.value),
-            "threshold": formatting.rule_value(evaluation.rule.metric_type, evaluation.rule.threshold),
-            "channels": notifiers.channel_names(evaluation.rule),
-        }
-        for evaluation in evaluations
-    ]
+    now = timezone.now()
+    evaluations = alerts.evaluate_rules(AlertRule.objects.order_by("name").with_channels_and_silences(now), now)
+    rules = [rule_row(evaluation) for evaluation in evaluations]
     triggered = AlertLog.objects.select_related("alert_rule", "acknowledged_by").order_by("-triggered_at", "-id")
     return page(
         request,
@@ -194,7 +190,71 @@ def alerts_page(request: HttpRequest) -> HttpResponse:
         rules=rules,
         triggered=triggered[:50],
         unacknowledged=triggered.filter(acknowledged=False).count(),
+        failing_channels=NotificationChannel.objects.filter(is_active=True).failing(),
+        silence_form=SilenceForm(),
     )
+
+
+def rule_row(evaluation: alerts.Evaluation) -> dict:
+    """What the alerts page and a rule's history page show of a rule (its silences prefetched)."""
+    rule = evaluation.rule
+    silences = getattr(rule, "active_silences", None)
+    silence = silences[0] if silences else (None if silences is not None else rule.active_silence())
+    return {
+        "rule": rule,
+        "evaluation": evaluation,
+        "value": formatting.rule_value(rule.metric_type, evaluation.value),
+        "threshold": formatting.rule_value(rule.metric_type, rule.threshold),
+        "channels": notifiers.channel_states(rule),
+        "silence": silence,
+    }
+
+
+@login_required
+def alert_history(request: HttpRequest, pk: int) -> HttpResponse:
+    """One rule's timeline: fired, resolved, acknowledged, muted and unmuted, each notice's delivery."""
+    now = timezone.now()
+    rule = get_object_or_404(AlertRule.objects.with_channels_and_silences(now), pk=pk)
+    (evaluation,) = alerts.evaluate_rules([rule], now)
+    return page(
+        request,
+        "dashboard/alert_history.html",
+        None,
+        item=rule_row(evaluation),
+        events=alert_history_module.timeline(rule, now),
+        notices_shown=alert_history_module.HISTORY_NOTICES,
+        silence_form=SilenceForm(),
+    )
+
+
+@requires_right("manage")
+@require_POST
+def alert_rule_silence(request: HttpRequest, pk: int) -> HttpResponse:
+    """Mute a rule for a while, with why (the alerts page's and history page's form)."""
+    rule = get_object_or_404(AlertRule, pk=pk)
+    form = SilenceForm(request.POST)
+    if form.is_valid():
+        until = timezone.now() + timedelta(minutes=form.cleaned_data["minutes"])
+        rule.silence(until, form.cleaned_data["reason"], request.user)
+        messages.success(request, f"Muted {rule.name} until {timezone.localtime(until):%Y-%m-%d %H:%M}.")
+    else:
+        problems = "; ".join(f"{name}: {' '.join(errors)}" for name, errors in form.errors.items())
+        messages.error(request, f"{rule.name} not muted: {problems}")
+    return redirect(back_to(request, rule))
+
+
+@requires_right("manage")
+@require_POST
+def alert_rule_unsilence(request: HttpRequest, pk: int) -> HttpResponse:
+    rule = get_object_or_404(AlertRule, pk=pk)
+    if rule.unsilence(request.user):
+        messages.success(request, f"Unmuted {rule.name}: its notices are sent again.")
+    return redirect(back_to(request, rule))
+
+
+def back_to(request: HttpRequest, rule: AlertRule) -> str:
+    # The form says where it was: the history page, or the alerts page (the default).
+    return reverse("alert-history", args=[rule.pk]) if request.POST.get("next") == "history" else reverse("alerts")
 
 
 @requires_right("manage")

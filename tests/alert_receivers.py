@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import email
 import email.policy
+import hashlib
+import hmac
 import json
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -61,12 +64,31 @@ class ReceivedRequest:
         return json.loads(self.body)
 
 
+# What a receiver answers in its body: the app must never store or show it (it could be an
+# internal page reached by server-side request forgery).
+RECEIVER_BODY = b"receiver-private-answer: do not store me"
+
+
+def verify_signature(secret: str, headers: dict[str, str], body: bytes, tolerance_seconds: int = 300) -> bool:
+    """How a receiver checks a signed webhook (the docs' snippet, as a receiver would write it):
+    HMAC-SHA256 over "<timestamp>.<raw body>" with the channel's secret, compared in constant
+    time, and a timestamp no older than `tolerance_seconds` (a replayed notice is refused)."""
+    timestamp = headers.get("X-Observatory-Timestamp", "")
+    signature = headers.get("X-Observatory-Signature", "")
+    if not timestamp.isdigit() or abs(time.time() - int(timestamp)) > tolerance_seconds:
+        return False
+    expected = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(signature, f"v1={expected}")
+
+
 @dataclass
 class WebhookReceiver:
-    """Answers `status` to every POST, or hangs (until reset) when `hang` is set."""
+    """Answers `status` to every POST (with RECEIVER_BODY, and `location` as a redirect's target),
+    or hangs (until reset) when `hang` is set. PagerDuty's Events API is this with status 202."""
 
     status: int = 200
     hang: bool = False
+    location: str = ""
     requests: list[ReceivedRequest] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -85,8 +107,10 @@ class WebhookReceiver:
                     return
                 self.send_response(receiver.status)
                 self.send_header("Content-Type", "text/plain")
+                if receiver.location:
+                    self.send_header("Location", receiver.location)
                 self.end_headers()
-                self.wfile.write(b"ok" if receiver.status < 400 else b"receiver failed")
+                self.wfile.write(RECEIVER_BODY)
 
             def log_message(self, *args) -> None:
                 pass
@@ -115,3 +139,4 @@ class WebhookReceiver:
             self.requests.clear()
         self.status = 200
         self.hang = False
+        self.location = ""

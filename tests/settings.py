@@ -25,3 +25,7 @@ for _name in _settings_env.defaults:
     if _name not in PASSED_THROUGH:
         os.environ.pop(_name, None)
 os.environ["OBSERVATORY_ENV_FILE"] = ""
+
+# The alert tests' receivers (webhook, PagerDuty, SMTP) listen on 127.0.0.1: the outbound guard
+# (llm/outbound.py) would refuse them otherwise. Tests of the guard itself empty this list.
+OUTBOUND_ALLOWED_NETWORKS = ["127.0.0.1/32"]

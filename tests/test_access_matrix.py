@@ -123,6 +123,8 @@ TABLE = [
     Row("api-alert-rule-test", "POST", "manage", 400),  # the rule has no channel
     Row("api-alert-rule-check", "POST", "manage", 200),
     Row("api-alert-acknowledge", "POST", "manage", 200),
+    Row("api-alert-rule-silence", "POST", "manage", 201, {"minutes": 30, "reason": "deploy"}),
+    Row("api-alert-rule-silence", "DELETE", "manage", 200),
     Row("api-events", "POST", "ingest", 201, EVENT),
     Row("otlp-traces", "POST", "ingest", 200, "{}", keys_only=True),
     Row("metrics", "GET", PUBLIC, 200),
@@ -141,6 +143,9 @@ TABLE = [
     Row("alert-acknowledge", "POST", "manage", 302, {}, page=True),
     Row("alert-rule-test", "POST", "manage", 302, {}, page=True),
     Row("alert-rule-check", "POST", "manage", 302, {}, page=True),
+    Row("alert-history", "GET", "read", 200, page=True),
+    Row("alert-rule-silence", "POST", "manage", 302, {"minutes": 60, "reason": "deploy"}, page=True),
+    Row("alert-rule-unsilence", "POST", "manage", 302, {}, page=True),
     Row("playground", "GET", "prompt", 200, page=True),
 ]
 

@@ -74,6 +74,6 @@ def test_changelist_shows_condition_channels_and_state(admin_client, settings):
     page = admin_client.get(CHANGELIST).content.decode()
     assert "error_rate &gt; 5.00% / 15 min, qwen/qwen3-32b" in page
     assert "no_traffic &lt; 1 / 15 min" in page
-    assert '<td class="field-channels">email</td>' in page
-    assert '<td class="field-channels">none</td>' in page
+    assert '<td class="field-notify_to">email</td>' in page
+    assert '<td class="field-notify_to">none</td>' in page
     assert '<td class="field-state">not checked</td>' in page

@@ -219,7 +219,7 @@ needs_promtool = pytest.mark.skipif(not Path(PROMTOOL).exists(), reason="promtoo
 def test_alerting_rules_are_valid():
     result = subprocess.run([PROMTOOL, "check", "rules", str(GRAFANA / "alerts.yml")], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 6 rules found" in result.stdout
+    assert "SUCCESS: 8 rules found" in result.stdout
 
 
 @needs_promtool
@@ -228,7 +228,7 @@ def test_example_scrape_config_is_valid_as_shipped():
     command = [PROMTOOL, "check", "config", str(GRAFANA / "prometheus.yml")]
     result = subprocess.run(command, capture_output=True, text=True, cwd=GRAFANA)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 6 rules found" in result.stdout
+    assert "SUCCESS: 8 rules found" in result.stdout
 
 
 @needs_promtool
@@ -268,12 +268,83 @@ def test_dashboard_queries_only_our_metrics():
     dashboard = json.loads((GRAFANA / "llm-observatory-dashboard.json").read_text())
     expressions = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
     titles = " ".join(panel["title"] for panel in dashboard["panels"]).lower()
-    for needed in ["requests", "error rate", "p95", "tokens", "cost per hour", "alert"]:
+    for needed in ["requests", "error rate", "p95", "p99", "tokens", "cost per hour", "alert", "failing"]:
         assert needed in titles
     assert any("histogram_quantile(0.95" in e and "llm_request_duration_seconds_bucket" in e for e in expressions)
+    assert any("histogram_quantile(0.99" in e and "llm_request_duration_seconds_bucket" in e for e in expressions)
     assert any("increase(llm_cost_usd_total" in expr and "[1h]" in expr for expr in expressions)
     known = {"llm_requests_total", "llm_tokens_total", "llm_cost_usd_total", "llm_request_duration_seconds_bucket",
-             "llm_time_to_first_token_seconds_bucket", "llm_alerts_firing", "llm_feedback_total"}  # fmt: skip
+             "llm_time_to_first_token_seconds_bucket", "llm_alerts_firing", "llm_feedback_total",
+             "llm_alert_channel_failing"}  # fmt: skip
     for expr in expressions:
         used = set(re.findall(r"llm_[a-z_]+", expr))
         assert used <= known, expr
+
+
+# promtool's rule unit tests: series in, alerts out. 20 calls a minute, all fast in the first
+# scenario, half of them slow in the second; a target down from the fourth minute.
+RULE_TESTS = """
+rule_files:
+  - {rules}
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      # 20 calls a minute; every one of them at or below 10 s: p99 about 10 s, no alert.
+      - series: 'llm_request_duration_seconds_bucket{{le="10.0"}}'
+        values: '0+20x30'
+      - series: 'llm_request_duration_seconds_bucket{{le="60.0"}}'
+        values: '0+20x30'
+      - series: 'llm_request_duration_seconds_bucket{{le="+Inf"}}'
+        values: '0+20x30'
+      - series: 'llm_requests_total{{model="m",status="success"}}'
+        values: '0+20x30'
+      - series: 'up{{job="llm-observatory",instance="observatory.example.com"}}'
+        values: '1 1 1 0 0 0 0 0 0 0 0 0'
+    alert_rule_test:
+      - eval_time: 20m
+        alertname: LLMLatencyP99Above30s
+        exp_alerts: []
+      - eval_time: 4m
+        alertname: LLMObservatoryDown
+        exp_alerts: []
+      - eval_time: 9m
+        alertname: LLMObservatoryDown
+        exp_alerts:
+          - exp_labels: {{severity: critical, job: llm-observatory, instance: observatory.example.com}}
+            exp_annotations:
+              summary: "LLM Observatory's /metrics is not answering"
+              description: "Prometheus could not scrape observatory.example.com for 5 minutes: is the app down, \\
+                or is METRICS_TOKEN wrong?"
+  - interval: 1m
+    input_series:
+      # 20 calls a minute, half of them between 10 s and 60 s: p99 about 59 s, the alert fires.
+      - series: 'llm_request_duration_seconds_bucket{{le="10.0"}}'
+        values: '0+10x30'
+      - series: 'llm_request_duration_seconds_bucket{{le="60.0"}}'
+        values: '0+20x30'
+      - series: 'llm_request_duration_seconds_bucket{{le="+Inf"}}'
+        values: '0+20x30'
+      - series: 'llm_requests_total{{model="m",status="success"}}'
+        values: '0+20x30'
+    alert_rule_test:
+      - eval_time: 20m
+        alertname: LLMLatencyP99Above30s
+        exp_alerts:
+          - exp_labels: {{severity: warning}}
+            exp_annotations:
+              summary: "p99 latency above 30 s"
+              description: "The slowest 1% of LLM calls took longer than {p99} s over 15 minutes."
+"""
+
+
+@needs_promtool
+def test_p99_and_target_down_rules_fire_on_their_series(tmp_path):
+    # p99 of "half the calls in (10 s, 60 s]" by Prometheus' interpolation within the bucket:
+    # rank 0.99 * 300 = 297 of 300 calls in 15 minutes, 150 of them in the bucket above 10 s.
+    p99 = 10 + (60 - 10) * (0.99 * 300 - 150) / 150
+    tests = tmp_path / "alerts_test.yml"
+    tests.write_text(RULE_TESTS.format(rules=GRAFANA / "alerts.yml", p99=f"{p99:.1f}"))
+    result = subprocess.run([PROMTOOL, "test", "rules", str(tests)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout

@@ -23,24 +23,60 @@ from llm.models import AlertLog, AlertRule, APIKey
 from llm.serializers import (
     AlertLogSerializer,
     AlertRuleSerializer,
+    AlertSilenceSerializer,
     CheckResultSerializer,
+    SilenceRequestSerializer,
     TestNotificationSerializer,
+    UnsilenceSerializer,
 )
 
 
 class AlertRuleList(DeclaredParameters, generics.ListCreateAPIView):
-    """All rules with their current state (there are few: not paginated)."""
+    """All rules with their current state, channels and silence (there are few: not paginated)."""
 
     required_right = {"GET": "read", "POST": "manage"}
     queryset = AlertRule.objects.order_by("id")
     serializer_class = AlertRuleSerializer
     pagination_class = None
 
+    def get_queryset(self):
+        return super().get_queryset().with_channels_and_silences()
+
 
 class AlertRuleDetail(DeclaredParameters, generics.RetrieveUpdateDestroyAPIView):
     required_right = {"GET": "read", "PUT": "manage", "PATCH": "manage", "DELETE": "manage"}
     queryset = AlertRule.objects.all()
     serializer_class = AlertRuleSerializer
+
+
+class AlertRuleSilence(APIView):
+    """Mute a rule (POST: `until` or `minutes`, and `reason`) or unmute it (DELETE).
+
+    A muted rule is still evaluated and its state recorded and shown; its notices are settled as
+    "muted" instead of being sent. Who muted it is the user, or "API key <name>"."""
+
+    required_right = {"POST": "manage", "DELETE": "manage"}
+
+    @extend_schema(request=SilenceRequestSerializer, responses={201: AlertSilenceSerializer})
+    def post(self, request: Request, pk: int) -> Response:
+        rule = get_object_or_404(AlertRule, pk=pk)
+        data = SilenceRequestSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        silence = rule.silence(
+            data.validated_data["until"], data.validated_data["reason"], request.user, caller_name(request)
+        )
+        return Response(AlertSilenceSerializer(silence).data, status=201)
+
+    @extend_schema(request=None, responses={200: UnsilenceSerializer})
+    def delete(self, request: Request, pk: int) -> Response:
+        rule = get_object_or_404(AlertRule, pk=pk)
+        ended = rule.unsilence(request.user, caller_name(request))
+        return Response(UnsilenceSerializer({"rule_id": rule.pk, "unmuted": ended}).data)
+
+
+def caller_name(request: Request) -> str:
+    """ "API key <name>" for a machine client; blank for a user (the model takes the user's name)."""
+    return f"API key {request.auth.name}" if isinstance(request.auth, APIKey) else ""
 
 
 # Test notices are never stored: filtering on them would always answer nothing.
@@ -78,8 +114,7 @@ class AlertLogAcknowledge(APIView):
     @extend_schema(request=None, responses={200: AlertLogSerializer})
     def post(self, request: Request, pk: int) -> Response:
         alert = get_object_or_404(AlertLog.objects.select_related("alert_rule"), pk=pk)
-        by_name = f"API key {request.auth.name}" if isinstance(request.auth, APIKey) else ""
-        alert.acknowledge(request.user, by_name)
+        alert.acknowledge(request.user, caller_name(request))
         return Response(AlertLogSerializer(alert).data)
 
 

@@ -123,3 +123,13 @@ def thumb(rating: str) -> str:
     """The thumbs up/down icon of a rating (decorative: always next to words that say it)."""
     direction = "down" if rating == "thumbs_down" else "up"
     return mark_safe(THUMB_SVG.format(direction=direction))  # noqa: S308 -- a constant, no input
+
+
+# The badge colour of an event or a delivery result on a rule's history page.
+EVENT_BADGES = {"fired": "badge-error", "error": "badge-error", "resolved": "badge-ok", "sent": "badge-ok"}
+EVENT_BADGES |= {"muted": "badge-warn"}
+
+
+@register.filter
+def event_badge(kind: str) -> str:
+    return EVENT_BADGES.get(kind, "")

@@ -60,7 +60,8 @@ class Command(BaseCommand):
             names = [created.name for created in alerts.create_default_rules()]
             self.stdout.write(f"Created {len(names)} default rule(s): {', '.join(names) or 'none'}.")
         # Said once, when the rules are set up, not on every cron run.
-        unreached = [r.name for r in AlertRule.objects.active().order_by("id") if not notifiers.channel_names(r)]
+        active = AlertRule.objects.active().prefetch_related("channels").order_by("id")
+        unreached = [r.name for r in active if not notifiers.channel_names(r)]
         if unreached:
             self.stdout.write(
                 f"{len(unreached)} active rule(s) reach no one ({alerts.NO_CHANNEL_HELP}): "
