@@ -42,11 +42,12 @@ from llm.models import (
     AlertLog,
     AlertRule,
     LLMRequestLog,
+    TraceSpan,
     UserFeedback,
     split_email_list,
     webhook_url_validator,
 )
-from llm.traces import TRACE_CALL_FIELDS
+from llm.traces import TRACE_CALL_FIELDS, TRACE_SPAN_FIELDS
 
 # Long enough for a large context window, short enough that one request cannot fill the disk.
 PROMPT_MAX_CHARS = 100_000
@@ -668,7 +669,32 @@ class TraceCallSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+class TraceSpanSerializer(serializers.ModelSerializer):
+    """A span of the trace that is not an LLM call, kept as context (llm/otlp.py `context_span`)."""
+
+    attributes = serializers.DictField(
+        help_text=(
+            "At most 32 attributes, in key order: numbers, booleans, or text of at most 256 characters "
+            "(lists and maps as JSON text). Attributes carrying prompt or response text are never kept."
+        )
+    )
+    dropped_attributes = serializers.IntegerField(
+        help_text="Attributes not kept: over the limit, carrying text, unstorable, or dropped by the sender."
+    )
+    duration_ms = serializers.FloatField()
+
+    class Meta:
+        model = TraceSpan
+        fields = [*TRACE_SPAN_FIELDS, "duration_ms"]
+        read_only_fields = fields
+
+
 class TraceSerializer(serializers.Serializer):
     trace_id = serializers.RegexField(HEX_TRACE_ID)
     calls = TraceCallSerializer(many=True, help_text="In time order.")
-    truncated = serializers.BooleanField(help_text="True when the trace has more calls than the answer holds.")
+    spans = TraceSpanSerializer(
+        many=True, help_text="The spans that are not LLM calls (HTTP handlers, queries, agent steps), in time order."
+    )
+    truncated = serializers.BooleanField(
+        help_text="True when the trace has more calls, or more spans, than the answer holds (2,000 each)."
+    )
