@@ -133,6 +133,7 @@ def as_tree(rows: list[dict[str, Any]], span_rows: list[dict[str, Any]] | None =
 WATERFALL_WIDTH = 1000
 MIN_BAR = 3
 AXIS_TICKS = 4
+MAX_INDENT = 8
 
 
 @dataclass
@@ -155,6 +156,11 @@ class WaterfallRow:
     @property
     def is_call(self) -> bool:
         return self.request_id is not None
+
+    @property
+    def indent(self) -> int:
+        # Deeper rows are drawn at this depth: the label column stays readable.
+        return min(self.depth, MAX_INDENT)
 
 
 @dataclass

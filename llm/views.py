@@ -135,6 +135,7 @@ def trace(request: HttpRequest, trace_id: str) -> HttpResponse:
         spans=found.spans,
         truncated=found.truncated,
         waterfall=traces.waterfall(found),
+        width=traces.WATERFALL_WIDTH,
     )
 
 
