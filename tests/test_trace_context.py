@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from llm import retention, traces
 from llm.models import LLMRequestLog, TraceSpan
+from llm.serializers import TraceSpanSerializer
 from tests.factories import build_log, build_span
 
 pytestmark = pytest.mark.django_db
@@ -110,10 +111,13 @@ def test_trace_page_draws_the_waterfall(logged_in_client, request_trace, django_
 
 
 def test_a_trace_with_spans_only_is_found(logged_in_client, api_client):
-    TraceSpan.objects.store([build_span(TRACE, "a" * 16, at(0), 10, name="GET /health")])
+    TraceSpan.objects.store([build_span(TRACE, "a" * 16, T0, 10, name="GET /health")])
     assert logged_in_client.get(f"/traces/{TRACE}/").status_code == 200
     body = api_client.get(f"/api/traces/{TRACE}").json()
     assert (body["calls"], [span["name"] for span in body["spans"]]) == ([], ["GET /health"])
+    # The answer's keys are the documented ones (llm/serializers.py).
+    assert set(body["spans"][0]) == set(TraceSpanSerializer().fields) == {*traces.TRACE_SPAN_FIELDS, "duration_ms"}
+    assert body["spans"][0]["duration_ms"] == 10.0 and body["spans"][0]["start"] == T0.isoformat()
     assert api_client.get(f"/api/traces/{'7' * 32}/").status_code == 404
 
 
