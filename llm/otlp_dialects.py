@@ -178,9 +178,6 @@ class Dialect:
     # Extra tags: (tag name, attribute key).
     tags: tuple[tuple[str, str], ...] = ()
 
-    def speaks(self, attributes: dict[str, Any]) -> bool:
-        return not self.markers or any(key in attributes for key in self.markers)
-
     def is_call(self, attributes: dict[str, Any]) -> bool:
         kind = text_value(attributes.get(self.kind)) if self.kind else ""
         if not kind:
@@ -324,11 +321,16 @@ PLAIN_LLM = Dialect(
 DIALECTS = (VERCEL_AI, OPENINFERENCE, OPENLLMETRY, PLAIN_LLM, GEN_AI)
 
 
+# Each marker attribute and the position of its dialect in DIALECTS: one set intersection per span
+# finds the dialect (most spans carry no marker and are GenAI).
+MARKERS = {marker: position for position, dialect in enumerate(DIALECTS) for marker in dialect.markers}
+
+
 def dialect_of(attributes: dict[str, Any]) -> Dialect:
-    for dialect in DIALECTS:
-        if dialect.speaks(attributes):
-            return dialect
-    return GEN_AI
+    found = attributes.keys() & MARKERS.keys()
+    if not found:
+        return GEN_AI
+    return DIALECTS[min(MARKERS[marker] for marker in found)]
 
 
 def first_present(attributes: dict[str, Any], keys: tuple[str, ...]) -> Any:
