@@ -152,6 +152,8 @@ class WaterfallRow:
     width: float = 0.0
     request_id: str | None = None
     detail: str = ""
+    # A context span's kept attributes (shown when its row is opened).
+    attributes: dict[str, Any] = field(default_factory=dict)
 
     @property
     def is_call(self) -> bool:
@@ -200,6 +202,8 @@ def _span_row(span: dict[str, Any]) -> WaterfallRow:
         status=span["status"],
         kind=span["kind"],
         detail=span["status_message"],
+        # In key order: PostgreSQL's jsonb gives keys back shortest first.
+        attributes=dict(sorted((span.get("attributes") or {}).items())),
     )
 
 

@@ -35,7 +35,10 @@ def request_trace(model_prices):
     TraceSpan.objects.store(
         [
             build_span(TRACE, "a" * 16, at(0), 2_000, name="POST /ask", service="checkout"),
-            build_span(TRACE, "b" * 16, at(20), 80, name="SELECT sessions", parent_span_id="a" * 16, kind="client"),
+            build_span(
+                TRACE, "b" * 16, at(20), 80, name="SELECT sessions", parent_span_id="a" * 16, kind="client",
+                attributes={"db.system": "postgresql", "db.query.text": "SELECT * FROM sessions WHERE id = $1"},
+            ),
             build_span(TRACE, "d" * 16, at(200), 100, name="vector search", parent_span_id="c" * 16),
             build_span(
                 TRACE, "e" * 16, at(1_700), 250, name="INSERT answers", parent_span_id="a" * 16, status="error",
@@ -89,6 +92,13 @@ def test_waterfall_draws_every_span_on_one_axis(page_for, live_server, request_t
     assert page.evaluate("() => document.documentElement.scrollWidth") <= width
     assert wcag_violations(page) == []
     page.screenshot(path=str(screenshots / f"trace-waterfall-{width}.png"), full_page=True)
+
+    # A context span opens to show its attributes.
+    query = page.locator("li[data-depth]", has_text="SELECT sessions")
+    assert query.locator("dd").first.is_hidden()
+    query.locator("summary").click()
+    assert query.locator("dd").all_text_contents() == ["SELECT * FROM sessions WHERE id = $1", "postgresql"]
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= width
 
     page.click("a:text('llama-3.3-70b-versatile')")
     page.wait_for_url(f"**/logs/{request_trace.request_id}/")
