@@ -49,13 +49,14 @@ class LLMRequestLogQuerySet(models.QuerySet):
         return self.filter(LLMRequestLog.FAILED)
 
     def trace(self, trace_id: str) -> traces.Trace:
-        """The calls of one trace as a tree (llm/traces.py); no call: an empty list."""
+        """The calls of one trace as a tree, and its context spans (llm/traces.py); nothing stored:
+        both lists empty."""
         rows = (
             self.filter(trace_id=trace_id)
             .order_by("timestamp", "id")
             .values(*traces.TRACE_CALL_FIELDS)[: traces.MAX_TRACE_CALLS + 1]
         )
-        return traces.as_tree(list(rows))
+        return traces.as_tree(list(rows), TraceSpan.objects.of_trace(trace_id))
 
 
 class LLMRequestLogManager(models.Manager.from_queryset(LLMRequestLogQuerySet)):
@@ -305,6 +306,89 @@ def output_tokens_per_second(completion_tokens: int, latency_ms: float, ttft_ms:
     if ttft_ms is None or not completion_tokens or latency_ms is None or latency_ms <= ttft_ms:
         return None
     return completion_tokens / ((latency_ms - ttft_ms) / 1000)
+
+
+class TraceSpanQuerySet(models.QuerySet):
+    def store(self, spans: list[TraceSpan]) -> None:
+        """Store context spans; a span already stored (trace_id, span_id) is skipped, so an exporter
+        that sends a batch again stores nothing twice.
+
+        Sorted by key for the reason `_insert_new` sorts by request_id (no deadlock between two
+        PostgreSQL writers); on SQLite, in turn with the other writers of this process.
+        """
+        if not spans:
+            return
+        spans = sorted(spans, key=lambda span: (span.trace_id, span.span_id))
+        connection = connections[self.db]
+        with _writer_turn(connection), transaction.atomic(using=self.db):
+            self.bulk_create(spans, ignore_conflicts=True, batch_size=INSERT_BATCH_ROWS)
+
+    def of_trace(self, trace_id: str) -> list[dict[str, Any]]:
+        """One trace's spans in time order, at most MAX_TRACE_CALLS + 1 (traces.py cuts and says so)."""
+        return list(
+            self.filter(trace_id=trace_id)
+            .order_by("start", "id")
+            .values(*traces.TRACE_SPAN_FIELDS)[: traces.MAX_TRACE_CALLS + 1]
+        )
+
+
+class TraceSpan(models.Model):
+    """A span of a trace that is not an LLM call (an HTTP handler, a database query, an agent or
+    tool step), kept as the trace's context so the trace page can draw the whole request. LLM
+    calls are `LLMRequestLog` rows; the two join on trace_id and span ids.
+
+    Bounded: a name and service of at most 200 characters, a status message of at most 1,000, and
+    at most 32 attributes (llm/otlp.py `context_attributes` says which, and counts the others in
+    `dropped_attributes`). purge_logs deletes spans by start time with the calls.
+    """
+
+    class Kind(models.TextChoices):
+        # OTLP's SpanKind, without its prefix.
+        UNSPECIFIED = "unspecified", "Unspecified"
+        INTERNAL = "internal", "Internal"
+        SERVER = "server", "Server"
+        CLIENT = "client", "Client"
+        PRODUCER = "producer", "Producer"
+        CONSUMER = "consumer", "Consumer"
+
+    class Status(models.TextChoices):
+        UNSET = "unset", "Unset"
+        OK = "ok", "OK"
+        ERROR = "error", "Error"
+
+    trace_id = models.CharField(max_length=32)
+    span_id = models.CharField(max_length=16)
+    parent_span_id = models.CharField(max_length=16, blank=True, default="")
+    name = models.CharField(max_length=200)
+    service = models.CharField(max_length=200, blank=True, default="")
+    kind = models.CharField(max_length=12, choices=Kind.choices, default=Kind.UNSPECIFIED)
+    start = models.DateTimeField()
+    end = models.DateTimeField()
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.UNSET)
+    status_message = models.CharField(max_length=1000, blank=True, default="")
+    attributes = models.JSONField(default=dict, blank=True)
+    # Attributes not kept: over the limit, carrying prompt or response text, or dropped by the sender.
+    dropped_attributes = models.PositiveIntegerField(default=0)
+
+    objects = TraceSpanQuerySet.as_manager()
+
+    class Meta:
+        constraints = [
+            # One row per span (an exporter's retry stores nothing twice); also the index the
+            # trace page's lookup by trace_id uses.
+            models.UniqueConstraint(fields=["trace_id", "span_id"], name="llm_tracespan_trace_span"),
+        ]
+        indexes = [
+            # purge_logs deletes spans older than the retention period.
+            models.Index(fields=["start"], name="llm_tracespan_start"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.trace_id}/{self.span_id}"
+
+    @property
+    def duration_ms(self) -> float:
+        return (self.end - self.start).total_seconds() * 1000
 
 
 def validate_stored_year(value: datetime) -> None:

@@ -1,5 +1,7 @@
 """Calls reported as OpenTelemetry spans through the OTLP/HTTP receiver (POST /v1/traces):
-decoding the request (protobuf or JSON) and converting the spans that are LLM calls to log rows.
+decoding the request (protobuf or JSON), converting the spans that are LLM calls, in any dialect
+`llm/otlp_dialects.py` knows, to log rows, and the others to context spans (`TraceSpan`) for the
+trace's waterfall.
 
 Rows are unsaved `LLMRequestLog`s the receiver stores through `LLMRequestLog.objects.record_many`,
 like the events API (`llm/events.py`); both share the limits in `llm/ingest_limits.py`.
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import re
 import uuid
 from dataclasses import dataclass, field
@@ -21,6 +24,7 @@ from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
+from llm import otlp_dialects as dialects
 from llm.ingest_limits import (
     EPOCH,
     ERROR_MESSAGE_MAX_CHARS,
@@ -37,12 +41,9 @@ from llm.ingest_limits import (
     parse_json,
     text_problem,
 )
-from llm.models import LLMRequestLog
+from llm.models import LLMRequestLog, TraceSpan
 from llm.serializers import TAG_VALUE_MAX_CHARS
 
-# A span becomes a row when it names a model; these operations name one too, but they wrap the
-# model calls they make (which have spans of their own), so storing them would count tokens twice.
-NON_CALL_OPERATIONS = {"invoke_agent", "create_agent", "execute_tool", "invoke_workflow"}
 # Fixed namespace for request ids derived from (trace_id, span_id): a re-sent span keeps its id.
 OTLP_REQUEST_ID_NAMESPACE = uuid.UUID("6b1d8c52-8f3e-4e0c-9a57-2f4d3c1b0e71")
 MAX_REJECTION_REASONS = 5
@@ -53,7 +54,7 @@ class OTLPDecodeError(ValueError):
 
 
 class SpanRejected(ValueError):
-    """A GenAI span that cannot be stored; counted in partial_success.rejected_spans."""
+    """A span that cannot be stored; counted in partial_success.rejected_spans, with the reason."""
 
 
 @dataclass
@@ -167,77 +168,71 @@ def _convert_ids(item: dict) -> None:
 
 @dataclass
 class SpanConversion:
-    """What became of the spans of one export: rows to store, spans rejected (with why), and
-    spans ignored because they are not LLM calls (an HTTP handler, a database query, an agent)."""
+    """What became of the spans of one export: rows for the LLM calls, context spans for the
+    others (an HTTP handler, a database query, an agent step), and spans rejected, with why."""
 
     logs: list[LLMRequestLog] = field(default_factory=list)
+    spans: list[TraceSpan] = field(default_factory=list)
     rejected: int = 0
-    ignored: int = 0
     reasons: list[str] = field(default_factory=list)
 
     def partial_success_message(self) -> str:
-        """The answer's partial_success.error_message; empty when every span was stored.
-
-        Ignored spans are reported as a warning (OTLP allows a message with rejected_spans 0), so a
-        sender who expected rows for them learns why there are none.
-        """
-        parts = []
-        if self.rejected:
-            shown = "; ".join(self.reasons[:MAX_REJECTION_REASONS])
-            more = (
-                f" (and {self.rejected - MAX_REJECTION_REASONS} more)" if self.rejected > MAX_REJECTION_REASONS else ""
-            )
-            parts.append(f"{self.rejected} GenAI span(s) rejected: {shown}{more}.")
-        if self.ignored:
-            parts.append(f"{self.ignored} span(s) ignored: not LLM calls (no gen_ai model, or an agent or tool span).")
-        return " ".join(parts)
+        """The answer's partial_success.error_message; empty when every span was stored."""
+        if not self.rejected:
+            return ""
+        shown = "; ".join(self.reasons[:MAX_REJECTION_REASONS])
+        more = f" (and {self.rejected - MAX_REJECTION_REASONS} more)" if self.rejected > MAX_REJECTION_REASONS else ""
+        return f"{self.rejected} span(s) rejected: {shown}{more}."
 
 
 def logs_from_trace_request(decoded: DecodedRequest) -> SpanConversion:
-    """Rows for the spans that are LLM calls; other spans are ignored, broken ones rejected."""
+    """Rows for the spans that are LLM calls, context spans for the others; broken ones rejected."""
     conversion = SpanConversion(rejected=len(decoded.rejected), reasons=list(decoded.rejected))
     now = timezone.now()
     for resource_spans in decoded.message.resource_spans:
         resource = attribute_dict(resource_spans.resource.attributes)
         for scope_spans in resource_spans.scope_spans:
             for span in scope_spans.spans:
+                attributes = attribute_dict(span.attributes)
                 try:
-                    log = log_from_span(span, resource, now)
+                    log = log_from_span(span, resource, now, attributes)
+                    if log is None:
+                        conversion.spans.append(context_span(span, resource, now, attributes))
+                    else:
+                        conversion.logs.append(log)
                 except SpanRejected as reason:
                     conversion.rejected += 1
                     conversion.reasons.append(f"span {span.span_id.hex() or '?'}: {reason}")
-                    continue
-                if log is None:
-                    conversion.ignored += 1
-                else:
-                    conversion.logs.append(log)
     return conversion
 
 
-def log_from_span(span: Span, resource: dict[str, Any], now: datetime) -> LLMRequestLog | None:
-    """An unsaved row for a GenAI span, or None for a span that is not an LLM call.
+def log_from_span(
+    span: Span, resource: dict[str, Any], now: datetime, attributes: dict[str, Any] | None = None
+) -> LLMRequestLog | None:
+    """An unsaved row for a span that is an LLM call in any dialect (llm/otlp_dialects.py), or None
+    for a span that is not one.
 
-    Raises SpanRejected for a GenAI span that cannot be stored as it is.
+    Raises SpanRejected for a call span that cannot be stored as it is.
     """
-    attributes = attribute_dict(span.attributes)
-    model = _text(attributes.get("gen_ai.response.model")) or _text(attributes.get("gen_ai.request.model"))
-    operation = _text(attributes.get("gen_ai.operation.name"))
-    if not model or operation in NON_CALL_OPERATIONS:
+    attributes = attribute_dict(span.attributes) if attributes is None else attributes
+    dialect = dialects.dialect_of(attributes)
+    model = _text(dialects.first_present(attributes, dialect.model))
+    if not model or not dialect.is_call(attributes):
         return None
     _check_ids(span)
     started, latency_ms = _start_and_latency(span, now)
-    prompt_tokens, completion_tokens, total_tokens = _token_counts(attributes)
+    prompt_tokens, completion_tokens, total_tokens = _token_counts(attributes, dialect)
     status, error_type, error_message = _outcome(span, attributes)
-    prompt, completion = prompt_and_completion(attributes, span)
+    prompt, completion = prompt_and_completion(attributes, span, dialect)
     trace_id, span_id = span.trace_id.hex(), span.span_id.hex()
     log = LLMRequestLog(
         request_id=uuid.uuid5(OTLP_REQUEST_ID_NAMESPACE, trace_id + span_id),
         timestamp=started,
         source=LLMRequestLog.Source.OTLP,
-        provider=_provider(attributes),
+        provider=_provider(attributes, dialect),
         model_name=model[:MODEL_MAX_CHARS],
-        user_id=_first_text(attributes, resource, "user.id", "enduser.id")[:USER_ID_MAX_CHARS],
-        session_id=_first_text(attributes, resource, "session.id", "gen_ai.conversation.id")[:SESSION_ID_MAX_CHARS],
+        user_id=_first_text(attributes, resource, *dialect.user)[:USER_ID_MAX_CHARS],
+        session_id=_first_text(attributes, resource, *dialect.session)[:SESSION_ID_MAX_CHARS],
         trace_id=trace_id,
         span_id=span_id,
         parent_span_id=span.parent_span_id.hex(),
@@ -247,14 +242,15 @@ def log_from_span(span: Span, resource: dict[str, Any], now: datetime) -> LLMReq
         completion_tokens=completion_tokens,
         total_tokens=total_tokens,
         latency_ms=latency_ms,
+        ttft_ms=_ttft_ms(span, attributes, dialect, latency_ms),
         cost_estimate=None,  # priced by record_many
         status=status,
         error_type=error_type,
         error_message=error_message,
-        finish_reason=_finish_reason(attributes),
-        temperature=_temperature(attributes),
-        max_tokens=_positive_int_or_none(attributes.get("gen_ai.request.max_tokens")),
-        tags=_tags(resource, operation),
+        finish_reason=_finish_reason(attributes, dialect),
+        temperature=_temperature(attributes, dialect),
+        max_tokens=_positive_int_or_none(dialects.first_present(attributes, dialect.max_tokens)),
+        tags=_tags(resource, attributes, dialect),
     )
     _check_text(log)
     return log
@@ -280,6 +276,114 @@ def _check_text(log: LLMRequestLog) -> None:
     for key, value in log.tags.items():
         if problem := text_problem(value):
             raise SpanRejected(f"tag {key}: {problem}")
+
+
+# Context spans: what is kept of a span that is not an LLM call.
+SPAN_NAME_MAX_CHARS = 200
+SERVICE_MAX_CHARS = 200
+STATUS_MESSAGE_MAX_CHARS = 1_000
+MAX_CONTEXT_ATTRIBUTES = 32
+ATTRIBUTE_KEY_MAX_CHARS = 128
+ATTRIBUTE_VALUE_MAX_CHARS = 256
+# Attributes that carry prompt or response text (or a tool's input and output) are not kept on a
+# context span: the text belongs to the call's row, where the privacy settings and the
+# `read_text` right apply; an agent or workflow span would otherwise keep it out of their reach.
+TEXT_ATTRIBUTE_PREFIXES = (
+    "input.",
+    "output.",
+    "llm.input_messages",
+    "llm.output_messages",
+    "llm.prompts",
+    "llm.completions",
+    "llm.prompt",
+    "llm.response",
+    "gen_ai.prompt",
+    "gen_ai.completion",
+    "gen_ai.input.messages",
+    "gen_ai.output.messages",
+    "gen_ai.system_instructions",
+    "gen_ai.tool.call.arguments",
+    "gen_ai.tool.call.result",
+    "ai.prompt",
+    "ai.response.text",
+    "ai.response.object",
+    "ai.response.toolCalls",
+    "ai.toolCall.args",
+    "ai.toolCall.result",
+    "traceloop.entity.input",
+    "traceloop.entity.output",
+    "tool.parameters",
+)
+SPAN_KINDS = {
+    Span.SPAN_KIND_INTERNAL: TraceSpan.Kind.INTERNAL,
+    Span.SPAN_KIND_SERVER: TraceSpan.Kind.SERVER,
+    Span.SPAN_KIND_CLIENT: TraceSpan.Kind.CLIENT,
+    Span.SPAN_KIND_PRODUCER: TraceSpan.Kind.PRODUCER,
+    Span.SPAN_KIND_CONSUMER: TraceSpan.Kind.CONSUMER,
+}
+SPAN_STATUSES = {Status.STATUS_CODE_OK: TraceSpan.Status.OK, Status.STATUS_CODE_ERROR: TraceSpan.Status.ERROR}
+
+
+def context_span(span: Span, resource: dict[str, Any], now: datetime, attributes: dict[str, Any]) -> TraceSpan:
+    """An unsaved TraceSpan for a span that is not an LLM call; raises SpanRejected when its ids or
+    times are broken, or its name or service cannot be stored."""
+    _check_ids(span)
+    started, duration_ms = _start_and_latency(span, now)
+    status = SPAN_STATUSES.get(span.status.code, TraceSpan.Status.UNSET)
+    message = span.status.message
+    if status == TraceSpan.Status.ERROR and not message:
+        message = _text(_exception_event(span).get("exception.message"))
+    kept, dropped = context_attributes(attributes)
+    trace_span = TraceSpan(
+        trace_id=span.trace_id.hex(),
+        span_id=span.span_id.hex(),
+        parent_span_id=span.parent_span_id.hex(),
+        name=span.name[:SPAN_NAME_MAX_CHARS],
+        service=_text(resource.get("service.name"))[:SERVICE_MAX_CHARS],
+        kind=SPAN_KINDS.get(span.kind, TraceSpan.Kind.UNSPECIFIED),
+        start=started,
+        end=started + timedelta(milliseconds=duration_ms),
+        status=status,
+        status_message=message[:STATUS_MESSAGE_MAX_CHARS],
+        attributes=kept,
+        dropped_attributes=min(dropped + span.dropped_attributes_count, MAX_COUNT),
+    )
+    for name in ("name", "service", "status_message"):
+        if problem := text_problem(getattr(trace_span, name)):
+            raise SpanRejected(f"{name}: {problem}")
+    return trace_span
+
+
+def context_attributes(attributes: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """(kept, dropped): at most MAX_CONTEXT_ATTRIBUTES attributes in key order, each value a
+    number, a boolean or text of at most ATTRIBUTE_VALUE_MAX_CHARS (a list or map as JSON text).
+    Not kept, and counted: text-bearing attributes, keys over ATTRIBUTE_KEY_MAX_CHARS, values
+    the databases cannot store, and whatever is over the limit."""
+    kept: dict[str, Any] = {}
+    for key in sorted(attributes):
+        if len(kept) == MAX_CONTEXT_ATTRIBUTES:
+            break
+        if len(key) > ATTRIBUTE_KEY_MAX_CHARS or key.startswith(TEXT_ATTRIBUTE_PREFIXES) or text_problem(key):
+            continue
+        value = _context_value(attributes[key])
+        if value is not None:
+            kept[key] = value
+    return kept, len(attributes) - len(kept)
+
+
+def _context_value(value: Any) -> Any:
+    """A storable attribute value, or None when it cannot be stored."""
+    if isinstance(value, bool | int):
+        return value
+    if isinstance(value, float):
+        # JSON (PostgreSQL's jsonb) has no NaN or Infinity: those are kept as text.
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, bytes):
+        value = value.hex()
+    elif not isinstance(value, str):
+        value = json.dumps(value, ensure_ascii=False, default=str)
+    value = value[:ATTRIBUTE_VALUE_MAX_CHARS]
+    return None if text_problem(value) else value
 
 
 def _check_ids(span: Span) -> None:
@@ -309,11 +413,11 @@ def _start_and_latency(span: Span, now: datetime) -> tuple[datetime, float]:
     return started, latency_ms
 
 
-def _token_counts(attributes: dict[str, Any]) -> tuple[int, int, int]:
+def _token_counts(attributes: dict[str, Any], dialect: dialects.Dialect) -> tuple[int, int, int]:
     """(prompt, completion, total); a total smaller than its parts is raised to their sum."""
-    prompt_tokens = _count(attributes, "gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens")
-    completion_tokens = _count(attributes, "gen_ai.usage.output_tokens", "gen_ai.usage.completion_tokens")
-    total_tokens = _count(attributes, "gen_ai.usage.total_tokens", "llm.usage.total_tokens")
+    prompt_tokens = _count(attributes, *dialect.prompt_tokens)
+    completion_tokens = _count(attributes, *dialect.completion_tokens)
+    total_tokens = _count(attributes, *dialect.total_tokens)
     if prompt_tokens + completion_tokens > MAX_COUNT:  # the total is a 32-bit column too
         raise SpanRejected(f"input + output tokens must be at most {MAX_COUNT}")
     return prompt_tokens, completion_tokens, max(total_tokens, prompt_tokens + completion_tokens)
@@ -332,19 +436,37 @@ def _outcome(span: Span, attributes: dict[str, Any]) -> tuple[str, str, str]:
     return LLMRequestLog.Status.ERROR, error_type, error_message[:ERROR_MESSAGE_MAX_CHARS]
 
 
-def _provider(attributes: dict[str, Any]) -> str:
-    # gen_ai.system is the older name of gen_ai.provider.name.
-    provider = _text(attributes.get("gen_ai.provider.name")) or _text(attributes.get("gen_ai.system"))
+def _provider(attributes: dict[str, Any], dialect: dialects.Dialect) -> str:
+    provider = _text(dialects.first_present(attributes, dialect.provider))
+    if dialect.provider_before_dot:
+        provider = provider.split(".")[0]
     return (provider or "unknown")[:PROVIDER_MAX_CHARS]
 
 
-def _tags(resource: dict[str, Any], operation: str) -> dict[str, str]:
+def _tags(resource: dict[str, Any], attributes: dict[str, Any], dialect: dialects.Dialect) -> dict[str, str]:
     tags = {}
     if service := _text(resource.get("service.name")):
         tags["service.name"] = service[:TAG_VALUE_MAX_CHARS]
-    if operation:
+    if operation := _text(dialects.first_present(attributes, dialect.operation)):
         tags["operation"] = operation[:TAG_VALUE_MAX_CHARS]
+    for tag, key in dialect.tags:
+        if value := _text(attributes.get(key)):
+            tags[tag] = value[:TAG_VALUE_MAX_CHARS]
     return tags
+
+
+def _ttft_ms(span: Span, attributes: dict[str, Any], dialect: dialects.Dialect, latency_ms: float) -> float | None:
+    """Time to first token in ms: the dialect's attribute, or the time of its first-token event
+    after the span's start; None when the span says nothing (or something outside the call)."""
+    value = _float_or_none(dialects.first_present(attributes, dialect.ttft_ms))
+    if value is None and dialect.first_token_events:
+        for event in span.events:
+            if event.name in dialect.first_token_events and event.time_unix_nano >= span.start_time_unix_nano:
+                value = (event.time_unix_nano - span.start_time_unix_nano) / 1e6
+                break
+    if value is None or not math.isfinite(value) or not 0 <= value <= max(latency_ms, 0):
+        return None
+    return value
 
 
 def attribute_dict(key_values) -> dict[str, Any]:
@@ -398,27 +520,18 @@ def error_type_for(error_name: str) -> str:
     return LLMRequestLog.ErrorType.OTHER
 
 
-def prompt_and_completion(attributes: dict[str, Any], span: Span) -> tuple[str, str]:
-    """The prompt and completion text, wherever this instrumentation put them.
-
-    In order: plain `gen_ai.prompt`/`gen_ai.completion` attributes; indexed
-    `gen_ai.prompt.N.content` (OpenLLMetry); `gen_ai.input.messages`/`gen_ai.output.messages`
-    (current semantic conventions); and span events (`gen_ai.user.message`, `gen_ai.choice`, …).
-    """
-    prompt = _text_from_attributes(attributes, "gen_ai.prompt", "gen_ai.input.messages")
-    completion = _text_from_attributes(attributes, "gen_ai.completion", "gen_ai.output.messages")
+def prompt_and_completion(
+    attributes: dict[str, Any], span: Span, dialect: dialects.Dialect = dialects.GEN_AI
+) -> tuple[str, str]:
+    """The prompt and completion text, wherever this dialect puts them (its `prompt` and
+    `response` sources, in order), and failing that in span events (`gen_ai.user.message`,
+    `gen_ai.choice`, …), which every dialect may use."""
+    prompt = dialects.first_text(attributes, dialect.prompt)
+    completion = dialects.first_text(attributes, dialect.response)
     if prompt and completion:
         return prompt, completion
     event_prompt, event_completion = _text_from_events(span)
     return prompt or event_prompt, completion or event_completion
-
-
-def _text_from_attributes(attributes: dict[str, Any], plain_key: str, messages_key: str) -> str:
-    return (
-        _text(attributes.get(plain_key))
-        or _indexed_messages(attributes, plain_key)
-        or _structured_messages(attributes.get(messages_key))
-    )
 
 
 # The event that carries a whole call's messages (current semantic conventions); it wins over
@@ -432,6 +545,8 @@ def _text_from_events(span: Span) -> tuple[str, str]:
     messages: dict[str, list[tuple[str, str]]] = {PROMPT: [], COMPLETION: []}
     details = {PROMPT: "", COMPLETION: ""}
     for event in span.events:
+        if event.name == "exception" or not event.name.startswith("gen_ai."):
+            continue
         event_attributes = attribute_dict(event.attributes)
         if event.name == DETAILS_EVENT:
             details[PROMPT] = details[PROMPT] or _structured_messages(event_attributes.get("gen_ai.input.messages"))
@@ -462,69 +577,10 @@ def _event_message(name: str, event_attributes: dict[str, Any]) -> tuple[str, st
     return None
 
 
-INDEXED_CONTENT = re.compile(r"^(?P<prefix>gen_ai\.(?:prompt|completion))\.(?P<index>\d+)\.content$")
-
-
-def _indexed_messages(attributes: dict[str, Any], prefix: str) -> str:
-    messages = []
-    for key, value in attributes.items():
-        match = INDEXED_CONTENT.match(key)
-        if match and match["prefix"] == prefix:
-            index = int(match["index"])
-            messages.append((index, _text(attributes.get(f"{prefix}.{index}.role")), _content(value)))
-    messages.sort()
-    return _join_messages([(role, content) for _, role, content in messages])
-
-
-def _structured_messages(value: Any) -> str:
-    """Text of `gen_ai.input.messages`-style messages: [{"role", "parts": [{"type", "content"}]}]."""
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        try:
-            value = parse_json(value)
-        except ValueError:  # not JSON (or too deep, or NaN): the text as it is
-            return value
-    if not isinstance(value, list):
-        return _content(value)
-    messages = []
-    for message in value:
-        if not isinstance(message, dict):
-            messages.append(("", _content(message)))
-            continue
-        parts = message.get("parts")
-        if isinstance(parts, list):
-            texts = [
-                _content(part.get("content"))
-                for part in parts
-                if isinstance(part, dict) and part.get("type", "text") == "text"
-            ]
-            content = "\n".join(text for text in texts if text)
-        else:
-            content = _content(message.get("content"))
-        messages.append((_text(message.get("role")), content))
-    return _join_messages(messages)
-
-
-def _join_messages(messages: list[tuple[str, str]]) -> str:
-    messages = [(role, content) for role, content in messages if content]
-    if len(messages) == 1:
-        return messages[0][1]
-    return "\n\n".join(f"{role}: {content}" if role else content for role, content in messages)
-
-
-def _content(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value
-    return json.dumps(value, ensure_ascii=False, default=str)
-
-
-def _text(value: Any) -> str:
-    if value is None or isinstance(value, dict | list | bytes):
-        return ""
-    return str(value)
+_structured_messages = dialects.structured_messages
+_join_messages = dialects.join_messages
+_content = dialects.content_text
+_text = dialects.text_value
 
 
 def _first_text(attributes: dict[str, Any], resource: dict[str, Any], *keys: str) -> str:
@@ -557,13 +613,16 @@ def _float_or_none(value: Any) -> float | None:
     return float(value)
 
 
-def _temperature(attributes: dict[str, Any]) -> float | None:
-    """gen_ai.request.temperature; NaN or Infinity rejects the span (neither is a temperature, and
+def _temperature(attributes: dict[str, Any], dialect: dialects.Dialect) -> float | None:
+    """The request's temperature; NaN or Infinity rejects the span (neither is a temperature, and
     the JSON export could not carry it)."""
-    temperature = _float_or_none(attributes.get("gen_ai.request.temperature"))
-    if temperature is not None and (problem := finite_problem(temperature)):
-        raise SpanRejected(f"gen_ai.request.temperature: {problem}")
-    return temperature
+    for key in dialect.temperature:
+        temperature = _float_or_none(attributes.get(key))
+        if temperature is not None:
+            if problem := finite_problem(temperature):
+                raise SpanRejected(f"{key}: {problem}")
+            return temperature
+    return None
 
 
 def _positive_int_or_none(value: Any) -> int | None:
@@ -572,10 +631,8 @@ def _positive_int_or_none(value: Any) -> int | None:
     return value
 
 
-def _finish_reason(attributes: dict[str, Any]) -> str:
-    reasons = attributes.get("gen_ai.response.finish_reasons")
-    if reasons is None:
-        reasons = attributes.get("gen_ai.completion.0.finish_reason")
+def _finish_reason(attributes: dict[str, Any], dialect: dialects.Dialect) -> str:
+    reasons = dialects.first_present(attributes, dialect.finish_reason)
     if isinstance(reasons, str):
         reasons = [reasons]
     if not isinstance(reasons, list):

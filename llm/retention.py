@@ -1,5 +1,6 @@
-"""Deleting old data (purge_logs): logs older than the retention period, their feedback, and
-acknowledged alert notices, in small batches so no transaction holds locks for long."""
+"""Deleting old data (purge_logs): logs older than the retention period, their feedback, the
+traces' context spans, and acknowledged alert notices, in small batches so no transaction holds
+locks for long."""
 
 from __future__ import annotations
 
@@ -12,7 +13,15 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from llm import prometheus, rollups, watermarks
-from llm.models import AlertLog, AlertLogQuerySet, LLMRequestLog, LLMRequestLogQuerySet, UserFeedback
+from llm.models import (
+    AlertLog,
+    AlertLogQuerySet,
+    LLMRequestLog,
+    LLMRequestLogQuerySet,
+    TraceSpan,
+    TraceSpanQuerySet,
+    UserFeedback,
+)
 
 # Rows deleted per transaction: each batch is a short transaction, so writers and readers of the
 # log table are never held up for long, and a purge that is stopped halfway keeps what it did.
@@ -25,6 +34,7 @@ class PurgeResult:
     logs: int = 0
     feedback: int = 0
     alert_logs: int = 0
+    spans: int = 0
     batches: int = 0
 
 
@@ -37,6 +47,12 @@ def old_logs(cutoff: datetime, *, counted_only: bool = True) -> LLMRequestLogQue
         counted = min(prometheus.counted_up_to(prometheus.REQUESTS), watermarks.counted_up_to(rollups.ROLLUPS))
         logs = logs.filter(id__lte=counted).exclude(feedback__id__gt=prometheus.counted_up_to(prometheus.FEEDBACK))
     return logs
+
+
+def old_spans(cutoff: datetime) -> TraceSpanQuerySet:
+    """Context spans that started before `cutoff`: they go by time, with the calls of their
+    time (no counter or roll-up counts them, so none has to catch up first)."""
+    return TraceSpan.objects.filter(start__lt=cutoff).order_by()
 
 
 def old_alert_logs(cutoff: datetime) -> AlertLogQuerySet:
@@ -58,6 +74,7 @@ def purge(
         result.logs = logs.count()
         result.feedback = UserFeedback.objects.filter(request__in=logs).count()
         result.alert_logs = old_alert_logs(cutoff).count()
+        result.spans = old_spans(cutoff).count()
         return result
 
     # First add everything to the running totals and the roll-ups, so the deleted rows stay
@@ -72,7 +89,11 @@ def purge(
     def delete_alert_logs(ids: list[int]) -> None:
         result.alert_logs += AlertLog.objects.filter(id__in=ids).delete()[0]
 
+    def delete_spans(ids: list[int]) -> None:
+        result.spans += TraceSpan.objects.filter(id__in=ids).delete()[0]
+
     result.batches += _in_batches(lambda: old_logs(cutoff), delete_logs, batch_size)
+    result.batches += _in_batches(lambda: old_spans(cutoff), delete_spans, batch_size)
     result.batches += _in_batches(lambda: old_alert_logs(cutoff), delete_alert_logs, batch_size)
     return result
 

@@ -47,13 +47,14 @@ from llm.models import (
     LLMRequestLog,
     ModelPrice,
     NotificationChannel,
+    TraceSpan,
     UserFeedback,
     split_email_list,
     webhook_url_validator,
 )
 from llm.outbound import validate_outbound_url
 from llm.providers import UnknownModel, route
-from llm.traces import TRACE_CALL_FIELDS
+from llm.traces import TRACE_CALL_FIELDS, TRACE_SPAN_FIELDS
 
 # Long enough for a large context window, short enough that one request cannot fill the disk.
 PROMPT_MAX_CHARS = 100_000
@@ -815,7 +816,35 @@ class TraceCallSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+class TraceSpanSerializer(serializers.ModelSerializer):
+    """A span of the trace that is not an LLM call, kept as context (llm/otlp.py `context_span`)."""
+
+    attributes = serializers.DictField(
+        help_text=(
+            "At most 32 attributes, in key order: numbers, booleans, or text of at most 256 characters "
+            "(lists and maps as JSON text). Attributes carrying prompt or response text are never kept."
+        )
+    )
+    dropped_attributes = serializers.IntegerField(
+        help_text="Attributes not kept: over the limit, carrying text, unstorable, or dropped by the sender."
+    )
+    duration_ms = serializers.FloatField()
+    # Text rather than a choice field: a second enum named "status" beside the calls' would make
+    # drf-spectacular rename both (a deploy-check warning).
+    status = serializers.CharField(help_text="The span's OTLP status: `unset`, `ok` or `error`.")
+
+    class Meta:
+        model = TraceSpan
+        fields = [*TRACE_SPAN_FIELDS, "duration_ms"]
+        read_only_fields = fields
+
+
 class TraceSerializer(serializers.Serializer):
     trace_id = serializers.RegexField(HEX_TRACE_ID)
     calls = TraceCallSerializer(many=True, help_text="In time order.")
-    truncated = serializers.BooleanField(help_text="True when the trace has more calls than the answer holds.")
+    spans = TraceSpanSerializer(
+        many=True, help_text="The spans that are not LLM calls (HTTP handlers, queries, agent steps), in time order."
+    )
+    truncated = serializers.BooleanField(
+        help_text="True when the trace has more calls, or more spans, than the answer holds (2,000 each)."
+    )

@@ -20,7 +20,7 @@ from django.views.decorators.http import require_POST
 from rest_framework.exceptions import ValidationError
 
 from llm import alert_history as alert_history_module
-from llm import alerts, dashboard, formatting, metrics, notifiers, providers
+from llm import alerts, dashboard, formatting, metrics, notifiers, providers, traces
 from llm.filters import search_logs
 from llm.forms import FeedbackForm, SilenceForm
 from llm.models import AlertLog, AlertRule, DashboardSettings, LLMRequestLog, NotificationChannel, UserFeedback
@@ -151,9 +151,19 @@ def trace(request: HttpRequest, trace_id: str) -> HttpResponse:
     if trace_id is None:
         raise Http404("Not a trace id.")
     found = LLMRequestLog.objects.trace(trace_id)
-    if not found.calls:
-        raise Http404("No call with this trace id.")
-    return page(request, "dashboard/trace.html", None, trace_id=trace_id, calls=found.calls, truncated=found.truncated)
+    if not found:
+        raise Http404("No call and no span with this trace id.")
+    return page(
+        request,
+        "dashboard/trace.html",
+        None,
+        trace_id=trace_id,
+        calls=found.calls,
+        spans=found.spans,
+        truncated=found.truncated,
+        waterfall=traces.waterfall(found),
+        width=traces.WATERFALL_WIDTH,
+    )
 
 
 @login_required

@@ -14,7 +14,7 @@ from typing import Any
 
 from django.utils import timezone
 
-from llm.models import AlertLog, AlertRule, APIKey, LLMRequestLog, UserFeedback
+from llm.models import AlertLog, AlertRule, APIKey, LLMRequestLog, TraceSpan, UserFeedback
 
 DEFAULT_MODEL = "llama-3.1-8b-instant"
 
@@ -92,3 +92,11 @@ def make_user(username: str, role: str | None = None, **fields: Any):
     if role is not None:
         user.groups.add(Group.objects.get(name=role))
     return user
+
+
+def build_span(trace_id: str, span_id: str, start: datetime, duration_ms: float, **overrides: Any) -> TraceSpan:
+    """An unsaved context span (not an LLM call) of `duration_ms` from `start`."""
+    fields: dict[str, Any] = {"name": "GET /", "kind": TraceSpan.Kind.SERVER, **overrides}
+    return TraceSpan(
+        trace_id=trace_id, span_id=span_id, start=start, end=start + timedelta(milliseconds=duration_ms), **fields
+    )

@@ -47,7 +47,9 @@ def test_no_page_violates_the_policy(page_for, live_server, model_prices):
             page.wait_for_selector(".opblock", timeout=10_000)  # Swagger UI rendered the operations
             violations[path] = page.evaluate("() => window.cspViolations")
         if path.startswith("/traces/"):
-            depths = page.eval_on_selector_all(".trace li", "items => items.map(i => getComputedStyle(i).marginLeft)")
+            depths = page.eval_on_selector_all(
+                ".waterfall li[data-depth] .wf-label", "items => items.map(i => getComputedStyle(i).paddingLeft)"
+            )
             assert depths[0] != depths[1] != depths[2] and depths[0] == "0px"
     assert violations == dict.fromkeys(paths, [])
     assert not [problem for problem in page.problems if "Content Security Policy" in problem], page.problems

@@ -246,8 +246,8 @@ def test_trace_page_indents_calls_under_their_parent(page_for, live_server, mode
     page.click(f"a[href='/traces/{trace_id}/']")
     page.wait_for_url(f"**/traces/{trace_id}/")
     lefts = page.evaluate(
-        """() => Object.fromEntries([...document.querySelectorAll(".trace li")].map(
-            (item) => [item.querySelector("a").textContent, item.getBoundingClientRect().left]))"""
+        """() => Object.fromEntries([...document.querySelectorAll(".waterfall li.wf-call")].map(
+            (item) => [item.querySelector("a").textContent, item.querySelector("a").getBoundingClientRect().left]))"""
     )
     assert list(lefts) == ["model-root", "model-child", "model-grandchild", "model-sibling"]  # time order
     assert lefts["model-root"] < lefts["model-child"] < lefts["model-grandchild"]

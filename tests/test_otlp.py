@@ -23,7 +23,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import Status, StatusCode, set_span_in_context
 
 from llm.api.ingest import MAX_BODY_BYTES
-from llm.models import LLMRequestLog
+from llm.models import LLMRequestLog, TraceSpan
 from llm.otlp import OTLP_REQUEST_ID_NAMESPACE, error_type_for
 
 URL = "/v1/traces"
@@ -147,8 +147,9 @@ def test_sdk_export_stores_genai_spans_with_both_attribute_generations(live_serv
     named = by_name(spans)
     trace_id = f"{named['POST /ask'].context.trace_id:032x}"
     rows = {row.span_id: row for row in LLMRequestLog.objects.all()}
-    # The HTTP handler and the agent span are not LLM calls.
+    # The HTTP handler and the agent span are not LLM calls: they are the trace's context.
     assert len(rows) == 3
+    assert sorted(TraceSpan.objects.values_list("name", flat=True)) == ["POST /ask", "invoke_agent helper"]
 
     current = rows[f"{named['chat llama-3.3-70b-versatile'].context.span_id:016x}"]
     assert current.request_id == expected_request_id(named["chat llama-3.3-70b-versatile"])
@@ -181,7 +182,7 @@ def test_sdk_export_stores_genai_spans_with_both_attribute_generations(live_serv
 
     # The exporter retries on its own; a span sent again is not stored twice.
     assert exporter.export(spans) == SpanExportResult.SUCCESS
-    assert LLMRequestLog.objects.count() == 3
+    assert (LLMRequestLog.objects.count(), TraceSpan.objects.count()) == (3, 2)
 
 
 @pytest.mark.django_db(transaction=True)
@@ -315,10 +316,10 @@ def test_gzip_protobuf_is_accepted(client, bearer):
     assert response.status_code == 200
     assert response["Content-Type"] == "application/x-protobuf"
     assert LLMRequestLog.objects.count() == 3
-    # Nothing was rejected; the HTTP handler and the agent span are reported as ignored (a warning).
+    # Nothing was rejected: the HTTP handler and the agent span are kept as the trace's context.
     partial = ExportTraceServiceResponse.FromString(response.content).partial_success
-    assert partial.rejected_spans == 0
-    assert partial.error_message == "2 span(s) ignored: not LLM calls (no gen_ai model, or an agent or tool span)."
+    assert (partial.rejected_spans, partial.error_message) == (0, "")
+    assert sorted(TraceSpan.objects.values_list("name", flat=True)) == ["POST /ask", "invoke_agent helper"]
 
 
 @pytest.mark.django_db
@@ -337,10 +338,10 @@ def test_broken_genai_spans_are_rejected_and_counted_the_rest_stored(client, bea
     partial = response.json()["partialSuccess"]
     assert int(partial["rejectedSpans"]) == 3
     assert "gen_ai.usage.input_tokens" in partial["errorMessage"] and "ends before it starts" in partial["errorMessage"]
-    assert partial["errorMessage"].endswith(
-        "1 span(s) ignored: not LLM calls (no gen_ai model, or an agent or tool span)."
-    )
+    assert partial["errorMessage"].startswith("3 span(s) rejected: ")
     assert list(LLMRequestLog.objects.values_list("span_id", flat=True)) == ["eee19b7ec3c1b174"]
+    # The span without a model is not a call: it is kept as context.
+    assert list(TraceSpan.objects.values_list("span_id", flat=True)) == ["0000000000000005"]
 
 
 @pytest.mark.django_db

@@ -45,11 +45,11 @@ def trace_rows():
 
 
 def test_calls_in_time_order_with_depth_and_parent(api_client, trace_rows, django_assert_max_num_queries):
-    with django_assert_max_num_queries(3):  # API key, its last-used stamp, the calls
+    with django_assert_max_num_queries(4):  # API key, its last-used stamp, the calls, the context spans
         response = api_client.get(f"/api/traces/{TRACE}/")
     assert response.status_code == 200
     body = response.json()
-    assert body["trace_id"] == TRACE and body["truncated"] is False
+    assert body["trace_id"] == TRACE and body["truncated"] is False and body["spans"] == []
     calls = body["calls"]
     assert [call["span_id"][0] for call in calls] == ["a", "b", "c", "d"]
     assert [call["depth"] for call in calls] == [0, 1, 2, 0]

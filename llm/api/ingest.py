@@ -24,7 +24,7 @@ from llm import events, otlp
 from llm.api.parsers import JSONParser
 from llm.auth import APIKeyAuthentication, key_refusal
 from llm.ingest_limits import JSONError, parse_json
-from llm.models import LLMRequestLog
+from llm.models import LLMRequestLog, TraceSpan
 from llm.serializers import EventBatchSerializer, EventsAnswerSerializer, EventSerializer
 
 # Largest body accepted, before and after decompression: 1,000 events with sizeable prompts, or
@@ -157,7 +157,7 @@ def otlp_error(encoding: str, status: int, code: int, message: str, headers: dic
 @csrf_exempt  # Bearer key only, never a cookie: no cross-site request can carry the credential.
 @require_POST
 def otlp_traces(request: HttpRequest) -> HttpResponse:
-    """OTLP/HTTP traces receiver: spans with gen_ai.* attributes become log rows."""
+    """OTLP/HTTP traces receiver: spans that are LLM calls become log rows, the others context spans."""
     content_type = media_type(request)
     encoding = JSON if content_type == JSON else PROTOBUF
     if refusal := key_refusal(request, EventsView.required_right):
@@ -185,6 +185,7 @@ def otlp_traces(request: HttpRequest) -> HttpResponse:
     conversion = otlp.logs_from_trace_request(decoded)
     if conversion.logs:
         LLMRequestLog.objects.record_many(conversion.logs)
+    TraceSpan.objects.store(conversion.spans)
     answer = ExportTraceServiceResponse()
     if partial_message := conversion.partial_success_message():
         answer.partial_success.CopyFrom(

@@ -1,4 +1,5 @@
-"""GET /api/traces/<trace_id>/: every call of one trace, as a tree (LLMRequestLog.objects.trace)."""
+"""GET /api/traces/<trace_id>/: every call of one trace, as a tree, and its context spans
+(LLMRequestLog.objects.trace)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from llm.traces import normal_trace_id
 
 
 class TraceView(DeclaredParameters, APIView):
-    """Every call of one trace, in time order, with what a page needs to draw it as a tree."""
+    """Every call of one trace, in time order, with what a page needs to draw it as a tree, and
+    the trace's other spans (its context)."""
 
     required_right = "read"  # the calls' figures and ids, never their text
     renderer_classes = [JSONRenderer]
@@ -25,7 +27,7 @@ class TraceView(DeclaredParameters, APIView):
         responses={
             200: TraceSerializer,
             400: OpenApiResponse(description="Not a 32-character hex trace id."),
-            404: OpenApiResponse(description="No call with this trace id."),
+            404: OpenApiResponse(description="No call and no span with this trace id."),
         }
     )
     def get(self, request: Request, trace_id: str) -> Response:
@@ -33,6 +35,8 @@ class TraceView(DeclaredParameters, APIView):
         if trace_id is None:
             raise exceptions.ValidationError({"trace_id": ["Must be 32 hexadecimal characters."]})
         trace = LLMRequestLog.objects.trace(trace_id)
-        if not trace.calls:
-            raise exceptions.NotFound("No call with this trace id.")
-        return Response({"trace_id": trace_id, "calls": trace.calls, "truncated": trace.truncated})
+        if not trace:
+            raise exceptions.NotFound("No call and no span with this trace id.")
+        return Response(
+            {"trace_id": trace_id, "calls": trace.calls, "spans": trace.spans, "truncated": trace.truncated}
+        )

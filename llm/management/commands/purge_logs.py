@@ -8,8 +8,8 @@ from llm import retention
 
 class Command(BaseCommand):
     help = (
-        "Delete logs older than the retention period, their feedback and old acknowledged alerts, "
-        "in batches. Prometheus counters keep counting what is deleted."
+        "Delete logs older than the retention period, their feedback, the traces' context spans and old "
+        "acknowledged alerts, in batches. Prometheus counters keep counting what is deleted."
     )
 
     def add_arguments(self, parser) -> None:
@@ -37,5 +37,5 @@ class Command(BaseCommand):
             f"{verb} {result.logs} logs, {result.feedback} feedback and {result.alert_logs} acknowledged alerts "
             f"older than {days} days (before {result.cutoff:%Y-%m-%d %H:%M} UTC)"
             + ("" if dry_run else f" in {result.batches} batches")
-            + "."
+            + f". Traces' context spans: {result.spans}."
         )
