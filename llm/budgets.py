@@ -39,12 +39,14 @@ def _by_period(budgets: list[Budget]) -> dict[str, list[Budget]]:
 
 
 def _spent_costs(budgets: list[Budget], period: str, now: datetime) -> forecast.ScopeCosts:
-    start, _ = forecast.period_bounds(period, now)
-    return forecast.costs([scope_of(budget) for budget in budgets], start, now)
+    # To the period's end, not to `now`: a call stamped this very instant (or a little ahead, by
+    # another machine's clock) is spent too.
+    start, end = forecast.period_bounds(period, now)
+    return forecast.costs([scope_of(budget) for budget in budgets], start, end)
 
 
 def spent(budgets: list[Budget], now: datetime) -> dict[int, Decimal]:
-    """USD each budget's scope spent in its current period up to `now` (exact)."""
+    """USD each budget's scope has spent in its current period (exact)."""
     answer = {}
     for period, group in _by_period(budgets).items():
         found = _spent_costs(group, period, now)

@@ -292,7 +292,7 @@ def forecasts(
     wanted = list(dict.fromkeys(scopes))
     start, end = period_bounds(period, now)
     if spent is None:
-        spent = costs(wanted, start, now)
+        spent = costs(wanted, start, end)  # the period's calls so far, even one stamped this instant
     history = costs(wanted, floor_hour(start) - HISTORY_WEEKS * WEEK, now, by_hour=True)
     earliest = earliest_call()
     answer = {}
