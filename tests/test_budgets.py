@@ -4,10 +4,9 @@ end in TIME_ZONE) and the warnings check_alerts sends once per percentage and pe
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-
-import json
 
 import pytest
 import yaml
@@ -78,7 +77,9 @@ def test_create_list_and_read_a_budget_with_its_spend(api_client, at_now):
 def test_update_and_delete(api_client, at_now):
     budget = make_budget()
     spend(["0.30"], user_id="user-007")
-    patched = api_client.patch(f"/api/budgets/{budget.pk}/", {"scope": "user", "scope_value": "user-007"}, format="json")
+    patched = api_client.patch(
+        f"/api/budgets/{budget.pk}/", {"scope": "user", "scope_value": "user-007"}, format="json"
+    )
     assert patched.status_code == 200, patched.content
     assert patched.json()["spent_usd"] == pytest.approx(0.30)
     put = {"name": "Renamed", "scope": "all", "scope_value": "", "period": "week", "amount_usd": "3.5"}
