@@ -11,7 +11,7 @@ import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -305,6 +305,8 @@ def _webhook(url: str, warning: BudgetWarning, text: str, link: str) -> dict[str
 def latest_warnings(budget_ids: list[int]) -> dict[int, BudgetWarning]:
     """The newest warning of each budget (one query), for the overview's cards."""
     latest: dict[int, BudgetWarning] = {}
-    for warning in BudgetWarning.objects.filter(budget_id__in=budget_ids).order_by("budget_id", "-created_at", "-id"):
+    # The last five weeks hold every budget's current period (a month at most).
+    recent = BudgetWarning.objects.filter(budget_id__in=budget_ids, created_at__gte=timezone.now() - timedelta(days=35))
+    for warning in recent.order_by("budget_id", "-created_at", "-id"):
         latest.setdefault(warning.budget_id, warning)
     return latest

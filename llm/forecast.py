@@ -110,18 +110,13 @@ def costs(scopes: Iterable[Scope], start: datetime, end: datetime, *, by_hour: b
     `all` and `model` scope, one grouped query per raw column, one per tag key."""
     wanted = set(scopes)
     found: ScopeCosts = {scope: defaultdict(int) for scope in wanted}
-    if any(scope.kind in ("all", "model") for scope in wanted):
-        for (hour, model_name), units in _model_costs(start, end, by_hour).items():
-            for scope in wanted:
-                if scope.kind == "all" or (scope.kind == "model" and scope.value == model_name):
-                    found[scope][hour] += units
+    _add_model_scopes(found, start, end, by_hour)
     window = LLMRequestLog.objects.in_window(start, end).order_by()
     for kind, column in RAW_COLUMNS.items():
         values = {scope.value for scope in wanted if scope.kind == kind}
         if values:
             rows = window.filter(**{f"{column}__in": values}).annotate(group_value=F(column))
-            for (hour, value), units in _grouped_costs(rows, by_hour).items():
-                found[Scope(kind, value)][hour] += units
+            _add_grouped(found, kind, rows, by_hour)
     tags: dict[str, set[str]] = defaultdict(set)
     for scope in wanted:
         if scope.kind == "tag":
@@ -131,9 +126,24 @@ def costs(scopes: Iterable[Scope], start: datetime, end: datetime, *, by_hour: b
         # As text (Cast): a JSON key's own `__in` compares JSON values, and SQLite would parse "chat" as JSON.
         tag_value = Cast(KeyTextTransform(key, "tags"), CharField())
         rows = window.annotate(group_value=tag_value).filter(group_value__in=values)
-        for (hour, value), units in _grouped_costs(rows, by_hour).items():
-            found[Scope("tag", f"{key}:{value}")][hour] += units
+        _add_grouped(found, "tag", rows, by_hour, prefix=f"{key}:")
     return found
+
+
+def _add_model_scopes(found: ScopeCosts, start: datetime, end: datetime, by_hour: bool) -> None:
+    """Add the cost of each `all` and `model` scope of `found`, from one reading per model."""
+    scopes = [scope for scope in found if scope.kind in ("all", "model")]
+    if not scopes:
+        return
+    for (hour, model_name), units in _model_costs(start, end, by_hour).items():
+        for scope in scopes:
+            if scope.kind == "all" or scope.value == model_name:
+                found[scope][hour] += units
+
+
+def _add_grouped(found: ScopeCosts, kind: str, rows: QuerySet, by_hour: bool, prefix: str = "") -> None:
+    for (hour, value), units in _grouped_costs(rows, by_hour).items():
+        found[Scope(kind, prefix + value)][hour] += units
 
 
 def _grouped_costs(rows: QuerySet, by_hour: bool) -> dict[tuple[datetime | None, str], int]:
@@ -286,14 +296,21 @@ def as_usd(units_by_hour: Mapping[datetime | None, int]) -> dict[datetime | None
 def forecasts(
     scopes: Iterable[Scope], period: str, now: datetime, spent: ScopeCosts | None = None
 ) -> dict[Scope, Forecast]:
-    """The forecast of each scope for the current `period`: two readings of costs for all of them
-    (the period so far, exact, unless `spent` gives it; and the hours since HISTORY_WEEKS weeks
-    before its start)."""
+    """The forecast of each scope for the current `period`, from one reading of hourly costs for all
+    of them (from HISTORY_WEEKS weeks before the period's start to its end: a call stamped this
+    very instant, or a little ahead by another machine's clock, is spent too). The period's spend
+    is the sum of its hours, unless `spent` gives it or the period does not start on the hour
+    (a time zone a half hour off UTC), when it is read apart."""
     wanted = list(dict.fromkeys(scopes))
     start, end = period_bounds(period, now)
+    history = costs(wanted, floor_hour(start) - HISTORY_WEEKS * WEEK, end, by_hour=True)
     if spent is None:
-        spent = costs(wanted, start, end)  # the period's calls so far, even one stamped this instant
-    history = costs(wanted, floor_hour(start) - HISTORY_WEEKS * WEEK, now, by_hour=True)
+        if floor_hour(start) == start:
+            spent = {
+                scope: {None: sum(units for hour, units in history[scope].items() if hour >= start)} for scope in wanted
+            }
+        else:
+            spent = costs(wanted, start, end)
     earliest = earliest_call()
     answer = {}
     for scope in wanted:

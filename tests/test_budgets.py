@@ -302,3 +302,56 @@ def test_dry_run_sends_and_records_nothing(at_now, smtp_server, capsys):
     assert "would warn at 10%" in capsys.readouterr().out
     assert not BudgetWarning.objects.exists()
     assert smtp_server.messages == []
+
+
+# Pages and admin
+
+
+def test_the_overview_shows_each_budget_and_the_month_forecast(logged_in_client, at_now, smtp_server):
+    make_budget(name="Chat feature", scope="tag", scope_value="feature:chat", hard_limit=True, amount_usd=Decimal("2"))
+    make_budget(name="Everything", period="month", amount_usd=Decimal("100"), email_recipients="ops@example.com")
+    spend(["0.50", "1.00"], tags={"feature": "chat"})
+    spend(["3.00"], at=MONTH_START + timedelta(days=1))
+    call_command("check_alerts")  # nothing reached for Everything; Chat feature is at 75 %: no warning either
+    page = logged_in_client.get("/").content.decode()
+    assert "Budget: Chat feature" in page
+    assert "$1.5000" in page and "of $2.0000" in page
+    assert "75.00% used" in page
+    assert "hard limit" in page
+    assert "Budget: Everything" in page
+    assert "$4.5000" in page  # the month so far: 0.50 + 1.00 + 3.00
+    assert "Forecast for June 2026" in page
+    spend(["0.10"], tags={"feature": "chat"})
+    Budget.objects.filter(name="Everything").update(warn_at_percent=[4])
+    call_command("check_alerts")
+    page = logged_in_client.get("/").content.decode()
+    assert "Warned at 4%" in page
+
+
+def test_the_overview_says_how_to_add_a_budget(logged_in_client, at_now):
+    spend(["0.10"])
+    page = logged_in_client.get("/").content.decode()
+    assert "No budget yet" in page
+    assert "/admin/llm/budget/add/" in page
+
+
+def test_a_budget_is_added_in_admin_with_its_rules(admin_client):
+    form = {
+        "name": "From admin",
+        "scope": "tag",
+        "scope_value": "feature",
+        "period": "month",
+        "amount_usd": "50",
+        "warn_at_percent": "[80, 100]",
+    }
+    response = admin_client.post("/admin/llm/budget/add/", form)
+    assert response.status_code == 200  # the form again, with the error
+    assert "A tag scope is key:value" in response.content.decode()
+    form["scope_value"] = "feature:chat"
+    form["warn_at_percent"] = "[0]"
+    assert admin_client.post("/admin/llm/budget/add/", form).status_code == 200
+    form["warn_at_percent"] = "[50, 90]"
+    assert admin_client.post("/admin/llm/budget/add/", form).status_code == 302
+    assert Budget.objects.get().warn_at_percent == [50, 90]
+    assert admin_client.get("/admin/llm/budget/").status_code == 200
+    assert admin_client.get("/admin/llm/budgetwarning/").status_code == 200
