@@ -192,6 +192,7 @@ class BudgetAdmin(ModelAdmin):
     list_display = ["name", "scope", "scope_value", "period", "amount_usd", "warn_at_percent", "hard_limit"]
     list_filter = ["scope", "period", "hard_limit"]
     search_fields = ["name", "scope_value"]
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
     fieldsets = [
         (None, {"fields": ["name", "scope", "scope_value", "period", "amount_usd", "hard_limit"]}),
         ("Warnings (check_alerts)", {"fields": ["warn_at_percent", "email_recipients", "webhook_url"]}),

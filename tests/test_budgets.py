@@ -355,3 +355,14 @@ def test_a_budget_is_added_in_admin_with_its_rules(admin_client):
     assert Budget.objects.get().warn_at_percent == [50, 90]
     assert admin_client.get("/admin/llm/budget/").status_code == 200
     assert admin_client.get("/admin/llm/budgetwarning/").status_code == 200
+
+
+def test_sample_data_adds_one_budget_above_this_months_spend(at_now):
+    call_command("generate_sample_data", "--count", "200", "--days", "3", "--seed", "5", stdout=None, stderr=None)
+    budget = Budget.objects.get()
+    start, end = forecast.period_bounds("month", NOW)
+    month_cost = sum(log.cost_estimate for log in LLMRequestLog.objects.filter(timestamp__gte=start, timestamp__lt=end))
+    assert budget.scope == "all" and budget.period == "month"
+    assert budget.amount_usd == max(Decimal("1.00"), (month_cost * Decimal("1.25")).quantize(Decimal("0.01")))
+    call_command("generate_sample_data", "--count", "10", "--days", "1", "--seed", "6", stdout=None, stderr=None)
+    assert Budget.objects.count() == 1
