@@ -165,10 +165,14 @@ def refusal(
     return None
 
 
+SCOPE_WORDS = {"model": "model", "user": "user", "tag": "tag", "api_key": "API key"}
+
+
 def describe_scope(budget: Budget) -> str:
+    """ "all calls", "model qwen/qwen3-32b", "tag feature:chat", "API key ci"…"""
     if budget.scope == Budget.Scope.ALL:
         return "all calls"
-    return f"{budget.get_scope_display().lower().replace('one ', '')} {budget.scope_value}"
+    return f"{SCOPE_WORDS.get(budget.scope, budget.scope)} {budget.scope_value}"
 
 
 def refusal_message(entry: Spent) -> str:

@@ -315,8 +315,8 @@ def test_the_overview_shows_each_budget_and_the_month_forecast(logged_in_client,
     call_command("check_alerts")  # nothing reached for Everything; Chat feature is at 75 %: no warning either
     page = logged_in_client.get("/").content.decode()
     assert "Budget: Chat feature" in page
-    assert "$1.5000" in page and "of $2.0000" in page
-    assert "75.00% used" in page
+    assert "$1.5000" in page and "of $2.0000 this day" in page
+    assert "75.00% of $2.0000" in page
     assert "hard limit" in page
     assert "Budget: Everything" in page
     assert "$4.5000" in page  # the month so far: 0.50 + 1.00 + 3.00
