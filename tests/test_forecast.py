@@ -77,15 +77,12 @@ def test_period_bounds_follow_the_local_calendar(paris):
         datetime(2026, 5, 31, 22, tzinfo=UTC),
         datetime(2026, 6, 30, 22, tzinfo=UTC),
     )
-    # 23:30 local on the 17th is still the 17th locally, though the 17th has ended in UTC... the
-    # other way round: 23:30 UTC on the 17th is the 18th in Paris.
+    # 23:30 UTC on the 17th is already the 18th in Paris: the local day counts.
     late = datetime(2026, 6, 17, 23, 30, tzinfo=UTC)
     assert forecast.period_bounds("day", late)[0] == datetime(2026, 6, 17, 22, tzinfo=UTC)
 
 
-@pytest.mark.parametrize(
-    ("period", "rolled_up"), [("day", False), ("week", False), ("month", False), ("month", True)]
-)
+@pytest.mark.parametrize(("period", "rolled_up"), [("day", False), ("week", False), ("month", False), ("month", True)])
 def test_a_repeating_week_is_forecast_exactly(paris, period, rolled_up):
     make_week_rhythm(NOW)
     if rolled_up:
