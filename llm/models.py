@@ -231,7 +231,8 @@ class LLMRequestLog(models.Model):
     # The name of the API key a proxied call came with ("" otherwise): what a Budget of scope
     # `api_key` counts. A name, not a foreign key, because a budget names the key and the row
     # must keep counting after the key is revoked or deleted.
-    api_key_name = models.CharField(max_length=200, blank=True, default="")
+    # A database default too: rows inserted in raw SQL (bench/, older scripts) need not name it.
+    api_key_name = models.CharField(max_length=200, blank=True, default="", db_default="")
 
     objects = LLMRequestLogManager()
 

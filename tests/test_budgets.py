@@ -190,6 +190,16 @@ def test_a_spent_hard_limit_answers_429_before_calling_the_vendor(api_client, fa
     assert refused.api_key_name == "tests"
 
 
+def test_a_streamed_call_is_refused_the_same_way(api_client, fake_groq, at_now):
+    make_budget(name="User cap", scope="user", scope_value="user-007", hard_limit=True)
+    spend(["1.00"], user_id="user-007")
+    response = prompt(api_client, user_id="user-007", stream=True)
+    assert response.status_code == 429
+    assert response.json()["error_type"] == "budget_exceeded"
+    assert "User cap" in response.json()["error_message"]
+    assert fake_groq.requests == []
+
+
 def test_calls_outside_the_scope_or_under_the_amount_go_through(api_client, fake_groq, at_now):
     make_budget(scope="tag", scope_value="feature:chat", hard_limit=True)
     make_budget(name="Warn only", amount_usd=Decimal("0.01"))  # spent, but no hard limit
