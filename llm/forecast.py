@@ -23,8 +23,10 @@ hour starting at h:
   weighted by the part of it that remains; the forecast is the mean of the projections, `low` and
   `high` the smallest and largest: "the rest of the period goes as it went in week j, scaled".
 
-Only scenarios whose oldest hour is not before the first recorded call are used (a new install
-has fewer weeks of history; a week before any traffic would read as zero). With none, the
+Only scenarios whose oldest hour is not before the scope's first call are used (a new install, a
+new model or user has fewer weeks of history; a week before any traffic would read as zero). The
+hours are read from one week further back than the oldest scenario, so a scope with calls in that
+extra week has all of its scenarios. With none, the
 forecast is the straight line spent_so_far x period length / elapsed time (`method` "linear"),
 with `low` = spent_so_far. A repeating week is forecast exactly (up to float rounding); a week
 that repeats at twice the cost so far is forecast at twice the cost. Weeks are 168 hours: in the
@@ -50,7 +52,7 @@ from django.db.models.functions import Cast, TruncHour
 from django.utils import timezone
 
 from llm import metrics, rollups
-from llm.models import HourlyRollup, LLMRequestLog
+from llm.models import LLMRequestLog
 
 HOUR = timedelta(hours=1)
 WEEK = timedelta(days=7)
@@ -180,15 +182,6 @@ def _model_costs(start: datetime, end: datetime, by_hour: bool) -> dict[tuple[da
     return answer
 
 
-def earliest_call() -> datetime | None:
-    """When the recorded history starts: the first call kept, or the first rolled-up hour (the
-    roll-ups outlive purge_logs). Two index lookups."""
-    first_call = LLMRequestLog.objects.order_by("timestamp").values_list("timestamp", flat=True).first()
-    first_hour = HourlyRollup.objects.order_by("hour").values_list("hour", flat=True).first()
-    known = [moment for moment in (first_call, first_hour) if moment is not None]
-    return min(known) if known else None
-
-
 # Projecting
 
 
@@ -303,7 +296,8 @@ def forecasts(
     (a time zone a half hour off UTC), when it is read apart."""
     wanted = list(dict.fromkeys(scopes))
     start, end = period_bounds(period, now)
-    history = costs(wanted, floor_hour(start) - HISTORY_WEEKS * WEEK, end, by_hour=True)
+    # One week more than the oldest scenario reads: a call in it says the history goes back far enough.
+    history = costs(wanted, floor_hour(start) - (HISTORY_WEEKS + 1) * WEEK, end, by_hour=True)
     if spent is None:
         if floor_hour(start) == start:
             spent = {
@@ -311,10 +305,11 @@ def forecasts(
             }
         else:
             spent = costs(wanted, start, end)
-    earliest = earliest_call()
     answer = {}
     for scope in wanted:
         spent_usd = float(rollups.usd(sum(spent[scope].values())))
+        # The first hour with a call of the scope (an hour of calls costing nothing counts too).
+        earliest = min(history[scope], default=None)
         answer[scope] = project(as_usd(history[scope]), spent_usd, period, start, end, now, earliest)
     return answer
 
