@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -31,28 +30,11 @@ def scope_of(budget: Budget) -> forecast.Scope:
     return forecast.Scope(budget.scope, budget.scope_value)
 
 
-def _by_period(budgets: list[Budget]) -> dict[str, list[Budget]]:
-    grouped: dict[str, list[Budget]] = defaultdict(list)
-    for budget in budgets:
-        grouped[budget.period].append(budget)
-    return grouped
-
-
-def _spent_costs(budgets: list[Budget], period: str, now: datetime) -> forecast.ScopeCosts:
-    # To the period's end, not to `now`: a call stamped this very instant (or a little ahead, by
-    # another machine's clock) is spent too.
-    start, end = forecast.period_bounds(period, now)
-    return forecast.costs([scope_of(budget) for budget in budgets], start, end)
-
-
 def spent(budgets: list[Budget], now: datetime) -> dict[int, Decimal]:
-    """USD each budget's scope has spent in its current period (exact)."""
-    answer = {}
-    for period, group in _by_period(budgets).items():
-        found = _spent_costs(group, period, now)
-        for budget in group:
-            answer[budget.pk] = rollups.usd(sum(found[scope_of(budget)].values()))
-    return answer
+    """USD each budget's scope has spent in its current period (exact): one reading of hourly
+    costs for all of them (llm.forecast.read)."""
+    reading = forecast.read([scope_of(budget) for budget in budgets], [b.period for b in budgets], now, history=False)
+    return {budget.pk: rollups.usd(reading.spent_units(scope_of(budget), budget.period)) for budget in budgets}
 
 
 @dataclass(frozen=True)
@@ -80,17 +62,16 @@ class BudgetStatus:
         return self.forecast.forecast * 100 / float(self.amount_usd) if self.amount_usd else 0.0
 
 
-def statuses(budgets: list[Budget], now: datetime) -> dict[int, BudgetStatus]:
-    """Spend and forecast of each budget: a few queries per period, whatever the number of budgets."""
+def statuses(budgets: list[Budget], now: datetime, reading: forecast.Reading | None = None) -> dict[int, BudgetStatus]:
+    """Spend and forecast of each budget: one reading of hourly costs for all of them, whatever
+    their number, scopes and periods (llm.forecast.read), or `reading` when it covers them."""
+    if reading is None:
+        reading = forecast.read([scope_of(budget) for budget in budgets], [b.period for b in budgets], now)
     answer = {}
-    for period, group in _by_period(budgets).items():
-        found = _spent_costs(group, period, now)
-        projected = forecast.forecasts([scope_of(budget) for budget in group], period, now, spent=found)
-        for budget in group:
-            scope = scope_of(budget)
-            answer[budget.pk] = BudgetStatus(
-                rollups.usd(sum(found[scope].values())), projected[scope], budget.amount_usd
-            )
+    for budget in budgets:
+        scope = scope_of(budget)
+        spent_usd = rollups.usd(reading.spent_units(scope, budget.period))
+        answer[budget.pk] = BudgetStatus(spent_usd, reading.forecast(scope, budget.period), budget.amount_usd)
     return answer
 
 

@@ -284,11 +284,13 @@ FORECAST_METHODS = {
 
 def spend(now: datetime) -> dict[str, Any]:
     """The overview's spend cards, whatever the range shown: this month's forecast of all calls, and
-    each budget's current period (spent, percent, forecast, its last warning). A few queries per
-    period (llm.budgets.statuses), not per budget."""
-    month = forecast.forecasts([forecast.Scope()], "month", now)[forecast.Scope()]
+    each budget's current period (spent, percent, forecast, its last warning). One reading of
+    hourly costs for all of them (llm.forecast.read), not one per budget."""
     rows = list(Budget.objects.order_by("name"))
-    statuses = budgets.statuses(rows, now)
+    scopes = [forecast.Scope(), *(budgets.scope_of(budget) for budget in rows)]
+    reading = forecast.read(scopes, ["month", *(budget.period for budget in rows)], now)
+    month = reading.forecast(forecast.Scope(), "month")
+    statuses = budgets.statuses(rows, now, reading)
     warnings = budgets.latest_warnings([budget.pk for budget in rows])
     cards = []
     for budget in rows:

@@ -39,6 +39,7 @@ index on (field, timestamp); a tag: the period's calls, no index).
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from collections import defaultdict
@@ -46,13 +47,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 
-from django.db.models import CharField, F, QuerySet
+from django.db import connection
+from django.db.models import CharField, F, Q, QuerySet, Sum, TextField
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast, TruncHour
 from django.utils import timezone
 
 from llm import metrics, rollups
-from llm.models import LLMRequestLog
+from llm.models import DailyRollup, HourlyRollup, LLMRequestLog
 
 HOUR = timedelta(hours=1)
 WEEK = timedelta(days=7)
@@ -127,9 +129,29 @@ def costs(scopes: Iterable[Scope], start: datetime, end: datetime, *, by_hour: b
     for key, values in tags.items():
         # As text (Cast): a JSON key's own `__in` compares JSON values, and SQLite would parse "chat" as JSON.
         tag_value = Cast(KeyTextTransform(key, "tags"), CharField())
-        rows = window.annotate(group_value=tag_value).filter(group_value__in=values)
+        rows = _likely_tagged(window, key, values).annotate(group_value=tag_value).filter(group_value__in=values)
         _add_grouped(found, "tag", rows, by_hour, prefix=f"{key}:")
     return found
+
+
+def _likely_tagged(rows: QuerySet, key: str, values: set[str]) -> QuerySet:
+    """`rows` narrowed cheaply to those that may carry the tag, before each row's JSON is read
+    (no index answers a tag: the period's calls are scanned). PostgreSQL: containment (@>);
+    SQLite: the stored JSON text holds the value as Django writes it (json.dumps, ASCII), a string
+    search several times faster than extracting the key. A value that is not plain ASCII is not
+    narrowed (a row written by other means could spell it differently)."""
+    if connection.vendor == "postgresql":
+        condition = Q()
+        for value in values:
+            condition |= Q(tags__contains={key: value})
+        return rows.filter(condition)
+    written = [json.dumps(value) for value in sorted(values)]
+    if any(text != json.dumps(json.loads(text), ensure_ascii=False) for text in written):
+        return rows
+    condition = Q()
+    for text in written:
+        condition |= Q(tags_text__contains=text)
+    return rows.annotate(tags_text=Cast("tags", TextField())).filter(condition)
 
 
 def _add_model_scopes(found: ScopeCosts, start: datetime, end: datetime, by_hour: bool) -> None:
@@ -162,23 +184,34 @@ def _grouped_costs(rows: QuerySet, by_hour: bool) -> dict[tuple[datetime | None,
 
 
 def _model_costs(start: datetime, end: datetime, by_hour: bool) -> dict[tuple[datetime | None, str], int]:
-    """{(UTC hour or None, model): cost units}: the roll-ups for whole hours and days, the calls
-    for the edges and for what is not rolled up yet (llm.metrics.measure); the calls alone when
-    the roll-ups cannot answer."""
+    """{(UTC hour or None, model): cost units}: the roll-ups for the whole hours and days of the
+    window, the calls for its edges and for what is not rolled up yet (llm.metrics' plan, at a
+    watermark that holds still); the calls alone when the roll-ups cannot answer. Only the cost,
+    summed per model (and hour) by the database: a month of hours is a few thousand small rows."""
     logs = LLMRequestLog.objects.in_window(start, end)
-    chosen = metrics.Selection(logs, start, end, rollups_apply=True)
-    period = "hour" if by_hour else None
-    the_plan = metrics.plan(chosen, period)
+    the_plan = metrics.plan(metrics.Selection(logs, start, end, rollups_apply=True), "hour" if by_hour else None)
     found = None
     if the_plan is not None:
-        group = ("period", "model_name", "status") if by_hour else ("model_name", "status")
-        found = metrics.measure(the_plan, group, percentiles=False)
+        found = metrics.consistent(lambda watermark: _model_costs_at(the_plan, watermark, by_hour), the_plan)
     if found is None:
         return _grouped_costs(logs.order_by().annotate(group_value=F("model_name")), by_hour)
+    return found
+
+
+def _model_costs_at(the_plan: metrics.Plan, watermark: int, by_hour: bool) -> dict[tuple[datetime | None, str], int]:
     answer: dict[tuple[datetime | None, str], int] = defaultdict(int)
-    for key, figures in found.items():
-        hour = floor_hour(datetime.fromisoformat(key[0])) if by_hour else None
-        answer[(hour, key[-2])] += figures.cost_units
+    if the_plan.split.days:  # never by hour: plan() answers days only for totals
+        rows = DailyRollup.objects.filter(the_plan.daily()).values("model_name")
+        for row in rows.annotate(units=Sum("cost_units")).order_by():
+            answer[(None, row["model_name"])] += int(row["units"] or 0)
+    if the_plan.split.hours:
+        names = ["model_name", "hour"] if by_hour else ["model_name"]
+        for row in HourlyRollup.objects.filter(the_plan.hourly()).values(*names).annotate(units=Sum("cost_units")):
+            hour = floor_hour(row["hour"]) if by_hour else None
+            answer[(hour, row["model_name"])] += int(row["units"] or 0)
+    for rows in the_plan.raw_rows(watermark):
+        for key, units in _grouped_costs(rows.annotate(group_value=F("model_name")), by_hour).items():
+            answer[key] += units
     return answer
 
 
@@ -286,32 +319,54 @@ def as_usd(units_by_hour: Mapping[datetime | None, int]) -> dict[datetime | None
     return {hour: float(rollups.usd(units)) for hour, units in units_by_hour.items()}
 
 
-def forecasts(
-    scopes: Iterable[Scope], period: str, now: datetime, spent: ScopeCosts | None = None
-) -> dict[Scope, Forecast]:
-    """The forecast of each scope for the current `period`, from one reading of hourly costs for all
-    of them (from HISTORY_WEEKS weeks before the period's start to its end: a call stamped this
-    very instant, or a little ahead by another machine's clock, is spent too). The period's spend
-    is the sum of its hours, unless `spent` gives it or the period does not start on the hour
-    (a time zone a half hour off UTC), when it is read apart."""
-    wanted = list(dict.fromkeys(scopes))
-    start, end = period_bounds(period, now)
-    # One week more than the oldest scenario reads: a call in it says the history goes back far enough.
-    history = costs(wanted, floor_hour(start) - (HISTORY_WEEKS + 1) * WEEK, end, by_hour=True)
-    if spent is None:
-        if floor_hour(start) == start:
-            spent = {
-                scope: {None: sum(units for hour, units in history[scope].items() if hour >= start)} for scope in wanted
-            }
-        else:
-            spent = costs(wanted, start, end)
-    answer = {}
-    for scope in wanted:
-        spent_usd = float(rollups.usd(sum(spent[scope].values())))
+@dataclass(frozen=True)
+class Reading:
+    """Hourly costs of some scopes over the periods asked for, read once (see `read`)."""
+
+    now: datetime
+    bounds: dict[str, tuple[datetime, datetime]]  # period -> (start, end)
+    history: ScopeCosts
+    spent_apart: dict[str, ScopeCosts]  # periods that do not start on the hour: their spend, read apart
+
+    def spent_units(self, scope: Scope, period: str) -> int:
+        """The scope's spend in the current `period` (exact): a call stamped this very instant, or
+        a little ahead by another machine's clock, is spent too."""
+        if period in self.spent_apart:
+            return sum(self.spent_apart[period][scope].values())
+        start, end = self.bounds[period]
+        return sum(units for hour, units in self.history[scope].items() if start <= hour < end)
+
+    def forecast(self, scope: Scope, period: str) -> Forecast:
+        start, end = self.bounds[period]
+        spent = float(rollups.usd(self.spent_units(scope, period)))
+        hourly = self.history[scope]
         # The first hour with a call of the scope (an hour of calls costing nothing counts too).
-        earliest = min(history[scope], default=None)
-        answer[scope] = project(as_usd(history[scope]), spent_usd, period, start, end, now, earliest)
-    return answer
+        earliest = min(hourly, default=None)
+        return project(as_usd(hourly), spent, period, start, end, self.now, earliest)
+
+
+def read(scopes: Iterable[Scope], periods: Iterable[str], now: datetime, *, history: bool = True) -> Reading:
+    """One reading of hourly costs for all `scopes` and the current `periods`: from one week more
+    than HISTORY_WEEKS before the earliest period's start (a call in that extra week says the
+    history goes back far enough) to the latest period's end; without `history`, only the periods."""
+    wanted = set(scopes)
+    bounds = {period: period_bounds(period, now) for period in set(periods)}
+    if not bounds:
+        return Reading(now, {}, {}, {})
+    first = min(floor_hour(start) for start, _ in bounds.values())
+    if history:
+        first -= (HISTORY_WEEKS + 1) * WEEK
+    last = max(end for _, end in bounds.values())
+    hourly = costs(wanted, first, last, by_hour=True)
+    apart = {period: costs(wanted, start, end) for period, (start, end) in bounds.items() if floor_hour(start) != start}
+    return Reading(now, bounds, hourly, apart)
+
+
+def forecasts(scopes: Iterable[Scope], period: str, now: datetime) -> dict[Scope, Forecast]:
+    """The forecast of each scope for the current `period`, from one reading."""
+    wanted = list(dict.fromkeys(scopes))
+    reading = read(wanted, [period], now)
+    return {scope: reading.forecast(scope, period) for scope in wanted}
 
 
 def everything(model_name: str = "") -> Scope:

@@ -185,3 +185,19 @@ def test_forecast_endpoint_refuses_bad_input(api_client, query):
     response = api_client.get("/api/metrics/forecast/", query)
     assert response.status_code == 400
     assert set(query) <= set(response.json()["fields"])
+
+
+def test_a_tag_scope_counts_only_calls_with_that_exact_value(paris):
+    start, _ = forecast.period_bounds("day", NOW)
+    values = ["chat", "Chat", "chat-2", "über", 'say "hi"', "x"]
+    make_logs(
+        len(values),
+        timestamp=lambda index: start + timedelta(minutes=index),
+        tags=lambda index: {"feature": values[index], "other": "chat"},
+        cost_estimate=lambda index: Decimal(index + 1),
+    )
+    make_logs(1, timestamp=start, tags={"feature2": "chat"}, cost_estimate=Decimal(100))
+    scopes = [forecast.Scope("tag", f"feature:{value}") for value in values]
+    found = forecast.costs(scopes, start, NOW)
+    for index, scope in enumerate(scopes):
+        assert rollups.usd(sum(found[scope].values())) == Decimal(index + 1), scope
