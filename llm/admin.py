@@ -15,6 +15,8 @@ from llm.models import (
     AlertRule,
     AlertSilence,
     APIKey,
+    Budget,
+    BudgetWarning,
     DashboardSettings,
     LLMRequestLog,
     ModelPrice,
@@ -264,6 +266,36 @@ class AlertLogAdmin(ModelAdmin):
     def acknowledge(self, request, queryset) -> None:
         count = queryset.acknowledge(request.user)
         self.message_user(request, f"Acknowledged {count} alert(s).", messages.SUCCESS)
+
+
+@admin.register(Budget)
+class BudgetAdmin(ModelAdmin):
+    """Spend and forecast are on the overview and in GET /api/budgets/ (llm/budgets.py)."""
+
+    list_display = ["name", "scope", "scope_value", "period", "amount_usd", "warn_at_percent", "hard_limit"]
+    list_filter = ["scope", "period", "hard_limit"]
+    search_fields = ["name", "scope_value"]
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
+    fieldsets = [
+        (None, {"fields": ["name", "scope", "scope_value", "period", "amount_usd", "hard_limit"]}),
+        ("Warnings (check_alerts)", {"fields": ["warn_at_percent", "email_recipients", "webhook_url"]}),
+    ]
+
+
+@admin.register(BudgetWarning)
+class BudgetWarningAdmin(ModelAdmin):
+    list_display = ["created_at", "budget", "percent", "spent_usd", "period_start", "delivery"]
+    list_filter = ["budget", "percent"]
+    list_select_related = ["budget"]
+    # A sent warning is history: every field is shown, none edited.
+    readonly_fields = [field.name for field in BudgetWarning._meta.concrete_fields if not field.primary_key]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    @admin.display(description="delivery")
+    def delivery(self, warning: BudgetWarning) -> str:
+        return warning.delivery_summary
 
 
 @admin.register(ModelPrice)

@@ -17,9 +17,9 @@ from django.db.models import QuerySet
 from django.utils import timezone
 from rest_framework.exceptions import ValidationError
 
-from llm import metrics
+from llm import budgets, forecast, formatting, metrics
 from llm.filters import filter_errors, filter_logs, filter_rows
-from llm.models import DashboardSettings, LLMRequestLog, LLMRequestLogQuerySet, ModelPrice, UserFeedback
+from llm.models import Budget, DashboardSettings, LLMRequestLog, LLMRequestLogQuerySet, ModelPrice, UserFeedback
 
 RANGES = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "7d": timedelta(days=7), "30d": timedelta(days=30)}
 RANGE_LABELS = {"1h": "1 hour", "24h": "24 hours", "7d": "7 days", "30d": "30 days", "custom": "Custom"}
@@ -272,6 +272,53 @@ def overview(window: TimeRange) -> dict[str, Any]:
         "errors_by_type": errors_by_type,
         "failed_logs_query": window.logs_query(status="error"),
         "recent": list(logs.order_by("-timestamp", "-id")[:10]),
+        "spend": spend(timezone.now()),
+    }
+
+
+FORECAST_METHODS = {
+    forecast.METHOD_RHYTHM: "from the same hours of the last {weeks} weeks, scaled ×{scale:.2f} to this month so far",
+    forecast.METHOD_LINEAR: "a straight line from the 1st: no earlier weeks recorded yet",
+}
+
+
+def spend(now: datetime) -> dict[str, Any]:
+    """The overview's spend cards, whatever the range shown: this month's forecast of all calls, and
+    each budget's current period (spent, percent, forecast, its last warning). One reading of
+    hourly costs for all of them (llm.forecast.read), not one per budget."""
+    rows = list(Budget.objects.order_by("name"))
+    scopes = [forecast.Scope(), *(budgets.scope_of(budget) for budget in rows)]
+    reading = forecast.read(scopes, ["month", *(budget.period for budget in rows)], now)
+    month = reading.forecast(forecast.Scope(), "month")
+    statuses = budgets.statuses(rows, now, reading)
+    warnings = budgets.latest_warnings([budget.pk for budget in rows])
+    cards = []
+    for budget in rows:
+        status = statuses[budget.pk]
+        used = status.percent_used
+        cards.append(
+            {
+                "budget": budget,
+                "scope": budgets.describe_scope(budget),
+                "spent": formatting.usd(float(status.spent_usd)),
+                "amount": formatting.usd(float(budget.amount_usd)),
+                "percent": formatting.percent(used),
+                "meter": min(used, 100.0),
+                "forecast": formatting.usd(status.forecast.forecast),
+                "forecast_percent": formatting.percent(status.forecast_percent),
+                # Red once spent, amber when the forecast goes over (or a warning percentage is reached).
+                "level": "red" if used >= 100 else ("amber" if status.forecast_percent >= 100 else "ok"),
+                "warning": warnings.get(budget.pk),
+            }
+        )
+    method = FORECAST_METHODS[month.method].format(weeks=month.weeks, scale=month.scale or 1.0)
+    return {
+        "month": month,
+        "month_forecast": formatting.usd(month.forecast),
+        "month_spent": formatting.usd(month.spent_so_far),
+        "month_range": f"{formatting.usd(month.low)} to {formatting.usd(month.high)}",
+        "month_method": method,
+        "budgets": cards,
     }
 
 

@@ -202,6 +202,8 @@ class LLMRequestLog(models.Model):
         CONNECTION_ERROR = "connection_error", "Connection error"
         CONFIGURATION = "configuration", "Configuration"
         OTHER = "other", "Other"
+        # Refused by us before any vendor call: a hard-limit Budget of its scope is spent (llm/budgets.py).
+        BUDGET_EXCEEDED = "budget_exceeded", "Budget exceeded"
 
     request_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     timestamp = models.DateTimeField(default=timezone.now, db_index=True)
@@ -247,6 +249,11 @@ class LLMRequestLog(models.Model):
     output_tokens_per_second = models.FloatField(
         null=True, blank=True, help_text="completion_tokens / (latency - ttft) in seconds; null unless streamed."
     )
+    # The name of the API key a proxied call came with ("" otherwise): what a Budget of scope
+    # `api_key` counts. A name, not a foreign key, because a budget names the key and the row
+    # must keep counting after the key is revoked or deleted.
+    # A database default too: rows inserted in raw SQL (bench/, older scripts) need not name it.
+    api_key_name = models.CharField(max_length=200, blank=True, default="", db_default="")
 
     objects = LLMRequestLogManager()
 
@@ -275,6 +282,9 @@ class LLMRequestLog(models.Model):
             models.Index(fields=["session_id", "timestamp"], name="llm_log_session_time"),
             # The trace view lists every call of one trace.
             models.Index(fields=["trace_id", "timestamp"], name="llm_log_trace_time"),
+            # The spend of an `api_key` Budget over its period (llm/budgets.py), on every refresh of
+            # the hard-limit check and on the budgets API.
+            models.Index(fields=["api_key_name", "timestamp"], name="llm_log_api_key_time"),
         ]
 
     def __str__(self) -> str:
@@ -902,6 +912,167 @@ class AlertSilence(models.Model):
     def muted_note(self) -> str:
         who = f" by {self.created_by_name}" if self.created_by_name else ""
         return f"{MUTED_NOTE_PREFIX}: silenced until {self.ends_at:%Y-%m-%d %H:%M} UTC{who}"
+
+
+# Budgets (llm/budgets.py computes their spend, forecast, hard limit and warnings).
+BUDGET_PERCENT_MIN = 1
+BUDGET_PERCENT_MAX = 1000
+BUDGET_MAX_WARNINGS = 10
+BUDGET_AMOUNT_DIGITS = 14
+BUDGET_AMOUNT_PLACES = 4
+BUDGET_MIN_AMOUNT = Decimal("0.0001")
+# A tag scope is `key:value` with a tag's own limits (llm/serializers.py TAG_KEY/VALUE_MAX_CHARS).
+BUDGET_SCOPE_VALUE_MAX_CHARS = 601
+
+
+def default_warn_at_percent() -> list[int]:
+    return [80, 100]
+
+
+def validate_warn_at_percent(value: Any) -> None:
+    """A short list of whole percentages of the amount; each one is a notice once per period."""
+    low, high = BUDGET_PERCENT_MIN, BUDGET_PERCENT_MAX
+    if not isinstance(value, list):
+        raise ValidationError("Enter a list of whole percentages, e.g. [80, 100].")
+    if len(value) > BUDGET_MAX_WARNINGS:
+        raise ValidationError(f"At most {BUDGET_MAX_WARNINGS} percentages.")
+    for percent in value:
+        if isinstance(percent, bool) or not isinstance(percent, int) or not low <= percent <= high:
+            raise ValidationError(f"Each percentage is a whole number from {low} to {high}.")
+    if len(set(value)) != len(value):
+        raise ValidationError("Each percentage once.")
+
+
+class Budget(models.Model):
+    """An amount of USD per day, week or calendar month (in TIME_ZONE) for a scope of calls."""
+
+    class Scope(models.TextChoices):
+        ALL = "all", "All calls"
+        MODEL = "model", "One model"
+        USER = "user", "One user"
+        TAG = "tag", "One tag (key:value)"
+        API_KEY = "api_key", "One API key (its name)"
+
+    class Period(models.TextChoices):
+        DAY = "day", "Day"
+        WEEK = "week", "Week (from Monday)"
+        MONTH = "month", "Calendar month"
+
+    name = models.CharField(max_length=200, unique=True, validators=[validate_one_line])
+    scope = models.CharField(max_length=8, choices=Scope.choices, default=Scope.ALL)
+    scope_value = models.CharField(
+        max_length=BUDGET_SCOPE_VALUE_MAX_CHARS,
+        blank=True,
+        default="",
+        help_text="The model, the user id, key:value of a tag, or the API key's name; empty for all calls.",
+    )
+    period = models.CharField(max_length=8, choices=Period.choices, default=Period.MONTH)
+    amount_usd = models.DecimalField(
+        max_digits=BUDGET_AMOUNT_DIGITS,
+        decimal_places=BUDGET_AMOUNT_PLACES,
+        validators=[MinValueValidator(BUDGET_MIN_AMOUNT)],
+    )
+    warn_at_percent = models.JSONField(
+        default=default_warn_at_percent,
+        validators=[validate_warn_at_percent],
+        help_text="Percentages of the amount that each send one notice per period.",
+    )
+    hard_limit = models.BooleanField(
+        default=False, help_text="Once spent, POST /api/llm/prompt/ in this scope answers 429 until the period ends."
+    )
+    email_recipients = models.TextField(
+        blank=True,
+        default="",
+        validators=[validate_email_list],
+        help_text="Comma-separated; blank: ALERT_EMAIL_RECIPIENTS.",
+    )
+    webhook_url = models.URLField(
+        blank=True, default="", validators=[webhook_url_validator], help_text="Blank: ALERT_WEBHOOK_URL."
+    )
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        super().clean()
+        if problem := self.scope_problem(self.scope, self.scope_value):
+            raise ValidationError({"scope_value": problem})
+
+    @classmethod
+    def scope_problem(cls, scope: str, value: str) -> str | None:
+        """What is wrong with `value` as the scope_value of `scope` (None: nothing); the admin form
+        (clean) and the API's serializer both ask here."""
+        if scope == cls.Scope.ALL:
+            return "Leave empty: the budget covers all calls." if value else None
+        if not value:
+            return f"Required for scope {scope}."
+        if scope == cls.Scope.TAG:
+            key, colon, tag_value = value.partition(":")
+            if not colon or not key or not tag_value:
+                return "A tag scope is key:value, e.g. feature:summarize."
+        return None
+
+    @property
+    def tag(self) -> tuple[str, str]:
+        key, _, value = self.scope_value.partition(":")
+        return key, value
+
+    def covers(self, *, model_name: str, user_id: str, tags: dict[str, str], api_key_name: str) -> bool:
+        """Whether a call with these labels is in this budget's scope (the prompt path's check)."""
+        if self.scope == self.Scope.MODEL:
+            return model_name == self.scope_value
+        if self.scope == self.Scope.USER:
+            return user_id == self.scope_value
+        if self.scope == self.Scope.API_KEY:
+            return api_key_name == self.scope_value
+        if self.scope == self.Scope.TAG:
+            key, value = self.tag
+            return tags.get(key) == value
+        return True
+
+    @property
+    def recipients(self) -> list[str]:
+        return split_email_list(self.email_recipients) or list(settings.ALERT_EMAIL_RECIPIENTS)
+
+    @property
+    def effective_webhook_url(self) -> str:
+        return self.webhook_url or settings.ALERT_WEBHOOK_URL
+
+
+class BudgetWarning(models.Model):
+    """A warning percentage a budget reached in one period. Its row is its claim: check_alerts
+    inserts it before sending, and the unique constraint lets only one of two overlapping runs
+    do so, so each percentage is sent once per period."""
+
+    budget = models.ForeignKey(Budget, on_delete=models.CASCADE, related_name="warnings")
+    period_start = models.DateTimeField()
+    percent = models.PositiveIntegerField()
+    spent_usd = models.DecimalField(max_digits=28, decimal_places=10)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    # As AlertLog.notifications: {"email": {"status": "sent"|"error", ...}, "webhook": {...}}.
+    notifications = models.JSONField(default=dict, blank=True)
+    delivery_note = models.CharField(max_length=200, blank=True, default="")
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["budget", "period_start", "percent"], name="llm_budgetwarning_once")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.budget.name} {self.percent}% ({self.period_start:%Y-%m-%d})"
+
+    @property
+    def delivery_summary(self) -> str:
+        if self.delivered_at is None:
+            return "sending"
+        return self.delivery_note or describe_notifications(self.notifications) or NOT_SENT_NO_CHANNEL
 
 
 class ModelPriceQuerySet(models.QuerySet):

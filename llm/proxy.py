@@ -34,6 +34,8 @@ class CallContext:
     session_id: str = ""
     tags: dict[str, str] = field(default_factory=dict)
     request_id: uuid.UUID = field(default_factory=uuid.uuid4)
+    # The name of the API key the call came with: what a Budget of scope `api_key` counts.
+    api_key_name: str = ""
 
 
 @dataclass
@@ -91,6 +93,7 @@ def _log_fields(
         "temperature": chat.temperature,
         "max_tokens": chat.max_tokens,
         "tags": {**context.tags, **(extra_tags or {})},
+        "api_key_name": context.api_key_name,
         "cost_estimate": None,
     }
 
@@ -121,6 +124,13 @@ def send_prompt(chat: ChatRequest, context: CallContext, provider: Provider) -> 
         return PromptOutcome(log=log, error=error)
     log = _record(chat, context, provider, started_at, _elapsed_ms(started), result)
     return PromptOutcome(log=log, response_text=result.text)
+
+
+def record_refusal(chat: ChatRequest, context: CallContext, provider: Provider, error: ProviderError) -> PromptOutcome:
+    """A call refused before reaching the provider (a spent budget, llm/budgets.py): still one
+    row, with no tokens, so at zero cost."""
+    log = _record(chat, context, provider, timezone.now(), 0.0, ChatResult(), error)
+    return PromptOutcome(log=log, error=error)
 
 
 def relay_failure(exc: Exception) -> ProviderError:

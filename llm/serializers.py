@@ -15,6 +15,7 @@ from django.utils import timezone
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from llm import forecast as spend_forecast
 from llm import metrics
 from llm.ingest_limits import (
     EARLIEST_TIMESTAMP,
@@ -41,9 +42,16 @@ from llm.ingest_limits import (
     text_problem,
 )
 from llm.models import (
+    BUDGET_AMOUNT_DIGITS,
+    BUDGET_AMOUNT_PLACES,
+    BUDGET_MAX_WARNINGS,
+    BUDGET_MIN_AMOUNT,
+    BUDGET_PERCENT_MAX,
+    BUDGET_PERCENT_MIN,
     AlertLog,
     AlertRule,
     AlertSilence,
+    Budget,
     LLMRequestLog,
     ModelPrice,
     NotificationChannel,
@@ -847,4 +855,131 @@ class TraceSerializer(serializers.Serializer):
     )
     truncated = serializers.BooleanField(
         help_text="True when the trace has more calls, or more spans, than the answer holds (2,000 each)."
+    )
+
+
+# Budgets and the spend forecast (llm/budgets.py, llm/forecast.py).
+
+
+class BudgetStatusFields(serializers.Serializer):
+    """The current period of a budget, computed when answered (llm.budgets.statuses)."""
+
+    period_start = serializers.DateTimeField(read_only=True)
+    period_end = serializers.DateTimeField(read_only=True)
+    spent_usd = serializers.FloatField(read_only=True, help_text="Spent in the current period so far.")
+    percent_used = serializers.FloatField(read_only=True, help_text="spent_usd as a percent of amount_usd.")
+    forecast_usd = serializers.FloatField(
+        read_only=True, help_text="Projected spend at the period's end (GET /api/metrics/forecast/ gives the method)."
+    )
+    forecast_low_usd = serializers.FloatField(read_only=True)
+    forecast_high_usd = serializers.FloatField(read_only=True)
+
+
+BUDGET_STATUS_FIELDS = list(BudgetStatusFields().fields)
+
+
+class PercentField(WholeNumberField):
+    def __init__(self, **kwargs):
+        super().__init__(min_value=BUDGET_PERCENT_MIN, max_value=BUDGET_PERCENT_MAX, **kwargs)
+
+
+class BudgetSerializer(BudgetStatusFields, serializers.ModelSerializer):
+    amount_usd = serializers.DecimalField(
+        max_digits=BUDGET_AMOUNT_DIGITS,
+        decimal_places=BUDGET_AMOUNT_PLACES,
+        min_value=BUDGET_MIN_AMOUNT,
+        coerce_to_string=False,
+        help_text=f"USD per period, at least {BUDGET_MIN_AMOUNT}, with up to {BUDGET_AMOUNT_PLACES} decimal places.",
+    )
+    warn_at_percent = serializers.ListField(
+        child=PercentField(),
+        max_length=BUDGET_MAX_WARNINGS,
+        required=False,
+        help_text=f"Whole percentages of the amount ({BUDGET_PERCENT_MIN} to {BUDGET_PERCENT_MAX}), each notified "
+        "once per period by check_alerts; default [80, 100].",
+    )
+
+    class Meta:
+        model = Budget
+        fields = [
+            "id",
+            "name",
+            "scope",
+            "scope_value",
+            "period",
+            "amount_usd",
+            "warn_at_percent",
+            "hard_limit",
+            "email_recipients",
+            "webhook_url",
+            "created_at",
+            "updated_at",
+            *BUDGET_STATUS_FIELDS,
+        ]
+        read_only_fields = ["created_at", "updated_at"]
+        extra_kwargs = {"webhook_url": {"validators": [webhook_url_validator]}}
+
+    def validate_name(self, value: str) -> str:
+        if problem := text_problem(value):
+            raise serializers.ValidationError(problem)
+        return value
+
+    def validate_scope_value(self, value: str) -> str:
+        if problem := text_problem(value):
+            raise serializers.ValidationError(problem)
+        return value
+
+    def validate_warn_at_percent(self, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value):
+            raise serializers.ValidationError("Each percentage once.")
+        return sorted(value)
+
+    def validate_email_recipients(self, value: str) -> str:
+        return ", ".join(split_email_list(value))
+
+    def validate(self, attrs: dict) -> dict:
+        scope = attrs.get("scope", getattr(self.instance, "scope", Budget.Scope.ALL))
+        value = attrs.get("scope_value", getattr(self.instance, "scope_value", ""))
+        problem = Budget.scope_problem(scope, value)
+        if problem is None and scope == Budget.Scope.TAG:
+            key, _, tag_value = value.partition(":")
+            if len(key) > TAG_KEY_MAX_CHARS or len(tag_value) > TAG_VALUE_MAX_CHARS:
+                problem = f"A tag key has at most {TAG_KEY_MAX_CHARS} characters, a value {TAG_VALUE_MAX_CHARS}."
+        if problem is not None:
+            raise serializers.ValidationError({"scope_value": [problem]})
+        return attrs
+
+    def to_representation(self, instance: Budget) -> dict:
+        answer = super().to_representation(instance)
+        # The view computes the statuses (llm.budgets.statuses), all budgets of a list at once.
+        status = self.context["status_of"](instance)
+        answer.update(
+            period_start=status.period_start.isoformat(),
+            period_end=status.period_end.isoformat(),
+            spent_usd=float(status.spent_usd),
+            percent_used=status.percent_used,
+            forecast_usd=status.forecast.forecast,
+            forecast_low_usd=status.forecast.low,
+            forecast_high_usd=status.forecast.high,
+        )
+        return answer
+
+
+class ForecastSerializer(serializers.Serializer):
+    period = serializers.ChoiceField(choices=list(spend_forecast.PERIODS))
+    model = serializers.CharField(allow_null=True, help_text="The model forecast; null: all calls.")
+    start = serializers.DateTimeField(help_text="Start of the current period (local midnight in TIME_ZONE).")
+    end = serializers.DateTimeField(help_text="End of the current period.")
+    spent_so_far = serializers.FloatField(help_text="USD spent from start to now (exact).")
+    forecast = serializers.FloatField(help_text="Projected USD at the period's end.")
+    low = serializers.FloatField(help_text="The lowest of the scenarios (one per previous week).")
+    high = serializers.FloatField(help_text="The highest of the scenarios.")
+    method = serializers.ChoiceField(
+        choices=[spend_forecast.METHOD_RHYTHM, spend_forecast.METHOD_LINEAR],
+        help_text="hour_of_week: the same hours of previous weeks, scaled by this period so far; linear: no "
+        "history yet, a straight line from the period's start.",
+    )
+    weeks = serializers.IntegerField(help_text="Previous weeks used (0 with the linear method).")
+    scale = serializers.FloatField(
+        allow_null=True, help_text="This period so far over the same hours of previous weeks; null when linear."
     )

@@ -1,7 +1,7 @@
 from django.urls import URLPattern, path
 
 from llm import health, views
-from llm.api import alerts, docs, export, feedback, ingest, logs, metrics, prometheus, prompt, traces
+from llm.api import alerts, budgets, docs, export, feedback, ingest, logs, metrics, prometheus, prompt, traces
 
 
 def with_and_without_slash(patterns: list[URLPattern]) -> list[URLPattern]:
@@ -34,6 +34,7 @@ api_urlpatterns = [
     path("api/metrics/model-usage/", metrics.ModelUsageView.as_view(), name="api-metrics-model-usage"),
     path("api/metrics/daily-stats/", metrics.DailyStatsView.as_view(), name="api-metrics-daily-stats"),
     path("api/metrics/timeseries/", metrics.TimeseriesView.as_view(), name="api-metrics-timeseries"),
+    path("api/metrics/forecast/", budgets.ForecastView.as_view(), name="api-metrics-forecast"),
     path("api/logs/", logs.LogList.as_view(), name="api-logs"),
     path("api/logs/errors/", logs.ErrorLogList.as_view(), name="api-logs-errors"),
     path("api/logs/<uuid:request_id>/", logs.LogDetail.as_view(), name="api-log"),
@@ -51,6 +52,9 @@ api_urlpatterns = [
     path("api/alerts/rules/<int:pk>/silence/", alerts.AlertRuleSilence.as_view(), name="api-alert-rule-silence"),
     path("api/alerts/logs/", alerts.AlertLogList.as_view(), name="api-alert-logs"),
     path("api/alerts/logs/<int:pk>/acknowledge/", alerts.AlertLogAcknowledge.as_view(), name="api-alert-acknowledge"),
+    # Budgets
+    path("api/budgets/", budgets.BudgetList.as_view(), name="api-budgets"),
+    path("api/budgets/<int:pk>/", budgets.BudgetDetail.as_view(), name="api-budget"),
     # Ingest: events API and OTLP; reading a trace
     path("api/events/", ingest.EventsView.as_view(), name="api-events"),
     path("v1/traces", ingest.otlp_traces, name="otlp-traces"),

@@ -25,7 +25,7 @@ from rest_framework.test import APIClient, APIRequestFactory, force_authenticate
 from rest_framework.views import APIView
 
 from llm import urls
-from llm.models import APIKey
+from llm.models import APIKey, Budget
 from llm.permissions import HasRight, MissingRight
 from tests.factories import make_alert, make_api_key, make_feedback, make_log, make_rule, make_user
 
@@ -82,6 +82,7 @@ class Row:
         return f"{self.method} {self.name}{'?' + '&'.join(self.query) if self.query else ''}"
 
 
+BUDGET = {"name": "budget from the matrix", "scope": "all", "period": "month", "amount_usd": 25}
 RULE = {"name": "rule from the matrix", "metric_type": "error_rate", "threshold": 10}
 EVENT = {"model": "llama-3.1-8b-instant", "prompt_tokens": 3, "completion_tokens": 2, "latency_ms": 10}
 WINDOW = {"hours": "48"}
@@ -126,6 +127,13 @@ TABLE = [
     Row("api-alert-rule-silence", "POST", "manage", 201, {"minutes": 30, "reason": "deploy"}),
     Row("api-alert-rule-silence", "DELETE", "manage", 200),
     Row("api-events", "POST", "ingest", 201, EVENT),
+    Row("api-metrics-forecast", "GET", "read", 200),
+    Row("api-budgets", "GET", "read", 200),
+    Row("api-budgets", "POST", "manage", 201, BUDGET),
+    Row("api-budget", "GET", "read", 200),
+    Row("api-budget", "PUT", "manage", 200, BUDGET),
+    Row("api-budget", "PATCH", "manage", 200, {"amount_usd": 20}),
+    Row("api-budget", "DELETE", "manage", 204),
     Row("otlp-traces", "POST", "ingest", 200, "{}", keys_only=True),
     Row("metrics", "GET", PUBLIC, 200),
     Row("health", "GET", PUBLIC, 200),
@@ -172,7 +180,14 @@ def world(db):
         elif kind == "key":
             callers[(kind, name)] = make_api_key(name, APIKey.ALL_SCOPES if name == "all" else name)[1]
     kwargs = {"request_id": failed.request_id, "trace_id": TRACE_ID, "pk": rule.pk}
-    return {"callers": callers, "kwargs": kwargs, "alert": alert, "request_id": str(failed.request_id)}
+    budget = Budget.objects.create(name="all spend", amount_usd=10)
+    return {
+        "callers": callers,
+        "kwargs": kwargs,
+        "alert": alert,
+        "budget": budget,
+        "request_id": str(failed.request_id),
+    }
 
 
 def rights_of(kind: str, name: str) -> set[str]:
@@ -212,6 +227,8 @@ def send(client: APIClient, row: Row, world: dict):
     kwargs = {key: world["kwargs"][key] for key in pattern.pattern.converters}
     if row.name == "alert-acknowledge" or row.name == "api-alert-acknowledge":
         kwargs = {"pk": world["alert"].pk}
+    if row.name == "api-budget":
+        kwargs = {"pk": world["budget"].pk}
     path = reverse(row.name, kwargs=kwargs)
     body = {"request_id": world["request_id"], "rating": "thumbs_up"} if row.body == "feedback" else row.body
     if row.method == "GET":

@@ -14,10 +14,19 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core.deferred import DeferredResponse, RelayResponse, RunSync, can_defer
-from llm.models import LLMRequestLog
+from llm import budgets
+from llm.models import APIKey, LLMRequestLog
 from llm.providers import ChatRequest, Provider, get_provider
 from llm.providers.errors import whole_seconds
-from llm.proxy import AsyncPromptStream, CallContext, PromptOutcome, PromptStream, asend_prompt, send_prompt
+from llm.proxy import (
+    AsyncPromptStream,
+    CallContext,
+    PromptOutcome,
+    PromptStream,
+    asend_prompt,
+    record_refusal,
+    send_prompt,
+)
 from llm.serializers import (
     ErrorSerializer,
     PromptErrorSerializer,
@@ -31,6 +40,7 @@ UPSTREAM_ERROR_STATUS = {
     LLMRequestLog.ErrorType.TIMEOUT: 504,
     LLMRequestLog.ErrorType.RATE_LIMIT: 429,
     LLMRequestLog.ErrorType.CONFIGURATION: 503,
+    LLMRequestLog.ErrorType.BUDGET_EXCEEDED: 429,
 }
 
 
@@ -121,7 +131,11 @@ class PromptView(APIView):
                 description="Invalid input; the body names each bad field. An unknown model (no price names it "
                 "and no `provider` is given) lists the models that can be called."
             ),
-            429: OpenApiResponse(PromptErrorSerializer, description="The provider's rate limit (Retry-After)."),
+            429: OpenApiResponse(
+                PromptErrorSerializer,
+                description="The provider's rate limit (Retry-After), or a spent hard-limit budget "
+                "(`error_type` budget_exceeded; Retry-After: the end of its period).",
+            ),
             502: OpenApiResponse(PromptErrorSerializer, description="The provider failed or could not be reached."),
             503: OpenApiResponse(
                 PROMPT_UNAVAILABLE,
@@ -155,8 +169,15 @@ class PromptView(APIView):
             user_id=data.get("user_id") or self._default_user_id(request),
             session_id=data.get("session_id", ""),
             tags=data["tags"],
+            api_key_name=request.auth.name if isinstance(request.auth, APIKey) else "",
         )
         provider = get_provider(data["provider"])
+        # Before the vendor is called: a spent hard-limit budget of this call's scope refuses it.
+        refused = budgets.refusal(
+            model_name=chat.model, user_id=context.user_id, tags=context.tags, api_key_name=context.api_key_name
+        )
+        if refused is not None:
+            return error_response(record_refusal(chat, context, provider, refused))
         if can_defer(request):
             renderer_context = self.get_renderer_context()
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
-from llm import alerts, notifiers, rollups
+from llm import alerts, budgets, notifiers, rollups
 from llm.models import ALERT_WINDOW_MINUTES_MAX, AlertRule
 
 
@@ -44,12 +44,19 @@ class Command(BaseCommand):
         now = timezone.now()
         if create_defaults:
             self.create_defaults(dry_run)
+        if rule is None:
+            self.check_budgets(now, dry_run)
         rules = self.rules_to_check(rule)
         if not rules:
             self.stdout.write("No active alert rules. Add some in admin, or run check_alerts --create-defaults.")
             return
         run = alerts.check_rules(rules, now, window_minutes=time_window, dry_run=dry_run)
         self.report(run, dry_run)
+
+    def check_budgets(self, now, dry_run: bool) -> None:
+        """Each budget's warning percentages reached this period, sent once (llm/budgets.py)."""
+        for line in budgets.check_budgets(now, dry_run=dry_run):
+            self.stdout.write(line)
 
     def create_defaults(self, dry_run: bool) -> None:
         if dry_run:

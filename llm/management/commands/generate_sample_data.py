@@ -14,12 +14,15 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from decimal import Decimal
 
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
+from django.db.models import Sum
 from django.utils import timezone
 
-from llm.models import AlertLog, AlertRule, LLMRequestLog, UserFeedback
+from llm.forecast import period_bounds
+from llm.models import AlertLog, AlertRule, Budget, LLMRequestLog, UserFeedback
 
 BATCH_SIZE = 5_000
 
@@ -207,6 +210,22 @@ SAMPLE_RULES: list[dict] = [
 ]
 
 
+SAMPLE_BUDGET_NAME = "Monthly LLM spend"
+
+
+def add_sample_budget() -> Budget:
+    """One budget for all calls per month, a quarter above what this month has cost so far, so the
+    overview's budget card has something to show; kept as it is when it exists."""
+    start, end = period_bounds("month", timezone.now())
+    month_cost = LLMRequestLog.objects.in_window(start, end).aggregate(cost=Sum("cost_estimate"))["cost"] or 0
+    amount = max(Decimal("1.00"), (Decimal(str(month_cost)) * Decimal("1.25")).quantize(Decimal("0.01")))
+    budget, _ = Budget.objects.get_or_create(
+        name=SAMPLE_BUDGET_NAME,
+        defaults={"scope": Budget.Scope.ALL, "period": Budget.Period.MONTH, "amount_usd": amount},
+    )
+    return budget
+
+
 class Command(BaseCommand):
     help = "Fill the database with realistic sample LLM traffic."
 
@@ -231,6 +250,7 @@ class Command(BaseCommand):
         started = time.monotonic()
         created, feedback = self.generate(count=count, days=days, seed=seed)
         alerts = self.add_triggered_alerts(random.Random(seed), days)
+        add_sample_budget()
         elapsed = time.monotonic() - started
         self.stdout.write(
             f"Created {created} calls, {feedback} feedback entries and {alerts} triggered alerts in {elapsed:.1f}s."

@@ -1,0 +1,373 @@
+"""Spend of a scope of calls over a period, and the projected spend at the period's end.
+
+Periods are a day, a week (from Monday) or a calendar month in TIME_ZONE (`period_bounds`).
+
+The forecast (`project`) follows the rhythm of the same hours of previous weeks, not a straight
+line from the period's start. With the period [start, end), now t, and c(h) the cost of the UTC
+hour starting at h:
+
+- the hours of the period are split at t: each hour h counts with the part of it that lies in
+  [start, t) (elapsed) and the part that lies in [t, end) (remaining), so the hour t falls in is
+  partly both;
+- scenario j (j = 1..HISTORY_WEEKS) replays, for every hour, its j-th most recent occurrence of the
+  same hour of the week that is already over: an elapsed hour h reads c(h - j weeks); a remaining
+  hour h reads c(h - k weeks) with k = j - 1 + the smallest k0 >= 1 for which h + 1 h - k0 weeks <= t
+  (a month's last days read last week's, and older, hours, never hours still to come);
+- the scale is how this period compares with the weeks before it: over the scenarios, the cost of
+  the elapsed hours whose hour j weeks back lies before the period's start, divided by what those
+  hours j weeks back cost (1 when that is 0). For a day or a week that is every elapsed hour;
+  in a month, the later hours are compared with hours of the same month, already at its level,
+  so they are left out;
+- each scenario projects spent_so_far + scale x (the remaining hours it reads from before the
+  period's start) + (those it reads from within the period, already at its level), each hour
+  weighted by the part of it that remains; the forecast is the mean of the projections, `low` and
+  `high` the smallest and largest: "the rest of the period goes as it went in week j, scaled".
+
+Only scenarios whose oldest hour is not before the scope's first call are used (a new install, a
+new model or user has fewer weeks of history; a week before any traffic would read as zero). The
+hours are read from one week further back than the oldest scenario, so a scope with calls in that
+extra week has all of its scenarios. With none, the
+forecast is the straight line spent_so_far x period length / elapsed time (`method` "linear"),
+with `low` = spent_so_far. A repeating week is forecast exactly (up to float rounding); a week
+that repeats at twice the cost so far is forecast at twice the cost. Weeks are 168 hours: in the
+week of a daylight saving change the local hours shift by one.
+
+Hourly costs are read from the hourly roll-ups (llm/rollups.py) for scopes the roll-ups break
+down by (all calls, one model) and from the calls themselves otherwise (a user, an API key: an
+index on (field, timestamp); a tag: the period's calls, no index).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+
+from django.db import connection
+from django.db.models import CharField, F, Q, QuerySet, Sum, TextField
+from django.db.models.fields.json import KeyTextTransform
+from django.db.models.functions import Cast, TruncHour
+from django.utils import timezone
+
+from llm import metrics, rollups
+from llm.models import DailyRollup, HourlyRollup, LLMRequestLog
+
+HOUR = timedelta(hours=1)
+WEEK = timedelta(days=7)
+HISTORY_WEEKS = 4
+PERIODS = ("day", "week", "month")
+METHOD_RHYTHM = "hour_of_week"
+METHOD_LINEAR = "linear"
+
+
+def period_bounds(period: str, now: datetime) -> tuple[datetime, datetime]:
+    """The current day, week (Monday to Monday) or calendar month around `now`, in TIME_ZONE."""
+    zone = timezone.get_current_timezone()
+    today = now.astimezone(zone).date()
+    if period == "day":
+        first, after = today, today + timedelta(days=1)
+    elif period == "week":
+        first = today - timedelta(days=today.weekday())
+        after = first + timedelta(days=7)
+    elif period == "month":
+        first = today.replace(day=1)
+        after = (first + timedelta(days=32)).replace(day=1)
+    else:
+        raise ValueError(f"period is one of {', '.join(PERIODS)}")
+    return _local_midnight(first, zone), _local_midnight(after, zone)
+
+
+def _local_midnight(day: date, zone) -> datetime:
+    return timezone.make_aware(datetime.combine(day, time.min), zone).astimezone(UTC)
+
+
+def floor_hour(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+# Reading costs
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Which calls: all, one model, one user, one tag (`key:value`) or one API key (its name)."""
+
+    kind: str = "all"
+    value: str = ""
+
+
+# Calls of these scopes are found through a column with a (column, timestamp) index.
+RAW_COLUMNS = {"user": "user_id", "api_key": "api_key_name"}
+
+# {scope: {UTC hour (None when not by hour): cost in COST_PLACES units}}
+ScopeCosts = dict[Scope, dict[datetime | None, int]]
+
+
+def costs(scopes: Iterable[Scope], start: datetime, end: datetime, *, by_hour: bool = False) -> ScopeCosts:
+    """The cost of each scope's calls in [start, end), in total or per UTC hour.
+
+    A few queries whatever the number of scopes: one reading of the roll-ups per model for every
+    `all` and `model` scope, one grouped query per raw column, one per tag key."""
+    wanted = set(scopes)
+    found: ScopeCosts = {scope: defaultdict(int) for scope in wanted}
+    _add_model_scopes(found, start, end, by_hour)
+    window = LLMRequestLog.objects.in_window(start, end).order_by()
+    for kind, column in RAW_COLUMNS.items():
+        values = {scope.value for scope in wanted if scope.kind == kind}
+        if values:
+            rows = window.filter(**{f"{column}__in": values}).annotate(group_value=F(column))
+            _add_grouped(found, kind, rows, by_hour)
+    tags: dict[str, set[str]] = defaultdict(set)
+    for scope in wanted:
+        if scope.kind == "tag":
+            key, _, value = scope.value.partition(":")
+            tags[key].add(value)
+    for key, values in tags.items():
+        # As text (Cast): a JSON key's own `__in` compares JSON values, and SQLite would parse "chat" as JSON.
+        tag_value = Cast(KeyTextTransform(key, "tags"), CharField())
+        rows = _likely_tagged(window, key, values).annotate(group_value=tag_value).filter(group_value__in=values)
+        _add_grouped(found, "tag", rows, by_hour, prefix=f"{key}:")
+    return found
+
+
+def _likely_tagged(rows: QuerySet, key: str, values: set[str]) -> QuerySet:
+    """`rows` narrowed cheaply to those that may carry the tag, before each row's JSON is read
+    (no index answers a tag: the period's calls are scanned). PostgreSQL: containment (@>);
+    SQLite: the stored JSON text holds the value as Django writes it (json.dumps, ASCII), a string
+    search several times faster than extracting the key. A value that is not plain ASCII is not
+    narrowed (a row written by other means could spell it differently)."""
+    if connection.vendor == "postgresql":
+        condition = Q()
+        for value in values:
+            condition |= Q(tags__contains={key: value})
+        return rows.filter(condition)
+    written = [json.dumps(value) for value in sorted(values)]
+    if any(text != json.dumps(json.loads(text), ensure_ascii=False) for text in written):
+        return rows
+    condition = Q()
+    for text in written:
+        condition |= Q(tags_text__contains=text)
+    return rows.annotate(tags_text=Cast("tags", TextField())).filter(condition)
+
+
+def _add_model_scopes(found: ScopeCosts, start: datetime, end: datetime, by_hour: bool) -> None:
+    """Add the cost of each `all` and `model` scope of `found`, from one reading per model."""
+    scopes = [scope for scope in found if scope.kind in ("all", "model")]
+    if not scopes:
+        return
+    for (hour, model_name), units in _model_costs(start, end, by_hour).items():
+        for scope in scopes:
+            if scope.kind == "all" or scope.value == model_name:
+                found[scope][hour] += units
+
+
+def _add_grouped(found: ScopeCosts, kind: str, rows: QuerySet, by_hour: bool, prefix: str = "") -> None:
+    for (hour, value), units in _grouped_costs(rows, by_hour).items():
+        found[Scope(kind, prefix + value)][hour] += units
+
+
+def _grouped_costs(rows: QuerySet, by_hour: bool) -> dict[tuple[datetime | None, str], int]:
+    """{(UTC hour or None, group_value): cost units} of annotated rows, summed by the database."""
+    names = ["group_value"]
+    if by_hour:
+        rows = rows.annotate(hour=TruncHour("timestamp", tzinfo=UTC))
+        names.append("hour")
+    answer: dict[tuple[datetime | None, str], int] = {}
+    for row in rows.values(*names).annotate(units=rollups.cost_units_sum()).order_by():
+        hour = floor_hour(row["hour"]) if by_hour else None
+        answer[(hour, row["group_value"])] = rollups.as_units(row["units"])
+    return answer
+
+
+def _model_costs(start: datetime, end: datetime, by_hour: bool) -> dict[tuple[datetime | None, str], int]:
+    """{(UTC hour or None, model): cost units}: the roll-ups for the whole hours and days of the
+    window, the calls for its edges and for what is not rolled up yet (llm.metrics' plan, at a
+    watermark that holds still); the calls alone when the roll-ups cannot answer. Only the cost,
+    summed per model (and hour) by the database: a month of hours is a few thousand small rows."""
+    logs = LLMRequestLog.objects.in_window(start, end)
+    the_plan = metrics.plan(metrics.Selection(logs, start, end, rollups_apply=True), "hour" if by_hour else None)
+    found = None
+    if the_plan is not None:
+        found = metrics.consistent(lambda watermark: _model_costs_at(the_plan, watermark, by_hour), the_plan)
+    if found is None:
+        return _grouped_costs(logs.order_by().annotate(group_value=F("model_name")), by_hour)
+    return found
+
+
+def _model_costs_at(the_plan: metrics.Plan, watermark: int, by_hour: bool) -> dict[tuple[datetime | None, str], int]:
+    answer: dict[tuple[datetime | None, str], int] = defaultdict(int)
+    if the_plan.split.days:  # never by hour: plan() answers days only for totals
+        rows = DailyRollup.objects.filter(the_plan.daily()).values("model_name")
+        for row in rows.annotate(units=Sum("cost_units")).order_by():
+            answer[(None, row["model_name"])] += int(row["units"] or 0)
+    if the_plan.split.hours:
+        names = ["model_name", "hour"] if by_hour else ["model_name"]
+        for row in HourlyRollup.objects.filter(the_plan.hourly()).values(*names).annotate(units=Sum("cost_units")):
+            hour = floor_hour(row["hour"]) if by_hour else None
+            answer[(hour, row["model_name"])] += int(row["units"] or 0)
+    for rows in the_plan.raw_rows(watermark):
+        for key, units in _grouped_costs(rows.annotate(group_value=F("model_name")), by_hour).items():
+            answer[key] += units
+    return answer
+
+
+# Projecting
+
+
+@dataclass(frozen=True)
+class Forecast:
+    period: str
+    start: datetime
+    end: datetime
+    spent_so_far: float
+    forecast: float
+    low: float
+    high: float
+    method: str
+    weeks: int  # scenarios used (previous weeks of history); 0 with the linear method
+    scale: float | None  # this period so far over the same hours before; None with the linear method
+
+
+def _overlap(hour: datetime, start: datetime, end: datetime) -> float:
+    """The part of the hour starting at `hour` that lies in [start, end), from 0 to 1."""
+    seconds = (min(hour + HOUR, end) - max(hour, start)).total_seconds()
+    return max(seconds, 0.0) / HOUR.total_seconds()
+
+
+def _hours(start: datetime, end: datetime) -> list[datetime]:
+    hours, hour = [], floor_hour(start)
+    while hour < end:
+        hours.append(hour)
+        hour += HOUR
+    return hours
+
+
+def _first_week_back(hour: datetime, now: datetime) -> int:
+    """The smallest k >= 1 for which the hour k weeks before `hour` is over at `now`."""
+    return max(1, math.ceil((hour + HOUR - now) / WEEK))
+
+
+@dataclass(frozen=True)
+class _Scenario:
+    now_cost: float  # elapsed hours whose hour j weeks back is before the period: their cost now
+    then_cost: float  # ... and what those hours j weeks back cost
+    before: float  # the remaining hours' cost read from hours before the period (to be scaled)
+    within: float  # ... read from hours of this period (already at its level)
+    oldest: datetime  # the oldest hour it reads
+
+
+def _scenario(hourly: Mapping[datetime, float], hours: list, start: datetime, end: datetime, now: datetime, j: int):
+    now_cost = then_cost = before = within = 0.0
+    oldest = hours[0] - j * WEEK if hours else now
+    for hour in hours:
+        back = hour - j * WEEK
+        if (part := _overlap(hour, start, now)) > 0 and back < start:
+            now_cost += part * hourly.get(hour, 0.0)
+            then_cost += part * hourly.get(back, 0.0)
+        if (part := _overlap(hour, now, end)) > 0:
+            source = hour - (_first_week_back(hour, now) + j - 1) * WEEK
+            oldest = min(oldest, source)
+            if source < start:
+                before += part * hourly.get(source, 0.0)
+            else:
+                within += part * hourly.get(source, 0.0)
+    return _Scenario(now_cost, then_cost, before, within, oldest)
+
+
+def project(
+    hourly: Mapping[datetime, float],
+    spent: float,
+    period: str,
+    start: datetime,
+    end: datetime,
+    now: datetime,
+    earliest: datetime | None,
+    weeks: int = HISTORY_WEEKS,
+) -> Forecast:
+    """The forecast of the module's docstring. `hourly`: USD per UTC hour over at least
+    [start - `weeks` weeks, now); `spent`: the exact spend of [start, now)."""
+    hours = _hours(start, end)
+    first = floor_hour(earliest) if earliest is not None else now
+    scenarios = [_scenario(hourly, hours, start, end, now, j) for j in range(1, weeks + 1)]
+    scenarios = [scenario for scenario in scenarios if scenario.oldest >= first]
+    if not scenarios:
+        elapsed = (now - start).total_seconds()
+        linear = spent * (end - start).total_seconds() / elapsed if elapsed > 0 else spent
+        return Forecast(period, start, end, spent, linear, spent, linear, METHOD_LINEAR, 0, None)
+    then_cost = sum(scenario.then_cost for scenario in scenarios)
+    scale = sum(scenario.now_cost for scenario in scenarios) / then_cost if then_cost > 0 else 1.0
+    projections = [spent + scale * scenario.before + scenario.within for scenario in scenarios]
+    return Forecast(
+        period,
+        start,
+        end,
+        spent,
+        statistics.fmean(projections),
+        min(projections),
+        max(projections),
+        METHOD_RHYTHM,
+        len(scenarios),
+        scale,
+    )
+
+
+def as_usd(units_by_hour: Mapping[datetime | None, int]) -> dict[datetime | None, float]:
+    return {hour: float(rollups.usd(units)) for hour, units in units_by_hour.items()}
+
+
+@dataclass(frozen=True)
+class Reading:
+    """Hourly costs of some scopes over the periods asked for, read once (see `read`)."""
+
+    now: datetime
+    bounds: dict[str, tuple[datetime, datetime]]  # period -> (start, end)
+    history: ScopeCosts
+    spent_apart: dict[str, ScopeCosts]  # periods that do not start on the hour: their spend, read apart
+
+    def spent_units(self, scope: Scope, period: str) -> int:
+        """The scope's spend in the current `period` (exact): a call stamped this very instant, or
+        a little ahead by another machine's clock, is spent too."""
+        if period in self.spent_apart:
+            return sum(self.spent_apart[period][scope].values())
+        start, end = self.bounds[period]
+        return sum(units for hour, units in self.history[scope].items() if start <= hour < end)
+
+    def forecast(self, scope: Scope, period: str) -> Forecast:
+        start, end = self.bounds[period]
+        spent = float(rollups.usd(self.spent_units(scope, period)))
+        hourly = self.history[scope]
+        # The first hour with a call of the scope (an hour of calls costing nothing counts too).
+        earliest = min(hourly, default=None)
+        return project(as_usd(hourly), spent, period, start, end, self.now, earliest)
+
+
+def read(scopes: Iterable[Scope], periods: Iterable[str], now: datetime, *, history: bool = True) -> Reading:
+    """One reading of hourly costs for all `scopes` and the current `periods`: from one week more
+    than HISTORY_WEEKS before the earliest period's start (a call in that extra week says the
+    history goes back far enough) to the latest period's end; without `history`, only the periods."""
+    wanted = set(scopes)
+    bounds = {period: period_bounds(period, now) for period in set(periods)}
+    if not bounds:
+        return Reading(now, {}, {}, {})
+    first = min(floor_hour(start) for start, _ in bounds.values())
+    if history:
+        first -= (HISTORY_WEEKS + 1) * WEEK
+    last = max(end for _, end in bounds.values())
+    hourly = costs(wanted, first, last, by_hour=True)
+    apart = {period: costs(wanted, start, end) for period, (start, end) in bounds.items() if floor_hour(start) != start}
+    return Reading(now, bounds, hourly, apart)
+
+
+def forecasts(scopes: Iterable[Scope], period: str, now: datetime) -> dict[Scope, Forecast]:
+    """The forecast of each scope for the current `period`, from one reading."""
+    wanted = list(dict.fromkeys(scopes))
+    reading = read(wanted, [period], now)
+    return {scope: reading.forecast(scope, period) for scope in wanted}
+
+
+def everything(model_name: str = "") -> Scope:
+    return Scope("model", model_name) if model_name else Scope("all")
