@@ -252,6 +252,9 @@ ALERT_WEBHOOK_TIMEOUT_SECONDS = env.float("ALERT_WEBHOOK_TIMEOUT_SECONDS", defau
 ALERT_WEBHOOK_TRIES = env.int("ALERT_WEBHOOK_TRIES", default=3, minimum=1)
 # Seconds between webhook tries, times the try number (1 s, 2 s, ...): a short, bounded backoff.
 ALERT_WEBHOOK_RETRY_DELAY_SECONDS = env.float("ALERT_WEBHOOK_RETRY_DELAY_SECONDS", default=1.0, minimum=0)
+# A grouped alert rule (group_by) evaluates at most this many groups per check_alerts run (the
+# firing ones first, then the worst); the rest are reported in the run's output, not dropped silently.
+ALERT_MAX_GROUPS = env.int("ALERT_MAX_GROUPS", default=100, minimum=1)
 # Base of the links in alert notices; empty means the address the dashboard is served at.
 SITE_URL = env.http_url("SITE_URL", default="")
 

@@ -37,9 +37,9 @@ def count(value: float) -> str:
 
 def formatter(key: str) -> Callable[[float], str]:
     """The formatter of a figure by its key in llm.metrics' answers (error_rate, p95_latency_ms, cost…)."""
-    if key == "error_rate":
+    if key in ("error_rate", "satisfaction_rate"):
         return percent
-    if key.endswith("latency_ms"):
+    if key.endswith(("latency_ms", "ttft_ms")):
         return milliseconds
     if key in ("total_cost", "cost"):
         return usd
@@ -62,6 +62,9 @@ Metric = AlertRule.MetricType
 RULE_FIGURES = {
     Metric.ERROR_RATE: "error_rate",
     Metric.LATENCY_P95: "p95_latency_ms",
+    Metric.LATENCY_P99: "p99_latency_ms",
+    Metric.TTFT_P95: "p95_ttft_ms",
+    Metric.FEEDBACK: "satisfaction_rate",
     Metric.TOKEN_SPIKE: "token_ratio",
     Metric.COST: "cost",
     Metric.NO_TRAFFIC: "requests",
