@@ -310,7 +310,7 @@ def judge(
     return value, *apply_no_data(rule, level, note)
 
 
-def _evaluation(
+def evaluation_of(
     rule: AlertRule,
     totals: metrics.WindowTotals,
     previous: metrics.WindowTotals | None,
@@ -360,14 +360,14 @@ def evaluate_groups(
     if shares_query(rule):
         if measured is None:
             measured = metrics.window_totals([window] if previous is None else [window, previous])
-        return [_evaluation(rule, measured[window], measured.get(previous), span)], []
+        return [evaluation_of(rule, measured[window], measured.get(previous), span)], []
     scope = scope_of(rule)
     found = metrics.group_totals(scope, window.start, window.end)
     before = metrics.group_totals(scope, previous.start, previous.end) if previous else {}
     if states is None:
         states = _group_states(rule)
     evaluations = [
-        _evaluation(rule, found.get(key, ZERO), before.get(key, ZERO) if previous else None, span, key)
+        evaluation_of(rule, found.get(key, ZERO), before.get(key, ZERO) if previous else None, span, key)
         for key in sorted(set(found) | set(states))
     ]
     return cap_groups(rule, evaluations, {key for key, state in states.items() if state.is_firing})

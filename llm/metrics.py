@@ -40,7 +40,7 @@ from django.db.models import (
     Value,
 )
 from django.db.models.fields.json import KeyTextTransform
-from django.db.models.functions import Coalesce, TruncDay, TruncHour, TruncMinute, TruncMonth
+from django.db.models.functions import Cast, Coalesce, TruncDay, TruncHour, TruncMinute, TruncMonth
 from django.utils import timezone
 
 from llm import rollup_math, rollups
@@ -1255,7 +1255,8 @@ def group_expression(group_by: str, prefix: str = "") -> Any:
         return F(f"{prefix}model_name")
     if group_by == "user":
         return F(f"{prefix}user_id")
-    return KeyTextTransform(group_by.removeprefix("tag:"), f"{prefix}tags")
+    # As text on both databases (a tag stored as a JSON number reads "5" on either).
+    return Cast(KeyTextTransform(group_by.removeprefix("tag:"), f"{prefix}tags"), CharField())
 
 
 def _grouped(rows: QuerySet, group_by: str, prefix: str = "") -> QuerySet:
@@ -1357,8 +1358,9 @@ def bucketed_figures(scope: AlertScope, start: datetime, buckets: int, size: tim
         rows = (
             _grouped(scope.ratings(start, end), scope.group_by, "request__")
             .annotate(bucket=(EpochSeconds("created_at") - origin) / seconds)
-            .values_list("group_key", "bucket")
-            .annotate(Count("id", filter=THUMBS_UP), Count("id", filter=THUMBS_DOWN))
+            .values("group_key", "bucket")
+            .annotate(up=Count("id", filter=THUMBS_UP), down=Count("id", filter=THUMBS_DOWN))
+            .values_list("group_key", "bucket", "up", "down")
             .order_by()
         )
         rows = [(key, index, 0, 0, 0, 0, up, down) for key, index, up, down in rows]
@@ -1366,8 +1368,14 @@ def bucketed_figures(scope: AlertScope, start: datetime, buckets: int, size: tim
         rows = (
             _grouped(scope.calls(start, end), scope.group_by)
             .annotate(bucket=bucket)
-            .values_list("group_key", "bucket")
-            .annotate(Count("id"), Count("id", filter=scope.failed()), Sum("total_tokens"), Sum("cost_estimate"))
+            .values("group_key", "bucket")
+            .annotate(
+                n=Count("id"),
+                failed=Count("id", filter=scope.failed()),
+                tokens=Sum("total_tokens"),
+                spent=Sum("cost_estimate"),
+            )
+            .values_list("group_key", "bucket", "n", "failed", "tokens", "spent")
             .order_by()
         )
         rows = [(key, index, n, errors, _sum(tokens), _sum(cost), 0, 0) for key, index, n, errors, tokens, cost in rows]

@@ -45,6 +45,7 @@ api_urlpatterns = [
     path("api/docs/", docs.SwaggerView.as_view(), name="api-docs"),
     # Alerts
     path("api/alerts/rules/", alerts.AlertRuleList.as_view(), name="api-alert-rules"),
+    path("api/alerts/rules/preview/", alerts.AlertRulePreview.as_view(), name="api-alert-rule-preview"),
     path("api/alerts/rules/<int:pk>/", alerts.AlertRuleDetail.as_view(), name="api-alert-rule"),
     path("api/alerts/rules/<int:pk>/test/", alerts.AlertRuleTest.as_view(), name="api-alert-rule-test"),
     path("api/alerts/rules/<int:pk>/check/", alerts.AlertRuleCheck.as_view(), name="api-alert-rule-check"),
