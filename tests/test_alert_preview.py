@@ -32,7 +32,7 @@ def day_of_traffic() -> list[LLMRequestLog]:
     rng = np.random.default_rng(20)
     start = NOW - timedelta(days=1, hours=2)
     logs = []
-    for index in range(1500):
+    for _index in range(1500):
         moment = start + timedelta(seconds=float(rng.uniform(0, 26 * 3600)))
         hour = (moment - start).total_seconds() / 3600
         # A silence of ninety minutes: no traffic rules fire, rate rules have no verdict.

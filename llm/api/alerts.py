@@ -155,7 +155,10 @@ class AlertRulePreview(APIView):
         if rule_id is not None:
             checked = AlertPreviewSerializer(data={"rule_id": rule_id}, partial=True)
             checked.is_valid(raise_exception=True)
-            rule = copy.copy(get_object_or_404(AlertRule, pk=checked.validated_data["rule_id"]))
+            saved = AlertRule.objects.filter(pk=checked.validated_data["rule_id"]).first()
+            if saved is None:
+                raise serializers.ValidationError({"rule_id": [f"No alert rule with id {rule_id}."]})
+            rule = copy.copy(saved)
         serializer = AlertPreviewSerializer(rule if rule.pk else None, data=request.data, partial=bool(rule.pk))
         serializer.is_valid(raise_exception=True)
         fields = dict(serializer.validated_data)
