@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django import forms
 
-from llm.models import UserFeedback
+from llm.models import AlertRule, UserFeedback
 from llm.serializers import COMMENT_MAX_CHARS
 
 
@@ -11,3 +11,38 @@ class FeedbackForm(forms.Form):
 
     rating = forms.ChoiceField(choices=UserFeedback.Rating.choices, widget=forms.RadioSelect)
     comment = forms.CharField(required=False, max_length=COMMENT_MAX_CHARS, widget=forms.Textarea(attrs={"rows": 3}))
+
+
+class AlertRuleForm(forms.ModelForm):
+    """A rule, as the dashboard's rule form edits it (the model's validators and clean, the same as
+    admin and the API)."""
+
+    class Meta:
+        model = AlertRule
+        fields = [
+            "name",
+            "description",
+            "metric_type",
+            "threshold",
+            "warning_threshold",
+            "time_window_minutes",
+            "model_name",
+            "error_type",
+            "min_ratings",
+            "group_by",
+            "no_data",
+            "cooldown_minutes",
+            "is_active",
+            "notify_email",
+            "email_recipients",
+            "webhook_url",
+        ]
+        widgets = {
+            "description": forms.Textarea(attrs={"rows": 2}),
+            "email_recipients": forms.TextInput(),
+            "threshold": forms.NumberInput(attrs={"step": "any"}),
+            "warning_threshold": forms.NumberInput(attrs={"step": "any"}),
+        }
+        help_texts = {
+            "threshold": "The critical level: fires above it (below it for no_traffic and feedback).",
+        }

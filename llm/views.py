@@ -12,8 +12,9 @@ from django.views.decorators.http import require_POST
 from rest_framework.exceptions import ValidationError
 
 from llm import alerts, dashboard, formatting, metrics, notifiers, providers
+from llm.alert_preview import DAYS_MAX
 from llm.filters import search_logs
-from llm.forms import FeedbackForm
+from llm.forms import AlertRuleForm, FeedbackForm
 from llm.models import AlertLog, AlertRule, DashboardSettings, LLMRequestLog, UserFeedback
 from llm.paging import EstimatingPaginator
 from llm.traces import normal_trace_id
@@ -218,6 +219,26 @@ def alert_rule_check(request: HttpRequest, pk: int) -> HttpResponse:
     for alert in run.deliveries:
         messages.info(request, f"Sent {alerts.delivery_summary(alert)}")
     return redirect("alerts")
+
+
+@login_required
+def alert_rule_form(request: HttpRequest, pk: int | None = None) -> HttpResponse:
+    """Create or edit a rule, with its preview on past days drawn as it is edited (the JS of the
+    page asks POST /api/alerts/rules/preview/ with the form's fields)."""
+    rule = get_object_or_404(AlertRule, pk=pk) if pk is not None else None
+    form = AlertRuleForm(request.POST or None, instance=rule)
+    if request.method == "POST" and form.is_valid():
+        saved = form.save()
+        messages.success(request, f"Saved rule {saved.name}.")
+        return redirect("alerts")
+    return page(
+        request,
+        "dashboard/alert_rule_form.html",
+        None,
+        form=form,
+        rule=rule,
+        preview_days=[1, 7, DAYS_MAX],
+    )
 
 
 @login_required
