@@ -160,6 +160,9 @@ def alerts_page(request: HttpRequest) -> HttpResponse:
             "evaluation": evaluation,
             "value": formatting.rule_value(evaluation.rule.metric_type, evaluation.value),
             "threshold": formatting.rule_value(evaluation.rule.metric_type, evaluation.rule.threshold),
+            "warning": formatting.rule_value(evaluation.rule.metric_type, evaluation.rule.warning_threshold)
+            if evaluation.rule.warning_threshold is not None
+            else "",
             "channels": notifiers.channel_names(evaluation.rule),
         }
         for evaluation in evaluations
@@ -238,6 +241,7 @@ def alert_rule_form(request: HttpRequest, pk: int | None = None) -> HttpResponse
         form=form,
         rule=rule,
         preview_days=[1, 7, DAYS_MAX],
+        charts={},
     )
 
 

@@ -300,3 +300,59 @@ def test_preview_of_a_saved_rule_with_a_changed_threshold(api_client, time_machi
     assert len(answer["series"]) == 48 and answer["series"][-1] == {"time": answer["end"], "value": 0.0}
     rule.refresh_from_db()
     assert rule.threshold == 100 and not AlertLog.objects.exists()  # nothing written
+
+
+def test_the_alerts_page_states_grouping_no_data_policy_levels_and_links_the_form(logged_in_client, time_machine):
+    calls_of("alice", 10, 5, NOW - timedelta(minutes=5))
+    make_rule(
+        name="per user errors",
+        metric_type=Metric.ERROR_RATE,
+        threshold=60,
+        warning_threshold=20,
+        group_by="user",
+        no_data="ok",
+        time_window_minutes=10,
+    )
+    time_machine.move_to(NOW, tick=False)
+    html = logged_in_client.get("/alerts/").content.decode()
+    assert "per user · \n            no data: count as ok (resolves)" in html
+    assert "warning 20.00%" in html
+    assert '<span class="badge badge-error">firing</span>\n            <span class="badge">warning</span>' in html
+    assert "1 of 1 user groups over a threshold: alice; worst: alice" in html
+    rule = AlertRule.objects.get()
+    assert f'href="/alerts/rules/{rule.pk}/edit/"' in html and 'href="/alerts/rules/new/"' in html
+
+
+def test_the_rule_form_saves_and_names_a_bad_field(logged_in_client):
+    body = {
+        "name": "slow first tokens",
+        "metric_type": "ttft_p95",
+        "threshold": "800",
+        "warning_threshold": "900",
+        "time_window_minutes": "15",
+        "min_ratings": "10",
+        "no_data": "keep",
+        "cooldown_minutes": "60",
+        "notify_email": "on",
+        "is_active": "on",
+    }
+    refused = logged_in_client.post("/alerts/rules/new/", body)
+    assert refused.status_code == 200
+    assert "The warning level must be below the critical threshold." in refused.content.decode()
+    assert not AlertRule.objects.exists()
+    saved = logged_in_client.post("/alerts/rules/new/", {**body, "warning_threshold": "500", "group_by": "tag:feature"})
+    assert saved.status_code == 302
+    rule = AlertRule.objects.get()
+    assert (rule.metric_type, rule.threshold, rule.warning_threshold, rule.group_by) == (
+        "ttft_p95",
+        800,
+        500,
+        "tag:feature",
+    )
+    edited = logged_in_client.post(
+        f"/alerts/rules/{rule.pk}/edit/", {**body, "warning_threshold": "", "threshold": "700", "group_by": ""}
+    )
+    assert edited.status_code == 302
+    rule.refresh_from_db()
+    assert (rule.threshold, rule.warning_threshold, rule.group_by) == (700, None, "")
+    assert logged_in_client.get("/alerts/rules/999/edit/").status_code == 404
