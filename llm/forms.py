@@ -1,9 +1,6 @@
 from __future__ import annotations
 
-from typing import Any
-
 from django import forms
-from django.db import models
 
 from llm.models import AlertRule, UserFeedback
 from llm.serializers import COMMENT_MAX_CHARS
@@ -16,18 +13,15 @@ class FeedbackForm(forms.Form):
     comment = forms.CharField(required=False, max_length=COMMENT_MAX_CHARS, widget=forms.Textarea(attrs={"rows": 3}))
 
 
-def _rule_formfield(field: models.Field, **kwargs: Any) -> forms.Field | None:
-    # A webhook typed without a scheme is meant as https (as in admin; Django 6's default).
-    if isinstance(field, models.URLField):
-        kwargs["assume_scheme"] = "https"
-    return field.formfield(**kwargs)
-
-
 class AlertRuleForm(forms.ModelForm):
     """A rule, as the dashboard's rule form edits it (the model's validators and clean, the same as
     admin and the API)."""
 
-    formfield_callback = _rule_formfield
+    # A webhook typed without a scheme is meant as https (as in admin; Django 6's default). The
+    # model's validators (http and https only) still run.
+    webhook_url = forms.URLField(
+        required=False, assume_scheme="https", help_text=AlertRule._meta.get_field("webhook_url").help_text
+    )
 
     class Meta:
         model = AlertRule
