@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
+from django.conf import settings
 
 from llm import alerts, metrics
 from llm.models import AlertLog, AlertRule
@@ -67,7 +68,8 @@ class Replay:
     events: list[dict[str, Any]] = field(default_factory=list)
     # Instants at which some group was over a level.
     breaches: int = 0
-    dropped_groups: set[str] = field(default_factory=set)
+    # The most groups ALERT_MAX_GROUPS left out at one instant.
+    groups_left_out: int = 0
 
     @property
     def notifications(self) -> int:
@@ -145,15 +147,23 @@ class Windows:
 
 
 def replay(rule: AlertRule, now: datetime, days: int, step_minutes: int) -> Replay:
-    """Replay `rule` at every instant of the last `days` days on the `step_minutes` grid."""
+    """Replay `rule` at every instant of the last `days` days on the `step_minutes` grid: by
+    groups (`replay_by_group`) unless the cap on groups could change a verdict, then instant by
+    instant (`replay_stepwise`)."""
     times = instants(now, days, step_minutes)
     windows = Windows(rule, times)
+    return replay_by_group(rule, times, windows) or replay_stepwise(rule, times, windows)
+
+
+def replay_stepwise(rule: AlertRule, times: list[datetime], windows: Windows) -> Replay:
+    """Every instant as a check_alerts run: every group judged, capped, then its transition."""
     result = Replay(rule, times)
     for index, moment in enumerate(times):
         high = windows.index(moment)
         keys: list[str | None] = [None]
         if rule.group_by:
-            keys = sorted(windows.present(high) | {key for key in result.groups if key is not None})
+            states = {key: group.state for key, group in result.groups.items() if key is not None}
+            keys = list(alerts.groups_to_evaluate(rule, windows.present(high), states))
         span = (moment - timedelta(minutes=rule.time_window_minutes), moment)
         evaluations = [
             alerts.evaluation_of(rule, windows.totals(key or "", high), windows.previous(key or "", high), span, key)
@@ -162,9 +172,173 @@ def replay(rule: AlertRule, now: datetime, days: int, step_minutes: int) -> Repl
         if rule.group_by:
             firing = {key for key, group in result.groups.items() if group.state.is_firing}
             evaluations, dropped = alerts.cap_groups(rule, evaluations, firing)
-            result.dropped_groups.update(dropped)
+            result.groups_left_out = max(result.groups_left_out, len(dropped))
         step(result, evaluations, index)
     return result
+
+
+# A window's value from its figures, for all instants at once (columns of BUCKET_FIGURES), used
+# to draw the series and to skip the instants at which the rule is certainly fine; the verdict at
+# any other instant is `alerts.judge`'s, as in check_alerts.
+def _ratio(part: np.ndarray, whole: np.ndarray, scale: float = 1.0) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(whole > 0, part * scale / np.where(whole > 0, whole, 1), np.nan)
+
+
+VECTOR_VALUES: dict[str, Any] = {
+    alerts.MetricType.ERROR_RATE: lambda now, before, pct: _ratio(now[:, 1], now[:, 0], 100.0),
+    alerts.MetricType.LATENCY_P95: lambda now, before, pct: pct,
+    alerts.MetricType.LATENCY_P99: lambda now, before, pct: pct,
+    alerts.MetricType.TTFT_P95: lambda now, before, pct: pct,
+    alerts.MetricType.TOKEN_SPIKE: lambda now, before, pct: _ratio(now[:, 2], before[:, 2]),
+    alerts.MetricType.COST: lambda now, before, pct: now[:, 3],
+    alerts.MetricType.NO_TRAFFIC: lambda now, before, pct: now[:, 0],
+    alerts.MetricType.FEEDBACK: lambda now, before, pct: _ratio(now[:, 4], now[:, 4] + now[:, 5], 100.0),
+}
+# How far from a threshold a vector value must be to skip the instant without judging it (the
+# vector and the judge may differ in the last bits of a float).
+MARGIN = 1e-9
+
+
+class GroupSeries:
+    """One group's window figures at every instant, its values, and the instants worth judging."""
+
+    def __init__(self, windows: Windows, key: str, highs: np.ndarray) -> None:
+        rule, measure, span = windows.rule, windows.measure, windows.span
+        figures = windows.figures.get(key)
+        sums = figures.sums if figures is not None else np.zeros((highs.max() + 1, len(metrics.BUCKET_FIGURES)))
+        lows = highs - span
+        self.windows, self.key, self.figures = windows, key, figures
+        self.now = sums[highs] - sums[lows]
+        self.before = sums[lows] - sums[lows - span] if measure.compares_previous else None
+        self.pct = self._percentiles(lows, highs) if measure.percentile else None
+        self.values = VECTOR_VALUES[rule.metric_type](self.now, self.before, self.pct)
+        counted = self.now[:, 4] + self.now[:, 5] if measure.feedback else self.now[:, 0]
+        present = counted > 0
+        if rule.metric_type == alerts.MetricType.NO_TRAFFIC and present.any():
+            # Once seen, a group is judged at every instant (going quiet is what it watches for).
+            present[np.argmax(present) :] = True
+        # Judged when not firing (a firing group is judged at every instant).
+        self.present = present if rule.group_by else np.ones(len(highs), dtype=bool)
+        self.candidates = np.flatnonzero(self.present & ~self._certainly_fine(counted))
+
+    def _percentiles(self, lows: np.ndarray, highs: np.ndarray) -> np.ndarray:
+        answer = np.full(len(highs), np.nan)
+        if self.figures is None or self.figures.values is None:
+            return answer
+        for index, (low, high) in enumerate(zip(lows.tolist(), highs.tolist(), strict=True)):
+            value = self.windows.percentile(self.figures, low, high)
+            if value is not None:
+                answer[index] = value
+        return answer
+
+    def _certainly_fine(self, counted: np.ndarray) -> np.ndarray:
+        """Instants at which the judge would certainly say ok (or no verdict, kept or ok)."""
+        rule, measure, values = self.windows.rule, self.windows.measure, self.values
+        enough = np.ones(len(values), dtype=bool)
+        if measure.needs_traffic:
+            enough = self.now[:, 0] >= alerts.MIN_REQUESTS_TO_JUDGE
+        elif measure.feedback:
+            enough = counted >= rule.min_ratings
+        judged = enough & ~np.isnan(values)
+        bound = rule.warning_threshold if rule.warning_threshold is not None else rule.threshold
+        with np.errstate(invalid="ignore"):
+            if rule.fires_below:
+                fine = values >= bound * (1 + MARGIN) + MARGIN
+            else:
+                fine = values <= bound * (1 - MARGIN) - MARGIN
+        without_verdict = rule.no_data != AlertRule.NoData.ALERT
+        return np.where(judged, fine, without_verdict)
+
+    def totals(self, index: int, figures: np.ndarray) -> metrics.WindowTotals:
+        requests, errors, tokens, cost, up, down = figures[index].tolist()
+        extra = {}
+        if self.pct is not None:
+            value = self.pct[index]
+            extra[self.windows.measure.percentile] = None if np.isnan(value) else float(value)
+        return metrics.WindowTotals(
+            int(round(requests)),
+            int(round(errors)),
+            tokens,
+            cost,
+            thumbs_up=int(round(up)),
+            thumbs_down=int(round(down)),
+            **extra,
+        )
+
+    def evaluate(self, index: int, moment: datetime) -> alerts.Evaluation:
+        rule = self.windows.rule
+        previous = self.totals(index, self.before) if self.before is not None else None
+        span = (moment - timedelta(minutes=rule.time_window_minutes), moment)
+        return alerts.evaluation_of(
+            rule, self.totals(index, self.now), previous, span, self.key if rule.group_by else None
+        )
+
+
+def replay_by_group(rule: AlertRule, times: list[datetime], windows: Windows) -> Replay | None:
+    """Each group on its own, jumping from one instant worth judging to the next while it does not
+    fire, and judging every instant while it fires. Exact when the cap on groups never leaves out a
+    group that fires or may: answers None otherwise (replay instant by instant then)."""
+    result = Replay(rule, times)
+    highs = np.array([windows.index(moment) for moment in times])
+    keys = sorted(windows.figures) if rule.group_by else [""]
+    judged = np.zeros(len(times), dtype=np.int64)  # groups firing or worth judging, per instant
+    present = np.zeros(len(times), dtype=np.int64)
+    breached = np.zeros(len(times), dtype=bool)
+    for key in keys:
+        series = GroupSeries(windows, key, highs)
+        group = GroupReplay(key if rule.group_by else None)
+        walked = walk(result, series, group, breached)
+        if walked.size:
+            judged[walked] += 1
+        present += series.present
+        if series.present.any() or group.values:
+            values = np.where(series.present, series.values, np.nan).tolist()
+            group.values = {
+                i: (None if math.isnan(v) else v) for i, v in enumerate(values) if series.present[i]
+            } | group.values
+            result.groups[group.key] = group
+    if rule.group_by and judged.max(initial=0) > settings.ALERT_MAX_GROUPS:
+        return None
+    if not rule.group_by:
+        result.groups.setdefault(None, GroupReplay(None))
+    result.events.sort(key=lambda event: (event["time"], event["group"] or ""))
+    result.breaches = int(breached.sum())
+    if rule.group_by:
+        result.groups_left_out = int(max(0, (present - settings.ALERT_MAX_GROUPS).max(initial=0)))
+    return result
+
+
+def walk(result: Replay, series: GroupSeries, group: GroupReplay, breached: np.ndarray) -> np.ndarray:
+    """The group's transitions (`alerts.next_state`) at the instants it is judged; answers them."""
+    rule, times = result.rule, result.times
+    visited = []
+    index = 0
+    while index < len(times):
+        if not group.state.is_firing:
+            position = int(np.searchsorted(series.candidates, index))
+            if position == len(series.candidates):
+                break
+            index = int(series.candidates[position])
+        evaluation = series.evaluate(index, times[index])
+        visited.append(index)
+        group.values[index] = evaluation.value
+        breached[index] |= bool(evaluation.level)
+        group.state, notice = alerts.next_state(group.state, evaluation.level, times[index], rule.cooldown_minutes)
+        if notice is not None:
+            result.events.append(event(evaluation, notice, times[index]))
+        index += 1
+    return np.array(visited, dtype=np.int64)
+
+
+def event(evaluation: alerts.Evaluation, notice: str, moment: datetime) -> dict[str, Any]:
+    return {
+        "time": moment,
+        "kind": "fire" if notice == AlertLog.Kind.FIRED else "resolve",
+        "level": evaluation.level or "",
+        "group": evaluation.group_key,
+        "value": evaluation.value,
+    }
 
 
 def step(result: Replay, evaluations: list[alerts.Evaluation], index: int) -> None:
@@ -177,15 +351,7 @@ def step(result: Replay, evaluations: list[alerts.Evaluation], index: int) -> No
         breached = breached or bool(evaluation.level)
         group.state, notice = alerts.next_state(group.state, evaluation.level, moment, result.rule.cooldown_minutes)
         if notice is not None:
-            result.events.append(
-                {
-                    "time": moment,
-                    "kind": "fire" if notice == AlertLog.Kind.FIRED else "resolve",
-                    "level": evaluation.level or "",
-                    "group": evaluation.group_key,
-                    "value": evaluation.value,
-                }
-            )
+            result.events.append(event(evaluation, notice, moment))
     result.breaches += breached
 
 
@@ -228,5 +394,5 @@ def answer(result: Replay, days: int, step_minutes: int) -> dict[str, Any]:
         "events": [{**event, "time": event["time"].isoformat()} for event in result.events],
         "breaches": result.breaches,
         "notifications": result.notifications,
-        "dropped_groups": sorted(result.dropped_groups),
+        "groups_left_out": result.groups_left_out,
     }

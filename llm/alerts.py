@@ -351,10 +351,10 @@ def evaluate_groups(
     measured: Mapping[metrics.Window, metrics.WindowTotals] | None = None,
     states: Mapping[str, Any] | None = None,
 ) -> tuple[list[Evaluation], list[str]]:
-    """The rule's evaluation (one, group_key None) or, for a grouped rule, one per group: the
-    groups with calls in the window and those with a state already (a group that went quiet gets
-    zero totals: no verdict for a rate, 0 for a cost or a count). Beyond the cap
-    (ALERT_MAX_GROUPS), the groups left out are answered by key."""
+    """The rule's evaluation (one, group_key None) or, for a grouped rule, one per group of
+    `groups_to_evaluate` (a group without calls in the window gets zero totals: no verdict for a
+    rate, 0 for a cost or a count). Beyond the cap (ALERT_MAX_GROUPS), the groups left out are
+    answered by key."""
     window, previous = windows_of(rule, now, window_minutes)
     span = (window.start, window.end)
     if shares_query(rule):
@@ -368,9 +368,22 @@ def evaluate_groups(
         states = _group_states(rule)
     evaluations = [
         evaluation_of(rule, found.get(key, ZERO), before.get(key, ZERO) if previous else None, span, key)
-        for key in sorted(set(found) | set(states))
+        for key in groups_to_evaluate(rule, found, states)
     ]
     return cap_groups(rule, evaluations, {key for key, state in states.items() if state.is_firing})
+
+
+def groups_to_evaluate(rule: AlertRule, found: Iterable[str], states: Mapping[str, Any]) -> list[str]:
+    """The groups a grouped rule judges at one check: those with calls (ratings) in the window,
+    those firing (so that they can resolve, or keep firing, under the no-data policy) and, for
+    no_traffic, every group seen before (a group gone quiet is what it watches for). A group that
+    went quiet without firing is simply not there: its state stays as it was."""
+    keys = set(found)
+    if rule.metric_type == MetricType.NO_TRAFFIC:
+        keys.update(states)
+    else:
+        keys.update(key for key, state in states.items() if state.is_firing)
+    return sorted(keys)
 
 
 def cap_groups(rule: AlertRule, evaluations: list[Evaluation], firing: set[str]) -> tuple[list[Evaluation], list[str]]:

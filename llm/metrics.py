@@ -1242,7 +1242,9 @@ class EpochSeconds(Func):
     """Whole seconds since 1970 of a timestamp, on both databases."""
 
     output_field = BigIntegerField()
-    template = "CAST(FLOOR(EXTRACT(EPOCH FROM %(expressions)s)) AS BIGINT)"
+    # date_part answers a double; EXTRACT a numeric since PostgreSQL 14, several times slower
+    # over a million rows.
+    template = "CAST(FLOOR(date_part('epoch', %(expressions)s)) AS BIGINT)"
 
     def as_sqlite(self, compiler, connection, **extra_context):
         return self.as_sql(compiler, connection, template="CAST(strftime('%%%%s', %(expressions)s) AS INTEGER)")

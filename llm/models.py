@@ -356,7 +356,7 @@ MAX_ERROR_RATE_PERCENT = 100.0
 
 
 # group_by: "model", "user", or "tag:<key>" (a tag key as the events API stores it).
-GROUP_BY_PATTERN = re.compile(r"^(model|user|tag:[^\x00-\x1f\x7f]{1,100})$")
+GROUP_BY_PATTERN = re.compile(r"^(model|user|tag:[^\x00-\x1f\x7f\ud800-\udfff]{1,100})$")
 FEEDBACK_MIN_RATINGS_MAX = 1_000_000
 
 

@@ -377,8 +377,8 @@ class AlertPreviewAnswerSerializer(serializers.Serializer):
     )
     breaches = serializers.IntegerField(help_text="Instants at which the rule (some group) was over a threshold.")
     notifications = serializers.IntegerField(help_text="The notices the cooldown let through (len(events)).")
-    dropped_groups = serializers.ListField(
-        child=serializers.CharField(), help_text="Groups left out at some instant by ALERT_MAX_GROUPS."
+    groups_left_out = serializers.IntegerField(
+        help_text="The most groups ALERT_MAX_GROUPS left out at one instant (0: none; see check_alerts' output)."
     )
 
 

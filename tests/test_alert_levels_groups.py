@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 import statistics
+import threading
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import numpy as np
 import pytest
 
-from llm import alerts
+from llm import alert_preview, alerts
 from llm.models import AlertLog, AlertRule, AlertState, UserFeedback
 from tests.factories import make_log, make_logs, make_rule
 
@@ -207,6 +208,14 @@ def test_groups_beyond_the_cap_are_reported_not_dropped_silently(settings):
     assert sorted(a.group_key for a in outcome.alerts) == ["a", "c"]
     assert "1 more groups not evaluated (ALERT_MAX_GROUPS 2)" in outcome.evaluation.note
     assert "1 more groups not evaluated" in outcome.summary()
+    # The preview leaves out the same group: more groups may fire than the cap, so it replays instant
+    # by instant, as check_alerts.
+    rule.refresh_from_db()
+    AlertLog.objects.all().delete()
+    AlertState.objects.all().delete()
+    result = alert_preview.replay(rule, NOW + timedelta(minutes=1), 1, 5)
+    fired_at = {event["group"] for event in result.events if event["time"] == NOW}
+    assert (fired_at, result.groups_left_out) == ({"a", "c"}, 1)
 
 
 def test_rule_api_takes_and_validates_the_new_fields(api_client):
@@ -356,3 +365,51 @@ def test_the_rule_form_saves_and_names_a_bad_field(logged_in_client):
     rule.refresh_from_db()
     assert (rule.threshold, rule.warning_threshold, rule.group_by) == (700, None, "")
     assert logged_in_client.get("/alerts/rules/999/edit/").status_code == 404
+
+
+def test_a_quiet_group_is_judged_only_while_it_fires():
+    rule = make_rule(metric_type=Metric.COST, threshold=1, group_by="user", time_window_minutes=10, no_data="keep")
+    spend("2", NOW - timedelta(minutes=5), user_id="alice")
+    spend("0.5", NOW - timedelta(minutes=5), user_id="bob")
+    assert [(a.group_key, a.kind) for a in alerts.check_rule(rule, NOW).alerts] == [("alice", "fired")]
+    # Both go quiet: alice, firing, is judged with zero spend and resolves; bob is not judged.
+    later = alerts.check_rule(rule, NOW + timedelta(minutes=20))
+    assert [(a.group_key, a.kind) for a in later.alerts] == [("alice", "resolved")]
+    checked = dict(AlertState.objects.filter(rule=rule).values_list("group_key", "last_checked_at"))
+    assert checked == {"alice": NOW + timedelta(minutes=20), "bob": NOW}
+
+
+@pytest.mark.postgres_only
+@pytest.mark.django_db(transaction=True)
+def test_overlapping_runs_of_a_grouped_rule_write_each_group_notice_once(time_machine, settings):
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("needs PostgreSQL's concurrent writers (see test_check_alerts' overlapping runs test)")
+    settings.ALERT_EMAIL_RECIPIENTS, settings.ALERT_WEBHOOK_URL = [], ""
+    time_machine.move_to(NOW, tick=False)
+    rule = make_rule(metric_type=Metric.COST, threshold=1, group_by="user", time_window_minutes=10)
+    users = [f"user{index}" for index in range(12)]
+    for user in users:
+        spend("2", NOW - timedelta(minutes=5), user_id=user)
+    start = threading.Barrier(4)
+    errors = []
+
+    def one_run() -> None:
+        try:
+            start.wait()
+            alerts.check_rules([AlertRule.objects.get(pk=rule.pk)], NOW)
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=one_run) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    assert sorted(AlertLog.objects.values_list("group_key", flat=True)) == sorted(users)
+    assert AlertState.objects.filter(rule=rule, is_firing=True).count() == len(users)
+    assert AlertLog.objects.filter(delivery_note="not sent: no channel").count() == len(users)

@@ -82,7 +82,7 @@
     summary.textContent = "Over the last " + answer.days + " day(s), checked every " + answer.step_minutes +
       " min: " + fires + " fire(s), " + (answer.events.length - fires) + " resolve(s), " + answer.notifications +
       " notification(s); over a threshold at " + answer.breaches + " of " + answer.evaluations + " checks." +
-      (answer.dropped_groups.length ? " Groups left out by the cap: " + answer.dropped_groups.length + "." : "");
+      (answer.groups_left_out ? " Up to " + answer.groups_left_out + " group(s) left out by the cap at once." : "");
     summary.className = "";
   }
   function refused(answer) {
