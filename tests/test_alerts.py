@@ -393,6 +393,9 @@ def test_admin_form_refuses_an_error_rate_above_100(admin_client):
             "threshold": "150",
             "time_window_minutes": "15",
             "cooldown_minutes": "60",
+            # What the admin form sends for the fields left at their defaults.
+            "min_ratings": "10",
+            "no_data": "keep",
             "email_recipients": "not-an-address",
             "webhook_url": "ftp://example.com/",
         },

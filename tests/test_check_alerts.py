@@ -242,6 +242,9 @@ def test_rule_created_in_admin_fires_and_reaches_smtp_and_webhook(clock, admin_c
             "time_window_minutes": "60",
             "model_name": "",
             "cooldown_minutes": "60",
+            # What the admin form sends for the fields left at their defaults.
+            "min_ratings": "10",
+            "no_data": "keep",
             "notify_email": "on",
             "email_recipients": "finance@example.com",
             "webhook_url": webhook_receiver.url,
