@@ -242,7 +242,16 @@ def scope_of(rule: AlertRule) -> metrics.AlertScope:
         error_type=rule.error_type,
         percentile=measure.percentile,
         feedback=measure.feedback,
+        sums=SUMS_NEEDED.get(rule.metric_type, frozenset()),
     )
+
+
+# The sums (besides the number of calls) each metric type's value needs.
+SUMS_NEEDED = {
+    MetricType.ERROR_RATE: frozenset({"errors"}),
+    MetricType.TOKEN_SPIKE: frozenset({"total_tokens"}),
+    MetricType.COST: frozenset({"cost"}),
+}
 
 
 def windows_of(

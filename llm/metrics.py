@@ -1286,6 +1286,8 @@ class AlertScope:
     # A key of ALERT_PERCENTILES, or blank.
     percentile: str = ""
     feedback: bool = False
+    # The sums the preview needs besides the number of calls ("errors", "total_tokens", "cost").
+    sums: frozenset[str] = frozenset({"errors", "total_tokens", "cost"})
 
     def calls(self, start: datetime, end: datetime) -> LLMRequestLogQuerySet:
         return LLMRequestLog.objects.in_window(start, end).for_model(self.model)
@@ -1349,6 +1351,20 @@ class BucketedFigures:
 BUCKET_FIGURES = ("requests", "errors", "total_tokens", "cost", "thumbs_up", "thumbs_down")
 
 
+def _raw_rows(rows: QuerySet) -> list[tuple]:
+    """A values_list queryset's rows straight from the cursor: Django's per-row converters cost
+    more than the query over a million rows (the callers convert the few columns that need it)."""
+    sql, params = rows.query.sql_with_params()
+    with connections[rows.db].cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall()
+
+
+def _float(value: Any) -> float:
+    # A PostgreSQL numeric sum arrives as a Decimal, SQLite's as a float; no rows: NULL.
+    return 0.0 if value is None else float(value)
+
+
 def bucketed_figures(scope: AlertScope, start: datetime, buckets: int, size: timedelta) -> dict[str, BucketedFigures]:
     """The figures of each group of `scope` per time bucket, from one GROUP BY (bucket, group), and,
     for a percentile rule, one more query for the values. `start` must be a whole number of seconds."""
@@ -1365,26 +1381,32 @@ def bucketed_figures(scope: AlertScope, start: datetime, buckets: int, size: tim
             .values_list("group_key", "bucket", "up", "down")
             .order_by()
         )
-        rows = [(key, index, 0, 0, 0, 0, up, down) for key, index, up, down in rows]
+        rows = [(key, index, 0, 0, 0, 0, up, down) for key, index, up, down in _raw_rows(rows)]
     else:
+        # Only the sums the rule needs: a numeric SUM over a million rows is not free.
+        sums = {
+            "failed": Count("id", filter=scope.failed()) if "errors" in scope.sums else Value(0),
+            "tokens": Sum("total_tokens") if "total_tokens" in scope.sums else Value(0),
+            "spent": Sum("cost_estimate") if "cost" in scope.sums else Value(0),
+        }
         rows = (
             _grouped(scope.calls(start, end), scope.group_by)
             .annotate(bucket=bucket)
             .values("group_key", "bucket")
-            .annotate(
-                n=Count("id"),
-                failed=Count("id", filter=scope.failed()),
-                tokens=Sum("total_tokens"),
-                spent=Sum("cost_estimate"),
-            )
+            .annotate(n=Count("id"), **sums)
             .values_list("group_key", "bucket", "n", "failed", "tokens", "spent")
             .order_by()
         )
-        rows = [(key, index, n, errors, _sum(tokens), _sum(cost), 0, 0) for key, index, n, errors, tokens, cost in rows]
+        rows = [
+            (key, index, n, errors or 0, _float(tokens), _float(cost), 0, 0)
+            for key, index, n, errors, tokens, cost in _raw_rows(rows)
+        ]
     groups: dict[str, Any] = {}
     for key, index, *figures in rows:
-        per_bucket = groups.setdefault(_key(key), np.zeros((buckets + 1, len(BUCKET_FIGURES))))
-        per_bucket[int(index) + 1] = figures
+        key = _key(key)
+        if key not in groups:
+            groups[key] = np.zeros((buckets + 1, len(BUCKET_FIGURES)))
+        groups[key][int(index) + 1] = figures
     answer = {key: BucketedFigures(np.cumsum(per_bucket, axis=0)) for key, per_bucket in groups.items()}
     if scope.percentile:
         _add_values(answer, scope, start, end, bucket, buckets)
@@ -1396,18 +1418,31 @@ def _add_values(
 ) -> None:
     """Each group's values of the percentile's column, sorted by bucket, and where each bucket ends."""
     column = ALERT_PERCENTILES[scope.percentile][0]
-    rows = (
-        _grouped(scope.calls(start, end).exclude(**{f"{column}__isnull": True}), scope.group_by)
-        .annotate(bucket=bucket)
-        .values_list("group_key", "bucket", column)
-        .order_by()
+    calls = _grouped(scope.calls(start, end).exclude(**{f"{column}__isnull": True}), scope.group_by).annotate(
+        bucket=bucket
     )
-    per_group: dict[str, list[tuple[int, float]]] = defaultdict(list)
-    for key, index, value in rows.iterator(chunk_size=20_000):
-        per_group[_key(key)].append((index, value))
-    for key, pairs in per_group.items():
-        table = np.array(pairs, dtype=float)
-        table = table[np.argsort(table[:, 0], kind="stable")]
+    codes: dict[str, int] = {}
+    # Whole columns converted by NumPy, not row by row: this is a million rows over 30 days.
+    if scope.group_by:
+        rows = _raw_rows(calls.values_list("group_key", "bucket", column).order_by())
+        if not rows:
+            return
+        table = np.array(rows, dtype=object)
+        owners = np.array([codes.setdefault(_key(key), len(codes)) for key in table[:, 0]], dtype=np.int64)
+        places, values = table[:, 1].astype(np.int64), table[:, 2].astype(float)
+    else:
+        rows = _raw_rows(calls.values_list("bucket", column).order_by())
+        if not rows:
+            return
+        codes[""] = 0
+        table = np.array(rows, dtype=float)
+        owners, places, values = np.zeros(len(rows), dtype=np.int64), table[:, 0].astype(np.int64), table[:, 1]
+    # By group, then by bucket: each group's values are one run, in bucket order.
+    order = np.lexsort((places, owners))
+    owners, places, values = owners[order], places[order], values[order]
+    edges = np.searchsorted(owners, np.arange(len(codes) + 1))
+    for key, code in codes.items():
         figures = answer[key]
-        figures.values = table[:, 1]
-        figures.ends = np.searchsorted(table[:, 0], np.arange(buckets + 1), side="left")
+        first, last = edges[code], edges[code + 1]
+        figures.values = values[first:last]
+        figures.ends = np.searchsorted(places[first:last], np.arange(buckets + 1), side="left")
