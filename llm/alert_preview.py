@@ -52,11 +52,23 @@ class GroupReplay:
 
     key: str | None
     state: alerts.State = field(default_factory=alerts.State)
-    # Instant's index -> the value measured then (absent: not evaluated then).
+    # Instant's index -> the value judged then.
     values: dict[int, float | None] = field(default_factory=dict)
+    # The values of the instants the group was not judged at but had calls (drawn, not judged):
+    # NaN elsewhere. None: only `values`.
+    drawn: Any = None
+    # How many notices the group had (the answer draws the groups with the most).
+    notices: int = 0
+
+    def array(self, count: int) -> np.ndarray:
+        """Its value at each instant, NaN where it has none."""
+        answer = np.full(count, np.nan) if self.drawn is None else self.drawn.copy()
+        for index, value in self.values.items():
+            answer[index] = np.nan if value is None else value
+        return answer
 
     def series(self, count: int) -> list[float | None]:
-        return [self.values.get(index) for index in range(count)]
+        return [None if math.isnan(value) else value for value in self.array(count).tolist()]
 
 
 @dataclass
@@ -293,10 +305,7 @@ def replay_by_group(rule: AlertRule, times: list[datetime], windows: Windows) ->
             judged[walked] += 1
         present += series.present
         if series.present.any() or group.values:
-            values = np.where(series.present, series.values, np.nan).tolist()
-            group.values = {
-                i: (None if math.isnan(v) else v) for i, v in enumerate(values) if series.present[i]
-            } | group.values
+            group.drawn = np.where(series.present, series.values, np.nan)
             result.groups[group.key] = group
     if rule.group_by and judged.max(initial=0) > settings.ALERT_MAX_GROUPS:
         return None
@@ -327,6 +336,7 @@ def walk(result: Replay, series: GroupSeries, group: GroupReplay, breached: np.n
         group.state, notice = alerts.next_state(group.state, evaluation.level, times[index], rule.cooldown_minutes)
         if notice is not None:
             result.events.append(event(evaluation, notice, times[index]))
+            group.notices += 1
         index += 1
     return np.array(visited, dtype=np.int64)
 
@@ -352,17 +362,32 @@ def step(result: Replay, evaluations: list[alerts.Evaluation], index: int) -> No
         group.state, notice = alerts.next_state(group.state, evaluation.level, moment, result.rule.cooldown_minutes)
         if notice is not None:
             result.events.append(event(evaluation, notice, moment))
+            group.notices += 1
     result.breaches += breached
 
 
 def worst_series(result: Replay) -> list[float | None]:
     """Per instant, the worst value over the groups (the value itself for an ungrouped rule)."""
-    pick = min if result.rule.fires_below else max
-    answer = []
-    for index in range(len(result.times)):
-        values = [value for group in result.groups.values() if (value := group.values.get(index)) is not None]
-        answer.append(pick(values) if values else None)
-    return answer
+    count = len(result.times)
+    if not result.groups:
+        return [None] * count
+    table = np.vstack([group.array(count) for group in result.groups.values()])
+    empty = np.isnan(table).all(axis=0)
+    table[:, empty] = 0
+    worst = np.nanmin(table, axis=0) if result.rule.fires_below else np.nanmax(table, axis=0)
+    return [None if blank else value for blank, value in zip(empty.tolist(), worst.tolist(), strict=True)]
+
+
+# The answer draws the series of at most this many groups: those with the most notices.
+GROUP_SERIES_MAX = 20
+
+
+def drawn_groups(result: Replay) -> list[tuple[str | None, GroupReplay]]:
+    """The groups whose series the answer gives: those with notices, the most first (at most
+    GROUP_SERIES_MAX; `series` has the worst of all of them at each instant)."""
+    noticed = [(key, group) for key, group in result.groups.items() if group.notices]
+    noticed.sort(key=lambda item: (-item[1].notices, item[0] or ""))
+    return noticed[:GROUP_SERIES_MAX]
 
 
 def answer(result: Replay, days: int, step_minutes: int) -> dict[str, Any]:
@@ -387,7 +412,7 @@ def answer(result: Replay, days: int, step_minutes: int) -> dict[str, Any]:
                 "group": key,
                 "series": [{"time": t, "value": v} for t, v in zip(times, group.series(len(times)), strict=True)],
             }
-            for key, group in sorted(result.groups.items(), key=lambda item: item[0] or "")
+            for key, group in drawn_groups(result)
         ]
         if grouped
         else [],

@@ -1372,6 +1372,9 @@ def bucketed_figures(scope: AlertScope, start: datetime, buckets: int, size: tim
     seconds = int(size.total_seconds())
     origin = int(start.timestamp())
     bucket = (EpochSeconds("timestamp") - origin) / seconds
+    if scope.percentile:
+        # One pass over the rows gives both the values and the number of calls per bucket.
+        return _percentile_figures(scope, start, end, bucket, buckets)
     if scope.feedback:
         rows = (
             _grouped(scope.ratings(start, end), scope.group_by, "request__")
@@ -1381,13 +1384,16 @@ def bucketed_figures(scope: AlertScope, start: datetime, buckets: int, size: tim
             .values_list("group_key", "bucket", "up", "down")
             .order_by()
         )
-        rows = [(key, index, 0, 0, 0, 0, up, down) for key, index, up, down in _raw_rows(rows)]
+        table = _object_table(_raw_rows(rows))
+        figures = np.zeros((len(table), len(BUCKET_FIGURES)))
+        if len(table):
+            figures[:, 4:6] = table[:, 2:4].astype(float)
     else:
         # Only the sums the rule needs: a numeric SUM over a million rows is not free.
         sums = {
             "failed": Count("id", filter=scope.failed()) if "errors" in scope.sums else Value(0),
-            "tokens": Sum("total_tokens") if "total_tokens" in scope.sums else Value(0),
-            "spent": Sum("cost_estimate") if "cost" in scope.sums else Value(0),
+            "tokens": Sum("total_tokens", default=0) if "total_tokens" in scope.sums else Value(0),
+            "spent": Sum("cost_estimate", default=0) if "cost" in scope.sums else Value(0),
         }
         rows = (
             _grouped(scope.calls(start, end), scope.group_by)
@@ -1397,52 +1403,68 @@ def bucketed_figures(scope: AlertScope, start: datetime, buckets: int, size: tim
             .values_list("group_key", "bucket", "n", "failed", "tokens", "spent")
             .order_by()
         )
-        rows = [
-            (key, index, n, errors or 0, _float(tokens), _float(cost), 0, 0)
-            for key, index, n, errors, tokens, cost in _raw_rows(rows)
-        ]
-    groups: dict[str, Any] = {}
-    for key, index, *figures in rows:
-        key = _key(key)
-        if key not in groups:
-            groups[key] = np.zeros((buckets + 1, len(BUCKET_FIGURES)))
-        groups[key][int(index) + 1] = figures
-    answer = {key: BucketedFigures(np.cumsum(per_bucket, axis=0)) for key, per_bucket in groups.items()}
-    if scope.percentile:
-        _add_values(answer, scope, start, end, bucket, buckets)
+        table = _object_table(_raw_rows(rows))
+        figures = np.zeros((len(table), len(BUCKET_FIGURES)))
+        if len(table):
+            # Whole columns at once (a Decimal sum converts too): per group and bucket, a busy
+            # period has as many rows as calls.
+            figures[:, 0:4] = table[:, 2:6].astype(float)
+    if not len(table):
+        return {}
+    codes: dict[str, int] = {}
+    # Group keys are text (a tag is cast to text in SQL): no conversion per row.
+    owners = np.array([codes.setdefault(key, len(codes)) for key in table[:, 0].tolist()], dtype=np.int64)
+    places = table[:, 1].astype(np.int64)
+    order = np.argsort(owners, kind="stable")
+    edges = np.searchsorted(owners[order], np.arange(len(codes) + 1))
+    answer = {}
+    for key, code in codes.items():
+        chosen = order[edges[code] : edges[code + 1]]
+        per_bucket = np.zeros((buckets + 1, len(BUCKET_FIGURES)))
+        per_bucket[places[chosen] + 1] = figures[chosen]
+        answer[key] = BucketedFigures(np.cumsum(per_bucket, axis=0))
     return answer
 
 
-def _add_values(
-    answer: dict[str, BucketedFigures], scope: AlertScope, start: datetime, end: datetime, bucket: Any, buckets: int
-) -> None:
-    """Each group's values of the percentile's column, sorted by bucket, and where each bucket ends."""
+def _object_table(rows: list[tuple]) -> np.ndarray:
+    return np.array(rows, dtype=object).reshape(len(rows), -1) if rows else np.zeros((0, 0), dtype=object)
+
+
+def _percentile_figures(
+    scope: AlertScope, start: datetime, end: datetime, bucket: Any, buckets: int
+) -> dict[str, BucketedFigures]:
+    """Each group's calls per bucket and its values of the percentile's column (NULL ones left
+    out: a call without a first token), sorted by bucket, with where each bucket ends."""
     column = ALERT_PERCENTILES[scope.percentile][0]
-    calls = _grouped(scope.calls(start, end).exclude(**{f"{column}__isnull": True}), scope.group_by).annotate(
-        bucket=bucket
-    )
+    calls = _grouped(scope.calls(start, end), scope.group_by).annotate(bucket=bucket)
     codes: dict[str, int] = {}
-    # Whole columns converted by NumPy, not row by row: this is a million rows over 30 days.
+    # Whole columns converted by NumPy, not row by row: this is a million rows over 30 days
+    # (a NULL becomes NaN).
     if scope.group_by:
         rows = _raw_rows(calls.values_list("group_key", "bucket", column).order_by())
         if not rows:
-            return
+            return {}
         table = np.array(rows, dtype=object)
-        owners = np.array([codes.setdefault(_key(key), len(codes)) for key in table[:, 0]], dtype=np.int64)
+        owners = np.array([codes.setdefault(key, len(codes)) for key in table[:, 0].tolist()], dtype=np.int64)
         places, values = table[:, 1].astype(np.int64), table[:, 2].astype(float)
     else:
         rows = _raw_rows(calls.values_list("bucket", column).order_by())
         if not rows:
-            return
+            return {}
         codes[""] = 0
         table = np.array(rows, dtype=float)
         owners, places, values = np.zeros(len(rows), dtype=np.int64), table[:, 0].astype(np.int64), table[:, 1]
-    # By group, then by bucket: each group's values are one run, in bucket order.
+    # By group, then by bucket: each group's rows are one run, in bucket order.
     order = np.lexsort((places, owners))
     owners, places, values = owners[order], places[order], values[order]
     edges = np.searchsorted(owners, np.arange(len(codes) + 1))
+    answer = {}
     for key, code in codes.items():
-        figures = answer[key]
         first, last = edges[code], edges[code + 1]
-        figures.values = values[first:last]
-        figures.ends = np.searchsorted(places[first:last], np.arange(buckets + 1), side="left")
+        sums = np.zeros((buckets + 1, len(BUCKET_FIGURES)))
+        sums[1:, 0] = np.bincount(places[first:last], minlength=buckets)[:buckets]
+        valued = ~np.isnan(values[first:last])
+        figures = BucketedFigures(np.cumsum(sums, axis=0), values[first:last][valued])
+        figures.ends = np.searchsorted(places[first:last][valued], np.arange(buckets + 1), side="left")
+        answer[key] = figures
+    return answer

@@ -371,7 +371,9 @@ class AlertPreviewAnswerSerializer(serializers.Serializer):
     warning_threshold = serializers.FloatField(allow_null=True)
     group_by = serializers.CharField()
     series = PreviewPointSerializer(many=True, help_text="The value at each instant (grouped: the worst group's).")
-    groups = PreviewGroupSerializer(many=True, help_text="Each group's series (grouped rules only).")
+    groups = PreviewGroupSerializer(
+        many=True, help_text="Grouped rules: the series of the groups with notices, the most first (at most 20)."
+    )
     events = PreviewEventSerializer(
         many=True, help_text="Every notice the replay writes: fires (reminders too) and resolves."
     )
