@@ -62,11 +62,11 @@ def agreement(rule: AlertRule, result: alert_preview.Replay, count: int = 20) ->
     exact one (`alerts.evaluate_groups`, one query per window) at `count` instants."""
     rng = random.Random(1)
     worst = 0.0
+    series = {key: group.series(len(result.times)) for key, group in result.groups.items()}
     for index in sorted(rng.sample(range(len(result.times)), count)):
         evaluations, _left_out = alerts.evaluate_groups(rule, result.times[index], states={})
         for evaluation in evaluations:
-            group = result.groups.get(evaluation.group_key)
-            replayed = group.values.get(index) if group else None
+            replayed = series[evaluation.group_key][index] if evaluation.group_key in series else None
             exact = evaluation.value
             if exact is None or replayed is None:
                 assert exact is None and replayed is None, (rule.metric_type, result.times[index], exact, replayed)
