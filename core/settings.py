@@ -272,6 +272,9 @@ ALERT_CHANNEL_FAILING_AFTER = env.int("ALERT_CHANNEL_FAILING_AFTER", default=3, 
 # Webhooks, channels and every outbound HTTP call refuse loopback, private, link-local, CGNAT,
 # multicast and metadata addresses, unless one of these networks (comma-separated CIDRs) holds them.
 OUTBOUND_ALLOWED_NETWORKS = env.ip_networks("OUTBOUND_ALLOWED_NETWORKS", default=[])
+# A grouped alert rule (group_by) evaluates at most this many groups per check_alerts run (the
+# firing ones first, then the worst); the rest are reported in the run's output, not dropped silently.
+ALERT_MAX_GROUPS = env.int("ALERT_MAX_GROUPS", default=100, minimum=1)
 # Base of the links in alert notices; empty means the address the dashboard is served at.
 SITE_URL = env.http_url("SITE_URL", default="")
 

@@ -4,7 +4,10 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.db import models
+from django.http import HttpRequest
+from django.urls import reverse
 from django.utils import timezone
+from django.utils.html import format_html
 
 from llm import alerts, formatting, notifiers
 from llm.ingest_limits import text_problem
@@ -121,22 +124,54 @@ class AlertRuleAdmin(ModelAdmin):
     search_fields = ["name", "description", "model_name"]
     # A webhook typed without a scheme is meant as https (Django 6's default; silences its warning).
     formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
-    readonly_fields = ["is_firing", "last_value", "last_checked_at", "last_notified_at", "created_at", "updated_at"]
+    readonly_fields = [
+        "is_firing",
+        "level",
+        "last_value",
+        "last_checked_at",
+        "last_notified_at",
+        "created_at",
+        "updated_at",
+    ]
     fieldsets = [
-        (None, {"fields": ["name", "description", "is_active"]}),
+        (None, {"fields": ["name", "description", "is_active", "rule_form"]}),
         (
             "Condition",
             {
-                "fields": ["metric_type", "threshold", "time_window_minutes", "model_name", "cooldown_minutes"],
-                "description": "error_rate (%), latency_p95 (ms), token_spike (ratio), cost (USD) fire above "
-                f"the threshold; no_traffic fires below it. Window 1 to {ALERT_WINDOW_MINUTES_MAX} minutes; "
-                f"cooldown 0 to {ALERT_COOLDOWN_MINUTES_MAX}.",
+                "fields": [
+                    "metric_type",
+                    "threshold",
+                    "warning_threshold",
+                    "time_window_minutes",
+                    "model_name",
+                    "error_type",
+                    "min_ratings",
+                    "group_by",
+                    "no_data",
+                    "cooldown_minutes",
+                ],
+                "description": "error_rate (%), latency_p95/p99 and ttft_p95 (ms), token_spike (ratio), cost "
+                "(USD) fire above the threshold; no_traffic and feedback (satisfaction %) fire below it. "
+                f"Window 1 to {ALERT_WINDOW_MINUTES_MAX} minutes; cooldown 0 to {ALERT_COOLDOWN_MINUTES_MAX}.",
             },
         ),
         ("Notify", {"fields": ["notify_email", "email_recipients", "webhook_url", "channels"]}),
         ("State (written by check_alerts)", {"fields": readonly_fields}),
     ]
     filter_horizontal = ["channels"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: AlertRule | None = None) -> list[str]:
+        return [*self.readonly_fields, "rule_form"]
+
+    @admin.display(description="preview")
+    def rule_form(self, rule: AlertRule) -> str:
+        """A link to the dashboard's rule form, which replays the rule on past days."""
+        if rule.pk is None:
+            url, text = reverse("alert-rule-new"), "Draw a new rule with its preview on past days"
+        else:
+            url, text = reverse("alert-rule-edit", args=[rule.pk]), "Edit with its preview on past days"
+        return format_html('<a class="rule-form-link" href="{}">{}</a>', url, text)
+
     actions = ["send_test_notification"]
 
     def get_queryset(self, request):
@@ -145,7 +180,7 @@ class AlertRuleAdmin(ModelAdmin):
 
     @admin.display(description="condition")
     def condition(self, rule: AlertRule) -> str:
-        comparison = "<" if rule.metric_type == AlertRule.MetricType.NO_TRAFFIC else ">"
+        comparison = "<" if rule.fires_below else ">"
         threshold = formatting.rule_value(rule.metric_type, rule.threshold)
         scope = f", {rule.model_name}" if rule.model_name else ""
         return f"{rule.metric_type} {comparison} {threshold} / {rule.time_window_minutes} min{scope}"

@@ -40,8 +40,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.conf import settings
+
 from llm import formatting, metrics, notifiers
-from llm.models import AlertLog, AlertRule, describe_notifications
+from llm.models import AlertLevel, AlertLog, AlertRule, AlertState, describe_notifications
 
 logger = logging.getLogger(__name__)
 
@@ -106,10 +108,17 @@ class Measure:
     # No verdict on fewer than MIN_REQUESTS_TO_JUDGE requests.
     needs_traffic: bool = False
     compares_previous: bool = False
-    # Also measure the window's p95 latency (a sort of its rows: only for the rules that use it).
-    latency: bool = False
+    # The percentile the value is (a key of metrics.ALERT_PERCENTILES: a sort of the window's rows,
+    # so only for the rules that use it).
+    percentile: str = ""
+    # Counts ratings, not calls; no verdict on fewer than the rule's `min_ratings`.
+    feedback: bool = False
     # Why there is no value when `value` answers None.
     no_value_note: str = ""
+
+    @property
+    def latency(self) -> bool:
+        return self.percentile == "p95_latency_ms"
 
 
 # Alert evaluation is this table: each metric type is a figure of llm.metrics (the same the API
@@ -117,7 +126,17 @@ class Measure:
 MEASURES: dict[str, Measure] = {
     MetricType.ERROR_RATE: Measure("error rate", lambda window, _: window.error_rate, needs_traffic=True),
     MetricType.LATENCY_P95: Measure(
-        "p95 latency", lambda window, _: window.p95_latency_ms, needs_traffic=True, latency=True
+        "p95 latency", lambda window, _: window.p95_latency_ms, needs_traffic=True, percentile="p95_latency_ms"
+    ),
+    MetricType.LATENCY_P99: Measure(
+        "p99 latency", lambda window, _: window.p99_latency_ms, needs_traffic=True, percentile="p99_latency_ms"
+    ),
+    MetricType.TTFT_P95: Measure(
+        "p95 time to first token",
+        lambda window, _: window.p95_ttft_ms,
+        needs_traffic=True,
+        percentile="p95_ttft_ms",
+        no_value_note="no streamed call (no time to first token) in the window",
     ),
     MetricType.TOKEN_SPIKE: Measure(
         "tokens vs previous window",
@@ -127,19 +146,43 @@ MEASURES: dict[str, Measure] = {
     ),
     MetricType.COST: Measure("cost", lambda window, _: window.cost),
     MetricType.NO_TRAFFIC: Measure("requests", lambda window, _: float(window.requests), fires_below=True),
+    MetricType.FEEDBACK: Measure(
+        "satisfaction", lambda window, _: window.satisfaction, fires_below=True, feedback=True
+    ),
 }
+
+# The metric types the first version had (one default rule each).
+FIRST_TYPES = {
+    MetricType.ERROR_RATE,
+    MetricType.LATENCY_P95,
+    MetricType.TOKEN_SPIKE,
+    MetricType.COST,
+    MetricType.NO_TRAFFIC,
+}
+ZERO = metrics.WindowTotals(0, 0, 0, 0)
+LEVEL_ORDER = {AlertLevel.OK: 0, AlertLevel.WARNING: 1, AlertLevel.CRITICAL: 2}
 
 
 @dataclass(frozen=True)
 class Evaluation:
     rule: AlertRule
     value: float | None
-    # True: over threshold; False: fine; None: not enough data to judge (see `note`).
+    # True: over a threshold; False: fine; None: not enough data to judge (see `note`), after the
+    # rule's no-data policy (a policy "ok" or "alert" turns None into a verdict).
     breached: bool | None
     requests: int
     window_start: datetime
     window_end: datetime
     note: str = ""
+    # "critical", "warning", "" (ok), or None (no verdict).
+    level: str | None = None
+    # The group of a grouped rule (None: the rule as a whole).
+    group_key: str | None = None
+
+    def __post_init__(self) -> None:
+        # Built from a verdict alone (breached True/False), the level is the critical one or ok.
+        if self.level is None and self.breached is not None:
+            object.__setattr__(self, "level", AlertLevel.CRITICAL if self.breached else AlertLevel.OK)
 
     @property
     def state(self) -> str:
@@ -153,6 +196,10 @@ class Evaluation:
         """One sentence for the notice and the command's output."""
         rule = self.rule
         scope = f" for {rule.model_name}" if rule.model_name else ""
+        if self.group_key is not None:
+            scope += f" for {rule.group_by} {self.group_key}"
+        if rule.error_type:
+            scope += f" (failures of type {rule.error_type})"
         measure = MEASURES.get(rule.metric_type)
         fires_below = bool(measure and measure.fires_below)
         comparison = "below" if fires_below else "above"
@@ -160,12 +207,17 @@ class Evaluation:
             measured = f"{rule.get_metric_type_display()}: no value"
         else:
             measured = f"{measure.label} {formatting.rule_value(rule.metric_type, self.value)}"
+        if self.level and rule.warning_threshold is not None:
+            measured = f"{self.level.upper()}: {measured}"
         # no_traffic's value is already the number of requests.
         requests = "" if fires_below else f"; {self.requests} requests"
-        text = (
-            f"{measured}{scope} over the last {self.window_minutes} min "
-            f"(fires {comparison} {formatting.rule_value(rule.metric_type, rule.threshold)}{requests})"
-        )
+        thresholds = f"fires {comparison} {formatting.rule_value(rule.metric_type, rule.threshold)}"
+        if rule.warning_threshold is not None:
+            thresholds = (
+                f"warning {comparison} {formatting.rule_value(rule.metric_type, rule.warning_threshold)}, "
+                f"critical {comparison} {formatting.rule_value(rule.metric_type, rule.threshold)}"
+            )
+        text = f"{measured}{scope} over the last {self.window_minutes} min ({thresholds}{requests})"
         return f"{text}; {self.note}" if self.note else text
 
 
@@ -176,13 +228,47 @@ def measure_of(rule: AlertRule) -> Measure:
         raise ValueError(f"Unknown metric type {rule.metric_type!r} on rule {rule.pk}") from None
 
 
+def shares_query(rule: AlertRule) -> bool:
+    """Whether the rule is measured with the others in one query (metrics.window_totals): every
+    rule but a grouped one."""
+    return not rule.group_by
+
+
+def scope_of(rule: AlertRule) -> metrics.AlertScope:
+    measure = measure_of(rule)
+    return metrics.AlertScope(
+        model=rule.model_name,
+        group_by=rule.group_by,
+        error_type=rule.error_type,
+        percentile=measure.percentile,
+        feedback=measure.feedback,
+        sums=SUMS_NEEDED.get(rule.metric_type, frozenset()),
+    )
+
+
+# The sums (besides the number of calls) each metric type's value needs.
+SUMS_NEEDED = {
+    MetricType.ERROR_RATE: frozenset({"errors"}),
+    MetricType.TOKEN_SPIKE: frozenset({"total_tokens"}),
+    MetricType.COST: frozenset({"cost"}),
+}
+
+
 def windows_of(
     rule: AlertRule, now: datetime, window_minutes: int | None = None
 ) -> tuple[metrics.Window, metrics.Window | None]:
     """The window a rule measures, [now - its minutes, now), and the one just before it if it compares."""
     measure = measure_of(rule)
     length = timedelta(minutes=window_minutes or rule.time_window_minutes)
-    window = metrics.Window(now - length, now, rule.model_name, latency=measure.latency)
+    window = metrics.Window(
+        now - length,
+        now,
+        rule.model_name,
+        latency=measure.latency,
+        error_type=rule.error_type if rule.metric_type == MetricType.ERROR_RATE else "",
+        percentile="" if measure.latency else measure.percentile,
+        feedback=measure.feedback,
+    )
     if not measure.compares_previous:
         return window, None
     return window, metrics.Window(now - 2 * length, now - length, rule.model_name)
@@ -191,15 +277,58 @@ def windows_of(
 def measure_rules(
     rules: Iterable[AlertRule], now: datetime, window_minutes: int | None = None
 ) -> dict[metrics.Window, metrics.WindowTotals]:
-    """The totals of every window these rules look at, in one query (rules of unknown type left out)."""
+    """The totals of every window the shared-query rules look at, in one query (rules of unknown
+    type, and those measured by their own query, left out)."""
     windows = [
         window
         for rule in rules
-        if rule.metric_type in MEASURES
+        if rule.metric_type in MEASURES and shares_query(rule)
         for window in windows_of(rule, now, window_minutes)
         if window is not None
     ]
     return metrics.window_totals(windows)
+
+
+def apply_no_data(rule: AlertRule, level: str | None, note: str) -> tuple[str | None, str]:
+    """A check without a verdict under the rule's no-data policy: keep (no verdict), ok, or alert."""
+    if level is not None or rule.no_data == AlertRule.NoData.KEEP:
+        return level, note
+    if rule.no_data == AlertRule.NoData.OK:
+        return AlertLevel.OK, f"{note}; no-data policy: counted as ok"
+    return AlertLevel.CRITICAL, f"{note}; no-data policy: counted as firing"
+
+
+def judge(
+    rule: AlertRule, totals: metrics.WindowTotals, previous: metrics.WindowTotals | None
+) -> tuple[float | None, str | None, str]:
+    """The value of the rule's metric over a window, the level it reaches (None: no verdict) and
+    why there is none. check_alerts and the preview both judge through here."""
+    measure = measure_of(rule)
+    value = measure.value(totals, previous)
+    note = measure.no_value_note if value is None else ""
+    if measure.needs_traffic and totals.requests < MIN_REQUESTS_TO_JUDGE:
+        level = None
+        note = f"too little traffic to judge: fewer than {MIN_REQUESTS_TO_JUDGE} requests"
+    elif measure.feedback and totals.ratings < rule.min_ratings:
+        level = None
+        note = f"too few ratings to judge: {totals.ratings}, fewer than {rule.min_ratings}"
+    elif value is None:
+        level = None
+    else:
+        level = rule.level_of(value)
+    return value, *apply_no_data(rule, level, note)
+
+
+def evaluation_of(
+    rule: AlertRule,
+    totals: metrics.WindowTotals,
+    previous: metrics.WindowTotals | None,
+    window: tuple[datetime, datetime],
+    group_key: str | None = None,
+) -> Evaluation:
+    value, level, note = judge(rule, totals, previous)
+    breached = None if level is None else bool(level)
+    return Evaluation(rule, value, breached, totals.requests, *window, note, level, group_key)
 
 
 def evaluate(
@@ -208,31 +337,122 @@ def evaluate(
     window_minutes: int | None = None,
     measured: Mapping[metrics.Window, metrics.WindowTotals] | None = None,
 ) -> Evaluation:
-    """Measure the rule's metric over [now - window, now) and compare it with the threshold.
+    """Measure the rule's metric over [now - window, now) and compare it with the thresholds.
 
     `measured` is measure_rules' answer for several rules at once; without it, this rule's windows
-    are measured now. Raises ValueError for a metric type this version does not know.
+    are measured now. A grouped rule answers one Evaluation that sums up its groups (the worst).
+    Raises ValueError for a metric type this version does not know.
     """
-    measure = measure_of(rule)
+    groups, dropped = evaluate_groups(rule, now, window_minutes, measured)
+    if rule.group_by:
+        return summarize(rule, groups, dropped, now, window_minutes)
+    return groups[0]
+
+
+def _group_states(rule: AlertRule) -> dict[str, AlertState]:
+    return {state.group_key: state for state in AlertState.objects.filter(rule=rule)} if rule.pk else {}
+
+
+def evaluate_groups(
+    rule: AlertRule,
+    now: datetime,
+    window_minutes: int | None = None,
+    measured: Mapping[metrics.Window, metrics.WindowTotals] | None = None,
+    states: Mapping[str, Any] | None = None,
+) -> tuple[list[Evaluation], list[str]]:
+    """The rule's evaluation (one, group_key None) or, for a grouped rule, one per group of
+    `groups_to_evaluate` (a group without calls in the window gets zero totals: no verdict for a
+    rate, 0 for a cost or a count). Beyond the cap (ALERT_MAX_GROUPS), the groups left out are
+    answered by key."""
     window, previous = windows_of(rule, now, window_minutes)
-    if measured is None:
-        measured = metrics.window_totals([window] if previous is None else [window, previous])
-    totals = measured[window]
-    value = measure.value(totals, measured.get(previous))
-    note = measure.no_value_note if value is None else ""
-    if measure.needs_traffic and totals.requests < MIN_REQUESTS_TO_JUDGE:
-        breached = None
-        note = f"too little traffic to judge: fewer than {MIN_REQUESTS_TO_JUDGE} requests"
-    elif value is None:
-        breached = None
+    span = (window.start, window.end)
+    if shares_query(rule):
+        if measured is None:
+            measured = metrics.window_totals([window] if previous is None else [window, previous])
+        return [evaluation_of(rule, measured[window], measured.get(previous), span)], []
+    scope = scope_of(rule)
+    found = metrics.group_totals(scope, window.start, window.end)
+    before = metrics.group_totals(scope, previous.start, previous.end) if previous else {}
+    if states is None:
+        states = _group_states(rule)
+    evaluations = [
+        evaluation_of(rule, found.get(key, ZERO), before.get(key, ZERO) if previous else None, span, key)
+        for key in groups_to_evaluate(rule, found, states)
+    ]
+    return cap_groups(rule, evaluations, {key for key, state in states.items() if state.is_firing})
+
+
+def groups_to_evaluate(rule: AlertRule, found: Iterable[str], states: Mapping[str, Any]) -> list[str]:
+    """The groups a grouped rule judges at one check: those with calls (ratings) in the window,
+    those firing (so that they can resolve, or keep firing, under the no-data policy) and, for
+    no_traffic, every group seen before (a group gone quiet is what it watches for). A group that
+    went quiet without firing is simply not there: its state stays as it was."""
+    keys = set(found)
+    if rule.metric_type == MetricType.NO_TRAFFIC:
+        keys.update(states)
     else:
-        breached = value < rule.threshold if measure.fires_below else value > rule.threshold
-    return Evaluation(rule, value, breached, totals.requests, window.start, window.end, note)
+        keys.update(key for key, state in states.items() if state.is_firing)
+    return sorted(keys)
+
+
+def cap_groups(rule: AlertRule, evaluations: list[Evaluation], firing: set[str]) -> tuple[list[Evaluation], list[str]]:
+    """At most ALERT_MAX_GROUPS groups per rule and run: the firing ones first (so they can
+    resolve), then the worst. Answers the kept evaluations and the keys left out."""
+    limit = settings.ALERT_MAX_GROUPS
+    if len(evaluations) <= limit:
+        return evaluations, []
+    sign = 1 if rule.fires_below else -1
+
+    def priority(evaluation: Evaluation) -> tuple:
+        value = evaluation.value
+        return (
+            evaluation.group_key not in firing,
+            -LEVEL_ORDER.get(evaluation.level or "", 0),
+            value is None,
+            sign * value if value is not None else 0,
+            evaluation.group_key,
+        )
+
+    ordered = sorted(evaluations, key=priority)
+    return ordered[:limit], [evaluation.group_key for evaluation in ordered[limit:]]
+
+
+def summarize(
+    rule: AlertRule, groups: list[Evaluation], dropped: list[str], now: datetime, window_minutes: int | None
+) -> Evaluation:
+    """A grouped rule's evaluations as one: the worst group's value and level, and how many fire."""
+    window, _previous = windows_of(rule, now, window_minutes)
+    judged = [evaluation for evaluation in groups if evaluation.level is not None]
+    sign = 1 if rule.fires_below else -1
+    worst = min(
+        judged,
+        key=lambda e: (-LEVEL_ORDER[e.level], e.value is None, sign * e.value if e.value is not None else 0),
+        default=None,
+    )
+    firing = [evaluation.group_key for evaluation in judged if evaluation.level]
+    note = f"{len(firing)} of {len(groups)} {rule.group_by} groups over a threshold"
+    if firing:
+        note += ": " + ", ".join(firing[:5]) + (", …" if len(firing) > 5 else "")
+    if worst is not None:
+        note += f"; worst: {worst.group_key}"
+    if dropped:
+        note += f"; {len(dropped)} more groups not evaluated (ALERT_MAX_GROUPS {settings.ALERT_MAX_GROUPS})"
+    return Evaluation(
+        rule,
+        worst.value if worst else None,
+        None if worst is None else bool(worst.level),
+        sum(evaluation.requests for evaluation in groups),
+        window.start,
+        window.end,
+        note,
+        worst.level if worst else None,
+    )
 
 
 def evaluate_rules(rules: Iterable[AlertRule], now: datetime) -> list[Evaluation]:
-    """Every rule's verdict now, from one query, writing nothing (the alerts page). A rule of a
-    metric type this version does not know has no verdict and says why."""
+    """Every rule's verdict now, writing nothing (the alerts page): one query for the rules of the
+    first types, one more for each other rule. A rule of a metric type this version does not know
+    has no verdict and says why."""
     rules = list(rules)
     measured = measure_rules(rules, now)
     evaluations = []
@@ -244,25 +464,57 @@ def evaluate_rules(rules: Iterable[AlertRule], now: datetime) -> list[Evaluation
     return evaluations
 
 
-def planned_notice(evaluation: Evaluation, now: datetime) -> str | None:
+@dataclass(frozen=True)
+class State:
+    """The part of a rule's (or a group's) state that decides the next notice."""
+
+    is_firing: bool = False
+    level: str = AlertLevel.OK
+    last_notified_at: datetime | None = None
+
+
+def next_state(state: State, level: str | None, now: datetime, cooldown_minutes: int) -> tuple[State, str | None]:
+    """One check's transition and the notice it writes (None: no notice).
+
+    Over a level and not firing: fire. Warning to critical: fire again (an escalation), cooldown
+    or not. Still over: a reminder once the cooldown has passed. Critical back to warning: the
+    level changes, no notice. Back under (level ""): resolve. No verdict (None): nothing changes.
+    AlertRule.record_check makes the same transitions with conditional UPDATEs; the preview
+    replays them with this function (a test checks that both give the same notices).
+    """
+    if level:
+        due = state.last_notified_at is not None and state.last_notified_at < now - timedelta(minutes=cooldown_minutes)
+        escalated = level == AlertLevel.CRITICAL and state.level == AlertLevel.WARNING
+        if not state.is_firing or escalated or (state.is_firing and due):
+            return State(True, level, now), AlertLog.Kind.FIRED
+        return State(True, level, state.last_notified_at), None
+    if level == AlertLevel.OK and state.is_firing:
+        return State(False, AlertLevel.OK, state.last_notified_at), AlertLog.Kind.RESOLVED
+    return state, None
+
+
+def state_of(holder: AlertRule | AlertState | None) -> State:
+    if holder is None:
+        return State()
+    return State(holder.is_firing, holder.level or "", holder.last_notified_at)
+
+
+def planned_notice(evaluation: Evaluation, now: datetime, holder: AlertRule | AlertState | None = None) -> str | None:
     """What `record_check` would write for this evaluation, without writing it (for --dry-run)."""
-    rule = evaluation.rule
-    if evaluation.breached and not rule.is_firing:
-        return AlertLog.Kind.FIRED
-    if evaluation.breached and rule.is_firing:
-        due = rule.last_notified_at is None or rule.last_notified_at < now - timedelta(minutes=rule.cooldown_minutes)
-        return AlertLog.Kind.FIRED if due else None
-    if evaluation.breached is False and rule.is_firing:
-        return AlertLog.Kind.RESOLVED
-    return None
+    holder = evaluation.rule if evaluation.group_key is None else holder
+    return next_state(state_of(holder), evaluation.level, now, evaluation.rule.cooldown_minutes)[1]
 
 
 @dataclass
 class CheckOutcome:
     evaluation: Evaluation
-    # The notice this run wrote (or, on a dry run, would write: "fired" / "resolved").
+    # The notice this run wrote (or, on a dry run, would write: "fired" / "resolved"); for a
+    # grouped rule the first group's.
     notice: str | None = None
     alert: AlertLog | None = None
+    # A grouped rule: every group's notice.
+    alerts: list[AlertLog] = field(default_factory=list)
+    notices: int = 0
 
     def summary(self, dry_run: bool = False) -> str:
         """One line: the rule, its value against the threshold, the verdict and the notice."""
@@ -274,11 +526,15 @@ class CheckOutcome:
             f"threshold {formatting.rule_value(metric, rule.threshold)}, {evaluation.requests} requests "
             f"in {evaluation.window_minutes} min: {evaluation.state.upper()}"
         )
+        if evaluation.level and rule.warning_threshold is not None:
+            line += f" ({evaluation.level})"
         if evaluation.note:
             line += f" ({evaluation.note})"
         if self.notice:
             verb = "would notify" if dry_run else "notice"
             line += f"; {verb}: {self.notice}"
+            if self.notices > 1:
+                line += f" and {self.notices - 1} more"
         return line
 
 
@@ -304,19 +560,47 @@ def check_rule(
     dry_run: bool = False,
     measured: Mapping[metrics.Window, metrics.WindowTotals] | None = None,
 ) -> CheckOutcome:
-    """Evaluate one rule and, unless dry_run, record its new state (no sending here)."""
-    evaluation = evaluate(rule, now, window_minutes, measured)
+    """Evaluate one rule (each group of a grouped rule) and, unless dry_run, record its new state
+    (no sending here)."""
+    states = _group_states(rule) if rule.group_by else {}
+    groups, dropped = evaluate_groups(rule, now, window_minutes, measured, states)
+    if dropped:
+        logger.warning("Alert rule %s: %d groups beyond ALERT_MAX_GROUPS not evaluated", rule.pk, len(dropped))
+    evaluation = summarize(rule, groups, dropped, now, window_minutes) if rule.group_by else groups[0]
     if dry_run:
-        return CheckOutcome(evaluation, notice=planned_notice(evaluation, now))
-    alert = rule.record_check(
-        value=evaluation.value,
-        breached=evaluation.breached,
-        window_start=evaluation.window_start,
-        window_end=evaluation.window_end,
-        message=evaluation.describe(),
-        now=now,
+        planned = [planned_notice(group, now, states.get(group.group_key)) for group in groups]
+        planned = [notice for notice in planned if notice]
+        return CheckOutcome(evaluation, notice=planned[0] if planned else None, notices=len(planned))
+    written = []
+    for group in groups:
+        alert = rule.record_check(
+            value=group.value,
+            level=group.level,
+            window_start=group.window_start,
+            window_end=group.window_end,
+            message=group.describe(),
+            now=now,
+            group_key=group.group_key,
+        )
+        if alert is not None:
+            written.append(alert)
+    if rule.group_by:
+        record_group_summary(rule, evaluation, now)
+    first = written[0] if written else None
+    return CheckOutcome(
+        evaluation, notice=first.kind if first else None, alert=first, alerts=written, notices=len(written)
     )
-    return CheckOutcome(evaluation, notice=alert.kind if alert else None, alert=alert)
+
+
+def record_group_summary(rule: AlertRule, evaluation: Evaluation, now: datetime) -> None:
+    """A grouped rule's own state says whether any group fires, and the worst level (the alerts
+    page, the API and /metrics read it); its notices are the groups'."""
+    firing = list(AlertState.objects.filter(rule=rule, is_firing=True).values_list("level", flat=True))
+    level = max(firing, key=lambda name: LEVEL_ORDER.get(name, 2), default=AlertLevel.OK)
+    AlertRule.objects.filter(pk=rule.pk).update(
+        is_firing=bool(firing), level=level, last_value=evaluation.value, last_checked_at=now
+    )
+    rule.refresh_from_db(fields=["is_firing", "level", "last_value", "last_checked_at"])
 
 
 def deliver(alert: AlertLog, now: datetime, base: str | None = None) -> bool:

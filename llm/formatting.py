@@ -45,9 +45,9 @@ PROVIDER_TIMINGS = ("queue_time_ms", "prompt_time_ms", "completion_time_ms")
 
 def formatter(key: str) -> Callable[[float], str]:
     """The formatter of a figure by its key in llm.metrics' answers (error_rate, p95_latency_ms, cost…)."""
-    if key == "error_rate":
+    if key in ("error_rate", "satisfaction_rate"):
         return percent
-    if key.endswith("latency_ms") or key in PROVIDER_TIMINGS:
+    if key.endswith(("latency_ms", "ttft_ms")) or key in PROVIDER_TIMINGS:
         return milliseconds
     if key == "output_tokens_per_second":
         return tokens_per_second
@@ -72,6 +72,9 @@ Metric = AlertRule.MetricType
 RULE_FIGURES = {
     Metric.ERROR_RATE: "error_rate",
     Metric.LATENCY_P95: "p95_latency_ms",
+    Metric.LATENCY_P99: "p99_latency_ms",
+    Metric.TTFT_P95: "p95_ttft_ms",
+    Metric.FEEDBACK: "satisfaction_rate",
     Metric.TOKEN_SPIKE: "token_ratio",
     Metric.COST: "cost",
     Metric.NO_TRAFFIC: "requests",

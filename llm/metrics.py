@@ -22,9 +22,25 @@ from datetime import date as date_type
 from decimal import Decimal
 from typing import Any
 
+import numpy as np
 from django.db import connections, transaction
-from django.db.models import Aggregate, Avg, Count, F, Field, Max, Q, QuerySet, Sum
-from django.db.models.functions import Coalesce, TruncDay, TruncHour, TruncMinute, TruncMonth
+from django.db.models import (
+    Aggregate,
+    Avg,
+    BigIntegerField,
+    CharField,
+    Count,
+    F,
+    Field,
+    Func,
+    Max,
+    Q,
+    QuerySet,
+    Sum,
+    Value,
+)
+from django.db.models.fields.json import KeyTextTransform
+from django.db.models.functions import Cast, Coalesce, TruncDay, TruncHour, TruncMinute, TruncMonth
 from django.utils import timezone
 
 from llm import rollup_math, rollups
@@ -665,6 +681,15 @@ class Window:
     end: datetime
     model: str = ""
     latency: bool = False
+    # The alert rules of later types: failures of one type only, another percentile (a key of
+    # ALERT_PERCENTILES), or the ratings given in the window. Measured from the raw rows.
+    error_type: str = ""
+    percentile: str = ""
+    feedback: bool = False
+
+    @property
+    def raw_only(self) -> bool:
+        return bool(self.error_type or self.percentile or self.feedback)
 
     def condition(self) -> Q:
         """LLMRequestLog.objects.in_window(start, end).for_model(model) as a condition, so several
@@ -682,11 +707,24 @@ class WindowTotals:
     total_tokens: float
     cost: float
     p95_latency_ms: float | None = None
+    p99_latency_ms: float | None = None
+    p95_ttft_ms: float | None = None
+    # Ratings given in the window (feedback rules).
+    thumbs_up: int = 0
+    thumbs_down: int = 0
 
     @property
     def error_rate(self) -> float | None:
         """overview()'s error_rate, or None without requests: 0 % of nothing is no rate."""
         return rate(self.errors, self.requests) if self.requests else None
+
+    @property
+    def ratings(self) -> int:
+        return self.thumbs_up + self.thumbs_down
+
+    @property
+    def satisfaction(self) -> float | None:
+        return satisfaction_rate(self.thumbs_up, self.thumbs_down)
 
 
 def growth(current: float, previous: float) -> float | None:
@@ -705,6 +743,9 @@ def window_totals(windows: Iterable[Window]) -> dict[Window, WindowTotals]:
     measured: dict[Window, WindowTotals] = {}
     raw_windows = []
     for window in windows:
+        if window.raw_only:
+            raw_windows.append(window)
+            continue
         chosen = Selection(
             LLMRequestLog.objects.in_window(window.start, window.end).for_model(window.model),
             window.start,
@@ -730,25 +771,60 @@ def window_totals(windows: Iterable[Window]) -> dict[Window, WindowTotals]:
 
 
 def _raw_window_totals(windows: list[Window]) -> dict[Window, WindowTotals]:
-    if not windows:
-        return {}
+    calls = [window for window in windows if not window.feedback]
+    rated = [window for window in windows if window.feedback]
+    return {**(_call_totals(calls) if calls else {}), **(_rating_totals(rated) if rated else {})}
+
+
+def _call_totals(windows: list[Window]) -> dict[Window, WindowTotals]:
+    """The windows' figures from one query: conditional aggregates (one set per window) over the
+    rows of the span they cover together."""
     aggregates: dict[str, Aggregate] = {}
     for index, window in enumerate(windows):
-        within = window.condition()
-        wanted = {name: aggregate for name, aggregate in _traffic_aggregates(within).items() if name in WINDOW_FIGURES}
-        if window.latency:
-            wanted["latency_percentiles"] = Percentiles("latency_ms", FRACTIONS["p95"], filter=within)
-        aggregates |= {f"w{index}_{name}": aggregate for name, aggregate in wanted.items()}
+        aggregates |= {f"w{index}_{name}": aggregate for name, aggregate in _window_aggregates(window).items()}
     span = LLMRequestLog.objects.in_window(min(w.start for w in windows), max(w.end for w in windows))
     row = span.aggregate(**aggregates)
-    return {
-        window: WindowTotals(
+    answer = {}
+    for index, window in enumerate(windows):
+        percentile = window.percentile or ("p95_latency_ms" if window.latency else "")
+        extra = {percentile: (row.get(f"w{index}_percentiles") or [None])[0]} if percentile else {}
+        answer[window] = WindowTotals(
             requests=row[f"w{index}_requests"],
             errors=row[f"w{index}_errors"],
             total_tokens=_sum(row[f"w{index}_total_tokens"]),
             cost=_sum(row[f"w{index}_cost"]),
-            p95_latency_ms=(row.get(f"w{index}_latency_percentiles") or [None])[0],
+            **extra,
         )
+    return answer
+
+
+def _window_aggregates(window: Window) -> dict[str, Aggregate]:
+    within = window.condition()
+    wanted = {name: aggregate for name, aggregate in _traffic_aggregates(within).items() if name in WINDOW_FIGURES}
+    if window.error_type:
+        wanted["errors"] = Count("id", filter=within & LLMRequestLog.FAILED & Q(error_type=window.error_type))
+    percentile = window.percentile or ("p95_latency_ms" if window.latency else "")
+    if percentile:
+        column, fraction = ALERT_PERCENTILES[percentile]
+        wanted["percentiles"] = Percentiles(column, fraction, filter=within)
+    return wanted
+
+
+def _rating_totals(windows: list[Window]) -> dict[Window, WindowTotals]:
+    """Thumbs up and down given in each window (to calls of its model), in one query."""
+    aggregates: dict[str, Aggregate] = {}
+    for index, window in enumerate(windows):
+        within = Q(created_at__gte=window.start, created_at__lt=window.end)
+        if window.model:
+            within &= Q(request__model_name=window.model)
+        aggregates[f"w{index}_up"] = Count("id", filter=within & THUMBS_UP)
+        aggregates[f"w{index}_down"] = Count("id", filter=within & THUMBS_DOWN)
+    span = UserFeedback.objects.filter(
+        created_at__gte=min(w.start for w in windows), created_at__lt=max(w.end for w in windows)
+    )
+    row = span.aggregate(**aggregates)
+    return {
+        window: WindowTotals(0, 0, 0, 0, thumbs_up=row[f"w{index}_up"], thumbs_down=row[f"w{index}_down"])
         for index, window in enumerate(windows)
     }
 
@@ -1173,3 +1249,252 @@ def feedback_by_day(feedback: QuerySet[UserFeedback]) -> list[dict[str, Any]]:
         .order_by("day")
     )
     return [_with_rate({**row, "day": row["day"].date().isoformat()}) for row in rows]
+
+
+# Alert figures per group, and per time bucket (the rule preview).
+#
+# check_alerts measures a grouped rule, or one of the newer metric types, with `group_totals`: one
+# GROUP BY over the window's rows, exact. The preview replays a rule at thousands of instants from
+# `bucketed_figures`: one GROUP BY per time bucket and group for the counts and sums (exact: a
+# window is a run of whole buckets, so its sums are differences of prefix sums), and the values
+# of the rows for a percentile, sorted by bucket, so that each window's percentile is taken over
+# exactly its rows (linear interpolation, as percentile_cont).
+
+# The alert figure a percentile rule measures: (WindowTotals field, column, fraction).
+ALERT_PERCENTILES: dict[str, tuple[str, float]] = {
+    "p95_latency_ms": ("latency_ms", FRACTIONS["p95"]),
+    "p99_latency_ms": ("latency_ms", FRACTIONS["p99"]),
+    "p95_ttft_ms": ("ttft_ms", FRACTIONS["p95"]),
+}
+
+
+class EpochSeconds(Func):
+    """Whole seconds since 1970 of a timestamp, on both databases."""
+
+    output_field = BigIntegerField()
+    # date_part answers a double; EXTRACT a numeric since PostgreSQL 14, several times slower
+    # over a million rows.
+    template = "CAST(FLOOR(date_part('epoch', %(expressions)s)) AS BIGINT)"
+
+    def as_sqlite(self, compiler, connection, **extra_context):
+        return self.as_sql(compiler, connection, template="CAST(strftime('%%%%s', %(expressions)s) AS INTEGER)")
+
+
+def group_expression(group_by: str, prefix: str = "") -> Any:
+    """The column (or tag value) a rule's `group_by` groups calls by; `prefix` reaches the call from
+    another model ("request__" from a rating)."""
+    if group_by == "model":
+        return F(f"{prefix}model_name")
+    if group_by == "user":
+        return F(f"{prefix}user_id")
+    # As text on both databases (a tag stored as a JSON number reads "5" on either).
+    return Cast(KeyTextTransform(group_by.removeprefix("tag:"), f"{prefix}tags"), CharField())
+
+
+def _grouped(rows: QuerySet, group_by: str, prefix: str = "") -> QuerySet:
+    """Rows annotated with `group_key` (blank without group_by); rows without a key are left out:
+    a call without a user is nobody's, a call without the tag is in no feature."""
+    if not group_by:
+        return rows.annotate(group_key=Value("", output_field=CharField()))
+    rows = rows.annotate(group_key=group_expression(group_by, prefix))
+    return rows.exclude(group_key__isnull=True).exclude(group_key="")
+
+
+def _key(value: Any) -> str:
+    # A tag stored as a JSON number arrives as a number on SQLite and as text on PostgreSQL.
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+@dataclass(frozen=True)
+class AlertScope:
+    """What an alert rule measures, apart from the window: the calls of one model (blank: all),
+    failures of one type (blank: all), grouped or not, and which extra figure it needs."""
+
+    model: str = ""
+    group_by: str = ""
+    error_type: str = ""
+    # A key of ALERT_PERCENTILES, or blank.
+    percentile: str = ""
+    feedback: bool = False
+    # The sums the preview needs besides the number of calls ("errors", "total_tokens", "cost").
+    sums: frozenset[str] = frozenset({"errors", "total_tokens", "cost"})
+
+    def calls(self, start: datetime, end: datetime) -> LLMRequestLogQuerySet:
+        return LLMRequestLog.objects.in_window(start, end).for_model(self.model)
+
+    def failed(self) -> Q:
+        return LLMRequestLog.FAILED & Q(error_type=self.error_type) if self.error_type else LLMRequestLog.FAILED
+
+    def ratings(self, start: datetime, end: datetime) -> QuerySet[UserFeedback]:
+        rated = UserFeedback.objects.filter(created_at__gte=start, created_at__lt=end)
+        return rated.filter(request__model_name=self.model) if self.model else rated
+
+
+def group_totals(scope: AlertScope, start: datetime, end: datetime) -> dict[str, WindowTotals]:
+    """The figures of [start, end) per group of `scope` (one entry "" when it does not group),
+    exact, in one query (two for a feedback rule). Groups without calls (or ratings) are absent."""
+    if scope.feedback:
+        rows = (
+            _grouped(scope.ratings(start, end), scope.group_by, "request__")
+            .values("group_key")
+            .annotate(up=Count("id", filter=THUMBS_UP), down=Count("id", filter=THUMBS_DOWN))
+            .order_by()
+        )
+        return {
+            _key(row["group_key"]): WindowTotals(0, 0, 0, 0, thumbs_up=row["up"], thumbs_down=row["down"])
+            for row in rows
+        }
+    aggregates: dict[str, Aggregate] = {
+        "requests": Count("id"),
+        "errors": Count("id", filter=scope.failed()),
+        "total_tokens": Sum("total_tokens"),
+        "cost": Sum("cost_estimate"),
+    }
+    if scope.percentile:
+        column, fraction = ALERT_PERCENTILES[scope.percentile]
+        aggregates["percentiles"] = Percentiles(column, fraction)
+    rows = _grouped(scope.calls(start, end), scope.group_by).values("group_key").annotate(**aggregates).order_by()
+    answer = {}
+    for row in rows:
+        extra = {scope.percentile: (row["percentiles"] or [None])[0]} if scope.percentile else {}
+        answer[_key(row["group_key"])] = WindowTotals(
+            row["requests"], row["errors"], _sum(row["total_tokens"]), _sum(row["cost"]), **extra
+        )
+    return answer
+
+
+@dataclass
+class BucketedFigures:
+    """One group's figures per time bucket of a period: bucket i is [start + i·size, start + (i+1)·size).
+
+    `sums` holds prefix sums (row i: the total of buckets before i), so a window of whole buckets
+    [a, b) totals sums[b] - sums[a]. `values` are the rows' values for a percentile, in bucket
+    order, and `ends[i]` how many of them lie in buckets before i.
+    """
+
+    sums: Any  # numpy array (buckets + 1) x len(BUCKET_FIGURES)
+    values: Any = None
+    ends: Any = None
+
+
+# The columns of BucketedFigures.sums.
+BUCKET_FIGURES = ("requests", "errors", "total_tokens", "cost", "thumbs_up", "thumbs_down")
+
+
+def _raw_rows(rows: QuerySet) -> list[tuple]:
+    """A values_list queryset's rows straight from the cursor: Django's per-row converters cost
+    more than the query over a million rows (the callers convert the few columns that need it)."""
+    sql, params = rows.query.sql_with_params()
+    with connections[rows.db].cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall()
+
+
+def _float(value: Any) -> float:
+    # A PostgreSQL numeric sum arrives as a Decimal, SQLite's as a float; no rows: NULL.
+    return 0.0 if value is None else float(value)
+
+
+def bucketed_figures(scope: AlertScope, start: datetime, buckets: int, size: timedelta) -> dict[str, BucketedFigures]:
+    """The figures of each group of `scope` per time bucket, from one GROUP BY (bucket, group), and,
+    for a percentile rule, one more query for the values. `start` must be a whole number of seconds."""
+    end = start + buckets * size
+    seconds = int(size.total_seconds())
+    origin = int(start.timestamp())
+    bucket = (EpochSeconds("timestamp") - origin) / seconds
+    if scope.percentile:
+        # One pass over the rows gives both the values and the number of calls per bucket.
+        return _percentile_figures(scope, start, end, bucket, buckets)
+    if scope.feedback:
+        rows = (
+            _grouped(scope.ratings(start, end), scope.group_by, "request__")
+            .annotate(bucket=(EpochSeconds("created_at") - origin) / seconds)
+            .values("group_key", "bucket")
+            .annotate(up=Count("id", filter=THUMBS_UP), down=Count("id", filter=THUMBS_DOWN))
+            .values_list("group_key", "bucket", "up", "down")
+            .order_by()
+        )
+        table = _object_table(_raw_rows(rows))
+        figures = np.zeros((len(table), len(BUCKET_FIGURES)))
+        if len(table):
+            figures[:, 4:6] = table[:, 2:4].astype(float)
+    else:
+        # Only the sums the rule needs: a numeric SUM over a million rows is not free.
+        sums = {
+            "failed": Count("id", filter=scope.failed()) if "errors" in scope.sums else Value(0),
+            "tokens": Sum("total_tokens", default=0) if "total_tokens" in scope.sums else Value(0),
+            "spent": Sum("cost_estimate", default=0) if "cost" in scope.sums else Value(0),
+        }
+        rows = (
+            _grouped(scope.calls(start, end), scope.group_by)
+            .annotate(bucket=bucket)
+            .values("group_key", "bucket")
+            .annotate(n=Count("id"), **sums)
+            .values_list("group_key", "bucket", "n", "failed", "tokens", "spent")
+            .order_by()
+        )
+        table = _object_table(_raw_rows(rows))
+        figures = np.zeros((len(table), len(BUCKET_FIGURES)))
+        if len(table):
+            # Whole columns at once (a Decimal sum converts too): per group and bucket, a busy
+            # period has as many rows as calls.
+            figures[:, 0:4] = table[:, 2:6].astype(float)
+    if not len(table):
+        return {}
+    codes: dict[str, int] = {}
+    # Group keys are text (a tag is cast to text in SQL): no conversion per row.
+    owners = np.array([codes.setdefault(key, len(codes)) for key in table[:, 0].tolist()], dtype=np.int64)
+    places = table[:, 1].astype(np.int64)
+    order = np.argsort(owners, kind="stable")
+    edges = np.searchsorted(owners[order], np.arange(len(codes) + 1))
+    answer = {}
+    for key, code in codes.items():
+        chosen = order[edges[code] : edges[code + 1]]
+        per_bucket = np.zeros((buckets + 1, len(BUCKET_FIGURES)))
+        per_bucket[places[chosen] + 1] = figures[chosen]
+        answer[key] = BucketedFigures(np.cumsum(per_bucket, axis=0))
+    return answer
+
+
+def _object_table(rows: list[tuple]) -> np.ndarray:
+    return np.array(rows, dtype=object).reshape(len(rows), -1) if rows else np.zeros((0, 0), dtype=object)
+
+
+def _percentile_figures(
+    scope: AlertScope, start: datetime, end: datetime, bucket: Any, buckets: int
+) -> dict[str, BucketedFigures]:
+    """Each group's calls per bucket and its values of the percentile's column (NULL ones left
+    out: a call without a first token), sorted by bucket, with where each bucket ends."""
+    column = ALERT_PERCENTILES[scope.percentile][0]
+    calls = _grouped(scope.calls(start, end), scope.group_by).annotate(bucket=bucket)
+    codes: dict[str, int] = {}
+    # Whole columns converted by NumPy, not row by row: this is a million rows over 30 days
+    # (a NULL becomes NaN).
+    if scope.group_by:
+        rows = _raw_rows(calls.values_list("group_key", "bucket", column).order_by())
+        if not rows:
+            return {}
+        table = np.array(rows, dtype=object)
+        owners = np.array([codes.setdefault(key, len(codes)) for key in table[:, 0].tolist()], dtype=np.int64)
+        places, values = table[:, 1].astype(np.int64), table[:, 2].astype(float)
+    else:
+        rows = _raw_rows(calls.values_list("bucket", column).order_by())
+        if not rows:
+            return {}
+        codes[""] = 0
+        table = np.array(rows, dtype=float)
+        owners, places, values = np.zeros(len(rows), dtype=np.int64), table[:, 0].astype(np.int64), table[:, 1]
+    # By group, then by bucket: each group's rows are one run, in bucket order.
+    order = np.lexsort((places, owners))
+    owners, places, values = owners[order], places[order], values[order]
+    edges = np.searchsorted(owners, np.arange(len(codes) + 1))
+    answer = {}
+    for key, code in codes.items():
+        first, last = edges[code], edges[code + 1]
+        sums = np.zeros((buckets + 1, len(BUCKET_FIGURES)))
+        sums[1:, 0] = np.bincount(places[first:last], minlength=buckets)[:buckets]
+        valued = ~np.isnan(values[first:last])
+        figures = BucketedFigures(np.cumsum(sums, axis=0), values[first:last][valued])
+        figures.ends = np.searchsorted(places[first:last][valued], np.arange(buckets + 1), side="left")
+        answer[key] = figures
+    return answer

@@ -601,13 +601,41 @@ class AlertRuleQuerySet(models.QuerySet):
 MAX_ERROR_RATE_PERCENT = 100.0
 
 
+# group_by: "model", "user", or "tag:<key>" (a tag key as the events API stores it).
+GROUP_BY_PATTERN = re.compile(r"^(model|user|tag:[^\x00-\x1f\x7f\ud800-\udfff]{1,100})$")
+FEEDBACK_MIN_RATINGS_MAX = 1_000_000
+
+
+def validate_group_by(value: str) -> None:
+    if value and not GROUP_BY_PATTERN.match(value):
+        raise ValidationError("Group by “model”, “user” or “tag:<key>” (a key of 1 to 100 printable characters).")
+
+
+class AlertLevel(models.TextChoices):
+    """How bad a firing state is: a rule's `threshold` is the critical one, `warning_threshold` the other."""
+
+    OK = "", "OK"
+    WARNING = "warning", "Warning"
+    CRITICAL = "critical", "Critical"
+
+
 class AlertRule(models.Model):
     class MetricType(models.TextChoices):
         ERROR_RATE = "error_rate", "Error rate (%)"
         LATENCY_P95 = "latency_p95", "Latency p95 (ms)"
+        LATENCY_P99 = "latency_p99", "Latency p99 (ms)"
+        TTFT_P95 = "ttft_p95", "Time to first token p95 (ms)"
         TOKEN_SPIKE = "token_spike", "Token spike (ratio to previous window)"
         COST = "cost", "Cost (USD per window)"
         NO_TRAFFIC = "no_traffic", "No traffic (fewer requests than threshold)"
+        FEEDBACK = "feedback", "Feedback (satisfaction % below threshold)"
+
+    class NoData(models.TextChoices):
+        """What a check without a verdict (too little traffic, no ratings, no baseline) does."""
+
+        KEEP = "keep", "Keep the last state"
+        OK = "ok", "Count as OK (resolves)"
+        ALERT = "alert", "Count as firing (critical)"
 
     name = models.CharField(max_length=200, unique=True, validators=[validate_one_line])
     description = models.TextField(blank=True, default="")
@@ -622,6 +650,32 @@ class AlertRule(models.Model):
         validators=[MaxValueValidator(ALERT_COOLDOWN_MINUTES_MAX)],
         help_text="While the rule stays over its threshold, notify again only after this long.",
     )
+    warning_threshold = models.FloatField(
+        null=True,
+        blank=True,
+        validators=[validate_finite, MinValueValidator(0)],
+        help_text="Optional second level, crossed before the critical `threshold`.",
+    )
+    error_type = models.CharField(
+        max_length=20,
+        blank=True,
+        default="",
+        choices=LLMRequestLog.ErrorType.choices,
+        help_text="error_rate only: count only failures of this type (blank: every failure).",
+    )
+    min_ratings = models.PositiveIntegerField(
+        default=10,
+        validators=[MinValueValidator(1), MaxValueValidator(FEEDBACK_MIN_RATINGS_MAX)],
+        help_text="feedback only: no verdict on fewer ratings than this in the window.",
+    )
+    group_by = models.CharField(
+        max_length=104,
+        blank=True,
+        default="",
+        validators=[validate_group_by],
+        help_text="“model”, “user” or “tag:<key>”: one alert state per group. Blank: one state for the rule.",
+    )
+    no_data = models.CharField(max_length=8, choices=NoData.choices, default=NoData.KEEP)
     is_active = models.BooleanField(default=True)
     notify_email = models.BooleanField(default=True)
     email_recipients = models.TextField(
@@ -643,7 +697,10 @@ class AlertRule(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     # State, written by check_alerts only (through the methods below).
+    # For a grouped rule these say whether any group fires (and the worst level); each group's
+    # own state is an AlertState row.
     is_firing = models.BooleanField(default=False, editable=False)
+    level = models.CharField(max_length=8, choices=AlertLevel.choices, blank=True, default="", editable=False)
     last_value = models.FloatField(null=True, blank=True, editable=False)
     last_checked_at = models.DateTimeField(null=True, blank=True, editable=False)
     # When the last "fired" notice was written: the cooldown counts from here.
@@ -659,14 +716,57 @@ class AlertRule(models.Model):
 
     def clean(self) -> None:
         super().clean()
-        self.validate_threshold(self.metric_type, self.threshold)
+        self.validate_definition(
+            {
+                "metric_type": self.metric_type,
+                "threshold": self.threshold,
+                "warning_threshold": self.warning_threshold,
+                "error_type": self.error_type,
+            }
+        )
 
     @classmethod
     def validate_threshold(cls, metric_type: str | None, threshold: float | None) -> None:
         """The bound a threshold has for its metric type; the admin form (through clean) and the
         API's serializer both ask here."""
-        if metric_type == cls.MetricType.ERROR_RATE and threshold is not None and threshold > MAX_ERROR_RATE_PERCENT:
-            raise ValidationError({"threshold": f"An error rate is a percentage: at most {MAX_ERROR_RATE_PERCENT:g}."})
+        cls.validate_definition({"metric_type": metric_type, "threshold": threshold})
+
+    @classmethod
+    def validate_definition(cls, fields: dict[str, Any]) -> None:
+        """What holds between a rule's fields (the admin form, the rule form and the API ask here):
+        percentages at most 100, the warning level crossed before the critical one, error_type on
+        error_rate only."""
+        metric_type = fields.get("metric_type")
+        errors: dict[str, str] = {}
+        if metric_type in PERCENT_METRICS:
+            for name in ("threshold", "warning_threshold"):
+                value = fields.get(name)
+                if value is not None and value > MAX_ERROR_RATE_PERCENT:
+                    errors[name] = f"A percentage: at most {MAX_ERROR_RATE_PERCENT:g}."
+        threshold, warning = fields.get("threshold"), fields.get("warning_threshold")
+        if warning is not None and threshold is not None and "warning_threshold" not in errors:
+            if metric_type in FIRES_BELOW and warning <= threshold:
+                errors["warning_threshold"] = "This rule fires below its threshold: the warning level must be above it."
+            elif metric_type not in FIRES_BELOW and warning >= threshold:
+                errors["warning_threshold"] = "The warning level must be below the critical threshold."
+        if fields.get("error_type") and metric_type != cls.MetricType.ERROR_RATE:
+            errors["error_type"] = "Only an error_rate rule counts failures of one type."
+        if errors:
+            raise ValidationError(errors)
+
+    @property
+    def fires_below(self) -> bool:
+        return self.metric_type in FIRES_BELOW
+
+    def level_of(self, value: float) -> str:
+        """The level a value reaches: critical past `threshold`, warning past `warning_threshold`."""
+        if self.fires_below:
+            crossed = lambda bound: bound is not None and value < bound  # noqa: E731
+        else:
+            crossed = lambda bound: bound is not None and value > bound  # noqa: E731
+        if crossed(self.threshold):
+            return AlertLevel.CRITICAL
+        return AlertLevel.WARNING if crossed(self.warning_threshold) else AlertLevel.OK
 
     @property
     def recipients(self) -> list[str]:
@@ -700,45 +800,42 @@ class AlertRule(models.Model):
         self,
         *,
         value: float | None,
-        breached: bool | None,
+        level: str | None,
         window_start: datetime,
         window_end: datetime,
         message: str,
         now: datetime,
+        group_key: str | None = None,
     ) -> AlertLog | None:
-        """Store the outcome of one evaluation; answers the notice to send, if any.
+        """Store the outcome of one evaluation of the rule (or of one group of a grouped rule);
+        answers the notice to send, if any.
 
-        breached None means "too little data to judge": the state is left as it is.
-        Each transition is a conditional UPDATE on the rule's row, so when two check_alerts runs
-        evaluate the same rule at once, only one of them wins it and writes the AlertLog; the
+        level None means "no verdict" (after the no-data policy: see llm/alerts.py): the state is
+        left as it is. The transitions are those of `alerts.next_state` (which the preview
+        replays); here each is a conditional UPDATE on the state's row, so when two check_alerts
+        runs evaluate the same rule at once, only one of them wins it and writes the AlertLog; the
         loser's UPDATE matches no row (PostgreSQL re-checks the WHERE after the winner commits).
         The transaction is short and holds no lock while anything is sent.
         """
-        rules = AlertRule.objects.filter(pk=self.pk)
-        kind = None
+        if group_key is None:
+            states: models.QuerySet = AlertRule.objects.filter(pk=self.pk)
+        else:
+            AlertState.objects.get_or_create(rule=self, group_key=group_key)
+            states = AlertState.objects.filter(rule=self, group_key=group_key)
         alert = None
         with transaction.atomic():
             # A run that evaluated earlier but got here later (it was slow) must not undo what a
             # newer check recorded, e.g. fire again right after a newer check resolved.
             not_older = models.Q(last_checked_at__isnull=True) | models.Q(last_checked_at__lte=now)
-            if not rules.filter(not_older).update(last_value=value, last_checked_at=now):
+            if not states.filter(not_older).update(last_value=value, last_checked_at=now):
                 return None
-            if breached:
-                # Newly over threshold: always a notice. Still over: a reminder once the cooldown has passed
-                # (strictly: two runs at the same instant never both remind, even with a cooldown of 0).
-                cooldown_start = now - timedelta(minutes=self.cooldown_minutes)
-                newly_firing = rules.filter(is_firing=False).update(is_firing=True, last_notified_at=now)
-                reminder_due = not newly_firing and rules.filter(
-                    is_firing=True, last_notified_at__lt=cooldown_start
-                ).update(last_notified_at=now)
-                if newly_firing or reminder_due:
-                    kind = AlertLog.Kind.FIRED
-            elif breached is False and rules.filter(is_firing=True).update(is_firing=False):
-                kind = AlertLog.Kind.RESOLVED
+            kind = self._transition(states, level, now)
             if kind is not None:
                 alert = AlertLog.objects.create(
                     alert_rule=self,
                     kind=kind,
+                    level=level or "",
+                    group_key=group_key or "",
                     triggered_at=now,
                     message=message,
                     metric_value=value,
@@ -746,8 +843,62 @@ class AlertRule(models.Model):
                     window_start=window_start,
                     window_end=window_end,
                 )
-        self.refresh_from_db(fields=["is_firing", "last_value", "last_checked_at", "last_notified_at"])
+        if group_key is None:
+            self.refresh_from_db(fields=["is_firing", "level", "last_value", "last_checked_at", "last_notified_at"])
         return alert
+
+    def _transition(self, states: models.QuerySet, level: str | None, now: datetime) -> str | None:
+        """The conditional UPDATEs of one transition; answers the notice's kind, if one is due."""
+        if level:
+            # Newly over a level: always a notice. Warning to critical: a notice (an escalation).
+            # Still over: a reminder once the cooldown has passed (strictly: two runs at the same
+            # instant never both remind, even with a cooldown of 0). Critical back to warning: no notice.
+            cooldown_start = now - timedelta(minutes=self.cooldown_minutes)
+            notified = (
+                states.filter(is_firing=False).update(is_firing=True, level=level, last_notified_at=now)
+                or (
+                    level == AlertLevel.CRITICAL
+                    and states.filter(is_firing=True, level=AlertLevel.WARNING).update(
+                        level=level, last_notified_at=now
+                    )
+                )
+                or states.filter(is_firing=True, last_notified_at__lt=cooldown_start).update(
+                    level=level, last_notified_at=now
+                )
+            )
+            if notified:
+                return AlertLog.Kind.FIRED
+            states.exclude(level=level).update(level=level)
+            return None
+        if level == AlertLevel.OK and states.filter(is_firing=True).update(is_firing=False, level=AlertLevel.OK):
+            return AlertLog.Kind.RESOLVED
+        return None
+
+
+# The metric types whose threshold is a percentage, and those that fire below it.
+PERCENT_METRICS = {AlertRule.MetricType.ERROR_RATE, AlertRule.MetricType.FEEDBACK}
+FIRES_BELOW = {AlertRule.MetricType.NO_TRAFFIC, AlertRule.MetricType.FEEDBACK}
+
+
+class AlertState(models.Model):
+    """The state of one group of a grouped rule (`group_by`): the same fields as the rule's own,
+    with its own cooldown and resolve."""
+
+    rule = models.ForeignKey(AlertRule, on_delete=models.CASCADE, related_name="states")
+    # The model, the user id or the tag's value.
+    group_key = models.CharField(max_length=200)
+    is_firing = models.BooleanField(default=False)
+    level = models.CharField(max_length=8, choices=AlertLevel.choices, blank=True, default="")
+    last_value = models.FloatField(null=True, blank=True)
+    last_checked_at = models.DateTimeField(null=True, blank=True)
+    last_notified_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["rule", "group_key"]
+        constraints = [models.UniqueConstraint(fields=["rule", "group_key"], name="one_state_per_rule_group")]
+
+    def __str__(self) -> str:
+        return f"{self.rule.name} [{self.group_key}]"
 
 
 NOT_SENT_NO_CHANNEL = "not sent: no channel"
@@ -785,6 +936,9 @@ class AlertLog(models.Model):
 
     alert_rule = models.ForeignKey(AlertRule, on_delete=models.CASCADE, related_name="logs")
     kind = models.CharField(max_length=8, choices=Kind.choices, default=Kind.FIRED)
+    # The level a "fired" notice reached (blank on a resolve), and the group of a grouped rule.
+    level = models.CharField(max_length=8, choices=AlertLevel.choices, blank=True, default="")
+    group_key = models.CharField(max_length=200, blank=True, default="")
     triggered_at = models.DateTimeField(default=timezone.now, db_index=True)
     message = models.TextField()
     metric_value = models.FloatField(null=True, blank=True)

@@ -323,7 +323,20 @@ class LogDetailSerializer(LogSerializer):
 
 # Alerts
 
-STATE_FIELDS = ["is_firing", "last_value", "last_checked_at", "last_notified_at"]
+STATE_FIELDS = ["is_firing", "level", "last_value", "last_checked_at", "last_notified_at"]
+# The fields that define what a rule measures and when it fires (the preview takes these too).
+DEFINITION_FIELDS = [
+    "metric_type",
+    "threshold",
+    "warning_threshold",
+    "time_window_minutes",
+    "model_name",
+    "error_type",
+    "min_ratings",
+    "group_by",
+    "no_data",
+    "cooldown_minutes",
+]
 
 
 class AlertSilenceSerializer(serializers.ModelSerializer):
@@ -403,11 +416,7 @@ class AlertRuleSerializer(serializers.ModelSerializer):
             "id",
             "name",
             "description",
-            "metric_type",
-            "threshold",
-            "time_window_minutes",
-            "model_name",
-            "cooldown_minutes",
+            *DEFINITION_FIELDS,
             "is_active",
             "notify_email",
             "email_recipients",
@@ -436,13 +445,96 @@ class AlertRuleSerializer(serializers.ModelSerializer):
         return ", ".join(split_email_list(value))
 
     def validate(self, attrs: dict) -> dict:
-        metric_type = attrs.get("metric_type", getattr(self.instance, "metric_type", None))
-        threshold = attrs.get("threshold", getattr(self.instance, "threshold", None))
-        try:
-            AlertRule.validate_threshold(metric_type, threshold)
-        except DjangoValidationError as error:
-            raise serializers.ValidationError(error.message_dict) from None
+        return validate_rule_definition(attrs, self.instance)
+
+
+class AlertPreviewSerializer(AlertRuleSerializer):
+    """A rule's definition (saved or not) and the period to replay it over."""
+
+    rule_id = serializers.IntegerField(
+        required=False, min_value=1, max_value=2**31 - 1, help_text="A saved rule: the fields not given are its own."
+    )
+    days = serializers.IntegerField(default=7, min_value=1, max_value=30, help_text="1 to 30 days back from now.")
+    step_minutes = serializers.IntegerField(
+        default=5,
+        min_value=1,
+        max_value=1440,
+        help_text="Evaluate every this many minutes, like a cron of check_alerts.",
+    )
+
+    class Meta(AlertRuleSerializer.Meta):
+        fields = ["rule_id", *DEFINITION_FIELDS, "days", "step_minutes"]
+        read_only_fields = []
+
+    def validate(self, attrs: dict) -> dict:
+        attrs = super().validate(attrs)
+        # A saved rule's preview is partial, and DRF applies no default then.
+        attrs.setdefault("days", 7)
+        attrs.setdefault("step_minutes", 5)
+        evaluations = attrs["days"] * 24 * 60 // attrs["step_minutes"]
+        if evaluations > PREVIEW_MAX_EVALUATIONS:
+            raise serializers.ValidationError(
+                {"step_minutes": [f"At most {PREVIEW_MAX_EVALUATIONS:,} evaluations: {evaluations:,} asked; raise it."]}
+            )
         return attrs
+
+
+PREVIEW_MAX_EVALUATIONS = 30 * 24 * 60 // 5
+
+
+class PreviewPointSerializer(serializers.Serializer):
+    time = serializers.DateTimeField()
+    value = serializers.FloatField(allow_null=True)
+
+
+class PreviewGroupSerializer(serializers.Serializer):
+    group = serializers.CharField()
+    series = PreviewPointSerializer(many=True)
+
+
+class PreviewEventSerializer(serializers.Serializer):
+    time = serializers.DateTimeField()
+    kind = serializers.ChoiceField(choices=["fire", "resolve"])
+    level = serializers.CharField(help_text="critical or warning on a fire; blank on a resolve.")
+    group = serializers.CharField(allow_null=True, help_text="The group of a grouped rule; null otherwise.")
+    value = serializers.FloatField(allow_null=True)
+
+
+class AlertPreviewAnswerSerializer(serializers.Serializer):
+    days = serializers.IntegerField()
+    step_minutes = serializers.IntegerField()
+    start = serializers.DateTimeField(allow_null=True, help_text="The first instant evaluated (on the step's grid).")
+    end = serializers.DateTimeField(allow_null=True, help_text="The last instant evaluated.")
+    evaluations = serializers.IntegerField()
+    metric_type = serializers.CharField()
+    fires_below = serializers.BooleanField()
+    threshold = serializers.FloatField(help_text="The critical threshold.")
+    warning_threshold = serializers.FloatField(allow_null=True)
+    group_by = serializers.CharField()
+    series = PreviewPointSerializer(many=True, help_text="The value at each instant (grouped: the worst group's).")
+    groups = PreviewGroupSerializer(
+        many=True, help_text="Grouped rules: the series of the groups with notices, the most first (at most 20)."
+    )
+    events = PreviewEventSerializer(
+        many=True, help_text="Every notice the replay writes: fires (reminders too) and resolves."
+    )
+    breaches = serializers.IntegerField(help_text="Instants at which the rule (some group) was over a threshold.")
+    notifications = serializers.IntegerField(help_text="The notices the cooldown let through (len(events)).")
+    groups_left_out = serializers.IntegerField(
+        help_text="The most groups ALERT_MAX_GROUPS left out at one instant (0: none; see check_alerts' output)."
+    )
+
+
+def validate_rule_definition(attrs: dict, instance: AlertRule | None = None) -> dict:
+    """The checks between a rule's fields (AlertRule.validate_definition), over the stored values
+    for the fields a PATCH leaves out."""
+    names = ("metric_type", "threshold", "warning_threshold", "error_type")
+    merged = {name: attrs.get(name, getattr(instance, name, None)) for name in names}
+    try:
+        AlertRule.validate_definition(merged)
+    except DjangoValidationError as error:
+        raise serializers.ValidationError(error.message_dict) from None
+    return attrs
 
 
 class AlertLogSerializer(serializers.ModelSerializer):
@@ -458,6 +550,8 @@ class AlertLogSerializer(serializers.ModelSerializer):
             "rule_name",
             "metric_type",
             "kind",
+            "level",
+            "group_key",
             "triggered_at",
             "message",
             "metric_value",

@@ -46,6 +46,7 @@ api_urlpatterns = [
     path("api/docs/", docs.SwaggerView.as_view(), name="api-docs"),
     # Alerts
     path("api/alerts/rules/", alerts.AlertRuleList.as_view(), name="api-alert-rules"),
+    path("api/alerts/rules/preview/", alerts.AlertRulePreview.as_view(), name="api-alert-rule-preview"),
     path("api/alerts/rules/<int:pk>/", alerts.AlertRuleDetail.as_view(), name="api-alert-rule"),
     path("api/alerts/rules/<int:pk>/test/", alerts.AlertRuleTest.as_view(), name="api-alert-rule-test"),
     path("api/alerts/rules/<int:pk>/check/", alerts.AlertRuleCheck.as_view(), name="api-alert-rule-check"),
@@ -79,6 +80,8 @@ urlpatterns = [
     path("alerts/<int:pk>/acknowledge/", views.acknowledge_alert, name="alert-acknowledge"),
     path("alerts/rules/<int:pk>/silence/", views.alert_rule_silence, name="alert-rule-silence"),
     path("alerts/rules/<int:pk>/unsilence/", views.alert_rule_unsilence, name="alert-rule-unsilence"),
+    path("alerts/rules/new/", views.alert_rule_form, name="alert-rule-new"),
+    path("alerts/rules/<int:pk>/edit/", views.alert_rule_form, name="alert-rule-edit"),
     path("alerts/rules/<int:pk>/test/", views.alert_rule_test, name="alert-rule-test"),
     path("alerts/rules/<int:pk>/check/", views.alert_rule_check, name="alert-rule-check"),
     path("playground/", views.playground, name="playground"),

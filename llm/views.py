@@ -21,8 +21,9 @@ from rest_framework.exceptions import ValidationError
 
 from llm import alert_history as alert_history_module
 from llm import alerts, dashboard, formatting, metrics, notifiers, providers, traces
+from llm.alert_preview import DAYS_MAX
 from llm.filters import search_logs
-from llm.forms import FeedbackForm, SilenceForm
+from llm.forms import AlertRuleForm, FeedbackForm, SilenceForm
 from llm.models import AlertLog, AlertRule, DashboardSettings, LLMRequestLog, NotificationChannel, UserFeedback
 from llm.paging import EstimatingPaginator
 from llm.permissions import access_for, refused_page, requires_right
@@ -215,6 +216,9 @@ def rule_row(evaluation: alerts.Evaluation) -> dict:
         "evaluation": evaluation,
         "value": formatting.rule_value(rule.metric_type, evaluation.value),
         "threshold": formatting.rule_value(rule.metric_type, rule.threshold),
+        "warning": formatting.rule_value(rule.metric_type, rule.warning_threshold)
+        if rule.warning_threshold is not None
+        else "",
         "channels": notifiers.channel_states(rule),
         "silence": silence,
     }
@@ -311,6 +315,27 @@ def alert_rule_check(request: HttpRequest, pk: int) -> HttpResponse:
     for alert in run.deliveries:
         messages.info(request, f"Sent {alerts.delivery_summary(alert)}")
     return redirect("alerts")
+
+
+@requires_right("manage")
+def alert_rule_form(request: HttpRequest, pk: int | None = None) -> HttpResponse:
+    """Create or edit a rule, with its preview on past days drawn as it is edited (the JS of the
+    page asks POST /api/alerts/rules/preview/ with the form's fields)."""
+    rule = get_object_or_404(AlertRule, pk=pk) if pk is not None else None
+    form = AlertRuleForm(request.POST or None, instance=rule)
+    if request.method == "POST" and form.is_valid():
+        saved = form.save()
+        messages.success(request, f"Saved rule {saved.name}.")
+        return redirect("alerts")
+    return page(
+        request,
+        "dashboard/alert_rule_form.html",
+        None,
+        form=form,
+        rule=rule,
+        preview_days=[1, 7, DAYS_MAX],
+        charts={},
+    )
 
 
 @requires_right("prompt")

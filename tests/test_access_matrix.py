@@ -123,6 +123,7 @@ TABLE = [
     Row("api-alert-rule", "DELETE", "manage", 204),
     Row("api-alert-rule-test", "POST", "manage", 400),  # the rule has no channel
     Row("api-alert-rule-check", "POST", "manage", 200),
+    Row("api-alert-rule-preview", "POST", "read", 200, {**RULE, "days": 1, "step_minutes": 60}),
     Row("api-alert-acknowledge", "POST", "manage", 200),
     Row("api-alert-rule-silence", "POST", "manage", 201, {"minutes": 30, "reason": "deploy"}),
     Row("api-alert-rule-silence", "DELETE", "manage", 200),
@@ -152,6 +153,8 @@ TABLE = [
     Row("alert-rule-test", "POST", "manage", 302, {}, page=True),
     Row("alert-rule-check", "POST", "manage", 302, {}, page=True),
     Row("alert-history", "GET", "read", 200, page=True),
+    Row("alert-rule-new", "GET", "manage", 200, page=True),
+    Row("alert-rule-edit", "GET", "manage", 200, page=True),
     Row("alert-rule-silence", "POST", "manage", 302, {"minutes": 60, "reason": "deploy"}, page=True),
     Row("alert-rule-unsilence", "POST", "manage", 302, {}, page=True),
     Row("playground", "GET", "prompt", 200, page=True),

@@ -309,14 +309,20 @@ def test_planned_notice_matches_what_record_check_writes(is_firing, minutes_sinc
     evaluation = alerts.Evaluation(rule, 2.0, breached, 10, NOW - timedelta(hours=1), NOW)
     assert alerts.planned_notice(evaluation, NOW) == expected
     written = rule.record_check(
-        value=2.0, breached=breached, window_start=evaluation.window_start, window_end=NOW, message="m", now=NOW
+        value=2.0,
+        level={True: "critical", False: "", None: None}[breached],
+        window_start=evaluation.window_start,
+        window_end=NOW,
+        message="m",
+        now=NOW,
     )
     assert (written.kind if written else None) == expected
 
 
 def test_create_default_rules_is_idempotent():
     first = alerts.create_default_rules()
-    assert {rule.metric_type for rule in first} == set(MetricType.values)
+    # One default rule for each of the first five metric types.
+    assert {rule.metric_type for rule in first} == set(alerts.FIRST_TYPES)
     assert alerts.create_default_rules() == []
     assert AlertRule.objects.count() == len(alerts.DEFAULT_RULES)
 
@@ -366,11 +372,11 @@ def test_migration_marks_alerts_written_before_it_as_delivered():
 
 def test_an_older_evaluation_recorded_late_changes_nothing():
     rule = make_rule(MetricType.NO_TRAFFIC, 1)
-    newer = rule.record_check(value=5, breached=False, window_start=NOW, window_end=NOW, message="m", now=NOW)
+    newer = rule.record_check(value=5, level="", window_start=NOW, window_end=NOW, message="m", now=NOW)
     assert newer is None
     # A slow run that measured a minute earlier (and saw no traffic) arrives now.
     late = rule.record_check(
-        value=0, breached=True, window_start=NOW, window_end=NOW, message="m", now=NOW - timedelta(minutes=1)
+        value=0, level="critical", window_start=NOW, window_end=NOW, message="m", now=NOW - timedelta(minutes=1)
     )
     assert late is None
     rule.refresh_from_db()
@@ -387,6 +393,9 @@ def test_admin_form_refuses_an_error_rate_above_100(admin_client):
             "threshold": "150",
             "time_window_minutes": "15",
             "cooldown_minutes": "60",
+            # What the admin form sends for the fields left at their defaults.
+            "min_ratings": "10",
+            "no_data": "keep",
             "email_recipients": "not-an-address",
             "webhook_url": "ftp://example.com/",
         },

@@ -88,7 +88,7 @@ def test_update_patch_and_delete_rule(api_client):
 @pytest.mark.parametrize(
     ("change", "field"),
     [
-        ({"metric_type": "latency_p99"}, "metric_type"),
+        ({"metric_type": "latency_p50"}, "metric_type"),
         ({"threshold": -1}, "threshold"),
         ({"threshold": "lots"}, "threshold"),
         ({"threshold": "NaN"}, "threshold"),

@@ -113,7 +113,7 @@ def test_pagerduty_trigger_then_resolve_share_one_dedup_key(pagerduty):
     assert trigger["routing_key"] == resolve["routing_key"] == ROUTING_KEY
     # A resolve carries nothing else; a trigger says what fired, how badly, and where to look.
     assert set(resolve) == {"routing_key", "event_action", "dedup_key"}
-    assert trigger["payload"]["severity"] == "error"
+    assert trigger["payload"]["severity"] == "critical"  # a one-level rule fires at its critical level
     assert trigger["payload"]["summary"].startswith("[FIRING] No traffic: ")
     assert trigger["payload"]["custom_details"]["rule_id"] == rule.pk
     assert trigger["payload"]["custom_details"]["threshold"] == 1.0

@@ -118,7 +118,7 @@ def test_dry_run_writes_and_sends_nothing(clock, smtp_server, webhook_receiver):
 
 def test_dry_run_does_not_deliver_pending_notices(clock, smtp_server):
     rule = make_rule()
-    rule.record_check(value=0, breached=True, window_start=NOW, window_end=NOW, message="m", now=NOW)
+    rule.record_check(value=0, level="critical", window_start=NOW, window_end=NOW, message="m", now=NOW)
     run("--dry-run")
     assert smtp_server.messages == []
     assert AlertLog.objects.undelivered().count() == 1
@@ -133,7 +133,7 @@ def test_create_defaults_twice_creates_them_once(clock, settings):
     settings.ALERT_WEBHOOK_URL = "https://hooks.example/alerts"
     assert "reach no one" not in run("--create-defaults", "--dry-run")  # dry: nothing is sent there
     assert AlertRule.objects.count() == len(alerts.DEFAULT_RULES) == 5
-    assert sorted(AlertRule.objects.values_list("metric_type", flat=True)) == sorted(AlertRule.MetricType.values)
+    assert sorted(AlertRule.objects.values_list("metric_type", flat=True)) == sorted(alerts.FIRST_TYPES)
 
 
 def test_default_rules_without_channel_are_evaluated_and_log_no_error_run_after_run(clock, settings, caplog):
@@ -213,7 +213,7 @@ def test_failing_channel_still_exits_zero_and_other_rules_are_notified(clock, sm
 def test_notice_left_by_an_interrupted_run_is_sent_by_the_next(clock, smtp_server):
     rule = make_rule()
     # An earlier run wrote the notice and died before delivering it.
-    rule.record_check(value=0, breached=True, window_start=NOW, window_end=NOW, message="m", now=NOW)
+    rule.record_check(value=0, level="critical", window_start=NOW, window_end=NOW, message="m", now=NOW)
     clock.move_to(NOW + timedelta(minutes=1), tick=False)
     run()
     assert len(smtp_server.messages) == 1
@@ -242,6 +242,9 @@ def test_rule_created_in_admin_fires_and_reaches_smtp_and_webhook(clock, admin_c
             "time_window_minutes": "60",
             "model_name": "",
             "cooldown_minutes": "60",
+            # What the admin form sends for the fields left at their defaults.
+            "min_ratings": "10",
+            "no_data": "keep",
             "notify_email": "on",
             "email_recipients": "finance@example.com",
             "webhook_url": webhook_receiver.url,

@@ -6,6 +6,8 @@ bad value gets the same message in both places; the 400 body names the field.
 
 from __future__ import annotations
 
+import copy
+
 import django_filters
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
@@ -16,12 +18,14 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from llm import alerts, notifiers
+from llm import alert_preview, alerts, notifiers
 from llm.api.params import DeclaredParameters
 from llm.filters import DateBoundFilter, IdFilter
 from llm.models import AlertLog, AlertRule, APIKey
 from llm.serializers import (
     AlertLogSerializer,
+    AlertPreviewAnswerSerializer,
+    AlertPreviewSerializer,
     AlertRuleSerializer,
     AlertSilenceSerializer,
     CheckResultSerializer,
@@ -178,3 +182,35 @@ class AlertRuleCheck(APIView):
             "deliveries": run.deliveries,
         }
         return Response(CheckResultSerializer(answer).data)
+
+
+class AlertRulePreview(APIView):
+    """Replay a rule (saved or not) over the last `days` days as check_alerts would have run it
+    every `step_minutes`: the metric's series, each fire and resolve, and how many notices the
+    cooldown lets through. Writes nothing. With `rule_id`, the fields not given are the saved rule's.
+    """
+
+    required_right = "read"
+
+    @extend_schema(request=AlertPreviewSerializer, responses={200: AlertPreviewAnswerSerializer})
+    def post(self, request: Request) -> Response:
+        rule = AlertRule()
+        rule_id = request.data.get("rule_id") if isinstance(request.data, dict) else None
+        if rule_id is not None:
+            checked = AlertPreviewSerializer(data={"rule_id": rule_id}, partial=True)
+            checked.is_valid(raise_exception=True)
+            saved = AlertRule.objects.filter(pk=checked.validated_data["rule_id"]).first()
+            if saved is None:
+                raise serializers.ValidationError({"rule_id": [f"No alert rule with id {rule_id}."]})
+            rule = copy.copy(saved)
+        serializer = AlertPreviewSerializer(rule if rule.pk else None, data=request.data, partial=bool(rule.pk))
+        serializer.is_valid(raise_exception=True)
+        fields = dict(serializer.validated_data)
+        days, step_minutes = fields.pop("days"), fields.pop("step_minutes")
+        fields.pop("rule_id", None)
+        for name, value in fields.items():
+            setattr(rule, name, value)
+        result = alert_preview.replay(rule, timezone.now(), days, step_minutes)
+        # The answer is plain JSON already (AlertPreviewAnswerSerializer documents it): passing
+        # 8,640 points through serializer fields would take longer than the replay.
+        return Response(alert_preview.answer(result, days, step_minutes))
