@@ -23,7 +23,9 @@ from decimal import Decimal
 from typing import Any
 
 from django.db import connections, transaction
-from django.db.models import Aggregate, Avg, Count, F, Field, Max, Q, QuerySet, Sum
+from django.db.models import Aggregate, Avg, Count, F, Field, Max, Min, Q, QuerySet, Sum, TextField, Value
+from django.db.models import Window as SQLWindow
+from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Coalesce, TruncDay, TruncHour, TruncMinute, TruncMonth
 from django.utils import timezone
 
@@ -1143,3 +1145,251 @@ def feedback_by_day(feedback: QuerySet[UserFeedback]) -> list[dict[str, Any]]:
         .order_by("day")
     )
     return [_with_rate({**row, "day": row["day"].date().isoformat()}) for row in rows]
+
+
+# Breakdowns, sessions and users (issue 18): who and what the calls, the errors and the cost
+# come from. Grouped in the database; Python only shapes the (at most `limit` + 1) groups.
+
+BREAKDOWN_FIELDS = {
+    "model": "model_name",
+    "user": "user_id",
+    "session": "session_id",
+    "source": "source",
+    "error_type": "error_type",
+}
+TAG_BREAKDOWN_PREFIX = "tag:"
+# What a breakdown is ordered by (largest first) and the figure that orders it.
+BREAKDOWN_ORDERS = {
+    "cost": "cost",
+    "requests": "requests",
+    "tokens": "total_tokens",
+    "errors": "errors",
+    "p95": "p95_latency_ms",
+}
+BREAKDOWN_DEFAULT_LIMIT = 10
+BREAKDOWN_MAX_LIMIT = 100
+# The roll-ups hold these columns: a breakdown by them reads the roll-ups like the other figures.
+ROLLUP_BREAKDOWNS = ("model", "error_type")
+BREAKDOWN_PERCENTILES = ("p50", "p95")
+
+
+def breakdown_key(by: str) -> Any:
+    """The expression a breakdown groups by: a column, or one tag's value ("" where it is absent,
+    like an empty user_id: every call is in exactly one group, so the groups add up to the total)."""
+    if by.startswith(TAG_BREAKDOWN_PREFIX):
+        tag_value = KeyTextTransform(by.removeprefix(TAG_BREAKDOWN_PREFIX), "tags")
+        return Coalesce(tag_value, Value(""), output_field=TextField())
+    return F(BREAKDOWN_FIELDS[by])
+
+
+def _per_1k_tokens(cost: float, tokens: int) -> float | None:
+    return cost * 1000.0 / tokens if tokens else None
+
+
+def _breakdown_row(key: str, row: dict[str, Any]) -> dict[str, Any]:
+    """One group as the API answers it (`row` as _traffic or Totals.row shape it)."""
+    return {
+        "key": key,
+        "requests": row["requests"],
+        "errors": row["errors"],
+        "error_rate": row["error_rate"],
+        "prompt_tokens": row["prompt_tokens"],
+        "completion_tokens": row["completion_tokens"],
+        "total_tokens": row["total_tokens"],
+        "cost": row["cost"],
+        "cost_per_1k_tokens": _per_1k_tokens(row["cost"], row["total_tokens"]),
+        "avg_latency_ms": row["avg_latency_ms"],
+        "p50_latency_ms": row["p50_latency_ms"],
+        "p95_latency_ms": row["p95_latency_ms"],
+    }
+
+
+def _order_value(row: dict[str, Any], order_by: str) -> float:
+    value = row[BREAKDOWN_ORDERS[order_by]]
+    return -math.inf if value is None else value
+
+
+def breakdown(
+    logs: Selection | LLMRequestLogQuerySet, by: str, order_by: str = "cost", limit: int = BREAKDOWN_DEFAULT_LIMIT
+) -> dict[str, Any]:
+    """The calls grouped `by` (BREAKDOWN_FIELDS or tag:<key>), the `limit` largest by `order_by`
+    first (ties by key), and the rest summed as `other` (None when nothing is left): its
+    percentiles are computed over its own rows, exactly like a group's, never from the groups'.
+
+    By model or error type over a window the roll-ups answer, the figures come from them (exact
+    counts and cost, percentiles within their bound: `percentiles` says which); otherwise one
+    GROUP BY over the rows, then the percentiles of the shown groups, then `other`.
+    """
+    if order_by not in BREAKDOWN_ORDERS:
+        raise ValueError(f"order_by is one of {', '.join(BREAKDOWN_ORDERS)}")
+    chosen = selection(logs)
+    answer = _breakdown_from_rollups(chosen, by, order_by, limit) if by in ROLLUP_BREAKDOWNS else None
+    if answer is None:
+        answer = _breakdown_from_rows(chosen.logs, by, order_by, limit)
+        answer["percentiles"] = PERCENTILES_EXACT
+    return {"by": by, "order_by": order_by, "limit": limit, **answer}
+
+
+def _breakdown_from_rollups(chosen: Selection, by: str, order_by: str, limit: int) -> dict[str, Any] | None:
+    the_plan = plan(chosen)
+    found = None if the_plan is None else measure(the_plan, (BREAKDOWN_FIELDS[by], "status"))
+    if found is None:
+        return None
+    groups = [(key, totals) for (key,), totals in fold_status(found).items()]
+    rows = [(_breakdown_row(key, totals.row(*BREAKDOWN_PERCENTILES)), totals) for key, totals in groups]
+    rows.sort(key=lambda item: (-_order_value(item[0], order_by), item[0]["key"]))
+    rest = Totals(rollups.Figures())
+    for _row, totals in rows[limit:]:
+        rest.figures.merge(totals.figures)
+        rest.errors += totals.errors
+    other = None
+    if len(rows) > limit:
+        other = {**_breakdown_row(None, rest.row(*BREAKDOWN_PERCENTILES)), "groups": len(rows) - limit}
+    return {"percentiles": PERCENTILES_APPROXIMATE, "groups": [row for row, _ in rows[:limit]], "other": other}
+
+
+def _breakdown_from_rows(logs: LLMRequestLogQuerySet, by: str, order_by: str, limit: int) -> dict[str, Any]:
+    keyed = logs.annotate(group_key=breakdown_key(by)).order_by()
+    percentiles = _latency_aggregates(*BREAKDOWN_PERCENTILES, average=False)
+    per_group = keyed.values("group_key").annotate(**_traffic_aggregates(), avg_latency_ms=Avg("latency_ms"))
+    if order_by == "p95":
+        # Ordering by a percentile needs every group's, which SQLite answers as JSON text (no
+        # ORDER BY on it): the groups (not the rows) are sorted here.
+        found = list(per_group.annotate(**percentiles))
+        found.sort(key=lambda row: (-((row["latency_percentiles"] or [-math.inf])[1]), row["group_key"]))
+    else:
+        order = "cost_units" if order_by == "cost" else BREAKDOWN_ORDERS[order_by]  # SQLite sums decimals as floats
+        per_group = per_group.annotate(cost_units=rollups.cost_units_sum())
+        found = list(per_group.order_by(F(order).desc(nulls_last=True), "group_key")[: limit + 1])
+    shown, more = found[:limit], len(found) > limit
+    keys = [row["group_key"] for row in shown]
+    if order_by != "p95" and keys:
+        spread = keyed.filter(group_key__in=keys).values("group_key").annotate(**percentiles)
+        by_key = {row["group_key"]: row["latency_percentiles"] for row in spread}
+        for row in shown:
+            row["latency_percentiles"] = by_key.get(row["group_key"])
+    groups = []
+    for row in shown:
+        row.pop("cost_units", None)
+        groups.append(_breakdown_row(row.pop("group_key"), _traffic(row, *BREAKDOWN_PERCENTILES)))
+    other = None
+    if more:
+        rest = keyed.exclude(group_key__in=keys).aggregate(
+            **_traffic_aggregates(),
+            avg_latency_ms=Avg("latency_ms"),
+            **percentiles,
+            groups=Count("group_key", distinct=True),
+        )
+        count = rest.pop("groups")
+        other = {**_breakdown_row(None, _traffic(rest, *BREAKDOWN_PERCENTILES)), "groups": count}
+    return {"groups": groups, "other": other}
+
+
+def breakdown_tag_keys(logs: LLMRequestLogQuerySet, limit: int = 50) -> list[str]:
+    """The tag keys of a sample of the window's tagged calls (the newest 2,000), for the
+    analytics page's `by` choices: "cost by feature" without typing the key."""
+    sample = logs.exclude(tags={}).order_by("-timestamp").values_list("tags", flat=True)[:2000]
+    keys: set[str] = set()
+    for tags in sample:  # 2,000 small objects at most, not the window's rows
+        keys.update(tags if isinstance(tags, dict) else {})
+    return sorted(keys)[:limit]
+
+
+SESSION_ORDERS = {
+    "last_call": (F("last_call").desc(), "session_id"),
+    "cost": (F("cost").desc(nulls_last=True), "session_id"),
+}
+USER_ORDERS = {
+    "cost": (F("cost").desc(nulls_last=True), "user_id"),
+    "requests": (F("requests").desc(), "user_id"),
+    "last_seen": (F("last_seen").desc(), "user_id"),
+}
+NOT_BLANK_USER = ~Q(user_id="")
+NOT_BLANK_SESSION = ~Q(session_id="")
+
+
+def _usage_aggregates() -> dict[str, Aggregate]:
+    return {
+        "requests": Count("id"),
+        "errors": Count("id", filter=LLMRequestLog.FAILED),
+        "prompt_tokens": Coalesce(Sum("prompt_tokens"), 0),
+        "completion_tokens": Coalesce(Sum("completion_tokens"), 0),
+        "total_tokens": Coalesce(Sum("total_tokens"), 0),
+        "cost": Sum("cost_estimate"),
+    }
+
+
+def sessions(logs: Selection | LLMRequestLogQuerySet, order_by: str = "last_call") -> QuerySet:
+    """One row per session of the calls (calls without a session_id left out): first and last
+    call, calls, users and models (how many, and one of each to show), tokens, cost, errors;
+    most recent last call first, or costliest first. A queryset, for the paginators."""
+    if order_by not in SESSION_ORDERS:
+        raise ValueError(f"order_by is one of {', '.join(SESSION_ORDERS)}")
+    chosen = selection(logs)
+    return (
+        chosen.logs.filter(NOT_BLANK_SESSION)
+        .values("session_id")
+        .annotate(
+            first_call=Min("timestamp"),
+            last_call=Max("timestamp"),
+            users=Count("user_id", distinct=True, filter=NOT_BLANK_USER),
+            # The user and model shown next to the session: one session has one user as a rule.
+            shown_user=Max("user_id"),
+            models=Count("model_name", distinct=True),
+            shown_model=Max("model_name"),
+            **_usage_aggregates(),
+        )
+        .order_by(*SESSION_ORDERS[order_by])
+    )
+
+
+def users(logs: Selection | LLMRequestLogQuerySet, order_by: str = "cost") -> QuerySet:
+    """One row per user of the calls (calls without a user_id left out): calls, sessions, tokens,
+    cost, errors, first and last seen; costliest first, or busiest, or latest seen."""
+    if order_by not in USER_ORDERS:
+        raise ValueError(f"order_by is one of {', '.join(USER_ORDERS)}")
+    chosen = selection(logs)
+    return (
+        chosen.logs.filter(NOT_BLANK_USER)
+        .values("user_id")
+        .annotate(
+            sessions=Count("session_id", distinct=True, filter=NOT_BLANK_SESSION),
+            first_seen=Min("timestamp"),
+            last_seen=Max("timestamp"),
+            **_usage_aggregates(),
+        )
+        .order_by(*USER_ORDERS[order_by])
+    )
+
+
+# A session page shows at most this many calls (the first ones): a runaway agent loop can log
+# thousands under one id, and the page is read as a conversation.
+SESSION_MAX_CALLS = 1000
+
+
+def session_calls(session_id: str, limit: int = SESSION_MAX_CALLS) -> tuple[list[LLMRequestLog], bool]:
+    """A session's calls in time order, each with `running_cost` (the session's cost up to and
+    including it, summed by the database) and its feedback prefetched; and whether there were
+    more than `limit`."""
+    order = [F("timestamp").asc(), F("id").asc()]
+    calls = list(
+        LLMRequestLog.objects.filter(session_id=session_id)
+        .annotate(running_cost=SQLWindow(Sum("cost_estimate"), order_by=order))
+        .prefetch_related("feedback")
+        .order_by(*order)[: limit + 1]
+    )
+    return calls[:limit], len(calls) > limit
+
+
+def user_activity(logs: Selection | LLMRequestLogQuerySet, group_by: str) -> dict[str, Any]:
+    """One user's page: totals, usage over time, per model, latest sessions, feedback received.
+    `logs` are that user's calls (the user_id filter: read from the rows, exact)."""
+    chosen = selection(logs)
+    rated = UserFeedback.objects.filter(request__in=chosen.logs.values("id"))
+    return {
+        "totals": overview(chosen),
+        "series": timeseries(chosen, group_by),
+        "models": model_usage(chosen),
+        "sessions": list(sessions(chosen)[:20]),
+        "feedback": feedback_summary(rated),
+    }

@@ -32,13 +32,14 @@ from llm.ingest_limits import (
     MODEL_MAX_CHARS,
     PROVIDER_MAX_CHARS,
     SESSION_ID_MAX_CHARS,
+    TAG_VALUE_MAX_CHARS,
     USER_ID_MAX_CHARS,
+    fill_ids_from_tags,
     finite_problem,
     parse_json,
     text_problem,
 )
 from llm.models import LLMRequestLog
-from llm.serializers import TAG_VALUE_MAX_CHARS
 
 # A span becomes a row when it names a model; these operations name one too, but they wrap the
 # model calls they make (which have spans of their own), so storing them would count tokens twice.
@@ -256,6 +257,7 @@ def log_from_span(span: Span, resource: dict[str, Any], now: datetime) -> LLMReq
         max_tokens=_positive_int_or_none(attributes.get("gen_ai.request.max_tokens")),
         tags=_tags(resource, operation),
     )
+    fill_ids_from_tags(log)
     _check_text(log)
     return log
 
