@@ -150,7 +150,9 @@ BREAKDOWN_PARAMETERS = (
         "by",
         OpenApiTypes.STR,
         required=True,
-        description=f"{', '.join(metrics.BREAKDOWN_FIELDS)}, or tag:<key> (e.g. tag:feature): the groups.",
+        pattern=rf"^({'|'.join(metrics.BREAKDOWN_FIELDS)}|tag:[a-z_.]{{1,{TAG_KEY_MAX_CHARS}}})$",
+        description=f"{', '.join(metrics.BREAKDOWN_FIELDS)}, or tag:<key> (e.g. tag:feature; any key of 1 to "
+        f"{TAG_KEY_MAX_CHARS} characters): the groups.",
     ),
     OpenApiParameter(
         "order_by",
@@ -160,7 +162,7 @@ BREAKDOWN_PARAMETERS = (
     ),
     OpenApiParameter(
         "limit",
-        OpenApiTypes.INT,
+        {"type": "integer", "minimum": 1, "maximum": metrics.BREAKDOWN_MAX_LIMIT},
         description=f"Groups shown, 1 to {metrics.BREAKDOWN_MAX_LIMIT} (default {metrics.BREAKDOWN_DEFAULT_LIMIT}); "
         "the rest are summed in `other`.",
     ),
