@@ -221,3 +221,28 @@ def test_pages_show_sessions_users_and_the_breakdown(logged_in_client, logs):
     assert logged_in_client.get("/users/a%00b/").status_code == 404
     bad = logged_in_client.get("/analytics/", {"range": "30d", "by": "colour", "tag": "x:"})
     assert bad.status_code == 200 and b"<strong>by</strong>" in bad.content and b"<strong>tag</strong>" in bad.content
+
+
+def test_sample_data_has_sessions_tags_and_agent_traces(db):
+    from django.core.management import call_command
+
+    call_command("generate_sample_data", "--count", "600", "--seed", "4", "--days", "3", stdout=io.StringIO())
+    rows = list(LLMRequestLog.objects.order_by("timestamp", "id"))
+    assert len(rows) == 600
+    sessions = per(rows, "session_id")
+    sizes = [len(calls) for calls in sessions.values()]
+    assert max(sizes) <= 12 and sum(size >= 2 for size in sizes) >= 0.8 * len(sizes)
+    for calls in sessions.values():
+        assert len({log.user_id for log in calls}) == 1  # one user per conversation
+        assert len({(log.tags["feature"], log.tags["env"]) for log in calls}) == 1
+        stamps = [log.timestamp for log in calls]
+        assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps)
+    assert {log.tags["feature"] for log in rows} >= {"summarize", "chat", "classify", "extract"}
+    assert {log.tags["env"] for log in rows} == {"prod", "staging"}
+    children = [log for log in rows if log.parent_span_id]
+    assert children
+    roots = {log.span_id: log for log in rows if log.trace_id and not log.parent_span_id}
+    for child in children:
+        root = roots[child.parent_span_id]
+        assert (child.trace_id, child.session_id) == (root.trace_id, root.session_id)
+        assert child.timestamp > root.timestamp
