@@ -109,7 +109,7 @@
 
   // Analytics: the breakdown (the figure it is ordered by, per group and "Other")
   var breakdown = data.breakdown;
-  draw("chart-breakdown", "bar", breakdown, [bar(breakdown && breakdown.label, breakdown && breakdown.values, colors.blue)], { indexAxis: "y", plugins: { legend: { display: false } } });
+  draw("chart-breakdown", "bar", breakdown, [bar(breakdown && breakdown.label, breakdown && breakdown.values, colors.blue)], { indexAxis: "y", aspectRatio: 3, plugins: { legend: { display: false } } });
 
   // A user's page
   var usage = data.user_usage;
