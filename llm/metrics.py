@@ -23,7 +23,24 @@ from decimal import Decimal
 from typing import Any
 
 from django.db import connections, transaction
-from django.db.models import Aggregate, Avg, Count, F, Field, Max, Min, Q, QuerySet, Sum, TextField, Value
+from django.db.models import (
+    Aggregate,
+    Avg,
+    Case,
+    Count,
+    F,
+    Field,
+    Func,
+    IntegerField,
+    Max,
+    Min,
+    Q,
+    QuerySet,
+    Sum,
+    TextField,
+    Value,
+    When,
+)
 from django.db.models import Window as SQLWindow
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Coalesce, TruncDay, TruncHour, TruncMinute, TruncMonth
@@ -1173,6 +1190,17 @@ ROLLUP_BREAKDOWNS = ("model", "error_type")
 BREAKDOWN_PERCENTILES = ("p50", "p95")
 
 
+class CountAll(Func):
+    """COUNT(*) as a window function: over () after a GROUP BY, how many groups there are."""
+
+    template = "COUNT(*)"
+    output_field = IntegerField()
+    window_compatible = True
+
+
+COUNT_OVER_ALL = SQLWindow(CountAll())
+
+
 def breakdown_key(by: str) -> Any:
     """The expression a breakdown groups by: a column, or one tag's value ("" where it is absent,
     like an empty user_id: every call is in exactly one group, so the groups add up to the total)."""
@@ -1214,20 +1242,36 @@ def breakdown(
 ) -> dict[str, Any]:
     """The calls grouped `by` (BREAKDOWN_FIELDS or tag:<key>), the `limit` largest by `order_by`
     first (ties by key), and the rest summed as `other` (None when nothing is left): its
-    percentiles are computed over its own rows, exactly like a group's, never from the groups'.
+    percentiles are computed over its own calls, like a group's, never from the groups'.
 
-    By model or error type over a window the roll-ups answer, the figures come from them (exact
-    counts and cost, percentiles within their bound: `percentiles` says which); otherwise one
-    GROUP BY over the rows, then the percentiles of the shown groups, then `other`.
+    Counts, tokens and cost are exact. Percentiles are exact over a window of at most
+    EXACT_WINDOW (one sort per group); over a longer one they come from latency histograms
+    (rollup_math's buckets, within ERROR_BOUND), as the other figures' do: from the roll-ups by
+    model or error type, else from the rows bucketed by the database (a hash aggregate instead of
+    sorting a month of calls). `percentiles` says which.
     """
     if order_by not in BREAKDOWN_ORDERS:
         raise ValueError(f"order_by is one of {', '.join(BREAKDOWN_ORDERS)}")
     chosen = selection(logs)
     answer = _breakdown_from_rollups(chosen, by, order_by, limit) if by in ROLLUP_BREAKDOWNS else None
     if answer is None:
-        answer = _breakdown_from_rows(chosen.logs, by, order_by, limit)
-        answer["percentiles"] = PERCENTILES_EXACT
+        short = chosen.start is not None and chosen.end is not None and chosen.end - chosen.start <= EXACT_WINDOW
+        keyed = chosen.logs.annotate(group_key=breakdown_key(by)).order_by()
+        answer = _exact_breakdown(keyed, order_by, limit) if short else _bucketed_breakdown(keyed, order_by, limit)
     return {"by": by, "order_by": order_by, "limit": limit, **answer}
+
+
+def _ranked(groups: list[tuple[dict[str, Any], Totals]], order_by: str, limit: int) -> dict[str, Any]:
+    """Groups as (row, Totals): the `limit` largest shown, the rest merged into `other`."""
+    groups.sort(key=lambda item: (-_order_value(item[0], order_by), item[0]["key"]))
+    rest = Totals(rollups.Figures())
+    for _row, totals in groups[limit:]:
+        rest.figures.merge(totals.figures)
+        rest.errors += totals.errors
+    other = None
+    if len(groups) > limit:
+        other = {**_breakdown_row(None, rest.row(*BREAKDOWN_PERCENTILES)), "groups": len(groups) - limit}
+    return {"groups": [row for row, _ in groups[:limit]], "other": other}
 
 
 def _breakdown_from_rollups(chosen: Selection, by: str, order_by: str, limit: int) -> dict[str, Any] | None:
@@ -1237,52 +1281,85 @@ def _breakdown_from_rollups(chosen: Selection, by: str, order_by: str, limit: in
         return None
     groups = [(key, totals) for (key,), totals in fold_status(found).items()]
     rows = [(_breakdown_row(key, totals.row(*BREAKDOWN_PERCENTILES)), totals) for key, totals in groups]
-    rows.sort(key=lambda item: (-_order_value(item[0], order_by), item[0]["key"]))
-    rest = Totals(rollups.Figures())
-    for _row, totals in rows[limit:]:
-        rest.figures.merge(totals.figures)
-        rest.errors += totals.errors
-    other = None
-    if len(rows) > limit:
-        other = {**_breakdown_row(None, rest.row(*BREAKDOWN_PERCENTILES)), "groups": len(rows) - limit}
-    return {"percentiles": PERCENTILES_APPROXIMATE, "groups": [row for row, _ in rows[:limit]], "other": other}
+    return {"percentiles": PERCENTILES_APPROXIMATE, **_ranked(rows, order_by, limit)}
 
 
-def _breakdown_from_rows(logs: LLMRequestLogQuerySet, by: str, order_by: str, limit: int) -> dict[str, Any]:
-    keyed = logs.annotate(group_key=breakdown_key(by)).order_by()
+def _group_sums(keyed: LLMRequestLogQuerySet) -> QuerySet:
+    return keyed.values("group_key").annotate(**_traffic_aggregates(), avg_latency_ms=Avg("latency_ms"))
+
+
+def _top_groups(keyed: LLMRequestLogQuerySet, order_by: str, limit: int) -> tuple[list[dict[str, Any]], int]:
+    """The `limit` largest groups by a sum (not p95), and how many groups there are in all (a
+    window COUNT over the grouped rows: no second pass)."""
+    order = "cost_units" if order_by == "cost" else BREAKDOWN_ORDERS[order_by]  # SQLite sums decimals as floats
+    per_group = _group_sums(keyed).annotate(cost_units=rollups.cost_units_sum(), group_count=COUNT_OVER_ALL)
+    found = list(per_group.order_by(F(order).desc(nulls_last=True), "group_key")[:limit])
+    return found, (found[0]["group_count"] if found else 0)
+
+
+def _exact_breakdown(keyed: LLMRequestLogQuerySet, order_by: str, limit: int) -> dict[str, Any]:
+    """Percentiles sorted from the rows: the shown groups' in one query, `other`'s in another."""
     percentiles = _latency_aggregates(*BREAKDOWN_PERCENTILES, average=False)
-    per_group = keyed.values("group_key").annotate(**_traffic_aggregates(), avg_latency_ms=Avg("latency_ms"))
     if order_by == "p95":
         # Ordering by a percentile needs every group's, which SQLite answers as JSON text (no
         # ORDER BY on it): the groups (not the rows) are sorted here.
-        found = list(per_group.annotate(**percentiles))
+        found = list(_group_sums(keyed).annotate(**percentiles))
         found.sort(key=lambda row: (-((row["latency_percentiles"] or [-math.inf])[1]), row["group_key"]))
+        shown, group_count = found[:limit], len(found)
     else:
-        order = "cost_units" if order_by == "cost" else BREAKDOWN_ORDERS[order_by]  # SQLite sums decimals as floats
-        per_group = per_group.annotate(cost_units=rollups.cost_units_sum())
-        found = list(per_group.order_by(F(order).desc(nulls_last=True), "group_key")[: limit + 1])
-    shown, more = found[:limit], len(found) > limit
-    keys = [row["group_key"] for row in shown]
-    if order_by != "p95" and keys:
-        spread = keyed.filter(group_key__in=keys).values("group_key").annotate(**percentiles)
+        shown, group_count = _top_groups(keyed, order_by, limit)
+        keys = [row["group_key"] for row in shown]
+        spread = keyed.filter(group_key__in=keys).values("group_key").annotate(**percentiles) if keys else []
         by_key = {row["group_key"]: row["latency_percentiles"] for row in spread}
         for row in shown:
             row["latency_percentiles"] = by_key.get(row["group_key"])
     groups = []
     for row in shown:
-        row.pop("cost_units", None)
+        for name in ("cost_units", "group_count"):
+            row.pop(name, None)
         groups.append(_breakdown_row(row.pop("group_key"), _traffic(row, *BREAKDOWN_PERCENTILES)))
     other = None
-    if more:
+    if group_count > limit:
+        keys = [row["key"] for row in groups]
         rest = keyed.exclude(group_key__in=keys).aggregate(
-            **_traffic_aggregates(),
-            avg_latency_ms=Avg("latency_ms"),
-            **percentiles,
-            groups=Count("group_key", distinct=True),
+            **_traffic_aggregates(), avg_latency_ms=Avg("latency_ms"), **percentiles
         )
-        count = rest.pop("groups")
-        other = {**_breakdown_row(None, _traffic(rest, *BREAKDOWN_PERCENTILES)), "groups": count}
-    return {"groups": groups, "other": other}
+        other = {**_breakdown_row(None, _traffic(rest, *BREAKDOWN_PERCENTILES)), "groups": group_count - limit}
+    return {"percentiles": PERCENTILES_EXACT, "groups": groups, "other": other}
+
+
+def _bucketed_breakdown(keyed: LLMRequestLogQuerySet, order_by: str, limit: int) -> dict[str, Any]:
+    """Each shown group and `other` from one GROUP BY (group or "other", latency bucket), whose
+    histograms give the percentiles; by p95, every group's histogram (one row per group and bucket)."""
+    if order_by == "p95":
+        slot = F("group_key")
+        group_count = None
+    else:
+        shown, group_count = _top_groups(keyed, order_by, limit)
+        keys = [row["group_key"] for row in shown]
+        # The calls of the groups not shown fall into one slot, NULL (a group's key never is).
+        slot = Case(When(group_key__in=keys, then=F("group_key")), default=Value(None), output_field=TextField())
+    rows = (
+        keyed.annotate(slot=slot, bucket=rollups.bucket_of("latency_ms"))
+        .values("slot", "bucket")
+        .annotate(**_raw_sums(), errors=Count("id", filter=LLMRequestLog.FAILED))
+        .order_by()
+    )
+    found: dict[Any, Totals] = {}
+    for row in rows:  # a few dozen buckets per slot, not the calls
+        totals = found.setdefault(row["slot"], Totals(rollups.Figures()))
+        row["cost_units"] = rollups.as_units(row["cost_units"])
+        totals.figures.add_sums(row)
+        totals.figures.latency[row["bucket"]] += row["requests"]
+        totals.errors += row["errors"]
+    rest = found.pop(None, None)
+    ranked = [(_breakdown_row(key, totals.row(*BREAKDOWN_PERCENTILES)), totals) for key, totals in found.items()]
+    if group_count is None:  # by p95: every group is here
+        return {"percentiles": PERCENTILES_APPROXIMATE, **_ranked(ranked, order_by, limit)}
+    answer = _ranked(ranked, order_by, limit)
+    if rest is not None:
+        answer["other"] = {**_breakdown_row(None, rest.row(*BREAKDOWN_PERCENTILES)), "groups": group_count - limit}
+    return {"percentiles": PERCENTILES_APPROXIMATE, **answer}
 
 
 def breakdown_tag_keys(logs: LLMRequestLogQuerySet, limit: int = 50) -> list[str]:

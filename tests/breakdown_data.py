@@ -28,9 +28,10 @@ def random_tags(rng: random.Random) -> dict[str, str]:
     return tags
 
 
-def make_session_logs(count: int = 240, *, seed: int = 11, days: int = 6) -> list[LLMRequestLog]:
+def make_session_logs(count: int = 240, *, seed: int = 11, days: float = 6) -> list[LLMRequestLog]:
     """Calls in sessions of 1 to 8 calls (one user each, increasing timestamps), a few without a
-    session; tags, sources, errors, costs and latencies drawn from `seed`."""
+    session; tags, sources, errors, costs and latencies drawn from `seed`. Sessions start between
+    `days` and one hour before NOW, so they all end before it."""
     rng = random.Random(seed)
     logs: list[LLMRequestLog] = []
     session_number = 0
@@ -38,7 +39,7 @@ def make_session_logs(count: int = 240, *, seed: int = 11, days: int = 6) -> lis
         session_number += 1
         session_id = f"s-{session_number:03d}" if rng.random() < 0.85 else ""
         user_id = rng.choice(USERS)
-        moment = NOW - timedelta(seconds=rng.randint(3600, days * 86400))
+        moment = NOW - timedelta(seconds=rng.randint(3600, int(days * 86400)))
         for _ in range(rng.randint(1, 8)):
             moment += timedelta(seconds=rng.randint(5, 300))
             failed = rng.random() < 0.15

@@ -127,15 +127,22 @@ def test_each_order(api_client, logs, by, order_by):
     check_breakdown(answer, logs, by, order_by, 2)
 
 
-def test_rollups_answer_by_model_within_their_bound_and_rows_exactly(api_client, logs):
-    by_model = api_client.get("/api/metrics/breakdown/", {**WINDOW, "by": "model"}).json()
-    by_user = api_client.get("/api/metrics/breakdown/", {**WINDOW, "by": "user"}).json()
-    assert by_model["percentiles"] == metrics.PERCENTILES_APPROXIMATE
-    assert by_user["percentiles"] == metrics.PERCENTILES_EXACT
-    # A filter the roll-ups cannot answer: read from the rows, exact.
-    tagged = api_client.get("/api/metrics/breakdown/", {**WINDOW, "by": "model", "tag": "env"}).json()
-    assert tagged["percentiles"] == metrics.PERCENTILES_EXACT
-    check_breakdown(tagged, pick(logs, tags=("env",)), "model", "cost", 10)
+# Two hours ending at NOW: the breakdown sorts the calls for exact percentiles.
+SHORT_WINDOW = {"start_date": (NOW - timedelta(hours=2)).isoformat(), "end_date": NOW.isoformat()}
+
+
+@pytest.mark.parametrize(("by", "order_by"), [(by, "cost") for by in BYS] + [("user", "p95"), ("session", "errors")])
+def test_a_short_window_is_exact(api_client, db, by, order_by):
+    logs = make_session_logs(150, seed=5, days=5400 / 86400)  # all in the last 90 minutes
+    answer = api_client.get("/api/metrics/breakdown/", {**SHORT_WINDOW, "by": by, "order_by": order_by, "limit": 3})
+    assert answer.json()["percentiles"] == metrics.PERCENTILES_EXACT
+    check_breakdown(answer.json(), logs, by, order_by, 3)
+
+
+def test_long_windows_say_their_percentiles_are_approximate(api_client, logs):
+    for by in ("model", "user", "tag:feature"):
+        answer = api_client.get("/api/metrics/breakdown/", {**WINDOW, "by": by}).json()
+        assert answer["percentiles"] == metrics.PERCENTILES_APPROXIMATE
 
 
 def test_all_groups_shown_means_no_other(api_client, logs):
@@ -178,4 +185,5 @@ def test_the_pages_and_the_api_call_the_same_function(logs):
     from llm.models import LLMRequestLog
 
     answer = metrics.breakdown(LLMRequestLog.objects.filter(user_id="u-2"), "tag:feature", "requests", 2)
+    assert answer["percentiles"] == metrics.PERCENTILES_APPROXIMATE  # no window: not known to be short
     check_breakdown(answer, pick(logs, user_id="u-2"), "tag:feature", "requests", 2)
