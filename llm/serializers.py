@@ -704,9 +704,9 @@ class BreakdownSerializer(MetricsWindowSerializer):
     groups = BreakdownRowSerializer(many=True, help_text="The `limit` largest groups by `order_by`, largest first.")
     other = BreakdownOtherSerializer(
         allow_null=True,
-        help_text="The remaining groups summed as one row; its percentiles are computed over its own calls "
-        "(exact from the calls, or from the roll-ups' merged histograms when `percentiles` says so), not "
-        "from the groups' percentiles. null when every group is shown.",
+        help_text="The remaining groups summed as one row; its percentiles are computed over its own calls, "
+        "like a group's (sorted, exact, over a window of up to 2 hours; else from latency histograms within "
+        "1 %, as `percentiles` says), never from the groups' percentiles. null when every group is shown.",
     )
 
 

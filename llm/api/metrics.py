@@ -191,7 +191,8 @@ def breakdown_choice(params: Any) -> tuple[str, str, int]:
 @answers(
     serializers.BreakdownSerializer,
     "The calls grouped by model, user, session, source, error type or a tag's value: per group requests, "
-    "errors, tokens, cost, cost per 1,000 tokens, latency; the rest summed in `other`.",
+    "errors, tokens, cost, cost per 1,000 tokens, latency; the rest summed in `other`. Counts, tokens and cost "
+    "are exact; percentiles are exact over a window of up to 2 hours, else within 1 % (latency histograms).",
 )
 class BreakdownView(MetricsView):
     parameters = BREAKDOWN_PARAMETERS
