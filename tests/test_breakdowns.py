@@ -161,7 +161,6 @@ def test_an_empty_window_has_no_groups(api_client, logs):
 @pytest.mark.parametrize(
     ("params", "field"),
     [
-        ({}, "by"),
         ({"by": "colour"}, "by"),
         ({"by": "tag:"}, "by"),
         ({"by": "tag:a\x00b"}, "by"),

@@ -149,10 +149,9 @@ BREAKDOWN_PARAMETERS = (
     OpenApiParameter(
         "by",
         OpenApiTypes.STR,
-        required=True,
         pattern=rf"^({'|'.join(metrics.BREAKDOWN_FIELDS)}|tag:[a-z_.]{{1,{TAG_KEY_MAX_CHARS}}})$",
         description=f"{', '.join(metrics.BREAKDOWN_FIELDS)}, or tag:<key> (e.g. tag:feature; any key of 1 to "
-        f"{TAG_KEY_MAX_CHARS} characters): the groups.",
+        f"{TAG_KEY_MAX_CHARS} characters): the groups (default model).",
     ),
     OpenApiParameter(
         "order_by",
@@ -171,14 +170,14 @@ BREAKDOWN_PARAMETERS = (
 
 def breakdown_choice(params: Any) -> tuple[str, str, int]:
     """`by`, `order_by` and `limit` of a query string, each checked: a 400 names the bad one."""
-    by = params.get("by", "")
+    by = params.get("by") or "model"
     tag_key = by.removeprefix(metrics.TAG_BREAKDOWN_PREFIX) if by.startswith(metrics.TAG_BREAKDOWN_PREFIX) else None
     if tag_key is not None:
         if not 1 <= len(tag_key) <= TAG_KEY_MAX_CHARS or text_problem(tag_key):
             raise ValidationError({"by": [f"tag:<key> needs a key of 1 to {TAG_KEY_MAX_CHARS} storable characters."]})
     elif by not in metrics.BREAKDOWN_FIELDS:
         choices = ", ".join([*metrics.BREAKDOWN_FIELDS, "tag:<key>"])
-        raise ValidationError({"by": [f"Required; one of {choices}."]})
+        raise ValidationError({"by": [f"One of {choices}."]})
     order_by = params.get("order_by") or "cost"
     if order_by not in metrics.BREAKDOWN_ORDERS:
         raise ValidationError({"order_by": [f"One of {', '.join(metrics.BREAKDOWN_ORDERS)}."]})
