@@ -4,6 +4,7 @@ error_type) on the logs list and a metric.
 
     scripts/with-postgres .venv/bin/python bench/breakdown_bench.py
     BENCH_ROWS=200000 scripts/with-postgres .venv/bin/python bench/breakdown_bench.py   # quicker
+    BENCH_ONLY=sessions ...                                   # only the requests whose label has it
 
 Loading: bench/scale_data.py's set-based INSERT (sessions are one user's calls in a half hour,
 60 % of calls tagged `feature` and `env`), rebuild_rollups, VACUUM ANALYZE. Each cell is the
@@ -104,7 +105,10 @@ def main() -> None:
     print("| request | " + " | ".join(WINDOWS) + " |")
     print("| --- |" + " ---: |" * len(WINDOWS))
     over = []
+    only = os.environ.get("BENCH_ONLY", "")
     for label, path, params in cases(user_id, session_id):
+        if only not in label:
+            continue
         cells = []
         for window, days in WINDOWS.items():
             query = {"start_date": (end - timedelta(days=days)).isoformat(), "end_date": end.isoformat(), **params}

@@ -247,7 +247,9 @@ def sessions(request: HttpRequest) -> HttpResponse:
         order_by = "last_call"
     if order_by != "last_call":
         window.options["order_by"] = order_by
-    page_obj = dashboard.sessions_page(window, order_by, request.GET.get("page"))
+    with metrics.aggregate_queries():
+        page_obj = dashboard.sessions_page(window, order_by, request.GET.get("page"))
+        page_obj.object_list = list(page_obj.object_list)  # read within: the rows are summed now
     return page(
         request,
         "dashboard/sessions.html",

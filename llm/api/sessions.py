@@ -38,7 +38,16 @@ def checked_id(value: str, name: str, max_chars: int) -> str:
     return value
 
 
-class SessionList(WindowedList):
+class GroupedList(WindowedList):
+    """A list of groups (sessions, users) summed over the window's calls: the sums, and the
+    distinct counts' sorts, get the memory of llm.metrics.aggregate_queries (PostgreSQL)."""
+
+    def list(self, request: Request, *args, **kwargs) -> Response:
+        with metrics.aggregate_queries():
+            return super().list(request, *args, **kwargs)
+
+
+class SessionList(GroupedList):
     """Sessions of the window's calls (calls without a session_id left out), latest last call
     first (or costliest): first and last call, calls, users, models, tokens, cost, errors."""
 
@@ -74,7 +83,7 @@ class SessionDetail(DeclaredParameters, APIView):
         return Response(serializers.SessionDetailSerializer(answer).data)
 
 
-class UserList(WindowedList):
+class UserList(GroupedList):
     """Users of the window's calls (calls without a user_id left out), costliest first (or
     busiest, or latest seen): calls, sessions, tokens, cost, errors, first and last seen."""
 
