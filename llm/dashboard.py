@@ -13,13 +13,15 @@ from typing import Any
 from urllib.parse import urlencode
 
 from django.db import connection
-from django.db.models import QuerySet
+from django.db.models import Count, Max, Min, QuerySet, Sum
 from django.utils import timezone
 from rest_framework.exceptions import ValidationError
 
 from llm import budgets, forecast, formatting, metrics
 from llm.filters import filter_errors, filter_logs, filter_rows
+from llm.ingest_limits import TAG_KEY_MAX_CHARS, text_problem
 from llm.models import Budget, DashboardSettings, LLMRequestLog, LLMRequestLogQuerySet, ModelPrice, UserFeedback
+from llm.paging import EstimatingPaginator
 
 RANGES = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "7d": timedelta(days=7), "30d": timedelta(days=30)}
 RANGE_LABELS = {"1h": "1 hour", "24h": "24 hours", "7d": "7 days", "30d": "30 days", "custom": "Custom"}
@@ -369,3 +371,114 @@ def chart_series(rows: list[dict[str, Any]], *keys: str) -> dict[str, list[Any]]
     if label_key != "model":
         keys = tuple(dict.fromkeys([*keys, "requests", "partial"]))
     return {"labels": [row.get(label_key) for row in rows], **{key: [row.get(key) for row in rows] for key in keys}}
+
+
+# Breakdowns, sessions and users (issue 18).
+
+# The filters the analytics, sessions and user pages take besides the range and the model.
+PAGE_FILTERS = ("user_id", "session_id", "source", "error_type", "tag")
+BREAKDOWN_LABELS = {
+    "model": "Model",
+    "user": "User",
+    "session": "Session",
+    "source": "Source",
+    "error_type": "Error type",
+}
+BREAKDOWN_ORDER_LABELS = {
+    "cost": "Cost",
+    "requests": "Requests",
+    "tokens": "Tokens",
+    "errors": "Errors",
+    "p95": "p95 latency",
+}
+# Which figure a breakdown chart draws for each order, and how its axis is labelled.
+BREAKDOWN_CHART = {
+    "cost": ("cost", "Cost (USD)"),
+    "requests": ("requests", "Requests"),
+    "tokens": ("total_tokens", "Tokens"),
+    "errors": ("errors", "Errors"),
+    "p95": ("p95_latency_ms", "p95 latency (ms)"),
+}
+BREAKDOWN_ROWS = 10
+SESSIONS_PER_PAGE = 50
+SESSION_ORDER_LABELS = {"last_call": "Latest first", "cost": "Costliest first"}
+
+
+def breakdown_choice(params: Any, window: TimeRange) -> tuple[str, str]:
+    """The analytics page's `by` and `order_by` (model and cost by default); a bad one is shown
+    in the filter bar and replaced by the default. Kept in the page's links."""
+    by = params.get("by") or "model"
+    tag_key = by.removeprefix(metrics.TAG_BREAKDOWN_PREFIX)
+    is_tag = by.startswith(metrics.TAG_BREAKDOWN_PREFIX) and 0 < len(tag_key) <= TAG_KEY_MAX_CHARS
+    if by not in metrics.BREAKDOWN_FIELDS and not (is_tag and not text_problem(tag_key)):
+        window.errors["by"] = [f"Choose one of {', '.join(BREAKDOWN_LABELS)} or tag:<key>."]
+        by = "model"
+    order_by = params.get("order_by") or "cost"
+    if order_by not in metrics.BREAKDOWN_ORDERS:
+        window.errors["order_by"] = [f"Choose one of {', '.join(metrics.BREAKDOWN_ORDERS)}."]
+        order_by = "cost"
+    window.options |= {"by": by if by != "model" else "", "order_by": order_by if order_by != "cost" else ""}
+    return by, order_by
+
+
+def breakdown(window: TimeRange, by: str, order_by: str) -> dict[str, Any]:
+    """The analytics page's breakdown: the groups, the `by` choices (the tag keys seen among the
+    window's latest tagged calls included: "cost by feature" in two clicks) and the chart."""
+    chosen = window.selection()
+    answer = metrics.breakdown(chosen, by, order_by, BREAKDOWN_ROWS)
+    choices = {**BREAKDOWN_LABELS}
+    for key in metrics.breakdown_tag_keys(chosen.logs):
+        choices[f"{metrics.TAG_BREAKDOWN_PREFIX}{key}"] = f"Tag: {key}"
+    choices.setdefault(by, by)
+    figure, label = BREAKDOWN_CHART[order_by]
+    rows = [*answer["groups"], *([answer["other"]] if answer["other"] else [])]
+    chart = {
+        "labels": [row["key"] if row["key"] is not None else f"Other ({row['groups']})" for row in rows],
+        "values": [row[figure] for row in rows],
+        "label": label,
+    }
+    return {
+        "breakdown": answer,
+        "breakdown_choices": choices,
+        "breakdown_orders": BREAKDOWN_ORDER_LABELS,
+        "breakdown_chart": chart,
+    }
+
+
+def sessions_page(window: TimeRange, order_by: str, page_number: Any) -> Any:
+    """A page of the sessions list (llm.metrics.sessions over the window and filters)."""
+    rows = metrics.sessions(window.selection(), order_by)
+    return EstimatingPaginator(rows, SESSIONS_PER_PAGE).get_page(page_number)
+
+
+def session(session_id: str, with_text: bool = True) -> dict[str, Any]:
+    """A session read as a conversation: its calls (turns) in time order with the running cost,
+    and its totals, summed by the database (without `with_text`: no prompt or answer read)."""
+    calls, truncated = metrics.session_calls(session_id, with_text=with_text)
+    totals = LLMRequestLog.objects.filter(session_id=session_id).aggregate(
+        first_call=Min("timestamp"),
+        last_call=Max("timestamp"),
+        calls=Count("id"),
+        errors=Count("id", filter=LLMRequestLog.FAILED),
+        total_tokens=Sum("total_tokens"),
+        cost=Sum("cost_estimate"),
+    )
+    users = list(
+        LLMRequestLog.objects.filter(session_id=session_id)
+        .exclude(user_id="")
+        .values_list("user_id", flat=True)
+        .distinct()
+        .order_by("user_id")[:20]
+    )
+    return {"calls": calls, "truncated": truncated, "totals": totals, "users": users}
+
+
+def user_page(window: TimeRange) -> dict[str, Any]:
+    """One user's figures over the range (the user is in window.extra["user_id"])."""
+    activity = metrics.user_activity(window.selection(), window.group_by)
+    activity["series"] = _filled(activity["series"], window)
+    activity["charts"] = {
+        "user_usage": chart_series(activity["series"], "requests", "errors", "cost", "total_tokens"),
+        "user_models": chart_series(activity["models"], "requests", "cost"),
+    }
+    return activity

@@ -19,7 +19,7 @@ from django.utils import timezone
 from rest_framework import serializers
 from rest_framework.fields import empty
 
-from llm.ingest_limits import EARLIEST_TIMESTAMP, FUTURE_TOLERANCE, UNSTORABLE_CHARACTER
+from llm.ingest_limits import EARLIEST_TIMESTAMP, FUTURE_TOLERANCE, UNSTORABLE_CHARACTER, fill_ids_from_tags
 from llm.models import LLMRequestLog
 from llm.serializers import EventSerializer, NumberField, TagsField, TextField, WholeNumberField, validate_tags
 
@@ -247,7 +247,7 @@ def _plain_event_rules(data: dict[str, Any]) -> dict | None:
 def log_from_event(data: dict) -> LLMRequestLog:
     """An unsaved row for one validated event."""
     prompt_tokens, completion_tokens = data["prompt_tokens"], data["completion_tokens"]
-    return LLMRequestLog(
+    log = LLMRequestLog(
         request_id=data.get("request_id") or uuid.uuid4(),
         timestamp=data.get("timestamp") or timezone.now(),
         source=LLMRequestLog.Source.API,
@@ -275,6 +275,8 @@ def log_from_event(data: dict) -> LLMRequestLog:
         max_tokens=data.get("max_tokens"),
         tags=data.get("tags", {}),
     )
+    fill_ids_from_tags(log)
+    return log
 
 
 @dataclass

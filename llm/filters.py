@@ -1,5 +1,6 @@
-"""The filters shared by metrics, logs, feedback and export: the same query string means the same
-rows everywhere (start_date, end_date, hours, model, status, user_id), over the same window."""
+"""The filters shared by metrics, logs, feedback, export, breakdowns, sessions and users: the same
+query string means the same rows everywhere (start_date, end_date, hours, model, status, user_id,
+session_id, source, error_type, tag), over the same window."""
 
 from __future__ import annotations
 
@@ -9,12 +10,15 @@ from typing import Any
 
 import django_filters
 from django import forms
+from django.db import connections
 from django.db.models import Q
+from django.db.models.fields.json import KeyTextTransform
+from django.db.models.lookups import Exact
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 from rest_framework.exceptions import ValidationError
 
-from llm.ingest_limits import MAX_ROW_ID, text_problem
+from llm.ingest_limits import MAX_ROW_ID, TAG_KEY_MAX_CHARS, TAG_VALUE_MAX_CHARS, text_problem
 from llm.models import LLMRequestLog, LLMRequestLogQuerySet
 
 # One rule for every filtered endpoint (metrics, logs, feedback, export); the API docs quote it.
@@ -28,7 +32,10 @@ WINDOW_RULE = (
 )
 SEARCH_MAX_CHARS = 200
 # LogFilterSet fields the roll-ups do not break down by: with one of them, figures come from the rows.
-ROLLUP_BLIND_FILTERS = ("user_id",)
+# (The roll-ups do hold error_type, but llm.metrics.Selection reads only model and status from them.)
+ROLLUP_BLIND_FILTERS = ("user_id", "session_id", "source", "error_type", "tag")
+# `tag` is repeatable; more than this many in one query is refused (each is one more condition).
+MAX_TAG_FILTERS = 10
 # Dates outside these years are refused: a window and the previous one of the same length (the
 # overview's trend) must stay within what Python and both databases can represent.
 EARLIEST_YEAR, LATEST_YEAR = 1900, 2999
@@ -96,6 +103,58 @@ class IdFilter(django_filters.NumberFilter):
         super().__init__(*args, **kwargs)
 
 
+class TagListField(forms.Field):
+    """`tag` given once or several times: each `key:value` (that value) or `key` (any value).
+
+    Cleans to a list of (key, value or None); the key and value within the limits tags are stored
+    with (llm.serializers.validate_tags), so a filter that could never match is a 400, not a scan.
+    """
+
+    widget = forms.MultipleHiddenInput
+
+    def to_python(self, value: Any) -> list[tuple[str, str | None]]:
+        if value in self.empty_values:
+            return []
+        values = [value] if isinstance(value, str) else list(value)
+        if len(values) > MAX_TAG_FILTERS:
+            raise forms.ValidationError(f"At most {MAX_TAG_FILTERS} tag filters.", code="too_many")
+        return [self._one(str(text)) for text in values if str(text).strip()]
+
+    @staticmethod
+    def _one(text: str) -> tuple[str, str | None]:
+        key, colon, tag_value = text.strip().partition(":")
+        if not key or (colon and not tag_value):
+            raise forms.ValidationError(
+                "Give key:value (that value) or key (any value), e.g. tag=feature:summarize.", code="invalid"
+            )
+        if len(key) > TAG_KEY_MAX_CHARS or len(tag_value) > TAG_VALUE_MAX_CHARS:
+            raise forms.ValidationError(
+                f"Keys have 1 to {TAG_KEY_MAX_CHARS} characters, values at most {TAG_VALUE_MAX_CHARS}.",
+                code="too_long",
+            )
+        if problem := text_problem(text):  # PostgreSQL refuses NUL in a query
+            raise forms.ValidationError(problem, code="invalid")
+        return key, tag_value if colon else None
+
+
+class TagFilter(django_filters.Filter):
+    field_class = TagListField
+
+
+def tag_condition(key: str, value: str | None, vendor: str) -> Q:
+    """Rows whose tags hold `key` (with `value`, unless None).
+
+    On PostgreSQL as `tags @> '{"key": "value"}'` and `tags ? 'key'`, which the GIN index on
+    tags answers (migration llm_log_tags_gin); SQLite has no containment: the key's text instead.
+    KeyTextTransform takes the key whole, so a key with "__" or "." is not read as a path.
+    """
+    if value is None:
+        return Q(tags__has_key=key)
+    if vendor == "postgresql":
+        return Q(tags__contains={key: value})
+    return Q(Exact(KeyTextTransform(key, "tags"), value))
+
+
 class LogFilterSet(django_filters.FilterSet):
     # The three window parameters only validate here: filter_logs turns them into one window.
     start_date = DateBoundFilter(
@@ -115,12 +174,43 @@ class LogFilterSet(django_filters.FilterSet):
     model = django_filters.CharFilter(field_name="model_name", help_text="Exact model name.")
     status = django_filters.ChoiceFilter(choices=LLMRequestLog.Status.choices, help_text="success or error.")
     user_id = django_filters.CharFilter(help_text="Exact user id.")
+    session_id = django_filters.CharFilter(help_text="Exact session id.")
+    source = django_filters.ChoiceFilter(
+        choices=LLMRequestLog.Source.choices, help_text="How the call arrived: proxy, api (events) or otlp."
+    )
+    error_type = django_filters.ChoiceFilter(choices=LLMRequestLog.ErrorType.choices, help_text="Exact error type.")
+    tag = TagFilter(
+        method="with_tags",
+        help_text=(
+            "key:value (that value) or key (any value), e.g. feature:summarize; repeatable, all must match "
+            f"(at most {MAX_TAG_FILTERS})."
+        ),
+    )
 
     class Meta:
         model = LLMRequestLog
-        fields = ["start_date", "end_date", "hours", "model", "status", "user_id"]
+        fields = [
+            "start_date",
+            "end_date",
+            "hours",
+            "model",
+            "status",
+            "user_id",
+            "session_id",
+            "source",
+            "error_type",
+            "tag",
+        ]
 
     def window_only(self, queryset: LLMRequestLogQuerySet, name: str, value: Any) -> LLMRequestLogQuerySet:
+        return queryset
+
+    def with_tags(
+        self, queryset: LLMRequestLogQuerySet, name: str, value: list[tuple[str, str | None]]
+    ) -> LLMRequestLogQuerySet:
+        vendor = connections[queryset.db].vendor
+        for key, tag_value in value:
+            queryset = queryset.filter(tag_condition(key, tag_value, vendor))
         return queryset
 
     def clean_window(self) -> tuple[datetime, datetime, bool]:
@@ -200,6 +290,8 @@ WINDOW_PARAMETERS = ("start_date", "end_date", "hours")
 
 def _filters_only(params: Any) -> LogFilterSet:
     data = {name: params.get(name) for name in LogFilterSet.base_filters if name not in WINDOW_PARAMETERS}
+    if hasattr(params, "getlist"):  # a query string: `tag` may come several times
+        data["tag"] = params.getlist("tag") or None
     return LogFilterSet({name: value for name, value in data.items() if value is not None})
 
 

@@ -59,6 +59,10 @@ PROVIDER_MAX_CHARS = 64
 MODEL_MAX_CHARS = 200
 USER_ID_MAX_CHARS = 200
 SESSION_ID_MAX_CHARS = 200
+# Tags: a flat JSON object of strings (llm.serializers.validate_tags), also what a `tag` filter may ask.
+TAGS_MAX_COUNT = 50
+TAG_KEY_MAX_CHARS = 100
+TAG_VALUE_MAX_CHARS = 500
 FINISH_REASON_MAX_CHARS = 32
 
 HEX_TRACE_ID = r"^[0-9a-fA-F]{32}$"
@@ -132,3 +136,18 @@ def json_depth(document: Any) -> int:
         children = container.values() if isinstance(container, dict) else container
         stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
     return deepest
+
+
+# Several SDKs send the user and the session as tags rather than as fields.
+ID_TAGS = {"user_id": USER_ID_MAX_CHARS, "session_id": SESSION_ID_MAX_CHARS}
+
+
+def fill_ids_from_tags(log: Any) -> None:
+    """Fill an unsaved row's empty user_id / session_id from tags["user_id"] / tags["session_id"]
+    (events and OTLP alike); the tags stay as they are. A value the column could not hold is cut
+    to its width, as the other ingested text is."""
+    tags = log.tags if isinstance(log.tags, dict) else {}
+    for name, max_chars in ID_TAGS.items():
+        value = tags.get(name)
+        if not getattr(log, name) and isinstance(value, str) and value:
+            setattr(log, name, value[:max_chars])

@@ -28,17 +28,23 @@ from django.db.models import (
     Aggregate,
     Avg,
     BigIntegerField,
+    Case,
     CharField,
     Count,
     F,
     Field,
     Func,
+    IntegerField,
     Max,
+    Min,
     Q,
     QuerySet,
     Sum,
+    TextField,
     Value,
+    When,
 )
+from django.db.models import Window as SQLWindow
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast, Coalesce, TruncDay, TruncHour, TruncMinute, TruncMonth
 from django.utils import timezone
@@ -1498,3 +1504,315 @@ def _percentile_figures(
         figures.ends = np.searchsorted(places[first:last][valued], np.arange(buckets + 1), side="left")
         answer[key] = figures
     return answer
+
+
+# Breakdowns, sessions and users (issue 18): who and what the calls, the errors and the cost
+# come from. Grouped in the database; Python only shapes the (at most `limit` + 1) groups.
+
+BREAKDOWN_FIELDS = {
+    "model": "model_name",
+    "user": "user_id",
+    "session": "session_id",
+    "source": "source",
+    "error_type": "error_type",
+}
+TAG_BREAKDOWN_PREFIX = "tag:"
+# What a breakdown is ordered by (largest first) and the figure that orders it.
+BREAKDOWN_ORDERS = {
+    "cost": "cost",
+    "requests": "requests",
+    "tokens": "total_tokens",
+    "errors": "errors",
+    "p95": "p95_latency_ms",
+}
+BREAKDOWN_DEFAULT_LIMIT = 10
+BREAKDOWN_MAX_LIMIT = 100
+# The roll-ups hold these columns: a breakdown by them reads the roll-ups like the other figures.
+ROLLUP_BREAKDOWNS = ("model", "error_type")
+BREAKDOWN_PERCENTILES = ("p50", "p95")
+
+
+class CountAll(Func):
+    """COUNT(*) as a window function: over () after a GROUP BY, how many groups there are."""
+
+    template = "COUNT(*)"
+    output_field = IntegerField()
+    window_compatible = True
+
+
+COUNT_OVER_ALL = SQLWindow(CountAll())
+
+
+def breakdown_key(by: str) -> Any:
+    """The expression a breakdown groups by: a column, or one tag's value ("" where it is absent,
+    like an empty user_id: every call is in exactly one group, so the groups add up to the total)."""
+    if by.startswith(TAG_BREAKDOWN_PREFIX):
+        tag_value = KeyTextTransform(by.removeprefix(TAG_BREAKDOWN_PREFIX), "tags")
+        return Coalesce(tag_value, Value(""), output_field=TextField())
+    return F(BREAKDOWN_FIELDS[by])
+
+
+def _per_1k_tokens(cost: float, tokens: int) -> float | None:
+    return cost * 1000.0 / tokens if tokens else None
+
+
+def _breakdown_row(key: str, row: dict[str, Any]) -> dict[str, Any]:
+    """One group as the API answers it (`row` as _traffic or Totals.row shape it)."""
+    return {
+        "key": key,
+        "requests": row["requests"],
+        "errors": row["errors"],
+        "error_rate": row["error_rate"],
+        "prompt_tokens": row["prompt_tokens"],
+        "completion_tokens": row["completion_tokens"],
+        "total_tokens": row["total_tokens"],
+        "cost": row["cost"],
+        "cost_per_1k_tokens": _per_1k_tokens(row["cost"], row["total_tokens"]),
+        "avg_latency_ms": row["avg_latency_ms"],
+        "p50_latency_ms": row["p50_latency_ms"],
+        "p95_latency_ms": row["p95_latency_ms"],
+    }
+
+
+def _order_value(row: dict[str, Any], order_by: str) -> float:
+    value = row[BREAKDOWN_ORDERS[order_by]]
+    return -math.inf if value is None else value
+
+
+def breakdown(
+    logs: Selection | LLMRequestLogQuerySet, by: str, order_by: str = "cost", limit: int = BREAKDOWN_DEFAULT_LIMIT
+) -> dict[str, Any]:
+    """The calls grouped `by` (BREAKDOWN_FIELDS or tag:<key>), the `limit` largest by `order_by`
+    first (ties by key), and the rest summed as `other` (None when nothing is left): its
+    percentiles are computed over its own calls, like a group's, never from the groups'.
+
+    Counts, tokens and cost are exact. Percentiles are exact over a window of at most
+    EXACT_WINDOW (one sort per group); over a longer one they come from latency histograms
+    (rollup_math's buckets, within ERROR_BOUND), as the other figures' do: from the roll-ups by
+    model or error type, else from the rows bucketed by the database (a hash aggregate instead of
+    sorting a month of calls). `percentiles` says which.
+    """
+    if order_by not in BREAKDOWN_ORDERS:
+        raise ValueError(f"order_by is one of {', '.join(BREAKDOWN_ORDERS)}")
+    chosen = selection(logs)
+    answer = _breakdown_from_rollups(chosen, by, order_by, limit) if by in ROLLUP_BREAKDOWNS else None
+    if answer is None:
+        short = chosen.start is not None and chosen.end is not None and chosen.end - chosen.start <= EXACT_WINDOW
+        keyed = chosen.logs.annotate(group_key=breakdown_key(by)).order_by()
+        answer = _exact_breakdown(keyed, order_by, limit) if short else _bucketed_breakdown(keyed, order_by, limit)
+    return {"by": by, "order_by": order_by, "limit": limit, **answer}
+
+
+def _ranked(groups: list[tuple[dict[str, Any], Totals]], order_by: str, limit: int) -> dict[str, Any]:
+    """Groups as (row, Totals): the `limit` largest shown, the rest merged into `other`."""
+    groups.sort(key=lambda item: (-_order_value(item[0], order_by), item[0]["key"]))
+    rest = Totals(rollups.Figures())
+    for _row, totals in groups[limit:]:
+        rest.figures.merge(totals.figures)
+        rest.errors += totals.errors
+    other = None
+    if len(groups) > limit:
+        other = {**_breakdown_row(None, rest.row(*BREAKDOWN_PERCENTILES)), "groups": len(groups) - limit}
+    return {"groups": [row for row, _ in groups[:limit]], "other": other}
+
+
+def _breakdown_from_rollups(chosen: Selection, by: str, order_by: str, limit: int) -> dict[str, Any] | None:
+    the_plan = plan(chosen)
+    found = None if the_plan is None else measure(the_plan, (BREAKDOWN_FIELDS[by], "status"))
+    if found is None:
+        return None
+    groups = [(key, totals) for (key,), totals in fold_status(found).items()]
+    rows = [(_breakdown_row(key, totals.row(*BREAKDOWN_PERCENTILES)), totals) for key, totals in groups]
+    return {"percentiles": PERCENTILES_APPROXIMATE, **_ranked(rows, order_by, limit)}
+
+
+def _group_sums(keyed: LLMRequestLogQuerySet) -> QuerySet:
+    return keyed.values("group_key").annotate(**_traffic_aggregates(), avg_latency_ms=Avg("latency_ms"))
+
+
+def _top_groups(keyed: LLMRequestLogQuerySet, order_by: str, limit: int) -> tuple[list[dict[str, Any]], int]:
+    """The `limit` largest groups by a sum (not p95), and how many groups there are in all (a
+    window COUNT over the grouped rows: no second pass)."""
+    order = "cost_units" if order_by == "cost" else BREAKDOWN_ORDERS[order_by]  # SQLite sums decimals as floats
+    per_group = _group_sums(keyed).annotate(cost_units=rollups.cost_units_sum(), group_count=COUNT_OVER_ALL)
+    found = list(per_group.order_by(F(order).desc(nulls_last=True), "group_key")[:limit])
+    return found, (found[0]["group_count"] if found else 0)
+
+
+def _exact_breakdown(keyed: LLMRequestLogQuerySet, order_by: str, limit: int) -> dict[str, Any]:
+    """Percentiles sorted from the rows: the shown groups' in one query, `other`'s in another."""
+    percentiles = _latency_aggregates(*BREAKDOWN_PERCENTILES, average=False)
+    if order_by == "p95":
+        # Ordering by a percentile needs every group's, which SQLite answers as JSON text (no
+        # ORDER BY on it): the groups (not the rows) are sorted here.
+        found = list(_group_sums(keyed).annotate(**percentiles))
+        found.sort(key=lambda row: (-((row["latency_percentiles"] or [-math.inf])[1]), row["group_key"]))
+        shown, group_count = found[:limit], len(found)
+    else:
+        shown, group_count = _top_groups(keyed, order_by, limit)
+        keys = [row["group_key"] for row in shown]
+        spread = keyed.filter(group_key__in=keys).values("group_key").annotate(**percentiles) if keys else []
+        by_key = {row["group_key"]: row["latency_percentiles"] for row in spread}
+        for row in shown:
+            row["latency_percentiles"] = by_key.get(row["group_key"])
+    groups = []
+    for row in shown:
+        for name in ("cost_units", "group_count"):
+            row.pop(name, None)
+        groups.append(_breakdown_row(row.pop("group_key"), _traffic(row, *BREAKDOWN_PERCENTILES)))
+    other = None
+    if group_count > limit:
+        keys = [row["key"] for row in groups]
+        rest = keyed.exclude(group_key__in=keys).aggregate(
+            **_traffic_aggregates(), avg_latency_ms=Avg("latency_ms"), **percentiles
+        )
+        other = {**_breakdown_row(None, _traffic(rest, *BREAKDOWN_PERCENTILES)), "groups": group_count - limit}
+    return {"percentiles": PERCENTILES_EXACT, "groups": groups, "other": other}
+
+
+def _bucketed_breakdown(keyed: LLMRequestLogQuerySet, order_by: str, limit: int) -> dict[str, Any]:
+    """Each shown group and `other` from one GROUP BY (group or "other", latency bucket), whose
+    histograms give the percentiles; by p95, every group's histogram (one row per group and bucket)."""
+    if order_by == "p95":
+        slot = F("group_key")
+        group_count = None
+    else:
+        shown, group_count = _top_groups(keyed, order_by, limit)
+        keys = [row["group_key"] for row in shown]
+        # The calls of the groups not shown fall into one slot, NULL (a group's key never is).
+        slot = Case(When(group_key__in=keys, then=F("group_key")), default=Value(None), output_field=TextField())
+    rows = (
+        keyed.annotate(slot=slot, bucket=rollups.bucket_of("latency_ms"))
+        .values("slot", "bucket")
+        .annotate(**_raw_sums(), errors=Count("id", filter=LLMRequestLog.FAILED))
+        .order_by()
+    )
+    found: dict[Any, Totals] = {}
+    for row in rows:  # a few dozen buckets per slot, not the calls
+        totals = found.setdefault(row["slot"], Totals(rollups.Figures()))
+        row["cost_units"] = rollups.as_units(row["cost_units"])
+        totals.figures.add_sums(row)
+        totals.figures.latency[row["bucket"]] += row["requests"]
+        totals.errors += row["errors"]
+    rest = found.pop(None, None)
+    ranked = [(_breakdown_row(key, totals.row(*BREAKDOWN_PERCENTILES)), totals) for key, totals in found.items()]
+    if group_count is None:  # by p95: every group is here
+        return {"percentiles": PERCENTILES_APPROXIMATE, **_ranked(ranked, order_by, limit)}
+    answer = _ranked(ranked, order_by, limit)
+    if rest is not None:
+        answer["other"] = {**_breakdown_row(None, rest.row(*BREAKDOWN_PERCENTILES)), "groups": group_count - limit}
+    return {"percentiles": PERCENTILES_APPROXIMATE, **answer}
+
+
+def breakdown_tag_keys(logs: LLMRequestLogQuerySet, limit: int = 50) -> list[str]:
+    """The tag keys of a sample of the window's tagged calls (the newest 2,000), for the
+    analytics page's `by` choices: "cost by feature" without typing the key."""
+    sample = logs.exclude(tags={}).order_by("-timestamp").values_list("tags", flat=True)[:2000]
+    keys: set[str] = set()
+    for tags in sample:  # 2,000 small objects at most, not the window's rows
+        keys.update(tags if isinstance(tags, dict) else {})
+    return sorted(keys)[:limit]
+
+
+SESSION_ORDERS = {
+    "last_call": (F("last_call").desc(), "session_id"),
+    "cost": (F("cost").desc(nulls_last=True), "session_id"),
+}
+USER_ORDERS = {
+    "cost": (F("cost").desc(nulls_last=True), "user_id"),
+    "requests": (F("requests").desc(), "user_id"),
+    "last_seen": (F("last_seen").desc(), "user_id"),
+}
+NOT_BLANK_USER = ~Q(user_id="")
+NOT_BLANK_SESSION = ~Q(session_id="")
+
+
+def _usage_aggregates() -> dict[str, Aggregate]:
+    return {
+        "requests": Count("id"),
+        "errors": Count("id", filter=LLMRequestLog.FAILED),
+        "prompt_tokens": Coalesce(Sum("prompt_tokens"), 0),
+        "completion_tokens": Coalesce(Sum("completion_tokens"), 0),
+        "total_tokens": Coalesce(Sum("total_tokens"), 0),
+        "cost": Sum("cost_estimate"),
+    }
+
+
+def sessions(logs: Selection | LLMRequestLogQuerySet, order_by: str = "last_call") -> QuerySet:
+    """One row per session of the calls (calls without a session_id left out): first and last
+    call, calls, users and models (how many, and one of each to show), tokens, cost, errors;
+    most recent last call first, or costliest first. A queryset, for the paginators."""
+    if order_by not in SESSION_ORDERS:
+        raise ValueError(f"order_by is one of {', '.join(SESSION_ORDERS)}")
+    chosen = selection(logs)
+    return (
+        chosen.logs.filter(NOT_BLANK_SESSION)
+        .values("session_id")
+        .annotate(
+            first_call=Min("timestamp"),
+            last_call=Max("timestamp"),
+            users=Count("user_id", distinct=True, filter=NOT_BLANK_USER),
+            # The user and model shown next to the session: one session has one user as a rule.
+            shown_user=Max("user_id"),
+            models=Count("model_name", distinct=True),
+            shown_model=Max("model_name"),
+            **_usage_aggregates(),
+        )
+        .order_by(*SESSION_ORDERS[order_by])
+    )
+
+
+def users(logs: Selection | LLMRequestLogQuerySet, order_by: str = "cost") -> QuerySet:
+    """One row per user of the calls (calls without a user_id left out): calls, sessions, tokens,
+    cost, errors, first and last seen; costliest first, or busiest, or latest seen."""
+    if order_by not in USER_ORDERS:
+        raise ValueError(f"order_by is one of {', '.join(USER_ORDERS)}")
+    chosen = selection(logs)
+    return (
+        chosen.logs.filter(NOT_BLANK_USER)
+        .values("user_id")
+        .annotate(
+            sessions=Count("session_id", distinct=True, filter=NOT_BLANK_SESSION),
+            first_seen=Min("timestamp"),
+            last_seen=Max("timestamp"),
+            **_usage_aggregates(),
+        )
+        .order_by(*USER_ORDERS[order_by])
+    )
+
+
+# A session page shows at most this many calls (the first ones): a runaway agent loop can log
+# thousands under one id, and the page is read as a conversation.
+SESSION_MAX_CALLS = 1000
+
+
+def session_calls(
+    session_id: str, limit: int = SESSION_MAX_CALLS, with_text: bool = True
+) -> tuple[list[LLMRequestLog], bool]:
+    """A session's calls in time order, each with `running_cost` (the session's cost up to and
+    including it, summed by the database) and its feedback prefetched; and whether there were
+    more than `limit`. Without `with_text` the prompt and response are not even read."""
+    order = [F("timestamp").asc(), F("id").asc()]
+    rows = LLMRequestLog.objects.filter(session_id=session_id)
+    if not with_text:
+        rows = rows.defer("prompt_text", "response_text")
+    calls = list(
+        rows.annotate(running_cost=SQLWindow(Sum("cost_estimate"), order_by=order))
+        .prefetch_related("feedback")
+        .order_by(*order)[: limit + 1]
+    )
+    return calls[:limit], len(calls) > limit
+
+
+def user_activity(logs: Selection | LLMRequestLogQuerySet, group_by: str) -> dict[str, Any]:
+    """One user's page: totals, usage over time, per model, latest sessions, feedback received.
+    `logs` are that user's calls (the user_id filter: read from the rows, exact)."""
+    chosen = selection(logs)
+    rated = UserFeedback.objects.filter(request__in=chosen.logs.values("id"))
+    return {
+        "totals": overview(chosen),
+        "series": timeseries(chosen, group_by),
+        "models": model_usage(chosen),
+        "sessions": list(sessions(chosen)[:20]),
+        "feedback": feedback_summary(rated),
+    }

@@ -36,13 +36,14 @@ from llm.ingest_limits import (
     MODEL_MAX_CHARS,
     PROVIDER_MAX_CHARS,
     SESSION_ID_MAX_CHARS,
+    TAG_VALUE_MAX_CHARS,
     USER_ID_MAX_CHARS,
+    fill_ids_from_tags,
     finite_problem,
     parse_json,
     text_problem,
 )
 from llm.models import LLMRequestLog, TraceSpan
-from llm.serializers import TAG_VALUE_MAX_CHARS
 
 # Fixed namespace for request ids derived from (trace_id, span_id): a re-sent span keeps its id.
 OTLP_REQUEST_ID_NAMESPACE = uuid.UUID("6b1d8c52-8f3e-4e0c-9a57-2f4d3c1b0e71")
@@ -252,6 +253,7 @@ def log_from_span(
         max_tokens=_positive_int_or_none(dialects.first_present(attributes, dialect.max_tokens)),
         tags=_tags(resource, attributes, dialect),
     )
+    fill_ids_from_tags(log)
     _check_text(log)
     return log
 

@@ -35,6 +35,9 @@ from llm.ingest_limits import (
     MODEL_MAX_CHARS,
     PROVIDER_MAX_CHARS,
     SESSION_ID_MAX_CHARS,
+    TAG_KEY_MAX_CHARS,
+    TAG_VALUE_MAX_CHARS,
+    TAGS_MAX_COUNT,
     USER_ID_MAX_CHARS,
     JSONError,
     finite_problem,
@@ -67,9 +70,6 @@ from llm.traces import TRACE_CALL_FIELDS, TRACE_SPAN_FIELDS
 # Long enough for a large context window, short enough that one request cannot fill the disk.
 PROMPT_MAX_CHARS = 100_000
 MAX_TOKENS_LIMIT = 32_768
-TAGS_MAX_COUNT = 50
-TAG_KEY_MAX_CHARS = 100
-TAG_VALUE_MAX_CHARS = 500
 COMMENT_MAX_CHARS = 5_000
 RATER_MAX_CHARS = 200
 
@@ -1077,3 +1077,142 @@ class ForecastSerializer(serializers.Serializer):
     scale = serializers.FloatField(
         allow_null=True, help_text="This period so far over the same hours of previous weeks; null when linear."
     )
+
+
+# Breakdowns, sessions and users (issue 18).
+
+
+class BreakdownRowSerializer(TokenFields):
+    key = serializers.CharField(
+        allow_null=True,
+        help_text='The group: a model, user id, session id, source, error type or tag value; "" for calls '
+        "without one (no user id, no such tag, no error). null in `other`.",
+    )
+    requests = serializers.IntegerField()
+    errors = serializers.IntegerField()
+    error_rate = serializers.FloatField(help_text=ERROR_RATE_HELP)
+    cost = serializers.FloatField(help_text="USD.")
+    cost_per_1k_tokens = serializers.FloatField(allow_null=True, help_text="USD per 1,000 tokens; null without tokens.")
+    avg_latency_ms = serializers.FloatField(allow_null=True)
+    p50_latency_ms = serializers.FloatField(allow_null=True)
+    p95_latency_ms = serializers.FloatField(allow_null=True)
+
+
+class BreakdownOtherSerializer(BreakdownRowSerializer):
+    groups = serializers.IntegerField(help_text="How many groups are summed here.")
+
+
+class BreakdownSerializer(MetricsWindowSerializer):
+    by = serializers.CharField(help_text="model, user, session, source, error_type or tag:<key>.")
+    order_by = serializers.ChoiceField(choices=list(metrics.BREAKDOWN_ORDERS))
+    limit = serializers.IntegerField()
+    groups = BreakdownRowSerializer(many=True, help_text="The `limit` largest groups by `order_by`, largest first.")
+    other = BreakdownOtherSerializer(
+        allow_null=True,
+        help_text="The remaining groups summed as one row; its percentiles are computed over its own calls, "
+        "like a group's (sorted, exact, over a window of up to 2 hours; else from latency histograms within "
+        "1 %, as `percentiles` says), never from the groups' percentiles. null when every group is shown.",
+    )
+
+
+class UsageFields(TokenFields):
+    requests = serializers.IntegerField(help_text="Calls.")
+    errors = serializers.IntegerField()
+    cost = serializers.FloatField(help_text="USD.")
+
+
+class SessionRowSerializer(UsageFields):
+    session_id = serializers.CharField()
+    first_call = serializers.DateTimeField()
+    last_call = serializers.DateTimeField()
+    users = serializers.IntegerField(help_text="Distinct non-empty user ids.")
+    user_id = serializers.CharField(source="shown_user", help_text='One of its users ("" if none): the usual one.')
+    models = serializers.IntegerField(help_text="Distinct models.")
+    model = serializers.CharField(source="shown_model", help_text="One of its models.")
+
+
+class UserRowSerializer(UsageFields):
+    user_id = serializers.CharField()
+    sessions = serializers.IntegerField(help_text="Distinct non-empty session ids.")
+    first_seen = serializers.DateTimeField()
+    last_seen = serializers.DateTimeField()
+
+
+class SessionCallSerializer(serializers.ModelSerializer):
+    """A turn of the conversation. Holds the prompt and the answer (the `read_text` right)."""
+
+    cost_estimate = serializers.FloatField(allow_null=True)
+    running_cost = serializers.FloatField(allow_null=True, help_text="The session's cost up to and with this call.")
+    error_type = serializers.ChoiceField(
+        choices=LLMRequestLog.ErrorType.choices, allow_blank=True, read_only=True, help_text=ERROR_TYPE_HELP
+    )
+    thumbs_up = serializers.SerializerMethodField()
+    thumbs_down = serializers.SerializerMethodField()
+
+    class Meta:
+        model = LLMRequestLog
+        fields = [
+            "request_id",
+            "timestamp",
+            "model_name",
+            "user_id",
+            "trace_id",
+            "span_id",
+            "parent_span_id",
+            "prompt_text",
+            "response_text",
+            "prompt_tokens",
+            "completion_tokens",
+            "total_tokens",
+            "latency_ms",
+            "cost_estimate",
+            "running_cost",
+            "status",
+            "error_type",
+            "error_message",
+            "tags",
+            "thumbs_up",
+            "thumbs_down",
+        ]
+        read_only_fields = fields
+
+    def _ratings(self, log: LLMRequestLog, rating: str) -> int:
+        return sum(feedback.rating == rating for feedback in log.feedback.all())  # prefetched
+
+    def get_thumbs_up(self, log: LLMRequestLog) -> int:
+        return self._ratings(log, UserFeedback.Rating.THUMBS_UP)
+
+    def get_thumbs_down(self, log: LLMRequestLog) -> int:
+        return self._ratings(log, UserFeedback.Rating.THUMBS_DOWN)
+
+
+class SessionDetailSerializer(serializers.Serializer):
+    session_id = serializers.CharField()
+    calls = SessionCallSerializer(many=True, help_text="In time order.")
+    truncated = serializers.BooleanField(
+        help_text=f"True when the session has more than {metrics.SESSION_MAX_CALLS} calls (the first are given)."
+    )
+
+
+class UserSessionSerializer(SessionRowSerializer):
+    user_id = None
+
+
+class UserTotalsSerializer(TokenFields, LatencyFields):
+    total_requests = serializers.IntegerField()
+    failed_requests = serializers.IntegerField()
+    error_rate = serializers.FloatField(help_text=ERROR_RATE_HELP)
+    total_cost = serializers.FloatField(help_text="USD.")
+
+
+class FeedbackSummarySerializer(RatingsFields):
+    by_model = FeedbackModelRowSerializer(many=True)
+
+
+class UserDetailSerializer(GroupedSerializer):
+    user_id = serializers.CharField()
+    totals = UserTotalsSerializer()
+    series = PeriodRowSerializer(many=True, help_text="Usage over time, per period with traffic.")
+    models = ModelUsageRowSerializer(many=True)
+    sessions = UserSessionSerializer(many=True, help_text="The user's 20 latest sessions in the window.")
+    feedback = FeedbackSummarySerializer(help_text="Ratings of the user's calls.")

@@ -1,7 +1,7 @@
 from django.urls import URLPattern, path
 
 from llm import health, views
-from llm.api import alerts, budgets, docs, export, feedback, ingest, logs, metrics, prometheus, prompt, traces
+from llm.api import alerts, budgets, docs, export, feedback, ingest, logs, metrics, prometheus, prompt, sessions, traces
 
 
 def with_and_without_slash(patterns: list[URLPattern]) -> list[URLPattern]:
@@ -35,9 +35,15 @@ api_urlpatterns = [
     path("api/metrics/daily-stats/", metrics.DailyStatsView.as_view(), name="api-metrics-daily-stats"),
     path("api/metrics/timeseries/", metrics.TimeseriesView.as_view(), name="api-metrics-timeseries"),
     path("api/metrics/forecast/", budgets.ForecastView.as_view(), name="api-metrics-forecast"),
+    path("api/metrics/breakdown/", metrics.BreakdownView.as_view(), name="api-metrics-breakdown"),
     path("api/logs/", logs.LogList.as_view(), name="api-logs"),
     path("api/logs/errors/", logs.ErrorLogList.as_view(), name="api-logs-errors"),
     path("api/logs/<uuid:request_id>/", logs.LogDetail.as_view(), name="api-log"),
+    path("api/sessions/", sessions.SessionList.as_view(), name="api-sessions"),
+    # <path:>: a session or user id may hold "/" (ids come from clients).
+    path("api/sessions/<path:session_id>/", sessions.SessionDetail.as_view(), name="api-session"),
+    path("api/users/", sessions.UserList.as_view(), name="api-users"),
+    path("api/users/<path:user_id>/", sessions.UserDetail.as_view(), name="api-user"),
     path("api/feedback/", feedback.FeedbackListCreate.as_view(), name="api-feedback"),
     path("api/feedback/analytics/", feedback.FeedbackAnalytics.as_view(), name="api-feedback-analytics"),
     path("api/export/csv/", export.CSVExport.as_view(), name="api-export-csv"),
@@ -74,6 +80,9 @@ urlpatterns = [
     path("logs/", views.logs, name="logs"),
     path("logs/<uuid:request_id>/", views.log_detail, name="log-detail"),
     path("traces/<str:trace_id>/", views.trace, name="trace"),
+    path("sessions/", views.sessions, name="sessions"),
+    path("sessions/<path:session_id>/", views.session, name="session"),
+    path("users/<path:user_id>/", views.user, name="user"),
     path("feedback/", views.feedback, name="feedback"),
     path("alerts/", views.alerts_page, name="alerts"),
     path("alerts/<int:pk>/", views.alert_history, name="alert-history"),

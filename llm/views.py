@@ -24,13 +24,14 @@ from llm import alerts, dashboard, formatting, metrics, notifiers, providers, tr
 from llm.alert_preview import DAYS_MAX
 from llm.filters import search_logs
 from llm.forms import AlertRuleForm, FeedbackForm, SilenceForm
+from llm.ingest_limits import SESSION_ID_MAX_CHARS, USER_ID_MAX_CHARS, text_problem
 from llm.models import AlertLog, AlertRule, DashboardSettings, LLMRequestLog, NotificationChannel, UserFeedback
 from llm.paging import EstimatingPaginator
 from llm.permissions import access_for, refused_page, requires_right
 from llm.traces import normal_trace_id
 
 LOGS_PER_PAGE = 50
-LOG_FILTERS = ("status", "user_id", "search")
+LOG_FILTERS = ("status", "user_id", "search", "session_id", "source", "error_type", "tag")
 
 
 def page(request: HttpRequest, template: str, window: dashboard.TimeRange | None, **context) -> HttpResponse:
@@ -45,6 +46,8 @@ def page(request: HttpRequest, template: str, window: dashboard.TimeRange | None
             "model_names": dashboard.model_choices(),
             "auto_refresh_seconds": dashboard.AUTO_REFRESH_SECONDS,
             "refresh_seconds": dashboard.AUTO_REFRESH_SECONDS if request.GET.get("refresh") else None,
+            "sources": LLMRequestLog.Source.values,
+            "error_types": LLMRequestLog.ErrorType.values,
         }
     return render(request, template, context)
 
@@ -68,9 +71,10 @@ def overview(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def analytics(request: HttpRequest) -> HttpResponse:
-    window = dashboard.time_range(request.GET)
+    window = dashboard.time_range(request.GET, extra_keys=dashboard.PAGE_FILTERS)
+    by, order_by = dashboard.breakdown_choice(request.GET, window)
     with metrics.aggregate_queries():
-        data = dashboard.analytics(window)
+        data = dashboard.analytics(window) | dashboard.breakdown(window, by, order_by)
     charts = {
         "models": dashboard.chart_series(
             data["models"],
@@ -83,8 +87,9 @@ def analytics(request: HttpRequest) -> HttpResponse:
             "total_tokens",
         ),
         "daily": dashboard.chart_series(data["daily"], "requests", "errors", "cost"),
+        "breakdown": data["breakdown_chart"],
     }
-    return page(request, "dashboard/analytics.html", window, **data, charts=charts)
+    return page(request, "dashboard/analytics.html", window, **data, charts=charts, more_filters=True)
 
 
 @login_required
@@ -348,3 +353,54 @@ def playground(request: HttpRequest) -> HttpResponse:
         providers=providers.playground_providers(),
         default_model=settings.GROQ_DEFAULT_MODEL,
     )
+
+
+@login_required
+def sessions(request: HttpRequest) -> HttpResponse:
+    window = dashboard.time_range(request.GET, extra_keys=dashboard.PAGE_FILTERS)
+    order_by = request.GET.get("order_by") or "last_call"
+    if order_by not in metrics.SESSION_ORDERS:
+        window.errors["order_by"] = [f"Choose one of {', '.join(metrics.SESSION_ORDERS)}."]
+        order_by = "last_call"
+    if order_by != "last_call":
+        window.options["order_by"] = order_by
+    with metrics.aggregate_queries():
+        page_obj = dashboard.sessions_page(window, order_by, request.GET.get("page"))
+        page_obj.object_list = list(page_obj.object_list)  # read within: the rows are summed now
+    return page(
+        request,
+        "dashboard/sessions.html",
+        window,
+        page_obj=page_obj,
+        order_by=order_by,
+        orders=dashboard.SESSION_ORDER_LABELS,
+        more_filters=True,
+    )
+
+
+def storable_id(value: str, max_chars: int) -> str:
+    """A session or user id from the path, or a 404: none longer than the column, or holding what
+    the database cannot compare (NUL, a lone surrogate), was ever stored."""
+    if len(value) > max_chars or text_problem(value):
+        raise Http404("No such id.")
+    return value
+
+
+@login_required
+def session(request: HttpRequest, session_id: str) -> HttpResponse:
+    storable_id(session_id, SESSION_ID_MAX_CHARS)
+    found = dashboard.session(session_id, with_text=access_for(request.user).read_text)
+    if not found["calls"]:
+        raise Http404("No call with this session id.")
+    return page(request, "dashboard/session.html", None, session_id=session_id, **found)
+
+
+@login_required
+def user(request: HttpRequest, user_id: str) -> HttpResponse:
+    storable_id(user_id, USER_ID_MAX_CHARS)
+    window = dashboard.time_range(request.GET)
+    window.extra["user_id"] = user_id
+    with metrics.aggregate_queries():
+        data = dashboard.user_page(window)
+    charts = data.pop("charts")
+    return page(request, "dashboard/user.html", window, user_id=user_id, **data, charts=charts)

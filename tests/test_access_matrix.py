@@ -34,6 +34,8 @@ pytestmark = pytest.mark.django_db
 PROMPT = "PROMPT-SECRET-7781"
 RESPONSE = "RESPONSE-SECRET-3355"
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
+SESSION_ID = "session-matrix"
+USER_ID = "user-matrix"
 
 # What each role may do (the issue's list), and what each key scope grants.
 TEXT_RIGHTS = {"read_text", "export", "feedback"}
@@ -129,6 +131,11 @@ TABLE = [
     Row("api-alert-rule-silence", "DELETE", "manage", 200),
     Row("api-events", "POST", "ingest", 201, EVENT),
     Row("api-metrics-forecast", "GET", "read", 200),
+    Row("api-metrics-breakdown", "GET", "read", 200),
+    Row("api-sessions", "GET", "read", 200),
+    Row("api-session", "GET", "read_text", 200, text=True),
+    Row("api-users", "GET", "read", 200),
+    Row("api-user", "GET", "read", 200),
     Row("api-budgets", "GET", "read", 200),
     Row("api-budgets", "POST", "manage", 201, BUDGET),
     Row("api-budget", "GET", "read", 200),
@@ -158,6 +165,9 @@ TABLE = [
     Row("alert-rule-silence", "POST", "manage", 302, {"minutes": 60, "reason": "deploy"}, page=True),
     Row("alert-rule-unsilence", "POST", "manage", 302, {}, page=True),
     Row("playground", "GET", "prompt", 200, page=True),
+    Row("sessions", "GET", "read", 200, page=True),
+    Row("session", "GET", "read", 200, text=True, page=True),
+    Row("user", "GET", "read", 200, page=True),
 ]
 
 
@@ -166,7 +176,14 @@ def world(db):
     """One small data set: two calls with secret text (one failed, in a trace), a rating, a rule
     that fired; a user per role, a superuser, a key per scope and one with all."""
     now = timezone.now()
-    secret = {"prompt_text": PROMPT, "response_text": RESPONSE, "prompt_tokens": 5, "completion_tokens": 7}
+    secret = {
+        "prompt_text": PROMPT,
+        "response_text": RESPONSE,
+        "prompt_tokens": 5,
+        "completion_tokens": 7,
+        "session_id": SESSION_ID,
+        "user_id": USER_ID,
+    }
     make_log(timestamp=now - timedelta(minutes=5), **secret)
     failed = make_log(
         timestamp=now - timedelta(minutes=3), status="error", trace_id=TRACE_ID, span_id="a" * 16, **secret
@@ -182,7 +199,13 @@ def world(db):
             callers[(kind, name)] = make_user(name, is_staff=True, is_superuser=True)
         elif kind == "key":
             callers[(kind, name)] = make_api_key(name, APIKey.ALL_SCOPES if name == "all" else name)[1]
-    kwargs = {"request_id": failed.request_id, "trace_id": TRACE_ID, "pk": rule.pk}
+    kwargs = {
+        "request_id": failed.request_id,
+        "trace_id": TRACE_ID,
+        "pk": rule.pk,
+        "session_id": SESSION_ID,
+        "user_id": USER_ID,
+    }
     budget = Budget.objects.create(name="all spend", amount_usd=10)
     return {
         "callers": callers,

@@ -28,7 +28,14 @@ def test_the_default_is_the_strict_pagination():
 
 
 def test_every_list_but_the_rules_is_paginated():
-    assert set(paginated_paths()) == {"/api/logs/", "/api/logs/errors/", "/api/feedback/", "/api/alerts/logs/"}
+    assert set(paginated_paths()) == {
+        "/api/logs/",
+        "/api/logs/errors/",
+        "/api/feedback/",
+        "/api/alerts/logs/",
+        "/api/sessions/",
+        "/api/users/",
+    }
 
 
 @pytest.mark.parametrize("path", paginated_paths())

@@ -17,7 +17,13 @@ pytestmark = pytest.mark.django_db
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 REQUEST_ID = uuid.UUID(int=12)
 # The values a route's converters get: an existing call, an unknown alert id.
-PATH_VALUES = {"request_id": str(REQUEST_ID), "trace_id": TRACE_ID, "pk": "999"}
+PATH_VALUES = {
+    "request_id": str(REQUEST_ID),
+    "trace_id": TRACE_ID,
+    "pk": "999",
+    "session_id": "s-1",
+    "user_id": "u-1",
+}
 # Not DRF views: /metrics answers Prometheus (its scraper may add parameters), /api/docs/ is a page.
 NOT_CHECKED_FOR_PARAMETERS = {"metrics", "api-docs"}
 
@@ -41,7 +47,9 @@ def get_endpoints() -> list[URLPattern]:
 
 @pytest.fixture
 def call(db):
-    return LLMRequestLog.objects.create(model_name="m", request_id=REQUEST_ID, trace_id=TRACE_ID)
+    return LLMRequestLog.objects.create(
+        model_name="m", request_id=REQUEST_ID, trace_id=TRACE_ID, session_id="s-1", user_id="u-1"
+    )
 
 
 def test_the_table_covers_the_api():

@@ -105,7 +105,14 @@ ANSWERED_GETS = [
     "api-alert-rule",
     "api-alert-logs",
     "api-trace",
+    "api-metrics-breakdown",
+    "api-sessions",
+    "api-session",
+    "api-users",
+    "api-user",
 ]
+# Query parameters an endpoint needs besides the window.
+REQUIRED_QUERY = {"api-metrics-breakdown": {"by": "user"}}
 
 
 @pytest.fixture
@@ -113,6 +120,7 @@ def data(db):
     logs = make_logs(60, days=2)
     first = logs[0]
     LLMRequestLog.objects.filter(pk=first.pk).update(trace_id=TRACE_ID, span_id="a" * 16)
+    LLMRequestLog.objects.filter(pk=first.pk).update(session_id="s-1", user_id="u-1")
     UserFeedback.objects.rate(first, "alice", UserFeedback.Rating.THUMBS_UP, "fine")
     rule = AlertRule.objects.create(name="errors", metric_type=AlertRule.MetricType.ERROR_RATE, threshold=5)
     AlertLog.objects.create(
@@ -123,7 +131,7 @@ def data(db):
         window_start=NOW - timedelta(hours=1),
         window_end=NOW,
     )
-    return {"request_id": first.request_id, "pk": rule.pk, "trace_id": TRACE_ID}
+    return {"request_id": first.request_id, "pk": rule.pk, "trace_id": TRACE_ID, "session_id": "s-1", "user_id": "u-1"}
 
 
 def documented_keys(schema: dict, path: str) -> tuple[set[str], set[str]]:
@@ -140,13 +148,14 @@ def test_each_answer_has_the_documented_fields(api_client, schema, data, name):
     kwargs = {key: data[key] for key in pattern.pattern.converters}
     path = reverse(name, kwargs=kwargs)
     window = {"start_date": (NOW - timedelta(days=3)).isoformat(), "end_date": NOW.isoformat()}
-    filtered = not kwargs and name not in ("api-alert-rules", "api-alert-logs")
-    query = window if filtered else {}
+    filtered = (not kwargs or name == "api-user") and name not in ("api-alert-rules", "api-alert-logs")
+    query = {**(window if filtered else {}), **REQUIRED_QUERY.get(name, {})}
     response = api_client.get(path, query)
     assert response.status_code == 200, response.content
     answer = response.json()
     route = "/" + str(pattern.pattern).replace("<uuid:request_id>", "{request_id}").replace("<int:pk>", "{id}")
     route = route.replace("<str:trace_id>", "{trace_id}")
+    route = route.replace("<path:session_id>", "{session_id}").replace("<path:user_id>", "{user_id}")
     fields, rows = documented_keys(schema, route)
     if isinstance(answer, list):  # an unpaginated list: the document gives its items' fields
         assert answer and set(answer[0]) == fields

@@ -47,7 +47,12 @@ COUNTERS = {
     "/api/feedback/analytics/": lambda response: response.json()["total"],
     "/api/export/csv/": lambda response: len(export_rows(response)),
     "/api/export/json/": lambda response: len(export_rows(response)),
+    "/api/metrics/breakdown/": lambda response: sum(row["requests"] for row in response.json()["groups"]),
+    "/api/sessions/": total("requests"),
+    "/api/users/": total("requests"),
 }
+# Filtered too, with its own tests (tests/test_sessions_users.py): a path with the user's id.
+FILTERED_DETAILS = {"/api/users/<path:user_id>/"}
 
 
 @pytest.fixture
@@ -56,6 +61,8 @@ def calls(db):
     for age in AGES:
         log = LLMRequestLog.objects.create(
             model_name="m",
+            user_id="u-1",
+            session_id="s-1",
             timestamp=now - age,
             status="error",
             error_type="timeout",
@@ -82,7 +89,7 @@ def test_the_table_has_every_filtered_endpoint():
         for pattern in api_urlpatterns
         if getattr(getattr(pattern.callback, "cls", None), "filtered", False)
     }
-    assert filtered == set(COUNTERS)
+    assert filtered == set(COUNTERS) | FILTERED_DETAILS
 
 
 @pytest.mark.parametrize("path", COUNTERS)

@@ -36,6 +36,10 @@ PAGES = {
     "feedback": "/feedback/",
     "alerts": "/alerts/",
     "playground": "/playground/",
+    "sessions": "/sessions/",
+    "session": "/sessions/sess-1/",
+    "user": "/users/user-1/",
+    "analytics by tag": "/analytics/?by=tag:feature",
 }
 API_LISTS = {
     "overview": "/api/metrics/overview/",
@@ -56,6 +60,12 @@ API_LISTS = {
     "export json": "/api/export/json/",
     "trace": f"/api/traces/{TRACE}/",
     "prometheus": "/metrics",
+    "breakdown by user": "/api/metrics/breakdown/?by=user",
+    "breakdown by tag": "/api/metrics/breakdown/?by=tag:feature&order_by=p95&limit=1",
+    "sessions": "/api/sessions/",
+    "session": "/api/sessions/sess-1/",
+    "users": "/api/users/",
+    "user": "/api/users/user-1/",
 }
 # Pages that still run a query per row or per rule: strict, so the mark must go when they are fixed.
 KNOWN_PER_ROW: dict[tuple[str, str], str] = {}
@@ -72,6 +82,8 @@ def add_rows(count: int, *, serial: int) -> LLMRequestLog:
             model_name=model,
             timestamp=lambda index: now - timedelta(minutes=index + 1),
             user_id=lambda index: USERS[index % len(USERS)],
+            session_id=lambda index: f"sess-{index % 3}",
+            tags=lambda index: {"feature": f"f{index % 4}"},
             prompt_tokens=lambda index: 100 + index,
             completion_tokens=20,
             latency_ms=lambda index: 100.0 + 10 * index,

@@ -19,6 +19,7 @@ from rest_framework.views import APIView
 from llm import metrics, serializers
 from llm.api.params import DeclaredParameters
 from llm.filters import FilteredLogs, filter_logs
+from llm.ingest_limits import TAG_KEY_MAX_CHARS, text_problem
 
 GROUP_BY_PARAMETER = OpenApiParameter(
     "group_by",
@@ -143,3 +144,65 @@ class TimeseriesView(MetricsView):
 
     def period(self, request, filtered):
         return group_by_for(request, filtered)
+
+
+BREAKDOWN_PARAMETERS = (
+    OpenApiParameter(
+        "by",
+        OpenApiTypes.STR,
+        pattern=rf"^({'|'.join(metrics.BREAKDOWN_FIELDS)}|tag:[a-z_.]{{1,{TAG_KEY_MAX_CHARS}}})$",
+        description=f"{', '.join(metrics.BREAKDOWN_FIELDS)}, or tag:<key> (e.g. tag:feature; any key of 1 to "
+        f"{TAG_KEY_MAX_CHARS} characters): the groups (default model).",
+    ),
+    OpenApiParameter(
+        "order_by",
+        OpenApiTypes.STR,
+        enum=list(metrics.BREAKDOWN_ORDERS),
+        description="Largest first by this figure (default cost; tokens: total tokens; p95: p95 latency).",
+    ),
+    OpenApiParameter(
+        "limit",
+        {"type": "integer", "minimum": 1, "maximum": metrics.BREAKDOWN_MAX_LIMIT},
+        description=f"Groups shown, 1 to {metrics.BREAKDOWN_MAX_LIMIT} (default {metrics.BREAKDOWN_DEFAULT_LIMIT}); "
+        "the rest are summed in `other`.",
+    ),
+)
+
+
+def breakdown_choice(params: Any) -> tuple[str, str, int]:
+    """`by`, `order_by` and `limit` of a query string, each checked: a 400 names the bad one."""
+    by = params.get("by") or "model"
+    tag_key = by.removeprefix(metrics.TAG_BREAKDOWN_PREFIX) if by.startswith(metrics.TAG_BREAKDOWN_PREFIX) else None
+    if tag_key is not None:
+        if not 1 <= len(tag_key) <= TAG_KEY_MAX_CHARS or text_problem(tag_key):
+            raise ValidationError({"by": [f"tag:<key> needs a key of 1 to {TAG_KEY_MAX_CHARS} storable characters."]})
+    elif by not in metrics.BREAKDOWN_FIELDS:
+        choices = ", ".join([*metrics.BREAKDOWN_FIELDS, "tag:<key>"])
+        raise ValidationError({"by": [f"One of {choices}."]})
+    order_by = params.get("order_by") or "cost"
+    if order_by not in metrics.BREAKDOWN_ORDERS:
+        raise ValidationError({"order_by": [f"One of {', '.join(metrics.BREAKDOWN_ORDERS)}."]})
+    raw_limit = params.get("limit") or str(metrics.BREAKDOWN_DEFAULT_LIMIT)
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= metrics.BREAKDOWN_MAX_LIMIT:
+        raise ValidationError({"limit": [f"A whole number from 1 to {metrics.BREAKDOWN_MAX_LIMIT}."]})
+    return by, order_by, int(raw_limit)
+
+
+@answers(
+    serializers.BreakdownSerializer,
+    "The calls grouped by model, user, session, source, error type or a tag's value: per group requests, "
+    "errors, tokens, cost, cost per 1,000 tokens, latency; the rest summed in `other`. Counts, tokens and cost "
+    "are exact; percentiles are exact over a window of up to 2 hours, else within 1 % (latency histograms).",
+)
+class BreakdownView(MetricsView):
+    parameters = BREAKDOWN_PARAMETERS
+    required_right = "read"
+
+    def get(self, request: Request) -> Response:
+        # Unlike the other figures, `percentiles` depends on `by` (roll-ups hold models and error
+        # types only): breakdown() says which.
+        by, order_by, limit = breakdown_choice(request.query_params)
+        filtered = filter_logs(request.query_params)
+        with metrics.aggregate_queries():
+            answer = metrics.breakdown(metrics.Selection.of(filtered), by, order_by, limit)
+        return Response({**filtered.window(), **answer})

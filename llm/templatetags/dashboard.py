@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from decimal import Decimal
 from functools import cache
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, urlencode
 
 from django import template
 from django.contrib.staticfiles import finders
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django.utils.html import format_html
@@ -59,8 +62,10 @@ def scroll_table(parser: template.base.Parser, token: template.base.Token) -> Sc
 
 
 @register.simple_tag
-def metric_value(key: str, value: float | None) -> str:
+def metric_value(key: str, value: float | Decimal | None) -> str:
     """A figure written as everywhere else (llm.formatting): "12,000 ms", "$1,234.5000", "—"."""
+    if isinstance(value, Decimal):  # a cost summed by the database, or a row's own
+        value = float(value)
     return formatting.figure(key, value)
 
 
@@ -133,3 +138,39 @@ EVENT_BADGES |= {"muted": "badge-warn"}
 @register.filter
 def event_badge(kind: str) -> str:
     return EVENT_BADGES.get(kind, "")
+
+
+# The one home of a session's and a user's link: every page shows these ids through them.
+def _id_link(url_name: str, keyword: str, value: str, title: str) -> str:
+    if not value:
+        return "—"
+    return format_html('<a href="{}" title="{}">{}</a>', reverse(url_name, kwargs={keyword: value}), title, value)
+
+
+@register.filter
+def session_link(session_id: str) -> str:
+    """A session id as a link to its conversation page ("—" for none)."""
+    return _id_link("session", "session_id", session_id, "The session's conversation")
+
+
+@register.filter
+def user_link(user_id: str) -> str:
+    """A user id as a link to the user's page ("—" for none)."""
+    return _id_link("user", "user_id", user_id, "The user's page")
+
+
+@register.filter
+def get_item(mapping: dict, key: str) -> Any:
+    return mapping.get(key, key)
+
+
+@register.simple_tag
+def breakdown_key(by: str, key: str) -> str:
+    """A breakdown group's name: a user or a session links to its page; no value is "(none)"."""
+    if not key:
+        return "(none)"
+    if by == "user":
+        return user_link(key)
+    if by == "session":
+        return session_link(key)
+    return key

@@ -106,4 +106,13 @@
   draw("chart-feedback-days", "line", data.by_day, [line("Satisfaction (%)", data.by_day && data.by_day.satisfaction_rate, colors.green, { pointRadius: 2 })], { scales: { y: { min: 0, max: 100 } } },
     { key: "ratings", one: "rating", many: "ratings" });
   draw("chart-feedback-models", "bar", data.by_model, [bar("Satisfaction (%)", data.by_model && data.by_model.satisfaction_rate, colors.green)], { indexAxis: "y", scales: { x: { min: 0, max: 100 } } });
+
+  // Analytics: the breakdown (the figure it is ordered by, per group and "Other")
+  var breakdown = data.breakdown;
+  draw("chart-breakdown", "bar", breakdown, [bar(breakdown && breakdown.label, breakdown && breakdown.values, colors.blue)], { indexAxis: "y", aspectRatio: 3, plugins: { legend: { display: false } } });
+
+  // A user's page
+  var usage = data.user_usage;
+  draw("chart-user-usage", "line", usage, [line("Calls", usage && usage.requests, colors.blue), line("Errors", usage && usage.errors, colors.red)]);
+  draw("chart-user-cost", "bar", usage, [bar("Cost (USD)", usage && usage.cost, colors.orange)]);
 })();

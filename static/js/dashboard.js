@@ -7,16 +7,19 @@
     // ranges and models, and reloading the page at each step would lose the focus (WCAG 3.2.2);
     // Enter (or the Apply button) applies it.
     var byKeyboard = false;
-    form.addEventListener("keydown", function (event) {
-      byKeyboard = true;
+    // On the document: the form's controls may sit elsewhere on the page (form="filters").
+    document.addEventListener("keydown", function (event) {
       var target = event.target;
+      if (target.form !== form) return;
+      byKeyboard = true;
       if (event.key === "Enter" && target.matches("input[type=radio], input[type=checkbox], select")) {
         event.preventDefault();
         form.requestSubmit();
       }
     });
-    form.addEventListener("pointerdown", function () { byKeyboard = false; });
-    form.querySelectorAll("[data-autosubmit]").forEach(function (input) {
+    document.addEventListener("pointerdown", function () { byKeyboard = false; });
+    // form.elements: also the controls elsewhere on the page that belong to it (form="filters").
+    Array.prototype.filter.call(form.elements, function (input) { return input.hasAttribute("data-autosubmit"); }).forEach(function (input) {
       input.addEventListener("change", function () {
         if (input.name === "range" && custom) custom.hidden = input.value !== "custom";
         if (input.name === "range" && input.value === "custom") return; // wait for the dates and Apply

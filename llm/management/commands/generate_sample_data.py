@@ -1,6 +1,9 @@
 """Realistic sample traffic: several Groq models, a few dozen users, daily and hourly rhythm,
 a few percent of errors of several kinds, latency spikes, an incident or two, feedback, and
-a few triggered alerts. Deterministic for a given --seed (timestamps are relative to now)."""
+a few triggered alerts. Calls come in multi-turn sessions (2-12 calls of one user, in time
+order), tagged with the feature and environment that made them; some turns are agent-like
+traces (a root call and children naming it as their parent span).
+Deterministic for a given --seed (timestamps are relative to now)."""
 
 from __future__ import annotations
 
@@ -70,6 +73,13 @@ TOPICS = [
     ("Draft a friendly reply to a refund request", "Thanks for reaching out; we have issued your refund"),
     ("Give three title ideas for a blog post about caching", "1. Cache Me If You Can 2. Warm Paths 3. TTLs"),
 ]
+FEATURES = ["summarize", "chat", "classify", "extract", "translate", "search"]
+FEATURE_WEIGHTS = [0.26, 0.32, 0.12, 0.1, 0.1, 0.1]
+# A session holds 2 to 12 calls; this share of its turns is an agent: a root call and children.
+SESSION_CALLS = (2, 12)
+AGENT_TURN_SHARE = 0.12
+AGENT_CHILDREN = (2, 4)
+PRODUCTION_SHARE = 0.85
 COMMENTS_UP = ["Exactly what I needed", "Accurate and short", "Great answer", ""]
 COMMENTS_DOWN = ["Made up a number", "Too long", "Wrong language", "Ignored the instructions", ""]
 
@@ -94,6 +104,7 @@ class Traffic:
     pick_model: Callable[[], ModelProfile]
     pick_user: Callable[[], str]
     pick_error: Callable[[], tuple[str, float, str]]
+    pick_feature: Callable[[], str]
 
     @classmethod
     def over(cls, rng: random.Random, days: int) -> Traffic:
@@ -112,6 +123,7 @@ class Traffic:
             pick_model=_weighted_picker(rng, MODELS, [m.share for m in MODELS]),
             pick_user=_weighted_picker(rng, users, [1 / (rank + 1) ** 0.8 for rank in range(len(users))]),
             pick_error=_weighted_picker(rng, ERROR_KINDS, [kind[1] for kind in ERROR_KINDS]),
+            pick_feature=_weighted_picker(rng, FEATURES, FEATURE_WEIGHTS),
         )
 
 
@@ -141,7 +153,7 @@ def sample_call(rng: random.Random, traffic: Traffic) -> LLMRequestLog:
         prompt_text=topic[0],
         temperature=rng.choice([0.0, 0.2, 0.7, 1.0]),
         max_tokens=rng.choice([None, 512, 1024, 4096]),
-        tags={"feature": rng.choice(["support", "search", "summaries", "translate"])},
+        tags={},
         cost_estimate=None,  # None: priced from ModelPrice on the way in
     )
     if is_error:
@@ -189,6 +201,54 @@ def _succeed(
     log.latency_ms = round(latency, 3)
     if streamed:
         log.ttft_ms = round(min(latency, 60 + rng.lognormvariate(4.6, 0.5)), 3)
+
+
+def sample_session(rng: random.Random, traffic: Traffic, at_most: int) -> list[LLMRequestLog]:
+    """A conversation of 2 to 12 calls (at most `at_most`): one user, one session id, one feature
+    and environment, each call a little after the one before; some turns are agents (a root
+    call, then children with the root's span as their parent, in the same trace)."""
+    first = sample_call(rng, traffic)
+    tags = {
+        "feature": traffic.pick_feature(),
+        "env": "prod" if rng.random() < PRODUCTION_SHARE else "staging",
+    }
+    calls = [first]
+    wanted = min(rng.randint(*SESSION_CALLS), at_most)
+    while len(calls) < wanted:
+        previous = calls[-1]
+        turn = sample_call(rng, traffic)
+        pause = timedelta(milliseconds=previous.latency_ms or 0, seconds=rng.randint(8, 240))  # reading, typing
+        turn.timestamp = previous.timestamp + pause
+        calls.append(turn)
+        if rng.random() < AGENT_TURN_SHARE:
+            calls.extend(_agent_children(rng, traffic, turn, wanted - len(calls)))
+    for call in calls:
+        call.user_id = first.user_id
+        call.session_id = first.session_id
+        call.tags = dict(tags)
+    # A conversation that would run past now is moved back whole.
+    overflow = calls[-1].timestamp - (traffic.hours[-1] + timedelta(hours=1))
+    if overflow > timedelta(0):
+        for call in calls:
+            call.timestamp -= overflow
+    return calls
+
+
+def _agent_children(rng: random.Random, traffic: Traffic, root: LLMRequestLog, at_most: int) -> list[LLMRequestLog]:
+    """The calls an agent made under `root` (now its trace's root span), one after another."""
+    root.trace_id = f"{rng.getrandbits(128):032x}"
+    root.span_id = f"{rng.getrandbits(64):016x}"
+    children = []
+    moment = root.timestamp
+    for _ in range(min(rng.randint(*AGENT_CHILDREN), at_most)):
+        child = sample_call(rng, traffic)
+        moment += timedelta(milliseconds=rng.randint(50, 400))
+        child.timestamp = moment
+        child.trace_id = root.trace_id
+        child.span_id = f"{rng.getrandbits(64):016x}"
+        child.parent_span_id = root.span_id
+        children.append(child)
+    return children
 
 
 # The rules behind the sample history of triggered alerts (no channel: nothing is ever sent).
@@ -262,13 +322,18 @@ class Command(BaseCommand):
         traffic = Traffic.over(rng, days)
         created = 0
         feedback_count = 0
-        for done in range(0, count, BATCH_SIZE):
-            batch = [sample_call(rng, traffic) for _ in range(min(BATCH_SIZE, count - done))]
+        done = 0
+        while done < count:
+            # Whole sessions per batch, so a conversation's calls are stored together.
+            batch: list[LLMRequestLog] = []
+            while done + len(batch) < count and len(batch) < BATCH_SIZE:
+                batch.extend(sample_session(rng, traffic, count - done - len(batch)))
             batch_created, batch_feedback = self._store(rng, batch)
             created += batch_created
             feedback_count += batch_feedback
+            done += len(batch)
             if self.show_progress:
-                self.stderr.write(f"  {done + len(batch)}/{count} calls", ending="\r" if sys.stderr.isatty() else "\n")
+                self.stderr.write(f"  {done}/{count} calls", ending="\r" if sys.stderr.isatty() else "\n")
         return created, feedback_count
 
     def _store(self, rng: random.Random, logs: list[LLMRequestLog]) -> tuple[int, int]:
