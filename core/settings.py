@@ -264,6 +264,11 @@ RETENTION_DAYS = env.int("RETENTION_DAYS", default=90, minimum=1)
 # Prometheus scraping: when set, GET /metrics needs `Authorization: Bearer <METRICS_TOKEN>`.
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 
+# Rate limits per API key and per logged-in user (llm/throttles.py), counted per calendar minute in
+# the database, shared by every worker; 0 turns a limit off. Over the limit: 429 with Retry-After.
+PROMPT_RATE_LIMIT = env.int("PROMPT_RATE_LIMIT", default=600, minimum=0)  # prompts a minute
+INGEST_RATE_LIMIT = env.int("INGEST_RATE_LIMIT", default=600_000, minimum=0)  # events or spans a minute
+
 # Roll up new calls right after they are written (llm/rollups.py). Not from the environment: only
 # the test suite turns it off, for live-server tests, whose server thread shares the test's
 # database and must not still be rolling up while the test's transaction is flushed.

@@ -25,3 +25,7 @@ for _name in _settings_env.defaults:
     if _name not in PASSED_THROUGH:
         os.environ.pop(_name, None)
 os.environ["OBSERVATORY_ENV_FILE"] = ""
+
+# Rate limits (llm/throttles.py) far above what any test sends: tests of the limits lower them.
+PROMPT_RATE_LIMIT = 1_000_000
+INGEST_RATE_LIMIT = 1_000_000_000
