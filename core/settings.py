@@ -261,8 +261,12 @@ REDACT_PII = env.bool("REDACT_PII", default=False)
 MAX_STORED_TEXT_CHARS = env.int("MAX_STORED_TEXT_CHARS", default=20_000, minimum=0)
 RETENTION_DAYS = env.int("RETENTION_DAYS", default=90, minimum=1)
 
-# Prometheus scraping: when set, GET /metrics needs `Authorization: Bearer <METRICS_TOKEN>`.
+# Prometheus scraping: when set, GET /metrics needs `Authorization: Bearer <METRICS_TOKEN>` (or an API
+# key). With DEBUG=False it always needs one or the other (llm/api/prometheus.py; llm.W017 says so
+# when the token is unset). Decided here from DEBUG as configured: the test runner turns
+# settings.DEBUG off later, and tests set this directly.
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+METRICS_REQUIRE_AUTH = not DEBUG
 
 # Rate limits per API key and per logged-in user (llm/throttles.py), counted per calendar minute in
 # the database, shared by every worker; 0 turns a limit off. Over the limit: 429 with Retry-After.
