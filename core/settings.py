@@ -7,6 +7,7 @@ for every variable. With `DEBUG=False` it refuses to start until `DJANGO_SECRET_
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
@@ -60,6 +61,8 @@ INSTALLED_APPS = [
     "drf_spectacular",
     # Swagger UI's files, served as our own static files (no CDN at run time).
     "drf_spectacular_sidecar",
+    # Failed logins and lockouts (llm/logins.py).
+    "axes",
     "llm",
 ]
 
@@ -79,6 +82,8 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    # Last, as django-axes asks: turns a locked-out login into llm.logins.lockout_response.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "core.urls"
@@ -142,6 +147,24 @@ if DEBUG:
     # No collectstatic needed while developing.
     STORAGES["staticfiles"]["BACKEND"] = "django.contrib.staticfiles.storage.StaticFilesStorage"
     WHITENOISE_USE_FINDERS = True
+
+# django-axes first: it refuses a locked-out user name or address before the password is checked.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+# Failed logins (dashboard and admin) per user name and, separately, per address before a lockout,
+# and the lockout's length after the last failure (llm/logins.py).
+LOGIN_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", default=5, minimum=1)
+LOGIN_LOCKOUT_MINUTES = env.int("LOGIN_LOCKOUT_MINUTES", default=15, minimum=1)
+# Proxies in front that append the client's address to X-Forwarded-For (1 with docs/nginx.conf.example);
+# 0: the address is the connection's own.
+TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0, minimum=0)
+AXES_FAILURE_LIMIT = LOGIN_FAILURE_LIMIT
+AXES_COOLOFF_TIME = timedelta(minutes=LOGIN_LOCKOUT_MINUTES)
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "llm.logins.lockout_response"
+AXES_CLIENT_IP_CALLABLE = "llm.logins.client_address"
+# No row per successful login: the request log already has one line per request.
+AXES_DISABLE_ACCESS_LOG = True
 
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "/"
