@@ -63,6 +63,8 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     # Failed logins and lockouts (llm/logins.py).
     "axes",
+    # The audit log (llm/audit.py); before llm, whose admin replaces auditlog's list of entries.
+    "auditlog",
     "llm",
 ]
 
@@ -81,6 +83,8 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Who acts, for the audit log: the user, or the API key (llm/audit.py).
+    "llm.audit.AuditMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     # Last, as django-axes asks: turns a locked-out login into llm.logins.lockout_response.
     "axes.middleware.AxesMiddleware",
@@ -165,6 +169,36 @@ AXES_LOCKOUT_CALLABLE = "llm.logins.lockout_response"
 AXES_CLIENT_IP_CALLABLE = "llm.logins.client_address"
 # No row per successful login: the request log already has one line per request.
 AXES_DISABLE_ACCESS_LOG = True
+# No "AXES: BEGIN" line from every process and command at start.
+AXES_VERBOSE = False
+
+# The audit log (llm/audit.py): one line per audited model. Fields that change on their own (stamps
+# written by use or by alert checks) are left out; secrets are recorded as changed, never as values.
+AUDITLOG_STORE_JSON_CHANGES = True
+AUDITLOG_CID_GETTER = "llm.audit.request_id"
+AUDITLOG_INCLUDE_TRACKING_MODELS = (
+    {
+        "model": "llm.AlertRule",
+        "exclude_fields": ["updated_at", "is_firing", "last_value", "last_checked_at", "last_notified_at"],
+    },
+    {
+        "model": "llm.APIKey",
+        "exclude_fields": ["last_used_at"],
+        "mask_fields": ["key_hash"],
+        "mask_callable": "llm.audit.hide",
+    },
+    {"model": "llm.ModelPrice", "exclude_fields": ["updated_at"]},
+    {"model": "llm.DashboardSettings", "exclude_fields": ["served_origin"]},
+    {
+        "model": "auth.User",
+        "exclude_fields": ["last_login"],
+        "mask_fields": ["password"],
+        "mask_callable": "llm.audit.hide",
+        "m2m_fields": ["groups", "user_permissions"],
+    },
+    {"model": "auth.Group", "m2m_fields": ["permissions"]},
+    # {"model": "llm.Budget"},  # helper s4's model: uncomment at merge
+)
 
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "/"
@@ -327,5 +361,7 @@ LOGGING = {
         # The HTTP client under the Groq SDK logs every request it sends at INFO: one line per prompt,
         # which RequestLogMiddleware's line already covers (its failures still show at WARNING).
         "httpx": {"level": "WARNING"},
+        # django-axes says at INFO what it does on every login; its warnings (a lockout) stay.
+        "axes": {"level": "WARNING"},
     },
 }

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+from auditlog.admin import LogEntryAdmin
+from auditlog.models import LogEntry
 from django.contrib import admin, messages
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.db import models
 from django.utils import timezone
 
-from llm import alerts, formatting, notifiers
+from llm import alerts, audit, formatting, notifiers
 from llm.ingest_limits import text_problem
 from llm.models import (
     ALERT_COOLDOWN_MINUTES_MAX,
@@ -232,3 +234,17 @@ class DashboardSettingsAdmin(ModelAdmin):
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return False
+
+
+# The audit log (llm/audit.py): django-auditlog's read-only list of entries, with the API key shown
+# as the actor where a key, not a user, made the change, and the same guard on hostile lookups.
+admin.site.unregister(LogEntry)
+
+
+@admin.register(LogEntry)
+class AuditEntryAdmin(ModelAdmin, LogEntryAdmin):
+    @admin.display(description="Actor")
+    def user_url(self, obj: LogEntry) -> str:
+        if obj.actor_id is None:
+            return audit.actor_label(obj)
+        return super().user_url(obj)

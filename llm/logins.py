@@ -6,6 +6,8 @@ N minutes" for LOGIN_LOCKOUT_MINUTES after the last failure. Attempts are rows i
 
 from __future__ import annotations
 
+import ipaddress
+
 from django.conf import settings
 from django.contrib import admin
 from django.contrib.admin.forms import AdminAuthenticationForm
@@ -23,9 +25,19 @@ def client_address(request: HttpRequest) -> str:
     proxies = settings.TRUSTED_PROXY_COUNT
     if proxies:
         forwarded = [part.strip() for part in request.headers.get("X-Forwarded-For", "").split(",") if part.strip()]
-        if len(forwarded) >= proxies:
+        if len(forwarded) >= proxies and is_address(forwarded[-proxies]):
             return forwarded[-proxies]
     return request.META.get("REMOTE_ADDR", "")
+
+
+def is_address(text: str) -> bool:
+    """An IPv4 or IPv6 address: what the attempt and audit tables' address columns (inet in
+    PostgreSQL) can store."""
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def lockout_message() -> str:
