@@ -116,9 +116,19 @@ def use(limit: RateLimit, caller: Caller | None, amount: int = 1) -> Refusal | N
 def _add(subject: str, minute: int, amount: int, per_minute: int) -> int | None:
     """The caller's count for the minute after adding `amount`, or None when that would pass the limit."""
     table = connection.ops.quote_name(RateLimitCounter._meta.db_table)
+    values = "VALUES (%s, %s, %s)"
+    prefix = ""
+    if connection.vendor == "postgresql" and not connection.in_atomic_block:
+        # The statement is its own transaction: let its commit skip the wait for the WAL flush. With
+        # PostgreSQL's default durability that wait was 4-8 ms a request on the machine we measured
+        # on (/tmp-style disk; 0.2 ms without it); a crash may forget the last moment's counts, which
+        # only lets a caller send a little more. Inside someone's transaction the setting would last
+        # until its end and cover their writes too: there the plain statement runs.
+        prefix = "WITH no_flush_wait AS (SELECT set_config('synchronous_commit', 'off', true)) "
+        values = "SELECT %s, %s, %s FROM no_flush_wait"
     with connection.cursor() as cursor:
         cursor.execute(
-            f"INSERT INTO {table} (subject, minute, hits) VALUES (%s, %s, %s) "  # noqa: S608 - our own table name
+            f"{prefix}INSERT INTO {table} (subject, minute, hits) {values} "  # noqa: S608 - our own table name
             f"ON CONFLICT (subject, minute) DO UPDATE SET hits = {table}.hits + excluded.hits "
             f"WHERE {table}.hits + excluded.hits <= %s RETURNING hits",
             [subject, minute, amount, per_minute],

@@ -227,3 +227,24 @@ def test_callers_at_once_never_pass_the_limit_together(settings, clock):
         thread.join()
     assert len(accepted) == 50
     assert RateLimitCounter.objects.get().hits == 50
+
+
+@pytest.mark.postgres_only
+@pytest.mark.django_db(transaction=True)
+def test_the_counter_commit_skips_the_flush_wait_without_changing_the_connection(settings, clock):
+    """`synchronous_commit = off` for the counter's own statement only (llm/throttles.py `_add`)."""
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL's synchronous_commit")
+    settings.PROMPT_RATE_LIMIT = 2
+    caller = throttles.Caller(subject="key:1", label="key")
+    assert not connection.in_atomic_block
+    with connection.cursor() as cursor:
+        # As in production (the throwaway test cluster turns it off for the whole server).
+        cursor.execute("SET synchronous_commit = on")
+        try:
+            assert [throttles.use(throttles.PROMPTS, caller) is None for _ in range(3)] == [True, True, False]
+            cursor.execute("SHOW synchronous_commit")
+            assert cursor.fetchone()[0] == "on"
+        finally:
+            cursor.execute("RESET synchronous_commit")
+    assert RateLimitCounter.objects.get().hits == 2
