@@ -86,6 +86,8 @@ MIDDLEWARE = [
     # Who acts, for the audit log: the user, or the API key (llm/audit.py).
     "llm.audit.AuditMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    # A login django-axes could not record (a NUL, an overlong user name): 400 naming the field.
+    "llm.logins.LoginInputMiddleware",
     # Last, as django-axes asks: turns a locked-out login into llm.logins.lockout_response.
     "axes.middleware.AxesMiddleware",
 ]

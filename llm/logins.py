@@ -13,9 +13,12 @@ from django.contrib import admin
 from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.auth import REDIRECT_FIELD_NAME
 from django.contrib.auth.forms import AuthenticationForm
+from django.contrib.auth.models import User
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import reverse
+
+from llm.ingest_limits import text_problem
 
 
 def client_address(request: HttpRequest) -> str:
@@ -72,3 +75,37 @@ def lockout_response(
         response = render(request, "registration/login.html", context, status=429)
     response["Retry-After"] = str(settings.LOGIN_LOCKOUT_MINUTES * 60)
     return response
+
+
+def login_input_problem(request: HttpRequest) -> str | None:
+    """Why a login request cannot be recorded as an attempt, naming the field; None when it can.
+
+    django-axes stores every failed login's user name, User-Agent and form fields: a NUL or a lone
+    surrogate in any of them, or a user name longer than any user's (the login form does not check
+    its length), would fail in the database (a 500 on PostgreSQL) instead of being refused."""
+    fields = [("User-Agent header", request.headers.get("User-Agent", ""))]
+    for query in (request.GET, request.POST):
+        fields += [(f"field name {key!r}", key) for key in query]
+        fields += [(key, value) for key, values in query.lists() for value in values]
+    for name, value in fields:
+        if problem := text_problem(value):
+            return f"{name}: {problem}"
+    limit = User._meta.get_field("username").max_length
+    if len(request.POST.get("username", "")) > limit:
+        return f"username: at most {limit} characters."
+    return None
+
+
+class LoginInputMiddleware:
+    """Before django-axes: a login request it could not record answers 400 naming the field."""
+
+    def __init__(self, get_response) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        is_login = request.method == "POST" and request.path in (reverse("login"), reverse("admin:login"))
+        if is_login and (problem := login_input_problem(request)):
+            # templates/400.html shows it (llm.middleware renders every page's 400 from that template).
+            request.bad_request_problem = problem
+            return render(request, "400.html", status=400)
+        return self.get_response(request)

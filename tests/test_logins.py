@@ -130,3 +130,27 @@ def test_behind_a_proxy_each_client_address_is_counted_apart(staff_user, clock, 
         DASHBOARD, {"username": "alice", "password": "secret-password"}, HTTP_X_FORWARDED_FOR="198.51.100.4", **proxied
     )
     assert other.status_code == 302
+
+
+@pytest.mark.parametrize(
+    ("form", "headers", "named"),
+    [
+        ({"username": "z" * 151, "password": "x"}, {}, "username: at most 150 characters."),
+        ({"username": "alice", "password": "x", "next": "/\x00"}, {}, "next: Null characters are not allowed."),
+        ({"username": "b\x00b", "password": "x"}, {}, "username: Null characters are not allowed."),
+        ({"username": "alice", "password": "x\x00"}, {}, "password: Null characters are not allowed."),
+        ({"username": "alice", "password": "x", "\x00": "y"}, {}, "field name '\\x00': Null characters"),
+        ({"username": "alice", "password": "x"}, {"HTTP_USER_AGENT": "a\x00b"}, "User-Agent header: Null characters"),
+    ],
+)
+@pytest.mark.parametrize("url", [DASHBOARD, ADMIN])
+def test_a_login_the_attempt_table_cannot_hold_is_400_naming_the_field(staff_user, url, form, headers, named):
+    response = Client().post(url, form, **headers)
+    assert response.status_code == 400
+    assert named in response.content.decode().replace("&#x27;", "'")
+    assert not AccessAttempt.objects.exists()
+
+
+def test_the_longest_user_name_is_recorded(staff_user):
+    assert log_in(DASHBOARD, "z" * 150, "wrong").status_code == 200
+    assert AccessAttempt.objects.get().username == "z" * 150
