@@ -160,9 +160,10 @@ AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contri
 # and the lockout's length after the last failure (llm/logins.py).
 LOGIN_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", default=5, minimum=1)
 LOGIN_LOCKOUT_MINUTES = env.int("LOGIN_LOCKOUT_MINUTES", default=15, minimum=1)
-# Proxies in front that append the client's address to X-Forwarded-For (1 with docs/nginx.conf.example);
-# 0: the address is the connection's own.
-TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0, minimum=0)
+# Proxies in front that append the client's address to X-Forwarded-For; 0: the address is the
+# connection's own. Production runs behind one (docs/nginx.conf.example): read as 0 there, every client
+# would have the proxy's address, and five wrong passwords anywhere would lock everyone out.
+TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0 if DEBUG else 1, minimum=0)
 AXES_FAILURE_LIMIT = LOGIN_FAILURE_LIMIT
 AXES_COOLOFF_TIME = timedelta(minutes=LOGIN_LOCKOUT_MINUTES)
 AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]

@@ -11,6 +11,7 @@ from axes.models import AccessAttempt
 from django.test import Client, RequestFactory
 
 from llm.logins import client_address
+from tests.test_settings import PRODUCTION, build_settings
 
 pytestmark = pytest.mark.django_db
 
@@ -154,3 +155,9 @@ def test_a_login_the_attempt_table_cannot_hold_is_400_naming_the_field(staff_use
 def test_the_longest_user_name_is_recorded(staff_user):
     assert log_in(DASHBOARD, "z" * 150, "wrong").status_code == 200
     assert AccessAttempt.objects.get().username == "z" * 150
+
+
+def test_production_trusts_one_proxy_by_default_and_development_none():
+    answers = build_settings({"development": {}, "production": PRODUCTION}, ["TRUSTED_PROXY_COUNT"])
+    assert answers["development"]["settings"] == {"TRUSTED_PROXY_COUNT": "0"}
+    assert answers["production"]["settings"] == {"TRUSTED_PROXY_COUNT": "1"}
