@@ -154,8 +154,9 @@ if DEBUG:
     STORAGES["staticfiles"]["BACKEND"] = "django.contrib.staticfiles.storage.StaticFilesStorage"
     WHITENOISE_USE_FINDERS = True
 
-# django-axes first: it refuses a locked-out user name or address before the password is checked.
-AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+# django-axes' first (llm/logins.py): it refuses a locked-out user name or address before the password
+# is checked.
+AUTHENTICATION_BACKENDS = ["llm.logins.LoginBackend", "django.contrib.auth.backends.ModelBackend"]
 # Failed logins (dashboard and admin) per user name and, separately, per address before a lockout,
 # and the lockout's length after the last failure (llm/logins.py).
 LOGIN_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", default=5, minimum=1)

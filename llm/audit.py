@@ -67,7 +67,7 @@ class AuditMiddleware(AuditlogMiddleware):
 
     @staticmethod
     def _get_remote_addr(request: HttpRequest) -> str | None:
-        return client_address(request) or None
+        return client_address(request)
 
     def get_extra_data(self, request: HttpRequest) -> dict:
         data = super().get_extra_data(request)

@@ -161,3 +161,16 @@ def test_production_trusts_one_proxy_by_default_and_development_none():
     answers = build_settings({"development": {}, "production": PRODUCTION}, ["TRUSTED_PROXY_COUNT"])
     assert answers["development"]["settings"] == {"TRUSTED_PROXY_COUNT": "0"}
     assert answers["production"]["settings"] == {"TRUSTED_PROXY_COUNT": "1"}
+
+
+def test_a_login_in_code_without_a_request_is_checked_but_not_counted(staff_user):
+    # Client.login() calls authenticate() without a request, as a shell or a command would.
+    assert Client().login(username="alice", password="wrong") is False
+    assert not AccessAttempt.objects.exists()
+    assert Client().login(username="alice", password="secret-password") is True
+
+
+def test_a_request_without_an_address_has_none():
+    request = RequestFactory().post(DASHBOARD)
+    del request.META["REMOTE_ADDR"]
+    assert client_address(request) is None
