@@ -105,7 +105,7 @@ def use(limit: RateLimit, caller: Caller | None, amount: int = 1) -> Refusal | N
         return Refusal(
             wait,
             f"Rate limit: {per_minute:,} {limit.unit} a minute for {caller.label} ({limit.setting}); "
-            f"try again in {wait} seconds.",
+            f"try again in {wait} second{'s' if wait != 1 else ''}.",
         )
     if hits == amount:
         # The first use of a new minute for this caller: the rows of past minutes are of no more use.

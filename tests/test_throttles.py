@@ -248,3 +248,17 @@ def test_the_counter_commit_skips_the_flush_wait_without_changing_the_connection
         finally:
             cursor.execute("RESET synchronous_commit")
     assert RateLimitCounter.objects.get().hits == 2
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("second", "wait", "words"), [(0.0, 60, "60 seconds"), (59.5, 1, "1 second."), (30.2, 30, "30 seconds")]
+)
+def test_the_wait_is_to_the_end_of_the_minute(settings, second, wait, words):
+    settings.PROMPT_RATE_LIMIT = 1
+    caller = throttles.Caller(subject="key:1", label="key")
+    with time_machine.travel(datetime(2026, 3, 2, 12, 0, tzinfo=UTC) + timedelta(seconds=second), tick=False):
+        assert throttles.use(throttles.PROMPTS, caller) is None
+        refusal = throttles.use(throttles.PROMPTS, caller)
+    assert refusal.wait_seconds == wait
+    assert refusal.message.endswith(f"try again in {words}" + ("" if words.endswith(".") else "."))
