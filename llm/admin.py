@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from auditlog.admin import LogEntryAdmin
 from auditlog.models import LogEntry
+from axes.admin import AccessAttemptAdmin, AccessFailureLogAdmin, AccessLogAdmin
+from axes.models import AccessAttempt, AccessFailureLog, AccessLog
 from django.contrib import admin, messages
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.db import models
@@ -248,3 +250,14 @@ class AuditEntryAdmin(ModelAdmin, LogEntryAdmin):
         if obj.actor_id is None:
             return audit.actor_label(obj)
         return super().user_url(obj)
+
+
+# django-axes' lists of login attempts (llm/logins.py; deleting an attempt lifts its lockout), with
+# the same guard: an address lookup that is no address would raise ValueError (a 500).
+for _model, _axes_admin in [
+    (AccessAttempt, AccessAttemptAdmin),
+    (AccessLog, AccessLogAdmin),
+    (AccessFailureLog, AccessFailureLogAdmin),
+]:
+    admin.site.unregister(_model)
+    admin.site.register(_model, type(_axes_admin.__name__, (ModelAdmin, _axes_admin), {}))

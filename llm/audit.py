@@ -5,7 +5,7 @@ django-auditlog writes the entries (its `LogEntry`, admin's "Audit log") from mo
 fields it follows is AUDITLOG_INCLUDE_TRACKING_MODELS in core/settings.py (one line per model).
 `AuditMiddleware` says who acts: the logged-in user, or the API key a DRF view authenticated. The
 key is read when an entry is written, after the view's authentication: the middleware itself runs
-before DRF knows the key. Entries are written in the same transaction as the change they record.
+before DRF knows the key.
 """
 
 from __future__ import annotations

@@ -174,3 +174,24 @@ def test_a_request_without_an_address_has_none():
     request = RequestFactory().post(DASHBOARD)
     del request.META["REMOTE_ADDR"]
     assert client_address(request) is None
+
+
+@pytest.mark.parametrize("model", ["accessattempt", "accesslog", "accessfailurelog"])
+def test_admin_lists_of_attempts_send_a_lookup_the_database_cannot_run_back(admin_client, model):
+    log_in(DASHBOARD, "alice", "wrong")
+    assert admin_client.get(f"/admin/axes/{model}/").status_code == 200
+    for params in [{"ip_address": "\x00"}, {"ip_address": "not-an-address"}, {"attempt_time__year": "99999"}]:
+        response = admin_client.get(f"/admin/axes/{model}/", params)
+        assert response.status_code == 302 and response["Location"].endswith("?e=1"), (model, params)
+
+
+def test_deleting_the_attempt_in_admin_lifts_the_lockout(admin_client, staff_user, clock):
+    for _ in range(5):
+        log_in(DASHBOARD, "alice", "wrong")
+    assert_locked(log_in(DASHBOARD, "alice", "secret-password"))
+    attempts = list(AccessAttempt.objects.values_list("pk", flat=True))
+    response = admin_client.post(
+        "/admin/axes/accessattempt/", {"action": "delete_selected", "_selected_action": attempts, "post": "yes"}
+    )
+    assert response.status_code == 302
+    assert log_in(DASHBOARD, "alice", "secret-password").status_code == 302
