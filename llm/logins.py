@@ -18,6 +18,7 @@ from django.contrib.auth.models import User
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import reverse
+from django.utils.functional import cached_property
 
 from llm.ingest_limits import text_problem
 
@@ -117,8 +118,13 @@ class LoginInputMiddleware:
     def __init__(self, get_response) -> None:
         self.get_response = get_response
 
+    @cached_property
+    def login_paths(self) -> frozenset[str]:
+        # Resolved once, on first use (every prompt and ingest POST passes here).
+        return frozenset({reverse("login"), reverse("admin:login")})
+
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        is_login = request.method == "POST" and request.path in (reverse("login"), reverse("admin:login"))
+        is_login = request.method == "POST" and request.path in self.login_paths
         if is_login and (problem := login_input_problem(request)):
             # templates/400.html shows it (llm.middleware renders every page's 400 from that template).
             request.bad_request_problem = problem
