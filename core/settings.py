@@ -7,6 +7,7 @@ for every variable. With `DEBUG=False` it refuses to start until `DJANGO_SECRET_
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
@@ -60,6 +61,10 @@ INSTALLED_APPS = [
     "drf_spectacular",
     # Swagger UI's files, served as our own static files (no CDN at run time).
     "drf_spectacular_sidecar",
+    # Failed logins and lockouts (llm/logins.py).
+    "axes",
+    # The audit log (llm/audit.py); before llm, whose admin replaces auditlog's list of entries.
+    "auditlog",
     "llm",
 ]
 
@@ -78,7 +83,13 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Who acts, for the audit log: the user, or the API key (llm/audit.py).
+    "llm.audit.AuditMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    # A login django-axes could not record (a NUL, an overlong user name): 400 naming the field.
+    "llm.logins.LoginInputMiddleware",
+    # Last, as django-axes asks: turns a locked-out login into llm.logins.lockout_response.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "core.urls"
@@ -142,6 +153,62 @@ if DEBUG:
     # No collectstatic needed while developing.
     STORAGES["staticfiles"]["BACKEND"] = "django.contrib.staticfiles.storage.StaticFilesStorage"
     WHITENOISE_USE_FINDERS = True
+
+# django-axes' first (llm/logins.py): it refuses a locked-out user name or address before the password
+# is checked.
+AUTHENTICATION_BACKENDS = ["llm.logins.LoginBackend", "django.contrib.auth.backends.ModelBackend"]
+# Failed logins (dashboard and admin) per user name and, separately, per address before a lockout,
+# and the lockout's length after the last failure (llm/logins.py).
+LOGIN_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", default=5, minimum=1)
+LOGIN_LOCKOUT_MINUTES = env.int("LOGIN_LOCKOUT_MINUTES", default=15, minimum=1)
+# Proxies in front that append the client's address to X-Forwarded-For; 0: the address is the
+# connection's own. Production runs behind one (docs/nginx.conf.example): read as 0 there, every client
+# would have the proxy's address, and five wrong passwords anywhere would lock everyone out.
+TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0 if DEBUG else 1, minimum=0)
+AXES_FAILURE_LIMIT = LOGIN_FAILURE_LIMIT
+AXES_COOLOFF_TIME = timedelta(minutes=LOGIN_LOCKOUT_MINUTES)
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "llm.logins.lockout_response"
+AXES_CLIENT_IP_CALLABLE = "llm.logins.client_address"
+# No row per successful login: the request log already has one line per request.
+AXES_DISABLE_ACCESS_LOG = True
+# No "AXES: BEGIN" line from every process and command at start.
+AXES_VERBOSE = False
+
+# The audit log (llm/audit.py): one line per audited model. Fields that change on their own (stamps
+# written by use or by alert checks) are left out; secrets are recorded as changed, never as values.
+AUDITLOG_STORE_JSON_CHANGES = True
+AUDITLOG_CID_GETTER = "llm.audit.request_id"
+AUDITLOG_INCLUDE_TRACKING_MODELS = (
+    {
+        "model": "llm.AlertRule",
+        "exclude_fields": ["updated_at", "is_firing", "last_value", "last_checked_at", "last_notified_at"],
+    },
+    {
+        "model": "llm.APIKey",
+        "exclude_fields": ["last_used_at"],
+        "mask_fields": ["key_hash"],
+        "mask_callable": "llm.audit.hide",
+    },
+    {"model": "llm.ModelPrice", "exclude_fields": ["updated_at"]},
+    {"model": "llm.DashboardSettings", "exclude_fields": ["served_origin"]},
+    {
+        "model": "auth.User",
+        "exclude_fields": ["last_login"],
+        "mask_fields": ["password"],
+        "mask_callable": "llm.audit.hide",
+        "m2m_fields": ["groups", "user_permissions"],
+    },
+    {"model": "auth.Group", "m2m_fields": ["permissions"]},
+    {"model": "llm.Budget", "exclude_fields": ["updated_at"]},
+    {
+        "model": "llm.NotificationChannel",
+        "exclude_fields": ["consecutive_failures", "last_failure_at", "last_success_at", "last_error"],
+        "mask_fields": ["secret", "routing_key"],
+        "mask_callable": "llm.audit.hide",
+    },
+)
 
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "/"
@@ -284,8 +351,17 @@ REDACT_PII = env.bool("REDACT_PII", default=False)
 MAX_STORED_TEXT_CHARS = env.int("MAX_STORED_TEXT_CHARS", default=20_000, minimum=0)
 RETENTION_DAYS = env.int("RETENTION_DAYS", default=90, minimum=1)
 
-# Prometheus scraping: when set, GET /metrics needs `Authorization: Bearer <METRICS_TOKEN>`.
+# Prometheus scraping: when set, GET /metrics needs `Authorization: Bearer <METRICS_TOKEN>` (or an API
+# key). With DEBUG=False it always needs one or the other (llm/api/prometheus.py; llm.W017 says so
+# when the token is unset). Decided here from DEBUG as configured: the test runner turns
+# settings.DEBUG off later, and tests set this directly.
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+METRICS_REQUIRE_AUTH = not DEBUG
+
+# Rate limits per API key and per logged-in user (llm/throttles.py), counted per calendar minute in
+# the database, shared by every worker; 0 turns a limit off. Over the limit: 429 with Retry-After.
+PROMPT_RATE_LIMIT = env.int("PROMPT_RATE_LIMIT", default=600, minimum=0)  # prompts a minute
+INGEST_RATE_LIMIT = env.int("INGEST_RATE_LIMIT", default=600_000, minimum=0)  # events or spans a minute
 
 # Roll up new calls right after they are written (llm/rollups.py). Not from the environment: only
 # the test suite turns it off, for live-server tests, whose server thread shares the test's
@@ -318,5 +394,7 @@ LOGGING = {
         # The HTTP client under the Groq SDK logs every request it sends at INFO: one line per prompt,
         # which RequestLogMiddleware's line already covers (its failures still show at WARNING).
         "httpx": {"level": "WARNING"},
+        # django-axes says at INFO what it does on every login; its warnings (a lockout) stay.
+        "axes": {"level": "WARNING"},
     },
 }

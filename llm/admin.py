@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+from auditlog.admin import LogEntryAdmin
+from auditlog.models import LogEntry
+from axes.admin import AccessAttemptAdmin, AccessFailureLogAdmin, AccessLogAdmin
+from axes.models import AccessAttempt, AccessFailureLog, AccessLog
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.options import IncorrectLookupParameters
@@ -9,7 +13,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from llm import alerts, formatting, notifiers
+from llm import alerts, audit, formatting, notifiers
 from llm.ingest_limits import text_problem
 from llm.models import (
     ALERT_COOLDOWN_MINUTES_MAX,
@@ -451,3 +455,28 @@ class DashboardSettingsAdmin(ModelAdmin):
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return False
+
+
+# The audit log (llm/audit.py): django-auditlog's read-only list of entries, with the API key shown
+# as the actor where a key, not a user, made the change, and the same guard on hostile lookups.
+admin.site.unregister(LogEntry)
+
+
+@admin.register(LogEntry)
+class AuditEntryAdmin(ModelAdmin, LogEntryAdmin):
+    @admin.display(description="Actor")
+    def user_url(self, obj: LogEntry) -> str:
+        if obj.actor_id is None:
+            return audit.actor_label(obj)
+        return super().user_url(obj)
+
+
+# django-axes' lists of login attempts (llm/logins.py; deleting an attempt lifts its lockout), with
+# the same guard: an address lookup that is no address would raise ValueError (a 500).
+for _model, _axes_admin in [
+    (AccessAttempt, AccessAttemptAdmin),
+    (AccessLog, AccessLogAdmin),
+    (AccessFailureLog, AccessFailureLogAdmin),
+]:
+    admin.site.unregister(_model)
+    admin.site.register(_model, type(_axes_admin.__name__, (ModelAdmin, _axes_admin), {}))

@@ -31,6 +31,21 @@ def alert_channels_configured(app_configs, **kwargs) -> list[Warning]:
     return []
 
 
+@register()
+def metrics_token_configured(app_configs, **kwargs) -> list[Warning]:
+    if not settings.METRICS_REQUIRE_AUTH or settings.METRICS_TOKEN:
+        return []
+    return [
+        Warning(
+            "DEBUG=False and METRICS_TOKEN is not set: GET /metrics answers 401 to every request without an "
+            "API key, so Prometheus cannot scrape it with a token.",
+            hint="Set METRICS_TOKEN (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`) and "
+            "give Prometheus the same token (authorization: credentials: in prometheus.yml), or an API key.",
+            id="llm.W017",
+        )
+    ]
+
+
 # The trigram indexes `search` uses on PostgreSQL (migration 0008), and how to create them by hand.
 SEARCH_INDEXES = {"llm_log_prompt_trgm": "prompt_text", "llm_log_response_trgm": "response_text"}
 

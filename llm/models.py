@@ -1790,3 +1790,21 @@ class DashboardSettings(models.Model):
 
 models.signals.post_save.connect(forget_prices, sender=ModelPrice, dispatch_uid="llm_forget_prices_on_save")
 models.signals.post_delete.connect(forget_prices, sender=ModelPrice, dispatch_uid="llm_forget_prices_on_delete")
+
+
+class RateLimitCounter(models.Model):
+    """How much one caller (an API key or a user) used of one rate limit in one minute
+    (llm/throttles.py). A row per subject and minute, raised by one atomic upsert, so that every
+    worker process counts in the same place."""
+
+    subject = models.CharField(max_length=100)  # "prompt:key:12", "ingest:user:3"
+    minute = models.BigIntegerField()  # minutes since the Unix epoch, UTC
+    hits = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["subject", "minute"], name="llm_ratelimit_subject_minute")]
+        # The clean-up deletes by minute alone.
+        indexes = [models.Index(fields=["minute"], name="llm_ratelimit_minute")]
+
+    def __str__(self) -> str:
+        return f"{self.subject} at minute {self.minute}: {self.hits}"

@@ -29,3 +29,6 @@ os.environ["OBSERVATORY_ENV_FILE"] = ""
 # The alert tests' receivers (webhook, PagerDuty, SMTP) listen on 127.0.0.1: the outbound guard
 # (llm/outbound.py) would refuse them otherwise. Tests of the guard itself empty this list.
 OUTBOUND_ALLOWED_NETWORKS = ["127.0.0.1/32"]
+# Rate limits (llm/throttles.py) far above what any test sends: tests of the limits lower them.
+PROMPT_RATE_LIMIT = 1_000_000
+INGEST_RATE_LIMIT = 1_000_000_000

@@ -131,6 +131,8 @@ def test_production_mode_passes_the_deployment_checks(checkout):
         "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
         "ALLOWED_HOSTS": "observatory.example.com",
         "GROQ_API_KEY": "gsk_first_run_key",
+        # Without it llm.W017 warns that Prometheus cannot scrape /metrics (tests/test_metrics_access.py).
+        "METRICS_TOKEN": secrets.token_urlsafe(32),
     }
     check = manage(checkout, "check", "--deploy", "--fail-level", "WARNING", **production)
     assert check.returncode == 0, check.stdout + check.stderr

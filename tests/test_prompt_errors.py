@@ -222,7 +222,11 @@ def test_schema_documents_the_error_fields(api_client):
     document = yaml.safe_load(api_client.get("/api/schema/").content)
     post = document["paths"]["/api/llm/prompt/"]["post"]
     reference = post["responses"]["429"]["content"]["application/json"]["schema"]["$ref"]
-    error = document["components"]["schemas"][reference.rsplit("/", 1)[1]]
+    # A 429 is the provider's (this shape) or our own rate limit's (the plain error shape).
+    shapes = document["components"]["schemas"][reference.rsplit("/", 1)[1]]["oneOf"]
+    names = [shape["$ref"].rsplit("/", 1)[1] for shape in shapes]
+    assert names == ["PromptError", "Error"]
+    error = document["components"]["schemas"]["PromptError"]
     assert {"error_message", "upstream_message", "retry_after_seconds"} <= set(error["properties"])
     assert error["properties"]["upstream_message"]["nullable"] is True
     assert "Retry-After" in error["properties"]["retry_after_seconds"]["description"]

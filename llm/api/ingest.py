@@ -20,9 +20,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from llm import events, otlp
+from llm import events, otlp, throttles
 from llm.api.parsers import JSONParser
-from llm.auth import APIKeyAuthentication, key_refusal
+from llm.auth import APIKeyAuthentication, api_key_from, key_refusal
 from llm.ingest_limits import JSONError, parse_json
 from llm.models import LLMRequestLog, TraceSpan
 from llm.serializers import EventBatchSerializer, EventsAnswerSerializer, EventSerializer
@@ -111,6 +111,9 @@ class EventsView(APIView):
             400: OpenApiResponse(description="Invalid input; names each bad event by index, and its fields."),
             413: OpenApiResponse(description="Body over 10 MiB, before or after decompression."),
             415: OpenApiResponse(description="Not JSON, or a Content-Encoding other than gzip or deflate."),
+            429: OpenApiResponse(
+                description="Over INGEST_RATE_LIMIT events a minute for this API key or user (Retry-After)."
+            ),
         },
         description=(
             "One event, or {'events': [...]} with up to 1,000. A batch with any bad event stores nothing. "
@@ -134,7 +137,10 @@ class EventsView(APIView):
             payload = parse_json(body)
         except JSONError as error:
             raise exceptions.ParseError(f"Malformed JSON: {error}") from error
-        stored = events.store_events(events.parse_events(payload))
+        parsed = events.parse_events(payload)
+        # INGEST_RATE_LIMIT counts events, checked once the batch is known to be valid.
+        throttles.check(throttles.EVENTS, throttles.caller_of(request), len(parsed))
+        stored = events.store_events(parsed)
         answer = {"created": stored.created, "duplicates": stored.duplicates, "request_ids": stored.request_ids}
         return Response(answer, status=201 if stored.created else 200)
 
@@ -167,6 +173,7 @@ def otlp_traces(request: HttpRequest) -> HttpResponse:
         return otlp_error(
             encoding, 401, code_pb2.UNAUTHENTICATED, why, {"WWW-Authenticate": APIKeyAuthentication.keyword}
         )
+    api_key = api_key_from(request)
     if content_type not in (JSON, PROTOBUF):
         return otlp_error(encoding, 415, code_pb2.INVALID_ARGUMENT, f"Content-Type must be {PROTOBUF} or {JSON}.")
     try:
@@ -181,6 +188,11 @@ def otlp_traces(request: HttpRequest) -> HttpResponse:
         decoded = otlp.decode_trace_request(body, json_encoded=encoding == JSON)
     except otlp.OTLPDecodeError as error:
         return otlp_error(encoding, 400, code_pb2.INVALID_ARGUMENT, f"Not an ExportTraceServiceRequest: {error}")
+    # INGEST_RATE_LIMIT counts spans; OTLP exporters honour 429 with Retry-After.
+    refusal = throttles.use(throttles.EVENTS, throttles.caller_for_key(api_key), throttles.span_count(decoded.message))
+    if refusal is not None:
+        retry_after = {"Retry-After": str(refusal.wait_seconds)}
+        return otlp_error(encoding, 429, code_pb2.RESOURCE_EXHAUSTED, refusal.message, retry_after)
 
     conversion = otlp.logs_from_trace_request(decoded)
     if conversion.logs:

@@ -34,6 +34,7 @@ from llm.serializers import (
     PromptResponseSerializer,
     PromptStreamEventSerializer,
 )
+from llm.throttles import PromptRateThrottle
 
 # How each upstream failure is answered to our caller.
 UPSTREAM_ERROR_STATUS = {
@@ -89,6 +90,13 @@ PROMPT_UNAVAILABLE = PolymorphicProxySerializer(
     resource_type_field_name=None,
 )
 
+# A 429 is the provider's (an upstream error answer) or our own rate limit's (llm/throttles.py).
+PROMPT_RATE_LIMITED = PolymorphicProxySerializer(
+    component_name="PromptRateLimited",
+    serializers=[PromptErrorSerializer, ErrorSerializer],
+    resource_type_field_name=None,
+)
+
 
 class JSONUnlessAskedOtherwise(DefaultContentNegotiation):
     """Streaming clients often send only `Accept: text/event-stream`. The stream itself bypasses
@@ -118,6 +126,8 @@ class PromptView(APIView):
 
     required_right = "prompt"
     content_negotiation_class = JSONUnlessAskedOtherwise
+    # PROMPT_RATE_LIMIT per API key and per user: 429 with Retry-After.
+    throttle_classes = [PromptRateThrottle]
 
     @extend_schema(
         request=PromptRequestSerializer,
@@ -132,9 +142,10 @@ class PromptView(APIView):
                 "and no `provider` is given) lists the models that can be called."
             ),
             429: OpenApiResponse(
-                PromptErrorSerializer,
-                description="The provider's rate limit (Retry-After), or a spent hard-limit budget "
-                "(`error_type` budget_exceeded; Retry-After: the end of its period).",
+                PROMPT_RATE_LIMITED,
+                description="The provider's rate limit (an upstream error answer), ours: PROMPT_RATE_LIMIT prompts "
+                "a minute per API key or user (the error shape, naming the limit), or a spent hard-limit budget "
+                "(`error_type` budget_exceeded; Retry-After: the end of its period). All send Retry-After.",
             ),
             502: OpenApiResponse(PromptErrorSerializer, description="The provider failed or could not be reached."),
             503: OpenApiResponse(
@@ -150,7 +161,7 @@ class PromptView(APIView):
                 OpenApiTypes.INT,
                 OpenApiParameter.HEADER,
                 response=[429, 503],
-                description="Seconds to wait: the provider's (429), or the database's (503).",
+                description="Seconds to wait: the provider's or our rate limit's (429), or the database's (503).",
             )
         ],
     )
