@@ -18,6 +18,7 @@ from llm.ingest_limits import text_problem
 from llm.models import (
     ALERT_COOLDOWN_MINUTES_MAX,
     ALERT_WINDOW_MINUTES_MAX,
+    RULE_DEFINITION_FIELDS,
     AlertLog,
     AlertRule,
     AlertSilence,
@@ -142,18 +143,7 @@ class AlertRuleAdmin(ModelAdmin):
         (
             "Condition",
             {
-                "fields": [
-                    "metric_type",
-                    "threshold",
-                    "warning_threshold",
-                    "time_window_minutes",
-                    "model_name",
-                    "error_type",
-                    "min_ratings",
-                    "group_by",
-                    "no_data",
-                    "cooldown_minutes",
-                ],
+                "fields": RULE_DEFINITION_FIELDS,
                 "description": "error_rate (%), latency_p95/p99 and ttft_p95 (ms), token_spike (ratio), cost "
                 "(USD) fire above the threshold; no_traffic and feedback (satisfaction %) fire below it. "
                 f"Window 1 to {ALERT_WINDOW_MINUTES_MAX} minutes; cooldown 0 to {ALERT_COOLDOWN_MINUTES_MAX}.",

@@ -3,7 +3,7 @@ from __future__ import annotations
 from django import forms
 
 from llm.ingest_limits import text_problem
-from llm.models import AlertRule, UserFeedback
+from llm.models import RULE_DEFINITION_FIELDS, AlertRule, UserFeedback
 from llm.serializers import COMMENT_MAX_CHARS, SILENCE_REASON_MAX_CHARS
 
 
@@ -46,16 +46,7 @@ class AlertRuleForm(forms.ModelForm):
         fields = [
             "name",
             "description",
-            "metric_type",
-            "threshold",
-            "warning_threshold",
-            "time_window_minutes",
-            "model_name",
-            "error_type",
-            "min_ratings",
-            "group_by",
-            "no_data",
-            "cooldown_minutes",
+            *RULE_DEFINITION_FIELDS,
             "is_active",
             "notify_email",
             "email_recipients",

@@ -232,12 +232,14 @@ class LLMRequestLog(models.Model):
     tags = models.JSONField(default=dict, blank=True)
     # Prompt tokens the provider served from its cache (part of prompt_tokens), priced at the
     # cached rate where the price has one.
+    # Database defaults too, as api_key_name: rows inserted in raw SQL (bench/scale_data.py) need not name them.
     cached_tokens = models.PositiveIntegerField(
-        default=0, help_text="Prompt tokens served from the provider's cache (part of prompt_tokens)."
+        default=0, db_default=0, help_text="Prompt tokens served from the provider's cache (part of prompt_tokens)."
     )
     # True when the provider reported no usage and the counts are estimated (llm.proxy.estimate_tokens).
     tokens_estimated = models.BooleanField(
         default=False,
+        db_default=False,
         help_text="True when the provider reported no usage: the token counts (and the cost) are estimated, "
         "ceil(characters / 4).",
     )
@@ -617,6 +619,22 @@ class AlertLevel(models.TextChoices):
     OK = "", "OK"
     WARNING = "warning", "Warning"
     CRITICAL = "critical", "Critical"
+
+
+# The fields that define what a rule measures and when it fires: the rule form, admin's "Condition",
+# the rules API and the preview all take these.
+RULE_DEFINITION_FIELDS = [
+    "metric_type",
+    "threshold",
+    "warning_threshold",
+    "time_window_minutes",
+    "model_name",
+    "error_type",
+    "min_ratings",
+    "group_by",
+    "no_data",
+    "cooldown_minutes",
+]
 
 
 class AlertRule(models.Model):

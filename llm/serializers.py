@@ -51,6 +51,7 @@ from llm.models import (
     BUDGET_MIN_AMOUNT,
     BUDGET_PERCENT_MAX,
     BUDGET_PERCENT_MIN,
+    RULE_DEFINITION_FIELDS,
     AlertLog,
     AlertRule,
     AlertSilence,
@@ -324,19 +325,7 @@ class LogDetailSerializer(LogSerializer):
 # Alerts
 
 STATE_FIELDS = ["is_firing", "level", "last_value", "last_checked_at", "last_notified_at"]
-# The fields that define what a rule measures and when it fires (the preview takes these too).
-DEFINITION_FIELDS = [
-    "metric_type",
-    "threshold",
-    "warning_threshold",
-    "time_window_minutes",
-    "model_name",
-    "error_type",
-    "min_ratings",
-    "group_by",
-    "no_data",
-    "cooldown_minutes",
-]
+DEFINITION_FIELDS = RULE_DEFINITION_FIELDS
 
 
 class AlertSilenceSerializer(serializers.ModelSerializer):
