@@ -26,11 +26,15 @@ from django.conf import settings
 
 from llm import alerts, metrics
 from llm.models import AlertLog, AlertRule
-from llm.order_statistics import RangeOrder
+from llm.order_statistics import RangeOrder, percentiles_by_partition
 
 # At most this many instants per preview: 30 days every 5 minutes.
 MAX_EVALUATIONS = 30 * 24 * 60 // 5
 DAYS_MAX = 30
+# Beyond this many windows with values (over all groups), a percentile rule's windows are read
+# from a RangeOrder rather than partitioned one by one (measured: ~0.5 s to build over a million
+# values, against ~5 µs per partition).
+PARTITIONED_WINDOWS_MAX = 100_000
 
 
 def grid_end(now: datetime, step_minutes: int) -> datetime:
@@ -114,13 +118,24 @@ class Windows:
         sums = self.figures.sums
         self.counts = sums["thumbs_up"] + sums["thumbs_down"] if self.measure.feedback else sums["requests"]
         self._order: RangeOrder | None = None
+        # Whether the windows' percentiles come from a RangeOrder (decided on the first group).
+        self._many_windows: bool | None = None
+        self.partitioned_windows_max = PARTITIONED_WINDOWS_MAX
 
-    @property
-    def order(self) -> RangeOrder:
-        """The percentile's values, ready for the k-th smallest of any window (built once)."""
+    def window_percentiles(self, code: int, lows: np.ndarray, highs: np.ndarray) -> np.ndarray:
+        """The percentile of each window [lows[i], highs[i]) of the group (NaN: no values). A
+        partition per window while the period has few windows with values; beyond (every user,
+        every instant), a RangeOrder of all the values, built once: both exact, the same floats."""
+        ends, values = self.figures.ends, self.figures.values
+        fraction = metrics.ALERT_PERCENTILES[self.measure.percentile][1]
+        if self._many_windows is None:
+            filled = np.count_nonzero(ends[:, highs] > ends[:, lows])
+            self._many_windows = filled > self.partitioned_windows_max
+        if not self._many_windows:
+            return percentiles_by_partition(values, ends[code, lows], ends[code, highs], fraction)
         if self._order is None:
-            self._order = RangeOrder(self.figures.values)
-        return self._order
+            self._order = RangeOrder(values)
+        return self._order.percentiles(ends[code, lows], ends[code, highs], fraction)
 
     def index(self, moment: datetime) -> int:
         """The bucket the window ending at `moment` ends before."""
@@ -251,12 +266,9 @@ class GroupSeries:
 
     def _percentiles(self, lows: np.ndarray, highs: np.ndarray) -> np.ndarray:
         """Every window's percentile at once (NaN for a window without values)."""
-        figures = self.windows.figures
-        if self.code is None or figures.values is None:
+        if self.code is None or self.windows.figures.values is None:
             return np.full(len(highs), np.nan)
-        ends = figures.ends[self.code]
-        fraction = metrics.ALERT_PERCENTILES[self.windows.measure.percentile][1]
-        return self.windows.order.percentiles(ends[lows], ends[highs], fraction)
+        return self.windows.window_percentiles(self.code, lows, highs)
 
     def _certainly_fine(self, counted: np.ndarray) -> np.ndarray:
         """Instants at which the judge would certainly say ok (or no verdict, kept or ok)."""

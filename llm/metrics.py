@@ -1445,7 +1445,7 @@ class CallRows:
             slots = self.owners[valued] * (buckets + 1) + self.places[valued]
             order = np.argsort(slots, kind="stable")
             answer.values = self.values[valued][order]
-            answer.ends = np.searchsorted(slots[order], np.arange(groups * (buckets + 1))).reshape(groups, -1)
+            answer.ends = np.searchsorted(slots[order], np.arange(groups * (buckets + 1))).reshape(groups, buckets + 1)
         return answer
 
 
@@ -1486,7 +1486,9 @@ class Packed(Aggregate):
 PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 
 
-def _packed_rows(calls: QuerySet, scope: AlertScope, start: datetime, seconds: int) -> CallRows:
+def _packed_columns(scope: AlertScope) -> dict[str, Packed]:
+    """The columns the rule needs, each packed: "at" (every call's time), "failed_at" (the failed
+    calls' times), "total_tokens", "cost" and "values" (the percentile's column, NULL as NaN)."""
     packed = {"at": Packed("timestamp", send="timestamptz_send")}
     if "errors" in scope.sums:
         packed["failed_at"] = Packed("timestamp", send="timestamptz_send", filter=scope.failed())
@@ -1496,6 +1498,11 @@ def _packed_rows(calls: QuerySet, scope: AlertScope, start: datetime, seconds: i
     if scope.percentile:
         column = ALERT_PERCENTILES[scope.percentile][0]
         packed["values"] = Packed(Coalesce(column, Value(math.nan), output_field=FloatField()), send="float8send")
+    return packed
+
+
+def _packed_rows(calls: QuerySet, scope: AlertScope, start: datetime, seconds: int) -> CallRows:
+    packed = _packed_columns(scope)
     rows = _raw_rows(calls.values("group_key").annotate(**packed).values_list("group_key", *packed).order_by())
     # An aggregate without GROUP BY (no group_by) answers one row of NULLs over no calls.
     rows = [row for row in rows if row[1]]

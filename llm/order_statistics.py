@@ -69,3 +69,19 @@ class RangeOrder:
         second = self.kth(low, high, upper)
         answer[filled] = first + (second - first) * (position - lower)
         return answer
+
+
+def percentiles_by_partition(values: np.ndarray, lows: np.ndarray, highs: np.ndarray, fraction: float) -> np.ndarray:
+    """The same answer as RangeOrder(values).percentiles, by a partial sort (np.partition) of each
+    range: cheaper while there are fewer than about a hundred thousand ranges (no O(n log n) build),
+    slower beyond (a few microseconds per range)."""
+    answer = np.full(len(lows), np.nan)
+    for index, (low, high) in enumerate(zip(np.asarray(lows).tolist(), np.asarray(highs).tolist(), strict=True)):
+        if high <= low:
+            continue
+        position = (high - low - 1) * fraction
+        lower = int(position)
+        upper = min(lower + 1, high - low - 1)
+        ordered = np.partition(values[low:high], (lower, upper))
+        answer[index] = ordered[lower] + (ordered[upper] - ordered[lower]) * (position - lower)
+    return answer
