@@ -1,80 +1,64 @@
-"""The k-th smallest value of many ranges of one array at once, for the rule preview's windowed
-percentiles (thousands of windows over a million values: a sort per window costs seconds).
+"""Windowed percentiles for the rule preview: the percentile of each of many ranges of one array
+(thousands of windows per group; with every user a group, millions). A sort per window costs
+seconds, so windows are taken in two ways, both exact, with the same float operations as a sort
+and an index (linear interpolation between closest ranks, as percentile_cont):
 
-A wavelet matrix over the values' ranks: one stable partition per bit of the rank, and for each
-the count of zero bits before each position. A query walks down the bits, narrowing its range
-on each level with two lookups; NumPy walks every query at once. Building it costs
-O(n log n), a query O(log n); memory is log2(n) int32 arrays of n + 1.
+- small windows (most of them when a rule groups by user) are copied into rows of a padded table,
+  sorted together, one NumPy call per block of rows;
+- large windows (an ungrouped rule: hundreds of calls per window) one by one with np.partition,
+  whose per-call overhead is small next to the values it moves.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
+# Window sizes sorted in padded rows of these widths (a window goes to the narrowest that holds
+# it); larger windows are partitioned one by one.
+PADDED_WIDTHS = (8, 32, 128)
+# At most this many cells per padded block (8 bytes each, plus the index table).
+BLOCK_CELLS = 2_000_000
 
-class RangeOrder:
-    def __init__(self, values: np.ndarray) -> None:
-        values = np.asarray(values, dtype=float)
-        count = len(values)
-        order = np.argsort(values, kind="stable")
-        self.sorted = values[order]
-        ranks = np.empty(count, dtype=np.int64)
-        ranks[order] = np.arange(count)
-        self.bits = max(1, int(count - 1).bit_length())
-        # Per level, from the highest bit down: zero bits before each position, and in all.
-        self.zeros: list[np.ndarray] = []
-        self.zero_totals: list[int] = []
-        current = ranks
-        for bit in reversed(range(self.bits)):
-            is_zero = ((current >> bit) & 1) == 0
-            before = np.zeros(count + 1, dtype=np.int32)
-            np.cumsum(is_zero, out=before[1:])
-            self.zeros.append(before)
-            self.zero_totals.append(int(before[-1]))
-            current = np.concatenate([current[is_zero], current[~is_zero]])
 
-    def kth(self, lows: np.ndarray, highs: np.ndarray, ks: np.ndarray) -> np.ndarray:
-        """The ks[i]-th smallest (0-based) of values[lows[i]:highs[i]], for each i (ks[i] below
-        the range's length)."""
-        low = np.asarray(lows, dtype=np.int64)
-        high = np.asarray(highs, dtype=np.int64)
-        k = np.asarray(ks, dtype=np.int64)
-        rank = np.zeros(len(k), dtype=np.int64)
-        for level, bit in enumerate(reversed(range(self.bits))):
-            before, total = self.zeros[level], self.zero_totals[level]
-            zeros_low, zeros_high = before[low], before[high]
-            zeros = zeros_high - zeros_low
-            one = k >= zeros
-            rank |= one.astype(np.int64) << bit
-            k = np.where(one, k - zeros, k)
-            low = np.where(one, total + low - zeros_low, zeros_low)
-            high = np.where(one, total + high - zeros_high, zeros_high)
-        return self.sorted[rank]
+def window_percentiles(
+    values: np.ndarray, lows: np.ndarray, highs: np.ndarray, fraction: float, block_cells: int = BLOCK_CELLS
+) -> np.ndarray:
+    """The `fraction` percentile of values[lows[i]:highs[i]] for each i; NaN for an empty range."""
+    lows = np.asarray(lows, dtype=np.int64)
+    highs = np.asarray(highs, dtype=np.int64)
+    sizes = highs - lows
+    answer = np.full(len(lows), np.nan)
+    narrower = 0
+    for width in PADDED_WIDTHS:
+        chosen = np.flatnonzero((sizes > narrower) & (sizes <= width))
+        narrower = width
+        if not len(chosen):
+            continue
+        for block in np.array_split(chosen, math.ceil(len(chosen) * width / block_cells)):
+            answer[block] = _padded(values, lows[block], sizes[block], width, fraction)
+    large = np.flatnonzero(sizes > narrower)
+    answer[large] = percentiles_by_partition(values, lows[large], highs[large], fraction)
+    return answer
 
-    def percentiles(self, lows: np.ndarray, highs: np.ndarray, fraction: float) -> np.ndarray:
-        """The `fraction` percentile of each range, linearly interpolated between closest ranks as
-        percentile_cont (and the same float operations as a sort and index would do); NaN for an
-        empty range."""
-        lows = np.asarray(lows, dtype=np.int64)
-        highs = np.asarray(highs, dtype=np.int64)
-        answer = np.full(len(lows), np.nan)
-        filled = highs > lows
-        low, high = lows[filled], highs[filled]
-        if not len(low):
-            return answer
-        position = (high - low - 1) * fraction
-        lower = np.floor(position).astype(np.int64)
-        upper = np.minimum(lower + 1, high - low - 1)
-        first = self.kth(low, high, lower)
-        second = self.kth(low, high, upper)
-        answer[filled] = first + (second - first) * (position - lower)
-        return answer
+
+def _padded(values: np.ndarray, lows: np.ndarray, sizes: np.ndarray, width: int, fraction: float) -> np.ndarray:
+    """Each range (1 to `width` values) as a row padded with +inf, all rows sorted in one call."""
+    columns = np.arange(width)
+    cells = np.minimum(lows[:, None] + columns, len(values) - 1)
+    table = np.where(columns < sizes[:, None], values[cells], np.inf)
+    table.sort(axis=1)
+    position = (sizes - 1) * fraction
+    lower = np.floor(position).astype(np.int64)
+    upper = np.minimum(lower + 1, sizes - 1)
+    rows = np.arange(len(sizes))
+    first, second = table[rows, lower], table[rows, upper]
+    return first + (second - first) * (position - lower)
 
 
 def percentiles_by_partition(values: np.ndarray, lows: np.ndarray, highs: np.ndarray, fraction: float) -> np.ndarray:
-    """The same answer as RangeOrder(values).percentiles, by a partial sort (np.partition) of each
-    range: cheaper while there are fewer than about a hundred thousand ranges (no O(n log n) build),
-    slower beyond (a few microseconds per range)."""
+    """Each range's percentile by a partial sort (np.partition) of its values."""
     answer = np.full(len(lows), np.nan)
     for index, (low, high) in enumerate(zip(np.asarray(lows).tolist(), np.asarray(highs).tolist(), strict=True)):
         if high <= low:

@@ -95,9 +95,6 @@ RULES = [
 ]
 
 
-PERCENTILE_TYPES = {Metric.LATENCY_P95, Metric.LATENCY_P99, Metric.TTFT_P95}
-
-
 @pytest.fixture
 def traffic(db):
     logs = day_of_traffic()
@@ -120,14 +117,6 @@ def test_the_replay_writes_exactly_the_notices_of_real_runs(traffic, time_machin
         assert fast.events == stepwise.events, rule.metric_type
         assert fast.breaches == stepwise.breaches
         assert alert_preview.worst_series(fast) == alert_preview.worst_series(stepwise)
-        if rule.metric_type in PERCENTILE_TYPES:
-            # The windows' percentiles from the wavelet matrix (what a busy period uses) too.
-            windows = alert_preview.Windows(rule, times)
-            windows.partitioned_windows_max = 0
-            by_order = alert_preview.replay_by_group(rule, times, windows)
-            assert windows._order is not None
-            assert by_order.events == stepwise.events
-            assert alert_preview.worst_series(by_order) == alert_preview.worst_series(stepwise)
 
     for moment in alert_preview.instants(NOW, 1, STEP):
         time_machine.move_to(moment, tick=False)
