@@ -2,7 +2,9 @@
 
 Each function takes an already filtered `LLMRequestLog` queryset (see `llm.filters`) and answers
 plain dicts with SPEC's field names. Nothing here loads log rows into Python: counts, sums,
-averages and percentiles are aggregate queries, grouped by the database.
+averages and percentiles are aggregate queries, grouped by the database. One exception: the
+rule preview (`bucketed_figures`) replays a rule at thousands of instants, and reads the columns
+it needs once, a value per call, packed (see `Packed`).
 
 Percentiles interpolate linearly between closest ranks, as PostgreSQL's `percentile_cont` and
 NumPy's default do. SQLite has no such function, so `register_sqlite_functions` adds one to each
@@ -16,7 +18,7 @@ import math
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
 from datetime import date as date_type
 from decimal import Decimal
@@ -28,11 +30,13 @@ from django.db.models import (
     Aggregate,
     Avg,
     BigIntegerField,
+    BinaryField,
     Case,
     CharField,
     Count,
     F,
     Field,
+    FloatField,
     Func,
     IntegerField,
     Max,
@@ -1261,10 +1265,12 @@ def feedback_by_day(feedback: QuerySet[UserFeedback]) -> list[dict[str, Any]]:
 #
 # check_alerts measures a grouped rule, or one of the newer metric types, with `group_totals`: one
 # GROUP BY over the window's rows, exact. The preview replays a rule at thousands of instants from
-# `bucketed_figures`: one GROUP BY per time bucket and group for the counts and sums (exact: a
-# window is a run of whole buckets, so its sums are differences of prefix sums), and the values
-# of the rows for a percentile, sorted by bucket, so that each window's percentile is taken over
-# exactly its rows (linear interpolation, as percentile_cont).
+# `bucketed_figures`: each call's columns read once and summed per time bucket and group by NumPy
+# (exact counts: a window is a run of whole buckets, so its sums are differences of prefix sums),
+# and the values of the rows for a percentile, sorted by group and bucket, so that each window's
+# percentile is taken over exactly its rows (linear interpolation, as percentile_cont). A GROUP BY
+# (bucket, group) in SQL answered almost a row per call when grouping by user (724,000 rows over
+# a million calls), slower to aggregate and to fetch than the packed columns.
 
 # The alert figure a percentile rule measures: (WindowTotals field, column, fraction).
 ALERT_PERCENTILES: dict[str, tuple[str, float]] = {
@@ -1371,19 +1377,31 @@ def group_totals(scope: AlertScope, start: datetime, end: datetime) -> dict[str,
 
 @dataclass
 class BucketedFigures:
-    """One group's figures per time bucket of a period: bucket i is [start + i·size, start + (i+1)·size).
+    """Every group's figures per time bucket of a period: bucket i is [start + i·size, start + (i+1)·size).
 
-    `sums` holds prefix sums (row i: the total of buckets before i), so a window of whole buckets
-    [a, b) totals sums[b] - sums[a]. `values` are the rows' values for a percentile, in bucket
-    order, and `ends[i]` how many of them lie in buckets before i.
+    `sums[name]` (a name of BUCKET_FIGURES) holds prefix sums, one row per group of `keys`: column i
+    is the total of the buckets before i, so a window of whole buckets [a, b) totals
+    sums[name][g, b] - sums[name][g, a]. A figure the rule does not need is absent (zero). For a
+    percentile rule, `values` are the rows' values (NULLs left out) by group, then by bucket, and
+    group g's window [a, b) holds values[ends[g, a] : ends[g, b]].
     """
 
-    sums: Any  # numpy array (buckets + 1) x len(BUCKET_FIGURES)
+    keys: list[str]
+    sums: dict[str, Any]  # name -> numpy array, groups x (buckets + 1)
     values: Any = None
     ends: Any = None
 
+    def totals(self, group: int, lows: Any, highs: Any) -> Any:
+        """The figures (columns of BUCKET_FIGURES) of the group's windows [lows[i], highs[i])."""
+        answer = np.zeros((len(highs), len(BUCKET_FIGURES)))
+        for column, name in enumerate(BUCKET_FIGURES):
+            table = self.sums.get(name)
+            if table is not None:
+                answer[:, column] = table[group, highs] - table[group, lows]
+        return answer
 
-# The columns of BucketedFigures.sums.
+
+# The columns of BucketedFigures.totals.
 BUCKET_FIGURES = ("requests", "errors", "total_tokens", "cost", "thumbs_up", "thumbs_down")
 
 
@@ -1396,114 +1414,175 @@ def _raw_rows(rows: QuerySet) -> list[tuple]:
         return cursor.fetchall()
 
 
-def _float(value: Any) -> float:
-    # A PostgreSQL numeric sum arrives as a Decimal, SQLite's as a float; no rows: NULL.
-    return 0.0 if value is None else float(value)
+def _prefix_table(groups: int, buckets: int, owners: Any, places: Any, weights: Any = None) -> Any:
+    """Per group (row) the prefix sums over buckets of the rows' weights (or of the rows)."""
+    flat = np.bincount(owners * buckets + places, weights=weights, minlength=groups * buckets)
+    table = np.zeros((groups, buckets + 1))
+    np.cumsum(flat.reshape(groups, buckets), axis=1, out=table[:, 1:])
+    return table
 
 
-def bucketed_figures(scope: AlertScope, start: datetime, buckets: int, size: timedelta) -> dict[str, BucketedFigures]:
-    """The figures of each group of `scope` per time bucket, from one GROUP BY (bucket, group), and,
-    for a percentile rule, one more query for the values. `start` must be a whole number of seconds."""
+@dataclass
+class CallRows:
+    """A scope's calls in a period, one entry per call in each array: its group (a code into
+    `keys`), its bucket, and the columns the rule needs."""
+
+    keys: list[str]
+    owners: Any
+    places: Any
+    # (owners, places) of the failed calls, when the rule counts errors.
+    failed: tuple[Any, Any] | None = None
+    # "total_tokens", "cost" -> each call's value.
+    weights: dict[str, Any] = field(default_factory=dict)
+    # The percentile's column (NaN: NULL, a call without a first token).
+    values: Any = None
+
+    def figures(self, buckets: int) -> BucketedFigures:
+        groups = len(self.keys)
+        sums = {"requests": _prefix_table(groups, buckets, self.owners, self.places)}
+        if self.failed is not None:
+            sums["errors"] = _prefix_table(groups, buckets, *self.failed)
+        for name, weights in self.weights.items():
+            sums[name] = _prefix_table(groups, buckets, self.owners, self.places, weights)
+        answer = BucketedFigures(self.keys, sums)
+        if self.values is not None:
+            valued = ~np.isnan(self.values)
+            slots = self.owners[valued] * (buckets + 1) + self.places[valued]
+            order = np.argsort(slots, kind="stable")
+            answer.values = self.values[valued][order]
+            answer.ends = np.searchsorted(slots[order], np.arange(groups * (buckets + 1))).reshape(groups, buckets + 1)
+        return answer
+
+
+def bucketed_figures(scope: AlertScope, start: datetime, buckets: int, size: timedelta) -> BucketedFigures:
+    """The figures of each group of `scope` per time bucket (groups without calls, or ratings,
+    absent), exact counts, sums up to float rounding. `start` must be a whole number of seconds.
+
+    The calls are read once, one entry per call, and summed per bucket by NumPy: a GROUP BY
+    (bucket, user) answers almost a row per call, and its numeric sums cost more than the scan.
+    On PostgreSQL each column of each group arrives packed in one bytea (`Packed`)."""
     end = start + buckets * size
     seconds = int(size.total_seconds())
-    origin = int(start.timestamp())
-    bucket = (EpochSeconds("timestamp") - origin) / seconds
-    if scope.percentile:
-        # One pass over the rows gives both the values and the number of calls per bucket.
-        return _percentile_figures(scope, start, end, bucket, buckets)
     if scope.feedback:
-        rows = (
-            _grouped(scope.ratings(start, end), scope.group_by, "request__")
-            .annotate(bucket=(EpochSeconds("created_at") - origin) / seconds)
-            .values("group_key", "bucket")
-            .annotate(up=Count("id", filter=THUMBS_UP), down=Count("id", filter=THUMBS_DOWN))
-            .values_list("group_key", "bucket", "up", "down")
-            .order_by()
-        )
-        table = _object_table(_raw_rows(rows))
-        figures = np.zeros((len(table), len(BUCKET_FIGURES)))
-        if len(table):
-            figures[:, 4:6] = table[:, 2:4].astype(float)
+        return _rating_figures(scope, start, end, seconds, buckets)
+    calls = _grouped(scope.calls(start, end), scope.group_by)
+    if connections[calls.db].vendor == "postgresql":
+        rows = _packed_rows(calls, scope, start, seconds)
     else:
-        # Only the sums the rule needs: a numeric SUM over a million rows is not free.
-        sums = {
-            "failed": Count("id", filter=scope.failed()) if "errors" in scope.sums else Value(0),
-            "tokens": Sum("total_tokens", default=0) if "total_tokens" in scope.sums else Value(0),
-            "spent": Sum("cost_estimate", default=0) if "cost" in scope.sums else Value(0),
-        }
-        rows = (
-            _grouped(scope.calls(start, end), scope.group_by)
-            .annotate(bucket=bucket)
-            .values("group_key", "bucket")
-            .annotate(n=Count("id"), **sums)
-            .values_list("group_key", "bucket", "n", "failed", "tokens", "spent")
-            .order_by()
-        )
-        table = _object_table(_raw_rows(rows))
-        figures = np.zeros((len(table), len(BUCKET_FIGURES)))
-        if len(table):
-            # Whole columns at once (a Decimal sum converts too): per group and bucket, a busy
-            # period has as many rows as calls.
-            figures[:, 0:4] = table[:, 2:6].astype(float)
-    if not len(table):
-        return {}
+        rows = _plain_rows(calls, scope, start, seconds)
+    return rows.figures(buckets)
+
+
+class Packed(Aggregate):
+    """The group's values of an expression as one bytea: each in PostgreSQL's binary form (`send`:
+    timestamptz_send, float8send), concatenated. A million values reach NumPy (np.frombuffer) as
+    a few buffers instead of a million Python objects. PostgreSQL only."""
+
+    function = "string_agg"
+    name = "Packed"
+    template = "%(function)s(%(send)s(%(expressions)s), ''::bytea)"
+    output_field = BinaryField()
+
+    def __init__(self, expression: Any, send: str, **extra: Any) -> None:
+        super().__init__(expression, send=send, **extra)
+
+
+# A timestamptz in PostgreSQL's binary form: microseconds since this instant, a big-endian int64.
+PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+def _packed_columns(scope: AlertScope) -> dict[str, Packed]:
+    """The columns the rule needs, each packed: "at" (every call's time), "failed_at" (the failed
+    calls' times), "total_tokens", "cost" and "values" (the percentile's column, NULL as NaN)."""
+    packed = {"at": Packed("timestamp", send="timestamptz_send")}
+    if "errors" in scope.sums:
+        packed["failed_at"] = Packed("timestamp", send="timestamptz_send", filter=scope.failed())
+    for name, column in (("total_tokens", "total_tokens"), ("cost", "cost_estimate")):
+        if name in scope.sums:
+            packed[name] = Packed(Cast(column, FloatField()), send="float8send")
+    if scope.percentile:
+        column = ALERT_PERCENTILES[scope.percentile][0]
+        packed["values"] = Packed(Coalesce(column, Value(math.nan), output_field=FloatField()), send="float8send")
+    return packed
+
+
+def _packed_rows(calls: QuerySet, scope: AlertScope, start: datetime, seconds: int) -> CallRows:
+    packed = _packed_columns(scope)
+    rows = _raw_rows(calls.values("group_key").annotate(**packed).values_list("group_key", *packed).order_by())
+    # An aggregate without GROUP BY (no group_by) answers one row of NULLs over no calls.
+    rows = [row for row in rows if row[1]]
+    keys = [_key(row[0]) for row in rows]
+    columns = {
+        name: [np.frombuffer(row[index + 1] or b"", dtype=">i8" if name.endswith("at") else ">f8") for row in rows]
+        for index, name in enumerate(packed)
+    }
+    origin = (start - PG_EPOCH) // timedelta(microseconds=1)
+
+    def located(name: str) -> tuple[Any, Any]:
+        arrays = columns[name]
+        owners = np.repeat(np.arange(len(arrays)), [len(array) for array in arrays])
+        return owners, (_joined(arrays, np.int64) - origin) // (seconds * 1_000_000)
+
+    owners, places = located("at")
+    return CallRows(
+        keys,
+        owners,
+        places,
+        failed=located("failed_at") if "failed_at" in columns else None,
+        weights={name: _joined(columns[name], float) for name in ("total_tokens", "cost") if name in columns},
+        values=_joined(columns["values"], float) if "values" in columns else None,
+    )
+
+
+def _joined(arrays: list[Any], dtype: Any) -> Any:
+    return np.concatenate(arrays).astype(dtype) if arrays else np.zeros(0, dtype=dtype)
+
+
+def _plain_rows(calls: QuerySet, scope: AlertScope, start: datetime, seconds: int) -> CallRows:
+    """The rows one by one (SQLite): the bucket and the failed flag computed by the database."""
+    column = ALERT_PERCENTILES[scope.percentile][0] if scope.percentile else "latency_ms"
+    failed = Case(When(scope.failed(), then=Value(1)), default=Value(0), output_field=IntegerField())
+    bucket = (EpochSeconds("timestamp") - int(start.timestamp())) / seconds
+    rows = _raw_rows(
+        calls.annotate(bucket=bucket, is_failed=failed)
+        .values_list("group_key", "bucket", "is_failed", "total_tokens", "cost_estimate", column)
+        .order_by()
+    )
     codes: dict[str, int] = {}
-    # Group keys are text (a tag is cast to text in SQL): no conversion per row.
-    owners = np.array([codes.setdefault(key, len(codes)) for key in table[:, 0].tolist()], dtype=np.int64)
-    places = table[:, 1].astype(np.int64)
-    order = np.argsort(owners, kind="stable")
-    edges = np.searchsorted(owners[order], np.arange(len(codes) + 1))
-    answer = {}
-    for key, code in codes.items():
-        chosen = order[edges[code] : edges[code + 1]]
-        per_bucket = np.zeros((buckets + 1, len(BUCKET_FIGURES)))
-        per_bucket[places[chosen] + 1] = figures[chosen]
-        answer[key] = BucketedFigures(np.cumsum(per_bucket, axis=0))
-    return answer
+    owners = np.array([codes.setdefault(_key(row[0]), len(codes)) for row in rows], dtype=np.int64)
+    # A NULL becomes NaN.
+    numbers = np.array([row[1:] for row in rows], dtype=float).reshape(len(rows), 5)
+    places = numbers[:, 0].astype(np.int64)
+    is_failed = numbers[:, 1] > 0
+    return CallRows(
+        list(codes),
+        owners,
+        places,
+        failed=(owners[is_failed], places[is_failed]) if "errors" in scope.sums else None,
+        weights={name: numbers[:, index] for index, name in ((2, "total_tokens"), (3, "cost")) if name in scope.sums},
+        values=numbers[:, 4] if scope.percentile else None,
+    )
 
 
-def _object_table(rows: list[tuple]) -> np.ndarray:
-    return np.array(rows, dtype=object).reshape(len(rows), -1) if rows else np.zeros((0, 0), dtype=object)
-
-
-def _percentile_figures(
-    scope: AlertScope, start: datetime, end: datetime, bucket: Any, buckets: int
-) -> dict[str, BucketedFigures]:
-    """Each group's calls per bucket and its values of the percentile's column (NULL ones left
-    out: a call without a first token), sorted by bucket, with where each bucket ends."""
-    column = ALERT_PERCENTILES[scope.percentile][0]
-    calls = _grouped(scope.calls(start, end), scope.group_by).annotate(bucket=bucket)
+def _rating_figures(scope: AlertScope, start: datetime, end: datetime, seconds: int, buckets: int) -> BucketedFigures:
+    """Thumbs up and down per group and bucket of the rating's time (few rows: one GROUP BY)."""
+    rows = _raw_rows(
+        _grouped(scope.ratings(start, end), scope.group_by, "request__")
+        .annotate(bucket=(EpochSeconds("created_at") - int(start.timestamp())) / seconds)
+        .values("group_key", "bucket")
+        .annotate(up=Count("id", filter=THUMBS_UP), down=Count("id", filter=THUMBS_DOWN))
+        .values_list("group_key", "bucket", "up", "down")
+        .order_by()
+    )
     codes: dict[str, int] = {}
-    # Whole columns converted by NumPy, not row by row: this is a million rows over 30 days
-    # (a NULL becomes NaN).
-    if scope.group_by:
-        rows = _raw_rows(calls.values_list("group_key", "bucket", column).order_by())
-        if not rows:
-            return {}
-        table = np.array(rows, dtype=object)
-        owners = np.array([codes.setdefault(key, len(codes)) for key in table[:, 0].tolist()], dtype=np.int64)
-        places, values = table[:, 1].astype(np.int64), table[:, 2].astype(float)
-    else:
-        rows = _raw_rows(calls.values_list("bucket", column).order_by())
-        if not rows:
-            return {}
-        codes[""] = 0
-        table = np.array(rows, dtype=float)
-        owners, places, values = np.zeros(len(rows), dtype=np.int64), table[:, 0].astype(np.int64), table[:, 1]
-    # By group, then by bucket: each group's rows are one run, in bucket order.
-    order = np.lexsort((places, owners))
-    owners, places, values = owners[order], places[order], values[order]
-    edges = np.searchsorted(owners, np.arange(len(codes) + 1))
-    answer = {}
-    for key, code in codes.items():
-        first, last = edges[code], edges[code + 1]
-        sums = np.zeros((buckets + 1, len(BUCKET_FIGURES)))
-        sums[1:, 0] = np.bincount(places[first:last], minlength=buckets)[:buckets]
-        valued = ~np.isnan(values[first:last])
-        figures = BucketedFigures(np.cumsum(sums, axis=0), values[first:last][valued])
-        figures.ends = np.searchsorted(places[first:last][valued], np.arange(buckets + 1), side="left")
-        answer[key] = figures
-    return answer
+    owners = np.array([codes.setdefault(_key(row[0]), len(codes)) for row in rows], dtype=np.int64)
+    numbers = np.array([row[1:] for row in rows], dtype=float).reshape(len(rows), 3)
+    places = numbers[:, 0].astype(np.int64)
+    sums = {
+        name: _prefix_table(len(codes), buckets, owners, places, numbers[:, column])
+        for column, name in ((1, "thumbs_up"), (2, "thumbs_down"))
+    }
+    return BucketedFigures(list(codes), sums)
 
 
 # Breakdowns, sessions and users (issue 18): who and what the calls, the errors and the cost
