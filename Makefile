@@ -52,8 +52,8 @@ system-deps:
 # DATABASE_URL, which the two targets below set or unset.
 test: dev-venv system-deps lint
 	env -u DATABASE_URL DJANGO_SETTINGS_MODULE=tests.settings $(PYTHON) manage.py makemigrations --check --dry-run
-	$(MAKE) --no-print-directory test-sqlite
-	$(MAKE) --no-print-directory test-postgres
+	@echo "== tests on SQLite and on PostgreSQL, side by side (each suite's output appears when it ends)"
+	$(MAKE) --no-print-directory -j2 --output-sync=target test-sqlite test-postgres
 
 test-sqlite: dev-venv
 	@echo "== tests on SQLite"
