@@ -150,7 +150,7 @@ def insert_calls_sql(seed: int) -> str:
         request_id, timestamp, source, provider, model_name, user_id, session_id, trace_id, span_id,
         parent_span_id, prompt_text, response_text, prompt_tokens, completion_tokens, total_tokens,
         latency_ms, ttft_ms, cost_estimate, status, error_type, error_message, finish_reason,
-        temperature, max_tokens, tags
+        temperature, max_tokens, tags, cached_tokens, tokens_estimated
     )
     SELECT
         request_id, timestamp, source, 'groq', calls.model_name, user_id,
@@ -182,7 +182,9 @@ def insert_calls_sql(seed: int) -> str:
                 'feature', (ARRAY[{features}])[1 + floor((1 - u_feature) * 4)::int],
                 'env', CASE WHEN u_env <= 0.9 THEN 'production' ELSE 'staging' END)
             ELSE '{{}}'::jsonb
-        END
+        END,
+        -- Columns without a database default (Django sets them): no cache, usage as reported.
+        0, false
     FROM (
         SELECT
             *,
@@ -235,16 +237,18 @@ def insert_feedback_sql() -> str:
     """Ratings for ~1 % of the calls, by the call's user, a few minutes after it; failed and slow
     calls get more thumbs down."""
     return f"""
-    INSERT INTO {FEEDBACK_TABLE} (request_id, rating, comment, rater, created_at)
+    INSERT INTO {FEEDBACK_TABLE} (request_id, rating, comment, rater, created_at, call_timestamp, model_name)
     SELECT id,
            CASE WHEN u_rating < 0.12 + CASE WHEN status = 'error' THEN 0.6 ELSE 0 END
                                      + CASE WHEN latency_ms > 3000 THEN 0.15 ELSE 0 END
                 THEN 'thumbs_down' ELSE 'thumbs_up' END,
            CASE WHEN u_comment < 0.3 THEN 'Rated from the app' ELSE '' END,
            user_id,
-           least(timestamp + (5 + u_delay * 600) * interval '1 second', %s)
+           least(timestamp + (5 + u_delay * 600) * interval '1 second', %s),
+           timestamp,
+           model_name
     FROM (
-        SELECT id, status, latency_ms, user_id, timestamp,
+        SELECT id, status, latency_ms, user_id, timestamp, model_name,
                random() AS u_sample, random() AS u_rating, random() AS u_comment, random() AS u_delay
         FROM {LOG_TABLE}
         OFFSET 0
