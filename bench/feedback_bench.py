@@ -12,7 +12,8 @@ bench/scale_data.py (then VACUUM ANALYZE and whatever makes the app consistent, 
 `time` measures each cell (median of 5 GETs through Django's test client, logged in) and prints
 one JSON object: {cell: {"ms": median, "answer": a digest of the JSON answer}} plus the load
 average, so runs of two versions of the code over the same rows compare both time and answers.
-Windows end one minute after the newest call, the same instant in every run.
+Windows end one minute after the newest call, the same instant in every run. BENCH_ONLY=text
+keeps the cells whose name holds it; BENCH_RUNS sets the GETs per cell.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import statistics
 import sys
 import time
 from datetime import timedelta
+from typing import Any
 
 from common import logged_in_client  # noqa: E402 - sets Django up
 
@@ -75,17 +77,32 @@ def cells() -> list[tuple[str, str, dict[str, str]]]:
     return found
 
 
+def rounded(value: Any) -> Any:
+    """Floats to 9 significant digits: a float sum's last bits depend on the order rows are added."""
+    if isinstance(value, float):
+        return float(f"{value:.9g}")
+    if isinstance(value, dict):
+        return {key: rounded(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [rounded(item) for item in value]
+    return value
+
+
 def digest(response) -> str:
     """A short digest of a JSON answer (pages: none), to compare the answers of two runs."""
     if not response["Content-Type"].startswith("application/json"):
         return ""
-    return hashlib.sha256(response.content).hexdigest()[:16]
+    canonical = json.dumps(rounded(json.loads(response.content)), sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 def measure() -> None:
     client = logged_in_client()
     results: dict[str, object] = {"vendor": connection.vendor, "load_before": os.getloadavg()[0]}
+    only = os.environ.get("BENCH_ONLY", "")
     for name, path, params in cells():
+        if only not in name:
+            continue
         times = []
         for _ in range(RUNS):
             started = time.perf_counter()
