@@ -42,7 +42,10 @@ def ensure_sample_data(rows: int = ROWS) -> None:
 
 
 def logged_in_client() -> Client:
-    user, _ = get_user_model().objects.get_or_create(username="bench", defaults={"is_staff": True})
+    # A superuser: every page and endpoint, `search` included (it needs the right to read text).
+    user, _ = get_user_model().objects.update_or_create(
+        username="bench", defaults={"is_staff": True, "is_superuser": True}
+    )
     client = Client()
     client.force_login(user)
     return client

@@ -43,7 +43,7 @@ WINDOWS = {"24h": timedelta(hours=24), "7d": timedelta(days=7), "30d": timedelta
 COLUMNS = (
     "request_id, timestamp, source, provider, model_name, user_id, session_id, trace_id, span_id, parent_span_id, "
     "prompt_text, response_text, prompt_tokens, completion_tokens, total_tokens, latency_ms, ttft_ms, "
-    "cost_estimate, status, error_type, error_message, finish_reason, tags"
+    "cost_estimate, status, error_type, error_message, finish_reason, tags, cached_tokens, tokens_estimated"
 )
 
 
@@ -61,7 +61,7 @@ def insert_rows(count: int) -> None:
                        (n %% 1000) * 0.0000001, CASE WHEN n %% 25 = 0 THEN 'error' ELSE 'success' END,
                        CASE WHEN n %% 25 = 0 THEN (ARRAY['timeout', 'rate_limit', 'server_error'])[n %% 3 + 1]
                             ELSE '' END,
-                       CASE WHEN n %% 25 = 0 THEN 'failed ' || n ELSE '' END, 'stop', '{{}}'
+                       CASE WHEN n %% 25 = 0 THEN 'failed ' || n ELSE '' END, 'stop', '{{}}', 0, false
                 FROM generate_series(1, %s) AS n""",  # noqa: S608
                 [step, count],
             )
@@ -77,7 +77,7 @@ def insert_rows(count: int) -> None:
                        (n %% 1000) * 0.0000001, CASE WHEN n %% 25 = 0 THEN 'error' ELSE 'success' END,
                        CASE WHEN n %% 25 = 0 THEN (CASE n %% 3 WHEN 0 THEN 'timeout' WHEN 1 THEN 'rate_limit'
                             ELSE 'server_error' END) ELSE '' END,
-                       CASE WHEN n %% 25 = 0 THEN 'failed ' || n ELSE '' END, 'stop', '{{}}'
+                       CASE WHEN n %% 25 = 0 THEN 'failed ' || n ELSE '' END, 'stop', '{{}}', 0, false
                 FROM seq""",  # noqa: S608
                 [count, step],
             )

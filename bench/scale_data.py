@@ -183,6 +183,7 @@ def insert_calls_sql(seed: int) -> str:
                 'env', CASE WHEN u_env <= 0.9 THEN 'production' ELSE 'staging' END)
             ELSE '{{}}'::jsonb
         END,
+        -- No cache, usage as reported (database defaults too, named here for clarity).
         0, false
     FROM (
         SELECT
@@ -236,16 +237,18 @@ def insert_feedback_sql() -> str:
     """Ratings for ~1 % of the calls, by the call's user, a few minutes after it; failed and slow
     calls get more thumbs down."""
     return f"""
-    INSERT INTO {FEEDBACK_TABLE} (request_id, rating, comment, rater, created_at)
+    INSERT INTO {FEEDBACK_TABLE} (request_id, rating, comment, rater, created_at, call_timestamp, model_name)
     SELECT id,
            CASE WHEN u_rating < 0.12 + CASE WHEN status = 'error' THEN 0.6 ELSE 0 END
                                      + CASE WHEN latency_ms > 3000 THEN 0.15 ELSE 0 END
                 THEN 'thumbs_down' ELSE 'thumbs_up' END,
            CASE WHEN u_comment < 0.3 THEN 'Rated from the app' ELSE '' END,
            user_id,
-           least(timestamp + (5 + u_delay * 600) * interval '1 second', %s)
+           least(timestamp + (5 + u_delay * 600) * interval '1 second', %s),
+           timestamp,
+           model_name
     FROM (
-        SELECT id, status, latency_ms, user_id, timestamp,
+        SELECT id, status, latency_ms, user_id, timestamp, model_name,
                random() AS u_sample, random() AS u_rating, random() AS u_comment, random() AS u_delay
         FROM {LOG_TABLE}
         OFFSET 0

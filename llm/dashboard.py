@@ -325,13 +325,12 @@ def spend(now: datetime) -> dict[str, Any]:
 
 
 def rated_feedback(window: TimeRange) -> QuerySet[UserFeedback]:
-    """Ratings of the calls of the window. Without filters beyond the model, a join on the rated
-    call's time and model (PostgreSQL walks the ratings, ~1 % of the calls, and looks each call up)
-    rather than `IN (the window's calls)`, which hashes every call of the window first."""
+    """Ratings of the calls of the window. Without filters beyond the model, from the rated call's
+    time and model copied onto each rating (its own indexes: no join to the calls, whose lookups
+    cost seconds at 10 million calls) rather than `IN (the window's calls)`."""
     if any(window.extra.values()):
         return UserFeedback.objects.filter(request__in=window.logs().values("id"))
-    rated = UserFeedback.objects.filter(request__timestamp__gte=window.start, request__timestamp__lt=window.end)
-    return rated.filter(request__model_name=window.model) if window.model else rated
+    return UserFeedback.objects.of_calls(window.start, window.end, window.model)
 
 
 def feedback(window: TimeRange) -> dict[str, Any]:

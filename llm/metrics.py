@@ -826,7 +826,7 @@ def _rating_totals(windows: list[Window]) -> dict[Window, WindowTotals]:
     for index, window in enumerate(windows):
         within = Q(created_at__gte=window.start, created_at__lt=window.end)
         if window.model:
-            within &= Q(request__model_name=window.model)
+            within &= Q(model_name=window.model)
         aggregates[f"w{index}_up"] = Count("id", filter=within & THUMBS_UP)
         aggregates[f"w{index}_down"] = Count("id", filter=within & THUMBS_DOWN)
     span = UserFeedback.objects.filter(
@@ -1220,10 +1220,11 @@ def feedback_summary(feedback: QuerySet[UserFeedback]) -> dict[str, Any]:
     Counts ratings: a rater has at most one per call (UserFeedback's unique constraint; rating
     again replaces it), so nobody counts twice, and a call rated by three people weighs three."""
     counts = {"thumbs_up": Count("id", filter=THUMBS_UP), "thumbs_down": Count("id", filter=THUMBS_DOWN)}
-    per_model = feedback.values("request__model_name").annotate(**counts).order_by("request__model_name")
+    # model_name: the rated call's, copied onto the rating (no join to the calls).
+    per_model = feedback.values("model_name").annotate(**counts).order_by("model_name")
     return {
         **_with_rate(feedback.aggregate(**counts)),
-        "by_model": [_with_rate({"model": row.pop("request__model_name"), **row}) for row in per_model],
+        "by_model": [_with_rate({"model": row.pop("model_name"), **row}) for row in per_model],
     }
 
 
@@ -1232,7 +1233,7 @@ def feedback_figures(feedback: QuerySet[UserFeedback]) -> tuple[dict[str, Any], 
     number of rows), not three passes over the rated calls."""
     rows = (
         feedback.annotate(day=TruncDay("created_at"))
-        .values("request__model_name", "day", "rating")
+        .values("model_name", "day", "rating")
         .annotate(count=Count("id"))
         .order_by()
     )
@@ -1241,7 +1242,7 @@ def feedback_figures(feedback: QuerySet[UserFeedback]) -> tuple[dict[str, Any], 
     per_day: dict[str, dict[str, int]] = defaultdict(lambda: {"thumbs_up": 0, "thumbs_down": 0})
     for row in rows:
         rating = "thumbs_up" if row["rating"] == UserFeedback.Rating.THUMBS_UP else "thumbs_down"
-        for counts in (overall, per_model[row["request__model_name"]], per_day[row["day"].date().isoformat()]):
+        for counts in (overall, per_model[row["model_name"]], per_day[row["day"].date().isoformat()]):
             counts[rating] += row["count"]
     summary = {
         **_with_rate(overall),
@@ -1296,7 +1297,8 @@ def group_expression(group_by: str, prefix: str = "") -> Any:
     """The column (or tag value) a rule's `group_by` groups calls by; `prefix` reaches the call from
     another model ("request__" from a rating)."""
     if group_by == "model":
-        return F(f"{prefix}model_name")
+        # A rating carries its call's model_name itself: no join for the usual grouping.
+        return F("model_name")
     if group_by == "user":
         return F(f"{prefix}user_id")
     # As text on both databases (a tag stored as a JSON number reads "5" on either).
@@ -1339,7 +1341,7 @@ class AlertScope:
 
     def ratings(self, start: datetime, end: datetime) -> QuerySet[UserFeedback]:
         rated = UserFeedback.objects.filter(created_at__gte=start, created_at__lt=end)
-        return rated.filter(request__model_name=self.model) if self.model else rated
+        return rated.filter(model_name=self.model) if self.model else rated
 
 
 def group_totals(scope: AlertScope, start: datetime, end: datetime) -> dict[str, WindowTotals]:

@@ -416,9 +416,28 @@ class UserFeedbackQuerySet(models.QuerySet):
         time), so that nobody counts twice in a satisfaction rate. Answers (feedback, created)."""
         # update_or_create locks the existing row, and the unique constraint settles two
         # first ratings racing each other (get_or_create retries its get on IntegrityError).
-        return self.update_or_create(
-            request=log, rater=rater, defaults={"rating": rating, "comment": comment, "created_at": timezone.now()}
-        )
+        # The rated call's time and model are copied onto the rating (see UserFeedback), here too.
+        defaults = {
+            "rating": rating,
+            "comment": comment,
+            "created_at": timezone.now(),
+            "call_timestamp": log.timestamp,
+            "model_name": log.model_name,
+        }
+        return self.update_or_create(request=log, rater=rater, defaults=defaults)
+
+    def of_calls(self, start: datetime, end: datetime, model: str = "") -> UserFeedbackQuerySet:
+        """Ratings of the calls made in [start, end), of one model (blank: all), by the copies of
+        the call's time and model on each rating (indexed): no join to the calls."""
+        rated = self.filter(call_timestamp__gte=start, call_timestamp__lt=end)
+        return rated.filter(model_name=model) if model else rated
+
+    def bulk_create(self, objs: Iterable[UserFeedback], *args: Any, **kwargs: Any) -> list[UserFeedback]:
+        # bulk_create skips save(): copy each rated call's time and model here as well.
+        objs = list(objs)
+        for feedback in objs:
+            feedback.follow_call()
+        return super().bulk_create(objs, *args, **kwargs)
 
 
 class UserFeedback(models.Model):
@@ -434,6 +453,12 @@ class UserFeedback(models.Model):
     rater = models.CharField(max_length=200, blank=True, default="")
     # When the current rating was given: replacing a rating moves it.
     created_at = models.DateTimeField(default=timezone.now, db_index=True, validators=[validate_stored_year])
+    # Copies of the rated call's timestamp and model_name (a call never changes once written), so
+    # that the feedback figures, which select ratings by the call's time and model, read the ratings
+    # alone: joining each rating to its call cost seconds at 10 million calls (issue 14). Filled on
+    # every save and bulk_create; the migration feedback_call_fields filled the older rows.
+    call_timestamp = models.DateTimeField(editable=False)
+    model_name = models.CharField(max_length=200, editable=False)
 
     objects = UserFeedbackQuerySet.as_manager()
 
@@ -441,9 +466,24 @@ class UserFeedback(models.Model):
         verbose_name = "user feedback"
         verbose_name_plural = "user feedback"
         constraints = [models.UniqueConstraint(fields=["request", "rater"], name="one_rating_per_call_and_rater")]
+        indexes = [
+            models.Index(fields=["call_timestamp"], name="feedback_call_time"),
+            models.Index(fields=["model_name", "call_timestamp"], name="feedback_call_model_time"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.get_rating_display()} on {self.request.request_id}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        self.follow_call()
+        if kwargs.get("update_fields") is not None:
+            kwargs["update_fields"] = {*kwargs["update_fields"], "call_timestamp", "model_name"}
+        super().save(*args, **kwargs)
+
+    def follow_call(self) -> None:
+        """Copy the rated call's time and model onto this rating."""
+        self.call_timestamp = self.request.timestamp
+        self.model_name = self.request.model_name
 
 
 # Bounds for a rule, documented in the README and enforced by the admin form and the API.

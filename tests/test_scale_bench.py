@@ -97,6 +97,11 @@ def test_feedback_rates_about_one_call_in_a_hundred(loaded):
     assert ratings == UserFeedback.objects.count()
     assert 5 <= ratings <= 45
     assert not UserFeedback.objects.filter(created_at__gt=END).exists()
+    # Each rating carries its call's time and model, as the app's write path stores them.
+    copies = UserFeedback.objects.values_list(
+        "call_timestamp", "request__timestamp", "model_name", "request__model_name"
+    )
+    assert all(stamp == call_stamp and model == call_model for stamp, call_stamp, model, call_model in copies)
 
 
 @pytest.mark.postgres_only

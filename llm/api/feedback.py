@@ -18,8 +18,11 @@ from llm.serializers import FeedbackAnalyticsSerializer, FeedbackCreateSerialize
 
 
 def feedback_on(filtered: FilteredLogs) -> QuerySet[UserFeedback]:
-    """Feedback on the calls the shared filters keep (dates apply to the call, not the rating)."""
-    return UserFeedback.objects.filter(request__in=filtered.queryset.values("id"))
+    """Feedback on the calls the shared filters keep (dates apply to the call, not the rating).
+    Filtered by window and model only, from the call's time and model copied onto each rating."""
+    if filtered.other_filters or filtered.status:
+        return UserFeedback.objects.filter(request__in=filtered.queryset.values("id"))
+    return UserFeedback.objects.of_calls(filtered.start, filtered.end, filtered.model)
 
 
 def default_rater(request: Request) -> str:
