@@ -1598,6 +1598,8 @@ def breakdown(
         raise ValueError(f"order_by is one of {', '.join(BREAKDOWN_ORDERS)}")
     chosen = selection(logs)
     answer = _breakdown_from_rollups(chosen, by, order_by, limit) if by in ROLLUP_BREAKDOWNS else None
+    if by == "user":
+        answer = _user_breakdown_from_rollups(chosen, order_by, limit)
     if answer is None:
         short = chosen.start is not None and chosen.end is not None and chosen.end - chosen.start <= EXACT_WINDOW
         keyed = chosen.logs.annotate(group_key=breakdown_key(by)).order_by()
@@ -1626,6 +1628,75 @@ def _breakdown_from_rollups(chosen: Selection, by: str, order_by: str, limit: in
     groups = [(key, totals) for (key,), totals in fold_status(found).items()]
     rows = [(_breakdown_row(key, totals.row(*BREAKDOWN_PERCENTILES)), totals) for key, totals in groups]
     return {"percentiles": PERCENTILES_APPROXIMATE, **_ranked(rows, order_by, limit)}
+
+
+def _user_breakdown_from_rollups(chosen: Selection, order_by: str, limit: int) -> dict[str, Any] | None:
+    """By user from the user totals (DailyUserTotals, HourlyUserTotals: sums and latency
+    histograms per user) of the window's whole days and hours, and raw rows elsewhere; the calls
+    without a user ("" group) are the window's totals (the roll-ups by model) less the users'."""
+    the_plan = summaries_plan(chosen)
+    found = None if the_plan is None else consistent(lambda watermark: _per_user_at(the_plan, watermark), the_plan)
+    if found is None:
+        return None
+    rows = [(_breakdown_row(key, totals.row(*BREAKDOWN_PERCENTILES)), totals) for key, totals in found.items()]
+    return {"percentiles": PERCENTILES_APPROXIMATE, **_ranked(rows, order_by, limit)}
+
+
+USER_FIGURE_SUMS = ("requests", "prompt_tokens", "completion_tokens", "total_tokens", "cost_units", "latency_sum_ms")
+
+
+def _per_user_at(the_plan: Plan, watermark: int) -> dict[str, Totals]:
+    tables, raw_spans, rolled_spans = _user_sources(the_plan)
+    found: dict[str, Totals] = {}
+
+    def totals_of(user_id: str) -> Totals:
+        return found.setdefault(user_id, Totals(rollups.Figures()))
+
+    for table in tables:
+        sums = {name: Sum(name) for name in (*USER_FIGURE_SUMS, "errors")}
+        for row in table.values("user_id").annotate(**sums).order_by():
+            totals = totals_of(row["user_id"])
+            totals.figures.add_sums({name: _number(name, row[name]) for name in USER_FIGURE_SUMS})
+            totals.errors += int(row["errors"] or 0)
+        keys: dict[str, int] = {}
+        groups, stored = [], []
+        for user_id, histogram in table.values_list("user_id", "latency_histogram").order_by():
+            groups.append(keys.setdefault(user_id, len(keys)))
+            stored.append(histogram)
+        merged = rollup_math.merge_grouped(groups, stored, len(keys))
+        for user_id, index in keys.items():
+            found[user_id].figures.latency += merged[index]
+    matching = LLMRequestLog.objects.filter(NOT_BLANK_USER).order_by()
+    raw = [matching.filter(timestamp__gte=start, timestamp__lt=end) for start, end in raw_spans]
+    if rolled_spans:
+        raw.append(above_watermark(matching, watermark, rolled_spans))
+    for rows in raw:
+        bucketed = rows.annotate(bucket=rollups.bucket_of("latency_ms")).values("user_id", "bucket")
+        for row in bucketed.annotate(**_raw_sums(), errors=Count("id", filter=LLMRequestLog.FAILED)):
+            totals = totals_of(row["user_id"])
+            row["cost_units"] = rollups.as_units(row["cost_units"])
+            totals.figures.add_sums(row)
+            totals.figures.latency[row["bucket"]] += row["requests"]
+            totals.errors += row["errors"]
+    everyone = fold_status(measure_at(the_plan, ("status",), watermark))
+    nobody = everyone.get((), Totals(rollups.Figures()))
+    for totals in found.values():
+        nobody.figures.merge(_negated(totals.figures))
+        nobody.errors -= totals.errors
+    if nobody.figures.requests:
+        found[""] = nobody
+    return found
+
+
+def _number(name: str, value: Any) -> float | int:
+    return float(value or 0) if name in FLOAT_SUMS else int(value or 0)
+
+
+def _negated(figures: rollups.Figures) -> rollups.Figures:
+    negated = rollups.Figures(latency=-figures.latency, ttft=-figures.ttft)
+    for name in ROLLUP_SUMS:
+        setattr(negated, name, -getattr(figures, name))
+    return negated
 
 
 def _group_sums(keyed: LLMRequestLogQuerySet) -> QuerySet:

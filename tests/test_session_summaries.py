@@ -18,6 +18,7 @@ from llm.models import DailyUserTotals, HourlyUserTotals, LLMRequestLog, MetricW
 from tests.breakdown_data import make_session_logs
 from tests.factories import build_log
 from tests.read_api_data import NOW
+from tests.test_breakdowns import check_breakdown
 
 pytestmark = pytest.mark.django_db
 
@@ -258,3 +259,19 @@ def test_without_the_ready_mark_the_lists_read_the_calls(calls):
     assert {row["user_id"]: row["requests"] for row in rows} == {
         key: value["requests"] for key, value in expected_users(in_window(calls, start, end)).items()
     }
+
+
+@pytest.mark.parametrize("window", WINDOWS)
+@pytest.mark.parametrize(("order_by", "limit"), [("cost", 3), ("p95", 2), ("requests", 100)])
+def test_breakdown_by_user_from_the_user_totals_equals_the_calls(api_client, calls, window, order_by, limit):
+    start, end = window
+    selection = chosen(start, end)
+    assert metrics._user_breakdown_from_rollups(selection, order_by, limit) is not None  # the totals answer
+    params = {"by": "user", "order_by": order_by, "limit": limit}
+    answer = api_client.get(
+        "/api/metrics/breakdown/", {"start_date": start.isoformat(), "end_date": end.isoformat(), **params}
+    ).json()
+    assert answer["percentiles"] == metrics.PERCENTILES_APPROXIMATE
+    rows = in_window(calls, start, end)
+    assert any(not log.user_id for log in rows)  # the "" group is the totals less the users'
+    check_breakdown(answer, rows, "user", order_by, limit)
