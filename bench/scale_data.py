@@ -150,7 +150,7 @@ def insert_calls_sql(seed: int) -> str:
         request_id, timestamp, source, provider, model_name, user_id, session_id, trace_id, span_id,
         parent_span_id, prompt_text, response_text, prompt_tokens, completion_tokens, total_tokens,
         latency_ms, ttft_ms, cost_estimate, status, error_type, error_message, finish_reason,
-        temperature, max_tokens, tags
+        temperature, max_tokens, tags, cached_tokens, tokens_estimated
     )
     SELECT
         request_id, timestamp, source, 'groq', calls.model_name, user_id,
@@ -182,7 +182,8 @@ def insert_calls_sql(seed: int) -> str:
                 'feature', (ARRAY[{features}])[1 + floor((1 - u_feature) * 4)::int],
                 'env', CASE WHEN u_env <= 0.9 THEN 'production' ELSE 'staging' END)
             ELSE '{{}}'::jsonb
-        END
+        END,
+        0, false  -- columns with a default in Django only, none in the database
     FROM (
         SELECT
             *,
