@@ -1600,6 +1600,8 @@ def breakdown(
     answer = _breakdown_from_rollups(chosen, by, order_by, limit) if by in ROLLUP_BREAKDOWNS else None
     if by == "user":
         answer = _user_breakdown_from_rollups(chosen, order_by, limit)
+    elif by == "session" and order_by != "p95":
+        answer = _session_breakdown_from_summaries(chosen, order_by, limit)
     if answer is None:
         short = chosen.start is not None and chosen.end is not None and chosen.end - chosen.start <= EXACT_WINDOW
         keyed = chosen.logs.annotate(group_key=breakdown_key(by)).order_by()
@@ -1640,6 +1642,68 @@ def _user_breakdown_from_rollups(chosen: Selection, order_by: str, limit: int) -
         return None
     rows = [(_breakdown_row(key, totals.row(*BREAKDOWN_PERCENTILES)), totals) for key, totals in found.items()]
     return {"percentiles": PERCENTILES_APPROXIMATE, **_ranked(rows, order_by, limit)}
+
+
+def _session_breakdown_from_summaries(chosen: Selection, order_by: str, limit: int) -> dict[str, Any] | None:
+    """By session, largest by a sum: the sessions' sums from the summaries (sessions_at), the
+    shown ones' figures and histograms from their calls, the calls without a session and `other`
+    as the window's totals (the roll-ups by model) less the rest. Not by p95: that needs every
+    session's percentile (the calls are read)."""
+    the_plan = summaries_plan(chosen)
+    if the_plan is None:
+        return None
+    read = lambda watermark: _session_breakdown_at(the_plan, watermark, order_by, limit)  # noqa: E731
+    answer = consistent(read, the_plan)
+    return None if answer is None else {"percentiles": PERCENTILES_APPROXIMATE, **answer}
+
+
+SESSION_SUMS = ("requests", "errors", "prompt_tokens", "completion_tokens", "total_tokens", "cost")
+
+
+def _session_breakdown_at(the_plan: Plan, watermark: int, order_by: str, limit: int) -> dict[str, Any]:
+    per_session = _sessions_at(the_plan, watermark)
+    figure = BREAKDOWN_ORDERS[order_by]
+    sql, params = per_session.query.sql_with_params()
+    sums = ", ".join(f"SUM({name})" for name in SESSION_SUMS)
+    with connections["default"].cursor() as cursor:  # ORM-made SQL, names from SESSION_SUMS
+        cursor.execute(f"SELECT COUNT(*), {sums} FROM ({sql}) AS sessions", params)  # noqa: S608
+        count, *summed = cursor.fetchone()
+        ranked = f"SELECT session_id, {figure} FROM ({sql}) AS sessions ORDER BY 2 DESC, 1 LIMIT %s"  # noqa: S608
+        cursor.execute(ranked, (*params, limit + 1))  # one more: the calls without a session may push one out
+        top = cursor.fetchall()
+    everyone = fold_status(measure_at(the_plan, ("status",), watermark)).get((), Totals(rollups.Figures()))
+    sessions_total = dict(zip(SESSION_SUMS, (value or 0 for value in summed), strict=True))
+    nobody = {
+        "requests": everyone.figures.requests - sessions_total["requests"],
+        "errors": everyone.errors - sessions_total["errors"],
+        "total_tokens": everyone.figures.total_tokens - sessions_total["total_tokens"],
+        "cost": float(rollups.usd(everyone.figures.cost_units)) - float(sessions_total["cost"]),
+    }
+    candidates = [(float(value or 0), key) for key, value in top]
+    if nobody["requests"]:
+        candidates.append((nobody[figure], ""))
+    shown = [key for _value, key in sorted(candidates, key=lambda item: (-item[0], item[1]))[:limit]]
+    found: dict[str, Totals] = {key: Totals(rollups.Figures()) for key in shown}
+    calls = the_plan.selection.logs.filter(session_id__in=shown).annotate(bucket=rollups.bucket_of("latency_ms"))
+    for row in calls.values("session_id", "bucket").annotate(
+        **_raw_sums(), errors=Count("id", filter=LLMRequestLog.FAILED)
+    ):
+        totals = found[row["session_id"]]
+        row["cost_units"] = rollups.as_units(row["cost_units"])
+        totals.figures.add_sums(row)
+        totals.figures.latency[row["bucket"]] += row["requests"]
+        totals.errors += row["errors"]
+    rows = [(_breakdown_row(key, totals.row(*BREAKDOWN_PERCENTILES)), totals) for key, totals in found.items()]
+    answer = _ranked(rows, order_by, limit)
+    groups = count + (1 if nobody["requests"] else 0)
+    if groups > len(shown):
+        rest = Totals(rollups.Figures(), everyone.errors)
+        rest.figures.merge(everyone.figures)
+        for totals in found.values():
+            rest.figures.merge(_negated(totals.figures))
+            rest.errors -= totals.errors
+        answer["other"] = {**_breakdown_row(None, rest.row(*BREAKDOWN_PERCENTILES)), "groups": groups - len(shown)}
+    return answer
 
 
 USER_FIGURE_SUMS = ("requests", "prompt_tokens", "completion_tokens", "total_tokens", "cost_units", "latency_sum_ms")

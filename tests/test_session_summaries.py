@@ -275,3 +275,25 @@ def test_breakdown_by_user_from_the_user_totals_equals_the_calls(api_client, cal
     rows = in_window(calls, start, end)
     assert any(not log.user_id for log in rows)  # the "" group is the totals less the users'
     check_breakdown(answer, rows, "user", order_by, limit)
+
+
+@pytest.mark.parametrize("window", WINDOWS)
+@pytest.mark.parametrize(("order_by", "limit"), [("cost", 4), ("requests", 1), ("errors", 3), ("tokens", 100)])
+def test_breakdown_by_session_from_the_summaries_equals_the_calls(api_client, calls, window, order_by, limit):
+    start, end = window
+    assert metrics._session_breakdown_from_summaries(chosen(start, end), order_by, limit) is not None
+    params = {"by": "session", "order_by": order_by, "limit": limit}
+    answer = api_client.get(
+        "/api/metrics/breakdown/", {"start_date": start.isoformat(), "end_date": end.isoformat(), **params}
+    ).json()
+    rows = in_window(calls, start, end)
+    assert any(not log.session_id for log in rows)  # the "" group: the totals less the sessions'
+    check_breakdown(answer, rows, "session", order_by, limit)
+    # Largest first, as the calls say (the sums are exact, so the order is too).
+    sums = defaultdict(float)
+    for log in rows:
+        sums[log.session_id] += {"cost": float(log.cost_estimate), "requests": 1, "errors": log.is_error}.get(
+            order_by, log.total_tokens
+        )
+    shown = [row["key"] for row in answer["groups"]]
+    assert shown == sorted(sums, key=lambda key: (-round(sums[key], 9), key))[:limit]
