@@ -1922,7 +1922,7 @@ def _sessions_at(the_plan: Plan, watermark: int) -> QuerySet:
         .order_by()
     )
     cut = SessionTotals.objects.filter(_cut_by(start, end)).values("session_id")
-    raw = _sessions_raw(the_plan.selection.logs.filter(Q(session_id__in=cut) | Q(session_id__in=stale))).order_by()
+    raw = _sessions_raw(the_plan.selection.logs.filter(session_id__in=_read_raw(cut, stale))).order_by()
     return whole.union(raw, all=True)
 
 
@@ -1975,6 +1975,12 @@ def _stale_sessions(watermark: int) -> QuerySet:
     )
 
 
+def _read_raw(cut: QuerySet, stale: QuerySet) -> QuerySet:
+    """The ids of the sessions read from their calls, as one subquery: PostgreSQL then reads
+    their calls on the session_id index (an OR of two subqueries made it scan the window)."""
+    return cut.union(stale)
+
+
 def _whole_in(start: datetime, end: datetime) -> Q:
     """Summaries (first_call, last_call) of sessions all of whose calls are in [start, end)."""
     return Q(first_call__gte=start, last_call__lt=end)
@@ -2014,7 +2020,7 @@ def _sessions_per_user(the_plan: Plan, watermark: int) -> dict[str, int]:
     for user_id, count in whole.values("user_id").annotate(n=Count("id")).values_list("user_id", "n").order_by():
         found[user_id] += count
     cut = SessionTotals.objects.filter(_cut_by(start, end)).values("session_id")
-    raw = the_plan.selection.logs.filter(NOT_BLANK_USER, Q(session_id__in=cut) | Q(session_id__in=stale))
+    raw = the_plan.selection.logs.filter(NOT_BLANK_USER, session_id__in=_read_raw(cut, stale))
     per_user = raw.exclude(session_id="").values("user_id").annotate(n=Count("session_id", distinct=True))
     for user_id, count in per_user.values_list("user_id", "n").order_by():
         found[user_id] += count
