@@ -22,6 +22,7 @@ from common import logged_in_client, median_get_ms  # noqa: I001 - sets Django u
 
 # isort: split
 import scale_data  # noqa: E402
+from django.contrib.auth import get_user_model  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from django.db import connection  # noqa: E402
 from django.utils import timezone  # noqa: E402
@@ -94,6 +95,8 @@ def explain(params: dict[str, str]) -> str:
 def main() -> None:
     prepare()
     client = logged_in_client()
+    # A session's page shows prompts and answers: the read_text right (superuser holds every role's).
+    get_user_model().objects.filter(username="bench").update(is_superuser=True)
     end = timezone.now()
     recent = LLMRequestLog.objects.filter(timestamp__gte=end - timedelta(hours=2)).exclude(session_id="", user_id="")
     sample = recent.values("user_id", "session_id").first()

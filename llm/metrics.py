@@ -64,6 +64,8 @@ from llm.models import (
     LLMRequestLogQuerySet,
     MetricWatermark,
     ModelPrice,
+    SessionTotals,
+    SessionUser,
     UserFeedback,
 )
 
@@ -1677,6 +1679,10 @@ def breakdown(
         raise ValueError(f"order_by is one of {', '.join(BREAKDOWN_ORDERS)}")
     chosen = selection(logs)
     answer = _breakdown_from_rollups(chosen, by, order_by, limit) if by in ROLLUP_BREAKDOWNS else None
+    if by == "user":
+        answer = _user_breakdown_from_rollups(chosen, order_by, limit)
+    elif by == "session" and order_by != "p95":
+        answer = _session_breakdown_from_summaries(chosen, order_by, limit)
     if answer is None:
         short = chosen.start is not None and chosen.end is not None and chosen.end - chosen.start <= EXACT_WINDOW
         keyed = chosen.logs.annotate(group_key=breakdown_key(by)).order_by()
@@ -1705,6 +1711,137 @@ def _breakdown_from_rollups(chosen: Selection, by: str, order_by: str, limit: in
     groups = [(key, totals) for (key,), totals in fold_status(found).items()]
     rows = [(_breakdown_row(key, totals.row(*BREAKDOWN_PERCENTILES)), totals) for key, totals in groups]
     return {"percentiles": PERCENTILES_APPROXIMATE, **_ranked(rows, order_by, limit)}
+
+
+def _user_breakdown_from_rollups(chosen: Selection, order_by: str, limit: int) -> dict[str, Any] | None:
+    """By user from the user totals (DailyUserTotals, HourlyUserTotals: sums and latency
+    histograms per user) of the window's whole days and hours, and raw rows elsewhere; the calls
+    without a user ("" group) are the window's totals (the roll-ups by model) less the users'."""
+    the_plan = summaries_plan(chosen)
+    found = None if the_plan is None else consistent(lambda watermark: _per_user_at(the_plan, watermark), the_plan)
+    if found is None:
+        return None
+    rows = [(_breakdown_row(key, totals.row(*BREAKDOWN_PERCENTILES)), totals) for key, totals in found.items()]
+    return {"percentiles": PERCENTILES_APPROXIMATE, **_ranked(rows, order_by, limit)}
+
+
+def _session_breakdown_from_summaries(chosen: Selection, order_by: str, limit: int) -> dict[str, Any] | None:
+    """By session, largest by a sum: the sessions' sums from the summaries (sessions_at), the
+    shown ones' figures and histograms from their calls, the calls without a session and `other`
+    as the window's totals (the roll-ups by model) less the rest. Not by p95: that needs every
+    session's percentile (the calls are read)."""
+    the_plan = summaries_plan(chosen)
+    if the_plan is None:
+        return None
+    read = lambda watermark: _session_breakdown_at(the_plan, watermark, order_by, limit)  # noqa: E731
+    answer = consistent(read, the_plan)
+    return None if answer is None else {"percentiles": PERCENTILES_APPROXIMATE, **answer}
+
+
+SESSION_SUMS = ("requests", "errors", "prompt_tokens", "completion_tokens", "total_tokens", "cost")
+
+
+def _session_breakdown_at(the_plan: Plan, watermark: int, order_by: str, limit: int) -> dict[str, Any]:
+    per_session = _sessions_at(the_plan, watermark)
+    figure = BREAKDOWN_ORDERS[order_by]
+    sql, params = per_session.query.sql_with_params()
+    sums = ", ".join(f"SUM({name})" for name in SESSION_SUMS)
+    with connections["default"].cursor() as cursor:  # ORM-made SQL, names from SESSION_SUMS
+        cursor.execute(f"SELECT COUNT(*), {sums} FROM ({sql}) AS sessions", params)  # noqa: S608
+        count, *summed = cursor.fetchone()
+        ranked = f"SELECT session_id, {figure} FROM ({sql}) AS sessions ORDER BY 2 DESC, 1 LIMIT %s"  # noqa: S608
+        cursor.execute(ranked, (*params, limit + 1))  # one more: the calls without a session may push one out
+        top = cursor.fetchall()
+    everyone = fold_status(measure_at(the_plan, ("status",), watermark)).get((), Totals(rollups.Figures()))
+    sessions_total = dict(zip(SESSION_SUMS, (value or 0 for value in summed), strict=True))
+    nobody = {
+        "requests": everyone.figures.requests - sessions_total["requests"],
+        "errors": everyone.errors - sessions_total["errors"],
+        "total_tokens": everyone.figures.total_tokens - sessions_total["total_tokens"],
+        "cost": float(rollups.usd(everyone.figures.cost_units)) - float(sessions_total["cost"]),
+    }
+    candidates = [(float(value or 0), key) for key, value in top]
+    if nobody["requests"]:
+        candidates.append((nobody[figure], ""))
+    shown = [key for _value, key in sorted(candidates, key=lambda item: (-item[0], item[1]))[:limit]]
+    found: dict[str, Totals] = {key: Totals(rollups.Figures()) for key in shown}
+    calls = the_plan.selection.logs.filter(session_id__in=shown).annotate(bucket=rollups.bucket_of("latency_ms"))
+    for row in calls.values("session_id", "bucket").annotate(
+        **_raw_sums(), errors=Count("id", filter=LLMRequestLog.FAILED)
+    ):
+        totals = found[row["session_id"]]
+        row["cost_units"] = rollups.as_units(row["cost_units"])
+        totals.figures.add_sums(row)
+        totals.figures.latency[row["bucket"]] += row["requests"]
+        totals.errors += row["errors"]
+    rows = [(_breakdown_row(key, totals.row(*BREAKDOWN_PERCENTILES)), totals) for key, totals in found.items()]
+    answer = _ranked(rows, order_by, limit)
+    groups = count + (1 if nobody["requests"] else 0)
+    if groups > len(shown):
+        rest = Totals(rollups.Figures(), everyone.errors)
+        rest.figures.merge(everyone.figures)
+        for totals in found.values():
+            rest.figures.merge(_negated(totals.figures))
+            rest.errors -= totals.errors
+        answer["other"] = {**_breakdown_row(None, rest.row(*BREAKDOWN_PERCENTILES)), "groups": groups - len(shown)}
+    return answer
+
+
+USER_FIGURE_SUMS = ("requests", "prompt_tokens", "completion_tokens", "total_tokens", "cost_units", "latency_sum_ms")
+
+
+def _per_user_at(the_plan: Plan, watermark: int) -> dict[str, Totals]:
+    tables, raw_spans, rolled_spans = _user_sources(the_plan)
+    found: dict[str, Totals] = {}
+
+    def totals_of(user_id: str) -> Totals:
+        return found.setdefault(user_id, Totals(rollups.Figures()))
+
+    for table in tables:
+        sums = {name: Sum(name) for name in (*USER_FIGURE_SUMS, "errors")}
+        for row in table.values("user_id").annotate(**sums).order_by():
+            totals = totals_of(row["user_id"])
+            totals.figures.add_sums({name: _number(name, row[name]) for name in USER_FIGURE_SUMS})
+            totals.errors += int(row["errors"] or 0)
+        keys: dict[str, int] = {}
+        groups, stored = [], []
+        for user_id, histogram in table.values_list("user_id", "latency_histogram").order_by():
+            groups.append(keys.setdefault(user_id, len(keys)))
+            stored.append(histogram)
+        merged = rollup_math.merge_grouped(groups, stored, len(keys))
+        for user_id, index in keys.items():
+            found[user_id].figures.latency += merged[index]
+    matching = LLMRequestLog.objects.filter(NOT_BLANK_USER).order_by()
+    raw = [matching.filter(timestamp__gte=start, timestamp__lt=end) for start, end in raw_spans]
+    if rolled_spans:
+        raw.append(above_watermark(matching, watermark, rolled_spans))
+    for rows in raw:
+        bucketed = rows.annotate(bucket=rollups.bucket_of("latency_ms")).values("user_id", "bucket")
+        for row in bucketed.annotate(**_raw_sums(), errors=Count("id", filter=LLMRequestLog.FAILED)):
+            totals = totals_of(row["user_id"])
+            row["cost_units"] = rollups.as_units(row["cost_units"])
+            totals.figures.add_sums(row)
+            totals.figures.latency[row["bucket"]] += row["requests"]
+            totals.errors += row["errors"]
+    everyone = fold_status(measure_at(the_plan, ("status",), watermark))
+    nobody = everyone.get((), Totals(rollups.Figures()))
+    for totals in found.values():
+        nobody.figures.merge(_negated(totals.figures))
+        nobody.errors -= totals.errors
+    if nobody.figures.requests:
+        found[""] = nobody
+    return found
+
+
+def _number(name: str, value: Any) -> float | int:
+    return float(value or 0) if name in FLOAT_SUMS else int(value or 0)
+
+
+def _negated(figures: rollups.Figures) -> rollups.Figures:
+    negated = rollups.Figures(latency=-figures.latency, ttft=-figures.ttft)
+    for name in ROLLUP_SUMS:
+        setattr(negated, name, -getattr(figures, name))
+    return negated
 
 
 def _group_sums(keyed: LLMRequestLogQuerySet) -> QuerySet:
@@ -1826,8 +1963,53 @@ def sessions(logs: Selection | LLMRequestLogQuerySet, order_by: str = "last_call
     if order_by not in SESSION_ORDERS:
         raise ValueError(f"order_by is one of {', '.join(SESSION_ORDERS)}")
     chosen = selection(logs)
+    the_plan = summaries_plan(chosen)
+    if the_plan is not None:
+        summed = consistent(lambda watermark: _sessions_at(the_plan, watermark), the_plan)
+        if summed is not None:
+            return summed.order_by(*SESSION_ORDERS[order_by])
+    return _sessions_raw(chosen.logs).order_by(*SESSION_ORDERS[order_by])
+
+
+SESSION_COLUMNS = (
+    "session_id",
+    "first_call",
+    "last_call",
+    "users",
+    "shown_user",
+    "models",
+    "shown_model",
+    "requests",
+    "errors",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "cost",
+)
+
+
+def _sessions_at(the_plan: Plan, watermark: int) -> QuerySet:
+    """The sessions of the window, exact: those it holds whole from SessionTotals (the window's
+    figures are the session's), united with those its edges cut, or with calls above the
+    watermark, grouped from their calls in the window. The paginator evaluates it later: a roll-up
+    meanwhile only refreshes sessions with calls above `watermark`, which are read raw anyway."""
+    start, end = the_plan.selection.start, the_plan.selection.end
+    stale = _stale_sessions(watermark)
+    whole = (
+        SessionTotals.objects.filter(_whole_in(start, end))
+        .exclude(session_id__in=stale)
+        .annotate(users=F("user_count"), models=F("model_count"))
+        .values(*SESSION_COLUMNS)
+        .order_by()
+    )
+    cut = SessionTotals.objects.filter(_cut_by(start, end)).values("session_id")
+    raw = _sessions_raw(the_plan.selection.logs.filter(session_id__in=_read_raw(cut, stale))).order_by()
+    return whole.union(raw, all=True)
+
+
+def _sessions_raw(calls: LLMRequestLogQuerySet) -> QuerySet:
     return (
-        chosen.logs.filter(NOT_BLANK_SESSION)
+        calls.filter(NOT_BLANK_SESSION)
         .values("session_id")
         .annotate(
             first_call=Min("timestamp"),
@@ -1839,16 +2021,162 @@ def sessions(logs: Selection | LLMRequestLogQuerySet, order_by: str = "last_call
             shown_model=Max("model_name"),
             **_usage_aggregates(),
         )
-        .order_by(*SESSION_ORDERS[order_by])
     )
 
 
-def users(logs: Selection | LLMRequestLogQuerySet, order_by: str = "cost") -> QuerySet:
+class Rows(list):
+    """Rows computed in full (a few hundred users), for llm.paging's paginator as a queryset is."""
+
+    def order_by(self, *fields: Any) -> Rows:
+        return self
+
+    def count(self) -> int:  # type: ignore[override]
+        return len(self)
+
+
+def summaries_plan(chosen: Selection) -> Plan | None:
+    """The plan when the user totals and the session summaries answer: a window of more than
+    EXACT_WINDOW with no other filter, model or status, the summaries complete for its days
+    (rollups.SESSIONS_READY); None: read the logs."""
+    if chosen.model or chosen.status:
+        return None
+    the_plan = plan(chosen)
+    ready = rollups.sessions_ready() if the_plan is not None else None
+    if ready is None:
+        return None
+    if ready.days_since is not None and chosen.start < rollup_math.day_start(ready.days_since, the_plan.zone):
+        return None
+    return the_plan
+
+
+def _stale_sessions(watermark: int) -> QuerySet:
+    """Sessions with calls above the watermark: their summaries may be behind (read raw)."""
+    return (
+        LLMRequestLog.objects.filter(id__gt=watermark, id__lte=LARGEST_ID).exclude(session_id="").values("session_id")
+    )
+
+
+def _read_raw(cut: QuerySet, stale: QuerySet) -> QuerySet:
+    """The ids of the sessions read from their calls, as one subquery: PostgreSQL then reads
+    their calls on the session_id index (an OR of two subqueries made it scan the window)."""
+    return cut.union(stale)
+
+
+def _whole_in(start: datetime, end: datetime) -> Q:
+    """Summaries (first_call, last_call) of sessions all of whose calls are in [start, end)."""
+    return Q(first_call__gte=start, last_call__lt=end)
+
+
+def _cut_by(start: datetime, end: datetime) -> Q:
+    """Summaries of sessions with calls both in [start, end) and outside it, or maybe in it."""
+    return Q(first_call__lt=end, last_call__gte=start) & ~_whole_in(start, end)
+
+
+USER_LIST_ROLLUP_FIELDS = {
+    **USER_ROLLUP_FIELDS,
+    "u_prompt_tokens": Sum("prompt_tokens"),
+    "u_completion_tokens": Sum("completion_tokens"),
+    "u_first": Min("first_call"),
+    "u_last": Max("last_call"),
+}
+
+
+def _user_list_raw_fields() -> dict[str, Aggregate]:
+    return {
+        **_user_raw_fields(),
+        "u_prompt_tokens": Sum("prompt_tokens"),
+        "u_completion_tokens": Sum("completion_tokens"),
+        "u_first": Min("timestamp"),
+        "u_last": Max("timestamp"),
+    }
+
+
+def _sessions_per_user(the_plan: Plan, watermark: int) -> dict[str, int]:
+    """Distinct sessions per user over the window: the sessions it holds whole from SessionUser,
+    those its edges cut (or with calls above the watermark) counted from their calls in it."""
+    start, end = the_plan.selection.start, the_plan.selection.end
+    stale = _stale_sessions(watermark)
+    found: dict[str, int] = defaultdict(int)
+    whole = SessionUser.objects.filter(_whole_in(start, end)).exclude(session_id__in=stale)
+    for user_id, count in whole.values("user_id").annotate(n=Count("id")).values_list("user_id", "n").order_by():
+        found[user_id] += count
+    cut = SessionTotals.objects.filter(_cut_by(start, end)).values("session_id")
+    raw = the_plan.selection.logs.filter(NOT_BLANK_USER, session_id__in=_read_raw(cut, stale))
+    per_user = raw.exclude(session_id="").values("user_id").annotate(n=Count("session_id", distinct=True))
+    for user_id, count in per_user.values_list("user_id", "n").order_by():
+        found[user_id] += count
+    return found
+
+
+def _users_at(the_plan: Plan, watermark: int) -> list[dict[str, Any]]:
+    parts, params = _user_parts(the_plan, watermark, USER_LIST_ROLLUP_FIELDS, _user_list_raw_fields())
+    names = ["requests", "errors", "total_tokens", "cost_units", "prompt_tokens", "completion_tokens"]
+    sums = ", ".join(f"SUM(u_{name})" for name in names)
+    sql = f"SELECT user_id, {sums}, MIN(u_first), MAX(u_last) FROM ({' UNION ALL '.join(parts)}) AS parts GROUP BY user_id"  # noqa: S608,E501
+    with connections["default"].cursor() as cursor:
+        cursor.execute(sql, params)
+        found = cursor.fetchall()
+    sessions_of = _sessions_per_user(the_plan, watermark)
+    field = LLMRequestLog._meta.get_field("timestamp")
+    rows = []
+    for user_id, requests, errors, tokens, units, prompt, completion, first, last in found:
+        # SQLite answers MIN/MAX of a union as text: the column's converter makes them datetimes.
+        first_seen, last_seen = (_as_datetime(field, value) for value in (first, last))
+        rows.append(
+            {
+                "user_id": user_id,
+                "sessions": sessions_of.get(user_id, 0),
+                "first_seen": first_seen,
+                "last_seen": last_seen,
+                "requests": int(requests),
+                "errors": int(errors or 0),
+                "prompt_tokens": int(prompt or 0),
+                "completion_tokens": int(completion or 0),
+                "total_tokens": int(tokens or 0),
+                "cost": rollups.usd(rollups.as_units(units)),
+                "cost_units": rollups.as_units(units),
+            }
+        )
+    return rows
+
+
+def _as_datetime(field: Any, value: Any) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        return value
+    for converter in connections["default"].ops.get_db_converters(field.get_col(field.model._meta.db_table)):
+        value = converter(value, field, connections["default"])
+    return value
+
+
+USER_ROW_ORDERS = {
+    "cost": lambda row: (-row["cost_units"], row["user_id"]),
+    "requests": lambda row: (-row["requests"], row["user_id"]),
+    "last_seen": lambda row: (-row["last_seen"].timestamp(), row["user_id"]),
+}
+
+
+def _users_from_summaries(chosen: Selection, order_by: str) -> Rows | None:
+    the_plan = summaries_plan(chosen)
+    found = None if the_plan is None else consistent(lambda watermark: _users_at(the_plan, watermark), the_plan)
+    if found is None:
+        return None
+    found.sort(key=USER_ROW_ORDERS[order_by])
+    for row in found:
+        del row["cost_units"]
+    return Rows(found)
+
+
+def users(logs: Selection | LLMRequestLogQuerySet, order_by: str = "cost") -> QuerySet | Rows:
     """One row per user of the calls (calls without a user_id left out): calls, sessions, tokens,
-    cost, errors, first and last seen; costliest first, or busiest, or latest seen."""
+    cost, errors, first and last seen; costliest first, or busiest, or latest seen. A queryset,
+    for the paginators, or over a long unfiltered window the same rows summed from the user
+    totals and the session summaries (exact: _users_from_summaries)."""
     if order_by not in USER_ORDERS:
         raise ValueError(f"order_by is one of {', '.join(USER_ORDERS)}")
     chosen = selection(logs)
+    answer = _users_from_summaries(chosen, order_by)
+    if answer is not None:
+        return answer
     return (
         chosen.logs.filter(NOT_BLANK_USER)
         .values("user_id")

@@ -1744,6 +1744,15 @@ class UserTotals(models.Model):
     errors = models.BigIntegerField(default=0)
     total_tokens = models.BigIntegerField(default=0)
     cost_units = models.BigIntegerField(default=0)  # USD 10^-10, as RollupFigures.cost_units
+    # For the users list and the breakdown by user (llm.metrics.users, breakdown): exact sums, the
+    # period's first and last call, and the latency histogram (llm/rollup_math.py's stored form).
+    # (Database defaults: rows written by SQL that predates them, like migration 0011's, stay valid.)
+    prompt_tokens = models.BigIntegerField(default=0, db_default=0)
+    completion_tokens = models.BigIntegerField(default=0, db_default=0)
+    latency_sum_ms = models.FloatField(default=0, db_default=0)
+    first_call = models.DateTimeField(null=True)
+    last_call = models.DateTimeField(null=True)
+    latency_histogram = models.BinaryField(default=b"", db_default=b"")
 
     class Meta:
         abstract = True
@@ -1777,6 +1786,54 @@ class HourlyUserTotals(UserTotals):
 
     def __str__(self) -> str:
         return f"{self.hour:%Y-%m-%d %H:00} {self.user_id}: {self.requests}"
+
+
+class SessionTotals(models.Model):
+    """One session's calls, all of them (not a window's): what the sessions list shows, kept by
+    llm/rollups.py (the sessions touched by new calls are summed again from their calls, so the
+    distinct counts stay exact). A window that holds all of a session's calls reads this row; a
+    session cut by the window's edges, or with calls above the roll-up watermark, is read raw."""
+
+    session_id = models.CharField(max_length=200, unique=True)
+    first_call = models.DateTimeField()
+    last_call = models.DateTimeField()
+    requests = models.BigIntegerField(default=0)
+    errors = models.BigIntegerField(default=0)
+    prompt_tokens = models.BigIntegerField(default=0)
+    completion_tokens = models.BigIntegerField(default=0)
+    total_tokens = models.BigIntegerField(default=0)
+    cost = models.DecimalField(max_digits=20, decimal_places=10, null=True)  # as Sum(cost_estimate)
+    user_count = models.IntegerField(default=0)
+    shown_user = models.CharField(max_length=200, blank=True, default="")
+    model_count = models.IntegerField(default=0)
+    shown_model = models.CharField(max_length=200, blank=True, default="")
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["last_call", "first_call"], name="llm_sessiontotals_last"),
+            models.Index(fields=["first_call"], name="llm_sessiontotals_first"),
+        ]
+        verbose_name_plural = "session totals"
+
+    def __str__(self) -> str:
+        return f"{self.session_id}: {self.requests}"
+
+
+class SessionUser(models.Model):
+    """A user of a session, with the session's first and last call: the users list's distinct
+    sessions per user over the sessions a window holds whole (the others are counted raw)."""
+
+    session_id = models.CharField(max_length=200)
+    user_id = models.CharField(max_length=200)
+    first_call = models.DateTimeField()
+    last_call = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["session_id", "user_id"], name="llm_sessionuser_key")]
+        indexes = [models.Index(fields=["first_call", "last_call"], name="llm_sessionuser_span")]
+
+    def __str__(self) -> str:
+        return f"{self.session_id} {self.user_id}"
 
 
 class DashboardSettings(models.Model):

@@ -93,6 +93,8 @@ def purge(
         result.spans += TraceSpan.objects.filter(id__in=ids).delete()[0]
 
     result.batches += _in_batches(lambda: old_logs(cutoff), delete_logs, batch_size)
+    if result.logs:
+        rollups.forget_purged_sessions(cutoff)  # the session summaries answer what the logs hold
     result.batches += _in_batches(lambda: old_spans(cutoff), delete_spans, batch_size)
     result.batches += _in_batches(lambda: old_alert_logs(cutoff), delete_alert_logs, batch_size)
     return result

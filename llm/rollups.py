@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 from django.conf import settings
 from django.db import DatabaseError, connection
-from django.db.models import BigIntegerField, Case, Count, F, IntegerField, Q, Sum, Value, When
+from django.db.models import BigIntegerField, Case, Count, F, IntegerField, Max, Min, Q, Sum, Value, When
 from django.db.models.functions import Cast, Floor, Least, Ln, Round, TruncDate, TruncHour
 from django.utils import timezone
 
@@ -49,6 +49,8 @@ from llm.models import (
     LLMRequestLog,
     LLMRequestLogQuerySet,
     MetricWatermark,
+    SessionTotals,
+    SessionUser,
 )
 
 logger = logging.getLogger(__name__)
@@ -196,8 +198,7 @@ def _upsert(model: type, period_field: str, groups: dict[tuple, Figures]) -> Non
 
 
 def _upsert_users(rows: LLMRequestLogQuerySet, zone: Any) -> None:
-    """Add the rows to DailyUserRollup (day x model x status x user) and, from the same GROUP BY,
-    to DailyUserTotals (day x user)."""
+    """Add the rows to DailyUserRollup (day x model x status x user) and to DailyUserTotals (day x user)."""
     groups = (
         rows.exclude(user_id="")
         .annotate(day=TruncDate("timestamp", tzinfo=zone))
@@ -208,36 +209,75 @@ def _upsert_users(rows: LLMRequestLogQuerySet, zone: Any) -> None:
     added = {(row["day"], row["model_name"], row["status"], row["user_id"]): row for row in groups}
     if not added:
         return
-    totals: dict[tuple, dict[str, int]] = defaultdict(lambda: dict.fromkeys(USER_TOTALS, 0))
-    for (day, _model, status, user_id), group in added.items():
-        total = totals[(day, user_id)]
-        total["requests"] += group["requests"]
-        total["errors"] += group["requests"] if status == LLMRequestLog.Status.ERROR else 0
-        total["total_tokens"] += group["total_tokens"] or 0
-        total["cost_units"] += as_units(group["cost_units"])
     _add_user_rows(DailyUserRollup, ("day", "model_name", "status", "user_id"), added)
-    _add_user_rows(DailyUserTotals, ("day", "user_id"), totals)
+    _add_user_totals(DailyUserTotals, "day", _user_totals(rows, TruncDate("timestamp", tzinfo=zone)))
 
 
 def _upsert_hourly_users(rows: LLMRequestLogQuerySet) -> None:
-    groups = (
-        rows.exclude(user_id="")
-        .annotate(hour=TruncHour("timestamp", tzinfo=UTC))
-        .values("hour", "user_id")
-        .annotate(
-            requests=Count("id"),
-            errors=Count("id", filter=Q(status=LLMRequestLog.Status.ERROR)),
-            total_tokens=Sum("total_tokens"),
-            cost_units=cost_units_sum(),
-        )
-        .order_by()
-    )
-    added = {(row["hour"], row["user_id"]): row for row in groups}
-    if added:
-        _add_user_rows(HourlyUserTotals, ("hour", "user_id"), added)
+    _add_user_totals(HourlyUserTotals, "hour", _user_totals(rows, TruncHour("timestamp", tzinfo=UTC)))
 
 
 USER_TOTALS = ("requests", "errors", "total_tokens", "cost_units")
+# What DailyUserTotals and HourlyUserTotals add up per period and user (the users list and the
+# breakdown by user read them), besides the first and last call and the latency histogram.
+USER_SUMS = (*USER_TOTALS, "prompt_tokens", "completion_tokens", "latency_sum_ms")
+
+
+def _user_totals(rows: LLMRequestLogQuerySet, period: Any) -> dict[tuple, dict[str, Any]]:
+    """The rows' sums per (period, user), with first and last call and a dense latency histogram:
+    two GROUP BY queries."""
+    keyed = rows.exclude(user_id="").annotate(period=period).order_by()
+    found: dict[tuple, dict[str, Any]] = {}
+    sums = keyed.values("period", "user_id").annotate(
+        requests=Count("id"),
+        errors=Count("id", filter=Q(status=LLMRequestLog.Status.ERROR)),
+        total_tokens=Sum("total_tokens"),
+        cost_units=cost_units_sum(),
+        prompt_tokens=Sum("prompt_tokens"),
+        completion_tokens=Sum("completion_tokens"),
+        latency_sum_ms=Sum("latency_ms"),
+        first_call=Min("timestamp"),
+        last_call=Max("timestamp"),
+    )
+    for row in sums:
+        row["latency"] = rollup_math.empty()
+        found[(row["period"], row["user_id"])] = row
+    buckets = keyed.filter(latency_ms__isnull=False).annotate(bucket=bucket_of("latency_ms"))
+    for row in buckets.values("period", "user_id", "bucket").annotate(count=Count("id")):
+        found[(row["period"], row["user_id"])]["latency"][row["bucket"]] += row["count"]
+    return found
+
+
+def _add_user_totals(model: type, period: str, added: dict[tuple, dict[str, Any]]) -> None:
+    """Add `added` ((period, user) -> _user_totals row) to `model`'s rows, creating the missing ones."""
+    if not added:
+        return
+    existing = {
+        (getattr(row, period), row.user_id): row
+        for row in model.objects.filter(
+            **{f"{period}__in": {key[0] for key in added}}, user_id__in={key[1] for key in added}
+        )
+    }
+    rows = []
+    for key, group in added.items():
+        row = existing.get(key) or model(**{period: key[0], "user_id": key[1]})
+        rows.append(row)
+        for name in USER_SUMS:
+            value = group.get(name) or 0
+            setattr(row, name, getattr(row, name) + (value if name == "latency_sum_ms" else as_units(value)))
+        row.first_call = min(filter(None, (row.first_call, group["first_call"])))
+        row.last_call = max(filter(None, (row.last_call, group["last_call"])))
+        row.latency_histogram = rollup_math.encode(rollup_math.add_encoded(group["latency"], row.latency_histogram))
+    _save(model, rows, [period, "user_id"], [*USER_SUMS, "first_call", "last_call", "latency_histogram"])
+
+
+def _save(model: type, rows: list, key_fields: list[str], fields: list[str]) -> None:
+    """Write the rows (new and existing, their final values) as one INSERT ... ON CONFLICT (key)
+    DO UPDATE per 500: bulk_update's CASE per field and row costs seconds for 500 rows."""
+    fresh = [model(**{name: getattr(row, name) for name in (*key_fields, *fields)}) for row in rows]
+    model.objects.bulk_create(
+        fresh, batch_size=500, update_conflicts=True, unique_fields=key_fields, update_fields=fields
+    )
 
 
 def _add_user_rows(model: type, key_fields: tuple[str, ...], added: dict[tuple, dict[str, Any]]) -> None:
@@ -250,18 +290,114 @@ def _add_user_rows(model: type, key_fields: tuple[str, ...], added: dict[tuple, 
             **{f"{period}__in": {key[0] for key in added}}, user_id__in={key[-1] for key in added}
         )
     }
-    new, changed = [], []
+    rows = []
     for key, group in added.items():
-        row = existing.get(key)
-        if row is None:
-            row = model(**dict(zip(key_fields, key, strict=True)))
-            new.append(row)
-        else:
-            changed.append(row)
+        row = existing.get(key) or model(**dict(zip(key_fields, key, strict=True)))
+        rows.append(row)
         for name in sums:
             setattr(row, name, getattr(row, name) + as_units(group.get(name)))
-    model.objects.bulk_create(new, batch_size=500)
-    model.objects.bulk_update(changed, sums, batch_size=500)
+    _save(model, rows, list(key_fields), sums)
+
+
+# The session summaries (SessionTotals, SessionUser): not added to but summed again, per touched
+# session, from all its calls, so the distinct counts (users, models) and the first and last call
+# stay exact. A batch of 500 new calls touches at most 500 sessions of a few calls each: one
+# GROUP BY on the session_id index, one delete and one insert per table.
+
+SESSION_BATCH = 500
+
+
+def _session_rows(calls: LLMRequestLogQuerySet) -> dict[str, Any]:
+    """The calls' sessions, summed as SessionTotals holds them (the API's raw grouping)."""
+    not_blank_user = ~Q(user_id="")
+    return (
+        calls.exclude(session_id="")
+        .values("session_id")
+        .annotate(
+            first_call=Min("timestamp"),
+            last_call=Max("timestamp"),
+            requests=Count("id"),
+            errors=Count("id", filter=LLMRequestLog.FAILED),
+            prompt_tokens=Sum("prompt_tokens"),
+            completion_tokens=Sum("completion_tokens"),
+            total_tokens=Sum("total_tokens"),
+            cost_units=cost_units_sum(),
+            user_count=Count("user_id", distinct=True, filter=not_blank_user),
+            shown_user=Max("user_id"),
+            model_count=Count("model_name", distinct=True),
+            shown_model=Max("model_name"),
+        )
+        .order_by()
+    )
+
+
+def refresh_sessions(session_ids: Iterable[str]) -> int:
+    """Sum these sessions again from their calls (a session without calls left loses its rows);
+    answers how many sessions have rows now."""
+    ids = sorted({session_id for session_id in session_ids if session_id})
+    kept = 0
+    for offset in range(0, len(ids), SESSION_BATCH):
+        chunk = ids[offset : offset + SESSION_BATCH]
+        SessionTotals.objects.filter(session_id__in=chunk).delete()
+        SessionUser.objects.filter(session_id__in=chunk).delete()
+        calls = LLMRequestLog.objects.filter(session_id__in=chunk)
+        totals = []
+        for row in _session_rows(calls):
+            units = row.pop("cost_units")
+            totals.append(SessionTotals(**row, cost=None if units is None else usd(as_units(units))))
+        SessionTotals.objects.bulk_create(totals, batch_size=500)
+        spans = {row.session_id: (row.first_call, row.last_call) for row in totals}
+        pairs = calls.exclude(user_id="").values_list("session_id", "user_id").distinct().order_by()
+        SessionUser.objects.bulk_create(
+            [
+                SessionUser(
+                    session_id=session_id,
+                    user_id=user_id,
+                    first_call=spans[session_id][0],
+                    last_call=spans[session_id][1],
+                )
+                for session_id, user_id in pairs
+            ],
+            batch_size=500,
+        )
+        kept += len(totals)
+    return kept
+
+
+def touched_sessions(calls: LLMRequestLogQuerySet) -> list[str]:
+    return list(calls.exclude(session_id="").values_list("session_id", flat=True).distinct().order_by())
+
+
+# Marks that SessionTotals / SessionUser and the user totals' newer columns (prompt and completion
+# tokens, latency, first and last call) hold every log: set by rebuild_rollups, or by the migration
+# on an empty database. Its days_since is the first local day whose user totals have those columns
+# (days before it were rolled up earlier and their logs purged). Without it, reads stay raw.
+SESSIONS_READY = "sessions"
+
+
+def rebuild_sessions(since: date | None = None) -> int:
+    """Every session summed again from the logs (rebuild_rollups): in chunks of sessions."""
+    SessionTotals.objects.all().delete()
+    SessionUser.objects.all().delete()
+    kept = refresh_sessions(touched_sessions(LLMRequestLog.objects.all()))
+    ready, created = MetricWatermark.objects.get_or_create(name=SESSIONS_READY)
+    if created or since is None:
+        ready.days_since = since
+    elif ready.days_since is not None:
+        ready.days_since = min(ready.days_since, since)
+    ready.save()
+    return kept
+
+
+def sessions_ready() -> MetricWatermark | None:
+    return MetricWatermark.objects.filter(name=SESSIONS_READY).first()
+
+
+def forget_purged_sessions(cutoff: datetime) -> int:
+    """After purge_logs deleted the calls before `cutoff`: the sessions that had calls then are
+    summed again from what is left (the list answers what the logs hold, like a session's page)."""
+    old = SessionTotals.objects.filter(first_call__lt=cutoff).values_list("session_id", flat=True)
+    return refresh_sessions(list(old))
 
 
 PERIOD_TABLES = (("hour", HourlyRollup), ("day", DailyRollup))
@@ -318,6 +454,7 @@ def roll_up(*, limit: int | None = CATCH_UP_LIMIT, try_lock: bool = False) -> in
             watermark.time_zone = ""  # from now on they miss rows: only a rebuild trusts them again
         added = claim.upto - watermark.last_id
         add_rows(rows, daily=daily)
+        refresh_sessions(touched_sessions(rows))
         claim.advance()
         return added
 
@@ -405,10 +542,17 @@ def rebuild(since: date | None = None, progress: Callable[[str], None] | None = 
             add_rows(LLMRequestLog.objects.filter(id__lte=upto, timestamp__gte=start, timestamp__lt=end))
             days += 1
             progress(f"{day}: rolled up")
+        rebuild_sessions(None if watermark.days_since is None and _has_no_older_rollups(since) else since)
+        progress("sessions: summed")
         watermark.time_zone = settings.TIME_ZONE
         claim.upto = upto
         claim.advance()
     return RebuildResult(since=since, upto=upto, days=days)
+
+
+def _has_no_older_rollups(since: date) -> bool:
+    """Whether no user roll-up row is older than `since` (then the user totals are whole)."""
+    return not DailyUserTotals.objects.filter(day__lt=since).exists()
 
 
 def _days_from(since: date, zone: Any, upto: int) -> Iterable[tuple[date, datetime, datetime]]:

@@ -57,7 +57,8 @@ class SessionList(GroupedList):
 
     def get_queryset(self):
         order_by = chosen_order(self.request, metrics.SESSION_ORDERS, "last_call")
-        return metrics.sessions(self.filter_logs(), order_by)
+        self.filter_logs()
+        return metrics.sessions(metrics.Selection.of(self.filtered_logs), order_by)
 
 
 class SessionDetail(DeclaredParameters, APIView):
@@ -93,7 +94,8 @@ class UserList(GroupedList):
 
     def get_queryset(self):
         order_by = chosen_order(self.request, metrics.USER_ORDERS, "cost")
-        return metrics.users(self.filter_logs(), order_by)
+        self.filter_logs()
+        return metrics.users(metrics.Selection.of(self.filtered_logs), order_by)
 
 
 @extend_schema_view(
