@@ -29,6 +29,14 @@ TRACES = "/v1/traces"
 NOW = datetime(2026, 3, 2, 12, 0, 15, tzinfo=UTC)
 
 
+@pytest.fixture(autouse=True)
+def local_counts():
+    """Each test starts with no count in this process: the last test's rows were rolled back."""
+    throttles.forget_local_counts()
+    yield
+    throttles.forget_local_counts()
+
+
 @pytest.fixture
 def clock():
     with time_machine.travel(NOW, tick=False) as traveller:
