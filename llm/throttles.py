@@ -160,7 +160,8 @@ class _Count:
 
     shared: int = 0  # the row's total when this process last heard it (only grows within a minute)
     pending: int = 0  # admitted here since, not yet added to the row
-    in_flight: int = 0  # being added to the row by contacts under way (other threads', maybe)
+    in_flight: int = 0  # being added to the row by the contact under way (another thread's, maybe)
+    contacting: bool = False  # one contact at a time (see _decide)
     contacted_at: float | None = None  # wall time of the last contact; None: none yet this minute
 
     def known(self, amount: int) -> int:
@@ -173,6 +174,10 @@ ADMIT, REFUSE, CONTACT = "admit", "refuse", "contact"
 # other threads keep counting while one of them waits on the database.
 _counts: dict[tuple[str, int], _Count] = {}
 _lock = threading.Lock()
+_contact_ended = threading.Condition(_lock)
+# How long a thread waits for another's contact before it makes its own (a database that hangs
+# fails that contact long before: this only keeps a lost wake-up from stopping a request).
+CONTACT_WAIT_SECONDS = 5.0
 # The latest minute seen: past minutes' counts are dropped when it changes.
 _latest_minute: list[int] = [0]
 # The database the counts were made in (its NAME setting): the exit flush goes nowhere else.
@@ -187,11 +192,18 @@ def _decide(key: tuple[str, int], amount: int, per_minute: int, now: float) -> t
         past = _end_past_minutes(key[1])
         count = _counts.setdefault(key, _Count())
         decision = _choose(count, amount, per_minute, now)
+        if decision == CONTACT and count.contacting:
+            # The row's condition sees only what reached it: a second contact under way together
+            # with this one could pass the limit with what the first carries. Wait for its answer,
+            # then decide again on what it heard.
+            _contact_ended.wait_for(lambda: not count.contacting, timeout=CONTACT_WAIT_SECONDS)
+            decision = _choose(count, amount, per_minute, now)
         if decision == ADMIT:
             count.pending += amount
         elif decision == CONTACT:
             batch, count.pending = count.pending, 0
             count.in_flight += batch + amount
+            count.contacting = True
             # Claimed now: the other threads go on counting here instead of contacting too.
             count.contacted_at = now
     # A new minute: what was admitted in the past one goes to its row (for the record: nothing
@@ -236,10 +248,14 @@ def _contact(key: tuple[str, int], count: _Count, batch: int, amount: int, per_m
         with _lock:  # the database is away: keep the pending part for the next contact
             count.pending += batch
             count.in_flight -= batch + amount
+            count.contacting = False
+            _contact_ended.notify_all()
         raise
     with _lock:
         count.shared = max(count.shared, hits)
         count.in_flight -= batch + amount
+        count.contacting = False
+        _contact_ended.notify_all()
     if admitted and hits == batch + amount:
         # The minute's row is new: the rows of past minutes are of no more use.
         RateLimitCounter.objects.filter(minute__lt=minute - 1).delete()
