@@ -190,6 +190,20 @@ async def measure_overhead(app_port: int, upstream_port: int, auth: str) -> dict
     return {f"{name} {q}": percentile(values, q) for name, values in times.items() for q in (50, 99)}
 
 
+async def warm_up(app_port: int, auth: str, prompts: int = 20) -> None:
+    """What the overhead measure does for the main server: gunicorn listens seconds before its
+    workers are up, and their first prompts open connections and import what they need."""
+    body = json.dumps(PROMPT).encode()
+
+    async def client() -> None:
+        connection = Connection(app_port)
+        for _ in range(prompts):
+            await connection.post("/api/llm/prompt/", body, auth)
+        connection.close()
+
+    await asyncio.gather(*(client() for _ in range(CLIENTS)))
+
+
 async def measure_throughput(app_port: int, auth: str, stream: bool = False) -> dict[str, float]:
     """CLIENTS keep-alive connections, each sending prompts back to back for THROUGHPUT_SECONDS."""
     body = json.dumps({**PROMPT, "stream": stream}).encode()
@@ -417,6 +431,7 @@ def main() -> None:
             fake_groq(fast_port, FAST_SECONDS, logs / "fake-limit-off.log"),
             app_server(app_port, f"http://127.0.0.1:{fast_port}", logs / "app-limit-off.log", PROMPT_RATE_LIMIT="0"),
         ):
+            loop_run(warm_up(app_port, auth))
             results["throughput limit off"] = loop_run(measure_throughput(app_port, auth))
     with (
         fake_groq(slow_port, SLOW_SECONDS, logs / "fake-slow.log"),
