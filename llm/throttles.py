@@ -138,6 +138,8 @@ def use(limit: RateLimit, caller: Caller | None, amount: int = 1) -> Refusal | N
             f"allowed for {caller.label} ({limit.setting}); send smaller batches.",
         )
     key = (f"{limit.name}:{caller.subject}", int(now // 60))
+    if key[1] > _latest_minute[0]:  # (read without the lock: _send_past_minutes looks again)
+        _send_past_minutes(key[1])
     decision, count, batch = _decide(key, amount, per_minute, now)
     if decision == ADMIT:
         return None
@@ -189,7 +191,6 @@ def _decide(key: tuple[str, int], amount: int, per_minute: int, now: float) -> t
     out and reserved as in flight with the request's amount (the caller must call _contact)."""
     batch = 0
     with _lock:
-        past = _end_past_minutes(key[1])
         count = _counts.setdefault(key, _Count())
         decision = _choose(count, amount, per_minute, now)
         if decision == CONTACT and count.contacting:
@@ -206,10 +207,6 @@ def _decide(key: tuple[str, int], amount: int, per_minute: int, now: float) -> t
             count.contacting = True
             # Claimed now: the other threads go on counting here instead of contacting too.
             count.contacted_at = now
-    # A new minute: what was admitted in the past one goes to its row (for the record: nothing
-    # is decided on it any more).
-    for (subject, minute), pending in past:
-        _add(subject, minute, pending, None)
     return decision, count, batch
 
 
@@ -224,13 +221,18 @@ def _choose(count: _Count, amount: int, per_minute: int, now: float) -> str:
     return CONTACT
 
 
-def _end_past_minutes(minute: int) -> list[tuple[tuple[str, int], int]]:
-    """Drop the counts of minutes before `minute`; answers what they had not yet sent. Under _lock."""
-    if minute <= _latest_minute[0]:
-        return []  # the same minute as the last request's: nothing to look at
-    _latest_minute[0] = minute
-    past = [key for key in _counts if key[1] < minute]
-    return [(key, pending) for key in past if (pending := _counts.pop(key).pending)]
+def _send_past_minutes(minute: int) -> None:
+    """A new minute: drop the counts of past ones, adding what they had not yet sent to their rows
+    (for the record: nothing is decided on them any more). Before any contact is claimed, so that
+    a database error here leaves no contact marked as under way."""
+    with _lock:
+        if minute <= _latest_minute[0]:
+            return  # another thread was first
+        _latest_minute[0] = minute
+        past = [key for key in _counts if key[1] < minute]
+        unsent = [(key, pending) for key in past if (pending := _counts.pop(key).pending)]
+    for (subject, past_minute), pending in unsent:
+        _add(subject, past_minute, pending, None)
 
 
 def _contact(key: tuple[str, int], count: _Count, batch: int, amount: int, per_minute: int) -> bool:
