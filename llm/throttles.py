@@ -18,7 +18,9 @@ each process also counts on its own (`_Count`) and only contacts the row now and
 - Otherwise the request contacts the database: one upsert adds what this process admitted since
   its last contact together with the request, on condition that the total stays within the limit
   (`WHERE hits + n <= limit`), and reads the shared total back. Refused, it adds the already
-  admitted part alone. The first request of a minute in a process always contacts.
+  admitted part alone. A process's first request of a minute contacts. One contact at a time per
+  caller in a process: a thread that needs one while another is under way waits for its answer
+  (the row's condition cannot see what the other carries); the rest go on counting locally.
 - A request is refused locally when what this process knows already passes the limit: within a
   minute the shared total only grows, so that refusal is never wrong.
 - What is left uncounted in the row is added when the process sees the minute change and at exit.
