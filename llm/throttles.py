@@ -318,7 +318,9 @@ def forget_local_counts() -> None:
 
 
 @atexit.register
-def _flush_at_exit() -> None:
+def flush_at_exit() -> None:
+    """flush(), when a process ends: at interpreter exit (atexit), and from the ASGI handler's
+    lifespan shutdown, since uvicorn ends a worker by re-raising SIGTERM, past atexit hooks."""
     # Unsent counts would otherwise be missed by the other workers for the rest of the minute (the
     # bound allows it; the row is better right). Only into the database they were made in: at the
     # end of a test run the test database is gone and the setting points to the developer's.

@@ -38,7 +38,7 @@ def forked(limit: int, attempts: int, start: datetime, go, results) -> None:
     go.wait()
     results.put(admit(limit, attempts, start))
     # multiprocessing ends a forked child with os._exit, past the atexit hooks: run this one.
-    throttles._flush_at_exit()
+    throttles.flush_at_exit()
 
 
 if __name__ == "__main__":
