@@ -3,6 +3,7 @@ through a second, and how many can be in flight at once.
 
     .venv/bin/python bench/hotpath_bench.py                         # SQLite (a temporary file)
     scripts/with-postgres .venv/bin/python bench/hotpath_bench.py   # PostgreSQL
+    BENCH_LIMIT_OFF=1 ...                                           # and a row with the prompt limit off
 
 It starts the fake Groq of tests/fake_groq.py in its asyncio form (one process holds thousands of
 slow answers), then the app as `make run` serves it (core/gunicorn.conf.py), and talks
@@ -50,6 +51,10 @@ INGEST_CLIENTS = (1, 4, 8)
 EVENTS_PER_BATCH = 500
 SPANS_PER_EXPORT = 500
 COPY_ROWS = 20_000
+# The rate limits are on, at a value never reached (what they cost is measured, not what they
+# refuse), unless the environment sets them; BENCH_LIMIT_OFF=1 adds a row of prompts/s with
+# PROMPT_RATE_LIMIT=0, from a server of its own.
+RATE_LIMITS = {"PROMPT_RATE_LIMIT": "100000000", "INGEST_RATE_LIMIT": "1000000000"}
 
 
 def free_port() -> int:
@@ -92,10 +97,11 @@ def fake_groq(port: int, delay: float, log: Path):
     return running(command, port, dict(os.environ), log)
 
 
-def app_server(port: int, upstream: str, log: Path):
+def app_server(port: int, upstream: str, log: Path, **settings: str):
     command = shlex.split(_serve_label()) + ["--bind", f"127.0.0.1:{port}"]
     command[0] = str(ROOT / ".venv" / "bin" / command[0]) if not os.path.isabs(command[0]) else command[0]
     env = {
+        **RATE_LIMITS,
         **os.environ,
         # Production settings: no debug bookkeeping, plain HTTP on the loopback.
         "DEBUG": "False",
@@ -106,6 +112,7 @@ def app_server(port: int, upstream: str, log: Path):
         "GROQ_BASE_URL": upstream,
         "GROQ_MAX_RETRIES": "0",
         "OBSERVATORY_ENV_FILE": "",
+        **settings,
     }
     return running(command, port, env, log)
 
@@ -181,6 +188,20 @@ async def measure_overhead(app_port: int, upstream_port: int, auth: str) -> dict
     direct.close()
     through.close()
     return {f"{name} {q}": percentile(values, q) for name, values in times.items() for q in (50, 99)}
+
+
+async def warm_up(app_port: int, auth: str, prompts: int = 20) -> None:
+    """What the overhead measure does for the main server: gunicorn listens seconds before its
+    workers are up, and their first prompts open connections and import what they need."""
+    body = json.dumps(PROMPT).encode()
+
+    async def client() -> None:
+        connection = Connection(app_port)
+        for _ in range(prompts):
+            await connection.post("/api/llm/prompt/", body, auth)
+        connection.close()
+
+    await asyncio.gather(*(client() for _ in range(CLIENTS)))
 
 
 async def measure_throughput(app_port: int, auth: str, stream: bool = False) -> dict[str, float]:
@@ -405,6 +426,13 @@ def main() -> None:
         results["rows"] = {"written": written, "expected": expected}
         if os.environ.get("BENCH_INGEST", "1") == "1":
             results.update(run_ingest(app_port, auth, loop_run))
+    if os.environ.get("BENCH_LIMIT_OFF") == "1":
+        with (
+            fake_groq(fast_port, FAST_SECONDS, logs / "fake-limit-off.log"),
+            app_server(app_port, f"http://127.0.0.1:{fast_port}", logs / "app-limit-off.log", PROMPT_RATE_LIMIT="0"),
+        ):
+            loop_run(warm_up(app_port, auth))
+            results["throughput limit off"] = loop_run(measure_throughput(app_port, auth))
     with (
         fake_groq(slow_port, SLOW_SECONDS, logs / "fake-slow.log"),
         app_server(app_port, f"http://127.0.0.1:{slow_port}", logs / "app-slow.log"),
@@ -472,6 +500,7 @@ def print_table(results: dict[str, dict], engine: str) -> None:
             f"expected {results['rows']['expected'] + results['rows slow']['expected']:,}",
             "equal",
         ),
+        *limit_rows(results),
         *ingest_rows(results),
     ]
     print(f"\nHot path on {engine}, {os.cpu_count()} cores, served by: {_serve_label()}")
@@ -483,6 +512,21 @@ def print_table(results: dict[str, dict], engine: str) -> None:
     print("-|-".join("-" * w for w in widths))
     for row in rows:
         print(" | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
+
+
+def limit_rows(results: dict[str, dict]) -> list[tuple[str, str, str, str]]:
+    if "throughput limit off" not in results:
+        return []
+    off, on = results["throughput limit off"], results["throughput"]
+    limit = os.environ.get("PROMPT_RATE_LIMIT", RATE_LIMITS["PROMPT_RATE_LIMIT"])
+    return [
+        (
+            f"prompts/s, {CLIENTS} clients, PROMPT_RATE_LIMIT=0",
+            f"{off['per second']:,.0f}/s",
+            f"p50 {off['p50']:.1f} ms, p99 {off['p99']:.1f} ms; limit on ({int(limit):,}): {on['per second']:,.0f}/s",
+            "",
+        )
+    ]
 
 
 def ingest_rows(results: dict[str, dict]) -> list[tuple[str, str, str, str]]:
