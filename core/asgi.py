@@ -147,10 +147,19 @@ class ObservatoryASGIHandler(ASGIHandler):
                 await self.warm_up()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                # What this worker admitted against the rate limits and has not yet added to the
+                # shared rows (llm/throttles.py): uvicorn ends a worker by re-raising SIGTERM, past atexit.
+                await self.run_sync(flush_rate_limits)
                 self.executor.shutdown(wait=False)
                 self.writer.shutdown(wait=True)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+def flush_rate_limits() -> None:
+    from llm import throttles
+
+    throttles.flush_at_exit()
 
 
 def open_connection(barrier: threading.Barrier) -> None:
