@@ -91,7 +91,8 @@ def test_rule_without_any_channel_attempts_nothing_and_records_no_channel(smtp_s
     assert alert.delivery_note == "not sent: no channel"
     assert alert.delivery_summary == "not sent: no channel"
     assert alert.delivered_at is not None  # settled: the next run does not pick it up again
-    assert caplog.records == []
+    # Nothing logged by the app (the SMTP test server may log a previous test's connection closing).
+    assert [record for record in caplog.records if record.name.startswith("llm")] == []
 
 
 def test_email_without_recipients_is_no_channel_when_a_webhook_is_set(smtp_server, webhook_receiver, settings):
