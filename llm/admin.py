@@ -307,8 +307,9 @@ class BudgetAdmin(ModelAdmin):
     formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
     fieldsets = [
         (None, {"fields": ["name", "scope", "scope_value", "period", "amount_usd", "hard_limit"]}),
-        ("Warnings (check_alerts)", {"fields": ["warn_at_percent", "email_recipients", "webhook_url"]}),
+        ("Warnings (check_alerts)", {"fields": ["warn_at_percent", "email_recipients", "webhook_url", "channels"]}),
     ]
+    filter_horizontal = ["channels"]
 
 
 @admin.register(BudgetWarning)

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.mail import EmailMessage
@@ -20,7 +22,14 @@ from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
 from llm import forecast, formatting, notifiers, rollups
-from llm.models import NOT_SENT_NO_CHANNEL, Budget, BudgetWarning, LLMRequestLog
+from llm.models import (
+    NOT_SENT_NO_CHANNEL,
+    Budget,
+    BudgetWarning,
+    LLMRequestLog,
+    NotificationChannel,
+    split_email_list,
+)
 from llm.providers import ProviderError
 
 logger = logging.getLogger(__name__)
@@ -175,7 +184,7 @@ def check_budgets(now: datetime, *, dry_run: bool = False, base: str | None = No
     budget and per notice for the command's output. A percentage is claimed by inserting its
     BudgetWarning (unique per budget, period and percentage) before anything is sent, so two
     overlapping runs never send it twice."""
-    budgets = list(Budget.objects.order_by("id"))
+    budgets = list(Budget.objects.prefetch_related("channels").order_by("id"))
     if not budgets:
         return []
     found = spent(budgets, now)
@@ -230,25 +239,14 @@ def warning_text(warning: BudgetWarning) -> str:
 
 
 def deliver_warning(warning: BudgetWarning, base: str | None = None) -> dict[str, dict[str, Any]]:
-    """Send by e-mail and webhook (as alert notices: llm/notifiers.py) and record what happened."""
-    budget = warning.budget
+    """Send through the budget's e-mail, webhook and named channels (each as alert notices go:
+    llm/notifiers.py) and record what happened to each."""
     text = warning_text(warning)
     link = (base or notifiers.base_url()) + "/"
-    channels = {}
-    if budget.recipients:
-        channels["email"] = lambda: _email(budget.recipients, text, link)
-    if budget.effective_webhook_url:
-        channels["webhook"] = lambda: _webhook(budget.effective_webhook_url, warning, text, link)
-    results: dict[str, dict[str, Any]] = {}
-    for name, send in channels.items():
-        try:
-            detail = send()
-        except Exception as exc:  # noqa: BLE001 - one failing channel must not stop the other
-            error = str(exc) if isinstance(exc, notifiers.DeliveryError) else f"{type(exc).__name__}: {exc}"
-            logger.warning("Budget warning %s: %s failed: %s", warning.pk, name, error)
-            results[name] = {"status": "error", "error": error, "at": timezone.now().isoformat()}
-        else:
-            results[name] = {"status": "sent", **detail, "at": timezone.now().isoformat()}
+    results = {
+        label: notifiers.attempt(send, what=f"Budget warning {warning.pk}", label=label, channel=channel)
+        for label, send, channel in _targets(warning, text, link)
+    }
     warning.notifications = results
     warning.delivered_at = timezone.now()
     warning.delivery_note = "" if results else NOT_SENT_NO_CHANNEL
@@ -256,6 +254,37 @@ def deliver_warning(warning: BudgetWarning, base: str | None = None) -> dict[str
         notifications=results, delivered_at=warning.delivered_at, delivery_note=warning.delivery_note
     )
     return results
+
+
+Send = Callable[[], dict[str, Any]]
+
+
+def _targets(warning: BudgetWarning, text: str, link: str) -> list[tuple[str, Send, NotificationChannel | None]]:
+    """(label, send, named channel or None) for each place the warning goes, labelled as alert
+    notices are: "email", "webhook", "<kind>:<channel name>"."""
+    budget = warning.budget
+    payload = _payload(warning, text, link)
+    targets: list[tuple[str, Send, NotificationChannel | None]] = []
+    if recipients := budget.recipients:
+        targets.append(("email", lambda: _email(recipients, text, link), None))
+    if url := budget.effective_webhook_url:
+        targets.append(("webhook", lambda: {"url": url, **notifiers.post_json(url, payload)}, None))
+    for channel in budget.channels.all():
+        if channel.is_active:
+            send = _channel_send(channel, warning, text, link, payload)
+            targets.append((f"{channel.kind}:{channel.name}", send, channel))
+    return targets
+
+
+def _channel_send(channel: NotificationChannel, warning: BudgetWarning, text: str, link: str, payload: dict) -> Send:
+    kinds = NotificationChannel.Kind
+    senders: dict[str, Send] = {
+        kinds.EMAIL: lambda: _email(split_email_list(channel.target), text, link),
+        kinds.SLACK: lambda: notifiers.post_json(channel.target, payload),
+        kinds.WEBHOOK: lambda: {"signed": True, **notifiers.post_json(channel.target, payload, secret=channel.secret)},
+        kinds.PAGERDUTY: lambda: _pagerduty(channel.routing_key, warning, text, link),
+    }
+    return senders[channel.kind]
 
 
 def _email(recipients: list[str], text: str, link: str) -> dict[str, Any]:
@@ -269,9 +298,9 @@ def _email(recipients: list[str], text: str, link: str) -> dict[str, Any]:
     return {"recipients": recipients}
 
 
-def _webhook(url: str, warning: BudgetWarning, text: str, link: str) -> dict[str, Any]:
+def _payload(warning: BudgetWarning, text: str, link: str) -> dict[str, Any]:
     budget = warning.budget
-    payload = {
+    return {
         "text": f"[BUDGET] {text} <{link}|Open overview>",
         "status": "budget_warning",
         "budget": budget.name,
@@ -284,7 +313,40 @@ def _webhook(url: str, warning: BudgetWarning, text: str, link: str) -> dict[str
         "message": text,
         "link": link,
     }
-    return {"url": url, **notifiers.post_json(url, payload)}
+
+
+def pagerduty_dedup_key(warning: BudgetWarning) -> str:
+    """One PagerDuty incident per budget and period: the 80 % and 100 % warnings of a month update
+    the same incident rather than opening two."""
+    return f"llm-observatory/budget-{warning.budget_id}/{warning.period_start:%Y-%m-%d}"
+
+
+def _pagerduty(routing_key: str, warning: BudgetWarning, text: str, link: str) -> dict[str, Any]:
+    budget = warning.budget
+    event = {
+        "routing_key": routing_key,
+        "event_action": "trigger",
+        "dedup_key": pagerduty_dedup_key(warning),
+        "payload": {
+            "summary": notifiers.subject_line(f"[BUDGET] {text}", limit=1024),
+            "source": urlsplit(link).hostname or "llm-observatory",
+            "severity": "critical" if warning.percent >= 100 else "warning",
+            "timestamp": warning.created_at.isoformat(),
+            "component": describe_scope(budget),
+            "class": "budget",
+            "custom_details": {
+                "budget": budget.name,
+                "budget_id": budget.pk,
+                "percent": warning.percent,
+                "spent_usd": float(warning.spent_usd),
+                "amount_usd": float(budget.amount_usd),
+                "period_start": warning.period_start.isoformat(),
+            },
+        },
+        "links": [{"href": link, "text": "Open overview"}],
+    }
+    result = notifiers.post_json(settings.PAGERDUTY_EVENTS_URL, event)
+    return {"event_action": "trigger", "dedup_key": event["dedup_key"], **result}
 
 
 def latest_warnings(budget_ids: list[int]) -> dict[int, BudgetWarning]:

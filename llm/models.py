@@ -622,6 +622,35 @@ class NotificationChannel(models.Model):
         self.refresh_from_db(fields=["consecutive_failures", "last_error", "last_failure_at", "last_success_at"])
 
 
+class NoticeTargets(models.Model):
+    """Where an alert rule's or a budget's notices go besides its named channels: e-mail recipients
+    and one webhook, each falling back to ALERT_EMAIL_RECIPIENTS / ALERT_WEBHOOK_URL."""
+
+    email_recipients = models.TextField(
+        blank=True,
+        default="",
+        validators=[validate_email_list],
+        help_text="Comma-separated; blank: ALERT_EMAIL_RECIPIENTS.",
+    )
+    webhook_url = models.URLField(
+        blank=True,
+        default="",
+        validators=[webhook_url_validator, validate_outbound_url],
+        help_text="Blank: ALERT_WEBHOOK_URL.",
+    )
+
+    class Meta:
+        abstract = True
+
+    @property
+    def recipients(self) -> list[str]:
+        return split_email_list(self.email_recipients) or list(settings.ALERT_EMAIL_RECIPIENTS)
+
+    @property
+    def effective_webhook_url(self) -> str:
+        return self.webhook_url or settings.ALERT_WEBHOOK_URL
+
+
 class AlertRuleQuerySet(models.QuerySet):
     def active(self) -> AlertRuleQuerySet:
         return self.filter(is_active=True)
@@ -677,7 +706,7 @@ RULE_DEFINITION_FIELDS = [
 ]
 
 
-class AlertRule(models.Model):
+class AlertRule(NoticeTargets):
     class MetricType(models.TextChoices):
         ERROR_RATE = "error_rate", "Error rate (%)"
         LATENCY_P95 = "latency_p95", "Latency p95 (ms)"
@@ -736,18 +765,6 @@ class AlertRule(models.Model):
     no_data = models.CharField(max_length=8, choices=NoData.choices, default=NoData.KEEP)
     is_active = models.BooleanField(default=True)
     notify_email = models.BooleanField(default=True)
-    email_recipients = models.TextField(
-        blank=True,
-        default="",
-        validators=[validate_email_list],
-        help_text="Comma-separated; blank: ALERT_EMAIL_RECIPIENTS.",
-    )
-    webhook_url = models.URLField(
-        blank=True,
-        default="",
-        validators=[webhook_url_validator, validate_outbound_url],
-        help_text="Blank: ALERT_WEBHOOK_URL.",
-    )
     channels = models.ManyToManyField(
         NotificationChannel, blank=True, related_name="rules", help_text="Named channels, besides the fields above."
     )
@@ -825,14 +842,6 @@ class AlertRule(models.Model):
         if crossed(self.threshold):
             return AlertLevel.CRITICAL
         return AlertLevel.WARNING if crossed(self.warning_threshold) else AlertLevel.OK
-
-    @property
-    def recipients(self) -> list[str]:
-        return split_email_list(self.email_recipients) or list(settings.ALERT_EMAIL_RECIPIENTS)
-
-    @property
-    def effective_webhook_url(self) -> str:
-        return self.webhook_url or settings.ALERT_WEBHOOK_URL
 
     def active_silence(self, now: datetime | None = None) -> AlertSilence | None:
         """The silence muting the rule now (the one that lasts longest), or None."""
@@ -1155,7 +1164,7 @@ def validate_warn_at_percent(value: Any) -> None:
         raise ValidationError("Each percentage once.")
 
 
-class Budget(models.Model):
+class Budget(NoticeTargets):
     """An amount of USD per day, week or calendar month (in TIME_ZONE) for a scope of calls."""
 
     class Scope(models.TextChoices):
@@ -1192,14 +1201,11 @@ class Budget(models.Model):
     hard_limit = models.BooleanField(
         default=False, help_text="Once spent, POST /api/llm/prompt/ in this scope answers 429 until the period ends."
     )
-    email_recipients = models.TextField(
+    channels = models.ManyToManyField(
+        NotificationChannel,
         blank=True,
-        default="",
-        validators=[validate_email_list],
-        help_text="Comma-separated; blank: ALERT_EMAIL_RECIPIENTS.",
-    )
-    webhook_url = models.URLField(
-        blank=True, default="", validators=[webhook_url_validator], help_text="Blank: ALERT_WEBHOOK_URL."
+        related_name="budgets",
+        help_text="Named channels, besides the fields above.",
     )
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
@@ -1246,14 +1252,6 @@ class Budget(models.Model):
             key, value = self.tag
             return tags.get(key) == value
         return True
-
-    @property
-    def recipients(self) -> list[str]:
-        return split_email_list(self.email_recipients) or list(settings.ALERT_EMAIL_RECIPIENTS)
-
-    @property
-    def effective_webhook_url(self) -> str:
-        return self.webhook_url or settings.ALERT_WEBHOOK_URL
 
 
 class BudgetWarning(models.Model):

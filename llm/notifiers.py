@@ -22,6 +22,7 @@ import hmac
 import json
 import logging
 import time
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
@@ -461,16 +462,26 @@ def notify_all(alert: AlertLog, base: str | None = None) -> dict[str, dict[str, 
 
 
 def send_one(notifier: Notifier, alert: AlertLog, label: str) -> dict[str, Any]:
+    channel = notifier.channel if isinstance(notifier, ChannelNotifier) else None
+    return attempt(lambda: notifier.notify(alert), what=label, label=notifier.label, channel=channel)
+
+
+def attempt(
+    send: Callable[[], dict[str, Any]], *, what: str, label: str, channel: NotificationChannel | None = None
+) -> dict[str, Any]:
+    """Run one delivery and answer its record: {"status": "sent", …details, "at"} or {"status":
+    "error", "error", "attempts", "at"}. A failure is logged, never raised; a named channel counts
+    the result (NotificationChannel.record_result). Alert notices and budget warnings both use it."""
     try:
-        detail = notifier.notify(alert)
+        detail = send()
     except Exception as exc:  # noqa: BLE001 - whatever breaks one channel must not stop the others
         attempts = getattr(exc, "attempts", 1)
         error = str(exc) if isinstance(exc, DeliveryError) else f"{type(exc).__name__}: {exc}"
-        logger.warning("%s: %s notification failed: %s", label, notifier.label, error)
+        logger.warning("%s: %s notification failed: %s", what, label, error)
         result = {"status": "error", "error": error, "attempts": attempts, "at": timezone.now().isoformat()}
     else:
         error = ""
         result = {"status": "sent", **detail, "at": timezone.now().isoformat()}
-    if isinstance(notifier, ChannelNotifier):
-        notifier.channel.record_result(error)
+    if channel is not None:
+        channel.record_result(error)
     return result

@@ -982,6 +982,13 @@ class BudgetSerializer(BudgetStatusFields, serializers.ModelSerializer):
         "once per period by check_alerts; default [80, 100].",
     )
 
+    channels = ChannelIdField(
+        many=True,
+        required=False,
+        queryset=NotificationChannel.objects.all(),
+        help_text="Ids of named channels (as alert rules), besides email_recipients and webhook_url.",
+    )
+
     class Meta:
         model = Budget
         fields = [
@@ -995,12 +1002,13 @@ class BudgetSerializer(BudgetStatusFields, serializers.ModelSerializer):
             "hard_limit",
             "email_recipients",
             "webhook_url",
+            "channels",
             "created_at",
             "updated_at",
             *BUDGET_STATUS_FIELDS,
         ]
         read_only_fields = ["created_at", "updated_at"]
-        extra_kwargs = {"webhook_url": {"validators": [webhook_url_validator]}}
+        extra_kwargs = {"webhook_url": {"validators": [webhook_url_validator, validate_outbound_url]}}
 
     def validate_name(self, value: str) -> str:
         if problem := text_problem(value):

@@ -53,7 +53,7 @@ class BudgetViewMixin:
 class BudgetList(BudgetViewMixin, DeclaredParameters, generics.ListCreateAPIView):
     """All budgets, each with its current period's spend and forecast (there are few: not paginated)."""
 
-    queryset = Budget.objects.order_by("id")
+    queryset = Budget.objects.prefetch_related("channels").order_by("id")
     pagination_class = None
     required_right = {"GET": "read", "POST": "manage"}
 
@@ -65,7 +65,7 @@ class BudgetList(BudgetViewMixin, DeclaredParameters, generics.ListCreateAPIView
 
 
 class BudgetDetail(BudgetViewMixin, DeclaredParameters, generics.RetrieveUpdateDestroyAPIView):
-    queryset = Budget.objects.all()
+    queryset = Budget.objects.prefetch_related("channels")
 
     def perform_update(self, serializer: BudgetSerializer) -> None:
         super().perform_update(serializer)
