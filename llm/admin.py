@@ -29,6 +29,7 @@ from llm.models import (
     LLMRequestLog,
     ModelPrice,
     NotificationChannel,
+    TraceSpan,
     UserFeedback,
 )
 
@@ -109,6 +110,26 @@ class LLMRequestLogAdmin(ReadOnlyAdmin):
     def get_queryset(self, request):
         queryset = super().get_queryset(request)
         return queryset if self.can_see_text(request) else queryset.defer(*self.TEXT_FIELDS)
+
+
+@admin.register(TraceSpan)
+class TraceSpanAdmin(ReadOnlyAdmin):
+    """Spans kept as a trace's context (from /v1/traces; text-bearing attributes were never kept).
+    The trace page draws them as a waterfall: each row links there."""
+
+    list_display = ["start", "name", "service", "kind", "status", "duration_ms", "trace_page"]
+    list_filter = ["kind", "status"]
+    search_fields = ["=trace_id", "=span_id", "name", "service"]
+    ordering = ["-start"]
+    show_full_result_count = False  # as the calls: no COUNT(*) over every span on each page
+
+    @admin.display(description="duration")
+    def duration_ms(self, span: TraceSpan) -> str:
+        return formatting.milliseconds((span.end - span.start).total_seconds() * 1000)
+
+    @admin.display(description="trace")
+    def trace_page(self, span: TraceSpan) -> str:
+        return format_html('<a href="{}">{}</a>', reverse("trace", args=[span.trace_id]), span.trace_id)
 
 
 @admin.register(UserFeedback)

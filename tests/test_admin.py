@@ -1,9 +1,11 @@
 import re
+from datetime import UTC, datetime
 
 import pytest
 from django.core.management import call_command
 
 from llm.models import APIKey
+from tests.factories import build_span
 
 pytestmark = pytest.mark.django_db
 
@@ -35,3 +37,15 @@ def test_api_key_created_in_admin_is_shown_once_and_works(admin_client):
     raw_key = next(word for word in message.split() if word.startswith("llmo_"))
     assert APIKey.authenticate(raw_key).name == "from-admin"
     assert APIKey.objects.get().scope_list == ["ingest"]
+
+
+def test_trace_spans_are_listed_read_only_with_a_link_to_their_trace(admin_client):
+    span = build_span("a" * 32, "b" * 16, datetime(2026, 5, 1, 12, tzinfo=UTC), 1234.0, name="SELECT calls")
+    span.save()
+    page = admin_client.get("/admin/llm/tracespan/").content.decode()
+    assert "SELECT calls" in page
+    assert f'href="/traces/{"a" * 32}/"' in page
+    assert "1,234 ms" in page
+    assert admin_client.get("/admin/llm/tracespan/add/").status_code == 403
+    found = admin_client.get("/admin/llm/tracespan/", {"q": "a" * 32}).content.decode()
+    assert "SELECT calls" in found
