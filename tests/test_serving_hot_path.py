@@ -10,6 +10,7 @@ import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import groq
 import pytest
 from django.core import signals
 from django.db import connections
@@ -18,6 +19,7 @@ from core.asgi import THREADS, ObservatoryASGIHandler
 from llm.api.prompt import PromptInput
 from llm.models import APIKey, LLMRequestLog
 from llm.providers.chat_completions import close_async_clients
+from llm.providers.groq import CHAT_COMPLETIONS_PATH, chat_completions_url
 from llm.serializers import PromptRequestSerializer
 
 # Bodies the prompt endpoint may get: valid ones, and each rule broken once (the storage's limits
@@ -155,3 +157,14 @@ def test_a_deferred_prompt_is_closed_once_on_the_loop(fake_groq):
     assert on_the_loop == [threading.main_thread().name]
     assert read["status"] == 200
     assert len(finished) == 1 and finished[0].startswith("django")
+
+
+@pytest.mark.parametrize(
+    "base_url", ["http://127.0.0.1:9999", "http://127.0.0.1:9999/", "http://proxy:1/prefix", "https://api.groq.com/"]
+)
+def test_the_groq_endpoint_url_is_the_one_the_sdk_would_join(base_url):
+    with groq.Groq(api_key="gsk_x", base_url=base_url) as client:  # the same URL joining as AsyncGroq's
+        absolute = chat_completions_url(str(client.base_url))
+        # What the SDK posts to, given the path as documented, and given our parsed URL.
+        assert client._prepare_url(absolute) == client._prepare_url(CHAT_COMPLETIONS_PATH)
+    assert str(absolute) == base_url.rstrip("/") + CHAT_COMPLETIONS_PATH
