@@ -28,7 +28,6 @@ from django.http import FileResponse
 from django.urls import get_resolver, set_script_prefix
 
 from core.deferred import REQUEST_FLAG, DeferredResponse, RelayResponse
-from llm.providers.chat_completions import close_async_clients
 
 # Threads per worker process for Django's sync code (pages, the API, ingest, the proxy's checks and
 # writes): what gthread's --threads 8 was. A prompt waiting on its vendor holds none.
@@ -160,7 +159,7 @@ class ObservatoryASGIHandler(ASGIHandler):
                 # What this worker admitted against the rate limits and has not yet added to the
                 # shared rows (llm/throttles.py): uvicorn ends a worker by re-raising SIGTERM, past atexit.
                 await self.run_sync(flush_rate_limits)
-                await close_async_clients()
+                await close_vendor_clients()
                 self.executor.shutdown(wait=False)
                 self.writer.shutdown(wait=True)
                 await send({"type": "lifespan.shutdown.complete"})
@@ -171,6 +170,13 @@ def flush_rate_limits() -> None:
     from llm import throttles
 
     throttles.flush_at_exit()
+
+
+async def close_vendor_clients() -> None:
+    # Imported here: the models it imports need django.setup(), which runs below.
+    from llm.providers.chat_completions import close_async_clients
+
+    await close_async_clients()
 
 
 def open_connection(barrier: threading.Barrier) -> None:
