@@ -512,6 +512,10 @@ def main() -> None:
         fake_groq(slow_port, SLOW_SECONDS, logs / "fake-slow.log"),
         app_server(app_port, f"http://127.0.0.1:{slow_port}", logs / "app-slow.log"),
     ):
+        # A running server's figure, not a booting one's: gunicorn listens before its workers have
+        # imported the app (seconds of CPU each, more with PYTHONDONTWRITEBYTECODE), so a thousand
+        # prompts sent at once would also wait for that. One prompt per client first (2 s).
+        loop_run(warm_up(app_port, auth, prompts=1))
         before = row_count()
         results["concurrent"] = loop_run(measure_concurrency(app_port, auth, stream=False))
         results["concurrent stream"] = loop_run(measure_concurrency(app_port, auth, stream=True))
