@@ -92,6 +92,74 @@ def running(command: list[str], port: int, env: dict[str, str], log: Path):
             process.wait()
 
 
+# CPU time per process tree, to show where a prompt's CPU goes on the shared cores.
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _children() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        parent = int(stat[stat.rindex(")") + 2 :].split()[1])
+        children.setdefault(parent, []).append(int(entry.name))
+    return children
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """utime + stime of a process and its live descendants, and of the children they reaped."""
+    children = _children()
+    total, pending = 0.0, [root]
+    while pending:
+        pid = pending.pop()
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(value) for value in fields[11:15]) / CLOCK_TICKS  # utime stime cutime cstime
+        pending.extend(children.get(pid, []))
+    return total
+
+
+def postgres_root() -> int | None:
+    """The postmaster of DATABASE_URL's cluster (scripts/with-postgres): its backends do the writes."""
+    url = os.environ["DATABASE_URL"]
+    if not url.startswith("postgres"):
+        return None
+    port = url.rsplit(":", 1)[1].split("/")[0]
+    for entry in Path("/proc").iterdir():
+        try:
+            words = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if words and words[0].endswith(b"postgres") and b"-p" in words and port.encode() in words:
+            return int(entry.name)
+    return None
+
+
+class CPUMeter:
+    """CPU seconds spent by each named process tree (and this client) between start() and stop()."""
+
+    def __init__(self, **roots: int | None) -> None:
+        self.roots = {name: pid for name, pid in roots.items() if pid is not None}
+
+    def read(self) -> dict[str, float]:
+        own = os.times()
+        return {"client": own.user + own.system} | {name: tree_cpu_seconds(pid) for name, pid in self.roots.items()}
+
+    def start(self) -> None:
+        self.started = self.read()
+
+    def stop(self) -> dict[str, float]:
+        ended = self.read()
+        return {name: ended[name] - self.started[name] for name in ended}
+
+
 def fake_groq(port: int, delay: float, log: Path):
     command = [sys.executable, "-m", "tests.fake_groq", "--fast", str(port), str(delay)]
     return running(command, port, dict(os.environ), log)
@@ -404,22 +472,29 @@ def row_count() -> int:
     return LLMRequestLog.objects.count()
 
 
+def load_average() -> str:
+    return Path("/proc/loadavg").read_text().split()[0]
+
+
 def main() -> None:
     raw_key = prepare_database()
     auth = f"Authorization: Bearer {raw_key}\r\n"
     engine = "PostgreSQL" if os.environ["DATABASE_URL"].startswith("postgres") else "SQLite"
     logs = Path(tempfile.mkdtemp(prefix="llm-hotpath-logs-"))
-    results: dict[str, dict] = {}
+    results: dict[str, dict] = {"load": {"before": load_average()}}
     fast_port, slow_port, app_port = free_port(), free_port(), free_port()
     loop_run = _loop_runner()
 
     with (
-        fake_groq(fast_port, FAST_SECONDS, logs / "fake.log"),
-        app_server(app_port, f"http://127.0.0.1:{fast_port}", logs / "app.log"),
+        fake_groq(fast_port, FAST_SECONDS, logs / "fake.log") as upstream,
+        app_server(app_port, f"http://127.0.0.1:{fast_port}", logs / "app.log") as app,
     ):
         before = row_count()
         results["overhead"] = loop_run(measure_overhead(app_port, fast_port, auth))
+        meter = CPUMeter(app=app.pid, upstream=upstream.pid, database=postgres_root())
+        meter.start()
         results["throughput"] = loop_run(measure_throughput(app_port, auth))
+        results["cpu"] = meter.stop()
         results["throughput stream"] = loop_run(measure_throughput(app_port, auth, stream=True))
         written = row_count() - before
         expected = OVERHEAD_CALLS + 50 + results["throughput"]["calls"] + results["throughput stream"]["calls"]
@@ -437,6 +512,10 @@ def main() -> None:
         fake_groq(slow_port, SLOW_SECONDS, logs / "fake-slow.log"),
         app_server(app_port, f"http://127.0.0.1:{slow_port}", logs / "app-slow.log"),
     ):
+        # A running server's figure, not a booting one's: gunicorn listens before its workers have
+        # imported the app (seconds of CPU each, more with PYTHONDONTWRITEBYTECODE), so a thousand
+        # prompts sent at once would also wait for that. One prompt per client first (2 s).
+        loop_run(warm_up(app_port, auth, prompts=1))
         before = row_count()
         results["concurrent"] = loop_run(measure_concurrency(app_port, auth, stream=False))
         results["concurrent stream"] = loop_run(measure_concurrency(app_port, auth, stream=True))
@@ -500,10 +579,12 @@ def print_table(results: dict[str, dict], engine: str) -> None:
             f"expected {results['rows']['expected'] + results['rows slow']['expected']:,}",
             "equal",
         ),
+        cpu_row(results),
         *limit_rows(results),
         *ingest_rows(results),
     ]
     print(f"\nHot path on {engine}, {os.cpu_count()} cores, served by: {_serve_label()}")
+    print(f"1-minute load average: {results['load']['before']} before, {load_average()} after (a shared machine)")
     widths = [max(len(str(row[i])) for row in rows) for i in range(4)]
     header = ("measure", "result", "detail", "target")
     widths = [max(w, len(h)) for w, h in zip(widths, header, strict=True)]
@@ -512,6 +593,17 @@ def print_table(results: dict[str, dict], engine: str) -> None:
     print("-|-".join("-" * w for w in widths))
     for row in rows:
         print(" | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
+
+
+def cpu_row(results: dict[str, dict]) -> tuple[str, str, str, str]:
+    """CPU per prompt of the 16-client run, by process: what 2 cores allow at most is
+    2,000 ms / (the sum per prompt) prompts a second."""
+    calls = results["throughput"]["calls"]
+    per_prompt = {name: seconds * 1000 / calls for name, seconds in results["cpu"].items()}
+    total = sum(per_prompt.values())
+    parts = ", ".join(f"{name} {value:.2f}" for name, value in per_prompt.items())
+    ceiling = f"2 cores allow {2000 / total:,.0f}/s" if total else ""
+    return (f"CPU ms per prompt, {CLIENTS} clients", f"{total:.2f} ms", f"{parts}; {ceiling}", "<= 2 ms for 1,000/s")
 
 
 def limit_rows(results: dict[str, dict]) -> list[tuple[str, str, str, str]]:

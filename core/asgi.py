@@ -63,9 +63,11 @@ class ObservatoryASGIHandler(ASGIHandler):
             body_file = await self.read_body(receive)
         except RequestAborted:
             return None
+        deferred = False
         try:
             response = await self.run_sync(self.respond, scope, body_file)
             if isinstance(response, DeferredResponse):
+                deferred = True
                 response = await response.resolve(self.run_write)
             if isinstance(response, RelayResponse):
                 await self.send_relay(response, send, receive)
@@ -75,8 +77,15 @@ class ObservatoryASGIHandler(ASGIHandler):
                 await self.send_response(response, send)
         finally:
             body_file.close()
-        # request_finished: closes the thread's connection if it is too old or broken, as under WSGI.
-        await self.run_sync(response.close)
+        if deferred:
+            # Made on the loop, it holds nothing of a pool thread's (no cursor, no file): closed here,
+            # without a third hop per prompt. The pool thread that ran its sync half checks its
+            # connection at its next request_started, as Django does at both ends of a request.
+            response.close()
+        else:
+            # request_finished: closes the thread's connection if it is too old or broken, as under
+            # WSGI; a sync stream's closers (a cursor's) belong to a pool thread too.
+            await self.run_sync(response.close)
         return None
 
     def respond(self, scope, body_file):
@@ -150,6 +159,7 @@ class ObservatoryASGIHandler(ASGIHandler):
                 # What this worker admitted against the rate limits and has not yet added to the
                 # shared rows (llm/throttles.py): uvicorn ends a worker by re-raising SIGTERM, past atexit.
                 await self.run_sync(flush_rate_limits)
+                await close_vendor_clients()
                 self.executor.shutdown(wait=False)
                 self.writer.shutdown(wait=True)
                 await send({"type": "lifespan.shutdown.complete"})
@@ -160,6 +170,13 @@ def flush_rate_limits() -> None:
     from llm import throttles
 
     throttles.flush_at_exit()
+
+
+async def close_vendor_clients() -> None:
+    # Imported here: the models it imports need django.setup(), which runs below.
+    from llm.providers.chat_completions import close_async_clients
+
+    await close_async_clients()
 
 
 def open_connection(barrier: threading.Barrier) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 from django.http import StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from drf_spectacular.types import OpenApiTypes
@@ -110,6 +112,16 @@ class JSONUnlessAskedOtherwise(DefaultContentNegotiation):
             return renderers[0], renderers[0].media_type
 
 
+class PromptInput(PromptRequestSerializer):
+    """PromptRequestSerializer, the same fields and rules, built cheaper for each request: DRF
+    deep-copies every declared field per serializer, i.e. builds it again from its arguments (6.6 %
+    of a proxied prompt's CPU, py-spy). A shallow copy is enough: the declared fields are never
+    bound themselves, and what a copy shares with them (validators, choices) is only read."""
+
+    def get_fields(self) -> dict:
+        return {name: copy.copy(field) for name, field in self._declared_fields.items()}
+
+
 def event_stream(response: StreamingHttpResponse) -> StreamingHttpResponse:
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"  # let nginx pass chunks through as they come
@@ -166,7 +178,7 @@ class PromptView(APIView):
         ],
     )
     def post(self, request: Request) -> Response | StreamingHttpResponse:
-        serializer = PromptRequestSerializer(data=request.data)
+        serializer = PromptInput(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         chat = ChatRequest(

@@ -255,6 +255,16 @@ def _async_client(provider_class: type[ChatCompletionsProvider], *configuration:
     return client
 
 
+async def close_async_clients() -> None:
+    """Close this event loop's async clients and their pools (a worker's lifespan shutdown; a loop
+    that ends with them open logs an "Unclosed connector" for each)."""
+    loop = asyncio.get_running_loop()
+    for key, (owner, client) in list(_async_clients.items()):
+        if owner is loop:
+            del _async_clients[key]
+            await client.close()
+
+
 class ChatCompletionsProvider:
     """A provider over one of the chat-completions SDKs. A subclass names its settings (the
     `GROQ_` of GROQ_API_KEY, GROQ_BASE_URL, GROQ_TIMEOUT_SECONDS, GROQ_MAX_RETRIES), its SDK and

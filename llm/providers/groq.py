@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import groq
 import httpx
 
@@ -30,6 +32,14 @@ ASYNC_LIMITS = httpx.Limits(max_connections=100_000, max_keepalive_connections=1
 CHAT_COMPLETIONS_PATH = "/openai/v1/chat/completions"
 
 
+@lru_cache(maxsize=16)
+def chat_completions_url(base_url: str) -> httpx.URL:
+    """The endpoint's absolute URL under a client's base URL, parsed once. Given a relative path,
+    the SDK joins and parses it again for every call (httpx's URL parsing: a third of building a
+    request); given an httpx.URL that is absolute already, it uses it as it is."""
+    return httpx.URL(base_url).join(CHAT_COMPLETIONS_PATH.lstrip("/"))
+
+
 class GroqProvider(ChatCompletionsProvider):
     name = "groq"
     vendor = "Groq"
@@ -52,7 +62,7 @@ class GroqProvider(ChatCompletionsProvider):
 
     async def acreate(self, client: groq.AsyncGroq, request: ChatRequest, *, stream: bool):
         return await client.post(
-            CHAT_COMPLETIONS_PATH,
+            chat_completions_url(str(client.base_url)),
             body={**options(request), "stream": stream} if stream else options(request),
             cast_to=ChatCompletion,
             stream=stream,
