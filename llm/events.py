@@ -244,36 +244,61 @@ def _plain_event_rules(data: dict[str, Any]) -> dict | None:
     return data
 
 
+class _RowShape:
+    """LLMRequestLog's columns in order, with their defaults: a row of a batch is made from its
+    values by position, which Django's Model.__init__ takes several times faster than keywords
+    (a tenth of a 500-event batch went to it)."""
+
+    def __init__(self) -> None:
+        fields = LLMRequestLog._meta.concrete_fields
+        self.names = [field.attname for field in fields]
+        # Defaults made afresh for each row (uuid4, now, dict), for the columns an event does not set.
+        self.fresh = [field for field in fields if field.has_default() and callable(field.default)]
+        self.constant = {field.attname: field.get_default() for field in fields if field not in self.fresh}
+
+    def row(self, values: dict[str, Any]) -> LLMRequestLog:
+        values = {**self.constant, **values}
+        for field in self.fresh:
+            if field.attname not in values:
+                values[field.attname] = field.get_default()
+        return LLMRequestLog(*[values[name] for name in self.names])
+
+
+ROW_SHAPE = _RowShape()
+
+
 def log_from_event(data: dict) -> LLMRequestLog:
     """An unsaved row for one validated event."""
     prompt_tokens, completion_tokens = data["prompt_tokens"], data["completion_tokens"]
-    log = LLMRequestLog(
-        request_id=data.get("request_id") or uuid.uuid4(),
-        timestamp=data.get("timestamp") or timezone.now(),
-        source=LLMRequestLog.Source.API,
-        provider=data["provider"],
-        model_name=data["model"],
-        user_id=data.get("user_id", ""),
-        session_id=data.get("session_id", ""),
-        trace_id=data.get("trace_id", "").lower(),
-        span_id=data.get("span_id", "").lower(),
-        parent_span_id=data.get("parent_span_id", "").lower(),
-        prompt_text=data.get("prompt", ""),
-        response_text=data.get("response", ""),
-        prompt_tokens=prompt_tokens,
-        completion_tokens=completion_tokens,
-        total_tokens=data.get("total_tokens") or prompt_tokens + completion_tokens,
-        cached_tokens=data.get("cached_tokens", 0),
-        latency_ms=data["latency_ms"],
-        ttft_ms=data.get("ttft_ms"),
-        cost_estimate=data.get("cost_usd"),  # None: record_many prices it
-        status=data["status"],
-        error_type=data["error_type"],
-        error_message=data.get("error_message", ""),
-        finish_reason=data.get("finish_reason", ""),
-        temperature=data.get("temperature"),
-        max_tokens=data.get("max_tokens"),
-        tags=data.get("tags", {}),
+    log = ROW_SHAPE.row(
+        {
+            "request_id": data.get("request_id") or uuid.uuid4(),
+            "timestamp": data.get("timestamp") or timezone.now(),
+            "source": LLMRequestLog.Source.API,
+            "provider": data["provider"],
+            "model_name": data["model"],
+            "user_id": data.get("user_id", ""),
+            "session_id": data.get("session_id", ""),
+            "trace_id": data.get("trace_id", "").lower(),
+            "span_id": data.get("span_id", "").lower(),
+            "parent_span_id": data.get("parent_span_id", "").lower(),
+            "prompt_text": data.get("prompt", ""),
+            "response_text": data.get("response", ""),
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": data.get("total_tokens") or prompt_tokens + completion_tokens,
+            "cached_tokens": data.get("cached_tokens", 0),
+            "latency_ms": data["latency_ms"],
+            "ttft_ms": data.get("ttft_ms"),
+            "cost_estimate": data.get("cost_usd"),  # None: record_many prices it
+            "status": data["status"],
+            "error_type": data["error_type"],
+            "error_message": data.get("error_message", ""),
+            "finish_reason": data.get("finish_reason", ""),
+            "temperature": data.get("temperature"),
+            "max_tokens": data.get("max_tokens"),
+            "tags": data.get("tags", {}),
+        }
     )
     fill_ids_from_tags(log)
     return log

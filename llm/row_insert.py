@@ -25,6 +25,8 @@ import uuid
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from django.db import connections, models, transaction
@@ -75,14 +77,23 @@ class _Columns:
     what Django's own inserts do (pre_save, get_db_prep_save), skipped for the values it would hand
     over unchanged (a str for a text field, an int for an integer field…), most of a batch's."""
 
-    # Field classes whose get_db_prep_save answers a value of these types as it is (on both
-    # databases; subclasses such as PositiveIntegerField included).
-    PLAIN: tuple[tuple[type[models.Field], tuple[type, ...]], ...] = (
-        (models.CharField, (str,)),
-        (models.TextField, (str,)),
-        (models.IntegerField, (int,)),
-        (models.FloatField, (float,)),
-        (models.BooleanField, (bool,)),
+    # Field classes whose get_db_prep_save answers a value passing the test as it is (on both
+    # databases; subclasses such as PositiveIntegerField included). `type(…) is`: a bool is an int
+    # to isinstance, and Django turns it into 1 for an integer column.
+    PLAIN: tuple[tuple[type[models.Field], Callable[[Any], bool]], ...] = (
+        (models.CharField, lambda value: type(value) is str),
+        (models.TextField, lambda value: type(value) is str),
+        (models.IntegerField, lambda value: type(value) is int),
+        (models.FloatField, lambda value: type(value) is float),
+        (models.BooleanField, lambda value: type(value) is bool),
+    )
+    # And on PostgreSQL, whose driver takes these as they are (SQLite's backend turns them into text).
+    PLAIN_POSTGRESQL: tuple[tuple[type[models.Field], Callable[[Any], bool]], ...] = (
+        (models.UUIDField, lambda value: type(value) is uuid.UUID),
+        # An aware datetime (Django warns about a naive one and makes it aware in TIME_ZONE).
+        (models.DateTimeField, lambda value: type(value) is datetime and value.tzinfo is not None),
+        # A finite Decimal (Django refuses NaN and infinities).
+        (models.DecimalField, lambda value: type(value) is Decimal and value.is_finite()),
     )
 
     _cache: dict[tuple[type, str], _Columns] = {}
@@ -95,7 +106,8 @@ class _Columns:
         self.names = ", ".join(quote(field.column) for field in self.fields)
         self.pk = quote(meta.pk.column)
         self.unique = quote(meta.get_field("request_id").column)
-        self._prepare = [self._preparer(field) for field in self.fields]
+        plain = self.PLAIN + (self.PLAIN_POSTGRESQL if connection.vendor == "postgresql" else ())
+        self._prepare = [self._preparer(field, plain) for field in self.fields]
         # One staging table per column list and types: a process whose model differs from the
         # one a connection's table was made for (a migration in between) uses another name.
         shape = ";".join(f"{field.column} {field.db_type(connection)}" for field in self.fields)
@@ -110,15 +122,18 @@ class _Columns:
             columns = cls._cache[key] = cls(model, connection)
         return columns
 
-    def _preparer(self, field: models.Field) -> Callable[[models.Model, Any], Any]:
+    @staticmethod
+    def _preparer(
+        field: models.Field, plain: tuple[tuple[type[models.Field], Callable[[Any], bool]], ...]
+    ) -> Callable[[models.Model, Any], Any]:
         attname = field.attname
-        plain = next((types for kind, types in self.PLAIN if isinstance(field, kind)), None)
-        if plain is None or type(field).pre_save is not models.Field.pre_save:
+        test = next((test for kind, test in plain if isinstance(field, kind)), None)
+        if test is None or getattr(field, "auto_now", False) or getattr(field, "auto_now_add", False):
             return lambda log, connection: field.get_db_prep_save(field.pre_save(log, True), connection)
 
         def prepare(log: models.Model, connection: Any) -> Any:
             value = getattr(log, attname)
-            if value is None or type(value) in plain:
+            if value is None or test(value):
                 return value
             return field.get_db_prep_save(value, connection)
 
