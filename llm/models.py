@@ -1714,10 +1714,11 @@ class HourlyUserTotals(UserTotals):
 
 
 class SessionTotals(models.Model):
-    """One session's calls, all of them (not a window's): what the sessions list shows, kept by
-    llm/rollups.py (the sessions touched by new calls are summed again from their calls, so the
-    distinct counts stay exact). A window that holds all of a session's calls reads this row; a
-    session cut by the window's edges, or with calls above the roll-up watermark, is read raw."""
+    """One session's calls, all of them (not a window's) up to the roll-up watermark: what the
+    sessions list shows, kept by llm/rollups.py (each roll-up adds its new calls; distinct users
+    from SessionUser, distinct models grown by the pairs no older call has, so they stay exact).
+    A window that holds all of a session's calls reads this row; a session cut by the window's
+    edges, or with calls above the roll-up watermark, is read raw."""
 
     session_id = models.CharField(max_length=200, unique=True)
     first_call = models.DateTimeField()
