@@ -39,6 +39,30 @@ INSERT_BATCH_ROWS = 500
 STAGED_MIN_ROWS = 20
 
 
+class RowShape:
+    """A model's columns in order, with their defaults: an unsaved row made from its values by
+    position, which Django's Model.__init__ takes several times faster than keywords."""
+
+    def __init__(self, model: type[models.Model]) -> None:
+        self.model = model
+        fields = model._meta.concrete_fields
+        self.names = [field.attname for field in fields]
+        # Defaults made afresh for each row (uuid4, now, dict), for the columns the values do not set.
+        self.fresh = [field for field in fields if field.has_default() and callable(field.default)]
+        self.constant = {field.attname: field.get_default() for field in fields if field not in self.fresh}
+        self.known = frozenset(self.names)
+
+    def row(self, values: dict[str, Any]) -> models.Model:
+        if not self.known.issuperset(values):
+            # What the keyword constructor says of a misspelt name.
+            raise TypeError(f"{self.model.__name__} has no field {sorted(set(values) - self.known)}")
+        values = {**self.constant, **values}
+        for field in self.fresh:
+            if field.attname not in values:
+                values[field.attname] = field.get_default()
+        return self.model(*[values[name] for name in self.names])
+
+
 def as_uuid(value: Any) -> uuid.UUID:
     return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
 
