@@ -21,6 +21,7 @@ from rest_framework.fields import empty
 
 from llm.ingest_limits import EARLIEST_TIMESTAMP, FUTURE_TOLERANCE, UNSTORABLE_CHARACTER, fill_ids_from_tags
 from llm.models import LLMRequestLog
+from llm.row_insert import RowShape
 from llm.serializers import EventSerializer, NumberField, TagsField, TextField, WholeNumberField, validate_tags
 
 # A batch holds at most this many events; a client with more sends several batches.
@@ -244,36 +245,42 @@ def _plain_event_rules(data: dict[str, Any]) -> dict | None:
     return data
 
 
+# Rows by position: Django's keyword constructor took a tenth of a 500-event batch.
+ROW_SHAPE = RowShape(LLMRequestLog)
+
+
 def log_from_event(data: dict) -> LLMRequestLog:
     """An unsaved row for one validated event."""
     prompt_tokens, completion_tokens = data["prompt_tokens"], data["completion_tokens"]
-    log = LLMRequestLog(
-        request_id=data.get("request_id") or uuid.uuid4(),
-        timestamp=data.get("timestamp") or timezone.now(),
-        source=LLMRequestLog.Source.API,
-        provider=data["provider"],
-        model_name=data["model"],
-        user_id=data.get("user_id", ""),
-        session_id=data.get("session_id", ""),
-        trace_id=data.get("trace_id", "").lower(),
-        span_id=data.get("span_id", "").lower(),
-        parent_span_id=data.get("parent_span_id", "").lower(),
-        prompt_text=data.get("prompt", ""),
-        response_text=data.get("response", ""),
-        prompt_tokens=prompt_tokens,
-        completion_tokens=completion_tokens,
-        total_tokens=data.get("total_tokens") or prompt_tokens + completion_tokens,
-        cached_tokens=data.get("cached_tokens", 0),
-        latency_ms=data["latency_ms"],
-        ttft_ms=data.get("ttft_ms"),
-        cost_estimate=data.get("cost_usd"),  # None: record_many prices it
-        status=data["status"],
-        error_type=data["error_type"],
-        error_message=data.get("error_message", ""),
-        finish_reason=data.get("finish_reason", ""),
-        temperature=data.get("temperature"),
-        max_tokens=data.get("max_tokens"),
-        tags=data.get("tags", {}),
+    log = ROW_SHAPE.row(
+        {
+            "request_id": data.get("request_id") or uuid.uuid4(),
+            "timestamp": data.get("timestamp") or timezone.now(),
+            "source": LLMRequestLog.Source.API,
+            "provider": data["provider"],
+            "model_name": data["model"],
+            "user_id": data.get("user_id", ""),
+            "session_id": data.get("session_id", ""),
+            "trace_id": data.get("trace_id", "").lower(),
+            "span_id": data.get("span_id", "").lower(),
+            "parent_span_id": data.get("parent_span_id", "").lower(),
+            "prompt_text": data.get("prompt", ""),
+            "response_text": data.get("response", ""),
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": data.get("total_tokens") or prompt_tokens + completion_tokens,
+            "cached_tokens": data.get("cached_tokens", 0),
+            "latency_ms": data["latency_ms"],
+            "ttft_ms": data.get("ttft_ms"),
+            "cost_estimate": data.get("cost_usd"),  # None: record_many prices it
+            "status": data["status"],
+            "error_type": data["error_type"],
+            "error_message": data.get("error_message", ""),
+            "finish_reason": data.get("finish_reason", ""),
+            "temperature": data.get("temperature"),
+            "max_tokens": data.get("max_tokens"),
+            "tags": data.get("tags", {}),
+        }
     )
     fill_ids_from_tags(log)
     return log

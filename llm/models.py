@@ -4,11 +4,9 @@ import hashlib
 import math
 import re
 import secrets
-import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -23,6 +21,7 @@ from django.utils import timezone
 from llm import traces
 from llm.ingest_limits import CONTROL_CHARACTER, EPOCH, STORED_YEARS
 from llm.outbound import validate_outbound_url
+from llm.row_insert import INSERT_BATCH_ROWS, as_uuid, insert_new, writer_turn
 
 ONE_MILLION = Decimal(1_000_000)
 # Sent (sender LLMRequestLog, `created`: how many rows) once calls stored by `record` or
@@ -69,9 +68,9 @@ class LLMRequestLogManager(models.Manager.from_queryset(LLMRequestLogQuerySet)):
         fields.setdefault("cost_estimate", None)  # None: computed from ModelPrice
         log = LLMRequestLog(**fields)
         log.prepare_for_storage(cached_price_table())
-        log.request_id = _as_uuid(log.request_id)
+        log.request_id = as_uuid(log.request_id)
         for _ in range(2):
-            if _insert_new(self.model, [log], self.db):
+            if insert_new(self.model, [log], self.db):
                 _announce(1)
                 return log, True
             existing = self.filter(request_id=log.request_id).first()
@@ -91,86 +90,12 @@ class LLMRequestLogManager(models.Manager.from_queryset(LLMRequestLogQuerySet)):
         unique: dict[uuid.UUID, LLMRequestLog] = {}
         for log in logs:
             log.prepare_for_storage(prices)
-            log.request_id = _as_uuid(log.request_id)
+            log.request_id = as_uuid(log.request_id)
             unique.setdefault(log.request_id, log)
-        created = _insert_new(self.model, list(unique.values()), self.db)
+        created = insert_new(self.model, list(unique.values()), self.db)
         if created:
             _announce(created)
         return created, len(logs) - created
-
-
-# Rows per INSERT statement: 500 rows of ~27 columns stay under both databases' limits on
-# parameters per statement (SQLite 32,766; PostgreSQL 65,535).
-INSERT_BATCH_ROWS = 500
-
-
-def _as_uuid(value: Any) -> uuid.UUID:
-    return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
-
-
-def _insert_new(model: type[LLMRequestLog], logs: list[LLMRequestLog], using: str) -> int:
-    """INSERT … ON CONFLICT (request_id) DO NOTHING RETURNING id, request_id: answers how many rows
-    were really inserted (a row another writer stored first is skipped and not counted) and gives
-    those logs their id. `logs` must have distinct request_ids.
-
-    Why not bulk_create(ignore_conflicts=True): it cannot tell which rows it skipped. Why sorted by
-    request_id: on PostgreSQL an insert waits for a concurrent uncommitted insert of the same key;
-    two writers taking their keys in different orders wait for each other (a deadlock, answered
-    500). In one global order, one of them always goes first. The statements are built before
-    the transaction, which holds only their execution (on SQLite every other writer waits for it).
-    """
-    if not logs:
-        return 0
-    connection = connections[using]
-    logs = sorted(logs, key=lambda log: log.request_id)
-    statements = _insert_statements(model, logs, connection)
-    inserted: dict[uuid.UUID, int] = {}
-    with _writer_turn(connection), transaction.atomic(using=using), connection.cursor() as cursor:
-        for sql, params in statements:
-            cursor.execute(sql, params)
-            inserted.update((_as_uuid(request_id), pk) for pk, request_id in cursor.fetchall())
-    for log in logs:
-        if log.request_id in inserted:
-            log.pk = inserted[log.request_id]
-            log._state.adding = False
-            log._state.db = using
-    return len(inserted)
-
-
-# SQLite has one writer at a time; the others poll for the lock (sleeping up to 100 ms between
-# tries), so under load some lose many times in a row and wait seconds. Within one process the
-# writers queue on this lock instead, and only one of them polls SQLite. Not inside an outer
-# transaction, which may hold SQLite's lock already while another thread holds this one.
-_SQLITE_WRITERS = threading.Lock()
-
-
-@contextmanager
-def _writer_turn(connection) -> Iterator[None]:
-    """Our turn to write, on SQLite; at once elsewhere."""
-    if connection.vendor != "sqlite" or connection.in_atomic_block:
-        yield
-        return
-    with _SQLITE_WRITERS:
-        yield
-
-
-def _insert_statements(model: type[LLMRequestLog], logs: list[LLMRequestLog], connection) -> list[tuple[str, list]]:
-    """The INSERT statements (SQL, parameters) for `logs`, INSERT_BATCH_ROWS rows each, in order.
-    Values are prepared by each field as Django's own inserts do (get_db_prep_save)."""
-    meta = model._meta
-    fields = [field for field in meta.concrete_fields if not field.primary_key]
-    quote = connection.ops.quote_name
-    columns = ", ".join(quote(field.column) for field in fields)
-    row = "(" + ", ".join(["%s"] * len(fields)) + ")"
-    head = f"INSERT INTO {quote(meta.db_table)} ({columns}) VALUES "  # noqa: S608 - the model's own names
-    unique_column = quote(meta.get_field("request_id").column)
-    tail = f" ON CONFLICT ({unique_column}) DO NOTHING RETURNING {quote(meta.pk.column)}, {unique_column}"
-    statements = []
-    for start in range(0, len(logs), INSERT_BATCH_ROWS):
-        chunk = logs[start : start + INSERT_BATCH_ROWS]
-        params = [field.get_db_prep_save(field.pre_save(log, True), connection) for log in chunk for field in fields]
-        statements.append((head + ", ".join([row] * len(chunk)) + tail, params))
-    return statements
 
 
 def _announce(created: int) -> None:
@@ -325,14 +250,14 @@ class TraceSpanQuerySet(models.QuerySet):
         """Store context spans; a span already stored (trace_id, span_id) is skipped, so an exporter
         that sends a batch again stores nothing twice.
 
-        Sorted by key for the reason `_insert_new` sorts by request_id (no deadlock between two
+        Sorted by key for the reason `row_insert.insert_new` sorts by request_id (no deadlock between two
         PostgreSQL writers); on SQLite, in turn with the other writers of this process.
         """
         if not spans:
             return
         spans = sorted(spans, key=lambda span: (span.trace_id, span.span_id))
         connection = connections[self.db]
-        with _writer_turn(connection), transaction.atomic(using=self.db):
+        with writer_turn(connection), transaction.atomic(using=self.db):
             self.bulk_create(spans, ignore_conflicts=True, batch_size=INSERT_BATCH_ROWS)
 
     def of_trace(self, trace_id: str) -> list[dict[str, Any]]:
@@ -1787,10 +1712,11 @@ class HourlyUserTotals(UserTotals):
 
 
 class SessionTotals(models.Model):
-    """One session's calls, all of them (not a window's): what the sessions list shows, kept by
-    llm/rollups.py (the sessions touched by new calls are summed again from their calls, so the
-    distinct counts stay exact). A window that holds all of a session's calls reads this row; a
-    session cut by the window's edges, or with calls above the roll-up watermark, is read raw."""
+    """One session's calls, all of them (not a window's) up to the roll-up watermark: what the
+    sessions list shows, kept by llm/rollups.py (each roll-up adds its new calls; distinct users
+    from SessionUser, distinct models grown by the pairs no older call has, so they stay exact).
+    A window that holds all of a session's calls reads this row; a session cut by the window's
+    edges, or with calls above the roll-up watermark, is read raw."""
 
     session_id = models.CharField(max_length=200, unique=True)
     first_call = models.DateTimeField()

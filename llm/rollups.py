@@ -34,7 +34,21 @@ from typing import Any
 import numpy as np
 from django.conf import settings
 from django.db import DatabaseError, connection
-from django.db.models import BigIntegerField, Case, Count, F, IntegerField, Max, Min, Q, Sum, Value, When
+from django.db.models import (
+    BigIntegerField,
+    Case,
+    Count,
+    F,
+    IntegerField,
+    Max,
+    Min,
+    OuterRef,
+    Q,
+    Subquery,
+    Sum,
+    Value,
+    When,
+)
 from django.db.models.functions import Cast, Floor, Least, Ln, Round, TruncDate, TruncHour
 from django.utils import timezone
 
@@ -299,12 +313,19 @@ def _add_user_rows(model: type, key_fields: tuple[str, ...], added: dict[tuple, 
     _save(model, rows, list(key_fields), sums)
 
 
-# The session summaries (SessionTotals, SessionUser): not added to but summed again, per touched
-# session, from all its calls, so the distinct counts (users, models) and the first and last call
-# stay exact. A batch of 500 new calls touches at most 500 sessions of a few calls each: one
-# GROUP BY on the session_id index, one delete and one insert per table.
+# The session summaries (SessionTotals, SessionUser) hold every call at or below the roll-ups'
+# watermark, no other. A roll-up adds its new calls to the sessions they touch without reading the
+# sessions' older calls (a long session used to be summed again whole at each roll-up): sums add;
+# first and last call, shown user and shown model (a max) merge; distinct users are the session's
+# SessionUser rows (a pair inserted once); distinct models grow by the (session, model) pairs no
+# older call has. Summing again from the calls (rebuild_rollups, purge_logs) stops at the watermark
+# too, under its lock, so no call is ever counted twice. Chunks of 500 sessions: one GROUP BY over
+# the new calls, a few statements per table.
 
 SESSION_BATCH = 500
+# (session, model) pairs asked about in one query: SQLite parses a chain of ORs as a tree of at
+# most 1,000 levels.
+PAIRS_PER_QUERY = 100
 
 
 def _session_rows(calls: LLMRequestLogQuerySet) -> dict[str, Any]:
@@ -331,9 +352,10 @@ def _session_rows(calls: LLMRequestLogQuerySet) -> dict[str, Any]:
     )
 
 
-def refresh_sessions(session_ids: Iterable[str]) -> int:
-    """Sum these sessions again from their calls (a session without calls left loses its rows);
-    answers how many sessions have rows now."""
+def refresh_sessions(session_ids: Iterable[str], *, upto: int | None = None) -> int:
+    """Sum these sessions again from their calls (ids up to `upto`: the roll-ups' watermark, which
+    the caller holds); a session without calls left loses its rows. Answers how many sessions
+    have rows now."""
     ids = sorted({session_id for session_id in session_ids if session_id})
     kept = 0
     for offset in range(0, len(ids), SESSION_BATCH):
@@ -341,6 +363,8 @@ def refresh_sessions(session_ids: Iterable[str]) -> int:
         SessionTotals.objects.filter(session_id__in=chunk).delete()
         SessionUser.objects.filter(session_id__in=chunk).delete()
         calls = LLMRequestLog.objects.filter(session_id__in=chunk)
+        if upto is not None:
+            calls = calls.filter(id__lte=upto)
         totals = []
         for row in _session_rows(calls):
             units = row.pop("cost_units")
@@ -364,6 +388,117 @@ def refresh_sessions(session_ids: Iterable[str]) -> int:
     return kept
 
 
+def add_to_sessions(calls: LLMRequestLogQuerySet, *, above: int) -> int:
+    """Add new calls (all with ids above `above`, the watermark every summed call is at or below)
+    to their sessions' summaries; answers how many sessions they touched."""
+    new = {row["session_id"]: row for row in _session_rows(calls)}
+    ids = sorted(new)
+    for offset in range(0, len(ids), SESSION_BATCH):
+        chunk = ids[offset : offset + SESSION_BATCH]
+        _add_session_chunk({session_id: new[session_id] for session_id in chunk}, calls, above)
+    return len(ids)
+
+
+SESSION_SUMS = ("requests", "errors", "prompt_tokens", "completion_tokens", "total_tokens")
+
+
+def _add_session_chunk(new: dict[str, dict[str, Any]], calls: LLMRequestLogQuerySet, above: int) -> None:
+    calls = calls.filter(session_id__in=list(new))
+    existing = {row.session_id: row for row in SessionTotals.objects.filter(session_id__in=list(new))}
+    added_models = _models_new_to_sessions(
+        set(calls.values_list("session_id", "model_name").distinct().order_by()), existing, above
+    )
+    totals = []
+    for session_id, row in new.items():
+        summary = existing.get(session_id)
+        units = as_units(row["cost_units"])
+        if summary is None:
+            summary = SessionTotals(session_id=session_id, first_call=row["first_call"], last_call=row["last_call"])
+            summary.shown_user, summary.shown_model = row["shown_user"], row["shown_model"]
+            summary.model_count = row["model_count"]
+        else:
+            summary.first_call = min(summary.first_call, row["first_call"])
+            summary.last_call = max(summary.last_call, row["last_call"])
+            summary.model_count += added_models.get(session_id, 0)
+            units += round((summary.cost or 0) * COST_SCALE)
+        for name in SESSION_SUMS:
+            setattr(summary, name, getattr(summary, name) + row[name])
+        summary.cost = usd(units)
+        totals.append(summary)
+    _merge_shown(totals, new)
+    spans = {summary.session_id: (summary.first_call, summary.last_call) for summary in totals}
+    pairs = calls.exclude(user_id="").values_list("session_id", "user_id").distinct().order_by()
+    SessionUser.objects.bulk_create(
+        [SessionUser(session_id=s, user_id=u, first_call=spans[s][0], last_call=spans[s][1]) for s, u in pairs],
+        batch_size=500,
+        ignore_conflicts=True,
+    )
+    users = dict(
+        SessionUser.objects.filter(session_id__in=list(new))
+        .values("session_id")
+        .annotate(count=Count("id"))
+        .values_list("session_id", "count")
+        .order_by()
+    )
+    for summary in totals:
+        summary.user_count = users.get(summary.session_id, 0)
+    _save(SessionTotals, totals, ["session_id"], ["first_call", "last_call", *SESSION_FIELDS])
+    # Every user row of a session carries the session's span.
+    span_of = SessionTotals.objects.filter(session_id=OuterRef("session_id"))
+    SessionUser.objects.filter(session_id__in=list(new)).update(
+        first_call=Subquery(span_of.values("first_call")[:1]), last_call=Subquery(span_of.values("last_call")[:1])
+    )
+
+
+def _merge_shown(totals: list[SessionTotals], new: dict[str, dict[str, Any]]) -> None:
+    """Shown user and model: the larger of the summed and the new one, in the database's order of
+    text (its collation, as Max() orders them: Python's order of code points may differ)."""
+    pairs = [
+        (summary, name)
+        for summary in totals
+        for name in ("shown_user", "shown_model")
+        if getattr(summary, name) != new[summary.session_id][name]
+    ]
+    values = [(getattr(summary, name), new[summary.session_id][name]) for summary, name in pairs]
+    for (summary, name), larger in zip(pairs, greatest(values), strict=True):
+        setattr(summary, name, larger)
+
+
+def greatest(pairs: list[tuple[str, str]]) -> list[str]:
+    """The larger text of each pair, as the database orders text: one query per 500 pairs."""
+    function = "MAX" if connection.vendor == "sqlite" else "GREATEST"
+    larger: list[str] = []
+    for offset in range(0, len(pairs), 500):
+        chunk = pairs[offset : offset + 500]
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT " + ", ".join([f"{function}(%s, %s)"] * len(chunk)), [v for p in chunk for v in p])
+            larger.extend(cursor.fetchone())
+    return larger
+
+
+SESSION_FIELDS = (*SESSION_SUMS, "cost", "user_count", "shown_user", "model_count", "shown_model")
+
+
+def _models_new_to_sessions(
+    pairs: set[tuple[str, str]], existing: dict[str, SessionTotals], above: int
+) -> dict[str, int]:
+    """For each summed session, how many of its new calls' models none of its older calls has.
+    Its shown model is one the older calls have; only other models are asked of the calls."""
+    unsure = sorted((s, m) for s, m in pairs if s in existing and m != existing[s].shown_model)
+    known: set[tuple[str, str]] = set()
+    for offset in range(0, len(unsure), PAIRS_PER_QUERY):
+        condition = Q()
+        for session_id, model_name in unsure[offset : offset + PAIRS_PER_QUERY]:
+            condition |= Q(session_id=session_id, model_name=model_name)
+        older = LLMRequestLog.objects.filter(condition, id__lte=above)
+        known.update(older.values_list("session_id", "model_name").distinct().order_by())
+    added: dict[str, int] = defaultdict(int)
+    for pair in unsure:
+        if pair not in known:
+            added[pair[0]] += 1
+    return added
+
+
 def touched_sessions(calls: LLMRequestLogQuerySet) -> list[str]:
     return list(calls.exclude(session_id="").values_list("session_id", flat=True).distinct().order_by())
 
@@ -375,11 +510,13 @@ def touched_sessions(calls: LLMRequestLogQuerySet) -> list[str]:
 SESSIONS_READY = "sessions"
 
 
-def rebuild_sessions(since: date | None = None) -> int:
-    """Every session summed again from the logs (rebuild_rollups): in chunks of sessions."""
+def rebuild_sessions(since: date | None = None, *, upto: int | None = None) -> int:
+    """Every session summed again from the logs (rebuild_rollups, ids up to `upto`, where the
+    roll-ups' watermark moves): in chunks of sessions."""
     SessionTotals.objects.all().delete()
     SessionUser.objects.all().delete()
-    kept = refresh_sessions(touched_sessions(LLMRequestLog.objects.all()))
+    calls = LLMRequestLog.objects.all() if upto is None else LLMRequestLog.objects.filter(id__lte=upto)
+    kept = refresh_sessions(touched_sessions(calls), upto=upto)
     ready, created = MetricWatermark.objects.get_or_create(name=SESSIONS_READY)
     if created or since is None:
         ready.days_since = since
@@ -396,8 +533,10 @@ def sessions_ready() -> MetricWatermark | None:
 def forget_purged_sessions(cutoff: datetime) -> int:
     """After purge_logs deleted the calls before `cutoff`: the sessions that had calls then are
     summed again from what is left (the list answers what the logs hold, like a session's page)."""
-    old = SessionTotals.objects.filter(first_call__lt=cutoff).values_list("session_id", flat=True)
-    return refresh_sessions(list(old))
+    with watermarks.claim(ROLLUPS, LLMRequestLog) as claim:
+        # Under the watermark's lock, up to it: the calls above are added by the next roll-up.
+        old = SessionTotals.objects.filter(first_call__lt=cutoff).values_list("session_id", flat=True)
+        return refresh_sessions(list(old), upto=claim.watermark.last_id)
 
 
 PERIOD_TABLES = (("hour", HourlyRollup), ("day", DailyRollup))
@@ -454,7 +593,7 @@ def roll_up(*, limit: int | None = CATCH_UP_LIMIT, try_lock: bool = False) -> in
             watermark.time_zone = ""  # from now on they miss rows: only a rebuild trusts them again
         added = claim.upto - watermark.last_id
         add_rows(rows, daily=daily)
-        refresh_sessions(touched_sessions(rows))
+        add_to_sessions(rows, above=watermark.last_id)
         claim.advance()
         return added
 
@@ -542,7 +681,7 @@ def rebuild(since: date | None = None, progress: Callable[[str], None] | None = 
             add_rows(LLMRequestLog.objects.filter(id__lte=upto, timestamp__gte=start, timestamp__lt=end))
             days += 1
             progress(f"{day}: rolled up")
-        rebuild_sessions(None if watermark.days_since is None and _has_no_older_rollups(since) else since)
+        rebuild_sessions(None if watermark.days_since is None and _has_no_older_rollups(since) else since, upto=upto)
         progress("sessions: summed")
         watermark.time_zone = settings.TIME_ZONE
         claim.upto = upto

@@ -131,3 +131,80 @@ def test_errors_name_the_event_by_its_index_in_the_whole_batch():
     assert sorted(detail) == [3, 5]
     assert detail[3] == {"prompt_tokens": ["Ensure this value is greater than or equal to 0."]}
     assert detail[5] == {"model": ["This field may not be blank."]}
+
+
+def _row_by_keywords(data: dict) -> LLMRequestLog:
+    """What log_from_event made before it built rows by position: Django's keyword constructor."""
+    from llm.ingest_limits import fill_ids_from_tags
+
+    log = LLMRequestLog(
+        request_id=data["request_id"],
+        timestamp=data["timestamp"],
+        source=LLMRequestLog.Source.API,
+        provider=data["provider"],
+        model_name=data["model"],
+        user_id=data.get("user_id", ""),
+        session_id=data.get("session_id", ""),
+        trace_id=data.get("trace_id", "").lower(),
+        span_id=data.get("span_id", "").lower(),
+        parent_span_id=data.get("parent_span_id", "").lower(),
+        prompt_text=data.get("prompt", ""),
+        response_text=data.get("response", ""),
+        prompt_tokens=data["prompt_tokens"],
+        completion_tokens=data["completion_tokens"],
+        total_tokens=data.get("total_tokens") or data["prompt_tokens"] + data["completion_tokens"],
+        cached_tokens=data.get("cached_tokens", 0),
+        latency_ms=data["latency_ms"],
+        ttft_ms=data.get("ttft_ms"),
+        cost_estimate=data.get("cost_usd"),
+        status=data["status"],
+        error_type=data["error_type"],
+        error_message=data.get("error_message", ""),
+        finish_reason=data.get("finish_reason", ""),
+        temperature=data.get("temperature"),
+        max_tokens=data.get("max_tokens"),
+        tags=data.get("tags", {}),
+    )
+    fill_ids_from_tags(log)
+    return log
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        {"model": "m", "provider": "groq"},
+        {
+            "model": "m",
+            "provider": "groq",
+            "prompt_tokens": 3,
+            "completion_tokens": 4,
+            "latency_ms": 12.5,
+            "ttft_ms": 2,
+            "status": "error",
+            "error_type": "timeout",
+            "error_message": "slow",
+            "trace_id": "A" * 32,
+            "span_id": "B" * 16,
+            "prompt": "p",
+            "response": "r",
+            "temperature": 0.5,
+            "max_tokens": 10,
+            "cost_usd": "0.25",
+            "finish_reason": "stop",
+            "cached_tokens": 1,
+            "tags": {"user_id": "from-tag", "session_id": "session-tag", "team": "x"},
+        },
+    ],
+)
+def test_a_row_built_by_position_equals_the_keyword_built_one(event):
+    from llm.events import ROW_SHAPE, log_from_event
+
+    data = parse_events({"events": [{"request_id": str(uuid.uuid4()), "timestamp": NOW.isoformat(), **event}]})[0]
+    built, expected = log_from_event(data), _row_by_keywords(data)
+    for field in LLMRequestLog._meta.concrete_fields:
+        assert getattr(built, field.attname) == getattr(expected, field.attname), field.attname
+    assert built._state.adding and built.pk is None
+    # Defaults made afresh for each row: two rows never share a mutable default or a request_id.
+    first, second = ROW_SHAPE.row({}), ROW_SHAPE.row({})
+    assert first.tags == {} and first.tags is not second.tags
+    assert first.request_id != second.request_id

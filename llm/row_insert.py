@@ -1,0 +1,230 @@
+"""Inserting calls once per request_id, fast: the machinery under `LLMRequestLog.objects.record`
+and `record_many` (llm/models.py), which passes the model in (this module imports no model).
+
+Two ways to the same statement, INSERT … ON CONFLICT (request_id) DO NOTHING RETURNING id,
+request_id, which answers how many rows were really inserted (a row another writer stored first is
+skipped and not counted) and gives the inserted logs their id:
+
+- VALUES (%s, …) per row, 500 rows a statement: SQLite, and few rows on PostgreSQL.
+- On PostgreSQL from STAGED_MIN_ROWS rows: COPY into a temporary staging table, then one
+  INSERT … SELECT from it. Measured on a batch of 500 events (bench/ingest_profile.py): psycopg
+  spends most of a 16,000-placeholder INSERT splitting the query text and quoting each value into
+  it (Django's cursors bind on the client), where COPY hands the values over in psycopg's C dumpers.
+
+Why not bulk_create(ignore_conflicts=True): it cannot tell which rows it skipped. Why sorted by
+request_id: on PostgreSQL an insert waits for a concurrent uncommitted insert of the same key; two
+writers taking their keys in different orders wait for each other (a deadlock, answered 500). In
+one global order, one of them always goes first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import uuid
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from django.db import connections, models, transaction
+
+# Rows per INSERT … VALUES statement: 500 rows of ~33 columns stay under both databases' limits on
+# parameters per statement (SQLite 32,766; PostgreSQL 65,535).
+INSERT_BATCH_ROWS = 500
+# From this many rows PostgreSQL gets COPY + INSERT … SELECT (three statements, the first only once
+# per connection); below it, one INSERT … VALUES is fewer round trips (the proxy's single rows).
+STAGED_MIN_ROWS = 20
+
+
+class RowShape:
+    """A model's columns in order, with their defaults: an unsaved row made from its values by
+    position, which Django's Model.__init__ takes several times faster than keywords."""
+
+    def __init__(self, model: type[models.Model]) -> None:
+        self.model = model
+        fields = model._meta.concrete_fields
+        self.names = [field.attname for field in fields]
+        # Defaults made afresh for each row (uuid4, now, dict), for the columns the values do not set.
+        self.fresh = [field for field in fields if field.has_default() and callable(field.default)]
+        self.constant = {field.attname: field.get_default() for field in fields if field not in self.fresh}
+        self.known = frozenset(self.names)
+
+    def row(self, values: dict[str, Any]) -> models.Model:
+        if not self.known.issuperset(values):
+            # What the keyword constructor says of a misspelt name.
+            raise TypeError(f"{self.model.__name__} has no field {sorted(set(values) - self.known)}")
+        values = {**self.constant, **values}
+        for field in self.fresh:
+            if field.attname not in values:
+                values[field.attname] = field.get_default()
+        return self.model(*[values[name] for name in self.names])
+
+
+def as_uuid(value: Any) -> uuid.UUID:
+    return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+
+
+def insert_new(model: type[models.Model], logs: list[models.Model], using: str) -> int:
+    """Insert the logs whose request_id is not stored yet; answers how many were inserted and gives
+    those their id. `logs` must have distinct request_ids (UUIDs) and be ready for storage. The
+    values are prepared before the transaction, which holds only the writing (on SQLite every other
+    writer waits for it)."""
+    if not logs:
+        return 0
+    connection = connections[using]
+    logs = sorted(logs, key=lambda log: log.request_id)
+    columns = _Columns.of(model, connection)
+    if connection.vendor == "postgresql" and len(logs) >= STAGED_MIN_ROWS:
+        rows = [columns.values(log, connection) for log in logs]
+        with transaction.atomic(using=using), connection.cursor() as cursor:
+            inserted = _staged_insert(cursor, columns, rows)
+    else:
+        statements = _value_statements(columns, logs, connection)
+        inserted = {}
+        with writer_turn(connection), transaction.atomic(using=using), connection.cursor() as cursor:
+            for sql, params in statements:
+                cursor.execute(sql, params)
+                inserted.update((as_uuid(request_id), pk) for pk, request_id in cursor.fetchall())
+    for log in logs:
+        if log.request_id in inserted:
+            log.pk = inserted[log.request_id]
+            log._state.adding = False
+            log._state.db = using
+    return len(inserted)
+
+
+class _Columns:
+    """A model's insertable columns on one database, and how a log's values are made ready for it:
+    what Django's own inserts do (pre_save, get_db_prep_save), skipped for the values it would hand
+    over unchanged (a str for a text field, an int for an integer field…), most of a batch's."""
+
+    # Field classes whose get_db_prep_save answers a value passing the test as it is (on both
+    # databases; subclasses such as PositiveIntegerField included). `type(…) is`: a bool is an int
+    # to isinstance, and Django turns it into 1 for an integer column.
+    PLAIN: tuple[tuple[type[models.Field], Callable[[Any], bool]], ...] = (
+        (models.CharField, lambda value: type(value) is str),
+        (models.TextField, lambda value: type(value) is str),
+        (models.IntegerField, lambda value: type(value) is int),
+        (models.FloatField, lambda value: type(value) is float),
+        (models.BooleanField, lambda value: type(value) is bool),
+    )
+    # And on PostgreSQL, whose driver takes these as they are (SQLite's backend turns them into text).
+    PLAIN_POSTGRESQL: tuple[tuple[type[models.Field], Callable[[Any], bool]], ...] = (
+        (models.UUIDField, lambda value: type(value) is uuid.UUID),
+        # An aware datetime (Django warns about a naive one and makes it aware in TIME_ZONE).
+        (models.DateTimeField, lambda value: type(value) is datetime and value.tzinfo is not None),
+        # A finite Decimal (Django refuses NaN and infinities).
+        (models.DecimalField, lambda value: type(value) is Decimal and value.is_finite()),
+    )
+
+    _cache: dict[tuple[type, str], _Columns] = {}
+
+    def __init__(self, model: type[models.Model], connection: Any) -> None:
+        meta = model._meta
+        self.fields = [field for field in meta.concrete_fields if not field.primary_key]
+        quote = connection.ops.quote_name
+        self.table = quote(meta.db_table)
+        self.names = ", ".join(quote(field.column) for field in self.fields)
+        self.pk = quote(meta.pk.column)
+        self.unique = quote(meta.get_field("request_id").column)
+        plain = self.PLAIN + (self.PLAIN_POSTGRESQL if connection.vendor == "postgresql" else ())
+        self._prepare = [self._preparer(field, plain) for field in self.fields]
+        # One staging table per column list and types: a process whose model differs from the
+        # one a connection's table was made for (a migration in between) uses another name.
+        shape = ";".join(f"{field.column} {field.db_type(connection)}" for field in self.fields)
+        self.staging = quote(f"{meta.db_table}_staging_{hashlib.sha256(shape.encode()).hexdigest()[:12]}")
+
+    @classmethod
+    def of(cls, model: type[models.Model], connection: Any) -> _Columns:
+        key = (model, connection.alias)
+        columns = cls._cache.get(key)
+        if columns is None:
+            # Per alias, not per connection object: each thread has its own (same vendor).
+            columns = cls._cache[key] = cls(model, connection)
+        return columns
+
+    @staticmethod
+    def _preparer(
+        field: models.Field, plain: tuple[tuple[type[models.Field], Callable[[Any], bool]], ...]
+    ) -> Callable[[models.Model, Any], Any]:
+        attname = field.attname
+        test = next((test for kind, test in plain if isinstance(field, kind)), None)
+        if test is None or getattr(field, "auto_now", False) or getattr(field, "auto_now_add", False):
+            return lambda log, connection: field.get_db_prep_save(field.pre_save(log, True), connection)
+
+        def prepare(log: models.Model, connection: Any) -> Any:
+            value = getattr(log, attname)
+            if value is None or test(value):
+                return value
+            return field.get_db_prep_save(value, connection)
+
+        return prepare
+
+    def values(self, log: models.Model, connection: Any) -> list[Any]:
+        return [prepare(log, connection) for prepare in self._prepare]
+
+
+def _value_statements(columns: _Columns, logs: list[models.Model], connection: Any) -> list[tuple[str, list]]:
+    """The INSERT … VALUES statements (SQL, parameters) for `logs`, INSERT_BATCH_ROWS rows each."""
+    row = "(" + ", ".join(["%s"] * len(columns.fields)) + ")"
+    head = f"INSERT INTO {columns.table} ({columns.names}) VALUES "  # noqa: S608 - the model's own names
+    tail = f" ON CONFLICT ({columns.unique}) DO NOTHING RETURNING {columns.pk}, {columns.unique}"
+    statements = []
+    for start in range(0, len(logs), INSERT_BATCH_ROWS):
+        chunk = logs[start : start + INSERT_BATCH_ROWS]
+        params = [value for log in chunk for value in columns.values(log, connection)]
+        statements.append((head + ", ".join([row] * len(chunk)) + tail, params))
+    return statements
+
+
+# The raw connections that have made their staging table (a temporary table lives as long as its
+# connection; a new connection is a new object here).
+_staged_connections: weakref.WeakKeyDictionary[Any, set[str]] = weakref.WeakKeyDictionary()
+_staged_lock = threading.Lock()
+
+
+def _staged_insert(cursor: Any, columns: _Columns, rows: list[list[Any]]) -> dict[uuid.UUID, int]:
+    """COPY the rows into this connection's staging table, then move them into the table in one
+    INSERT … SELECT … ORDER BY request_id ON CONFLICT DO NOTHING RETURNING. Inside a transaction.
+
+    The staging table is emptied by the move itself (DELETE … RETURNING), so a caller's outer
+    transaction that stores twice never moves a row twice, and at every commit (ON COMMIT DELETE
+    ROWS: no dead rows pile up in a table autovacuum never visits)."""
+    with _staged_lock:
+        made = _staged_connections.setdefault(cursor.cursor.connection, set())
+    if columns.staging not in made:
+        cursor.execute(
+            f"CREATE TEMPORARY TABLE IF NOT EXISTS {columns.staging} ON COMMIT DELETE ROWS "  # noqa: S608
+            f"AS SELECT {columns.names} FROM {columns.table} WITH NO DATA"
+        )
+        # Known to exist once committed: a rollback (a failed COPY, a test's transaction) undoes it.
+        transaction.on_commit(lambda: made.add(columns.staging), using=cursor.db.alias)
+    with cursor.cursor.copy(f"COPY {columns.staging} ({columns.names}) FROM STDIN") as copy:  # noqa: S608
+        for row in rows:
+            copy.write_row(row)
+    cursor.execute(
+        f"WITH moved AS (DELETE FROM {columns.staging} RETURNING *) "  # noqa: S608 - the model's own names
+        f"INSERT INTO {columns.table} ({columns.names}) SELECT {columns.names} FROM moved "
+        f"ORDER BY {columns.unique} ON CONFLICT ({columns.unique}) DO NOTHING RETURNING {columns.pk}, {columns.unique}"
+    )
+    return {as_uuid(request_id): pk for pk, request_id in cursor.fetchall()}
+
+
+# SQLite has one writer at a time; the others poll for the lock (sleeping up to 100 ms between
+# tries), so under load some lose many times in a row and wait seconds. Within one process the
+# writers queue on this lock instead, and only one of them polls SQLite. Not inside an outer
+# transaction, which may hold SQLite's lock already while another thread holds this one.
+_SQLITE_WRITERS = threading.Lock()
+
+
+@contextmanager
+def writer_turn(connection: Any) -> Iterator[None]:
+    """Our turn to write, on SQLite; at once elsewhere."""
+    if connection.vendor != "sqlite" or connection.in_atomic_block:
+        yield
+        return
+    with _SQLITE_WRITERS:
+        yield
