@@ -32,7 +32,7 @@ from django.conf import settings
 
 from llm import alerts, metrics
 from llm.models import AlertLevel, AlertLog, AlertRule
-from llm.order_statistics import window_percentiles
+from llm.order_statistics import sliding_percentiles
 
 # At most this many instants per preview: 30 days every 5 minutes.
 MAX_EVALUATIONS = 30 * 24 * 60 // 5
@@ -122,12 +122,11 @@ class Windows:
         sums = self.figures.sums
         self.counts = sums["thumbs_up"] + sums["thumbs_down"] if self.measure.feedback else sums["requests"]
 
-    def window_percentiles(self, code: int, lows: np.ndarray, highs: np.ndarray) -> np.ndarray:
-        """The percentile of each window [lows[i], highs[i]) of the group (NaN: no values), all
-        at once (exact: llm/order_statistics.py)."""
-        ends = self.figures.ends[code]
+    def window_percentiles(self, code: int, highs: np.ndarray) -> np.ndarray:
+        """The percentile of the group's window ending before each bucket of `highs` (NaN: no
+        values), all at once (exact: llm/order_statistics.py)."""
         fraction = metrics.ALERT_PERCENTILES[self.measure.percentile][1]
-        return window_percentiles(self.figures.values, ends[lows], ends[highs], fraction)
+        return sliding_percentiles(self.figures.values, self.figures.ends[code], self.span, highs, fraction)
 
     def index(self, moment: datetime) -> int:
         """The bucket the window ending at `moment` ends before."""
@@ -245,7 +244,7 @@ class GroupSeries:
         self.before = None
         if measure.compares_previous:
             self.before = self.now * 0 if code is None else windows.figures.totals(code, lows - span, lows)
-        self.pct = self._percentiles(lows, highs) if measure.percentile else None
+        self.pct = self._percentiles(highs) if measure.percentile else None
         self.values = VECTOR_VALUES[rule.metric_type](self.now, self.before, self.pct)
         counted = self.now[:, 4] + self.now[:, 5] if measure.feedback else self.now[:, 0]
         present = counted > 0
@@ -270,11 +269,11 @@ class GroupSeries:
             enough = counted >= rule.min_ratings
         return enough & ~np.isnan(self.values)
 
-    def _percentiles(self, lows: np.ndarray, highs: np.ndarray) -> np.ndarray:
+    def _percentiles(self, highs: np.ndarray) -> np.ndarray:
         """Every window's percentile at once (NaN for a window without values)."""
         if self.code is None or self.windows.figures.values is None:
             return np.full(len(highs), np.nan)
-        return self.windows.window_percentiles(self.code, lows, highs)
+        return self.windows.window_percentiles(self.code, highs)
 
     def _certainly_fine(self) -> np.ndarray:
         """Instants at which the judge would certainly say ok (or no verdict, kept or ok)."""
