@@ -449,11 +449,12 @@ def worst_series(result: Replay) -> list[float | None]:
     count = len(result.times)
     if not result.groups:
         return [None] * count
-    table = np.vstack([group.array(count) for group in result.groups.values()])
-    empty = np.isnan(table).all(axis=0)
-    table[:, empty] = 0
-    worst = np.nanmin(table, axis=0) if result.rule.fires_below else np.nanmax(table, axis=0)
-    return [None if blank else value for blank, value in zip(empty.tolist(), worst.tolist(), strict=True)]
+    # Folded group by group (fmax and fmin skip NaN): no table of every group at every instant.
+    keep_worse = np.fmin if result.rule.fires_below else np.fmax
+    worst = np.full(count, np.nan)
+    for group in result.groups.values():
+        keep_worse(worst, group.array(count), out=worst)
+    return [None if math.isnan(value) else value for value in worst.tolist()]
 
 
 # The answer draws the series of at most this many groups: those with the most notices.
