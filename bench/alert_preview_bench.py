@@ -12,6 +12,11 @@ difference of the value. Target: 2 s per preview.
 
 With DATABASE_URL set to a database of your own instead of `scripts/with-postgres`, the calls are
 loaded once and later runs reuse them.
+
+Then (PostgreSQL, unless BENCH_INGEST=0) what the covering indexes cost a write: POST /api/events/
+with batches of 500 new calls, the median per batch with the model and user indexes as migration
+0026 makes them (INCLUDE the rule's columns), without the INCLUDE, and with them again (each index
+rebuilt between the rounds; the migration's definitions are put back at the end).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import random
 import statistics
 import sys
 import time
+import uuid
 from datetime import timedelta
 
 # common first: it puts the project on sys.path and sets Django up, which scale_data needs.
@@ -30,9 +36,12 @@ from common import logged_in_client
 # isort: split
 import scale_data
 from django.core.management import call_command
+from django.db import connection
+from django.test import Client
+from django.utils import timezone
 
 from llm import alert_preview, alerts
-from llm.models import AlertRule, LLMRequestLog
+from llm.models import RULE_COLUMNS, AlertRule, APIKey, LLMRequestLog
 
 ROWS = int(os.environ.get("BENCH_ROWS", "1000000"))
 DAYS = 30
@@ -138,5 +147,71 @@ def main() -> None:
     print(f"Load average during the run: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on {os.cpu_count()} CPUs.")
 
 
+INGEST_BATCH = 500
+INGEST_ROUNDS = int(os.environ.get("BENCH_INGEST_BATCHES", "12"))
+# The migration's covering indexes, and the plain ones they replaced.
+COVERED = {
+    "llm_log_model_time": f"(model_name, timestamp) INCLUDE ({', '.join(RULE_COLUMNS)})",
+    "llm_log_user_time": f"(user_id, timestamp) INCLUDE (model_name, {', '.join(RULE_COLUMNS)})",
+}
+PLAIN = {"llm_log_model_time": "(model_name, timestamp)", "llm_log_user_time": "(user_id, timestamp)"}
+
+
+def event_batch(rng: random.Random) -> bytes:
+    """500 new calls of the last hour, as an SDK reports them."""
+    now = timezone.now()
+    events = [
+        {
+            "request_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+            "timestamp": (now - timedelta(seconds=rng.uniform(0, 3600))).isoformat(),
+            "model": rng.choice(scale_data.SCALE_MODELS).name,
+            "user_id": f"user-{rng.randrange(1, 501):03d}",
+            "prompt_tokens": rng.randrange(20, 2000),
+            "completion_tokens": rng.randrange(1, 800),
+            "latency_ms": round(rng.lognormvariate(6.5, 0.5), 3),
+            "prompt": "What is the capital of France? " * rng.randrange(1, 4),
+            "response": "Paris. " * rng.randrange(1, 20),
+        }
+        for _ in range(INGEST_BATCH)
+    ]
+    return json.dumps({"events": events}).encode()
+
+
+def build_indexes(definitions: dict[str, str]) -> None:
+    with connection.cursor() as cursor:
+        for name, columns in definitions.items():
+            cursor.execute(f"DROP INDEX IF EXISTS {name}")
+            cursor.execute(f"CREATE INDEX {name} ON {LLMRequestLog._meta.db_table} {columns}")
+        cursor.execute(f"VACUUM ANALYZE {LLMRequestLog._meta.db_table}")
+
+
+def batch_times(client: Client, rng: random.Random) -> list[float]:
+    bodies = [event_batch(rng) for _ in range(INGEST_ROUNDS)]
+    times = []
+    for body in bodies:
+        started = time.perf_counter()
+        response = client.post("/api/events/", body, content_type="application/json")
+        times.append((time.perf_counter() - started) * 1000)
+        assert response.status_code == 201, response.content[:300]
+    return times
+
+
+def ingest_cost() -> None:
+    """Median time of a 500-call batch with and without the INCLUDE columns (covered, plain, covered)."""
+    _, raw_key = APIKey.generate("alert preview bench", APIKey.ALL_SCOPES)
+    client = Client(HTTP_AUTHORIZATION=f"Bearer {raw_key}")
+    rng = random.Random(5)
+    batch_times(client, rng)  # warm-up: caches, prices, the first roll-up
+    print(f"\nPOST /api/events/, {INGEST_BATCH} new calls a batch, median of {INGEST_ROUNDS} batches:\n")
+    print("| model and user indexes | median per batch | load (1 min) |")
+    print("|---|---:|---:|")
+    for label, definitions in (("with INCLUDE", COVERED), ("plain", PLAIN), ("with INCLUDE, again", COVERED)):
+        build_indexes(definitions)
+        median = statistics.median(batch_times(client, rng))
+        print(f"| {label} | {median:,.0f} ms | {os.getloadavg()[0]:.1f} |")
+
+
 if __name__ == "__main__":
     main()
+    if connection.vendor == "postgresql" and os.environ.get("BENCH_INGEST", "1") != "0":
+        ingest_cost()
