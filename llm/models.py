@@ -179,11 +179,6 @@ def _announce(created: int) -> None:
     transaction.on_commit(lambda: calls_recorded.send(sender=LLMRequestLog, created=created), robust=True)
 
 
-# The columns an alert rule's figures read besides the time, the model and the user (covered by
-# the model and user indexes on PostgreSQL).
-RULE_COLUMNS = ["status", "error_type", "total_tokens", "cost_estimate", "latency_ms", "ttft_ms"]
-
-
 class LLMRequestLog(models.Model):
     class Source(models.TextChoices):
         PROXY = "proxy", "Proxy"
@@ -280,14 +275,9 @@ class LLMRequestLog(models.Model):
             # Dashboard and metrics filtered by model, status or user over a time range (model: also
             # the model list, a loose index scan in llm.dashboard.logged_model_names; user: the
             # `user_id` filter of logs, metrics and export, which the roll-ups do not cover).
-            # On PostgreSQL the model and user indexes also carry the columns an alert rule reads
-            # (INCLUDE; ignored elsewhere): the rule preview grouped by model or user reads a month
-            # of calls from the index alone, already in group order (llm.metrics.bucketed_figures).
-            models.Index(fields=["model_name", "timestamp"], name="llm_log_model_time", include=RULE_COLUMNS),
+            models.Index(fields=["model_name", "timestamp"], name="llm_log_model_time"),
             models.Index(fields=["status", "timestamp"], name="llm_log_status_time"),
-            models.Index(
-                fields=["user_id", "timestamp"], name="llm_log_user_time", include=["model_name", *RULE_COLUMNS]
-            ),
+            models.Index(fields=["user_id", "timestamp"], name="llm_log_user_time"),
             # The `session_id` filter (logs, metrics, export) and a session's calls, which the
             # roll-ups do not cover: without it a 30-day window reads every row of the window.
             # (`search` has trigram indexes on PostgreSQL: migration 0008, not declared here.)
