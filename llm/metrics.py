@@ -1468,7 +1468,7 @@ def bucketed_figures(scope: AlertScope, start: datetime, buckets: int, size: tim
 
     The calls are read once, one entry per call, and summed per bucket by NumPy: a GROUP BY
     (bucket, user) answers almost a row per call, and its numeric sums cost more than the scan.
-    On PostgreSQL each column of each group arrives packed in one bytea (`Packed`)."""
+    On PostgreSQL each group's calls arrive packed in one bytea (`Packed`: a record per call)."""
     end = start + buckets * size
     seconds = int(size.total_seconds())
     if scope.feedback:
