@@ -12,6 +12,11 @@ difference of the value. Target: 2 s per preview.
 
 With DATABASE_URL set to a database of your own instead of `scripts/with-postgres`, the calls are
 loaded once and later runs reuse them.
+
+Then (PostgreSQL, unless BENCH_INGEST=0) what the covering indexes cost a write: batches of 500
+new calls written by one INSERT, the median per batch with the model and user indexes as migration
+0026 (rule_covering_indexes) makes them (INCLUDE the rule's columns), without the INCLUDE, and with
+them again (both rebuilt between the rounds; the migration's definitions are left at the end).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from common import logged_in_client
 # isort: split
 import scale_data
 from django.core.management import call_command
+from django.db import connection, transaction
 
 from llm import alert_preview, alerts
 from llm.models import AlertRule, LLMRequestLog
@@ -138,5 +144,63 @@ def main() -> None:
     print(f"Load average during the run: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on {os.cpu_count()} CPUs.")
 
 
+INGEST_BATCH = 500
+INGEST_ROUNDS = int(os.environ.get("BENCH_INGEST_BATCHES", "10"))
+# The covering indexes of migration 0026 (rule_covering_indexes), and the plain ones they replaced.
+RULE_COLUMNS = "status, error_type, total_tokens, cost_estimate, latency_ms, ttft_ms"
+COVERED = {
+    "llm_log_model_time": f"(model_name, timestamp) INCLUDE ({RULE_COLUMNS})",
+    "llm_log_user_time": f"(user_id, timestamp) INCLUDE (model_name, {RULE_COLUMNS})",
+}
+PLAIN = {"llm_log_model_time": "(model_name, timestamp)", "llm_log_user_time": "(user_id, timestamp)"}
+
+
+def build_indexes(definitions: dict[str, str]) -> None:
+    with connection.cursor() as cursor:
+        for name, columns in definitions.items():
+            cursor.execute(f"DROP INDEX IF EXISTS {name}")
+            cursor.execute(f"CREATE INDEX {name} ON {LLMRequestLog._meta.db_table} {columns}")
+        cursor.execute(f"VACUUM ANALYZE {LLMRequestLog._meta.db_table}")
+
+
+def insert_times() -> list[float]:
+    """Each batch: 500 calls (copies of recent ones: a new request_id, a time in the last hour)
+    written by one INSERT, in its own transaction: the table's and every index's share of a write."""
+    table = LLMRequestLog._meta.db_table
+    columns = [field.column for field in LLMRequestLog._meta.concrete_fields if field.column not in ("id",)]
+    chosen = ", ".join(
+        {
+            "request_id": "gen_random_uuid()",
+            "timestamp": "now() - random() * interval '1 hour'",
+        }.get(column, f'"{column}"')
+        for column in columns
+    )
+    names = ", ".join(f'"{column}"' for column in columns)
+    sql = f"INSERT INTO {table} ({names}) SELECT {chosen} FROM {table} ORDER BY id DESC LIMIT {INGEST_BATCH}"  # noqa: S608
+    times = []
+    for _ in range(INGEST_ROUNDS):
+        with transaction.atomic(), connection.cursor() as cursor:
+            started = time.perf_counter()
+            cursor.execute(sql)
+        times.append((time.perf_counter() - started) * 1000)
+    return times
+
+
+def ingest_cost() -> None:
+    """Median time of writing a 500-call batch with and without the INCLUDE columns (covered,
+    plain, covered: the machine's load drifts). The SQL write alone, where the indexes' cost is:
+    the events API adds validation, pricing and the roll-ups' bookkeeping, the same either way."""
+    print(f"\nOne INSERT of {INGEST_BATCH} calls (commit included), median of {INGEST_ROUNDS}:\n")
+    print("| model and user indexes | median per batch | load (1 min) |")
+    print("|---|---:|---:|")
+    for label, definitions in (("with INCLUDE", COVERED), ("plain", PLAIN), ("with INCLUDE, again", COVERED)):
+        build_indexes(definitions)
+        insert_times()  # warm-up
+        median = statistics.median(insert_times())
+        print(f"| {label} | {median:,.1f} ms | {os.getloadavg()[0]:.1f} |")
+
+
 if __name__ == "__main__":
     main()
+    if connection.vendor == "postgresql" and os.environ.get("BENCH_INGEST", "1") != "0":
+        ingest_cost()

@@ -6,18 +6,24 @@ figures become `metrics.WindowTotals`, `alerts.judge` gives the value and the le
 no-data policy), `alerts.cap_groups` keeps the same groups, and `alerts.next_state` makes the
 transitions `AlertRule.record_check` makes with its conditional UPDATEs. Only the measuring
 differs, for speed: instead of one query per instant (8,640 over 30 days at 5 minutes), the
-figures come from `metrics.bucketed_figures`: the period's calls read once (on PostgreSQL each
-column the rule needs arrives packed, one bytea per group) and summed per time bucket and group
-by NumPy (the bucket is the greatest common divisor of the step and the window, so every window
-is a run of whole buckets). Counts, sums and rates are then exact (sums up to float rounding),
-and a percentile is taken over exactly the window's rows, with the same linear interpolation as
+figures come from `metrics.bucketed_figures`: the period's calls read once (on PostgreSQL one
+record per call, packed in one bytea per group) and summed per time bucket and group by NumPy
+(the bucket is the greatest common divisor of the step and the window, so every window is a run
+of whole buckets). Counts, sums and rates are then exact (sums up to float rounding), and a
+percentile is taken over exactly the window's rows, with the same linear interpolation as
 percentile_cont (llm/order_statistics.py, every window of a group at once): the replay gives the
 notices real runs at those instants would have written (tests/test_alert_preview.py checks it
 against check_alerts under time-machine).
 
+Each group is walked from one instant worth judging to the next: while it does not fire, the
+instants its vector value puts certainly under the levels are skipped; while it fires, the spans
+it certainly stays at its level without a notice (no reminder due) are too. What is skipped is
+decided with a margin (MARGIN) around the thresholds, so the judge decides every close call.
+
 Where the time goes (bench/alert_preview_bench.py, 1,000,000 calls, 30 days every 5 minutes):
-mostly PostgreSQL reading the columns (a sequential scan; a column stored after the prompt and
-response texts costs more to reach); the replay itself is 0.05 to 0.4 s of Python.
+mostly PostgreSQL packing the calls (about half a microsecond a value on the shared machine; by
+model or user it reads the covering index in group order, migration 0026); the replay itself is
+0.05 to 0.7 s of Python (a percentile by user: 500 groups by 8,640 windows).
 """
 
 from __future__ import annotations
@@ -31,8 +37,8 @@ import numpy as np
 from django.conf import settings
 
 from llm import alerts, metrics
-from llm.models import AlertLog, AlertRule
-from llm.order_statistics import window_percentiles
+from llm.models import AlertLevel, AlertLog, AlertRule
+from llm.order_statistics import sliding_percentiles
 
 # At most this many instants per preview: 30 days every 5 minutes.
 MAX_EVALUATIONS = 30 * 24 * 60 // 5
@@ -113,6 +119,8 @@ class Windows:
             alerts.scope_of(rule), self.start, buckets, timedelta(minutes=self.bucket)
         )
         self.span = self.window // self.bucket
+        # Each instant in seconds since 1970 (whole minutes: exact as floats).
+        self.seconds = np.array([moment.timestamp() for moment in times])
         self.keys = self.figures.keys
         self.codes = {key: code for code, key in enumerate(self.keys)}
         # Per group, the prefix sums of what makes a group present in a window: its calls, or
@@ -120,12 +128,11 @@ class Windows:
         sums = self.figures.sums
         self.counts = sums["thumbs_up"] + sums["thumbs_down"] if self.measure.feedback else sums["requests"]
 
-    def window_percentiles(self, code: int, lows: np.ndarray, highs: np.ndarray) -> np.ndarray:
-        """The percentile of each window [lows[i], highs[i]) of the group (NaN: no values), all
-        at once (exact: llm/order_statistics.py)."""
-        ends = self.figures.ends[code]
+    def window_percentiles(self, code: int, highs: np.ndarray) -> np.ndarray:
+        """The percentile of the group's window ending before each bucket of `highs` (NaN: no
+        values), all at once (exact: llm/order_statistics.py)."""
         fraction = metrics.ALERT_PERCENTILES[self.measure.percentile][1]
-        return window_percentiles(self.figures.values, ends[lows], ends[highs], fraction)
+        return sliding_percentiles(self.figures.values, self.figures.ends[code], self.span, highs, fraction)
 
     def index(self, moment: datetime) -> int:
         """The bucket the window ending at `moment` ends before."""
@@ -243,7 +250,7 @@ class GroupSeries:
         self.before = None
         if measure.compares_previous:
             self.before = self.now * 0 if code is None else windows.figures.totals(code, lows - span, lows)
-        self.pct = self._percentiles(lows, highs) if measure.percentile else None
+        self.pct = self._percentiles(highs) if measure.percentile else None
         self.values = VECTOR_VALUES[rule.metric_type](self.now, self.before, self.pct)
         counted = self.now[:, 4] + self.now[:, 5] if measure.feedback else self.now[:, 0]
         present = counted > 0
@@ -252,31 +259,84 @@ class GroupSeries:
             present[np.argmax(present) :] = True
         # Judged when not firing (a firing group is judged at every instant).
         self.present = present if rule.group_by else np.ones(len(highs), dtype=bool)
-        self.candidates = np.flatnonzero(self.present & ~self._certainly_fine(counted))
+        self.judged = self._judged(counted)
+        self.candidates = np.flatnonzero(self.present & ~self._certainly_fine())
+        self.seconds = windows.seconds
+        self._unsteady: dict[str, np.ndarray] = {}
+        self._verdicts: np.ndarray | None = None
 
-    def _percentiles(self, lows: np.ndarray, highs: np.ndarray) -> np.ndarray:
-        """Every window's percentile at once (NaN for a window without values)."""
-        if self.code is None or self.windows.figures.values is None:
-            return np.full(len(highs), np.nan)
-        return self.windows.window_percentiles(self.code, lows, highs)
-
-    def _certainly_fine(self, counted: np.ndarray) -> np.ndarray:
-        """Instants at which the judge would certainly say ok (or no verdict, kept or ok)."""
-        rule, measure, values = self.windows.rule, self.windows.measure, self.values
-        enough = np.ones(len(values), dtype=bool)
+    def _judged(self, counted: np.ndarray) -> np.ndarray:
+        """Instants with a verdict before the no-data policy (enough calls or ratings, a value)."""
+        rule, measure = self.windows.rule, self.windows.measure
+        enough = np.ones(len(self.values), dtype=bool)
         if measure.needs_traffic:
             enough = self.now[:, 0] >= alerts.MIN_REQUESTS_TO_JUDGE
         elif measure.feedback:
             enough = counted >= rule.min_ratings
-        judged = enough & ~np.isnan(values)
+        return enough & ~np.isnan(self.values)
+
+    def _percentiles(self, highs: np.ndarray) -> np.ndarray:
+        """Every window's percentile at once (NaN for a window without values)."""
+        if self.code is None or self.windows.figures.values is None:
+            return np.full(len(highs), np.nan)
+        return self.windows.window_percentiles(self.code, highs)
+
+    def _certainly_fine(self) -> np.ndarray:
+        """Instants at which the judge would certainly say ok (or no verdict, kept or ok)."""
+        rule = self.windows.rule
         bound = rule.warning_threshold if rule.warning_threshold is not None else rule.threshold
-        with np.errstate(invalid="ignore"):
-            if rule.fires_below:
-                fine = values >= bound * (1 + MARGIN) + MARGIN
-            else:
-                fine = values <= bound * (1 - MARGIN) - MARGIN
         without_verdict = rule.no_data != AlertRule.NoData.ALERT
-        return np.where(judged, fine, without_verdict)
+        return np.where(self.judged, self._short_of(bound), without_verdict)
+
+    def _past(self, bound: float) -> np.ndarray:
+        """Where the value is certainly past `bound` (the judge's float may differ in the last bits)."""
+        with np.errstate(invalid="ignore"):
+            if self.windows.rule.fires_below:
+                return self.values < bound - MARGIN * (abs(bound) + 1)
+            return self.values > bound + MARGIN * (abs(bound) + 1)
+
+    def _short_of(self, bound: float) -> np.ndarray:
+        """Where the value is certainly not past `bound`."""
+        with np.errstate(invalid="ignore"):
+            if self.windows.rule.fires_below:
+                return self.values >= bound + MARGIN * (abs(bound) + 1)
+            return self.values <= bound - MARGIN * (abs(bound) + 1)
+
+    def steady_until(self, index: int, state: alerts.State, cooldown_minutes: int) -> int:
+        """For a group firing at `state.level`: the first instant from `index` on at which its
+        transition may do anything but keep it so silently (another level, ok, or a reminder due)."""
+        unsteady = self._unsteady.get(state.level)
+        if unsteady is None:
+            unsteady = self._unsteady[state.level] = np.flatnonzero(~self._steady_at(state.level))
+        position = int(np.searchsorted(unsteady, index))
+        following = int(unsteady[position]) if position < len(unsteady) else len(self.values)
+        # next_state's reminder: at the first instant with a verdict more than the cooldown after
+        # the last notice (no verdict changes nothing, reminder included).
+        due = state.last_notified_at.timestamp() + cooldown_minutes * 60 if state.last_notified_at else -math.inf
+        if self._verdicts is None:
+            self._verdicts = np.flatnonzero(self.judged | (self.windows.rule.no_data != AlertRule.NoData.KEEP))
+        position = int(np.searchsorted(self._verdicts, np.searchsorted(self.seconds, due, side="right")))
+        return min(following, int(self._verdicts[position]) if position < len(self._verdicts) else len(self.values))
+
+    def _steady_at(self, level: str) -> np.ndarray:
+        """Instants at which the judge certainly answers `level`, or no verdict the policy keeps."""
+        rule = self.windows.rule
+        if level == AlertLevel.CRITICAL:
+            steady = self._past(rule.threshold)
+        elif level == AlertLevel.WARNING and rule.warning_threshold is not None:
+            steady = self._past(rule.warning_threshold) & self._short_of(rule.threshold)
+        else:
+            steady = np.zeros(len(self.values), dtype=bool)
+        kept = rule.no_data == AlertRule.NoData.KEEP or (
+            rule.no_data == AlertRule.NoData.ALERT and level == AlertLevel.CRITICAL
+        )
+        return np.where(self.judged, steady, kept)
+
+    def breaching(self, lows: int, highs: int) -> np.ndarray:
+        """Over instants [lows, highs) that a firing group stays steady through: where it breaches
+        (a verdict over a level, or no verdict the policy counts as firing)."""
+        alerting = self.windows.rule.no_data == AlertRule.NoData.ALERT
+        return np.where(self.judged[lows:highs], True, alerting)
 
     def totals(self, index: int, figures: np.ndarray) -> metrics.WindowTotals:
         requests, errors, tokens, cost, up, down = figures[index].tolist()
@@ -337,16 +397,24 @@ def replay_by_group(rule: AlertRule, times: list[datetime], windows: Windows) ->
 def walk(result: Replay, series: GroupSeries, group: GroupReplay, breached: np.ndarray) -> np.ndarray:
     """The group's transitions (`alerts.next_state`) at the instants it is judged; answers them."""
     rule, times = result.rule, result.times
-    visited = []
+    visited: list[Any] = []
     index = 0
     while index < len(times):
-        if not group.state.is_firing:
+        if group.state.is_firing:
+            # Through a span where it certainly stays at its level without a notice, no judging.
+            following = series.steady_until(index, group.state, rule.cooldown_minutes)
+            if following > index:
+                visited.append(np.arange(index, following))
+                breached[index:following] |= series.breaching(index, following)
+                index = following
+                continue
+        else:
             position = int(np.searchsorted(series.candidates, index))
             if position == len(series.candidates):
                 break
             index = int(series.candidates[position])
         evaluation = series.evaluate(index, times[index])
-        visited.append(index)
+        visited.append([index])
         group.values[index] = evaluation.value
         breached[index] |= bool(evaluation.level)
         group.state, notice = alerts.next_state(group.state, evaluation.level, times[index], rule.cooldown_minutes)
@@ -354,7 +422,7 @@ def walk(result: Replay, series: GroupSeries, group: GroupReplay, breached: np.n
             result.events.append(event(evaluation, notice, times[index]))
             group.notices += 1
         index += 1
-    return np.array(visited, dtype=np.int64)
+    return np.concatenate(visited).astype(np.int64) if visited else np.zeros(0, dtype=np.int64)
 
 
 def event(evaluation: alerts.Evaluation, notice: str, moment: datetime) -> dict[str, Any]:
@@ -387,11 +455,12 @@ def worst_series(result: Replay) -> list[float | None]:
     count = len(result.times)
     if not result.groups:
         return [None] * count
-    table = np.vstack([group.array(count) for group in result.groups.values()])
-    empty = np.isnan(table).all(axis=0)
-    table[:, empty] = 0
-    worst = np.nanmin(table, axis=0) if result.rule.fires_below else np.nanmax(table, axis=0)
-    return [None if blank else value for blank, value in zip(empty.tolist(), worst.tolist(), strict=True)]
+    # Folded group by group (fmax and fmin skip NaN): no table of every group at every instant.
+    keep_worse = np.fmin if result.rule.fires_below else np.fmax
+    worst = np.full(count, np.nan)
+    for group in result.groups.values():
+        keep_worse(worst, group.array(count), out=worst)
+    return [None if math.isnan(value) else value for value in worst.tolist()]
 
 
 # The answer draws the series of at most this many groups: those with the most notices.

@@ -1452,9 +1452,13 @@ class CallRows:
         if self.values is not None:
             valued = ~np.isnan(self.values)
             slots = self.owners[valued] * (buckets + 1) + self.places[valued]
+            # Stable, and linear on the rows PostgreSQL sends in group and time order.
             order = np.argsort(slots, kind="stable")
             answer.values = self.values[valued][order]
-            answer.ends = np.searchsorted(slots[order], np.arange(groups * (buckets + 1))).reshape(groups, buckets + 1)
+            # Where each slot starts: the number of values in the slots before it.
+            ends = np.zeros(groups * (buckets + 1), dtype=np.int64)
+            np.cumsum(np.bincount(slots, minlength=groups * (buckets + 1))[:-1], out=ends[1:])
+            answer.ends = ends.reshape(groups, buckets + 1)
         return answer
 
 
@@ -1464,7 +1468,7 @@ def bucketed_figures(scope: AlertScope, start: datetime, buckets: int, size: tim
 
     The calls are read once, one entry per call, and summed per bucket by NumPy: a GROUP BY
     (bucket, user) answers almost a row per call, and its numeric sums cost more than the scan.
-    On PostgreSQL each column of each group arrives packed in one bytea (`Packed`)."""
+    On PostgreSQL each group's calls arrive packed in one bytea (`Packed`: a record per call)."""
     end = start + buckets * size
     seconds = int(size.total_seconds())
     if scope.feedback:
@@ -1495,47 +1499,83 @@ class Packed(Aggregate):
 PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 
 
-def _packed_columns(scope: AlertScope) -> dict[str, Packed]:
-    """The columns the rule needs, each packed: "at" (every call's time), "failed_at" (the failed
-    calls' times), "total_tokens", "cost" and "values" (the percentile's column, NULL as NaN)."""
-    packed = {"at": Packed("timestamp", send="timestamptz_send")}
-    if "errors" in scope.sums:
-        packed["failed_at"] = Packed("timestamp", send="timestamptz_send", filter=scope.failed())
+def _record_columns(scope: AlertScope) -> dict[str, Any]:
+    """The float columns of each call the rule needs besides its time: "total_tokens", "cost"
+    and "values" (the percentile's column, NULL as NaN)."""
+    columns: dict[str, Any] = {}
     for name, column in (("total_tokens", "total_tokens"), ("cost", "cost_estimate")):
         if name in scope.sums:
-            packed[name] = Packed(Cast(column, FloatField()), send="float8send")
+            columns[name] = Cast(column, FloatField())
     if scope.percentile:
-        column = ALERT_PERCENTILES[scope.percentile][0]
-        packed["values"] = Packed(Coalesce(column, Value(math.nan), output_field=FloatField()), send="float8send")
+        columns["values"] = Coalesce(ALERT_PERCENTILES[scope.percentile][0], Value(math.nan), output_field=FloatField())
+    return columns
+
+
+def _packed_columns(scope: AlertScope) -> dict[str, Packed]:
+    """What the read packs per group: "calls", one record per call (its time, then each column of
+    `_record_columns`: one aggregate for all, fewer calls per row than one per column), and
+    "failed_at", the failed calls' times, when the rule counts errors."""
+    parts = [Func("timestamp", function="timestamptz_send", output_field=BinaryField())]
+    parts += [
+        Func(column, function="float8send", output_field=BinaryField()) for column in _record_columns(scope).values()
+    ]
+    record = Func(*parts, template="(%(expressions)s)", arg_joiner=" || ", output_field=BinaryField())
+    packed = {"calls": Packed(record, send="")}
+    if "errors" in scope.sums:
+        packed["failed_at"] = Packed("timestamp", send="timestamptz_send", filter=scope.failed())
     return packed
+
+
+# Groupings whose index (llm_log_model_time, llm_log_user_time) covers every column a rule reads.
+COVERED_GROUPINGS = ("model", "user")
 
 
 def _packed_rows(calls: QuerySet, scope: AlertScope, start: datetime, seconds: int) -> CallRows:
     packed = _packed_columns(scope)
-    rows = _raw_rows(calls.values("group_key").annotate(**packed).values_list("group_key", *packed).order_by())
+    query = calls.values("group_key").annotate(**packed).values_list("group_key", *packed).order_by()
+    rows = _rows_in_group_order(query) if scope.group_by in COVERED_GROUPINGS else _raw_rows(query)
     # An aggregate without GROUP BY (no group_by) answers one row of NULLs over no calls.
     rows = [row for row in rows if row[1]]
     keys = [_key(row[0]) for row in rows]
-    columns = {
-        name: [np.frombuffer(row[index + 1] or b"", dtype=">i8" if name.endswith("at") else ">f8") for row in rows]
-        for index, name in enumerate(packed)
-    }
+    # A call's record: its time (timestamptz_send: a big-endian int64) and big-endian float8s.
+    record = np.dtype([("at", ">i8"), *((name, ">f8") for name in _record_columns(scope))])
+    calls_of = [np.frombuffer(row[1], dtype=record) for row in rows]
+    joined = np.concatenate(calls_of) if calls_of else np.zeros(0, dtype=record)
     origin = (start - PG_EPOCH) // timedelta(microseconds=1)
 
-    def located(name: str) -> tuple[Any, Any]:
-        arrays = columns[name]
+    def located(arrays: list[Any], times: Any) -> tuple[Any, Any]:
         owners = np.repeat(np.arange(len(arrays)), [len(array) for array in arrays])
-        return owners, (_joined(arrays, np.int64) - origin) // (seconds * 1_000_000)
+        return owners, (times.astype(np.int64) - origin) // (seconds * 1_000_000)
 
-    owners, places = located("at")
+    failed = None
+    if "failed_at" in packed:
+        failed_at = [np.frombuffer(row[2] or b"", dtype=">i8") for row in rows]
+        failed = located(failed_at, _joined(failed_at, np.int64))
+    owners, places = located(calls_of, joined["at"])
     return CallRows(
         keys,
         owners,
         places,
-        failed=located("failed_at") if "failed_at" in columns else None,
-        weights={name: _joined(columns[name], float) for name in ("total_tokens", "cost") if name in columns},
-        values=_joined(columns["values"], float) if "values" in columns else None,
+        failed=failed,
+        weights={name: joined[name].astype(float) for name in ("total_tokens", "cost") if name in joined.dtype.names},
+        values=joined["values"].astype(float) if "values" in joined.dtype.names else None,
     )
+
+
+def _rows_in_group_order(rows: QuerySet) -> list[tuple]:
+    """The packed read, grouped from the covering index's order (PostgreSQL).
+
+    The planner prefers a hash aggregate over a sequential scan (it does not count what
+    string_agg's growing buffers cost in a hash table of 500 groups); reading the covering index
+    in group order and appending each group's values as they come took half the time (0.8 s
+    instead of 2.0 s for 950,000 calls by user on the shared 2-core machine). So hashing is off
+    for this one query, in its own transaction."""
+    with transaction.atomic(using=rows.db), connections[rows.db].cursor() as cursor:
+        cursor.execute("SET LOCAL enable_hashagg = off")
+        answer = _raw_rows(rows)
+        # Inside an outer transaction the setting would outlive this block (a failure rolls it back).
+        cursor.execute("SET LOCAL enable_hashagg TO DEFAULT")
+        return answer
 
 
 def _joined(arrays: list[Any], dtype: Any) -> Any:
