@@ -30,7 +30,7 @@ def build(definitions: dict[str, str]):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("llm", "0025_session_totals_user_rollup_columns"),
+        ("llm", "0026_budget_channels"),
     ]
 
     operations = [migrations.RunPython(build(COVERING), build(PLAIN))]
