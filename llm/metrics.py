@@ -18,7 +18,7 @@ import math
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, time, timedelta
 from datetime import date as date_type
 from decimal import Decimal
@@ -55,9 +55,11 @@ from django.utils import timezone
 
 from llm import rollup_math, rollups
 from llm.models import (
+    DailyBreakdownRollup,
     DailyRollup,
     DailyUserRollup,
     DailyUserTotals,
+    HourlyBreakdownRollup,
     HourlyRollup,
     HourlyUserTotals,
     LLMRequestLog,
@@ -210,6 +212,9 @@ class Selection:
     model: str = ""
     status: str = ""
     rollups_apply: bool = False
+    # The one breakdown group (by, key) the other filters narrow the rows to, if that is all they
+    # do (llm.filters.one_group): read from the breakdown roll-ups where the function knows how.
+    narrowed_to: tuple[str, str] | None = None
 
     @classmethod
     def of(cls, filtered: Any) -> Selection:
@@ -221,6 +226,7 @@ class Selection:
             filtered.model,
             filtered.status,
             rollups_apply=not filtered.other_filters,
+            narrowed_to=filtered.narrowed_to,
         )
 
     def matching(self, **lookups: Any) -> Q:
@@ -251,11 +257,19 @@ class Plan:
     zone: Any
     period: str | None
     watermark: int = 0  # as the plan was made: the first reading's
+    # A plan of the breakdown roll-ups (breakdown_plan): their `by`, and the one group (`key`)
+    # the rows are narrowed to, if they are.
+    breakdown: str = ""
+    group: str | None = None
 
     def raw_rows(self, watermark: int) -> list[LLMRequestLogQuerySet]:
         """Rows read from the logs, as querysets that do not overlap, each one index range: every
         raw span (on timestamp), and the rows above the watermark where roll-ups answer (on id)."""
         matching = LLMRequestLog.objects.filter(self.selection.matching()).order_by()
+        if self.breakdown:
+            matching = matching.alias(breakdown_group=rollups.breakdown_group(self.breakdown))
+            if self.group is not None:
+                matching = matching.filter(breakdown_group=self.group)
         above = above_watermark(matching, watermark, self.split.rolled_up_spans(self.zone))
         if not self.split.raw:
             return [above]
@@ -266,13 +280,23 @@ class Plan:
 
     def daily(self) -> Q:
         days = self.split.days
-        return self.selection.matching(day__gte=days[0], day__lte=days[-1]) if days else Q(pk__in=[])
+        return self.selection.matching(day__gte=days[0], day__lte=days[-1]) & self._group() if days else Q(pk__in=[])
 
     def hourly(self) -> Q:
         condition = Q(pk__in=[])
         for start, end in self.split.hours:
             condition |= Q(hour__gte=start, hour__lt=end)
-        return self.selection.matching() & condition if self.split.hours else condition
+        return self.selection.matching() & self._group() & condition if self.split.hours else condition
+
+    def _group(self) -> Q:
+        """The breakdown roll-ups' rows of the plan's `by` (and group): nothing on the others."""
+        if not self.breakdown:
+            return Q()
+        return Q(by=self.breakdown) if self.group is None else Q(by=self.breakdown, key=self.group)
+
+    def tables(self) -> tuple[type, type]:
+        """The (daily, hourly) roll-ups the plan reads."""
+        return (DailyBreakdownRollup, HourlyBreakdownRollup) if self.breakdown else (DailyRollup, HourlyRollup)
 
 
 def above_watermark(
@@ -313,6 +337,30 @@ def plan(logs: Selection | Any, period: str | None = None) -> Plan | None:
     hours = period is None or rollup_math.whole_hour_offsets(zone, start, end)
     split = rollup_math.split_window(start, end, zone, days=days, hours=hours)
     return Plan(chosen, split, zone, period, state.last_id) if split.uses_rollups else None
+
+
+def breakdown_plan(logs: Selection | Any, by: str | None = None, period: str | None = None) -> Plan | None:
+    """How to read `logs` from the breakdown roll-ups (llm/rollups.py): grouped `by` (a rolled-up
+    breakdown, the rows narrowed by model and status at most), or, without `by`, narrowed to one
+    group (Selection.narrowed_to). None: they do not answer (a `by` they do not hold, or not yet in
+    full for the window's days: ROLLUP_TAG_KEYS changed since the last rebuild_rollups)."""
+    chosen = selection(logs)
+    group = None
+    if by is None and chosen.narrowed_to is not None:
+        by, group = chosen.narrowed_to
+    elif by is None or not chosen.rollups_apply:
+        return None
+    if by not in rollups.rolled_up_breakdowns():
+        return None
+    complete = rollup_state().breakdowns or {}
+    the_plan = plan(replace(chosen, rollups_apply=True), period) if by in complete else None
+    if the_plan is None:
+        return None
+    first_day = complete[by] and date_type.fromisoformat(complete[by])
+    if first_day and chosen.start < rollup_math.day_start(first_day, the_plan.zone):
+        return None
+    the_plan.breakdown, the_plan.group = by, group
+    return the_plan
 
 
 def percentiles_kind(logs: Selection | Any, period: str | None = None) -> str:
@@ -401,6 +449,8 @@ def _add_raw(found: KeyedFigures, the_plan: Plan, watermark: int, group: tuple[s
     if percentiles:
         names.append("bucket")
     for rows in the_plan.raw_rows(watermark):
+        if "key" in group:  # a breakdown roll-up's group (measure_at of a breakdown_plan)
+            rows = rows.annotate(key=rollups.breakdown_group(the_plan.breakdown))
         if "period" in group:
             rows = rows.annotate(period=TRUNCATE[the_plan.period]("timestamp"))
         if percentiles:
@@ -427,18 +477,19 @@ def _raw_sums() -> dict[str, Aggregate]:
 
 
 def measure_at(the_plan: Plan, group: tuple[str, ...], watermark: int, *, percentiles: bool = True) -> KeyedFigures:
-    """Figures per `group` (names among period, model_name, status, error_type) over the plan's
-    window: roll-ups plus raw rows, the roll-ups being at `watermark`."""
+    """Figures per `group` (names among period, model_name, status, error_type, and key for a
+    breakdown_plan) over the plan's window: roll-ups plus raw rows, the roll-ups being at `watermark`."""
     period_of = PeriodOf(the_plan.period, the_plan.zone)
 
     def key(row: dict[str, Any], moment: Any) -> tuple:
         return tuple(period_of(moment) if name == "period" else row[name] for name in group)
 
     found: KeyedFigures = {}
+    daily, hourly = the_plan.tables()
     if the_plan.split.days:
-        _add_rollups(found, DailyRollup.objects.filter(the_plan.daily()), "day", key, group, percentiles)
+        _add_rollups(found, daily.objects.filter(the_plan.daily()), "day", key, group, percentiles)
     if the_plan.split.hours:
-        _add_rollups(found, HourlyRollup.objects.filter(the_plan.hourly()), "hour", key, group, percentiles)
+        _add_rollups(found, hourly.objects.filter(the_plan.hourly()), "hour", key, group, percentiles)
     _add_raw(found, the_plan, watermark, group, percentiles)
     return found
 
@@ -1630,8 +1681,7 @@ def breakdown_key(by: str) -> Any:
     """The expression a breakdown groups by: a column, or one tag's value ("" where it is absent,
     like an empty user_id: every call is in exactly one group, so the groups add up to the total)."""
     if by.startswith(TAG_BREAKDOWN_PREFIX):
-        tag_value = KeyTextTransform(by.removeprefix(TAG_BREAKDOWN_PREFIX), "tags")
-        return Coalesce(tag_value, Value(""), output_field=TextField())
+        return rollups.tag_value(by.removeprefix(TAG_BREAKDOWN_PREFIX))
     return F(BREAKDOWN_FIELDS[by])
 
 
@@ -1678,7 +1728,7 @@ def breakdown(
     if order_by not in BREAKDOWN_ORDERS:
         raise ValueError(f"order_by is one of {', '.join(BREAKDOWN_ORDERS)}")
     chosen = selection(logs)
-    answer = _breakdown_from_rollups(chosen, by, order_by, limit) if by in ROLLUP_BREAKDOWNS else None
+    answer = _breakdown_from_rollups(chosen, by, order_by, limit)
     if by == "user":
         answer = _user_breakdown_from_rollups(chosen, order_by, limit)
     elif by == "session" and order_by != "p95":
@@ -1704,8 +1754,13 @@ def _ranked(groups: list[tuple[dict[str, Any], Totals]], order_by: str, limit: i
 
 
 def _breakdown_from_rollups(chosen: Selection, by: str, order_by: str, limit: int) -> dict[str, Any] | None:
-    the_plan = plan(chosen)
-    found = None if the_plan is None else measure(the_plan, (BREAKDOWN_FIELDS[by], "status"))
+    """By model or error type from the roll-ups (the breakdown roll-ups under a filter of one
+    source or tag value); by source or a ROLLUP_TAG_KEYS tag from the breakdown roll-ups."""
+    if by in ROLLUP_BREAKDOWNS:
+        the_plan, column = plan(chosen) or breakdown_plan(chosen), BREAKDOWN_FIELDS[by]
+    else:
+        the_plan, column = breakdown_plan(chosen, by), "key"
+    found = None if the_plan is None else measure(the_plan, (column, "status"))
     if found is None:
         return None
     groups = [(key, totals) for (key,), totals in fold_status(found).items()]

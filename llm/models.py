@@ -1658,6 +1658,10 @@ class MetricWatermark(models.Model):
     # The roll-ups only: the first day the daily rows cover in full (None: every day). Set when a
     # rebuild in a new TIME_ZONE could not rebuild days whose logs purge_logs had deleted.
     days_since = models.DateField(null=True, blank=True)
+    # The roll-ups only: the breakdowns (`by`: "source", "tag:<key>") the breakdown roll-ups hold
+    # in full, each with the first local day they cover (null: every day). A `by` added to
+    # ROLLUP_TAG_KEYS later joins when rebuild_rollups has summed the calls before it.
+    breakdowns = models.JSONField(default=dict, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     def __str__(self) -> str:
@@ -1714,6 +1718,51 @@ class DailyRollup(RollupFigures):
 
     def __str__(self) -> str:
         return f"{self.day} {self.model_name} {self.status}: {self.requests}"
+
+
+class BreakdownRollupFigures(RollupFigures):
+    """RollupFigures of the calls of one breakdown group: `by` is "source" or "tag:<key>" (a key of
+    ROLLUP_TAG_KEYS), `key` the group (the source, or the tag's value, "" for calls without it), as
+    llm.metrics.breakdown names them. A breakdown by source or by such a tag, and the figures under
+    one `source=` or `tag=key:value` filter, read these instead of the calls."""
+
+    by = models.CharField(max_length=110)
+    key = models.CharField(max_length=500, blank=True, default="")
+
+    class Meta:
+        abstract = True
+
+
+class HourlyBreakdownRollup(BreakdownRollupFigures):
+    hour = models.DateTimeField(help_text="Start of the UTC hour.")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["by", "key", "hour", "model_name", "status", "error_type"], name="llm_hourlybreakdown_key"
+            )
+        ]
+        # A window's hours of one `by` (the breakdown) or one group (a filter): the unique index,
+        # led by `by` and `key`; this one answers a breakdown's hours without a filter on `key`.
+        indexes = [models.Index(fields=["by", "hour"], name="llm_hourlybreakdown_by_hour")]
+
+    def __str__(self) -> str:
+        return f"{self.hour:%Y-%m-%d %H:00} {self.by}={self.key} {self.model_name} {self.status}: {self.requests}"
+
+
+class DailyBreakdownRollup(BreakdownRollupFigures):
+    day = models.DateField(help_text="The date in TIME_ZONE (MetricWatermark 'rollups'.time_zone).")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["by", "key", "day", "model_name", "status", "error_type"], name="llm_dailybreakdown_key"
+            )
+        ]
+        indexes = [models.Index(fields=["by", "day"], name="llm_dailybreakdown_by_day")]
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.by}={self.key} {self.model_name} {self.status}: {self.requests}"
 
 
 class DailyUserRollup(models.Model):
