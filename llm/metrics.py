@@ -66,6 +66,7 @@ from llm.models import (
     LLMRequestLogQuerySet,
     MetricWatermark,
     ModelPrice,
+    SessionGroupTotals,
     SessionTotals,
     SessionUser,
     UserFeedback,
@@ -2018,7 +2019,7 @@ def sessions(logs: Selection | LLMRequestLogQuerySet, order_by: str = "last_call
     if order_by not in SESSION_ORDERS:
         raise ValueError(f"order_by is one of {', '.join(SESSION_ORDERS)}")
     chosen = selection(logs)
-    the_plan = summaries_plan(chosen)
+    the_plan = summaries_plan(chosen) or group_summaries_plan(chosen)
     if the_plan is not None:
         summed = consistent(lambda watermark: _sessions_at(the_plan, watermark), the_plan)
         if summed is not None:
@@ -2050,14 +2051,17 @@ def _sessions_at(the_plan: Plan, watermark: int) -> QuerySet:
     meanwhile only refreshes sessions with calls above `watermark`, which are read raw anyway."""
     start, end = the_plan.selection.start, the_plan.selection.end
     stale = _stale_sessions(watermark)
+    summaries = SessionTotals.objects.all()
+    if the_plan.group is not None:  # narrowed to one group: its calls' summaries (group_summaries_plan)
+        summaries = SessionGroupTotals.objects.filter(by=the_plan.breakdown, key=the_plan.group)
     whole = (
-        SessionTotals.objects.filter(_whole_in(start, end))
+        summaries.filter(_whole_in(start, end))
         .exclude(session_id__in=stale)
         .annotate(users=F("user_count"), models=F("model_count"))
         .values(*SESSION_COLUMNS)
         .order_by()
     )
-    cut = SessionTotals.objects.filter(_cut_by(start, end)).values("session_id")
+    cut = summaries.filter(_cut_by(start, end)).values("session_id")
     raw = _sessions_raw(the_plan.selection.logs.filter(session_id__in=_read_raw(cut, stale))).order_by()
     return whole.union(raw, all=True)
 
@@ -2096,6 +2100,20 @@ def summaries_plan(chosen: Selection) -> Plan | None:
     if chosen.model or chosen.status:
         return None
     the_plan = plan(chosen)
+    ready = rollups.sessions_ready() if the_plan is not None else None
+    if ready is None:
+        return None
+    if ready.days_since is not None and chosen.start < rollup_math.day_start(ready.days_since, the_plan.zone):
+        return None
+    return the_plan
+
+
+def group_summaries_plan(chosen: Selection) -> Plan | None:
+    """As summaries_plan, for a Selection narrowed to one breakdown group (one source or tag
+    value): SessionGroupTotals answer, kept with the breakdown roll-ups (breakdown_plan)."""
+    if chosen.model or chosen.status or chosen.narrowed_to is None:
+        return None
+    the_plan = breakdown_plan(chosen)
     ready = rollups.sessions_ready() if the_plan is not None else None
     if ready is None:
         return None

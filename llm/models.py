@@ -1837,13 +1837,9 @@ class HourlyUserTotals(UserTotals):
         return f"{self.hour:%Y-%m-%d %H:00} {self.user_id}: {self.requests}"
 
 
-class SessionTotals(models.Model):
-    """One session's calls, all of them (not a window's): what the sessions list shows, kept by
-    llm/rollups.py (the sessions touched by new calls are summed again from their calls, so the
-    distinct counts stay exact). A window that holds all of a session's calls reads this row; a
-    session cut by the window's edges, or with calls above the roll-up watermark, is read raw."""
+class SessionFigures(models.Model):
+    """What some calls of one session add up to (the session list's columns)."""
 
-    session_id = models.CharField(max_length=200, unique=True)
     first_call = models.DateTimeField()
     last_call = models.DateTimeField()
     requests = models.BigIntegerField(default=0)
@@ -1858,6 +1854,18 @@ class SessionTotals(models.Model):
     shown_model = models.CharField(max_length=200, blank=True, default="")
 
     class Meta:
+        abstract = True
+
+
+class SessionTotals(SessionFigures):
+    """One session's calls, all of them (not a window's): what the sessions list shows, kept by
+    llm/rollups.py (the sessions touched by new calls are summed again from their calls, so the
+    distinct counts stay exact). A window that holds all of a session's calls reads this row; a
+    session cut by the window's edges, or with calls above the roll-up watermark, is read raw."""
+
+    session_id = models.CharField(max_length=200, unique=True)
+
+    class Meta:
         indexes = [
             models.Index(fields=["last_call", "first_call"], name="llm_sessiontotals_last"),
             models.Index(fields=["first_call"], name="llm_sessiontotals_first"),
@@ -1866,6 +1874,29 @@ class SessionTotals(models.Model):
 
     def __str__(self) -> str:
         return f"{self.session_id}: {self.requests}"
+
+
+class SessionGroupTotals(SessionFigures):
+    """One session's calls of one breakdown group (`by` "source" or "tag:<key>" of ROLLUP_TAG_KEYS,
+    `key` the source or the tag's value), as SessionTotals sums them all: the sessions list under
+    one `source=` or `tag=key:value` filter reads these (kept and read like SessionTotals)."""
+
+    session_id = models.CharField(max_length=200)
+    by = models.CharField(max_length=110)
+    key = models.CharField(max_length=500, blank=True, default="")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["by", "key", "session_id"], name="llm_sessiongrouptotals_key")]
+        indexes = [
+            # The list of one group over a window, latest first (as llm_sessiontotals_last).
+            models.Index(fields=["by", "key", "last_call", "first_call"], name="llm_sessiongroup_last"),
+            # refresh_sessions deletes a session's rows.
+            models.Index(fields=["session_id"], name="llm_sessiongroup_session"),
+        ]
+        verbose_name_plural = "session group totals"
+
+    def __str__(self) -> str:
+        return f"{self.session_id} {self.by}={self.key}: {self.requests}"
 
 
 class SessionUser(models.Model):

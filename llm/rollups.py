@@ -52,6 +52,7 @@ from llm.models import (
     LLMRequestLog,
     LLMRequestLogQuerySet,
     MetricWatermark,
+    SessionGroupTotals,
     SessionTotals,
     SessionUser,
 )
@@ -310,12 +311,13 @@ def _add_user_rows(model: type, key_fields: tuple[str, ...], added: dict[tuple, 
 SESSION_BATCH = 500
 
 
-def _session_rows(calls: LLMRequestLogQuerySet) -> dict[str, Any]:
-    """The calls' sessions, summed as SessionTotals holds them (the API's raw grouping)."""
+def _session_rows(calls: LLMRequestLogQuerySet, *groups: str) -> dict[str, Any]:
+    """The calls' sessions (per session and `groups`), summed as SessionTotals holds them (the
+    API's raw grouping)."""
     not_blank_user = ~Q(user_id="")
     return (
         calls.exclude(session_id="")
-        .values("session_id")
+        .values("session_id", *groups)
         .annotate(
             first_call=Min("timestamp"),
             last_call=Max("timestamp"),
@@ -343,12 +345,14 @@ def refresh_sessions(session_ids: Iterable[str]) -> int:
         chunk = ids[offset : offset + SESSION_BATCH]
         SessionTotals.objects.filter(session_id__in=chunk).delete()
         SessionUser.objects.filter(session_id__in=chunk).delete()
+        SessionGroupTotals.objects.filter(session_id__in=chunk).delete()
         calls = LLMRequestLog.objects.filter(session_id__in=chunk)
         totals = []
         for row in _session_rows(calls):
             units = row.pop("cost_units")
             totals.append(SessionTotals(**row, cost=None if units is None else usd(as_units(units))))
         SessionTotals.objects.bulk_create(totals, batch_size=500)
+        _add_session_groups(calls)
         spans = {row.session_id: (row.first_call, row.last_call) for row in totals}
         pairs = calls.exclude(user_id="").values_list("session_id", "user_id").distinct().order_by()
         SessionUser.objects.bulk_create(
@@ -367,6 +371,17 @@ def refresh_sessions(session_ids: Iterable[str]) -> int:
     return kept
 
 
+def _add_session_groups(calls: LLMRequestLogQuerySet) -> None:
+    """SessionGroupTotals of these calls' sessions: one GROUP BY (session, group) per rolled-up `by`."""
+    rows = []
+    for by in rolled_up_breakdowns():
+        for row in _session_rows(calls.annotate(group_key=breakdown_group(by)), "group_key"):
+            units = row.pop("cost_units")
+            key = row.pop("group_key")
+            rows.append(SessionGroupTotals(**row, by=by, key=key, cost=None if units is None else usd(as_units(units))))
+    SessionGroupTotals.objects.bulk_create(rows, batch_size=500)
+
+
 def touched_sessions(calls: LLMRequestLogQuerySet) -> list[str]:
     return list(calls.exclude(session_id="").values_list("session_id", flat=True).distinct().order_by())
 
@@ -382,6 +397,7 @@ def rebuild_sessions(since: date | None = None) -> int:
     """Every session summed again from the logs (rebuild_rollups): in chunks of sessions."""
     SessionTotals.objects.all().delete()
     SessionUser.objects.all().delete()
+    SessionGroupTotals.objects.all().delete()
     kept = refresh_sessions(touched_sessions(LLMRequestLog.objects.all()))
     ready, created = MetricWatermark.objects.get_or_create(name=SESSIONS_READY)
     if created or since is None:

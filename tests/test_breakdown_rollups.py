@@ -2,7 +2,8 @@
 a ROLLUP_TAG_KEYS tag, and figures under one `source=` or `tag=key:value` filter, read from them
 equal a plain Python / NumPy recomputation over the raw rows (percentiles within the histograms'
 bound), with late events and rows not rolled up yet; a key not in ROLLUP_TAG_KEYS is read raw; a
-rebuild equals the incremental roll-ups; purge_logs keeps the history."""
+rebuild equals the incremental roll-ups; purge_logs keeps the history. The sessions list under one
+such filter reads SessionGroupTotals."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from django.test import override_settings
 
 from llm import metrics, retention, rollup_math, rollups
 from llm.filters import filter_logs
-from llm.models import DailyBreakdownRollup, HourlyBreakdownRollup, LLMRequestLog, MetricWatermark
+from llm.models import DailyBreakdownRollup, HourlyBreakdownRollup, LLMRequestLog, MetricWatermark, SessionGroupTotals
+from tests import test_session_summaries as summaries
 from tests.breakdown_data import make_session_logs, pick
 from tests.read_api_data import NOW
 from tests.test_breakdowns import check_breakdown
@@ -181,3 +183,60 @@ def test_the_overview_and_the_breakdown_agree_under_a_tag_filter(api_client, hal
     assert sum(row["requests"] for row in answer["groups"]) == overview["total_requests"]
     assert sum(row["total_tokens"] for row in answer["groups"]) == overview["total_tokens"]
     assert sum(row["cost"] for row in answer["groups"]) == pytest.approx(overview["total_cost"], abs=1e-9)
+
+
+# The sessions list under one source or tag value, from SessionGroupTotals (the calls of the
+# summary tests: sessions grown by a later roll-up, sessions of two users, calls above the watermark).
+calls = summaries.calls
+
+
+@pytest.mark.parametrize("window", summaries.WINDOWS)
+def test_sessions_under_one_source_or_tag_filter_read_the_group_summaries(calls, window):
+    start, end = window
+    for filters, fields, tags, (by, key) in [
+        ({"tag": "feature:chat"}, {}, ("feature:chat",), ("tag:feature", "chat")),
+        ({"tag": "env:prod"}, {}, ("env:prod",), ("tag:env", "prod")),
+        ({"source": "proxy"}, {"source": "proxy"}, (), ("source", "proxy")),
+    ]:
+        selection = summaries.chosen(start, end, **filters)
+        assert metrics.group_summaries_plan(selection) is not None
+        answer = metrics.sessions(selection)
+        assert answer.query.combinator == "union"  # the summaries answered
+        expected = summaries.expected_sessions(summaries.in_window(pick(calls, tags=tags, **fields), start, end))
+        rows = list(answer)
+        assert len(rows) == len(expected) > 3
+        assert {row["session_id"]: summaries.comparable(row) for row in rows} == {
+            key: {"session_id": key, **summaries.comparable(value)} for key, value in expected.items()
+        }
+        by_cost = [row["session_id"] for row in metrics.sessions(selection, "cost")]
+        assert by_cost == sorted(expected, key=lambda key: (-expected[key]["cost"], key))
+        # Most came from the summaries: only sessions the edges cut were read raw.
+        whole = SessionGroupTotals.objects.filter(by=by, key=key, first_call__gte=start, last_call__lt=end)
+        assert whole.count() > len(expected) // 2
+    # Two tags: not one group, read from the calls.
+    assert metrics.group_summaries_plan(summaries.chosen(start, end, tag=["feature:chat", "env:prod"])) is None
+
+
+def test_session_group_summaries_follow_rebuild_and_purge(calls):
+    rollups.roll_up(limit=None)
+
+    def contents() -> list[tuple]:
+        return sorted(
+            SessionGroupTotals.objects.values_list(
+                "session_id", "by", "key", "requests", "cost", "first_call", "user_count"
+            )
+        )
+
+    incremental = contents()
+    assert {row[1] for row in incremental} == {"source", "tag:feature", "tag:env"}
+    call_command("rebuild_rollups", verbosity=0)
+    assert contents() == incremental
+    # After a purge the sessions that had old calls are summed from what is left.
+    retention.purge(3, now=NOW)
+    left = LLMRequestLog.objects.all()
+    start, end = summaries.WINDOWS[0]
+    expected = summaries.expected_sessions([log for log in left if log.tags.get("feature") == "chat"])
+    rows = list(metrics.sessions(summaries.chosen(start, end, tag="feature:chat")))
+    assert {row["session_id"]: row["requests"] for row in rows} == {
+        key: value["requests"] for key, value in expected.items()
+    }
