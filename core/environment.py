@@ -261,9 +261,10 @@ class Environment(environ.Env):
         values = [value.strip() for value in self.list(var, default=default) if value.strip()]
         for value in values:
             if len(value) > max_chars or any(ord(character) < 32 for character in value):
-                raise self.invalid(
-                    var, f"has {value[:max_chars]!r}, not a name of 1 to {max_chars} characters", default
-                )
+                # The value is not quoted: the variable's name may say KEY (see _shown).
+                number = values.index(value) + 1
+                problem = f"has, as name {number}, not a name of 1 to {max_chars} characters without control characters"
+                raise self.invalid(var, problem, default)
         return list(dict.fromkeys(values))
 
 
