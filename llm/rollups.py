@@ -336,23 +336,25 @@ def _session_rows(calls: LLMRequestLogQuerySet, *groups: str) -> dict[str, Any]:
     )
 
 
-def refresh_sessions(session_ids: Iterable[str]) -> int:
+def refresh_sessions(session_ids: Iterable[str], *, groups: bool = True) -> int:
     """Sum these sessions again from their calls (a session without calls left loses its rows);
-    answers how many sessions have rows now."""
+    answers how many sessions have rows now. `groups`: their SessionGroupTotals too."""
     ids = sorted({session_id for session_id in session_ids if session_id})
     kept = 0
     for offset in range(0, len(ids), SESSION_BATCH):
         chunk = ids[offset : offset + SESSION_BATCH]
         SessionTotals.objects.filter(session_id__in=chunk).delete()
         SessionUser.objects.filter(session_id__in=chunk).delete()
-        SessionGroupTotals.objects.filter(session_id__in=chunk).delete()
+        if groups:
+            SessionGroupTotals.objects.filter(session_id__in=chunk).delete()
         calls = LLMRequestLog.objects.filter(session_id__in=chunk)
         totals = []
         for row in _session_rows(calls):
             units = row.pop("cost_units")
             totals.append(SessionTotals(**row, cost=None if units is None else usd(as_units(units))))
         SessionTotals.objects.bulk_create(totals, batch_size=500)
-        _add_session_groups(calls)
+        if groups:
+            _add_session_groups(calls)
         spans = {row.session_id: (row.first_call, row.last_call) for row in totals}
         pairs = calls.exclude(user_id="").values_list("session_id", "user_id").distinct().order_by()
         SessionUser.objects.bulk_create(
@@ -382,6 +384,40 @@ def _add_session_groups(calls: LLMRequestLogQuerySet) -> None:
     SessionGroupTotals.objects.bulk_create(rows, batch_size=500)
 
 
+SESSION_GROUP_SUMS = (
+    "first_call",
+    "last_call",
+    "requests",
+    "errors",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "user_count",
+    "shown_user",
+    "model_count",
+    "shown_model",
+)
+
+
+def _insert_all_session_groups() -> None:
+    """Every session's SessionGroupTotals (rebuild_rollups): one INSERT ... SELECT per rolled-up
+    `by`, in the database (rows made in Python cost minutes at a million calls)."""
+    table = connection.ops.quote_name(SessionGroupTotals._meta.db_table)
+    columns = ", ".join(
+        connection.ops.quote_name(name) for name in ("session_id", "by", "key", "cost", *SESSION_GROUP_SUMS)
+    )
+    picked = ", ".join(f"grouped.{connection.ops.quote_name(name)}" for name in SESSION_GROUP_SUMS)
+    for by in rolled_up_breakdowns():
+        rows = _session_rows(LLMRequestLog.objects.annotate(group_key=breakdown_group(by)), "group_key")
+        sql, params = rows.query.sql_with_params()
+        with connection.cursor() as cursor:  # ORM-made SQL; the names are the model's
+            cursor.execute(
+                f"INSERT INTO {table} ({columns}) SELECT grouped.session_id, %s, grouped.group_key, "  # noqa: S608
+                f"grouped.cost_units / {COST_SCALE}.0, {picked} FROM ({sql}) AS grouped",
+                (by, *params),
+            )
+
+
 def touched_sessions(calls: LLMRequestLogQuerySet) -> list[str]:
     return list(calls.exclude(session_id="").values_list("session_id", flat=True).distinct().order_by())
 
@@ -398,7 +434,8 @@ def rebuild_sessions(since: date | None = None) -> int:
     SessionTotals.objects.all().delete()
     SessionUser.objects.all().delete()
     SessionGroupTotals.objects.all().delete()
-    kept = refresh_sessions(touched_sessions(LLMRequestLog.objects.all()))
+    kept = refresh_sessions(touched_sessions(LLMRequestLog.objects.all()), groups=False)
+    _insert_all_session_groups()
     ready, created = MetricWatermark.objects.get_or_create(name=SESSIONS_READY)
     if created or since is None:
         ready.days_since = since
