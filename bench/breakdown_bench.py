@@ -7,7 +7,9 @@ error_type) on the logs list and a metric.
     BENCH_ONLY=sessions ...                                   # only the requests whose label has it
 
 Loading: bench/scale_data.py's set-based INSERT (sessions are one user's calls in a half hour,
-60 % of calls tagged `feature` and `env`), rebuild_rollups, VACUUM ANALYZE. Each cell is the
+60 % of calls tagged `feature` and `env`, drawn per call), rebuild_rollups, VACUUM ANALYZE.
+Breakdowns by source and by a ROLLUP_TAG_KEYS tag, and the figures and sessions under one source
+or tag value, read the breakdown roll-ups; `by=tag:env, tag=feature:search` (two keys) reads the calls. Each cell is the
 median of 3 GETs through Django's test client (logged in, API and pages alike), in ms; a cell
 over 500 ms is marked with *. EXPLAIN lines for the tag filter show whether the GIN index is used.
 """
@@ -65,9 +67,16 @@ def cases(user_id: str, session_id: str) -> list[tuple[str, str, dict[str, str]]
     return [
         *breakdowns,
         ("breakdown by=model, tag=env:staging", "/api/metrics/breakdown/", {"by": "model", "tag": "env:staging"}),
+        ("breakdown by=error_type, source=api", "/api/metrics/breakdown/", {"by": "error_type", "source": "api"}),
+        (
+            "breakdown by=tag:env, tag=feature:search",
+            "/api/metrics/breakdown/",
+            {"by": "tag:env", "tag": "feature:search"},
+        ),
         ("sessions (latest first)", "/api/sessions/", {}),
         ("sessions by cost", "/api/sessions/", {"order_by": "cost"}),
         ("sessions, tag=feature:search", "/api/sessions/", {"tag": "feature:search"}),
+        ("sessions, source=otlp, by cost", "/api/sessions/", {"source": "otlp", "order_by": "cost"}),
         ("users (costliest first)", "/api/users/", {}),
         (f"user detail {user_id}", f"/api/users/{user_id}/", {}),
         (f"session detail {session_id}", f"/api/sessions/{session_id}/", {}),

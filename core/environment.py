@@ -255,6 +255,18 @@ class Environment(environ.Env):
             ) from error
         return value
 
+    def names(self, var: str, default: Any = NOTSET, *, max_chars: int = 100) -> Any:
+        """A comma-separated list of names (tag keys: "feature, env"), each 1 to `max_chars`
+        characters with no control character; duplicates dropped, order kept."""
+        values = [value.strip() for value in self.list(var, default=default) if value.strip()]
+        for value in values:
+            if len(value) > max_chars or any(ord(character) < 32 for character in value):
+                # The value is not quoted: the variable's name may say KEY (see _shown).
+                number = values.index(value) + 1
+                problem = f"has, as name {number}, not a name of 1 to {max_chars} characters without control characters"
+                raise self.invalid(var, problem, default)
+        return list(dict.fromkeys(values))
+
 
 def email_settings(env: Environment) -> dict[str, Any]:
     """Django's EMAIL_* settings: from EMAIL_URL when it is set, else from Django's own EMAIL_HOST,

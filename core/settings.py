@@ -363,6 +363,12 @@ METRICS_REQUIRE_AUTH = not DEBUG
 PROMPT_RATE_LIMIT = env.int("PROMPT_RATE_LIMIT", default=600, minimum=0)  # prompts a minute
 INGEST_RATE_LIMIT = env.int("INGEST_RATE_LIMIT", default=600_000, minimum=0)  # events or spans a minute
 
+# Tag keys whose values have breakdown roll-ups (llm/rollups.py): `breakdown by=tag:<key>` and the
+# figures under one `tag=<key>:<value>` filter read them instead of the calls (sources always have
+# them). Other keys are read from the calls, exact but slower over long windows. Each key costs the
+# roll-up after a write three small queries; a key added later counts once rebuild_rollups has run.
+ROLLUP_TAG_KEYS = env.names("ROLLUP_TAG_KEYS", default=["feature", "env"])
+
 # Roll up new calls right after they are written (llm/rollups.py). Not from the environment: only
 # the test suite turns it off, for live-server tests, whose server thread shares the test's
 # database and must not still be rolling up while the test's transaction is flushed.

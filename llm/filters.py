@@ -248,6 +248,10 @@ class FilteredLogs:
     model: str = ""
     status: str = ""
     other_filters: bool = False
+    # When the other filters narrow the rows to one breakdown group and nothing else (`source=`,
+    # or one `tag=key:value`): that group as (by, key), e.g. ("tag:feature", "search"), which
+    # llm.metrics may read from the breakdown roll-ups.
+    narrowed_to: tuple[str, str] | None = None
 
     def window(self) -> dict[str, Any]:
         """How a JSON answer states the window it covers."""
@@ -282,7 +286,21 @@ def filter_logs(params: Any, *, queryset: LLMRequestLogQuerySet | None = None) -
         model=cleaned.get("model") or "",
         status=cleaned.get("status") or "",
         other_filters=queryset is not None or any(cleaned.get(name) for name in ROLLUP_BLIND_FILTERS),
+        narrowed_to=None if queryset is not None else one_group(cleaned),
     )
+
+
+def one_group(cleaned: dict[str, Any]) -> tuple[str, str] | None:
+    """The breakdown group (by, key) the roll-up-blind filters narrow the rows to, when that is
+    all they do: one source, or one tag with a value."""
+    blind = [name for name in ROLLUP_BLIND_FILTERS if cleaned.get(name)]
+    if blind == ["source"]:
+        return ("source", cleaned["source"])
+    tags = cleaned.get("tag") or []
+    if blind == ["tag"] and len(tags) == 1 and tags[0][1] is not None:
+        key, value = tags[0]
+        return (f"tag:{key}", value)
+    return None
 
 
 WINDOW_PARAMETERS = ("start_date", "end_date", "hours")

@@ -18,7 +18,7 @@ import math
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, time, timedelta
 from datetime import date as date_type
 from decimal import Decimal
@@ -55,15 +55,18 @@ from django.utils import timezone
 
 from llm import rollup_math, rollups
 from llm.models import (
+    DailyBreakdownRollup,
     DailyRollup,
     DailyUserRollup,
     DailyUserTotals,
+    HourlyBreakdownRollup,
     HourlyRollup,
     HourlyUserTotals,
     LLMRequestLog,
     LLMRequestLogQuerySet,
     MetricWatermark,
     ModelPrice,
+    SessionGroupTotals,
     SessionTotals,
     SessionUser,
     UserFeedback,
@@ -210,6 +213,9 @@ class Selection:
     model: str = ""
     status: str = ""
     rollups_apply: bool = False
+    # The one breakdown group (by, key) the other filters narrow the rows to, if that is all they
+    # do (llm.filters.one_group): read from the breakdown roll-ups where the function knows how.
+    narrowed_to: tuple[str, str] | None = None
 
     @classmethod
     def of(cls, filtered: Any) -> Selection:
@@ -221,6 +227,7 @@ class Selection:
             filtered.model,
             filtered.status,
             rollups_apply=not filtered.other_filters,
+            narrowed_to=filtered.narrowed_to,
         )
 
     def matching(self, **lookups: Any) -> Q:
@@ -251,11 +258,19 @@ class Plan:
     zone: Any
     period: str | None
     watermark: int = 0  # as the plan was made: the first reading's
+    # A plan of the breakdown roll-ups (breakdown_plan): their `by`, and the one group (`key`)
+    # the rows are narrowed to, if they are.
+    breakdown: str = ""
+    group: str | None = None
 
     def raw_rows(self, watermark: int) -> list[LLMRequestLogQuerySet]:
         """Rows read from the logs, as querysets that do not overlap, each one index range: every
         raw span (on timestamp), and the rows above the watermark where roll-ups answer (on id)."""
         matching = LLMRequestLog.objects.filter(self.selection.matching()).order_by()
+        if self.breakdown:
+            matching = matching.alias(breakdown_group=rollups.breakdown_group(self.breakdown))
+            if self.group is not None:
+                matching = matching.filter(breakdown_group=self.group)
         above = above_watermark(matching, watermark, self.split.rolled_up_spans(self.zone))
         if not self.split.raw:
             return [above]
@@ -266,13 +281,23 @@ class Plan:
 
     def daily(self) -> Q:
         days = self.split.days
-        return self.selection.matching(day__gte=days[0], day__lte=days[-1]) if days else Q(pk__in=[])
+        return self.selection.matching(day__gte=days[0], day__lte=days[-1]) & self._group() if days else Q(pk__in=[])
 
     def hourly(self) -> Q:
         condition = Q(pk__in=[])
         for start, end in self.split.hours:
             condition |= Q(hour__gte=start, hour__lt=end)
-        return self.selection.matching() & condition if self.split.hours else condition
+        return self.selection.matching() & self._group() & condition if self.split.hours else condition
+
+    def _group(self) -> Q:
+        """The breakdown roll-ups' rows of the plan's `by` (and group): nothing on the others."""
+        if not self.breakdown:
+            return Q()
+        return Q(by=self.breakdown) if self.group is None else Q(by=self.breakdown, key=self.group)
+
+    def tables(self) -> tuple[type, type]:
+        """The (daily, hourly) roll-ups the plan reads."""
+        return (DailyBreakdownRollup, HourlyBreakdownRollup) if self.breakdown else (DailyRollup, HourlyRollup)
 
 
 def above_watermark(
@@ -313,6 +338,30 @@ def plan(logs: Selection | Any, period: str | None = None) -> Plan | None:
     hours = period is None or rollup_math.whole_hour_offsets(zone, start, end)
     split = rollup_math.split_window(start, end, zone, days=days, hours=hours)
     return Plan(chosen, split, zone, period, state.last_id) if split.uses_rollups else None
+
+
+def breakdown_plan(logs: Selection | Any, by: str | None = None, period: str | None = None) -> Plan | None:
+    """How to read `logs` from the breakdown roll-ups (llm/rollups.py): grouped `by` (a rolled-up
+    breakdown, the rows narrowed by model and status at most), or, without `by`, narrowed to one
+    group (Selection.narrowed_to). None: they do not answer (a `by` they do not hold, or not yet in
+    full for the window's days: ROLLUP_TAG_KEYS changed since the last rebuild_rollups)."""
+    chosen = selection(logs)
+    group = None
+    if by is None and chosen.narrowed_to is not None:
+        by, group = chosen.narrowed_to
+    elif by is None or not chosen.rollups_apply:
+        return None
+    if by not in rollups.rolled_up_breakdowns():
+        return None
+    complete = rollup_state().breakdowns or {}
+    the_plan = plan(replace(chosen, rollups_apply=True), period) if by in complete else None
+    if the_plan is None:
+        return None
+    first_day = complete[by] and date_type.fromisoformat(complete[by])
+    if first_day and chosen.start < rollup_math.day_start(first_day, the_plan.zone):
+        return None
+    the_plan.breakdown, the_plan.group = by, group
+    return the_plan
 
 
 def percentiles_kind(logs: Selection | Any, period: str | None = None) -> str:
@@ -401,6 +450,8 @@ def _add_raw(found: KeyedFigures, the_plan: Plan, watermark: int, group: tuple[s
     if percentiles:
         names.append("bucket")
     for rows in the_plan.raw_rows(watermark):
+        if "key" in group:  # a breakdown roll-up's group (measure_at of a breakdown_plan)
+            rows = rows.annotate(key=rollups.breakdown_group(the_plan.breakdown))
         if "period" in group:
             rows = rows.annotate(period=TRUNCATE[the_plan.period]("timestamp"))
         if percentiles:
@@ -427,18 +478,19 @@ def _raw_sums() -> dict[str, Aggregate]:
 
 
 def measure_at(the_plan: Plan, group: tuple[str, ...], watermark: int, *, percentiles: bool = True) -> KeyedFigures:
-    """Figures per `group` (names among period, model_name, status, error_type) over the plan's
-    window: roll-ups plus raw rows, the roll-ups being at `watermark`."""
+    """Figures per `group` (names among period, model_name, status, error_type, and key for a
+    breakdown_plan) over the plan's window: roll-ups plus raw rows, the roll-ups being at `watermark`."""
     period_of = PeriodOf(the_plan.period, the_plan.zone)
 
     def key(row: dict[str, Any], moment: Any) -> tuple:
         return tuple(period_of(moment) if name == "period" else row[name] for name in group)
 
     found: KeyedFigures = {}
+    daily, hourly = the_plan.tables()
     if the_plan.split.days:
-        _add_rollups(found, DailyRollup.objects.filter(the_plan.daily()), "day", key, group, percentiles)
+        _add_rollups(found, daily.objects.filter(the_plan.daily()), "day", key, group, percentiles)
     if the_plan.split.hours:
-        _add_rollups(found, HourlyRollup.objects.filter(the_plan.hourly()), "hour", key, group, percentiles)
+        _add_rollups(found, hourly.objects.filter(the_plan.hourly()), "hour", key, group, percentiles)
     _add_raw(found, the_plan, watermark, group, percentiles)
     return found
 
@@ -1670,8 +1722,7 @@ def breakdown_key(by: str) -> Any:
     """The expression a breakdown groups by: a column, or one tag's value ("" where it is absent,
     like an empty user_id: every call is in exactly one group, so the groups add up to the total)."""
     if by.startswith(TAG_BREAKDOWN_PREFIX):
-        tag_value = KeyTextTransform(by.removeprefix(TAG_BREAKDOWN_PREFIX), "tags")
-        return Coalesce(tag_value, Value(""), output_field=TextField())
+        return rollups.tag_value(by.removeprefix(TAG_BREAKDOWN_PREFIX))
     return F(BREAKDOWN_FIELDS[by])
 
 
@@ -1718,7 +1769,7 @@ def breakdown(
     if order_by not in BREAKDOWN_ORDERS:
         raise ValueError(f"order_by is one of {', '.join(BREAKDOWN_ORDERS)}")
     chosen = selection(logs)
-    answer = _breakdown_from_rollups(chosen, by, order_by, limit) if by in ROLLUP_BREAKDOWNS else None
+    answer = _breakdown_from_rollups(chosen, by, order_by, limit)
     if by == "user":
         answer = _user_breakdown_from_rollups(chosen, order_by, limit)
     elif by == "session" and order_by != "p95":
@@ -1744,8 +1795,13 @@ def _ranked(groups: list[tuple[dict[str, Any], Totals]], order_by: str, limit: i
 
 
 def _breakdown_from_rollups(chosen: Selection, by: str, order_by: str, limit: int) -> dict[str, Any] | None:
-    the_plan = plan(chosen)
-    found = None if the_plan is None else measure(the_plan, (BREAKDOWN_FIELDS[by], "status"))
+    """By model or error type from the roll-ups (the breakdown roll-ups under a filter of one
+    source or tag value); by source or a ROLLUP_TAG_KEYS tag from the breakdown roll-ups."""
+    if by in ROLLUP_BREAKDOWNS:
+        the_plan, column = plan(chosen) or breakdown_plan(chosen), BREAKDOWN_FIELDS[by]
+    else:
+        the_plan, column = breakdown_plan(chosen, by), "key"
+    found = None if the_plan is None else measure(the_plan, (column, "status"))
     if found is None:
         return None
     groups = [(key, totals) for (key,), totals in fold_status(found).items()]
@@ -2003,7 +2059,7 @@ def sessions(logs: Selection | LLMRequestLogQuerySet, order_by: str = "last_call
     if order_by not in SESSION_ORDERS:
         raise ValueError(f"order_by is one of {', '.join(SESSION_ORDERS)}")
     chosen = selection(logs)
-    the_plan = summaries_plan(chosen)
+    the_plan = summaries_plan(chosen) or group_summaries_plan(chosen)
     if the_plan is not None:
         summed = consistent(lambda watermark: _sessions_at(the_plan, watermark), the_plan)
         if summed is not None:
@@ -2035,14 +2091,17 @@ def _sessions_at(the_plan: Plan, watermark: int) -> QuerySet:
     meanwhile only refreshes sessions with calls above `watermark`, which are read raw anyway."""
     start, end = the_plan.selection.start, the_plan.selection.end
     stale = _stale_sessions(watermark)
+    summaries = SessionTotals.objects.all()
+    if the_plan.group is not None:  # narrowed to one group: its calls' summaries (group_summaries_plan)
+        summaries = SessionGroupTotals.objects.filter(by=the_plan.breakdown, key=the_plan.group)
     whole = (
-        SessionTotals.objects.filter(_whole_in(start, end))
+        summaries.filter(_whole_in(start, end))
         .exclude(session_id__in=stale)
         .annotate(users=F("user_count"), models=F("model_count"))
         .values(*SESSION_COLUMNS)
         .order_by()
     )
-    cut = SessionTotals.objects.filter(_cut_by(start, end)).values("session_id")
+    cut = summaries.filter(_cut_by(start, end)).values("session_id")
     raw = _sessions_raw(the_plan.selection.logs.filter(session_id__in=_read_raw(cut, stale))).order_by()
     return whole.union(raw, all=True)
 
@@ -2081,6 +2140,20 @@ def summaries_plan(chosen: Selection) -> Plan | None:
     if chosen.model or chosen.status:
         return None
     the_plan = plan(chosen)
+    ready = rollups.sessions_ready() if the_plan is not None else None
+    if ready is None:
+        return None
+    if ready.days_since is not None and chosen.start < rollup_math.day_start(ready.days_since, the_plan.zone):
+        return None
+    return the_plan
+
+
+def group_summaries_plan(chosen: Selection) -> Plan | None:
+    """As summaries_plan, for a Selection narrowed to one breakdown group (one source or tag
+    value): SessionGroupTotals answer, kept with the breakdown roll-ups (breakdown_plan)."""
+    if chosen.model or chosen.status or chosen.narrowed_to is None:
+        return None
+    the_plan = breakdown_plan(chosen)
     ready = rollups.sessions_ready() if the_plan is not None else None
     if ready is None:
         return None

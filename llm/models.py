@@ -1581,6 +1581,10 @@ class MetricWatermark(models.Model):
     # The roll-ups only: the first day the daily rows cover in full (None: every day). Set when a
     # rebuild in a new TIME_ZONE could not rebuild days whose logs purge_logs had deleted.
     days_since = models.DateField(null=True, blank=True)
+    # The roll-ups only: the breakdowns (`by`: "source", "tag:<key>") the breakdown roll-ups hold
+    # in full, each with the first local day they cover (null: every day). A `by` added to
+    # ROLLUP_TAG_KEYS later joins when rebuild_rollups has summed the calls before it.
+    breakdowns = models.JSONField(default=dict, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     def __str__(self) -> str:
@@ -1637,6 +1641,51 @@ class DailyRollup(RollupFigures):
 
     def __str__(self) -> str:
         return f"{self.day} {self.model_name} {self.status}: {self.requests}"
+
+
+class BreakdownRollupFigures(RollupFigures):
+    """RollupFigures of the calls of one breakdown group: `by` is "source" or "tag:<key>" (a key of
+    ROLLUP_TAG_KEYS), `key` the group (the source, or the tag's value, "" for calls without it), as
+    llm.metrics.breakdown names them. A breakdown by source or by such a tag, and the figures under
+    one `source=` or `tag=key:value` filter, read these instead of the calls."""
+
+    by = models.CharField(max_length=110)
+    key = models.CharField(max_length=500, blank=True, default="")
+
+    class Meta:
+        abstract = True
+
+
+class HourlyBreakdownRollup(BreakdownRollupFigures):
+    hour = models.DateTimeField(help_text="Start of the UTC hour.")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["by", "key", "hour", "model_name", "status", "error_type"], name="llm_hourlybreakdown_key"
+            )
+        ]
+        # A window's hours of one `by` (the breakdown) or one group (a filter): the unique index,
+        # led by `by` and `key`; this one answers a breakdown's hours without a filter on `key`.
+        indexes = [models.Index(fields=["by", "hour"], name="llm_hourlybreakdown_by_hour")]
+
+    def __str__(self) -> str:
+        return f"{self.hour:%Y-%m-%d %H:00} {self.by}={self.key} {self.model_name} {self.status}: {self.requests}"
+
+
+class DailyBreakdownRollup(BreakdownRollupFigures):
+    day = models.DateField(help_text="The date in TIME_ZONE (MetricWatermark 'rollups'.time_zone).")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["by", "key", "day", "model_name", "status", "error_type"], name="llm_dailybreakdown_key"
+            )
+        ]
+        indexes = [models.Index(fields=["by", "day"], name="llm_dailybreakdown_by_day")]
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.by}={self.key} {self.model_name} {self.status}: {self.requests}"
 
 
 class DailyUserRollup(models.Model):
@@ -1711,14 +1760,9 @@ class HourlyUserTotals(UserTotals):
         return f"{self.hour:%Y-%m-%d %H:00} {self.user_id}: {self.requests}"
 
 
-class SessionTotals(models.Model):
-    """One session's calls, all of them (not a window's) up to the roll-up watermark: what the
-    sessions list shows, kept by llm/rollups.py (each roll-up adds its new calls; distinct users
-    from SessionUser, distinct models grown by the pairs no older call has, so they stay exact).
-    A window that holds all of a session's calls reads this row; a session cut by the window's
-    edges, or with calls above the roll-up watermark, is read raw."""
+class SessionFigures(models.Model):
+    """What some calls of one session add up to (the session list's columns)."""
 
-    session_id = models.CharField(max_length=200, unique=True)
     first_call = models.DateTimeField()
     last_call = models.DateTimeField()
     requests = models.BigIntegerField(default=0)
@@ -1733,6 +1777,19 @@ class SessionTotals(models.Model):
     shown_model = models.CharField(max_length=200, blank=True, default="")
 
     class Meta:
+        abstract = True
+
+
+class SessionTotals(SessionFigures):
+    """One session's calls, all of them (not a window's) up to the roll-up watermark: what the
+    sessions list shows, kept by llm/rollups.py (each roll-up adds its new calls; distinct users
+    from SessionUser, distinct models grown by the pairs no older call has, so they stay exact).
+    A window that holds all of a session's calls reads this row; a session cut by the window's
+    edges, or with calls above the roll-up watermark, is read raw."""
+
+    session_id = models.CharField(max_length=200, unique=True)
+
+    class Meta:
         indexes = [
             models.Index(fields=["last_call", "first_call"], name="llm_sessiontotals_last"),
             models.Index(fields=["first_call"], name="llm_sessiontotals_first"),
@@ -1741,6 +1798,29 @@ class SessionTotals(models.Model):
 
     def __str__(self) -> str:
         return f"{self.session_id}: {self.requests}"
+
+
+class SessionGroupTotals(SessionFigures):
+    """One session's calls of one breakdown group (`by` "source" or "tag:<key>" of ROLLUP_TAG_KEYS,
+    `key` the source or the tag's value), as SessionTotals sums them all: the sessions list under
+    one `source=` or `tag=key:value` filter reads these (kept and read like SessionTotals)."""
+
+    session_id = models.CharField(max_length=200)
+    by = models.CharField(max_length=110)
+    key = models.CharField(max_length=500, blank=True, default="")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["by", "key", "session_id"], name="llm_sessiongrouptotals_key")]
+        indexes = [
+            # The list of one group over a window, latest first (as llm_sessiontotals_last).
+            models.Index(fields=["by", "key", "last_call", "first_call"], name="llm_sessiongroup_last"),
+            # refresh_sessions deletes a session's rows.
+            models.Index(fields=["session_id"], name="llm_sessiongroup_session"),
+        ]
+        verbose_name_plural = "session group totals"
+
+    def __str__(self) -> str:
+        return f"{self.session_id} {self.by}={self.key}: {self.requests}"
 
 
 class SessionUser(models.Model):

@@ -1,5 +1,5 @@
-"""Keeping the roll-ups (HourlyRollup, DailyRollup, DailyUserRollup, DailyUserTotals, HourlyUserTotals)
-equal to what the logs say.
+"""Keeping the roll-ups (HourlyRollup, DailyRollup, DailyUserRollup, DailyUserTotals, HourlyUserTotals,
+HourlyBreakdownRollup, DailyBreakdownRollup) equal to what the logs say.
 
 The roll-ups add up the logs above the "rollups" watermark, exactly once, with the machinery of
 llm/watermarks.py (a final id boundary, so a row committed late is never skipped; the watermark row
@@ -46,23 +46,28 @@ from django.db.models import (
     Q,
     Subquery,
     Sum,
+    TextField,
     Value,
     When,
 )
-from django.db.models.functions import Cast, Floor, Least, Ln, Round, TruncDate, TruncHour
+from django.db.models.fields.json import KeyTextTransform
+from django.db.models.functions import Cast, Coalesce, Floor, Least, Ln, Round, TruncDate, TruncHour
 from django.utils import timezone
 
 from llm import rollup_math, watermarks
 from llm.models import (
     COST_PLACES,
+    DailyBreakdownRollup,
     DailyRollup,
     DailyUserRollup,
     DailyUserTotals,
+    HourlyBreakdownRollup,
     HourlyRollup,
     HourlyUserTotals,
     LLMRequestLog,
     LLMRequestLogQuerySet,
     MetricWatermark,
+    SessionGroupTotals,
     SessionTotals,
     SessionUser,
 )
@@ -328,12 +333,13 @@ SESSION_BATCH = 500
 PAIRS_PER_QUERY = 100
 
 
-def _session_rows(calls: LLMRequestLogQuerySet) -> dict[str, Any]:
-    """The calls' sessions, summed as SessionTotals holds them (the API's raw grouping)."""
+def _session_rows(calls: LLMRequestLogQuerySet, *groups: str) -> dict[str, Any]:
+    """The calls' sessions (per session and `groups`), summed as SessionTotals holds them (the
+    API's raw grouping)."""
     not_blank_user = ~Q(user_id="")
     return (
         calls.exclude(session_id="")
-        .values("session_id")
+        .values("session_id", *groups)
         .annotate(
             first_call=Min("timestamp"),
             last_call=Max("timestamp"),
@@ -352,16 +358,18 @@ def _session_rows(calls: LLMRequestLogQuerySet) -> dict[str, Any]:
     )
 
 
-def refresh_sessions(session_ids: Iterable[str], *, upto: int | None = None) -> int:
+def refresh_sessions(session_ids: Iterable[str], *, upto: int | None = None, groups: bool = True) -> int:
     """Sum these sessions again from their calls (ids up to `upto`: the roll-ups' watermark, which
     the caller holds); a session without calls left loses its rows. Answers how many sessions
-    have rows now."""
+    have rows now. `groups`: their SessionGroupTotals too."""
     ids = sorted({session_id for session_id in session_ids if session_id})
     kept = 0
     for offset in range(0, len(ids), SESSION_BATCH):
         chunk = ids[offset : offset + SESSION_BATCH]
         SessionTotals.objects.filter(session_id__in=chunk).delete()
         SessionUser.objects.filter(session_id__in=chunk).delete()
+        if groups:
+            SessionGroupTotals.objects.filter(session_id__in=chunk).delete()
         calls = LLMRequestLog.objects.filter(session_id__in=chunk)
         if upto is not None:
             calls = calls.filter(id__lte=upto)
@@ -370,6 +378,8 @@ def refresh_sessions(session_ids: Iterable[str], *, upto: int | None = None) -> 
             units = row.pop("cost_units")
             totals.append(SessionTotals(**row, cost=None if units is None else usd(as_units(units))))
         SessionTotals.objects.bulk_create(totals, batch_size=500)
+        if groups:
+            _add_session_groups(calls)
         spans = {row.session_id: (row.first_call, row.last_call) for row in totals}
         pairs = calls.exclude(user_id="").values_list("session_id", "user_id").distinct().order_by()
         SessionUser.objects.bulk_create(
@@ -388,14 +398,19 @@ def refresh_sessions(session_ids: Iterable[str], *, upto: int | None = None) -> 
     return kept
 
 
-def add_to_sessions(calls: LLMRequestLogQuerySet, *, above: int) -> int:
-    """Add new calls (all with ids above `above`, the watermark every summed call is at or below)
-    to their sessions' summaries; answers how many sessions they touched."""
+def add_to_sessions(calls: LLMRequestLogQuerySet, *, above: int, upto: int) -> int:
+    """Add new calls (ids above `above`, the watermark every summed call is at or below, up to
+    `upto`) to their sessions' summaries; answers how many sessions they touched.
+
+    The sessions' SessionGroupTotals are summed again from their calls up to `upto` (their distinct
+    counts per group have no SessionUser of their own to add to)."""
     new = {row["session_id"]: row for row in _session_rows(calls)}
     ids = sorted(new)
     for offset in range(0, len(ids), SESSION_BATCH):
         chunk = ids[offset : offset + SESSION_BATCH]
         _add_session_chunk({session_id: new[session_id] for session_id in chunk}, calls, above)
+        SessionGroupTotals.objects.filter(session_id__in=chunk).delete()
+        _add_session_groups(LLMRequestLog.objects.filter(session_id__in=chunk, id__lte=upto))
     return len(ids)
 
 
@@ -499,6 +514,51 @@ def _models_new_to_sessions(
     return added
 
 
+def _add_session_groups(calls: LLMRequestLogQuerySet) -> None:
+    """SessionGroupTotals of these calls' sessions: one GROUP BY (session, group) per rolled-up `by`."""
+    rows = []
+    for by in rolled_up_breakdowns():
+        for row in _session_rows(calls.annotate(group_key=breakdown_group(by)), "group_key"):
+            units = row.pop("cost_units")
+            key = row.pop("group_key")
+            rows.append(SessionGroupTotals(**row, by=by, key=key, cost=None if units is None else usd(as_units(units))))
+    SessionGroupTotals.objects.bulk_create(rows, batch_size=500)
+
+
+SESSION_GROUP_SUMS = (
+    "first_call",
+    "last_call",
+    "requests",
+    "errors",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "user_count",
+    "shown_user",
+    "model_count",
+    "shown_model",
+)
+
+
+def _insert_all_session_groups(calls: LLMRequestLogQuerySet) -> None:
+    """Every session's SessionGroupTotals (rebuild_rollups): one INSERT ... SELECT per rolled-up
+    `by`, in the database (rows made in Python cost minutes at a million calls)."""
+    table = connection.ops.quote_name(SessionGroupTotals._meta.db_table)
+    columns = ", ".join(
+        connection.ops.quote_name(name) for name in ("session_id", "by", "key", "cost", *SESSION_GROUP_SUMS)
+    )
+    picked = ", ".join(f"grouped.{connection.ops.quote_name(name)}" for name in SESSION_GROUP_SUMS)
+    for by in rolled_up_breakdowns():
+        rows = _session_rows(calls.annotate(group_key=breakdown_group(by)), "group_key")
+        sql, params = rows.query.sql_with_params()
+        with connection.cursor() as cursor:  # ORM-made SQL; the names are the model's
+            cursor.execute(
+                f"INSERT INTO {table} ({columns}) SELECT grouped.session_id, %s, grouped.group_key, "  # noqa: S608
+                f"grouped.cost_units / {COST_SCALE}.0, {picked} FROM ({sql}) AS grouped",
+                (by, *params),
+            )
+
+
 def touched_sessions(calls: LLMRequestLogQuerySet) -> list[str]:
     return list(calls.exclude(session_id="").values_list("session_id", flat=True).distinct().order_by())
 
@@ -515,8 +575,10 @@ def rebuild_sessions(since: date | None = None, *, upto: int | None = None) -> i
     roll-ups' watermark moves): in chunks of sessions."""
     SessionTotals.objects.all().delete()
     SessionUser.objects.all().delete()
+    SessionGroupTotals.objects.all().delete()
     calls = LLMRequestLog.objects.all() if upto is None else LLMRequestLog.objects.filter(id__lte=upto)
-    kept = refresh_sessions(touched_sessions(calls), upto=upto)
+    kept = refresh_sessions(touched_sessions(calls), upto=upto, groups=False)
+    _insert_all_session_groups(calls)
     ready, created = MetricWatermark.objects.get_or_create(name=SESSIONS_READY)
     if created or since is None:
         ready.days_since = since
@@ -540,6 +602,75 @@ def forget_purged_sessions(cutoff: datetime) -> int:
 
 
 PERIOD_TABLES = (("hour", HourlyRollup), ("day", DailyRollup))
+BREAKDOWN_TABLES = (("hour", HourlyBreakdownRollup), ("day", DailyBreakdownRollup))
+SOURCE_BREAKDOWN = "source"
+TAG_BREAKDOWN_PREFIX = "tag:"
+
+
+def rolled_up_breakdowns() -> tuple[str, ...]:
+    """The breakdowns (`by`) the breakdown roll-ups keep: by source, and by each ROLLUP_TAG_KEYS key."""
+    return (SOURCE_BREAKDOWN, *(f"{TAG_BREAKDOWN_PREFIX}{key}" for key in settings.ROLLUP_TAG_KEYS))
+
+
+def tag_value(key: str) -> Coalesce:
+    """A call's value of tag `key`, "" where it has none (like an empty user_id: every call is in
+    exactly one group of a breakdown by that tag). KeyTextTransform takes the key whole."""
+    return Coalesce(KeyTextTransform(key, "tags"), Value(""), output_field=TextField())
+
+
+def breakdown_group(by: str) -> Any:
+    """The group of a call in a rolled-up breakdown: its source, or its value of the tag."""
+    if by.startswith(TAG_BREAKDOWN_PREFIX):
+        return tag_value(by.removeprefix(TAG_BREAKDOWN_PREFIX))
+    return F(by)
+
+
+def _add_breakdowns(rows: LLMRequestLogQuerySet, periods: dict[str, Any]) -> None:
+    """Add the rows to the breakdown roll-ups: per rolled-up `by`, the same three GROUP BY queries
+    as the other roll-ups, with the call's group as one more key."""
+    for by in rolled_up_breakdowns():
+        both = _grouped(rows, {**periods, "group_key": breakdown_group(by)})
+        tables = [(name, model) for name, model in BREAKDOWN_TABLES if name in periods]
+        for index, (name, model) in enumerate(tables):
+            per_period: dict[tuple, Figures] = defaultdict(Figures)
+            for key, figures in both.items():  # (hour, day, group, *KEY) -> (period, group, *KEY)
+                per_period[(key[index], *key[len(periods) :])].merge(figures)
+            _upsert_breakdown(model, name, by, per_period)
+
+
+def _upsert_breakdown(model: type, period: str, by: str, groups: dict[tuple, Figures]) -> None:
+    """Add `groups` ((period, group, *KEY) -> Figures) to `model`'s rows of `by`."""
+    if not groups:
+        return
+    existing = {
+        (getattr(row, period), row.key, row.model_name, row.status, row.error_type): row
+        for row in model.objects.filter(by=by, **{f"{period}__in": {key[0] for key in groups}})
+    }
+    rows = []
+    for key, figures in groups.items():
+        row = existing.get(key)
+        if row is None:
+            row = model(by=by, key=key[1], **{period: key[0]}, **dict(zip(KEY, key[2:], strict=True)))
+        rows.append(row)
+        for name in Figures.SUMS:
+            setattr(row, name, getattr(row, name) + getattr(figures, name))
+        row.latency_histogram = rollup_math.encode(rollup_math.add_encoded(figures.latency, row.latency_histogram))
+        row.ttft_histogram = rollup_math.encode(rollup_math.add_encoded(figures.ttft, row.ttft_histogram))
+    _save(model, rows, ["by", "key", period, *KEY], [*Figures.SUMS, "latency_histogram", "ttft_histogram"])
+
+
+def keep_breakdowns(watermark: MetricWatermark, breakdowns: dict[str, str | None]) -> None:
+    """Record which breakdowns the roll-ups hold in full (`by` -> first local day, ISO, or None)."""
+    if watermark.breakdowns != breakdowns:
+        watermark.breakdowns = breakdowns
+        watermark.save(update_fields=["breakdowns"])
+
+
+def _configured_breakdowns(watermark: MetricWatermark) -> dict[str, str | None]:
+    """The watermark's complete breakdowns still configured (one dropped from ROLLUP_TAG_KEYS is
+    no longer kept up, so no longer complete)."""
+    configured = rolled_up_breakdowns()
+    return {by: since for by, since in (watermark.breakdowns or {}).items() if by in configured}
 
 
 def add_rows(rows: LLMRequestLogQuerySet, *, hourly: bool = True, daily: bool = True) -> None:
@@ -564,6 +695,7 @@ def add_rows(rows: LLMRequestLogQuerySet, *, hourly: bool = True, daily: bool = 
         _upsert_hourly_users(rows)
     if daily:
         _upsert_users(rows, zone)
+    _add_breakdowns(rows, periods)
 
 
 def daily_rows_valid(watermark: MetricWatermark) -> bool:
@@ -580,6 +712,9 @@ def roll_up(*, limit: int | None = CATCH_UP_LIMIT, try_lock: bool = False) -> in
         watermark = claim.watermark
         if not watermark.time_zone and not watermark.last_id:
             watermark.time_zone = settings.TIME_ZONE  # the first roll-up: days in this zone
+            keep_breakdowns(watermark, dict.fromkeys(rolled_up_breakdowns()))  # and all breakdowns
+        else:
+            keep_breakdowns(watermark, _configured_breakdowns(watermark))
         if claim.upto is None:
             return 0
         rows = LLMRequestLog.objects.filter(id__gt=watermark.last_id, id__lte=claim.upto)
@@ -593,7 +728,7 @@ def roll_up(*, limit: int | None = CATCH_UP_LIMIT, try_lock: bool = False) -> in
             watermark.time_zone = ""  # from now on they miss rows: only a rebuild trusts them again
         added = claim.upto - watermark.last_id
         add_rows(rows, daily=daily)
-        add_to_sessions(rows, above=watermark.last_id)
+        add_to_sessions(rows, above=watermark.last_id, upto=claim.upto)
         claim.advance()
         return added
 
@@ -654,16 +789,20 @@ def rebuild(since: date | None = None, progress: Callable[[str], None] | None = 
         daily_valid = daily_rows_valid(watermark)
         day_cut = rollup_math.day_start(since, zone)
         hour_cut = rollup_math.floor_hour(day_cut)
+        breakdowns = _rebuilt_breakdowns(watermark, since, hour_cut)
         HourlyRollup.objects.filter(hour__gte=hour_cut).delete()
         HourlyUserTotals.objects.filter(hour__gte=hour_cut).delete()
+        HourlyBreakdownRollup.objects.filter(Q(hour__gte=hour_cut) | ~Q(by__in=breakdowns)).delete()
         DailyRollup.objects.filter(day__gte=since).delete()
         DailyUserRollup.objects.filter(day__gte=since).delete()
         DailyUserTotals.objects.filter(day__gte=since).delete()
+        DailyBreakdownRollup.objects.filter(Q(day__gte=since) | ~Q(by__in=breakdowns)).delete()
         if not daily_valid:
             # Built in another zone: no daily row is kept; before `since` reads use hourly rows.
             DailyRollup.objects.all().delete()
             DailyUserRollup.objects.all().delete()
             DailyUserTotals.objects.all().delete()
+            DailyBreakdownRollup.objects.all().delete()
             watermark.days_since = since
         elif watermark.days_since is not None:
             watermark.days_since = min(watermark.days_since, since)
@@ -684,9 +823,26 @@ def rebuild(since: date | None = None, progress: Callable[[str], None] | None = 
         rebuild_sessions(None if watermark.days_since is None and _has_no_older_rollups(since) else since, upto=upto)
         progress("sessions: summed")
         watermark.time_zone = settings.TIME_ZONE
+        keep_breakdowns(watermark, breakdowns)
         claim.upto = upto
         claim.advance()
     return RebuildResult(since=since, upto=upto, days=days)
+
+
+def _rebuilt_breakdowns(watermark: MetricWatermark, since: date, hour_cut: datetime) -> dict[str, str | None]:
+    """Which breakdowns are complete after a rebuild from `since`: those complete before keep
+    their first day (or `since`, if earlier); a new one covers every day if nothing was rolled up
+    before the cut, else from `since` (the calls before it may be purged)."""
+    kept = _configured_breakdowns(watermark)
+    history = HourlyRollup.objects.filter(hour__lt=hour_cut).exists()
+    breakdowns = {}
+    for by in rolled_up_breakdowns():
+        if by in kept:
+            first = kept[by]
+            breakdowns[by] = None if first is None else min(first, since.isoformat())
+        else:
+            breakdowns[by] = since.isoformat() if history else None
+    return breakdowns
 
 
 def _has_no_older_rollups(since: date) -> bool:

@@ -141,6 +141,7 @@ def test_values_are_parsed_strictly_but_kindly():
             "LOG_LEVEL": "warning",
             # Taken literally: django-environ alone reads "$x" as "the value of variable x".
             "DJANGO_SECRET_KEY": "$starts-with-a-dollar",
+            "ROLLUP_TAG_KEYS": " feature , team,feature,",
         },
         "STORE_PROMPTS",
         "REDACT_PII",
@@ -148,6 +149,7 @@ def test_values_are_parsed_strictly_but_kindly():
         "ALLOWED_HOSTS",
         "LOGGING['root']['level']",
         "SECRET_KEY",
+        "ROLLUP_TAG_KEYS",
     )
     assert values == {
         "STORE_PROMPTS": "False",
@@ -156,6 +158,7 @@ def test_values_are_parsed_strictly_but_kindly():
         "ALLOWED_HOSTS": "['a.example.com', 'b.example.com']",
         "LOGGING['root']['level']": "'WARNING'",
         "SECRET_KEY": "'$starts-with-a-dollar'",
+        "ROLLUP_TAG_KEYS": "['feature', 'team']",
     }
 
 
@@ -190,6 +193,7 @@ BAD_SETTINGS = {
     "csrf origin": ({"CSRF_TRUSTED_ORIGINS": "https://a.example.com,b.example.com"}, "with its scheme"),
     "time zone": ({"TIME_ZONE": "Mars/Olympus_Mons"}, "time zone name"),
     "log level": ({"LOG_LEVEL": "loud"}, "DEBUG, INFO, WARNING, ERROR, CRITICAL"),
+    "rollup tag key": ({"ROLLUP_TAG_KEYS": "feature," + "k" * 101}, "not a name of 1 to 100 characters"),
     "env file": ({"OBSERVATORY_ENV_FILE": "/nonexistent/.env"}, "no such file"),
     "production without secret key": ({"DEBUG": "False", "ALLOWED_HOSTS": "obs.example.com"}, "token_urlsafe"),
     "production with the development key": (
