@@ -58,6 +58,7 @@ from llm.models import (
     DailyRollup,
     DailyUserRollup,
     DailyUserTotals,
+    HourlyLatency,
     HourlyRollup,
     HourlyUserTotals,
     LLMRequestLog,
@@ -460,8 +461,60 @@ def measure_totals(the_plan: Plan, group: tuple[str, ...]) -> dict[tuple, Totals
     shared = the_plan.selection.shared
     if shared is not None and shared.answers(the_plan.period):
         return shared.totals(group, the_plan.period)
-    found = measure(the_plan, (*group, "status"))
-    return None if found is None else fold_status(found)
+    return consistent(lambda watermark: totals_at(the_plan, group, watermark), the_plan)
+
+
+def totals_at(the_plan: Plan, group: tuple[str, ...], watermark: int) -> dict[tuple, Totals]:
+    """Totals per `group` (names among period and model_name) at `watermark`: the sums by group and
+    status, and the latency histograms merged per group, those of whole hours from HourlyLatency
+    (one row per hour and model)."""
+    keyed = (*group, "status")
+    period_of = PeriodOf(the_plan.period, the_plan.zone)
+
+    def key(row: dict[str, Any], moment: Any) -> tuple:
+        return tuple(period_of(moment) if name == "period" else row[name] for name in keyed)
+
+    found: KeyedFigures = {}
+    if the_plan.split.days:
+        _add_rollups(found, DailyRollup.objects.filter(the_plan.daily()), "day", key, keyed, False)
+    if the_plan.split.hours:
+        _add_rollups(found, HourlyRollup.objects.filter(the_plan.hourly()), "hour", key, keyed, False)
+    _add_raw(found, the_plan, watermark, keyed, True)
+    folded = fold_status(found)
+    cells: dict[tuple, int] = {}
+    owners, stored = [], []
+    for moment, model_name, histogram in rollup_histograms(the_plan):
+        row = {"model_name": model_name}
+        owners.append(
+            cells.setdefault(tuple(period_of(moment) if name == "period" else row[name] for name in group), len(cells))
+        )
+        stored.append(histogram)
+    merged = rollup_math.merge_grouped(owners, stored, len(cells))
+    for cell, index in cells.items():
+        if cell in folded:  # always: HourlyLatency is written with HourlyRollup
+            folded[cell].figures.latency += merged[index]
+    return folded
+
+
+def rollup_histograms(the_plan: Plan) -> Iterator[tuple[Any, str, Any]]:
+    """(day or hour, model_name, stored latency histogram) of the plan's whole days and hours; the
+    hours' from HourlyLatency (merged over statuses), or from HourlyRollup under a status filter."""
+    if the_plan.split.days:
+        yield from (
+            DailyRollup.objects.filter(the_plan.daily())
+            .order_by()
+            .values_list("day", "model_name", "latency_histogram")
+        )
+    if not the_plan.split.hours:
+        return
+    if the_plan.selection.status:
+        hourly = HourlyRollup.objects.filter(the_plan.hourly())
+    else:
+        within = Q(pk__in=[])
+        for start, end in the_plan.split.hours:
+            within |= Q(hour__gte=start, hour__lt=end)
+        hourly = HourlyLatency.objects.filter(within & the_plan.selection.matching())
+    yield from hourly.order_by().values_list("hour", "model_name", "latency_histogram")
 
 
 # A page's figures of one window, read once.
@@ -548,8 +601,6 @@ def share(chosen: Selection, period: str) -> Selection:
 def read_shared(the_plan: Plan, watermark: int) -> SharedReading:
     period_of = PeriodOf(the_plan.period, the_plan.zone)
     reading = SharedReading(the_plan.period, watermark)
-    blobs: list[Any] = []
-    owners: list[int] = []
     for table, period_field, condition, used in (
         (DailyRollup, "day", the_plan.daily, the_plan.split.days),
         (HourlyRollup, "hour", the_plan.hourly, the_plan.split.hours),
@@ -557,14 +608,15 @@ def read_shared(the_plan: Plan, watermark: int) -> SharedReading:
         if not used:
             continue
         rows = table.objects.filter(condition()).order_by()
-        for moment, model, status, error_type, *values, histogram in rows.values_list(
-            period_field, "model_name", "status", "error_type", *ROLLUP_SUMS, "latency_histogram"
+        for moment, model, status, error_type, *values in rows.values_list(
+            period_field, "model_name", "status", "error_type", *ROLLUP_SUMS
         ):
-            local = period_of(moment)
-            _add_group(reading, (local, model, status, error_type), values)
-            if histogram:
-                blobs.append(histogram)
-                owners.append(reading.cells.setdefault((local, model), len(reading.cells)))
+            _add_group(reading, (period_of(moment), model, status, error_type), values)
+    blobs: list[Any] = []
+    owners: list[int] = []
+    for moment, model, histogram in rollup_histograms(the_plan):
+        blobs.append(histogram)
+        owners.append(reading.cells.setdefault((period_of(moment), model), len(reading.cells)))
     raw_buckets = _read_shared_raw(reading, the_plan, watermark)
     reading.latency = rollup_math.merge_grouped(owners, blobs, len(reading.cells))
     for cell, bucket, count in raw_buckets:
@@ -809,7 +861,7 @@ def overview(logs: Selection | LLMRequestLogQuerySet) -> dict[str, Any]:
     if the_plan is not None:
 
         def read(watermark: int) -> tuple[dict[str, Any], int]:
-            totals = fold_status(measure_at(the_plan, ("status",), watermark)).get((), Totals(rollups.Figures()))
+            totals = totals_at(the_plan, (), watermark).get((), Totals(rollups.Figures()))
             return totals.row("p50", "p95", "p99"), unique_users_from_rollups(the_plan, watermark)
 
         answer = consistent(read, the_plan)

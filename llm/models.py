@@ -1707,6 +1707,22 @@ class HourlyRollup(RollupFigures):
         return f"{self.hour:%Y-%m-%d %H:00} {self.model_name} {self.status}: {self.requests}"
 
 
+class HourlyLatency(models.Model):
+    """The latency histogram of one UTC hour and model, every status and error type merged: a series
+    by hour reads one row per hour and model rather than one per status and error type (7 days at
+    10 million calls: ~1,200 rows instead of ~6,000). Kept with HourlyRollup (llm/rollups.py)."""
+
+    hour = models.DateTimeField(help_text="Start of the UTC hour.")
+    model_name = models.CharField(max_length=200)
+    latency_histogram = models.BinaryField(default=b"")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["hour", "model_name"], name="llm_hourlylatency_key")]
+
+    def __str__(self) -> str:
+        return f"{self.hour:%Y-%m-%d %H:00} {self.model_name}"
+
+
 class DailyRollup(RollupFigures):
     day = models.DateField(help_text="The date in TIME_ZONE (MetricWatermark 'rollups'.time_zone).")
 

@@ -5,6 +5,7 @@ read the window's roll-ups once instead of once per figure."""
 
 from __future__ import annotations
 
+import importlib
 import random
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
@@ -13,12 +14,13 @@ from decimal import Decimal
 import numpy as np
 import pytest
 import time_machine
+from django.apps import apps as django_apps
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from llm import dashboard, metrics, rollup_math, rollups
-from llm.models import HourlyRollup, LLMRequestLog
+from llm.models import HourlyLatency, HourlyRollup, LLMRequestLog
 from tests.factories import make_logs
 
 pytestmark = pytest.mark.django_db
@@ -193,8 +195,12 @@ def test_a_window_the_roll_ups_do_not_answer_is_not_shared(calls):
     assert by_day.answers("day") and by_day.answers(None) and not by_day.answers("hour")
 
 
+def table_reads(model, queries) -> int:
+    return sum(f'"{model._meta.db_table}"' in query["sql"] for query in queries)
+
+
 def hourly_rollup_reads(queries) -> int:
-    return sum(HourlyRollup._meta.db_table in query["sql"] for query in queries)
+    return table_reads(HourlyRollup, queries)
 
 
 @pytest.mark.parametrize("key", ["24h", "7d"])
@@ -203,9 +209,10 @@ def test_the_overview_page_reads_the_window_once(calls, key):
         window = dashboard.time_range({"range": key})
         with CaptureQueriesContext(connection) as shared:
             figures = dashboard.overview(window)
-    # The window once (one query), the previous window's overview (sums and histograms) and the
-    # month's spend (llm.forecast), rather than once per figure.
-    assert hourly_rollup_reads(shared.captured_queries) == 4
+    # The window's sums once, the previous window's (its overview) and the month's spend
+    # (llm.forecast), rather than once per figure; the histograms of both windows' hours.
+    assert hourly_rollup_reads(shared.captured_queries) == 3
+    assert table_reads(HourlyLatency, shared.captured_queries) == 2
     start, end = window.start, window.end
     rows = within(list(LLMRequestLog.objects.all()), start, end)
     assert figures["figures"]["total_requests"] == len(rows)
@@ -229,3 +236,34 @@ def test_the_analytics_page_reads_the_window_once(client, admin_user, calls):
     assert {row["key"]: row["requests"] for row in response.context["breakdown"]["groups"]} == {
         model: sum(log.model_name == model for log in rows) for model in {log.model_name for log in rows}
     }
+
+
+def hourly_latency() -> dict[tuple, list[int]]:
+    stored = HourlyLatency.objects.values_list("hour", "model_name", "latency_histogram")
+    return {(hour, model): rollup_math.add_encoded(rollup_math.empty(), blob).tolist() for hour, model, blob in stored}
+
+
+def test_hourly_latency_is_each_hour_and_models_histogram_kept_and_rebuilt_and_filled(calls):
+    """HourlyLatency equals the histogram of each UTC hour and model's calls, whether added after
+    writes (late calls included), rebuilt, or filled by its migration from HourlyRollup."""
+    rollups.roll_up()
+    expected = defaultdict(rollup_math.empty)
+    for log in calls:
+        expected[(rollup_math.floor_hour(log.timestamp), log.model_name)][rollup_math.bucket_index(log.latency_ms)] += 1
+    expected = {key: dense.tolist() for key, dense in expected.items()}
+    assert hourly_latency() == expected
+    rollups.rebuild()
+    assert hourly_latency() == expected
+    HourlyLatency.objects.all().delete()
+    importlib.import_module("llm.migrations.0027_hourly_latency").fill_from_hourly_rollups(django_apps, None)
+    assert hourly_latency() == expected
+
+
+def test_a_status_filter_reads_the_hours_histograms_by_status(calls):
+    """HourlyLatency merges the statuses: under a status filter the hours' histograms come from
+    HourlyRollup, and the figures stay those of the filtered calls."""
+    start, end, _ = WINDOWS[0]
+    failed = [log.latency_ms for log in within(calls, start, end, status="error")]
+    figures = metrics.overview(chosen(start, end, status="error"))
+    assert figures["total_requests"] == len(failed)
+    assert figures["p50_latency_ms"] == pytest.approx(float(np.percentile(failed, 50)), rel=BOUND)
