@@ -300,14 +300,15 @@ def rollup_state() -> MetricWatermark:
     return MetricWatermark.objects.filter(name=rollups.ROLLUPS).first() or MetricWatermark(name=rollups.ROLLUPS)
 
 
-def plan(logs: Selection | Any, period: str | None = None) -> Plan | None:
-    """How to read `logs` from the roll-ups, grouped by `period` (None: totals); None: read raw."""
+def plan(logs: Selection | Any, period: str | None = None, *, state: MetricWatermark | None = None) -> Plan | None:
+    """How to read `logs` from the roll-ups, grouped by `period` (None: totals); None: read raw.
+    `state`: the roll-ups' state, when already read (several windows planned at once)."""
     chosen = selection(logs)
     start, end = chosen.start, chosen.end
     if not chosen.rollups_apply or start is None or end is None or end - start <= EXACT_WINDOW or period == "minute":
         return None
     zone = timezone.get_current_timezone()
-    state = rollup_state()
+    state = state or rollup_state()
     days = (
         period != "hour"
         and rollups.daily_rows_valid(state)
@@ -961,28 +962,24 @@ WINDOW_FIGURES = ("requests", "errors", "total_tokens", "cost")
 
 def window_totals(windows: Iterable[Window]) -> dict[Window, WindowTotals]:
     """The totals of several windows. Those the roll-ups answer (longer than EXACT_WINDOW) are read
-    each from them; the others in one query: conditional aggregates (one set per window) over the
-    rows of the span they cover together."""
+    from them, all at one watermark (the roll-ups' state read once, not twice per window), a window
+    asked for with and without its p95 once; the others in one query: conditional aggregates (one
+    set per window) over the rows of the span they cover together."""
     windows = list(dict.fromkeys(windows))
+    plans, latency, raw_windows = _plan_windows(windows)
+    found = (
+        consistent(lambda watermark: _read_windows(plans, latency, watermark), next(iter(plans.values())))
+        if plans
+        else {}
+    )
+    if found is None:  # the roll-ups kept moving: every window from the logs
+        raw_windows += [window for window in windows if not window.raw_only and window not in raw_windows]
+        found = {}
     measured: dict[Window, WindowTotals] = {}
-    raw_windows = []
     for window in windows:
-        if window.raw_only:
-            raw_windows.append(window)
+        totals = found.get((window.start, window.end, window.model))
+        if window.raw_only or totals is None:
             continue
-        chosen = Selection(
-            LLMRequestLog.objects.in_window(window.start, window.end).for_model(window.model),
-            window.start,
-            window.end,
-            window.model,
-            rollups_apply=True,
-        )
-        the_plan = plan(chosen)
-        found = None if the_plan is None else measure(the_plan, ("status",), percentiles=window.latency)
-        if found is None:
-            raw_windows.append(window)
-            continue
-        totals = fold_status(found).get((), Totals(rollups.Figures()))
         row = totals.row("p95") if window.latency else totals.row()
         measured[window] = WindowTotals(
             requests=row["requests"],
@@ -992,6 +989,47 @@ def window_totals(windows: Iterable[Window]) -> dict[Window, WindowTotals]:
             p95_latency_ms=row.get("p95_latency_ms"),
         )
     return {**measured, **_raw_window_totals(raw_windows)}
+
+
+def _plan_windows(windows: list[Window]) -> tuple[dict[tuple, Plan], set[tuple], list[Window]]:
+    """Per (start, end, model): the plan of the windows the roll-ups answer, which need a p95, and
+    the windows read from the logs."""
+    raw_windows = [window for window in windows if window.raw_only]
+    long_windows = [window for window in windows if not window.raw_only and window.end - window.start > EXACT_WINDOW]
+    state = rollup_state() if long_windows else None
+    plans: dict[tuple, Plan] = {}
+    latency: set[tuple] = set()
+    for window in windows:
+        if window.raw_only:
+            continue
+        span = (window.start, window.end, window.model)
+        chosen = Selection(
+            LLMRequestLog.objects.in_window(window.start, window.end).for_model(window.model),
+            window.start,
+            window.end,
+            window.model,
+            rollups_apply=True,
+        )
+        the_plan = plans.get(span) or plan(chosen, state=state)
+        if the_plan is None:
+            raw_windows.append(window)
+            continue
+        plans[span] = the_plan
+        if window.latency:
+            latency.add(span)
+    return plans, latency, raw_windows
+
+
+def _read_windows(plans: dict[tuple, Plan], latency: set[tuple], watermark: int) -> dict[tuple, Totals]:
+    empty = Totals(rollups.Figures())
+    return {
+        span: (
+            totals_at(the_plan, (), watermark)
+            if span in latency
+            else fold_status(measure_at(the_plan, ("status",), watermark, percentiles=False))
+        ).get((), empty)
+        for span, the_plan in plans.items()
+    }
 
 
 def _raw_window_totals(windows: list[Window]) -> dict[Window, WindowTotals]:

@@ -20,7 +20,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from llm import dashboard, metrics, rollup_math, rollups
-from llm.models import HourlyLatency, HourlyRollup, LLMRequestLog
+from llm.models import HourlyLatency, HourlyRollup, LLMRequestLog, MetricWatermark
 from tests.factories import make_logs
 
 pytestmark = pytest.mark.django_db
@@ -267,3 +267,29 @@ def test_a_status_filter_reads_the_hours_histograms_by_status(calls):
     figures = metrics.overview(chosen(start, end, status="error"))
     assert figures["total_requests"] == len(failed)
     assert figures["p50_latency_ms"] == pytest.approx(float(np.percentile(failed, 50)), rel=BOUND)
+
+
+def test_alert_windows_are_read_at_one_watermark_and_equal_each_window_alone(calls):
+    """window_totals reads the roll-ups' state once for all its windows (not twice per window), a
+    window asked for with and without its p95 once, and each answer equals the window measured
+    alone and the raw rows."""
+    windows = [
+        metrics.Window(start, end, model, latency=latency)
+        for start, end, _ in WINDOWS
+        for model in ("", "model-c")
+        for latency in (False, True)
+    ]
+    with CaptureQueriesContext(connection) as queries:
+        together = metrics.window_totals(windows)
+    assert table_reads(MetricWatermark, queries.captured_queries) == 2  # before and after: it held still
+    for window in windows:
+        assert together[window] == metrics.window_totals([window])[window]
+        rows = within(calls, window.start, window.end, window.model)
+        assert (together[window].requests, together[window].errors, together[window].cost) == (
+            len(rows),
+            sum(log.is_error for log in rows),
+            cost(rows),
+        )
+        if window.latency:
+            exact = float(np.percentile([log.latency_ms for log in rows], 95))
+            assert together[window].p95_latency_ms == pytest.approx(exact, rel=BOUND)
