@@ -628,10 +628,7 @@ def read_shared(the_plan: Plan, watermark: int) -> SharedReading:
 def _add_group(reading: SharedReading, key: tuple, values: list) -> None:
     total = reading.groups.get(key)
     if total is None:
-        reading.groups[key] = [
-            float(value or 0) if name in FLOAT_SUMS else int(value or 0)
-            for name, value in zip(ROLLUP_SUMS, values, strict=True)
-        ]
+        reading.groups[key] = [value or 0 for value in values]
         return
     for index, value in enumerate(values):
         total[index] += value or 0
