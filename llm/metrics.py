@@ -13,6 +13,7 @@ SQLite connection; both databases give the same figure.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections import defaultdict
@@ -515,7 +516,17 @@ def rollup_histograms(the_plan: Plan) -> Iterator[tuple[Any, str, Any]]:
         for start, end in the_plan.split.hours:
             within |= Q(hour__gte=start, hour__lt=end)
         hourly = HourlyLatency.objects.filter(within & the_plan.selection.matching())
-    yield from hourly.order_by().values_list("hour", "model_name", "latency_histogram")
+    hours = hourly.order_by().annotate(hour_epoch=EpochSeconds("hour"))
+    for epoch, model_name, histogram in hours.values_list("hour_epoch", "model_name", "latency_histogram"):
+        yield hour_at(epoch), model_name, histogram
+
+
+@functools.lru_cache(maxsize=4096)
+def hour_at(epoch: int) -> datetime:
+    """The UTC hour that starts `epoch` seconds after 1970. Roll-up hours are read as epoch seconds:
+    psycopg parses a timestamptz in Python (~15 µs each: 60 ms for the 4,000 rows of 7 days of
+    hourly roll-ups), an integer in C; a few hundred distinct hours are made once each."""
+    return datetime.fromtimestamp(epoch, UTC)
 
 
 # A page's figures of one window, read once.
@@ -609,9 +620,12 @@ def read_shared(the_plan: Plan, watermark: int) -> SharedReading:
         if not used:
             continue
         rows = table.objects.filter(condition()).order_by()
+        if period_field == "hour":
+            rows, period_field = rows.annotate(hour_epoch=EpochSeconds("hour")), "hour_epoch"
         for moment, model, status, error_type, *values in rows.values_list(
             period_field, "model_name", "status", "error_type", *ROLLUP_SUMS
         ):
+            moment = hour_at(moment) if period_field == "hour_epoch" else moment
             _add_group(reading, (period_of(moment), model, status, error_type), values)
     blobs: list[Any] = []
     owners: list[int] = []
