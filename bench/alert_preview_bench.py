@@ -15,7 +15,7 @@ loaded once and later runs reuse them.
 
 Then (PostgreSQL, unless BENCH_INGEST=0) what the covering indexes cost a write: batches of 500
 new calls written by one INSERT, the median per batch with the model and user indexes as migration
-0027 (rule_covering_indexes) makes them (INCLUDE the rule's columns), without the INCLUDE, and with
+0027 and 0029 make them (INCLUDE the rule's columns), without the INCLUDE, and with
 them again (both rebuilt between the rounds; the migration's definitions are left at the end).
 """
 
@@ -146,13 +146,14 @@ def main() -> None:
 
 INGEST_BATCH = 500
 INGEST_ROUNDS = int(os.environ.get("BENCH_INGEST_BATCHES", "10"))
-# The covering indexes of migration 0027 (rule_covering_indexes), and the plain ones they replaced.
+# The covering indexes of migrations 0027 (rule_covering_indexes) and 0029 (model_time_user_index),
+# and the plain ones they replaced.
 RULE_COLUMNS = "status, error_type, total_tokens, cost_estimate, latency_ms, ttft_ms"
 COVERED = {
-    "llm_log_model_time": f"(model_name, timestamp) INCLUDE ({RULE_COLUMNS})",
+    "llm_log_model_time_user": f"(model_name, timestamp, user_id) INCLUDE ({RULE_COLUMNS})",
     "llm_log_user_time": f"(user_id, timestamp) INCLUDE (model_name, {RULE_COLUMNS})",
 }
-PLAIN = {"llm_log_model_time": "(model_name, timestamp)", "llm_log_user_time": "(user_id, timestamp)"}
+PLAIN = {"llm_log_model_time_user": "(model_name, timestamp, user_id)", "llm_log_user_time": "(user_id, timestamp)"}
 
 
 def build_indexes(definitions: dict[str, str]) -> None:

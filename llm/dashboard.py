@@ -241,7 +241,8 @@ def card(spec: Card, current: dict[str, Any], previous: dict[str, Any]) -> dict[
 
 
 def overview(window: TimeRange) -> dict[str, Any]:
-    chosen = window.selection()
+    # The window read once for the figures, the series, the errors and the cost by model.
+    chosen = metrics.share(window.selection(), window.group_by)
     logs = chosen.logs
     current = metrics.overview(chosen)
     previous = metrics.overview(window.previous().selection())
@@ -344,8 +345,8 @@ def feedback(window: TimeRange) -> dict[str, Any]:
 NO_SPEED = {"output_tokens_per_second": None, "queue_time_ms": None}
 
 
-def analytics(window: TimeRange) -> dict[str, Any]:
-    chosen = window.selection()
+def analytics(window: TimeRange, chosen: metrics.Selection | None = None) -> dict[str, Any]:
+    chosen = chosen or window.selection()
     models = metrics.model_usage(chosen)
     speeds = metrics.model_speeds(chosen)
     return {
@@ -420,10 +421,16 @@ def breakdown_choice(params: Any, window: TimeRange) -> tuple[str, str]:
     return by, order_by
 
 
-def breakdown(window: TimeRange, by: str, order_by: str) -> dict[str, Any]:
+def analytics_shared(window: TimeRange) -> metrics.Selection:
+    """The analytics page's window read once by day: the model table, the days and the breakdown
+    by model derive from that one reading."""
+    return metrics.share(window.selection(), "day")
+
+
+def breakdown(window: TimeRange, by: str, order_by: str, chosen: metrics.Selection | None = None) -> dict[str, Any]:
     """The analytics page's breakdown: the groups, the `by` choices (the tag keys seen among the
     window's latest tagged calls included: "cost by feature" in two clicks) and the chart."""
-    chosen = window.selection()
+    chosen = chosen or window.selection()
     answer = metrics.breakdown(chosen, by, order_by, BREAKDOWN_ROWS)
     choices = {**BREAKDOWN_LABELS}
     for key in metrics.breakdown_tag_keys(chosen.logs):

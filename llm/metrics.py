@@ -13,6 +13,7 @@ SQLite connection; both databases give the same figure.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections import defaultdict
@@ -60,6 +61,7 @@ from llm.models import (
     DailyUserRollup,
     DailyUserTotals,
     HourlyBreakdownRollup,
+    HourlyLatency,
     HourlyRollup,
     HourlyUserTotals,
     LLMRequestLog,
@@ -216,6 +218,8 @@ class Selection:
     # The one breakdown group (by, key) the other filters narrow the rows to, if that is all they
     # do (llm.filters.one_group): read from the breakdown roll-ups where the function knows how.
     narrowed_to: tuple[str, str] | None = None
+    # A page's figures of this window read once (`shared`), which the figures derive from.
+    shared: SharedReading | None = field(default=None, compare=False)
 
     @classmethod
     def of(cls, filtered: Any) -> Selection:
@@ -322,14 +326,15 @@ def rollup_state() -> MetricWatermark:
     return MetricWatermark.objects.filter(name=rollups.ROLLUPS).first() or MetricWatermark(name=rollups.ROLLUPS)
 
 
-def plan(logs: Selection | Any, period: str | None = None) -> Plan | None:
-    """How to read `logs` from the roll-ups, grouped by `period` (None: totals); None: read raw."""
+def plan(logs: Selection | Any, period: str | None = None, *, state: MetricWatermark | None = None) -> Plan | None:
+    """How to read `logs` from the roll-ups, grouped by `period` (None: totals); None: read raw.
+    `state`: the roll-ups' state, when already read (several windows planned at once)."""
     chosen = selection(logs)
     start, end = chosen.start, chosen.end
     if not chosen.rollups_apply or start is None or end is None or end - start <= EXACT_WINDOW or period == "minute":
         return None
     zone = timezone.get_current_timezone()
-    state = rollup_state()
+    state = state or rollup_state()
     days = (
         period != "hour"
         and rollups.daily_rows_valid(state)
@@ -496,8 +501,223 @@ def measure_at(the_plan: Plan, group: tuple[str, ...], watermark: int, *, percen
 
 
 def measure(the_plan: Plan, group: tuple[str, ...], *, percentiles: bool = True) -> KeyedFigures | None:
-    """measure_at a watermark that holds still; None if it would not (read the logs instead)."""
+    """measure_at a watermark that holds still; None if it would not (read the logs instead).
+    Without percentiles, from the selection's shared reading when it has one for this period."""
+    shared = the_plan.selection.shared
+    if not percentiles and shared is not None and not the_plan.breakdown and shared.answers(the_plan.period):
+        return shared.sums(group, the_plan.period)
     return consistent(lambda watermark: measure_at(the_plan, group, watermark, percentiles=percentiles), the_plan)
+
+
+def measure_totals(the_plan: Plan, group: tuple[str, ...]) -> dict[tuple, Totals] | None:
+    """Totals (failures counted apart, latency histograms merged) per `group` (names among period
+    and model_name); from the selection's shared reading when it has one for this period."""
+    if the_plan.breakdown:  # the breakdown roll-ups: their own histograms, no shared reading
+        found = measure(the_plan, (*group, "status"))
+        return None if found is None else fold_status(found)
+    shared = the_plan.selection.shared
+    if shared is not None and shared.answers(the_plan.period):
+        return shared.totals(group, the_plan.period)
+    return consistent(lambda watermark: totals_at(the_plan, group, watermark), the_plan)
+
+
+def totals_at(the_plan: Plan, group: tuple[str, ...], watermark: int) -> dict[tuple, Totals]:
+    """Totals per `group` (names among period and model_name) at `watermark`: the sums by group and
+    status, and the latency histograms merged per group, those of whole hours from HourlyLatency
+    (one row per hour and model)."""
+    keyed = (*group, "status")
+    period_of = PeriodOf(the_plan.period, the_plan.zone)
+
+    def key(row: dict[str, Any], moment: Any) -> tuple:
+        return tuple(period_of(moment) if name == "period" else row[name] for name in keyed)
+
+    found: KeyedFigures = {}
+    if the_plan.split.days:
+        _add_rollups(found, DailyRollup.objects.filter(the_plan.daily()), "day", key, keyed, False)
+    if the_plan.split.hours:
+        _add_rollups(found, HourlyRollup.objects.filter(the_plan.hourly()), "hour", key, keyed, False)
+    _add_raw(found, the_plan, watermark, keyed, True)
+    folded = fold_status(found)
+    cells: dict[tuple, int] = {}
+    owners, stored = [], []
+    for moment, model_name, histogram in rollup_histograms(the_plan):
+        row = {"model_name": model_name}
+        owners.append(
+            cells.setdefault(tuple(period_of(moment) if name == "period" else row[name] for name in group), len(cells))
+        )
+        stored.append(histogram)
+    merged = rollup_math.merge_grouped(owners, stored, len(cells))
+    for cell, index in cells.items():
+        if cell in folded:  # always: HourlyLatency is written with HourlyRollup
+            folded[cell].figures.latency += merged[index]
+    return folded
+
+
+def rollup_histograms(the_plan: Plan) -> Iterator[tuple[Any, str, Any]]:
+    """(day or hour, model_name, stored latency histogram) of the plan's whole days and hours; the
+    hours' from HourlyLatency (merged over statuses), or from HourlyRollup under a status filter."""
+    if the_plan.split.days:
+        yield from (
+            DailyRollup.objects.filter(the_plan.daily())
+            .order_by()
+            .values_list("day", "model_name", "latency_histogram")
+        )
+    if not the_plan.split.hours:
+        return
+    if the_plan.selection.status:
+        hourly = HourlyRollup.objects.filter(the_plan.hourly())
+    else:
+        within = Q(pk__in=[])
+        for start, end in the_plan.split.hours:
+            within |= Q(hour__gte=start, hour__lt=end)
+        hourly = HourlyLatency.objects.filter(within & the_plan.selection.matching())
+    hours = hourly.order_by().annotate(hour_epoch=EpochSeconds("hour"))
+    for epoch, model_name, histogram in hours.values_list("hour_epoch", "model_name", "latency_histogram"):
+        yield hour_at(epoch), model_name, histogram
+
+
+@functools.lru_cache(maxsize=4096)
+def hour_at(epoch: int) -> datetime:
+    """The UTC hour that starts `epoch` seconds after 1970. Roll-up hours are read as epoch seconds:
+    psycopg parses a timestamptz in Python (~15 µs each: 60 ms for the 4,000 rows of 7 days of
+    hourly roll-ups), an integer in C; a few hundred distinct hours are made once each."""
+    return datetime.fromtimestamp(epoch, UTC)
+
+
+# A page's figures of one window, read once.
+#
+# The overview page shows five figures of one window (totals, a series, errors, cost by model) and
+# the analytics page four; each read alone reads the window's roll-ups and raw edges again (the
+# overview page at 10M calls: 115-413 ms). `share` reads them once, keyed (period, model, status,
+# error type): the roll-up rows as they are stored (their sums, their histograms merged per period
+# and model in one NumPy pass) and the raw rows of the edges grouped in SQL, at one watermark; the
+# figures then add those groups up in Python (a few thousand at most: 7 days of hours x models x
+# error types). Latency histograms are kept per period and model only: no figure asks for a
+# percentile per status or error type.
+
+SHARED_KEY = ("period", "model_name", "status", "error_type")
+
+
+@dataclass
+class SharedReading:
+    """The figures of a Selection's window per SHARED_KEY, read at one watermark (`read_shared`)."""
+
+    period: str
+    watermark: int
+    # (period, model_name, status, error_type) -> the ROLLUP_SUMS, in that order.
+    groups: dict[tuple, list] = field(default_factory=dict)
+    # (period, model_name) -> row of `latency`, the merged latency histograms.
+    cells: dict[tuple, int] = field(default_factory=dict)
+    latency: Any = None
+
+    def answers(self, period: str | None) -> bool:
+        """Whether figures by `period` (None: over the whole window) follow from this reading."""
+        return period is None or period == self.period
+
+    def sums(self, group: tuple[str, ...], period: str | None) -> KeyedFigures:
+        """As measure_at(..., percentiles=False) answers: the sums per `group`."""
+        positions = [SHARED_KEY.index(name) for name in group]
+        added: dict[tuple, list] = {}
+        for key, values in self.groups.items():
+            keyed = tuple(key[position] for position in positions)
+            total = added.get(keyed)
+            if total is None:
+                added[keyed] = list(values)
+            else:
+                for index, value in enumerate(values):
+                    total[index] += value
+        found: KeyedFigures = {}
+        for keyed, values in added.items():
+            figures = found[keyed] = rollups.Figures()
+            figures.add_sums(dict(zip(ROLLUP_SUMS, values, strict=True)))
+        return found
+
+    def totals(self, group: tuple[str, ...], period: str | None) -> dict[tuple, Totals]:
+        """As fold_status(measure_at(..., (*group, "status"))) answers."""
+        found = self.sums((*group, "status"), period)
+        folded = fold_status(found)
+        positions = [("period", "model_name").index(name) for name in group]
+        rows: dict[tuple, list[int]] = defaultdict(list)
+        for cell, row in self.cells.items():
+            rows[tuple(cell[position] for position in positions)].append(row)
+        for keyed, totals in folded.items():
+            totals.figures.latency = self.latency[rows[keyed]].sum(axis=0) if rows.get(keyed) else rollup_math.empty()
+        return folded
+
+    def latest_failures(self) -> dict[str, datetime]:
+        """Per error type, a time its latest failure in the window is not before: the start of
+        the latest period it failed in."""
+        latest: dict[str, datetime] = {}
+        for period, _model, status, error_type in self.groups:
+            if status == LLMRequestLog.Status.ERROR:
+                moment = datetime.fromisoformat(period)
+                if error_type not in latest or moment > latest[error_type]:
+                    latest[error_type] = moment
+        return latest
+
+
+def share(chosen: Selection, period: str) -> Selection:
+    """`chosen` with its window read once by `period` (`shared`), when the roll-ups answer it."""
+    the_plan = plan(chosen, period)
+    if the_plan is None:
+        return chosen
+    reading = consistent(lambda watermark: read_shared(the_plan, watermark), the_plan)
+    return chosen if reading is None else replace(chosen, shared=reading)
+
+
+def read_shared(the_plan: Plan, watermark: int) -> SharedReading:
+    period_of = PeriodOf(the_plan.period, the_plan.zone)
+    reading = SharedReading(the_plan.period, watermark)
+    for table, period_field, condition, used in (
+        (DailyRollup, "day", the_plan.daily, the_plan.split.days),
+        (HourlyRollup, "hour", the_plan.hourly, the_plan.split.hours),
+    ):
+        if not used:
+            continue
+        rows = table.objects.filter(condition()).order_by()
+        if period_field == "hour":
+            rows, period_field = rows.annotate(hour_epoch=EpochSeconds("hour")), "hour_epoch"
+        for moment, model, status, error_type, *values in rows.values_list(
+            period_field, "model_name", "status", "error_type", *ROLLUP_SUMS
+        ):
+            moment = hour_at(moment) if period_field == "hour_epoch" else moment
+            _add_group(reading, (period_of(moment), model, status, error_type), values)
+    blobs: list[Any] = []
+    owners: list[int] = []
+    for moment, model, histogram in rollup_histograms(the_plan):
+        blobs.append(histogram)
+        owners.append(reading.cells.setdefault((period_of(moment), model), len(reading.cells)))
+    raw_buckets = _read_shared_raw(reading, the_plan, watermark)
+    reading.latency = rollup_math.merge_grouped(owners, blobs, len(reading.cells))
+    for cell, bucket, count in raw_buckets:
+        reading.latency[cell, bucket] += count
+    return reading
+
+
+def _add_group(reading: SharedReading, key: tuple, values: list) -> None:
+    total = reading.groups.get(key)
+    if total is None:
+        reading.groups[key] = [value or 0 for value in values]
+        return
+    for index, value in enumerate(values):
+        total[index] += value or 0
+
+
+def _read_shared_raw(reading: SharedReading, the_plan: Plan, watermark: int) -> list[tuple[int, int, int]]:
+    """Add the raw rows of the plan (edges, rows above the watermark) to `reading`; answers their
+    latency buckets as (cell, bucket, count), the cells made room for before the merge."""
+    sums = _raw_sums()
+    buckets = []
+    for rows in the_plan.raw_rows(watermark):
+        grouped = rows.annotate(period=TRUNCATE[the_plan.period]("timestamp"), bucket=rollups.bucket_of("latency_ms"))
+        for row in grouped.values("period", "model_name", "status", "error_type", "bucket").annotate(**sums):
+            row["cost_units"] = rollups.as_units(row["cost_units"])
+            local = row["period"].isoformat()
+            values = [row.get(name) or 0 for name in ROLLUP_SUMS]
+            _add_group(reading, (local, row["model_name"], row["status"], row["error_type"]), values)
+            cell = reading.cells.setdefault((local, row["model_name"]), len(reading.cells))
+            buckets.append((cell, row["bucket"], row["requests"]))
+    return buckets
 
 
 @dataclass
@@ -698,10 +918,17 @@ def _traffic(row: dict[str, Any], *percentiles: str, min_calls: int = 0) -> dict
 def overview(logs: Selection | LLMRequestLogQuerySet) -> dict[str, Any]:
     chosen = selection(logs)
     the_plan = plan(chosen)
+    if the_plan is not None and chosen.shared is not None:
+        totals = chosen.shared.totals((), None).get((), Totals(rollups.Figures()))
+        # At the reading's watermark, even if it moved since: rows rolled up meanwhile are read
+        # twice (roll-ups and logs), which a distinct count does not mind.
+        return _overview_answer(
+            totals.row("p50", "p95", "p99"), unique_users_from_rollups(the_plan, chosen.shared.watermark)
+        )
     if the_plan is not None:
 
         def read(watermark: int) -> tuple[dict[str, Any], int]:
-            totals = fold_status(measure_at(the_plan, ("status",), watermark)).get((), Totals(rollups.Figures()))
+            totals = totals_at(the_plan, (), watermark).get((), Totals(rollups.Figures()))
             return totals.row("p50", "p95", "p99"), unique_users_from_rollups(the_plan, watermark)
 
         answer = consistent(read, the_plan)
@@ -801,28 +1028,24 @@ WINDOW_FIGURES = ("requests", "errors", "total_tokens", "cost")
 
 def window_totals(windows: Iterable[Window]) -> dict[Window, WindowTotals]:
     """The totals of several windows. Those the roll-ups answer (longer than EXACT_WINDOW) are read
-    each from them; the others in one query: conditional aggregates (one set per window) over the
-    rows of the span they cover together."""
+    from them, all at one watermark (the roll-ups' state read once, not twice per window), a window
+    asked for with and without its p95 once; the others in one query: conditional aggregates (one
+    set per window) over the rows of the span they cover together."""
     windows = list(dict.fromkeys(windows))
+    plans, latency, raw_windows = _plan_windows(windows)
+    found = (
+        consistent(lambda watermark: _read_windows(plans, latency, watermark), next(iter(plans.values())))
+        if plans
+        else {}
+    )
+    if found is None:  # the roll-ups kept moving: every window from the logs
+        raw_windows += [window for window in windows if not window.raw_only and window not in raw_windows]
+        found = {}
     measured: dict[Window, WindowTotals] = {}
-    raw_windows = []
     for window in windows:
-        if window.raw_only:
-            raw_windows.append(window)
+        totals = found.get((window.start, window.end, window.model))
+        if window.raw_only or totals is None:
             continue
-        chosen = Selection(
-            LLMRequestLog.objects.in_window(window.start, window.end).for_model(window.model),
-            window.start,
-            window.end,
-            window.model,
-            rollups_apply=True,
-        )
-        the_plan = plan(chosen)
-        found = None if the_plan is None else measure(the_plan, ("status",), percentiles=window.latency)
-        if found is None:
-            raw_windows.append(window)
-            continue
-        totals = fold_status(found).get((), Totals(rollups.Figures()))
         row = totals.row("p95") if window.latency else totals.row()
         measured[window] = WindowTotals(
             requests=row["requests"],
@@ -832,6 +1055,47 @@ def window_totals(windows: Iterable[Window]) -> dict[Window, WindowTotals]:
             p95_latency_ms=row.get("p95_latency_ms"),
         )
     return {**measured, **_raw_window_totals(raw_windows)}
+
+
+def _plan_windows(windows: list[Window]) -> tuple[dict[tuple, Plan], set[tuple], list[Window]]:
+    """Per (start, end, model): the plan of the windows the roll-ups answer, which need a p95, and
+    the windows read from the logs."""
+    raw_windows = [window for window in windows if window.raw_only]
+    long_windows = [window for window in windows if not window.raw_only and window.end - window.start > EXACT_WINDOW]
+    state = rollup_state() if long_windows else None
+    plans: dict[tuple, Plan] = {}
+    latency: set[tuple] = set()
+    for window in windows:
+        if window.raw_only:
+            continue
+        span = (window.start, window.end, window.model)
+        chosen = Selection(
+            LLMRequestLog.objects.in_window(window.start, window.end).for_model(window.model),
+            window.start,
+            window.end,
+            window.model,
+            rollups_apply=True,
+        )
+        the_plan = plans.get(span) or plan(chosen, state=state)
+        if the_plan is None:
+            raw_windows.append(window)
+            continue
+        plans[span] = the_plan
+        if window.latency:
+            latency.add(span)
+    return plans, latency, raw_windows
+
+
+def _read_windows(plans: dict[tuple, Plan], latency: set[tuple], watermark: int) -> dict[tuple, Totals]:
+    empty = Totals(rollups.Figures())
+    return {
+        span: (
+            totals_at(the_plan, (), watermark)
+            if span in latency
+            else fold_status(measure_at(the_plan, ("status",), watermark, percentiles=False))
+        ).get((), empty)
+        for span, the_plan in plans.items()
+    }
 
 
 def _raw_window_totals(windows: list[Window]) -> dict[Window, WindowTotals]:
@@ -984,12 +1248,12 @@ def _periods_from_rollups(
 ) -> list[dict[str, Any]] | None:
     """Per period, as _traffic answers, from the roll-ups; None: read the logs."""
     the_plan = plan(chosen, group_by)
-    found = None if the_plan is None else measure(the_plan, ("period", "status"))
+    found = None if the_plan is None else measure_totals(the_plan, ("period",))
     if found is None:
         return None
     return [
         {"period": period, **totals.row(*percentile_names, min_calls=MIN_CALLS_FOR_PERCENTILE)}
-        for (period,), totals in sorted(fold_status(found).items())
+        for (period,), totals in sorted(found.items())
     ]
 
 
@@ -1070,10 +1334,10 @@ def daily_stats(
 def _per_model_from_rollups(chosen: Selection) -> list[tuple[str, Totals]] | None:
     """Per model, busiest first, from the roll-ups; None: read the logs."""
     the_plan = plan(chosen)
-    found = None if the_plan is None else measure(the_plan, ("model_name", "status"))
+    found = None if the_plan is None else measure_totals(the_plan, ("model_name",))
     if found is None:
         return None
-    per_model = [(model, totals) for (model,), totals in fold_status(found).items()]
+    per_model = [(model, totals) for (model,), totals in found.items()]
     return sorted(per_model, key=lambda item: (-item[1].figures.requests, item[0]))
 
 
@@ -1191,6 +1455,8 @@ def errors(logs: Selection | LLMRequestLogQuerySet) -> dict[str, Any]:
 def _error_counts(chosen: Selection) -> tuple[int, dict[str, tuple[int, datetime]]]:
     """All requests, and per error type: its failures and a time its latest failure is not before."""
     the_plan = plan(chosen)
+    if the_plan is not None and chosen.shared is not None:
+        return _error_counts_shared(chosen.shared)
     answer = None if the_plan is None else consistent(lambda watermark: _error_counts_at(the_plan, watermark), the_plan)
     if answer is not None:
         return answer
@@ -1198,6 +1464,14 @@ def _error_counts(chosen: Selection) -> tuple[int, dict[str, tuple[int, datetime
         chosen.logs.failed().values("error_type").annotate(count=Count("id"), last_seen=Max("timestamp")).order_by()
     )
     return chosen.logs.count(), {row["error_type"]: (row["count"], row["last_seen"]) for row in by_type}
+
+
+def _error_counts_shared(shared: SharedReading) -> tuple[int, dict[str, tuple[int, datetime]]]:
+    found = shared.sums(("status", "error_type"), None)
+    total = sum(figures.requests for figures in found.values())
+    since = shared.latest_failures()
+    failed = {key[1]: figures.requests for key, figures in found.items() if key[0] == LLMRequestLog.Status.ERROR}
+    return total, {error_type: (count, since[error_type]) for error_type, count in failed.items()}
 
 
 def _error_counts_at(the_plan: Plan, watermark: int) -> tuple[int, dict[str, tuple[int, datetime]]]:
@@ -1578,7 +1852,7 @@ def _packed_columns(scope: AlertScope) -> dict[str, Packed]:
     return packed
 
 
-# Groupings whose index (llm_log_model_time, llm_log_user_time) covers every column a rule reads.
+# Groupings whose index (llm_log_model_time_user, llm_log_user_time) covers every column a rule reads.
 COVERED_GROUPINGS = ("model", "user")
 
 
@@ -1801,10 +2075,16 @@ def _breakdown_from_rollups(chosen: Selection, by: str, order_by: str, limit: in
         the_plan, column = plan(chosen) or breakdown_plan(chosen), BREAKDOWN_FIELDS[by]
     else:
         the_plan, column = breakdown_plan(chosen, by), "key"
-    found = None if the_plan is None else measure(the_plan, (column, "status"))
-    if found is None:
+    if the_plan is None:
         return None
-    groups = [(key, totals) for (key,), totals in fold_status(found).items()]
+    if column == "model_name":
+        folded = measure_totals(the_plan, ("model_name",))
+    else:
+        found = measure(the_plan, (column, "status"))
+        folded = None if found is None else fold_status(found)
+    if folded is None:
+        return None
+    groups = [(key, totals) for (key,), totals in folded.items()]
     rows = [(_breakdown_row(key, totals.row(*BREAKDOWN_PERCENTILES)), totals) for key, totals in groups]
     return {"percentiles": PERCENTILES_APPROXIMATE, **_ranked(rows, order_by, limit)}
 

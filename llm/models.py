@@ -200,7 +200,10 @@ class LLMRequestLog(models.Model):
             # Dashboard and metrics filtered by model, status or user over a time range (model: also
             # the model list, a loose index scan in llm.dashboard.logged_model_names; user: the
             # `user_id` filter of logs, metrics and export, which the roll-ups do not cover).
-            models.Index(fields=["model_name", "timestamp"], name="llm_log_model_time"),
+            # user_id last: the unique users of one model in the hours around a window's whole days
+            # (llm.metrics.unique_users_from_rollups) read the index alone, not a row per call
+            # (90-day overview of one model at 10M calls: 126 ms with (model_name, timestamp)).
+            models.Index(fields=["model_name", "timestamp", "user_id"], name="llm_log_model_time_user"),
             models.Index(fields=["status", "timestamp"], name="llm_log_status_time"),
             models.Index(fields=["user_id", "timestamp"], name="llm_log_user_time"),
             # The `session_id` filter (logs, metrics, export) and a session's calls, which the
@@ -1629,6 +1632,22 @@ class HourlyRollup(RollupFigures):
 
     def __str__(self) -> str:
         return f"{self.hour:%Y-%m-%d %H:00} {self.model_name} {self.status}: {self.requests}"
+
+
+class HourlyLatency(models.Model):
+    """The latency histogram of one UTC hour and model, every status and error type merged: a series
+    by hour reads one row per hour and model rather than one per status and error type (7 days at
+    10 million calls: ~1,200 rows instead of ~6,000). Kept with HourlyRollup (llm/rollups.py)."""
+
+    hour = models.DateTimeField(help_text="Start of the UTC hour.")
+    model_name = models.CharField(max_length=200)
+    latency_histogram = models.BinaryField(default=b"")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["hour", "model_name"], name="llm_hourlylatency_key")]
+
+    def __str__(self) -> str:
+        return f"{self.hour:%Y-%m-%d %H:00} {self.model_name}"
 
 
 class DailyRollup(RollupFigures):

@@ -5,8 +5,9 @@ Why not Django's Paginator as it is: it counts the whole filtered list for every
 90-day window at 10 million calls holds millions of rows (0.6-1.3 s per page on PostgreSQL, and
 5-9 s with `search`). So:
 
-- The count is exact up to EXACT_COUNT_UP_TO rows: a COUNT over at most that many rows plus one
-  (`SELECT count(*) FROM (SELECT … LIMIT n + 1)`), which stops as soon as it knows the list is longer.
+- The count is exact up to EXACT_COUNT_UP_TO rows (SEARCH_EXACT_COUNT_UP_TO with `search`): a
+  COUNT over at most that many rows plus one (`SELECT count(*) FROM (SELECT … LIMIT n + 1)`), which
+  stops as soon as it knows the list is longer.
 - Beyond that, on PostgreSQL, the count is the planner's estimate for the filtered query (one
   EXPLAIN, about a millisecond), never less than EXACT_COUNT_UP_TO + 1, and the page says so
   (`count_is_estimate`). SQLite has no such estimate: it counts exactly (its windows are bounded).
@@ -30,6 +31,27 @@ from django.utils.functional import cached_property
 # one of 100,000 cost 55-145 ms (bench/quickfix_bench.py, 1M rows). A 24-hour window at 10
 # million calls over 90 days holds ~110,000 rows: its count is an estimate.
 EXACT_COUNT_UP_TO = 10_000
+# With `search` (text in the prompt or the response), exactly up to here only: no index says which
+# calls of a window match, so a bounded count reads the window's calls until it has found that many
+# matches, each call's text read and compared. At 10 million calls, 10,001 matches of "refund"
+# among one model's calls were ~228,000 calls read (116-249 ms, bench/scale_bench.py); 1,001 are a
+# tenth of that.
+SEARCH_EXACT_COUNT_UP_TO = 1_000
+TEXT_FIELDS = frozenset({"prompt_text", "response_text"})
+
+
+def filters_on_text(node: object) -> bool:
+    """Whether a query's WHERE (a node of it) tests the prompt or response text (`search`)."""
+    for child in getattr(node, "children", ()):
+        target = getattr(getattr(child, "lhs", None), "target", None)
+        if getattr(target, "name", None) in TEXT_FIELDS or filters_on_text(child):
+            return True
+    return False
+
+
+def exact_count_limit(queryset: QuerySet) -> int:
+    """Up to how many rows `queryset` is counted exactly (see above)."""
+    return SEARCH_EXACT_COUNT_UP_TO if filters_on_text(queryset.query.where) else EXACT_COUNT_UP_TO
 
 
 def planner_estimate(queryset: QuerySet) -> int | None:
@@ -49,8 +71,11 @@ def planner_estimate(queryset: QuerySet) -> int | None:
         return None
 
 
-def count_rows(queryset: QuerySet, exact_up_to: int = EXACT_COUNT_UP_TO) -> tuple[int, bool]:
-    """(count, is_estimate): exact up to `exact_up_to` rows, and on PostgreSQL an estimate above."""
+def count_rows(queryset: QuerySet, exact_up_to: int | None = None) -> tuple[int, bool]:
+    """(count, is_estimate): exact up to `exact_up_to` rows (default: exact_count_limit), and on
+    PostgreSQL an estimate above."""
+    if exact_up_to is None:
+        exact_up_to = exact_count_limit(queryset)
     bounded = queryset.order_by()[: exact_up_to + 1].count()
     if bounded <= exact_up_to:
         return bounded, False
@@ -78,7 +103,7 @@ class EstimatingPaginator(Paginator):
     """Django's Paginator with the bounded count above; `count_is_estimate` says which count it is."""
 
     count_is_estimate = False
-    exact_count_up_to = EXACT_COUNT_UP_TO
+    exact_count_up_to: int | None = None  # exact_count_limit of the rows
 
     @cached_property
     def count(self) -> int:

@@ -1,5 +1,5 @@
-"""Keeping the roll-ups (HourlyRollup, DailyRollup, DailyUserRollup, DailyUserTotals, HourlyUserTotals,
-HourlyBreakdownRollup, DailyBreakdownRollup) equal to what the logs say.
+"""Keeping the roll-ups (HourlyRollup, HourlyLatency, DailyRollup, DailyUserRollup, DailyUserTotals,
+HourlyUserTotals, HourlyBreakdownRollup, DailyBreakdownRollup) equal to what the logs say.
 
 The roll-ups add up the logs above the "rollups" watermark, exactly once, with the machinery of
 llm/watermarks.py (a final id boundary, so a row committed late is never skipped; the watermark row
@@ -62,6 +62,7 @@ from llm.models import (
     DailyUserRollup,
     DailyUserTotals,
     HourlyBreakdownRollup,
+    HourlyLatency,
     HourlyRollup,
     HourlyUserTotals,
     LLMRequestLog,
@@ -214,6 +215,32 @@ def _upsert(model: type, period_field: str, groups: dict[tuple, Figures]) -> Non
         row.ttft_histogram = rollup_math.encode(rollup_math.add_encoded(figures.ttft, row.ttft_histogram))
     model.objects.bulk_create(new, batch_size=500)
     model.objects.bulk_update(changed, [*Figures.SUMS, "latency_histogram", "ttft_histogram"], batch_size=500)
+
+
+def _upsert_latency(groups: dict[tuple, Figures]) -> None:
+    """Add the hourly groups' latency histograms ((hour, *KEY) -> Figures) to HourlyLatency, merged
+    per hour and model."""
+    merged: dict[tuple, np.ndarray] = {}
+    for (hour, model_name, *_rest), figures in groups.items():
+        if (hour, model_name) in merged:
+            merged[(hour, model_name)] += figures.latency
+        else:
+            merged[(hour, model_name)] = figures.latency.copy()
+    if not merged:
+        return
+    existing = {
+        (row.hour, row.model_name): row.latency_histogram
+        for row in HourlyLatency.objects.filter(hour__in={hour for hour, _model in merged})
+    }
+    rows = [
+        HourlyLatency(
+            hour=hour,
+            model_name=model_name,
+            latency_histogram=rollup_math.encode(rollup_math.add_encoded(dense, existing.get((hour, model_name)))),
+        )
+        for (hour, model_name), dense in merged.items()
+    ]
+    _save(HourlyLatency, rows, ["hour", "model_name"], ["latency_histogram"])
 
 
 def _upsert_users(rows: LLMRequestLogQuerySet, zone: Any) -> None:
@@ -690,6 +717,8 @@ def add_rows(rows: LLMRequestLogQuerySet, *, hourly: bool = True, daily: bool = 
         per_period: dict[tuple, Figures] = defaultdict(Figures)
         for key, figures in both.items():
             per_period[(key[index], *key[len(periods) :])].merge(figures)
+        if name == "hour":  # first: _upsert adds the stored histograms into the groups' own
+            _upsert_latency(per_period)
         _upsert(model, name, per_period)
     if hourly:
         _upsert_hourly_users(rows)
@@ -791,6 +820,7 @@ def rebuild(since: date | None = None, progress: Callable[[str], None] | None = 
         hour_cut = rollup_math.floor_hour(day_cut)
         breakdowns = _rebuilt_breakdowns(watermark, since, hour_cut)
         HourlyRollup.objects.filter(hour__gte=hour_cut).delete()
+        HourlyLatency.objects.filter(hour__gte=hour_cut).delete()
         HourlyUserTotals.objects.filter(hour__gte=hour_cut).delete()
         HourlyBreakdownRollup.objects.filter(Q(hour__gte=hour_cut) | ~Q(by__in=breakdowns)).delete()
         DailyRollup.objects.filter(day__gte=since).delete()

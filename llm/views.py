@@ -74,7 +74,8 @@ def analytics(request: HttpRequest) -> HttpResponse:
     window = dashboard.time_range(request.GET, extra_keys=dashboard.PAGE_FILTERS)
     by, order_by = dashboard.breakdown_choice(request.GET, window)
     with metrics.aggregate_queries():
-        data = dashboard.analytics(window) | dashboard.breakdown(window, by, order_by)
+        chosen = dashboard.analytics_shared(window)
+        data = dashboard.analytics(window, chosen) | dashboard.breakdown(window, by, order_by, chosen)
     charts = {
         "models": dashboard.chart_series(
             data["models"],

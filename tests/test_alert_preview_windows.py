@@ -190,10 +190,10 @@ def test_grouped_figures_come_from_the_covering_indexes_and_leave_the_planner_as
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT indexname, indexdef FROM pg_indexes WHERE indexname IN (%s, %s)",
-            ["llm_log_user_time", "llm_log_model_time"],
+            ["llm_log_user_time", "llm_log_model_time_user"],
         )
         definitions = dict(cursor.fetchall())
-    for name in ("llm_log_user_time", "llm_log_model_time"):
+    for name in ("llm_log_user_time", "llm_log_model_time_user"):
         for column in ("status", "error_type", "total_tokens", "cost_estimate", "latency_ms", "ttft_ms"):
             assert column in definitions[name].split("INCLUDE")[1], (name, column)
     assert "model_name" in definitions["llm_log_user_time"].split("INCLUDE")[1]

@@ -1,0 +1,295 @@
+"""A page's window read once (llm.metrics.share): every figure derived from the shared reading
+equals the figure read on its own and the plain-Python recomputation over the raw rows (counts,
+tokens and cost exactly, percentiles within rollup_math.ERROR_BOUND of NumPy's), and the pages
+read the window's roll-ups once instead of once per figure."""
+
+from __future__ import annotations
+
+import importlib
+import random
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import numpy as np
+import pytest
+import time_machine
+from django.apps import apps as django_apps
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from llm import dashboard, metrics, rollup_math, rollups
+from llm.models import HourlyLatency, HourlyRollup, LLMRequestLog, MetricWatermark
+from tests.factories import make_logs
+
+pytestmark = pytest.mark.django_db
+NOW = datetime(2026, 3, 31, 10, 17, 23, tzinfo=UTC)
+MODELS = ["model-a", "model-b", "model-c"]
+ERROR_TYPES = ["timeout", "rate_limit", "server_error"]
+BOUND = rollup_math.ERROR_BOUND
+# Windows not aligned to hours: by hour (26 hours, 6 days) and by day (9 days).
+WINDOWS = [
+    (NOW - timedelta(hours=26, minutes=7), NOW - timedelta(minutes=3), "hour"),
+    (NOW - timedelta(days=6, hours=5, minutes=2), NOW - timedelta(hours=3, minutes=11), "hour"),
+    (NOW - timedelta(days=9, minutes=13, seconds=7), NOW - timedelta(minutes=41), "day"),
+]
+
+
+def random_logs(count: int, seed: int) -> None:
+    rng = random.Random(seed)
+    statuses = ["error" if rng.random() < 0.15 else "success" for _ in range(count)]
+    make_logs(
+        count,
+        timestamp=lambda i: NOW - timedelta(seconds=rng.randint(0, 10 * 86400)),
+        model_name=lambda i: rng.choice(MODELS),
+        status=lambda i: statuses[i],
+        error_type=lambda i: rng.choice(ERROR_TYPES) if statuses[i] == "error" else "",
+        error_message=lambda i: f"message {i}" if statuses[i] == "error" else "",
+        prompt_tokens=lambda i: rng.randint(0, 2000),
+        completion_tokens=lambda i: rng.randint(0, 800),
+        latency_ms=lambda i: rng.lognormvariate(6, 0.8),
+        cost_estimate=lambda i: Decimal(rng.randint(0, 5_000_000)) / 10**10,
+        user_id=lambda i: rng.choice(["", "ann", "bob", "cy", "dee"]),
+    )
+
+
+@pytest.fixture
+def calls() -> list[LLMRequestLog]:
+    """Calls over 10 days, part rolled up, then more (late ones among them) above the watermark."""
+    random_logs(700, seed=3)
+    rollups.roll_up()
+    random_logs(250, seed=4)
+    return list(LLMRequestLog.objects.all())
+
+
+def chosen(start, end, model="", status="") -> metrics.Selection:
+    rows = LLMRequestLog.objects.in_window(start, end).for_model(model)
+    if status:
+        rows = rows.filter(status=status)
+    return metrics.Selection(rows, start, end, model, status, rollups_apply=True)
+
+
+def within(calls, start, end, model="", status=""):
+    return [
+        log
+        for log in calls
+        if start <= log.timestamp < end and model in ("", log.model_name) and status in ("", log.status)
+    ]
+
+
+def cost(rows) -> float:
+    return float(sum((log.cost_estimate for log in rows), Decimal(0)))
+
+
+def local_period(moment: datetime, group_by: str) -> str:
+    local = timezone.localtime(moment).replace(minute=0, second=0, microsecond=0)
+    return (local if group_by == "hour" else local.replace(hour=0)).isoformat()
+
+
+FIGURES = [
+    lambda selection, group_by: metrics.overview(selection),
+    lambda selection, group_by: metrics.timeseries(selection, group_by),
+    lambda selection, group_by: metrics.token_usage(selection, group_by),
+    lambda selection, group_by: metrics.errors(selection),
+    lambda selection, group_by: metrics.cost_by_model(selection),
+    lambda selection, group_by: metrics.model_usage(selection),
+    lambda selection, group_by: metrics.latency_by_model(selection),
+    lambda selection, group_by: metrics.daily_stats(selection),
+    lambda selection, group_by: metrics.breakdown(selection, "model", "cost", 10),
+    lambda selection, group_by: metrics.breakdown(selection, "error_type", "errors", 10),
+]
+
+
+@pytest.mark.parametrize(("start", "end", "group_by"), WINDOWS)
+@pytest.mark.parametrize(("model", "status"), [("", ""), ("model-b", ""), ("", "error")])
+def test_every_figure_from_the_shared_reading_equals_the_figure_read_alone(calls, start, end, group_by, model, status):
+    alone = chosen(start, end, model, status)
+    shared = metrics.share(alone, group_by)
+    assert shared.shared is not None and shared.shared.period == group_by
+    for figure in FIGURES:
+        assert_same(figure(shared, group_by), figure(alone, group_by))
+
+
+def assert_same(left, right) -> None:
+    """Equal, floats within rounding (sums of float latencies added in another order)."""
+    assert type(left) is type(right)
+    if isinstance(left, dict):
+        assert left.keys() == right.keys()
+        for key in left:
+            assert_same(left[key], right[key])
+    elif isinstance(left, list):
+        assert len(left) == len(right)
+        for one, other in zip(left, right, strict=True):
+            assert_same(one, other)
+    elif isinstance(left, float):
+        assert left == pytest.approx(right, rel=1e-12)
+    else:
+        assert left == right
+
+
+@pytest.mark.parametrize(("start", "end", "group_by"), WINDOWS)
+def test_shared_figures_equal_the_raw_rows(calls, start, end, group_by):
+    rows = within(calls, start, end)
+    shared = metrics.share(chosen(start, end), group_by)
+
+    figures = metrics.overview(shared)
+    assert figures["total_requests"] == len(rows)
+    assert figures["failed_requests"] == sum(log.is_error for log in rows)
+    assert figures["total_tokens"] == sum(log.total_tokens for log in rows)
+    assert figures["total_cost"] == cost(rows)
+    assert figures["unique_users"] == len({log.user_id for log in rows if log.user_id})
+    latencies = [log.latency_ms for log in rows]
+    assert figures["avg_latency_ms"] == pytest.approx(float(np.mean(latencies)))
+    for name, fraction in metrics.FRACTIONS.items():
+        exact = float(np.percentile(latencies, fraction * 100))
+        assert figures[f"{name}_latency_ms"] == pytest.approx(exact, rel=BOUND)
+
+    per_period = defaultdict(list)
+    for log in rows:
+        per_period[local_period(log.timestamp, group_by)].append(log)
+    series = metrics.timeseries(shared, group_by)
+    assert [row["period"] for row in series] == sorted(per_period)
+    for row in series:
+        group = per_period[row["period"]]
+        assert (row["requests"], row["errors"], row["prompt_tokens"], row["cost"]) == (
+            len(group),
+            sum(log.is_error for log in group),
+            sum(log.prompt_tokens for log in group),
+            cost(group),
+        )
+        if len(group) >= metrics.MIN_CALLS_FOR_PERCENTILE:
+            exact = float(np.percentile([log.latency_ms for log in group], 95))
+            assert row["p95_latency_ms"] == pytest.approx(exact, rel=BOUND)
+
+    usage = {row["model"]: row for row in metrics.model_usage(shared)}
+    assert set(usage) == {log.model_name for log in rows}
+    for model, row in usage.items():
+        group = [log for log in rows if log.model_name == model]
+        assert (row["requests"], row["errors"], row["total_tokens"], row["cost"]) == (
+            len(group),
+            sum(log.is_error for log in group),
+            sum(log.total_tokens for log in group),
+            cost(group),
+        )
+        exact = float(np.percentile([log.latency_ms for log in group], 99))
+        assert row["p99_latency_ms"] == pytest.approx(exact, rel=BOUND)
+
+    errors = metrics.errors(shared)
+    failed = sorted((log for log in rows if log.is_error), key=lambda log: (log.timestamp, log.id))
+    assert (errors["total_requests"], errors["total_errors"]) == (len(rows), len(failed))
+    assert {row["error_type"] for row in errors["errors"]} == {log.error_type for log in failed}
+    for row in errors["errors"]:
+        group = [log for log in failed if log.error_type == row["error_type"]]
+        assert row["count"] == len(group)
+        assert (row["latest_message"], row["last_seen"]) == (group[-1].error_message, group[-1].timestamp.isoformat())
+
+
+def test_a_window_the_roll_ups_do_not_answer_is_not_shared(calls):
+    short = chosen(NOW - timedelta(hours=2), NOW)
+    assert metrics.share(short, "minute").shared is None
+    by_user = metrics.Selection(LLMRequestLog.objects.filter(user_id="ann"), *WINDOWS[2][:2], rollups_apply=False)
+    assert metrics.share(by_user, "day").shared is None
+    # A reading by day answers figures by day and over the window, not by hour.
+    by_day = metrics.share(chosen(*WINDOWS[2][:2]), "day").shared
+    assert by_day.answers("day") and by_day.answers(None) and not by_day.answers("hour")
+
+
+def table_reads(model, queries) -> int:
+    return sum(f'"{model._meta.db_table}"' in query["sql"] for query in queries)
+
+
+def hourly_rollup_reads(queries) -> int:
+    return table_reads(HourlyRollup, queries)
+
+
+@pytest.mark.parametrize("key", ["24h", "7d"])
+def test_the_overview_page_reads_the_window_once(calls, key):
+    with time_machine.travel(NOW, tick=False):
+        window = dashboard.time_range({"range": key})
+        with CaptureQueriesContext(connection) as shared:
+            figures = dashboard.overview(window)
+    # The window's sums once, the previous window's (its overview) and the month's spend
+    # (llm.forecast), rather than once per figure; the histograms of both windows' hours.
+    assert hourly_rollup_reads(shared.captured_queries) == 3
+    assert table_reads(HourlyLatency, shared.captured_queries) == 2
+    start, end = window.start, window.end
+    rows = within(list(LLMRequestLog.objects.all()), start, end)
+    assert figures["figures"]["total_requests"] == len(rows)
+    assert sum(row["requests"] for row in figures["series"]) == len(rows)
+    assert {row["model"]: row["cost"] for row in figures["cost_by_model"]} == {
+        model: cost([log for log in rows if log.model_name == model]) for model in {log.model_name for log in rows}
+    }
+    assert sum(row["count"] for row in figures["errors_by_type"]) == sum(log.is_error for log in rows)
+
+
+def test_the_analytics_page_reads_the_window_once(client, admin_user, calls):
+    client.force_login(admin_user)
+    with time_machine.travel(NOW, tick=False), CaptureQueriesContext(connection) as queries:
+        response = client.get("/analytics/", {"range": "7d"})
+    assert response.status_code == 200
+    # The model table, the days and the breakdown by model: one reading of the window's hours.
+    assert hourly_rollup_reads(queries.captured_queries) == 1
+    window = response.context["window"]
+    rows = within(list(LLMRequestLog.objects.all()), window.start, window.end)
+    assert sum(row["requests"] for row in response.context["daily"]) == len(rows)
+    assert {row["key"]: row["requests"] for row in response.context["breakdown"]["groups"]} == {
+        model: sum(log.model_name == model for log in rows) for model in {log.model_name for log in rows}
+    }
+
+
+def hourly_latency() -> dict[tuple, list[int]]:
+    stored = HourlyLatency.objects.values_list("hour", "model_name", "latency_histogram")
+    return {(hour, model): rollup_math.add_encoded(rollup_math.empty(), blob).tolist() for hour, model, blob in stored}
+
+
+def test_hourly_latency_is_each_hour_and_models_histogram_kept_and_rebuilt_and_filled(calls):
+    """HourlyLatency equals the histogram of each UTC hour and model's calls, whether added after
+    writes (late calls included), rebuilt, or filled by its migration from HourlyRollup."""
+    rollups.roll_up()
+    expected = defaultdict(rollup_math.empty)
+    for log in calls:
+        expected[(rollup_math.floor_hour(log.timestamp), log.model_name)][rollup_math.bucket_index(log.latency_ms)] += 1
+    expected = {key: dense.tolist() for key, dense in expected.items()}
+    assert hourly_latency() == expected
+    rollups.rebuild()
+    assert hourly_latency() == expected
+    HourlyLatency.objects.all().delete()
+    importlib.import_module("llm.migrations.0030_hourly_latency").fill_from_hourly_rollups(django_apps, None)
+    assert hourly_latency() == expected
+
+
+def test_a_status_filter_reads_the_hours_histograms_by_status(calls):
+    """HourlyLatency merges the statuses: under a status filter the hours' histograms come from
+    HourlyRollup, and the figures stay those of the filtered calls."""
+    start, end, _ = WINDOWS[0]
+    failed = [log.latency_ms for log in within(calls, start, end, status="error")]
+    figures = metrics.overview(chosen(start, end, status="error"))
+    assert figures["total_requests"] == len(failed)
+    assert figures["p50_latency_ms"] == pytest.approx(float(np.percentile(failed, 50)), rel=BOUND)
+
+
+def test_alert_windows_are_read_at_one_watermark_and_equal_each_window_alone(calls):
+    """window_totals reads the roll-ups' state once for all its windows (not twice per window), a
+    window asked for with and without its p95 once, and each answer equals the window measured
+    alone and the raw rows."""
+    windows = [
+        metrics.Window(start, end, model, latency=latency)
+        for start, end, _ in WINDOWS
+        for model in ("", "model-c")
+        for latency in (False, True)
+    ]
+    with CaptureQueriesContext(connection) as queries:
+        together = metrics.window_totals(windows)
+    assert table_reads(MetricWatermark, queries.captured_queries) == 2  # before and after: it held still
+    for window in windows:
+        assert together[window] == metrics.window_totals([window])[window]
+        rows = within(calls, window.start, window.end, window.model)
+        assert (together[window].requests, together[window].errors, together[window].cost) == (
+            len(rows),
+            sum(log.is_error for log in rows),
+            cost(rows),
+        )
+        if window.latency:
+            exact = float(np.percentile([log.latency_ms for log in rows], 95))
+            assert together[window].p95_latency_ms == pytest.approx(exact, rel=BOUND)
