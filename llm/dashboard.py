@@ -18,7 +18,7 @@ from django.utils import timezone
 from rest_framework.exceptions import ValidationError
 
 from llm import budgets, forecast, formatting, metrics
-from llm.filters import filter_errors, filter_logs, filter_rows
+from llm.filters import filter_errors, filter_logs, filter_rows, narrowed_group
 from llm.ingest_limits import TAG_KEY_MAX_CHARS, text_problem
 from llm.models import Budget, DashboardSettings, LLMRequestLog, LLMRequestLogQuerySet, ModelPrice, UserFeedback
 from llm.paging import EstimatingPaginator
@@ -51,8 +51,9 @@ class TimeRange:
     end: datetime
     model: str = ""
     errors: dict[str, list[str]] = field(default_factory=dict)
-    # Extra filters a page keeps in its links (the logs page: status, user_id, search).
-    extra: dict[str, str] = field(default_factory=dict)
+    # Extra filters a page keeps in its links (the logs page: status, user_id, search); `tag` is a
+    # list (the filter is repeatable).
+    extra: dict[str, Any] = field(default_factory=dict)
     # How the page shows the rows (the logs page's sort): kept in links, not a filter.
     options: dict[str, str] = field(default_factory=dict)
 
@@ -72,7 +73,7 @@ class TimeRange:
         return {**params, **{key: value for key, value in self.extra.items() if value}}
 
     def api_query(self) -> str:
-        return urlencode(self.api_params())
+        return urlencode(self.api_params(), doseq=True)
 
     def page_params(self) -> dict[str, str]:
         """The URL parameters of this view, for links that keep it (pagination, refresh)."""
@@ -85,7 +86,7 @@ class TimeRange:
 
     def logs_query(self, **params: str) -> str:
         """The logs page's query string for this range and model, plus `params`."""
-        return urlencode({**self.page_params(), **params})
+        return urlencode({**self.page_params(), **params}, doseq=True)
 
     def logs(self) -> LLMRequestLogQuerySet:
         # The window is decided (and its dates checked) by time_range; the previous period of the
@@ -98,7 +99,15 @@ class TimeRange:
         earliest date a query string may give, so the dates are not checked again."""
         status = self.extra.get("status", "")
         narrowed = any(value for name, value in self.extra.items() if name != "status")
-        return metrics.Selection(self.logs(), self.start, self.end, self.model, status, rollups_apply=not narrowed)
+        return metrics.Selection(
+            self.logs(),
+            self.start,
+            self.end,
+            self.model,
+            status,
+            rollups_apply=not narrowed,
+            narrowed_to=narrowed_group(self.extra) if narrowed else None,
+        )
 
     def previous(self) -> TimeRange:
         return TimeRange(self.key, self.start - self.length, self.start, self.model)
@@ -109,10 +118,12 @@ def time_range(params: Any, *, extra_keys: tuple[str, ...] = ()) -> TimeRange:
     shows it) and not applied: a bad range or date falls back to the default range, a bad filter
     to none."""
     key = params.get("range") or DEFAULT_RANGE
-    values = {name: params.get(name, "").strip() for name in ("model", *extra_keys)}
+    values: dict[str, Any] = {name: params.get(name, "").strip() for name in ("model", *extra_keys)}
+    if "tag" in extra_keys:
+        values["tag"] = tag_values(params)
     errors = filter_errors(values)
     for name in errors:
-        values[name] = ""
+        values[name] = [] if name == "tag" else ""
     model = values.pop("model")
     end = timezone.now()
     if key == "custom":
@@ -126,6 +137,13 @@ def time_range(params: Any, *, extra_keys: tuple[str, ...] = ()) -> TimeRange:
         errors["range"] = [f"Choose one of {', '.join(RANGE_LABELS)}."]
     key = key if key in RANGES else DEFAULT_RANGE
     return TimeRange(key, end - RANGES[key], end, model, errors, values)
+
+
+def tag_values(params: Any) -> list[str]:
+    """The `tag` filters of a query string (repeatable), without empty ones (the filter bar always
+    sends one empty field to add a tag with)."""
+    given = params.getlist("tag") if hasattr(params, "getlist") else [params.get("tag", "")]
+    return [text.strip() for text in given if text and text.strip()]
 
 
 # At most this many models with traffic are listed (the model filter is a <select>).

@@ -320,6 +320,13 @@ def filter_errors(params: Any) -> dict[str, list[str]]:
     return {} if filterset.is_valid() else {name: list(errors) for name, errors in filterset.form.errors.items()}
 
 
+def narrowed_group(params: Any) -> tuple[str, str] | None:
+    """The one breakdown group (by, key) valid filters other than the window narrow the rows to
+    (`one_group`), for the pages, which read their filters apart from the window."""
+    filterset = _filters_only(params)
+    return one_group(filterset.form.cleaned_data) if filterset.is_valid() else None
+
+
 def filter_rows(params: Any, start: datetime, end: datetime) -> LLMRequestLogQuerySet:
     """The shared filters other than the window, over a window already decided: start <= timestamp
     < end (the pages, whose previous-period comparison may reach before the earliest date a query

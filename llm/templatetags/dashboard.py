@@ -98,8 +98,8 @@ def duration(value: timedelta) -> str:
 
 
 @register.filter
-def urlencode_dict(params: dict[str, str]) -> str:
-    return urlencode(params)
+def urlencode_dict(params: dict[str, Any]) -> str:
+    return urlencode(params, doseq=True)  # a list value (`tag`) as the parameter repeated
 
 
 @register.filter
@@ -110,7 +110,7 @@ def iso_datetime(value: str) -> datetime | None:
 
 @register.simple_tag
 def page_url(params: dict[str, str], page: int) -> str:
-    return "?" + urlencode({**params, "page": page})
+    return "?" + urlencode({**params, "page": page}, doseq=True)
 
 
 # A thumb drawn here rather than an emoji: emoji fonts are missing on many servers and desktops
