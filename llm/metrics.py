@@ -369,9 +369,13 @@ def breakdown_plan(logs: Selection | Any, by: str | None = None, period: str | N
     return the_plan
 
 
-def percentiles_kind(logs: Selection | Any, period: str | None = None) -> str:
-    """What an answer over `logs` says of its percentiles: "exact" or "approximate (<=1 %)"."""
-    return PERCENTILES_EXACT if plan(logs, period) is None else PERCENTILES_APPROXIMATE
+def percentiles_kind(logs: Selection | Any, period: str | None = None, *, narrowed: bool = False) -> str:
+    """What an answer over `logs` says of its percentiles: "exact" or "approximate (<=1 %)".
+    `narrowed`: the answer reads the breakdown roll-ups under one source or tag value too (the
+    overview, breakdowns)."""
+    if plan(logs, period) is not None or (narrowed and breakdown_plan(logs, period=period) is not None):
+        return PERCENTILES_APPROXIMATE
+    return PERCENTILES_EXACT
 
 
 def consistent(read: Any, the_plan: Plan | None = None) -> Any:
@@ -934,10 +938,28 @@ def overview(logs: Selection | LLMRequestLogQuerySet) -> dict[str, Any]:
         answer = consistent(read, the_plan)
         if answer is not None:
             return _overview_answer(*answer)
+    if the_plan is None and (answer := _overview_of_group(chosen)) is not None:
+        return answer
     figures = _traffic(
         chosen.logs.aggregate(**_traffic_aggregates(), **_latency_aggregates("p50", "p95", "p99")), "p50", "p95", "p99"
     )
     return _overview_answer(figures, _unique_users(chosen.logs))
+
+
+def _overview_of_group(chosen: Selection) -> dict[str, Any] | None:
+    """The overview under one source or tag value (Selection.narrowed_to) from the breakdown
+    roll-ups, its unique users counted from the calls (no roll-up holds users per group); None
+    when they do not answer."""
+    the_plan = breakdown_plan(chosen)
+    if the_plan is None:
+        return None
+
+    def read(watermark: int) -> tuple[dict[str, Any], int]:
+        totals = fold_status(measure_at(the_plan, ("status",), watermark)).get((), Totals(rollups.Figures()))
+        return totals.row("p50", "p95", "p99"), _unique_users(chosen.logs)
+
+    answer = consistent(read, the_plan)
+    return None if answer is None else _overview_answer(*answer)
 
 
 def _unique_users(logs: LLMRequestLogQuerySet) -> int:

@@ -20,7 +20,7 @@ from llm.models import DailyBreakdownRollup, HourlyBreakdownRollup, LLMRequestLo
 from tests import test_session_summaries as summaries
 from tests.breakdown_data import make_session_logs, pick
 from tests.read_api_data import NOW
-from tests.test_breakdowns import check_breakdown
+from tests.test_breakdowns import check_breakdown, figures_of
 
 pytestmark = pytest.mark.django_db
 
@@ -79,6 +79,15 @@ def test_figures_under_one_source_or_tag_filter_read_the_rollups(api_client, hal
             assert answer.status_code == 200, answer.content
             assert answer.json()["percentiles"] == metrics.PERCENTILES_APPROXIMATE
             check_breakdown(answer.json(), expected, by, "cost", 2)
+        overview = api_client.get("/api/metrics/overview/", {**WINDOW, **filters}).json()
+        assert overview["percentiles"] == metrics.PERCENTILES_APPROXIMATE
+        figures = figures_of(expected)
+        assert overview["total_requests"] == figures["requests"]
+        assert overview["failed_requests"] == figures["errors"]
+        assert overview["total_tokens"] == figures["total_tokens"]
+        assert overview["total_cost"] == pytest.approx(figures["cost"], abs=1e-9)
+        assert overview["p95_latency_ms"] == pytest.approx(figures["p95"], rel=rollup_math.ERROR_BOUND)
+        assert overview["unique_users"] == len({log.user_id for log in expected if log.user_id})
 
 
 RAW = [

@@ -60,8 +60,10 @@ class MetricsView(DeclaredParameters, APIView):
         filtered = filter_logs(request.query_params)
         with metrics.aggregate_queries():
             figures = self.figures(request, filtered)
-        percentiles = metrics.percentiles_kind(filtered, self.period(request, filtered))
-        return Response({**filtered.window(), "percentiles": percentiles, **figures})
+        return Response({**filtered.window(), "percentiles": self.percentiles(request, filtered), **figures})
+
+    def percentiles(self, request: Request, filtered: FilteredLogs) -> str:
+        return metrics.percentiles_kind(filtered, self.period(request, filtered))
 
 
 def answers(serializer: type[serializers.MetricsWindowSerializer], description: str):
@@ -79,6 +81,9 @@ def answers(serializer: type[serializers.MetricsWindowSerializer], description: 
 class OverviewView(MetricsView):
     def figures(self, request, filtered):
         return metrics.overview(filtered)
+
+    def percentiles(self, request, filtered):
+        return metrics.percentiles_kind(filtered, narrowed=True)  # see metrics.overview
 
 
 @answers(serializers.TokenUsageSerializer, "Per period: prompt, completion and total tokens, requests.")
