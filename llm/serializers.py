@@ -1135,6 +1135,37 @@ class UserRowSerializer(UsageFields):
     last_seen = serializers.DateTimeField()
 
 
+# A turn of a session's conversation: the log's fields (one list, LOG_FIELDS) but these, which the
+# conversation does not show (its session id is the page's; the timing details are on the call's own page),
+# with the session's running cost after the call's cost, and the call's ratings.
+SESSION_CALL_OMITTED = frozenset(
+    {
+        "source",
+        "provider",
+        "session_id",
+        "ttft_ms",
+        "finish_reason",
+        "temperature",
+        "max_tokens",
+        "cached_tokens",
+        "tokens_estimated",
+        "queue_time_ms",
+        "prompt_time_ms",
+        "completion_time_ms",
+        "output_tokens_per_second",
+    }
+)
+_SESSION_CALL_LOG_FIELDS = [name for name in LOG_FIELDS if name not in SESSION_CALL_OMITTED]
+_AFTER_COST = _SESSION_CALL_LOG_FIELDS.index("cost_estimate") + 1
+SESSION_CALL_FIELDS = [
+    *_SESSION_CALL_LOG_FIELDS[:_AFTER_COST],
+    "running_cost",
+    *_SESSION_CALL_LOG_FIELDS[_AFTER_COST:],
+    "thumbs_up",
+    "thumbs_down",
+]
+
+
 class SessionCallSerializer(serializers.ModelSerializer):
     """A turn of the conversation. Holds the prompt and the answer (the `read_text` right)."""
 
@@ -1148,29 +1179,7 @@ class SessionCallSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = LLMRequestLog
-        fields = [
-            "request_id",
-            "timestamp",
-            "model_name",
-            "user_id",
-            "trace_id",
-            "span_id",
-            "parent_span_id",
-            "prompt_text",
-            "response_text",
-            "prompt_tokens",
-            "completion_tokens",
-            "total_tokens",
-            "latency_ms",
-            "cost_estimate",
-            "running_cost",
-            "status",
-            "error_type",
-            "error_message",
-            "tags",
-            "thumbs_up",
-            "thumbs_down",
-        ]
+        fields = SESSION_CALL_FIELDS
         read_only_fields = fields
 
     def _ratings(self, log: LLMRequestLog, rating: str) -> int:

@@ -158,8 +158,17 @@ CHROMIUM = "/usr/bin/chromium"
 
 def pytest_collection_modifyitems(config, items):
     """Browser tests last: Playwright's event loop stays in the main thread until the session
-    ends, and asyncio.run() refuses to start inside it."""
+    ends, and asyncio.run() refuses to start inside it. Tests marked `one_database` run in the
+    SQLite suite only: `make test` runs the suite on both databases, and these take the same path on
+    either (no database, or their own SQLite file in a subprocess)."""
     items.sort(key=lambda item: item.get_closest_marker("browser") is not None)
+    from django.conf import settings
+
+    if settings.DATABASES["default"]["ENGINE"] != "django.db.backends.sqlite3":
+        skip = pytest.mark.skip(reason="one_database: the same on every database, run in the SQLite suite")
+        for item in items:
+            if item.get_closest_marker("one_database"):
+                item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.one_database  # reads the source, no database
+
 LLM = Path(__file__).resolve().parent.parent / "llm"
 # Modules of llm/api/ that every API view module may import: they hold no view of an endpoint.
 SHARED_API_MODULES = {"llm.api.base", "llm.api.pagination", "llm.api.params", "llm.api.errors", "llm.api.parsers"}

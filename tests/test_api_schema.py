@@ -7,10 +7,13 @@ from datetime import timedelta
 
 import pytest
 import yaml
+from django.db import transaction
 from django.urls import reverse
+from rest_framework.test import APIClient
 
 from llm.models import AlertLog, AlertRule, LLMRequestLog, UserFeedback
 from llm.urls import api_urlpatterns
+from tests.factories import make_api_key
 from tests.read_api_data import NOW, make_logs
 
 pytestmark = pytest.mark.django_db
@@ -21,9 +24,14 @@ FILE_MEDIA_TYPES = {"text/csv", "text/event-stream", "application/octet-stream"}
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 
 
-@pytest.fixture
-def schema(api_client) -> dict:
-    response = api_client.get("/api/schema/")
+@pytest.fixture(scope="module")
+def schema(django_db_setup, django_db_blocker) -> dict:
+    """The document as /api/schema/ answers it, fetched once for the module: building it takes
+    seconds, and no test here changes what it describes. The key that asks is rolled back."""
+    with django_db_blocker.unblock(), transaction.atomic():
+        _, raw_key = make_api_key("schema")
+        response = APIClient(HTTP_AUTHORIZATION=f"Bearer {raw_key}").get("/api/schema/")
+        transaction.set_rollback(True)
     assert response.status_code == 200
     return yaml.safe_load(response.content)
 

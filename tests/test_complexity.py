@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from radon.complexity import cc_visit
 from radon.visitors import Function
+
+pytestmark = pytest.mark.one_database  # reads the source, no database
 
 LLM = Path(__file__).resolve().parent.parent / "llm"
 MAX_COMPLEXITY = 15

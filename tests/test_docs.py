@@ -10,6 +10,8 @@ import pytest
 from django.conf import settings
 from django.core.management import get_commands
 
+pytestmark = pytest.mark.one_database  # reads the docs, no database
+
 ROOT = Path(settings.BASE_DIR)
 README = ROOT / "README.md"
 DOCS = sorted((ROOT / "docs").glob("*.md"))

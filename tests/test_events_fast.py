@@ -18,6 +18,8 @@ from llm.events import PLAIN_FIELDS, parse_events, plain_event
 from llm.models import LLMRequestLog
 from llm.serializers import EventSerializer
 
+pytestmark = pytest.mark.one_database  # the plain check and the serializer's validation, no database
+
 BOUNDED = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 NOW = timezone.now()
 

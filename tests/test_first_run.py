@@ -21,6 +21,8 @@ import pytest
 
 from tests.checkout import clean_environment, clone_checkout
 
+pytestmark = pytest.mark.one_database  # on SQLite in a clone whatever the suite's database: once is enough
+
 SAMPLE_COUNT = 200
 
 

@@ -8,6 +8,8 @@ from django.template import Context, Template
 from llm import formatting
 from llm.models import AlertRule
 
+pytestmark = pytest.mark.one_database  # plain functions, no database
+
 Metric = AlertRule.MetricType
 
 

@@ -21,7 +21,10 @@ from django.conf import settings
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 SAMPLE = Path(settings.BASE_DIR) / "docs" / "nginx.conf.example"
-pytestmark = pytest.mark.skipif(not Path(NGINX).exists(), reason="nginx missing: run scripts/install-system-deps")
+pytestmark = [
+    pytest.mark.skipif(not Path(NGINX).exists(), reason="nginx missing: run scripts/install-system-deps"),
+    pytest.mark.one_database,  # gunicorn on a SQLite file of its own, whatever the suite's database
+]
 
 
 def free_port() -> int:

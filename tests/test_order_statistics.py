@@ -11,6 +11,8 @@ import pytest
 
 from llm.order_statistics import percentiles_by_partition, window_percentiles
 
+pytestmark = pytest.mark.one_database  # plain functions, no database
+
 
 def sorted_percentile(values: list[float], fraction: float) -> float:
     """The independent computation: sort, then interpolate between closest ranks."""

@@ -32,6 +32,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 SERVE = [sys.executable, "-m", "gunicorn", "--config", "core/gunicorn.conf.py", "core.asgi:application"]
 ROOT = Path(settings.BASE_DIR)
 TIMEOUT_SECONDS = 3.0
+KEYS_PER_BATCH = 10
 
 
 def free_port() -> int:
@@ -50,6 +51,7 @@ class Server:
         self.url = url
         self.database_url = database_url
         self.sqlite_path = sqlite_path
+        self.unused_keys: list[str] = []
 
     def environment(self) -> dict[str, str]:
         # core.settings, as `make run` reads them (tests.settings would drop the GROQ_ variables).
@@ -61,17 +63,27 @@ class Server:
         }
 
     def api_key(self) -> str:
+        """A new key with every scope (one per test: each starts with its own rate-limit count)."""
         if self.sqlite_path is None:
             return APIKey.generate("server-tests", APIKey.ALL_SCOPES)[1]
-        created = subprocess.run(
-            [sys.executable, "manage.py", "create_api_key", "server-tests", "--scopes", APIKey.ALL_SCOPES],
-            cwd=ROOT,
-            env=self.environment(),
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        return created.stdout.strip()
+        if not self.unused_keys:
+            # Keys for the server's own SQLite file, made a batch at a time: a process that loads
+            # Django costs seconds, a key in it nothing.
+            code = (
+                "from llm.models import APIKey\n"
+                f"for _ in range({KEYS_PER_BATCH}):\n"
+                "    print(APIKey.generate('server-tests', APIKey.ALL_SCOPES)[1])"
+            )
+            created = subprocess.run(
+                [sys.executable, "manage.py", "shell", "--no-startup", "--command", code],
+                cwd=ROOT,
+                env=self.environment(),
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            self.unused_keys = created.stdout.split()
+        return self.unused_keys.pop()
 
     def rows(self, prompt: str) -> list[dict]:
         """The logged calls with this prompt, straight from the server's database."""

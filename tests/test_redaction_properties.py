@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llm.redaction import redact
+
+pytestmark = pytest.mark.one_database  # plain functions, no database
 
 BOUNDED = settings(max_examples=100, deadline=None)
 

@@ -50,6 +50,7 @@ def run_requests(tmp_path, log_format: str | None) -> list[str]:
     return result.stderr.splitlines()
 
 
+@pytest.mark.one_database  # a subprocess on a SQLite file of its own
 def test_json_lines_one_per_request_and_per_error(tmp_path):
     entries = [json.loads(line) for line in run_requests(tmp_path, "json")]  # every line is JSON
     requests = [entry for entry in entries if entry["logger"] == "llm.requests"]
@@ -73,6 +74,7 @@ def test_json_lines_one_per_request_and_per_error(tmp_path):
     assert error["request_id"] == failing["request_id"] and error["status_code"] == 500
 
 
+@pytest.mark.one_database  # a subprocess on a SQLite file of its own
 def test_plain_lines_by_default(tmp_path):
     lines = run_requests(tmp_path, None)
     request_lines = [line for line in lines if " INFO llm.requests " in line]

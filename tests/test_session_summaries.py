@@ -5,6 +5,7 @@ several models, incremental roll-ups against a rebuild, and purge_logs."""
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from collections import defaultdict
 from datetime import timedelta
@@ -135,8 +136,13 @@ def comparable(row: dict) -> dict:
     return {**row, "cost": round(Decimal(str(row["cost"])), 10)}
 
 
-@pytest.mark.parametrize("window", WINDOWS)
-def test_sessions_from_the_summaries_equal_the_calls(calls, window):
+def test_sessions_from_the_summaries_equal_the_calls(calls, subtests):
+    for window in WINDOWS:
+        with subtests.test(window=window):
+            check_sessions_from_the_summaries(calls, window)
+
+
+def check_sessions_from_the_summaries(calls, window):
     start, end = window
     selection = chosen(start, end)
     assert metrics.summaries_plan(selection) is not None
@@ -157,9 +163,13 @@ def test_sessions_from_the_summaries_equal_the_calls(calls, window):
     assert whole > len(expected) // 2
 
 
-@pytest.mark.parametrize("window", WINDOWS)
-@pytest.mark.parametrize("order_by", ["cost", "requests", "last_seen"])
-def test_users_from_the_summaries_equal_the_calls(calls, window, order_by):
+def test_users_from_the_summaries_equal_the_calls(calls, subtests):
+    for window, order_by in itertools.product(WINDOWS, ["cost", "requests", "last_seen"]):
+        with subtests.test(window=window, order_by=order_by):
+            check_users_from_the_summaries(calls, window, order_by)
+
+
+def check_users_from_the_summaries(calls, window, order_by):
     start, end = window
     selection = chosen(start, end)
     rows = metrics.users(selection, order_by)
@@ -261,9 +271,13 @@ def test_without_the_ready_mark_the_lists_read_the_calls(calls):
     }
 
 
-@pytest.mark.parametrize("window", WINDOWS)
-@pytest.mark.parametrize(("order_by", "limit"), [("cost", 3), ("p95", 2), ("requests", 100)])
-def test_breakdown_by_user_from_the_user_totals_equals_the_calls(api_client, calls, window, order_by, limit):
+def test_breakdown_by_user_from_the_user_totals_equals_the_calls(api_client, calls, subtests):
+    for window, (order_by, limit) in itertools.product(WINDOWS, [("cost", 3), ("p95", 2), ("requests", 100)]):
+        with subtests.test(window=window, order_by=order_by, limit=limit):
+            check_breakdown_by_user(api_client, calls, window, order_by, limit)
+
+
+def check_breakdown_by_user(api_client, calls, window, order_by, limit):
     start, end = window
     selection = chosen(start, end)
     assert metrics._user_breakdown_from_rollups(selection, order_by, limit) is not None  # the totals answer
@@ -277,9 +291,14 @@ def test_breakdown_by_user_from_the_user_totals_equals_the_calls(api_client, cal
     check_breakdown(answer, rows, "user", order_by, limit)
 
 
-@pytest.mark.parametrize("window", WINDOWS)
-@pytest.mark.parametrize(("order_by", "limit"), [("cost", 4), ("requests", 1), ("errors", 3), ("tokens", 100)])
-def test_breakdown_by_session_from_the_summaries_equals_the_calls(api_client, calls, window, order_by, limit):
+def test_breakdown_by_session_from_the_summaries_equals_the_calls(api_client, calls, subtests):
+    orders = [("cost", 4), ("requests", 1), ("errors", 3), ("tokens", 100)]
+    for window, (order_by, limit) in itertools.product(WINDOWS, orders):
+        with subtests.test(window=window, order_by=order_by, limit=limit):
+            check_breakdown_by_session(api_client, calls, window, order_by, limit)
+
+
+def check_breakdown_by_session(api_client, calls, window, order_by, limit):
     start, end = window
     assert metrics._session_breakdown_from_summaries(chosen(start, end), order_by, limit) is not None
     params = {"by": "session", "order_by": order_by, "limit": limit}

@@ -97,6 +97,12 @@ def test_session_detail_is_the_conversation_in_order_with_running_cost(api_clien
         assert (call["prompt_text"], call["response_text"]) == (log.prompt_text, log.response_text)
     assert (answer["calls"][1]["thumbs_up"], answer["calls"][1]["thumbs_down"]) == (1, 1)
     assert (answer["calls"][0]["thumbs_up"], answer["calls"][0]["thumbs_down"]) == (0, 0)
+    # The turn's fields and their order (derived from the log's list in llm/serializers.py).
+    assert list(answer["calls"][0]) == [
+        *["request_id", "timestamp", "model_name", "user_id", "trace_id", "span_id", "parent_span_id"],
+        *["prompt_text", "response_text", "prompt_tokens", "completion_tokens", "total_tokens", "latency_ms"],
+        *["cost_estimate", "running_cost", "status", "error_type", "error_message", "tags", "thumbs_up", "thumbs_down"],
+    ]
 
 
 def test_unknown_session_and_user_are_404(api_client, logs):

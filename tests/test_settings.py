@@ -228,6 +228,7 @@ def test_a_bad_value_stops_the_start_naming_the_variable_and_the_fix(case, bad_s
     assert "hunter2" not in message, "passwords are not echoed"
 
 
+@pytest.mark.one_database  # subprocesses with a clean environment: SQLite whatever the suite uses
 def test_manage_py_check_shows_where_a_bad_value_was_set(tmp_path):
     (tmp_path / "my.env").write_text("DEBUG=yes please\n")
     result = subprocess.run(
@@ -370,6 +371,7 @@ SEND_MAIL = (
         pytest.param({"EMAIL_URL": "smtp://127.0.0.1:{port}", "EMAIL_HOST": "nowhere.invalid"}, id="EMAIL_URL"),
     ],
 )
+@pytest.mark.one_database  # subprocesses with a clean environment: SQLite whatever the suite uses
 def test_settings_send_mail_through_the_configured_server(variables, smtp_server_session):
     smtp_server_session.reset()
     port = str(smtp_server_session.port)
@@ -412,6 +414,7 @@ def test_suite_reads_no_dotenv_nor_shell_settings(django_user_model):
     assert django_user_model.objects.count() == 0  # the test database answers
 
 
+@pytest.mark.one_database  # subprocesses with a clean environment: SQLite whatever the suite uses
 def test_a_hostile_dotenv_and_shell_do_not_affect_the_suite(tmp_path):
     checkout = clone_checkout(tmp_path / "observatory")
     (checkout / ".env").write_text(

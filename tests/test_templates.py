@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 from django.template import Context, Template, TemplateSyntaxError
 
+pytestmark = pytest.mark.one_database  # reads the templates, no database
+
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 MAX_LINE_LENGTH = 120  # as ruff's line-length for the Python code
 
