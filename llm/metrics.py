@@ -2441,13 +2441,7 @@ def summaries_plan(chosen: Selection) -> Plan | None:
     (rollups.SESSIONS_READY); None: read the logs."""
     if chosen.model or chosen.status:
         return None
-    the_plan = plan(chosen)
-    ready = rollups.sessions_ready() if the_plan is not None else None
-    if ready is None:
-        return None
-    if ready.days_since is not None and chosen.start < rollup_math.day_start(ready.days_since, the_plan.zone):
-        return None
-    return the_plan
+    return _when_sessions_ready(chosen, plan(chosen))
 
 
 def group_summaries_plan(chosen: Selection) -> Plan | None:
@@ -2455,7 +2449,11 @@ def group_summaries_plan(chosen: Selection) -> Plan | None:
     value): SessionGroupTotals answer, kept with the breakdown roll-ups (breakdown_plan)."""
     if chosen.model or chosen.status or chosen.narrowed_to is None:
         return None
-    the_plan = breakdown_plan(chosen)
+    return _when_sessions_ready(chosen, breakdown_plan(chosen))
+
+
+def _when_sessions_ready(chosen: Selection, the_plan: Plan | None) -> Plan | None:
+    """`the_plan`, if the session summaries are complete for the window's days; else None."""
     ready = rollups.sessions_ready() if the_plan is not None else None
     if ready is None:
         return None
