@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 import uuid
 from decimal import Decimal
 
 import pytest
+from django.core.signals import request_finished
 
 from llm.models import LLMRequestLog
 from tests.fake_groq import Behaviour
@@ -238,6 +240,14 @@ def test_client_that_leaves_mid_stream_still_leaves_a_complete_row(live_server, 
     fake_groq.will(Behaviour(text=" ".join(words), prompt_tokens=33, completion_tokens=40, chunk_delay_seconds=0.02))
     host, port = live_server.thread.host, live_server.thread.port
     body = json.dumps({"prompt": "long answer please", "stream": True}).encode()
+    # The server's thread writes the row, then closes the answer: the test waits for that too, so
+    # nothing of the request still runs (or reads this test's settings) when the tables are flushed.
+    finished = threading.Event()
+
+    def on_finished(**kwargs) -> None:
+        finished.set()
+
+    request_finished.connect(on_finished)
     with socket.create_connection((host, port), timeout=10) as connection:
         connection.sendall(
             b"POST /api/llm/prompt/ HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
@@ -262,6 +272,10 @@ def test_client_that_leaves_mid_stream_still_leaves_a_complete_row(live_server, 
     assert (row.prompt_tokens, row.completion_tokens, row.total_tokens) == (33, 40, 73)
     assert row.tags["client_disconnected"] == "true"
     assert row.ttft_ms is not None and row.latency_ms >= row.ttft_ms
+    try:
+        assert finished.wait(15), "the server never finished the request"
+    finally:
+        request_finished.disconnect(on_finished)
 
 
 def test_prompt_from_session_is_attributed_to_the_user(logged_in_client, fake_groq):
