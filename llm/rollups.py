@@ -567,48 +567,48 @@ SESSION_GROUP_SUMS = (
 )
 
 
-def _insert_all_session_groups(calls: LLMRequestLogQuerySet) -> None:
-    """Every session's SessionGroupTotals (rebuild_rollups): one INSERT ... SELECT per rolled-up
-    `by`, in the database (rows made in Python cost minutes at a million calls)."""
-    table = connection.ops.quote_name(SessionGroupTotals._meta.db_table)
-    columns = ", ".join(
-        connection.ops.quote_name(name) for name in ("session_id", "by", "key", "cost", *SESSION_GROUP_SUMS)
-    )
-    picked = ", ".join(f"grouped.{connection.ops.quote_name(name)}" for name in SESSION_GROUP_SUMS)
-    for by in rolled_up_breakdowns():
+def _insert_summed_sessions(calls: LLMRequestLogQuerySet, by: str | None = None) -> None:
+    """Every session's sums (rebuild_rollups) by one INSERT ... SELECT in the database (rows made in
+    Python cost minutes at a million calls, hours at ten million): into SessionTotals, or with `by`
+    into SessionGroupTotals, one row per session and group of that breakdown."""
+    quote = connection.ops.quote_name
+    picked = ", ".join(f"grouped.{quote(name)}" for name in SESSION_GROUP_SUMS)
+    if by is None:
+        table, keys, key_values, params = SessionTotals, ("session_id",), "grouped.session_id", ()
+        rows = _session_rows(calls)
+    else:
+        table, keys, key_values, params = (
+            SessionGroupTotals,
+            ("session_id", "by", "key"),
+            "grouped.session_id, %s, grouped.group_key",
+            (by,),
+        )
         rows = _session_rows(calls.annotate(group_key=breakdown_group(by)), "group_key")
-        sql, params = rows.query.sql_with_params()
-        with connection.cursor() as cursor:  # ORM-made SQL; the names are the model's
-            cursor.execute(
-                f"INSERT INTO {table} ({columns}) SELECT grouped.session_id, %s, grouped.group_key, "  # noqa: S608
-                f"grouped.cost_units / {COST_SCALE}.0, {picked} FROM ({sql}) AS grouped",
-                (by, *params),
-            )
+    columns = ", ".join(quote(name) for name in (*keys, "cost", *SESSION_GROUP_SUMS))
+    sql, sql_params = rows.query.sql_with_params()
+    with connection.cursor() as cursor:  # ORM-made SQL; the names are the models'
+        cursor.execute(
+            f"INSERT INTO {quote(table._meta.db_table)} ({columns}) SELECT {key_values}, "  # noqa: S608
+            f"grouped.cost_units / {COST_SCALE}.0, {picked} FROM ({sql}) AS grouped",
+            (*params, *sql_params),
+        )
 
 
 def _insert_all_sessions(calls: LLMRequestLogQuerySet) -> int:
-    """Every session's SessionTotals and SessionUser rows (rebuild_rollups), as refresh_sessions
-    makes them, by two INSERT ... SELECT in the database (chunks of 500 sessions made in Python
-    took hours at ten million calls); answers how many sessions there are."""
+    """Every session's SessionTotals, SessionUser and SessionGroupTotals rows (rebuild_rollups), as
+    refresh_sessions makes them; answers how many sessions there are."""
+    _insert_summed_sessions(calls)
+    for by in rolled_up_breakdowns():
+        _insert_summed_sessions(calls, by)
     quote = connection.ops.quote_name
-    totals = quote(SessionTotals._meta.db_table)
-    columns = ", ".join(quote(name) for name in ("session_id", "cost", *SESSION_GROUP_SUMS))
-    picked = ", ".join(f"grouped.{quote(name)}" for name in SESSION_GROUP_SUMS)
-    sums, sums_params = _session_rows(calls).query.sql_with_params()
     pairs = calls.exclude(session_id="").exclude(user_id="").values("session_id", "user_id").distinct().order_by()
     pairs_sql, pairs_params = pairs.query.sql_with_params()
-    users = quote(SessionUser._meta.db_table)
     user_columns = ", ".join(quote(name) for name in ("session_id", "user_id", "first_call", "last_call"))
     with connection.cursor() as cursor:  # ORM-made SQL; the names are the models'
         cursor.execute(
-            f"INSERT INTO {totals} ({columns}) SELECT grouped.session_id, "  # noqa: S608
-            f"grouped.cost_units / {COST_SCALE}.0, {picked} FROM ({sums}) AS grouped",
-            sums_params,
-        )
-        cursor.execute(
-            f"INSERT INTO {users} ({user_columns}) SELECT pairs.session_id, pairs.user_id, "  # noqa: S608
-            f"session.first_call, session.last_call FROM ({pairs_sql}) AS pairs "
-            f"JOIN {totals} AS session ON session.session_id = pairs.session_id",
+            f"INSERT INTO {quote(SessionUser._meta.db_table)} ({user_columns}) SELECT pairs.session_id, "  # noqa: S608
+            f"pairs.user_id, session.first_call, session.last_call FROM ({pairs_sql}) AS pairs "
+            f"JOIN {quote(SessionTotals._meta.db_table)} AS session ON session.session_id = pairs.session_id",
             pairs_params,
         )
     return SessionTotals.objects.count()
@@ -633,7 +633,6 @@ def rebuild_sessions(since: date | None = None, *, upto: int | None = None) -> i
     SessionGroupTotals.objects.all().delete()
     calls = LLMRequestLog.objects.all() if upto is None else LLMRequestLog.objects.filter(id__lte=upto)
     kept = _insert_all_sessions(calls)
-    _insert_all_session_groups(calls)
     ready, created = MetricWatermark.objects.get_or_create(name=SESSIONS_READY)
     if created or since is None:
         ready.days_since = since
