@@ -43,9 +43,10 @@ import json
 import math
 import statistics
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
 
 from django.db import connection
 from django.db.models import CharField, F, Q, QuerySet, Sum, TextField
@@ -53,7 +54,7 @@ from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast, TruncHour
 from django.utils import timezone
 
-from llm import metrics, rollups
+from llm import metrics, rollup_math, rollups
 from llm.models import DailyRollup, HourlyRollup, LLMRequestLog
 
 HOUR = timedelta(hours=1)
@@ -381,7 +382,7 @@ def read(scopes: Iterable[Scope], periods: Iterable[str], now: datetime, *, hist
     if history:
         first -= (HISTORY_WEEKS + 1) * WEEK
     last = max(end for _, end in bounds.values())
-    hourly = costs(wanted, first, last, by_hour=True)
+    hourly = _history_costs(wanted, bounds, now, first, last) if history else costs(wanted, first, last, by_hour=True)
     apart = {period: costs(wanted, start, end) for period, (start, end) in bounds.items() if floor_hour(start) != start}
     return Reading(now, bounds, hourly, apart)
 
@@ -395,3 +396,118 @@ def forecasts(scopes: Iterable[Scope], period: str, now: datetime) -> dict[Scope
 
 def everything(model_name: str = "") -> Scope:
     return Scope("model", model_name) if model_name else Scope("all")
+
+
+# Reading the history by days.
+#
+# The forecasts read 9 weeks of hourly costs (~25,000 hourly roll-up rows at 1,000,000 calls: 50
+# ms of PostgreSQL alone). Most of those hours are read whole days at a time with one weight (a
+# scenario reads each hour of a day once, or none of it), and then only the day's total matters.
+# So a day read that way is read from the daily roll-ups, its total placed on its first hour; only
+# the days some sum reads in part (today, the same weekday in the weeks before, the hour of a
+# scenario's oldest reading, which decides whether it has history) are read by hour. The sums,
+# the spend of each period (whole days too) and the first hour with calls stay exact.
+
+
+def _history_costs(
+    wanted: set[Scope], bounds: dict[str, tuple[datetime, datetime]], now: datetime, first: datetime, last: datetime
+) -> ScopeCosts:
+    """costs(wanted, first, last, by_hour=True), but with the days the forecasts of `bounds` read
+    whole summed on their first hour, for the scopes the roll-ups answer (see above)."""
+    rolled = {scope for scope in wanted if scope.kind in ("all", "model")}
+    found = _day_placed_costs(rolled, bounds, now, first, last) if rolled else None
+    if found is None:
+        return costs(wanted, first, last, by_hour=True)
+    return found | costs(wanted - rolled, first, last, by_hour=True)
+
+
+def detail_days(bounds: dict[str, tuple[datetime, datetime]], now: datetime, zone: Any) -> set[date]:
+    """The local dates some forecast of `bounds` reads in part, or with weights that differ from
+    hour to hour, and those of each scenario's oldest hour: the days read by hour."""
+    local_dates: dict[float, date] = {}  # the same ~1,500 hours come back in every sum
+
+    def local_date(epoch: float) -> date:
+        found = local_dates.get(epoch)
+        if found is None:
+            found = local_dates[epoch] = datetime.fromtimestamp(epoch, zone).date()
+        return found
+
+    wanted: set[date] = set()
+    for start, end in bounds.values():
+        for terms in _all_terms(start, end, now, HISTORY_WEEKS):
+            wanted.add(local_date(terms.oldest))
+            for sums in (terms.now, terms.then, terms.before, terms.within):
+                wanted |= _uneven_days(sums, local_date, zone)
+    return wanted
+
+
+def _uneven_days(terms: Terms, local_date: Callable[[float], date], zone: Any) -> set[date]:
+    """The local dates whose hours `terms` does not read all with one weight."""
+    weights: dict[int, float] = defaultdict(float)
+    for hour, part in terms:
+        weights[hour] += part
+    by_day: dict[date, list[float]] = defaultdict(list)
+    for hour, weight in weights.items():
+        by_day[local_date(hour)].append(weight)
+    return {
+        day
+        for day, found in by_day.items()
+        if len(found) != _hours_in(day, zone) or any(weight != found[0] for weight in found)
+    }
+
+
+def _hours_in(day: date, zone: Any) -> int:
+    return round((rollup_math.day_start(day + timedelta(days=1), zone) - rollup_math.day_start(day, zone)) / HOUR)
+
+
+def _day_placed_costs(
+    rolled: set[Scope], bounds: dict[str, tuple[datetime, datetime]], now: datetime, first: datetime, last: datetime
+) -> ScopeCosts | None:
+    """The `all` and `model` scopes' hourly costs over [first, last), days placed (see above);
+    None when the daily roll-ups do not answer (then every hour is read)."""
+    logs = LLMRequestLog.objects.in_window(first, last)
+    the_plan = metrics.plan(metrics.Selection(logs, first, last, rollups_apply=True), "day")
+    if the_plan is None or not the_plan.split.days:
+        return None
+    zone = the_plan.zone
+    day_starts = [rollup_math.day_start(day, zone) for day in the_plan.split.days]
+    if not rollup_math.whole_hour_offsets(zone, *day_starts):
+        return None  # a local day that does not start on a UTC hour: its first hour is no hour
+    detail = detail_days(bounds, now, zone)
+    per_model = any(scope.kind == "model" for scope in rolled)
+    units = metrics.consistent(lambda watermark: _day_placed_at(the_plan, watermark, detail, per_model), the_plan)
+    if units is None:
+        return None
+    found: ScopeCosts = {scope: defaultdict(int) for scope in rolled}
+    for (hour, model_name), cost in units.items():
+        for scope in rolled:
+            if scope.kind == "all" or scope.value == model_name:
+                found[scope][hour] += cost
+    return found
+
+
+def _day_placed_at(the_plan: metrics.Plan, watermark: int, detail: set[date], per_model: bool) -> ModelCosts:
+    """{(UTC hour, model or EVERY_MODEL): cost units}: whole days not in `detail` from the daily
+    roll-ups on their first hour, the others' hours and the window's edge hours from the hourly
+    roll-ups, the calls of the raw edges and above the watermark by hour."""
+    zone = the_plan.zone
+    models = ["model_name"] if per_model else []
+    answer: ModelCosts = defaultdict(int)
+    read_whole = [day for day in the_plan.split.days if day not in detail]
+    if read_whole:
+        rows = DailyRollup.objects.filter(the_plan.daily() & Q(day__in=read_whole)).values("day", *models)
+        for row in rows.annotate(units=Sum("cost_units")).order_by():
+            hour = rollup_math.day_start(row["day"], zone)
+            answer[(hour, row.get("model_name", EVERY_MODEL))] += int(row["units"] or 0)
+    hours = the_plan.hourly()
+    for day in the_plan.split.days:
+        if day in detail:
+            next_start = rollup_math.day_start(day + timedelta(days=1), zone)
+            hours |= Q(hour__gte=rollup_math.day_start(day, zone), hour__lt=next_start)
+    hourly = HourlyRollup.objects.filter(hours).annotate(hour_epoch=metrics.EpochSeconds("hour"))
+    for row in hourly.values("hour_epoch", *models).annotate(units=Sum("cost_units")).order_by():
+        answer[(metrics.hour_at(row["hour_epoch"]), row.get("model_name", EVERY_MODEL))] += int(row["units"] or 0)
+    for rows in the_plan.raw_rows(watermark):
+        for (hour, model_name), units in _grouped_costs(rows.annotate(group_value=F("model_name")), True).items():
+            answer[(hour, model_name if per_model else EVERY_MODEL)] += units
+    return answer
