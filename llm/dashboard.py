@@ -278,7 +278,8 @@ def overview(window: TimeRange) -> dict[str, Any]:
     # The window read once for the figures, the series, the errors and the cost by model.
     chosen = metrics.share(window.selection(), window.group_by)
     logs = chosen.logs
-    current = metrics.overview(chosen)
+    # The cards' figures: the page shows no unique users, the costliest figure of a window.
+    current = metrics.overview_figures(chosen)
     previous = previous_figures(window)
     series = _filled(metrics.timeseries(chosen, window.group_by, start=window.start, end=window.end), window)
     thresholds = DashboardSettings.load()

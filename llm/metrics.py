@@ -985,6 +985,21 @@ def _overview_answer(figures: dict[str, Any], unique_users: int) -> dict[str, An
     }
 
 
+def overview_figures(logs: Selection | LLMRequestLogQuerySet) -> dict[str, Any]:
+    """overview() without `unique_users`, for a page that does not show it: a distinct count of
+    the window's users is the costliest part of overview() (the user roll-ups of every day, 40-60
+    ms over 90 days at 1,000,000 calls). Every other figure as overview() answers it: from the
+    selection's shared reading when it has one, else overview() itself."""
+    chosen = selection(logs)
+    if chosen.shared is not None and plan(chosen) is not None:
+        totals = chosen.shared.totals((), None).get((), Totals(rollups.Figures()))
+        answer = _overview_answer(totals.row("p50", "p95", "p99"), 0)
+    else:
+        answer = overview(chosen)
+    answer.pop("unique_users")
+    return answer
+
+
 @dataclass(frozen=True)
 class Window:
     """The calls of [start, end), of one model or of all (blank); `latency` asks for its p95 too
