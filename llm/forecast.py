@@ -39,6 +39,7 @@ index on (field, timestamp); a tag: the period's calls, no index).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import statistics
@@ -295,7 +296,14 @@ def _terms(start: float, end: float, now: float, j: int) -> _Terms:
 
 
 def _all_terms(start: datetime, end: datetime, now: datetime, weeks: int) -> list[_Terms]:
-    return [_terms(start.timestamp(), end.timestamp(), now.timestamp(), j) for j in range(1, weeks + 1)]
+    return _terms_of(start.timestamp(), end.timestamp(), now.timestamp(), weeks)
+
+
+@functools.lru_cache(maxsize=32)
+def _terms_of(start: float, end: float, now: float, weeks: int) -> list[_Terms]:
+    """The scenarios' terms, made once per period and instant: which days a reading needs by hour
+    (detail_days) and the projections (project) walk the same ones. Never changed by a reader."""
+    return [_terms(start, end, now, j) for j in range(1, weeks + 1)]
 
 
 def _total(hourly: Mapping[int, float], terms: Terms) -> float:
