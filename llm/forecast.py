@@ -44,11 +44,12 @@ import json
 import math
 import statistics
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
+import numpy as np
 from django.db import connection
 from django.db.models import CharField, F, Q, QuerySet, Sum, TextField
 from django.db.models.fields.json import KeyTextTransform
@@ -271,6 +272,9 @@ class _Terms:
     within: Terms  # ... read from hours of this period (already at its level)
     oldest: float  # the oldest hour it reads, epoch seconds
 
+    def sums(self) -> tuple[Terms, Terms, Terms, Terms]:
+        return (self.now, self.then, self.before, self.within)
+
 
 def _terms(start: float, end: float, now: float, j: int) -> _Terms:
     """Scenario j of the module's docstring as the hours it reads. In epoch seconds (integer
@@ -432,40 +436,38 @@ def _history_costs(
 def detail_days(bounds: dict[str, tuple[datetime, datetime]], now: datetime, zone: Any) -> set[date]:
     """The local dates some forecast of `bounds` reads in part, or with weights that differ from
     hour to hour, and those of each scenario's oldest hour: the days read by hour."""
-    local_dates: dict[float, date] = {}  # the same ~1,500 hours come back in every sum
-
-    def local_date(epoch: float) -> date:
-        found = local_dates.get(epoch)
-        if found is None:
-            found = local_dates[epoch] = datetime.fromtimestamp(epoch, zone).date()
-        return found
-
-    wanted: set[date] = set()
-    for start, end in bounds.values():
-        for terms in _all_terms(start, end, now, HISTORY_WEEKS):
-            wanted.add(local_date(terms.oldest))
-            for sums in (terms.now, terms.then, terms.before, terms.within):
-                wanted |= _uneven_days(sums, local_date, zone)
+    scenarios = [terms for start, end in bounds.values() for terms in _all_terms(start, end, now, HISTORY_WEEKS)]
+    sums = [np.array(found, dtype=float).reshape(-1, 2) for terms in scenarios for found in terms.sums()]
+    oldest = [terms.oldest for terms in scenarios]
+    moments = [*oldest, *(float(found[:, 0].min()) for found in sums if len(found))]
+    moments += [float(found[:, 0].max()) for found in sums if len(found)]
+    first = datetime.fromtimestamp(min(moments), zone).date() - timedelta(days=1)
+    days = [
+        first + timedelta(days=index)
+        for index in range((datetime.fromtimestamp(max(moments), zone).date() - first).days + 3)
+    ]
+    starts = np.array([rollup_math.day_start(day, zone).timestamp() for day in days])
+    wanted = {days[int(index)] for index in np.searchsorted(starts, oldest, side="right") - 1}
+    for found in sums:
+        wanted |= {days[int(index)] for index in _uneven_days(found, starts)}
     return wanted
 
 
-def _uneven_days(terms: Terms, local_date: Callable[[float], date], zone: Any) -> set[date]:
-    """The local dates whose hours `terms` does not read all with one weight."""
-    weights: dict[int, float] = defaultdict(float)
-    for hour, part in terms:
-        weights[hour] += part
-    by_day: dict[date, list[float]] = defaultdict(list)
-    for hour, weight in weights.items():
-        by_day[local_date(hour)].append(weight)
-    return {
-        day
-        for day, found in by_day.items()
-        if len(found) != _hours_in(day, zone) or any(weight != found[0] for weight in found)
-    }
-
-
-def _hours_in(day: date, zone: Any) -> int:
-    return round((rollup_math.day_start(day + timedelta(days=1), zone) - rollup_math.day_start(day, zone)) / HOUR)
+def _uneven_days(terms: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """The positions in `starts` (local day starts, epoch seconds) of the days whose hours `terms`
+    ((hour, part) rows) does not read all with one weight (an hour read twice weighs the sum)."""
+    if not len(terms):
+        return np.empty(0, dtype=int)
+    hours, inverse = np.unique(terms[:, 0], return_inverse=True)
+    weights = np.bincount(inverse, weights=terms[:, 1])
+    day = np.searchsorted(starts, hours, side="right") - 1
+    count = np.bincount(day, minlength=len(starts) - 1)[: len(starts) - 1]
+    lowest = np.full(len(starts) - 1, np.inf)
+    highest = np.full(len(starts) - 1, -np.inf)
+    np.minimum.at(lowest, day, weights)
+    np.maximum.at(highest, day, weights)
+    hours_in_day = np.round(np.diff(starts) / HOUR_S)
+    return np.flatnonzero((count > 0) & ((count != hours_in_day) | (lowest != highest)))
 
 
 def _day_placed_costs(
