@@ -53,12 +53,13 @@ def expected(
     """The forecast and the period's spend from hourly costs summed in Python over the stored calls
     of the weeks a reading of `periods` covers (HISTORY_WEEKS + 1 before the earliest start)."""
     first = min(forecast.period_bounds(name, now)[0] for name in periods) - (forecast.HISTORY_WEEKS + 1) * forecast.WEEK
+    start, end = forecast.period_bounds(period, now)
     hourly: dict[datetime, Decimal] = defaultdict(Decimal)
+    spent = Decimal(0)
     for moment, model_name, cost in LLMRequestLog.objects.values_list("timestamp", "model_name", "cost_estimate"):
         if moment >= first and (scope.kind == "all" or model_name == scope.value):
             hourly[moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)] += cost
-    start, end = forecast.period_bounds(period, now)
-    spent = sum((cost for hour, cost in hourly.items() if start <= hour < end), Decimal(0))
+            spent += cost if start <= moment < end else 0
     usd = {hour: float(cost) for hour, cost in hourly.items()}
     return forecast.project(usd, float(spent), period, start, end, now, min(hourly, default=None)), spent
 
@@ -117,3 +118,17 @@ def test_the_oldest_scenario_is_kept_exactly_when_its_hour_has_calls(paris, offs
     assert any("dailyrollup" in query["sql"] for query in queries.captured_queries)
     assert found.weeks == (forecast.HISTORY_WEEKS if offset_hours <= 0 else forecast.HISTORY_WEEKS - 1)
     assert_same(found, expected(forecast.Scope(), "week", SUMMER, ("week",))[0])
+
+
+def test_a_zone_half_an_hour_from_utc_reads_every_hour(settings):
+    """Local days that do not start on a UTC hour have no first hour to hold their total: the
+    history is read hour by hour, and the figures are still those of the calls."""
+    settings.TIME_ZONE = "Asia/Kolkata"
+    random_calls(NOW - timedelta(weeks=10), 300, seed=21)
+    rollups.rebuild()
+    reading = forecast.read(SCOPES, PERIODS, NOW)
+    for scope in SCOPES:
+        for period in PERIODS:
+            wanted, spent = expected(scope, period)
+            assert rollups.usd(reading.spent_units(scope, period)) == spent, (scope, period)
+            assert_same(reading.forecast(scope, period), wanted)
