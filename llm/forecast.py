@@ -32,8 +32,9 @@ with `low` = spent_so_far. A repeating week is forecast exactly (up to float rou
 that repeats at twice the cost so far is forecast at twice the cost. Weeks are 168 hours: in the
 week of a daylight saving change the local hours shift by one.
 
-Hourly costs are read from the hourly roll-ups (llm/rollups.py) for scopes the roll-ups break
-down by (all calls, one model) and from the calls themselves otherwise (a user, an API key: an
+Hourly costs are read from the roll-ups (llm/rollups.py) for scopes the roll-ups break down by
+(all calls, one model): the days the scenarios read whole from the daily roll-ups, the others by
+hour (see "Reading the history by days" below); and from the calls themselves otherwise (a user, an API key: an
 index on (field, timestamp); a tag: the period's calls, no index).
 """
 
