@@ -258,12 +258,29 @@ def card(spec: Card, current: dict[str, Any], previous: dict[str, Any]) -> dict[
     }
 
 
+def previous_figures(window: TimeRange) -> dict[str, Any]:
+    """The previous window's figures the cards compare with, each as metrics.overview answers it:
+    read by metrics.window_totals, which reads no unique users and no p50 or p99 (the cards'
+    change needs neither; unique users cost the most of a window's reading)."""
+    before = window.previous()
+    span = metrics.Window(before.start, before.end, before.model, latency=True)
+    totals = metrics.window_totals([span])[span]
+    return {
+        "total_requests": totals.requests,
+        "error_rate": totals.error_rate,
+        "p95_latency_ms": totals.p95_latency_ms,
+        "total_tokens": totals.total_tokens,
+        "total_cost": totals.cost,
+    }
+
+
 def overview(window: TimeRange) -> dict[str, Any]:
     # The window read once for the figures, the series, the errors and the cost by model.
     chosen = metrics.share(window.selection(), window.group_by)
     logs = chosen.logs
-    current = metrics.overview(chosen)
-    previous = metrics.overview(window.previous().selection())
+    # The cards' figures: the page shows no unique users, the costliest figure of a window.
+    current = metrics.overview_figures(chosen)
+    previous = previous_figures(window)
     series = _filled(metrics.timeseries(chosen, window.group_by, start=window.start, end=window.end), window)
     thresholds = DashboardSettings.load()
     days = max(window.length / timedelta(days=1), 1 / 24)

@@ -32,13 +32,15 @@ with `low` = spent_so_far. A repeating week is forecast exactly (up to float rou
 that repeats at twice the cost so far is forecast at twice the cost. Weeks are 168 hours: in the
 week of a daylight saving change the local hours shift by one.
 
-Hourly costs are read from the hourly roll-ups (llm/rollups.py) for scopes the roll-ups break
-down by (all calls, one model) and from the calls themselves otherwise (a user, an API key: an
+Hourly costs are read from the roll-ups (llm/rollups.py) for scopes the roll-ups break down by
+(all calls, one model): the days the scenarios read whole from the daily roll-ups, the others by
+hour (see "Reading the history by days" below); and from the calls themselves otherwise (a user, an API key: an
 index on (field, timestamp); a tag: the period's calls, no index).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import statistics
@@ -46,14 +48,16 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
 
+import numpy as np
 from django.db import connection
 from django.db.models import CharField, F, Q, QuerySet, Sum, TextField
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast, TruncHour
 from django.utils import timezone
 
-from llm import metrics, rollups
+from llm import metrics, rollup_math, rollups
 from llm.models import DailyRollup, HourlyRollup, LLMRequestLog
 
 HOUR = timedelta(hours=1)
@@ -155,11 +159,14 @@ def _likely_tagged(rows: QuerySet, key: str, values: set[str]) -> QuerySet:
 
 
 def _add_model_scopes(found: ScopeCosts, start: datetime, end: datetime, by_hour: bool) -> None:
-    """Add the cost of each `all` and `model` scope of `found`, from one reading per model."""
+    """Add the cost of each `all` and `model` scope of `found`, from one reading (per model only
+    when a model scope asks for it: summed over models by the database, the reading of 9 weeks of
+    hours is ~1,500 rows rather than ~11,000)."""
     scopes = [scope for scope in found if scope.kind in ("all", "model")]
     if not scopes:
         return
-    for (hour, model_name), units in _model_costs(start, end, by_hour).items():
+    per_model = any(scope.kind == "model" for scope in scopes)
+    for (hour, model_name), units in _model_costs(start, end, by_hour, per_model).items():
         for scope in scopes:
             if scope.kind == "all" or scope.value == model_name:
                 found[scope][hour] += units
@@ -183,32 +190,51 @@ def _grouped_costs(rows: QuerySet, by_hour: bool) -> dict[tuple[datetime | None,
     return answer
 
 
-def _model_costs(start: datetime, end: datetime, by_hour: bool) -> dict[tuple[datetime | None, str], int]:
-    """{(UTC hour or None, model): cost units}: the roll-ups for the whole hours and days of the
-    window, the calls for its edges and for what is not rolled up yet (llm.metrics' plan, at a
-    watermark that holds still); the calls alone when the roll-ups cannot answer. Only the cost,
-    summed per model (and hour) by the database: a month of hours is a few thousand small rows."""
+# The model key of costs summed over every model (`per_model` False).
+EVERY_MODEL = ""
+
+ModelCosts = dict[tuple[datetime | None, str], int]
+
+
+def _model_costs(start: datetime, end: datetime, by_hour: bool, per_model: bool = True) -> ModelCosts:
+    """{(UTC hour or None, model or EVERY_MODEL): cost units}: the roll-ups for the whole hours and
+    days of the window, the calls for its edges and for what is not rolled up yet (llm.metrics'
+    plan, at a watermark that holds still); the calls alone when the roll-ups cannot answer. Only
+    the cost, summed per hour (and model) by the database."""
     logs = LLMRequestLog.objects.in_window(start, end)
     the_plan = metrics.plan(metrics.Selection(logs, start, end, rollups_apply=True), "hour" if by_hour else None)
     found = None
     if the_plan is not None:
-        found = metrics.consistent(lambda watermark: _model_costs_at(the_plan, watermark, by_hour), the_plan)
+        found = metrics.consistent(lambda watermark: _model_costs_at(the_plan, watermark, by_hour, per_model), the_plan)
     if found is None:
-        return _grouped_costs(logs.order_by().annotate(group_value=F("model_name")), by_hour)
-    return found
+        found = _grouped_costs(logs.order_by().annotate(group_value=F("model_name")), by_hour)
+    return found if per_model else _summed_over_models(found)
 
 
-def _model_costs_at(the_plan: metrics.Plan, watermark: int, by_hour: bool) -> dict[tuple[datetime | None, str], int]:
-    answer: dict[tuple[datetime | None, str], int] = defaultdict(int)
+def _summed_over_models(found: ModelCosts) -> ModelCosts:
+    answer: ModelCosts = defaultdict(int)
+    for (hour, _model_name), units in found.items():
+        answer[(hour, EVERY_MODEL)] += units
+    return answer
+
+
+def _model_costs_at(the_plan: metrics.Plan, watermark: int, by_hour: bool, per_model: bool) -> ModelCosts:
+    answer: ModelCosts = defaultdict(int)
     if the_plan.split.days:  # never by hour: plan() answers days only for totals
         rows = DailyRollup.objects.filter(the_plan.daily()).values("model_name")
         for row in rows.annotate(units=Sum("cost_units")).order_by():
             answer[(None, row["model_name"])] += int(row["units"] or 0)
     if the_plan.split.hours:
-        names = ["model_name", "hour"] if by_hour else ["model_name"]
-        for row in HourlyRollup.objects.filter(the_plan.hourly()).values(*names).annotate(units=Sum("cost_units")):
-            hour = floor_hour(row["hour"]) if by_hour else None
-            answer[(hour, row["model_name"])] += int(row["units"] or 0)
+        # Hours as epoch seconds: psycopg parses a timestamptz in Python (~10 µs a row).
+        hourly = HourlyRollup.objects.filter(the_plan.hourly()).annotate(hour_epoch=metrics.EpochSeconds("hour"))
+        names = (["hour_epoch"] if by_hour else []) + (["model_name"] if per_model else [])
+        if names:
+            rows = hourly.values(*names).annotate(units=Sum("cost_units")).order_by()
+        else:
+            rows = [hourly.aggregate(units=Sum("cost_units"))]
+        for row in rows:
+            hour = metrics.hour_at(row["hour_epoch"]) if by_hour else None
+            answer[(hour, row.get("model_name", EVERY_MODEL))] += int(row["units"] or 0)
     for rows in the_plan.raw_rows(watermark):
         for key, units in _grouped_costs(rows.annotate(group_value=F("model_name")), by_hour).items():
             answer[key] += units
@@ -232,50 +258,61 @@ class Forecast:
     scale: float | None  # this period so far over the same hours before; None with the linear method
 
 
-def _overlap(hour: datetime, start: datetime, end: datetime) -> float:
-    """The part of the hour starting at `hour` that lies in [start, end), from 0 to 1."""
-    seconds = (min(hour + HOUR, end) - max(hour, start)).total_seconds()
-    return max(seconds, 0.0) / HOUR.total_seconds()
+HOUR_S = 3600
+WEEK_S = 7 * 24 * HOUR_S
 
-
-def _hours(start: datetime, end: datetime) -> list[datetime]:
-    hours, hour = [], floor_hour(start)
-    while hour < end:
-        hours.append(hour)
-        hour += HOUR
-    return hours
-
-
-def _first_week_back(hour: datetime, now: datetime) -> int:
-    """The smallest k >= 1 for which the hour k weeks before `hour` is over at `now`."""
-    return max(1, math.ceil((hour + HOUR - now) / WEEK))
+# What a scenario reads: (UTC hour as epoch seconds, the part of it that counts) of each sum.
+Terms = list[tuple[int, float]]
 
 
 @dataclass(frozen=True)
-class _Scenario:
-    now_cost: float  # elapsed hours whose hour j weeks back is before the period: their cost now
-    then_cost: float  # ... and what those hours j weeks back cost
-    before: float  # the remaining hours' cost read from hours before the period (to be scaled)
-    within: float  # ... read from hours of this period (already at its level)
-    oldest: datetime  # the oldest hour it reads
+class _Terms:
+    now: Terms  # elapsed hours whose hour j weeks back is before the period: their cost now
+    then: Terms  # ... and those hours j weeks back
+    before: Terms  # the remaining hours read from hours before the period (to be scaled)
+    within: Terms  # ... read from hours of this period (already at its level)
+    oldest: float  # the oldest hour it reads, epoch seconds
+
+    def sums(self) -> tuple[Terms, Terms, Terms, Terms]:
+        return (self.now, self.then, self.before, self.within)
 
 
-def _scenario(hourly: Mapping[datetime, float], hours: list, start: datetime, end: datetime, now: datetime, j: int):
-    now_cost = then_cost = before = within = 0.0
-    oldest = hours[0] - j * WEEK if hours else now
-    for hour in hours:
-        back = hour - j * WEEK
-        if (part := _overlap(hour, start, now)) > 0 and back < start:
-            now_cost += part * hourly.get(hour, 0.0)
-            then_cost += part * hourly.get(back, 0.0)
-        if (part := _overlap(hour, now, end)) > 0:
-            source = hour - (_first_week_back(hour, now) + j - 1) * WEEK
+def _terms(start: float, end: float, now: float, j: int) -> _Terms:
+    """Scenario j of the module's docstring as the hours it reads. In epoch seconds (integer
+    hours): a month of hours x 4 scenarios is a few thousand steps, several times faster than
+    with datetimes."""
+    now_terms: Terms = []
+    then_terms: Terms = []
+    before: Terms = []
+    within: Terms = []
+    first_hour = int(start // HOUR_S) * HOUR_S
+    oldest = first_hour - j * WEEK_S if first_hour < end else now
+    for hour in range(first_hour, math.ceil(end / HOUR_S) * HOUR_S, HOUR_S):
+        back = hour - j * WEEK_S
+        if (part := (min(hour + HOUR_S, now) - max(hour, start)) / HOUR_S) > 0 and back < start:
+            now_terms.append((hour, part))
+            then_terms.append((back, part))
+        if (part := (min(hour + HOUR_S, end) - max(hour, now)) / HOUR_S) > 0:
+            # The first week back whose same hour is over at `now`, then j - 1 weeks further.
+            source = hour - (max(1, math.ceil((hour + HOUR_S - now) / WEEK_S)) + j - 1) * WEEK_S
             oldest = min(oldest, source)
-            if source < start:
-                before += part * hourly.get(source, 0.0)
-            else:
-                within += part * hourly.get(source, 0.0)
-    return _Scenario(now_cost, then_cost, before, within, oldest)
+            (before if source < start else within).append((source, part))
+    return _Terms(now_terms, then_terms, before, within, oldest)
+
+
+def _all_terms(start: datetime, end: datetime, now: datetime, weeks: int) -> list[_Terms]:
+    return _terms_of(start.timestamp(), end.timestamp(), now.timestamp(), weeks)
+
+
+@functools.lru_cache(maxsize=32)
+def _terms_of(start: float, end: float, now: float, weeks: int) -> list[_Terms]:
+    """The scenarios' terms, made once per period and instant: which days a reading needs by hour
+    (detail_days) and the projections (project) walk the same ones. Never changed by a reader."""
+    return [_terms(start, end, now, j) for j in range(1, weeks + 1)]
+
+
+def _total(hourly: Mapping[int, float], terms: Terms) -> float:
+    return sum(part * hourly.get(hour, 0.0) for hour, part in terms)
 
 
 def project(
@@ -290,17 +327,18 @@ def project(
 ) -> Forecast:
     """The forecast of the module's docstring. `hourly`: USD per UTC hour over at least
     [start - `weeks` weeks, now); `spent`: the exact spend of [start, now)."""
-    hours = _hours(start, end)
-    first = floor_hour(earliest) if earliest is not None else now
-    scenarios = [_scenario(hourly, hours, start, end, now, j) for j in range(1, weeks + 1)]
-    scenarios = [scenario for scenario in scenarios if scenario.oldest >= first]
+    first = (floor_hour(earliest) if earliest is not None else now).timestamp()
+    by_second = {int(hour.timestamp()): usd for hour, usd in hourly.items()}
+    scenarios = [terms for terms in _all_terms(start, end, now, weeks) if terms.oldest >= first]
     if not scenarios:
         elapsed = (now - start).total_seconds()
         linear = spent * (end - start).total_seconds() / elapsed if elapsed > 0 else spent
         return Forecast(period, start, end, spent, linear, spent, linear, METHOD_LINEAR, 0, None)
-    then_cost = sum(scenario.then_cost for scenario in scenarios)
-    scale = sum(scenario.now_cost for scenario in scenarios) / then_cost if then_cost > 0 else 1.0
-    projections = [spent + scale * scenario.before + scenario.within for scenario in scenarios]
+    then_cost = sum(_total(by_second, terms.then) for terms in scenarios)
+    scale = sum(_total(by_second, terms.now) for terms in scenarios) / then_cost if then_cost > 0 else 1.0
+    projections = [
+        spent + scale * _total(by_second, terms.before) + _total(by_second, terms.within) for terms in scenarios
+    ]
     return Forecast(
         period,
         start,
@@ -357,7 +395,7 @@ def read(scopes: Iterable[Scope], periods: Iterable[str], now: datetime, *, hist
     if history:
         first -= (HISTORY_WEEKS + 1) * WEEK
     last = max(end for _, end in bounds.values())
-    hourly = costs(wanted, first, last, by_hour=True)
+    hourly = _history_costs(wanted, bounds, now, first, last) if history else costs(wanted, first, last, by_hour=True)
     apart = {period: costs(wanted, start, end) for period, (start, end) in bounds.items() if floor_hour(start) != start}
     return Reading(now, bounds, hourly, apart)
 
@@ -371,3 +409,116 @@ def forecasts(scopes: Iterable[Scope], period: str, now: datetime) -> dict[Scope
 
 def everything(model_name: str = "") -> Scope:
     return Scope("model", model_name) if model_name else Scope("all")
+
+
+# Reading the history by days.
+#
+# The forecasts read 9 weeks of hourly costs (~25,000 hourly roll-up rows at 1,000,000 calls: 50
+# ms of PostgreSQL alone). Most of those hours are read whole days at a time with one weight (a
+# scenario reads each hour of a day once, or none of it), and then only the day's total matters.
+# So a day read that way is read from the daily roll-ups, its total placed on its first hour; only
+# the days some sum reads in part (today, the same weekday in the weeks before, the hour of a
+# scenario's oldest reading, which decides whether it has history) are read by hour. The sums,
+# the spend of each period (whole days too) and the first hour with calls stay exact.
+
+
+def _history_costs(
+    wanted: set[Scope], bounds: dict[str, tuple[datetime, datetime]], now: datetime, first: datetime, last: datetime
+) -> ScopeCosts:
+    """costs(wanted, first, last, by_hour=True), but with the days the forecasts of `bounds` read
+    whole summed on their first hour, for the scopes the roll-ups answer (see above)."""
+    rolled = {scope for scope in wanted if scope.kind in ("all", "model")}
+    found = _day_placed_costs(rolled, bounds, now, first, last) if rolled else None
+    if found is None:
+        return costs(wanted, first, last, by_hour=True)
+    return found | costs(wanted - rolled, first, last, by_hour=True)
+
+
+def detail_days(bounds: dict[str, tuple[datetime, datetime]], now: datetime, zone: Any) -> set[date]:
+    """The local dates some forecast of `bounds` reads in part, or with weights that differ from
+    hour to hour, and those of each scenario's oldest hour: the days read by hour."""
+    scenarios = [terms for start, end in bounds.values() for terms in _all_terms(start, end, now, HISTORY_WEEKS)]
+    sums = [np.array(found, dtype=float).reshape(-1, 2) for terms in scenarios for found in terms.sums()]
+    oldest = [terms.oldest for terms in scenarios]
+    moments = [*oldest, *(float(found[:, 0].min()) for found in sums if len(found))]
+    moments += [float(found[:, 0].max()) for found in sums if len(found)]
+    first = datetime.fromtimestamp(min(moments), zone).date() - timedelta(days=1)
+    days = [
+        first + timedelta(days=index)
+        for index in range((datetime.fromtimestamp(max(moments), zone).date() - first).days + 3)
+    ]
+    starts = np.array([rollup_math.day_start(day, zone).timestamp() for day in days])
+    wanted = {days[int(index)] for index in np.searchsorted(starts, oldest, side="right") - 1}
+    for found in sums:
+        wanted |= {days[int(index)] for index in _uneven_days(found, starts)}
+    return wanted
+
+
+def _uneven_days(terms: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """The positions in `starts` (local day starts, epoch seconds) of the days whose hours `terms`
+    ((hour, part) rows) does not read all with one weight (an hour read twice weighs the sum)."""
+    if not len(terms):
+        return np.empty(0, dtype=int)
+    hours, inverse = np.unique(terms[:, 0], return_inverse=True)
+    weights = np.bincount(inverse, weights=terms[:, 1])
+    day = np.searchsorted(starts, hours, side="right") - 1
+    count = np.bincount(day, minlength=len(starts) - 1)[: len(starts) - 1]
+    lowest = np.full(len(starts) - 1, np.inf)
+    highest = np.full(len(starts) - 1, -np.inf)
+    np.minimum.at(lowest, day, weights)
+    np.maximum.at(highest, day, weights)
+    hours_in_day = np.round(np.diff(starts) / HOUR_S)
+    return np.flatnonzero((count > 0) & ((count != hours_in_day) | (lowest != highest)))
+
+
+def _day_placed_costs(
+    rolled: set[Scope], bounds: dict[str, tuple[datetime, datetime]], now: datetime, first: datetime, last: datetime
+) -> ScopeCosts | None:
+    """The `all` and `model` scopes' hourly costs over [first, last), days placed (see above);
+    None when the daily roll-ups do not answer (then every hour is read)."""
+    logs = LLMRequestLog.objects.in_window(first, last)
+    the_plan = metrics.plan(metrics.Selection(logs, first, last, rollups_apply=True), "day")
+    if the_plan is None or not the_plan.split.days:
+        return None
+    zone = the_plan.zone
+    day_starts = [rollup_math.day_start(day, zone) for day in the_plan.split.days]
+    if not rollup_math.whole_hour_offsets(zone, *day_starts):
+        return None  # a local day that does not start on a UTC hour: its first hour is no hour
+    detail = detail_days(bounds, now, zone)
+    per_model = any(scope.kind == "model" for scope in rolled)
+    units = metrics.consistent(lambda watermark: _day_placed_at(the_plan, watermark, detail, per_model), the_plan)
+    if units is None:
+        return None
+    found: ScopeCosts = {scope: defaultdict(int) for scope in rolled}
+    for (hour, model_name), cost in units.items():
+        for scope in rolled:
+            if scope.kind == "all" or scope.value == model_name:
+                found[scope][hour] += cost
+    return found
+
+
+def _day_placed_at(the_plan: metrics.Plan, watermark: int, detail: set[date], per_model: bool) -> ModelCosts:
+    """{(UTC hour, model or EVERY_MODEL): cost units}: whole days not in `detail` from the daily
+    roll-ups on their first hour, the others' hours and the window's edge hours from the hourly
+    roll-ups, the calls of the raw edges and above the watermark by hour."""
+    zone = the_plan.zone
+    models = ["model_name"] if per_model else []
+    answer: ModelCosts = defaultdict(int)
+    read_whole = [day for day in the_plan.split.days if day not in detail]
+    if read_whole:
+        rows = DailyRollup.objects.filter(the_plan.daily() & Q(day__in=read_whole)).values("day", *models)
+        for row in rows.annotate(units=Sum("cost_units")).order_by():
+            hour = rollup_math.day_start(row["day"], zone)
+            answer[(hour, row.get("model_name", EVERY_MODEL))] += int(row["units"] or 0)
+    hours = the_plan.hourly()
+    for day in the_plan.split.days:
+        if day in detail:
+            next_start = rollup_math.day_start(day + timedelta(days=1), zone)
+            hours |= Q(hour__gte=rollup_math.day_start(day, zone), hour__lt=next_start)
+    hourly = HourlyRollup.objects.filter(hours).annotate(hour_epoch=metrics.EpochSeconds("hour"))
+    for row in hourly.values("hour_epoch", *models).annotate(units=Sum("cost_units")).order_by():
+        answer[(metrics.hour_at(row["hour_epoch"]), row.get("model_name", EVERY_MODEL))] += int(row["units"] or 0)
+    for rows in the_plan.raw_rows(watermark):
+        for (hour, model_name), units in _grouped_costs(rows.annotate(group_value=F("model_name")), True).items():
+            answer[(hour, model_name if per_model else EVERY_MODEL)] += units
+    return answer

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import operator
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -622,14 +623,13 @@ class SharedReading:
         """As measure_at(..., percentiles=False) answers: the sums per `group`."""
         positions = [SHARED_KEY.index(name) for name in group]
         added: dict[tuple, list] = {}
+        # Thousands of groups (7 days of hours x models x error types), four times a page: no
+        # generator per key, and new lists (map) rather than an index loop; the same additions
+        # in the same order.
         for key, values in self.groups.items():
-            keyed = tuple(key[position] for position in positions)
+            keyed = tuple([key[position] for position in positions])
             total = added.get(keyed)
-            if total is None:
-                added[keyed] = list(values)
-            else:
-                for index, value in enumerate(values):
-                    total[index] += value
+            added[keyed] = values if total is None else list(map(operator.add, total, values))
         found: KeyedFigures = {}
         for keyed, values in added.items():
             figures = found[keyed] = rollups.Figures()
@@ -702,9 +702,8 @@ def _add_group(reading: SharedReading, key: tuple, values: list) -> None:
     total = reading.groups.get(key)
     if total is None:
         reading.groups[key] = [value or 0 for value in values]
-        return
-    for index, value in enumerate(values):
-        total[index] += value or 0
+    else:
+        reading.groups[key] = [sum_ + (value or 0) for sum_, value in zip(total, values, strict=True)]
 
 
 def _read_shared_raw(reading: SharedReading, the_plan: Plan, watermark: int) -> list[tuple[int, int, int]]:
@@ -983,6 +982,21 @@ def _overview_answer(figures: dict[str, Any], unique_users: int) -> dict[str, An
         "total_cost": figures["cost"],
         "unique_users": unique_users,
     }
+
+
+def overview_figures(logs: Selection | LLMRequestLogQuerySet) -> dict[str, Any]:
+    """overview() without `unique_users`, for a page that does not show it: a distinct count of
+    the window's users is the costliest part of overview() (the user roll-ups of every day, 40-60
+    ms over 90 days at 1,000,000 calls). Every other figure as overview() answers it: from the
+    selection's shared reading when it has one, else overview() itself."""
+    chosen = selection(logs)
+    if chosen.shared is not None and plan(chosen) is not None:
+        totals = chosen.shared.totals((), None).get((), Totals(rollups.Figures()))
+        answer = _overview_answer(totals.row("p50", "p95", "p99"), 0)
+    else:
+        answer = overview(chosen)
+    answer.pop("unique_users")
+    return answer
 
 
 @dataclass(frozen=True)
