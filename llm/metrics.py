@@ -419,7 +419,7 @@ KeyedFigures = dict[tuple, rollups.Figures]
 ROLLUP_SUMS = rollups.Figures.SUMS
 
 
-FLOAT_SUMS = ("latency_sum_ms", "ttft_sum_ms")
+FLOAT_SUMS = ("latency_sum_ms", "ttft_sum_ms", "speed_sum", "queue_sum_ms")
 
 
 def _add_rollups(
@@ -483,6 +483,7 @@ def _raw_sums() -> dict[str, Aggregate]:
         "total_tokens": Sum("total_tokens"),
         "cost_units": rollups.cost_units_sum(),
         "latency_sum_ms": Sum("latency_ms"),
+        **rollups.speed_aggregates(),
     }
 
 
@@ -1385,28 +1386,35 @@ def model_speeds(logs: Selection | LLMRequestLogQuerySet) -> dict[str, dict[str,
     after the first token) and the mean time its calls queued at the provider (Groq, Cerebras
     report it), each with how many calls it is over. Models with neither figure are left out.
 
-    From the raw rows (the roll-ups do not carry these), in one GROUP BY over the calls that have
-    either figure."""
+    From the roll-ups' counts and sums of both figures where they answer (the page's shared
+    reading when it has one), else one GROUP BY over the calls that have either figure."""
     chosen = selection(logs)
+    the_plan = plan(chosen)
+    found = None if the_plan is None else measure(the_plan, ("model_name",), percentiles=False)
+    if found is not None:
+        return {
+            model: _speeds(figures.speed_sum, figures.speed_count, figures.queue_sum_ms, figures.queue_count)
+            for (model,), figures in sorted(found.items())
+            if figures.speed_count or figures.queue_count
+        }
     rows = (
         chosen.logs.filter(Q(output_tokens_per_second__isnull=False) | Q(queue_time_ms__isnull=False))
         .values("model_name")
-        .annotate(
-            speed=Avg("output_tokens_per_second"),
-            streamed_calls=Count("output_tokens_per_second"),
-            queue=Avg("queue_time_ms"),
-            queued_calls=Count("queue_time_ms"),
-        )
+        .annotate(**rollups.speed_aggregates())
         .order_by("model_name")
     )
     return {
-        row["model_name"]: {
-            "output_tokens_per_second": row["speed"],
-            "streamed_calls": row["streamed_calls"],
-            "queue_time_ms": row["queue"],
-            "queued_calls": row["queued_calls"],
-        }
+        row["model_name"]: _speeds(row["speed_sum"], row["speed_count"], row["queue_sum_ms"], row["queue_count"])
         for row in rows
+    }
+
+
+def _speeds(speed_sum: float | None, speed_count: int, queue_sum: float | None, queue_count: int) -> dict[str, Any]:
+    return {
+        "output_tokens_per_second": speed_sum / speed_count if speed_count else None,
+        "streamed_calls": speed_count,
+        "queue_time_ms": queue_sum / queue_count if queue_count else None,
+        "queued_calls": queue_count,
     }
 
 
