@@ -57,6 +57,9 @@ def fill_speed_sums(apps, schema_editor):
     quote = schema_editor.quote_name
     with schema_editor.connection.cursor() as cursor:
         cursor.execute(f"CREATE TEMPORARY TABLE {quote(FILL_TABLE)} AS {sql}", params)
+        # Statistics, so that each UPDATE joins by hashing (without them PostgreSQL guessed a
+        # nested loop: 22-26 s per breakdown table at 1,000,000 calls).
+        cursor.execute(f"ANALYZE {quote(FILL_TABLE)}")
         targets = [("HourlyRollup", "hour", "fill_hour", None, None)]
         if "fill_day" in periods:
             targets.append(("DailyRollup", "day", "fill_day", None, None))
@@ -75,7 +78,12 @@ def _all_bys(tables):
 
 def _update(cursor, quote, table, period, fill_period, by, group):
     """One UPDATE ... FROM of a roll-up table (of one breakdown `by`) from the grouped calls."""
-    keys = [(quote(period), quote(fill_period)), *((quote(name), quote(name)) for name in KEY)]
+    moment = quote(fill_period)
+    if period == "hour" and cursor.db.vendor == "postgresql":
+        # DATE_TRUNC gave a timestamp without time zone: as the roll-ups' timestamptz, so that the
+        # join hashes on the hour too (timestamptz = timestamp does not hash: 47M comparisons).
+        moment = f"({moment} AT TIME ZONE 'UTC')"
+    keys = [(quote(period), moment), *((quote(name), quote(name)) for name in KEY)]
     if group:
         keys.append((quote("key"), quote(group)))
     selected = ", ".join(f"{source} AS {target}" for target, source in keys)
