@@ -1129,15 +1129,39 @@ def _plan_windows(windows: list[Window]) -> tuple[dict[tuple, Plan], set[tuple],
 
 
 def _read_windows(plans: dict[tuple, Plan], latency: set[tuple], watermark: int) -> dict[tuple, Totals]:
+    """Totals per (start, end, model). Rules of all models and of one over the same window share
+    one reading of all models grouped by model (the alerts page at 1,000,000 calls: 9 readings of
+    3-5 queries each -> 5): a model's figures are its group's, all models' the groups' sum."""
     empty = Totals(rollups.Figures())
-    return {
-        span: (
-            totals_at(the_plan, (), watermark)
-            if span in latency
-            else fold_status(measure_at(the_plan, ("status",), watermark, percentiles=False))
-        ).get((), empty)
-        for span, the_plan in plans.items()
-    }
+    by_window: dict[tuple, list[tuple]] = defaultdict(list)
+    for span in plans:
+        by_window[span[:2]].append(span)
+    found: dict[tuple, Totals] = {}
+    for (start, end), spans in by_window.items():
+        everyone = (start, end, "")
+        if everyone not in plans or len(spans) == 1:
+            for span in spans:
+                found[span] = _read_window(plans[span], span in latency, watermark, ()).get((), empty)
+            continue
+        per_model = _read_window(plans[everyone], any(span in latency for span in spans), watermark, ("model_name",))
+        for span in spans:
+            found[span] = per_model.get((span[2],), empty) if span[2] else _summed(per_model.values())
+    return found
+
+
+def _read_window(the_plan: Plan, with_latency: bool, watermark: int, group: tuple[str, ...]) -> dict[tuple, Totals]:
+    if with_latency:
+        return totals_at(the_plan, group, watermark)
+    return fold_status(measure_at(the_plan, (*group, "status"), watermark, percentiles=False))
+
+
+def _summed(parts: Iterable[Totals]) -> Totals:
+    total = Totals(rollups.Figures())
+    for part in parts:
+        total.figures.add_sums(_sums(part.figures))
+        total.figures.latency += part.figures.latency
+        total.errors += part.errors
+    return total
 
 
 def _raw_window_totals(windows: list[Window]) -> dict[Window, WindowTotals]:
