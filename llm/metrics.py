@@ -326,6 +326,13 @@ def rollup_state() -> MetricWatermark:
     return MetricWatermark.objects.filter(name=rollups.ROLLUPS).first() or MetricWatermark(name=rollups.ROLLUPS)
 
 
+def _state_of(chosen: Selection) -> MetricWatermark:
+    """The roll-ups' state as the page's shared reading found it, else as it is now: the figures of
+    a page plan from the one state (a query each: 9 per analytics page). A plan's watermark is only
+    its first guess: `consistent` reads the state again after each reading and retries if it moved."""
+    return chosen.shared.state if chosen.shared is not None and chosen.shared.state is not None else rollup_state()
+
+
 def plan(logs: Selection | Any, period: str | None = None, *, state: MetricWatermark | None = None) -> Plan | None:
     """How to read `logs` from the roll-ups, grouped by `period` (None: totals); None: read raw.
     `state`: the roll-ups' state, when already read (several windows planned at once)."""
@@ -334,7 +341,7 @@ def plan(logs: Selection | Any, period: str | None = None, *, state: MetricWater
     if not chosen.rollups_apply or start is None or end is None or end - start <= EXACT_WINDOW or period == "minute":
         return None
     zone = timezone.get_current_timezone()
-    state = state or rollup_state()
+    state = state or _state_of(chosen)
     days = (
         period != "hour"
         and rollups.daily_rows_valid(state)
@@ -358,7 +365,7 @@ def breakdown_plan(logs: Selection | Any, by: str | None = None, period: str | N
         return None
     if by not in rollups.rolled_up_breakdowns():
         return None
-    complete = rollup_state().breakdowns or {}
+    complete = _state_of(chosen).breakdowns or {}
     the_plan = plan(replace(chosen, rollups_apply=True), period) if by in complete else None
     if the_plan is None:
         return None
@@ -614,6 +621,8 @@ class SharedReading:
     # (period, model_name) -> row of `latency`, the merged latency histograms.
     cells: dict[tuple, int] = field(default_factory=dict)
     latency: Any = None
+    # The roll-ups' state the reading was planned at (see _state_of).
+    state: MetricWatermark | None = None
 
     def answers(self, period: str | None) -> bool:
         """Whether figures by `period` (None: over the whole window) follow from this reading."""
@@ -663,11 +672,15 @@ class SharedReading:
 
 def share(chosen: Selection, period: str) -> Selection:
     """`chosen` with its window read once by `period` (`shared`), when the roll-ups answer it."""
-    the_plan = plan(chosen, period)
+    state = rollup_state()
+    the_plan = plan(chosen, period, state=state)
     if the_plan is None:
         return chosen
     reading = consistent(lambda watermark: read_shared(the_plan, watermark), the_plan)
-    return chosen if reading is None else replace(chosen, shared=reading)
+    if reading is None:
+        return chosen
+    reading.state = state if reading.watermark == state.last_id else None
+    return replace(chosen, shared=reading)
 
 
 def read_shared(the_plan: Plan, watermark: int) -> SharedReading:
