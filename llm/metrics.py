@@ -427,6 +427,9 @@ ROLLUP_SUMS = rollups.Figures.SUMS
 
 
 FLOAT_SUMS = ("latency_sum_ms", "ttft_sum_ms", "speed_sum", "queue_sum_ms")
+INTEGER_SUMS = tuple(name for name in ROLLUP_SUMS if name not in FLOAT_SUMS)
+INTEGER_POSITIONS = [ROLLUP_SUMS.index(name) for name in INTEGER_SUMS]
+FLOAT_POSITIONS = [ROLLUP_SUMS.index(name) for name in FLOAT_SUMS]
 
 
 def _add_rollups(
@@ -623,28 +626,46 @@ class SharedReading:
     latency: Any = None
     # The roll-ups' state the reading was planned at (see _state_of).
     state: MetricWatermark | None = None
+    # The groups as arrays (_columns), once the reading is complete.
+    columns: tuple[list[tuple], Any, Any] | None = field(default=None, repr=False)
 
     def answers(self, period: str | None) -> bool:
         """Whether figures by `period` (None: over the whole window) follow from this reading."""
         return period is None or period == self.period
 
     def sums(self, group: tuple[str, ...], period: str | None) -> KeyedFigures:
-        """As measure_at(..., percentiles=False) answers: the sums per `group`."""
+        """As measure_at(..., percentiles=False) answers: the sums per `group`, added in NumPy (a
+        90-day reading holds ~4,000 groups: adding them in Python took ~20 ms per figure)."""
         positions = [SHARED_KEY.index(name) for name in group]
-        added: dict[tuple, list] = {}
-        for key, values in self.groups.items():
-            keyed = tuple(key[position] for position in positions)
-            total = added.get(keyed)
-            if total is None:
-                added[keyed] = list(values)
-            else:
-                for index, value in enumerate(values):
-                    total[index] += value
+        keys, integers, floats = self._columns()
+        owners: dict[tuple, int] = {}
+        rows = [owners.setdefault(tuple(key[position] for position in positions), len(owners)) for key in keys]
+        integer_totals = np.zeros((len(owners), len(INTEGER_SUMS)), dtype=np.int64)
+        float_totals = np.zeros((len(owners), len(FLOAT_SUMS)))
+        np.add.at(integer_totals, rows, integers)  # in row order: the same float sums as adding in turn
+        np.add.at(float_totals, rows, floats)
         found: KeyedFigures = {}
-        for keyed, values in added.items():
+        for keyed, index in owners.items():
             figures = found[keyed] = rollups.Figures()
-            figures.add_sums(dict(zip(ROLLUP_SUMS, values, strict=True)))
+            for name, value in zip(INTEGER_SUMS, integer_totals[index].tolist(), strict=True):
+                setattr(figures, name, value)
+            for name, value in zip(FLOAT_SUMS, float_totals[index].tolist(), strict=True):
+                setattr(figures, name, value)
         return found
+
+    def _columns(self) -> tuple[list[tuple], Any, Any]:
+        """The groups' keys and their integer and float sums as two arrays, made once (the
+        reading is complete before any figure asks)."""
+        if self.columns is None:
+            values = list(self.groups.values())
+            integers = [[int(row[index]) for index in INTEGER_POSITIONS] for row in values]
+            floats = [[float(row[index]) for index in FLOAT_POSITIONS] for row in values]
+            self.columns = (
+                list(self.groups),
+                np.array(integers, dtype=np.int64).reshape(len(values), len(INTEGER_SUMS)),
+                np.array(floats, dtype=np.float64).reshape(len(values), len(FLOAT_SUMS)),
+            )
+        return self.columns
 
     def totals(self, group: tuple[str, ...], period: str | None) -> dict[tuple, Totals]:
         """As fold_status(measure_at(..., (*group, "status"))) answers."""
