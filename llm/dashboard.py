@@ -384,12 +384,13 @@ def analytics(window: TimeRange, chosen: metrics.Selection | None = None) -> dic
     chosen = chosen or window.selection()
     models = metrics.model_usage(chosen)
     speeds = metrics.model_speeds(chosen)
+    top_users = metrics.top_users(chosen, 10)
     return {
         "models": models,
         # The model table: each model's figures with its output speed and queue time, where known.
         "model_rows": [{**NO_SPEED, **row, **speeds.get(row["model"], {})} for row in models],
-        "top_by_cost": metrics.user_usage(chosen, "cost", 10),
-        "top_by_requests": metrics.user_usage(chosen, "requests", 10),
+        "top_by_cost": top_users["cost"],
+        "top_by_requests": top_users["requests"],
         "daily": metrics.daily_stats(chosen, start=window.start, end=window.end),
         "percentiles": metrics.percentiles_kind(chosen),
         "min_calls_for_percentile": metrics.MIN_CALLS_FOR_PERCENTILE,

@@ -1617,6 +1617,12 @@ class RollupFigures(models.Model):
     ttft_sum_ms = models.FloatField(default=0)
     latency_histogram = models.BinaryField(default=b"")
     ttft_histogram = models.BinaryField(default=b"")
+    # The provider speed figures of the analytics page's model table (llm.metrics.model_speeds):
+    # how many calls have each and their sum, so a mean over any window adds rows, not calls.
+    speed_count = models.BigIntegerField(default=0, help_text="Calls with output_tokens_per_second.")
+    speed_sum = models.FloatField(default=0, help_text="Sum of their output_tokens_per_second.")
+    queue_count = models.BigIntegerField(default=0, help_text="Calls with queue_time_ms.")
+    queue_sum_ms = models.FloatField(default=0, help_text="Sum of their queue_time_ms.")
 
     class Meta:
         abstract = True

@@ -131,6 +131,10 @@ class Figures:
     latency_sum_ms: float = 0.0
     ttft_count: int = 0
     ttft_sum_ms: float = 0.0
+    speed_count: int = 0
+    speed_sum: float = 0.0
+    queue_count: int = 0
+    queue_sum_ms: float = 0.0
     latency: np.ndarray = field(default_factory=rollup_math.empty)
     ttft: np.ndarray = field(default_factory=rollup_math.empty)
 
@@ -143,6 +147,10 @@ class Figures:
         "latency_sum_ms",
         "ttft_count",
         "ttft_sum_ms",
+        "speed_count",
+        "speed_sum",
+        "queue_count",
+        "queue_sum_ms",
     )
 
     def add_sums(self, row: Any) -> None:
@@ -174,6 +182,17 @@ def _sum_aggregates() -> dict[str, Any]:
         "latency_sum_ms": Sum("latency_ms"),
         "ttft_count": Count("ttft_ms"),
         "ttft_sum_ms": Sum("ttft_ms"),
+        **speed_aggregates(),
+    }
+
+
+def speed_aggregates() -> dict[str, Any]:
+    """The provider speed sums of some calls (RollupFigures.speed_count ... queue_sum_ms)."""
+    return {
+        "speed_count": Count("output_tokens_per_second"),
+        "speed_sum": Sum("output_tokens_per_second"),
+        "queue_count": Count("queue_time_ms"),
+        "queue_sum_ms": Sum("queue_time_ms"),
     }
 
 

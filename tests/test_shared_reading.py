@@ -293,3 +293,29 @@ def test_alert_windows_are_read_at_one_watermark_and_equal_each_window_alone(cal
         if window.latency:
             exact = float(np.percentile([log.latency_ms for log in rows], 95))
             assert together[window].p95_latency_ms == pytest.approx(exact, rel=BOUND)
+
+
+def test_alert_windows_of_all_models_and_of_one_share_one_reading(calls):
+    """Rules over the same window, of all models and of one, read the roll-ups and the raw edges
+    once (all models, grouped by model): as many queries as the window of all models alone."""
+    start, end, _ = WINDOWS[0]
+    alone = [metrics.Window(start, end, "", latency=True)]
+    both = [*alone, metrics.Window(start, end, "model-c"), metrics.Window(start, end, "model-a", latency=True)]
+    with CaptureQueriesContext(connection) as one:
+        metrics.window_totals(alone)
+    with CaptureQueriesContext(connection) as shared:
+        together = metrics.window_totals(both)
+    assert len(shared.captured_queries) == len(one.captured_queries)
+    for window in both:
+        rows = within(calls, start, end, window.model)
+        assert (together[window].requests, together[window].errors, together[window].total_tokens) == (
+            len(rows),
+            sum(log.is_error for log in rows),
+            sum(log.total_tokens for log in rows),
+        )
+        assert together[window].cost == cost(rows)
+        if window.latency:
+            exact = float(np.percentile([log.latency_ms for log in rows], 95))
+            assert together[window].p95_latency_ms == pytest.approx(exact, rel=BOUND)
+        else:
+            assert together[window].p95_latency_ms is None
