@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import io
+import logging
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +40,7 @@ from django.utils.module_loading import import_string
 
 from core.deferred import REQUEST_FLAG, DeferredResponse, RelayResponse
 
+logger = logging.getLogger(__name__)
 # Threads per worker process for Django's sync code (pages, the API, ingest, the proxy's checks and
 # writes): what gthread's --threads 8 was. A prompt waiting on its vendor holds none.
 THREADS = 8
@@ -138,6 +140,7 @@ class ObservatoryASGIHandler(ASGIHandler):
         if deferred is None:
             return None
         request.fast_response = deferred
+        logger.debug("%s %s served on the event loop", request.method, request.path)
         return self.fast_chain(request)
 
     async def warm_up(self) -> None:
