@@ -385,3 +385,15 @@ def test_prompts_from_many_threads_of_callers_are_each_logged_once(handler, key,
     assert [answer["status"] for answer in answers] == [200] * 40
     counts = {n: LLMRequestLog.objects.filter(prompt_text=f"at once {n}").count() for n in range(40)}
     assert counts == dict.fromkeys(range(40), 1)
+
+
+def test_an_answer_that_is_not_json_is_a_logged_vendor_error(handler, key, fake_groq):
+    """The fast path reads Groq's answer as plain JSON (llm/providers/groq.py): a 200 that is no
+    JSON object is the vendor's failure, answered and logged once, not a crash."""
+    _, raw_key = key
+    fake_groq.will(Behaviour(text="warm"), Behaviour(mode="status", status=200, raw_body="<html>oops</html>"))
+    _, broken = run(handler, ({"prompt": "warm"}, raw_key), ({"prompt": "not json"}, raw_key))
+    assert broken["status"] == 502
+    answer = json.loads(broken["body"])
+    [row] = rows(answer["request_id"])
+    assert row.status == "error" and row.error_type == answer["error_type"] != ""
