@@ -322,16 +322,10 @@ FAST_RENDERER = api_settings.DEFAULT_RENDERER_CLASSES[0]
 def _fast_checks(request: HttpRequest) -> tuple[APIKey, ChatRequest, CallContext, Provider, bool] | None:
     """What the view would check before the rate limit, answered from this process's memory only:
     None when any of it needs more (the database, an error answer, another renderer)."""
-    if request.method != "POST" or request.GET or request.content_type != "application/json":
+    if not _plain_json_request(request):
         return None
-    if request.content_params.get("charset", "utf-8").lower() != "utf-8":
-        return None
-    if request.headers.get("Accept", "").strip() not in FAST_ACCEPTS:
-        return None
-    scheme, _, raw_key = request.headers.get("Authorization", "").partition(" ")
-    raw_key = raw_key.strip()
-    api_key = cached_key(raw_key) if scheme.lower() == "bearer" and raw_key else None
-    if api_key is None or api_key.has_expired() or not key_has(api_key, RIGHTS[PromptView.required_right]):
+    api_key = _cached_key_with_right(request)
+    if api_key is None:
         return None
     try:
         document = parse_json(request.body.decode("utf-8"))
@@ -351,3 +345,24 @@ def _fast_checks(request: HttpRequest) -> tuple[APIKey, ChatRequest, CallContext
     ):
         return None
     return api_key, chat, context, provider, data["stream"]
+
+
+def _plain_json_request(request: HttpRequest) -> bool:
+    """A POST of UTF-8 JSON, no query string, answered in JSON (or a stream) as DRF would."""
+    return (
+        request.method == "POST"
+        and not request.GET
+        and request.content_type == "application/json"
+        and request.content_params.get("charset", "utf-8").lower() == "utf-8"
+        and request.headers.get("Accept", "").strip() in FAST_ACCEPTS
+    )
+
+
+def _cached_key_with_right(request: HttpRequest) -> APIKey | None:
+    """The request's Bearer key when the key cache holds it, unexpired, with the view's right."""
+    scheme, _, raw_key = request.headers.get("Authorization", "").partition(" ")
+    raw_key = raw_key.strip()
+    api_key = cached_key(raw_key) if scheme.lower() == "bearer" and raw_key else None
+    if api_key is None or api_key.has_expired() or not key_has(api_key, RIGHTS[PromptView.required_right]):
+        return None
+    return api_key
