@@ -7,18 +7,28 @@ per worker, as gunicorn's gthread workers did: pages, the API and ingest keep th
 connections and cost what they cost under WSGI. What the event loop adds is for views that wait
 on the network: a view may answer a `core.deferred.DeferredResponse`, whose slow part (the proxy's
 call to the LLM vendor) is awaited on the loop, so that a call in flight holds no thread.
+
+A prompt that this process can admit from memory alone (llm.api.prompt.fast_prompt: cached key,
+rate limit and budgets) skips the thread hop and the sync stack altogether: it is served on the
+loop behind only the outer middleware that touch no database (the request log line and its
+X-Request-ID, the security headers; FAST_MIDDLEWARE), so its answer carries the same headers and
+the same log line as the ordinary path's. Any other prompt takes the ordinary path.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import io
+import logging
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
+from operator import attrgetter
 
 import django
+from django.conf import settings
 from django.core import signals
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
@@ -26,14 +36,19 @@ from django.core.handlers.base import BaseHandler
 from django.db import DatabaseError, connection
 from django.http import FileResponse
 from django.urls import get_resolver, set_script_prefix
+from django.utils.module_loading import import_string
 
 from core.deferred import REQUEST_FLAG, DeferredResponse, RelayResponse
 
+logger = logging.getLogger(__name__)
 # Threads per worker process for Django's sync code (pages, the API, ingest, the proxy's checks and
 # writes): what gthread's --threads 8 was. A prompt waiting on its vendor holds none.
 THREADS = 8
 # Bytes gathered from a sync streaming response (CSV export) before one send.
 SYNC_STREAM_BATCH_BYTES = 64 * 1024
+# The middleware a fast-path prompt passes through: those above the first one that may touch the
+# database (settings.MIDDLEWARE's order), run on the loop around the deferred answer.
+FAST_MIDDLEWARE_END = "llm.middleware.FriendlyErrorsMiddleware"
 
 
 class ObservatoryASGIHandler(ASGIHandler):
@@ -45,6 +60,12 @@ class ObservatoryASGIHandler(ASGIHandler):
         # behind pages in the pool nor contend with each other for the database (on SQLite, 16
         # writers backing off from each other's locks wrote 40 rows a second).
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="django-writer")
+        self.fast_chain = fast_middleware_chain()
+        # Imported here: the view module needs django.setup(), which runs below.
+        from llm.api.prompt import FAST_PATHS, fast_prompt
+
+        self.fast_paths = FAST_PATHS
+        self.fast_prompt = fast_prompt
 
     async def run_sync(self, function, *args):
         """`function(*args)` in one of the pool's threads (where the ORM may be used)."""
@@ -65,7 +86,9 @@ class ObservatoryASGIHandler(ASGIHandler):
             return None
         deferred = False
         try:
-            response = await self.run_sync(self.respond, scope, body_file)
+            response = self.respond_fast(scope, body_file) if scope["path"] in self.fast_paths else None
+            if response is None:
+                response = await self.run_sync(self.respond, scope, body_file)
             if isinstance(response, DeferredResponse):
                 deferred = True
                 response = await response.resolve(self.run_write)
@@ -100,6 +123,25 @@ class ObservatoryASGIHandler(ASGIHandler):
         if isinstance(response, FileResponse):
             response.block_size = self.chunk_size
         return response
+
+    def respond_fast(self, scope, body_file):
+        """A prompt's answer made on the loop (a DeferredResponse through FAST_MIDDLEWARE), or None
+        for the ordinary path, which then reads the body afresh."""
+        size = body_file.seek(0, io.SEEK_END)
+        body_file.seek(0)
+        if settings.DATA_UPLOAD_MAX_MEMORY_SIZE is not None and size > settings.DATA_UPLOAD_MAX_MEMORY_SIZE:
+            return None  # the ordinary path refuses it
+        # A copy: a request closes the stream it has read, and body_file may yet serve the other path.
+        request, _ = self.create_request(scope, io.BytesIO(body_file.read()))
+        body_file.seek(0)
+        # SecurityMiddleware would redirect a plain-HTTP request instead: the ordinary path does.
+        eligible = request is not None and (request.is_secure() or not settings.SECURE_SSL_REDIRECT)
+        deferred = self.fast_prompt(request) if eligible else None
+        if deferred is None:
+            return None
+        request.fast_response = deferred
+        logger.debug("%s %s served on the event loop", request.method, request.path)
+        return self.fast_chain(request)
 
     async def warm_up(self) -> None:
         """What the first requests of a new worker would otherwise pay together, before the worker
@@ -164,6 +206,16 @@ class ObservatoryASGIHandler(ASGIHandler):
                 self.writer.shutdown(wait=True)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+def fast_middleware_chain():
+    """settings.MIDDLEWARE down to FAST_MIDDLEWARE_END, around a handler answering the request's
+    `fast_response`."""
+    names = settings.MIDDLEWARE[: settings.MIDDLEWARE.index(FAST_MIDDLEWARE_END)]
+    handler = attrgetter("fast_response")
+    for name in reversed(names):
+        handler = import_string(name)(handler)
+    return handler
 
 
 def flush_rate_limits() -> None:

@@ -37,6 +37,15 @@ def authenticate_key(raw_key: str) -> APIKey | None:
     return api_key
 
 
+def cached_key(raw_key: str) -> APIKey | None:
+    """The key as authenticate_key remembers it, never a query: None when it is not in this
+    process's cache (or its time there is up), for the prompt's fast path (llm/api/prompt.py)."""
+    cached = _valid_keys.get(APIKey.hash_key(raw_key))
+    if cached is not None and cached[1] > time.monotonic():
+        return cached[0]
+    return None
+
+
 def forget_keys(**kwargs) -> None:
     _valid_keys.clear()
 

@@ -129,6 +129,15 @@ def spent_hard_limits(now: datetime) -> list[Spent]:
     return listed
 
 
+def spent_hard_limits_if_known(now: datetime) -> list[Spent] | None:
+    """spent_hard_limits() when this process's list answers it without a query; None otherwise
+    (for the prompt's fast path on the event loop, which must not wait on the database)."""
+    cached = _spent_cache
+    if cached is not None and cached[0] > time.monotonic() and all(entry.period_end > now for entry in cached[1]):
+        return cached[1]
+    return None
+
+
 def forget_spent(**kwargs: Any) -> None:
     global _spent_cache
     _spent_cache = None

@@ -15,7 +15,9 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -52,6 +54,7 @@ class Server:
         self.database_url = database_url
         self.sqlite_path = sqlite_path
         self.unused_keys: list[str] = []
+        self.log: Path | None = None
 
     def environment(self) -> dict[str, str]:
         # core.settings, as `make run` reads them (tests.settings would drop the GROQ_ variables).
@@ -107,8 +110,10 @@ class Server:
         return self.rows(prompt)
 
 
-@pytest.fixture(scope="module")
-def server(fake_groq_server, tmp_path_factory, django_db_setup, django_db_blocker):
+@contextmanager
+def serving(fake_groq_server, tmp_path_factory, django_db_blocker, **env: str) -> Iterator[Server]:
+    """The server `make run` starts, on the test database, against the fake Groq; `env` adds to
+    or overrides its environment. Its output goes to `Server.log`."""
     with django_db_blocker.unblock():
         vendor = connection.vendor
         database_url = postgres_url() if vendor == "postgresql" else None
@@ -127,8 +132,10 @@ def server(fake_groq_server, tmp_path_factory, django_db_setup, django_db_blocke
         "GROQ_BASE_URL": fake_groq_server.base_url,
         "GROQ_MAX_RETRIES": "0",
         "GROQ_TIMEOUT_SECONDS": str(TIMEOUT_SECONDS),
+        **env,
     }
     log = tmp_path_factory.mktemp("asgi-log") / "server.log"
+    instance.log = log
     with log.open("wb") as output:
         process = subprocess.Popen(
             [*SERVE, "--bind", f"127.0.0.1:{port}"], cwd=ROOT, env=env, stdout=output, stderr=output
@@ -147,6 +154,12 @@ def server(fake_groq_server, tmp_path_factory, django_db_setup, django_db_blocke
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(fake_groq_server, tmp_path_factory, django_db_setup, django_db_blocker):
+    with serving(fake_groq_server, tmp_path_factory, django_db_blocker) as instance:
+        yield instance
 
 
 @pytest.fixture

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import copy
 
-from django.http import StreamingHttpResponse
+from django.http import HttpRequest, StreamingHttpResponse
 from django.http.response import HttpResponseBase
+from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, PolymorphicProxySerializer, extend_schema
 from rest_framework.exceptions import NotAcceptable
@@ -13,11 +14,15 @@ from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
 from core.deferred import DeferredResponse, RelayResponse, RunSync, can_defer
-from llm import budgets
+from llm import budgets, throttles
+from llm.auth import cached_key
+from llm.ingest_limits import JSONError, parse_json
 from llm.models import APIKey, LLMRequestLog
+from llm.permissions import RIGHTS, key_has
 from llm.providers import ChatRequest, Provider, get_provider
 from llm.providers.errors import whole_seconds
 from llm.proxy import (
@@ -128,6 +133,24 @@ def event_stream(response: StreamingHttpResponse) -> StreamingHttpResponse:
     return response
 
 
+def call_parts(data: dict, api_key_name: str, default_user_id: str) -> tuple[ChatRequest, CallContext, Provider]:
+    """What a validated prompt asks for: the vendor's request, the row's labels, the provider."""
+    chat = ChatRequest(
+        prompt=data["prompt"],
+        model=data["model"],
+        system_prompt=data.get("system_prompt", ""),
+        max_tokens=data.get("max_tokens"),
+        temperature=data.get("temperature"),
+    )
+    context = CallContext(
+        user_id=data.get("user_id") or default_user_id,
+        session_id=data.get("session_id", ""),
+        tags=data["tags"],
+        api_key_name=api_key_name,
+    )
+    return chat, context, get_provider(data["provider"])
+
+
 class PromptView(APIView):
     """Send a prompt to the model's provider; the call is measured and logged whatever happens.
 
@@ -181,20 +204,8 @@ class PromptView(APIView):
         serializer = PromptInput(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        chat = ChatRequest(
-            prompt=data["prompt"],
-            model=data["model"],
-            system_prompt=data.get("system_prompt", ""),
-            max_tokens=data.get("max_tokens"),
-            temperature=data.get("temperature"),
-        )
-        context = CallContext(
-            user_id=data.get("user_id") or self._default_user_id(request),
-            session_id=data.get("session_id", ""),
-            tags=data["tags"],
-            api_key_name=request.auth.name if isinstance(request.auth, APIKey) else "",
-        )
-        provider = get_provider(data["provider"])
+        api_key_name = request.auth.name if isinstance(request.auth, APIKey) else ""
+        chat, context, provider = call_parts(data, api_key_name, self._default_user_id(request))
         # Before the vendor is called: a spent hard-limit budget of this call's scope refuses it.
         refused = budgets.refusal(
             model_name=chat.model, user_id=context.user_id, tags=context.tags, api_key_name=context.api_key_name
@@ -256,3 +267,102 @@ class PromptView(APIView):
         if request.user and request.user.is_authenticated:
             return request.user.get_username()
         return ""
+
+
+# The fast path: a prompt served on the ASGI worker's event loop (core/asgi.py), without a thread
+# hop, Django's inner middleware or DRF's view machinery, when everything it needs is already known
+# in this process: the API key in the key cache (llm/auth.py), the rate limit admitting it with no
+# query (throttles.admit_locally), the list of spent hard-limit budgets fresh
+# (budgets.spent_hard_limits_if_known) and not covering it. The rules are the view's own: the same
+# parser, PromptInput, right, budget rule, call, answer and error answers. Anything else (a key not
+# cached yet, a limit needing the shared row, invalid input, another content type, a session
+# cookie's user, the browsable API) takes the ordinary path, unchanged, before anything is counted.
+
+# The paths of the view (with and without the slash, llm/urls.py).
+FAST_PATHS = frozenset({"/api/llm/prompt/", "/api/llm/prompt"})
+# Only what DRF would answer in JSON with no parameter (`indent`, a version) to honour.
+FAST_ACCEPTS = frozenset({"", "*/*", "application/json", "text/event-stream"})
+# What DRF's APIView sets on every answer of this view (finalize_response, default_response_headers).
+VIEW_HEADERS = {"Allow": ", ".join(PromptView().allowed_methods), "Vary": "Accept"}
+
+
+def fast_prompt(request: HttpRequest) -> DeferredResponse | None:
+    """The deferred answer of an eligible prompt (counted against the rate limit), or None, having
+    changed nothing, when the prompt must take the ordinary path. `request` is a plain Django
+    request the outer middleware sees; the caller sends what `resolve()` answers."""
+    try:
+        eligible = _fast_checks(request)
+    except Exception:  # noqa: BLE001 - a cache gone cold (the ORM refuses to run on the loop), anything odd
+        return None
+    if eligible is None:
+        return None
+    api_key, chat, context, provider, stream = eligible
+    if not throttles.admit_locally(throttles.PROMPTS, throttles.caller_for_key(api_key)):
+        return None
+    request.auth = api_key  # the request's log line names the key (llm.logging.who)
+
+    async def complete(run_sync: RunSync) -> HttpResponseBase:
+        response = await PromptView._call_async(chat, context, provider, stream, run_sync)
+        if isinstance(response, Response):
+            response.accepted_renderer = FAST_RENDERER()
+            response.accepted_media_type = FAST_RENDERER.media_type
+            response.renderer_context = {}
+            response.render()
+        return response
+
+    deferred = DeferredResponse(complete)
+    for header, value in VIEW_HEADERS.items():
+        deferred[header] = value
+    return deferred
+
+
+FAST_RENDERER = api_settings.DEFAULT_RENDERER_CLASSES[0]
+
+
+def _fast_checks(request: HttpRequest) -> tuple[APIKey, ChatRequest, CallContext, Provider, bool] | None:
+    """What the view would check before the rate limit, answered from this process's memory only:
+    None when any of it needs more (the database, an error answer, another renderer)."""
+    if not _plain_json_request(request):
+        return None
+    api_key = _cached_key_with_right(request)
+    if api_key is None:
+        return None
+    try:
+        document = parse_json(request.body.decode("utf-8"))
+    except (JSONError, UnicodeDecodeError):
+        return None
+    serializer = PromptInput(data=document)
+    if not serializer.is_valid():
+        return None
+    data = serializer.validated_data
+    chat, context, provider = call_parts(data, api_key.name, "")
+    spent = budgets.spent_hard_limits_if_known(timezone.now())
+    if spent is None or any(
+        entry.budget.covers(
+            model_name=chat.model, user_id=context.user_id, tags=context.tags, api_key_name=context.api_key_name
+        )
+        for entry in spent
+    ):
+        return None
+    return api_key, chat, context, provider, data["stream"]
+
+
+def _plain_json_request(request: HttpRequest) -> bool:
+    """A POST of UTF-8 JSON, no query string, answered in JSON (or a stream) as DRF would."""
+    return (
+        request.method == "POST"
+        and not request.GET
+        and request.content_type == "application/json"
+        and request.content_params.get("charset", "utf-8").lower() == "utf-8"
+        and request.headers.get("Accept", "").strip() in FAST_ACCEPTS
+    )
+
+
+def _cached_key_with_right(request: HttpRequest) -> APIKey | None:
+    """The request's Bearer key when the key cache holds it, unexpired, with the view's right."""
+    scheme, _, raw_key = request.headers.get("Authorization", "").partition(" ")
+    raw_key = raw_key.strip()
+    api_key = cached_key(raw_key) if scheme.lower() == "bearer" and raw_key else None
+    if api_key is None or api_key.has_expired() or not key_has(api_key, RIGHTS[PromptView.required_right]):
+        return None
+    return api_key
