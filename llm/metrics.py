@@ -793,11 +793,19 @@ def _per_user_sql(rows: QuerySet, fields: dict[str, Aggregate] | None) -> tuple[
     return (rows.annotate(**fields) if fields else rows).query.sql_with_params()
 
 
-def _user_parts(the_plan: Plan, watermark: int, rollup_fields: dict | None, raw_fields: dict | None) -> tuple:
+def _user_parts(
+    the_plan: Plan, watermark: int, rollup_fields: dict | None, raw_fields: dict | None, *, walk_days: bool = False
+) -> tuple:
     """SQL parts that together hold the users of the plan's window, each grouped by user (with
     `rollup_fields` / `raw_fields` when given): the user roll-ups (_user_sources), the raw rows
-    of the other spans, and the rows above the watermark."""
+    of the other spans, and the rows above the watermark. `walk_days` (distinct users only): the
+    users of many whole days by _walked_users."""
     tables, raw_spans, rolled_spans = _user_sources(the_plan)
+    days = the_plan.split.days
+    walked = []
+    if walk_days and len(days) >= WALK_USERS_FROM_DAYS and tables and tables[0].model is not HourlyUserTotals:
+        chosen = the_plan.selection
+        walked.append(_walked_users(tables.pop(0).model, days, chosen.model, chosen.status))
     matching = LLMRequestLog.objects.filter(the_plan.selection.matching()).exclude(user_id="").order_by()
     raw = [matching.filter(timestamp__gte=start, timestamp__lt=end) for start, end in raw_spans]
     if rolled_spans:
@@ -809,6 +817,7 @@ def _user_parts(the_plan: Plan, watermark: int, rollup_fields: dict | None, raw_
             fields = {**fields, "u_errors": Sum("requests", filter=LLMRequestLog.FAILED)}
         parts.append(_per_user_sql(rows, fields))
     parts.extend(_per_user_sql(rows, raw_fields) for rows in raw)
+    parts.extend(walked)
     return [sql for sql, _params in parts], tuple(param for _sql, params in parts for param in params)
 
 
@@ -837,9 +846,48 @@ def _user_totals_sql(the_plan: Plan, watermark: int) -> tuple[str, tuple]:
     return sql, params
 
 
+# From this many whole days on, the users of the days are found by probing each user (_walked_users)
+# rather than by reading a row per user and day: a probe costs about what reading ~2 rows does, and
+# a window of D days reads about D rows per active user (more with a status per model). Below it,
+# a window's rows are few anyway, while a deployment with many users who have gone quiet would
+# pay a probe for each of them.
+WALK_USERS_FROM_DAYS = 14
+NOT_BLANK = "user_id <> ''"
+
+
+def _walked_users(table: type, days: list[date_type], model: str, status: str) -> tuple[str, tuple]:
+    """SQL answering the distinct users of a user roll-up by day (`table`; of one model and status
+    when given) on `days`, one index probe per user of the table rather than a row per user and
+    day: a recursive walk of its distinct user_ids (each step the next smaller one: one probe of
+    the index led by (model_name,) user_id, as PostgreSQL has no skip scan), keeping each user who
+    has a row on one of the days (a second probe of that index; a scalar subquery with LIMIT, which
+    the planner cannot turn into a join that reads every row of the days). Portable: SQLite runs it
+    too."""
+    name = table._meta.db_table
+    of_model, model_params = (["model_name = %s"], (model,)) if model else ([], ())
+    within, within_params = [*of_model, "day >= %s", "day <= %s"], (*model_params, days[0], days[-1])
+    if status:
+        within, within_params = [*within, "status = %s"], (*within_params, status)
+
+    def where(*conditions: str) -> str:
+        return " AND ".join(conditions)
+
+    # Only our table's name and constant conditions are put in the text; the values are parameters.
+    newest = f"SELECT user_id FROM {name} WHERE {where(*of_model, NOT_BLANK)} ORDER BY user_id DESC LIMIT 1"  # noqa: S608
+    smaller = f"SELECT user_id FROM {name} WHERE {where(*of_model, 'user_id < walked.user_id')}"  # noqa: S608
+    on_a_day = f"SELECT 1 FROM {name} WHERE {where(*within, 'user_id = walked.user_id')} LIMIT 1"  # noqa: S608
+    sql = (
+        f"SELECT user_id FROM (WITH RECURSIVE walked(user_id) AS (SELECT user_id FROM ({newest}) AS newest"  # noqa: S608
+        f" UNION ALL SELECT ({smaller} ORDER BY user_id DESC LIMIT 1) FROM walked WHERE walked.user_id IS NOT NULL)"
+        f" SELECT user_id FROM walked WHERE walked.user_id IS NOT NULL AND walked.{NOT_BLANK} AND ({on_a_day}) = 1)"
+        " AS walked_users"
+    )
+    return sql, (*model_params, *model_params, *within_params)
+
+
 def unique_users_from_rollups(the_plan: Plan, watermark: int) -> int:
     """Distinct users of the user roll-ups of the whole days and hours and of the raw rows elsewhere."""
-    parts, params = _user_parts(the_plan, watermark, None, None)
+    parts, params = _user_parts(the_plan, watermark, None, None, walk_days=True)
     if not parts:
         return 0
     with connections["default"].cursor() as cursor:
