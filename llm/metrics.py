@@ -452,8 +452,40 @@ def _add_rollups(
         found[keyed].latency += merged[index]
 
 
+class RawPeriod:
+    """The period of raw rows as the API names it (PeriodOf's text). By hour, where every UTC hour
+    of the window is one local hour (whole-hour offsets, as hourly roll-ups need too), the rows are
+    grouped by UTC hour as an integer, mapped to text once per hour: a truncated timestamp is parsed
+    by psycopg in Python, ~15 µs a row, and raw rows grouped by hour and latency bucket are many
+    (the two edge hours of a window at 10 million calls: ~9,000 calls, about a thousand groups)."""
+
+    def __init__(self, the_plan: Plan) -> None:
+        chosen = the_plan.selection
+        self.by_hour_number = (
+            the_plan.period == "hour"
+            and chosen.start is not None
+            and rollup_math.whole_hour_offsets(the_plan.zone, chosen.start, chosen.end)
+        )
+        self.period = the_plan.period
+        self.period_of = PeriodOf(the_plan.period, the_plan.zone)
+
+    def expression(self) -> Any:
+        if self.by_hour_number:
+            return EpochSeconds("timestamp") / Value(SECONDS_PER_HOUR)
+        return TRUNCATE[self.period]("timestamp")
+
+    def text(self, value: Any) -> str:
+        if self.by_hour_number:
+            return self.period_of(hour_at(value * SECONDS_PER_HOUR))
+        return value.isoformat()
+
+
+SECONDS_PER_HOUR = 3600
+
+
 def _add_raw(found: KeyedFigures, the_plan: Plan, watermark: int, group: tuple[str, ...], percentiles: bool) -> None:
     names = [name for name in group if name != "period"]
+    raw_period = RawPeriod(the_plan)
     if "period" in group:
         names.append("period")
     if percentiles:
@@ -462,14 +494,17 @@ def _add_raw(found: KeyedFigures, the_plan: Plan, watermark: int, group: tuple[s
         if "key" in group:  # a breakdown roll-up's group (measure_at of a breakdown_plan)
             rows = rows.annotate(key=rollups.breakdown_group(the_plan.breakdown))
         if "period" in group:
-            rows = rows.annotate(period=TRUNCATE[the_plan.period]("timestamp"))
+            rows = rows.annotate(period=raw_period.expression())
         if percentiles:
             rows = rows.annotate(bucket=rollups.bucket_of("latency_ms"))
         for row in rows.values(*names).annotate(**_raw_sums()):
             row["cost_units"] = rollups.as_units(row["cost_units"])
             if "period" in row:
-                row["period"] = row["period"].isoformat()
-            figures = found.setdefault(tuple(row[name] for name in group), rollups.Figures())
+                row["period"] = raw_period.text(row["period"])
+            key = tuple(row[name] for name in group)
+            figures = found.get(key)
+            if figures is None:
+                figures = found[key] = rollups.Figures()
             figures.add_sums(row)
             if percentiles:
                 figures.latency[row["bucket"]] += row["requests"]
@@ -712,11 +747,12 @@ def _read_shared_raw(reading: SharedReading, the_plan: Plan, watermark: int) -> 
     latency buckets as (cell, bucket, count), the cells made room for before the merge."""
     sums = _raw_sums()
     buckets = []
+    raw_period = RawPeriod(the_plan)
     for rows in the_plan.raw_rows(watermark):
-        grouped = rows.annotate(period=TRUNCATE[the_plan.period]("timestamp"), bucket=rollups.bucket_of("latency_ms"))
+        grouped = rows.annotate(period=raw_period.expression(), bucket=rollups.bucket_of("latency_ms"))
         for row in grouped.values("period", "model_name", "status", "error_type", "bucket").annotate(**sums):
             row["cost_units"] = rollups.as_units(row["cost_units"])
-            local = row["period"].isoformat()
+            local = raw_period.text(row["period"])
             values = [row.get(name) or 0 for name in ROLLUP_SUMS]
             _add_group(reading, (local, row["model_name"], row["status"], row["error_type"]), values)
             cell = reading.cells.setdefault((local, row["model_name"]), len(reading.cells))

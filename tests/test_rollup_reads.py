@@ -1,7 +1,9 @@
-"""Unique users over many whole days (llm.metrics._walked_users: one index probe per user of the
-user roll-ups, not a row per user and day) against plain Python over the raw rows: users active
-only before, only after or only in the edges of the window, filters by model and status, rows
-above the roll-up watermark (late ones among them), windows not aligned to hours."""
+"""Reads of the roll-ups made cheap at 10 million calls (llm/metrics.py), against plain Python over
+the raw rows. Unique users over many whole days (_walked_users: one index probe per user of the
+user roll-ups, not a row per user and day): users active only before, only after or only in the
+edges of the window, filters by model and status, rows above the roll-up watermark (late ones
+among them), windows not aligned to hours. Hourly series whose raw edges are grouped by UTC hour
+number (RawPeriod), in zones with a DST change or a half-hour offset."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from llm import metrics, rollups
 from llm.models import LLMRequestLog
@@ -134,3 +137,42 @@ def test_the_walk_probes_each_user_rather_than_each_day(calls):
         and call.id <= the_plan.watermark
         and days[0] <= call.timestamp.astimezone(the_plan.zone).date() <= days[-1]
     }
+
+
+# Hourly series: raw rows grouped by UTC hour number where every UTC hour is one local hour
+# (llm.metrics.RawPeriod), by local hour elsewhere; both named as the roll-ups name their hours.
+DST_CHANGE = datetime(2026, 3, 29, 1, 0, tzinfo=UTC)  # Europe/Paris moves from +1 to +2
+
+
+@pytest.mark.parametrize("zone_name", ["Europe/Paris", "Asia/Kolkata", "UTC"])
+def test_hourly_series_with_raw_edges_equal_raw_rows_across_zones(settings, zone_name):
+    settings.TIME_ZONE = zone_name
+    rng = random.Random(3)
+    start, end = DST_CHANGE - timedelta(days=1, minutes=47, seconds=3), DST_CHANGE + timedelta(days=2, minutes=29)
+
+    def calls(count: int) -> None:
+        make_logs(
+            count,
+            timestamp=lambda i: start - timedelta(hours=2) + timedelta(seconds=rng.uniform(0, 3.2 * 86400)),
+            status=lambda i: rng.choice(["success", "error"]),
+            latency_ms=lambda i: rng.uniform(50, 900),
+            prompt_tokens=lambda i: rng.randint(0, 500),
+        )
+
+    with timezone.override(zone_name):
+        calls(400)
+        rollups.roll_up()
+        calls(100)  # above the watermark
+        expected: dict[str, list[LLMRequestLog]] = {}
+        for call in LLMRequestLog.objects.in_window(start, end):
+            hour = timezone.localtime(call.timestamp).replace(minute=0, second=0, microsecond=0).isoformat()
+            expected.setdefault(hour, []).append(call)
+        series = metrics.timeseries(chosen(start, end), "hour")
+    assert [row["period"] for row in series] == sorted(expected, key=datetime.fromisoformat)
+    for row in series:
+        group = expected[row["period"]]
+        assert (row["requests"], row["errors"], row["prompt_tokens"]) == (
+            len(group),
+            sum(call.status == "error" for call in group),
+            sum(call.prompt_tokens for call in group),
+        )
