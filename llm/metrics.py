@@ -429,27 +429,42 @@ def _add_rollups(
     so a 90-day reading returns a few rows, not one per day, model, status and error type; the
     histograms, when percentiles are asked for, fetched bare and merged in NumPy per group."""
     names = [name for name in group if name != "period"]
+    moment_of = _moment_of(period_field)
+    if "period" in group and period_field == "hour":  # as epoch seconds: see hour_at
+        rows, period_field = rows.annotate(hour_epoch=EpochSeconds("hour")), "hour_epoch"
+        moment_of = _moment_of(period_field)
     if "period" in group:
         names.append(period_field)
     sums = {name: Sum(name) for name in ROLLUP_SUMS}
     for row in rows.values(*names).annotate(**sums).order_by():
         for name in ROLLUP_SUMS:
             row[name] = float(row[name] or 0) if name in FLOAT_SUMS else int(row[name] or 0)
-        figures = found.get(keyed := key(row, row.get(period_field)))
+        figures = found.get(keyed := key(row, moment_of(row)))
         if figures is None:
             figures = found[keyed] = rollups.Figures()
         figures.add_sums(row)
-    if not percentiles:
-        return
+    if percentiles:
+        _add_rollup_histograms(found, rows, names, key, moment_of)
+
+
+def _add_rollup_histograms(found: KeyedFigures, rows: QuerySet, names: list[str], key: Any, moment_of: Any) -> None:
+    """Merge the latency histograms of roll-up rows per key of `found`, in one NumPy pass."""
     keys: dict[tuple, int] = {}
     groups, stored = [], []
     for *values, histogram in rows.values_list(*names, "latency_histogram").order_by():
         row = dict(zip(names, values, strict=True))
-        groups.append(keys.setdefault(key(row, row.get(period_field)), len(keys)))
+        groups.append(keys.setdefault(key(row, moment_of(row)), len(keys)))
         stored.append(histogram)
     merged = rollup_math.merge_grouped(groups, stored, len(keys))
     for keyed, index in keys.items():
         found[keyed].latency += merged[index]
+
+
+def _moment_of(period_field: str) -> Any:
+    """How to read a roll-up row's day or hour (None without one) from its `period_field`."""
+    if period_field == "hour_epoch":
+        return lambda row: hour_at(row["hour_epoch"])
+    return lambda row: row.get(period_field)
 
 
 class RawPeriod:
