@@ -439,31 +439,78 @@ def _add_rollups(
     so a 90-day reading returns a few rows, not one per day, model, status and error type; the
     histograms, when percentiles are asked for, fetched bare and merged in NumPy per group."""
     names = [name for name in group if name != "period"]
+    moment_of = _moment_of(period_field)
+    if "period" in group and period_field == "hour":  # as epoch seconds: see hour_at
+        rows, period_field = rows.annotate(hour_epoch=EpochSeconds("hour")), "hour_epoch"
+        moment_of = _moment_of(period_field)
     if "period" in group:
         names.append(period_field)
     sums = {name: Sum(name) for name in ROLLUP_SUMS}
     for row in rows.values(*names).annotate(**sums).order_by():
         for name in ROLLUP_SUMS:
             row[name] = float(row[name] or 0) if name in FLOAT_SUMS else int(row[name] or 0)
-        figures = found.get(keyed := key(row, row.get(period_field)))
+        figures = found.get(keyed := key(row, moment_of(row)))
         if figures is None:
             figures = found[keyed] = rollups.Figures()
         figures.add_sums(row)
-    if not percentiles:
-        return
+    if percentiles:
+        _add_rollup_histograms(found, rows, names, key, moment_of)
+
+
+def _add_rollup_histograms(found: KeyedFigures, rows: QuerySet, names: list[str], key: Any, moment_of: Any) -> None:
+    """Merge the latency histograms of roll-up rows per key of `found`, in one NumPy pass."""
     keys: dict[tuple, int] = {}
     groups, stored = [], []
     for *values, histogram in rows.values_list(*names, "latency_histogram").order_by():
         row = dict(zip(names, values, strict=True))
-        groups.append(keys.setdefault(key(row, row.get(period_field)), len(keys)))
+        groups.append(keys.setdefault(key(row, moment_of(row)), len(keys)))
         stored.append(histogram)
     merged = rollup_math.merge_grouped(groups, stored, len(keys))
     for keyed, index in keys.items():
         found[keyed].latency += merged[index]
 
 
+def _moment_of(period_field: str) -> Any:
+    """How to read a roll-up row's day or hour (None without one) from its `period_field`."""
+    if period_field == "hour_epoch":
+        return lambda row: hour_at(row["hour_epoch"])
+    return lambda row: row.get(period_field)
+
+
+class RawPeriod:
+    """The period of raw rows as the API names it (PeriodOf's text). By hour, where every UTC hour
+    of the window is one local hour (whole-hour offsets, as hourly roll-ups need too), the rows are
+    grouped by UTC hour as an integer, mapped to text once per hour: a truncated timestamp is parsed
+    by psycopg in Python, ~15 µs a row, and raw rows grouped by hour and latency bucket are many
+    (the two edge hours of a window at 10 million calls: ~9,000 calls, about a thousand groups)."""
+
+    def __init__(self, the_plan: Plan) -> None:
+        chosen = the_plan.selection
+        self.by_hour_number = (
+            the_plan.period == "hour"
+            and chosen.start is not None
+            and rollup_math.whole_hour_offsets(the_plan.zone, chosen.start, chosen.end)
+        )
+        self.period = the_plan.period
+        self.period_of = PeriodOf(the_plan.period, the_plan.zone)
+
+    def expression(self) -> Any:
+        if self.by_hour_number:
+            return EpochSeconds("timestamp") / Value(SECONDS_PER_HOUR)
+        return TRUNCATE[self.period]("timestamp")
+
+    def text(self, value: Any) -> str:
+        if self.by_hour_number:
+            return self.period_of(hour_at(value * SECONDS_PER_HOUR))
+        return value.isoformat()
+
+
+SECONDS_PER_HOUR = 3600
+
+
 def _add_raw(found: KeyedFigures, the_plan: Plan, watermark: int, group: tuple[str, ...], percentiles: bool) -> None:
     names = [name for name in group if name != "period"]
+    raw_period = RawPeriod(the_plan)
     if "period" in group:
         names.append("period")
     if percentiles:
@@ -472,14 +519,17 @@ def _add_raw(found: KeyedFigures, the_plan: Plan, watermark: int, group: tuple[s
         if "key" in group:  # a breakdown roll-up's group (measure_at of a breakdown_plan)
             rows = rows.annotate(key=rollups.breakdown_group(the_plan.breakdown))
         if "period" in group:
-            rows = rows.annotate(period=TRUNCATE[the_plan.period]("timestamp"))
+            rows = rows.annotate(period=raw_period.expression())
         if percentiles:
             rows = rows.annotate(bucket=rollups.bucket_of("latency_ms"))
         for row in rows.values(*names).annotate(**_raw_sums()):
             row["cost_units"] = rollups.as_units(row["cost_units"])
             if "period" in row:
-                row["period"] = row["period"].isoformat()
-            figures = found.setdefault(tuple(row[name] for name in group), rollups.Figures())
+                row["period"] = raw_period.text(row["period"])
+            key = tuple(row[name] for name in group)
+            figures = found.get(key)
+            if figures is None:
+                figures = found[key] = rollups.Figures()
             figures.add_sums(row)
             if percentiles:
                 figures.latency[row["bucket"]] += row["requests"]
@@ -746,11 +796,12 @@ def _read_shared_raw(reading: SharedReading, the_plan: Plan, watermark: int) -> 
     latency buckets as (cell, bucket, count), the cells made room for before the merge."""
     sums = _raw_sums()
     buckets = []
+    raw_period = RawPeriod(the_plan)
     for rows in the_plan.raw_rows(watermark):
-        grouped = rows.annotate(period=TRUNCATE[the_plan.period]("timestamp"), bucket=rollups.bucket_of("latency_ms"))
+        grouped = rows.annotate(period=raw_period.expression(), bucket=rollups.bucket_of("latency_ms"))
         for row in grouped.values("period", "model_name", "status", "error_type", "bucket").annotate(**sums):
             row["cost_units"] = rollups.as_units(row["cost_units"])
-            local = row["period"].isoformat()
+            local = raw_period.text(row["period"])
             values = [row.get(name) or 0 for name in ROLLUP_SUMS]
             _add_group(reading, (local, row["model_name"], row["status"], row["error_type"]), values)
             cell = reading.cells.setdefault((local, row["model_name"]), len(reading.cells))
@@ -827,11 +878,19 @@ def _per_user_sql(rows: QuerySet, fields: dict[str, Aggregate] | None) -> tuple[
     return (rows.annotate(**fields) if fields else rows).query.sql_with_params()
 
 
-def _user_parts(the_plan: Plan, watermark: int, rollup_fields: dict | None, raw_fields: dict | None) -> tuple:
+def _user_parts(
+    the_plan: Plan, watermark: int, rollup_fields: dict | None, raw_fields: dict | None, *, walk_days: bool = False
+) -> tuple:
     """SQL parts that together hold the users of the plan's window, each grouped by user (with
     `rollup_fields` / `raw_fields` when given): the user roll-ups (_user_sources), the raw rows
-    of the other spans, and the rows above the watermark."""
+    of the other spans, and the rows above the watermark. `walk_days` (distinct users only): the
+    users of many whole days by _walked_users."""
     tables, raw_spans, rolled_spans = _user_sources(the_plan)
+    days = the_plan.split.days
+    walked = []
+    if walk_days and len(days) >= WALK_USERS_FROM_DAYS and tables and tables[0].model is not HourlyUserTotals:
+        chosen = the_plan.selection
+        walked.append(_walked_users(tables.pop(0).model, days, chosen.model, chosen.status))
     matching = LLMRequestLog.objects.filter(the_plan.selection.matching()).exclude(user_id="").order_by()
     raw = [matching.filter(timestamp__gte=start, timestamp__lt=end) for start, end in raw_spans]
     if rolled_spans:
@@ -843,6 +902,7 @@ def _user_parts(the_plan: Plan, watermark: int, rollup_fields: dict | None, raw_
             fields = {**fields, "u_errors": Sum("requests", filter=LLMRequestLog.FAILED)}
         parts.append(_per_user_sql(rows, fields))
     parts.extend(_per_user_sql(rows, raw_fields) for rows in raw)
+    parts.extend(walked)
     return [sql for sql, _params in parts], tuple(param for _sql, params in parts for param in params)
 
 
@@ -871,9 +931,48 @@ def _user_totals_sql(the_plan: Plan, watermark: int) -> tuple[str, tuple]:
     return sql, params
 
 
+# From this many whole days on, the users of the days are found by probing each user (_walked_users)
+# rather than by reading a row per user and day: a probe costs about what reading ~2 rows does, and
+# a window of D days reads about D rows per active user (more with a status per model). Below it,
+# a window's rows are few anyway, while a deployment with many users who have gone quiet would
+# pay a probe for each of them.
+WALK_USERS_FROM_DAYS = 14
+NOT_BLANK = "user_id <> ''"
+
+
+def _walked_users(table: type, days: list[date_type], model: str, status: str) -> tuple[str, tuple]:
+    """SQL answering the distinct users of a user roll-up by day (`table`; of one model and status
+    when given) on `days`, one index probe per user of the table rather than a row per user and
+    day: a recursive walk of its distinct user_ids (each step the next smaller one: one probe of
+    the index led by (model_name,) user_id, as PostgreSQL has no skip scan), keeping each user who
+    has a row on one of the days (a second probe of that index; a scalar subquery with LIMIT, which
+    the planner cannot turn into a join that reads every row of the days). Portable: SQLite runs it
+    too."""
+    name = table._meta.db_table
+    of_model, model_params = (["model_name = %s"], (model,)) if model else ([], ())
+    within, within_params = [*of_model, "day >= %s", "day <= %s"], (*model_params, days[0], days[-1])
+    if status:
+        within, within_params = [*within, "status = %s"], (*within_params, status)
+
+    def where(*conditions: str) -> str:
+        return " AND ".join(conditions)
+
+    # Only our table's name and constant conditions are put in the text; the values are parameters.
+    newest = f"SELECT user_id FROM {name} WHERE {where(*of_model, NOT_BLANK)} ORDER BY user_id DESC LIMIT 1"  # noqa: S608
+    smaller = f"SELECT user_id FROM {name} WHERE {where(*of_model, 'user_id < walked.user_id')}"  # noqa: S608
+    on_a_day = f"SELECT 1 FROM {name} WHERE {where(*within, 'user_id = walked.user_id')} LIMIT 1"  # noqa: S608
+    sql = (
+        f"SELECT user_id FROM (WITH RECURSIVE walked(user_id) AS (SELECT user_id FROM ({newest}) AS newest"  # noqa: S608
+        f" UNION ALL SELECT ({smaller} ORDER BY user_id DESC LIMIT 1) FROM walked WHERE walked.user_id IS NOT NULL)"
+        f" SELECT user_id FROM walked WHERE walked.user_id IS NOT NULL AND walked.{NOT_BLANK} AND ({on_a_day}) = 1)"
+        " AS walked_users"
+    )
+    return sql, (*model_params, *model_params, *within_params)
+
+
 def unique_users_from_rollups(the_plan: Plan, watermark: int) -> int:
     """Distinct users of the user roll-ups of the whole days and hours and of the raw rows elsewhere."""
-    parts, params = _user_parts(the_plan, watermark, None, None)
+    parts, params = _user_parts(the_plan, watermark, None, None, walk_days=True)
     if not parts:
         return 0
     with connections["default"].cursor() as cursor:
