@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("llm", "0030_hourly_latency"),
+        ("llm", "0031_rollup_speeds"),
     ]
 
     operations = [
