@@ -31,7 +31,7 @@ def failures():
     """Failures of three types over 40 minutes, six rows every two minutes (two of each type: a
     tie on the time, the larger id the later), and successes later than all of them."""
     start = timezone.now().replace(microsecond=0) - timedelta(hours=1)
-    rows = make_logs(
+    make_logs(
         120,
         status=ERROR,
         error_type=lambda index: TYPES[index % 3],  # OTHER has no failure
