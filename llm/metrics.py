@@ -620,8 +620,10 @@ class SharedReading:
 
     period: str
     watermark: int
-    # (period, model_name, status, error_type) -> the ROLLUP_SUMS, in that order.
-    groups: dict[tuple, list] = field(default_factory=dict)
+    # The rows as read, in order: their (period, model_name, status, error_type) and their
+    # ROLLUP_SUMS (None for 0), added up per key once the reading is complete (_columns).
+    keys: list[tuple] = field(default_factory=list)
+    values: list[list] = field(default_factory=list)
     # (period, model_name) -> row of `latency`, the merged latency histograms.
     cells: dict[tuple, int] = field(default_factory=dict)
     latency: Any = None
@@ -655,17 +657,20 @@ class SharedReading:
         return found
 
     def _columns(self) -> tuple[list[tuple], Any, Any]:
-        """The groups' keys and their integer and float sums as two arrays, made once (the
-        reading is complete before any figure asks)."""
+        """The groups' keys (in the order first read) and their integer and float sums as two
+        arrays, made once (the reading is complete before any figure asks). The rows are added
+        per key in NumPy, in row order: the same sums as adding them in turn in Python, which
+        cost ~30 ms over a 7-day reading's ~6,000 rows at 10,000,000 calls."""
         if self.columns is None:
-            values = list(self.groups.values())
-            integers = [[int(row[index]) for index in INTEGER_POSITIONS] for row in values]
-            floats = [[float(row[index]) for index in FLOAT_POSITIONS] for row in values]
-            self.columns = (
-                list(self.groups),
-                np.array(integers, dtype=np.int64).reshape(len(values), len(INTEGER_SUMS)),
-                np.array(floats, dtype=np.float64).reshape(len(values), len(FLOAT_SUMS)),
-            )
+            owners: dict[tuple, int] = {}
+            rows = [owners.setdefault(key, len(owners)) for key in self.keys]
+            table = np.array(self.values, dtype=object).reshape(len(self.values), len(ROLLUP_SUMS))
+            table[np.equal(table, None)] = 0
+            integers = np.zeros((len(owners), len(INTEGER_SUMS)), dtype=np.int64)
+            floats = np.zeros((len(owners), len(FLOAT_SUMS)))
+            np.add.at(integers, rows, table[:, INTEGER_POSITIONS].astype(np.int64))
+            np.add.at(floats, rows, table[:, FLOAT_POSITIONS].astype(np.float64))
+            self.columns = (list(owners), integers, floats)
         return self.columns
 
     def totals(self, group: tuple[str, ...], period: str | None) -> dict[tuple, Totals]:
@@ -684,7 +689,7 @@ class SharedReading:
         """Per error type, a time its latest failure in the window is not before: the start of
         the latest period it failed in."""
         latest: dict[str, datetime] = {}
-        for period, _model, status, error_type in self.groups:
+        for period, _model, status, error_type in self._columns()[0]:
             if status == LLMRequestLog.Status.ERROR:
                 moment = datetime.fromisoformat(period)
                 if error_type not in latest or moment > latest[error_type]:
@@ -729,11 +734,12 @@ def read_shared(the_plan: Plan, watermark: int) -> SharedReading:
         rows = table.objects.filter(condition()).order_by()
         if period_field == "hour":
             rows, period_field = rows.annotate(hour_epoch=EpochSeconds("hour")), "hour_epoch"
+        hourly = period_field == "hour_epoch"
         for moment, model, status, error_type, *values in rows.values_list(
             period_field, "model_name", "status", "error_type", *ROLLUP_SUMS
         ):
-            moment = hour_at(moment) if period_field == "hour_epoch" else moment
-            _add_group(reading, (period_of(moment), model, status, error_type), values)
+            reading.keys.append((period_of(hour_at(moment) if hourly else moment), model, status, error_type))
+            reading.values.append(values)
     blobs: list[Any] = []
     owners: list[int] = []
     for moment, model, histogram in rollup_histograms(the_plan):
@@ -746,14 +752,6 @@ def read_shared(the_plan: Plan, watermark: int) -> SharedReading:
     return reading
 
 
-def _add_group(reading: SharedReading, key: tuple, values: list) -> None:
-    total = reading.groups.get(key)
-    if total is None:
-        reading.groups[key] = [value or 0 for value in values]
-    else:
-        reading.groups[key] = [sum_ + (value or 0) for sum_, value in zip(total, values, strict=True)]
-
-
 def _read_shared_raw(reading: SharedReading, the_plan: Plan, watermark: int) -> list[tuple[int, int, int]]:
     """Add the raw rows of the plan (edges, rows above the watermark) to `reading`; answers their
     latency buckets as (cell, bucket, count), the cells made room for before the merge."""
@@ -764,8 +762,8 @@ def _read_shared_raw(reading: SharedReading, the_plan: Plan, watermark: int) -> 
         for row in grouped.values("period", "model_name", "status", "error_type", "bucket").annotate(**sums):
             row["cost_units"] = rollups.as_units(row["cost_units"])
             local = row["period"].isoformat()
-            values = [row.get(name) or 0 for name in ROLLUP_SUMS]
-            _add_group(reading, (local, row["model_name"], row["status"], row["error_type"]), values)
+            reading.keys.append((local, row["model_name"], row["status"], row["error_type"]))
+            reading.values.append([row.get(name) for name in ROLLUP_SUMS])
             cell = reading.cells.setdefault((local, row["model_name"]), len(reading.cells))
             buckets.append((cell, row["bucket"], row["requests"]))
     return buckets
