@@ -319,3 +319,31 @@ def test_alert_windows_of_all_models_and_of_one_share_one_reading(calls):
             assert together[window].p95_latency_ms == pytest.approx(exact, rel=BOUND)
         else:
             assert together[window].p95_latency_ms is None
+
+
+def test_rows_read_twice_under_one_key_add_up_as_in_turn():
+    """The reading keeps its rows as read and adds them per key in NumPy: the same sums, floats
+    to the last bit, as adding each key's rows in turn in Python (None counting as 0)."""
+    rng = random.Random(11)
+    reading = metrics.SharedReading("hour", 0)
+    keys = [("2026-03-30T10:00:00+00:00", model, status, "") for model in MODELS for status in ("success", "error")]
+    for _ in range(300):
+        reading.keys.append(rng.choice(keys))
+        reading.values.append(
+            [
+                (rng.lognormvariate(6, 2) if name in metrics.FLOAT_SUMS else rng.randint(0, 10**12))
+                if rng.random() > 0.1
+                else None
+                for name in metrics.ROLLUP_SUMS
+            ]
+        )
+    expected: dict[tuple, list] = {}
+    for key, values in zip(reading.keys, reading.values, strict=True):
+        values = [value or 0 for value in values]
+        total = expected.get(key)
+        expected[key] = values if total is None else [a + b for a, b in zip(total, values, strict=True)]
+    found = reading.sums(("model_name", "status"), "hour")
+    assert {(key[1], key[2]) for key in expected} == set(found)
+    for key, total in expected.items():
+        figures = found[(key[1], key[2])]
+        assert [getattr(figures, name) for name in metrics.ROLLUP_SUMS] == total
