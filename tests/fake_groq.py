@@ -23,7 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 @dataclass
 class Behaviour:
-    mode: str = "ok"  # ok | stream | status | stream_error | drop | drop_stream
+    mode: str = "ok"  # ok | stream | status | stream_error | drop | drop_stream | bad_chunk
     text: str = "Hello from the fake Groq server."
     prompt_tokens: int = 21
     completion_tokens: int = 7
@@ -224,6 +224,9 @@ class FakeGroq:
                         if behaviour.mode == "stream_error" and index == len(chunks) // 2:
                             error = {"error": {"message": behaviour.error_message, "type": "internal_server_error"}}
                             send(json.dumps(error))
+                            break
+                        if behaviour.mode == "bad_chunk" and index == len(chunks) // 2:
+                            send('{"choices": [{"delta": {"content": "cut')  # no JSON: the vendor's fault
                             break
                         delta = {"content": chunk} if index else {"role": "assistant", "content": chunk}
                         choice = {"index": 0, "delta": delta, "finish_reason": None}

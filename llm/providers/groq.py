@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from functools import lru_cache
 
 import groq
@@ -68,7 +69,7 @@ class GroqProvider(ChatCompletionsProvider):
                 body={**options(request), "stream": True},
                 cast_to=ChatCompletion,
                 stream=True,
-                stream_cls=groq.AsyncStream[ChatCompletionChunk],
+                stream_cls=RawChunkStream,
             )
         # The SDK sends, retries and raises for an error status as always; the answer comes back as
         # the raw response, read below: building the SDK's pydantic ChatCompletion from it cost
@@ -102,3 +103,44 @@ def read_completion(response: httpx.Response) -> Fields:
             response=response, body=response.text[:1000], message="The answer is not a JSON object."
         )
     return completion
+
+
+def read_chunk(data: str, response: httpx.Response) -> Fields:
+    """One streamed chunk (an SSE event's data) as Fields; no JSON object is the vendor's fault."""
+    try:
+        chunk = json.loads(data, object_hook=Fields)
+    except ValueError:
+        chunk = None
+    if not isinstance(chunk, Fields):
+        raise groq.APIResponseValidationError(
+            response=response, body=data[:1000], message="A streamed chunk is not a JSON object."
+        )
+    return chunk
+
+
+class RawChunkStream(groq.AsyncStream[ChatCompletionChunk]):
+    """The SDK's stream of an answer (its SSE decoder, its error events, its response to close),
+    with each chunk read as plain JSON (Fields) instead of a pydantic ChatCompletionChunk built
+    through the SDK's type-driven construction: take_chunk reads both alike."""
+
+    async def __stream__(self) -> AsyncIterator[Fields]:
+        response = self.response
+        events = self._iter_events()
+        async for sse in events:
+            if sse.data.startswith("[DONE]"):
+                break
+            chunk = read_chunk(sse.data, response)
+            error = chunk.get("error")
+            if error and (sse.event is None or sse.event == "error"):
+                # What the SDK raises for an error event, with its message and body.
+                message = error.get("message") if isinstance(error, dict) else None
+                raise groq.APIError(
+                    message=message if message and isinstance(message, str) else "An error occurred during streaming",
+                    request=response.request,
+                    body=error,
+                )
+            if sse.event is None:
+                yield chunk
+        # As the SDK does: read the rest, so that the connection is released.
+        async for _sse in events:
+            pass
