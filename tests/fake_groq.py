@@ -136,6 +136,7 @@ class FakeGroq:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")
                 body["_authorization"] = self.headers.get("Authorization")
+                body["_cookie"] = self.headers.get("Cookie")
                 dialect = DIALECTS.get(self.path)
                 if dialect is None:
                     return self._json(404, {"error": {"message": "Unknown path", "type": "not_found"}})
