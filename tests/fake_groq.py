@@ -23,7 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 @dataclass
 class Behaviour:
-    mode: str = "ok"  # ok | stream | status | stream_error | drop | drop_stream
+    mode: str = "ok"  # ok | stream | status | stream_error | drop | drop_stream | bad_chunk
     text: str = "Hello from the fake Groq server."
     prompt_tokens: int = 21
     completion_tokens: int = 7
@@ -136,6 +136,7 @@ class FakeGroq:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")
                 body["_authorization"] = self.headers.get("Authorization")
+                body["_cookie"] = self.headers.get("Cookie")
                 dialect = DIALECTS.get(self.path)
                 if dialect is None:
                     return self._json(404, {"error": {"message": "Unknown path", "type": "not_found"}})
@@ -224,6 +225,9 @@ class FakeGroq:
                         if behaviour.mode == "stream_error" and index == len(chunks) // 2:
                             error = {"error": {"message": behaviour.error_message, "type": "internal_server_error"}}
                             send(json.dumps(error))
+                            break
+                        if behaviour.mode == "bad_chunk" and index == len(chunks) // 2:
+                            send('{"choices": [{"delta": {"content": "cut')  # no JSON: the vendor's fault
                             break
                         delta = {"content": chunk} if index else {"role": "assistant", "content": chunk}
                         choice = {"index": 0, "delta": delta, "finish_reason": None}

@@ -127,6 +127,22 @@ class PromptInput(PromptRequestSerializer):
         return {name: copy.copy(field) for name, field in self._declared_fields.items()}
 
 
+class LoopPromptInput(PromptInput):
+    """PromptInput for the fast path's checks, on the event loop: its fields are bound once, to a
+    PromptInput without data, and every instance reads them (copying them per prompt cost ~66 µs).
+    The same fields and rules: validating reads a field (its validators, its `root.partial`, never
+    true here) and changes nothing in it, and one thread (the loop) uses them."""
+
+    _bound_fields: dict | None = None
+
+    @property
+    def fields(self) -> dict:
+        bound = LoopPromptInput._bound_fields
+        if bound is None:
+            bound = LoopPromptInput._bound_fields = PromptInput().fields
+        return bound
+
+
 def event_stream(response: StreamingHttpResponse) -> StreamingHttpResponse:
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"  # let nginx pass chunks through as they come
@@ -331,7 +347,7 @@ def _fast_checks(request: HttpRequest) -> tuple[APIKey, ChatRequest, CallContext
         document = parse_json(request.body.decode("utf-8"))
     except (JSONError, UnicodeDecodeError):
         return None
-    serializer = PromptInput(data=document)
+    serializer = LoopPromptInput(data=document)
     if not serializer.is_valid():
         return None
     data = serializer.validated_data

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from functools import lru_cache
 
+import aiohttp
 import groq
 import httpx
 
 # Imported with this module (the URLconf, at a worker's start), not by the first answer parsed.
 from groq.types.chat import ChatCompletion, ChatCompletionChunk
+from httpx_aiohttp.transport import AiohttpTransport
 
 from llm.providers import ChatRequest
 from llm.providers.chat_completions import SDK, ChatCompletionsProvider, options
@@ -31,6 +34,58 @@ ASYNC_LIMITS = httpx.Limits(max_connections=100_000, max_keepalive_connections=1
 # plain strings and numbers of `options` (no aliased or formatted field among them). Retries,
 # timeouts, errors and the parsing of the answer are the SDK's, as with `create`.
 CHAT_COMPLETIONS_PATH = "/openai/v1/chat/completions"
+
+
+class NoCookies(httpx.Cookies):
+    """A cookie jar that keeps nothing: a vendor's API is called with its key, never a cookie, and
+    storing each answer's Set-Cookie (httpx parses every response for it) cost ~41 µs a call."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        pass
+
+
+class CookielessTransport(AiohttpTransport):
+    """The SDK's aiohttp transport, its session without a cookie jar either (aiohttp's own reads
+    every answer's headers and filters its cookies for every request)."""
+
+    def get_client(self) -> aiohttp.ClientSession:
+        limit = {"limit": self.limits.max_connections} if self.limits.max_connections is not None else {}
+        connector = aiohttp.TCPConnector(
+            keepalive_timeout=self.limits.keepalive_expiry,
+            ssl=self.ssl_context,
+            local_addr=(self.local_address, 0) if self.local_address else None,
+            **limit,
+        )
+        return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
+
+
+class VendorHttpClient(groq.DefaultAioHttpClient):
+    """groq.DefaultAioHttpClient (its defaults: timeout, limits, redirects) without cookies."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._cookies = NoCookies()
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return self._cookies
+
+    @cookies.setter
+    def cookies(self, cookies: httpx.types.CookieTypes) -> None:
+        pass  # nothing to keep
+
+    def _init_transport(self, **kwargs) -> httpx.AsyncBaseTransport:
+        transport = kwargs.get("transport")
+        if transport is not None:
+            return transport
+        return CookielessTransport(
+            verify=kwargs.get("verify", True),
+            cert=kwargs.get("cert"),
+            trust_env=kwargs.get("trust_env", True),
+            http1=kwargs.get("http1", True),
+            http2=kwargs.get("http2", False),
+            limits=kwargs["limits"],
+        )
 
 
 @lru_cache(maxsize=16)
@@ -58,7 +113,7 @@ class GroqProvider(ChatCompletionsProvider):
             base_url=base_url,
             timeout=timeout,
             max_retries=max_retries,
-            http_client=groq.DefaultAioHttpClient(limits=ASYNC_LIMITS, timeout=timeout),
+            http_client=VendorHttpClient(limits=ASYNC_LIMITS, timeout=timeout),
         )
 
     async def acreate(self, client: groq.AsyncGroq, request: ChatRequest, *, stream: bool):
@@ -68,7 +123,7 @@ class GroqProvider(ChatCompletionsProvider):
                 body={**options(request), "stream": True},
                 cast_to=ChatCompletion,
                 stream=True,
-                stream_cls=groq.AsyncStream[ChatCompletionChunk],
+                stream_cls=RawChunkStream,
             )
         # The SDK sends, retries and raises for an error status as always; the answer comes back as
         # the raw response, read below: building the SDK's pydantic ChatCompletion from it cost
@@ -102,3 +157,44 @@ def read_completion(response: httpx.Response) -> Fields:
             response=response, body=response.text[:1000], message="The answer is not a JSON object."
         )
     return completion
+
+
+def read_chunk(data: str, response: httpx.Response) -> Fields:
+    """One streamed chunk (an SSE event's data) as Fields; no JSON object is the vendor's fault."""
+    try:
+        chunk = json.loads(data, object_hook=Fields)
+    except ValueError:
+        chunk = None
+    if not isinstance(chunk, Fields):
+        raise groq.APIResponseValidationError(
+            response=response, body=data[:1000], message="A streamed chunk is not a JSON object."
+        )
+    return chunk
+
+
+class RawChunkStream(groq.AsyncStream[ChatCompletionChunk]):
+    """The SDK's stream of an answer (its SSE decoder, its error events, its response to close),
+    with each chunk read as plain JSON (Fields) instead of a pydantic ChatCompletionChunk built
+    through the SDK's type-driven construction: take_chunk reads both alike."""
+
+    async def __stream__(self) -> AsyncIterator[Fields]:
+        response = self.response
+        events = self._iter_events()
+        async for sse in events:
+            if sse.data.startswith("[DONE]"):
+                break
+            chunk = read_chunk(sse.data, response)
+            error = chunk.get("error")
+            if error and (sse.event is None or sse.event == "error"):
+                # What the SDK raises for an error event, with its message and body.
+                message = error.get("message") if isinstance(error, dict) else None
+                raise groq.APIError(
+                    message=message if message and isinstance(message, str) else "An error occurred during streaming",
+                    request=response.request,
+                    body=error,
+                )
+            if sse.event is None:
+                yield chunk
+        # As the SDK does: read the rest, so that the connection is released.
+        async for _sse in events:
+            pass
