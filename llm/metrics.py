@@ -842,7 +842,7 @@ def _read_shared_raw(reading: SharedReading, the_plan: Plan, watermark: int) -> 
 def _first_column_converter(rows: QuerySet) -> Callable[[Any], Any]:
     """The value of the first column of `rows` as Django answers it, from the driver's: applied
     once per distinct value (a few periods) rather than with every column's converters on every
-    row (~10 ms over the ~1,800 raw groups of a 90-day reading at 10,000,000 calls)."""
+    row (~17 ms over the ~1,800 raw groups of a 90-day reading at 10,000,000 calls)."""
     connection = connections[rows.db]
     compiler = rows.query.get_compiler(rows.db)
     compiler.setup_query()
