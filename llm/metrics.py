@@ -18,7 +18,7 @@ import json
 import math
 import operator
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, time, timedelta
@@ -817,16 +817,44 @@ def _read_shared_raw(reading: SharedReading, the_plan: Plan, watermark: int) -> 
     sums = _raw_sums()
     buckets = []
     raw_period = RawPeriod(the_plan)
+    names = list(sums)
+    cost, requests = names.index("cost_units"), names.index("requests")
+    positions = [names.index(name) if name in names else None for name in ROLLUP_SUMS]
     for rows in the_plan.raw_rows(watermark):
         grouped = rows.annotate(period=raw_period.expression(), bucket=rollups.bucket_of("latency_ms"))
-        for row in grouped.values("period", "model_name", "status", "error_type", "bucket").annotate(**sums):
-            row["cost_units"] = rollups.as_units(row["cost_units"])
-            local = raw_period.text(row["period"])
-            reading.keys.append((local, row["model_name"], row["status"], row["error_type"]))
-            reading.values.append([row.get(name) for name in ROLLUP_SUMS])
-            cell = reading.cells.setdefault((local, row["model_name"]), len(reading.cells))
-            buckets.append((cell, row["bucket"], row["requests"]))
+        grouped = grouped.values("period", "model_name", "status", "error_type", "bucket").annotate(**sums)
+        texts: dict[Any, str] = {}
+        period_of = _first_column_converter(grouped)
+        for moment, model, status, error_type, bucket, *values in _driver_rows(grouped):
+            if moment not in texts:
+                texts[moment] = raw_period.text(period_of(moment))
+            local = texts[moment]
+            # Sums come as the driver answers them (a PostgreSQL SUM of integers is a numeric): the
+            # reading's integer and float columns are made whole or float in NumPy (_columns).
+            values[cost] = rollups.as_units(values[cost])
+            reading.keys.append((local, model, status, error_type))
+            reading.values.append([None if position is None else values[position] for position in positions])
+            cell = reading.cells.setdefault((local, model), len(reading.cells))
+            buckets.append((cell, int(bucket), int(values[requests])))
     return buckets
+
+
+def _first_column_converter(rows: QuerySet) -> Callable[[Any], Any]:
+    """The value of the first column of `rows` as Django answers it, from the driver's: applied
+    once per distinct value (a few periods) rather than with every column's converters on every
+    row (~17 ms over the ~1,800 raw groups of a 90-day reading at 10,000,000 calls)."""
+    connection = connections[rows.db]
+    compiler = rows.query.get_compiler(rows.db)
+    compiler.setup_query()
+    first = compiler.select[0][0]
+    converters = compiler.get_converters([first]).get(0, ([], first))[0]
+
+    def convert(value: Any) -> Any:
+        for converter in converters:
+            value = converter(value, first, connection)
+        return value
+
+    return convert
 
 
 @dataclass
@@ -935,9 +963,13 @@ USER_ROLLUP_FIELDS = {
 
 
 def _user_raw_fields() -> dict[str, Aggregate]:
+    """Per-user sums of raw rows, counted over columns the (model_name, timestamp, user_id) index
+    holds (COUNT(*), status: never NULL), so that one model's rows are read from that index alone:
+    COUNT(id) made PostgreSQL read the calls themselves (the 17 hours of today of one model at
+    10,000,000 calls: ~29,000 calls, ~165 -> ~34 ms)."""
     return {
-        "u_requests": Count("id"),
-        "u_errors": Count("id", filter=LLMRequestLog.FAILED),
+        "u_requests": Count("*"),
+        "u_errors": Count("status", filter=LLMRequestLog.FAILED),
         "u_total_tokens": Sum("total_tokens"),
         "u_cost_units": rollups.cost_units_sum(),
     }
