@@ -279,25 +279,32 @@ class _Terms:
 
 def _terms(start: float, end: float, now: float, j: int) -> _Terms:
     """Scenario j of the module's docstring as the hours it reads. In epoch seconds (integer
-    hours): a month of hours x 4 scenarios is a few thousand steps, several times faster than
-    with datetimes."""
-    now_terms: Terms = []
-    then_terms: Terms = []
-    before: Terms = []
-    within: Terms = []
+    hours), over all the period's hours at once in NumPy: a month of hours x 4 scenarios took
+    ~5 ms a page hour by hour in Python. The same IEEE operations as hour by hour (an integer hour
+    is exact as a float), so the same parts."""
     first_hour = int(start // HOUR_S) * HOUR_S
-    oldest = first_hour - j * WEEK_S if first_hour < end else now
-    for hour in range(first_hour, math.ceil(end / HOUR_S) * HOUR_S, HOUR_S):
-        back = hour - j * WEEK_S
-        if (part := (min(hour + HOUR_S, now) - max(hour, start)) / HOUR_S) > 0 and back < start:
-            now_terms.append((hour, part))
-            then_terms.append((back, part))
-        if (part := (min(hour + HOUR_S, end) - max(hour, now)) / HOUR_S) > 0:
-            # The first week back whose same hour is over at `now`, then j - 1 weeks further.
-            source = hour - (max(1, math.ceil((hour + HOUR_S - now) / WEEK_S)) + j - 1) * WEEK_S
-            oldest = min(oldest, source)
-            (before if source < start else within).append((source, part))
-    return _Terms(now_terms, then_terms, before, within, oldest)
+    oldest: float = first_hour - j * WEEK_S if first_hour < end else now
+    hours = np.arange(first_hour, math.ceil(end / HOUR_S) * HOUR_S, HOUR_S, dtype=np.int64)
+    elapsed = (np.minimum(hours + HOUR_S, now) - np.maximum(hours, start)) / HOUR_S
+    back = hours - j * WEEK_S
+    past = (elapsed > 0) & (back < start)
+    now_parts = elapsed[past].tolist()
+    remaining = (np.minimum(hours + HOUR_S, end) - np.maximum(hours, now)) / HOUR_S
+    ahead = remaining > 0
+    # The first week back whose same hour is over at `now`, then j - 1 weeks further.
+    weeks_back = np.maximum(1, np.ceil((hours[ahead] + HOUR_S - now) / WEEK_S).astype(np.int64)) + j - 1
+    sources = hours[ahead] - weeks_back * WEEK_S
+    if len(sources):
+        oldest = min(oldest, int(sources.min()))
+    earlier = sources < start
+    parts = remaining[ahead]
+    return _Terms(
+        list(zip(hours[past].tolist(), now_parts, strict=True)),
+        list(zip(back[past].tolist(), now_parts, strict=True)),
+        list(zip(sources[earlier].tolist(), parts[earlier].tolist(), strict=True)),
+        list(zip(sources[~earlier].tolist(), parts[~earlier].tolist(), strict=True)),
+        oldest,
+    )
 
 
 def _all_terms(start: datetime, end: datetime, now: datetime, weeks: int) -> list[_Terms]:
