@@ -506,7 +506,8 @@ def _day_placed_costs(
     """The `all` and `model` scopes' hourly costs over [first, last), days placed (see above);
     None when the daily roll-ups do not answer (then every hour is read)."""
     logs = LLMRequestLog.objects.in_window(first, last)
-    the_plan = metrics.plan(metrics.Selection(logs, first, last, rollups_apply=True), "day")
+    state = recent.state if recent is not None else None
+    the_plan = metrics.plan(metrics.Selection(logs, first, last, rollups_apply=True), "day", state=state)
     if the_plan is None or not the_plan.split.days:
         return None
     zone = the_plan.zone

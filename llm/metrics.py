@@ -341,10 +341,11 @@ RECENT_ROWS_LIMIT = 50_000
 @dataclass(frozen=True)
 class RecentRows:
     """The calls above `watermark`: {(UTC hour as epoch seconds, model, status): (requests, cost
-    units)}."""
+    units)}; `state`, the roll-ups' state they were read at (the page's readings plan from it)."""
 
     watermark: int
     hours: dict[tuple[int, str, str], tuple[int, int]]
+    state: MetricWatermark | None = None
 
     def touch(self, spans: list[tuple[datetime, datetime]], model: str = "", status: str = "") -> bool:
         """Whether some of these calls may lie within `spans` (of `model` and `status`, if given):
@@ -372,9 +373,10 @@ class RecentRows:
         return found
 
 
-def recent_rows(watermark: int) -> RecentRows | None:
+def recent_rows(watermark: int, state: MetricWatermark | None = None) -> RecentRows | None:
     """The calls above `watermark` summed per UTC hour, model and status (one query); None when
-    there are more than RECENT_ROWS_LIMIT of them (told by the largest id, an index lookup)."""
+    there are more than RECENT_ROWS_LIMIT of them (told by the largest id, an index lookup).
+    `state`: the roll-ups' state `watermark` is from, kept for the readings to plan from."""
     newest = LLMRequestLog.objects.order_by("-id").values_list("id", flat=True).first() or 0
     if newest - watermark > RECENT_ROWS_LIMIT:
         return None
@@ -392,7 +394,7 @@ def recent_rows(watermark: int) -> RecentRows | None:
         )
         for row in rows
     }
-    return RecentRows(watermark, hours)
+    return RecentRows(watermark, hours, state if state is not None and state.last_id == watermark else None)
 
 
 def rollup_state() -> MetricWatermark:
@@ -1335,7 +1337,7 @@ def window_totals(windows: Iterable[Window], recent: RecentRows | None = None) -
     set per window) over the rows of the span they cover together. `recent`: the calls above the
     watermark, summed (see RecentRows)."""
     windows = list(dict.fromkeys(windows))
-    plans, latency, raw_windows = _plan_windows(windows)
+    plans, latency, raw_windows = _plan_windows(windows, recent.state if recent is not None else None)
     found = (
         consistent(lambda watermark: _read_windows(plans, latency, watermark, recent), next(iter(plans.values())))
         if plans
@@ -1360,12 +1362,14 @@ def window_totals(windows: Iterable[Window], recent: RecentRows | None = None) -
     return {**measured, **_raw_window_totals(raw_windows)}
 
 
-def _plan_windows(windows: list[Window]) -> tuple[dict[tuple, Plan], set[tuple], list[Window]]:
+def _plan_windows(
+    windows: list[Window], state: MetricWatermark | None = None
+) -> tuple[dict[tuple, Plan], set[tuple], list[Window]]:
     """Per (start, end, model): the plan of the windows the roll-ups answer, which need a p95, and
-    the windows read from the logs."""
+    the windows read from the logs. `state`: the roll-ups' state, when already read."""
     raw_windows = [window for window in windows if window.raw_only]
     long_windows = [window for window in windows if not window.raw_only and window.end - window.start > EXACT_WINDOW]
-    state = rollup_state() if long_windows else None
+    state = (state or rollup_state()) if long_windows else None
     plans: dict[tuple, Plan] = {}
     latency: set[tuple] = set()
     for window in windows:

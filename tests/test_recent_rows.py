@@ -97,8 +97,15 @@ def test_previous_window_with_late_calls_outside_it_skips_them(rolled_up):
             dashboard.previous_figures(window)
         with CaptureQueriesContext(connection) as shared:
             dashboard.previous_figures(window, recent)
-    # The rows above the watermark are all in the last two hours: not read for the previous window.
+        state = metrics.rollup_state()
+        with_state = metrics.recent_rows(state.last_id, state)
+        with CaptureQueriesContext(connection) as planned:
+            figures = dashboard.previous_figures(window, with_state)
+    # The rows above the watermark are all in the last two hours: not read for the previous window;
+    # and with the roll-ups' state given, that is not read again to plan it.
     assert len(shared.captured_queries) == len(alone.captured_queries) - 1
+    assert len(planned.captured_queries) == len(alone.captured_queries) - 2
+    assert figures == dashboard.previous_figures(window)
 
 
 def test_previous_window_with_late_calls_inside_it_reads_them(rolled_up):
