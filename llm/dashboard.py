@@ -258,13 +258,14 @@ def card(spec: Card, current: dict[str, Any], previous: dict[str, Any]) -> dict[
     }
 
 
-def previous_figures(window: TimeRange) -> dict[str, Any]:
+def previous_figures(window: TimeRange, recent: metrics.RecentRows | None = None) -> dict[str, Any]:
     """The previous window's figures the cards compare with, each as metrics.overview answers it:
     read by metrics.window_totals, which reads no unique users and no p50 or p99 (the cards'
-    change needs neither; unique users cost the most of a window's reading)."""
+    change needs neither; unique users cost the most of a window's reading). `recent`: the calls
+    above the roll-ups' watermark, summed: seldom in the previous window, then not read again."""
     before = window.previous()
     span = metrics.Window(before.start, before.end, before.model, latency=True)
-    totals = metrics.window_totals([span])[span]
+    totals = metrics.window_totals([span], recent)[span]
     return {
         "total_requests": totals.requests,
         "error_rate": totals.error_rate,
@@ -280,7 +281,10 @@ def overview(window: TimeRange) -> dict[str, Any]:
     logs = chosen.logs
     # The cards' figures: the page shows no unique users, the costliest figure of a window.
     current = metrics.overview_figures(chosen)
-    previous = previous_figures(window)
+    # The calls not rolled up yet, summed once for the previous window and the month's forecast.
+    state = chosen.shared.state if chosen.shared and chosen.shared.state else metrics.rollup_state()
+    recent = metrics.recent_rows(state.last_id, state)
+    previous = previous_figures(window, recent)
     series = _filled(metrics.timeseries(chosen, window.group_by, start=window.start, end=window.end), window)
     thresholds = DashboardSettings.load()
     days = max(window.length / timedelta(days=1), 1 / 24)
@@ -310,7 +314,7 @@ def overview(window: TimeRange) -> dict[str, Any]:
         "errors_by_type": errors_by_type,
         "failed_logs_query": window.logs_query(status="error"),
         "recent": list(logs.order_by("-timestamp", "-id")[:10]),
-        "spend": spend(timezone.now()),
+        "spend": spend(timezone.now(), recent),
     }
 
 
@@ -320,13 +324,14 @@ FORECAST_METHODS = {
 }
 
 
-def spend(now: datetime) -> dict[str, Any]:
+def spend(now: datetime, recent: metrics.RecentRows | None = None) -> dict[str, Any]:
     """The overview's spend cards, whatever the range shown: this month's forecast of all calls, and
     each budget's current period (spent, percent, forecast, its last warning). One reading of
-    hourly costs for all of them (llm.forecast.read), not one per budget."""
+    hourly costs for all of them (llm.forecast.read), not one per budget; `recent` as
+    previous_figures takes it."""
     rows = list(Budget.objects.order_by("name"))
     scopes = [forecast.Scope(), *(budgets.scope_of(budget) for budget in rows)]
-    reading = forecast.read(scopes, ["month", *(budget.period for budget in rows)], now)
+    reading = forecast.read(scopes, ["month", *(budget.period for budget in rows)], now, recent=recent)
     month = reading.forecast(forecast.Scope(), "month")
     statuses = budgets.statuses(rows, now, reading)
     warnings = budgets.latest_warnings([budget.pk for budget in rows])

@@ -323,6 +323,80 @@ def above_watermark(
 LARGEST_ID = 2**63 - 1
 
 
+# The calls above the watermark (written since the last roll-up), read once for a page.
+#
+# Every reading of a window reads them apart (above_watermark): an index range on the id, but each
+# of them read from the table (at 10,000,000 calls with 10,000 not rolled up yet: ~9 ms a reading,
+# though they all fall in the last hour). The overview page read them three times: its window, the
+# previous window (which they seldom touch) and the month's forecast. Summed once per UTC hour,
+# model and status, they tell a window whose rolled-up spans they do not touch that it has none
+# (its reading skips them), and give the forecast its cost per hour where its spans hold whole
+# hours; anything else reads them as before.
+
+# Beyond this many calls above the watermark (roll-ups far behind, or none yet), no summary is
+# read: the readings read their part apart.
+RECENT_ROWS_LIMIT = 50_000
+
+
+@dataclass(frozen=True)
+class RecentRows:
+    """The calls above `watermark`: {(UTC hour as epoch seconds, model, status): (requests, cost
+    units)}; `state`, the roll-ups' state they were read at (the page's readings plan from it)."""
+
+    watermark: int
+    hours: dict[tuple[int, str, str], tuple[int, int]]
+    state: MetricWatermark | None = None
+
+    def touch(self, spans: list[tuple[datetime, datetime]], model: str = "", status: str = "") -> bool:
+        """Whether some of these calls may lie within `spans` (of `model` and `status`, if given):
+        a call's hour overlaps its span."""
+        bounds = [(start.timestamp(), end.timestamp()) for start, end in spans]
+        for hour, model_name, call_status in self.hours:
+            if (model and model_name != model) or (status and call_status != status):
+                continue
+            if any(hour < end and hour + SECONDS_PER_HOUR > start for start, end in bounds):
+                return True
+        return False
+
+    def costs(self, spans: list[tuple[datetime, datetime]]) -> dict[tuple[datetime, str], int] | None:
+        """{(UTC hour, model): cost units} of these calls within `spans`; None when an hour with
+        calls lies partly within them (then only the rows tell)."""
+        bounds = [(start.timestamp(), end.timestamp()) for start, end in spans]
+        found: dict[tuple[datetime, str], int] = defaultdict(int)
+        for (hour, model_name, _status), (_requests, units) in self.hours.items():
+            inside = [max(start, hour) < min(end, hour + SECONDS_PER_HOUR) for start, end in bounds]
+            whole = any(start <= hour and hour + SECONDS_PER_HOUR <= end for start, end in bounds)
+            if any(inside) and not whole:
+                return None
+            if whole:
+                found[(hour_at(hour), model_name)] += units
+        return found
+
+
+def recent_rows(watermark: int, state: MetricWatermark | None = None) -> RecentRows | None:
+    """The calls above `watermark` summed per UTC hour, model and status (one query); None when
+    there are more than RECENT_ROWS_LIMIT of them (told by the largest id, an index lookup).
+    `state`: the roll-ups' state `watermark` is from, kept for the readings to plan from."""
+    newest = LLMRequestLog.objects.order_by("-id").values_list("id", flat=True).first() or 0
+    if newest - watermark > RECENT_ROWS_LIMIT:
+        return None
+    rows = (
+        LLMRequestLog.objects.filter(id__gt=watermark, id__lte=LARGEST_ID)
+        .order_by()
+        .annotate(hour=EpochSeconds("timestamp") / Value(SECONDS_PER_HOUR))
+        .values("hour", "model_name", "status")
+        .annotate(requests=Count("id"), units=rollups.cost_units_sum())
+    )
+    hours = {
+        (row["hour"] * SECONDS_PER_HOUR, row["model_name"], row["status"]): (
+            row["requests"],
+            rollups.as_units(row["units"]),
+        )
+        for row in rows
+    }
+    return RecentRows(watermark, hours, state if state is not None and state.last_id == watermark else None)
+
+
 def rollup_state() -> MetricWatermark:
     return MetricWatermark.objects.filter(name=rollups.ROLLUPS).first() or MetricWatermark(name=rollups.ROLLUPS)
 
@@ -509,14 +583,21 @@ class RawPeriod:
 SECONDS_PER_HOUR = 3600
 
 
-def _add_raw(found: KeyedFigures, the_plan: Plan, watermark: int, group: tuple[str, ...], percentiles: bool) -> None:
+def _add_raw(
+    found: KeyedFigures,
+    the_plan: Plan,
+    watermark: int,
+    group: tuple[str, ...],
+    percentiles: bool,
+    recent: RecentRows | None = None,
+) -> None:
     names = [name for name in group if name != "period"]
     raw_period = RawPeriod(the_plan)
     if "period" in group:
         names.append("period")
     if percentiles:
         names.append("bucket")
-    for rows in the_plan.raw_rows(watermark):
+    for rows in _raw_parts(the_plan, watermark, recent):
         if "key" in group:  # a breakdown roll-up's group (measure_at of a breakdown_plan)
             rows = rows.annotate(key=rollups.breakdown_group(the_plan.breakdown))
         if "period" in group:
@@ -534,6 +615,18 @@ def _add_raw(found: KeyedFigures, the_plan: Plan, watermark: int, group: tuple[s
             figures.add_sums(row)
             if percentiles:
                 figures.latency[row["bucket"]] += row["requests"]
+
+
+def _raw_parts(the_plan: Plan, watermark: int, recent: RecentRows | None) -> list[LLMRequestLogQuerySet]:
+    """the_plan.raw_rows(watermark), without the rows above the watermark when `recent` (read at
+    that watermark) tells none lies within the plan's rolled-up spans."""
+    parts = the_plan.raw_rows(watermark)
+    if recent is None or recent.watermark != watermark or the_plan.breakdown:
+        return parts
+    chosen = the_plan.selection
+    if recent.touch(the_plan.split.rolled_up_spans(the_plan.zone), chosen.model, chosen.status):
+        return parts
+    return parts[:-1]  # the last part is the rows above the watermark (Plan.raw_rows)
 
 
 def _raw_sums() -> dict[str, Aggregate]:
@@ -587,10 +680,12 @@ def measure_totals(the_plan: Plan, group: tuple[str, ...]) -> dict[tuple, Totals
     return consistent(lambda watermark: totals_at(the_plan, group, watermark), the_plan)
 
 
-def totals_at(the_plan: Plan, group: tuple[str, ...], watermark: int) -> dict[tuple, Totals]:
+def totals_at(
+    the_plan: Plan, group: tuple[str, ...], watermark: int, recent: RecentRows | None = None
+) -> dict[tuple, Totals]:
     """Totals per `group` (names among period and model_name) at `watermark`: the sums by group and
     status, and the latency histograms merged per group, those of whole hours from HourlyLatency
-    (one row per hour and model)."""
+    (one row per hour and model). `recent`: the calls above the watermark, summed (see RecentRows)."""
     keyed = (*group, "status")
     period_of = PeriodOf(the_plan.period, the_plan.zone)
 
@@ -602,7 +697,7 @@ def totals_at(the_plan: Plan, group: tuple[str, ...], watermark: int) -> dict[tu
         _add_rollups(found, DailyRollup.objects.filter(the_plan.daily()), "day", key, keyed, False)
     if the_plan.split.hours:
         _add_rollups(found, HourlyRollup.objects.filter(the_plan.hourly()), "hour", key, keyed, False)
-    _add_raw(found, the_plan, watermark, keyed, True)
+    _add_raw(found, the_plan, watermark, keyed, True, recent)
     folded = fold_status(found)
     cells: dict[tuple, int] = {}
     owners, stored = [], []
@@ -1267,15 +1362,16 @@ def growth(current: float, previous: float) -> float | None:
 WINDOW_FIGURES = ("requests", "errors", "total_tokens", "cost")
 
 
-def window_totals(windows: Iterable[Window]) -> dict[Window, WindowTotals]:
+def window_totals(windows: Iterable[Window], recent: RecentRows | None = None) -> dict[Window, WindowTotals]:
     """The totals of several windows. Those the roll-ups answer (longer than EXACT_WINDOW) are read
     from them, all at one watermark (the roll-ups' state read once, not twice per window), a window
     asked for with and without its p95 once; the others in one query: conditional aggregates (one
-    set per window) over the rows of the span they cover together."""
+    set per window) over the rows of the span they cover together. `recent`: the calls above the
+    watermark, summed (see RecentRows)."""
     windows = list(dict.fromkeys(windows))
-    plans, latency, raw_windows = _plan_windows(windows)
+    plans, latency, raw_windows = _plan_windows(windows, recent.state if recent is not None else None)
     found = (
-        consistent(lambda watermark: _read_windows(plans, latency, watermark), next(iter(plans.values())))
+        consistent(lambda watermark: _read_windows(plans, latency, watermark, recent), next(iter(plans.values())))
         if plans
         else {}
     )
@@ -1298,12 +1394,14 @@ def window_totals(windows: Iterable[Window]) -> dict[Window, WindowTotals]:
     return {**measured, **_raw_window_totals(raw_windows)}
 
 
-def _plan_windows(windows: list[Window]) -> tuple[dict[tuple, Plan], set[tuple], list[Window]]:
+def _plan_windows(
+    windows: list[Window], state: MetricWatermark | None = None
+) -> tuple[dict[tuple, Plan], set[tuple], list[Window]]:
     """Per (start, end, model): the plan of the windows the roll-ups answer, which need a p95, and
-    the windows read from the logs."""
+    the windows read from the logs. `state`: the roll-ups' state, when already read."""
     raw_windows = [window for window in windows if window.raw_only]
     long_windows = [window for window in windows if not window.raw_only and window.end - window.start > EXACT_WINDOW]
-    state = rollup_state() if long_windows else None
+    state = (state or rollup_state()) if long_windows else None
     plans: dict[tuple, Plan] = {}
     latency: set[tuple] = set()
     for window in windows:
@@ -1327,7 +1425,9 @@ def _plan_windows(windows: list[Window]) -> tuple[dict[tuple, Plan], set[tuple],
     return plans, latency, raw_windows
 
 
-def _read_windows(plans: dict[tuple, Plan], latency: set[tuple], watermark: int) -> dict[tuple, Totals]:
+def _read_windows(
+    plans: dict[tuple, Plan], latency: set[tuple], watermark: int, recent: RecentRows | None = None
+) -> dict[tuple, Totals]:
     """Totals per (start, end, model). Rules of all models and of one over the same window share
     one reading of all models grouped by model (the alerts page at 1,000,000 calls: 9 readings of
     3-5 queries each -> 5): a model's figures are its group's, all models' the groups' sum."""
@@ -1340,17 +1440,20 @@ def _read_windows(plans: dict[tuple, Plan], latency: set[tuple], watermark: int)
         everyone = (start, end, "")
         if everyone not in plans or len(spans) == 1:
             for span in spans:
-                found[span] = _read_window(plans[span], span in latency, watermark, ()).get((), empty)
+                found[span] = _read_window(plans[span], span in latency, watermark, (), recent).get((), empty)
             continue
-        per_model = _read_window(plans[everyone], any(span in latency for span in spans), watermark, ("model_name",))
+        with_latency = any(span in latency for span in spans)
+        per_model = _read_window(plans[everyone], with_latency, watermark, ("model_name",), recent)
         for span in spans:
             found[span] = per_model.get((span[2],), empty) if span[2] else _summed(per_model.values())
     return found
 
 
-def _read_window(the_plan: Plan, with_latency: bool, watermark: int, group: tuple[str, ...]) -> dict[tuple, Totals]:
+def _read_window(
+    the_plan: Plan, with_latency: bool, watermark: int, group: tuple[str, ...], recent: RecentRows | None = None
+) -> dict[tuple, Totals]:
     if with_latency:
-        return totals_at(the_plan, group, watermark)
+        return totals_at(the_plan, group, watermark, recent)
     return fold_status(measure_at(the_plan, (*group, "status"), watermark, percentiles=False))
 
 
