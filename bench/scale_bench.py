@@ -495,7 +495,8 @@ def event_batches(batches: int, seed: int) -> list[bytes]:
             failed = rng.random() < 0.03
             events.append(
                 {
-                    "request_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+                    # New ids each run: a database measured again must not answer duplicates.
+                    "request_id": str(uuid.uuid4()),
                     "timestamp": (now - timedelta(seconds=rng.uniform(0, 3600))).isoformat(),
                     "model": rng.choice(scale_data.SCALE_MODELS).name,
                     "provider": "groq",
