@@ -30,9 +30,10 @@ from operator import attrgetter
 import django
 from django.conf import settings
 from django.core import signals
-from django.core.exceptions import RequestAborted
+from django.core.exceptions import DisallowedHost, RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.core.handlers.base import BaseHandler
+from django.core.handlers.exception import convert_exception_to_response
 from django.db import DatabaseError, connection
 from django.http import FileResponse
 from django.urls import get_resolver, set_script_prefix
@@ -125,8 +126,8 @@ class ObservatoryASGIHandler(ASGIHandler):
         return response
 
     def respond_fast(self, scope, body_file):
-        """A prompt's answer made on the loop (a DeferredResponse through FAST_MIDDLEWARE), or None
-        for the ordinary path, which then reads the body afresh."""
+        """A prompt's answer made on the loop (a DeferredResponse through the middleware above
+        FAST_MIDDLEWARE_END), or None for the ordinary path, which then reads the body afresh."""
         size = body_file.seek(0, io.SEEK_END)
         body_file.seek(0)
         if settings.DATA_UPLOAD_MAX_MEMORY_SIZE is not None and size > settings.DATA_UPLOAD_MAX_MEMORY_SIZE:
@@ -134,8 +135,11 @@ class ObservatoryASGIHandler(ASGIHandler):
         # A copy: a request closes the stream it has read, and body_file may yet serve the other path.
         request, _ = self.create_request(scope, io.BytesIO(body_file.read()))
         body_file.seek(0)
-        # SecurityMiddleware would redirect a plain-HTTP request instead: the ordinary path does.
-        eligible = request is not None and (request.is_secure() or not settings.SECURE_SSL_REDIRECT)
+        # SecurityMiddleware would redirect a plain-HTTP request instead, and CommonMiddleware
+        # refuses a Host not in ALLOWED_HOSTS: the ordinary path does both.
+        eligible = (
+            request is not None and allowed_host(request) and (request.is_secure() or not settings.SECURE_SSL_REDIRECT)
+        )
         deferred = self.fast_prompt(request) if eligible else None
         if deferred is None:
             return None
@@ -212,10 +216,20 @@ def fast_middleware_chain():
     """settings.MIDDLEWARE down to FAST_MIDDLEWARE_END, around a handler answering the request's
     `fast_response`."""
     names = settings.MIDDLEWARE[: settings.MIDDLEWARE.index(FAST_MIDDLEWARE_END)]
-    handler = attrgetter("fast_response")
+    # Each layer turns an exception into Django's error answer, as load_middleware does, so that
+    # the outer ones (the request-log line, X-Request-ID) still see a response.
+    handler = convert_exception_to_response(attrgetter("fast_response"))
     for name in reversed(names):
-        handler = import_string(name)(handler)
+        handler = convert_exception_to_response(import_string(name)(handler))
     return handler
+
+
+def allowed_host(request) -> bool:
+    try:
+        request.get_host()
+    except DisallowedHost:
+        return False
+    return True
 
 
 def flush_rate_limits() -> None:

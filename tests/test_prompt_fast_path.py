@@ -189,6 +189,18 @@ def test_a_cached_key_is_served_on_the_loop_with_the_same_answer_headers_and_log
         assert float(duration) >= 0
 
 
+def test_a_host_not_allowed_takes_the_ordinary_path_and_is_refused(handler, key, fake_groq):
+    _, raw_key = key
+    fake_groq.will(*[Behaviour(text="Paris.")] * 2)
+    body = {"prompt": "capital?"}
+    with ordinary_requests() as ordinary:
+        warm, refused = run(handler, (body, raw_key), (body, raw_key, [(b"host", b"evil.example")]))
+    assert warm["status"] == 200  # the key is cached now: only the Host keeps the second off the loop
+    assert len(ordinary) == 2
+    assert refused["status"] == 400
+    assert len(fake_groq.requests) == 1
+
+
 def test_a_stream_on_the_fast_path(handler, key, fake_groq):
     _, raw_key = key
     fake_groq.will(Behaviour(text="warm"), Behaviour(chunks=["Bon", "jour"], prompt_tokens=5, completion_tokens=2))
