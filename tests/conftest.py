@@ -160,14 +160,16 @@ def pytest_collection_modifyitems(config, items):
     """Browser tests last: Playwright's event loop stays in the main thread until the session
     ends, and asyncio.run() refuses to start inside it. Tests marked `one_database` run in the
     SQLite suite only: `make test` runs the suite on both databases, and these take the same path on
-    either (no database, or their own SQLite file in a subprocess)."""
+    either (no database, or their own SQLite file in a subprocess). Browser tests too: they check
+    what the browser draws and runs, which no database changes; every page's figures are checked on
+    both databases without a browser (tests/test_pages*.py), and `make run` serves SQLite."""
     items.sort(key=lambda item: item.get_closest_marker("browser") is not None)
     from django.conf import settings
 
     if settings.DATABASES["default"]["ENGINE"] != "django.db.backends.sqlite3":
         skip = pytest.mark.skip(reason="one_database: the same on every database, run in the SQLite suite")
         for item in items:
-            if item.get_closest_marker("one_database"):
+            if item.get_closest_marker("one_database") or item.get_closest_marker("browser"):
                 item.add_marker(skip)
 
 
