@@ -22,11 +22,11 @@ _valid_keys: dict[str, tuple[APIKey, float]] = {}
 
 def authenticate_key(raw_key: str) -> APIKey | None:
     """APIKey.authenticate, remembered for KEY_CACHE_SECONDS when the key is valid."""
+    remembered = cached_key(raw_key)
+    if remembered is not None:
+        return remembered
     key_hash = APIKey.hash_key(raw_key)
     now = time.monotonic()
-    cached = _valid_keys.get(key_hash)
-    if cached is not None and cached[1] > now:
-        return cached[0]
     api_key = APIKey.authenticate(raw_key)
     if api_key is None:
         _valid_keys.pop(key_hash, None)
@@ -46,6 +46,13 @@ def cached_key(raw_key: str) -> APIKey | None:
     return None
 
 
+def bearer_key(header: str) -> str | None:
+    """The key of an `Authorization: Bearer <key>` header ("" when it names none); None for no
+    header or another scheme."""
+    scheme, _, raw_key = header.partition(" ")
+    return raw_key.strip() if scheme.lower() == "bearer" else None
+
+
 def forget_keys(**kwargs) -> None:
     _valid_keys.clear()
 
@@ -58,13 +65,9 @@ class APIKeyAuthentication(authentication.BaseAuthentication):
     keyword = "Bearer"
 
     def authenticate(self, request):
-        header = authentication.get_authorization_header(request).decode("latin-1")
-        if not header:
+        raw_key = bearer_key(authentication.get_authorization_header(request).decode("latin-1"))
+        if raw_key is None:
             return None
-        scheme, _, raw_key = header.partition(" ")
-        if scheme.lower() != self.keyword.lower():
-            return None
-        raw_key = raw_key.strip()
         if not raw_key:
             raise exceptions.AuthenticationFailed("Empty API key.")
         api_key = authenticate_key(raw_key)

@@ -282,7 +282,7 @@ def overview(window: TimeRange) -> dict[str, Any]:
     # The cards' figures: the page shows no unique users, the costliest figure of a window.
     current = metrics.overview_figures(chosen)
     # The calls not rolled up yet, summed once for the previous window and the month's forecast.
-    state = chosen.shared.state if chosen.shared and chosen.shared.state else metrics.rollup_state()
+    state = metrics.state_of(chosen)
     recent = metrics.recent_rows(state.last_id, state)
     previous = previous_figures(window, recent)
     series = _filled(metrics.timeseries(chosen, window.group_by, start=window.start, end=window.end), window)

@@ -401,7 +401,7 @@ def rollup_state() -> MetricWatermark:
     return MetricWatermark.objects.filter(name=rollups.ROLLUPS).first() or MetricWatermark(name=rollups.ROLLUPS)
 
 
-def _state_of(chosen: Selection) -> MetricWatermark:
+def state_of(chosen: Selection) -> MetricWatermark:
     """The roll-ups' state as the page's shared reading found it, else as it is now: the figures of
     a page plan from the one state (a query each: 9 per analytics page). A plan's watermark is only
     its first guess: `consistent` reads the state again after each reading and retries if it moved."""
@@ -416,7 +416,7 @@ def plan(logs: Selection | Any, period: str | None = None, *, state: MetricWater
     if not chosen.rollups_apply or start is None or end is None or end - start <= EXACT_WINDOW or period == "minute":
         return None
     zone = timezone.get_current_timezone()
-    state = state or _state_of(chosen)
+    state = state or state_of(chosen)
     days = (
         period != "hour"
         and rollups.daily_rows_valid(state)
@@ -440,7 +440,7 @@ def breakdown_plan(logs: Selection | Any, by: str | None = None, period: str | N
         return None
     if by not in rollups.rolled_up_breakdowns():
         return None
-    complete = _state_of(chosen).breakdowns or {}
+    complete = state_of(chosen).breakdowns or {}
     the_plan = plan(replace(chosen, rollups_apply=True), period) if by in complete else None
     if the_plan is None:
         return None
@@ -772,7 +772,7 @@ class SharedReading:
     # (period, model_name) -> row of `latency`, the merged latency histograms.
     cells: dict[tuple, int] = field(default_factory=dict)
     latency: Any = None
-    # The roll-ups' state the reading was planned at (see _state_of).
+    # The roll-ups' state the reading was planned at (see state_of).
     state: MetricWatermark | None = None
     # The groups as arrays (_columns), once the reading is complete.
     columns: tuple[list[tuple], Any, Any] | None = field(default=None, repr=False)

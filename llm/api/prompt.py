@@ -19,7 +19,7 @@ from rest_framework.views import APIView
 
 from core.deferred import DeferredResponse, RelayResponse, RunSync, can_defer
 from llm import budgets, throttles
-from llm.auth import cached_key
+from llm.auth import bearer_key, cached_key
 from llm.ingest_limits import JSONError, parse_json
 from llm.models import APIKey, LLMRequestLog
 from llm.permissions import RIGHTS, key_has
@@ -376,9 +376,8 @@ def _plain_json_request(request: HttpRequest) -> bool:
 
 def _cached_key_with_right(request: HttpRequest) -> APIKey | None:
     """The request's Bearer key when the key cache holds it, unexpired, with the view's right."""
-    scheme, _, raw_key = request.headers.get("Authorization", "").partition(" ")
-    raw_key = raw_key.strip()
-    api_key = cached_key(raw_key) if scheme.lower() == "bearer" and raw_key else None
+    raw_key = bearer_key(request.headers.get("Authorization", ""))
+    api_key = cached_key(raw_key) if raw_key else None
     if api_key is None or api_key.has_expired() or not key_has(api_key, RIGHTS[PromptView.required_right]):
         return None
     return api_key

@@ -148,28 +148,23 @@ class Fields(dict):
 def read_completion(response: httpx.Response) -> Fields:
     """A chat completion's answer as Fields; an answer that is no JSON object is the vendor's
     fault, classified as any SDK error is (llm/providers/errors.py)."""
-    try:
-        completion = json.loads(response.content, object_hook=Fields)
-    except ValueError:
-        completion = None
-    if not isinstance(completion, Fields):
-        raise groq.APIResponseValidationError(
-            response=response, body=response.text[:1000], message="The answer is not a JSON object."
-        )
-    return completion
+    return _json_object(response.content, response, "The answer is not a JSON object.")
 
 
 def read_chunk(data: str, response: httpx.Response) -> Fields:
     """One streamed chunk (an SSE event's data) as Fields; no JSON object is the vendor's fault."""
+    return _json_object(data, response, "A streamed chunk is not a JSON object.")
+
+
+def _json_object(text: str | bytes, response: httpx.Response, complaint: str) -> Fields:
     try:
-        chunk = json.loads(data, object_hook=Fields)
+        found = json.loads(text, object_hook=Fields)
     except ValueError:
-        chunk = None
-    if not isinstance(chunk, Fields):
-        raise groq.APIResponseValidationError(
-            response=response, body=data[:1000], message="A streamed chunk is not a JSON object."
-        )
-    return chunk
+        found = None
+    if not isinstance(found, Fields):
+        body = text if isinstance(text, str) else response.text
+        raise groq.APIResponseValidationError(response=response, body=body[:1000], message=complaint)
+    return found
 
 
 class RawChunkStream(groq.AsyncStream[ChatCompletionChunk]):
