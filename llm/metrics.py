@@ -58,6 +58,7 @@ from django.utils import timezone
 from llm import rollup_math, rollups
 from llm.models import (
     DailyBreakdownRollup,
+    DailyLatency,
     DailyRollup,
     DailyUserRollup,
     DailyUserTotals,
@@ -715,17 +716,18 @@ def totals_at(
 
 
 def rollup_histograms(the_plan: Plan) -> Iterator[tuple[Any, str, Any]]:
-    """(day or hour, model_name, stored latency histogram) of the plan's whole days and hours; the
-    hours' from HourlyLatency (merged over statuses), or from HourlyRollup under a status filter."""
+    """(day or hour, model_name, stored latency histogram) of the plan's whole days and hours: from
+    DailyLatency and HourlyLatency (one row per period and model, statuses merged: 90 days at 10
+    million calls fetch and merge 637 daily histograms rather than DailyRollup's 4,437), or from
+    DailyRollup and HourlyRollup under a status filter."""
+    status = the_plan.selection.status
     if the_plan.split.days:
-        yield from (
-            DailyRollup.objects.filter(the_plan.daily())
-            .order_by()
-            .values_list("day", "model_name", "latency_histogram")
-        )
+        daily = DailyRollup if status else DailyLatency  # the_plan.daily(): day and model (and status)
+        days = daily.objects.filter(the_plan.daily()).order_by()
+        yield from days.values_list("day", "model_name", "latency_histogram")
     if not the_plan.split.hours:
         return
-    if the_plan.selection.status:
+    if status:
         hourly = HourlyRollup.objects.filter(the_plan.hourly())
     else:
         within = Q(pk__in=[])

@@ -1668,6 +1668,23 @@ class DailyRollup(RollupFigures):
         return f"{self.day} {self.model_name} {self.status}: {self.requests}"
 
 
+class DailyLatency(models.Model):
+    """The latency histogram of one day (TIME_ZONE, as DailyRollup's) and model, every status and
+    error type merged: a window's percentiles, overall or per model, read one row per day and model
+    rather than one per status and error type (90 days at 10 million calls: 637 rows instead of
+    4,437). Kept with DailyRollup (llm/rollups.py)."""
+
+    day = models.DateField(help_text="The date in TIME_ZONE (MetricWatermark 'rollups'.time_zone).")
+    model_name = models.CharField(max_length=200)
+    latency_histogram = models.BinaryField(default=b"")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["day", "model_name"], name="llm_dailylatency_key")]
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.model_name}"
+
+
 class BreakdownRollupFigures(RollupFigures):
     """RollupFigures of the calls of one breakdown group: `by` is "source" or "tag:<key>" (a key of
     ROLLUP_TAG_KEYS), `key` the group (the source, or the tag's value, "" for calls without it), as
