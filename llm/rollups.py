@@ -238,29 +238,44 @@ def _upsert(model: type, period_field: str, groups: dict[tuple, Figures]) -> Non
 
 
 def _upsert_latency(model: type, period_field: str, groups: dict[tuple, Figures]) -> None:
-    """Add the groups' latency histograms ((period, *KEY) -> Figures) to `model` (HourlyLatency or
-    DailyLatency: LATENCY_TABLES), merged per period and model."""
-    merged: dict[tuple, np.ndarray] = {}
-    for (period, model_name, *_rest), figures in groups.items():
-        if (period, model_name) in merged:
-            merged[(period, model_name)] += figures.latency
+    """Add the groups ((period, *KEY) -> Figures) to `model` (HourlyLatency or DailyLatency:
+    LATENCY_TABLES), merged per period and model: their sums, failures and latency histograms."""
+    merged: dict[tuple, Figures] = {}
+    errors: dict[tuple, int] = defaultdict(int)
+    for (period, model_name, status, _error_type), figures in groups.items():
+        cell = merged.get((period, model_name))
+        if cell is None:
+            cell = merged[(period, model_name)] = Figures(latency=figures.latency.copy(), ttft=_NO_TTFT)
+            cell.add_sums(_sums_of(figures))
         else:
-            merged[(period, model_name)] = figures.latency.copy()
+            cell.add_sums(_sums_of(figures))
+            cell.latency += figures.latency
+        if status == LLMRequestLog.Status.ERROR:
+            errors[(period, model_name)] += figures.requests
     if not merged:
         return
     existing = {
-        (getattr(row, period_field), row.model_name): row.latency_histogram
+        (getattr(row, period_field), row.model_name): row
         for row in model.objects.filter(**{f"{period_field}__in": {period for period, _model in merged}})
     }
-    rows = [
-        model(
-            **{period_field: period},
-            model_name=model_name,
-            latency_histogram=rollup_math.encode(rollup_math.add_encoded(dense, existing.get((period, model_name)))),
-        )
-        for (period, model_name), dense in merged.items()
-    ]
-    _save(model, rows, [period_field, "model_name"], ["latency_histogram"])
+    rows = []
+    for (period, model_name), figures in merged.items():
+        row = existing.get((period, model_name)) or model(**{period_field: period}, model_name=model_name)
+        for name in Figures.SUMS:
+            setattr(row, name, getattr(row, name) + getattr(figures, name))
+        row.errors += errors[(period, model_name)]
+        row.latency_histogram = rollup_math.encode(rollup_math.add_encoded(figures.latency, row.latency_histogram))
+        rows.append(row)
+    _save(model, rows, [period_field, "model_name"], [*Figures.SUMS, "errors", "latency_histogram"])
+
+
+# PeriodModelFigures keep no TTFT histogram: the merged figures of _upsert_latency share this one.
+_NO_TTFT = rollup_math.empty()
+_NO_TTFT.setflags(write=False)
+
+
+def _sums_of(figures: Figures) -> dict[str, Any]:
+    return {name: getattr(figures, name) for name in Figures.SUMS}
 
 
 def _upsert_users(rows: LLMRequestLogQuerySet, zone: Any) -> None:

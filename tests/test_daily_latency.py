@@ -1,9 +1,10 @@
-"""DailyLatency (llm/rollups.py keeps it, llm/metrics.py reads it): the latency histogram of each
-local day (TIME_ZONE) and model, every status and error type merged. It equals the histogram of the
-raw calls of that day and model, recomputed here in plain Python, after incremental roll-ups (late
-calls among them), rebuilds (whole, --since, in a new time zone), purge_logs and its migration's
-fill; and the percentiles read from it stay within rollup_math.ERROR_BOUND of NumPy's over the raw
-rows, the DailyRollup histograms no longer fetched for them."""
+"""HourlyLatency and DailyLatency (llm.models.PeriodModelFigures; llm/rollups.py keeps them,
+llm/metrics.py reads them): per UTC hour or local day (TIME_ZONE) and model, every status and error
+type merged, the calls' sums, failures and latency histogram. Each row equals those of the raw calls
+of its period and model, recomputed here in plain Python, after incremental roll-ups (late calls
+among them), rebuilds (whole, --since, in a new time zone), purge_logs and its migration's fill;
+and the figures read from them equal the raw rows (percentiles within rollup_math.ERROR_BOUND of
+NumPy's), the per-status histograms of DailyRollup no longer fetched for them."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import random
 import zoneinfo
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +25,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from llm import metrics, retention, rollup_math, rollups
-from llm.models import DailyLatency, DailyRollup, LLMRequestLog
+from llm.models import DailyLatency, DailyRollup, HourlyLatency, LLMRequestLog
 from tests.factories import make_logs
 
 pytestmark = pytest.mark.django_db
@@ -44,6 +46,10 @@ def random_logs(count: int, seed: int, *, days: float = 10) -> None:
         status=lambda i: statuses[i],
         error_type=lambda i: rng.choice(ERROR_TYPES) if statuses[i] == "error" else "",
         latency_ms=lambda i: rng.lognormvariate(6, 0.9),
+        prompt_tokens=lambda i: rng.randint(0, 2000),
+        completion_tokens=lambda i: rng.randint(0, 800),
+        cost_estimate=lambda i: Decimal(rng.randint(0, 5_000_000)) / 10**10,
+        ttft_ms=lambda i: rng.choice([None, rng.uniform(5, 500)]),
     )
 
 
@@ -65,25 +71,59 @@ def calls(zone) -> list[LLMRequestLog]:
     return list(LLMRequestLog.objects.all())
 
 
-def expected_latency(calls, zone) -> dict[tuple, list[int]]:
-    """Each local day and model's latency histogram, from the raw calls."""
-    expected: dict[tuple, np.ndarray] = defaultdict(rollup_math.empty)
+FIGURES = ("requests", "errors", "prompt_tokens", "completion_tokens", "total_tokens", "cost_units", "ttft_count")
+
+
+def expected_rows(calls, zone, hourly: bool = False) -> dict[tuple, tuple]:
+    """Per local day (or UTC hour) and model of the raw calls: FIGURES, the latency histogram
+    and the latency sum (rounded: floats added in another order)."""
+    found: dict[tuple, dict] = {}
     for log in calls:
-        expected[(log.timestamp.astimezone(zone).date(), log.model_name)][rollup_math.bucket_index(log.latency_ms)] += 1
-    return {key: dense.tolist() for key, dense in expected.items()}
+        period = rollup_math.floor_hour(log.timestamp) if hourly else log.timestamp.astimezone(zone).date()
+        row = found.setdefault((period, log.model_name), {"histogram": rollup_math.empty(), "latency": 0.0})
+        for name, value in (
+            ("requests", 1),
+            ("errors", log.status == "error"),
+            ("prompt_tokens", log.prompt_tokens),
+            ("completion_tokens", log.completion_tokens),
+            ("total_tokens", log.total_tokens),
+            ("cost_units", int(log.cost_estimate.scaleb(10))),
+            ("ttft_count", log.ttft_ms is not None),
+        ):
+            row[name] = row.get(name, 0) + int(value)
+        row["histogram"][rollup_math.bucket_index(log.latency_ms)] += 1
+        row["latency"] += log.latency_ms
+    return {
+        key: (*(row[name] for name in FIGURES), row["histogram"].tolist(), round(row["latency"], 6))
+        for key, row in found.items()
+    }
 
 
-def daily_latency() -> dict[tuple, list[int]]:
-    stored = DailyLatency.objects.values_list("day", "model_name", "latency_histogram")
-    return {(day, model): rollup_math.add_encoded(rollup_math.empty(), blob).tolist() for day, model, blob in stored}
+def stored_rows(hourly: bool = False) -> dict[tuple, tuple]:
+    table, period = (HourlyLatency, "hour") if hourly else (DailyLatency, "day")
+    return {
+        (getattr(row, period), row.model_name): (
+            *(getattr(row, name) for name in FIGURES),
+            rollup_math.add_encoded(rollup_math.empty(), row.latency_histogram).tolist(),
+            round(row.latency_sum_ms, 6),
+        )
+        for row in table.objects.all()
+    }
 
 
 def daily_rollup_merged() -> dict[tuple, list[int]]:
-    """DailyRollup's histograms merged per day and model: what DailyLatency stands for."""
+    """DailyRollup's histograms merged per day and model: what DailyLatency's stand for."""
     merged: dict[tuple, np.ndarray] = defaultdict(rollup_math.empty)
     for day, model, blob in DailyRollup.objects.values_list("day", "model_name", "latency_histogram"):
         rollup_math.add_encoded(merged[(day, model)], blob)
     return {key: dense.tolist() for key, dense in merged.items()}
+
+
+def assert_kept(calls, zone) -> None:
+    """Both tables equal the raw calls' figures, and DailyLatency's histograms DailyRollup's merged."""
+    assert stored_rows() == expected_rows(calls, zone)
+    assert stored_rows(hourly=True) == expected_rows(calls, zone, hourly=True)
+    assert {key: row[len(FIGURES)] for key, row in stored_rows().items()} == daily_rollup_merged()
 
 
 def fill_migration():
@@ -92,33 +132,29 @@ def fill_migration():
     return importlib.import_module(f"llm.migrations.{path.stem}")
 
 
-def test_daily_latency_equals_each_local_day_and_models_calls_kept_rebuilt_and_filled(calls, zone):
-    expected = expected_latency(calls, zone)
-    assert len(expected) >= 30  # 10-11 local days x 3 models
-    assert daily_latency() == expected == daily_rollup_merged()
+def test_figures_per_period_and_model_equal_the_calls_kept_rebuilt_and_filled(calls, zone):
+    assert len(expected_rows(calls, zone)) >= 30  # 10-11 local days x 3 models
+    assert_kept(calls, zone)
     rollups.rebuild()
-    assert daily_latency() == expected
+    assert_kept(calls, zone)
     call_command("rebuild_rollups", "--since", (NOW - timedelta(days=3)).date().isoformat(), verbosity=0)
-    assert daily_latency() == expected
+    assert_kept(calls, zone)
     DailyLatency.objects.all().delete()
-    fill_migration().fill_from_daily_rollups(django_apps, None)
-    assert daily_latency() == expected
+    HourlyLatency.objects.update(requests=0, errors=0, latency_histogram=b"")
+    fill_migration().fill_from_rollups(django_apps, None)
+    assert_kept(calls, zone)
 
 
-def test_late_calls_and_purge_keep_daily_latency_equal_to_the_calls(calls, zone):
-    """Late calls after a purge land in their (old) day; the purge deletes calls, not their days."""
-    before = expected_latency(calls, zone)
+def test_late_calls_and_purge_keep_the_figures_equal_to_the_calls(calls, zone):
+    """Late calls after a purge land in their (old) period; the purge deletes calls, not periods."""
     result = retention.purge(4, now=NOW)
     assert result.logs > 0
-    assert daily_latency() == before
-    random_logs(60, seed=13)  # late ones among them: days the purge emptied of calls
+    assert_kept(calls, zone)
+    random_logs(60, seed=13)  # late ones among them: periods the purge emptied of calls
     new = list(LLMRequestLog.objects.filter(id__gt=max(log.id for log in calls)))
     assert any(log.timestamp < NOW - timedelta(days=4) for log in new)
     rollups.roll_up()
-    expected = defaultdict(list, {key: list(counts) for key, counts in before.items()})
-    for key, counts in expected_latency(new, zone).items():
-        expected[key] = (np.array(expected.get(key, rollup_math.empty().tolist())) + counts).tolist()
-    assert daily_latency() == dict(expected) == daily_rollup_merged()
+    assert_kept(calls + new, zone)
 
 
 def test_a_rebuild_in_a_new_time_zone_rebuilds_the_days_there(calls, settings):
@@ -126,7 +162,7 @@ def test_a_rebuild_in_a_new_time_zone_rebuilds_the_days_there(calls, settings):
     kolkata = zoneinfo.ZoneInfo("Asia/Kolkata")
     with timezone.override(kolkata):
         call_command("rebuild_rollups", verbosity=0)
-        assert daily_latency() == expected_latency(calls, kolkata) == daily_rollup_merged()
+        assert_kept(calls, kolkata)
 
 
 def chosen(start, end, model="", status="") -> metrics.Selection:
