@@ -684,9 +684,13 @@ def measure_totals(the_plan: Plan, group: tuple[str, ...]) -> dict[tuple, Totals
 def totals_at(
     the_plan: Plan, group: tuple[str, ...], watermark: int, recent: RecentRows | None = None
 ) -> dict[tuple, Totals]:
-    """Totals per `group` (names among period and model_name) at `watermark`: the sums by group and
-    status, and the latency histograms merged per group, those of whole hours from HourlyLatency
-    (one row per hour and model). `recent`: the calls above the watermark, summed (see RecentRows)."""
+    """Totals per `group` (names among period and model_name) at `watermark`: without a status
+    filter, the plan's figures per period and model (read_shared: one query per roll-up table for
+    sums, failures and histograms) added up per group; under one, the sums by group and status
+    and the latency histograms merged per group. `recent`: the calls above the watermark, summed
+    (see RecentRows)."""
+    if not the_plan.selection.status:
+        return read_shared(the_plan, watermark, recent=recent, failures=False).totals(group, the_plan.period)
     keyed = (*group, "status")
     period_of = PeriodOf(the_plan.period, the_plan.zone)
 
@@ -710,7 +714,7 @@ def totals_at(
         stored.append(histogram)
     merged = rollup_math.merge_grouped(owners, stored, len(cells))
     for cell, index in cells.items():
-        if cell in folded:  # always: HourlyLatency is written with HourlyRollup
+        if cell in folded:  # always: the histograms are written with the sums
             folded[cell].figures.latency += merged[index]
     return folded
 
@@ -926,24 +930,29 @@ def share(chosen: Selection, period: str) -> Selection:
     return replace(chosen, shared=reading)
 
 
-def read_shared(the_plan: Plan, watermark: int) -> SharedReading:
+def read_shared(
+    the_plan: Plan, watermark: int, *, recent: RecentRows | None = None, failures: bool = True
+) -> SharedReading:
+    """The plan's figures per (period, model) at `watermark` (see above). `recent`: the calls above
+    the watermark, summed (see RecentRows); `failures`: whether to count them per error type."""
     period_of = PeriodOf(the_plan.period, the_plan.zone)
     reading = SharedReading(the_plan.period, watermark)
     blobs: list[Any] = []
     owners: list[int] = []
     for hourly, rows in _shared_rollup_rows(the_plan):
-        for moment, model, *values, failures, histogram in _driver_rows(rows) if hourly else rows:
+        for moment, model, *values, failed, histogram in _driver_rows(rows) if hourly else rows:
             key = (period_of(hour_at(moment) if hourly else moment), model)
             reading.keys.append(key)
-            reading.values.append([*values, failures])
+            reading.values.append([*values, failed])
             blobs.append(histogram)
             owners.append(reading.cells.setdefault(key, len(reading.cells)))
     if the_plan.selection.status:  # the rows per status: their histograms apart
         for moment, model, histogram in rollup_histograms(the_plan):
             blobs.append(histogram)
             owners.append(reading.cells.setdefault((period_of(moment), model), len(reading.cells)))
-    _read_shared_failures(reading, the_plan, period_of)
-    raw_buckets = _read_shared_raw(reading, the_plan, watermark)
+    if failures:
+        _read_shared_failures(reading, the_plan, period_of)
+    raw_buckets = _read_shared_raw(reading, the_plan, watermark, recent)
     also = [bucket for _cell, bucket, _count in raw_buckets]
     reading.latency_first, reading.latency = rollup_math.merge_span(owners, blobs, len(reading.cells), also)
     for cell, bucket, count in raw_buckets:
@@ -1004,21 +1013,25 @@ def _driver_rows(rows: QuerySet) -> list[tuple]:
         return cursor.fetchall()
 
 
-def _read_shared_raw(reading: SharedReading, the_plan: Plan, watermark: int) -> list[tuple[int, int, int]]:
-    """Add the raw rows of the plan (edges, rows above the watermark) to `reading`; answers their
-    latency buckets as (cell, bucket, count), the cells made room for before the merge."""
+def _read_shared_raw(
+    reading: SharedReading, the_plan: Plan, watermark: int, recent: RecentRows | None = None
+) -> list[tuple[int, int, int]]:
+    """Add the raw rows of the plan (edges, rows above the watermark unless `recent` tells none
+    lies within its roll-ups' spans) to `reading`; answers their latency buckets as (cell, bucket,
+    count), the cells made room for before the merge. Without a period (window totals) the rows'
+    period is None."""
     sums = _raw_sums()
     buckets = []
-    raw_period = RawPeriod(the_plan)
+    raw_period = RawPeriod(the_plan) if the_plan.period else None
     names = list(sums)
     cost, requests = names.index("cost_units"), names.index("requests")
     positions = [names.index(name) if name in names else None for name in ROLLUP_SUMS]
-    for rows in the_plan.raw_rows(watermark):
-        grouped = rows.annotate(period=raw_period.expression(), bucket=rollups.bucket_of("latency_ms"))
-        grouped = grouped.values("period", "model_name", "status", "error_type", "bucket").annotate(**sums)
-        texts: dict[Any, str] = {}
-        period_of = _first_column_converter(grouped)
-        for moment, model, status, error_type, bucket, *values in _driver_rows(grouped):
+    for rows in _raw_parts(the_plan, watermark, recent):
+        grouped = _raw_grouped(rows, raw_period, sums)
+        texts: dict[Any, str | None] = {None: None}
+        period_of = _first_column_converter(grouped) if raw_period is not None else None
+        for row in _driver_rows(grouped):
+            moment, (model, status, error_type, bucket, *values) = (row[0], row[1:]) if period_of else (None, row)
             if moment not in texts:
                 texts[moment] = raw_period.text(period_of(moment))
             local = texts[moment]
@@ -1033,11 +1046,20 @@ def _read_shared_raw(reading: SharedReading, the_plan: Plan, watermark: int) -> 
                     values[requests] if failed else 0,
                 ]
             )
-            if failed:
+            if failed and local is not None:
                 reading.add_failures(error_type, values[requests], local)
             cell = reading.cells.setdefault((local, model), len(reading.cells))
             buckets.append((cell, int(bucket), int(values[requests])))
     return buckets
+
+
+def _raw_grouped(rows: QuerySet, raw_period: RawPeriod | None, sums: dict[str, Aggregate]) -> QuerySet:
+    """Raw rows' sums by (period, when `raw_period`) model, status, error type and latency bucket."""
+    grouped = rows.annotate(bucket=rollups.bucket_of("latency_ms"))
+    if raw_period is not None:
+        grouped = grouped.annotate(period=raw_period.expression())
+    by = ("period",) if raw_period is not None else ()
+    return grouped.values(*by, "model_name", "status", "error_type", "bucket").annotate(**sums)
 
 
 def _first_column_converter(rows: QuerySet) -> Callable[[Any], Any]:
