@@ -245,11 +245,9 @@ def _upsert_latency(model: type, period_field: str, groups: dict[tuple, Figures]
     for (period, model_name, status, _error_type), figures in groups.items():
         cell = merged.get((period, model_name))
         if cell is None:
-            cell = merged[(period, model_name)] = Figures(latency=figures.latency.copy(), ttft=_NO_TTFT)
-            cell.add_sums(_sums_of(figures))
-        else:
-            cell.add_sums(_sums_of(figures))
-            cell.latency += figures.latency
+            cell = merged[(period, model_name)] = Figures(ttft=_NO_TTFT)
+        cell.add_sums(figures)
+        cell.latency += figures.latency
         if status == LLMRequestLog.Status.ERROR:
             errors[(period, model_name)] += figures.requests
     if not merged:
@@ -272,10 +270,6 @@ def _upsert_latency(model: type, period_field: str, groups: dict[tuple, Figures]
 # PeriodModelFigures keep no TTFT histogram: the merged figures of _upsert_latency share this one.
 _NO_TTFT = rollup_math.empty()
 _NO_TTFT.setflags(write=False)
-
-
-def _sums_of(figures: Figures) -> dict[str, Any]:
-    return {name: getattr(figures, name) for name in Figures.SUMS}
 
 
 def _upsert_users(rows: LLMRequestLogQuerySet, zone: Any) -> None:
