@@ -64,9 +64,9 @@ def zone(settings):
 @pytest.fixture
 def calls(zone) -> list[LLMRequestLog]:
     """Calls over 10 days, rolled up in two goes, the second with late calls (old timestamps)."""
-    random_logs(500, seed=11)
+    random_logs(300, seed=11)
     rollups.roll_up()
-    random_logs(150, seed=12)
+    random_logs(100, seed=12)
     rollups.roll_up()
     return list(LLMRequestLog.objects.all())
 
@@ -150,7 +150,7 @@ def test_late_calls_and_purge_keep_the_figures_equal_to_the_calls(calls, zone):
     result = retention.purge(4, now=NOW)
     assert result.logs > 0
     assert_kept(calls, zone)
-    random_logs(60, seed=13)  # late ones among them: periods the purge emptied of calls
+    random_logs(40, seed=13)  # late ones among them: periods the purge emptied of calls
     new = list(LLMRequestLog.objects.filter(id__gt=max(log.id for log in calls)))
     assert any(log.timestamp < NOW - timedelta(days=4) for log in new)
     rollups.roll_up()
