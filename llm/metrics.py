@@ -58,6 +58,7 @@ from django.utils import timezone
 from llm import rollup_math, rollups
 from llm.models import (
     DailyBreakdownRollup,
+    DailyLatency,
     DailyRollup,
     DailyUserRollup,
     DailyUserTotals,
@@ -663,7 +664,7 @@ def measure(the_plan: Plan, group: tuple[str, ...], *, percentiles: bool = True)
     """measure_at a watermark that holds still; None if it would not (read the logs instead).
     Without percentiles, from the selection's shared reading when it has one for this period."""
     shared = the_plan.selection.shared
-    if not percentiles and shared is not None and not the_plan.breakdown and shared.answers(the_plan.period):
+    if not percentiles and shared is not None and not the_plan.breakdown and shared.answers(the_plan.period, group):
         return shared.sums(group, the_plan.period)
     return consistent(lambda watermark: measure_at(the_plan, group, watermark, percentiles=percentiles), the_plan)
 
@@ -683,9 +684,13 @@ def measure_totals(the_plan: Plan, group: tuple[str, ...]) -> dict[tuple, Totals
 def totals_at(
     the_plan: Plan, group: tuple[str, ...], watermark: int, recent: RecentRows | None = None
 ) -> dict[tuple, Totals]:
-    """Totals per `group` (names among period and model_name) at `watermark`: the sums by group and
-    status, and the latency histograms merged per group, those of whole hours from HourlyLatency
-    (one row per hour and model). `recent`: the calls above the watermark, summed (see RecentRows)."""
+    """Totals per `group` (names among period and model_name) at `watermark`: without a status
+    filter, the plan's figures per period and model (read_shared: one query per roll-up table for
+    sums, failures and histograms) added up per group; under one, the sums by group and status
+    and the latency histograms merged per group. `recent`: the calls above the watermark, summed
+    (see RecentRows)."""
+    if not the_plan.selection.status:
+        return read_shared(the_plan, watermark, recent=recent, failures=False).totals(group, the_plan.period)
     keyed = (*group, "status")
     period_of = PeriodOf(the_plan.period, the_plan.zone)
 
@@ -709,23 +714,24 @@ def totals_at(
         stored.append(histogram)
     merged = rollup_math.merge_grouped(owners, stored, len(cells))
     for cell, index in cells.items():
-        if cell in folded:  # always: HourlyLatency is written with HourlyRollup
+        if cell in folded:  # always: the histograms are written with the sums
             folded[cell].figures.latency += merged[index]
     return folded
 
 
 def rollup_histograms(the_plan: Plan) -> Iterator[tuple[Any, str, Any]]:
-    """(day or hour, model_name, stored latency histogram) of the plan's whole days and hours; the
-    hours' from HourlyLatency (merged over statuses), or from HourlyRollup under a status filter."""
+    """(day or hour, model_name, stored latency histogram) of the plan's whole days and hours: from
+    DailyLatency and HourlyLatency (one row per period and model, statuses merged: 90 days at 10
+    million calls fetch and merge 637 daily histograms rather than DailyRollup's 4,437), or from
+    DailyRollup and HourlyRollup under a status filter."""
+    status = the_plan.selection.status
     if the_plan.split.days:
-        yield from (
-            DailyRollup.objects.filter(the_plan.daily())
-            .order_by()
-            .values_list("day", "model_name", "latency_histogram")
-        )
+        daily = DailyRollup if status else DailyLatency  # the_plan.daily(): day and model (and status)
+        days = daily.objects.filter(the_plan.daily()).order_by()
+        yield from days.values_list("day", "model_name", "latency_histogram")
     if not the_plan.split.hours:
         return
-    if the_plan.selection.status:
+    if status:
         hourly = HourlyRollup.objects.filter(the_plan.hourly())
     else:
         within = Q(pk__in=[])
@@ -749,14 +755,15 @@ def hour_at(epoch: int) -> datetime:
 #
 # The overview page shows five figures of one window (totals, a series, errors, cost by model) and
 # the analytics page four; each read alone reads the window's roll-ups and raw edges again (the
-# overview page at 10M calls: 115-413 ms). `share` reads them once, keyed (period, model, status,
-# error type): the roll-up rows as they are stored (their sums, their histograms merged per period
-# and model in one NumPy pass) and the raw rows of the edges grouped in SQL, at one watermark; the
-# figures then add those groups up in Python (a few thousand at most: 7 days of hours x models x
-# error types). Latency histograms are kept per period and model only: no figure asks for a
-# percentile per status or error type.
+# overview page at 10M calls: 115-413 ms). `share` reads them once, keyed (period, model): the
+# figures per period and model of HourlyLatency and DailyLatency (their sums, failures and latency
+# histograms: one row per period and model, not one per status and error type: 7 days of hours at
+# 10M calls are ~1,160 rows rather than ~5,900 plus ~1,160 histograms), the failures per error type
+# apart (one small query per table), and the raw rows of the edges grouped in SQL, at one
+# watermark; the figures then add those groups up in NumPy. Under a status filter the rows per
+# status are read instead. No figure asks for a percentile per status or error type.
 
-SHARED_KEY = ("period", "model_name", "status", "error_type")
+SHARED_KEY = ("period", "model_name")
 
 
 @dataclass
@@ -765,81 +772,137 @@ class SharedReading:
 
     period: str
     watermark: int
-    # The rows as read, in order: their (period, model_name, status, error_type) and their
-    # ROLLUP_SUMS (None for 0), added up per key once the reading is complete (_columns).
+    # The rows as read, in order: their (period, model_name) and their ROLLUP_SUMS then their
+    # failures (None for 0), added up per key once the reading is complete (_columns).
     keys: list[tuple] = field(default_factory=list)
     values: list[list] = field(default_factory=list)
-    # (period, model_name) -> row of `latency`, the merged latency histograms.
+    # error_type -> [failures, the start of the latest period with one].
+    failures: dict[str, list] = field(default_factory=dict)
+    # (period, model_name) -> row of `latency`, the merged latency histograms over the buckets
+    # used (column j is bucket latency_first + j: rollup_math.merge_span).
     cells: dict[tuple, int] = field(default_factory=dict)
     latency: Any = None
+    latency_first: int = 0
     # The roll-ups' state the reading was planned at (see state_of).
     state: MetricWatermark | None = None
-    # The groups as arrays (_columns), once the reading is complete.
+    # The groups as arrays (_columns), once the reading is complete, and their keys coded (_coded).
     columns: tuple[list[tuple], Any, Any] | None = field(default=None, repr=False)
+    codes: tuple[Any, list[list]] | None = field(default=None, repr=False)
 
-    def answers(self, period: str | None) -> bool:
-        """Whether figures by `period` (None: over the whole window) follow from this reading."""
-        return period is None or period == self.period
+    def answers(self, period: str | None, group: tuple[str, ...] = ()) -> bool:
+        """Whether figures by `period` (None: over the whole window) per `group` follow from this reading."""
+        return (period is None or period == self.period) and set(group) <= set(SHARED_KEY)
 
     def sums(self, group: tuple[str, ...], period: str | None) -> KeyedFigures:
-        """As measure_at(..., percentiles=False) answers: the sums per `group`, added in NumPy (a
-        90-day reading holds ~4,000 groups: adding them in Python took ~20 ms per figure)."""
-        keys, integers, floats = self._columns()
-        owners: dict[tuple, int] = {}
+        """As measure_at(..., percentiles=False) answers: the sums per `group` (names of
+        SHARED_KEY), added in NumPy. The figures carry no histograms (a read-only empty one)."""
+        groups, integers, floats = self._added(group)
+        return {keyed: _figures(integers[index], floats[index]) for index, keyed in enumerate(groups)}
+
+    def totals(self, group: tuple[str, ...], period: str | None) -> dict[tuple, Totals]:
+        """As fold_status(measure_at(..., (*group, "status"))) answers. The cells' histograms are
+        added per group in one NumPy pass (sorted by group, np.add.reduceat)."""
+        groups, integers, floats = self._added(group)
+        index_of = {keyed: index for index, keyed in enumerate(groups)}
         key_of = _key_getter([SHARED_KEY.index(name) for name in group])
-        rows = [owners.setdefault(key_of(key), len(owners)) for key in keys]
-        integer_totals = np.zeros((len(owners), len(INTEGER_SUMS)), dtype=np.int64)
-        float_totals = np.zeros((len(owners), len(FLOAT_SUMS)))
-        np.add.at(integer_totals, rows, integers)  # in row order: the same float sums as adding in turn
-        np.add.at(float_totals, rows, floats)
-        found: KeyedFigures = {}
-        for keyed, index in owners.items():
-            figures = found[keyed] = rollups.Figures()
-            for name, value in zip(INTEGER_SUMS, integer_totals[index].tolist(), strict=True):
-                setattr(figures, name, value)
-            for name, value in zip(FLOAT_SUMS, float_totals[index].tolist(), strict=True):
-                setattr(figures, name, value)
+        cells = np.fromiter((index_of.get(key_of(cell), -1) for cell in self.cells), np.int64, len(self.cells))
+        first, width = self.latency_first, self.latency.shape[1]
+        summed = np.zeros((len(groups), width), dtype=np.int64)
+        kept = np.flatnonzero(cells >= 0)  # always all: a (period, model) with latencies has sums
+        if len(kept):
+            order = kept[np.argsort(cells[kept], kind="stable")]
+            starts = np.flatnonzero(np.diff(cells[order], prepend=-1))
+            summed[cells[order][starts]] = np.add.reduceat(self.latency[order], starts, axis=0)
+        found: dict[tuple, Totals] = {}
+        for index, keyed in enumerate(groups):
+            figures = _figures(integers[index], floats[index], latency=rollup_math.empty())
+            figures.latency[first : first + width] = summed[index]
+            found[keyed] = Totals(figures, int(integers[index, ERRORS_POSITION]))
         return found
 
+    def _added(self, group: tuple[str, ...]) -> tuple[list[tuple], Any, Any]:
+        """The groups by `group` (names of SHARED_KEY) in the order first read, and their integer
+        sums (INTEGER_SUMS, then the failures) and float sums, added in NumPy in row order (the
+        same float sums as adding them in turn). Groups are told apart by integer codes."""
+        keys, integers, floats = self._columns()
+        codes, values = self.codes
+        positions = [SHARED_KEY.index(name) for name in group]
+        combined = np.zeros(len(keys), dtype=np.int64)
+        for position in positions:
+            combined = combined * len(values[position]) + codes[:, position]
+        _unique, firsts, inverse = np.unique(combined, return_index=True, return_inverse=True)
+        order = np.argsort(firsts)  # the groups in the order first read
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(order))
+        rows = rank[inverse.reshape(-1)]
+        groups = [tuple(values[position][codes[firsts[index], position]] for position in positions) for index in order]
+        integer_totals = np.zeros((len(groups), integers.shape[1]), dtype=np.int64)
+        float_totals = np.zeros((len(groups), floats.shape[1]))
+        np.add.at(integer_totals, rows, integers)
+        np.add.at(float_totals, rows, floats)
+        return groups, integer_totals, float_totals
+
     def _columns(self) -> tuple[list[tuple], Any, Any]:
-        """The groups' keys (in the order first read) and their integer and float sums as two
-        arrays, made once (the reading is complete before any figure asks). The rows are added
-        per key in NumPy, in row order: the same sums as adding them in turn in Python, which
-        cost ~30 ms over a 7-day reading's ~6,000 rows at 10,000,000 calls."""
+        """The groups' keys (in the order first read) and their integer sums (then failures) and
+        float sums as two arrays, made once (the reading is complete before any figure asks), the
+        keys coded as integers (`codes`). The rows are added per key in NumPy, in row order: the
+        same sums as adding them in turn in Python."""
         if self.columns is None:
             owners: dict[tuple, int] = {}
             rows = [owners.setdefault(key, len(owners)) for key in self.keys]
-            table = np.array(self.values, dtype=object).reshape(len(self.values), len(ROLLUP_SUMS))
+            table = np.array(self.values, dtype=object).reshape(len(self.values), len(ROLLUP_SUMS) + 1)
             table[np.equal(table, None)] = 0
-            integers = np.zeros((len(owners), len(INTEGER_SUMS)), dtype=np.int64)
+            integers = np.zeros((len(owners), len(INTEGER_POSITIONS) + 1), dtype=np.int64)
             floats = np.zeros((len(owners), len(FLOAT_SUMS)))
-            np.add.at(integers, rows, table[:, INTEGER_POSITIONS].astype(np.int64))
+            np.add.at(integers, rows, table[:, [*INTEGER_POSITIONS, len(ROLLUP_SUMS)]].astype(np.int64))
             np.add.at(floats, rows, table[:, FLOAT_POSITIONS].astype(np.float64))
             self.columns = (list(owners), integers, floats)
+            self.codes = _coded(self.columns[0])
         return self.columns
 
-    def totals(self, group: tuple[str, ...], period: str | None) -> dict[tuple, Totals]:
-        """As fold_status(measure_at(..., (*group, "status"))) answers."""
-        found = self.sums((*group, "status"), period)
-        folded = fold_status(found)
-        positions = [("period", "model_name").index(name) for name in group]
-        rows: dict[tuple, list[int]] = defaultdict(list)
-        for cell, row in self.cells.items():
-            rows[tuple(cell[position] for position in positions)].append(row)
-        for keyed, totals in folded.items():
-            totals.figures.latency = self.latency[rows[keyed]].sum(axis=0) if rows.get(keyed) else rollup_math.empty()
-        return folded
+    def add_failures(self, error_type: str, count: int, period: str) -> None:
+        """Count `count` failures of `error_type` in `period` (a PeriodOf text)."""
+        moment = datetime.fromisoformat(period)
+        found = self.failures.get(error_type)
+        if found is None:
+            self.failures[error_type] = [int(count), moment]
+        else:
+            found[0] += int(count)
+            found[1] = max(found[1], moment)
 
-    def latest_failures(self) -> dict[str, datetime]:
-        """Per error type, a time its latest failure in the window is not before: the start of
-        the latest period it failed in."""
-        latest: dict[str, datetime] = {}
-        for period, _model, status, error_type in self._columns()[0]:
-            if status == LLMRequestLog.Status.ERROR:
-                moment = datetime.fromisoformat(period)
-                if error_type not in latest or moment > latest[error_type]:
-                    latest[error_type] = moment
-        return latest
+    def failures_by_type(self) -> dict[str, tuple[int, datetime]]:
+        """Per error type: its failures in the window, and a time its latest one is not before
+        (the start of the latest period it failed in)."""
+        return {error_type: (count, moment) for error_type, (count, moment) in self.failures.items() if count}
+
+
+ERRORS_POSITION = len(INTEGER_SUMS)  # of SharedReading's integer sums: the failures, after INTEGER_SUMS
+# The histograms of figures that carry none (SharedReading.sums): one array, read-only, rather than
+# two 1,397-bucket arrays made per group (~10 ms per figure over a 7-day reading by hour).
+NO_HISTOGRAM = rollup_math.empty()
+NO_HISTOGRAM.setflags(write=False)
+
+
+def _figures(integers: Any, floats: Any, latency: Any = NO_HISTOGRAM) -> rollups.Figures:
+    """Figures of one group's integer and float sums (INTEGER_SUMS, FLOAT_SUMS order)."""
+    figures = rollups.Figures(latency=latency, ttft=NO_HISTOGRAM)
+    for name, value in zip(INTEGER_SUMS, integers[:ERRORS_POSITION].tolist(), strict=True):
+        setattr(figures, name, value)
+    for name, value in zip(FLOAT_SUMS, floats.tolist(), strict=True):
+        setattr(figures, name, value)
+    return figures
+
+
+def _coded(keys: list[tuple]) -> tuple[Any, list[list]]:
+    """SHARED_KEY tuples as integer codes: (an array of a row of codes per key, each position's
+    values by code)."""
+    codes = np.zeros((len(keys), len(SHARED_KEY)), dtype=np.int64)
+    values: list[list] = []
+    for position in range(len(SHARED_KEY)):
+        known: dict[Any, int] = {}
+        codes[:, position] = [known.setdefault(key[position], len(known)) for key in keys]
+        values.append(list(known))
+    return codes, values
 
 
 def _key_getter(positions: list[int]) -> Any:
@@ -867,33 +930,77 @@ def share(chosen: Selection, period: str) -> Selection:
     return replace(chosen, shared=reading)
 
 
-def read_shared(the_plan: Plan, watermark: int) -> SharedReading:
+def read_shared(
+    the_plan: Plan, watermark: int, *, recent: RecentRows | None = None, failures: bool = True
+) -> SharedReading:
+    """The plan's figures per (period, model) at `watermark` (see above). `recent`: the calls above
+    the watermark, summed (see RecentRows); `failures`: whether to count them per error type."""
     period_of = PeriodOf(the_plan.period, the_plan.zone)
     reading = SharedReading(the_plan.period, watermark)
-    for table, period_field, condition, used in (
-        (DailyRollup, "day", the_plan.daily, the_plan.split.days),
-        (HourlyRollup, "hour", the_plan.hourly, the_plan.split.hours),
-    ):
-        if not used:
-            continue
-        rows = table.objects.filter(condition()).order_by()
-        if period_field == "hour":
-            rows, period_field = rows.annotate(hour_epoch=EpochSeconds("hour")), "hour_epoch"
-        rows = rows.values_list(period_field, "model_name", "status", "error_type", *ROLLUP_SUMS)
-        hourly = period_field == "hour_epoch"
-        for moment, model, status, error_type, *values in _driver_rows(rows) if hourly else rows:
-            reading.keys.append((period_of(hour_at(moment) if hourly else moment), model, status, error_type))
-            reading.values.append(values)
     blobs: list[Any] = []
     owners: list[int] = []
-    for moment, model, histogram in rollup_histograms(the_plan):
-        blobs.append(histogram)
-        owners.append(reading.cells.setdefault((period_of(moment), model), len(reading.cells)))
-    raw_buckets = _read_shared_raw(reading, the_plan, watermark)
-    reading.latency = rollup_math.merge_grouped(owners, blobs, len(reading.cells))
+    for hourly, rows in _shared_rollup_rows(the_plan):
+        for moment, model, *values, failed, histogram in _driver_rows(rows) if hourly else rows:
+            key = (period_of(hour_at(moment) if hourly else moment), model)
+            reading.keys.append(key)
+            reading.values.append([*values, failed])
+            blobs.append(histogram)
+            owners.append(reading.cells.setdefault(key, len(reading.cells)))
+    if the_plan.selection.status:  # the rows per status: their histograms apart
+        for moment, model, histogram in rollup_histograms(the_plan):
+            blobs.append(histogram)
+            owners.append(reading.cells.setdefault((period_of(moment), model), len(reading.cells)))
+    if failures:
+        _read_shared_failures(reading, the_plan, period_of)
+    raw_buckets = _read_shared_raw(reading, the_plan, watermark, recent)
+    also = [bucket for _cell, bucket, _count in raw_buckets]
+    reading.latency_first, reading.latency = rollup_math.merge_span(owners, blobs, len(reading.cells), also)
     for cell, bucket, count in raw_buckets:
-        reading.latency[cell, bucket] += count
+        reading.latency[cell, bucket - reading.latency_first] += count
     return reading
+
+
+def _shared_rollup_rows(the_plan: Plan) -> Iterator[tuple[bool, QuerySet]]:
+    """(hourly, rows) of the plan's whole days and hours: each row (day, or hour as epoch seconds,
+    model_name, *ROLLUP_SUMS, failures, latency histogram or None). From DailyLatency and
+    HourlyLatency, or, under a status filter, from DailyRollup and HourlyRollup (their failures
+    are their requests when the status is error; their histograms read apart)."""
+    status = the_plan.selection.status
+    tables = (DailyRollup, HourlyRollup) if status else (DailyLatency, HourlyLatency)
+    failed = Case(When(status=LLMRequestLog.Status.ERROR, then=F("requests")), default=Value(0))
+    extra = (
+        {"failures": failed, "histogram": Value(None, BinaryField())}
+        if status
+        else {"failures": F("errors"), "histogram": F("latency_histogram")}
+    )
+    if the_plan.split.days:
+        rows = tables[0].objects.filter(the_plan.daily()).order_by().annotate(**extra)
+        yield False, rows.values_list("day", "model_name", *ROLLUP_SUMS, "failures", "histogram")
+    if the_plan.split.hours:
+        hours = Q(pk__in=[])
+        for start, end in the_plan.split.hours:
+            hours |= Q(hour__gte=start, hour__lt=end)
+        rows = tables[1].objects.filter(hours & the_plan.selection.matching()).order_by()
+        rows = rows.annotate(hour_epoch=EpochSeconds("hour"), **extra)
+        yield True, rows.values_list("hour_epoch", "model_name", *ROLLUP_SUMS, "failures", "histogram")
+
+
+def _read_shared_failures(reading: SharedReading, the_plan: Plan, period_of: PeriodOf) -> None:
+    """Add the failures per error type of the plan's whole days and hours (their count and latest
+    period: a few rows per table) to `reading`."""
+    failed = Q(status=LLMRequestLog.Status.ERROR)
+    if the_plan.split.days:
+        days = DailyRollup.objects.filter(the_plan.daily(), failed).order_by().values("error_type")
+        for error_type, count, latest in days.annotate(count=Sum("requests"), latest=Max("day")).values_list(
+            "error_type", "count", "latest"
+        ):
+            reading.add_failures(error_type, count, period_of(latest))
+    if the_plan.split.hours:
+        hours = HourlyRollup.objects.filter(the_plan.hourly(), failed).order_by().values("error_type")
+        for error_type, count, latest in hours.annotate(
+            count=Sum("requests"), latest=Max(EpochSeconds("hour"))
+        ).values_list("error_type", "count", "latest"):
+            reading.add_failures(error_type, count, period_of(hour_at(latest)))
 
 
 def _driver_rows(rows: QuerySet) -> list[tuple]:
@@ -906,32 +1013,53 @@ def _driver_rows(rows: QuerySet) -> list[tuple]:
         return cursor.fetchall()
 
 
-def _read_shared_raw(reading: SharedReading, the_plan: Plan, watermark: int) -> list[tuple[int, int, int]]:
-    """Add the raw rows of the plan (edges, rows above the watermark) to `reading`; answers their
-    latency buckets as (cell, bucket, count), the cells made room for before the merge."""
+def _read_shared_raw(
+    reading: SharedReading, the_plan: Plan, watermark: int, recent: RecentRows | None = None
+) -> list[tuple[int, int, int]]:
+    """Add the raw rows of the plan (edges, rows above the watermark unless `recent` tells none
+    lies within its roll-ups' spans) to `reading`; answers their latency buckets as (cell, bucket,
+    count), the cells made room for before the merge. Without a period (window totals) the rows'
+    period is None."""
     sums = _raw_sums()
     buckets = []
-    raw_period = RawPeriod(the_plan)
+    raw_period = RawPeriod(the_plan) if the_plan.period else None
     names = list(sums)
     cost, requests = names.index("cost_units"), names.index("requests")
     positions = [names.index(name) if name in names else None for name in ROLLUP_SUMS]
-    for rows in the_plan.raw_rows(watermark):
-        grouped = rows.annotate(period=raw_period.expression(), bucket=rollups.bucket_of("latency_ms"))
-        grouped = grouped.values("period", "model_name", "status", "error_type", "bucket").annotate(**sums)
-        texts: dict[Any, str] = {}
-        period_of = _first_column_converter(grouped)
-        for moment, model, status, error_type, bucket, *values in _driver_rows(grouped):
+    for rows in _raw_parts(the_plan, watermark, recent):
+        grouped = _raw_grouped(rows, raw_period, sums)
+        texts: dict[Any, str | None] = {None: None}
+        period_of = _first_column_converter(grouped) if raw_period is not None else None
+        for row in _driver_rows(grouped):
+            moment, (model, status, error_type, bucket, *values) = (row[0], row[1:]) if period_of else (None, row)
             if moment not in texts:
                 texts[moment] = raw_period.text(period_of(moment))
             local = texts[moment]
             # Sums come as the driver answers them (a PostgreSQL SUM of integers is a numeric): the
             # reading's integer and float columns are made whole or float in NumPy (_columns).
             values[cost] = rollups.as_units(values[cost])
-            reading.keys.append((local, model, status, error_type))
-            reading.values.append([None if position is None else values[position] for position in positions])
+            failed = status == LLMRequestLog.Status.ERROR
+            reading.keys.append((local, model))
+            reading.values.append(
+                [
+                    *(None if position is None else values[position] for position in positions),
+                    values[requests] if failed else 0,
+                ]
+            )
+            if failed and local is not None:
+                reading.add_failures(error_type, values[requests], local)
             cell = reading.cells.setdefault((local, model), len(reading.cells))
             buckets.append((cell, int(bucket), int(values[requests])))
     return buckets
+
+
+def _raw_grouped(rows: QuerySet, raw_period: RawPeriod | None, sums: dict[str, Aggregate]) -> QuerySet:
+    """Raw rows' sums by (period, when `raw_period`) model, status, error type and latency bucket."""
+    grouped = rows.annotate(bucket=rollups.bucket_of("latency_ms"))
+    if raw_period is not None:
+        grouped = grouped.annotate(period=raw_period.expression())
+    by = ("period",) if raw_period is not None else ()
+    return grouped.values(*by, "model_name", "status", "error_type", "bucket").annotate(**sums)
 
 
 def _first_column_converter(rows: QuerySet) -> Callable[[Any], Any]:
@@ -1875,11 +2003,8 @@ def _error_counts(chosen: Selection) -> tuple[int, dict[str, tuple[int, datetime
 
 
 def _error_counts_shared(shared: SharedReading) -> tuple[int, dict[str, tuple[int, datetime]]]:
-    found = shared.sums(("status", "error_type"), None)
-    total = sum(figures.requests for figures in found.values())
-    since = shared.latest_failures()
-    failed = {key[1]: figures.requests for key, figures in found.items() if key[0] == LLMRequestLog.Status.ERROR}
-    return total, {error_type: (count, since[error_type]) for error_type, count in failed.items()}
+    total = sum(figures.requests for figures in shared.sums((), None).values())
+    return total, shared.failures_by_type()
 
 
 def _error_counts_at(the_plan: Plan, watermark: int) -> tuple[int, dict[str, tuple[int, datetime]]]:

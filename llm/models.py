@@ -1628,6 +1628,12 @@ class RollupFigures(models.Model):
         abstract = True
 
 
+# The failures per error type of a window (the overview's errors; llm.metrics.read_shared): an
+# index-only scan of the failed rows' (period, error type, requests) rather than a heap scan of the
+# wide rows (90 days at 10 million calls: ~12 ms -> ~1 ms). Partial: only failures are indexed.
+FAILURES_INCLUDE = ["error_type", "requests", "model_name"]
+
+
 class HourlyRollup(RollupFigures):
     hour = models.DateTimeField(help_text="Start of the UTC hour.")
 
@@ -1635,19 +1641,48 @@ class HourlyRollup(RollupFigures):
         constraints = [
             models.UniqueConstraint(fields=["hour", "model_name", "status", "error_type"], name="llm_hourlyrollup_key")
         ]
+        indexes = [
+            models.Index(
+                fields=["hour"],
+                include=FAILURES_INCLUDE,
+                condition=models.Q(status="error"),
+                name="llm_hourlyrollup_failures",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.hour:%Y-%m-%d %H:00} {self.model_name} {self.status}: {self.requests}"
 
 
-class HourlyLatency(models.Model):
-    """The latency histogram of one UTC hour and model, every status and error type merged: a series
-    by hour reads one row per hour and model rather than one per status and error type (7 days at
-    10 million calls: ~1,200 rows instead of ~6,000). Kept with HourlyRollup (llm/rollups.py)."""
+class PeriodModelFigures(models.Model):
+    """What an hour's or a day's calls of one model add up to, every status and error type merged:
+    the sums of RollupFigures, the failures among them and the latency histogram. A page's figures
+    of a window (the totals, a series, per model) read one row per period and model rather than
+    one per status and error type (7 days of hours at 10 million calls: ~1,160 rows instead of
+    ~5,900; 90 days: 637 instead of 4,437). Kept with HourlyRollup and DailyRollup (llm/rollups.py)."""
 
-    hour = models.DateTimeField(help_text="Start of the UTC hour.")
     model_name = models.CharField(max_length=200)
+    requests = models.BigIntegerField(default=0)
+    errors = models.BigIntegerField(default=0, help_text="Calls with status error.")
+    prompt_tokens = models.BigIntegerField(default=0)
+    completion_tokens = models.BigIntegerField(default=0)
+    total_tokens = models.BigIntegerField(default=0)
+    cost_units = models.BigIntegerField(default=0)  # USD 10^-10, as RollupFigures.cost_units
+    latency_sum_ms = models.FloatField(default=0)
+    ttft_count = models.BigIntegerField(default=0)
+    ttft_sum_ms = models.FloatField(default=0)
+    speed_count = models.BigIntegerField(default=0)
+    speed_sum = models.FloatField(default=0)
+    queue_count = models.BigIntegerField(default=0)
+    queue_sum_ms = models.FloatField(default=0)
     latency_histogram = models.BinaryField(default=b"")
+
+    class Meta:
+        abstract = True
+
+
+class HourlyLatency(PeriodModelFigures):
+    hour = models.DateTimeField(help_text="Start of the UTC hour.")
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["hour", "model_name"], name="llm_hourlylatency_key")]
@@ -1663,9 +1698,27 @@ class DailyRollup(RollupFigures):
         constraints = [
             models.UniqueConstraint(fields=["day", "model_name", "status", "error_type"], name="llm_dailyrollup_key")
         ]
+        indexes = [
+            models.Index(
+                fields=["day"],
+                include=FAILURES_INCLUDE,
+                condition=models.Q(status="error"),
+                name="llm_dailyrollup_failures",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.day} {self.model_name} {self.status}: {self.requests}"
+
+
+class DailyLatency(PeriodModelFigures):
+    day = models.DateField(help_text="The date in TIME_ZONE (MetricWatermark 'rollups'.time_zone).")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["day", "model_name"], name="llm_dailylatency_key")]
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.model_name}"
 
 
 class BreakdownRollupFigures(RollupFigures):

@@ -95,24 +95,48 @@ def merge(stored: Iterable[bytes | memoryview | None]) -> np.ndarray:
 
 def merge_grouped(groups: Sequence[int], stored: Sequence[bytes | memoryview | None], count: int) -> np.ndarray:
     """Stored histograms summed per group (`groups[i]` is the group, 0 to count - 1, of
-    `stored[i]`): a count x BUCKETS array, from one pass of NumPy over all their counts (a stored
-    histogram is whole 4-byte words, the first one the index of its first bucket)."""
+    `stored[i]`): a count x BUCKETS array (see merge_span)."""
+    first, compact = merge_span(groups, stored, count)
+    merged = np.zeros((count, BUCKETS), dtype=np.int64)
+    merged[:, first : first + compact.shape[1]] = compact
+    return merged
+
+
+def merge_span(
+    groups: Sequence[int],
+    stored: Sequence[bytes | memoryview | None],
+    count: int,
+    also: Sequence[int] = (),
+) -> tuple[int, np.ndarray]:
+    """Stored histograms summed per group, over the buckets they use: (first, a count x width
+    array whose column j is bucket first + j), the span widened to the buckets `also` (where the
+    caller adds counts of its own). One pass of NumPy over all their counts (a stored histogram is
+    whole 4-byte words, the first one the index of its first bucket). The span, not all BUCKETS
+    (1,397): latencies of one service span a few hundred buckets, and the cells of a 7-day reading
+    by hour (1,160 at 10 million calls) summed over all buckets cost ~20 ms, most of it zeros."""
     kept = [(group, bytes(histogram)) for group, histogram in zip(groups, stored, strict=True) if histogram]
+    low = min(also, default=BUCKETS)
+    high = max(also, default=-1) + 1
     if not kept:
-        return np.zeros((count, BUCKETS), dtype=np.int64)
+        first = min(low, BUCKETS - 1) if high > 0 else 0
+        return first, np.zeros((count, max(high - first, 0)), dtype=np.int64)
     words = np.frombuffer(b"".join(blob for _group, blob in kept), dtype=_COUNTS)
     lengths = np.fromiter((len(blob) // 4 for _group, blob in kept), dtype=np.int64, count=len(kept))
     owners = np.fromiter((group for group, _blob in kept), dtype=np.int64, count=len(kept))
-    headers = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+    headers = np.cumsum(lengths) - lengths
     firsts = words[headers].view(_HEADER).astype(np.int64)
-    # Each word's cell: its group's row, its histogram's first bucket plus its place after the header.
-    owner = np.repeat(np.arange(len(kept)), lengths)
-    cells = owners[owner] * BUCKETS + firsts[owner] + np.arange(len(words)) - headers[owner] - 1
-    counts = words.astype(np.int64)
-    counts[headers] = 0  # the headers are no counts
-    cells[headers] = 0
-    summed = np.bincount(cells, weights=counts, minlength=count * BUCKETS)
-    return summed.astype(np.int64).reshape(count, BUCKETS)
+    first = min(int(firsts.min()), low)
+    width = max(int((firsts + lengths - 1).max()), high) - first
+    # Word i of histogram h lands in cell owners[h] * width + firsts[h] - first + (i - headers[h] - 1):
+    # a base per histogram, repeated, plus the word's index (few temporaries the size of `words`:
+    # gathering per word cost ~10 ms for 1,155 histograms, this ~1 ms).
+    cells = np.repeat(owners * width + firsts - first - headers - 1, lengths)
+    cells += np.arange(len(words))
+    cells[headers] = 0  # the headers are no counts
+    counts = words.astype(np.float64)
+    counts[headers] = 0
+    summed = np.bincount(cells, weights=counts, minlength=count * width)
+    return first, summed.astype(np.int64).reshape(count, width)
 
 
 def _value_at_rank(cumulative: np.ndarray, rank: int) -> float:

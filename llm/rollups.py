@@ -1,5 +1,5 @@
-"""Keeping the roll-ups (HourlyRollup, HourlyLatency, DailyRollup, DailyUserRollup, DailyUserTotals,
-HourlyUserTotals, HourlyBreakdownRollup, DailyBreakdownRollup) equal to what the logs say.
+"""Keeping the roll-ups (HourlyRollup, HourlyLatency, DailyRollup, DailyLatency, DailyUserRollup,
+DailyUserTotals, HourlyUserTotals, HourlyBreakdownRollup, DailyBreakdownRollup) equal to what the logs say.
 
 The roll-ups add up the logs above the "rollups" watermark, exactly once, with the machinery of
 llm/watermarks.py (a final id boundary, so a row committed late is never skipped; the watermark row
@@ -58,6 +58,7 @@ from llm import rollup_math, watermarks
 from llm.models import (
     COST_PLACES,
     DailyBreakdownRollup,
+    DailyLatency,
     DailyRollup,
     DailyUserRollup,
     DailyUserTotals,
@@ -236,30 +237,39 @@ def _upsert(model: type, period_field: str, groups: dict[tuple, Figures]) -> Non
     model.objects.bulk_update(changed, [*Figures.SUMS, "latency_histogram", "ttft_histogram"], batch_size=500)
 
 
-def _upsert_latency(groups: dict[tuple, Figures]) -> None:
-    """Add the hourly groups' latency histograms ((hour, *KEY) -> Figures) to HourlyLatency, merged
-    per hour and model."""
-    merged: dict[tuple, np.ndarray] = {}
-    for (hour, model_name, *_rest), figures in groups.items():
-        if (hour, model_name) in merged:
-            merged[(hour, model_name)] += figures.latency
-        else:
-            merged[(hour, model_name)] = figures.latency.copy()
+def _upsert_latency(model: type, period_field: str, groups: dict[tuple, Figures]) -> None:
+    """Add the groups ((period, *KEY) -> Figures) to `model` (HourlyLatency or DailyLatency:
+    LATENCY_TABLES), merged per period and model: their sums, failures and latency histograms."""
+    merged: dict[tuple, Figures] = {}
+    errors: dict[tuple, int] = defaultdict(int)
+    for (period, model_name, status, _error_type), figures in groups.items():
+        cell = merged.get((period, model_name))
+        if cell is None:
+            cell = merged[(period, model_name)] = Figures(ttft=_NO_TTFT)
+        cell.add_sums(figures)
+        cell.latency += figures.latency
+        if status == LLMRequestLog.Status.ERROR:
+            errors[(period, model_name)] += figures.requests
     if not merged:
         return
     existing = {
-        (row.hour, row.model_name): row.latency_histogram
-        for row in HourlyLatency.objects.filter(hour__in={hour for hour, _model in merged})
+        (getattr(row, period_field), row.model_name): row
+        for row in model.objects.filter(**{f"{period_field}__in": {period for period, _model in merged}})
     }
-    rows = [
-        HourlyLatency(
-            hour=hour,
-            model_name=model_name,
-            latency_histogram=rollup_math.encode(rollup_math.add_encoded(dense, existing.get((hour, model_name)))),
-        )
-        for (hour, model_name), dense in merged.items()
-    ]
-    _save(HourlyLatency, rows, ["hour", "model_name"], ["latency_histogram"])
+    rows = []
+    for (period, model_name), figures in merged.items():
+        row = existing.get((period, model_name)) or model(**{period_field: period}, model_name=model_name)
+        for name in Figures.SUMS:
+            setattr(row, name, getattr(row, name) + getattr(figures, name))
+        row.errors += errors[(period, model_name)]
+        row.latency_histogram = rollup_math.encode(rollup_math.add_encoded(figures.latency, row.latency_histogram))
+        rows.append(row)
+    _save(model, rows, [period_field, "model_name"], [*Figures.SUMS, "errors", "latency_histogram"])
+
+
+# PeriodModelFigures keep no TTFT histogram: the merged figures of _upsert_latency share this one.
+_NO_TTFT = rollup_math.empty()
+_NO_TTFT.setflags(write=False)
 
 
 def _upsert_users(rows: LLMRequestLogQuerySet, zone: Any) -> None:
@@ -675,6 +685,8 @@ def forget_purged_sessions(cutoff: datetime) -> int:
 
 
 PERIOD_TABLES = (("hour", HourlyRollup), ("day", DailyRollup))
+# Each period's latency histograms merged over statuses and error types, kept with its table.
+LATENCY_TABLES = {"hour": HourlyLatency, "day": DailyLatency}
 BREAKDOWN_TABLES = (("hour", HourlyBreakdownRollup), ("day", DailyBreakdownRollup))
 SOURCE_BREAKDOWN = "source"
 TAG_BREAKDOWN_PREFIX = "tag:"
@@ -763,8 +775,8 @@ def add_rows(rows: LLMRequestLogQuerySet, *, hourly: bool = True, daily: bool = 
         per_period: dict[tuple, Figures] = defaultdict(Figures)
         for key, figures in both.items():
             per_period[(key[index], *key[len(periods) :])].merge(figures)
-        if name == "hour":  # first: _upsert adds the stored histograms into the groups' own
-            _upsert_latency(per_period)
+        # First: _upsert adds the stored histograms into the groups' own.
+        _upsert_latency(LATENCY_TABLES[name], name, per_period)
         _upsert(model, name, per_period)
     if hourly:
         _upsert_hourly_users(rows)
@@ -870,12 +882,14 @@ def rebuild(since: date | None = None, progress: Callable[[str], None] | None = 
         HourlyUserTotals.objects.filter(hour__gte=hour_cut).delete()
         HourlyBreakdownRollup.objects.filter(Q(hour__gte=hour_cut) | ~Q(by__in=breakdowns)).delete()
         DailyRollup.objects.filter(day__gte=since).delete()
+        DailyLatency.objects.filter(day__gte=since).delete()
         DailyUserRollup.objects.filter(day__gte=since).delete()
         DailyUserTotals.objects.filter(day__gte=since).delete()
         DailyBreakdownRollup.objects.filter(Q(day__gte=since) | ~Q(by__in=breakdowns)).delete()
         if not daily_valid:
             # Built in another zone: no daily row is kept; before `since` reads use hourly rows.
             DailyRollup.objects.all().delete()
+            DailyLatency.objects.all().delete()
             DailyUserRollup.objects.all().delete()
             DailyUserTotals.objects.all().delete()
             DailyBreakdownRollup.objects.all().delete()

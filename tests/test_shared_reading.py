@@ -209,9 +209,10 @@ def test_the_overview_page_reads_the_window_once(calls, key):
         window = dashboard.time_range({"range": key})
         with CaptureQueriesContext(connection) as shared:
             figures = dashboard.overview(window)
-    # The window's sums once, the previous window's (its overview) and the month's spend
-    # (llm.forecast), rather than once per figure; the histograms of both windows' hours.
-    assert hourly_rollup_reads(shared.captured_queries) == 3
+    # The window's hours once (their sums, failures and histograms per hour and model from
+    # HourlyLatency, the failures per error type from HourlyRollup), the previous window's (its
+    # overview) from HourlyLatency, and the month's spend (llm.forecast), not once per figure.
+    assert hourly_rollup_reads(shared.captured_queries) == 2
     assert table_reads(HourlyLatency, shared.captured_queries) == 2
     start, end = window.start, window.end
     rows = within(list(LLMRequestLog.objects.all()), start, end)
@@ -323,10 +324,13 @@ def test_alert_windows_of_all_models_and_of_one_share_one_reading(calls):
 
 def test_rows_read_twice_under_one_key_add_up_as_in_turn():
     """The reading keeps its rows as read and adds them per key in NumPy: the same sums, floats
-    to the last bit, as adding each key's rows in turn in Python (None counting as 0)."""
+    to the last bit, as adding each key's rows in turn in Python (None counting as 0), and the
+    failures (the last column) counted per key."""
     rng = random.Random(11)
     reading = metrics.SharedReading("hour", 0)
-    keys = [("2026-03-30T10:00:00+00:00", model, status, "") for model in MODELS for status in ("success", "error")]
+    keys = [
+        (period, model) for model in MODELS for period in ("2026-03-30T10:00:00+00:00", "2026-03-30T11:00:00+00:00")
+    ]
     for _ in range(300):
         reading.keys.append(rng.choice(keys))
         reading.values.append(
@@ -336,14 +340,21 @@ def test_rows_read_twice_under_one_key_add_up_as_in_turn():
                 else None
                 for name in metrics.ROLLUP_SUMS
             ]
+            + [rng.choice([None, 0, rng.randint(1, 10**6)])]
         )
     expected: dict[tuple, list] = {}
     for key, values in zip(reading.keys, reading.values, strict=True):
         values = [value or 0 for value in values]
         total = expected.get(key)
         expected[key] = values if total is None else [a + b for a, b in zip(total, values, strict=True)]
-    found = reading.sums(("model_name", "status"), "hour")
-    assert {(key[1], key[2]) for key in expected} == set(found)
+    found = reading.sums(("period", "model_name"), "hour")
+    assert set(expected) == set(found)
     for key, total in expected.items():
-        figures = found[(key[1], key[2])]
-        assert [getattr(figures, name) for name in metrics.ROLLUP_SUMS] == total
+        figures = found[key]
+        assert [getattr(figures, name) for name in metrics.ROLLUP_SUMS] == total[:-1]
+    reading.latency, reading.cells = np.zeros((0, 0), dtype=np.int64), {}
+    by_model = reading.totals(("model_name",), "hour")
+    for model in MODELS:
+        rows = [total for key, total in expected.items() if key[1] == model]
+        assert by_model[(model,)].errors == sum(total[-1] for total in rows)
+        assert by_model[(model,)].figures.requests == sum(total[0] for total in rows)
