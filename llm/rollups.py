@@ -196,23 +196,83 @@ def speed_aggregates() -> dict[str, Any]:
     }
 
 
-def _grouped(rows: LLMRequestLogQuerySet, periods: dict[str, Any]) -> dict[tuple, Figures]:
-    """The rows' Figures per (period, model, status, error_type): three GROUP BY queries."""
-    keyed = rows.annotate(**periods).order_by()
-    names = [*periods, *KEY]
-    groups: dict[tuple, Figures] = defaultdict(Figures)
-    for row in keyed.values(*names).annotate(**_sum_aggregates()):
-        row["cost_units"] = as_units(row["cost_units"])
-        groups[tuple(row[name] for name in names)].add_sums(row)
+@dataclass
+class Kinds:
+    """What some new rows carry: the user and session roll-ups are skipped for rows without any."""
+
+    users: bool = False
+    sessions: bool = False
+
+
+@dataclass
+class Grouped:
+    """Some rows' sums per fine key (the periods, KEY, then each breakdown's group) and their
+    histograms' counts as arrays (fine key's index, bucket, count): what every roll-up table's
+    groups are projected from, so the rows are read by three queries, not three per table."""
+
+    keys: list[tuple]
+    sums: list[tuple]
+    histograms: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]
+    kinds: Kinds
+
+    def project(self, pick: Callable[[tuple], tuple]) -> dict[tuple, Figures]:
+        """The Figures per pick(fine key): sums added in Python, histograms by one np.add.at."""
+        target_of: dict[tuple, int] = {}
+        index = np.empty(len(self.keys), dtype=np.int64)
+        totals: list[list] = []
+        for position, (key, sums) in enumerate(zip(self.keys, self.sums, strict=True)):
+            target = pick(key)
+            number = target_of.setdefault(target, len(totals))
+            index[position] = number
+            if number == len(totals):
+                totals.append(list(sums))
+            else:
+                totals[number] = [total + value for total, value in zip(totals[number], sums, strict=True)]
+        groups = [Figures(**dict(zip(Figures.SUMS, sums, strict=True))) for sums in totals]
+        for name, (keys, buckets, counts) in self.histograms.items():
+            matrix = np.zeros((len(groups), rollup_math.BUCKETS), dtype=np.int64)
+            np.add.at(matrix, (index[keys], buckets), counts)
+            for number, figures in enumerate(groups):
+                setattr(figures, name, matrix[number])
+        return dict(zip(target_of, groups, strict=True))
+
+
+def _grouped(rows: LLMRequestLogQuerySet, periods: dict[str, Any], groups: dict[str, Any] | None = None) -> Grouped:
+    """The rows grouped by (*periods, *KEY, *groups): three GROUP BY queries (sums, then the counts
+    per latency and per TTFT bucket), whatever the number of tables they feed. The sums query also
+    tells whether any row has a user or a session."""
+    groups = groups or {}
+    keyed = rows.annotate(**periods, **groups).order_by()
+    names = [*periods, *KEY, *groups]
+    width = len(names)
+    keys: list[tuple] = []
+    sums: list[tuple] = []
+    kinds = Kinds()
+    aggregates = {
+        **_sum_aggregates(),
+        "with_user": Count("id", filter=~Q(user_id="")),
+        "with_session": Count("id", filter=~Q(session_id="")),
+    }
+    for row in keyed.values(*names).annotate(**aggregates).values_list(*names, *aggregates):
+        keys.append(row[:width])
+        values = [value or 0 for value in row[width : width + len(Figures.SUMS)]]
+        values[Figures.SUMS.index("cost_units")] = as_units(values[Figures.SUMS.index("cost_units")])
+        sums.append(tuple(values))
+        kinds.users = kinds.users or bool(row[-2])
+        kinds.sessions = kinds.sessions or bool(row[-1])
+    index_of = {key: number for number, key in enumerate(keys)}
+    histograms = {}
     for measure, histogram in (("latency_ms", "latency"), ("ttft_ms", "ttft")):
         counted = keyed.filter(**{f"{measure}__isnull": False}).annotate(bucket=bucket_of(measure))
-        for row in counted.values(*names, "bucket").annotate(count=Count("id")):
-            getattr(groups[tuple(row[name] for name in names)], histogram)[row["bucket"]] += row["count"]
-    return groups
+        found = counted.values(*names, "bucket").annotate(count=Count("id")).values_list(*names, "bucket", "count")
+        triples = [(index_of[row[:width]], row[width], row[width + 1]) for row in found]
+        histograms[histogram] = tuple(np.array(triples, dtype=np.int64).reshape(-1, 3).T)
+    return Grouped(keys, sums, histograms, kinds)
 
 
 def _upsert(model: type, period_field: str, groups: dict[tuple, Figures]) -> None:
-    """Add `groups` ((period, *KEY) -> Figures) to `model`'s rows, creating the missing ones."""
+    """Add `groups` ((period, *KEY) -> Figures) to `model`'s rows, creating the missing ones: one
+    read, one INSERT ... ON CONFLICT."""
     if not groups:
         return
     periods = {key[0] for key in groups}
@@ -220,20 +280,15 @@ def _upsert(model: type, period_field: str, groups: dict[tuple, Figures]) -> Non
         (getattr(row, period_field), row.model_name, row.status, row.error_type): row
         for row in model.objects.filter(**{f"{period_field}__in": periods})
     }
-    new, changed = [], []
+    rows = []
     for key, figures in groups.items():
-        row = existing.get(key)
-        if row is None:
-            row = model(**{period_field: key[0]}, **dict(zip(KEY, key[1:], strict=True)))
-            new.append(row)
-        else:
-            changed.append(row)
+        row = existing.get(key) or model(**{period_field: key[0]}, **dict(zip(KEY, key[1:], strict=True)))
+        rows.append(row)
         for name in Figures.SUMS:
             setattr(row, name, getattr(row, name) + getattr(figures, name))
         row.latency_histogram = rollup_math.encode(rollup_math.add_encoded(figures.latency, row.latency_histogram))
         row.ttft_histogram = rollup_math.encode(rollup_math.add_encoded(figures.ttft, row.ttft_histogram))
-    model.objects.bulk_create(new, batch_size=500)
-    model.objects.bulk_update(changed, [*Figures.SUMS, "latency_histogram", "ttft_histogram"], batch_size=500)
+    _save(model, rows, [period_field, *KEY], [*Figures.SUMS, "latency_histogram", "ttft_histogram"])
 
 
 def _upsert_latency(groups: dict[tuple, Figures]) -> None:
@@ -698,37 +753,46 @@ def breakdown_group(by: str) -> Any:
     return F(by)
 
 
-def _add_breakdowns(rows: LLMRequestLogQuerySet, periods: dict[str, Any]) -> None:
-    """Add the rows to the breakdown roll-ups: per rolled-up `by`, the same three GROUP BY queries
-    as the other roll-ups, with the call's group as one more key."""
-    for by in rolled_up_breakdowns():
-        both = _grouped(rows, {**periods, "group_key": breakdown_group(by)})
-        tables = [(name, model) for name, model in BREAKDOWN_TABLES if name in periods]
-        for index, (name, model) in enumerate(tables):
-            per_period: dict[tuple, Figures] = defaultdict(Figures)
-            for key, figures in both.items():  # (hour, day, group, *KEY) -> (period, group, *KEY)
-                per_period[(key[index], *key[len(periods) :])].merge(figures)
-            _upsert_breakdown(model, name, by, per_period)
+def breakdown_groups() -> dict[str, Any]:
+    """The group of a call in each rolled-up breakdown, by an annotation name of its own."""
+    return {f"group_{number}": breakdown_group(by) for number, by in enumerate(rolled_up_breakdowns())}
 
 
-def _upsert_breakdown(model: type, period: str, by: str, groups: dict[tuple, Figures]) -> None:
-    """Add `groups` ((period, group, *KEY) -> Figures) to `model`'s rows of `by`."""
-    if not groups:
+def _add_breakdowns(grouped: Grouped, periods: dict[str, Any]) -> None:
+    """Add the rows to the breakdown roll-ups: per table, the groups of every rolled-up `by`
+    projected from the fine grouping, one read and one upsert."""
+    width = len(periods) + len(KEY)
+    tables = [(name, model) for name, model in BREAKDOWN_TABLES if name in periods]
+    for index, (name, model) in enumerate(tables):
+        per_by = {
+            by: grouped.project(
+                lambda key, index=index, number=number: (key[index], key[width + number], *key[len(periods) : width])
+            )
+            for number, by in enumerate(rolled_up_breakdowns())
+        }
+        _upsert_breakdown(model, name, per_by)
+
+
+def _upsert_breakdown(model: type, period: str, per_by: dict[str, dict[tuple, Figures]]) -> None:
+    """Add the groups ((period, group, *KEY) -> Figures, per `by`) to `model`'s rows."""
+    if not any(per_by.values()):
         return
+    periods = {key[0] for groups in per_by.values() for key in groups}
     existing = {
-        (getattr(row, period), row.key, row.model_name, row.status, row.error_type): row
-        for row in model.objects.filter(by=by, **{f"{period}__in": {key[0] for key in groups}})
+        (row.by, getattr(row, period), row.key, row.model_name, row.status, row.error_type): row
+        for row in model.objects.filter(by__in=list(per_by), **{f"{period}__in": periods})
     }
     rows = []
-    for key, figures in groups.items():
-        row = existing.get(key)
-        if row is None:
-            row = model(by=by, key=key[1], **{period: key[0]}, **dict(zip(KEY, key[2:], strict=True)))
-        rows.append(row)
-        for name in Figures.SUMS:
-            setattr(row, name, getattr(row, name) + getattr(figures, name))
-        row.latency_histogram = rollup_math.encode(rollup_math.add_encoded(figures.latency, row.latency_histogram))
-        row.ttft_histogram = rollup_math.encode(rollup_math.add_encoded(figures.ttft, row.ttft_histogram))
+    for by, groups in per_by.items():
+        for key, figures in groups.items():
+            row = existing.get((by, *key))
+            if row is None:
+                row = model(by=by, key=key[1], **{period: key[0]}, **dict(zip(KEY, key[2:], strict=True)))
+            rows.append(row)
+            for name in Figures.SUMS:
+                setattr(row, name, getattr(row, name) + getattr(figures, name))
+            row.latency_histogram = rollup_math.encode(rollup_math.add_encoded(figures.latency, row.latency_histogram))
+            row.ttft_histogram = rollup_math.encode(rollup_math.add_encoded(figures.ttft, row.ttft_histogram))
     _save(model, rows, ["by", "key", period, *KEY], [*Figures.SUMS, "latency_histogram", "ttft_histogram"])
 
 
@@ -746,8 +810,9 @@ def _configured_breakdowns(watermark: MetricWatermark) -> dict[str, str | None]:
     return {by: since for by, since in (watermark.breakdowns or {}).items() if by in configured}
 
 
-def add_rows(rows: LLMRequestLogQuerySet, *, hourly: bool = True, daily: bool = True) -> None:
-    """Add these log rows to the hourly roll-ups and (in TIME_ZONE) the daily ones."""
+def add_rows(rows: LLMRequestLogQuerySet, *, hourly: bool = True, daily: bool = True) -> Kinds:
+    """Add these log rows to the hourly roll-ups and (in TIME_ZONE) the daily ones; answers what
+    kinds of rows they were (with users, with sessions)."""
     zone = timezone.get_current_timezone()
     periods = {}
     if hourly:
@@ -755,22 +820,26 @@ def add_rows(rows: LLMRequestLogQuerySet, *, hourly: bool = True, daily: bool = 
     if daily:
         periods["day"] = TruncDate("timestamp", tzinfo=zone)
     if not periods:
-        return
-    # One pass groups by hour and day together (a UTC hour can straddle two local days), then
-    # each table gets its own sums: three queries over the new rows rather than six.
-    both = _grouped(rows, periods)
+        return Kinds()
+    # One pass groups by hour, day and every breakdown's group together (a UTC hour can straddle
+    # two local days), then each table gets its own sums: three queries over the new rows rather
+    # than three per table.
+    grouped = _grouped(rows, periods, breakdown_groups())
+    if not grouped.keys:
+        return grouped.kinds
+    width = len(periods) + len(KEY)
     for index, (name, model) in enumerate((name, model) for name, model in PERIOD_TABLES if name in periods):
-        per_period: dict[tuple, Figures] = defaultdict(Figures)
-        for key, figures in both.items():
-            per_period[(key[index], *key[len(periods) :])].merge(figures)
+        per_period = grouped.project(lambda key, index=index: (key[index], *key[len(periods) : width]))
         if name == "hour":  # first: _upsert adds the stored histograms into the groups' own
             _upsert_latency(per_period)
         _upsert(model, name, per_period)
-    if hourly:
-        _upsert_hourly_users(rows)
-    if daily:
-        _upsert_users(rows, zone)
-    _add_breakdowns(rows, periods)
+    if grouped.kinds.users:
+        if hourly:
+            _upsert_hourly_users(rows)
+        if daily:
+            _upsert_users(rows, zone)
+    _add_breakdowns(grouped, periods)
+    return grouped.kinds
 
 
 def daily_rows_valid(watermark: MetricWatermark) -> bool:
@@ -802,8 +871,8 @@ def roll_up(*, limit: int | None = CATCH_UP_LIMIT, try_lock: bool = False) -> in
             )
             watermark.time_zone = ""  # from now on they miss rows: only a rebuild trusts them again
         added = claim.upto - watermark.last_id
-        add_rows(rows, daily=daily)
-        add_to_sessions(rows, above=watermark.last_id, upto=claim.upto)
+        if add_rows(rows, daily=daily).sessions:
+            add_to_sessions(rows, above=watermark.last_id, upto=claim.upto)
         claim.advance()
         return added
 
