@@ -262,7 +262,10 @@ def _grouped(rows: LLMRequestLogQuerySet, periods: dict[str, Any], groups: dict[
         kinds.sessions = kinds.sessions or bool(row[-1])
     index_of = {key: number for number, key in enumerate(keys)}
     histograms = {}
+    ttft_count = Figures.SUMS.index("ttft_count")
     for measure, histogram in (("latency_ms", "latency"), ("ttft_ms", "ttft")):
+        if histogram == "ttft" and not any(values[ttft_count] for values in sums):
+            continue  # no row has a TTFT (none streamed): no query for an empty histogram
         counted = keyed.filter(**{f"{measure}__isnull": False}).annotate(bucket=bucket_of(measure))
         found = counted.values(*names, "bucket").annotate(count=Count("id")).values_list(*names, "bucket", "count")
         triples = [(index_of[row[:width]], row[width], row[width + 1]) for row in found]
@@ -278,7 +281,7 @@ def _upsert(model: type, period_field: str, groups: dict[tuple, Figures]) -> Non
     periods = {key[0] for key in groups}
     existing = {
         (getattr(row, period_field), row.model_name, row.status, row.error_type): row
-        for row in model.objects.filter(**{f"{period_field}__in": periods})
+        for row in model.objects.filter(**{f"{period_field}__in": periods}, model_name__in={key[1] for key in groups})
     }
     rows = []
     for key, figures in groups.items():
@@ -304,7 +307,9 @@ def _upsert_latency(groups: dict[tuple, Figures]) -> None:
         return
     existing = {
         (row.hour, row.model_name): row.latency_histogram
-        for row in HourlyLatency.objects.filter(hour__in={hour for hour, _model in merged})
+        for row in HourlyLatency.objects.filter(
+            hour__in={hour for hour, _model in merged}, model_name__in={model for _hour, model in merged}
+        )
     }
     rows = [
         HourlyLatency(
@@ -504,14 +509,20 @@ def add_to_sessions(calls: LLMRequestLogQuerySet, *, above: int, upto: int) -> i
     `upto`) to their sessions' summaries; answers how many sessions they touched.
 
     The sessions' SessionGroupTotals are summed again from their calls up to `upto` (their distinct
-    counts per group have no SessionUser of their own to add to)."""
+    counts per group have no SessionUser of their own to add to), by INSERT ... SELECT in the
+    database: one statement per breakdown for every touched session (rows made in Python cost
+    most of a roll-up of calls with sessions)."""
     new = {row["session_id"]: row for row in _session_rows(calls)}
     ids = sorted(new)
     for offset in range(0, len(ids), SESSION_BATCH):
         chunk = ids[offset : offset + SESSION_BATCH]
         _add_session_chunk({session_id: new[session_id] for session_id in chunk}, calls, above)
-        SessionGroupTotals.objects.filter(session_id__in=chunk).delete()
-        _add_session_groups(LLMRequestLog.objects.filter(session_id__in=chunk, id__lte=upto))
+    if ids:
+        touched = calls.exclude(session_id="").values("session_id")
+        SessionGroupTotals.objects.filter(session_id__in=touched).delete()
+        everything = LLMRequestLog.objects.filter(session_id__in=touched, id__lte=upto)
+        for by in rolled_up_breakdowns():
+            _insert_summed_sessions(everything, by)
     return len(ids)
 
 
@@ -777,10 +788,13 @@ def _upsert_breakdown(model: type, period: str, per_by: dict[str, dict[tuple, Fi
     """Add the groups ((period, group, *KEY) -> Figures, per `by`) to `model`'s rows."""
     if not any(per_by.values()):
         return
-    periods = {key[0] for groups in per_by.values() for key in groups}
+    keys = [key for groups in per_by.values() for key in groups]
+    periods = {key[0] for key in keys}
     existing = {
         (row.by, getattr(row, period), row.key, row.model_name, row.status, row.error_type): row
-        for row in model.objects.filter(by__in=list(per_by), **{f"{period}__in": periods})
+        for row in model.objects.filter(
+            by__in=list(per_by), **{f"{period}__in": periods}, model_name__in={key[2] for key in keys}
+        )
     }
     rows = []
     for by, groups in per_by.items():
