@@ -322,24 +322,42 @@ def _upsert_latency(groups: dict[tuple, Figures]) -> None:
     _save(HourlyLatency, rows, ["hour", "model_name"], ["latency_histogram"])
 
 
-def _upsert_users(rows: LLMRequestLogQuerySet, zone: Any) -> None:
-    """Add the rows to DailyUserRollup (day x model x status x user) and to DailyUserTotals (day x user)."""
-    groups = (
-        rows.exclude(user_id="")
-        .annotate(day=TruncDate("timestamp", tzinfo=zone))
-        .values("day", "model_name", "status", "user_id")
-        .annotate(requests=Count("id"), total_tokens=Sum("total_tokens"), cost_units=cost_units_sum())
-        .order_by()
+def _add_users(rows: LLMRequestLogQuerySet, periods: dict[str, Any]) -> None:
+    """Add the rows with a user to DailyUserRollup (day x model x status x user), DailyUserTotals
+    (day x user) and HourlyUserTotals (hour x user), whichever of hour and day `periods` has: one
+    GROUP BY (periods, model, status, user) and one latency histogram per (periods, user), each
+    table's groups added up from them (was five queries)."""
+    keyed = rows.exclude(user_id="").annotate(**periods).order_by()
+    names = [*periods, "model_name", "status", "user_id"]
+    fine = list(
+        keyed.values(*names).annotate(
+            requests=Count("id"),
+            errors=Count("id", filter=Q(status=LLMRequestLog.Status.ERROR)),
+            total_tokens=Sum("total_tokens"),
+            cost_units=cost_units_sum(),
+            prompt_tokens=Sum("prompt_tokens"),
+            completion_tokens=Sum("completion_tokens"),
+            latency_sum_ms=Sum("latency_ms"),
+            first_call=Min("timestamp"),
+            last_call=Max("timestamp"),
+        )
     )
-    added = {(row["day"], row["model_name"], row["status"], row["user_id"]): row for row in groups}
-    if not added:
+    if not fine:
         return
-    _add_user_rows(DailyUserRollup, ("day", "model_name", "status", "user_id"), added)
-    _add_user_totals(DailyUserTotals, "day", _user_totals(rows, TruncDate("timestamp", tzinfo=zone)))
-
-
-def _upsert_hourly_users(rows: LLMRequestLogQuerySet) -> None:
-    _add_user_totals(HourlyUserTotals, "hour", _user_totals(rows, TruncHour("timestamp", tzinfo=UTC)))
+    buckets = keyed.filter(latency_ms__isnull=False).annotate(bucket=bucket_of("latency_ms"))
+    counts = list(buckets.values(*periods, "user_id", "bucket").annotate(count=Count("id")))
+    if "day" in periods:
+        daily: dict[tuple, dict[str, Any]] = {}
+        for row in fine:
+            group = daily.setdefault(
+                (row["day"], row["model_name"], row["status"], row["user_id"]), dict.fromkeys(USER_TOTALS, 0)
+            )
+            for name in USER_TOTALS:
+                group[name] += row[name] or 0
+        _add_user_rows(DailyUserRollup, ("day", "model_name", "status", "user_id"), daily)
+        _add_user_totals(DailyUserTotals, "day", _user_totals(fine, counts, "day"))
+    if "hour" in periods:
+        _add_user_totals(HourlyUserTotals, "hour", _user_totals(fine, counts, "hour"))
 
 
 USER_TOTALS = ("requests", "errors", "total_tokens", "cost_units")
@@ -348,28 +366,22 @@ USER_TOTALS = ("requests", "errors", "total_tokens", "cost_units")
 USER_SUMS = (*USER_TOTALS, "prompt_tokens", "completion_tokens", "latency_sum_ms")
 
 
-def _user_totals(rows: LLMRequestLogQuerySet, period: Any) -> dict[tuple, dict[str, Any]]:
-    """The rows' sums per (period, user), with first and last call and a dense latency histogram:
-    two GROUP BY queries."""
-    keyed = rows.exclude(user_id="").annotate(period=period).order_by()
+def _user_totals(fine: list[dict[str, Any]], counts: list[dict[str, Any]], period: str) -> dict[tuple, dict[str, Any]]:
+    """The sums per (period, user) of _add_users' groups, with first and last call and a dense
+    latency histogram."""
     found: dict[tuple, dict[str, Any]] = {}
-    sums = keyed.values("period", "user_id").annotate(
-        requests=Count("id"),
-        errors=Count("id", filter=Q(status=LLMRequestLog.Status.ERROR)),
-        total_tokens=Sum("total_tokens"),
-        cost_units=cost_units_sum(),
-        prompt_tokens=Sum("prompt_tokens"),
-        completion_tokens=Sum("completion_tokens"),
-        latency_sum_ms=Sum("latency_ms"),
-        first_call=Min("timestamp"),
-        last_call=Max("timestamp"),
-    )
-    for row in sums:
-        row["latency"] = rollup_math.empty()
-        found[(row["period"], row["user_id"])] = row
-    buckets = keyed.filter(latency_ms__isnull=False).annotate(bucket=bucket_of("latency_ms"))
-    for row in buckets.values("period", "user_id", "bucket").annotate(count=Count("id")):
-        found[(row["period"], row["user_id"])]["latency"][row["bucket"]] += row["count"]
+    for row in fine:
+        key = (row[period], row["user_id"])
+        group = found.get(key)
+        if group is None:
+            group = found[key] = {**dict.fromkeys(USER_SUMS, 0), "first_call": None, "last_call": None}
+            group["latency"] = rollup_math.empty()
+        for name in USER_SUMS:
+            group[name] += row[name] or 0
+        group["first_call"] = min(filter(None, (group["first_call"], row["first_call"])))
+        group["last_call"] = max(filter(None, (group["last_call"], row["last_call"])))
+    for row in counts:
+        found[(row[period], row["user_id"])]["latency"][row["bucket"]] += row["count"]
     return found
 
 
@@ -848,10 +860,7 @@ def add_rows(rows: LLMRequestLogQuerySet, *, hourly: bool = True, daily: bool = 
             _upsert_latency(per_period)
         _upsert(model, name, per_period)
     if grouped.kinds.users:
-        if hourly:
-            _upsert_hourly_users(rows)
-        if daily:
-            _upsert_users(rows, zone)
+        _add_users(rows, periods)
     _add_breakdowns(grouped, periods)
     return grouped.kinds
 
