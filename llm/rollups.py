@@ -520,22 +520,88 @@ def add_to_sessions(calls: LLMRequestLogQuerySet, *, above: int, upto: int) -> i
     """Add new calls (ids above `above`, the watermark every summed call is at or below, up to
     `upto`) to their sessions' summaries; answers how many sessions they touched.
 
-    The sessions' SessionGroupTotals are summed again from their calls up to `upto` (their distinct
-    counts per group have no SessionUser of their own to add to), by INSERT ... SELECT in the
-    database: one statement per breakdown for every touched session (rows made in Python cost
-    most of a roll-up of calls with sessions)."""
+    Their SessionGroupTotals are added to the same way, per breakdown (_add_to_session_groups):
+    summing them again from all the sessions' calls cost each roll-up as much as the sessions are
+    long."""
     new = {row["session_id"]: row for row in _session_rows(calls)}
     ids = sorted(new)
     for offset in range(0, len(ids), SESSION_BATCH):
         chunk = ids[offset : offset + SESSION_BATCH]
         _add_session_chunk({session_id: new[session_id] for session_id in chunk}, calls, above)
-    if ids:
-        touched = calls.exclude(session_id="").values("session_id")
-        SessionGroupTotals.objects.filter(session_id__in=touched).delete()
-        everything = LLMRequestLog.objects.filter(session_id__in=touched, id__lte=upto)
         for by in rolled_up_breakdowns():
-            _insert_summed_sessions(everything, by)
+            _add_to_session_groups(calls.filter(session_id__in=chunk), by, above)
     return len(ids)
+
+
+def _add_to_session_groups(calls: LLMRequestLogQuerySet, by: str, above: int) -> None:
+    """Add new calls (ids above `above`) to their sessions' SessionGroupTotals of `by`: sums add,
+    first and last call and the shown user and model (maxima) merge; a group's distinct users and
+    models grow by those of its new calls none of its older calls has (a group without a row has
+    no older call: the rows hold every call up to the watermark)."""
+    keyed = calls.annotate(group_key=breakdown_group(by))
+    new = {(row["session_id"], row["group_key"]): row for row in _session_rows(keyed, "group_key")}
+    if not new:
+        return
+    existing = {
+        (row.session_id, row.key): row
+        for row in SessionGroupTotals.objects.filter(by=by, session_id__in={session for session, _key in new})
+    }
+    seen = keyed.exclude(session_id="").values_list("session_id", "group_key", "user_id", "model_name")
+    values: dict[str, set[tuple[str, str, str]]] = {"user_id": set(), "model_name": set()}
+    for session_id, key, user_id, model_name in seen.distinct().order_by():
+        if (session_id, key) in existing:
+            if user_id:
+                values["user_id"].add((session_id, key, user_id))
+            values["model_name"].add((session_id, key, model_name))
+    added = {name: _new_to_groups(found, existing, by, name, above) for name, found in values.items() if found}
+    rows = []
+    for group, row in new.items():
+        units = as_units(row["cost_units"])
+        summary = existing.get(group)
+        if summary is None:
+            summary = SessionGroupTotals(session_id=group[0], by=by, key=group[1], cost=None)
+            for name in ("first_call", "last_call", "user_count", "shown_user", "model_count", "shown_model"):
+                setattr(summary, name, row[name])
+        else:
+            summary.first_call = min(summary.first_call, row["first_call"])
+            summary.last_call = max(summary.last_call, row["last_call"])
+            summary.user_count += added.get("user_id", {}).get(group, 0)
+            summary.model_count += added.get("model_name", {}).get(group, 0)
+            units += round((summary.cost or 0) * COST_SCALE)
+        for name in SESSION_SUMS:
+            setattr(summary, name, getattr(summary, name) + row[name])
+        summary.cost = usd(units)
+        rows.append(summary)
+    _merge_shown(rows, new, key_of=lambda summary: (summary.session_id, summary.key))
+    _save(SessionGroupTotals, rows, ["by", "key", "session_id"], ["first_call", "last_call", *SESSION_FIELDS])
+
+
+def _new_to_groups(
+    found: set[tuple[str, str, str]], existing: dict[tuple, SessionGroupTotals], by: str, name: str, above: int
+) -> dict[tuple[str, str], int]:
+    """For each summed group (session, key) of `by`, how many of its new calls' values of `name`
+    (user_id or model_name) none of its older calls has. Its shown value is one the older calls
+    have; only other values are asked of the calls (of those sessions, with those values)."""
+    shown = "shown_user" if name == "user_id" else "shown_model"
+    unsure = {(s, k, v) for s, k, v in found if v != getattr(existing[(s, k)], shown)}
+    known: set[tuple[str, str, str]] = set()
+    if unsure:
+        older = (
+            LLMRequestLog.objects.filter(
+                id__lte=above,
+                session_id__in={s for s, _k, _v in unsure},
+                **{f"{name}__in": {v for _s, _k, v in unsure}},
+            )
+            .annotate(group_key=breakdown_group(by))
+            .values_list("session_id", "group_key", name)
+            .distinct()
+            .order_by()
+        )
+        known.update(older)
+    added: dict[tuple[str, str], int] = defaultdict(int)
+    for session_id, key, _value in unsure - known:
+        added[(session_id, key)] += 1
+    return added
 
 
 SESSION_SUMS = ("requests", "errors", "prompt_tokens", "completion_tokens", "total_tokens")
@@ -589,16 +655,18 @@ def _add_session_chunk(new: dict[str, dict[str, Any]], calls: LLMRequestLogQuery
     )
 
 
-def _merge_shown(totals: list[SessionTotals], new: dict[str, dict[str, Any]]) -> None:
+def _merge_shown(
+    totals: list[Any], new: dict[Any, dict[str, Any]], key_of: Callable[[Any], Any] = lambda row: row.session_id
+) -> None:
     """Shown user and model: the larger of the summed and the new one, in the database's order of
     text (its collation, as Max() orders them: Python's order of code points may differ)."""
     pairs = [
         (summary, name)
         for summary in totals
         for name in ("shown_user", "shown_model")
-        if getattr(summary, name) != new[summary.session_id][name]
+        if getattr(summary, name) != new[key_of(summary)][name]
     ]
-    values = [(getattr(summary, name), new[summary.session_id][name]) for summary, name in pairs]
+    values = [(getattr(summary, name), new[key_of(summary)][name]) for summary, name in pairs]
     for (summary, name), larger in zip(pairs, greatest(values), strict=True):
         setattr(summary, name, larger)
 
