@@ -30,6 +30,7 @@ def one_round(port: int, auth: str, loop_run, log: Path, **settings: str) -> flo
     from llm import rollups  # noqa: PLC0415 - after Django is set up
 
     rollups.catch_up()
+    watermark = rollups.watermarks.counted_up_to(rollups.ROLLUPS)
     with hot.app_server(port, "http://127.0.0.1:9", log, **settings):
         loop_run(hot.measure_ingest(port, auth, "/api/events/", [hot.event_batch()], 1, hot.EVENTS_PER_BATCH))
         bodies = hot.prepared(hot.event_batch, int(15_000 * hot.INGEST_SECONDS / hot.EVENTS_PER_BATCH))
@@ -39,7 +40,10 @@ def one_round(port: int, auth: str, loop_run, log: Path, **settings: str) -> flo
         elapsed = time.perf_counter() - started
     events = (sent - len(bodies)) * hot.EVENTS_PER_BATCH
     assert not result["failures"], result
+    by_servers = rollups.watermarks.counted_up_to(rollups.ROLLUPS) - watermark
+    assert by_servers == 0 or not settings, "the server without roll-ups rolled up"
     if not settings:  # the tail the servers' roll-ups left
+        print(f"  the servers' roll-ups added {by_servers:,} of the {events:,} events", file=sys.stderr)
         started = time.perf_counter()
         rollups.catch_up()
         elapsed += time.perf_counter() - started
