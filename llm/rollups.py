@@ -12,8 +12,13 @@ process, without waiting for another process that is rolling up, at most AFTER_W
 by check_alerts, and by purge_logs before it deletes (the roll-ups keep the history the logs lose).
 Reads never wait for any of this: llm/metrics.py adds the rows above the watermark from the logs.
 
-The work is set-based: GROUP BY queries over the new rows (sums; counts per latency bucket), then
-one upsert per touched roll-up row, not per log row. `rebuild` recomputes them from the logs.
+The work is set-based and reads the new rows a fixed number of times, whatever the number of
+tables: one GROUP BY over (hour, day, model, status, error, every breakdown's group) with the sums,
+and one per histogram (latency, TTFT if any row has one), from which each table's groups are added
+up in Python (Grouped.project); the same for the user tables when a new row has a user; the session
+summaries only when one has a session, added to without reading the sessions' older calls. Then
+per table one read of the touched rows and one INSERT ... ON CONFLICT, not a query per log row.
+`rebuild` recomputes them from the logs.
 
 Days are in TIME_ZONE, which the watermark row records. If TIME_ZONE changes, the daily rows are
 no longer trusted (reads fall back to hourly rows and the logs; llm.checks warns) until
