@@ -16,6 +16,7 @@ from django.core.management import call_command
 from django.db import connection
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from llm import rollup_math, rollups
 from llm.models import (
@@ -168,7 +169,8 @@ def test_plain_and_rich_rows_rolled_up_in_turns_equal_a_rebuild_and_the_raw_rows
     for by, group in (("source", lambda log: log.source), ("tag:feature", lambda log: log.tags.get("feature", ""))):
         expected = defaultdict(lambda: [0, 0, 0])
         for log in logs:
-            sums = expected[(log.timestamp.astimezone(rollup_math_zone()).date(), group(log), log.model_name)]
+            day = rollup_math.local_date(log.timestamp, timezone.get_current_timezone())
+            sums = expected[(day, group(log), log.model_name)]
             sums[0] += 1
             sums[1] += log.prompt_tokens
             sums[2] += log.ttft_ms is not None
@@ -190,9 +192,3 @@ def test_plain_and_rich_rows_rolled_up_in_turns_equal_a_rebuild_and_the_raw_rows
     assert {
         (row.session_id, row.key): row.user_count for row in SessionGroupTotals.objects.filter(by="tag:feature")
     } == {key: len(users - {None}) for key, users in users_per_group.items()}
-
-
-def rollup_math_zone():
-    from django.utils import timezone  # noqa: PLC0415 - the zone the override set
-
-    return timezone.get_current_timezone()
