@@ -12,8 +12,13 @@ process, without waiting for another process that is rolling up, at most AFTER_W
 by check_alerts, and by purge_logs before it deletes (the roll-ups keep the history the logs lose).
 Reads never wait for any of this: llm/metrics.py adds the rows above the watermark from the logs.
 
-The work is set-based: GROUP BY queries over the new rows (sums; counts per latency bucket), then
-one upsert per touched roll-up row, not per log row. `rebuild` recomputes them from the logs.
+The work is set-based and reads the new rows a fixed number of times, whatever the number of
+tables: one GROUP BY over (hour, day, model, status, error, every breakdown's group) with the sums,
+and one per histogram (latency, TTFT if any row has one), from which each table's groups are added
+up in Python (Grouped.project); the same for the user tables when a new row has a user; the session
+summaries only when one has a session, added to without reading the sessions' older calls. Then
+per table one read of the touched rows and one INSERT ... ON CONFLICT, not a query per log row.
+`rebuild` recomputes them from the logs.
 
 Days are in TIME_ZONE, which the watermark row records. If TIME_ZONE changes, the daily rows are
 no longer trusted (reads fall back to hourly rows and the logs; llm.checks warns) until
@@ -197,44 +202,102 @@ def speed_aggregates() -> dict[str, Any]:
     }
 
 
-def _grouped(rows: LLMRequestLogQuerySet, periods: dict[str, Any]) -> dict[tuple, Figures]:
-    """The rows' Figures per (period, model, status, error_type): three GROUP BY queries."""
-    keyed = rows.annotate(**periods).order_by()
-    names = [*periods, *KEY]
-    groups: dict[tuple, Figures] = defaultdict(Figures)
-    for row in keyed.values(*names).annotate(**_sum_aggregates()):
-        row["cost_units"] = as_units(row["cost_units"])
-        groups[tuple(row[name] for name in names)].add_sums(row)
+@dataclass
+class Kinds:
+    """What some new rows carry: the user and session roll-ups are skipped for rows without any."""
+
+    users: bool = False
+    sessions: bool = False
+
+
+@dataclass
+class Grouped:
+    """Some rows' sums per fine key (the periods, KEY, then each breakdown's group) and their
+    histograms' counts as arrays (fine key's index, bucket, count): what every roll-up table's
+    groups are projected from, so the rows are read by three queries, not three per table."""
+
+    keys: list[tuple]
+    sums: list[tuple]
+    histograms: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]
+    kinds: Kinds
+
+    def project(self, pick: Callable[[tuple], tuple]) -> dict[tuple, Figures]:
+        """The Figures per pick(fine key): sums added in Python, histograms by one np.add.at."""
+        target_of: dict[tuple, int] = {}
+        index = np.empty(len(self.keys), dtype=np.int64)
+        totals: list[list] = []
+        for position, (key, sums) in enumerate(zip(self.keys, self.sums, strict=True)):
+            target = pick(key)
+            number = target_of.setdefault(target, len(totals))
+            index[position] = number
+            if number == len(totals):
+                totals.append(list(sums))
+            else:
+                totals[number] = [total + value for total, value in zip(totals[number], sums, strict=True)]
+        groups = [Figures(**dict(zip(Figures.SUMS, sums, strict=True))) for sums in totals]
+        for name, (keys, buckets, counts) in self.histograms.items():
+            matrix = np.zeros((len(groups), rollup_math.BUCKETS), dtype=np.int64)
+            np.add.at(matrix, (index[keys], buckets), counts)
+            for number, figures in enumerate(groups):
+                setattr(figures, name, matrix[number])
+        return dict(zip(target_of, groups, strict=True))
+
+
+def _grouped(rows: LLMRequestLogQuerySet, periods: dict[str, Any], groups: dict[str, Any] | None = None) -> Grouped:
+    """The rows grouped by (*periods, *KEY, *groups): three GROUP BY queries (sums, then the counts
+    per latency and per TTFT bucket), whatever the number of tables they feed. The sums query also
+    tells whether any row has a user or a session."""
+    groups = groups or {}
+    keyed = rows.annotate(**periods, **groups).order_by()
+    names = [*periods, *KEY, *groups]
+    width = len(names)
+    keys: list[tuple] = []
+    sums: list[tuple] = []
+    kinds = Kinds()
+    aggregates = {
+        **_sum_aggregates(),
+        "with_user": Count("id", filter=~Q(user_id="")),
+        "with_session": Count("id", filter=~Q(session_id="")),
+    }
+    for row in keyed.values(*names).annotate(**aggregates).values_list(*names, *aggregates):
+        keys.append(row[:width])
+        values = [value or 0 for value in row[width : width + len(Figures.SUMS)]]
+        values[Figures.SUMS.index("cost_units")] = as_units(values[Figures.SUMS.index("cost_units")])
+        sums.append(tuple(values))
+        kinds.users = kinds.users or bool(row[-2])
+        kinds.sessions = kinds.sessions or bool(row[-1])
+    index_of = {key: number for number, key in enumerate(keys)}
+    histograms = {}
+    ttft_count = Figures.SUMS.index("ttft_count")
     for measure, histogram in (("latency_ms", "latency"), ("ttft_ms", "ttft")):
+        if histogram == "ttft" and not any(values[ttft_count] for values in sums):
+            continue  # no row has a TTFT (none streamed): no query for an empty histogram
         counted = keyed.filter(**{f"{measure}__isnull": False}).annotate(bucket=bucket_of(measure))
-        for row in counted.values(*names, "bucket").annotate(count=Count("id")):
-            getattr(groups[tuple(row[name] for name in names)], histogram)[row["bucket"]] += row["count"]
-    return groups
+        found = counted.values(*names, "bucket").annotate(count=Count("id")).values_list(*names, "bucket", "count")
+        triples = [(index_of[row[:width]], row[width], row[width + 1]) for row in found]
+        histograms[histogram] = tuple(np.array(triples, dtype=np.int64).reshape(-1, 3).T)
+    return Grouped(keys, sums, histograms, kinds)
 
 
 def _upsert(model: type, period_field: str, groups: dict[tuple, Figures]) -> None:
-    """Add `groups` ((period, *KEY) -> Figures) to `model`'s rows, creating the missing ones."""
+    """Add `groups` ((period, *KEY) -> Figures) to `model`'s rows, creating the missing ones: one
+    read, one INSERT ... ON CONFLICT."""
     if not groups:
         return
     periods = {key[0] for key in groups}
     existing = {
         (getattr(row, period_field), row.model_name, row.status, row.error_type): row
-        for row in model.objects.filter(**{f"{period_field}__in": periods})
+        for row in model.objects.filter(**{f"{period_field}__in": periods}, model_name__in={key[1] for key in groups})
     }
-    new, changed = [], []
+    rows = []
     for key, figures in groups.items():
-        row = existing.get(key)
-        if row is None:
-            row = model(**{period_field: key[0]}, **dict(zip(KEY, key[1:], strict=True)))
-            new.append(row)
-        else:
-            changed.append(row)
+        row = existing.get(key) or model(**{period_field: key[0]}, **dict(zip(KEY, key[1:], strict=True)))
+        rows.append(row)
         for name in Figures.SUMS:
             setattr(row, name, getattr(row, name) + getattr(figures, name))
         row.latency_histogram = rollup_math.encode(rollup_math.add_encoded(figures.latency, row.latency_histogram))
         row.ttft_histogram = rollup_math.encode(rollup_math.add_encoded(figures.ttft, row.ttft_histogram))
-    model.objects.bulk_create(new, batch_size=500)
-    model.objects.bulk_update(changed, [*Figures.SUMS, "latency_histogram", "ttft_histogram"], batch_size=500)
+    _save(model, rows, [period_field, *KEY], [*Figures.SUMS, "latency_histogram", "ttft_histogram"])
 
 
 def _upsert_latency(model: type, period_field: str, groups: dict[tuple, Figures]) -> None:
@@ -254,7 +317,10 @@ def _upsert_latency(model: type, period_field: str, groups: dict[tuple, Figures]
         return
     existing = {
         (getattr(row, period_field), row.model_name): row
-        for row in model.objects.filter(**{f"{period_field}__in": {period for period, _model in merged}})
+        for row in model.objects.filter(
+            **{f"{period_field}__in": {period for period, _model in merged}},
+            model_name__in={model_name for _period, model_name in merged},
+        )
     }
     rows = []
     for (period, model_name), figures in merged.items():
@@ -272,24 +338,42 @@ _NO_TTFT = rollup_math.empty()
 _NO_TTFT.setflags(write=False)
 
 
-def _upsert_users(rows: LLMRequestLogQuerySet, zone: Any) -> None:
-    """Add the rows to DailyUserRollup (day x model x status x user) and to DailyUserTotals (day x user)."""
-    groups = (
-        rows.exclude(user_id="")
-        .annotate(day=TruncDate("timestamp", tzinfo=zone))
-        .values("day", "model_name", "status", "user_id")
-        .annotate(requests=Count("id"), total_tokens=Sum("total_tokens"), cost_units=cost_units_sum())
-        .order_by()
+def _add_users(rows: LLMRequestLogQuerySet, periods: dict[str, Any]) -> None:
+    """Add the rows with a user to DailyUserRollup (day x model x status x user), DailyUserTotals
+    (day x user) and HourlyUserTotals (hour x user), whichever of hour and day `periods` has: one
+    GROUP BY (periods, model, status, user) and one latency histogram per (periods, user), each
+    table's groups added up from them (was five queries)."""
+    keyed = rows.exclude(user_id="").annotate(**periods).order_by()
+    names = [*periods, "model_name", "status", "user_id"]
+    fine = list(
+        keyed.values(*names).annotate(
+            requests=Count("id"),
+            errors=Count("id", filter=Q(status=LLMRequestLog.Status.ERROR)),
+            total_tokens=Sum("total_tokens"),
+            cost_units=cost_units_sum(),
+            prompt_tokens=Sum("prompt_tokens"),
+            completion_tokens=Sum("completion_tokens"),
+            latency_sum_ms=Sum("latency_ms"),
+            first_call=Min("timestamp"),
+            last_call=Max("timestamp"),
+        )
     )
-    added = {(row["day"], row["model_name"], row["status"], row["user_id"]): row for row in groups}
-    if not added:
+    if not fine:
         return
-    _add_user_rows(DailyUserRollup, ("day", "model_name", "status", "user_id"), added)
-    _add_user_totals(DailyUserTotals, "day", _user_totals(rows, TruncDate("timestamp", tzinfo=zone)))
-
-
-def _upsert_hourly_users(rows: LLMRequestLogQuerySet) -> None:
-    _add_user_totals(HourlyUserTotals, "hour", _user_totals(rows, TruncHour("timestamp", tzinfo=UTC)))
+    buckets = keyed.filter(latency_ms__isnull=False).annotate(bucket=bucket_of("latency_ms"))
+    counts = list(buckets.values(*periods, "user_id", "bucket").annotate(count=Count("id")))
+    if "day" in periods:
+        daily: dict[tuple, dict[str, Any]] = {}
+        for row in fine:
+            group = daily.setdefault(
+                (row["day"], row["model_name"], row["status"], row["user_id"]), dict.fromkeys(USER_TOTALS, 0)
+            )
+            for name in USER_TOTALS:
+                group[name] += row[name] or 0
+        _add_user_rows(DailyUserRollup, ("day", "model_name", "status", "user_id"), daily)
+        _add_user_totals(DailyUserTotals, "day", _user_totals(fine, counts, "day"))
+    if "hour" in periods:
+        _add_user_totals(HourlyUserTotals, "hour", _user_totals(fine, counts, "hour"))
 
 
 USER_TOTALS = ("requests", "errors", "total_tokens", "cost_units")
@@ -298,28 +382,22 @@ USER_TOTALS = ("requests", "errors", "total_tokens", "cost_units")
 USER_SUMS = (*USER_TOTALS, "prompt_tokens", "completion_tokens", "latency_sum_ms")
 
 
-def _user_totals(rows: LLMRequestLogQuerySet, period: Any) -> dict[tuple, dict[str, Any]]:
-    """The rows' sums per (period, user), with first and last call and a dense latency histogram:
-    two GROUP BY queries."""
-    keyed = rows.exclude(user_id="").annotate(period=period).order_by()
+def _user_totals(fine: list[dict[str, Any]], counts: list[dict[str, Any]], period: str) -> dict[tuple, dict[str, Any]]:
+    """The sums per (period, user) of _add_users' groups, with first and last call and a dense
+    latency histogram."""
     found: dict[tuple, dict[str, Any]] = {}
-    sums = keyed.values("period", "user_id").annotate(
-        requests=Count("id"),
-        errors=Count("id", filter=Q(status=LLMRequestLog.Status.ERROR)),
-        total_tokens=Sum("total_tokens"),
-        cost_units=cost_units_sum(),
-        prompt_tokens=Sum("prompt_tokens"),
-        completion_tokens=Sum("completion_tokens"),
-        latency_sum_ms=Sum("latency_ms"),
-        first_call=Min("timestamp"),
-        last_call=Max("timestamp"),
-    )
-    for row in sums:
-        row["latency"] = rollup_math.empty()
-        found[(row["period"], row["user_id"])] = row
-    buckets = keyed.filter(latency_ms__isnull=False).annotate(bucket=bucket_of("latency_ms"))
-    for row in buckets.values("period", "user_id", "bucket").annotate(count=Count("id")):
-        found[(row["period"], row["user_id"])]["latency"][row["bucket"]] += row["count"]
+    for row in fine:
+        key = (row[period], row["user_id"])
+        group = found.get(key)
+        if group is None:
+            group = found[key] = {**dict.fromkeys(USER_SUMS, 0), "first_call": None, "last_call": None}
+            group["latency"] = rollup_math.empty()
+        for name in USER_SUMS:
+            group[name] += row[name] or 0
+        group["first_call"] = min(filter(None, (group["first_call"], row["first_call"])))
+        group["last_call"] = max(filter(None, (group["last_call"], row["last_call"])))
+    for row in counts:
+        found[(row[period], row["user_id"])]["latency"][row["bucket"]] += row["count"]
     return found
 
 
@@ -458,16 +536,88 @@ def add_to_sessions(calls: LLMRequestLogQuerySet, *, above: int, upto: int) -> i
     """Add new calls (ids above `above`, the watermark every summed call is at or below, up to
     `upto`) to their sessions' summaries; answers how many sessions they touched.
 
-    The sessions' SessionGroupTotals are summed again from their calls up to `upto` (their distinct
-    counts per group have no SessionUser of their own to add to)."""
+    Their SessionGroupTotals are added to the same way, per breakdown (_add_to_session_groups):
+    summing them again from all the sessions' calls cost each roll-up as much as the sessions are
+    long."""
     new = {row["session_id"]: row for row in _session_rows(calls)}
     ids = sorted(new)
     for offset in range(0, len(ids), SESSION_BATCH):
         chunk = ids[offset : offset + SESSION_BATCH]
         _add_session_chunk({session_id: new[session_id] for session_id in chunk}, calls, above)
-        SessionGroupTotals.objects.filter(session_id__in=chunk).delete()
-        _add_session_groups(LLMRequestLog.objects.filter(session_id__in=chunk, id__lte=upto))
+        for by in rolled_up_breakdowns():
+            _add_to_session_groups(calls.filter(session_id__in=chunk), by, above)
     return len(ids)
+
+
+def _add_to_session_groups(calls: LLMRequestLogQuerySet, by: str, above: int) -> None:
+    """Add new calls (ids above `above`) to their sessions' SessionGroupTotals of `by`: sums add,
+    first and last call and the shown user and model (maxima) merge; a group's distinct users and
+    models grow by those of its new calls none of its older calls has (a group without a row has
+    no older call: the rows hold every call up to the watermark)."""
+    keyed = calls.annotate(group_key=breakdown_group(by))
+    new = {(row["session_id"], row["group_key"]): row for row in _session_rows(keyed, "group_key")}
+    if not new:
+        return
+    existing = {
+        (row.session_id, row.key): row
+        for row in SessionGroupTotals.objects.filter(by=by, session_id__in={session for session, _key in new})
+    }
+    seen = keyed.exclude(session_id="").values_list("session_id", "group_key", "user_id", "model_name")
+    values: dict[str, set[tuple[str, str, str]]] = {"user_id": set(), "model_name": set()}
+    for session_id, key, user_id, model_name in seen.distinct().order_by():
+        if (session_id, key) in existing:
+            if user_id:
+                values["user_id"].add((session_id, key, user_id))
+            values["model_name"].add((session_id, key, model_name))
+    added = {name: _new_to_groups(found, existing, by, name, above) for name, found in values.items() if found}
+    rows = []
+    for group, row in new.items():
+        units = as_units(row["cost_units"])
+        summary = existing.get(group)
+        if summary is None:
+            summary = SessionGroupTotals(session_id=group[0], by=by, key=group[1], cost=None)
+            for name in ("first_call", "last_call", "user_count", "shown_user", "model_count", "shown_model"):
+                setattr(summary, name, row[name])
+        else:
+            summary.first_call = min(summary.first_call, row["first_call"])
+            summary.last_call = max(summary.last_call, row["last_call"])
+            summary.user_count += added.get("user_id", {}).get(group, 0)
+            summary.model_count += added.get("model_name", {}).get(group, 0)
+            units += round((summary.cost or 0) * COST_SCALE)
+        for name in SESSION_SUMS:
+            setattr(summary, name, getattr(summary, name) + row[name])
+        summary.cost = usd(units)
+        rows.append(summary)
+    _merge_shown(rows, new, key_of=lambda summary: (summary.session_id, summary.key))
+    _save(SessionGroupTotals, rows, ["by", "key", "session_id"], ["first_call", "last_call", *SESSION_FIELDS])
+
+
+def _new_to_groups(
+    found: set[tuple[str, str, str]], existing: dict[tuple, SessionGroupTotals], by: str, name: str, above: int
+) -> dict[tuple[str, str], int]:
+    """For each summed group (session, key) of `by`, how many of its new calls' values of `name`
+    (user_id or model_name) none of its older calls has. Its shown value is one the older calls
+    have; only other values are asked of the calls (of those sessions, with those values)."""
+    shown = "shown_user" if name == "user_id" else "shown_model"
+    unsure = {(s, k, v) for s, k, v in found if v != getattr(existing[(s, k)], shown)}
+    known: set[tuple[str, str, str]] = set()
+    if unsure:
+        older = (
+            LLMRequestLog.objects.filter(
+                id__lte=above,
+                session_id__in={s for s, _k, _v in unsure},
+                **{f"{name}__in": {v for _s, _k, v in unsure}},
+            )
+            .annotate(group_key=breakdown_group(by))
+            .values_list("session_id", "group_key", name)
+            .distinct()
+            .order_by()
+        )
+        known.update(older)
+    added: dict[tuple[str, str], int] = defaultdict(int)
+    for session_id, key, _value in unsure - known:
+        added[(session_id, key)] += 1
+    return added
 
 
 SESSION_SUMS = ("requests", "errors", "prompt_tokens", "completion_tokens", "total_tokens")
@@ -521,16 +671,18 @@ def _add_session_chunk(new: dict[str, dict[str, Any]], calls: LLMRequestLogQuery
     )
 
 
-def _merge_shown(totals: list[SessionTotals], new: dict[str, dict[str, Any]]) -> None:
+def _merge_shown(
+    totals: list[Any], new: dict[Any, dict[str, Any]], key_of: Callable[[Any], Any] = lambda row: row.session_id
+) -> None:
     """Shown user and model: the larger of the summed and the new one, in the database's order of
     text (its collation, as Max() orders them: Python's order of code points may differ)."""
     pairs = [
         (summary, name)
         for summary in totals
         for name in ("shown_user", "shown_model")
-        if getattr(summary, name) != new[summary.session_id][name]
+        if getattr(summary, name) != new[key_of(summary)][name]
     ]
-    values = [(getattr(summary, name), new[summary.session_id][name]) for summary, name in pairs]
+    values = [(getattr(summary, name), new[key_of(summary)][name]) for summary, name in pairs]
     for (summary, name), larger in zip(pairs, greatest(values), strict=True):
         setattr(summary, name, larger)
 
@@ -710,37 +862,49 @@ def breakdown_group(by: str) -> Any:
     return F(by)
 
 
-def _add_breakdowns(rows: LLMRequestLogQuerySet, periods: dict[str, Any]) -> None:
-    """Add the rows to the breakdown roll-ups: per rolled-up `by`, the same three GROUP BY queries
-    as the other roll-ups, with the call's group as one more key."""
-    for by in rolled_up_breakdowns():
-        both = _grouped(rows, {**periods, "group_key": breakdown_group(by)})
-        tables = [(name, model) for name, model in BREAKDOWN_TABLES if name in periods]
-        for index, (name, model) in enumerate(tables):
-            per_period: dict[tuple, Figures] = defaultdict(Figures)
-            for key, figures in both.items():  # (hour, day, group, *KEY) -> (period, group, *KEY)
-                per_period[(key[index], *key[len(periods) :])].merge(figures)
-            _upsert_breakdown(model, name, by, per_period)
+def breakdown_groups() -> dict[str, Any]:
+    """The group of a call in each rolled-up breakdown, by an annotation name of its own."""
+    return {f"group_{number}": breakdown_group(by) for number, by in enumerate(rolled_up_breakdowns())}
 
 
-def _upsert_breakdown(model: type, period: str, by: str, groups: dict[tuple, Figures]) -> None:
-    """Add `groups` ((period, group, *KEY) -> Figures) to `model`'s rows of `by`."""
-    if not groups:
+def _add_breakdowns(grouped: Grouped, periods: dict[str, Any]) -> None:
+    """Add the rows to the breakdown roll-ups: per table, the groups of every rolled-up `by`
+    projected from the fine grouping, one read and one upsert."""
+    width = len(periods) + len(KEY)
+    tables = [(name, model) for name, model in BREAKDOWN_TABLES if name in periods]
+    for index, (name, model) in enumerate(tables):
+        per_by = {
+            by: grouped.project(
+                lambda key, index=index, number=number: (key[index], key[width + number], *key[len(periods) : width])
+            )
+            for number, by in enumerate(rolled_up_breakdowns())
+        }
+        _upsert_breakdown(model, name, per_by)
+
+
+def _upsert_breakdown(model: type, period: str, per_by: dict[str, dict[tuple, Figures]]) -> None:
+    """Add the groups ((period, group, *KEY) -> Figures, per `by`) to `model`'s rows."""
+    if not any(per_by.values()):
         return
+    keys = [key for groups in per_by.values() for key in groups]
+    periods = {key[0] for key in keys}
     existing = {
-        (getattr(row, period), row.key, row.model_name, row.status, row.error_type): row
-        for row in model.objects.filter(by=by, **{f"{period}__in": {key[0] for key in groups}})
+        (row.by, getattr(row, period), row.key, row.model_name, row.status, row.error_type): row
+        for row in model.objects.filter(
+            by__in=list(per_by), **{f"{period}__in": periods}, model_name__in={key[2] for key in keys}
+        )
     }
     rows = []
-    for key, figures in groups.items():
-        row = existing.get(key)
-        if row is None:
-            row = model(by=by, key=key[1], **{period: key[0]}, **dict(zip(KEY, key[2:], strict=True)))
-        rows.append(row)
-        for name in Figures.SUMS:
-            setattr(row, name, getattr(row, name) + getattr(figures, name))
-        row.latency_histogram = rollup_math.encode(rollup_math.add_encoded(figures.latency, row.latency_histogram))
-        row.ttft_histogram = rollup_math.encode(rollup_math.add_encoded(figures.ttft, row.ttft_histogram))
+    for by, groups in per_by.items():
+        for key, figures in groups.items():
+            row = existing.get((by, *key))
+            if row is None:
+                row = model(by=by, key=key[1], **{period: key[0]}, **dict(zip(KEY, key[2:], strict=True)))
+            rows.append(row)
+            for name in Figures.SUMS:
+                setattr(row, name, getattr(row, name) + getattr(figures, name))
+            row.latency_histogram = rollup_math.encode(rollup_math.add_encoded(figures.latency, row.latency_histogram))
+            row.ttft_histogram = rollup_math.encode(rollup_math.add_encoded(figures.ttft, row.ttft_histogram))
     _save(model, rows, ["by", "key", period, *KEY], [*Figures.SUMS, "latency_histogram", "ttft_histogram"])
 
 
@@ -758,8 +922,9 @@ def _configured_breakdowns(watermark: MetricWatermark) -> dict[str, str | None]:
     return {by: since for by, since in (watermark.breakdowns or {}).items() if by in configured}
 
 
-def add_rows(rows: LLMRequestLogQuerySet, *, hourly: bool = True, daily: bool = True) -> None:
-    """Add these log rows to the hourly roll-ups and (in TIME_ZONE) the daily ones."""
+def add_rows(rows: LLMRequestLogQuerySet, *, hourly: bool = True, daily: bool = True) -> Kinds:
+    """Add these log rows to the hourly roll-ups and (in TIME_ZONE) the daily ones; answers what
+    kinds of rows they were (with users, with sessions)."""
     zone = timezone.get_current_timezone()
     periods = {}
     if hourly:
@@ -767,22 +932,23 @@ def add_rows(rows: LLMRequestLogQuerySet, *, hourly: bool = True, daily: bool = 
     if daily:
         periods["day"] = TruncDate("timestamp", tzinfo=zone)
     if not periods:
-        return
-    # One pass groups by hour and day together (a UTC hour can straddle two local days), then
-    # each table gets its own sums: three queries over the new rows rather than six.
-    both = _grouped(rows, periods)
+        return Kinds()
+    # One pass groups by hour, day and every breakdown's group together (a UTC hour can straddle
+    # two local days), then each table gets its own sums: three queries over the new rows rather
+    # than three per table.
+    grouped = _grouped(rows, periods, breakdown_groups())
+    if not grouped.keys:
+        return grouped.kinds
+    width = len(periods) + len(KEY)
     for index, (name, model) in enumerate((name, model) for name, model in PERIOD_TABLES if name in periods):
-        per_period: dict[tuple, Figures] = defaultdict(Figures)
-        for key, figures in both.items():
-            per_period[(key[index], *key[len(periods) :])].merge(figures)
-        # First: _upsert adds the stored histograms into the groups' own.
+        per_period = grouped.project(lambda key, index=index: (key[index], *key[len(periods) : width]))
+        # First: _upsert adds the stored histograms into the groups' own (in place).
         _upsert_latency(LATENCY_TABLES[name], name, per_period)
         _upsert(model, name, per_period)
-    if hourly:
-        _upsert_hourly_users(rows)
-    if daily:
-        _upsert_users(rows, zone)
-    _add_breakdowns(rows, periods)
+    if grouped.kinds.users:
+        _add_users(rows, periods)
+    _add_breakdowns(grouped, periods)
+    return grouped.kinds
 
 
 def daily_rows_valid(watermark: MetricWatermark) -> bool:
@@ -814,8 +980,8 @@ def roll_up(*, limit: int | None = CATCH_UP_LIMIT, try_lock: bool = False) -> in
             )
             watermark.time_zone = ""  # from now on they miss rows: only a rebuild trusts them again
         added = claim.upto - watermark.last_id
-        add_rows(rows, daily=daily)
-        add_to_sessions(rows, above=watermark.last_id, upto=claim.upto)
+        if add_rows(rows, daily=daily).sessions:
+            add_to_sessions(rows, above=watermark.last_id, upto=claim.upto)
         claim.advance()
         return added
 

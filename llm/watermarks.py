@@ -110,9 +110,8 @@ def claim(
         timeout = TRY_LOCK_TIMEOUT_MS if try_lock else BOUNDARY_LOCK_TIMEOUT_MS
         # On PostgreSQL the boundary comes first, in its own short transaction (see the module doc).
         boundary = final_id_boundary(model, lock_timeout_ms=timeout) if postgres else None
-        MetricWatermark.objects.get_or_create(name=name)
         with transaction.atomic():
-            watermark = MetricWatermark.objects.select_for_update().get(name=name)
+            watermark = _held_watermark(name)
             if not postgres:
                 boundary = final_id_boundary(model)  # SQLite: inside the (exclusive) write transaction
             upto = None
@@ -121,9 +120,21 @@ def claim(
             yield Claim(watermark, upto)
 
 
+def _held_watermark(name: str) -> MetricWatermark:
+    """The watermark row, locked (FOR UPDATE) until the transaction ends; created the first time."""
+    watermark = MetricWatermark.objects.select_for_update().filter(name=name).first()
+    if watermark is None:
+        MetricWatermark.objects.get_or_create(name=name)  # a concurrent first roll-up may win the insert
+        watermark = MetricWatermark.objects.select_for_update().get(name=name)
+    return watermark
+
+
 def _limited_end(model: type[models.Model], last_id: int, boundary: int, limit: int) -> int:
     """Where a limited roll-up stops: `limit` ids past the first row above `last_id`, so a gap in the
-    ids (rows purged before they were counted, a sequence jump) does not cost empty roll-ups."""
+    ids (rows purged before they were counted, a sequence jump) does not cost empty roll-ups. No
+    query when the whole range fits in the limit (a roll-up after writes, usually)."""
+    if boundary - last_id <= limit:
+        return boundary
     first = model.objects.filter(id__gt=last_id, id__lte=boundary).aggregate(first=models.Min("id"))["first"]
     return boundary if first is None else min(boundary, first - 1 + limit)
 
