@@ -474,7 +474,7 @@ def breakdown(window: TimeRange, by: str, order_by: str, chosen: metrics.Selecti
     chosen = chosen or window.selection()
     answer = metrics.breakdown(chosen, by, order_by, BREAKDOWN_ROWS)
     choices = {**BREAKDOWN_LABELS}
-    for key in metrics.breakdown_tag_keys(chosen.logs):
+    for key in metrics.breakdown_tag_keys(chosen):
         choices[f"{metrics.TAG_BREAKDOWN_PREFIX}{key}"] = f"Tag: {key}"
     choices.setdefault(by, by)
     figure, label = BREAKDOWN_CHART[order_by]
