@@ -258,6 +258,23 @@ def card(spec: Card, current: dict[str, Any], previous: dict[str, Any]) -> dict[
     }
 
 
+# The columns over time the overview's charts draw (static/js/charts.js), the sparklines' too.
+PERIOD_COLUMNS = tuple(
+    dict.fromkeys(
+        [
+            "requests",
+            "errors",
+            "prompt_tokens",
+            "completion_tokens",
+            "p50_latency_ms",
+            "p95_latency_ms",
+            "p99_latency_ms",
+            *(spec.series for spec in CARDS),
+        ]
+    )
+)
+
+
 def previous_figures(window: TimeRange, recent: metrics.RecentRows | None = None) -> dict[str, Any]:
     """The previous window's figures the cards compare with, each as metrics.overview answers it:
     read by metrics.window_totals, which reads no unique users and no p50 or p99 (the cards'
@@ -299,7 +316,6 @@ def overview(window: TimeRange) -> dict[str, Any]:
         "cards": [
             {
                 **card(spec, current, previous),
-                "spark": [row[spec.series] for row in series],
                 "level": levels.get(spec.key, "ok"),
                 "logs_query": window.logs_query(**CARD_LOGS[spec.key][1]),
             }
@@ -474,7 +490,7 @@ def breakdown(window: TimeRange, by: str, order_by: str, chosen: metrics.Selecti
     chosen = chosen or window.selection()
     answer = metrics.breakdown(chosen, by, order_by, BREAKDOWN_ROWS)
     choices = {**BREAKDOWN_LABELS}
-    for key in metrics.breakdown_tag_keys(chosen.logs):
+    for key in metrics.breakdown_tag_keys(chosen):
         choices[f"{metrics.TAG_BREAKDOWN_PREFIX}{key}"] = f"Tag: {key}"
     choices.setdefault(by, by)
     figure, label = BREAKDOWN_CHART[order_by]

@@ -36,6 +36,7 @@ from django.db.models import (
     Case,
     CharField,
     Count,
+    ExpressionWrapper,
     F,
     Field,
     FloatField,
@@ -1185,7 +1186,7 @@ USER_ROLLUP_FIELDS = {
 }
 
 
-def _user_raw_fields() -> dict[str, Aggregate]:
+def _user_raw_fields() -> dict[str, Any]:
     """Per-user sums of raw rows, counted over columns the (model_name, timestamp, user_id) index
     holds (COUNT(*), status: never NULL), so that one model's rows are read from that index alone:
     COUNT(id) made PostgreSQL read the calls themselves (the 17 hours of today of one model at
@@ -1194,8 +1195,19 @@ def _user_raw_fields() -> dict[str, Aggregate]:
         "u_requests": Count("*"),
         "u_errors": Count("status", filter=LLMRequestLog.FAILED),
         "u_total_tokens": Sum("total_tokens"),
-        "u_cost_units": rollups.cost_units_sum(),
+        "u_cost_units": summed_cost_units(),
     }
+
+
+def summed_cost_units() -> Any:
+    """The cost of each group's calls in roll-up units, exact. PostgreSQL: SUM(cost) x 10^10, one
+    multiplication per group rather than one per call (numeric arithmetic is exact: the same
+    number), half the time of a user's raw calls (one model's 19 hours of today at 10,000,000
+    calls: 67-119 -> 34-47 ms). SQLite keeps decimals as floats: each cost is rounded to its units
+    first (rollups.cost_units_sum)."""
+    if connections["default"].vendor != "postgresql":
+        return rollups.cost_units_sum()
+    return ExpressionWrapper(Sum("cost_estimate") * Value(rollups.COST_SCALE), output_field=BigIntegerField())
 
 
 def _user_totals_sql(the_plan: Plan, watermark: int) -> tuple[str, tuple]:
@@ -2843,10 +2855,38 @@ def _bucketed_breakdown(keyed: LLMRequestLogQuerySet, order_by: str, limit: int)
     return {"percentiles": PERCENTILES_APPROXIMATE, **answer}
 
 
-def breakdown_tag_keys(logs: LLMRequestLogQuerySet, limit: int = 50) -> list[str]:
+class RowValue(Func):
+    """A row value, `(a, b)`: compared as a whole (`(a, b) >= (x, y)`), which only an index led
+    by those columns in that order answers (PostgreSQL and SQLite both have row values)."""
+
+    template = "(%(expressions)s)"
+    output_field = TextField()
+
+
+def newest_of_model(logs: LLMRequestLogQuerySet, chosen: Selection) -> LLMRequestLogQuerySet:
+    """`logs` (of one model, in `chosen`'s window) newest first, read backwards along the
+    (model_name, timestamp, user_id) index. With only `timestamp` bounds PostgreSQL walks the
+    timestamp index back and skips the other models' calls (a few in seven at 10,000,000 calls:
+    60-230 ms for the newest 2,000 tagged calls of one model); the same bounds also stated as row
+    values (model, timestamp) are an index condition of that index alone, the same rows."""
+    if not (chosen.model and chosen.start and chosen.end):
+        return logs.order_by("-timestamp")
+    position = RowValue("model_name", "timestamp")
+    return (
+        logs.alias(position=position)
+        .filter(
+            position__gte=RowValue(Value(chosen.model), Value(chosen.start)),
+            position__lt=RowValue(Value(chosen.model), Value(chosen.end)),
+        )
+        .order_by("-timestamp")
+    )
+
+
+def breakdown_tag_keys(logs: Selection | LLMRequestLogQuerySet, limit: int = 50) -> list[str]:
     """The tag keys of a sample of the window's tagged calls (the newest 2,000), for the
     analytics page's `by` choices: "cost by feature" without typing the key."""
-    sample = logs.exclude(tags={}).order_by("-timestamp").values_list("tags", flat=True)[:2000]
+    chosen = selection(logs)
+    sample = newest_of_model(chosen.logs.exclude(tags={}), chosen).values_list("tags", flat=True)[:2000]
     keys: set[str] = set()
     for tags in sample:  # 2,000 small objects at most, not the window's rows
         keys.update(tags if isinstance(tags, dict) else {})

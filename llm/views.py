@@ -59,11 +59,11 @@ def overview(request: HttpRequest) -> HttpResponse:
         data = dashboard.overview(window)
     series = data["series"]
     charts = {
-        "traffic": dashboard.chart_series(series, "requests", "errors"),
-        "tokens": dashboard.chart_series(series, "prompt_tokens", "completion_tokens"),
-        "latency": dashboard.chart_series(series, "p50_latency_ms", "p95_latency_ms", "p99_latency_ms"),
+        # One set of columns over time for the traffic, tokens and latency charts and the cards'
+        # sparklines (each names its column): labels, calls and partial flags sent once, not per chart.
+        "periods": dashboard.chart_series(series, *dashboard.PERIOD_COLUMNS),
         "cost_by_model": dashboard.chart_series(data["cost_by_model"], "cost"),
-        "sparks": {card["key"]: card["spark"] for card in data["cards"]},
+        "sparks": {spec.key: spec.series for spec in dashboard.CARDS},
     }
     has_any_logs = data["figures"]["total_requests"] > 0 or LLMRequestLog.objects.exists()
     return page(request, "dashboard/overview.html", window, **data, charts=charts, has_any_logs=has_any_logs)

@@ -83,8 +83,21 @@ def test_charts_mark_the_partial_period_and_count_calls(page_for, live_server, t
             return chart.options.plugins.tooltip.callbacks.footer(items);
         }"""
     )
-    data = page.evaluate("() => JSON.parse(document.getElementById('chart-data').textContent).traffic")
+    data = page.evaluate("() => JSON.parse(document.getElementById('chart-data').textContent).periods")
     calls = data["requests"][-1]  # 1 in the first minutes of an hour
+    # The charts over time and the sparklines draw the shared columns: each card its own one.
+    drawn = page.evaluate(
+        """() => ({
+            tokens: Chart.getChart('chart-tokens').data.datasets[1].data,
+            p99: Chart.getChart('chart-latency').data.datasets[2].data,
+            labels: Chart.getChart('chart-latency').data.labels,
+            cost: Chart.getChart(document.querySelector('canvas[data-spark="total_cost"]')).data.datasets[0].data,
+            errors: Chart.getChart(document.querySelector('canvas[data-spark="error_rate"]')).data.datasets[0].data,
+        })"""
+    )
+    assert drawn["tokens"] == data["completion_tokens"] and drawn["p99"] == data["p99_latency_ms"]
+    assert drawn["labels"] == labels and len(labels) == len(data["labels"])
+    assert drawn["cost"] == data["cost"] and drawn["errors"] == data["error_rate"]
     assert footer == f"{calls:,} {'call' if calls == 1 else 'calls'}"
     # Its point is drawn hollow: white inside, the line's colour around.
     point = page.evaluate(

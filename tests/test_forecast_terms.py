@@ -57,9 +57,16 @@ def cases() -> list[tuple[float, float, float, int]]:
 def test_terms_equal_the_hours_walked_one_by_one(start, end, now, j):
     terms = forecast._terms(start, end, now, j)
     now_terms, then_terms, before, within, oldest = walked(start, end, now, j)
-    assert terms.now == now_terms
-    assert terms.then == then_terms
-    assert terms.before == before
-    assert terms.within == within
+    assert pairs(terms.now) == now_terms
+    assert pairs(terms.then) == then_terms
+    assert pairs(terms.before) == before
+    assert pairs(terms.within) == within
     assert terms.oldest == oldest
-    assert all(type(hour) is int for hour, _ in [*terms.now, *terms.then, *terms.before, *terms.within])
+    # Integer hours: the keys of the hourly costs they are looked up in.
+    assert all(type(hour) is int for found in terms.sums() for hour, _ in pairs(found))
+
+
+def pairs(terms: forecast.Terms) -> list[tuple[int, float]]:
+    """A sum's (hours, parts) arrays as the (hour, part) pairs walked one by one."""
+    hours, parts = terms
+    return list(zip(hours.tolist(), parts.tolist(), strict=True))

@@ -103,15 +103,20 @@ def test_overview_charts_equal_the_timeseries_api(logged_in, calls, model):
     assert series[-1]["partial"] is True
     latest = max(api)
     assert api[latest]["partial"] is (latest == series[-1]["period"])
-    # What the charts draw is those rows, column by column.
+    # What the charts draw is those rows, column by column (one set of columns for the three charts
+    # over time); each card's sparkline is the column it names.
     charts = page.context["charts"]
-    for chart, keys in {
-        "traffic": ("requests", "errors"),
-        "tokens": ("prompt_tokens", "completion_tokens"),
-        "latency": ("p50_latency_ms", "p95_latency_ms", "p99_latency_ms", "requests", "partial"),
-    }.items():
-        for key in keys:
-            assert charts[chart][key] == [row[key] for row in series], (chart, key)
+    keys = ("requests", "errors", "prompt_tokens", "completion_tokens", "p50_latency_ms", "p95_latency_ms")
+    for key in (*keys, "p99_latency_ms", "partial", "error_rate", "total_tokens", "cost"):
+        assert charts["periods"][key] == [row[key] for row in series], key
+    assert charts["periods"]["labels"] == [row["period"] for row in series]
+    assert charts["sparks"] == {
+        "requests": "requests",
+        "error_rate": "error_rate",
+        "p95_latency_ms": "p95_latency_ms",
+        "total_tokens": "total_tokens",
+        "total_cost": "cost",
+    }
 
 
 @pytest.mark.parametrize(

@@ -97,7 +97,7 @@ def test_overview_marks_partial_periods_and_counts_calls(browser, clock):
     assert [row["period"][11:16] for row in series if row["partial"]] == ["14:00", "14:00"]
     assert series[0]["partial"] and series[-1]["partial"]
     assert not any(row["partial"] for row in series[1:-1])
-    latency = chart_data(response)["latency"]
+    latency = chart_data(response)["periods"]
     assert latency["partial"][-1] is True and latency["partial"][-2] is False
     assert latency["requests"][-1] == 30
     assert "p99_latency_ms" in latency

@@ -70,22 +70,23 @@
     return { label: label, data: values, backgroundColor: color };
   }
 
-  // Overview
-  draw("chart-traffic", "line", data.traffic, [line("Requests", data.traffic && data.traffic.requests, colors.blue), line("Errors", data.traffic && data.traffic.errors, colors.red)]);
-  draw("chart-tokens", "bar", data.tokens, [bar("Prompt", data.tokens && data.tokens.prompt_tokens, colors.blue), bar("Completion", data.tokens && data.tokens.completion_tokens, colors.orange)],
+  // Overview: one set of columns over time (data.periods) for its three charts and the sparklines.
+  var periods = data.periods;
+  draw("chart-traffic", "line", periods, [line("Requests", periods && periods.requests, colors.blue), line("Errors", periods && periods.errors, colors.red)]);
+  draw("chart-tokens", "bar", periods, [bar("Prompt", periods && periods.prompt_tokens, colors.blue), bar("Completion", periods && periods.completion_tokens, colors.orange)],
     { scales: { x: { stacked: true }, y: { stacked: true } } });
   // Gaps stay gaps: a period without enough calls has no percentile, and a line across it would invent one.
-  draw("chart-latency", "line", data.latency, [
-    line("p50", data.latency && data.latency.p50_latency_ms, colors.green),
-    line("p95", data.latency && data.latency.p95_latency_ms, colors.purple),
-    line("p99", data.latency && data.latency.p99_latency_ms, colors.orange),
+  draw("chart-latency", "line", periods, [
+    line("p50", periods && periods.p50_latency_ms, colors.green),
+    line("p95", periods && periods.p95_latency_ms, colors.purple),
+    line("p99", periods && periods.p99_latency_ms, colors.orange),
   ]);
   draw("chart-cost", "bar", data.cost_by_model, [bar("Cost (USD)", data.cost_by_model && data.cost_by_model.cost, colors.blue)], { indexAxis: "y" });
 
-  // Sparklines on the cards
-  if (data.sparks) {
+  // Sparklines on the cards: each card names the column of data.periods it draws.
+  if (data.sparks && periods) {
     document.querySelectorAll("canvas[data-spark]").forEach(function (canvas) {
-      var values = data.sparks[canvas.dataset.spark] || [];
+      var values = periods[data.sparks[canvas.dataset.spark]] || [];
       new Chart(canvas, {
         type: "line",
         data: { labels: values.map(function (_, i) { return i; }), datasets: [line("", values, colors.grey, { borderWidth: 1.5 })] },
