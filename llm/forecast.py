@@ -58,7 +58,7 @@ from django.db.models.functions import Cast, TruncHour
 from django.utils import timezone
 
 from llm import metrics, rollup_math, rollups
-from llm.models import DailyRollup, HourlyRollup, LLMRequestLog
+from llm.models import LLMRequestLog
 
 HOUR = timedelta(hours=1)
 WEEK = timedelta(days=7)
@@ -220,13 +220,14 @@ def _summed_over_models(found: ModelCosts) -> ModelCosts:
 
 def _model_costs_at(the_plan: metrics.Plan, watermark: int, by_hour: bool, per_model: bool) -> ModelCosts:
     answer: ModelCosts = defaultdict(int)
+    daily_table, hourly_table = metrics.period_model_tables(the_plan)
     if the_plan.split.days:  # never by hour: plan() answers days only for totals
-        rows = DailyRollup.objects.filter(the_plan.daily()).values("model_name")
+        rows = daily_table.objects.filter(the_plan.daily()).values("model_name")
         for row in rows.annotate(units=Sum("cost_units")).order_by():
             answer[(None, row["model_name"])] += int(row["units"] or 0)
     if the_plan.split.hours:
         # Hours as epoch seconds: psycopg parses a timestamptz in Python (~10 µs a row).
-        hourly = HourlyRollup.objects.filter(the_plan.hourly()).annotate(hour_epoch=metrics.EpochSeconds("hour"))
+        hourly = hourly_table.objects.filter(the_plan.hourly()).annotate(hour_epoch=metrics.EpochSeconds("hour"))
         names = (["hour_epoch"] if by_hour else []) + (["model_name"] if per_model else [])
         if names:
             rows = hourly.values(*names).annotate(units=Sum("cost_units")).order_by()
@@ -547,9 +548,10 @@ def _day_placed_at(
     zone = the_plan.zone
     models = ["model_name"] if per_model else []
     answer: ModelCosts = defaultdict(int)
+    daily_table, hourly_table = metrics.period_model_tables(the_plan)
     read_whole = [day for day in the_plan.split.days if day not in detail]
     if read_whole:
-        rows = DailyRollup.objects.filter(the_plan.daily() & Q(day__in=read_whole)).values("day", *models)
+        rows = daily_table.objects.filter(the_plan.daily() & Q(day__in=read_whole)).values("day", *models)
         for row in rows.annotate(units=Sum("cost_units")).order_by():
             hour = rollup_math.day_start(row["day"], zone)
             answer[(hour, row.get("model_name", EVERY_MODEL))] += int(row["units"] or 0)
@@ -558,7 +560,7 @@ def _day_placed_at(
         if day in detail:
             next_start = rollup_math.day_start(day + timedelta(days=1), zone)
             hours |= Q(hour__gte=rollup_math.day_start(day, zone), hour__lt=next_start)
-    hourly = HourlyRollup.objects.filter(hours).annotate(hour_epoch=metrics.EpochSeconds("hour"))
+    hourly = hourly_table.objects.filter(hours).annotate(hour_epoch=metrics.EpochSeconds("hour"))
     for row in hourly.values("hour_epoch", *models).annotate(units=Sum("cost_units")).order_by():
         answer[(metrics.hour_at(row["hour_epoch"]), row.get("model_name", EVERY_MODEL))] += int(row["units"] or 0)
     for found in _raw_costs(the_plan, watermark, recent):

@@ -720,6 +720,15 @@ def totals_at(
     return folded
 
 
+def period_model_tables(the_plan: Plan) -> tuple[type, type]:
+    """(daily, hourly) roll-up tables whose rows hold the plan's figures by period and model:
+    DailyLatency and HourlyLatency (statuses merged: a fifth of the rows), or DailyRollup and
+    HourlyRollup when a status filter needs their per-status rows."""
+    if the_plan.selection.status:
+        return DailyRollup, HourlyRollup
+    return DailyLatency, HourlyLatency
+
+
 def rollup_histograms(the_plan: Plan) -> Iterator[tuple[Any, str, Any]]:
     """(day or hour, model_name, stored latency histogram) of the plan's whole days and hours: from
     DailyLatency and HourlyLatency (one row per period and model, statuses merged: 90 days at 10

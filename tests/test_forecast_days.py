@@ -81,8 +81,9 @@ def test_days_read_whole_give_the_figures_of_every_hour(paris):
     make_logs(2, timestamp=lambda index: [NOW - timedelta(days=20, minutes=7), NOW - timedelta(minutes=3)][index])
     with CaptureQueriesContext(connection) as queries:
         reading = forecast.read(SCOPES, PERIODS, NOW)
-    # The whole days came from the daily roll-ups, and no more hours were read than the days read in part.
-    assert any("dailyrollup" in query["sql"] for query in queries.captured_queries)
+    # The whole days came from the daily roll-ups (DailyLatency: a row per day and model), and no
+    # more hours were read than the days read in part.
+    assert any("dailylatency" in query["sql"] for query in queries.captured_queries)
     zone = timezone.get_current_timezone()
     bounds = {period: forecast.period_bounds(period, NOW) for period in PERIODS}
     partial = forecast.detail_days(bounds, NOW, zone)
@@ -115,7 +116,7 @@ def test_the_oldest_scenario_is_kept_exactly_when_its_hour_has_calls(paris, offs
     rollups.rebuild()
     with CaptureQueriesContext(connection) as queries:
         found = forecast.forecasts([forecast.Scope()], "week", SUMMER)[forecast.Scope()]
-    assert any("dailyrollup" in query["sql"] for query in queries.captured_queries)
+    assert any("dailylatency" in query["sql"] for query in queries.captured_queries)
     assert found.weeks == (forecast.HISTORY_WEEKS if offset_hours <= 0 else forecast.HISTORY_WEEKS - 1)
     assert_same(found, expected(forecast.Scope(), "week", SUMMER, ("week",))[0])
 
