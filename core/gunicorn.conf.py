@@ -18,3 +18,8 @@ graceful_timeout = 10
 accesslog = None
 # Room for a thousand calls in flight per worker (gunicorn's default backlog is 2048).
 backlog = 4096
+# Each worker listens on a socket of its own (SO_REUSEPORT; gunicorn opens them after the fork), and
+# the kernel spreads new connections across them by their addresses. On one shared socket, the
+# worker whose loop woke first accepted every connection of a burst: 16 keep-alive clients were
+# often all served by one worker, on one core, while the other sat idle.
+reuse_port = True
