@@ -131,6 +131,6 @@ def test_a_forked_child_writes_its_lines_and_the_exit_drains_the_queue():
 
 
 def test_made_request_ids_are_random_version_4_uuids(client, db):
-    made = [client.get("/health/")["X-Request-ID"] for _ in range(300)]  # more than one bulk read
-    assert len(set(made)) == 300
+    made = [client.get("/health/")["X-Request-ID"] for _ in range(40)]
+    assert len(set(made)) == 40
     assert all(uuid.UUID(made_id).hex == made_id and uuid.UUID(made_id).version == 4 for made_id in made)
