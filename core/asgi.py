@@ -149,9 +149,12 @@ class ObservatoryASGIHandler(ASGIHandler):
 
     async def warm_up(self) -> None:
         """What the first requests of a new worker would otherwise pay together, before the worker
-        takes any: importing every view (the URLconf) and opening each pool thread's database
-        connection. A worker cold-started under a thousand prompts kept them all waiting ~3 s."""
+        takes any: importing every view (the URLconf), opening each pool thread's database
+        connection, and the vendors' SDKs and clients (the first prompts of a cold worker imported
+        the SDK's modules, ~0.6 s). A worker cold-started under a thousand prompts kept them all
+        waiting ~3 s."""
         await self.run_sync(lambda: get_resolver().url_patterns)
+        open_vendor_clients()
         await asyncio.gather(
             *(self.run_sync(open_connection, barrier) for barrier in [threading.Barrier(THREADS)] * THREADS)
         )
@@ -236,6 +239,16 @@ def flush_rate_limits() -> None:
     from llm import throttles
 
     throttles.flush_at_exit()
+
+
+def open_vendor_clients() -> None:
+    # Imported here: the models it imports need django.setup(), which runs below.
+    from llm.providers.chat_completions import open_async_clients
+
+    try:
+        open_async_clients()
+    except Exception:  # noqa: BLE001 - a client that cannot be made now is the first prompt's error to report
+        logger.warning("The vendors' clients could not be made at start-up", exc_info=True)
 
 
 async def close_vendor_clients() -> None:

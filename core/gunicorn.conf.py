@@ -18,3 +18,17 @@ graceful_timeout = 10
 accesslog = None
 # Room for a thousand calls in flight per worker (gunicorn's default backlog is 2048).
 backlog = 4096
+# Each worker listens on a socket of its own (SO_REUSEPORT; gunicorn opens them after the fork), and
+# the kernel spreads new connections across them by their addresses. On one shared socket, the
+# worker whose loop woke first accepted every connection of a burst: 16 keep-alive clients were
+# often all served by one worker, on one core, while the other sat idle.
+reuse_port = True
+
+
+def on_starting(server) -> None:
+    """reuse_port only where each worker can open a socket of its own: TCP addresses gunicorn binds
+    itself. Not a unix socket (each worker would remove the file of the one before), nor sockets
+    handed over by systemd or by a re-exec (USR2), which the workers must share."""
+    inherited = os.environ.get("LISTEN_FDS") or os.environ.get("GUNICORN_FD")
+    if inherited or any(address.startswith(("unix:", "fd://")) for address in server.cfg.bind):
+        server.cfg.set("reuse_port", False)

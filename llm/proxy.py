@@ -22,6 +22,7 @@ from typing import Any
 
 from django.utils import timezone
 
+from llm import request_ids
 from llm.models import LLMRequestLog
 from llm.providers import ChatRequest, ChatResult, Provider, ProviderError
 
@@ -33,7 +34,8 @@ class CallContext:
     user_id: str = ""
     session_id: str = ""
     tags: dict[str, str] = field(default_factory=dict)
-    request_id: uuid.UUID = field(default_factory=uuid.uuid4)
+    # request_ids.uuid4: one getrandom() per 256 ids, not one per call on the event loop.
+    request_id: uuid.UUID = field(default_factory=request_ids.uuid4)
     # The name of the API key the call came with: what a Budget of scope `api_key` counts.
     api_key_name: str = ""
 

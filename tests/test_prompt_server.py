@@ -55,6 +55,7 @@ class Server:
         self.sqlite_path = sqlite_path
         self.unused_keys: list[str] = []
         self.log: Path | None = None
+        self.pid: int | None = None  # gunicorn's master
 
     def environment(self) -> dict[str, str]:
         # core.settings, as `make run` reads them (tests.settings would drop the GROQ_ variables).
@@ -140,6 +141,7 @@ def serving(fake_groq_server, tmp_path_factory, django_db_blocker, **env: str) -
         process = subprocess.Popen(
             [*SERVE, "--bind", f"127.0.0.1:{port}"], cwd=ROOT, env=env, stdout=output, stderr=output
         )
+    instance.pid = process.pid
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -295,3 +297,59 @@ def test_credentials_are_checked_as_before(server, key):
     # The slash twin is served the same way.
     twin = httpx.post(f"{server.url}/api/llm/prompt", json={"prompt": "hi"}, timeout=10)
     assert twin.status_code == 401
+
+
+def children(parent: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text() if entry.name.isdigit() else ""
+        except OSError:
+            continue
+        if stat and int(stat[stat.rindex(")") + 2 :].split()[1]) == parent:
+            found.append(int(entry.name))
+    return found
+
+
+def established_sockets(pid: int, port: int) -> int:
+    """How many of the server's accepted TCP connections (local port `port`) process `pid` holds."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    held = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local_port = int(fields[1].rsplit(":", 1)[1], 16)
+            if local_port == port and fields[3] == "01" and fields[9] in inodes:  # 01: ESTABLISHED
+                held += 1
+    return held
+
+
+def test_a_burst_of_connections_is_spread_over_both_workers(server):
+    # core/gunicorn.conf.py reuse_port: one socket per worker. On one shared socket, the worker
+    # that woke first often accepted all 16 of a burst, leaving the other core idle.
+    port = int(server.url.rsplit(":", 1)[1])
+    deadline = time.monotonic() + 30
+    while len(workers := children(server.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)  # the port answers once the first worker listens; the second may still be forking
+    assert len(workers) == 2
+    connections = [socket.create_connection(("127.0.0.1", port), timeout=60) for _ in range(16)]
+    try:
+        for connection in connections:  # each answered, so each accepted by some worker
+            connection.sendall(b"GET /health/ HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        for connection in connections:
+            assert connection.recv(12).startswith(b"HTTP/1.1 200")
+        held = [established_sockets(pid, port) for pid in workers]
+        assert sum(held) == 16
+        # Spread by the kernel's hash of the addresses: both workers get some (all 16 on one
+        # worker, or 15, has a chance of 34 in 65,536 of a fair spread).
+        assert min(held) >= 2, held
+    finally:
+        for connection in connections:
+            connection.close()

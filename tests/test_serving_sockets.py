@@ -1,0 +1,70 @@
+"""core/gunicorn.conf.py's reuse_port (one listening socket per worker) only where it can work:
+bound to a unix socket, the workers share the one socket gunicorn's master made, as before (with
+a socket each, each worker would remove the file of the one before and serve alone).
+The TCP side, both workers getting connections, is tests/test_prompt_server.py's."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from tests.test_prompt_server import ROOT, SERVE, children
+
+
+def socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    return inodes
+
+
+def listening_unix_inodes(path: str) -> list[str]:
+    found = []
+    for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
+        fields = line.split()
+        if len(fields) >= 8 and fields[7] == path and int(fields[3], 16) & 0x10000:  # __SO_ACCEPTCON
+            found.append(fields[6])
+    return found
+
+
+def get_health(path: str) -> bytes:
+    with socket.socket(socket.AF_UNIX) as client:
+        client.settimeout(60)
+        client.connect(path)
+        client.sendall(b"GET /health/ HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        return client.recv(12)
+
+
+def test_workers_share_the_masters_unix_socket(tmp_path):
+    path = str(tmp_path / "app.sock")
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "core.settings",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        "OBSERVATORY_ENV_FILE": "",
+        "WEB_CONCURRENCY": "2",
+        "ALLOWED_HOSTS": "localhost",
+    }
+    log = tmp_path / "server.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen([*SERVE, "--bind", f"unix:{path}"], cwd=ROOT, env=env, stdout=output, stderr=output)
+    try:
+        deadline = time.monotonic() + 60
+        while not (os.path.exists(path) and len(children(process.pid)) == 2):
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)  # a starting server: nothing to wait on but its socket and workers
+        assert all(get_health(path) == b"HTTP/1.1 200" for _ in range(4)), log.read_text()
+        listening = listening_unix_inodes(path)
+        assert len(listening) == 1, listening
+        assert all(listening[0] in socket_inodes(worker) for worker in children(process.pid))
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
