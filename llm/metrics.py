@@ -52,7 +52,7 @@ from django.db.models import (
 )
 from django.db.models import Window as SQLWindow
 from django.db.models.fields.json import KeyTextTransform
-from django.db.models.functions import Cast, Coalesce, RowNumber, TruncDay, TruncHour, TruncMinute, TruncMonth
+from django.db.models.functions import Cast, Coalesce, Round, RowNumber, TruncDay, TruncHour, TruncMinute, TruncMonth
 from django.utils import timezone
 
 from llm import rollup_math, rollups
@@ -1365,24 +1365,36 @@ WINDOW_FIGURES = ("requests", "errors", "total_tokens", "cost")
 def window_totals(windows: Iterable[Window], recent: RecentRows | None = None) -> dict[Window, WindowTotals]:
     """The totals of several windows. Those the roll-ups answer (longer than EXACT_WINDOW) are read
     from them, all at one watermark (the roll-ups' state read once, not twice per window), a window
-    asked for with and without its p95 once; the others in one query: conditional aggregates (one
-    set per window) over the rows of the span they cover together. `recent`: the calls above the
-    watermark, summed (see RecentRows)."""
+    asked for with and without its p95 once; the others from one reading of the rows they cover
+    (_call_totals). A longer window that does not end on a UTC hour is read in two parts: up to its
+    last whole hour from the roll-ups, its last part-hour raw in that same reading, so the rules that
+    end now read the newest calls once rather than once per window (the alerts page at 10,000,000
+    calls: four readings of the last hour's calls -> one). `recent`: the calls above the watermark,
+    summed (see RecentRows)."""
     windows = list(dict.fromkeys(windows))
-    plans, latency, raw_windows = _plan_windows(windows, recent.state if recent is not None else None)
+    heads = _heads(windows)
+    planned = list(dict.fromkeys(heads.get(window, window) for window in windows))
+    plans, latency, unplanned = _plan_windows(planned, recent.state if recent is not None else None)
     found = (
         consistent(lambda watermark: _read_windows(plans, latency, watermark, recent), next(iter(plans.values())))
         if plans
         else {}
     )
     if found is None:  # the roll-ups kept moving: every window from the logs
-        raw_windows += [window for window in windows if not window.raw_only and window not in raw_windows]
-        found = {}
+        heads, found, unplanned = {}, {}, windows
+    missing = set(unplanned)
+    # A window is read raw when it, or the head it was split into, is not planned from the roll-ups.
+    raw_windows = [window for window in windows if heads.get(window, window) in missing]
+    tails = {window: _tail(window, head) for window, head in heads.items() if head not in missing}
+    raw_totals, tail_totals = _raw_window_totals(raw_windows, list(dict.fromkeys(tails.values())))
     measured: dict[Window, WindowTotals] = {}
     for window in windows:
-        totals = found.get((window.start, window.end, window.model))
-        if window.raw_only or totals is None:
+        head = heads.get(window, window)
+        totals = found.get((head.start, head.end, head.model))
+        if window in raw_totals or totals is None:
             continue
+        if window in tails:
+            totals = _summed([totals, tail_totals[tails[window]]])
         row = totals.row("p95") if window.latency else totals.row()
         measured[window] = WindowTotals(
             requests=row["requests"],
@@ -1391,7 +1403,24 @@ def window_totals(windows: Iterable[Window], recent: RecentRows | None = None) -
             cost=row["cost"],
             p95_latency_ms=row.get("p95_latency_ms"),
         )
-    return {**measured, **_raw_window_totals(raw_windows)}
+    return {**measured, **raw_totals}
+
+
+def _heads(windows: list[Window]) -> dict[Window, Window]:
+    """{window: its part up to its last whole UTC hour} of the windows the roll-ups answer whose end
+    is not on an hour, when that part is still longer than EXACT_WINDOW (a shorter one would be read
+    raw, with exact percentiles, which a roll-up histogram of the rest could not join)."""
+    heads = {}
+    for window in windows:
+        cut = rollup_math.floor_hour(window.end)
+        if not window.raw_only and cut != window.end and cut - window.start > EXACT_WINDOW:
+            heads[window] = replace(window, end=cut)
+    return heads
+
+
+def _tail(window: Window, head: Window) -> Window:
+    """The part of `window` after `head`: less than an hour, read raw."""
+    return Window(head.end, window.end, window.model, latency=window.latency)
 
 
 def _plan_windows(
@@ -1466,44 +1495,132 @@ def _summed(parts: Iterable[Totals]) -> Totals:
     return total
 
 
-def _raw_window_totals(windows: list[Window]) -> dict[Window, WindowTotals]:
+def _raw_window_totals(
+    windows: list[Window], tails: list[Window] | None = None
+) -> tuple[dict[Window, WindowTotals], dict[Window, Totals]]:
+    """The windows read from the logs, and the long windows' last part-hours (`tails`) as Totals."""
     calls = [window for window in windows if not window.feedback]
     rated = [window for window in windows if window.feedback]
-    return {**(_call_totals(calls) if calls else {}), **(_rating_totals(rated) if rated else {})}
+    measured, tail_totals = _call_totals(calls, tails or []) if calls or tails else ({}, {})
+    return {**measured, **(_rating_totals(rated) if rated else {})}, tail_totals
 
 
-def _call_totals(windows: list[Window]) -> dict[Window, WindowTotals]:
-    """The windows' figures from one query: conditional aggregates (one set per window) over the
-    rows of the span they cover together."""
-    aggregates: dict[str, Aggregate] = {}
-    for index, window in enumerate(windows):
-        aggregates |= {f"w{index}_{name}": aggregate for name, aggregate in _window_aggregates(window).items()}
-    span = LLMRequestLog.objects.in_window(min(w.start for w in windows), max(w.end for w in windows))
-    row = span.aggregate(**aggregates)
-    answer = {}
-    for index, window in enumerate(windows):
+def _call_totals(windows: list[Window], tails: list[Window]) -> tuple[dict[Window, WindowTotals], dict[Window, Totals]]:
+    """The windows' figures, and the tails' (with their latency histograms), from one reading of the
+    rows they cover together: each row's segment (between two neighbouring window bounds, told in
+    SQL so no timestamp is converted in Python), model, status, tokens, cost units and the values a
+    percentile needs, then summed per window in NumPy. Percentiles are exact: linear interpolation
+    between closest ranks, as percentile_cont (NULLs left out, as SQL does)."""
+    rows = _RawRows([*windows, *tails], histogram=any(tail.latency for tail in tails))
+    measured = {}
+    for window in windows:
+        within = rows.within(window)
+        errors = within & rows.failed
+        if window.error_type:
+            errors &= rows.column("error_type") == window.error_type
         percentile = window.percentile or ("p95_latency_ms" if window.latency else "")
-        extra = {percentile: (row.get(f"w{index}_percentiles") or [None])[0]} if percentile else {}
-        answer[window] = WindowTotals(
-            requests=row[f"w{index}_requests"],
-            errors=row[f"w{index}_errors"],
-            total_tokens=_sum(row[f"w{index}_total_tokens"]),
-            cost=_sum(row[f"w{index}_cost"]),
+        extra = {}
+        if percentile:
+            column, fraction = ALERT_PERCENTILES[percentile]
+            values = rows.column(column)[within]
+            values = values[~np.isnan(values)]
+            extra[percentile] = float(np.quantile(values, fraction)) if values.size else None
+        measured[window] = WindowTotals(
+            requests=int(within.sum()),
+            errors=int(errors.sum()),
+            total_tokens=int(rows.column("total_tokens")[within].sum()),
+            cost=float(rollups.usd(int(rows.column("cost_units")[within].sum()))),
             **extra,
         )
-    return answer
+    tail_totals = {}
+    for tail in tails:
+        within = rows.within(tail)
+        figures = rollups.Figures(
+            requests=int(within.sum()),
+            total_tokens=int(rows.column("total_tokens")[within].sum()),
+            cost_units=int(rows.column("cost_units")[within].sum()),
+        )
+        if tail.latency:
+            figures.latency += np.bincount(rows.column("bucket")[within], minlength=len(figures.latency))
+        tail_totals[tail] = Totals(figures, errors=int((within & rows.failed).sum()))
+    return measured, tail_totals
 
 
-def _window_aggregates(window: Window) -> dict[str, Aggregate]:
-    within = window.condition()
-    wanted = {name: aggregate for name, aggregate in _traffic_aggregates(within).items() if name in WINDOW_FIGURES}
-    if window.error_type:
-        wanted["errors"] = Count("id", filter=within & LLMRequestLog.FAILED & Q(error_type=window.error_type))
-    percentile = window.percentile or ("p95_latency_ms" if window.latency else "")
-    if percentile:
-        column, fraction = ALERT_PERCENTILES[percentile]
-        wanted["percentiles"] = Percentiles(column, fraction, filter=within)
-    return wanted
+class _RawRows:
+    """The rows of some windows, read once: columns as NumPy arrays, and which rows each window holds."""
+
+    def __init__(self, windows: list[Window], histogram: bool) -> None:
+        self.bounds = sorted({moment for window in windows for moment in (window.start, window.end)})
+        self.place = {moment: index for index, moment in enumerate(self.bounds)}
+        names = ["segment", "model_name", "status", "total_tokens", "cost_units"]
+        if any(window.error_type for window in windows):
+            names.append("error_type")
+        percentiles = {window.percentile or ("p95_latency_ms" if window.latency else "") for window in windows}
+        names += sorted({ALERT_PERCENTILES[name][0] for name in percentiles if name})
+        if histogram:  # each row's latency bucket, as the roll-ups count it
+            names.append("bucket")
+        self.names = names
+        self.columns = self._read(windows, names)
+        self.failed = self.columns["status"] == LLMRequestLog.Status.ERROR
+        self._models: dict[str, np.ndarray] = {}
+
+    def _read(self, windows: list[Window], names: list[str]) -> dict[str, np.ndarray]:
+        # Segment i holds the rows of [bounds[i], bounds[i + 1]).
+        segment = Case(
+            *[When(timestamp__lt=moment, then=Value(index)) for index, moment in enumerate(self.bounds[1:])],
+            default=Value(len(self.bounds) - 1),
+            output_field=IntegerField(),
+        )
+        rows = LLMRequestLog.objects.filter(_covering(windows)).annotate(segment=segment, cost_units=_row_cost_units())
+        if "bucket" in names:
+            rows = rows.annotate(bucket=rollups.bucket_of("latency_ms"))
+        sql, params = rows.values_list(*names).query.sql_with_params()
+        with connections[rows.db].cursor() as cursor:
+            cursor.execute(sql, params)
+            fetched = cursor.fetchall()
+        values = list(zip(*fetched, strict=True)) if fetched else [() for _ in names]
+        types = {"model_name": object, "status": object, "error_type": object, "latency_ms": float, "ttft_ms": float}
+        return {
+            name: np.array(column, dtype=types.get(name, np.int64)) for name, column in zip(names, values, strict=True)
+        }
+
+    def column(self, name: str) -> np.ndarray:
+        return self.columns[name]
+
+    def within(self, window: Window) -> np.ndarray:
+        segments = self.columns["segment"]
+        inside = (segments >= self.place[window.start]) & (segments < self.place[window.end])
+        if window.model:
+            if window.model not in self._models:
+                self._models[window.model] = self.columns["model_name"] == window.model
+            inside &= self._models[window.model]
+        return inside
+
+
+def _covering(windows: list[Window]) -> Q:
+    """The rows of any of the windows: those of all models as joined spans, a model's window only
+    where no span of all models covers it (the planner reads each through its own index)."""
+    spans: list[list[datetime]] = []
+    for window in sorted((window for window in windows if not window.model), key=lambda window: window.start):
+        if spans and window.start <= spans[-1][1]:
+            spans[-1][1] = max(spans[-1][1], window.end)
+        else:
+            spans.append([window.start, window.end])
+    condition = Q(pk__in=[])
+    for start, end in spans:
+        condition |= Q(timestamp__gte=start, timestamp__lt=end)
+    for window in windows:
+        if window.model and not any(start <= window.start and window.end <= end for start, end in spans):
+            condition |= window.condition()
+    return condition
+
+
+def _row_cost_units() -> Cast:
+    """A call's cost in COST_PLACES units, exact (rollups.cost_units_sum, row by row)."""
+    scaled = F("cost_estimate") * Value(rollups.COST_SCALE)
+    if connections[LLMRequestLog.objects.db].vendor == "sqlite":
+        return Cast(Round(scaled), BigIntegerField())
+    return Cast(scaled, BigIntegerField())
 
 
 def _rating_totals(windows: list[Window]) -> dict[Window, WindowTotals]:
