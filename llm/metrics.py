@@ -1517,7 +1517,7 @@ def _call_totals(windows: list[Window], tails: list[Window]) -> tuple[dict[Windo
         within = rows.within(window)
         errors = within & rows.failed
         if window.error_type:
-            errors &= rows.column("error_type") == window.error_type
+            errors &= rows.has_error_type(window.error_type)
         percentile = window.percentile or ("p95_latency_ms" if window.latency else "")
         extra = {}
         if percentile:
@@ -1528,8 +1528,8 @@ def _call_totals(windows: list[Window], tails: list[Window]) -> tuple[dict[Windo
         measured[window] = WindowTotals(
             requests=int(within.sum()),
             errors=int(errors.sum()),
-            total_tokens=int(rows.column("total_tokens")[within].sum()),
-            cost=float(rollups.usd(int(rows.column("cost_units")[within].sum()))),
+            total_tokens=rows.sum("total_tokens", within),
+            cost=float(rollups.usd(rows.sum("cost_units", within))),
             **extra,
         )
     tail_totals = {}
@@ -1537,64 +1537,81 @@ def _call_totals(windows: list[Window], tails: list[Window]) -> tuple[dict[Windo
         within = rows.within(tail)
         figures = rollups.Figures(
             requests=int(within.sum()),
-            total_tokens=int(rows.column("total_tokens")[within].sum()),
-            cost_units=int(rows.column("cost_units")[within].sum()),
+            total_tokens=rows.sum("total_tokens", within),
+            cost_units=rows.sum("cost_units", within),
         )
         if tail.latency:
-            figures.latency += np.bincount(rows.column("bucket")[within], minlength=len(figures.latency))
+            buckets = rows.column("bucket")[within].astype(np.int64)
+            figures.latency += np.bincount(buckets, minlength=len(figures.latency))
         tail_totals[tail] = Totals(figures, errors=int((within & rows.failed).sum()))
     return measured, tail_totals
 
 
 class _RawRows:
-    """The rows of some windows, read once: columns as NumPy arrays, and which rows each window holds."""
+    """The rows of some windows, read once as numbers (no text or timestamp converted in Python):
+    columns as NumPy arrays, and which rows each window holds."""
 
     def __init__(self, windows: list[Window], histogram: bool) -> None:
         self.bounds = sorted({moment for window in windows for moment in (window.start, window.end)})
         self.place = {moment: index for index, moment in enumerate(self.bounds)}
-        names = ["segment", "model_name", "status", "total_tokens", "cost_units"]
-        if any(window.error_type for window in windows):
-            names.append("error_type")
+        # The models and error types the windows name, by their index in these lists (-1: another).
+        self.models = sorted({window.model for window in windows if window.model})
+        self.error_types = sorted({window.error_type for window in windows if window.error_type})
+        columns = {
+            # Segment i holds the rows of [bounds[i], bounds[i + 1]).
+            "segment": _code_of("timestamp__lt", self.bounds[1:], default=len(self.bounds) - 1),
+            "model": _code_of("model_name", self.models),
+            "failed": _code_of("status", [LLMRequestLog.Status.ERROR]),
+            "error_type": _code_of("error_type", self.error_types),
+            "total_tokens": F("total_tokens"),
+            "cost_units": _row_cost_units(),
+        }
         percentiles = {window.percentile or ("p95_latency_ms" if window.latency else "") for window in windows}
-        names += sorted({ALERT_PERCENTILES[name][0] for name in percentiles if name})
+        columns |= {ALERT_PERCENTILES[name][0]: F(ALERT_PERCENTILES[name][0]) for name in percentiles if name}
         if histogram:  # each row's latency bucket, as the roll-ups count it
-            names.append("bucket")
-        self.names = names
-        self.columns = self._read(windows, names)
-        self.failed = self.columns["status"] == LLMRequestLog.Status.ERROR
-        self._models: dict[str, np.ndarray] = {}
-
-    def _read(self, windows: list[Window], names: list[str]) -> dict[str, np.ndarray]:
-        # Segment i holds the rows of [bounds[i], bounds[i + 1]).
-        segment = Case(
-            *[When(timestamp__lt=moment, then=Value(index)) for index, moment in enumerate(self.bounds[1:])],
-            default=Value(len(self.bounds) - 1),
-            output_field=IntegerField(),
-        )
-        rows = LLMRequestLog.objects.filter(_covering(windows)).annotate(segment=segment, cost_units=_row_cost_units())
-        if "bucket" in names:
-            rows = rows.annotate(bucket=rollups.bucket_of("latency_ms"))
-        sql, params = rows.values_list(*names).query.sql_with_params()
+            columns["bucket"] = rollups.bucket_of("latency_ms")
+        rows = LLMRequestLog.objects.filter(_covering(windows)).values_list(*columns.values())
+        sql, params = rows.query.sql_with_params()
         with connections[rows.db].cursor() as cursor:
             cursor.execute(sql, params)
             fetched = cursor.fetchall()
-        values = list(zip(*fetched, strict=True)) if fetched else [() for _ in names]
-        types = {"model_name": object, "status": object, "error_type": object, "latency_ms": float, "ttft_ms": float}
-        return {
-            name: np.array(column, dtype=types.get(name, np.int64)) for name, column in zip(names, values, strict=True)
-        }
+        # Every value as a float, NULL as NaN (left out, as SQL does); exact for integers below 2^53.
+        table = np.array(fetched, dtype=float).reshape(-1, len(columns))
+        self.columns = dict(zip(columns, table.T, strict=True))
+        self.failed = self.columns["failed"] == 0
+        if len(table) and np.abs(self.columns["cost_units"]).max() >= 2**53:  # calls of over $900,000
+            place = list(columns).index("cost_units")
+            self.columns["cost_units"] = np.array([row[place] for row in fetched], dtype=object)
+        self._models: dict[str, np.ndarray] = {}
 
     def column(self, name: str) -> np.ndarray:
         return self.columns[name]
+
+    def sum(self, name: str, within: np.ndarray) -> int:
+        values = self.columns[name][within]
+        return int(values.sum() if values.dtype == object else values.astype(np.int64).sum())
+
+    def has_error_type(self, error_type: str) -> np.ndarray:
+        return self.columns["error_type"] == self.error_types.index(error_type)
 
     def within(self, window: Window) -> np.ndarray:
         segments = self.columns["segment"]
         inside = (segments >= self.place[window.start]) & (segments < self.place[window.end])
         if window.model:
             if window.model not in self._models:
-                self._models[window.model] = self.columns["model_name"] == window.model
+                self._models[window.model] = self.columns["model"] == self.models.index(window.model)
             inside &= self._models[window.model]
         return inside
+
+
+def _code_of(lookup: str, values: list[Any], default: int = -1) -> Case:
+    """Which of `values` a row's column equals (its index; `lookup` ending in __lt: the first it is
+    below), else `default`."""
+    return Case(
+        *[When(**{lookup: value}, then=Value(index)) for index, value in enumerate(values)],
+        default=Value(default),
+        output_field=IntegerField(),
+    )
 
 
 def _covering(windows: list[Window]) -> Q:

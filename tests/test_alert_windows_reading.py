@@ -106,7 +106,7 @@ def test_windows_ending_now_read_the_calls_once_and_equal_each_window_alone(call
     reads = [query["sql"] for query in queries.captured_queries if now in query["sql"]]
     # NOW's hour is read once, in one reading for every short window and every long window's last
     # part-hour: the long windows' roll-up plans (and their raw first part-hours) end at 10:00.
-    assert len(reads) == 1 and '"segment"' in reads[0]
+    assert len(reads) == 1 and "llm_llmrequestlog" in reads[0]
     for window in windows:
         assert together[window] == metrics.window_totals([window])[window], window
 
@@ -151,3 +151,17 @@ def test_verdicts_of_rules_ending_now_equal_the_raw_rows(calls):
             assert evaluation.breached == (expected > rule.threshold)
         elif not judged:
             assert evaluation.breached is None
+
+
+def test_costs_beyond_float_precision_are_summed_exactly(db):
+    """Calls of nearly the largest cost an event may carry: their cost units pass 2^53, where a
+    float no longer holds every integer."""
+    costs = [Decimal("999999.1234567891"), Decimal("999998.0000000007"), Decimal("0.0000000001")]
+    make_logs(3, timestamp=lambda i: NOW - timedelta(minutes=5 + i), cost_estimate=lambda i: costs[i])
+    window = metrics.Window(NOW - timedelta(minutes=15), NOW)
+    totals = metrics.window_totals([window])[window]
+    if connection.vendor == "postgresql":
+        assert totals.cost == float(sum(costs))
+    else:  # SQLite keeps a decimal as a float: each cost is already rounded where it is stored
+        assert totals.cost == pytest.approx(float(sum(costs)), rel=1e-15)
+    assert totals.requests == 3
