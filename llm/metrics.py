@@ -1366,14 +1366,15 @@ def window_totals(windows: Iterable[Window], recent: RecentRows | None = None) -
     """The totals of several windows. Those the roll-ups answer (longer than EXACT_WINDOW) are read
     from them, all at one watermark (the roll-ups' state read once, not twice per window), a window
     asked for with and without its p95 once; the others from one reading of the rows they cover
-    (_call_totals). A longer window that does not end on a UTC hour is read in two parts: up to its
-    last whole hour from the roll-ups, its last part-hour raw in that same reading, so the rules that
-    end now read the newest calls once rather than once per window (the alerts page at 10,000,000
-    calls: four readings of the last hour's calls -> one). `recent`: the calls above the watermark,
-    summed (see RecentRows)."""
+    (_call_totals). A longer window's whole UTC hours (its `core`) come from the roll-ups and its
+    part-hours at either end (its `edges`) from that same one reading, so rules that end now read
+    the newest calls once rather than once per window (the alerts page at 10,000,000 calls: four
+    readings of the last hour's calls -> one), and every edge is summed in NumPy rather than row by
+    row. `recent`: the calls above the watermark, summed (see RecentRows)."""
     windows = list(dict.fromkeys(windows))
-    heads = _heads(windows)
-    planned = list(dict.fromkeys(heads.get(window, window) for window in windows))
+    split = _split(windows)
+    cores = {window: core for window, (core, _edges) in split.items()}
+    planned = list(dict.fromkeys(cores.get(window, window) for window in windows))
     plans, latency, unplanned = _plan_windows(planned, recent.state if recent is not None else None)
     found = (
         consistent(lambda watermark: _read_windows(plans, latency, watermark, recent), next(iter(plans.values())))
@@ -1381,20 +1382,20 @@ def window_totals(windows: Iterable[Window], recent: RecentRows | None = None) -
         else {}
     )
     if found is None:  # the roll-ups kept moving: every window from the logs
-        heads, found, unplanned = {}, {}, windows
+        cores, found, unplanned = {}, {}, windows
     missing = set(unplanned)
-    # A window is read raw when it, or the head it was split into, is not planned from the roll-ups.
-    raw_windows = [window for window in windows if heads.get(window, window) in missing]
-    tails = {window: _tail(window, head) for window, head in heads.items() if head not in missing}
-    raw_totals, tail_totals = _raw_window_totals(raw_windows, list(dict.fromkeys(tails.values())))
+    # A window is read raw when it, or the core it was split into, is not planned from the roll-ups.
+    raw_windows = [window for window in windows if cores.get(window, window) in missing]
+    edges = {window: split[window][1] for window, core in cores.items() if core not in missing}
+    raw_totals, edge_totals = _raw_window_totals(raw_windows, list(dict.fromkeys(sum(edges.values(), []))))
     measured: dict[Window, WindowTotals] = {}
     for window in windows:
-        head = heads.get(window, window)
-        totals = found.get((head.start, head.end, head.model))
+        core = cores.get(window, window)
+        totals = found.get((core.start, core.end, core.model))
         if window in raw_totals or totals is None:
             continue
-        if window in tails:
-            totals = _summed([totals, tail_totals[tails[window]]])
+        if window in edges:
+            totals = _summed([totals, *(edge_totals[edge] for edge in edges[window])])
         row = totals.row("p95") if window.latency else totals.row()
         measured[window] = WindowTotals(
             requests=row["requests"],
@@ -1406,21 +1407,27 @@ def window_totals(windows: Iterable[Window], recent: RecentRows | None = None) -
     return {**measured, **raw_totals}
 
 
-def _heads(windows: list[Window]) -> dict[Window, Window]:
-    """{window: its part up to its last whole UTC hour} of the windows the roll-ups answer whose end
-    is not on an hour, when that part is still longer than EXACT_WINDOW (a shorter one would be read
-    raw, with exact percentiles, which a roll-up histogram of the rest could not join)."""
-    heads = {}
+def _split(windows: list[Window]) -> dict[Window, tuple[Window, list[Window]]]:
+    """{window: (its core, its part-hours around the core)} of the windows the roll-ups answer: the
+    core is the window's whole UTC hours, or, when those span no more than EXACT_WINDOW, the window
+    up to its last whole hour (a core that short would be read raw, with exact percentiles, which a
+    roll-up histogram of the rest could not join). The roll-ups' plan of the whole window reads the
+    same hours from them and the same part-hours raw (bucketed as they are): the same figures."""
+    split = {}
     for window in windows:
-        cut = rollup_math.floor_hour(window.end)
-        if not window.raw_only and cut != window.end and cut - window.start > EXACT_WINDOW:
-            heads[window] = replace(window, end=cut)
-    return heads
-
-
-def _tail(window: Window, head: Window) -> Window:
-    """The part of `window` after `head`: less than an hour, read raw."""
-    return Window(head.end, window.end, window.model, latency=window.latency)
+        if window.raw_only:
+            continue
+        last = rollup_math.floor_hour(window.end)
+        for first in (rollup_math.ceil_hour(window.start), window.start):
+            if (first, last) != (window.start, window.end) and last - first > EXACT_WINDOW:
+                edges = [
+                    Window(start, end, window.model, latency=window.latency)
+                    for start, end in ((window.start, first), (last, window.end))
+                    if start < end
+                ]
+                split[window] = (replace(window, start=first, end=last), edges)
+                break
+    return split
 
 
 def _plan_windows(
@@ -1496,22 +1503,22 @@ def _summed(parts: Iterable[Totals]) -> Totals:
 
 
 def _raw_window_totals(
-    windows: list[Window], tails: list[Window] | None = None
+    windows: list[Window], edges: list[Window] | None = None
 ) -> tuple[dict[Window, WindowTotals], dict[Window, Totals]]:
-    """The windows read from the logs, and the long windows' last part-hours (`tails`) as Totals."""
+    """The windows read from the logs, and the long windows' part-hours (`edges`) as Totals."""
     calls = [window for window in windows if not window.feedback]
     rated = [window for window in windows if window.feedback]
-    measured, tail_totals = _call_totals(calls, tails or []) if calls or tails else ({}, {})
-    return {**measured, **(_rating_totals(rated) if rated else {})}, tail_totals
+    measured, edge_totals = _call_totals(calls, edges or []) if calls or edges else ({}, {})
+    return {**measured, **(_rating_totals(rated) if rated else {})}, edge_totals
 
 
-def _call_totals(windows: list[Window], tails: list[Window]) -> tuple[dict[Window, WindowTotals], dict[Window, Totals]]:
-    """The windows' figures, and the tails' (with their latency histograms), from one reading of the
+def _call_totals(windows: list[Window], edges: list[Window]) -> tuple[dict[Window, WindowTotals], dict[Window, Totals]]:
+    """The windows' figures, and the edges' (with their latency histograms), from one reading of the
     rows they cover together: each row's segment (between two neighbouring window bounds, told in
     SQL so no timestamp is converted in Python), model, status, tokens, cost units and the values a
     percentile needs, then summed per window in NumPy. Percentiles are exact: linear interpolation
     between closest ranks, as percentile_cont (NULLs left out, as SQL does)."""
-    rows = _RawRows([*windows, *tails], histogram=any(tail.latency for tail in tails))
+    rows = _RawRows([*windows, *edges], histogram=any(edge.latency for edge in edges))
     measured = {}
     for window in windows:
         within = rows.within(window)
@@ -1532,19 +1539,19 @@ def _call_totals(windows: list[Window], tails: list[Window]) -> tuple[dict[Windo
             cost=float(rollups.usd(rows.sum("cost_units", within))),
             **extra,
         )
-    tail_totals = {}
-    for tail in tails:
-        within = rows.within(tail)
+    edge_totals = {}
+    for edge in edges:
+        within = rows.within(edge)
         figures = rollups.Figures(
             requests=int(within.sum()),
             total_tokens=rows.sum("total_tokens", within),
             cost_units=rows.sum("cost_units", within),
         )
-        if tail.latency:
+        if edge.latency:
             buckets = rows.column("bucket")[within].astype(np.int64)
             figures.latency += np.bincount(buckets, minlength=len(figures.latency))
-        tail_totals[tail] = Totals(figures, errors=int((within & rows.failed).sum()))
-    return measured, tail_totals
+        edge_totals[edge] = Totals(figures, errors=int((within & rows.failed).sum()))
+    return measured, edge_totals
 
 
 class _RawRows:
