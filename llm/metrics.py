@@ -1505,19 +1505,56 @@ def _summed(parts: Iterable[Totals]) -> Totals:
 def _raw_window_totals(
     windows: list[Window], edges: list[Window] | None = None
 ) -> tuple[dict[Window, WindowTotals], dict[Window, Totals]]:
-    """The windows read from the logs, and the long windows' part-hours (`edges`) as Totals."""
+    """The windows read from the logs, and the long windows' part-hours (`edges`) as Totals. Short
+    windows and edges are read row by row (_call_totals); a longer window read raw (a rule of a
+    later type over hours or days: its rows may be millions) is summed in SQL (_aggregated_totals)."""
     calls = [window for window in windows if not window.feedback]
+    short = [window for window in calls if window.end - window.start <= EXACT_WINDOW]
+    long = [window for window in calls if window not in short]
     rated = [window for window in windows if window.feedback]
-    measured, edge_totals = _call_totals(calls, edges or []) if calls or edges else ({}, {})
+    measured, edge_totals = _call_totals(short, edges or []) if short or edges else ({}, {})
+    if long:
+        measured |= _aggregated_totals(long)
     return {**measured, **(_rating_totals(rated) if rated else {})}, edge_totals
 
 
+def _aggregated_totals(windows: list[Window]) -> dict[Window, WindowTotals]:
+    """The windows' figures from one query: conditional aggregates (one set per window) over the
+    rows they cover together."""
+    aggregates: dict[str, Aggregate] = {}
+    for index, window in enumerate(windows):
+        aggregates |= {f"w{index}_{name}": aggregate for name, aggregate in _window_aggregates(window).items()}
+    row = LLMRequestLog.objects.filter(_covering(windows)).aggregate(**aggregates)
+    answer = {}
+    for index, window in enumerate(windows):
+        percentile = window.percentile or ("p95_latency_ms" if window.latency else "")
+        extra = {percentile: (row.get(f"w{index}_percentiles") or [None])[0]} if percentile else {}
+        answer[window] = WindowTotals(
+            requests=row[f"w{index}_requests"],
+            errors=row[f"w{index}_errors"],
+            total_tokens=_sum(row[f"w{index}_total_tokens"]),
+            cost=_sum(row[f"w{index}_cost"]),
+            **extra,
+        )
+    return answer
+
+
+def _window_aggregates(window: Window) -> dict[str, Aggregate]:
+    within = window.condition()
+    wanted = {name: aggregate for name, aggregate in _traffic_aggregates(within).items() if name in WINDOW_FIGURES}
+    if window.error_type:
+        wanted["errors"] = Count("id", filter=within & LLMRequestLog.FAILED & Q(error_type=window.error_type))
+    percentile = window.percentile or ("p95_latency_ms" if window.latency else "")
+    if percentile:
+        column, fraction = ALERT_PERCENTILES[percentile]
+        wanted["percentiles"] = Percentiles(column, fraction, filter=within)
+    return wanted
+
+
 def _call_totals(windows: list[Window], edges: list[Window]) -> tuple[dict[Window, WindowTotals], dict[Window, Totals]]:
-    """The windows' figures, and the edges' (with their latency histograms), from one reading of the
-    rows they cover together: each row's segment (between two neighbouring window bounds, told in
-    SQL so no timestamp is converted in Python), model, status, tokens, cost units and the values a
-    percentile needs, then summed per window in NumPy. Percentiles are exact: linear interpolation
-    between closest ranks, as percentile_cont (NULLs left out, as SQL does)."""
+    """The short windows' figures, and the edges' (with their latency histograms), from one reading
+    of the rows they cover together (_RawRows), summed per window in NumPy. Percentiles are exact:
+    linear interpolation between closest ranks, as percentile_cont (NULLs left out, as SQL does)."""
     rows = _RawRows([*windows, *edges], histogram=any(edge.latency for edge in edges))
     measured = {}
     for window in windows:

@@ -75,8 +75,15 @@ def windows_now() -> list[metrics.Window]:
     return found
 
 
+# Rules of later types over longer windows: read raw, summed in SQL (their rows may be millions).
+LONG_RAW = [
+    metrics.Window(NOW - timedelta(minutes=360), NOW, "", percentile="p99_latency_ms"),
+    metrics.Window(NOW - timedelta(minutes=181), NOW, MODELS[0], error_type="rate_limit"),
+]
+
+
 def test_every_window_equals_the_raw_rows(calls):
-    measured = metrics.window_totals(windows_now())
+    measured = metrics.window_totals(windows_now() + LONG_RAW)
     for window, totals in measured.items():
         rows = within(calls, window)
         errors = [log for log in rows if log.status == "error" and window.error_type in ("", log.error_type)]
@@ -95,7 +102,9 @@ def test_every_window_equals_the_raw_rows(calls):
         if window.percentile == "p95_ttft_ms":
             ttfts = [log.ttft_ms for log in rows if log.ttft_ms is not None]
             assert totals.p95_ttft_ms == pytest.approx(float(np.percentile(ttfts, 95)))
-    assert len(measured) == len(set(windows_now()))
+    assert len(measured) == len(set(windows_now() + LONG_RAW))
+    for window in LONG_RAW:
+        assert measured[window] == metrics.window_totals([window])[window]
 
 
 def test_windows_ending_now_read_the_calls_once_and_equal_each_window_alone(calls):
