@@ -1392,19 +1392,21 @@ def window_totals(windows: Iterable[Window], recent: RecentRows | None = None) -
     for window in windows:
         core = cores.get(window, window)
         totals = found.get((core.start, core.end, core.model))
-        if window in raw_totals or totals is None:
-            continue
-        if window in edges:
-            totals = _summed([totals, *(edge_totals[edge] for edge in edges[window])])
-        row = totals.row("p95") if window.latency else totals.row()
-        measured[window] = WindowTotals(
-            requests=row["requests"],
-            errors=row["errors"],
-            total_tokens=row["total_tokens"],
-            cost=row["cost"],
-            p95_latency_ms=row.get("p95_latency_ms"),
-        )
+        if window not in raw_totals and totals is not None:
+            parts = [edge_totals[edge] for edge in edges.get(window, [])]
+            measured[window] = _window_figures(_summed([totals, *parts]) if parts else totals, window.latency)
     return {**measured, **raw_totals}
+
+
+def _window_figures(totals: Totals, latency: bool) -> WindowTotals:
+    row = totals.row("p95") if latency else totals.row()
+    return WindowTotals(
+        requests=row["requests"],
+        errors=row["errors"],
+        total_tokens=row["total_tokens"],
+        cost=row["cost"],
+        p95_latency_ms=row.get("p95_latency_ms"),
+    )
 
 
 def _split(windows: list[Window]) -> dict[Window, tuple[Window, list[Window]]]:
@@ -1609,16 +1611,11 @@ class _RawRows:
             "error_type": _code_of("error_type", self.error_types),
             "total_tokens": F("total_tokens"),
             "cost_units": _row_cost_units(),
+            **_percentile_columns(windows),
         }
-        percentiles = {window.percentile or ("p95_latency_ms" if window.latency else "") for window in windows}
-        columns |= {ALERT_PERCENTILES[name][0]: F(ALERT_PERCENTILES[name][0]) for name in percentiles if name}
         if histogram:  # each row's latency bucket, as the roll-ups count it
             columns["bucket"] = rollups.bucket_of("latency_ms")
-        rows = LLMRequestLog.objects.filter(_covering(windows)).values_list(*columns.values())
-        sql, params = rows.query.sql_with_params()
-        with connections[rows.db].cursor() as cursor:
-            cursor.execute(sql, params)
-            fetched = cursor.fetchall()
+        fetched = _fetch_numbers(LLMRequestLog.objects.filter(_covering(windows)).values_list(*columns.values()))
         # Every value as a float, NULL as NaN (left out, as SQL does); exact for integers below 2^53.
         table = np.array(fetched, dtype=float).reshape(-1, len(columns))
         self.columns = dict(zip(columns, table.T, strict=True))
@@ -1646,6 +1643,20 @@ class _RawRows:
                 self._models[window.model] = self.columns["model"] == self.models.index(window.model)
             inside &= self._models[window.model]
         return inside
+
+
+def _percentile_columns(windows: list[Window]) -> dict[str, F]:
+    """The columns the windows' percentiles sort."""
+    names = {window.percentile or ("p95_latency_ms" if window.latency else "") for window in windows}
+    return {ALERT_PERCENTILES[name][0]: F(ALERT_PERCENTILES[name][0]) for name in names if name}
+
+
+def _fetch_numbers(rows: QuerySet) -> list[tuple]:
+    """The rows as the driver returns them, without Django's per-row converters."""
+    sql, params = rows.query.sql_with_params()
+    with connections[rows.db].cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall()
 
 
 def _code_of(lookup: str, values: list[Any], default: int = -1) -> Case:
