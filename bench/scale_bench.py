@@ -25,7 +25,9 @@ Then one markdown table on stdout (progress on stderr):
   threads, each with its own test client and database connection. The threads share one
   Python process (one GIL): a server with several workers takes more; the figure is for
   comparing the write path before and after a change, on the same table.
-Every time is marked against its target: 100 ms for a request, 1 s for check_alerts.
+Every time is marked against its target: 100 ms for a request, 1 s for check_alerts; a search
+(`/api/logs/?search=`, a filter the roll-ups do not cover) against the documented target for such
+filters: 100 ms over 24 hours, 1 s over longer windows (SEARCH_TARGET_MS).
 """
 
 from __future__ import annotations
@@ -67,6 +69,9 @@ ONE_RUN_MS = float(os.environ.get("BENCH_SCALE_ONE_RUN_MS", "1000"))
 INGEST_BATCHES = int(os.environ.get("BENCH_SCALE_INGEST_BATCHES", "24"))
 TARGET_MS = 100
 CHECK_ALERTS_TARGET_MS = 1000
+# The target for filters the roll-ups do not cover (user, search, tags, sessions): a 24-hour
+# window under 100 ms, 7 to 90 days under 1 s (issue 14).
+SEARCH_TARGET_MS = {"24 h": 100, "7 d": 1000, "30 d": 1000, "90 d": 1000}
 WINDOWS = {
     "24 h": timedelta(hours=24),
     "7 d": timedelta(days=7),
@@ -407,7 +412,10 @@ def measure_endpoint(client: Client, endpoint: Endpoint, window: Window, raw: Ra
     endpoint.check(json.loads(timing.response.content), raw, differences)
     agrees = "✓" if not differences else "✗ " + "; ".join(differences[:3]) + (" …" if len(differences) > 3 else "")
     raw_ms = raw.spent_ms()
-    return Row(endpoint.label, window.label, window.model or "all", timing_cell(timing), f"{raw_ms:,.0f} ms", agrees)
+    target = SEARCH_TARGET_MS[window.label] if "search" in endpoint.params else TARGET_MS
+    return Row(
+        endpoint.label, window.label, window.model or "all", timing_cell(timing, target), f"{raw_ms:,.0f} ms", agrees
+    )
 
 
 def measure_page(client: Client, path: str, window: Window) -> Row:
@@ -608,6 +616,11 @@ def print_table(calls: int, rows: list[Row], load_before: float, measured_commit
     )
     for what, compared in CHECKS.items():
         print(f"- {what}: {compared}.")
+    print(
+        f"\n✓/✗: under the target or not: {TARGET_MS} ms for a request, {CHECK_ALERTS_TARGET_MS:,} ms for "
+        f"check_alerts; the `search` rows against the target for filters the roll-ups do not cover: "
+        f"{SEARCH_TARGET_MS['24 h']} ms over 24 h, {SEARCH_TARGET_MS['90 d']:,} ms over 7, 30 and 90 days."
+    )
 
 
 def main() -> None:

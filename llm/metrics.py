@@ -53,7 +53,7 @@ from django.db.models import (
 )
 from django.db.models import Window as SQLWindow
 from django.db.models.fields.json import KeyTextTransform
-from django.db.models.functions import Cast, Coalesce, RowNumber, TruncDay, TruncHour, TruncMinute, TruncMonth
+from django.db.models.functions import Cast, Coalesce, Round, RowNumber, TruncDay, TruncHour, TruncMinute, TruncMonth
 from django.utils import timezone
 
 from llm import rollup_math, rollups
@@ -1514,33 +1514,71 @@ WINDOW_FIGURES = ("requests", "errors", "total_tokens", "cost")
 def window_totals(windows: Iterable[Window], recent: RecentRows | None = None) -> dict[Window, WindowTotals]:
     """The totals of several windows. Those the roll-ups answer (longer than EXACT_WINDOW) are read
     from them, all at one watermark (the roll-ups' state read once, not twice per window), a window
-    asked for with and without its p95 once; the others in one query: conditional aggregates (one
-    set per window) over the rows of the span they cover together. `recent`: the calls above the
-    watermark, summed (see RecentRows)."""
+    asked for with and without its p95 once; the others from one reading of the rows they cover
+    (_call_totals). A longer window's whole UTC hours (its `core`) come from the roll-ups and its
+    part-hours at either end (its `edges`) from that same one reading, so rules that end now read
+    the newest calls once rather than once per window (the alerts page at 10,000,000 calls: four
+    readings of the last hour's calls -> one), and every edge is summed in NumPy rather than row by
+    row. `recent`: the calls above the watermark, summed (see RecentRows)."""
     windows = list(dict.fromkeys(windows))
-    plans, latency, raw_windows = _plan_windows(windows, recent.state if recent is not None else None)
+    split = _split(windows)
+    cores = {window: core for window, (core, _edges) in split.items()}
+    planned = list(dict.fromkeys(cores.get(window, window) for window in windows))
+    plans, latency, unplanned = _plan_windows(planned, recent.state if recent is not None else None)
     found = (
         consistent(lambda watermark: _read_windows(plans, latency, watermark, recent), next(iter(plans.values())))
         if plans
         else {}
     )
     if found is None:  # the roll-ups kept moving: every window from the logs
-        raw_windows += [window for window in windows if not window.raw_only and window not in raw_windows]
-        found = {}
+        cores, found, unplanned = {}, {}, windows
+    missing = set(unplanned)
+    # A window is read raw when it, or the core it was split into, is not planned from the roll-ups.
+    raw_windows = [window for window in windows if cores.get(window, window) in missing]
+    edges = {window: split[window][1] for window, core in cores.items() if core not in missing}
+    raw_totals, edge_totals = _raw_window_totals(raw_windows, list(dict.fromkeys(sum(edges.values(), []))))
     measured: dict[Window, WindowTotals] = {}
     for window in windows:
-        totals = found.get((window.start, window.end, window.model))
-        if window.raw_only or totals is None:
+        core = cores.get(window, window)
+        totals = found.get((core.start, core.end, core.model))
+        if window not in raw_totals and totals is not None:
+            parts = [edge_totals[edge] for edge in edges.get(window, [])]
+            measured[window] = _window_figures(_summed([totals, *parts]) if parts else totals, window.latency)
+    return {**measured, **raw_totals}
+
+
+def _window_figures(totals: Totals, latency: bool) -> WindowTotals:
+    row = totals.row("p95") if latency else totals.row()
+    return WindowTotals(
+        requests=row["requests"],
+        errors=row["errors"],
+        total_tokens=row["total_tokens"],
+        cost=row["cost"],
+        p95_latency_ms=row.get("p95_latency_ms"),
+    )
+
+
+def _split(windows: list[Window]) -> dict[Window, tuple[Window, list[Window]]]:
+    """{window: (its core, its part-hours around the core)} of the windows the roll-ups answer: the
+    core is the window's whole UTC hours, or, when those span no more than EXACT_WINDOW, the window
+    up to its last whole hour (a core that short would be read raw, with exact percentiles, which a
+    roll-up histogram of the rest could not join). The roll-ups' plan of the whole window reads the
+    same hours from them and the same part-hours raw (bucketed as they are): the same figures."""
+    split = {}
+    for window in windows:
+        if window.raw_only:
             continue
-        row = totals.row("p95") if window.latency else totals.row()
-        measured[window] = WindowTotals(
-            requests=row["requests"],
-            errors=row["errors"],
-            total_tokens=row["total_tokens"],
-            cost=row["cost"],
-            p95_latency_ms=row.get("p95_latency_ms"),
-        )
-    return {**measured, **_raw_window_totals(raw_windows)}
+        last = rollup_math.floor_hour(window.end)
+        for first in (rollup_math.ceil_hour(window.start), window.start):
+            if (first, last) != (window.start, window.end) and last - first > EXACT_WINDOW:
+                edges = [
+                    Window(start, end, window.model, latency=window.latency)
+                    for start, end in ((window.start, first), (last, window.end))
+                    if start < end
+                ]
+                split[window] = (replace(window, start=first, end=last), edges)
+                break
+    return split
 
 
 def _plan_windows(
@@ -1615,20 +1653,29 @@ def _summed(parts: Iterable[Totals]) -> Totals:
     return total
 
 
-def _raw_window_totals(windows: list[Window]) -> dict[Window, WindowTotals]:
+def _raw_window_totals(
+    windows: list[Window], edges: list[Window] | None = None
+) -> tuple[dict[Window, WindowTotals], dict[Window, Totals]]:
+    """The windows read from the logs, and the long windows' part-hours (`edges`) as Totals. Short
+    windows and edges are read row by row (_call_totals); a longer window read raw (a rule of a
+    later type over hours or days: its rows may be millions) is summed in SQL (_aggregated_totals)."""
     calls = [window for window in windows if not window.feedback]
+    short = [window for window in calls if window.end - window.start <= EXACT_WINDOW]
+    long = [window for window in calls if window not in short]
     rated = [window for window in windows if window.feedback]
-    return {**(_call_totals(calls) if calls else {}), **(_rating_totals(rated) if rated else {})}
+    measured, edge_totals = _call_totals(short, edges or []) if short or edges else ({}, {})
+    if long:
+        measured |= _aggregated_totals(long)
+    return {**measured, **(_rating_totals(rated) if rated else {})}, edge_totals
 
 
-def _call_totals(windows: list[Window]) -> dict[Window, WindowTotals]:
+def _aggregated_totals(windows: list[Window]) -> dict[Window, WindowTotals]:
     """The windows' figures from one query: conditional aggregates (one set per window) over the
-    rows of the span they cover together."""
+    rows they cover together."""
     aggregates: dict[str, Aggregate] = {}
     for index, window in enumerate(windows):
         aggregates |= {f"w{index}_{name}": aggregate for name, aggregate in _window_aggregates(window).items()}
-    span = LLMRequestLog.objects.in_window(min(w.start for w in windows), max(w.end for w in windows))
-    row = span.aggregate(**aggregates)
+    row = LLMRequestLog.objects.filter(_covering(windows)).aggregate(**aggregates)
     answer = {}
     for index, window in enumerate(windows):
         percentile = window.percentile or ("p95_latency_ms" if window.latency else "")
@@ -1653,6 +1700,148 @@ def _window_aggregates(window: Window) -> dict[str, Aggregate]:
         column, fraction = ALERT_PERCENTILES[percentile]
         wanted["percentiles"] = Percentiles(column, fraction, filter=within)
     return wanted
+
+
+def _call_totals(windows: list[Window], edges: list[Window]) -> tuple[dict[Window, WindowTotals], dict[Window, Totals]]:
+    """The short windows' figures, and the edges' (with their latency histograms), from one reading
+    of the rows they cover together (_RawRows), summed per window in NumPy. Percentiles are exact:
+    linear interpolation between closest ranks, as percentile_cont (NULLs left out, as SQL does)."""
+    rows = _RawRows([*windows, *edges], histogram=any(edge.latency for edge in edges))
+    measured = {}
+    for window in windows:
+        within = rows.within(window)
+        errors = within & rows.failed
+        if window.error_type:
+            errors &= rows.has_error_type(window.error_type)
+        percentile = window.percentile or ("p95_latency_ms" if window.latency else "")
+        extra = {}
+        if percentile:
+            column, fraction = ALERT_PERCENTILES[percentile]
+            values = rows.column(column)[within]
+            values = values[~np.isnan(values)]
+            extra[percentile] = float(np.quantile(values, fraction)) if values.size else None
+        measured[window] = WindowTotals(
+            requests=int(within.sum()),
+            errors=int(errors.sum()),
+            total_tokens=rows.sum("total_tokens", within),
+            cost=float(rollups.usd(rows.sum("cost_units", within))),
+            **extra,
+        )
+    edge_totals = {}
+    for edge in edges:
+        within = rows.within(edge)
+        figures = rollups.Figures(
+            requests=int(within.sum()),
+            total_tokens=rows.sum("total_tokens", within),
+            cost_units=rows.sum("cost_units", within),
+        )
+        if edge.latency:
+            buckets = rows.column("bucket")[within].astype(np.int64)
+            figures.latency += np.bincount(buckets, minlength=len(figures.latency))
+        edge_totals[edge] = Totals(figures, errors=int((within & rows.failed).sum()))
+    return measured, edge_totals
+
+
+class _RawRows:
+    """The rows of some windows, read once as numbers (no text or timestamp converted in Python):
+    columns as NumPy arrays, and which rows each window holds."""
+
+    def __init__(self, windows: list[Window], histogram: bool) -> None:
+        self.bounds = sorted({moment for window in windows for moment in (window.start, window.end)})
+        self.place = {moment: index for index, moment in enumerate(self.bounds)}
+        # The models and error types the windows name, by their index in these lists (-1: another).
+        self.models = sorted({window.model for window in windows if window.model})
+        self.error_types = sorted({window.error_type for window in windows if window.error_type})
+        columns = {
+            # Segment i holds the rows of [bounds[i], bounds[i + 1]).
+            "segment": _code_of("timestamp__lt", self.bounds[1:], default=len(self.bounds) - 1),
+            "model": _code_of("model_name", self.models),
+            "failed": _code_of("status", [LLMRequestLog.Status.ERROR]),
+            "error_type": _code_of("error_type", self.error_types),
+            "total_tokens": F("total_tokens"),
+            "cost_units": _row_cost_units(),
+            **_percentile_columns(windows),
+        }
+        if histogram:  # each row's latency bucket, as the roll-ups count it
+            columns["bucket"] = rollups.bucket_of("latency_ms")
+        fetched = _fetch_numbers(LLMRequestLog.objects.filter(_covering(windows)).values_list(*columns.values()))
+        # Every value as a float, NULL as NaN (left out, as SQL does); exact for integers below 2^53.
+        table = np.array(fetched, dtype=float).reshape(-1, len(columns))
+        self.columns = dict(zip(columns, table.T, strict=True))
+        self.failed = self.columns["failed"] == 0
+        if len(table) and np.abs(self.columns["cost_units"]).max() >= 2**53:  # calls of over $900,000
+            place = list(columns).index("cost_units")
+            self.columns["cost_units"] = np.array([row[place] for row in fetched], dtype=object)
+        self._models: dict[str, np.ndarray] = {}
+
+    def column(self, name: str) -> np.ndarray:
+        return self.columns[name]
+
+    def sum(self, name: str, within: np.ndarray) -> int:
+        values = self.columns[name][within]
+        return int(values.sum() if values.dtype == object else values.astype(np.int64).sum())
+
+    def has_error_type(self, error_type: str) -> np.ndarray:
+        return self.columns["error_type"] == self.error_types.index(error_type)
+
+    def within(self, window: Window) -> np.ndarray:
+        segments = self.columns["segment"]
+        inside = (segments >= self.place[window.start]) & (segments < self.place[window.end])
+        if window.model:
+            if window.model not in self._models:
+                self._models[window.model] = self.columns["model"] == self.models.index(window.model)
+            inside &= self._models[window.model]
+        return inside
+
+
+def _percentile_columns(windows: list[Window]) -> dict[str, F]:
+    """The columns the windows' percentiles sort."""
+    names = {window.percentile or ("p95_latency_ms" if window.latency else "") for window in windows}
+    return {ALERT_PERCENTILES[name][0]: F(ALERT_PERCENTILES[name][0]) for name in names if name}
+
+
+def _fetch_numbers(rows: QuerySet) -> list[tuple]:
+    """The rows as the driver returns them, without Django's per-row converters."""
+    sql, params = rows.query.sql_with_params()
+    with connections[rows.db].cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall()
+
+
+def _code_of(lookup: str, values: list[Any], default: int = -1) -> Case:
+    """Which of `values` a row's column equals (its index; `lookup` ending in __lt: the first it is
+    below), else `default`."""
+    return Case(
+        *[When(**{lookup: value}, then=Value(index)) for index, value in enumerate(values)],
+        default=Value(default),
+        output_field=IntegerField(),
+    )
+
+
+def _covering(windows: list[Window]) -> Q:
+    """The rows of any of the windows: those of all models as joined spans, a model's window only
+    where no span of all models covers it (the planner reads each through its own index)."""
+    spans: list[list[datetime]] = []
+    for window in sorted((window for window in windows if not window.model), key=lambda window: window.start):
+        if spans and window.start <= spans[-1][1]:
+            spans[-1][1] = max(spans[-1][1], window.end)
+        else:
+            spans.append([window.start, window.end])
+    condition = Q(pk__in=[])
+    for start, end in spans:
+        condition |= Q(timestamp__gte=start, timestamp__lt=end)
+    for window in windows:
+        if window.model and not any(start <= window.start and window.end <= end for start, end in spans):
+            condition |= window.condition()
+    return condition
+
+
+def _row_cost_units() -> Cast:
+    """A call's cost in COST_PLACES units, exact (rollups.cost_units_sum, row by row)."""
+    scaled = F("cost_estimate") * Value(rollups.COST_SCALE)
+    if connections[LLMRequestLog.objects.db].vendor == "sqlite":
+        return Cast(Round(scaled), BigIntegerField())
+    return Cast(scaled, BigIntegerField())
 
 
 def _rating_totals(windows: list[Window]) -> dict[Window, WindowTotals]:
