@@ -389,12 +389,7 @@ LOGGING = {
     # While the database is down, one line per request (llm.outage), not a traceback each.
     "filters": {"skip_outage_traceback": {"()": "llm.outage.SkipOutageTraceback"}},
     "handlers": {
-        # To standard error, written by a thread of its own: not on the ASGI worker's event loop.
-        "console": {
-            "()": "llm.logging.QueuedStreamHandler",
-            "formatter": LOG_FORMAT,
-            "filters": ["skip_outage_traceback"],
-        }
+        "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["skip_outage_traceback"]}
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {

@@ -11,13 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
-import logging.handlers
-import os
-import queue
 import re
-import sys
 import time
-import weakref
 from collections.abc import Callable
 from contextvars import ContextVar
 from datetime import UTC, datetime
@@ -59,79 +54,6 @@ class JSONFormatter(logging.Formatter):
         if record.stack_info:
             entry["stack"] = self.formatStack(record.stack_info)
         return json.dumps(entry, default=str)
-
-
-class QueuedStreamHandler(logging.handlers.QueueHandler):
-    """The console handler (standard error by default) whose write happens on a thread of its own.
-
-    On the ASGI worker's event loop (core/asgi.py) a write to stderr per request let go of the GIL
-    and stalled the loop while the row writer's thread held it. Here the caller only formats the
-    record (in its own context: the JSON line's request_id is a context variable) and queues the
-    line; a QueueListener thread writes it. The queue is drained at exit (logging.shutdown closes
-    every handler) and made anew in a forked child (gunicorn's workers), where the parent's
-    listener thread does not run."""
-
-    def __init__(self, stream=None) -> None:
-        super().__init__(queue.SimpleQueue())
-        self.target = LineWriter(stream if stream is not None else sys.stderr)
-        self.listener: logging.handlers.QueueListener | None = None
-        self.start()
-        _queued_handlers.add(self)
-
-    def start(self) -> None:
-        self.listener = logging.handlers.QueueListener(self.queue, self.target)
-        self.listener.start()
-
-    def prepare(self, record: logging.LogRecord) -> str:  # type: ignore[override]
-        # The formatted line is all the listener needs: no copy of the record (as the base class
-        # makes) on the caller's thread.
-        return self.format(record)
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if self.listener is None:  # closed (a reconfiguration, the interpreter's exit): write here
-            self.target.handle(self.prepare(record))
-        else:
-            super().emit(record)
-
-    def flush(self) -> None:
-        # Waits until the listener wrote every line queued so far: stop() writes up to its sentinel;
-        # a line queued meanwhile stays in the queue for the next listener.
-        if self.listener is not None:
-            self.listener.stop()
-            self.start()
-        self.target.flush()
-
-    def close(self) -> None:
-        listener, self.listener = self.listener, None
-        if listener is not None:
-            listener.stop()
-        self.target.flush()
-        super().close()
-
-
-class LineWriter(logging.StreamHandler):
-    """Writes QueuedStreamHandler's lines, formatted already, to the stream."""
-
-    def emit(self, record) -> None:  # a str, from QueuedStreamHandler.prepare
-        try:
-            self.stream.write(record + self.terminator)
-            self.flush()
-        except (OSError, ValueError):  # a closed or broken stream: logging's own report, as StreamHandler
-            self.handleError(logging.makeLogRecord({"msg": record}))
-
-
-_queued_handlers: weakref.WeakSet[QueuedStreamHandler] = weakref.WeakSet()
-
-
-def _restart_after_fork() -> None:
-    # The child has the parent's queue (with any line not yet written) but not its thread.
-    for handler in list(_queued_handlers):
-        if handler.listener is not None:
-            handler.queue = queue.SimpleQueue()
-            handler.start()
-
-
-os.register_at_fork(after_in_child=_restart_after_fork)
 
 
 class RequestLogMiddleware:
