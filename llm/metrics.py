@@ -733,22 +733,14 @@ def rollup_histograms(the_plan: Plan) -> Iterator[tuple[Any, str, Any]]:
     """(day or hour, model_name, stored latency histogram) of the plan's whole days and hours: from
     DailyLatency and HourlyLatency (one row per period and model, statuses merged: 90 days at 10
     million calls fetch and merge 637 daily histograms rather than DailyRollup's 4,437), or from
-    DailyRollup and HourlyRollup under a status filter."""
-    status = the_plan.selection.status
+    DailyRollup and HourlyRollup under a status filter (period_model_tables)."""
+    daily, hourly = period_model_tables(the_plan)
     if the_plan.split.days:
-        daily = DailyRollup if status else DailyLatency  # the_plan.daily(): day and model (and status)
         days = daily.objects.filter(the_plan.daily()).order_by()
         yield from days.values_list("day", "model_name", "latency_histogram")
     if not the_plan.split.hours:
         return
-    if status:
-        hourly = HourlyRollup.objects.filter(the_plan.hourly())
-    else:
-        within = Q(pk__in=[])
-        for start, end in the_plan.split.hours:
-            within |= Q(hour__gte=start, hour__lt=end)
-        hourly = HourlyLatency.objects.filter(within & the_plan.selection.matching())
-    hours = hourly.order_by().annotate(hour_epoch=EpochSeconds("hour"))
+    hours = hourly.objects.filter(the_plan.hourly()).order_by().annotate(hour_epoch=EpochSeconds("hour"))
     for epoch, model_name, histogram in hours.values_list("hour_epoch", "model_name", "latency_histogram"):
         yield hour_at(epoch), model_name, histogram
 
@@ -976,7 +968,7 @@ def _shared_rollup_rows(the_plan: Plan) -> Iterator[tuple[bool, QuerySet]]:
     HourlyLatency, or, under a status filter, from DailyRollup and HourlyRollup (their failures
     are their requests when the status is error; their histograms read apart)."""
     status = the_plan.selection.status
-    tables = (DailyRollup, HourlyRollup) if status else (DailyLatency, HourlyLatency)
+    daily, hourly = period_model_tables(the_plan)
     failed = Case(When(status=LLMRequestLog.Status.ERROR, then=F("requests")), default=Value(0))
     extra = (
         {"failures": failed, "histogram": Value(None, BinaryField())}
@@ -984,13 +976,10 @@ def _shared_rollup_rows(the_plan: Plan) -> Iterator[tuple[bool, QuerySet]]:
         else {"failures": F("errors"), "histogram": F("latency_histogram")}
     )
     if the_plan.split.days:
-        rows = tables[0].objects.filter(the_plan.daily()).order_by().annotate(**extra)
+        rows = daily.objects.filter(the_plan.daily()).order_by().annotate(**extra)
         yield False, rows.values_list("day", "model_name", *ROLLUP_SUMS, "failures", "histogram")
     if the_plan.split.hours:
-        hours = Q(pk__in=[])
-        for start, end in the_plan.split.hours:
-            hours |= Q(hour__gte=start, hour__lt=end)
-        rows = tables[1].objects.filter(hours & the_plan.selection.matching()).order_by()
+        rows = hourly.objects.filter(the_plan.hourly()).order_by()
         rows = rows.annotate(hour_epoch=EpochSeconds("hour"), **extra)
         yield True, rows.values_list("hour_epoch", "model_name", *ROLLUP_SUMS, "failures", "histogram")
 
