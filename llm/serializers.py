@@ -114,9 +114,13 @@ class TagsField(serializers.JSONField):
         return validate_tags(super().to_internal_value(data))
 
 
+# The characters of a model name a prompt may ask for (also the fast path's own check: llm/api/prompt.py).
+MODEL_NAME_CHARACTERS = "A-Za-z0-9._:/-"
+
+
 class PromptRequestSerializer(serializers.Serializer):
     prompt = serializers.CharField(max_length=PROMPT_MAX_CHARS, trim_whitespace=False)
-    model = serializers.RegexField(r"^[A-Za-z0-9._:/-]+$", max_length=200, required=False)
+    model = serializers.RegexField(rf"^[{MODEL_NAME_CHARACTERS}]+$", max_length=200, required=False)
     system_prompt = serializers.CharField(
         max_length=PROMPT_MAX_CHARS, required=False, allow_blank=True, trim_whitespace=False
     )

@@ -12,7 +12,7 @@ from django.http.response import HttpResponseBase
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, PolymorphicProxySerializer, extend_schema
-from rest_framework.exceptions import NotAcceptable
+from rest_framework.exceptions import NotAcceptable, ValidationError
 from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
@@ -26,9 +26,6 @@ from llm.auth import bearer_key, cached_key
 from llm.ingest_limits import (
     MAX_TEMPERATURE,
     MIN_TEMPERATURE,
-    TAG_KEY_MAX_CHARS,
-    TAG_VALUE_MAX_CHARS,
-    TAGS_MAX_COUNT,
     UNSTORABLE_CHARACTER,
     JSONError,
     parse_json,
@@ -48,12 +45,14 @@ from llm.proxy import (
 )
 from llm.serializers import (
     MAX_TOKENS_LIMIT,
+    MODEL_NAME_CHARACTERS,
     PROMPT_MAX_CHARS,
     ErrorSerializer,
     PromptErrorSerializer,
     PromptRequestSerializer,
     PromptResponseSerializer,
     PromptStreamEventSerializer,
+    validate_tags,
 )
 from llm.throttles import PromptRateThrottle
 
@@ -163,7 +162,7 @@ class LoopPromptInput(PromptInput):
 # anything else (a refusal, a string for a number, a value with spaces to trim...) it answers SLOW
 # and the serializer judges, so that every 400 is DRF's own (tests/test_prompt_quick_input.py).
 SLOW = object()
-MODEL_NAME = re.compile(r"[A-Za-z0-9._:/-]{1,200}")
+MODEL_NAME = re.compile(rf"[{MODEL_NAME_CHARACTERS}]{{1,200}}")
 PROVIDERS = frozenset(ModelPrice.Provider.values)
 
 
@@ -194,15 +193,12 @@ def _temperature(value: object) -> object:
 
 
 def _tags(value: object) -> object:
-    # llm.serializers.validate_tags's rules.
-    if type(value) is not dict or len(value) > TAGS_MAX_COUNT:
+    if type(value) is not dict:
         return SLOW
-    for key, tag in value.items():
-        if type(tag) is not str or not 0 < len(key) <= TAG_KEY_MAX_CHARS or len(tag) > TAG_VALUE_MAX_CHARS:
-            return SLOW
-        if UNSTORABLE_CHARACTER.search(key) or UNSTORABLE_CHARACTER.search(tag):
-            return SLOW
-    return value
+    try:
+        return validate_tags(value)
+    except ValidationError:
+        return SLOW
 
 
 QUICK_FIELDS = {
