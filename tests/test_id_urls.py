@@ -1,6 +1,6 @@
-"""The pages' id links (llm.templatetags.dashboard.id_url: a route's ends reversed once, the id
-quoted between them) are the URLs reverse() makes, for awkward ids and under a script prefix; an
-id reverse() refuses is still refused; the calls table renders as with {% url %}."""
+"""The pages' id links (llm.templatetags.dashboard.id_url and the filters on it) are the URLs
+reverse() makes, for awkward ids and under a script prefix; an id reverse() refuses is still
+refused; the calls table renders as with {% url %}."""
 
 from __future__ import annotations
 

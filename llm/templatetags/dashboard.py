@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from decimal import Decimal
-from functools import cache, lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -12,7 +12,7 @@ from uuid import UUID
 
 from django import template
 from django.contrib.staticfiles import finders
-from django.urls import get_script_prefix, get_urlconf, reverse
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django.utils.html import format_html
@@ -141,29 +141,9 @@ def event_badge(kind: str) -> str:
     return EVENT_BADGES.get(kind, "")
 
 
-# An id's page URL as reverse() makes it, the route's prefix and suffix reversed once per URL name
-# (and script prefix and URLconf): a table's rows link 2-3 pages each, ~40 us a reverse(). The id
-# is quoted as reverse() quotes it (character by character, so prefix + id + suffix is the same);
-# an id the route's converter would refuse (a "/" in a <str:>, a line break) goes through
-# reverse() itself, which says no as before.
-ID_MARKERS = {"log-detail": "00000000-0000-0000-0000-000000000000", "trace": "x", "user": "x", "session": "x"}
-URL_SAFE = "!$&'()*+,;=" + "/~:@"  # django.urls.resolvers: RFC3986_SUBDELIMS + "/~:@"
-
-
-@lru_cache(maxsize=64)
-def _route_ends(url_name: str, keyword: str, script_prefix: str, urlconf: str | None) -> tuple[str, str]:
-    marker = ID_MARKERS[url_name]
-    prefix, _, suffix = reverse(url_name, kwargs={keyword: marker}, urlconf=urlconf).rpartition(marker)
-    return prefix, suffix
-
-
 def id_url(url_name: str, keyword: str, value: str | UUID) -> str:
-    """reverse(url_name, kwargs={keyword: value}), for one id of many."""
-    text = str(value)
-    if not isinstance(value, UUID) and ("\n" in text or "/" in text or not text):
-        return reverse(url_name, kwargs={keyword: value})
-    prefix, suffix = _route_ends(url_name, keyword, get_script_prefix(), get_urlconf())
-    return prefix + quote(text, safe=URL_SAFE) + suffix
+    """reverse(url_name, kwargs={keyword: value}): the one way the pages link an id's page."""
+    return reverse(url_name, kwargs={keyword: value})
 
 
 @register.filter
