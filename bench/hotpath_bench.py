@@ -4,6 +4,8 @@ through a second, and how many can be in flight at once.
     .venv/bin/python bench/hotpath_bench.py                         # SQLite (a temporary file)
     scripts/with-postgres .venv/bin/python bench/hotpath_bench.py   # PostgreSQL
     BENCH_LIMIT_OFF=1 ...                                           # and a row with the prompt limit off
+    BENCH_PROXY=0 ...                                               # the ingest rows only (~40 s)
+    BENCH_INGEST_CLIENTS=4 BENCH_OTLP=0 ...                         # of those, events with 4 clients only
 
 It starts the fake Groq of tests/fake_groq.py in its asyncio form (one process holds thousands of
 slow answers), then the app as `make run` serves it (core/gunicorn.conf.py), and talks
@@ -47,7 +49,7 @@ PROMPT = {"prompt": "What is the capital of France?", "model": "llama-3.1-8b-ins
 # Ingest: POST /api/events/ in batches of EVENTS_PER_BATCH for INGEST_SECONDS with 1, 4 and 8
 # clients; OTLP/JSON exports of SPANS_PER_EXPORT spans (the OTel SDK's batch size is 512).
 INGEST_SECONDS = float(os.environ.get("BENCH_INGEST_SECONDS", "8"))
-INGEST_CLIENTS = (1, 4, 8)
+INGEST_CLIENTS = tuple(int(n) for n in os.environ.get("BENCH_INGEST_CLIENTS", "1,4,8").split(","))
 EVENTS_PER_BATCH = 500
 SPANS_PER_EXPORT = 500
 COPY_ROWS = 20_000
@@ -400,7 +402,18 @@ async def measure_ingest(app_port: int, auth: str, path: str, bodies: list[bytes
 
     started = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(clients)))
-    return {"per second": posted / (time.perf_counter() - started), "failures": failures, "ran out": not bodies}
+    return {
+        "per second": posted / (time.perf_counter() - started),
+        "posted": posted,
+        "failures": failures,
+        "ran out": not bodies,
+    }
+
+
+async def warm_up_ingest(app_port: int, auth: str) -> None:
+    """One batch per worker thread's first request, so that the clock does not time imports."""
+    bodies = prepared(event_batch, 8)
+    await measure_ingest(app_port, auth, "/api/events/", bodies, 4, EVENTS_PER_BATCH)
 
 
 def prepared(make, count: int) -> list[bytes]:
@@ -436,16 +449,22 @@ def copy_rate() -> float | None:
     return len(rows) / elapsed
 
 
-def run_ingest(app_port: int, auth: str, loop_run) -> dict[str, dict]:
+def run_ingest(app_port: int, auth: str, loop_run, app_pid: int | None = None) -> dict[str, dict]:
     results: dict[str, dict] = {}
+    meter = CPUMeter(app=app_pid, database=postgres_root())
     for clients in INGEST_CLIENTS:
-        # Enough bodies for 15,000 events/s per run, prepared before the clock starts.
-        bodies = prepared(event_batch, int(15_000 * INGEST_SECONDS / EVENTS_PER_BATCH))
+        # Enough bodies for 25,000 events/s per run, prepared before the clock starts.
+        bodies = prepared(event_batch, int(25_000 * INGEST_SECONDS / EVENTS_PER_BATCH))
+        meter.start()
         results[f"events {clients}"] = loop_run(
             measure_ingest(app_port, auth, "/api/events/", bodies, clients, EVENTS_PER_BATCH)
         )
-    bodies = prepared(otlp_export, int(15_000 * INGEST_SECONDS / SPANS_PER_EXPORT))
-    results["otlp"] = loop_run(measure_ingest(app_port, auth, "/v1/traces", bodies, 4, SPANS_PER_EXPORT))
+        results[f"events {clients}"]["cpu"] = meter.stop()
+    if os.environ.get("BENCH_OTLP", "1") == "1":
+        bodies = prepared(otlp_export, int(25_000 * INGEST_SECONDS / SPANS_PER_EXPORT))
+        meter.start()
+        results["otlp"] = loop_run(measure_ingest(app_port, auth, "/v1/traces", bodies, 4, SPANS_PER_EXPORT))
+        results["otlp"]["cpu"] = meter.stop()
     results["copy"] = {"per second": copy_rate()}
     return results
 
@@ -484,6 +503,12 @@ def main() -> None:
     results: dict[str, dict] = {"load": {"before": load_average()}}
     fast_port, slow_port, app_port = free_port(), free_port(), free_port()
     loop_run = _loop_runner()
+    if os.environ.get("BENCH_PROXY", "1") == "0":
+        with app_server(app_port, f"http://127.0.0.1:{fast_port}", logs / "app.log") as app:
+            loop_run(warm_up_ingest(app_port, auth))
+            results.update(run_ingest(app_port, auth, loop_run, app.pid))
+        print_ingest_table(results, engine)
+        return
 
     with (
         fake_groq(fast_port, FAST_SECONDS, logs / "fake.log") as upstream,
@@ -500,7 +525,7 @@ def main() -> None:
         expected = OVERHEAD_CALLS + 50 + results["throughput"]["calls"] + results["throughput stream"]["calls"]
         results["rows"] = {"written": written, "expected": expected}
         if os.environ.get("BENCH_INGEST", "1") == "1":
-            results.update(run_ingest(app_port, auth, loop_run))
+            results.update(run_ingest(app_port, auth, loop_run, app.pid))
     if os.environ.get("BENCH_LIMIT_OFF") == "1":
         with (
             fake_groq(fast_port, FAST_SECONDS, logs / "fake-limit-off.log"),
@@ -622,28 +647,46 @@ def limit_rows(results: dict[str, dict]) -> list[tuple[str, str, str, str]]:
 
 
 def ingest_rows(results: dict[str, dict]) -> list[tuple[str, str, str, str]]:
-    if "otlp" not in results:
+    if "copy" not in results:
         return []
     rates = [results[f"events {clients}"] for clients in INGEST_CLIENTS]
     copy = results["copy"]["per second"]
     copy_text = f"raw COPY of the same rows {copy:,.0f} rows/s" if copy else "no COPY on SQLite"
     failed = sum(rate["failures"] for rate in rates)
     ran_out = " (ran out of prepared bodies)" if any(rate["ran out"] for rate in rates) else ""
-    otlp = results["otlp"]
-    return [
+    rows = [
         (
             f"events/s, {'/'.join(map(str, INGEST_CLIENTS))} clients, batches of {EVENTS_PER_BATCH}",
             "/".join(f"{rate['per second']:,.0f}" for rate in rates),
             f"{copy_text}; {failed} failed{ran_out}",
             ">= 10,000/s with 4 clients",
-        ),
-        (
-            f"OTLP spans/s, 4 clients, exports of {SPANS_PER_EXPORT}",
-            f"{otlp['per second']:,.0f}",
-            f"{otlp['failures']} failed" + (" (ran out of prepared bodies)" if otlp["ran out"] else ""),
-            "keeps pace with events",
-        ),
+        )
     ]
+    if otlp := results.get("otlp"):
+        rows.append(
+            (
+                f"OTLP spans/s, 4 clients, exports of {SPANS_PER_EXPORT}",
+                f"{otlp['per second']:,.0f}",
+                f"{otlp['failures']} failed" + (" (ran out of prepared bodies)" if otlp["ran out"] else ""),
+                "keeps pace with events",
+            )
+        )
+    return rows
+
+
+def print_ingest_table(results: dict[str, dict], engine: str) -> None:
+    """BENCH_PROXY=0: the ingest rows, and CPU ms per 500 events by process (app, database, client)."""
+    print(f"\nIngest on {engine}, {os.cpu_count()} cores, served by: {_serve_label()}")
+    print(f"1-minute load average: {results['load']['before']} before, {load_average()} after (a shared machine)")
+    for row in ingest_rows(results):
+        print(" | ".join(row))
+    for name in [f"events {clients}" for clients in INGEST_CLIENTS] + ["otlp"] * ("otlp" in results):
+        result = results[name]
+        per_batch = {
+            key: seconds * 1000 * EVENTS_PER_BATCH / max(result["posted"], 1) for key, seconds in result["cpu"].items()
+        }
+        parts = ", ".join(f"{key} {value:.1f}" for key, value in per_batch.items())
+        print(f"{name}: {result['per second']:,.0f}/s; CPU ms per {EVENTS_PER_BATCH}: {parts}")
 
 
 def _serve_label() -> str:

@@ -210,3 +210,37 @@ def test_a_row_built_by_position_equals_the_keyword_built_one(event):
     first, second = ROW_SHAPE.row({}), ROW_SHAPE.row({})
     assert first.tags == {} and first.tags is not second.tags
     assert first.request_id != second.request_id
+
+
+def test_a_time_with_an_offset_is_in_the_current_zone_as_the_serializer_answers_it():
+    # The plain check reads the zone once per batch; the serializer asks for it per value.
+    with timezone.override("America/New_York"):
+        for text in ["2024-05-01T10:00:00+02:00", "2024-05-01T10:00:00.123456Z", "2024-12-01T23:30:00-08:00"]:
+            event = {"model": "m", "timestamp": text}
+            plain, expected = plain_event(event), serializer_answer(event)
+            assert plain is not None and plain == expected
+            assert plain["timestamp"].tzinfo == expected["timestamp"].tzinfo
+            assert str(plain["timestamp"].tzinfo) == "America/New_York"
+        # A time without an offset is made aware in the zone by the serializer (gaps checked there).
+        assert plain_event({"model": "m", "timestamp": "2024-05-01T10:00:00"}) is None
+        batch = parse_events({"events": [{"model": "m", "timestamp": "2024-03-10T02:30:00"}, {"model": "m"}]})
+        assert batch[0] == serializer_answer({"model": "m", "timestamp": "2024-03-10T02:30:00"})
+
+
+def test_a_row_is_made_through_the_constructor_when_someone_listens_to_its_signals():
+    from django.db.models.signals import post_init
+
+    from llm.events import ROW_SHAPE
+
+    seen = []
+
+    def listener(sender, instance, **kwargs):
+        seen.append(instance.model_name)
+
+    post_init.connect(listener, sender=LLMRequestLog)
+    try:
+        ROW_SHAPE.row({"model_name": "heard"})
+    finally:
+        post_init.disconnect(listener, sender=LLMRequestLog)
+    ROW_SHAPE.row({"model_name": "unheard"})
+    assert seen == ["heard"]
