@@ -1,10 +1,12 @@
 """llm/row_insert.py: the rows `record_many` stores are the same whichever way they go in (COPY
-through the staging table on PostgreSQL from STAGED_MIN_ROWS rows, INSERT … VALUES otherwise),
+straight into the table, or through the staging table when a request_id is stored already, on
+PostgreSQL from STAGED_MIN_ROWS rows; INSERT … VALUES otherwise),
 the values it makes ready equal Django's own, and the staging table never moves a row twice."""
 
 from __future__ import annotations
 
 import contextlib
+import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -51,13 +53,26 @@ def stored(model: str) -> list[dict]:
     return list(LLMRequestLog.objects.filter(model_name=model).order_by("request_id").values(*COMPARED))
 
 
+SEED_ID = uuid.UUID(int=999_999)
+
+
+def with_a_stored_id(logs: list[LLMRequestLog]) -> list[LLMRequestLog]:
+    """`logs` and one call whose request_id is stored already (stored now if need be): on
+    PostgreSQL the batch's COPY straight into the table fails, and the staged path stores it."""
+    if not LLMRequestLog.objects.filter(request_id=SEED_ID).exists():
+        LLMRequestLog.objects.record(request_id=SEED_ID, model_name="seed")
+    return [*logs, build_log(request_id=SEED_ID, model_name="seed")]
+
+
 @pytest.mark.django_db
-def test_a_staged_batch_stores_what_rows_stored_one_by_one_store():
-    """The batch (the staged path on PostgreSQL) against the same calls stored one at a time by
-    `record` (one INSERT … VALUES each): every column equal."""
+@pytest.mark.parametrize("path", ["copied", "staged"])
+def test_a_batch_stores_what_rows_stored_one_by_one_store(path):
+    """The batch (on PostgreSQL: COPY straight into the table, or with a stored request_id in it,
+    the staged path) against the same calls stored one at a time by `record` (one INSERT … VALUES
+    each): every column equal, and the ids the logs were given are the stored ones."""
     batch = varied_logs(STAGED + 5, model="batched")
-    created, duplicates = LLMRequestLog.objects.record_many(batch)
-    assert (created, duplicates) == (STAGED + 5, 0)
+    created, duplicates = LLMRequestLog.objects.record_many(batch if path == "copied" else with_a_stored_id(batch))
+    assert (created, duplicates) == (STAGED + 5, 0 if path == "copied" else 1)
     for log in varied_logs(STAGED + 5, model="single"):
         fields = {name: getattr(log, name) for name in COMPARED}
         fields["request_id"] = uuid.UUID(int=log.request_id.int + 10_000)
@@ -67,8 +82,8 @@ def test_a_staged_batch_stores_what_rows_stored_one_by_one_store():
         row["request_id"] = uuid.UUID(int=row["request_id"].int - 10_000)
         row["model_name"] = "batched"
     assert stored("batched") == singles
-    stored_ids = LLMRequestLog.objects.filter(model_name="batched").values_list("id", flat=True)
-    assert {log.pk for log in batch} == set(stored_ids)
+    stored_ids = dict(LLMRequestLog.objects.filter(model_name="batched").values_list("request_id", "id"))
+    assert {log.request_id: log.pk for log in batch} == stored_ids
 
 
 @pytest.mark.django_db
@@ -107,9 +122,9 @@ def test_two_batches_in_one_outer_transaction_never_move_a_row_twice():
     first = varied_logs(STAGED, model="outer")
     second = [build_log(request_id=uuid.uuid4(), model_name="outer") for _ in range(STAGED)]
     with transaction.atomic():
-        assert LLMRequestLog.objects.record_many(first) == (STAGED, 0)
+        assert LLMRequestLog.objects.record_many(with_a_stored_id(first)) == (STAGED, 1)
         LLMRequestLog.objects.filter(model_name="outer").delete()
-        assert LLMRequestLog.objects.record_many(second) == (STAGED, 0)
+        assert LLMRequestLog.objects.record_many(with_a_stored_id(second)) == (STAGED, 1)
         assert set(LLMRequestLog.objects.filter(model_name="outer").values_list("request_id", flat=True)) == {
             log.request_id for log in second
         }
@@ -119,11 +134,47 @@ def test_two_batches_in_one_outer_transaction_never_move_a_row_twice():
 def test_a_rolled_back_staging_table_is_made_again():
     """On a new connection the staging table is made inside the first batch's transaction; when
     that rolls back, so does the table, and the next batch makes it again."""
+    LLMRequestLog.objects.record(request_id=SEED_ID, model_name="seed")
     connection.close()
     with pytest.raises(RuntimeError), transaction.atomic():
-        assert LLMRequestLog.objects.record_many(varied_logs(STAGED, model="rolled back")) == (STAGED, 0)
+        rolled_back = with_a_stored_id(varied_logs(STAGED, model="rolled back"))
+        assert LLMRequestLog.objects.record_many(rolled_back) == (STAGED, 1)
         raise RuntimeError("roll back")
     assert not LLMRequestLog.objects.filter(model_name="rolled back").exists()
-    assert LLMRequestLog.objects.record_many(varied_logs(STAGED, model="kept")) == (STAGED, 0)
+    assert LLMRequestLog.objects.record_many(with_a_stored_id(varied_logs(STAGED, model="kept"))) == (STAGED, 1)
     assert LLMRequestLog.objects.record_many(varied_logs(STAGED + 1, model="kept")) == (1, STAGED)
     assert LLMRequestLog.objects.filter(model_name="kept").count() == STAGED + 1
+
+
+@pytest.mark.postgres_only
+@pytest.mark.django_db(transaction=True)
+def test_a_copied_batch_holds_the_roll_up_boundary_until_it_commits():
+    """A batch COPYed with ids it drew itself: while it is uncommitted, a roll-up's boundary
+    (llm/watermarks.py) waits for it (here: gives up) rather than passing ids not stored yet;
+    once committed, the boundary is its largest id, the one its log was given."""
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite has one writer at a time")
+    from llm.watermarks import final_id_boundary
+
+    stored_now, release = threading.Event(), threading.Event()
+    batch = varied_logs(STAGED, model="held")
+
+    def writer() -> None:
+        try:
+            with transaction.atomic():
+                assert LLMRequestLog.objects.record_many(batch) == (STAGED, 0)
+                stored_now.set()
+                release.wait(10)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        assert stored_now.wait(10)
+        assert final_id_boundary(LLMRequestLog, lock_timeout_ms=200) is None
+    finally:
+        release.set()
+        thread.join()
+    assert final_id_boundary(LLMRequestLog) == max(log.pk for log in batch)
+    assert dict(LLMRequestLog.objects.values_list("request_id", "id")) == {log.request_id: log.pk for log in batch}
