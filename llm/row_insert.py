@@ -24,6 +24,7 @@ one global order, one of them always goes first.
 from __future__ import annotations
 
 import hashlib
+import operator
 import threading
 import uuid
 import weakref
@@ -122,24 +123,27 @@ class _Columns:
     what Django's own inserts do (pre_save, get_db_prep_save), skipped for the values it would hand
     over unchanged (a str for a text field, an int for an integer field…), most of a batch's."""
 
-    # Field classes whose get_db_prep_save answers a value passing the test as it is (on both
-    # databases; subclasses such as PositiveIntegerField included). `type(…) is`: a bool is an int
-    # to isinstance, and Django turns it into 1 for an integer column.
-    PLAIN: tuple[tuple[type[models.Field], Callable[[Any], bool]], ...] = (
-        (models.CharField, lambda value: type(value) is str),
-        (models.TextField, lambda value: type(value) is str),
-        (models.IntegerField, lambda value: type(value) is int),
-        (models.FloatField, lambda value: type(value) is float),
-        (models.BooleanField, lambda value: type(value) is bool),
+    # Field classes whose get_db_prep_save answers a value of the type (and passing the test, if
+    # any) as it is (on both databases; subclasses such as PositiveIntegerField included). The type
+    # exactly: a bool is an int to isinstance, and Django turns it into 1 for an integer column.
+    PLAIN: tuple[tuple[type[models.Field], type, Callable[[Any], bool] | None], ...] = (
+        (models.CharField, str, None),
+        (models.TextField, str, None),
+        (models.IntegerField, int, None),
+        (models.FloatField, float, None),
+        (models.BooleanField, bool, None),
     )
     # And on PostgreSQL, whose driver takes these as they are (SQLite's backend turns them into text).
-    PLAIN_POSTGRESQL: tuple[tuple[type[models.Field], Callable[[Any], bool]], ...] = (
-        (models.UUIDField, lambda value: type(value) is uuid.UUID),
+    PLAIN_POSTGRESQL: tuple[tuple[type[models.Field], type, Callable[[Any], bool] | None], ...] = (
+        (models.UUIDField, uuid.UUID, None),
         # An aware datetime (Django warns about a naive one and makes it aware in TIME_ZONE).
-        (models.DateTimeField, lambda value: type(value) is datetime and value.tzinfo is not None),
+        (models.DateTimeField, datetime, lambda value: value.tzinfo is not None),
         # A finite Decimal (Django refuses NaN and infinities).
-        (models.DecimalField, lambda value: type(value) is Decimal and value.is_finite()),
+        (models.DecimalField, Decimal, lambda value: value.is_finite()),
     )
+    # Rows whose values have the same types need the same columns prepared: remembered for this
+    # many different combinations of types.
+    MAX_TYPE_PLANS = 256
 
     _cache: dict[tuple[type, str], _Columns] = {}
 
@@ -153,6 +157,11 @@ class _Columns:
         self.unique = quote(meta.get_field("request_id").column)
         plain = self.PLAIN + (self.PLAIN_POSTGRESQL if connection.vendor == "postgresql" else ())
         self._prepare = [self._preparer(field, plain) for field in self.fields]
+        # Per column, the types of the values it takes as they are without looking at the value;
+        # values() prepares only the others, reading every attribute in one attrgetter call.
+        self._as_is = [self._as_is_types(field, plain) for field in self.fields]
+        self._get = operator.attrgetter(*[field.attname for field in self.fields])
+        self._plans: dict[tuple[type, ...], tuple[int, ...]] = {}
         # One staging table per column list and types: a process whose model differs from the
         # one a connection's table was made for (a migration in between) uses another name.
         shape = ";".join(f"{field.column} {field.db_type(connection)}" for field in self.fields)
@@ -177,24 +186,53 @@ class _Columns:
         return columns
 
     @staticmethod
+    def _rule(
+        field: models.Field, plain: tuple[tuple[type[models.Field], type, Callable[[Any], bool] | None], ...]
+    ) -> tuple[type, Callable[[Any], bool] | None] | None:
+        """(type, test) a value of this field passes to go as it is; None: always prepared."""
+        if getattr(field, "auto_now", False) or getattr(field, "auto_now_add", False):
+            return None
+        return next(((kind_type, test) for kind, kind_type, test in plain if isinstance(field, kind)), None)
+
+    @classmethod
     def _preparer(
-        field: models.Field, plain: tuple[tuple[type[models.Field], Callable[[Any], bool]], ...]
+        cls, field: models.Field, plain: tuple[tuple[type[models.Field], type, Callable[[Any], bool] | None], ...]
     ) -> Callable[[models.Model, Any], Any]:
         attname = field.attname
-        test = next((test for kind, test in plain if isinstance(field, kind)), None)
-        if test is None or getattr(field, "auto_now", False) or getattr(field, "auto_now_add", False):
+        rule = cls._rule(field, plain)
+        if rule is None:
             return lambda log, connection: field.get_db_prep_save(field.pre_save(log, True), connection)
+        value_type, test = rule
 
         def prepare(log: models.Model, connection: Any) -> Any:
             value = getattr(log, attname)
-            if value is None or test(value):
+            if value is None or (type(value) is value_type and (test is None or test(value))):
                 return value
             return field.get_db_prep_save(value, connection)
 
         return prepare
 
+    @classmethod
+    def _as_is_types(
+        cls, field: models.Field, plain: tuple[tuple[type[models.Field], type, Callable[[Any], bool] | None], ...]
+    ) -> frozenset[type]:
+        rule = cls._rule(field, plain)
+        if rule is None:
+            return frozenset()
+        value_type, test = rule
+        return frozenset({type(None)} if test is not None else {type(None), value_type})
+
     def values(self, log: models.Model, connection: Any) -> list[Any]:
-        return [prepare(log, connection) for prepare in self._prepare]
+        values = list(self._get(log))
+        types = tuple(map(type, values))
+        plan = self._plans.get(types)
+        if plan is None:
+            plan = tuple(index for index, as_is in enumerate(self._as_is) if types[index] not in as_is)
+            if len(self._plans) < self.MAX_TYPE_PLANS:
+                self._plans[types] = plan
+        for index in plan:
+            values[index] = self._prepare[index](log, connection)
+        return values
 
 
 def _value_statements(columns: _Columns, logs: list[models.Model], connection: Any) -> list[tuple[str, list]]:
