@@ -5,6 +5,11 @@ what they stored, as the first write after a second does (`rollups.after_write`)
     scripts/with-postgres .venv/bin/python bench/ingest_profile.py
     .venv/bin/python bench/ingest_profile.py                         # SQLite (a temporary file)
     INGEST_PROFILE_SESSIONS=1 ...                                    # events carry session ids
+    INGEST_PROFILE_EVENTS=scale ...                                  # bench/scale_bench.py's events
+
+The events are bench/hotpath_bench.py's (20 users, one tag, timestamps within a second) or, with
+INGEST_PROFILE_EVENTS=scale, bench/scale_bench.py's (500 users, three models, timestamps over the
+last hour, 3 % failures), to tell which part of a batch those cost more.
 """
 
 from __future__ import annotations
@@ -24,6 +29,22 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "core.settings")
 
 BATCHES = int(os.environ.get("INGEST_PROFILE_BATCHES", "10"))
 SESSIONS = os.environ.get("INGEST_PROFILE_SESSIONS") == "1"
+EVENTS = os.environ.get("INGEST_PROFILE_EVENTS", "hotpath")
+
+
+def batch_maker():
+    """A function answering one new batch's body, of the events EVENTS names."""
+    from bench.hotpath_bench import event_batch
+
+    if EVENTS == "hotpath":
+        return event_batch
+    if EVENTS != "scale":
+        sys.exit(f"INGEST_PROFILE_EVENTS: hotpath or scale, not {EVENTS}")
+    sys.path.insert(0, str(ROOT / "bench"))  # scale_bench imports its neighbours by name
+    import scale_bench
+
+    seeds = iter(range(1_000_000))
+    return lambda: scale_bench.event_batches(1, next(seeds))[0]
 
 
 def main() -> None:
@@ -35,7 +56,8 @@ def main() -> None:
     call_command("migrate", verbosity=0)
     from django.db import connection
 
-    from bench.hotpath_bench import event_batch
+    event_batch = batch_maker()
+
     from llm import events, rollups
     from llm.ingest_limits import parse_json
     from llm.models import LLMRequestLog, calls_recorded
@@ -84,7 +106,7 @@ def main() -> None:
         started, cpu_started[0] = time.perf_counter(), time.thread_time()
         rollups.roll_up()
         timed("roll-up of 10 batches", started)
-    print(f"{connection.vendor}, median of {BATCHES} batches of 500 (roll-ups: of 3), load {_load()}")
+    print(f"{connection.vendor}, {EVENTS} events, median of {BATCHES} batches of 500 (roll-ups: of 3), load {_load()}")
     print(f"  {'':24} {'wall':>8}    {'CPU':>8}")
     for name, values in times.items():
         print(f"  {name:24} {statistics.median(values):8.1f} ms {statistics.median(cpu[name]):8.1f} ms")
