@@ -205,6 +205,8 @@ class ObservatoryASGIHandler(ASGIHandler):
             message = await receive()
             if message["type"] == "lifespan.startup":
                 await self.warm_up()
+                if self.rollups is not None:
+                    self.rollups.start()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 # What this worker admitted against the rate limits and has not yet added to the
@@ -232,20 +234,29 @@ class RollUpThread:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="django-rollups")
         self.lock = threading.Lock()
         self.queued: Future | None = None
+
+    def start(self) -> None:
+        """From now on this process's roll-ups after writes run here (a worker's lifespan startup:
+        a handler made without serving, as tests make one, changes nothing)."""
         # Imported here: the models it imports need django.setup(), which runs below.
         from llm.rollups import run_after_writes_with
 
-        self.route = run_after_writes_with
-        self.route(self.submit)
+        run_after_writes_with(self.submit)
 
     def submit(self, roll_up: Callable[[], None]) -> None:
         with self.lock:
             if self.queued is not None and not (self.queued.running() or self.queued.done()):
                 return
-            self.queued = self.executor.submit(run_in_own_thread, roll_up)
+            try:
+                self.queued = self.executor.submit(run_in_own_thread, roll_up)
+            except RuntimeError:
+                pass  # shutting down: the next roll-up (check_alerts, another worker's) adds these rows
 
     def shutdown(self) -> None:
-        self.route(None)
+        """Roll-ups after writes back in the writing thread; waits for the one running or queued."""
+        from llm.rollups import run_after_writes_with
+
+        run_after_writes_with(None)
         self.executor.shutdown(wait=True)
 
 
