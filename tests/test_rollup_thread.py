@@ -123,7 +123,9 @@ def test_served_calls_are_rolled_up_once_when_workers_stop_or_are_killed(
         pytest.skip("SQLite: the roll-up stays in the writing thread (one writer at a time)")
     fake_groq_server.reset()
     fake_groq_server.default = Behaviour(prompt_tokens=5, completion_tokens=2)
-    with serving(fake_groq_server, tmp_path_factory, django_db_blocker, PROMPT_RATE_LIMIT="0") as server:
+    with serving(
+        fake_groq_server, tmp_path_factory, django_db_blocker, PROMPT_RATE_LIMIT="0", ROLLUPS_AFTER_WRITE="True"
+    ) as server:
         key = server.api_key()
         answered = prompt_traffic(server, key, seconds=1.0)
         # A worker stopped as gunicorn stops one (its lifespan shutdown waits for its roll-up);
