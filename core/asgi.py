@@ -23,7 +23,8 @@ import io
 import logging
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import aclosing
 from operator import attrgetter
 
@@ -34,7 +35,7 @@ from django.core.exceptions import DisallowedHost, RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.core.handlers.base import BaseHandler
 from django.core.handlers.exception import convert_exception_to_response
-from django.db import DatabaseError, connection
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, close_old_connections, connection, connections
 from django.http import FileResponse
 from django.urls import get_resolver, set_script_prefix
 from django.utils.module_loading import import_string
@@ -61,6 +62,7 @@ class ObservatoryASGIHandler(ASGIHandler):
         # behind pages in the pool nor contend with each other for the database (on SQLite, 16
         # writers backing off from each other's locks wrote 40 rows a second).
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="django-writer")
+        self.rollups = RollUpThread() if connections[DEFAULT_DB_ALIAS].vendor == "postgresql" else None
         self.fast_chain = fast_middleware_chain()
         # Imported here: the view module needs django.setup(), which runs below.
         from llm.api.prompt import FAST_PATHS, fast_prompt
@@ -203,6 +205,8 @@ class ObservatoryASGIHandler(ASGIHandler):
             message = await receive()
             if message["type"] == "lifespan.startup":
                 await self.warm_up()
+                if self.rollups is not None:
+                    self.rollups.start()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 # What this worker admitted against the rate limits and has not yet added to the
@@ -211,8 +215,59 @@ class ObservatoryASGIHandler(ASGIHandler):
                 await close_vendor_clients()
                 self.executor.shutdown(wait=False)
                 self.writer.shutdown(wait=True)
+                if self.rollups is not None:
+                    self.rollups.shutdown()  # after the writer, whose last rows may ask for one
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+class RollUpThread:
+    """The roll-ups after writes (llm.rollups.after_write) of this worker, in a thread of their own,
+    so that no row writer, and no call waiting for its row, waits for one. One at a time, and at
+    most one more queued: a roll-up asked for while one waits to start is dropped, as the waiting
+    one will add those rows too (everything above the watermark when it starts).
+
+    PostgreSQL only: SQLite has one writer at a time, and a roll-up holds its lock (up to 0.5 s),
+    so the row writer would only wait on the database instead, polling for the lock."""
+
+    def __init__(self) -> None:
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="django-rollups")
+        self.lock = threading.Lock()
+        self.queued: Future | None = None
+
+    def start(self) -> None:
+        """From now on this process's roll-ups after writes run here (a worker's lifespan startup:
+        a handler made without serving, as tests make one, changes nothing)."""
+        # Imported here: the models it imports need django.setup(), which runs below.
+        from llm.rollups import run_after_writes_with
+
+        run_after_writes_with(self.submit)
+
+    def submit(self, roll_up: Callable[[], None]) -> None:
+        with self.lock:
+            if self.queued is not None and not (self.queued.running() or self.queued.done()):
+                return
+            try:
+                self.queued = self.executor.submit(run_in_own_thread, roll_up)
+            except RuntimeError:
+                pass  # shutting down: the next roll-up (check_alerts, another worker's) adds these rows
+
+    def shutdown(self) -> None:
+        """Roll-ups after writes back in the writing thread; waits for the one running or queued."""
+        from llm.rollups import run_after_writes_with
+
+        run_after_writes_with(None)
+        self.executor.shutdown(wait=True)
+
+
+def run_in_own_thread(function: Callable[[], None]) -> None:
+    """`function()` with a connection checked as a request's is at its start and end (Django's
+    request signals do that in the pool's threads): one gone bad, or too old, is closed."""
+    close_old_connections()
+    try:
+        function()
+    finally:
+        close_old_connections()
 
 
 def fast_middleware_chain():

@@ -369,10 +369,11 @@ INGEST_RATE_LIMIT = env.int("INGEST_RATE_LIMIT", default=600_000, minimum=0)  # 
 # roll-up after a write three small queries; a key added later counts once rebuild_rollups has run.
 ROLLUP_TAG_KEYS = env.names("ROLLUP_TAG_KEYS", default=["feature", "env"])
 
-# Roll up new calls right after they are written (llm/rollups.py). Not from the environment: only
-# the test suite turns it off, for live-server tests, whose server thread shares the test's
-# database and must not still be rolling up while the test's transaction is flushed.
-ROLLUPS_AFTER_WRITE = True
+# Roll up new calls right after they are written (llm/rollups.py; served by core/asgi.py on
+# PostgreSQL, in a thread of the worker's own, after the answer). Only the test suite turns it off:
+# for live-server tests and the servers it starts on its own database (tests/test_prompt_server.py),
+# which must not still be rolling up while a test's tables are flushed. Reads are exact without it.
+ROLLUPS_AFTER_WRITE = env.bool("ROLLUPS_AFTER_WRITE", default=True)
 
 # The log on standard error: "plain" text lines, or "json", one JSON object per line (time, level,
 # logger, message, request_id, and per request method, path, status, duration_ms, user or api_key;

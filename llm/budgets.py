@@ -109,14 +109,8 @@ def spent_hard_limits(now: datetime) -> list[Spent]:
     """The hard-limit budgets whose spend has reached their amount this period (cached, see above)."""
     global _spent_cache
     in_transaction = transaction.get_connection().in_atomic_block
-    cached = _spent_cache
-    if (
-        not in_transaction
-        and cached is not None
-        and cached[0] > time.monotonic()
-        and all(entry.period_end > now for entry in cached[1])
-    ):
-        return cached[1]
+    if not in_transaction and (known := spent_hard_limits_if_known(now)) is not None:
+        return known
     budgets = list(Budget.objects.filter(hard_limit=True))
     found = spent(budgets, now) if budgets else {}
     listed = [
@@ -147,21 +141,32 @@ models.signals.post_save.connect(forget_spent, sender=Budget, dispatch_uid="llm_
 models.signals.post_delete.connect(forget_spent, sender=Budget, dispatch_uid="llm_budgets_forget_on_delete")
 
 
+def covering(
+    spent_budgets: list[Spent], *, model_name: str, user_id: str, tags: dict[str, str], api_key_name: str
+) -> Spent | None:
+    """The first of these spent budgets whose scope covers a call with these labels, if any."""
+    for entry in spent_budgets:
+        if entry.budget.covers(model_name=model_name, user_id=user_id, tags=tags, api_key_name=api_key_name):
+            return entry
+    return None
+
+
 def refusal(
     *, model_name: str, user_id: str, tags: dict[str, str], api_key_name: str, now: datetime | None = None
 ) -> ProviderError | None:
     """Why a call with these labels must not reach the vendor (a spent hard-limit budget of its
     scope), as the error the proxy answers and logs; None: let it through."""
     now = now or timezone.now()
-    for entry in spent_hard_limits(now):
-        budget = entry.budget
-        if budget.covers(model_name=model_name, user_id=user_id, tags=tags, api_key_name=api_key_name):
-            return ProviderError(
-                error_type=LLMRequestLog.ErrorType.BUDGET_EXCEEDED,
-                message=refusal_message(entry),
-                retry_after_seconds=max((entry.period_end - now).total_seconds(), 1.0),
-            )
-    return None
+    entry = covering(
+        spent_hard_limits(now), model_name=model_name, user_id=user_id, tags=tags, api_key_name=api_key_name
+    )
+    if entry is None:
+        return None
+    return ProviderError(
+        error_type=LLMRequestLog.ErrorType.BUDGET_EXCEEDED,
+        message=refusal_message(entry),
+        retry_after_seconds=max((entry.period_end - now).total_seconds(), 1.0),
+    )
 
 
 SCOPE_WORDS = {"model": "model", "user": "user", "tag": "tag", "api_key": "API key"}

@@ -999,6 +999,17 @@ def catch_up(limit_per_call: int = CATCH_UP_LIMIT) -> int:
 
 
 _last_after_write = 0.0
+# Where the roll-up after a write runs: None, at once in the writing thread (after its commit);
+# else a function given the roll-up to run elsewhere. The ASGI worker's row writer hands it to a
+# thread of its own (core/asgi.py): there a roll-up (15-130 ms, PostgreSQL, 2 cores) held up
+# every call whose row was waiting to be written, and each call answers only once its row is.
+_after_write_runner: Callable[[Callable[[], None]], Any] | None = None
+
+
+def run_after_writes_with(runner: Callable[[Callable[[], None]], Any] | None) -> None:
+    """Run the roll-ups after writes through `runner(roll_up_after_write)` (None: in the writer)."""
+    global _after_write_runner
+    _after_write_runner = runner
 
 
 def after_write(sender: Any = None, created: int = 0, **kwargs: Any) -> None:
@@ -1010,6 +1021,15 @@ def after_write(sender: Any = None, created: int = 0, **kwargs: Any) -> None:
     if now - _last_after_write < AFTER_WRITE_INTERVAL:
         return
     _last_after_write = now
+    runner = _after_write_runner
+    if runner is None:
+        roll_up_after_write()
+    else:
+        runner(roll_up_after_write)
+
+
+def roll_up_after_write() -> None:
+    """The roll-up after a write; a database error is logged, not raised to the writer."""
     try:
         roll_up(limit=AFTER_WRITE_LIMIT, try_lock=True)
     except DatabaseError:

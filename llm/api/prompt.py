@@ -450,12 +450,13 @@ def _fast_checks(request: HttpRequest) -> tuple[APIKey, ChatRequest, CallContext
         data = serializer.validated_data
     chat, context, provider = call_parts(data, api_key.name, "")
     spent = budgets.spent_hard_limits_if_known(timezone.now())
-    if spent is None or any(
-        entry.budget.covers(
-            model_name=chat.model, user_id=context.user_id, tags=context.tags, api_key_name=context.api_key_name
-        )
-        for entry in spent
-    ):
+    # A budget covering the call: the ordinary path refuses it (budgets.refusal), with its row.
+    if spent is None:
+        return None
+    covered = budgets.covering(
+        spent, model_name=chat.model, user_id=context.user_id, tags=context.tags, api_key_name=context.api_key_name
+    )
+    if covered is not None:
         return None
     return api_key, chat, context, provider, data["stream"]
 
