@@ -1209,11 +1209,55 @@ def summed_cost_units() -> Any:
 
 
 def _user_totals_sql(the_plan: Plan, watermark: int) -> tuple[str, tuple]:
-    parts, params = _user_parts(the_plan, watermark, USER_ROLLUP_FIELDS, _user_raw_fields())
+    """Per-user sums of the plan's window. The local day the window ends in is read whole from the
+    user roll-ups, less the calls after the window's end, when those are fewer hours
+    (_ending_day_split): sums and counts subtract exactly. A user whose calls all fell after the
+    end sums to no requests and is left out."""
+    ending = _ending_day_split(the_plan)
+    trimmed = the_plan if ending is None else replace(the_plan, split=ending[0])
+    parts, params = _user_parts(trimmed, watermark, USER_ROLLUP_FIELDS, _user_raw_fields())
+    if ending is not None:
+        later = LLMRequestLog.objects.filter(the_plan.selection.matching()).exclude(user_id="").order_by()
+        later_sql, later_params = _per_user_sql(
+            later.filter(timestamp__gte=ending[1][0], timestamp__lt=ending[1][1]), _user_raw_fields()
+        )
+        negated = ", ".join(f"-{name}" for name in USER_ROLLUP_FIELDS)
+        parts = [*parts, f"SELECT user_id, {negated} FROM ({later_sql}) AS later"]  # noqa: S608 - ORM-made SQL
+        params = (*params, *later_params)
     union = " UNION ALL ".join(parts)
     sums = "SUM(u_requests) AS requests, SUM(u_errors) AS errors, SUM(u_total_tokens) AS total_tokens"
-    sql = f"SELECT user_id, {sums}, SUM(u_cost_units) AS cost_units FROM ({union}) AS parts GROUP BY user_id"  # noqa: S608
+    sql = (
+        f"SELECT user_id, {sums}, SUM(u_cost_units) AS cost_units FROM ({union}) AS parts"  # noqa: S608
+        " GROUP BY user_id HAVING SUM(u_requests) > 0"
+    )
     return sql, params
+
+
+def _ending_day_split(the_plan: Plan) -> tuple[rollup_math.Split, tuple[datetime, datetime]] | None:
+    """The plan's split with the local day its window ends in as a whole day, and the span of that
+    day after the window's end (to subtract), when the window holds the day's start and more of the
+    day than it leaves out (a window ending now: the rest of today, no calls). Else None. At
+    10,000,000 calls one model's 21 hours of today were ~36,500 calls read raw (~17 ms) where the
+    day's user roll-up holds ~600 rows. (Calls after the end are newer than those before it, so
+    purge_logs never leaves the subtracted part without the part it is taken from.)"""
+    chosen, zone = the_plan.selection, the_plan.zone
+    start, end = chosen.start, chosen.end
+    day = rollup_math.local_date(end, zone)
+    day_start = rollup_math.day_start(day, zone)
+    next_day = rollup_math.day_start(day + timedelta(days=1), zone)
+    if not start <= day_start < end or next_day - end >= end - day_start or not _daily_rows_from(chosen, start):
+        return None
+    split = rollup_math.split_window(start, day_start, zone)
+    split.days.append(day)
+    return split, (end, next_day)
+
+
+def _daily_rows_from(chosen: Selection, start: datetime) -> bool:
+    """Whether the daily roll-ups answer from `start` on (as `plan` decides for its whole days)."""
+    state = state_of(chosen)
+    since = state.days_since
+    zone = timezone.get_current_timezone()
+    return rollups.daily_rows_valid(state) and (since is None or start >= rollup_math.day_start(since, zone))
 
 
 # From this many whole days on, the users of the days are found by probing each user (_walked_users)
