@@ -3117,11 +3117,21 @@ def breakdown_tag_keys(logs: Selection | LLMRequestLogQuerySet, limit: int = 50)
     """The tag keys of a sample of the window's tagged calls (the newest 2,000), for the
     analytics page's `by` choices: "cost by feature" without typing the key."""
     chosen = selection(logs)
-    sample = newest_of_model(chosen.logs.exclude(tags={}), chosen).values_list("tags", flat=True)[:2000]
-    keys: set[str] = set()
-    for tags in sample:  # 2,000 small objects at most, not the window's rows
-        keys.update(tags if isinstance(tags, dict) else {})
-    return sorted(keys)[:limit]
+    sample = newest_of_model(chosen.logs.exclude(tags={}), chosen).values("tags")[:TAG_KEYS_SAMPLE]
+    sql, params = sample.query.sql_with_params()
+    # The database lists the keys: decoding the 2,000 objects in Python cost 8-15 ms a page.
+    if connections["default"].vendor == "postgresql":
+        keys = "jsonb_object_keys(sample.tags) AS key"
+        objects = "jsonb_typeof(sample.tags) = 'object'"
+    else:
+        keys, objects = "json_each(sample.tags)", "json_type(sample.tags) = 'object'"
+    listed = f"SELECT DISTINCT key FROM ({sql}) AS sample, {keys} WHERE {objects} ORDER BY key LIMIT %s"  # noqa: S608
+    with connections["default"].cursor() as cursor:
+        cursor.execute(listed, (*params, int(limit)))
+        return [key for (key,) in cursor.fetchall()]
+
+
+TAG_KEYS_SAMPLE = 2000
 
 
 SESSION_ORDERS = {
