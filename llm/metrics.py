@@ -75,6 +75,7 @@ from llm.models import (
     SessionTotals,
     SessionUser,
     UserFeedback,
+    WeeklyUserRollup,
 )
 
 # Sorting memory for the percentile queries on PostgreSQL. With the default 4 MB the planner walks
@@ -1121,16 +1122,24 @@ def _sums(figures: rollups.Figures) -> dict[str, Any]:
     return {name: getattr(figures, name) for name in ROLLUP_SUMS}
 
 
-def _user_sources(the_plan: Plan) -> tuple[list[QuerySet], list[tuple], list[tuple]]:
+def _user_sources(the_plan: Plan, *, weeks: bool = False) -> tuple[list[QuerySet], list[tuple], list[tuple]]:
     """Where the users of the plan's window are: the user roll-ups of its whole days and (without
-    a model or status filter) whole hours, the spans read raw, and the spans the roll-ups answer."""
+    a model or status filter) whole hours, the spans read raw, and the spans the roll-ups answer.
+    `weeks` (sums only, no status filter): the whole weeks among the days from WeeklyUserRollup."""
     chosen = the_plan.selection
     breakdown = bool(chosen.model or chosen.status)
     split = the_plan.split
     tables, raw_spans, rolled_spans = [], list(split.raw), []
     if split.days:
         table = DailyUserRollup if breakdown else DailyUserTotals
-        tables.append(table.objects.filter(chosen.matching(day__gte=split.days[0], day__lte=split.days[-1])))
+        runs = [(split.days[0], split.days[-1])]
+        if weeks and not chosen.status:
+            runs, whole_weeks = _around_whole_weeks(split.days[0], split.days[-1])
+            if whole_weeks is not None:
+                model = chosen.model or WeeklyUserRollup.ALL_MODELS
+                within = {"week__gte": whole_weeks[0], "week__lte": whole_weeks[1]}
+                tables.append(WeeklyUserRollup.objects.filter(model_name=model, **within))
+        tables.extend(table.objects.filter(chosen.matching(day__gte=first, day__lte=last)) for first, last in runs)
         rolled_spans.append(split.rolled_up_spans(the_plan.zone)[-1])
     if split.hours and not breakdown:
         within = Q(pk__in=[])
@@ -1143,19 +1152,36 @@ def _user_sources(the_plan: Plan) -> tuple[list[QuerySet], list[tuple], list[tup
     return tables, raw_spans, rolled_spans
 
 
+def _around_whole_weeks(first: date_type, last: date_type) -> tuple[list[tuple[date_type, date_type]], tuple | None]:
+    """The days [first, last] as the whole weeks (Monday to Sunday) among them, (first Monday,
+    last Monday) or None, and the runs of days before and after those weeks."""
+    monday = rollups.week_of(first + timedelta(days=6))  # the first Monday on or after `first`
+    final = rollups.week_of(last + timedelta(days=1)) - timedelta(days=7)  # the last whole week's Monday
+    if final < monday:
+        return [(first, last)], None
+    runs = [(first, monday - timedelta(days=1)), (final + timedelta(days=7), last)]
+    return [(start, end) for start, end in runs if start <= end], (monday, final)
+
+
 def _per_user_sql(rows: QuerySet, fields: dict[str, Aggregate] | None) -> tuple[str, tuple]:
     rows = rows.values("user_id").order_by()
     return (rows.annotate(**fields) if fields else rows).query.sql_with_params()
 
 
 def _user_parts(
-    the_plan: Plan, watermark: int, rollup_fields: dict | None, raw_fields: dict | None, *, walk_days: bool = False
+    the_plan: Plan,
+    watermark: int,
+    rollup_fields: dict | None,
+    raw_fields: dict | None,
+    *,
+    walk_days: bool = False,
+    weeks: bool = False,
 ) -> tuple:
     """SQL parts that together hold the users of the plan's window, each grouped by user (with
     `rollup_fields` / `raw_fields` when given): the user roll-ups (_user_sources), the raw rows
     of the other spans, and the rows above the watermark. `walk_days` (distinct users only): the
-    users of many whole days by _walked_users."""
-    tables, raw_spans, rolled_spans = _user_sources(the_plan)
+    users of many whole days by _walked_users. `weeks`: whole weeks from their roll-up."""
+    tables, raw_spans, rolled_spans = _user_sources(the_plan, weeks=weeks)
     days = the_plan.split.days
     walked = []
     if walk_days and len(days) >= WALK_USERS_FROM_DAYS and tables and tables[0].model is not HourlyUserTotals:
@@ -1215,7 +1241,7 @@ def _user_totals_sql(the_plan: Plan, watermark: int) -> tuple[str, tuple]:
     end sums to no requests and is left out."""
     ending = _ending_day_split(the_plan)
     trimmed = the_plan if ending is None else replace(the_plan, split=ending[0])
-    parts, params = _user_parts(trimmed, watermark, USER_ROLLUP_FIELDS, _user_raw_fields())
+    parts, params = _user_parts(trimmed, watermark, USER_ROLLUP_FIELDS, _user_raw_fields(), weeks=True)
     if ending is not None:
         later = LLMRequestLog.objects.filter(the_plan.selection.matching()).exclude(user_id="").order_by()
         later_sql, later_params = _per_user_sql(
