@@ -372,7 +372,7 @@ def _add_users(rows: LLMRequestLogQuerySet, periods: dict[str, Any]) -> None:
             for name in USER_TOTALS:
                 group[name] += row[name] or 0
         _add_user_rows(DailyUserRollup, ("day", "model_name", "status", "user_id"), daily)
-        _add_user_rows(WeeklyUserRollup, ("week", "model_name", "user_id"), _weekly(daily))
+        _add_weekly_users(_weekly(daily))
         _add_user_totals(DailyUserTotals, "day", _user_totals(fine, counts, "day"))
     if "hour" in periods:
         _add_user_totals(HourlyUserTotals, "hour", _user_totals(fine, counts, "hour"))
@@ -397,6 +397,27 @@ def _weekly(daily: dict[tuple, dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
             for column in USER_TOTALS:
                 group[column] += sums[column]
     return weekly
+
+
+def _add_weekly_users(added: dict[tuple, dict[str, Any]]) -> None:
+    """Add `added` ((week, model, user) -> sums) to WeeklyUserRollup: INSERT ... ON CONFLICT DO
+    UPDATE adding to the stored sums in SQL, 500 rows a statement. Reading the rows first and
+    writing their totals (_add_user_rows) made this table 16-25 % of a roll-up of 10,000 calls
+    with users (2,000 weekly rows) on the 1M copy."""
+    table = WeeklyUserRollup._meta.db_table
+    keys = ("week", "model_name", "user_id")
+    added_to = ", ".join(f"{name} = {table}.{name} + excluded.{name}" for name in USER_TOTALS)
+    columns = ", ".join((*keys, *USER_TOTALS))
+    rows = [(*key, *(as_units(sums[name]) for name in USER_TOTALS)) for key, sums in added.items()]
+    with connection.cursor() as cursor:
+        for first in range(0, len(rows), 500):
+            chunk = rows[first : first + 500]
+            values = ", ".join(["(" + ", ".join(["%s"] * len(chunk[0])) + ")"] * len(chunk))
+            cursor.execute(
+                f"INSERT INTO {table} ({columns}) VALUES {values}"  # noqa: S608 - our names; values are parameters
+                f" ON CONFLICT (model_name, week, user_id) DO UPDATE SET {added_to}",
+                [value for row in chunk for value in row],
+            )
 
 
 def fill_weekly_users(first: date | None = None, before: date | None = None, *, using: str = "default") -> None:
