@@ -1163,6 +1163,19 @@ def _around_whole_weeks(first: date_type, last: date_type) -> tuple[list[tuple[d
     return [(start, end) for start, end in runs if start <= end], (monday, final)
 
 
+def _joined_spans(spans: list[tuple[datetime, datetime]]) -> list[tuple[datetime, datetime]]:
+    """The spans in time order, those that touch joined: one index range and one part of the SQL
+    each (a model's raw edge minute and the raw hours after it were two; each part built costs
+    about a millisecond of Python)."""
+    joined: list[tuple[datetime, datetime]] = []
+    for start, end in sorted(spans):
+        if joined and start <= joined[-1][1]:
+            joined[-1] = (joined[-1][0], max(end, joined[-1][1]))
+        else:
+            joined.append((start, end))
+    return joined
+
+
 def _per_user_sql(rows: QuerySet, fields: dict[str, Aggregate] | None) -> tuple[str, tuple]:
     rows = rows.values("user_id").order_by()
     return (rows.annotate(**fields) if fields else rows).query.sql_with_params()
@@ -1188,7 +1201,7 @@ def _user_parts(
         chosen = the_plan.selection
         walked.append(_walked_users(tables.pop(0).model, days, chosen.model, chosen.status))
     matching = LLMRequestLog.objects.filter(the_plan.selection.matching()).exclude(user_id="").order_by()
-    raw = [matching.filter(timestamp__gte=start, timestamp__lt=end) for start, end in raw_spans]
+    raw = [matching.filter(timestamp__gte=start, timestamp__lt=end) for start, end in _joined_spans(raw_spans)]
     if rolled_spans:
         raw.append(above_watermark(matching, watermark, rolled_spans))
     parts = []
@@ -1331,7 +1344,8 @@ def unique_users_from_rollups(the_plan: Plan, watermark: int) -> int:
     if not parts:
         return 0
     with connections["default"].cursor() as cursor:
-        cursor.execute(f"SELECT COUNT(*) FROM ({' UNION '.join(parts)}) AS users", params)  # noqa: S608 - ORM-made SQL
+        # DISTINCT: a single part (one joined raw span) is a row per call, not deduplicated by a UNION.
+        cursor.execute(f"SELECT COUNT(DISTINCT user_id) FROM ({' UNION '.join(parts)}) AS users", params)  # noqa: S608
         return cursor.fetchone()[0]
 
 
