@@ -1790,6 +1790,33 @@ class DailyUserRollup(models.Model):
         return f"{self.day} {self.user_id} {self.model_name} {self.status}: {self.requests}"
 
 
+class WeeklyUserRollup(models.Model):
+    """One user's calls of a local week (Monday to Sunday in TIME_ZONE) and model, statuses
+    together; `model_name` "" holds all models. The sums of DailyUserRollup's rows of the week,
+    kept with them (llm/rollups.py): the top users over many days read a row per user and whole
+    week, and daily rows only for the days around the weeks (90 days of one model at 10,000,000
+    calls: ~80,000 daily rows, ~17,000 this way)."""
+
+    ALL_MODELS = ""
+
+    week = models.DateField(help_text="The Monday the week starts on.")
+    model_name = models.CharField(max_length=200, blank=True)
+    user_id = models.CharField(max_length=200)
+    requests = models.BigIntegerField(default=0)
+    errors = models.BigIntegerField(default=0)
+    total_tokens = models.BigIntegerField(default=0)
+    cost_units = models.BigIntegerField(default=0)  # USD 10^-10, as RollupFigures.cost_units
+
+    class Meta:
+        # Led by the model: a window's weeks of one model (or of all) are one index range.
+        constraints = [
+            models.UniqueConstraint(fields=["model_name", "week", "user_id"], name="llm_weeklyuserrollup_key")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.week} {self.user_id} {self.model_name or 'all models'}: {self.requests}"
+
+
 class UserTotals(models.Model):
     """One user's calls of a period, all models and statuses together."""
 

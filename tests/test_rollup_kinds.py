@@ -32,6 +32,7 @@ from llm.models import (
     SessionGroupTotals,
     SessionTotals,
     SessionUser,
+    WeeklyUserRollup,
 )
 from tests.factories import make_logs
 from tests.read_api_data import NOW
@@ -50,8 +51,9 @@ TABLES = (
     SessionTotals,
     SessionGroupTotals,
     SessionUser,
+    WeeklyUserRollup,
 )
-USER_AND_SESSION_TABLES = ('"llm_dailyuser', '"llm_hourlyuser', '"llm_session')  # quoted table names
+USER_AND_SESSION_TABLES = ('"llm_dailyuser', '"llm_hourlyuser', '"llm_weeklyuser', '"llm_session')  # quoted table names
 
 
 def contents() -> dict[str, list[tuple]]:
