@@ -1076,6 +1076,7 @@ def _read_shared_raw(
     outside = the_plan.outside_rows(watermark)
     if outside is not None:
         parts.append((-1, outside))
+    columns = _RawColumns(list(sums))
     for sign, rows in parts:
         grouped = _raw_grouped(rows, raw_period, sums)
         texts: dict[Any, str | None] = {None: None}
@@ -1084,30 +1085,40 @@ def _read_shared_raw(
             moment, rest = (row[0], row[1:]) if period_of else (None, row)
             if moment not in texts:
                 texts[moment] = raw_period.text(period_of(moment))
-            buckets.append(_add_raw_group(reading, texts[moment], rest, list(sums), sign))
+            buckets.append(columns.add(reading, texts[moment], rest, sign))
     return buckets
 
 
-def _add_raw_group(reading: SharedReading, local: str | None, row: tuple, names: list[str], sign: int) -> tuple:
-    """Add one group of raw rows (model, status, error type, bucket, then the sums `names`) to
-    `reading` under (local, model), its sums times `sign` (-1: subtracted); answers its (cell,
-    bucket, count)."""
-    model, status, error_type, bucket, *values = row
-    # Sums come as the driver answers them (a PostgreSQL SUM of integers is a numeric): the
-    # reading's integer and float columns are made whole or float in NumPy (_columns).
-    values[names.index("cost_units")] = rollups.as_units(values[names.index("cost_units")])
-    if sign < 0:
-        values = [None if value is None else -value for value in values]
-    requests = values[names.index("requests")]
-    failed = status == LLMRequestLog.Status.ERROR
-    reading.keys.append((local, model))
-    reading.values.append(
-        [*(values[names.index(name)] if name in names else None for name in ROLLUP_SUMS), requests if failed else 0]
-    )
-    if failed and local is not None:
-        reading.add_failures(error_type, requests, local)
-    cell = reading.cells.setdefault((local, model), len(reading.cells))
-    return cell, int(bucket), int(requests)
+class _RawColumns:
+    """Where a raw group's sums (_raw_sums, after model, status, error type and bucket) go among
+    a SharedReading's columns: positions found once, not per group (~2,000 groups a page)."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.cost, self.requests = names.index("cost_units"), names.index("requests")
+        self.positions = [names.index(name) if name in names else None for name in ROLLUP_SUMS]
+
+    def add(self, reading: SharedReading, local: str | None, row: tuple, sign: int) -> tuple[int, int, int]:
+        """Add one group under (local, model), its sums times `sign` (-1: subtracted); answers its
+        (cell, bucket, count)."""
+        model, status, error_type, bucket, *values = row
+        # Sums come as the driver answers them (a PostgreSQL SUM of integers is a numeric): the
+        # reading's integer and float columns are made whole or float in NumPy (_columns).
+        values[self.cost] = rollups.as_units(values[self.cost])
+        if sign < 0:
+            values = [None if value is None else -value for value in values]
+        requests = values[self.requests]
+        failed = status == LLMRequestLog.Status.ERROR
+        reading.keys.append((local, model))
+        reading.values.append(
+            [
+                *(None if position is None else values[position] for position in self.positions),
+                requests if failed else 0,
+            ]
+        )
+        if failed and local is not None:
+            reading.add_failures(error_type, requests, local)
+        cell = reading.cells.setdefault((local, model), len(reading.cells))
+        return cell, int(bucket), int(requests)
 
 
 def _raw_grouped(rows: QuerySet, raw_period: RawPeriod | None, sums: dict[str, Aggregate]) -> QuerySet:
