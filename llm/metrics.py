@@ -1086,46 +1086,61 @@ def _read_shared_raw(
     columns = _RawColumns(list(sums))
     for sign, rows in parts:
         grouped = _raw_grouped(rows, raw_period, sums)
-        texts: dict[Any, str | None] = {None: None}
-        period_of = _first_column_converter(grouped) if raw_period is not None else None
-        for row in _driver_rows(grouped):
-            moment, rest = (row[0], row[1:]) if period_of else (None, row)
-            if moment not in texts:
-                texts[moment] = raw_period.text(period_of(moment))
-            buckets.append(columns.add(reading, texts[moment], rest, sign))
+        found = _driver_rows(grouped)
+        if raw_period is None:
+            buckets.extend(columns.add(reading, [None] * len(found), found, sign))
+            continue
+        period_of = _first_column_converter(grouped)
+        moments = [row[0] for row in found]
+        texts = {moment: raw_period.text(period_of(moment)) for moment in set(moments)}
+        periods = [texts[moment] for moment in moments]
+        buckets.extend(columns.add(reading, periods, [row[1:] for row in found], sign))
     return buckets
 
 
 class _RawColumns:
-    """Where a raw group's sums (_raw_sums, after model, status, error type and bucket) go among
-    a SharedReading's columns: positions found once, not per group (~2,000 groups a page)."""
+    """Where raw groups' sums (_raw_sums, after model, status, error type and bucket) go among a
+    SharedReading's columns. The groups are added column by column (zip in C), not group by
+    group: a page reads ~2,000 raw groups at 10,000,000 calls (~4 µs each, one at a time)."""
 
     def __init__(self, names: list[str]) -> None:
         self.cost, self.requests = names.index("cost_units"), names.index("requests")
         self.positions = [names.index(name) if name in names else None for name in ROLLUP_SUMS]
 
-    def add(self, reading: SharedReading, local: str | None, row: tuple, sign: int) -> tuple[int, int, int]:
-        """Add one group under (local, model), its sums times `sign` (-1: subtracted); answers its
-        (cell, bucket, count)."""
-        model, status, error_type, bucket, *values = row
+    def add(self, reading: SharedReading, periods: list, rows: list[tuple], sign: int) -> list[tuple[int, int, int]]:
+        """Add groups (model, status, error type, bucket, sums) under (period, model), their sums
+        times `sign` (-1: subtracted); answers their (cell, bucket, count)."""
+        if not rows:
+            return []
+        models, statuses, error_types, buckets, *sums = (list(column) for column in zip(*rows, strict=True))
         # Sums come as the driver answers them (a PostgreSQL SUM of integers is a numeric): the
         # reading's integer and float columns are made whole or float in NumPy (_columns).
-        values[self.cost] = rollups.as_units(values[self.cost])
+        sums[self.cost] = [rollups.as_units(value) for value in sums[self.cost]]
         if sign < 0:
-            values = [None if value is None else -value for value in values]
-        requests = values[self.requests]
-        failed = status == LLMRequestLog.Status.ERROR
-        reading.keys.append((local, model))
-        reading.values.append(
-            [
-                *(None if position is None else values[position] for position in self.positions),
-                requests if failed else 0,
-            ]
+            sums = _negated_columns(sums)
+        requests = sums[self.requests]
+        error = LLMRequestLog.Status.ERROR
+        failed = [count if status == error else 0 for count, status in zip(requests, statuses, strict=True)]
+        missing = [None] * len(rows)
+        keys = list(zip(periods, models, strict=True))
+        reading.keys.extend(keys)
+        reading.values.extend(
+            zip(*(missing if position is None else sums[position] for position in self.positions), failed, strict=True)
         )
-        if failed and local is not None:
-            reading.add_failures(error_type, requests, local)
-        cell = reading.cells.setdefault((local, model), len(reading.cells))
-        return cell, int(bucket), int(requests)
+        _add_failures(reading, periods, error_types, failed)
+        cells = [reading.cells.setdefault(key, len(reading.cells)) for key in keys]
+        return list(zip(cells, map(int, buckets), map(int, requests), strict=True))
+
+
+def _negated_columns(columns: list[list]) -> list[list]:
+    return [[None if value is None else -value for value in column] for column in columns]
+
+
+def _add_failures(reading: SharedReading, periods: list, error_types: list[str], failed: list[int]) -> None:
+    """Count raw groups' failures (0: not failed) per error type and period (None: not kept)."""
+    for period, error_type, count in zip(periods, error_types, failed, strict=True):
+        if count and period is not None:
+            reading.add_failures(error_type, count, period)
 
 
 def _raw_grouped(rows: QuerySet, raw_period: RawPeriod | None, sums: dict[str, Aggregate]) -> QuerySet:
