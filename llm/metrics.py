@@ -609,6 +609,8 @@ class RawPeriod:
 
 
 SECONDS_PER_HOUR = 3600
+ONE_HOUR = timedelta(hours=1)
+ONE_DAY = timedelta(days=1)
 
 
 def _add_raw(
@@ -804,11 +806,11 @@ class SharedReading:
     # failures (None for 0), added up per key once the reading is complete (_columns).
     keys: list[tuple] = field(default_factory=list)
     values: list[list] = field(default_factory=list)
-    # error_type -> [failures, the start of the latest period with one].
+    # error_type -> [failures, the latest start and the latest end of an hour, day or period with one].
     failures: dict[str, list] = field(default_factory=dict)
     # (error_type, period) -> failures of whole hours reaching beyond the window, less those
     # beyond it (add_failures): whether the period still holds one of the window's.
-    edge_failures: dict[tuple[str, str], int] = field(default_factory=dict)
+    edge_failures: dict[tuple[str, str], tuple[int, datetime, datetime]] = field(default_factory=dict)
     # (period, model_name) -> row of `latency`, the merged latency histograms over the buckets
     # used (column j is bucket latency_first + j: rollup_math.merge_span).
     cells: dict[tuple, int] = field(default_factory=dict)
@@ -896,33 +898,56 @@ class SharedReading:
             self.codes = _coded(self.columns[0])
         return self.columns
 
-    def add_failures(self, error_type: str, count: int, period: str, *, edge: bool = False) -> None:
-        """Count `count` failures of `error_type` in `period` (a PeriodOf text). `edge`: of a whole
-        hour with rows outside the window (subtract_edges), or (negative) of those rows: the period
-        is a latest one only if some are left once the outside rows are subtracted."""
-        found = self.failures.setdefault(error_type, [0, None])
+    def add_failures(
+        self,
+        error_type: str,
+        count: int,
+        period: str,
+        *,
+        edge: bool = False,
+        span: tuple[datetime, datetime] | None = None,
+    ) -> None:
+        """Count `count` failures of `error_type` in `period` (a PeriodOf text), within `span`
+        (start, end) when narrower than the period (an hour of a reading by day). `edge`: of a
+        whole hour with rows outside the window (subtract_edges), or (negative) of those rows: the
+        hour holds a latest failure only if some are left once the outside rows are subtracted."""
+        found = self.failures.setdefault(error_type, [0, None, None])
         found[0] += int(count)
+        if span is None:
+            start = datetime.fromisoformat(period)
+            span = (start, period_end(start, self.period))
         if edge or count < 0:
-            self.edge_failures[(error_type, period)] = self.edge_failures.get((error_type, period), 0) + int(count)
+            known = self.edge_failures.get((error_type, period))
+            # The span of the edge hours' roll-ups; rows subtracted only lower the count.
+            if known is None:
+                low, high = span
+            elif count < 0:
+                low, high = known[1:]
+            else:
+                low, high = min(known[1], span[0]), max(known[2], span[1])
+            self.edge_failures[(error_type, period)] = ((known[0] if known else 0) + int(count), low, high)
         else:
-            moment = datetime.fromisoformat(period)
-            found[1] = moment if found[1] is None else max(found[1], moment)
+            found[1] = span[0] if found[1] is None else max(found[1], span[0])
+            found[2] = span[1] if found[2] is None else max(found[2], span[1])
+
+    def _settle_edges(self) -> None:
+        """The edge hours whose failures are not all beyond the window count as spans with one."""
+        for (error_type, period), (count, low, high) in self.edge_failures.items():
+            if count > 0:
+                self.add_failures(error_type, 0, period, span=(low, high))
+        self.edge_failures.clear()
 
     def failures_by_type(self) -> dict[str, tuple[int, datetime]]:
         """Per error type: its failures in the window, and a time its latest one is not before
-        (the start of the latest period it failed in)."""
-        for (error_type, period), count in self.edge_failures.items():
-            if count > 0:
-                self.add_failures(error_type, 0, period)
-        self.edge_failures.clear()
-        return {error_type: (count, moment) for error_type, (count, moment) in self.failures.items() if count}
+        (the latest start of an hour, day or period it failed in)."""
+        self._settle_edges()
+        return {error_type: (count, since) for error_type, (count, since, _until) in self.failures.items() if count}
 
     def failures_until(self) -> dict[str, datetime]:
-        """Per error type with failures: the end of the latest period it failed in (none later)."""
-        return {
-            error_type: period_end(moment, self.period)
-            for error_type, (_count, moment) in self.failures_by_type().items()
-        }
+        """Per error type with failures: a time its latest one is before (the latest end of an
+        hour, day or period it failed in)."""
+        self._settle_edges()
+        return {error_type: until for error_type, (count, _since, until) in self.failures.items() if count}
 
 
 REQUESTS_POSITION = INTEGER_SUMS.index("requests")
@@ -1041,7 +1066,8 @@ def _read_shared_failures(reading: SharedReading, the_plan: Plan, period_of: Per
         for error_type, count, latest in days.annotate(count=Sum("requests"), latest=Max("day")).values_list(
             "error_type", "count", "latest"
         ):
-            reading.add_failures(error_type, count, period_of(latest))
+            day = (rollup_math.day_start(latest, the_plan.zone), rollup_math.day_start(latest + ONE_DAY, the_plan.zone))
+            reading.add_failures(error_type, count, period_of(latest), span=day)
     if the_plan.split.hours:
         # The hours reaching beyond the window (subtract_edges) apart, each under its own epoch.
         edges = {floor for low, _high in the_plan.split.outside for floor in [rollup_math.floor_hour(low)]}
@@ -1052,9 +1078,13 @@ def _read_shared_failures(reading: SharedReading, the_plan: Plan, period_of: Per
         for row in hours.annotate(count=Sum("requests"), latest=Max(EpochSeconds("hour"))).values(
             *names, "count", "latest"
         ):
-            edge_hour = row.get("edge")
+            hour = hour_at(row.get("edge") or row["latest"])
             reading.add_failures(
-                row["error_type"], row["count"], period_of(hour_at(edge_hour or row["latest"])), edge=bool(edge_hour)
+                row["error_type"],
+                row["count"],
+                period_of(hour),
+                edge=bool(row.get("edge")),
+                span=(hour, hour + ONE_HOUR),
             )
 
 
