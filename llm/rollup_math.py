@@ -166,11 +166,14 @@ def percentiles(dense: np.ndarray, fractions: Sequence[float]) -> list[float | N
 @dataclass
 class Split:
     """How a window is read: `days` (local dates, each whole), `hours` ([start, end) spans of whole
-    UTC hours), `raw` ([start, end) spans read from the log rows)."""
+    UTC hours), `raw` ([start, end) spans read from the log rows), and `outside`: the parts of
+    some of those hours that lie outside the window, read from the log rows and subtracted
+    (subtract_edges)."""
 
     days: list[date] = field(default_factory=list)
     hours: list[tuple[datetime, datetime]] = field(default_factory=list)
     raw: list[tuple[datetime, datetime]] = field(default_factory=list)
+    outside: list[tuple[datetime, datetime]] = field(default_factory=list)
 
     @property
     def uses_rollups(self) -> bool:
@@ -244,6 +247,47 @@ def split_window(start: datetime, end: datetime, zone: tzinfo, *, days: bool = T
     _split_hours(start, days_start, split)
     _split_hours(days_end, end, split)
     return split
+
+
+def subtract_edges(split: Split, start: datetime, end: datetime, *, since: datetime) -> Split:
+    """`split` of [start, end) with each raw edge that is most of its UTC hour read as the whole
+    hour (roll-ups) minus the rest of that hour (`outside`, read raw and subtracted): the smaller
+    side of the hour is read from the log rows. For a window ending now the rest of the current
+    hour is (nearly) empty, and raw reads of recent calls are the slow ones (a page each in a
+    freshly loaded table). Sums and counts subtract exactly (integers; float sums to rounding),
+    histograms bucket by bucket (the difference is the kept side's histogram: the same bound).
+
+    Only an hour that starts at or after `since` and whose rest lies wholly outside the window
+    (not covered by a day or another hour), and only a span within one hour."""
+    hours, raw, outside = list(split.hours), [], list(split.outside)
+    for low, high in split.raw:
+        hour = floor_hour(low)
+        top = hour + timedelta(hours=1)
+        rest = [(a, b) for a, b in ((hour, low), (high, top)) if a < b]
+        eligible = (
+            high <= top
+            and hour >= since
+            and low in (hour, start)
+            and high in (top, end)
+            and sum((b - a for a, b in rest), timedelta(0)) < high - low
+        )
+        if eligible:
+            hours.append((hour, top))
+            outside.extend(rest)
+        else:
+            raw.append((low, high))
+    return Split(split.days, _merged(hours), raw, outside)
+
+
+def _merged(spans: list[tuple[datetime, datetime]]) -> list[tuple[datetime, datetime]]:
+    """Spans that do not overlap, sorted, adjacent ones joined."""
+    joined: list[tuple[datetime, datetime]] = []
+    for low, high in sorted(spans):
+        if joined and joined[-1][1] == low:
+            joined[-1] = (joined[-1][0], high)
+        else:
+            joined.append((low, high))
+    return joined
 
 
 def whole_hour_offsets(zone: tzinfo, *moments: datetime) -> bool:
