@@ -1736,9 +1736,9 @@ class _GroupedRows:
     the rows of [bounds[i], bounds[i + 1])), model and error type as codes, failed or not, the
     latency bucket where an edge needs its histogram, and the value a short window's percentile
     sorts, for the rows of such windows only (NULL elsewhere). So the alerts page at 10,000,000
-    calls fetches a few thousand groups plus the rows its percentiles sort, where it fetched and
-    converted every row of every part-hour (~60,000); the database still reads each row once.
-    Every sum is of integers: exact."""
+    calls (25 rules, ~12,000 calls an hour) fetches and converts 10,573 groups where it fetched
+    every row of every part-hour (59,085); the database still reads each row once. Every sum is of
+    integers: exact."""
 
     def __init__(self, short: list[Window], edges: list[Window]) -> None:
         windows = [*short, *edges]
