@@ -1898,85 +1898,93 @@ def _window_aggregates(window: Window) -> dict[str, Aggregate]:
 
 def _call_totals(windows: list[Window], edges: list[Window]) -> tuple[dict[Window, WindowTotals], dict[Window, Totals]]:
     """The short windows' figures, and the edges' (with their latency histograms), from one reading
-    of the rows they cover together (_RawRows), summed per window in NumPy. Percentiles are exact:
-    linear interpolation between closest ranks, as percentile_cont (NULLs left out, as SQL does)."""
-    rows = _RawRows([*windows, *edges], histogram=any(edge.latency for edge in edges))
+    of the rows they cover together, summed in SQL per group (_GroupedRows) and added up per window
+    in NumPy. Percentiles are exact: linear interpolation between closest ranks, as percentile_cont
+    (NULLs left out, as SQL does), over the values of the rows they sort."""
+    groups = _GroupedRows(windows, edges)
     measured = {}
     for window in windows:
-        within = rows.within(window)
-        errors = within & rows.failed
+        within = groups.within(window)
+        errors = within & groups.failed
         if window.error_type:
-            errors &= rows.has_error_type(window.error_type)
-        percentile = window.percentile or ("p95_latency_ms" if window.latency else "")
-        extra = {}
-        if percentile:
-            column, fraction = ALERT_PERCENTILES[percentile]
-            values = rows.column(column)[within]
-            values = values[~np.isnan(values)]
-            extra[percentile] = float(np.quantile(values, fraction)) if values.size else None
+            errors &= groups.has_error_type(window.error_type)
+        percentile = _percentile_of(window)
+        extra = {percentile: groups.percentile(within, percentile)} if percentile else {}
         measured[window] = WindowTotals(
-            requests=int(within.sum()),
-            errors=int(errors.sum()),
-            total_tokens=rows.sum("total_tokens", within),
-            cost=float(rollups.usd(rows.sum("cost_units", within))),
+            requests=groups.count(within),
+            errors=groups.count(errors),
+            total_tokens=groups.sum("total_tokens", within),
+            cost=float(rollups.usd(groups.sum("cost_units", within))),
             **extra,
         )
     edge_totals = {}
     for edge in edges:
-        within = rows.within(edge)
+        within = groups.within(edge)
         figures = rollups.Figures(
-            requests=int(within.sum()),
-            total_tokens=rows.sum("total_tokens", within),
-            cost_units=rows.sum("cost_units", within),
+            requests=groups.count(within),
+            total_tokens=groups.sum("total_tokens", within),
+            cost_units=groups.sum("cost_units", within),
         )
         if edge.latency:
-            buckets = rows.column("bucket")[within].astype(np.int64)
-            figures.latency += np.bincount(buckets, minlength=len(figures.latency))
-        edge_totals[edge] = Totals(figures, errors=int((within & rows.failed).sum()))
+            figures.latency += groups.histogram(within, len(figures.latency))
+        edge_totals[edge] = Totals(figures, errors=groups.count(within & groups.failed))
     return measured, edge_totals
 
 
-class _RawRows:
-    """The rows of some windows, read once as numbers (no text or timestamp converted in Python):
-    columns as NumPy arrays, and which rows each window holds."""
+def _percentile_of(window: Window) -> str:
+    """The key of ALERT_PERCENTILES a window's rule sorts, or "" (none)."""
+    return window.percentile or ("p95_latency_ms" if window.latency else "")
 
-    def __init__(self, windows: list[Window], histogram: bool) -> None:
+
+class _GroupedRows:
+    """The rows of some windows, read once and summed in SQL per group: time segment (segment i holds
+    the rows of [bounds[i], bounds[i + 1])), model and error type as codes, failed or not, the
+    latency bucket where an edge needs its histogram, and the value a short window's percentile
+    sorts, for the rows of such windows only (NULL elsewhere). So the alerts page at 10,000,000
+    calls (25 rules, ~12,000 calls an hour) fetches and converts 10,573 groups where it fetched
+    every row of every part-hour (59,085); the database still reads each row once. Every sum is of
+    integers: exact."""
+
+    def __init__(self, short: list[Window], edges: list[Window]) -> None:
+        windows = [*short, *edges]
         self.bounds = sorted({moment for window in windows for moment in (window.start, window.end)})
         self.place = {moment: index for index, moment in enumerate(self.bounds)}
         # The models and error types the windows name, by their index in these lists (-1: another).
         self.models = sorted({window.model for window in windows if window.model})
         self.error_types = sorted({window.error_type for window in windows if window.error_type})
-        columns = {
-            # Segment i holds the rows of [bounds[i], bounds[i + 1]).
+        keys = {
             "segment": _code_of("timestamp__lt", self.bounds[1:], default=len(self.bounds) - 1),
             "model": _code_of("model_name", self.models),
             "failed": _code_of("status", [LLMRequestLog.Status.ERROR]),
             "error_type": _code_of("error_type", self.error_types),
-            "total_tokens": F("total_tokens"),
-            "cost_units": _row_cost_units(),
-            **_percentile_columns(windows),
+            **_sorted_values(short),
         }
-        if histogram:  # each row's latency bucket, as the roll-ups count it
-            columns["bucket"] = rollups.bucket_of("latency_ms")
-        fetched = _fetch_numbers(LLMRequestLog.objects.filter(_covering(windows)).values_list(*columns.values()))
+        if histogram_edges := [edge for edge in edges if edge.latency]:
+            # Each row's latency bucket, as the roll-ups count it, where an edge needs it.
+            keys["bucket"] = Case(
+                When(_covering(histogram_edges), then=rollups.bucket_of("latency_ms")),
+                default=Value(-1),
+                output_field=IntegerField(),
+            )
+        sums = {"count": Count("pk"), "total_tokens": Sum("total_tokens"), "cost_units": Sum(_row_cost_units())}
+        names = [f"key_{name}" for name in keys]
+        rows = (
+            LLMRequestLog.objects.filter(_covering(windows))
+            .annotate(**dict(zip(names, keys.values(), strict=True)))
+            .values(*names)
+            .annotate(**sums)
+            .order_by()
+            .values_list(*names, *sums)
+        )
+        fetched = _fetch_numbers(rows)
         # Every value as a float, NULL as NaN (left out, as SQL does); exact for integers below 2^53.
-        table = np.array(fetched, dtype=float).reshape(-1, len(columns))
-        self.columns = dict(zip(columns, table.T, strict=True))
+        table = np.array(fetched, dtype=float).reshape(-1, len(keys) + len(sums))
+        self.columns = dict(zip([*keys, *sums], table.T, strict=True))
         self.failed = self.columns["failed"] == 0
-        if len(table) and np.abs(self.columns["cost_units"]).max() >= 2**53:  # calls of over $900,000
-            place = list(columns).index("cost_units")
-            self.columns["cost_units"] = np.array([row[place] for row in fetched], dtype=object)
+        if len(table) and np.abs(self.columns["cost_units"]).max() >= 2**53:  # over $900,000 in a group
+            place = len(keys) + list(sums).index("cost_units")
+            self.columns["cost_units"] = np.array([int(row[place]) for row in fetched], dtype=object)
         self._models: dict[str, np.ndarray] = {}
-
-    def column(self, name: str) -> np.ndarray:
-        return self.columns[name]
-
-    def sum(self, name: str, within: np.ndarray) -> int:
-        values = self.columns[name][within]
-        return int(values.sum() if values.dtype == object else values.astype(np.int64).sum())
-
-    def has_error_type(self, error_type: str) -> np.ndarray:
-        return self.columns["error_type"] == self.error_types.index(error_type)
 
     def within(self, window: Window) -> np.ndarray:
         segments = self.columns["segment"]
@@ -1987,11 +1995,41 @@ class _RawRows:
             inside &= self._models[window.model]
         return inside
 
+    def count(self, within: np.ndarray) -> int:
+        return int(self.columns["count"][within].astype(np.int64).sum())
 
-def _percentile_columns(windows: list[Window]) -> dict[str, F]:
-    """The columns the windows' percentiles sort."""
-    names = {window.percentile or ("p95_latency_ms" if window.latency else "") for window in windows}
-    return {ALERT_PERCENTILES[name][0]: F(ALERT_PERCENTILES[name][0]) for name in names if name}
+    def sum(self, name: str, within: np.ndarray) -> int:
+        values = self.columns[name][within]
+        return int(values.sum() if values.dtype == object else values.astype(np.int64).sum())
+
+    def has_error_type(self, error_type: str) -> np.ndarray:
+        return self.columns["error_type"] == self.error_types.index(error_type)
+
+    def histogram(self, within: np.ndarray, buckets: int) -> np.ndarray:
+        counts = self.columns["count"][within]
+        found = np.bincount(self.columns["bucket"][within].astype(np.int64), weights=counts, minlength=buckets)
+        return found.astype(np.int64)
+
+    def percentile(self, within: np.ndarray, percentile: str) -> float | None:
+        """A percentile of the window's rows: each group's value as many times as it has rows."""
+        column, fraction = ALERT_PERCENTILES[percentile]
+        values = self.columns[f"sorted_{column}"][within]
+        present = ~np.isnan(values)
+        values = np.repeat(values[present], self.columns["count"][within][present].astype(np.int64))
+        return float(np.quantile(values, fraction)) if values.size else None
+
+
+def _sorted_values(windows: list[Window]) -> dict[str, Case]:
+    """Per column a short window's percentile sorts: its value for the rows of those windows, NULL
+    for the others (so those still group together)."""
+    by_column = defaultdict(list)
+    for window in windows:
+        if percentile := _percentile_of(window):
+            by_column[ALERT_PERCENTILES[percentile][0]].append(window)
+    return {
+        f"sorted_{column}": Case(When(_covering(sorting), then=F(column)), default=None, output_field=FloatField())
+        for column, sorting in sorted(by_column.items())
+    }
 
 
 def _fetch_numbers(rows: QuerySet) -> list[tuple]:

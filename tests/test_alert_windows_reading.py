@@ -174,3 +174,46 @@ def test_costs_beyond_float_precision_are_summed_exactly(db):
     else:  # SQLite keeps a decimal as a float: each cost is already rounded where it is stored
         assert totals.cost == pytest.approx(float(sum(costs)), rel=1e-15)
     assert totals.requests == 3
+
+
+def test_calls_with_equal_values_each_count_once_in_sums_percentiles_and_histograms(db):
+    """The raw rows are summed per group in SQL: calls alike in every grouped column (same minute,
+    model, status and latency) become one group with a count, which must weigh as that many calls in
+    a percentile and in an edge's latency histogram."""
+    rng = random.Random(5)
+    latencies = [100.0, 250.0, 250.5, 900.0]
+    make_logs(
+        400,
+        timestamp=lambda i: NOW - timedelta(minutes=rng.choice([3, 40, 70, 150, 200])),
+        model_name=lambda i: MODELS[i % 2],
+        status=lambda i: "error" if i % 7 == 0 else "success",
+        latency_ms=lambda i: rng.choice(latencies),
+        ttft_ms=lambda i: None if i % 3 == 0 else rng.choice(latencies[:2]),
+        total_tokens=lambda i: i,
+        cost_estimate=lambda i: Decimal(i) / 10**6,
+    )
+    calls = list(LLMRequestLog.objects.all())
+    short = [
+        metrics.Window(NOW - timedelta(minutes=minutes), NOW, model, latency=True)
+        for minutes in (15, 60, 120)
+        for model in ("", MODELS[1])
+    ]
+    short.append(metrics.Window(NOW - timedelta(minutes=120), NOW, "", percentile="p95_ttft_ms"))
+    measured = metrics.window_totals(short)
+    for window in short:
+        rows = within(calls, window)
+        totals = measured[window]
+        assert (totals.requests, totals.errors) == (len(rows), sum(log.status == "error" for log in rows))
+        assert (totals.total_tokens, totals.cost) == (sum(log.total_tokens for log in rows), cost(rows))
+        if window.latency:
+            assert totals.p95_latency_ms == float(np.percentile([log.latency_ms for log in rows], 95))
+        else:
+            ttfts = [log.ttft_ms for log in rows if log.ttft_ms is not None]
+            assert totals.p95_ttft_ms == float(np.percentile(ttfts, 95))
+    # An edge's histogram: each call in its bucket, as the roll-ups count it.
+    edge = metrics.Window(NOW - timedelta(minutes=200), NOW - timedelta(minutes=100), MODELS[0], latency=True)
+    _, edges = metrics._raw_window_totals([], [edge])
+    rows = within(calls, edge)
+    expected = np.bincount([rollup_math.bucket_index(log.latency_ms) for log in rows], minlength=rollup_math.BUCKETS)
+    assert edges[edge].figures.latency.tolist() == expected.tolist()
+    assert (edges[edge].figures.requests, edges[edge].errors) == (len(rows), sum(log.status == "error" for log in rows))
