@@ -276,15 +276,16 @@ def subtract_edges(split: Split, start: datetime, end: datetime, *, since: datet
             outside.extend(rest)
         else:
             raw.append((low, high))
-    return Split(split.days, _merged(hours), raw, outside)
+    return Split(split.days, joined_spans(hours), raw, outside)
 
 
-def _merged(spans: list[tuple[datetime, datetime]]) -> list[tuple[datetime, datetime]]:
-    """Spans that do not overlap, sorted, adjacent ones joined."""
+def joined_spans(spans: list[tuple[datetime, datetime]]) -> list[tuple[datetime, datetime]]:
+    """The spans in time order, those that touch or overlap joined: one index range and one part of
+    a query each."""
     joined: list[tuple[datetime, datetime]] = []
     for low, high in sorted(spans):
-        if joined and joined[-1][1] == low:
-            joined[-1] = (joined[-1][0], high)
+        if joined and low <= joined[-1][1]:
+            joined[-1] = (joined[-1][0], max(high, joined[-1][1]))
         else:
             joined.append((low, high))
     return joined
