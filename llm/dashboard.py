@@ -310,7 +310,7 @@ def overview(window: TimeRange) -> dict[str, Any]:
         "p95_latency_ms": thresholds.level("p95_latency", current["p95_latency_ms"]),
         "total_cost": thresholds.level("cost_per_day", current["total_cost"] / days),
     }
-    errors_by_type = metrics.errors(chosen)["errors"]
+    errors_by_type = metrics.errors(chosen, recent)["errors"]
     return {
         "figures": current,
         "cards": [

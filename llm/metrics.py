@@ -369,6 +369,20 @@ class RecentRows:
     watermark: int
     hours: dict[tuple[int, str, str], tuple[int, int]]
     state: MetricWatermark | None = None
+    # {(error type, model): the UTC hours (epoch seconds) with a failure of that type}: where the
+    # latest failures of a window may lie beyond the roll-ups (errors()).
+    failed_hours: dict[tuple[str, str], set[int]] = field(default_factory=dict)
+
+    def failed_within(self, error_type: str, model: str, start: datetime, end: datetime) -> list[datetime]:
+        """The latest hour in [start, end) with one of these calls failing with `error_type` (of
+        `model`, when given), as a list of one or none."""
+        hours = [
+            hour
+            for (failed_type, model_name), epochs in self.failed_hours.items()
+            for hour in map(hour_at, epochs)
+            if failed_type == error_type and model in ("", model_name) and start <= hour < end
+        ]
+        return [max(hours)] if hours else []
 
     def touch(self, spans: list[tuple[datetime, datetime]], model: str = "", status: str = "") -> bool:
         """Whether some of these calls may lie within `spans` (of `model` and `status`, if given):
@@ -407,17 +421,20 @@ def recent_rows(watermark: int, state: MetricWatermark | None = None) -> RecentR
         LLMRequestLog.objects.filter(id__gt=watermark, id__lte=LARGEST_ID)
         .order_by()
         .annotate(hour=EpochSeconds("timestamp") / Value(SECONDS_PER_HOUR))
-        .values("hour", "model_name", "status")
+        .values("hour", "model_name", "status", "error_type")
         .annotate(requests=Count("id"), units=rollups.cost_units_sum())
     )
-    hours = {
-        (row["hour"] * SECONDS_PER_HOUR, row["model_name"], row["status"]): (
-            row["requests"],
-            rollups.as_units(row["units"]),
-        )
-        for row in rows
-    }
-    return RecentRows(watermark, hours, state if state is not None and state.last_id == watermark else None)
+    hours: dict[tuple[int, str, str], tuple[int, int]] = {}
+    failed_hours: dict[tuple[str, str], set[int]] = defaultdict(set)
+    for row in rows:
+        hour = row["hour"] * SECONDS_PER_HOUR
+        key = (hour, row["model_name"], row["status"])
+        requests, units = hours.get(key, (0, 0))
+        hours[key] = (requests + row["requests"], units + rollups.as_units(row["units"]))
+        if row["status"] == LLMRequestLog.Status.ERROR:
+            failed_hours[(row["error_type"], row["model_name"])].add(hour)
+    kept = state if state is not None and state.last_id == watermark else None
+    return RecentRows(watermark, hours, kept, dict(failed_hours))
 
 
 def rollup_state() -> MetricWatermark:
@@ -812,11 +829,10 @@ class SharedReading:
     # (error_type, period) -> failures of whole hours reaching beyond the window, less those
     # beyond it (add_failures): whether the period still holds one of the window's.
     edge_failures: dict[tuple[str, str], tuple[int, datetime, datetime]] = field(default_factory=dict)
-    # (period, model_name) -> row of `latency`, the merged latency histograms over the buckets
-    # used (column j is bucket latency_first + j: rollup_math.merge_span).
+    # (period, model_name) -> cell of `latency`: the latency histograms' counts per cell, summed
+    # per group only when a figure asks (rollup_math.Words).
     cells: dict[tuple, int] = field(default_factory=dict)
-    latency: Any = None
-    latency_first: int = 0
+    latency: rollup_math.Words | None = None
     # The roll-ups' state the reading was planned at (see state_of).
     state: MetricWatermark | None = None
     # The groups as arrays (_columns), once the reading is complete, and their keys coded (_coded).
@@ -834,24 +850,24 @@ class SharedReading:
         return {keyed: _figures(integers[index], floats[index]) for index, keyed in enumerate(groups)}
 
     def totals(self, group: tuple[str, ...], period: str | None) -> dict[tuple, Totals]:
-        """As fold_status(measure_at(..., (*group, "status"))) answers. The cells' histograms are
-        added per group in one NumPy pass (sorted by group, np.add.reduceat)."""
+        """As fold_status(measure_at(..., (*group, "status"))) answers. The cells' histogram counts
+        are summed per group in one NumPy pass (rollup_math.Words), and every group's percentiles
+        computed at once (Totals.known), not one histogram at a time."""
         groups, integers, floats = self._added(group)
         index_of = {keyed: index for index, keyed in enumerate(groups)}
         key_of = _key_getter([SHARED_KEY.index(name) for name in group])
+        # -1: cells of no call left (see _added)
         cells = np.fromiter((index_of.get(key_of(cell), -1) for cell in self.cells), np.int64, len(self.cells))
-        first, width = self.latency_first, self.latency.shape[1]
-        summed = np.zeros((len(groups), width), dtype=np.int64)
-        kept = np.flatnonzero(cells >= 0)  # all but cells of no call left (see _added)
-        if len(kept):
-            order = kept[np.argsort(cells[kept], kind="stable")]
-            starts = np.flatnonzero(np.diff(cells[order], prepend=-1))
-            summed[cells[order][starts]] = np.add.reduceat(self.latency[order], starts, axis=0)
+        first, summed = self.latency.summed_per_group(cells, len(groups))
+        width = summed.shape[1]
+        fractions = list(FRACTIONS.values())
+        known = rollup_math.percentiles_per_row(first, summed, fractions)
         found: dict[tuple, Totals] = {}
         for index, keyed in enumerate(groups):
             figures = _figures(integers[index], floats[index], latency=rollup_math.empty())
             figures.latency[first : first + width] = summed[index]
-            found[keyed] = Totals(figures, int(integers[index, ERRORS_POSITION]))
+            totals = found[keyed] = Totals(figures, int(integers[index, ERRORS_POSITION]))
+            totals.known = (figures.latency.copy(), dict(zip(fractions, known[index], strict=True)))
         return found
 
     def _added(self, group: tuple[str, ...]) -> tuple[list[tuple], Any, Any]:
@@ -1029,10 +1045,7 @@ def read_shared(
     if failures:
         _read_shared_failures(reading, the_plan, period_of)
     raw_buckets = _read_shared_raw(reading, the_plan, watermark, recent)
-    also = [bucket for _cell, bucket, _count in raw_buckets]
-    reading.latency_first, reading.latency = rollup_math.merge_span(owners, blobs, len(reading.cells), also)
-    for cell, bucket, count in raw_buckets:
-        reading.latency[cell, bucket - reading.latency_first] += count
+    reading.latency = rollup_math.unpack(owners, blobs, raw_buckets)
     return reading
 
 
@@ -1207,11 +1220,25 @@ class Totals:
 
     figures: rollups.Figures
     errors: int = 0
+    # (a copy of the latency histogram, {fraction: percentile}) when computed with other groups'
+    # at once (SharedReading.totals); used only while `figures.latency` still equals that copy.
+    known: tuple[Any, dict[float, float | None]] | None = field(default=None, compare=False, repr=False)
+
+    def percentiles(self, fractions: list[float]) -> list[float | None]:
+        """rollup_math.percentiles of the latency histogram; computed with other groups' when known."""
+        known = self.known
+        if (
+            known is not None
+            and all(f in known[1] for f in fractions)
+            and np.array_equal(known[0], self.figures.latency)
+        ):
+            return [known[1][fraction] for fraction in fractions]
+        return rollup_math.percentiles(self.figures.latency, fractions)
 
     def row(self, *percentile_names: str, min_calls: int = 0) -> dict[str, Any]:
         figures = self.figures
         requests = figures.requests
-        values = rollup_math.percentiles(figures.latency, [FRACTIONS[name] for name in percentile_names])
+        values = self.percentiles([FRACTIONS[name] for name in percentile_names])
         if requests < min_calls:
             values = [None] * len(percentile_names)
         return {
@@ -2356,19 +2383,21 @@ def cost_by_model(logs: Selection | LLMRequestLogQuerySet) -> list[dict[str, Any
     return [{"model": row["model_name"], "cost": _sum(row["cost"])} for row in rows]
 
 
-def errors(logs: Selection | LLMRequestLogQuerySet) -> dict[str, Any]:
-    """Errors per error_type: count, share of all errors (percent), latest message and time."""
+def errors(logs: Selection | LLMRequestLogQuerySet, recent: RecentRows | None = None) -> dict[str, Any]:
+    """Errors per error_type: count, share of all errors (percent), latest message and time.
+    `recent`: the calls above the roll-ups' watermark, summed (see RecentRows), when the caller
+    has them: then a type's latest failure is looked for within its latest hour (_failure_hours)."""
     chosen = selection(logs)
     counted = _error_counts(chosen)
     # From the shared reading, each type's latest failure lies in a known period: looked for
     # there, not back from the window's end through every later failure of the other types and
     # models (a model's rarer types at 10,000,000 calls: ~2,000 rows each, a page read apiece).
     shared = chosen.shared is not None and plan(chosen) is not None
-    latest = latest_errors(
-        chosen.logs.failed(),
-        {error_type: since for error_type, (_count, since) in counted[1].items()},
-        chosen.shared.failures_until() if shared else None,
-    )
+    since = {error_type: since for error_type, (_count, since) in counted[1].items()}
+    until = chosen.shared.failures_until() if shared else None
+    if until and recent is not None and recent.watermark == chosen.shared.watermark:
+        until = _failure_hours(chosen, since, until, recent)
+    latest = latest_errors(chosen.logs.failed(), since, until)
     total_requests, by_type = counted
     rows = sorted(by_type.items(), key=lambda item: (-item[1][0], item[0]))
     total_errors = sum(count for count, _since in by_type.values())  # a handful of types, not log rows
@@ -2387,6 +2416,44 @@ def errors(logs: Selection | LLMRequestLogQuerySet) -> dict[str, Any]:
             for error_type, (count, _since) in rows
         ],
     }
+
+
+def _failure_hours(
+    chosen: Selection, since: dict[str, datetime], until: dict[str, datetime], recent: RecentRows
+) -> dict[str, datetime]:
+    """`until` narrowed, per error type, to the end of the latest UTC hour within [since, until)
+    with a failure of that type: from HourlyRollup for the rolled-up calls (one query) and from
+    `recent` for the calls above its watermark (the reading's). A reading by day knows only the
+    day of a type's latest failure: at 10,000,000 calls a rarer type's search walked back through
+    the ~2,800 later failures of that day (one heap page each, 10-40 ms a type); within the hour,
+    through a few. Still a bound the latest failure is before: the hours hold every failure."""
+    wide = {
+        error_type: (rollup_math.floor_hour(since[error_type]), end)
+        for error_type, end in until.items()
+        if error_type in since and end - since[error_type] > ONE_HOUR
+    }
+    if not wide:
+        return until
+    latest = _latest_failed_hours(wide, chosen.model)
+    narrowed = dict(until)
+    for error_type, (start, end) in wide.items():
+        hours = [latest[error_type]] if error_type in latest else []
+        hours += recent.failed_within(error_type, chosen.model, start, end)
+        if hours:
+            narrowed[error_type] = min(end, max(hours) + ONE_HOUR)
+    return narrowed
+
+
+def _latest_failed_hours(spans: dict[str, tuple[datetime, datetime]], model: str) -> dict[str, datetime]:
+    """Per error type, the latest hour of HourlyRollup within its span [start, end) with a failure
+    of that type (of `model`, when given), in one query."""
+    within = Q(pk__in=[])
+    for error_type, (start, end) in spans.items():
+        within |= Q(error_type=error_type, hour__gte=start, hour__lt=end)
+    rows = HourlyRollup.objects.filter(within, status=LLMRequestLog.Status.ERROR, requests__gt=0)
+    if model:
+        rows = rows.filter(model_name=model)
+    return dict(rows.order_by().values("error_type").annotate(latest=Max("hour")).values_list("error_type", "latest"))
 
 
 def latest_errors(

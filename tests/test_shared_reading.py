@@ -6,6 +6,7 @@ read the window's roll-ups once instead of once per figure."""
 from __future__ import annotations
 
 import importlib
+import itertools
 import random
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
@@ -352,9 +353,63 @@ def test_rows_read_twice_under_one_key_add_up_as_in_turn():
     for key, total in expected.items():
         figures = found[key]
         assert [getattr(figures, name) for name in metrics.ROLLUP_SUMS] == total[:-1]
-    reading.latency, reading.cells = np.zeros((0, 0), dtype=np.int64), {}
+    reading.latency, reading.cells = rollup_math.unpack([], []), {}
     by_model = reading.totals(("model_name",), "hour")
     for model in MODELS:
         rows = [total for key, total in expected.items() if key[1] == model]
         assert by_model[(model,)].errors == sum(total[-1] for total in rows)
         assert by_model[(model,)].figures.requests == sum(total[0] for total in rows)
+
+
+def test_errors_looked_for_within_their_latest_hour_equal_the_raw_rows(calls):
+    """errors() given the calls above the watermark (the overview's `recent`) looks for each
+    type's latest failure only up to the end of the latest hour with one (HourlyRollup and the
+    calls above the watermark): the same answer as the raw rows, a bound never before the latest
+    failure, and by day a narrower one than the day's end."""
+    for (start, end, group_by), model in itertools.product(WINDOWS, ["", "model-b"]):
+        shared = metrics.share(chosen(start, end, model), group_by)
+        reading = shared.shared
+        recent = metrics.recent_rows(reading.watermark)
+        assert recent is not None and recent.failed_hours  # some failures above the watermark
+        answer = metrics.errors(shared, recent)
+        assert answer == metrics.errors(shared)
+        failed = sorted(
+            (log for log in within(calls, start, end, model) if log.is_error), key=lambda log: (log.timestamp, log.id)
+        )
+        assert {row["error_type"] for row in answer["errors"]} == {log.error_type for log in failed}
+        for row in answer["errors"]:
+            group = [log for log in failed if log.error_type == row["error_type"]]
+            assert row["count"] == len(group)
+            latest = (group[-1].error_message, group[-1].timestamp.isoformat())
+            assert (row["latest_message"], row["last_seen"]) == latest
+        since = {error_type: moment for error_type, (_count, moment) in metrics._error_counts(shared)[1].items()}
+        until = reading.failures_until()
+        narrowed = metrics._failure_hours(shared, since, until, recent)
+        for error_type, bound in narrowed.items():
+            latest_time = max(log.timestamp for log in failed if log.error_type == error_type)
+            assert latest_time < bound <= until[error_type]
+        if group_by == "day":
+            assert any(narrowed[error_type] < until[error_type] for error_type in narrowed)
+
+
+def test_a_latest_failure_above_the_watermark_before_a_later_one_outside_the_window_is_found():
+    """A type's latest failure of the window is above the watermark, in a later hour than any of
+    its rolled-up failures, and the same type failed again (also above the watermark) after the
+    day the reading says its latest failure lies in: the search still reaches the window's one."""
+    start, end = NOW - timedelta(days=3, minutes=13), NOW - timedelta(hours=5)
+    make_logs(3, status="error", error_type="timeout", error_message="rolled", timestamp=NOW - timedelta(days=2))
+    make_logs(2, status="success", timestamp=NOW - timedelta(days=1))
+    rollups.roll_up()
+    make_logs(1, status="error", error_type="timeout", error_message="in window", timestamp=NOW - timedelta(hours=6))
+    make_logs(1, status="error", error_type="timeout", error_message="later", timestamp=NOW + timedelta(days=1))
+    other = NOW - timedelta(hours=5, minutes=30)
+    make_logs(4, status="error", error_type="rate_limit", error_message="other", timestamp=other)
+    shared = metrics.share(chosen(start, end), "day")
+    recent = metrics.recent_rows(shared.shared.watermark)
+    rows = {row["error_type"]: row for row in metrics.errors(shared, recent)["errors"]}
+    assert rows["timeout"]["count"] == 4
+    assert (rows["timeout"]["latest_message"], rows["timeout"]["last_seen"]) == (
+        "in window",
+        (NOW - timedelta(hours=6)).isoformat(),
+    )
+    assert rows["rate_limit"]["latest_message"] == "other"
