@@ -293,14 +293,14 @@ def previous_figures(window: TimeRange, recent: metrics.RecentRows | None = None
 
 
 def overview(window: TimeRange) -> dict[str, Any]:
+    # The calls not rolled up yet, read once for the window, the previous window and the month's forecast.
+    state = metrics.rollup_state()
+    recent = metrics.recent_rows(state.last_id, state)
     # The window read once for the figures, the series, the errors and the cost by model.
-    chosen = metrics.share(window.selection(), window.group_by)
+    chosen = metrics.share(window.selection(), window.group_by, recent)
     logs = chosen.logs
     # The cards' figures: the page shows no unique users, the costliest figure of a window.
     current = metrics.overview_figures(chosen)
-    # The calls not rolled up yet, summed once for the previous window and the month's forecast.
-    state = metrics.state_of(chosen)
-    recent = metrics.recent_rows(state.last_id, state)
     previous = previous_figures(window, recent)
     series = _filled(metrics.timeseries(chosen, window.group_by, start=window.start, end=window.end), window)
     thresholds = DashboardSettings.load()

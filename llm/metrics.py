@@ -372,6 +372,10 @@ class RecentRows:
     # {(error type, model): the UTC hours (epoch seconds) with a failure of that type}: where the
     # latest failures of a window may lie beyond the roll-ups (errors()).
     failed_hours: dict[tuple[str, str], set[int]] = field(default_factory=dict)
+    # The calls grouped as a shared reading groups raw rows by hour (_raw_grouped: UTC hour number,
+    # model, status, error type, latency bucket, then _raw_sums): a page's reading takes those of
+    # its rolled-up spans from here rather than reading the calls again (_recent_within).
+    groups: list[tuple] = field(default_factory=list)
 
     def failed_within(self, error_type: str, model: str, start: datetime, end: datetime) -> list[datetime]:
         """The latest hour in [start, end) with one of these calls failing with `error_type` (of
@@ -417,24 +421,23 @@ def recent_rows(watermark: int, state: MetricWatermark | None = None) -> RecentR
     newest = LLMRequestLog.objects.order_by("-id").values_list("id", flat=True).first() or 0
     if newest - watermark > RECENT_ROWS_LIMIT:
         return None
-    rows = (
-        LLMRequestLog.objects.filter(id__gt=watermark, id__lte=LARGEST_ID)
-        .order_by()
-        .annotate(hour=EpochSeconds("timestamp") / Value(SECONDS_PER_HOUR))
-        .values("hour", "model_name", "status", "error_type")
-        .annotate(requests=Count("id"), units=rollups.cost_units_sum())
+    sums = _raw_sums()
+    requests, cost = list(sums).index("requests") + 5, list(sums).index("cost_units") + 5
+    above = LLMRequestLog.objects.filter(id__gt=watermark, id__lte=LARGEST_ID).order_by()
+    grouped = above.annotate(
+        bucket=rollups.bucket_of("latency_ms"), period=EpochSeconds("timestamp") / Value(SECONDS_PER_HOUR)
     )
+    groups = _driver_rows(grouped.values("period", "model_name", "status", "error_type", "bucket").annotate(**sums))
     hours: dict[tuple[int, str, str], tuple[int, int]] = {}
     failed_hours: dict[tuple[str, str], set[int]] = defaultdict(set)
-    for row in rows:
-        hour = row["hour"] * SECONDS_PER_HOUR
-        key = (hour, row["model_name"], row["status"])
-        requests, units = hours.get(key, (0, 0))
-        hours[key] = (requests + row["requests"], units + rollups.as_units(row["units"]))
-        if row["status"] == LLMRequestLog.Status.ERROR:
-            failed_hours[(row["error_type"], row["model_name"])].add(hour)
+    for group in groups:
+        hour, model_name, status, error_type = int(group[0]) * SECONDS_PER_HOUR, *group[1:4]
+        count, units = hours.get((hour, model_name, status), (0, 0))
+        hours[(hour, model_name, status)] = (count + int(group[requests]), units + rollups.as_units(group[cost]))
+        if status == LLMRequestLog.Status.ERROR:
+            failed_hours[(error_type, model_name)].add(hour)
     kept = state if state is not None and state.last_id == watermark else None
-    return RecentRows(watermark, hours, kept, dict(failed_hours))
+    return RecentRows(watermark, hours, kept, dict(failed_hours), groups)
 
 
 def rollup_state() -> MetricWatermark:
@@ -1009,13 +1012,15 @@ def _key_getter(positions: list[int]) -> Any:
     return operator.itemgetter(*positions)
 
 
-def share(chosen: Selection, period: str) -> Selection:
-    """`chosen` with its window read once by `period` (`shared`), when the roll-ups answer it."""
-    state = rollup_state()
+def share(chosen: Selection, period: str, recent: RecentRows | None = None) -> Selection:
+    """`chosen` with its window read once by `period` (`shared`), when the roll-ups answer it.
+    `recent`: the calls above the watermark, summed (see RecentRows), when the caller has them
+    (planned at their state: the reading then takes those calls from them, not the logs)."""
+    state = recent.state if recent is not None and recent.state is not None else rollup_state()
     the_plan = plan(chosen, period, state=state, subtract=True)
     if the_plan is None:
         return chosen
-    reading = consistent(lambda watermark: read_shared(the_plan, watermark), the_plan)
+    reading = consistent(lambda watermark: read_shared(the_plan, watermark, recent=recent), the_plan)
     if reading is None:
         return chosen
     reading.state = state if reading.watermark == state.last_id else None
@@ -1123,7 +1128,9 @@ def _read_shared_raw(
     sums = _raw_sums()
     buckets: list[tuple[int, int, int]] = []
     raw_period = RawPeriod(the_plan) if the_plan.period else None
-    parts = [(1, rows) for rows in _raw_parts(the_plan, watermark, recent)]
+    known = _recent_within(the_plan, watermark, recent)
+    kept = _raw_parts(the_plan, watermark, recent) if known is None else the_plan.raw_rows(watermark)[:-1]
+    parts = [(1, rows) for rows in kept]
     outside = the_plan.outside_rows(watermark)
     if outside is not None:
         parts.append((-1, outside))
@@ -1139,7 +1146,46 @@ def _read_shared_raw(
         texts = {moment: raw_period.text(period_of(moment)) for moment in set(moments)}
         periods = [texts[moment] for moment in moments]
         buckets.extend(columns.add(reading, periods, [row[1:] for row in found], sign))
+    if known:
+        buckets.extend(_add_recent(reading, columns, the_plan, known))
     return buckets
+
+
+def _add_recent(reading: SharedReading, columns: _RawColumns, the_plan: Plan, known: list[tuple]) -> list[tuple]:
+    """Add RecentRows groups (_recent_within) to `reading` under their hour's period."""
+    period_of = PeriodOf(the_plan.period, the_plan.zone)
+    texts = {hour: period_of(hour_at(hour * SECONDS_PER_HOUR)) for hour in {group[0] for group in known}}
+    return columns.add(reading, [texts[group[0]] for group in known], [group[1:] for group in known], 1)
+
+
+def _recent_within(the_plan: Plan, watermark: int, recent: RecentRows | None) -> list[tuple] | None:
+    """The groups of `recent` (RecentRows.groups) the plan's reading counts above the watermark:
+    those of its model and status in hours wholly within its rolled-up spans. None when they do
+    not tell: read at another watermark, a breakdown's reading, or an hour partly within the spans
+    or not one local hour (a zone a half hour off UTC): then the calls are read."""
+    if recent is None or recent.watermark != watermark or the_plan.breakdown:
+        return None
+    chosen = the_plan.selection
+    bounds = [(start.timestamp(), end.timestamp()) for start, end in the_plan.rolled_up_within()]
+    kept = []
+    for group in recent.groups:
+        if chosen.model not in ("", group[1]) or chosen.status not in ("", group[2]):
+            continue
+        place = _hour_within(group[0] * SECONDS_PER_HOUR, bounds, the_plan.zone)
+        if place is None:
+            return None
+        if place:
+            kept.append(group)
+    return kept
+
+
+def _hour_within(low: int, bounds: list[tuple[float, float]], zone: Any) -> bool | None:
+    """Whether the UTC hour starting `low` (epoch seconds) lies wholly within one of `bounds` (and
+    is one local hour), or wholly outside them all; None: partly within, or not one local hour."""
+    high = low + SECONDS_PER_HOUR
+    if any(low >= start and high <= end for start, end in bounds):
+        return True if rollup_math.whole_hour_offsets(zone, hour_at(low)) else None
+    return None if any(low < end and high > start for start, end in bounds) else False
 
 
 class _RawColumns:

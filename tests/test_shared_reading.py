@@ -11,6 +11,7 @@ import random
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pytest
@@ -413,3 +414,42 @@ def test_a_latest_failure_above_the_watermark_before_a_later_one_outside_the_win
         (NOW - timedelta(hours=6)).isoformat(),
     )
     assert rows["rate_limit"]["latest_message"] == "other"
+
+
+def test_a_reading_given_the_calls_above_the_watermark_takes_them_from_there(calls):
+    """share(..., recent): the calls above the watermark within the rolled-up spans come from
+    RecentRows.groups (no query of their own), every figure the same as read alone, for windows by hour
+    and by day, with a model or a status filter, and figures over the raw rows too."""
+    state = metrics.rollup_state()
+    recent = metrics.recent_rows(state.last_id, state)
+    assert recent is not None and recent.groups
+    filters = [("", ""), ("model-b", ""), ("", "error")]
+    for (start, end, group_by), (model, status) in itertools.product(WINDOWS, filters):
+        alone = chosen(start, end, model, status)
+        with CaptureQueriesContext(connection) as without:
+            metrics.share(alone, group_by)
+        with CaptureQueriesContext(connection) as given:
+            shared = metrics.share(alone, group_by, recent)
+        # Neither the roll-ups' state (recent's) nor the calls above the watermark read again.
+        assert len(given) == len(without) - 2
+        for figure in FIGURES:
+            assert_same(figure(shared, group_by), figure(alone, group_by))
+        rows = within(calls, start, end, model, status)
+        figures = metrics.overview(shared)
+        assert (figures["total_requests"], figures["failed_requests"], figures["total_cost"]) == (
+            len(rows),
+            sum(log.is_error for log in rows),
+            cost(rows),
+        )
+
+
+def test_an_hour_partly_within_the_spans_or_not_one_local_hour_is_not_taken_from_the_groups():
+    """_hour_within: wholly within a span, wholly outside every span, or neither (then the calls
+    are read); a UTC hour that is not one local hour (a zone a half hour off UTC) is not taken."""
+    hour = int(datetime(2026, 3, 30, 10, tzinfo=UTC).timestamp())
+    bounds = [(hour - 7200.0, hour + 3600.0), (hour + 7200.0 + 60, hour + 9 * 3600.0)]
+    assert metrics._hour_within(hour, bounds, UTC) is True
+    assert metrics._hour_within(hour + 3600, bounds, UTC) is False
+    assert metrics._hour_within(hour + 7200, bounds, UTC) is None  # starts a minute before the span
+    assert metrics._hour_within(hour, bounds, ZoneInfo("Asia/Kolkata")) is None
+    assert metrics._hour_within(hour, bounds, ZoneInfo("Europe/Paris")) is True
