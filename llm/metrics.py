@@ -857,11 +857,7 @@ class SharedReading:
         are summed per group in one NumPy pass (rollup_math.Words), and every group's percentiles
         computed at once (Totals.known), not one histogram at a time."""
         groups, integers, floats = self._added(group)
-        index_of = {keyed: index for index, keyed in enumerate(groups)}
-        key_of = _key_getter([SHARED_KEY.index(name) for name in group])
-        # -1: cells of no call left (see _added)
-        cells = np.fromiter((index_of.get(key_of(cell), -1) for cell in self.cells), np.int64, len(self.cells))
-        first, summed = self.latency.summed_per_group(cells, len(groups))
+        first, summed = self._summed_latency(group, groups)
         width = summed.shape[1]
         fractions = list(FRACTIONS.values())
         known = rollup_math.percentiles_per_row(first, summed, fractions)
@@ -872,6 +868,41 @@ class SharedReading:
             totals = found[keyed] = Totals(figures, int(integers[index, ERRORS_POSITION]))
             totals.known = (figures.latency.copy(), dict(zip(fractions, known[index], strict=True)))
         return found
+
+    def rows(self, group: tuple[str, ...], percentile_names: tuple[str, ...], min_calls: int = 0) -> dict[tuple, dict]:
+        """As {key: totals.row(*percentile_names, min_calls=min_calls) for key, totals in
+        self.totals(group, period).items()} answers, the figures of all groups built from columns
+        (no histogram array and Totals per group: 7 days by hour are ~160 of them)."""
+        groups, integers, floats = self._added(group)
+        first, summed = self._summed_latency(group, groups)
+        values = rollup_math.percentiles_per_row(first, summed, [FRACTIONS[name] for name in percentile_names])
+        columns = {name: integers[:, INTEGER_SUMS.index(name)].tolist() for name in ROW_INTEGERS}
+        errors = integers[:, ERRORS_POSITION].tolist()
+        latency_sums = floats[:, FLOAT_SUMS.index("latency_sum_ms")].tolist()
+        found = {}
+        for index, keyed in enumerate(groups):
+            requests = columns["requests"][index]
+            percentiles = values[index] if requests >= min_calls else [None] * len(percentile_names)
+            found[keyed] = {
+                "requests": requests,
+                "errors": errors[index],
+                "prompt_tokens": columns["prompt_tokens"][index],
+                "completion_tokens": columns["completion_tokens"][index],
+                "total_tokens": columns["total_tokens"][index],
+                "cost": float(rollups.usd(columns["cost_units"][index])),
+                "avg_latency_ms": latency_sums[index] / requests if requests else None,
+                **{f"{name}_latency_ms": value for name, value in zip(percentile_names, percentiles, strict=True)},
+                "error_rate": rate(errors[index], requests),
+            }
+        return found
+
+    def _summed_latency(self, group: tuple[str, ...], groups: list[tuple]) -> tuple[int, Any]:
+        """The latency counts summed per group of `groups` (the keys _added answers, in order)."""
+        index_of = {keyed: index for index, keyed in enumerate(groups)}
+        key_of = _key_getter([SHARED_KEY.index(name) for name in group])
+        # -1: cells of no call left (see _added)
+        cells = np.fromiter((index_of.get(key_of(cell), -1) for cell in self.cells), np.int64, len(self.cells))
+        return self.latency.summed_per_group(cells, len(groups))
 
     def _added(self, group: tuple[str, ...]) -> tuple[list[tuple], Any, Any]:
         """The groups by `group` (names of SHARED_KEY) in the order first read, and their integer
@@ -971,6 +1002,8 @@ class SharedReading:
 
 
 REQUESTS_POSITION = INTEGER_SUMS.index("requests")
+# The integer sums a figure's row shows (Totals.row).
+ROW_INTEGERS = ("requests", "prompt_tokens", "completion_tokens", "total_tokens", "cost_units")
 ERRORS_POSITION = len(INTEGER_SUMS)  # of SharedReading's integer sums: the failures, after INTEGER_SUMS
 # The histograms of figures that carry none (SharedReading.sums): one array, read-only, rather than
 # two 1,397-bucket arrays made per group (~10 ms per figure over a 7-day reading by hour).
@@ -2248,6 +2281,10 @@ def _periods_from_rollups(
 ) -> list[dict[str, Any]] | None:
     """Per period, as _traffic answers, from the roll-ups; None: read the logs."""
     the_plan = plan(chosen, group_by)
+    shared = chosen.shared
+    if the_plan is not None and not the_plan.breakdown and shared is not None and shared.answers(group_by):
+        rows = shared.rows(("period",), percentile_names, MIN_CALLS_FOR_PERCENTILE)
+        return [{"period": period, **row} for (period,), row in sorted(rows.items())]
     found = None if the_plan is None else measure_totals(the_plan, ("period",))
     if found is None:
         return None

@@ -453,3 +453,19 @@ def test_an_hour_partly_within_the_spans_or_not_one_local_hour_is_not_taken_from
     assert metrics._hour_within(hour + 7200, bounds, UTC) is None  # starts a minute before the span
     assert metrics._hour_within(hour, bounds, ZoneInfo("Asia/Kolkata")) is None
     assert metrics._hour_within(hour, bounds, ZoneInfo("Europe/Paris")) is True
+
+
+def test_rows_built_from_columns_are_the_rows_of_each_groups_totals(calls):
+    """SharedReading.rows (the series' rows, built from columns for all groups at once) equal
+    Totals.row of each group's totals, value for value (floats to the last bit)."""
+    names = ("p50", "p95", "p99")
+    for start, end, group_by in WINDOWS:
+        for model, status in [("", ""), ("model-b", ""), ("", "error")]:
+            reading = metrics.share(chosen(start, end, model, status), group_by).shared
+            for group in [("period",), (), ("model_name",), ("period", "model_name")]:
+                for min_calls in (0, 10):
+                    expected = {
+                        key: totals.row(*names, min_calls=min_calls)
+                        for key, totals in reading.totals(group, group_by).items()
+                    }
+                    assert reading.rows(group, names, min_calls) == expected
