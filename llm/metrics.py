@@ -1200,16 +1200,12 @@ def _recent_within(the_plan: Plan, watermark: int, recent: RecentRows | None) ->
         return None
     chosen = the_plan.selection
     bounds = [(start.timestamp(), end.timestamp()) for start, end in the_plan.rolled_up_within()]
-    kept = []
-    for group in recent.groups:
-        if chosen.model not in ("", group[1]) or chosen.status not in ("", group[2]):
-            continue
-        place = _hour_within(group[0] * SECONDS_PER_HOUR, bounds, the_plan.zone)
-        if place is None:
-            return None
-        if place:
-            kept.append(group)
-    return kept
+    groups = [group for group in recent.groups if chosen.model in ("", group[1]) and chosen.status in ("", group[2])]
+    # Placed once per hour: the groups are many per hour (one per model, status, type and bucket).
+    places = {hour: _hour_within(hour * SECONDS_PER_HOUR, bounds, the_plan.zone) for hour in {g[0] for g in groups}}
+    if None in places.values():
+        return None
+    return [group for group in groups if places[group[0]]]
 
 
 def _hour_within(low: int, bounds: list[tuple[float, float]], zone: Any) -> bool | None:
