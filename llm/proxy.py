@@ -258,7 +258,7 @@ class RowBatcher:
         while self.pending:
             batch, self.pending = self.pending[:MAX_BATCH_ROWS], self.pending[MAX_BATCH_ROWS:]
             try:
-                outcomes = await self.run_sync(store_rows, [fields for fields, _ in batch])
+                outcomes = await self.store([fields for fields, _ in batch])
             except BaseException as exc:  # noqa: BLE001 - every waiting call hears of it
                 for _, future in batch:
                     if not future.done():
@@ -273,6 +273,29 @@ class RowBatcher:
                     future.set_exception(outcome)
                 else:
                     future.set_result(outcome)
+
+    async def store(self, rows: list[dict[str, Any]]) -> list[LLMRequestLog | Exception]:
+        """Each row's stored log (or the exception its call raises): on the loop when the worker has
+        a LoopRowWriter, else, and for the rows it leaves, in the writer thread (store_rows)."""
+        stored = await _loop_writer.store(rows) if _loop_writer is not None else None
+        if stored is None:
+            return await self.run_sync(store_rows, rows)
+        left = [index for index, log in enumerate(stored) if log is None]
+        if left:
+            for index, outcome in zip(left, await self.run_sync(store_rows, [rows[i] for i in left]), strict=True):
+                stored[index] = outcome
+        return stored
+
+
+# The worker's writer of rows on its event loop (llm/loop_writer.py, PostgreSQL), set by the ASGI
+# worker at start-up (core/asgi.py); None: every row goes through `run_sync` (SQLite, tests).
+_loop_writer: Any = None
+
+
+def write_rows_on_loop_with(writer: Any) -> None:
+    """From now on the event loop's rows go through `writer` (a LoopRowWriter), or None: the ORM."""
+    global _loop_writer
+    _loop_writer = writer
 
 
 def store_rows(rows: list[dict[str, Any]]) -> list[LLMRequestLog | Exception]:
