@@ -4,7 +4,8 @@ Every call, success or failure, streamed or not, writes exactly one `LLMRequestL
 
 Two ways to wait for the vendor, one row each: `send_prompt`/`PromptStream` block a thread (WSGI,
 the test client); `asend_prompt`/`AsyncPromptStream` wait on the ASGI worker's event loop
-(core/asgi.py) and write their row through `run_sync`, one short hop to a worker thread.
+(core/asgi.py) and hand their row to the loop's RowBatcher, which writes it on the loop itself on
+PostgreSQL (llm/loop_writer.py) and otherwise through `run_sync`, one short hop to a worker thread.
 """
 
 from __future__ import annotations
@@ -234,8 +235,8 @@ MAX_BATCH_ROWS = 500
 class RowBatcher:
     """The rows of the calls that end on one event loop, written together.
 
-    A call's row is queued and the call waits for it. While one batch is being written (in the
-    writer thread, `run_sync`), the rows of calls ending meanwhile gather and go in the next one:
+    A call's row is queued and the call waits for it. While one batch is being written (on the
+    loop, or in the writer thread, `run_sync`), the rows of calls ending meanwhile gather and go in the next one:
     alone, a call waits for its own INSERT; a thousand calls ending together cost a few INSERTs,
     not a thousand transactions. A row is written even if the call waiting for it is cancelled,
     and a batch the database refuses is written again row by row, so one bad row costs no other.

@@ -33,6 +33,7 @@ def postgresql_only() -> None:
     if connection.vendor != "postgresql":
         pytest.skip("the event loop's row writer is PostgreSQL's; SQLite keeps the ORM path")
 
+
 CHAT = ChatRequest(prompt="What is the capital of France?", model="llama-3.1-8b-instant", system_prompt="Be brief.")
 RESULT = ChatResult(
     text="Paris.",
