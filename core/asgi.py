@@ -63,6 +63,7 @@ class ObservatoryASGIHandler(ASGIHandler):
         # writers backing off from each other's locks wrote 40 rows a second).
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="django-writer")
         self.rollups = RollUpThread() if connections[DEFAULT_DB_ALIAS].vendor == "postgresql" else None
+        self.loop_writer = None
         self.fast_chain = fast_middleware_chain()
         # Imported here: the view module needs django.setup(), which runs below.
         from llm.api.prompt import FAST_PATHS, fast_prompt
@@ -161,6 +162,27 @@ class ObservatoryASGIHandler(ASGIHandler):
             *(self.run_sync(open_connection, barrier) for barrier in [threading.Barrier(THREADS)] * THREADS)
         )
 
+    async def start_loop_writer(self) -> None:
+        """The proxy's rows from now on written on this loop (llm/loop_writer.py, PostgreSQL), over
+        a connection opened now; a database that is down is the first rows' problem."""
+        from llm.loop_writer import LoopRowWriter
+        from llm.proxy import write_rows_on_loop_with
+
+        self.loop_writer = LoopRowWriter()
+        try:
+            await self.loop_writer.connect()
+        except Exception:  # noqa: BLE001 - connected again by the first rows
+            logger.warning("The event loop's row writer could not connect at start-up", exc_info=True)
+        write_rows_on_loop_with(self.loop_writer)
+
+    async def stop_loop_writer(self) -> None:
+        from llm.proxy import write_rows_on_loop_with
+
+        writer, self.loop_writer = self.loop_writer, None
+        if writer is not None:
+            write_rows_on_loop_with(None)
+            await writer.close()
+
     async def send_relay(self, response: RelayResponse, send, receive) -> None:
         """Relay an async stream; when the client leaves, close the source at once so that it
         finishes its own way (the proxy reads the rest of the answer and logs the call)."""
@@ -207,12 +229,15 @@ class ObservatoryASGIHandler(ASGIHandler):
                 await self.warm_up()
                 if self.rollups is not None:
                     self.rollups.start()
+                    # After the roll-up thread: rows committed on the loop hand their roll-up to it.
+                    await self.start_loop_writer()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 # What this worker admitted against the rate limits and has not yet added to the
                 # shared rows (llm/throttles.py): uvicorn ends a worker by re-raising SIGTERM, past atexit.
                 await self.run_sync(flush_rate_limits)
                 await close_vendor_clients()
+                await self.stop_loop_writer()
                 self.executor.shutdown(wait=False)
                 self.writer.shutdown(wait=True)
                 if self.rollups is not None:

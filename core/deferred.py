@@ -31,12 +31,20 @@ def can_defer(request: HttpRequest) -> bool:
 class DeferredResponse(HttpResponse):
     """A placeholder the middleware sees; `complete(run_sync)` answers the real response."""
 
-    def __init__(self, complete: Callable[[RunSync], Awaitable[HttpResponseBase]]) -> None:
+    def __init__(
+        self, complete: Callable[[RunSync], Awaitable[HttpResponseBase]], request: HttpRequest | None = None
+    ) -> None:
         super().__init__(content_type="application/json")
         self._complete = complete
+        self._request = request
 
     async def resolve(self, run_sync: RunSync) -> HttpResponseBase:
-        final = await self._complete(run_sync)
+        try:
+            final = await self._complete(run_sync)
+        except Exception as exc:
+            final = self._unavailable(exc)
+            if final is None:
+                raise
         for header, value in self.items():
             name = header.lower()
             if name == "vary":
@@ -48,6 +56,19 @@ class DeferredResponse(HttpResponse):
         final._resource_closers.extend(self._resource_closers)
         self._resource_closers = []
         return final
+
+    def _unavailable(self, exc: Exception) -> HttpResponseBase | None:
+        """The database lost while the call finished (its row could not be written): the 503 with
+        Retry-After, and the one outage line, that the middleware gives any request then (the
+        middleware saw only this placeholder); None for any other error (a 500)."""
+        # Imported here: this module is imported before django.setup() (core/asgi.py).
+        from llm.middleware import note_outage, unavailable_response
+        from llm.outage import is_database_unavailable
+
+        if self._request is None or not is_database_unavailable(exc):
+            return None
+        note_outage(self._request, exc)
+        return unavailable_response(self._request)
 
 
 class RelayResponse(StreamingHttpResponse):

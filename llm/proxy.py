@@ -4,7 +4,8 @@ Every call, success or failure, streamed or not, writes exactly one `LLMRequestL
 
 Two ways to wait for the vendor, one row each: `send_prompt`/`PromptStream` block a thread (WSGI,
 the test client); `asend_prompt`/`AsyncPromptStream` wait on the ASGI worker's event loop
-(core/asgi.py) and write their row through `run_sync`, one short hop to a worker thread.
+(core/asgi.py) and hand their row to the loop's RowBatcher, which writes it on the loop itself on
+PostgreSQL (llm/loop_writer.py) and otherwise through `run_sync`, one short hop to a worker thread.
 """
 
 from __future__ import annotations
@@ -234,8 +235,8 @@ MAX_BATCH_ROWS = 500
 class RowBatcher:
     """The rows of the calls that end on one event loop, written together.
 
-    A call's row is queued and the call waits for it. While one batch is being written (in the
-    writer thread, `run_sync`), the rows of calls ending meanwhile gather and go in the next one:
+    A call's row is queued and the call waits for it. While one batch is being written (on the
+    loop, or in the writer thread, `run_sync`), the rows of calls ending meanwhile gather and go in the next one:
     alone, a call waits for its own INSERT; a thousand calls ending together cost a few INSERTs,
     not a thousand transactions. A row is written even if the call waiting for it is cancelled,
     and a batch the database refuses is written again row by row, so one bad row costs no other.
@@ -258,7 +259,7 @@ class RowBatcher:
         while self.pending:
             batch, self.pending = self.pending[:MAX_BATCH_ROWS], self.pending[MAX_BATCH_ROWS:]
             try:
-                outcomes = await self.run_sync(store_rows, [fields for fields, _ in batch])
+                outcomes = await self.store([fields for fields, _ in batch])
             except BaseException as exc:  # noqa: BLE001 - every waiting call hears of it
                 for _, future in batch:
                     if not future.done():
@@ -273,6 +274,29 @@ class RowBatcher:
                     future.set_exception(outcome)
                 else:
                     future.set_result(outcome)
+
+    async def store(self, rows: list[dict[str, Any]]) -> list[LLMRequestLog | Exception]:
+        """Each row's stored log (or the exception its call raises): on the loop when the worker has
+        a LoopRowWriter, else, and for the rows it leaves, in the writer thread (store_rows)."""
+        stored = await _loop_writer.store(rows) if _loop_writer is not None else None
+        if stored is None:
+            return await self.run_sync(store_rows, rows)
+        left = [index for index, log in enumerate(stored) if log is None]
+        if left:
+            for index, outcome in zip(left, await self.run_sync(store_rows, [rows[i] for i in left]), strict=True):
+                stored[index] = outcome
+        return stored
+
+
+# The worker's writer of rows on its event loop (llm/loop_writer.py, PostgreSQL), set by the ASGI
+# worker at start-up (core/asgi.py); None: every row goes through `run_sync` (SQLite, tests).
+_loop_writer: Any = None
+
+
+def write_rows_on_loop_with(writer: Any) -> None:
+    """From now on the event loop's rows go through `writer` (a LoopRowWriter), or None: the ORM."""
+    global _loop_writer
+    _loop_writer = writer
 
 
 def store_rows(rows: list[dict[str, Any]]) -> list[LLMRequestLog | Exception]:

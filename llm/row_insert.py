@@ -118,6 +118,28 @@ def insert_new(model: type[models.Model], logs: list[models.Model], using: str) 
     return len(inserted)
 
 
+async def ainsert_new(model: type[models.Model], logs: list[models.Model], database: Any, aconnection: Any) -> int:
+    """insert_new's INSERT … VALUES path over a psycopg AsyncConnection in autocommit, awaited on
+    an event loop (PostgreSQL: the proxy's rows, llm/loop_writer.py). `database` is a Django
+    connection object of the same database, for its names and value preparation only: never
+    opened. One statement per INSERT_BATCH_ROWS rows, each atomic by itself; the rows of a batch
+    are independent calls, so nothing else must commit with them."""
+    if not logs:
+        return 0
+    logs = sorted(logs, key=lambda log: log.request_id)
+    columns = _Columns.of(model, database)
+    inserted: dict[uuid.UUID, int] = {}
+    for sql, params in _value_statements(columns, logs, database):
+        cursor = await aconnection.execute(sql, params)
+        inserted.update((as_uuid(request_id), pk) for pk, request_id in await cursor.fetchall())
+    for log in logs:
+        if log.request_id in inserted:
+            log.pk = inserted[log.request_id]
+            log._state.adding = False
+            log._state.db = database.alias
+    return len(inserted)
+
+
 class _Columns:
     """A model's insertable columns on one database, and how a log's values are made ready for it:
     what Django's own inserts do (pre_save, get_db_prep_save), skipped for the values it would hand

@@ -339,7 +339,7 @@ class PromptView(APIView):
                         await run_sync(response.render)
                 return response
 
-            return DeferredResponse(complete)
+            return DeferredResponse(complete, request)
         return self._call(chat, context, provider, data["stream"])
 
     @staticmethod
@@ -421,7 +421,7 @@ def fast_prompt(request: HttpRequest) -> DeferredResponse | None:
             response.render()
         return response
 
-    deferred = DeferredResponse(complete)
+    deferred = DeferredResponse(complete, request)
     for header, value in VIEW_HEADERS.items():
         deferred[header] = value
     return deferred
