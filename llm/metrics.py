@@ -1650,6 +1650,11 @@ class Window:
     def raw_only(self) -> bool:
         return bool(self.error_type or self.percentile or self.feedback)
 
+    @property
+    def span(self) -> tuple[datetime, datetime, str]:
+        """What a roll-up plan depends on: windows differing only in what they ask share one."""
+        return (self.start, self.end, self.model)
+
     def condition(self) -> Q:
         """LLMRequestLog.objects.in_window(start, end).for_model(model) as a condition, so several
         windows can be measured in one query."""
@@ -1698,36 +1703,69 @@ def window_totals(windows: Iterable[Window], recent: RecentRows | None = None) -
     """The totals of several windows. Those the roll-ups answer (longer than EXACT_WINDOW) are read
     from them, all at one watermark (the roll-ups' state read once, not twice per window), a window
     asked for with and without its p95 once; the others from one reading of the rows they cover
-    (_call_totals). A longer window's whole UTC hours (its `core`) come from the roll-ups and its
+    (_call_totals). A longer window's whole days and UTC hours come from the roll-ups and its
     part-hours at either end (its `edges`) from that same one reading, so rules that end now read
-    the newest calls once rather than once per window (the alerts page at 10,000,000 calls: four
-    readings of the last hour's calls -> one), and every edge is summed in NumPy rather than row by
-    row. `recent`: the calls above the watermark, summed (see RecentRows)."""
+    the newest calls once rather than once per window, and every edge is summed in SQL per group.
+    A part-hour that is most of its hour is read as the hour's roll-up less the rest of the hour
+    (rollup_math.subtract_edges, as the shared reading does): the smaller side of each hour is read
+    from the rows (the alerts page at 10,000,000 calls: a freshly ingested hour costs a page read
+    per call, so the 6-hour rules' previous window no longer reads 43 minutes of it for 17). The
+    rest is read up to the watermark the roll-ups were read at, and the rows above it are counted
+    within the window only, so a call written meanwhile is neither added nor taken twice.
+    `recent`: the calls above the watermark, summed (see RecentRows)."""
     windows = list(dict.fromkeys(windows))
-    split = _split(windows)
-    cores = {window: core for window, (core, _edges) in split.items()}
-    planned = list(dict.fromkeys(cores.get(window, window) for window in windows))
-    plans, latency, unplanned = _plan_windows(planned, recent.state if recent is not None else None)
-    found = (
-        consistent(lambda watermark: _read_windows(plans, latency, watermark, recent), next(iter(plans.values())))
-        if plans
-        else {}
-    )
-    if found is None:  # the roll-ups kept moving: every window from the logs
-        cores, found, unplanned = {}, {}, windows
-    missing = set(unplanned)
-    # A window is read raw when it, or the core it was split into, is not planned from the roll-ups.
-    raw_windows = [window for window in windows if cores.get(window, window) in missing]
-    edges = {window: split[window][1] for window, core in cores.items() if core not in missing}
-    raw_totals, edge_totals = _raw_window_totals(raw_windows, list(dict.fromkeys(sum(edges.values(), []))))
+    plans, latency = _plan_windows(windows, recent.state if recent is not None else None)
+    found, watermark = {}, 0
+    if plans:
+        read = consistent(
+            lambda at: (at, _read_windows(_cores(plans), latency, at, recent)), next(iter(plans.values()))
+        )
+        if read is None:  # the roll-ups kept moving: every window from the logs
+            plans = {}
+        else:
+            watermark, found = read
+    planned = [window for window in windows if not window.raw_only and window.span in plans]
+    raw_windows = [window for window in windows if window not in planned]
+    edges = {window: _edges_of(window, plans[window.span].split) for window in planned}
+    added = list(dict.fromkeys(edge for inside, _outside in edges.values() for edge in inside))
+    taken = list(dict.fromkeys(edge for _inside, outside in edges.values() for edge in outside))
+    raw_totals, edge_totals, rest_totals = _raw_window_totals(raw_windows, added, Rest(taken, watermark))
     measured: dict[Window, WindowTotals] = {}
-    for window in windows:
-        core = cores.get(window, window)
-        totals = found.get((core.start, core.end, core.model))
-        if window not in raw_totals and totals is not None:
-            parts = [edge_totals[edge] for edge in edges.get(window, [])]
-            measured[window] = _window_figures(_summed([totals, *parts]) if parts else totals, window.latency)
+    for window, (inside, outside) in edges.items():
+        if window in raw_totals or window.span not in found:
+            continue
+        totals = found[window.span]
+        if inside or outside:
+            totals = _summed([totals, *(edge_totals[edge] for edge in inside)], [rest_totals[edge] for edge in outside])
+        measured[window] = _window_figures(totals, window.latency)
     return {**measured, **raw_totals}
+
+
+@dataclass(frozen=True)
+class Rest:
+    """The parts of whole hours read from the roll-ups that lie outside their windows (`edges`), to
+    be subtracted: their rows up to `watermark`, the roll-ups' as read (rows above it are counted
+    within each window only: Plan.rolled_up_within)."""
+
+    edges: list[Window]
+    watermark: int
+
+
+def _cores(plans: dict[tuple, Plan]) -> dict[tuple, Plan]:
+    """The plans without their raw spans: the days and hours the roll-ups answer (and the rows above
+    the watermark within the window); the raw part-hours and the rest of subtracted hours are read
+    apart, for all windows at once (_edges_of)."""
+    return {span: replace(core, split=replace(core.split, raw=[], outside=[])) for span, core in plans.items()}
+
+
+def _edges_of(window: Window, split: rollup_math.Split) -> tuple[list[Window], list[Window]]:
+    """The window's part-hours read from the rows (added), and the rest of its subtracted hours
+    (taken away), as Windows of its model (with the latency histogram it asks for)."""
+
+    def parts(spans: list[tuple[datetime, datetime]]) -> list[Window]:
+        return [Window(start, end, window.model, latency=window.latency) for start, end in spans]
+
+    return parts(split.raw), parts(split.outside)
 
 
 def _window_figures(totals: Totals, latency: bool) -> WindowTotals:
@@ -1741,35 +1779,10 @@ def _window_figures(totals: Totals, latency: bool) -> WindowTotals:
     )
 
 
-def _split(windows: list[Window]) -> dict[Window, tuple[Window, list[Window]]]:
-    """{window: (its core, its part-hours around the core)} of the windows the roll-ups answer: the
-    core is the window's whole UTC hours, or, when those span no more than EXACT_WINDOW, the window
-    up to its last whole hour (a core that short would be read raw, with exact percentiles, which a
-    roll-up histogram of the rest could not join). The roll-ups' plan of the whole window reads the
-    same hours from them and the same part-hours raw (bucketed as they are): the same figures."""
-    split = {}
-    for window in windows:
-        if window.raw_only:
-            continue
-        last = rollup_math.floor_hour(window.end)
-        for first in (rollup_math.ceil_hour(window.start), window.start):
-            if (first, last) != (window.start, window.end) and last - first > EXACT_WINDOW:
-                edges = [
-                    Window(start, end, window.model, latency=window.latency)
-                    for start, end in ((window.start, first), (last, window.end))
-                    if start < end
-                ]
-                split[window] = (replace(window, start=first, end=last), edges)
-                break
-    return split
-
-
-def _plan_windows(
-    windows: list[Window], state: MetricWatermark | None = None
-) -> tuple[dict[tuple, Plan], set[tuple], list[Window]]:
-    """Per (start, end, model): the plan of the windows the roll-ups answer, which need a p95, and
-    the windows read from the logs. `state`: the roll-ups' state, when already read."""
-    raw_windows = [window for window in windows if window.raw_only]
+def _plan_windows(windows: list[Window], state: MetricWatermark | None = None) -> tuple[dict[tuple, Plan], set[tuple]]:
+    """Per (start, end, model): the plan of the windows the roll-ups answer (edges that are most of
+    a recent hour subtracted: plan(subtract=True)), and which need a p95; the others are read from
+    the logs. `state`: the roll-ups' state, when already read."""
     long_windows = [window for window in windows if not window.raw_only and window.end - window.start > EXACT_WINDOW]
     state = (state or rollup_state()) if long_windows else None
     plans: dict[tuple, Plan] = {}
@@ -1777,7 +1790,7 @@ def _plan_windows(
     for window in windows:
         if window.raw_only:
             continue
-        span = (window.start, window.end, window.model)
+        span = window.span
         chosen = Selection(
             LLMRequestLog.objects.in_window(window.start, window.end).for_model(window.model),
             window.start,
@@ -1785,14 +1798,13 @@ def _plan_windows(
             window.model,
             rollups_apply=True,
         )
-        the_plan = plans.get(span) or plan(chosen, state=state)
+        the_plan = plans.get(span) or plan(chosen, state=state, subtract=True)
         if the_plan is None:
-            raw_windows.append(window)
             continue
         plans[span] = the_plan
         if window.latency:
             latency.add(span)
-    return plans, latency, raw_windows
+    return plans, latency
 
 
 def _read_windows(
@@ -1827,29 +1839,39 @@ def _read_window(
     return fold_status(measure_at(the_plan, (*group, "status"), watermark, percentiles=False))
 
 
-def _summed(parts: Iterable[Totals]) -> Totals:
+def _summed(parts: Iterable[Totals], less: Iterable[Totals] = ()) -> Totals:
+    """The sum of `parts` less the sum of `less` (integers and histograms: exact)."""
     total = Totals(rollups.Figures())
     for part in parts:
         total.figures.add_sums(_sums(part.figures))
         total.figures.latency += part.figures.latency
         total.errors += part.errors
+    for part in less:
+        total.figures.add_sums({name: -value for name, value in _sums(part.figures).items()})
+        total.figures.latency -= part.figures.latency
+        total.errors -= part.errors
     return total
 
 
 def _raw_window_totals(
-    windows: list[Window], edges: list[Window] | None = None
-) -> tuple[dict[Window, WindowTotals], dict[Window, Totals]]:
-    """The windows read from the logs, and the long windows' part-hours (`edges`) as Totals. Short
-    windows and edges are read row by row (_call_totals); a longer window read raw (a rule of a
-    later type over hours or days: its rows may be millions) is summed in SQL (_aggregated_totals)."""
+    windows: list[Window], edges: list[Window] | None = None, rest: Rest | None = None
+) -> tuple[dict[Window, WindowTotals], dict[Window, Totals], dict[Window, Totals]]:
+    """The windows read from the logs, the long windows' part-hours (`edges`) and the rest of their
+    subtracted hours (`rest`) as Totals. Short windows, edges and rests are read in one reading
+    (_call_totals); a longer window read raw (a rule of a later type over hours or days: its rows
+    may be millions) is summed in SQL (_aggregated_totals)."""
     calls = [window for window in windows if not window.feedback]
     short = [window for window in calls if window.end - window.start <= EXACT_WINDOW]
     long = [window for window in calls if window not in short]
     rated = [window for window in windows if window.feedback]
-    measured, edge_totals = _call_totals(short, edges or []) if short or edges else ({}, {})
+    rest = rest or Rest([], 0)
+    if short or edges or rest.edges:
+        measured, edge_totals, rest_totals = _call_totals(short, edges or [], rest)
+    else:
+        measured, edge_totals, rest_totals = {}, {}, {}
     if long:
         measured |= _aggregated_totals(long)
-    return {**measured, **(_rating_totals(rated) if rated else {})}, edge_totals
+    return {**measured, **(_rating_totals(rated) if rated else {})}, edge_totals, rest_totals
 
 
 def _aggregated_totals(windows: list[Window]) -> dict[Window, WindowTotals]:
@@ -1885,12 +1907,14 @@ def _window_aggregates(window: Window) -> dict[str, Aggregate]:
     return wanted
 
 
-def _call_totals(windows: list[Window], edges: list[Window]) -> tuple[dict[Window, WindowTotals], dict[Window, Totals]]:
-    """The short windows' figures, and the edges' (with their latency histograms), from one reading
-    of the rows they cover together, summed in SQL per group (_GroupedRows) and added up per window
-    in NumPy. Percentiles are exact: linear interpolation between closest ranks, as percentile_cont
-    (NULLs left out, as SQL does), over the values of the rows they sort."""
-    groups = _GroupedRows(windows, edges)
+def _call_totals(
+    windows: list[Window], edges: list[Window], rest: Rest
+) -> tuple[dict[Window, WindowTotals], dict[Window, Totals], dict[Window, Totals]]:
+    """The short windows' figures, and the edges' and rests' (with their latency histograms), from
+    one reading of the rows they cover together, summed in SQL per group (_GroupedRows) and added up
+    per window in NumPy. Percentiles are exact: linear interpolation between closest ranks, as
+    percentile_cont (NULLs left out, as SQL does), over the values of the rows they sort."""
+    groups = _GroupedRows(windows, edges, rest)
     measured = {}
     for window in windows:
         within = groups.within(window)
@@ -1906,18 +1930,9 @@ def _call_totals(windows: list[Window], edges: list[Window]) -> tuple[dict[Windo
             cost=float(rollups.usd(groups.sum("cost_units", within))),
             **extra,
         )
-    edge_totals = {}
-    for edge in edges:
-        within = groups.within(edge)
-        figures = rollups.Figures(
-            requests=groups.count(within),
-            total_tokens=groups.sum("total_tokens", within),
-            cost_units=groups.sum("cost_units", within),
-        )
-        if edge.latency:
-            figures.latency += groups.histogram(within, len(figures.latency))
-        edge_totals[edge] = Totals(figures, errors=groups.count(within & groups.failed))
-    return measured, edge_totals
+    edge_totals = {edge: groups.totals(edge, groups.within(edge)) for edge in edges}
+    rest_totals = {edge: groups.totals(edge, groups.within(edge) & groups.rolled_up) for edge in rest.edges}
+    return measured, edge_totals, rest_totals
 
 
 def _percentile_of(window: Window) -> str:
@@ -1934,8 +1949,8 @@ class _GroupedRows:
     every row of every part-hour (59,085); the database still reads each row once. Every sum is of
     integers: exact."""
 
-    def __init__(self, short: list[Window], edges: list[Window]) -> None:
-        windows = [*short, *edges]
+    def __init__(self, short: list[Window], edges: list[Window], rest: Rest) -> None:
+        windows = [*short, *edges, *rest.edges]
         self.bounds = sorted({moment for window in windows for moment in (window.start, window.end)})
         self.place = {moment: index for index, moment in enumerate(self.bounds)}
         # The models and error types the windows name, by their index in these lists (-1: another).
@@ -1948,7 +1963,10 @@ class _GroupedRows:
             "error_type": _code_of("error_type", self.error_types),
             **_sorted_values(short),
         }
-        if histogram_edges := [edge for edge in edges if edge.latency]:
+        if rest.edges:
+            # Whether a row is in the roll-ups as read (the rest of an hour is subtracted up to there).
+            keys["above"] = _code_of("id__lte", [rest.watermark], default=1)
+        if histogram_edges := [edge for edge in [*edges, *rest.edges] if edge.latency]:
             # Each row's latency bucket, as the roll-ups count it, where an edge needs it.
             keys["bucket"] = Case(
                 When(_covering(histogram_edges), then=rollups.bucket_of("latency_ms")),
@@ -1974,6 +1992,7 @@ class _GroupedRows:
             place = len(keys) + list(sums).index("cost_units")
             self.columns["cost_units"] = np.array([int(row[place]) for row in fetched], dtype=object)
         self._models: dict[str, np.ndarray] = {}
+        self.rolled_up = self.columns["above"] == 0 if rest.edges else np.ones(len(table), dtype=bool)
 
     def within(self, window: Window) -> np.ndarray:
         segments = self.columns["segment"]
@@ -1983,6 +2002,17 @@ class _GroupedRows:
                 self._models[window.model] = self.columns["model"] == self.models.index(window.model)
             inside &= self._models[window.model]
         return inside
+
+    def totals(self, edge: Window, within: np.ndarray) -> Totals:
+        """An edge's figures (its latency histogram when it asks for one) and failures."""
+        figures = rollups.Figures(
+            requests=self.count(within),
+            total_tokens=self.sum("total_tokens", within),
+            cost_units=self.sum("cost_units", within),
+        )
+        if edge.latency:
+            figures.latency += self.histogram(within, len(figures.latency))
+        return Totals(figures, errors=self.count(within & self.failed))
 
     def count(self, within: np.ndarray) -> int:
         return int(self.columns["count"][within].astype(np.int64).sum())
