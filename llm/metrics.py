@@ -1714,41 +1714,59 @@ def window_totals(windows: Iterable[Window], recent: RecentRows | None = None) -
     within the window only, so a call written meanwhile is neither added nor taken twice.
     `recent`: the calls above the watermark, summed (see RecentRows)."""
     windows = list(dict.fromkeys(windows))
-    plans, latency = _plan_windows(windows, recent.state if recent is not None else None)
+    plans = _plan_windows(windows, recent.state if recent is not None else None)
     found, watermark = {}, 0
     if plans:
-        read = consistent(
-            lambda at: (at, _read_windows(_cores(plans), latency, at, recent)), next(iter(plans.values()))
-        )
+        read = consistent(lambda at: (at, _read_windows(_cores(plans), at)), next(iter(plans.values())))
         if read is None:  # the roll-ups kept moving: every window from the logs
             plans = {}
         else:
             watermark, found = read
     planned = [window for window in windows if not window.raw_only and window.span in plans]
-    raw_windows = [window for window in windows if window not in planned]
     edges = {window: _edges_of(window, plans[window.span].split) for window in planned}
-    added = list(dict.fromkeys(edge for inside, _outside in edges.values() for edge in inside))
-    taken = list(dict.fromkeys(edge for _inside, outside in edges.values() for edge in outside))
-    raw_totals, edge_totals, rest_totals = _raw_window_totals(raw_windows, added, Rest(taken, watermark))
+    parts = RolledUpParts(
+        list(dict.fromkeys(edge for inside, _outside in edges.values() for edge in inside)),
+        list(dict.fromkeys(edge for _inside, outside in edges.values() for edge in outside)),
+        planned,
+        watermark,
+    )
+    raw_totals, read_parts = _raw_window_totals([window for window in windows if window not in planned], parts)
     measured: dict[Window, WindowTotals] = {}
     for window, (inside, outside) in edges.items():
-        if window in raw_totals or window.span not in found:
-            continue
-        totals = found[window.span]
-        if inside or outside:
-            totals = _summed([totals, *(edge_totals[edge] for edge in inside)], [rest_totals[edge] for edge in outside])
+        added = [found[window.span], read_parts.above[window], *(read_parts.edges[edge] for edge in inside)]
+        totals = _summed(added, [read_parts.rest[edge] for edge in outside])
         measured[window] = _window_figures(totals, window.latency)
     return {**measured, **raw_totals}
 
 
 @dataclass(frozen=True)
-class Rest:
-    """The parts of whole hours read from the roll-ups that lie outside their windows (`edges`), to
-    be subtracted: their rows up to `watermark`, the roll-ups' as read (rows above it are counted
-    within each window only: Plan.rolled_up_within)."""
+class RolledUpParts:
+    """What one reading of the rows adds to windows whose days and hours the roll-ups answered at
+    `watermark`: their part-hours (`edges`: their rows up to the watermark), the rest of their
+    subtracted hours (`rest`: rows up to the watermark, subtracted), and each window's rows above
+    the watermark (`windows`), read here for all windows at once rather than by each roll-up
+    reading (the alerts page: six readings of the calls not rolled up yet -> none)."""
 
-    edges: list[Window]
-    watermark: int
+    edges: list[Window] = field(default_factory=list)
+    rest: list[Window] = field(default_factory=list)
+    windows: list[Window] = field(default_factory=list)
+    watermark: int = 0
+
+    def above(self) -> Q:
+        """The rows above the watermark within the windows: an index range on the id; their time
+        tested on COALESCE(timestamp, timestamp), which no index answers (above_watermark)."""
+        if not self.windows:
+            return Q(pk__in=[])
+        return Q(id__gt=self.watermark, id__lte=LARGEST_ID) & _covering(self.windows, "stamp")
+
+
+@dataclass
+class PartTotals:
+    """RolledUpParts' Totals: per edge, per rest, and per window above the watermark."""
+
+    edges: dict[Window, Totals] = field(default_factory=dict)
+    rest: dict[Window, Totals] = field(default_factory=dict)
+    above: dict[Window, Totals] = field(default_factory=dict)
 
 
 def _cores(plans: dict[tuple, Plan]) -> dict[tuple, Plan]:
@@ -1779,38 +1797,36 @@ def _window_figures(totals: Totals, latency: bool) -> WindowTotals:
     )
 
 
-def _plan_windows(windows: list[Window], state: MetricWatermark | None = None) -> tuple[dict[tuple, Plan], set[tuple]]:
+def _plan_windows(windows: list[Window], state: MetricWatermark | None = None) -> dict[tuple, Plan]:
     """Per (start, end, model): the plan of the windows the roll-ups answer (edges that are most of
-    a recent hour subtracted: plan(subtract=True)), and which need a p95; the others are read from
-    the logs. `state`: the roll-ups' state, when already read."""
+    a recent hour subtracted: plan(subtract=True)); the others are read from the logs. `state`: the
+    roll-ups' state, when already read."""
     long_windows = [window for window in windows if not window.raw_only and window.end - window.start > EXACT_WINDOW]
     state = (state or rollup_state()) if long_windows else None
     plans: dict[tuple, Plan] = {}
-    latency: set[tuple] = set()
+    planned: dict[tuple, Plan | None] = {}
     for window in windows:
         if window.raw_only:
             continue
         span = window.span
-        chosen = Selection(
-            LLMRequestLog.objects.in_window(window.start, window.end).for_model(window.model),
-            window.start,
-            window.end,
-            window.model,
-            rollups_apply=True,
-        )
-        the_plan = plans.get(span) or plan(chosen, state=state, subtract=True)
-        if the_plan is None:
+        if span not in planned:  # once per span: a page's rules share a few (25 rules at 10M: 12)
+            chosen = Selection(
+                LLMRequestLog.objects.in_window(window.start, window.end).for_model(window.model),
+                window.start,
+                window.end,
+                window.model,
+                rollups_apply=True,
+            )
+            planned[span] = plan(chosen, state=state, subtract=True)
+        if planned[span] is None:
             continue
-        plans[span] = the_plan
-        if window.latency:
-            latency.add(span)
-    return plans, latency
+        plans[span] = planned[span]
+    return plans
 
 
-def _read_windows(
-    plans: dict[tuple, Plan], latency: set[tuple], watermark: int, recent: RecentRows | None = None
-) -> dict[tuple, Totals]:
-    """Totals per (start, end, model). Rules of all models and of one over the same window share
+def _read_windows(plans: dict[tuple, Plan], watermark: int) -> dict[tuple, Totals]:
+    """Totals per (start, end, model) of the plans' days and hours, their rows above the watermark
+    left out (RolledUpParts reads them). Rules of all models and of one over the same window share
     one reading of all models grouped by model (the alerts page at 1,000,000 calls: 9 readings of
     3-5 queries each -> 5): a model's figures are its group's, all models' the groups' sum."""
     empty = Totals(rollups.Figures())
@@ -1818,25 +1834,18 @@ def _read_windows(
     for span in plans:
         by_window[span[:2]].append(span)
     found: dict[tuple, Totals] = {}
+    # "None above the watermark": the readings skip those rows (RolledUpParts counts them).
+    none_above = RecentRows(watermark, {})
     for (start, end), spans in by_window.items():
         everyone = (start, end, "")
         if everyone not in plans or len(spans) == 1:
             for span in spans:
-                found[span] = _read_window(plans[span], span in latency, watermark, (), recent).get((), empty)
+                found[span] = totals_at(plans[span], (), watermark, none_above).get((), empty)
             continue
-        with_latency = any(span in latency for span in spans)
-        per_model = _read_window(plans[everyone], with_latency, watermark, ("model_name",), recent)
+        per_model = totals_at(plans[everyone], ("model_name",), watermark, none_above)
         for span in spans:
             found[span] = per_model.get((span[2],), empty) if span[2] else _summed(per_model.values())
     return found
-
-
-def _read_window(
-    the_plan: Plan, with_latency: bool, watermark: int, group: tuple[str, ...], recent: RecentRows | None = None
-) -> dict[tuple, Totals]:
-    if with_latency:
-        return totals_at(the_plan, group, watermark, recent)
-    return fold_status(measure_at(the_plan, (*group, "status"), watermark, percentiles=False))
 
 
 def _summed(parts: Iterable[Totals], less: Iterable[Totals] = ()) -> Totals:
@@ -1854,24 +1863,24 @@ def _summed(parts: Iterable[Totals], less: Iterable[Totals] = ()) -> Totals:
 
 
 def _raw_window_totals(
-    windows: list[Window], edges: list[Window] | None = None, rest: Rest | None = None
-) -> tuple[dict[Window, WindowTotals], dict[Window, Totals], dict[Window, Totals]]:
-    """The windows read from the logs, the long windows' part-hours (`edges`) and the rest of their
-    subtracted hours (`rest`) as Totals. Short windows, edges and rests are read in one reading
-    (_call_totals); a longer window read raw (a rule of a later type over hours or days: its rows
-    may be millions) is summed in SQL (_aggregated_totals)."""
+    windows: list[Window], parts: RolledUpParts | None = None
+) -> tuple[dict[Window, WindowTotals], PartTotals]:
+    """The windows read from the logs, and the parts of the windows the roll-ups answer (`parts`).
+    Short windows and parts are read in one reading (_call_totals); a longer window read raw (a rule
+    of a later type over hours or days: its rows may be millions) is summed in SQL
+    (_aggregated_totals)."""
     calls = [window for window in windows if not window.feedback]
     short = [window for window in calls if window.end - window.start <= EXACT_WINDOW]
     long = [window for window in calls if window not in short]
     rated = [window for window in windows if window.feedback]
-    rest = rest or Rest([], 0)
-    if short or edges or rest.edges:
-        measured, edge_totals, rest_totals = _call_totals(short, edges or [], rest)
+    parts = parts or RolledUpParts()
+    if short or parts.edges or parts.rest or parts.windows:
+        measured, part_totals = _call_totals(short, parts)
     else:
-        measured, edge_totals, rest_totals = {}, {}, {}
+        measured, part_totals = {}, PartTotals()
     if long:
         measured |= _aggregated_totals(long)
-    return {**measured, **(_rating_totals(rated) if rated else {})}, edge_totals, rest_totals
+    return {**measured, **(_rating_totals(rated) if rated else {})}, part_totals
 
 
 def _aggregated_totals(windows: list[Window]) -> dict[Window, WindowTotals]:
@@ -1907,14 +1916,12 @@ def _window_aggregates(window: Window) -> dict[str, Aggregate]:
     return wanted
 
 
-def _call_totals(
-    windows: list[Window], edges: list[Window], rest: Rest
-) -> tuple[dict[Window, WindowTotals], dict[Window, Totals], dict[Window, Totals]]:
-    """The short windows' figures, and the edges' and rests' (with their latency histograms), from
-    one reading of the rows they cover together, summed in SQL per group (_GroupedRows) and added up
-    per window in NumPy. Percentiles are exact: linear interpolation between closest ranks, as
-    percentile_cont (NULLs left out, as SQL does), over the values of the rows they sort."""
-    groups = _GroupedRows(windows, edges, rest)
+def _call_totals(windows: list[Window], parts: RolledUpParts) -> tuple[dict[Window, WindowTotals], PartTotals]:
+    """The short windows' figures, and the parts' (with their latency histograms), from one reading
+    of the rows they cover together, summed in SQL per group (_GroupedRows) and added up per window
+    in NumPy. Percentiles are exact: linear interpolation between closest ranks, as percentile_cont
+    (NULLs left out, as SQL does), over the values of the rows they sort."""
+    groups = _GroupedRows(windows, parts)
     measured = {}
     for window in windows:
         within = groups.within(window)
@@ -1930,9 +1937,12 @@ def _call_totals(
             cost=float(rollups.usd(groups.sum("cost_units", within))),
             **extra,
         )
-    edge_totals = {edge: groups.totals(edge, groups.within(edge)) for edge in edges}
-    rest_totals = {edge: groups.totals(edge, groups.within(edge) & groups.rolled_up) for edge in rest.edges}
-    return measured, edge_totals, rest_totals
+    rolled_up = groups.rolled_up
+    return measured, PartTotals(
+        edges={edge: groups.totals(edge, groups.within(edge) & rolled_up) for edge in parts.edges},
+        rest={edge: groups.totals(edge, groups.within(edge) & rolled_up) for edge in parts.rest},
+        above={window: groups.totals(window, groups.within(window) & ~rolled_up) for window in parts.windows},
+    )
 
 
 def _percentile_of(window: Window) -> str:
@@ -1949,12 +1959,13 @@ class _GroupedRows:
     every row of every part-hour (59,085); the database still reads each row once. Every sum is of
     integers: exact."""
 
-    def __init__(self, short: list[Window], edges: list[Window], rest: Rest) -> None:
-        windows = [*short, *edges, *rest.edges]
-        self.bounds = sorted({moment for window in windows for moment in (window.start, window.end)})
+    def __init__(self, short: list[Window], parts: RolledUpParts) -> None:
+        windows = [*short, *parts.edges, *parts.rest]
+        spanned = [*windows, *parts.windows]
+        self.bounds = sorted({moment for window in spanned for moment in (window.start, window.end)})
         self.place = {moment: index for index, moment in enumerate(self.bounds)}
         # The models and error types the windows name, by their index in these lists (-1: another).
-        self.models = sorted({window.model for window in windows if window.model})
+        self.models = sorted({window.model for window in spanned if window.model})
         self.error_types = sorted({window.error_type for window in windows if window.error_type})
         keys = {
             "segment": _code_of("timestamp__lt", self.bounds[1:], default=len(self.bounds) - 1),
@@ -1962,21 +1973,13 @@ class _GroupedRows:
             "failed": _code_of("status", [LLMRequestLog.Status.ERROR]),
             "error_type": _code_of("error_type", self.error_types),
             **_sorted_values(short),
+            **_part_keys(parts),
         }
-        if rest.edges:
-            # Whether a row is in the roll-ups as read (the rest of an hour is subtracted up to there).
-            keys["above"] = _code_of("id__lte", [rest.watermark], default=1)
-        if histogram_edges := [edge for edge in [*edges, *rest.edges] if edge.latency]:
-            # Each row's latency bucket, as the roll-ups count it, where an edge needs it.
-            keys["bucket"] = Case(
-                When(_covering(histogram_edges), then=rollups.bucket_of("latency_ms")),
-                default=Value(-1),
-                output_field=IntegerField(),
-            )
         sums = {"count": Count("pk"), "total_tokens": Sum("total_tokens"), "cost_units": Sum(_row_cost_units())}
         names = [f"key_{name}" for name in keys]
         rows = (
-            LLMRequestLog.objects.filter(_covering(windows))
+            LLMRequestLog.objects.alias(stamp=Coalesce("timestamp", "timestamp"))
+            .filter(_covering(windows) | parts.above())
             .annotate(**dict(zip(names, keys.values(), strict=True)))
             .values(*names)
             .annotate(**sums)
@@ -1992,7 +1995,8 @@ class _GroupedRows:
             place = len(keys) + list(sums).index("cost_units")
             self.columns["cost_units"] = np.array([int(row[place]) for row in fetched], dtype=object)
         self._models: dict[str, np.ndarray] = {}
-        self.rolled_up = self.columns["above"] == 0 if rest.edges else np.ones(len(table), dtype=bool)
+        # Rows in the roll-ups as read (all of them when no roll-up was read).
+        self.rolled_up = self.columns["above"] == 0 if "above" in keys else np.ones(len(table), dtype=bool)
 
     def within(self, window: Window) -> np.ndarray:
         segments = self.columns["segment"]
@@ -2069,21 +2073,44 @@ def _code_of(lookup: str, values: list[Any], default: int = -1) -> Case:
     )
 
 
-def _covering(windows: list[Window]) -> Q:
+def _part_keys(parts: RolledUpParts) -> dict[str, Case]:
+    """Whether a row is above the watermark the roll-ups were read at, and its latency bucket (as
+    the roll-ups count it) where a part asks for a histogram."""
+    keys = {}
+    if parts.windows or parts.rest or parts.edges:
+        keys["above"] = _code_of("id__lte", [parts.watermark], default=1)
+    histogram = [part for part in [*parts.edges, *parts.rest] if part.latency]
+    histogram_windows = [window for window in parts.windows if window.latency]
+    if histogram or histogram_windows:
+        condition = _covering(histogram)
+        if histogram_windows:
+            condition |= replace(parts, windows=histogram_windows).above()
+        keys["bucket"] = Case(
+            When(condition, then=rollups.bucket_of("latency_ms")), default=Value(-1), output_field=IntegerField()
+        )
+    return keys
+
+
+def _covering(windows: list[Window], field_name: str = "timestamp") -> Q:
     """The rows of any of the windows: those of all models as joined spans, a model's window only
-    where no span of all models covers it (the planner reads each through its own index)."""
+    where no span of all models covers it (the planner reads each through its own index). Their
+    time is `field_name` (an alias of it no index answers, where an index must not be used)."""
     spans: list[list[datetime]] = []
     for window in sorted((window for window in windows if not window.model), key=lambda window: window.start):
         if spans and window.start <= spans[-1][1]:
             spans[-1][1] = max(spans[-1][1], window.end)
         else:
             spans.append([window.start, window.end])
+
+    def within(start: datetime, end: datetime) -> Q:
+        return Q(**{f"{field_name}__gte": start, f"{field_name}__lt": end})
+
     condition = Q(pk__in=[])
     for start, end in spans:
-        condition |= Q(timestamp__gte=start, timestamp__lt=end)
+        condition |= within(start, end)
     for window in windows:
         if window.model and not any(start <= window.start and window.end <= end for start, end in spans):
-            condition |= window.condition()
+            condition |= within(window.start, window.end) & Q(model_name=window.model)
     return condition
 
 

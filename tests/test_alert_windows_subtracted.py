@@ -93,7 +93,7 @@ def test_windows_with_subtracted_part_hours_equal_the_raw_rows(calls):
 def test_most_of_an_hour_is_read_as_the_hour_less_its_rest(calls):
     """The rests hold calls (rolled up and not), so the equalities above test the subtraction: these
     are the windows that subtract, and the rests they read."""
-    plans, _latency = metrics._plan_windows(windows())
+    plans = metrics._plan_windows(windows())
     at = {minutes: plans[(NOW - timedelta(minutes=minutes), NOW, "")].split for minutes in (181, 200, 1410, 1500)}
     now_hour_rest = (NOW, rollup_math.ceil_hour(NOW))
     assert at[181].outside == [now_hour_rest]  # its 14-minute start edge is read raw
