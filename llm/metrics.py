@@ -1717,24 +1717,19 @@ def window_totals(windows: Iterable[Window], recent: RecentRows | None = None) -
     plans = _plan_windows(windows, recent.state if recent is not None else None)
     found, watermark = {}, 0
     if plans:
-        read = consistent(lambda at: (at, _read_windows(_cores(plans), at)), next(iter(plans.values())))
-        if read is None:  # the roll-ups kept moving: every window from the logs
+        reading = consistent(lambda at: (at, _read_windows(_cores(plans), at)), next(iter(plans.values())))
+        if reading is None:  # the roll-ups kept moving: every window from the logs
             plans = {}
         else:
-            watermark, found = read
+            watermark, found = reading
     planned = [window for window in windows if not window.raw_only and window.span in plans]
     edges = {window: _edges_of(window, plans[window.span].split) for window in planned}
-    parts = RolledUpParts(
-        list(dict.fromkeys(edge for inside, _outside in edges.values() for edge in inside)),
-        list(dict.fromkeys(edge for _inside, outside in edges.values() for edge in outside)),
-        planned,
-        watermark,
-    )
-    raw_totals, read_parts = _raw_window_totals([window for window in windows if window not in planned], parts)
+    parts = RolledUpParts.of(edges, watermark)
+    raw_totals, read = _raw_window_totals([window for window in windows if window not in planned], parts)
     measured: dict[Window, WindowTotals] = {}
     for window, (inside, outside) in edges.items():
-        added = [found[window.span], read_parts.above[window], *(read_parts.edges[edge] for edge in inside)]
-        totals = _summed(added, [read_parts.rest[edge] for edge in outside])
+        added = [found[window.span], read.above[window], *(read.edges[edge] for edge in inside)]
+        totals = _summed(added, [read.rest[edge] for edge in outside])
         measured[window] = _window_figures(totals, window.latency)
     return {**measured, **raw_totals}
 
@@ -1751,6 +1746,16 @@ class RolledUpParts:
     rest: list[Window] = field(default_factory=list)
     windows: list[Window] = field(default_factory=list)
     watermark: int = 0
+
+    @classmethod
+    def of(cls, edges: dict[Window, tuple[list[Window], list[Window]]], watermark: int) -> RolledUpParts:
+        """From {window: (its edges, its rests)} (_edges_of), each part once."""
+        inside = [edge for added, _taken in edges.values() for edge in added]
+        outside = [edge for _added, taken in edges.values() for edge in taken]
+        return cls(list(dict.fromkeys(inside)), list(dict.fromkeys(outside)), list(edges), watermark)
+
+    def __bool__(self) -> bool:
+        return bool(self.edges or self.rest or self.windows)
 
     def above(self) -> Q:
         """The rows above the watermark within the windows: an index range on the id; their time
@@ -1874,7 +1879,7 @@ def _raw_window_totals(
     long = [window for window in calls if window not in short]
     rated = [window for window in windows if window.feedback]
     parts = parts or RolledUpParts()
-    if short or parts.edges or parts.rest or parts.windows:
+    if short or parts:
         measured, part_totals = _call_totals(short, parts)
     else:
         measured, part_totals = {}, PartTotals()
@@ -2077,7 +2082,7 @@ def _part_keys(parts: RolledUpParts) -> dict[str, Case]:
     """Whether a row is above the watermark the roll-ups were read at, and its latency bucket (as
     the roll-ups count it) where a part asks for a histogram."""
     keys = {}
-    if parts.windows or parts.rest or parts.edges:
+    if parts:
         keys["above"] = _code_of("id__lte", [parts.watermark], default=1)
     histogram = [part for part in [*parts.edges, *parts.rest] if part.latency]
     histogram_windows = [window for window in parts.windows if window.latency]
