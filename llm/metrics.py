@@ -1717,7 +1717,7 @@ def window_totals(windows: Iterable[Window], recent: RecentRows | None = None) -
     plans = _plan_windows(windows, recent.state if recent is not None else None)
     found, watermark = {}, 0
     if plans:
-        reading = consistent(lambda at: (at, _read_windows(_cores(plans), at)), next(iter(plans.values())))
+        reading = consistent(lambda at: (at, _read_cores(plans)), next(iter(plans.values())))
         if reading is None:  # the roll-ups kept moving: every window from the logs
             plans = {}
         else:
@@ -1774,13 +1774,6 @@ class PartTotals:
     above: dict[Window, Totals] = field(default_factory=dict)
 
 
-def _cores(plans: dict[tuple, Plan]) -> dict[tuple, Plan]:
-    """The plans without their raw spans: the days and hours the roll-ups answer (and the rows above
-    the watermark within the window); the raw part-hours and the rest of subtracted hours are read
-    apart, for all windows at once (_edges_of)."""
-    return {span: replace(core, split=replace(core.split, raw=[], outside=[])) for span, core in plans.items()}
-
-
 def _edges_of(window: Window, split: rollup_math.Split) -> tuple[list[Window], list[Window]]:
     """The window's part-hours read from the rows (added), and the rest of its subtracted hours
     (taken away), as Windows of its model (with the latency histogram it asks for)."""
@@ -1829,28 +1822,66 @@ def _plan_windows(windows: list[Window], state: MetricWatermark | None = None) -
     return plans
 
 
-def _read_windows(plans: dict[tuple, Plan], watermark: int) -> dict[tuple, Totals]:
-    """Totals per (start, end, model) of the plans' days and hours, their rows above the watermark
-    left out (RolledUpParts reads them). Rules of all models and of one over the same window share
-    one reading of all models grouped by model (the alerts page at 1,000,000 calls: 9 readings of
-    3-5 queries each -> 5): a model's figures are its group's, all models' the groups' sum."""
-    empty = Totals(rollups.Figures())
-    by_window: dict[tuple, list[tuple]] = defaultdict(list)
-    for span in plans:
-        by_window[span[:2]].append(span)
-    found: dict[tuple, Totals] = {}
-    # "None above the watermark": the readings skip those rows (RolledUpParts counts them).
-    none_above = RecentRows(watermark, {})
-    for (start, end), spans in by_window.items():
-        everyone = (start, end, "")
-        if everyone not in plans or len(spans) == 1:
-            for span in spans:
-                found[span] = totals_at(plans[span], (), watermark, none_above).get((), empty)
-            continue
-        per_model = totals_at(plans[everyone], ("model_name",), watermark, none_above)
-        for span in spans:
-            found[span] = per_model.get((span[2],), empty) if span[2] else _summed(per_model.values())
+def _read_cores(plans: dict[tuple, Plan]) -> dict[tuple, Totals]:
+    """Per (start, end, model): the Totals of the plan's whole days and hours, from DailyLatency and
+    HourlyLatency (sums, failures and latency histograms per period and model; the calls above the
+    watermark are read with the edges: RolledUpParts). One query per table for all the windows:
+    every row of the days and hours any of them reads, each window's rows then added up (the
+    alerts page at 10,000,000 calls: six readings of two or three queries each -> two queries, and
+    each stored histogram decoded once, not once per window that reads it)."""
+    rows = _core_rows(plans)
+    first, histograms = rollup_math.merge_span(range(len(rows)), [row[-1] for row in rows], len(rows))
+    found = {}
+    for span, the_plan in plans.items():
+        days = set(the_plan.split.days)
+        hours = [(start.timestamp(), end.timestamp()) for start, end in the_plan.split.hours]
+        chosen = [index for index, row in enumerate(rows) if _core_reads(days, hours, span[2], row)]
+        found[span] = _core_totals([rows[index] for index in chosen], first, histograms[chosen])
     return found
+
+
+def _core_reads(days: set, hours: list[tuple[float, float]], model: str, row: tuple) -> bool:
+    """Whether a window of `model` ("": all) over these days and hours reads a _core_rows row."""
+    hourly, period, row_model = row[:3]
+    if model and row_model != model:
+        return False
+    return any(low <= period < high for low, high in hours) if hourly else period in days
+
+
+CORE_COLUMNS = ("model_name", "requests", "errors", "total_tokens", "cost_units", "latency_histogram")
+
+
+def _core_rows(plans: dict[tuple, Plan]) -> list[tuple]:
+    """(hourly, day or hour as epoch seconds, *CORE_COLUMNS) of every day and hour the plans read,
+    of every model unless all the plans are of some models."""
+    days = sorted({day for the_plan in plans.values() for day in the_plan.split.days})
+    hours = rollup_math.joined_spans([span for the_plan in plans.values() for span in the_plan.split.hours])
+    models = {span[2] for span in plans}
+    of_models = Q() if "" in models else Q(model_name__in=sorted(models))
+    found: list[tuple] = []
+    if days:
+        daily = DailyLatency.objects.filter(of_models, day__gte=days[0], day__lte=days[-1]).order_by()
+        found += [(False, *row) for row in daily.values_list("day", *CORE_COLUMNS)]
+    if hours:
+        within = Q(pk__in=[])
+        for start, end in hours:
+            within |= Q(hour__gte=start, hour__lt=end)
+        hourly = HourlyLatency.objects.filter(of_models, within).order_by().annotate(hour_epoch=EpochSeconds("hour"))
+        found += [(True, *row) for row in hourly.values_list("hour_epoch", *CORE_COLUMNS)]
+    return found
+
+
+def _core_totals(rows: list[tuple], first: int, histograms: np.ndarray) -> Totals:
+    """The Totals of some _core_rows (integers summed exactly), their histograms (merge_span's
+    columns from bucket `first`) added up."""
+    _hourly, _period, _model, requests, errors, tokens, cost_units, _histogram = (
+        zip(*rows, strict=True) if rows else ([],) * 8
+    )
+    figures = rollups.Figures(
+        requests=sum(requests), total_tokens=sum(tokens), cost_units=sum(int(units) for units in cost_units)
+    )
+    figures.latency[first : first + histograms.shape[1]] += histograms.sum(axis=0)
+    return Totals(figures, errors=sum(errors))
 
 
 def _summed(parts: Iterable[Totals], less: Iterable[Totals] = ()) -> Totals:
