@@ -1831,21 +1831,19 @@ def _read_cores(plans: dict[tuple, Plan]) -> dict[tuple, Totals]:
     each stored histogram decoded once, not once per window that reads it)."""
     rows = _core_rows(plans)
     first, histograms = rollup_math.merge_span(range(len(rows)), [row[-1] for row in rows], len(rows))
+    hourly = np.array([row[0] for row in rows], dtype=bool)
+    # A day as its ordinal, an hour as its epoch seconds: one number per row to compare.
+    periods = np.array([row[1] if row[0] else row[1].toordinal() for row in rows], dtype=np.int64)
+    models = np.array([row[2] for row in rows], dtype=object)
     found = {}
     for span, the_plan in plans.items():
-        days = set(the_plan.split.days)
-        hours = [(start.timestamp(), end.timestamp()) for start, end in the_plan.split.hours]
-        chosen = [index for index, row in enumerate(rows) if _core_reads(days, hours, span[2], row)]
+        days = np.isin(periods, [day.toordinal() for day in the_plan.split.days]) & ~hourly
+        hours = np.zeros(len(rows), dtype=bool)
+        for start, end in the_plan.split.hours:
+            hours |= (periods >= start.timestamp()) & (periods < end.timestamp())
+        chosen = np.flatnonzero((days | (hours & hourly)) & ((models == span[2]) if span[2] else True))
         found[span] = _core_totals([rows[index] for index in chosen], first, histograms[chosen])
     return found
-
-
-def _core_reads(days: set, hours: list[tuple[float, float]], model: str, row: tuple) -> bool:
-    """Whether a window of `model` ("": all) over these days and hours reads a _core_rows row."""
-    hourly, period, row_model = row[:3]
-    if model and row_model != model:
-        return False
-    return any(low <= period < high for low, high in hours) if hourly else period in days
 
 
 CORE_COLUMNS = ("model_name", "requests", "errors", "total_tokens", "cost_units", "latency_histogram")

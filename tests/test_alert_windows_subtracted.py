@@ -26,8 +26,8 @@ MODELS = ["model-a", "model-b", "model-c"]
 # 200 min starts at 07:27:23 (33 min of its hour: subtracted); 181 at 07:46 (14 min: read raw);
 # 1410 at 11:17 the day before (43 min: subtracted); 1500 at 09:47 the day before (47 min, but
 # more than a day old: purge_logs may have deleted its rest, so read raw); 95 and 120 are short
-# (exact, raw).
-MINUTES = [95, 120, 181, 200, 360, 1410, 1500]
+# (exact, raw); 3000 holds a whole day (the daily roll-ups).
+MINUTES = [95, 120, 181, 200, 360, 1410, 1500, 3000]
 Metric = AlertRule.MetricType
 
 
@@ -79,7 +79,7 @@ def test_windows_with_subtracted_part_hours_equal_the_raw_rows(calls):
     assert len(measured) == len(windows())
     for window, totals in measured.items():
         rows = within(calls, window)
-        assert rows  # every window holds calls: the sums below could fail
+        assert rows or window.end < NOW  # every window ending now holds calls: the sums below could fail
         assert totals.requests == len(rows), window
         assert totals.errors == sum(log.status == "error" for log in rows), window
         assert totals.total_tokens == sum(log.total_tokens for log in rows), window
@@ -102,6 +102,7 @@ def test_most_of_an_hour_is_read_as_the_hour_less_its_rest(calls):
     start = NOW - timedelta(minutes=1410)
     assert at[1410].outside == [(rollup_math.floor_hour(start), start), now_hour_rest]
     assert at[1500].outside == [now_hour_rest]
+    assert plans[(NOW - timedelta(minutes=3000), NOW, "")].split.days == [(NOW - timedelta(days=1)).date()]
     assert any(log.timestamp >= NOW for log in calls if log.id > metrics.rollup_state().last_id)
     assert any(log.timestamp >= NOW for log in calls if log.id <= metrics.rollup_state().last_id)
     assert all(
