@@ -1724,11 +1724,14 @@ def window_totals(windows: Iterable[Window], recent: RecentRows | None = None) -
             watermark, found = reading
     planned = [window for window in windows if not window.raw_only and window.span in plans]
     edges = {window: _edges_of(window, plans[window.span].split) for window in planned}
-    parts = RolledUpParts.of(edges, watermark)
+    parts = RolledUpParts.of(
+        edges, watermark, [window for window in planned if _may_hold_above(window, recent, watermark)]
+    )
     raw_totals, read = _raw_window_totals([window for window in windows if window not in planned], parts)
     measured: dict[Window, WindowTotals] = {}
+    empty = Totals(rollups.Figures())
     for window, (inside, outside) in edges.items():
-        added = [found[window.span], read.above[window], *(read.edges[edge] for edge in inside)]
+        added = [found[window.span], read.above.get(window, empty), *(read.edges[edge] for edge in inside)]
         totals = _summed(added, [read.rest[edge] for edge in outside])
         measured[window] = _window_figures(totals, window.latency)
     return {**measured, **raw_totals}
@@ -1748,11 +1751,14 @@ class RolledUpParts:
     watermark: int = 0
 
     @classmethod
-    def of(cls, edges: dict[Window, tuple[list[Window], list[Window]]], watermark: int) -> RolledUpParts:
-        """From {window: (its edges, its rests)} (_edges_of), each part once."""
+    def of(
+        cls, edges: dict[Window, tuple[list[Window], list[Window]]], watermark: int, above: list[Window]
+    ) -> RolledUpParts:
+        """From {window: (its edges, its rests)} (_edges_of), each part once, and the windows whose
+        rows above the watermark are read (`above`)."""
         inside = [edge for added, _taken in edges.values() for edge in added]
         outside = [edge for _added, taken in edges.values() for edge in taken]
-        return cls(list(dict.fromkeys(inside)), list(dict.fromkeys(outside)), list(edges), watermark)
+        return cls(list(dict.fromkeys(inside)), list(dict.fromkeys(outside)), above, watermark)
 
     def __bool__(self) -> bool:
         return bool(self.edges or self.rest or self.windows)
@@ -1772,6 +1778,15 @@ class PartTotals:
     edges: dict[Window, Totals] = field(default_factory=dict)
     rest: dict[Window, Totals] = field(default_factory=dict)
     above: dict[Window, Totals] = field(default_factory=dict)
+
+
+def _may_hold_above(window: Window, recent: RecentRows | None, watermark: int) -> bool:
+    """Whether the window may hold calls above the watermark: unless `recent` (read at that
+    watermark) tells none lies within it (the overview's previous window, seldom touched by them);
+    the window is then what the calls up to the watermark make it."""
+    if recent is None or recent.watermark != watermark:
+        return True
+    return recent.touch([(window.start, window.end)], window.model)
 
 
 def _edges_of(window: Window, split: rollup_math.Split) -> tuple[list[Window], list[Window]]:
