@@ -1752,6 +1752,11 @@ class Window:
     def raw_only(self) -> bool:
         return bool(self.error_type or self.percentile or self.feedback)
 
+    @property
+    def span(self) -> tuple[datetime, datetime, str]:
+        """What a roll-up plan depends on: windows differing only in what they ask share one."""
+        return (self.start, self.end, self.model)
+
     def condition(self) -> Q:
         """LLMRequestLog.objects.in_window(start, end).for_model(model) as a condition, so several
         windows can be measured in one query."""
@@ -1800,36 +1805,100 @@ def window_totals(windows: Iterable[Window], recent: RecentRows | None = None) -
     """The totals of several windows. Those the roll-ups answer (longer than EXACT_WINDOW) are read
     from them, all at one watermark (the roll-ups' state read once, not twice per window), a window
     asked for with and without its p95 once; the others from one reading of the rows they cover
-    (_call_totals). A longer window's whole UTC hours (its `core`) come from the roll-ups and its
+    (_call_totals). A longer window's whole days and UTC hours come from the roll-ups and its
     part-hours at either end (its `edges`) from that same one reading, so rules that end now read
-    the newest calls once rather than once per window (the alerts page at 10,000,000 calls: four
-    readings of the last hour's calls -> one), and every edge is summed in NumPy rather than row by
-    row. `recent`: the calls above the watermark, summed (see RecentRows)."""
+    the newest calls once rather than once per window, and every edge is summed in SQL per group.
+    A part-hour that is most of its hour is read as the hour's roll-up less the rest of the hour
+    (rollup_math.subtract_edges, as the shared reading does): the smaller side of each hour is read
+    from the rows (the alerts page at 10,000,000 calls: a freshly ingested hour costs a page read
+    per call, so the 6-hour rules' previous window no longer reads 43 minutes of it for 17). The
+    rest is read up to the watermark the roll-ups were read at, and the rows above it are counted
+    within the window only, so a call written meanwhile is neither added nor taken twice.
+    `recent`: the calls above the watermark, summed (see RecentRows)."""
     windows = list(dict.fromkeys(windows))
-    split = _split(windows)
-    cores = {window: core for window, (core, _edges) in split.items()}
-    planned = list(dict.fromkeys(cores.get(window, window) for window in windows))
-    plans, latency, unplanned = _plan_windows(planned, recent.state if recent is not None else None)
-    found = (
-        consistent(lambda watermark: _read_windows(plans, latency, watermark, recent), next(iter(plans.values())))
-        if plans
-        else {}
+    plans = _plan_windows(windows, recent.state if recent is not None else None)
+    found, watermark = {}, 0
+    if plans:
+        reading = consistent(lambda at: (at, _read_cores(plans)), next(iter(plans.values())))
+        if reading is None:  # the roll-ups kept moving: every window from the logs
+            plans = {}
+        else:
+            watermark, found = reading
+    planned = [window for window in windows if not window.raw_only and window.span in plans]
+    edges = {window: _edges_of(window, plans[window.span].split) for window in planned}
+    parts = RolledUpParts.of(
+        edges, watermark, [window for window in planned if _may_hold_above(window, recent, watermark)]
     )
-    if found is None:  # the roll-ups kept moving: every window from the logs
-        cores, found, unplanned = {}, {}, windows
-    missing = set(unplanned)
-    # A window is read raw when it, or the core it was split into, is not planned from the roll-ups.
-    raw_windows = [window for window in windows if cores.get(window, window) in missing]
-    edges = {window: split[window][1] for window, core in cores.items() if core not in missing}
-    raw_totals, edge_totals = _raw_window_totals(raw_windows, list(dict.fromkeys(sum(edges.values(), []))))
+    raw_totals, read = _raw_window_totals([window for window in windows if window not in planned], parts)
     measured: dict[Window, WindowTotals] = {}
-    for window in windows:
-        core = cores.get(window, window)
-        totals = found.get((core.start, core.end, core.model))
-        if window not in raw_totals and totals is not None:
-            parts = [edge_totals[edge] for edge in edges.get(window, [])]
-            measured[window] = _window_figures(_summed([totals, *parts]) if parts else totals, window.latency)
+    empty = Totals(rollups.Figures())
+    for window, (inside, outside) in edges.items():
+        added = [found[window.span], read.above.get(window, empty), *(read.edges[edge] for edge in inside)]
+        totals = _summed(added, [read.rest[edge] for edge in outside])
+        measured[window] = _window_figures(totals, window.latency)
     return {**measured, **raw_totals}
+
+
+@dataclass(frozen=True)
+class RolledUpParts:
+    """What one reading of the rows adds to windows whose days and hours the roll-ups answered at
+    `watermark`: their part-hours (`edges`: their rows up to the watermark), the rest of their
+    subtracted hours (`rest`: rows up to the watermark, subtracted), and each window's rows above
+    the watermark (`windows`), read here for all windows at once rather than by each roll-up
+    reading (the alerts page: six readings of the calls not rolled up yet -> none)."""
+
+    edges: list[Window] = field(default_factory=list)
+    rest: list[Window] = field(default_factory=list)
+    windows: list[Window] = field(default_factory=list)
+    watermark: int = 0
+
+    @classmethod
+    def of(
+        cls, edges: dict[Window, tuple[list[Window], list[Window]]], watermark: int, above: list[Window]
+    ) -> RolledUpParts:
+        """From {window: (its edges, its rests)} (_edges_of), each part once, and the windows whose
+        rows above the watermark are read (`above`)."""
+        inside = [edge for added, _taken in edges.values() for edge in added]
+        outside = [edge for _added, taken in edges.values() for edge in taken]
+        return cls(list(dict.fromkeys(inside)), list(dict.fromkeys(outside)), above, watermark)
+
+    def __bool__(self) -> bool:
+        return bool(self.edges or self.rest or self.windows)
+
+    def above(self) -> Q:
+        """The rows above the watermark within the windows: an index range on the id; their time
+        tested on COALESCE(timestamp, timestamp), which no index answers (above_watermark)."""
+        if not self.windows:
+            return Q(pk__in=[])
+        return Q(id__gt=self.watermark, id__lte=LARGEST_ID) & _covering(self.windows, "stamp")
+
+
+@dataclass
+class PartTotals:
+    """RolledUpParts' Totals: per edge, per rest, and per window above the watermark."""
+
+    edges: dict[Window, Totals] = field(default_factory=dict)
+    rest: dict[Window, Totals] = field(default_factory=dict)
+    above: dict[Window, Totals] = field(default_factory=dict)
+
+
+def _may_hold_above(window: Window, recent: RecentRows | None, watermark: int) -> bool:
+    """Whether the window may hold calls above the watermark: unless `recent` (read at that
+    watermark) tells none lies within it (the overview's previous window, seldom touched by them);
+    the window is then what the calls up to the watermark make it."""
+    if recent is None or recent.watermark != watermark:
+        return True
+    return recent.touch([(window.start, window.end)], window.model)
+
+
+def _edges_of(window: Window, split: rollup_math.Split) -> tuple[list[Window], list[Window]]:
+    """The window's part-hours read from the rows (added), and the rest of its subtracted hours
+    (taken away), as Windows of its model (with the latency histogram it asks for)."""
+
+    def parts(spans: list[tuple[datetime, datetime]]) -> list[Window]:
+        return [Window(start, end, window.model, latency=window.latency) for start, end in spans]
+
+    return parts(split.raw), parts(split.outside)
 
 
 def _window_figures(totals: Totals, latency: bool) -> WindowTotals:
@@ -1843,115 +1912,126 @@ def _window_figures(totals: Totals, latency: bool) -> WindowTotals:
     )
 
 
-def _split(windows: list[Window]) -> dict[Window, tuple[Window, list[Window]]]:
-    """{window: (its core, its part-hours around the core)} of the windows the roll-ups answer: the
-    core is the window's whole UTC hours, or, when those span no more than EXACT_WINDOW, the window
-    up to its last whole hour (a core that short would be read raw, with exact percentiles, which a
-    roll-up histogram of the rest could not join). The roll-ups' plan of the whole window reads the
-    same hours from them and the same part-hours raw (bucketed as they are): the same figures."""
-    split = {}
-    for window in windows:
-        if window.raw_only:
-            continue
-        last = rollup_math.floor_hour(window.end)
-        for first in (rollup_math.ceil_hour(window.start), window.start):
-            if (first, last) != (window.start, window.end) and last - first > EXACT_WINDOW:
-                edges = [
-                    Window(start, end, window.model, latency=window.latency)
-                    for start, end in ((window.start, first), (last, window.end))
-                    if start < end
-                ]
-                split[window] = (replace(window, start=first, end=last), edges)
-                break
-    return split
-
-
-def _plan_windows(
-    windows: list[Window], state: MetricWatermark | None = None
-) -> tuple[dict[tuple, Plan], set[tuple], list[Window]]:
-    """Per (start, end, model): the plan of the windows the roll-ups answer, which need a p95, and
-    the windows read from the logs. `state`: the roll-ups' state, when already read."""
-    raw_windows = [window for window in windows if window.raw_only]
+def _plan_windows(windows: list[Window], state: MetricWatermark | None = None) -> dict[tuple, Plan]:
+    """Per (start, end, model): the plan of the windows the roll-ups answer (edges that are most of
+    a recent hour subtracted: plan(subtract=True)); the others are read from the logs. `state`: the
+    roll-ups' state, when already read."""
     long_windows = [window for window in windows if not window.raw_only and window.end - window.start > EXACT_WINDOW]
     state = (state or rollup_state()) if long_windows else None
     plans: dict[tuple, Plan] = {}
-    latency: set[tuple] = set()
+    planned: dict[tuple, Plan | None] = {}
     for window in windows:
         if window.raw_only:
             continue
-        span = (window.start, window.end, window.model)
-        chosen = Selection(
-            LLMRequestLog.objects.in_window(window.start, window.end).for_model(window.model),
-            window.start,
-            window.end,
-            window.model,
-            rollups_apply=True,
-        )
-        the_plan = plans.get(span) or plan(chosen, state=state)
-        if the_plan is None:
-            raw_windows.append(window)
+        span = window.span
+        if span not in planned:  # once per span: a page's rules share a few (25 rules at 10M: 12)
+            chosen = Selection(
+                LLMRequestLog.objects.in_window(window.start, window.end).for_model(window.model),
+                window.start,
+                window.end,
+                window.model,
+                rollups_apply=True,
+            )
+            planned[span] = plan(chosen, state=state, subtract=True)
+        if planned[span] is None:
             continue
-        plans[span] = the_plan
-        if window.latency:
-            latency.add(span)
-    return plans, latency, raw_windows
+        plans[span] = planned[span]
+    return plans
 
 
-def _read_windows(
-    plans: dict[tuple, Plan], latency: set[tuple], watermark: int, recent: RecentRows | None = None
-) -> dict[tuple, Totals]:
-    """Totals per (start, end, model). Rules of all models and of one over the same window share
-    one reading of all models grouped by model (the alerts page at 1,000,000 calls: 9 readings of
-    3-5 queries each -> 5): a model's figures are its group's, all models' the groups' sum."""
-    empty = Totals(rollups.Figures())
-    by_window: dict[tuple, list[tuple]] = defaultdict(list)
-    for span in plans:
-        by_window[span[:2]].append(span)
-    found: dict[tuple, Totals] = {}
-    for (start, end), spans in by_window.items():
-        everyone = (start, end, "")
-        if everyone not in plans or len(spans) == 1:
-            for span in spans:
-                found[span] = _read_window(plans[span], span in latency, watermark, (), recent).get((), empty)
-            continue
-        with_latency = any(span in latency for span in spans)
-        per_model = _read_window(plans[everyone], with_latency, watermark, ("model_name",), recent)
-        for span in spans:
-            found[span] = per_model.get((span[2],), empty) if span[2] else _summed(per_model.values())
+def _read_cores(plans: dict[tuple, Plan]) -> dict[tuple, Totals]:
+    """Per (start, end, model): the Totals of the plan's whole days and hours, from DailyLatency and
+    HourlyLatency (sums, failures and latency histograms per period and model; the calls above the
+    watermark are read with the edges: RolledUpParts). One query per table for all the windows:
+    every row of the days and hours any of them reads, each window's rows then added up (the
+    alerts page at 10,000,000 calls: six readings of two or three queries each -> two queries, and
+    each stored histogram decoded once, not once per window that reads it)."""
+    rows = _core_rows(plans)
+    first, histograms = rollup_math.merge_span(range(len(rows)), [row[-1] for row in rows], len(rows))
+    hourly = np.array([row[0] for row in rows], dtype=bool)
+    # A day as its ordinal, an hour as its epoch seconds: one number per row to compare.
+    periods = np.array([row[1] if row[0] else row[1].toordinal() for row in rows], dtype=np.int64)
+    models = np.array([row[2] for row in rows], dtype=object)
+    found = {}
+    for span, the_plan in plans.items():
+        days = np.isin(periods, [day.toordinal() for day in the_plan.split.days]) & ~hourly
+        hours = np.zeros(len(rows), dtype=bool)
+        for start, end in the_plan.split.hours:
+            hours |= (periods >= start.timestamp()) & (periods < end.timestamp())
+        chosen = np.flatnonzero((days | (hours & hourly)) & ((models == span[2]) if span[2] else True))
+        found[span] = _core_totals([rows[index] for index in chosen], first, histograms[chosen])
     return found
 
 
-def _read_window(
-    the_plan: Plan, with_latency: bool, watermark: int, group: tuple[str, ...], recent: RecentRows | None = None
-) -> dict[tuple, Totals]:
-    if with_latency:
-        return totals_at(the_plan, group, watermark, recent)
-    return fold_status(measure_at(the_plan, (*group, "status"), watermark, percentiles=False))
+CORE_COLUMNS = ("model_name", "requests", "errors", "total_tokens", "cost_units", "latency_histogram")
 
 
-def _summed(parts: Iterable[Totals]) -> Totals:
+def _core_rows(plans: dict[tuple, Plan]) -> list[tuple]:
+    """(hourly, day or hour as epoch seconds, *CORE_COLUMNS) of every day and hour the plans read,
+    of every model unless all the plans are of some models."""
+    days = sorted({day for the_plan in plans.values() for day in the_plan.split.days})
+    hours = rollup_math.joined_spans([span for the_plan in plans.values() for span in the_plan.split.hours])
+    models = {span[2] for span in plans}
+    of_models = Q() if "" in models else Q(model_name__in=sorted(models))
+    found: list[tuple] = []
+    if days:
+        daily = DailyLatency.objects.filter(of_models, day__gte=days[0], day__lte=days[-1]).order_by()
+        found += [(False, *row) for row in daily.values_list("day", *CORE_COLUMNS)]
+    if hours:
+        within = Q(pk__in=[])
+        for start, end in hours:
+            within |= Q(hour__gte=start, hour__lt=end)
+        hourly = HourlyLatency.objects.filter(of_models, within).order_by().annotate(hour_epoch=EpochSeconds("hour"))
+        found += [(True, *row) for row in hourly.values_list("hour_epoch", *CORE_COLUMNS)]
+    return found
+
+
+def _core_totals(rows: list[tuple], first: int, histograms: np.ndarray) -> Totals:
+    """The Totals of some _core_rows (integers summed exactly), their histograms (merge_span's
+    columns from bucket `first`) added up."""
+    _hourly, _period, _model, requests, errors, tokens, cost_units, _histogram = (
+        zip(*rows, strict=True) if rows else ([],) * 8
+    )
+    figures = rollups.Figures(
+        requests=sum(requests), total_tokens=sum(tokens), cost_units=sum(int(units) for units in cost_units)
+    )
+    figures.latency[first : first + histograms.shape[1]] += histograms.sum(axis=0)
+    return Totals(figures, errors=sum(errors))
+
+
+def _summed(parts: Iterable[Totals], less: Iterable[Totals] = ()) -> Totals:
+    """The sum of `parts` less the sum of `less` (integers and histograms: exact)."""
     total = Totals(rollups.Figures())
     for part in parts:
         total.figures.add_sums(_sums(part.figures))
         total.figures.latency += part.figures.latency
         total.errors += part.errors
+    for part in less:
+        total.figures.add_sums({name: -value for name, value in _sums(part.figures).items()})
+        total.figures.latency -= part.figures.latency
+        total.errors -= part.errors
     return total
 
 
 def _raw_window_totals(
-    windows: list[Window], edges: list[Window] | None = None
-) -> tuple[dict[Window, WindowTotals], dict[Window, Totals]]:
-    """The windows read from the logs, and the long windows' part-hours (`edges`) as Totals. Short
-    windows and edges are read row by row (_call_totals); a longer window read raw (a rule of a
-    later type over hours or days: its rows may be millions) is summed in SQL (_aggregated_totals)."""
+    windows: list[Window], parts: RolledUpParts | None = None
+) -> tuple[dict[Window, WindowTotals], PartTotals]:
+    """The windows read from the logs, and the parts of the windows the roll-ups answer (`parts`).
+    Short windows and parts are read in one reading (_call_totals); a longer window read raw (a rule
+    of a later type over hours or days: its rows may be millions) is summed in SQL
+    (_aggregated_totals)."""
     calls = [window for window in windows if not window.feedback]
     short = [window for window in calls if window.end - window.start <= EXACT_WINDOW]
     long = [window for window in calls if window not in short]
     rated = [window for window in windows if window.feedback]
-    measured, edge_totals = _call_totals(short, edges or []) if short or edges else ({}, {})
+    parts = parts or RolledUpParts()
+    if short or parts:
+        measured, part_totals = _call_totals(short, parts)
+    else:
+        measured, part_totals = {}, PartTotals()
     if long:
         measured |= _aggregated_totals(long)
-    return {**measured, **(_rating_totals(rated) if rated else {})}, edge_totals
+    return {**measured, **(_rating_totals(rated) if rated else {})}, part_totals
 
 
 def _aggregated_totals(windows: list[Window]) -> dict[Window, WindowTotals]:
@@ -1987,12 +2067,12 @@ def _window_aggregates(window: Window) -> dict[str, Aggregate]:
     return wanted
 
 
-def _call_totals(windows: list[Window], edges: list[Window]) -> tuple[dict[Window, WindowTotals], dict[Window, Totals]]:
-    """The short windows' figures, and the edges' (with their latency histograms), from one reading
+def _call_totals(windows: list[Window], parts: RolledUpParts) -> tuple[dict[Window, WindowTotals], PartTotals]:
+    """The short windows' figures, and the parts' (with their latency histograms), from one reading
     of the rows they cover together, summed in SQL per group (_GroupedRows) and added up per window
     in NumPy. Percentiles are exact: linear interpolation between closest ranks, as percentile_cont
     (NULLs left out, as SQL does), over the values of the rows they sort."""
-    groups = _GroupedRows(windows, edges)
+    groups = _GroupedRows(windows, parts)
     measured = {}
     for window in windows:
         within = groups.within(window)
@@ -2008,18 +2088,12 @@ def _call_totals(windows: list[Window], edges: list[Window]) -> tuple[dict[Windo
             cost=float(rollups.usd(groups.sum("cost_units", within))),
             **extra,
         )
-    edge_totals = {}
-    for edge in edges:
-        within = groups.within(edge)
-        figures = rollups.Figures(
-            requests=groups.count(within),
-            total_tokens=groups.sum("total_tokens", within),
-            cost_units=groups.sum("cost_units", within),
-        )
-        if edge.latency:
-            figures.latency += groups.histogram(within, len(figures.latency))
-        edge_totals[edge] = Totals(figures, errors=groups.count(within & groups.failed))
-    return measured, edge_totals
+    rolled_up = groups.rolled_up
+    return measured, PartTotals(
+        edges={edge: groups.totals(edge, groups.within(edge) & rolled_up) for edge in parts.edges},
+        rest={edge: groups.totals(edge, groups.within(edge) & rolled_up) for edge in parts.rest},
+        above={window: groups.totals(window, groups.within(window) & ~rolled_up) for window in parts.windows},
+    )
 
 
 def _percentile_of(window: Window) -> str:
@@ -2036,12 +2110,13 @@ class _GroupedRows:
     every row of every part-hour (59,085); the database still reads each row once. Every sum is of
     integers: exact."""
 
-    def __init__(self, short: list[Window], edges: list[Window]) -> None:
-        windows = [*short, *edges]
-        self.bounds = sorted({moment for window in windows for moment in (window.start, window.end)})
+    def __init__(self, short: list[Window], parts: RolledUpParts) -> None:
+        windows = [*short, *parts.edges, *parts.rest]
+        spanned = [*windows, *parts.windows]
+        self.bounds = sorted({moment for window in spanned for moment in (window.start, window.end)})
         self.place = {moment: index for index, moment in enumerate(self.bounds)}
         # The models and error types the windows name, by their index in these lists (-1: another).
-        self.models = sorted({window.model for window in windows if window.model})
+        self.models = sorted({window.model for window in spanned if window.model})
         self.error_types = sorted({window.error_type for window in windows if window.error_type})
         keys = {
             "segment": _code_of("timestamp__lt", self.bounds[1:], default=len(self.bounds) - 1),
@@ -2049,18 +2124,13 @@ class _GroupedRows:
             "failed": _code_of("status", [LLMRequestLog.Status.ERROR]),
             "error_type": _code_of("error_type", self.error_types),
             **_sorted_values(short),
+            **_part_keys(parts),
         }
-        if histogram_edges := [edge for edge in edges if edge.latency]:
-            # Each row's latency bucket, as the roll-ups count it, where an edge needs it.
-            keys["bucket"] = Case(
-                When(_covering(histogram_edges), then=rollups.bucket_of("latency_ms")),
-                default=Value(-1),
-                output_field=IntegerField(),
-            )
         sums = {"count": Count("pk"), "total_tokens": Sum("total_tokens"), "cost_units": Sum(_row_cost_units())}
         names = [f"key_{name}" for name in keys]
         rows = (
-            LLMRequestLog.objects.filter(_covering(windows))
+            LLMRequestLog.objects.alias(stamp=Coalesce("timestamp", "timestamp"))
+            .filter(_covering(windows) | parts.above())
             .annotate(**dict(zip(names, keys.values(), strict=True)))
             .values(*names)
             .annotate(**sums)
@@ -2076,6 +2146,8 @@ class _GroupedRows:
             place = len(keys) + list(sums).index("cost_units")
             self.columns["cost_units"] = np.array([int(row[place]) for row in fetched], dtype=object)
         self._models: dict[str, np.ndarray] = {}
+        # Rows in the roll-ups as read (all of them when no roll-up was read).
+        self.rolled_up = self.columns["above"] == 0 if "above" in keys else np.ones(len(table), dtype=bool)
 
     def within(self, window: Window) -> np.ndarray:
         segments = self.columns["segment"]
@@ -2085,6 +2157,17 @@ class _GroupedRows:
                 self._models[window.model] = self.columns["model"] == self.models.index(window.model)
             inside &= self._models[window.model]
         return inside
+
+    def totals(self, edge: Window, within: np.ndarray) -> Totals:
+        """An edge's figures (its latency histogram when it asks for one) and failures."""
+        figures = rollups.Figures(
+            requests=self.count(within),
+            total_tokens=self.sum("total_tokens", within),
+            cost_units=self.sum("cost_units", within),
+        )
+        if edge.latency:
+            figures.latency += self.histogram(within, len(figures.latency))
+        return Totals(figures, errors=self.count(within & self.failed))
 
     def count(self, within: np.ndarray) -> int:
         return int(self.columns["count"][within].astype(np.int64).sum())
@@ -2141,21 +2224,44 @@ def _code_of(lookup: str, values: list[Any], default: int = -1) -> Case:
     )
 
 
-def _covering(windows: list[Window]) -> Q:
+def _part_keys(parts: RolledUpParts) -> dict[str, Case]:
+    """Whether a row is above the watermark the roll-ups were read at, and its latency bucket (as
+    the roll-ups count it) where a part asks for a histogram."""
+    keys = {}
+    if parts:
+        keys["above"] = _code_of("id__lte", [parts.watermark], default=1)
+    histogram = [part for part in [*parts.edges, *parts.rest] if part.latency]
+    histogram_windows = [window for window in parts.windows if window.latency]
+    if histogram or histogram_windows:
+        condition = _covering(histogram)
+        if histogram_windows:
+            condition |= replace(parts, windows=histogram_windows).above()
+        keys["bucket"] = Case(
+            When(condition, then=rollups.bucket_of("latency_ms")), default=Value(-1), output_field=IntegerField()
+        )
+    return keys
+
+
+def _covering(windows: list[Window], field_name: str = "timestamp") -> Q:
     """The rows of any of the windows: those of all models as joined spans, a model's window only
-    where no span of all models covers it (the planner reads each through its own index)."""
+    where no span of all models covers it (the planner reads each through its own index). Their
+    time is `field_name` (an alias of it no index answers, where an index must not be used)."""
     spans: list[list[datetime]] = []
     for window in sorted((window for window in windows if not window.model), key=lambda window: window.start):
         if spans and window.start <= spans[-1][1]:
             spans[-1][1] = max(spans[-1][1], window.end)
         else:
             spans.append([window.start, window.end])
+
+    def within(start: datetime, end: datetime) -> Q:
+        return Q(**{f"{field_name}__gte": start, f"{field_name}__lt": end})
+
     condition = Q(pk__in=[])
     for start, end in spans:
-        condition |= Q(timestamp__gte=start, timestamp__lt=end)
+        condition |= within(start, end)
     for window in windows:
         if window.model and not any(start <= window.start and window.end <= end for start, end in spans):
-            condition |= window.condition()
+            condition |= within(window.start, window.end) & Q(model_name=window.model)
     return condition
 
 

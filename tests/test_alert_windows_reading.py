@@ -212,8 +212,9 @@ def test_calls_with_equal_values_each_count_once_in_sums_percentiles_and_histogr
             assert totals.p95_ttft_ms == float(np.percentile(ttfts, 95))
     # An edge's histogram: each call in its bucket, as the roll-ups count it.
     edge = metrics.Window(NOW - timedelta(minutes=200), NOW - timedelta(minutes=100), MODELS[0], latency=True)
-    _, edges = metrics._raw_window_totals([], [edge])
+    _, parts = metrics._raw_window_totals([], metrics.RolledUpParts([edge], watermark=metrics.LARGEST_ID))
     rows = within(calls, edge)
     expected = np.bincount([rollup_math.bucket_index(log.latency_ms) for log in rows], minlength=rollup_math.BUCKETS)
-    assert edges[edge].figures.latency.tolist() == expected.tolist()
-    assert (edges[edge].figures.requests, edges[edge].errors) == (len(rows), sum(log.status == "error" for log in rows))
+    found = parts.edges[edge]
+    assert found.figures.latency.tolist() == expected.tolist()
+    assert (found.figures.requests, found.errors) == (len(rows), sum(log.status == "error" for log in rows))

@@ -9,6 +9,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.core.management import call_command
 from django.test import Client
+from django.urls import reverse
+from django.utils import timezone
 
 from llm.models import AlertLog, AlertRule, DashboardSettings
 from tests.factories import make_rule
@@ -211,3 +213,17 @@ def test_check_now_links_to_the_requests_own_origin(browser, webhook_receiver, s
     rule = dead_mans_switch(notify_email=False, webhook_url=webhook_receiver.url)
     browser.post(f"/alerts/rules/{rule.pk}/check/", HTTP_HOST="localhost:8123")
     assert webhook_receiver.requests[0].json()["link"] == "http://localhost:8123/alerts/"
+
+
+def test_each_rules_links_are_its_own(browser, no_default_channels):
+    """The page writes each rule's links from one reverse() per link name (views.RuleLinks): every
+    link names its own rule, as reverse() writes it, whatever digits the ids share."""
+    rules = [make_rule(name=f"rule {index}", email_recipients=["ops@example.com"]) for index in range(12)]
+    rules[0].silence(timezone.now() + timedelta(minutes=30), reason="deploy")
+    html = browser.get("/alerts/").content.decode()
+    for rule in rules:
+        row = re.search(rf'<tr class="rule" data-rule="{rule.pk}">(.*?)</tr>', html, re.S).group(1)
+        found = set(re.findall(r'(?:href|action)="([^"]+)"', row))
+        silence = "alert-rule-unsilence" if rule is rules[0] else "alert-rule-silence"
+        names = ["alert-history", "alert-rule-edit", "alert-rule-check", "alert-rule-test", silence]
+        assert found == {reverse(name, args=[rule.pk]) for name in names}, rule.name
