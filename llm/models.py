@@ -223,7 +223,9 @@ class LLMRequestLog(models.Model):
             # `search`, newest first: a walk of the calls with text only. Calls without text can
             # never match, and when they are the newest (each on its own page of the table after a
             # VACUUM) a walk of the timestamp index read ~96,000 of them before its first match.
-            models.Index(fields=["timestamp", "id"], name="llm_log_text_time", condition=CARRIES_TEXT),
+            # One column, like the timestamp index: PostgreSQL rates a two-column index's order
+            # lower (0.75 of its correlation) and then walks the timestamp index instead.
+            models.Index(fields=["timestamp"], name="llm_log_text_time", condition=CARRIES_TEXT),
         ]
 
     def __str__(self) -> str:

@@ -12,6 +12,6 @@ class Migration(migrations.Migration):
     operations = [
         migrations.AddIndex(
             model_name='llmrequestlog',
-            index=models.Index(condition=models.Q(models.Q(('prompt_text', ''), _negated=True), models.Q(('response_text', ''), _negated=True), _connector='OR'), fields=['timestamp', 'id'], name='llm_log_text_time'),
+            index=models.Index(condition=models.Q(models.Q(('prompt_text', ''), _negated=True), models.Q(('response_text', ''), _negated=True), _connector='OR'), fields=['timestamp'], name='llm_log_text_time'),
         ),
     ]
