@@ -29,6 +29,11 @@ ONE_MILLION = Decimal(1_000_000)
 # roll-ups up to date, so this module does not import what imports it.
 calls_recorded = Signal()
 COST_PLACES = Decimal("0.0000000001")
+# A call with some text, the only calls a `search` can match (llm.filters.search_logs): the condition
+# of the partial index llm_log_text_time, which the search repeats (PostgreSQL uses a partial index
+# only for a query that implies its condition). Calls reported without text (spans exported without
+# content, events without text) stay out of the index.
+CARRIES_TEXT = ~models.Q(prompt_text="") | ~models.Q(response_text="")
 
 
 class LLMRequestLogQuerySet(models.QuerySet):
@@ -215,6 +220,12 @@ class LLMRequestLog(models.Model):
             # The spend of an `api_key` Budget over its period (llm/budgets.py), on every refresh of
             # the hard-limit check and on the budgets API.
             models.Index(fields=["api_key_name", "timestamp"], name="llm_log_api_key_time"),
+            # `search`, newest first: a walk of the calls with text only. Calls without text can
+            # never match, and when they are the newest (each on its own page of the table after a
+            # VACUUM) a walk of the timestamp index read ~96,000 of them before its first match.
+            # One column, like the timestamp index: PostgreSQL rates a two-column index's order
+            # lower (0.75 of its correlation) and then walks the timestamp index instead.
+            models.Index(fields=["timestamp"], name="llm_log_text_time", condition=CARRIES_TEXT),
         ]
 
     def __str__(self) -> str:

@@ -35,7 +35,8 @@ EXACT_COUNT_UP_TO = 10_000
 # calls of a window match, so a bounded count reads the window's calls until it has found that many
 # matches, each call's text read and compared. At 10 million calls, 10,001 matches of "refund"
 # among one model's calls were ~228,000 calls read (116-249 ms, bench/scale_bench.py); 1,001 are a
-# tenth of that.
+# tenth of that. The walk reads only calls with text (the partial index llm_log_text_time): at 10
+# million calls a bounded count of 1,001 "refund" matches took 14-47 ms, one model included.
 SEARCH_EXACT_COUNT_UP_TO = 1_000
 TEXT_FIELDS = frozenset({"prompt_text", "response_text"})
 
