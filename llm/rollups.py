@@ -588,15 +588,21 @@ def _write(model: type, keys: Sequence[str], added: Sequence[str], replaced: Seq
                     ],
                 )
             else:
+                prepare = [_prepared(field) for field in fields]
                 cursor.executemany(
                     statement,
-                    [
-                        tuple(
-                            field.get_db_prep_save(value, connection) for field, value in zip(fields, row, strict=True)
-                        )
-                        for row in chunk
-                    ],
+                    [tuple(convert(value) for convert, value in zip(prepare, row, strict=True)) for row in chunk],
                 )
+
+
+def _prepared(field: Any) -> Callable[[Any], Any]:
+    """SQLite: a value as Django stores it (dates, times, decimals); numbers and text as they are."""
+    if field.get_internal_type() in _AS_IS:
+        return lambda value: value
+    return lambda value: field.get_db_prep_save(value, connection)
+
+
+_AS_IS = {"BigIntegerField", "IntegerField", "FloatField", "CharField", "TextField"}
 
 
 def _plain(field: Any) -> Callable[[Any], Any]:
