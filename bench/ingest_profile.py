@@ -6,6 +6,7 @@ what they stored, as the first write after a second does (`rollups.after_write`)
     .venv/bin/python bench/ingest_profile.py                         # SQLite (a temporary file)
     INGEST_PROFILE_SESSIONS=1 ...                                    # events carry session ids
     INGEST_PROFILE_EVENTS=scale ...                                  # bench/scale_bench.py's events
+    INGEST_PROFILE_SQL=1 ...                                         # the roll-ups' SQL time per statement
 
 The events are bench/hotpath_bench.py's (20 users, one tag, timestamps within a second) or, with
 INGEST_PROFILE_EVENTS=scale, bench/scale_bench.py's (500 users, three models, timestamps over the
@@ -14,6 +15,7 @@ last hour, 3 % failures), to tell which part of a batch those cost more.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import statistics
@@ -30,6 +32,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "core.settings")
 BATCHES = int(os.environ.get("INGEST_PROFILE_BATCHES", "10"))
 SESSIONS = os.environ.get("INGEST_PROFILE_SESSIONS") == "1"
 EVENTS = os.environ.get("INGEST_PROFILE_EVENTS", "hotpath")
+SQL = os.environ.get("INGEST_PROFILE_SQL") == "1"
 
 
 def batch_maker():
@@ -100,16 +103,40 @@ def main() -> None:
         rollups.roll_up()
         timed("roll-up of the batch", started)
     # The roll-up as it runs in a server: once a second over what every writer stored since.
+    statements: dict[str, list[float]] = {}
     for _ in range(3):
         for _ in range(10):
             events.store_events(events.parse_events(json.loads(event_batch())))
         started, cpu_started[0] = time.perf_counter(), time.thread_time()
-        rollups.roll_up()
+        with connection.execute_wrapper(_timing(statements)) if SQL else contextlib.nullcontext():
+            rollups.roll_up()
         timed("roll-up of 10 batches", started)
     print(f"{connection.vendor}, {EVENTS} events, median of {BATCHES} batches of 500 (roll-ups: of 3), load {_load()}")
     print(f"  {'':24} {'wall':>8}    {'CPU':>8}")
     for name, values in times.items():
         print(f"  {name:24} {statistics.median(values):8.1f} ms {statistics.median(cpu[name]):8.1f} ms")
+    if SQL:
+        print("  the roll-ups of 10 batches, wall ms per roll-up by statement (client time included):")
+        for kind, spent in sorted(statements.items(), key=lambda item: -sum(item[1])):
+            print(f"    {sum(spent) / 3:8.1f} ms  {len(spent) / 3:4.1f} x  {kind}")
+
+
+def _timing(statements: dict[str, list[float]]):
+    """An execute wrapper adding each statement's wall time to `statements`, by its verb and table."""
+
+    def wrapper(execute, sql, params, many, context):
+        started = time.perf_counter()
+        try:
+            return execute(sql, params, many, context)
+        finally:
+            words = sql.replace('"', "").split()
+            verb = words[0]
+            table = next(
+                (w for w, before in zip(words[1:], words[:-1], strict=True) if before in ("INTO", "FROM", "UPDATE")), ""
+            )
+            statements.setdefault(f"{verb} {table}", []).append((time.perf_counter() - started) * 1000)
+
+    return wrapper
 
 
 def _load() -> str:
