@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
 
+import httpx
 from django.conf import settings
 from django.db import connection
 
@@ -183,11 +184,14 @@ def serving(fake_groq_server, tmp_path_factory, django_db_blocker, **env: str) -
         while True:
             assert process.poll() is None, log.read_text()
             try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, log.read_text()
-                time.sleep(0.05)  # a starting server: nothing to wait on but its port
+                # Answered, not only listening: a worker takes its port before its application has
+                # started (seconds on a busy machine), and a test's clients would wait through that.
+                if httpx.get(f"{instance.url}/health/", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)  # a starting server: nothing to wait on but its answer
         yield instance
     finally:
         process.terminate()
