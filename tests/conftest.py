@@ -163,6 +163,7 @@ def pytest_collection_modifyitems(config, items):
     either (no database, or their own SQLite file in a subprocess). Browser tests too: they check
     what the browser draws and runs, which no database changes; every page's figures are checked on
     both databases without a browser (tests/test_pages*.py), and `make run` serves SQLite."""
+    _shared_rows_last(items)
     items.sort(key=lambda item: item.get_closest_marker("browser") is not None)
     from django.conf import settings
 
@@ -171,6 +172,41 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if item.get_closest_marker("one_database") or item.get_closest_marker("browser"):
                 item.add_marker(skip)
+
+
+def _shared_rows_last(items: list[pytest.Item]) -> None:
+    """In each run of one module's tests, those that read rows made once for the module
+    (`module_transaction`) after those that do not: these expect the empty database they always had.
+    Runs, not modules: pytest-django has already put a module's transactional tests apart."""
+    runs: list[list[pytest.Item]] = []
+    for item in items:
+        if runs and runs[-1][0].module is item.module:
+            runs[-1].append(item)
+        else:
+            runs.append([item])
+    items[:] = [
+        item for run in runs for item in sorted(run, key=lambda item: "module_transaction" in item.fixturenames)
+    ]
+
+
+@pytest.fixture(scope="module")
+def module_transaction(django_db_setup, django_db_blocker):
+    """A transaction around the tests of a module, rolled back after the last: a module-scoped fixture
+    that takes this one writes rows that module's tests share once (under `django_db_blocker.unblock()`)
+    instead of once per test. Each test's own transaction (`django_db`) is a savepoint inside it, so
+    what a test writes is still undone after it. Not for transactional tests: pytest-django runs those
+    after the others, when this transaction has ended."""
+    from django.db import transaction
+
+    with django_db_blocker.unblock():
+        atomic = transaction.atomic()
+        atomic.__enter__()
+    try:
+        yield
+    finally:
+        with django_db_blocker.unblock():
+            transaction.set_rollback(True)
+            atomic.__exit__(None, None, None)
 
 
 @pytest.fixture(scope="session")

@@ -38,12 +38,12 @@ from tests.load_clients import (
     events_client,
     fresh_ids,
     gunicorn_server,
-    manage,
     overlapping_ids,
     prompts_client,
     run_clients,
     server_environment,
 )
+from tests.serving import migrated_sqlite
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "sdk"))
 import llm_observatory  # noqa: E402
@@ -69,8 +69,7 @@ def app_server(tmp_path: Path, **variables: str) -> Iterator[tuple[str, str, Cal
     else:
         database = tmp_path / "db.sqlite3"
         environment = server_environment(f"sqlite:///{database}", **variables)
-        manage(environment, "migrate", "--noinput")
-        key = manage(environment, "create_api_key", "load", "--scopes", "ingest,prompt,read,read_text,manage").strip()
+        key = migrated_sqlite(database)[0]  # every scope; a copy of a database migrated once per run
 
         def stored(model: str) -> list[str]:
             with contextlib.closing(sqlite3.connect(database)) as db:

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from tests.fake_groq import Behaviour
-from tests.test_prompt_server import Server, serving
+from tests.serving import Server, serving
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

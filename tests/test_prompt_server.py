@@ -9,157 +9,19 @@ database lives in memory, it gets a migrated file of its own, read here with sql
 from __future__ import annotations
 
 import json
-import os
 import socket
-import sqlite3
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
-from django.conf import settings
-from django.db import connection
 
-from llm.models import APIKey, LLMRequestLog
 from tests.fake_groq import Behaviour
+from tests.serving import TIMEOUT_SECONDS, Server, children, serving, socket_inodes
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-SERVE = [sys.executable, "-m", "gunicorn", "--config", "core/gunicorn.conf.py", "core.asgi:application"]
-ROOT = Path(settings.BASE_DIR)
-TIMEOUT_SECONDS = 3.0
-KEYS_PER_BATCH = 10
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def postgres_url() -> str:
-    db = connection.settings_dict
-    return f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
-
-
-class Server:
-    def __init__(self, url: str, database_url: str, sqlite_path: Path | None) -> None:
-        self.url = url
-        self.database_url = database_url
-        self.sqlite_path = sqlite_path
-        self.unused_keys: list[str] = []
-        self.log: Path | None = None
-        self.pid: int | None = None  # gunicorn's master
-
-    def environment(self) -> dict[str, str]:
-        # core.settings, as `make run` reads them (tests.settings would drop the GROQ_ variables).
-        return {
-            **os.environ,
-            "DJANGO_SETTINGS_MODULE": "core.settings",
-            "DATABASE_URL": self.database_url,
-            "OBSERVATORY_ENV_FILE": "",
-        }
-
-    def api_key(self) -> str:
-        """A new key with every scope (one per test: each starts with its own rate-limit count)."""
-        if self.sqlite_path is None:
-            return APIKey.generate("server-tests", APIKey.ALL_SCOPES)[1]
-        if not self.unused_keys:
-            # Keys for the server's own SQLite file, made a batch at a time: a process that loads
-            # Django costs seconds, a key in it nothing.
-            code = (
-                "from llm.models import APIKey\n"
-                f"for _ in range({KEYS_PER_BATCH}):\n"
-                "    print(APIKey.generate('server-tests', APIKey.ALL_SCOPES)[1])"
-            )
-            created = subprocess.run(
-                [sys.executable, "manage.py", "shell", "--no-startup", "--command", code],
-                cwd=ROOT,
-                env=self.environment(),
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            self.unused_keys = created.stdout.split()
-        return self.unused_keys.pop()
-
-    def rows(self, prompt: str) -> list[dict]:
-        """The logged calls with this prompt, straight from the server's database."""
-        if self.sqlite_path is None:
-            return list(LLMRequestLog.objects.filter(prompt_text=prompt).values())
-        with sqlite3.connect(self.sqlite_path) as db:
-            db.row_factory = sqlite3.Row
-            found = db.execute("SELECT * FROM llm_llmrequestlog WHERE prompt_text = ?", [prompt]).fetchall()
-        rows = [dict(row) for row in found]
-        for row in rows:
-            row["tags"] = json.loads(row["tags"])
-        return rows
-
-    def wait_for_rows(self, prompt: str, count: int = 1, seconds: float = 15) -> list[dict]:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            rows = self.rows(prompt)
-            if len(rows) >= count:
-                return rows
-            time.sleep(0.05)  # the row is written by another process: nothing to wait on but the table
-        return self.rows(prompt)
-
-
-@contextmanager
-def serving(fake_groq_server, tmp_path_factory, django_db_blocker, **env: str) -> Iterator[Server]:
-    """The server `make run` starts, on the test database, against the fake Groq; `env` adds to
-    or overrides its environment. Its output goes to `Server.log`."""
-    with django_db_blocker.unblock():
-        vendor = connection.vendor
-        database_url = postgres_url() if vendor == "postgresql" else None
-    sqlite_path = None
-    if database_url is None:
-        sqlite_path = tmp_path_factory.mktemp("asgi") / "server.sqlite3"
-        database_url = f"sqlite:///{sqlite_path}"
-    port = free_port()
-    instance = Server(f"http://127.0.0.1:{port}", database_url, sqlite_path)
-    if sqlite_path is not None:
-        migrate = [sys.executable, "manage.py", "migrate", "--noinput", "--verbosity", "0"]
-        subprocess.run(migrate, cwd=ROOT, env=instance.environment(), check=True)
-    env = {
-        **instance.environment(),
-        "GROQ_API_KEY": "gsk_test_key",
-        "GROQ_BASE_URL": fake_groq_server.base_url,
-        "GROQ_MAX_RETRIES": "0",
-        "GROQ_TIMEOUT_SECONDS": str(TIMEOUT_SECONDS),
-        # On PostgreSQL a worker rolls up after the answer, in a thread of its own: one still
-        # running when a test flushes the shared tables deadlocks with it (as conftest.py says of
-        # the live server's). A test about roll-ups turns them on.
-        "ROLLUPS_AFTER_WRITE": "False",
-        **env,
-    }
-    log = tmp_path_factory.mktemp("asgi-log") / "server.log"
-    instance.log = log
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [*SERVE, "--bind", f"127.0.0.1:{port}"], cwd=ROOT, env=env, stdout=output, stderr=output
-        )
-    instance.pid = process.pid
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, log.read_text()
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, log.read_text()
-                time.sleep(0.1)  # a starting server: nothing to wait on but its port
-        yield instance
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -303,28 +165,9 @@ def test_credentials_are_checked_as_before(server, key):
     assert twin.status_code == 401
 
 
-def children(parent: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            stat = (entry / "stat").read_text() if entry.name.isdigit() else ""
-        except OSError:
-            continue
-        if stat and int(stat[stat.rindex(")") + 2 :].split()[1]) == parent:
-            found.append(int(entry.name))
-    return found
-
-
 def established_sockets(pid: int, port: int) -> int:
     """How many of the server's accepted TCP connections (local port `port`) process `pid` holds."""
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            target = os.readlink(fd)
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
+    inodes = socket_inodes(pid)
     held = 0
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:

@@ -44,12 +44,13 @@ def random_logs(count: int, seed: int, oldest: timedelta, newest: timedelta = ti
     )
 
 
-@pytest.fixture
-def rolled_up() -> None:
+@pytest.fixture(scope="module")
+def rolled_up(module_transaction, django_db_blocker) -> None:
     """15 days of calls rolled up, then calls of the last two hours above the watermark."""
-    random_logs(300, seed=3, oldest=timedelta(days=15))
-    rollups.roll_up()
-    random_logs(40, seed=4, oldest=timedelta(hours=2))
+    with django_db_blocker.unblock():  # written once for the module: tests/conftest.py's module_transaction
+        random_logs(300, seed=3, oldest=timedelta(days=15))
+        rollups.roll_up()
+        random_logs(40, seed=4, oldest=timedelta(hours=2))
 
 
 def expected(start: datetime, end: datetime, model: str) -> dict:

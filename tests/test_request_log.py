@@ -15,6 +15,7 @@ import pytest
 from django.conf import settings
 
 from llm.logging import JSONFormatter, request_id_var
+from tests.serving import migrated_sqlite
 
 # A process with the project's settings (from the environment only), three requests through
 # Django's test client, then exit: the log is whatever it wrote to stderr.
@@ -40,6 +41,7 @@ with override_settings(ROOT_URLCONF="tests.error_urls"):
 def run_requests(tmp_path, log_format: str | None) -> list[str]:
     environment = {**os.environ, "OBSERVATORY_ENV_FILE": "", "DJANGO_SETTINGS_MODULE": "core.settings"}
     environment["DATABASE_URL"] = f"sqlite:///{tmp_path / 'db.sqlite3'}"
+    migrated_sqlite(tmp_path / "db.sqlite3")  # a copy of one migrated once per run: the migrate below has nothing to do
     if log_format:
         environment["LOG_FORMAT"] = log_format
     result = subprocess.run(

@@ -56,14 +56,15 @@ def random_calls(count: int, seed: int, who: list[str]) -> None:
     )
 
 
-@pytest.fixture
-def calls() -> list[LLMRequestLog]:
-    random_calls(500, seed=7, who=list(SPANS))
-    rollups.roll_up()
-    # Above the watermark, old timestamps among them; the users of one day only are left to the
-    # roll-ups, which alone then find them.
-    random_calls(120, seed=8, who=[user for user in SPANS if "-" not in user])
-    return list(LLMRequestLog.objects.all())
+@pytest.fixture(scope="module")
+def calls(module_transaction, django_db_blocker) -> list[LLMRequestLog]:
+    with django_db_blocker.unblock():  # written once for the module: tests/conftest.py's module_transaction
+        random_calls(500, seed=7, who=list(SPANS))
+        rollups.roll_up()
+        # Above the watermark, old timestamps among them; the users of one day only are left to the
+        # roll-ups, which alone then find them.
+        random_calls(120, seed=8, who=[user for user in SPANS if "-" not in user])
+        return list(LLMRequestLog.objects.all())
 
 
 def chosen(start: datetime, end: datetime, model: str = "", status: str = "") -> metrics.Selection:

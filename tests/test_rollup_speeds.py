@@ -56,13 +56,14 @@ def random_calls(count: int, seed: int) -> None:
     )
 
 
-@pytest.fixture
-def half_rolled() -> list[LLMRequestLog]:
+@pytest.fixture(scope="module")
+def half_rolled(module_transaction, django_db_blocker) -> list[LLMRequestLog]:
     """Random calls, part rolled up, then more (old timestamps among them) above the watermark."""
-    random_calls(500, seed=11)
-    rollups.roll_up()
-    random_calls(200, seed=12)
-    return list(LLMRequestLog.objects.all())
+    with django_db_blocker.unblock():  # written once for the module: tests/conftest.py's module_transaction
+        random_calls(500, seed=11)
+        rollups.roll_up()
+        random_calls(200, seed=12)
+        return list(LLMRequestLog.objects.all())
 
 
 def chosen(start: datetime, end: datetime, model: str = "") -> metrics.Selection:

@@ -21,7 +21,7 @@ from llm import rollups, watermarks
 from llm.models import HourlyRollup, LLMRequestLog
 from tests.factories import build_log
 from tests.fake_groq import Behaviour
-from tests.test_prompt_server import children, serving
+from tests.serving import children, serving
 
 pytestmark = [pytest.mark.postgres_only, pytest.mark.django_db(transaction=True)]
 

@@ -101,13 +101,15 @@ WINDOWS = [
 ]
 
 
-@pytest.fixture
-def half_rolled():
-    """Random calls, part rolled up, then more (late ones among them) written after the roll-up."""
-    random_logs(900, seed=1)
-    rollups.roll_up()
-    random_logs(300, seed=2)  # above the watermark, old timestamps included
-    return stored()
+@pytest.fixture(scope="module")
+def half_rolled(module_transaction, django_db_blocker):
+    """Random calls, part rolled up, then more (late ones among them) written after the roll-up;
+    written once for the module (tests/conftest.py's module_transaction), undone after it."""
+    with django_db_blocker.unblock():
+        random_logs(900, seed=1)
+        rollups.roll_up()
+        random_logs(300, seed=2)  # above the watermark, old timestamps included
+        return stored()
 
 
 # Every window with every filter, over one data set (building it is the slow part).

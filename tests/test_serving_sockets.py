@@ -11,19 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.test_prompt_server import ROOT, SERVE, children
-
-
-def socket_inodes(pid: int) -> set[str]:
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            target = os.readlink(fd)
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-    return inodes
+from tests.serving import ROOT, SERVE, children, socket_inodes
 
 
 def listening_unix_inodes(path: str) -> list[str]:

@@ -48,29 +48,30 @@ def extra_call(session_id: str, user_id: str, minutes: float, model: str = "llam
     )
 
 
-@pytest.fixture
-def calls(db) -> list[LLMRequestLog]:
+@pytest.fixture(scope="module")
+def calls(module_transaction, django_db_blocker) -> list[LLMRequestLog]:
     """Two roll-ups (the second adds calls to sessions the first summed), then calls above the
     watermark: in a summed session, in a new session and a session of two users across a day."""
-    MetricWatermark.objects.get_or_create(name=rollups.SESSIONS_READY)
-    logs = make_session_logs(160, seed=5, days=6)
-    rollups.roll_up(limit=None)
-    shared = [
-        extra_call("s-two", "u-1", 60 * 30),
-        extra_call("s-two", "u-2", 60 * 20, "openai/gpt-oss-20b"),
-        extra_call("s-two", "u-2", 60 * 2),
-    ]
-    later = [extra_call(logs[3].session_id, logs[3].user_id, 60 * 24 * 2.5), *shared]
-    later += make_session_logs(40, seed=6, days=4)  # their ids s-001.. again: sessions grow
-    LLMRequestLog.objects.bulk_create(later[:4])
-    rollups.roll_up(limit=None)
-    above = [
-        extra_call(logs[0].session_id, logs[0].user_id, 90),
-        extra_call("s-new", "u-4", 200),
-        extra_call("s-two", "u-3", 150, "openai/gpt-oss-120b"),
-    ]
-    LLMRequestLog.objects.bulk_create(above)
-    return [*logs, *later, *above]
+    with django_db_blocker.unblock():  # written once for the module: tests/conftest.py's module_transaction
+        MetricWatermark.objects.get_or_create(name=rollups.SESSIONS_READY)
+        logs = make_session_logs(160, seed=5, days=6)
+        rollups.roll_up(limit=None)
+        shared = [
+            extra_call("s-two", "u-1", 60 * 30),
+            extra_call("s-two", "u-2", 60 * 20, "openai/gpt-oss-20b"),
+            extra_call("s-two", "u-2", 60 * 2),
+        ]
+        later = [extra_call(logs[3].session_id, logs[3].user_id, 60 * 24 * 2.5), *shared]
+        later += make_session_logs(40, seed=6, days=4)  # their ids s-001.. again: sessions grow
+        LLMRequestLog.objects.bulk_create(later[:4])
+        rollups.roll_up(limit=None)
+        above = [
+            extra_call(logs[0].session_id, logs[0].user_id, 90),
+            extra_call("s-new", "u-4", 200),
+            extra_call("s-two", "u-3", 150, "openai/gpt-oss-120b"),
+        ]
+        LLMRequestLog.objects.bulk_create(above)
+        return [*logs, *later, *above]
 
 
 def in_window(logs: list[LLMRequestLog], start, end) -> list[LLMRequestLog]:

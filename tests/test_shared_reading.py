@@ -56,13 +56,15 @@ def random_logs(count: int, seed: int) -> None:
     )
 
 
-@pytest.fixture
-def calls() -> list[LLMRequestLog]:
-    """Calls over 10 days, part rolled up, then more (late ones among them) above the watermark."""
-    random_logs(700, seed=3)
-    rollups.roll_up()
-    random_logs(250, seed=4)
-    return list(LLMRequestLog.objects.all())
+@pytest.fixture(scope="module")
+def calls(module_transaction, django_db_blocker) -> list[LLMRequestLog]:
+    """Calls over 10 days, part rolled up, then more (late ones among them) above the watermark;
+    written once for the module (tests/conftest.py's module_transaction), undone after it."""
+    with django_db_blocker.unblock():
+        random_logs(700, seed=3)
+        rollups.roll_up()
+        random_logs(250, seed=4)
+        return list(LLMRequestLog.objects.all())
 
 
 def chosen(start, end, model="", status="") -> metrics.Selection:

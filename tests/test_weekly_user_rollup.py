@@ -65,15 +65,16 @@ def stored_weeks() -> dict[tuple, tuple]:
     return {(week, model, user): tuple(sums) for week, model, user, *sums in rows}
 
 
-@pytest.fixture
-def rolled_up_with_late_calls() -> dict[tuple, tuple]:
-    calls(500, seed=1)
-    rollups.roll_up()
-    calls(120, seed=2)  # late: old timestamps above the watermark
-    rollups.roll_up()
-    expected = expected_weeks()
-    assert len({week for week, _model, _user in expected}) >= 5
-    return expected
+@pytest.fixture(scope="module")
+def rolled_up_with_late_calls(module_transaction, django_db_blocker) -> dict[tuple, tuple]:
+    with django_db_blocker.unblock():  # written once for the module: tests/conftest.py's module_transaction
+        calls(500, seed=1)
+        rollups.roll_up()
+        calls(120, seed=2)  # late: old timestamps above the watermark
+        rollups.roll_up()
+        expected = expected_weeks()
+        assert len({week for week, _model, _user in expected}) >= 5
+        return expected
 
 
 def test_incremental_roll_ups_equal_raw_rows(rolled_up_with_late_calls):
