@@ -7,15 +7,11 @@ while they write."""
 
 from __future__ import annotations
 
-import os
 import random
-import subprocess
-import sys
 import uuid
 from collections import Counter, defaultdict
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 from django.core.management import call_command
@@ -37,25 +33,12 @@ from llm.models import (
     WeeklyUserRollup,
 )
 from tests.factories import build_log
+from tests.writers import run_writers
 
 pytestmark = pytest.mark.django_db
 NOW = datetime(2026, 3, 29, 18, 52, 11, tzinfo=UTC)
 MODELS = ["model-a", "model-b", "model-c"]
 SOURCES = ["proxy", "api", "otlp"]
-SUMS = (
-    "requests",
-    "prompt_tokens",
-    "completion_tokens",
-    "total_tokens",
-    "cost_units",
-    "latency_sum_ms",
-    "ttft_count",
-    "ttft_sum_ms",
-    "speed_count",
-    "speed_sum",
-    "queue_count",
-    "queue_sum_ms",
-)
 FLOATS = {"latency_sum_ms", "ttft_sum_ms", "speed_sum", "queue_sum_ms"}
 
 
@@ -317,19 +300,7 @@ for batch in range(4):
 def test_writers_in_several_processes_rolling_up_leave_every_table_equal_to_the_calls(tmp_path):
     if connection.vendor != "postgresql":
         pytest.skip("SQLite serialises writers.")
-    database = connection.settings_dict
-    url = f"postgres://{database['USER']}@{database['HOST']}:{database['PORT']}/{database['NAME']}"
-    script = tmp_path / "writer.py"
-    script.write_text(WRITER)
-    root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "DATABASE_URL": url, "PYTHONPATH": str(root)}
-    writers = [
-        subprocess.Popen([sys.executable, str(script), str(seed)], cwd=root, env=env, stderr=subprocess.PIPE)
-        for seed in range(3)
-    ]
-    for writer in writers:
-        _, stderr = writer.communicate(timeout=240)
-        assert writer.returncode == 0, stderr.decode()[-2000:]
+    run_writers(tmp_path, WRITER, range(3))
     rollups.catch_up()
     assert LLMRequestLog.objects.count() > 3 * 4 * 60 * 0.85  # most ids new, the shared ones once
     assert_every_table_equals_the_calls()

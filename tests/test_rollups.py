@@ -5,16 +5,12 @@ NumPy's, whatever part of the rows has been rolled up, for windows not aligned t
 from __future__ import annotations
 
 import importlib
-import os
 import random
-import subprocess
-import sys
 import uuid
 import zoneinfo
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -34,6 +30,7 @@ from llm.models import (
     MetricWatermark,
 )
 from tests.factories import build_log, make_logs
+from tests.writers import run_writers
 
 pytestmark = pytest.mark.django_db
 NOW = datetime(2026, 3, 31, 10, 17, 23, tzinfo=UTC)
@@ -479,19 +476,7 @@ for batch in range(8):
 def test_concurrent_writers_in_several_processes_count_each_call_once(tmp_path):
     if connection.vendor != "postgresql":
         pytest.skip("SQLite serialises writers.")
-    settings_dict = connection.settings_dict
-    url = f"postgres://{settings_dict['USER']}@{settings_dict['HOST']}:{settings_dict['PORT']}/{settings_dict['NAME']}"
-    script = tmp_path / "writer.py"
-    script.write_text(WRITER)
-    root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "DATABASE_URL": url, "PYTHONPATH": str(root)}
-    writers = [
-        subprocess.Popen([sys.executable, str(script), str(seed)], cwd=root, env=env, stderr=subprocess.PIPE)
-        for seed in range(4)
-    ]
-    for writer in writers:
-        _, stderr = writer.communicate(timeout=240)
-        assert writer.returncode == 0, stderr.decode()[-2000:]
+    run_writers(tmp_path, WRITER, range(4))
     rollups.catch_up()
     logs = stored()
     assert len({log.request_id for log in logs}) == len(logs)
