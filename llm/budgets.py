@@ -28,6 +28,7 @@ from llm.models import (
     BudgetWarning,
     LLMRequestLog,
     NotificationChannel,
+    in_atomic_block,
     split_email_list,
 )
 from llm.providers import ProviderError
@@ -108,7 +109,7 @@ _spent_cache: tuple[float, list[Spent]] | None = None
 def spent_hard_limits(now: datetime) -> list[Spent]:
     """The hard-limit budgets whose spend has reached their amount this period (cached, see above)."""
     global _spent_cache
-    in_transaction = transaction.get_connection().in_atomic_block
+    in_transaction = in_atomic_block()
     if not in_transaction and (known := spent_hard_limits_if_known(now)) is not None:
         return known
     budgets = list(Budget.objects.filter(hard_limit=True))

@@ -1322,7 +1322,7 @@ PRICE_CACHE_SECONDS = 10.0
 _price_cache: tuple[PriceTable, float] | None = None
 
 
-def _in_atomic_block() -> bool:
+def in_atomic_block() -> bool:
     """Whether this thread (on an event loop: this task) has a transaction open on the default
     database, asked without making it a connection object: Django keeps one per task on an event
     loop, so `connections["default"]` there builds a new one for every prompt the proxy routes
@@ -1336,7 +1336,7 @@ def _in_atomic_block() -> bool:
 
 def cached_price_table() -> PriceTable:
     global _price_cache
-    if _in_atomic_block():
+    if in_atomic_block():
         return ModelPrice.objects.price_table()
     now = time.monotonic()
     cached = _price_cache
