@@ -447,11 +447,10 @@ def _insert_select(
     quote = connection.ops.quote_name
     table = quote(model._meta.db_table)
     column = {name: quote(model._meta.get_field(name).column) for name in (*keys, *added)}
-    updates = ", ".join(f"{column[name]} = {table}.{column[name]} + excluded.{column[name]}" for name in added)
     # WHERE true: SQLite reads an ON after SELECT ... FROM as a join's, unless a WHERE comes between.
     prefix = f"WITH {common} " if common else ""
     into = f"INSERT INTO {table} ({', '.join(column.values())})"
-    conflict = f"ON CONFLICT ({', '.join(column[name] for name in keys)}) DO UPDATE SET {updates}"
+    conflict = _on_conflict(table, column, keys, _added_sets(table, column, added))
     statement = f"{prefix}{into} SELECT * FROM ({select}) AS added WHERE true {conflict}"  # noqa: S608
     with connection.cursor() as cursor:
         cursor.execute(statement, params)
@@ -608,17 +607,27 @@ def _upsert_sql(model: type, fields: list, keys: Sequence[str], *kinds: Sequence
     quote = connection.ops.quote_name
     table = quote(model._meta.db_table)
     column = {name: quote(model._meta.get_field(name).column) for names in (keys, *kinds) for name in names}
-    updates = [f"{column[name]} = {table}.{column[name]} + excluded.{column[name]}" for name in added]
+    updates = _added_sets(table, column, added)
     updates += [f"{column[name]} = excluded.{column[name]}" for name in replaced]
     updates += [_kept(table, column[name], "<") for name in earliest]
     updates += [_kept(table, column[name], ">") for name in latest]
     # Only our tables' and columns' names are in the text; the values are parameters.
     insert = f"INSERT INTO {table} ({', '.join(quote(field.column) for field in fields)}) "
-    tail = f" ON CONFLICT ({', '.join(column[name] for name in keys)}) DO UPDATE SET {', '.join(updates)}"
+    tail = f" {_on_conflict(table, column, keys, updates)}"
     if connection.vendor == "postgresql":
         arrays = ", ".join(f"%s::{field.db_type(connection)}[]" for field in fields)
         return f"{insert}SELECT * FROM unnest({arrays}){tail}"  # noqa: S608
     return f"{insert}VALUES ({', '.join(['%s'] * len(fields))}){tail}"
+
+
+def _added_sets(table: str, column: dict[str, str], added: Sequence[str]) -> list[str]:
+    """SET clauses adding the new value of each `added` column to the stored row's."""
+    return [f"{column[name]} = {table}.{column[name]} + excluded.{column[name]}" for name in added]
+
+
+def _on_conflict(table: str, column: dict[str, str], keys: Sequence[str], updates: list[str]) -> str:
+    """The upsert's ON CONFLICT (keys) DO UPDATE SET clause (`column`: a name's quoted column)."""
+    return f"ON CONFLICT ({', '.join(column[name] for name in keys)}) DO UPDATE SET {', '.join(updates)}"
 
 
 def _kept(table: str, column: str, sign: str) -> str:

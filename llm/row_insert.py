@@ -110,11 +110,17 @@ def insert_new(model: type[models.Model], logs: list[models.Model], using: str) 
             for sql, params in statements:
                 cursor.execute(sql, params)
                 inserted.update((as_uuid(request_id), pk) for pk, request_id in cursor.fetchall())
+    return _mark_stored(logs, inserted, using)
+
+
+def _mark_stored(logs: list[models.Model], inserted: dict[uuid.UUID, int], alias: str) -> int:
+    """Give the logs whose request_id was inserted their id and mark them stored on `alias`, as
+    Django's own save does; answers how many were inserted."""
     for log in logs:
         if log.request_id in inserted:
             log.pk = inserted[log.request_id]
             log._state.adding = False
-            log._state.db = using
+            log._state.db = alias
     return len(inserted)
 
 
@@ -132,12 +138,7 @@ async def ainsert_new(model: type[models.Model], logs: list[models.Model], datab
     for sql, params in _value_statements(columns, logs, database):
         cursor = await aconnection.execute(sql, params)
         inserted.update((as_uuid(request_id), pk) for pk, request_id in await cursor.fetchall())
-    for log in logs:
-        if log.request_id in inserted:
-            log.pk = inserted[log.request_id]
-            log._state.adding = False
-            log._state.db = database.alias
-    return len(inserted)
+    return _mark_stored(logs, inserted, database.alias)
 
 
 class _Columns:
