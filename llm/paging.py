@@ -15,17 +15,26 @@ Why not Django's Paginator as it is: it counts the whole filtered list for every
   shows, so `next` appears exactly while rows remain, and following `next` from page 1 visits every
   row once whatever the estimate said. A page number past the estimated end that still has rows
   is served; an empty page after the first is "not found".
+
+A `search` list is read within a time budget (settings.SEARCH_TIMEOUT_MS, PostgreSQL): see
+SearchReading below.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
+import time
+from collections.abc import Callable
+from typing import TypeVar
 
+from django.conf import settings
 from django.core.paginator import EmptyPage, Page, Paginator
-from django.db import connections
+from django.db import OperationalError, connections, transaction
 from django.db.models import QuerySet
 from django.utils.functional import cached_property
+from rest_framework.exceptions import ValidationError
 
 # Counted exactly up to here: a bounded COUNT of 10,000 rows costs ~7 ms on PostgreSQL, while
 # one of 100,000 cost 55-145 ms (bench/quickfix_bench.py, 1M rows). A 24-hour window at 10
@@ -39,6 +48,8 @@ EXACT_COUNT_UP_TO = 10_000
 # million calls a bounded count of 1,001 "refund" matches took 14-47 ms, one model included.
 SEARCH_EXACT_COUNT_UP_TO = 1_000
 TEXT_FIELDS = frozenset({"prompt_text", "response_text"})
+# pg_trgm looks a LIKE up by the trigrams of its words (letters and digits): 3 of them in a row.
+TRIGRAM = re.compile(r"[^\W_]{3}")
 
 
 def filters_on_text(node: object) -> bool:
@@ -50,24 +61,40 @@ def filters_on_text(node: object) -> bool:
     return False
 
 
+def searched_texts(node: object) -> list[str]:
+    """The texts a query's WHERE (a node of it) looks for in the prompt or response."""
+    texts = []
+    for child in getattr(node, "children", ()):
+        target = getattr(getattr(child, "lhs", None), "target", None)
+        if getattr(target, "name", None) in TEXT_FIELDS and isinstance(getattr(child, "rhs", None), str):
+            texts.append(child.rhs)
+        texts += searched_texts(child)
+    return texts
+
+
 def exact_count_limit(queryset: QuerySet) -> int:
     """Up to how many rows `queryset` is counted exactly (see above)."""
     return SEARCH_EXACT_COUNT_UP_TO if filters_on_text(queryset.query.where) else EXACT_COUNT_UP_TO
 
 
-def planner_estimate(queryset: QuerySet) -> int | None:
-    """PostgreSQL's estimate of how many rows `queryset` answers; None elsewhere or when unknown."""
+def query_plan(queryset: QuerySet) -> dict:
+    """PostgreSQL's plan of `queryset` (EXPLAIN, not run): its top node, as JSON."""
     connection = connections[queryset.db]
-    if connection.vendor != "postgresql":
-        return None
-    sql, params = queryset.order_by().values("pk").query.sql_with_params()
+    sql, params = queryset.query.sql_with_params()
     with connection.cursor() as cursor:
         cursor.execute(f"EXPLAIN (FORMAT JSON) {sql}", params)
         plan = cursor.fetchone()[0]
     if isinstance(plan, str):
         plan = json.loads(plan)
+    return plan[0]["Plan"]
+
+
+def planner_estimate(queryset: QuerySet) -> int | None:
+    """PostgreSQL's estimate of how many rows `queryset` answers; None elsewhere or when unknown."""
+    if connections[queryset.db].vendor != "postgresql":
+        return None
     try:
-        return int(plan[0]["Plan"]["Plan Rows"])
+        return int(query_plan(queryset.order_by().values("pk"))["Plan Rows"])
     except (KeyError, IndexError, TypeError, ValueError):
         return None
 
@@ -84,6 +111,107 @@ def count_rows(queryset: QuerySet, exact_up_to: int | None = None) -> tuple[int,
     if estimate is None:
         return queryset.count(), False
     return max(estimate, exact_up_to + 1), True
+
+
+# The trigram indexes of migration 0008 (PostgreSQL): GIN, so only a bitmap scan reads them.
+TRIGRAM_INDEXES = frozenset({"llm_log_prompt_trgm", "llm_log_response_trgm"})
+# The two ways PostgreSQL reads a search, and the settings that leave it only that way:
+# - "trigrams": the trigram indexes give the calls holding every trigram of the text (anywhere in
+#   the table), each read and rechecked. Fast for a rare text; for a phrase of common words that
+#   rarely meet (`your refund we`) the candidates are a million calls, whatever the window (22-32 s).
+# - "walk": the calls with text of the window, newest first (llm_log_text_time, or a filter's own
+#   index such as user_id's), each compared, stopping once the page or the count has its rows.
+#   Bounded by the window (~2 us a call: 24 hours of 10 million calls over 90 days, 72,000 calls
+#   with text, 150 ms when nothing matches), and the only way for a text of 1-2 characters.
+# PostgreSQL's estimate of a text's matches comes from its statistics, not from the candidates, so
+# it picks "trigrams" for any text it deems rare; SearchReading gives that pick a share of the
+# budget and then walks.
+PLAN_SETTINGS = {"planner": (), "walk": ("enable_bitmapscan",)}
+# The share of the budget the planner's trigram pick gets before the walk is tried.
+TRIGRAM_SHARE = 0.1
+
+
+class SearchTooLong(ValidationError):
+    """A search that did not finish within the budget: a 400 naming `search`, saying what to narrow."""
+
+    def __init__(self, budget_ms: int) -> None:
+        super().__init__(
+            {
+                "search": [
+                    f"This search did not finish within {budget_ms / 1000:g} s. No index finds it quickly in a "
+                    "window this long: a text of 1 or 2 characters, or common words that rarely occur "
+                    "together, is compared with every call of the window. Narrow the window (hours, "
+                    "start_date, end_date), add a filter (model, user_id, ...) or search a longer text."
+                ]
+            }
+        )
+
+
+Result = TypeVar("Result")
+
+
+class SearchReading:
+    """The readings of one `search` list (its count, then its page) within one time budget.
+
+    On PostgreSQL each reading runs with a statement timeout (the time left of the budget, from the
+    first reading on). When PostgreSQL would read the trigram indexes, that plan gets TRIGRAM_SHARE
+    of the budget and, if it does not finish, the walk gets the rest (see PLAN_SETTINGS); the plan
+    that answered the count also reads the page. A reading that does not finish in time raises
+    SearchTooLong (400), never a 500. Answers are exact either way: only the way of reading changes.
+    SQLite (small windows) reads as it always did.
+    """
+
+    def __init__(self, budget_ms: int | None = None) -> None:
+        self.budget_ms = settings.SEARCH_TIMEOUT_MS if budget_ms is None else budget_ms
+        self.deadline: float | None = None
+        self.plan: str | None = None  # the plan that answered, reused for the next reading
+
+    def read(self, queryset: QuerySet, reading: Callable[[QuerySet], Result]) -> Result:
+        connection = connections[queryset.db]
+        if connection.vendor != "postgresql" or not self.budget_ms:
+            return reading(queryset)
+        if self.deadline is None:
+            self.deadline = time.monotonic() + self.budget_ms / 1000
+        plans = [self.plan] if self.plan else self.plans(queryset)
+        for number, plan in enumerate(plans):
+            left_ms = (self.deadline - time.monotonic()) * 1000
+            share_ms = left_ms if number == len(plans) - 1 else min(left_ms, self.budget_ms * TRIGRAM_SHARE)
+            if share_ms < 1:
+                break
+            try:
+                result = self._read_as(queryset, reading, plan, int(share_ms))
+            except OperationalError as error:
+                if getattr(error.__cause__, "sqlstate", None) != "57014":  # query_canceled: the timeout
+                    raise
+                continue
+            self.plan = plan
+            return result
+        raise SearchTooLong(self.budget_ms)
+
+    @staticmethod
+    def plans(queryset: QuerySet) -> list[str]:
+        """The planner's own pick first; when it reads the trigram indexes, the walk after it. A
+        text without 3 letters or digits in a row has no trigram to look up: the trigram indexes
+        would be read whole (8.5 s at 10 million calls, deaf to the timeout), so it only walks."""
+        if not all(TRIGRAM.search(text) for text in searched_texts(queryset.query.where)):
+            return ["walk"]
+        plan = query_plan(queryset.order_by().values("pk")[:1])
+        return ["planner", "walk"] if uses_indexes(plan, TRIGRAM_INDEXES) else ["planner"]
+
+    @staticmethod
+    def _read_as(queryset: QuerySet, reading: Callable[[QuerySet], Result], plan: str, timeout_ms: int) -> Result:
+        # SET LOCAL lasts until the end of the transaction (or savepoint) around the reading.
+        with transaction.atomic(using=queryset.db):
+            with connections[queryset.db].cursor() as cursor:
+                cursor.execute(f"SET LOCAL statement_timeout = {timeout_ms}")
+                for setting in PLAN_SETTINGS[plan]:
+                    cursor.execute(f"SET LOCAL {setting} = off")
+            return reading(queryset)
+
+
+def uses_indexes(node: dict, names: frozenset[str]) -> bool:
+    """Whether a plan node (EXPLAIN's JSON) or one below it reads one of the indexes `names`."""
+    return node.get("Index Name") in names or any(uses_indexes(child, names) for child in node.get("Plans", ()))
 
 
 class WalkedPage(Page):
@@ -107,10 +235,20 @@ class EstimatingPaginator(Paginator):
     exact_count_up_to: int | None = None  # exact_count_limit of the rows
 
     @cached_property
+    def search(self) -> SearchReading | None:
+        """The time budget of a `search` list's readings; None for any other list."""
+        if isinstance(self.object_list, QuerySet) and filters_on_text(self.object_list.query.where):
+            return SearchReading()
+        return None
+
+    def _read(self, reading: Callable[[QuerySet], Result]) -> Result:
+        return self.search.read(self.object_list, reading) if self.search else reading(self.object_list)
+
+    @cached_property
     def count(self) -> int:
         if not isinstance(self.object_list, QuerySet):
             return len(self.object_list)
-        count, self.count_is_estimate = count_rows(self.object_list, self.exact_count_up_to)
+        count, self.count_is_estimate = self._read(lambda rows: count_rows(rows, self.exact_count_up_to))
         return count
 
     @cached_property
@@ -127,10 +265,34 @@ class EstimatingPaginator(Paginator):
                 raise
             return int(float(number))  # past the estimated end: page() decides from the rows
 
-    def page(self, number) -> WalkedPage:
-        number = self.validate_number(number)
+    def _rows(self, number: int) -> list:
+        """Page `number`'s rows and the next page's first (whether one follows)."""
         bottom = (number - 1) * self.per_page
-        rows = list(self.object_list[bottom : bottom + self.per_page + 1])
+        if isinstance(self.object_list, QuerySet):
+            return self._read(lambda rows: list(rows[bottom : bottom + self.per_page + 1]))
+        return list(self.object_list[bottom : bottom + self.per_page + 1])
+
+    def _rows_first(self, number) -> tuple[int, list] | None:
+        """A page read before the count: when no row follows it (page 1, or a page with rows), the
+        count is exact without a reading of its own. A search that matches little walks its
+        window once instead of twice (the count's walk, then the page's)."""
+        if "count" in self.__dict__ or not isinstance(self.object_list, QuerySet):
+            return None
+        try:
+            whole = int(number)
+        except (TypeError, ValueError):
+            return None  # validate_number says why
+        if whole < 1 or whole != number and str(whole) != str(number):
+            return None
+        rows = self._rows(whole)
+        if len(rows) <= self.per_page and (rows or whole == 1):
+            self.__dict__["count"] = (whole - 1) * self.per_page + len(rows)
+        return whole, rows
+
+    def page(self, number) -> WalkedPage:
+        first = self._rows_first(number)
+        number = self.validate_number(number)
+        rows = first[1] if first and first[0] == number else self._rows(number)
         if not rows and number > 1:
             raise EmptyPage(self.error_messages["no_results"])
         page = self._get_page(rows[: self.per_page], number, self)

@@ -115,7 +115,11 @@ def logs(request: HttpRequest) -> HttpResponse:
     except ValidationError as error:  # a bad status or search is shown above the table, not a 500
         window.errors |= {name: [str(message) for message in problems] for name, problems in error.detail.items()}
         rows = LLMRequestLog.objects.none()
-    page_obj = EstimatingPaginator(rows, LOGS_PER_PAGE).get_page(request.GET.get("page"))
+    try:
+        page_obj = EstimatingPaginator(rows, LOGS_PER_PAGE).get_page(request.GET.get("page"))
+    except ValidationError as error:  # a search that did not finish in time (llm.paging.SearchTooLong)
+        window.errors |= {name: [str(message) for message in problems] for name, problems in error.detail.items()}
+        page_obj = EstimatingPaginator(LLMRequestLog.objects.none(), LOGS_PER_PAGE).get_page(1)
     return page(
         request,
         "dashboard/logs.html",
