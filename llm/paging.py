@@ -179,7 +179,7 @@ class SearchReading:
             if share_ms < 1:
                 break
             try:
-                result = self._read_as(queryset, reading, plan, int(share_ms))
+                result = self._read_as(queryset, reading, plan, max(1, int(share_ms)))
             except OperationalError as error:
                 if getattr(error.__cause__, "sqlstate", None) != "57014":  # query_canceled: the timeout
                     raise
@@ -273,10 +273,11 @@ class EstimatingPaginator(Paginator):
         return list(self.object_list[bottom : bottom + self.per_page + 1])
 
     def _rows_first(self, number) -> tuple[int, list] | None:
-        """A page read before the count: when no row follows it (page 1, or a page with rows), the
-        count is exact without a reading of its own. A search that matches little walks its
-        window once instead of twice (the count's walk, then the page's)."""
-        if "count" in self.__dict__ or not isinstance(self.object_list, QuerySet):
+        """A search's page read before its count: when no row follows it (page 1, or a page with
+        rows), the count is exact without a reading of its own, so a search that matches little
+        walks its window once instead of twice (the count's walk, then the page's). Other lists
+        keep one count and one page whatever their length."""
+        if "count" in self.__dict__ or not self.search:
             return None
         try:
             whole = int(number)
