@@ -66,7 +66,7 @@ def searched_texts(node: object) -> list[str]:
     texts = []
     for child in getattr(node, "children", ()):
         target = getattr(getattr(child, "lhs", None), "target", None)
-        if getattr(target, "name", None) in TEXT_FIELDS and isinstance(getattr(child, "rhs", None), str):
+        if getattr(target, "name", None) in TEXT_FIELDS and getattr(child, "lookup_name", None) == "icontains":
             texts.append(child.rhs)
         texts += searched_texts(child)
     return texts
