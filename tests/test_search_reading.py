@@ -67,7 +67,8 @@ def expected(needle: str, hours: int, user_id: str | None = None) -> list[str]:
 
 
 def window(hours: int) -> dict[str, str]:
-    return {"start_date": (NOW - timedelta(hours=hours)).isoformat(), "end_date": (NOW + timedelta(seconds=1)).isoformat()}
+    start, end = NOW - timedelta(hours=hours), NOW + timedelta(seconds=1)
+    return {"start_date": start.isoformat(), "end_date": end.isoformat()}
 
 
 NEEDLES = ["refund", "your refund we", "退款", "qz", "we", "ancient", "no such words here"]
