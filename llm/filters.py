@@ -11,7 +11,7 @@ from typing import Any
 import django_filters
 from django import forms
 from django.db import connections
-from django.db.models import Q
+from django.db.models import Func, Q, TextField
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.lookups import Exact
 from django.utils import timezone
@@ -348,8 +348,19 @@ def date_range_label(filtered: FilteredLogs) -> str:
     return f"{start:%Y-%m-%dT%H%M}_to_{end:%Y-%m-%dT%H%M}"
 
 
-def search_logs(logs: LLMRequestLogQuerySet, params: Any) -> LLMRequestLogQuerySet:
-    """The `search` parameter: text in the prompt or the response (logs list, logs page, export)."""
+class Unindexed(Func):
+    """A text column as an expression no index covers (`text || ''`, the same text): a search
+    compared on it cannot be read through the trigram indexes, so PostgreSQL walks the window."""
+
+    template = "(%(expressions)s || '')"
+    output_field = TextField()
+
+
+def search_logs(logs: LLMRequestLogQuerySet, params: Any, *, walk: bool = False) -> LLMRequestLogQuerySet:
+    """The `search` parameter: text in the prompt or the response (logs list, logs page, export).
+
+    `walk`: compare every call with text of the window instead of looking the text up in the
+    trigram indexes (llm.paging.SearchReading says when; the rows are the same)."""
     search = params.get("search", "").strip()
     if len(search) > SEARCH_MAX_CHARS:
         raise ValidationError({"search": [f"At most {SEARCH_MAX_CHARS} characters."]})
@@ -359,4 +370,8 @@ def search_logs(logs: LLMRequestLogQuerySet, params: Any) -> LLMRequestLogQueryS
         return logs
     # A call with no text cannot hold a word: stating so lets the planner walk the partial index of
     # the calls with text (llm_log_text_time) and skip the text-less ones without reading their rows.
-    return logs.filter(CARRIES_TEXT).filter(Q(prompt_text__icontains=search) | Q(response_text__icontains=search))
+    logs = logs.filter(CARRIES_TEXT)
+    if walk:
+        logs = logs.alias(prompt_walked=Unindexed("prompt_text"), response_walked=Unindexed("response_text"))
+        return logs.filter(Q(prompt_walked__icontains=search) | Q(response_walked__icontains=search))
+    return logs.filter(Q(prompt_text__icontains=search) | Q(response_text__icontains=search))

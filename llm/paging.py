@@ -188,6 +188,13 @@ class SearchReading:
             return result
         raise SearchTooLong(self.budget_ms)
 
+    def plan_for(self, queryset: QuerySet) -> str | None:
+        """The plan (see PLAN_SETTINGS) that counts a search's first matches within the budget, for
+        a reading that cannot be cut short once it has begun (the export's stream); None on SQLite
+        or without a budget. Raises SearchTooLong as a page would."""
+        self.read(queryset, count_rows)
+        return self.plan
+
     @staticmethod
     def plans(queryset: QuerySet) -> list[str]:
         """The planner's own pick first; when it reads the trigram indexes, the walk after it. A
