@@ -33,6 +33,7 @@ from django.conf import settings
 from django.core.paginator import EmptyPage, Page, Paginator
 from django.db import OperationalError, connections, transaction
 from django.db.models import QuerySet
+from django.db.models.sql.where import WhereNode
 from django.utils.functional import cached_property
 from rest_framework.exceptions import ValidationError
 
@@ -221,6 +222,14 @@ def uses_indexes(node: dict, names: frozenset[str]) -> bool:
     return node.get("Index Name") in names or any(uses_indexes(child, names) for child in node.get("Plans", ()))
 
 
+def by_ids(queryset: QuerySet, ids: list) -> QuerySet:
+    """`queryset` (its order, columns and joins) with its conditions replaced by `pk in ids`: the
+    rows of a search whose matches were already found, read through the primary key."""
+    rows = queryset.all()
+    rows.query.where = WhereNode()
+    return rows.filter(pk__in=ids)
+
+
 class WalkedPage(Page):
     """A page that knows from its own rows whether another page follows."""
 
@@ -240,6 +249,7 @@ class EstimatingPaginator(Paginator):
 
     count_is_estimate = False
     exact_count_up_to: int | None = None  # exact_count_limit of the rows
+    matched: list | None = None  # a search's matches by id, when the count read all of them
 
     @cached_property
     def search(self) -> SearchReading | None:
@@ -255,8 +265,26 @@ class EstimatingPaginator(Paginator):
     def count(self) -> int:
         if not isinstance(self.object_list, QuerySet):
             return len(self.object_list)
-        count, self.count_is_estimate = self._read(lambda rows: count_rows(rows, self.exact_count_up_to))
+        if self.search:
+            return self._search_count()
+        count, self.count_is_estimate = count_rows(self.object_list, self.exact_count_up_to)
         return count
+
+    def _search_count(self) -> int:
+        """A search's count reads the ids of its matches, up to its exact limit plus one. When
+        that is all of them, its pages read those rows by id (`matched`) instead of walking the
+        window again: a search that matches little reads its window once. Above the limit the
+        matches are dense enough for a page to find its rows quickly; the count is estimated."""
+        limit = exact_count_limit(self.object_list) if self.exact_count_up_to is None else self.exact_count_up_to
+        ids = self._read(lambda rows: list(rows.order_by().values_list("pk", flat=True)[: limit + 1]))
+        if len(ids) <= limit:
+            self.matched = ids
+            return len(ids)
+        estimate = planner_estimate(self.object_list)
+        if estimate is None:  # SQLite: exactly (its windows are small)
+            return self._read(lambda rows: rows.count())
+        self.count_is_estimate = True
+        return max(estimate, limit + 1)
 
     @cached_property
     def num_pages(self) -> int:
@@ -275,32 +303,15 @@ class EstimatingPaginator(Paginator):
     def _rows(self, number: int) -> list:
         """Page `number`'s rows and the next page's first (whether one follows)."""
         bottom = (number - 1) * self.per_page
+        if self.matched is not None:
+            return list(by_ids(self.object_list, self.matched)[bottom : bottom + self.per_page + 1])
         if isinstance(self.object_list, QuerySet):
             return self._read(lambda rows: list(rows[bottom : bottom + self.per_page + 1]))
         return list(self.object_list[bottom : bottom + self.per_page + 1])
 
-    def _rows_first(self, number) -> tuple[int, list] | None:
-        """A search's page read before its count: when no row follows it (page 1, or a page with
-        rows), the count is exact without a reading of its own, so a search that matches little
-        walks its window once instead of twice (the count's walk, then the page's). Other lists
-        keep one count and one page whatever their length."""
-        if "count" in self.__dict__ or not self.search:
-            return None
-        try:
-            whole = int(number)
-        except (TypeError, ValueError):
-            return None  # validate_number says why
-        if whole < 1 or whole != number and str(whole) != str(number):
-            return None
-        rows = self._rows(whole)
-        if len(rows) <= self.per_page and (rows or whole == 1):
-            self.__dict__["count"] = (whole - 1) * self.per_page + len(rows)
-        return whole, rows
-
     def page(self, number) -> WalkedPage:
-        first = self._rows_first(number)
         number = self.validate_number(number)
-        rows = first[1] if first and first[0] == number else self._rows(number)
+        rows = self._rows(number)
         if not rows and number > 1:
             raise EmptyPage(self.error_messages["no_results"])
         page = self._get_page(rows[: self.per_page], number, self)
