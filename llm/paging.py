@@ -193,12 +193,9 @@ class SearchReading:
             return result
         raise SearchTooLong(self.budget_ms)
 
-    def plan_for(self, queryset: QuerySet) -> str | None:
-        """The plan (see PLAN_SETTINGS) that counts a search's first matches within the budget, for
-        a reading that cannot be cut short once it has begun (the export's stream); None on SQLite
-        or without a budget. Raises SearchTooLong as a page would."""
-        self.read(queryset, count_rows)
-        return self.plan
+    def first_matches(self, queryset: QuerySet, limit: int) -> list:
+        """The ids of up to `limit` + 1 rows of a search, in no order, within the budget."""
+        return self.read(queryset, lambda rows: list(rows.order_by().values_list("pk", flat=True)[: limit + 1]))
 
     @staticmethod
     def plans(queryset: QuerySet) -> list[str]:
@@ -239,6 +236,20 @@ def by_ids(queryset: QuerySet, ids: list) -> QuerySet:
     rows = queryset.all()
     rows.query.where = WhereNode()
     return rows.filter(pk__in=ids)
+
+
+def search_to_stream(rows: QuerySet, walked: Callable[[], QuerySet]) -> QuerySet:
+    """A search's rows for a reading that cannot be cut short once it has begun (the export's
+    stream), decided within the budget first: up to SEARCH_EXACT_COUNT_UP_TO matches are read by
+    id (the window is read once); more, through the plan that found the first of them in time
+    (`walked()`: the same rows compared on an expression no index covers). Raises SearchTooLong."""
+    if not filters_on_text(rows.query.where):
+        return rows
+    reading = SearchReading()
+    ids = reading.first_matches(rows, SEARCH_EXACT_COUNT_UP_TO)
+    if len(ids) <= SEARCH_EXACT_COUNT_UP_TO:
+        return by_ids(rows, ids)
+    return walked() if reading.plan == "walk" else rows
 
 
 class WalkedPage(Page):
@@ -287,7 +298,7 @@ class EstimatingPaginator(Paginator):
         window again: a search that matches little reads its window once. Above the limit the
         matches are dense enough for a page to find its rows quickly; the count is estimated."""
         limit = exact_count_limit(self.object_list) if self.exact_count_up_to is None else self.exact_count_up_to
-        ids = self._read(lambda rows: list(rows.order_by().values_list("pk", flat=True)[: limit + 1]))
+        ids = self.search.first_matches(self.object_list, limit)
         if len(ids) <= limit:
             self.matched = ids
             return len(ids)

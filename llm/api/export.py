@@ -24,7 +24,7 @@ from rest_framework.views import APIView
 from llm.api.params import SEARCH_PARAMETER, DeclaredParameters
 from llm.filters import date_range_label, filter_logs, search_logs
 from llm.models import LLMRequestLog, LLMRequestLogQuerySet
-from llm.paging import SearchReading, filters_on_text
+from llm.paging import search_to_stream
 from llm.serializers import LOG_FIELDS, LogSerializer
 
 CHUNK_ROWS = 2_000
@@ -143,10 +143,10 @@ class ExportView(DeclaredParameters, APIView):
 
     def get(self, request: Request) -> StreamingHttpResponse:
         filtered = filter_logs(request.query_params)
-        logs = search_logs(filtered.queryset, request.query_params)
-        if filters_on_text(logs.query.where) and SearchReading().plan_for(logs) == "walk":
-            # The stream cannot be cut short: the plan that counted the first matches in time reads it.
-            logs = search_logs(filtered.queryset, request.query_params, walk=True)
+        logs = search_to_stream(
+            search_logs(filtered.queryset, request.query_params),
+            lambda: search_logs(filtered.queryset, request.query_params, walk=True),
+        )
         rows = self.columns(logs.order_by("timestamp", "id")).iterator(chunk_size=CHUNK_ROWS)
         filename = f"llm-logs_{date_range_label(filtered)}.{self.extension}"
         return StreamingHttpResponse(
