@@ -26,8 +26,9 @@ import json
 import math
 import re
 import time
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.core.paginator import EmptyPage, Page, Paginator
@@ -208,21 +209,36 @@ class SearchReading:
         if not uses_indexes(plan, TRIGRAM_INDEXES):
             return ["planner"]
         # A window PostgreSQL can walk whole in about the trigram pick's share: walked at once.
-        with transaction.atomic(using=queryset.db):
-            with connections[queryset.db].cursor() as cursor:
-                cursor.execute("SET LOCAL enable_bitmapscan = off")
+        with local_settings(queryset.db, {"enable_bitmapscan": "off"}):
             walk = query_plan(queryset.order_by().values("pk"))
         return ["walk"] if walk["Total Cost"] <= WALK_FIRST_COST else ["planner", "walk"]
 
     @staticmethod
     def _read_as(queryset: QuerySet, reading: Callable[[QuerySet], Result], plan: str, timeout_ms: int) -> Result:
-        # SET LOCAL lasts until the end of the transaction (or savepoint) around the reading.
-        with transaction.atomic(using=queryset.db):
-            with connections[queryset.db].cursor() as cursor:
-                cursor.execute(f"SET LOCAL statement_timeout = {timeout_ms}")
-                for setting in PLAN_SETTINGS[plan]:
-                    cursor.execute(f"SET LOCAL {setting} = off")
+        values = {"statement_timeout": str(timeout_ms)} | dict.fromkeys(PLAN_SETTINGS[plan], "off")
+        with local_settings(queryset.db, values):
             return reading(queryset)
+
+
+@contextmanager
+def local_settings(using: str, values: dict[str, str]) -> Iterator[None]:
+    """PostgreSQL settings for the readings inside, in a transaction (a savepoint inside one).
+
+    A setting made local to a savepoint outlives the savepoint once it is released, up to the end
+    of the enclosing transaction: so the previous values are put back after the readings (a
+    reading that fails rolls its savepoint, and the settings, back)."""
+    names = list(values)
+    with transaction.atomic(using=using), connections[using].cursor() as cursor:
+        cursor.execute("SELECT " + ", ".join("current_setting(%s)" for _ in names), names)
+        before = cursor.fetchone()
+        cursor.execute("SELECT " + ", ".join("set_config(%s, %s, true)" for _ in names), _pairs(names, values))
+        yield
+        cursor.execute("SELECT " + ", ".join("set_config(%s, %s, true)" for _ in names), _pairs(names, before))
+
+
+def _pairs(names: list[str], values: Any) -> list[str]:
+    chosen = values if isinstance(values, dict) else dict(zip(names, values, strict=True))
+    return [item for name in names for item in (name, chosen[name])]
 
 
 def uses_indexes(node: dict, names: frozenset[str]) -> bool:

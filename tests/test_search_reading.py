@@ -164,3 +164,19 @@ def test_a_search_that_does_not_finish_in_time_says_what_to_narrow(long_texts, a
     settings.SEARCH_TIMEOUT_MS = 0  # no limit: the same search answers
     answer = api_client.get("/api/logs/", {"hours": 2, "search": "not in there"})
     assert (answer.status_code, answer.json()["count"]) == (200, 0)
+
+
+def test_a_search_leaves_the_connections_settings_as_they_were(calls, api_client):
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL's settings")
+
+    def current() -> tuple:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT current_setting('statement_timeout'), current_setting('enable_bitmapscan')")
+            return cursor.fetchone()
+
+    before = current()
+    # The test runs in a transaction: settings local to a released savepoint would outlive it.
+    for needle in ("your refund we", "qz"):
+        assert api_client.get("/api/logs/", {"hours": 80, "search": needle}).status_code == 200
+        assert current() == before == ("0", "on")
