@@ -1925,13 +1925,9 @@ def _plan_windows(windows: list[Window], state: MetricWatermark | None = None) -
             continue
         span = window.span
         if span not in planned:  # once per span: a page's rules share a few (25 rules at 10M: 12)
-            chosen = Selection(
-                LLMRequestLog.objects.in_window(window.start, window.end).for_model(window.model),
-                window.start,
-                window.end,
-                window.model,
-                rollups_apply=True,
-            )
+            # No queryset of the window's rows: _read_cores and _GroupedRows read them, never the
+            # Selection's `logs` (filtering one per span cost ~5 ms on the alerts page).
+            chosen = Selection(LLMRequestLog.objects.none(), window.start, window.end, window.model, rollups_apply=True)
             planned[span] = plan(chosen, state=state, subtract=True)
         if planned[span] is None:
             continue
