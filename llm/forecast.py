@@ -57,8 +57,8 @@ from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast, TruncHour
 from django.utils import timezone
 
-from llm import metrics, rollup_math, rollups
-from llm.models import LLMRequestLog
+from llm import metrics, plain_sql, rollup_math, rollups
+from llm.models import DailyLatency, HourlyLatency, LLMRequestLog
 
 HOUR = timedelta(hours=1)
 WEEK = timedelta(days=7)
@@ -546,27 +546,54 @@ def _day_placed_at(
     roll-ups, the calls of the raw edges and above the watermark by hour (those above it from
     `recent` when it was read at this watermark and answers)."""
     zone = the_plan.zone
-    models = ["model_name"] if per_model else []
     answer: ModelCosts = defaultdict(int)
-    daily_table, hourly_table = metrics.period_model_tables(the_plan)
-    read_whole = [day for day in the_plan.split.days if day not in detail]
-    if read_whole:
-        rows = daily_table.objects.filter(the_plan.daily() & Q(day__in=read_whole)).values("day", *models)
-        for row in rows.annotate(units=Sum("cost_units")).order_by():
-            hour = rollup_math.day_start(row["day"], zone)
-            answer[(hour, row.get("model_name", EVERY_MODEL))] += int(row["units"] or 0)
-    hours = the_plan.hourly()
-    for day in the_plan.split.days:
-        if day in detail:
-            next_start = rollup_math.day_start(day + timedelta(days=1), zone)
-            hours |= Q(hour__gte=rollup_math.day_start(day, zone), hour__lt=next_start)
-    hourly = hourly_table.objects.filter(hours).annotate(hour_epoch=metrics.EpochSeconds("hour"))
-    for row in hourly.values("hour_epoch", *models).annotate(units=Sum("cost_units")).order_by():
-        answer[(metrics.hour_at(row["hour_epoch"]), row.get("model_name", EVERY_MODEL))] += int(row["units"] or 0)
+    detail_spans = [
+        (rollup_math.day_start(day, zone), rollup_math.day_start(day + timedelta(days=1), zone))
+        for day in the_plan.split.days
+        if day in detail
+    ]
+    for day, model_name, units in _daily_costs(the_plan, detail, per_model):
+        answer[(rollup_math.day_start(day, zone), model_name)] += units
+    for hour, model_name, units in _hourly_costs([*the_plan.split.hours, *detail_spans], per_model):
+        answer[(hour, model_name)] += units
     for found in _raw_costs(the_plan, watermark, recent):
         for (hour, model_name), units in found.items():
             answer[(hour, model_name if per_model else EVERY_MODEL)] += units
     return answer
+
+
+# The two readings of _day_placed_at, in plain SQL (llm/plain_sql.py): the plan reads all calls
+# (no model or status filter), so always DailyLatency and HourlyLatency (metrics.period_model_tables).
+
+
+def _daily_costs(the_plan: metrics.Plan, detail: set[date], per_model: bool) -> list[tuple[date, str, int]]:
+    """(local day, model or EVERY_MODEL, cost units) of the plan's days not in `detail`. The range
+    of days is read and the few detail days (read by hour) dropped here: a range is one index scan."""
+    days = the_plan.split.days
+    if not days or all(day in detail for day in days):
+        return []
+    model, group = ("model_name", ", model_name") if per_model else ("''", "")
+    sql = (
+        f"SELECT day, {model}, SUM(cost_units) FROM {plain_sql.table(DailyLatency)}"  # noqa: S608 - our own names
+        f" WHERE day >= %s AND day <= %s GROUP BY day{group}"
+    )
+    rows = plain_sql.fetch(sql, [plain_sql.day_value(days[0]), plain_sql.day_value(days[-1])])
+    found = [(plain_sql.as_date(day), model_name, int(units or 0)) for day, model_name, units in rows]
+    return [row for row in found if row[0] not in detail]
+
+
+def _hourly_costs(spans: list[tuple[datetime, datetime]], per_model: bool) -> list[tuple[datetime, str, int]]:
+    """(UTC hour, model or EVERY_MODEL, cost units) of the hours within `spans`."""
+    if not spans:
+        return []
+    model, group = ("model_name", ", model_name") if per_model else ("''", "")
+    condition, params = plain_sql.within("hour", spans)
+    sql = (
+        f"SELECT {plain_sql.epoch_seconds('hour')}, {model}, SUM(cost_units)"  # noqa: S608 - our own names
+        f" FROM {plain_sql.table(HourlyLatency)} WHERE {condition} GROUP BY 1{group}"
+    )
+    rows = plain_sql.fetch(sql, params)
+    return [(metrics.hour_at(hour), model_name, int(units or 0)) for hour, model_name, units in rows]
 
 
 def _raw_costs(
@@ -575,11 +602,12 @@ def _raw_costs(
     """The cost per (UTC hour, model) of the calls the roll-ups do not hold: the raw edges', and
     those above the watermark within the plan's rolled-up spans, from `recent` when it answers
     (read at this watermark, and no hour with calls only partly within the spans)."""
-    parts = the_plan.raw_rows(watermark)
     summed = None
     if recent is not None and recent.watermark == watermark:
         summed = recent.costs(the_plan.split.rolled_up_spans(the_plan.zone))
-    if summed is not None:
+    # Nothing left to read when `recent` answers and no edge is raw: no querysets built then.
+    parts = [] if summed is not None and not the_plan.split.raw else the_plan.raw_rows(watermark)
+    if summed is not None and parts:
         parts = parts[:-1]  # the last part is the rows above the watermark (Plan.raw_rows)
     read = [_grouped_costs(rows.annotate(group_value=F("model_name")), True) for rows in parts]
     return [summed or {}, *read]
