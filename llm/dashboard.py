@@ -331,6 +331,8 @@ def overview(window: TimeRange) -> dict[str, Any]:
         "failed_logs_query": window.logs_query(status="error"),
         "recent": list(logs.order_by("-timestamp", "-id")[:10]),
         "spend": spend(timezone.now(), recent),
+        # Read once: the page's served origin is checked against it (views.page).
+        "dashboard_settings": thresholds,
     }
 
 

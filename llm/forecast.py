@@ -510,9 +510,10 @@ def _day_placed_costs(
 ) -> ScopeCosts | None:
     """The `all` and `model` scopes' hourly costs over [first, last), days placed (see above);
     None when the daily roll-ups do not answer (then every hour is read)."""
-    logs = LLMRequestLog.objects.in_window(first, last)
+    # No queryset of the window's rows: the plan's readings below never use the Selection's `logs`.
     state = recent.state if recent is not None else None
-    the_plan = metrics.plan(metrics.Selection(logs, first, last, rollups_apply=True), "day", state=state)
+    chosen = metrics.Selection(LLMRequestLog.objects.none(), first, last, rollups_apply=True)
+    the_plan = metrics.plan(chosen, "day", state=state)
     if the_plan is None or not the_plan.split.days:
         return None
     zone = the_plan.zone
