@@ -121,7 +121,8 @@ def time_range(params: Any, *, extra_keys: tuple[str, ...] = ()) -> TimeRange:
     values: dict[str, Any] = {name: params.get(name, "").strip() for name in ("model", *extra_keys)}
     if "tag" in extra_keys:
         values["tag"] = tag_values(params)
-    errors = filter_errors(values)
+    # Nothing given, nothing to check (the overview without a model): no filter set built.
+    errors = filter_errors(values) if any(values.values()) else {}
     for name in errors:
         values[name] = [] if name == "tag" else ""
     model = values.pop("model")
