@@ -16,6 +16,8 @@ from decimal import Decimal
 import numpy as np
 import pytest
 import time_machine
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from llm import dashboard, forecast, metrics, rollup_math, rollups
@@ -51,6 +53,7 @@ def random_logs(count: int, seed: int, newest: timedelta, oldest: timedelta) -> 
         latency_ms=lambda i: rng.lognormvariate(6, 0.9),
         ttft_ms=lambda i: rng.lognormvariate(5, 0.5) if rng.random() < 0.7 else None,
         cost_estimate=lambda i: Decimal(rng.randint(0, 5_000_000)) / 10**10,
+        tags=lambda i: rng.choice([{}, {"feature": "search"}, {"feature": "chat", "team": "x"}, {"team": "x"}]),
     )
 
 
@@ -150,30 +153,31 @@ def test_the_forecasts_history_and_spend_equal_the_raw_rows(settings, time_machi
     calls = list(LLMRequestLog.objects.all())
     state = metrics.rollup_state()
     recent = metrics.recent_rows(state.last_id, state)
-    scopes = [forecast.Scope(), forecast.Scope("model", "model-b")]
+    # A tag of a rolled-up key (ROLLUP_TAG_KEYS: the breakdown roll-ups) and one of another (its calls).
+    scopes = [forecast.Scope(), forecast.Scope("model", "model-b"), TAGGED, forecast.Scope("tag", "team:x")]
     reading = forecast.read(scopes, ["month", "week", "day"], NOW, recent=recent)
     tz = timezone.get_current_timezone()
     first = forecast.floor_hour(forecast.period_bounds("month", NOW)[0]) - (forecast.HISTORY_WEEKS + 1) * forecast.WEEK
     last = forecast.period_bounds("month", NOW)[1]
     for scope in scopes:
-        model = scope.value
+        calls_of = scoped(calls, scope)
         history = reading.history[scope]
         day = first.astimezone(tz).date() + timedelta(days=1)  # the first whole local day read
         checked = 0
         while rollup_math.day_start(day + timedelta(days=1), tz) <= NOW:
             start, end = rollup_math.day_start(day, tz), rollup_math.day_start(day + timedelta(days=1), tz)
             found = sum(units for hour, units in history.items() if start <= hour < end)
-            wanted = sum(rollups.as_units(log.cost_estimate * 10**10) for log in within(calls, start, end, model))
+            wanted = sum(rollups.as_units(log.cost_estimate * 10**10) for log in within(calls_of, start, end))
             assert found == wanted, (scope, day)
             checked += bool(wanted)
             day += timedelta(days=1)
         assert checked > 30, scope  # the days held calls: the equalities could fail
         assert sum(history.values()) == sum(
-            rollups.as_units(log.cost_estimate * 10**10) for log in within(calls, first, last, model)
+            rollups.as_units(log.cost_estimate * 10**10) for log in within(calls_of, first, last)
         )
         for period in ("month", "week", "day"):
             start, end = forecast.period_bounds(period, NOW)
-            spent = within(calls, start, end, model)
+            spent = within(calls_of, start, end)
             assert spent, (scope, period)
             assert reading.spent_units(scope, period) == sum(
                 rollups.as_units(log.cost_estimate * 10**10) for log in spent
@@ -181,6 +185,33 @@ def test_the_forecasts_history_and_spend_equal_the_raw_rows(settings, time_machi
     # The dashboard's month card reads the same figures.
     month = dashboard.spend(NOW, recent)["month"]
     assert month.spent_so_far == cost(within(calls, *forecast.period_bounds("month", NOW)))
+
+
+TAGGED = forecast.Scope("tag", "feature:search")
+
+
+def scoped(calls: list[LLMRequestLog], scope: forecast.Scope) -> list[LLMRequestLog]:
+    if scope.kind == "model":
+        return [log for log in calls if log.model_name == scope.value]
+    if scope.kind == "tag":
+        key, _, value = scope.value.partition(":")
+        return [log for log in calls if log.tags.get(key) == value]
+    return calls
+
+
+def test_a_rolled_up_tags_history_is_read_from_the_breakdown_rollups(time_machine):
+    """A tag scope of a ROLLUP_TAG_KEYS key reads the breakdown roll-ups (no scan of its calls):
+    the figures themselves are checked against the raw rows above."""
+    time_machine.move_to(NOW, tick=False)
+    random_logs(50, seed=43, newest=timedelta(0), oldest=timedelta(days=60))
+    rollups.roll_up()
+    bounds = {"month": forecast.period_bounds("month", NOW)}
+    first = forecast.floor_hour(bounds["month"][0]) - (forecast.HISTORY_WEEKS + 1) * forecast.WEEK
+    with CaptureQueriesContext(connection) as queries:
+        found = forecast._day_placed_tag_costs(TAGGED, bounds, NOW, first, bounds["month"][1])
+    assert found is not None and sum(found.values()) > 0
+    assert any("llm_dailybreakdownrollup" in query["sql"] for query in queries.captured_queries)
+    assert forecast._day_placed_tag_costs(forecast.Scope("tag", "team:x"), bounds, NOW, first, NOW) is None
 
 
 def test_the_watermark_read_in_plain_sql_is_the_states(calls, at_now):
