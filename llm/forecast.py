@@ -58,7 +58,7 @@ from django.db.models.functions import Cast, TruncHour
 from django.utils import timezone
 
 from llm import metrics, plain_sql, rollup_math, rollups
-from llm.models import DailyLatency, HourlyLatency, LLMRequestLog
+from llm.models import DailyLatency, DailyUserTotals, HourlyLatency, HourlyUserTotals, LLMRequestLog
 
 HOUR = timedelta(hours=1)
 WEEK = timedelta(days=7)
@@ -476,7 +476,12 @@ def _history_costs(
     if found is None:
         return costs(wanted, first, last, by_hour=True)
     for scope in wanted:
-        if scope.kind == "tag" and (units := _day_placed_tag_costs(scope, bounds, now, first, last)) is not None:
+        units = None
+        if scope.kind == "tag":
+            units = _day_placed_tag_costs(scope, bounds, now, first, last)
+        elif scope.kind == "user" and scope.value:
+            units = _day_placed_user_costs(scope.value, bounds, now, first, last, recent)
+        if units is not None:
             found[scope] = units
     rest = wanted - set(found)
     return found | costs(rest, first, last, by_hour=True) if rest else found
@@ -566,12 +571,36 @@ def _day_placed_tag_costs(
     return found
 
 
+def _day_placed_user_costs(
+    user: str,
+    bounds: dict[str, tuple[datetime, datetime]],
+    now: datetime,
+    first: datetime,
+    last: datetime,
+    recent: metrics.RecentRows | None,
+) -> dict[datetime | None, int] | None:
+    """A user scope's hourly costs over [first, last), days placed, from the user totals
+    (DailyUserTotals by local day, HourlyUserTotals by UTC hour: the same plan as all calls'), the
+    raw edges and the calls above the watermark of that user; None when the roll-ups do not answer
+    (then its calls are read: 9 weeks of a busy user's calls are tens of thousands of index rows)."""
+    state = recent.state if recent is not None else None
+    chosen = metrics.Selection(LLMRequestLog.objects.none(), first, last, rollups_apply=True)
+    units = _day_placed_units(metrics.plan(chosen, "day", state=state), bounds, now, False, None, user)
+    if units is None:
+        return None
+    found: dict[datetime | None, int] = defaultdict(int)
+    for (hour, _model_name), cost in units.items():
+        found[hour] += cost
+    return found
+
+
 def _day_placed_units(
     the_plan: metrics.Plan | None,
     bounds: dict[str, tuple[datetime, datetime]],
     now: datetime,
     per_model: bool,
     recent: metrics.RecentRows | None,
+    user: str = "",
 ) -> ModelCosts | None:
     """_day_placed_at at a watermark that holds still; None when the daily roll-ups do not answer."""
     if the_plan is None or not the_plan.split.days:
@@ -582,7 +611,7 @@ def _day_placed_units(
         return None  # a local day that does not start on a UTC hour: its first hour is no hour
     detail = detail_days(bounds, now, zone)
     return metrics.consistent(
-        lambda watermark: _day_placed_at(the_plan, watermark, detail, per_model, recent), the_plan
+        lambda watermark: _day_placed_at(the_plan, watermark, detail, per_model, recent, user), the_plan
     )
 
 
@@ -592,11 +621,13 @@ def _day_placed_at(
     detail: set[date],
     per_model: bool,
     recent: metrics.RecentRows | None = None,
+    user: str = "",
 ) -> ModelCosts:
     """{(UTC hour, model or EVERY_MODEL): cost units}: whole days not in `detail` from the daily
     roll-ups on their first hour, the others' hours and the window's edge hours from the hourly
     roll-ups, the calls of the raw edges and above the watermark by hour (those above it from
-    `recent` when it was read at this watermark and answers)."""
+    `recent` when it was read at this watermark and answers). `user`: that user's calls only (the
+    user totals; never per model)."""
     zone = the_plan.zone
     answer: ModelCosts = defaultdict(int)
     detail_spans = [
@@ -604,11 +635,12 @@ def _day_placed_at(
         for day in the_plan.split.days
         if day in detail
     ]
-    for day, model_name, units in _daily_costs(the_plan, detail, per_model):
+    for day, model_name, units in _daily_costs(the_plan, detail, per_model, user):
         answer[(rollup_math.day_start(day, zone), model_name)] += units
-    for hour, model_name, units in _hourly_costs(the_plan, [*the_plan.split.hours, *detail_spans], per_model):
+    spans = [*the_plan.split.hours, *detail_spans]
+    for hour, model_name, units in _hourly_costs(the_plan, spans, per_model, user):
         answer[(hour, model_name)] += units
-    for found in _raw_costs(the_plan, watermark, recent):
+    for found in _raw_costs(the_plan, watermark, None if user else recent, user):
         for (hour, model_name), units in found.items():
             answer[(hour, model_name if per_model else EVERY_MODEL)] += units
     return answer
@@ -616,11 +648,14 @@ def _day_placed_at(
 
 # The two readings of _day_placed_at, in plain SQL (llm/plain_sql.py): a plan of all calls (no model
 # or status filter) reads DailyLatency and HourlyLatency (metrics.period_model_tables); a plan of
-# one breakdown group (a tag's value) the breakdown roll-ups' rows of that group.
+# one breakdown group (a tag's value) the breakdown roll-ups' rows of that group; a user's, the
+# user totals' rows of that user.
 
 
-def _tables_of(the_plan: metrics.Plan) -> tuple[str, str, str, list[str]]:
+def _tables_of(the_plan: metrics.Plan, user: str = "") -> tuple[str, str, str, list[str]]:
     """(daily table, hourly table, the group's condition, its parameters) the plan reads."""
+    if user:
+        return plain_sql.table(DailyUserTotals), plain_sql.table(HourlyUserTotals), " AND user_id = %s", [user]
     if the_plan.breakdown:
         daily, hourly = the_plan.tables()
         return (
@@ -635,14 +670,16 @@ def _tables_of(the_plan: metrics.Plan) -> tuple[str, str, str, list[str]]:
     return plain_sql.table(DailyLatency), plain_sql.table(HourlyLatency), "", []
 
 
-def _daily_costs(the_plan: metrics.Plan, detail: set[date], per_model: bool) -> list[tuple[date, str, int]]:
+def _daily_costs(
+    the_plan: metrics.Plan, detail: set[date], per_model: bool, user: str = ""
+) -> list[tuple[date, str, int]]:
     """(local day, model or EVERY_MODEL, cost units) of the plan's days not in `detail`. The range
     of days is read and the few detail days (read by hour) dropped here: a range is one index scan."""
     days = the_plan.split.days
     if not days or all(day in detail for day in days):
         return []
     model, group = ("model_name", ", model_name") if per_model else ("''", "")
-    daily, _hourly, of_group, group_params = _tables_of(the_plan)
+    daily, _hourly, of_group, group_params = _tables_of(the_plan, user)
     sql = (
         f"SELECT day, {model}, SUM(cost_units) FROM {daily}"  # noqa: S608 - our own names
         f" WHERE day >= %s AND day <= %s{of_group} GROUP BY day{group}"
@@ -653,13 +690,13 @@ def _daily_costs(the_plan: metrics.Plan, detail: set[date], per_model: bool) -> 
 
 
 def _hourly_costs(
-    the_plan: metrics.Plan, spans: list[tuple[datetime, datetime]], per_model: bool
+    the_plan: metrics.Plan, spans: list[tuple[datetime, datetime]], per_model: bool, user: str = ""
 ) -> list[tuple[datetime, str, int]]:
     """(UTC hour, model or EVERY_MODEL, cost units) of the plan's hours within `spans`."""
     if not spans:
         return []
     model, group = ("model_name", ", model_name") if per_model else ("''", "")
-    _daily, hourly, of_group, group_params = _tables_of(the_plan)
+    _daily, hourly, of_group, group_params = _tables_of(the_plan, user)
     condition, params = plain_sql.within("hour", spans)
     sql = (
         f"SELECT {plain_sql.epoch_seconds('hour')}, {model}, SUM(cost_units)"  # noqa: S608 - our own names
@@ -670,7 +707,7 @@ def _hourly_costs(
 
 
 def _raw_costs(
-    the_plan: metrics.Plan, watermark: int, recent: metrics.RecentRows | None
+    the_plan: metrics.Plan, watermark: int, recent: metrics.RecentRows | None, user: str = ""
 ) -> list[dict[tuple[datetime | None, str], int]]:
     """The cost per (UTC hour, model) of the calls the roll-ups do not hold: the raw edges', and
     those above the watermark within the plan's rolled-up spans, from `recent` when it answers
@@ -682,5 +719,7 @@ def _raw_costs(
     parts = [] if summed is not None and not the_plan.split.raw else the_plan.raw_rows(watermark)
     if summed is not None and parts:
         parts = parts[:-1]  # the last part is the rows above the watermark (Plan.raw_rows)
+    if user:
+        parts = [rows.filter(user_id=user) for rows in parts]
     read = [_grouped_costs(rows.annotate(group_value=F("model_name")), True) for rows in parts]
     return [summed or {}, *read]

@@ -53,20 +53,21 @@ def random_logs(count: int, seed: int, newest: timedelta, oldest: timedelta) -> 
         latency_ms=lambda i: rng.lognormvariate(6, 0.9),
         ttft_ms=lambda i: rng.lognormvariate(5, 0.5) if rng.random() < 0.7 else None,
         cost_estimate=lambda i: Decimal(rng.randint(0, 5_000_000)) / 10**10,
+        user_id=lambda i: rng.choice(["", "ann", "bob"]),
         tags=lambda i: rng.choice([{}, {"feature": "search"}, {"feature": "chat", "team": "x"}, {"team": "x"}]),
     )
 
 
 @pytest.fixture(scope="module")
 def calls(module_transaction, django_db_blocker) -> list[LLMRequestLog]:
-    """Calls over 45 days, rolled up; then more above the watermark: recent ones, and late ones
+    """Calls over 45 days, rolled up; then more above the watermark: recent ones (8 hours), and late ones
     stamped within the last 17 days (so within the previous windows too). Written once for the
     module (tests/conftest.py's module_transaction)."""
     with time_machine.travel(NOW, tick=False), django_db_blocker.unblock():
         random_logs(600, seed=31, newest=timedelta(0), oldest=timedelta(days=45))
         rollups.roll_up()
-        random_logs(60, seed=32, newest=timedelta(0), oldest=timedelta(hours=2))
-        random_logs(40, seed=33, newest=timedelta(hours=2), oldest=timedelta(days=17))
+        random_logs(90, seed=32, newest=timedelta(0), oldest=timedelta(hours=8))
+        random_logs(40, seed=33, newest=timedelta(hours=8), oldest=timedelta(days=17))
         return list(LLMRequestLog.objects.all())
 
 
@@ -87,7 +88,7 @@ def test_previous_windows_equal_the_raw_rows(calls, at_now):
     state = metrics.rollup_state()
     recent = metrics.recent_rows(state.last_id, state)
     assert recent is not None and recent.hours  # the calls above the watermark, summed
-    late = [log for log in calls if log.id > state.last_id and log.timestamp < NOW - timedelta(hours=2)]
+    late = [log for log in calls if log.id > state.last_id and log.timestamp < NOW - timedelta(hours=8)]
     assert late  # the late calls: inside the previous windows, above the watermark
     for length in LENGTHS:
         for model in ("", "model-b"):
@@ -153,8 +154,15 @@ def test_the_forecasts_history_and_spend_equal_the_raw_rows(settings, time_machi
     calls = list(LLMRequestLog.objects.all())
     state = metrics.rollup_state()
     recent = metrics.recent_rows(state.last_id, state)
-    # A tag of a rolled-up key (ROLLUP_TAG_KEYS: the breakdown roll-ups) and one of another (its calls).
-    scopes = [forecast.Scope(), forecast.Scope("model", "model-b"), TAGGED, forecast.Scope("tag", "team:x")]
+    # A user (the user totals), a tag of a rolled-up key (ROLLUP_TAG_KEYS: the breakdown roll-ups)
+    # and one of another key (its calls).
+    scopes = [
+        forecast.Scope(),
+        forecast.Scope("model", "model-b"),
+        forecast.Scope("user", "ann"),
+        TAGGED,
+        forecast.Scope("tag", "team:x"),
+    ]
     reading = forecast.read(scopes, ["month", "week", "day"], NOW, recent=recent)
     tz = timezone.get_current_timezone()
     first = forecast.floor_hour(forecast.period_bounds("month", NOW)[0]) - (forecast.HISTORY_WEEKS + 1) * forecast.WEEK
@@ -193,15 +201,17 @@ TAGGED = forecast.Scope("tag", "feature:search")
 def scoped(calls: list[LLMRequestLog], scope: forecast.Scope) -> list[LLMRequestLog]:
     if scope.kind == "model":
         return [log for log in calls if log.model_name == scope.value]
+    if scope.kind == "user":
+        return [log for log in calls if log.user_id == scope.value]
     if scope.kind == "tag":
         key, _, value = scope.value.partition(":")
         return [log for log in calls if log.tags.get(key) == value]
     return calls
 
 
-def test_a_rolled_up_tags_history_is_read_from_the_breakdown_rollups(time_machine):
-    """A tag scope of a ROLLUP_TAG_KEYS key reads the breakdown roll-ups (no scan of its calls):
-    the figures themselves are checked against the raw rows above."""
+def test_user_and_rolled_up_tag_histories_are_read_from_the_rollups(time_machine):
+    """A user scope reads the user totals, a tag scope of a ROLLUP_TAG_KEYS key the breakdown
+    roll-ups (no scan of their calls): the figures themselves are checked against the raw rows above."""
     time_machine.move_to(NOW, tick=False)
     random_logs(50, seed=43, newest=timedelta(0), oldest=timedelta(days=60))
     rollups.roll_up()
@@ -212,6 +222,10 @@ def test_a_rolled_up_tags_history_is_read_from_the_breakdown_rollups(time_machin
     assert found is not None and sum(found.values()) > 0
     assert any("llm_dailybreakdownrollup" in query["sql"] for query in queries.captured_queries)
     assert forecast._day_placed_tag_costs(forecast.Scope("tag", "team:x"), bounds, NOW, first, NOW) is None
+    with CaptureQueriesContext(connection) as queries:
+        found = forecast._day_placed_user_costs("ann", bounds, NOW, first, bounds["month"][1], None)
+    assert found is not None and sum(found.values()) > 0
+    assert any("llm_dailyusertotals" in query["sql"] for query in queries.captured_queries)
 
 
 def test_the_watermark_read_in_plain_sql_is_the_states(calls, at_now):
