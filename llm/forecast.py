@@ -45,7 +45,7 @@ import json
 import math
 import statistics
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -380,8 +380,16 @@ def project(
     )
 
 
+# Below 2^53 an integer and the scale are exact floats, so their quotient is the correctly rounded
+# USD amount: the float of the exact Decimal (rollups.usd), without a Decimal per hour.
+EXACT_UNITS = 2**53
+
+
 def as_usd(units_by_hour: Mapping[datetime | None, int]) -> dict[datetime | None, float]:
-    return {hour: float(rollups.usd(units)) for hour, units in units_by_hour.items()}
+    return {
+        hour: units / rollups.COST_SCALE if -EXACT_UNITS < units < EXACT_UNITS else float(rollups.usd(units))
+        for hour, units in units_by_hour.items()
+    }
 
 
 @dataclass(frozen=True)
@@ -472,15 +480,17 @@ def _history_costs(
     """costs(wanted, first, last, by_hour=True), but with the days the forecasts of `bounds` read
     whole summed on their first hour, for the scopes the roll-ups answer (see above)."""
     rolled = {scope for scope in wanted if scope.kind in ("all", "model")}
-    found = _day_placed_costs(rolled, bounds, now, first, last, recent) if rolled else {}
+    # The days read by hour, found once for every scope's reading (~1 ms each), when one needs them.
+    detail = functools.cache(lambda: detail_days(bounds, now, timezone.get_current_timezone()))
+    found = _day_placed_costs(rolled, detail, first, last, recent) if rolled else {}
     if found is None:
         return costs(wanted, first, last, by_hour=True)
     for scope in wanted:
         units = None
         if scope.kind == "tag":
-            units = _day_placed_tag_costs(scope, bounds, now, first, last)
+            units = _day_placed_tag_costs(scope, detail, first, last)
         elif scope.kind == "user" and scope.value:
-            units = _day_placed_user_costs(scope.value, bounds, now, first, last, recent)
+            units = _day_placed_user_costs(scope.value, detail, first, last, recent)
         if units is not None:
             found[scope] = units
     rest = wanted - set(found)
@@ -524,10 +534,13 @@ def _uneven_days(terms: Terms, starts: np.ndarray) -> np.ndarray:
     return np.flatnonzero((count > 0) & ((count != hours_in_day) | (lowest != highest)))
 
 
+# The local days some forecast reads by hour (detail_days), computed when first asked.
+DetailDays = Callable[[], set[date]]
+
+
 def _day_placed_costs(
     rolled: set[Scope],
-    bounds: dict[str, tuple[datetime, datetime]],
-    now: datetime,
+    detail: DetailDays,
     first: datetime,
     last: datetime,
     recent: metrics.RecentRows | None = None,
@@ -538,19 +551,23 @@ def _day_placed_costs(
     state = recent.state if recent is not None else None
     chosen = metrics.Selection(LLMRequestLog.objects.none(), first, last, rollups_apply=True)
     per_model = any(scope.kind == "model" for scope in rolled)
-    units = _day_placed_units(metrics.plan(chosen, "day", state=state), bounds, now, per_model, recent)
+    units = _day_placed_units(metrics.plan(chosen, "day", state=state), detail, per_model, recent)
     if units is None:
         return None
     found: ScopeCosts = {scope: defaultdict(int) for scope in rolled}
+    every = [found[scope] for scope in rolled if scope.kind == "all"]
+    of_model: dict[str, list[dict]] = defaultdict(list)
+    for scope in rolled:
+        if scope.kind == "model":
+            of_model[scope.value].append(found[scope])
     for (hour, model_name), cost in units.items():
-        for scope in rolled:
-            if scope.kind == "all" or scope.value == model_name:
-                found[scope][hour] += cost
+        for hourly in (*every, *of_model.get(model_name, ())):
+            hourly[hour] += cost
     return found
 
 
 def _day_placed_tag_costs(
-    scope: Scope, bounds: dict[str, tuple[datetime, datetime]], now: datetime, first: datetime, last: datetime
+    scope: Scope, detail: DetailDays, first: datetime, last: datetime
 ) -> dict[datetime | None, int] | None:
     """A tag scope's hourly costs over [first, last), days placed, from the breakdown roll-ups
     (llm/rollups.py) when they hold its key (ROLLUP_TAG_KEYS) in full over the history; None
@@ -562,7 +579,7 @@ def _day_placed_tag_costs(
     chosen = metrics.Selection(
         LLMRequestLog.objects.none(), first, last, narrowed_to=(f"{metrics.TAG_BREAKDOWN_PREFIX}{key}", value)
     )
-    units = _day_placed_units(metrics.breakdown_plan(chosen, period="day"), bounds, now, False, None)
+    units = _day_placed_units(metrics.breakdown_plan(chosen, period="day"), detail, False, None)
     if units is None:
         return None
     found: dict[datetime | None, int] = defaultdict(int)
@@ -573,8 +590,7 @@ def _day_placed_tag_costs(
 
 def _day_placed_user_costs(
     user: str,
-    bounds: dict[str, tuple[datetime, datetime]],
-    now: datetime,
+    detail: DetailDays,
     first: datetime,
     last: datetime,
     recent: metrics.RecentRows | None,
@@ -585,7 +601,7 @@ def _day_placed_user_costs(
     (then its calls are read: 9 weeks of a busy user's calls are tens of thousands of index rows)."""
     state = recent.state if recent is not None else None
     chosen = metrics.Selection(LLMRequestLog.objects.none(), first, last, rollups_apply=True)
-    units = _day_placed_units(metrics.plan(chosen, "day", state=state), bounds, now, False, None, user)
+    units = _day_placed_units(metrics.plan(chosen, "day", state=state), detail, False, None, user)
     if units is None:
         return None
     found: dict[datetime | None, int] = defaultdict(int)
@@ -596,8 +612,7 @@ def _day_placed_user_costs(
 
 def _day_placed_units(
     the_plan: metrics.Plan | None,
-    bounds: dict[str, tuple[datetime, datetime]],
-    now: datetime,
+    detail: DetailDays,
     per_model: bool,
     recent: metrics.RecentRows | None,
     user: str = "",
@@ -609,9 +624,9 @@ def _day_placed_units(
     day_starts = [rollup_math.day_start(day, zone) for day in the_plan.split.days]
     if not rollup_math.whole_hour_offsets(zone, *day_starts):
         return None  # a local day that does not start on a UTC hour: its first hour is no hour
-    detail = detail_days(bounds, now, zone)
+    days = detail()
     return metrics.consistent(
-        lambda watermark: _day_placed_at(the_plan, watermark, detail, per_model, recent, user), the_plan
+        lambda watermark: _day_placed_at(the_plan, watermark, days, per_model, recent, user), the_plan
     )
 
 
