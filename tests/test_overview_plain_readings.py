@@ -217,13 +217,18 @@ def test_user_and_rolled_up_tag_histories_are_read_from_the_rollups(time_machine
     rollups.roll_up()
     bounds = {"month": forecast.period_bounds("month", NOW)}
     first = forecast.floor_hour(bounds["month"][0]) - (forecast.HISTORY_WEEKS + 1) * forecast.WEEK
+    last = bounds["month"][1]
+
+    def detail() -> set:
+        return forecast.detail_days(bounds, NOW, timezone.get_current_timezone())
+
     with CaptureQueriesContext(connection) as queries:
-        found = forecast._day_placed_tag_costs(TAGGED, bounds, NOW, first, bounds["month"][1])
+        found = forecast._day_placed_tag_costs(TAGGED, detail, first, last)
     assert found is not None and sum(found.values()) > 0
     assert any("llm_dailybreakdownrollup" in query["sql"] for query in queries.captured_queries)
-    assert forecast._day_placed_tag_costs(forecast.Scope("tag", "team:x"), bounds, NOW, first, NOW) is None
+    assert forecast._day_placed_tag_costs(forecast.Scope("tag", "team:x"), detail, first, last) is None
     with CaptureQueriesContext(connection) as queries:
-        found = forecast._day_placed_user_costs("ann", bounds, NOW, first, bounds["month"][1], None)
+        found = forecast._day_placed_user_costs("ann", detail, first, last, None)
     assert found is not None and sum(found.values()) > 0
     assert any("llm_dailyusertotals" in query["sql"] for query in queries.captured_queries)
 
