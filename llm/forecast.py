@@ -676,7 +676,7 @@ def _tables_of(the_plan: metrics.Plan, user: str = "") -> tuple[str, str, str, l
         return (
             plain_sql.table(daily),
             plain_sql.table(hourly),
-            " AND by = %s AND key = %s",
+            f" AND {plain_sql.quoted('by')} = %s AND {plain_sql.quoted('key')} = %s",
             [
                 the_plan.breakdown,
                 the_plan.group,

@@ -2205,7 +2205,7 @@ SqlPart = tuple[str, list[Any]]
 
 
 def _log_column(name: str) -> str:
-    return f"{plain_sql.table(LLMRequestLog)}.{name}"
+    return f"{plain_sql.table(LLMRequestLog)}.{plain_sql.quoted(name)}"
 
 
 def _grouped_query(

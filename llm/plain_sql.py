@@ -20,6 +20,11 @@ def table(model: type) -> str:
     return connection.ops.quote_name(model._meta.db_table)
 
 
+def quoted(name: str) -> str:
+    """A column's name as the ORM writes it (some, like `by` and `key`, are SQL keywords)."""
+    return connection.ops.quote_name(name)
+
+
 def epoch_seconds(column: str) -> str:
     """Whole seconds since 1970 of a timestamp column (metrics.EpochSeconds, as text)."""
     if connection.vendor == "sqlite":
