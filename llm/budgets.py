@@ -367,6 +367,8 @@ def _pagerduty(routing_key: str, warning: BudgetWarning, text: str, link: str) -
 def latest_warnings(budget_ids: list[int]) -> dict[int, BudgetWarning]:
     """The newest warning of each budget (one query), for the overview's cards."""
     latest: dict[int, BudgetWarning] = {}
+    if not budget_ids:  # no budget, no warning: no query (the overview without budgets)
+        return latest
     # The last five weeks hold every budget's current period (a month at most).
     recent = BudgetWarning.objects.filter(budget_id__in=budget_ids, created_at__gte=timezone.now() - timedelta(days=35))
     for warning in recent.order_by("budget_id", "-created_at", "-id"):

@@ -121,7 +121,8 @@ def time_range(params: Any, *, extra_keys: tuple[str, ...] = ()) -> TimeRange:
     values: dict[str, Any] = {name: params.get(name, "").strip() for name in ("model", *extra_keys)}
     if "tag" in extra_keys:
         values["tag"] = tag_values(params)
-    errors = filter_errors(values)
+    # Nothing given, nothing to check (the overview without a model): no filter set built.
+    errors = filter_errors(values) if any(values.values()) else {}
     for name in errors:
         values[name] = [] if name == "tag" else ""
     model = values.pop("model")
@@ -331,6 +332,8 @@ def overview(window: TimeRange) -> dict[str, Any]:
         "failed_logs_query": window.logs_query(status="error"),
         "recent": list(logs.order_by("-timestamp", "-id")[:10]),
         "spend": spend(timezone.now(), recent),
+        # Read once: the page's served origin is checked against it (views.page).
+        "dashboard_settings": thresholds,
     }
 
 

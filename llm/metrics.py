@@ -56,7 +56,7 @@ from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast, Coalesce, Round, RowNumber, TruncDay, TruncHour, TruncMinute, TruncMonth
 from django.utils import timezone
 
-from llm import rollup_math, rollups
+from llm import plain_sql, rollup_math, rollups
 from llm.models import (
     DailyBreakdownRollup,
     DailyLatency,
@@ -444,6 +444,16 @@ def rollup_state() -> MetricWatermark:
     return MetricWatermark.objects.filter(name=rollups.ROLLUPS).first() or MetricWatermark(name=rollups.ROLLUPS)
 
 
+def rollup_watermark() -> int:
+    """rollup_state().last_id in plain SQL: `consistent` asks it after every reading (3 times an
+    overview page), and the ORM took ~0.5 ms of Python each time for one number."""
+    rows = plain_sql.fetch(
+        f"SELECT last_id FROM {plain_sql.table(MetricWatermark)} WHERE name = %s",  # noqa: S608 - our own name
+        [rollups.ROLLUPS],
+    )
+    return rows[0][0] if rows else 0
+
+
 def state_of(chosen: Selection) -> MetricWatermark:
     """The roll-ups' state as the page's shared reading found it, else as it is now: the figures of
     a page plan from the one state (a query each: 9 per analytics page). A plan's watermark is only
@@ -513,9 +523,9 @@ def consistent(read: Any, the_plan: Plan | None = None) -> Any:
     """`read(watermark)` at a watermark that did not move while it ran (see above); the first try
     at the plan's."""
     for attempt in range(READ_ATTEMPTS):
-        before = the_plan.watermark if the_plan is not None and attempt == 0 else rollup_state().last_id
+        before = the_plan.watermark if the_plan is not None and attempt == 0 else rollup_watermark()
         answer = read(before)
-        if rollup_state().last_id == before:
+        if rollup_watermark() == before:
             return answer
     return None  # roll-ups kept moving: the caller reads the logs instead
 
@@ -1925,13 +1935,9 @@ def _plan_windows(windows: list[Window], state: MetricWatermark | None = None) -
             continue
         span = window.span
         if span not in planned:  # once per span: a page's rules share a few (25 rules at 10M: 12)
-            chosen = Selection(
-                LLMRequestLog.objects.in_window(window.start, window.end).for_model(window.model),
-                window.start,
-                window.end,
-                window.model,
-                rollups_apply=True,
-            )
+            # No queryset of the window's rows: _read_cores and _GroupedRows read them, never the
+            # Selection's `logs` (filtering one per span cost ~5 ms on the alerts page).
+            chosen = Selection(LLMRequestLog.objects.none(), window.start, window.end, window.model, rollups_apply=True)
             planned[span] = plan(chosen, state=state, subtract=True)
         if planned[span] is None:
             continue
@@ -1968,22 +1974,36 @@ CORE_COLUMNS = ("model_name", "requests", "errors", "total_tokens", "cost_units"
 
 def _core_rows(plans: dict[tuple, Plan]) -> list[tuple]:
     """(hourly, day or hour as epoch seconds, *CORE_COLUMNS) of every day and hour the plans read,
-    of every model unless all the plans are of some models."""
+    of every model unless all the plans are of some models. One query in plain SQL (both tables
+    through UNION ALL: llm/plain_sql.py), not two built by the ORM (~2 ms of Python a reading)."""
     days = sorted({day for the_plan in plans.values() for day in the_plan.split.days})
     hours = rollup_math.joined_spans([span for the_plan in plans.values() for span in the_plan.split.hours])
     models = {span[2] for span in plans}
-    of_models = Q() if "" in models else Q(model_name__in=sorted(models))
-    found: list[tuple] = []
+    of_models, model_params = ("1 = 1", []) if "" in models else plain_sql.in_list("model_name", sorted(models))
+    columns = ", ".join(CORE_COLUMNS)
+    selects, params = [], []
     if days:
-        daily = DailyLatency.objects.filter(of_models, day__gte=days[0], day__lte=days[-1]).order_by()
-        found += [(False, *row) for row in daily.values_list("day", *CORE_COLUMNS)]
+        daily = plain_sql.table(DailyLatency)
+        selects.append(
+            f"SELECT 0, CAST(day AS TEXT), NULL, {columns} FROM {daily}"  # noqa: S608 - our own names
+            f" WHERE {of_models} AND day >= %s AND day <= %s"
+        )
+        params += [*model_params, plain_sql.day_value(days[0]), plain_sql.day_value(days[-1])]
     if hours:
-        within = Q(pk__in=[])
-        for start, end in hours:
-            within |= Q(hour__gte=start, hour__lt=end)
-        hourly = HourlyLatency.objects.filter(of_models, within).order_by().annotate(hour_epoch=EpochSeconds("hour"))
-        found += [(True, *row) for row in hourly.values_list("hour_epoch", *CORE_COLUMNS)]
-    return found
+        within, hour_params = plain_sql.within("hour", hours)
+        hourly = plain_sql.table(HourlyLatency)
+        selects.append(
+            f"SELECT 1, NULL, {plain_sql.epoch_seconds('hour')}, {columns}"  # noqa: S608 - our own names
+            f" FROM {hourly} WHERE {of_models} AND {within}"
+        )
+        params += [*model_params, *hour_params]
+    if not selects:
+        return []
+    rows = plain_sql.fetch(" UNION ALL ".join(selects), params)
+    return [
+        (True, epoch, *rest) if hourly else (False, date_type.fromisoformat(day), *rest)
+        for hourly, day, epoch, *rest in rows
+    ]
 
 
 def _core_totals(rows: list[tuple], first: int, histograms: np.ndarray) -> Totals:
@@ -2118,26 +2138,9 @@ class _GroupedRows:
         # The models and error types the windows name, by their index in these lists (-1: another).
         self.models = sorted({window.model for window in spanned if window.model})
         self.error_types = sorted({window.error_type for window in windows if window.error_type})
-        keys = {
-            "segment": _code_of("timestamp__lt", self.bounds[1:], default=len(self.bounds) - 1),
-            "model": _code_of("model_name", self.models),
-            "failed": _code_of("status", [LLMRequestLog.Status.ERROR]),
-            "error_type": _code_of("error_type", self.error_types),
-            **_sorted_values(short),
-            **_part_keys(parts),
-        }
-        sums = {"count": Count("pk"), "total_tokens": Sum("total_tokens"), "cost_units": Sum(_row_cost_units())}
-        names = [f"key_{name}" for name in keys]
-        rows = (
-            LLMRequestLog.objects.alias(stamp=Coalesce("timestamp", "timestamp"))
-            .filter(_covering(windows) | parts.above())
-            .annotate(**dict(zip(names, keys.values(), strict=True)))
-            .values(*names)
-            .annotate(**sums)
-            .order_by()
-            .values_list(*names, *sums)
-        )
-        fetched = _fetch_numbers(rows)
+        keys, sql, params = _grouped_query(short, parts, self.bounds, self.models, self.error_types)
+        sums = ("count", "total_tokens", "cost_units")
+        fetched = plain_sql.fetch(sql, params)
         # Every value as a float, NULL as NaN (left out, as SQL does); exact for integers below 2^53.
         table = np.array(fetched, dtype=float).reshape(-1, len(keys) + len(sums))
         self.columns = dict(zip([*keys, *sums], table.T, strict=True))
@@ -2193,76 +2196,146 @@ class _GroupedRows:
         return float(np.quantile(values, fraction)) if values.size else None
 
 
-def _sorted_values(windows: list[Window]) -> dict[str, Case]:
+# _GroupedRows' query in plain SQL (llm/plain_sql.py): built by the ORM it cost ~2.5 ms of Python
+# for the overview's previous window (a dozen CASE expressions), more than PostgreSQL took to run it.
+# Each key is a code (CASE ... END: the index of the first value matched, else a default) or, when
+# there is nothing to tell apart, a constant; the rows are grouped by the codes.
+
+SqlPart = tuple[str, list[Any]]
+
+
+def _log_column(name: str) -> str:
+    return f"{plain_sql.table(LLMRequestLog)}.{plain_sql.quoted(name)}"
+
+
+def _grouped_query(
+    short: list[Window], parts: RolledUpParts, bounds: list[datetime], models: list[str], error_types: list[str]
+) -> tuple[list[str], str, list[Any]]:
+    """_GroupedRows' keys (names), SQL and parameters: its key columns, then count, total_tokens
+    and cost_units, over the rows of the windows and parts."""
+    keys: dict[str, SqlPart] = {
+        "segment": _code_sql("timestamp", "<", [plain_sql.moment(bound) for bound in bounds[1:]], len(bounds) - 1),
+        "model": _code_sql("model_name", "=", models),
+        "failed": _code_sql("status", "=", [LLMRequestLog.Status.ERROR.value]),
+        "error_type": _code_sql("error_type", "=", error_types),
+        **_sorted_values(short),
+        **_part_keys(parts),
+    }
+    covered, params = _covering_sql([*short, *parts.edges, *parts.rest], _log_column("timestamp"))
+    above, above_params = _above_sql(parts)
+    cost, cost_params = _compiled_fragment(connections[LLMRequestLog.objects.db].vendor, "cost_units")
+    selected = [f"{sql} AS key_{name}" for name, (sql, _params) in keys.items()]
+    grouped = [str(place) for place, (sql, _params) in enumerate(keys.values(), start=1) if sql.startswith("CASE")]
+    sql = (
+        f"SELECT {', '.join(selected)}, COUNT(*), SUM({_log_column('total_tokens')}), SUM({cost})"  # noqa: S608
+        f" FROM {plain_sql.table(LLMRequestLog)} WHERE ({covered} OR {above}) GROUP BY {', '.join(grouped)}"
+    )
+    key_params = [value for _sql, values in keys.values() for value in values]
+    return list(keys), sql, [*key_params, *cost_params, *params, *above_params]
+
+
+def _code_sql(column: str, operator_sql: str, values: list[Any], default: int = -1) -> SqlPart:
+    """Which of `values` a row's column matches (`=`, or `<`: the first it is below), as its index,
+    else `default`; a constant without values."""
+    if not values:
+        return str(default), []
+    cases = " ".join(f"WHEN {_log_column(column)} {operator_sql} %s THEN {index}" for index in range(len(values)))
+    return f"CASE {cases} ELSE {default} END", list(values)
+
+
+def _sorted_values(windows: list[Window]) -> dict[str, SqlPart]:
     """Per column a short window's percentile sorts: its value for the rows of those windows, NULL
     for the others (so those still group together)."""
     by_column = defaultdict(list)
     for window in windows:
         if percentile := _percentile_of(window):
             by_column[ALERT_PERCENTILES[percentile][0]].append(window)
-    return {
-        f"sorted_{column}": Case(When(_covering(sorting), then=F(column)), default=None, output_field=FloatField())
-        for column, sorting in sorted(by_column.items())
-    }
+    keys = {}
+    for column, sorting in sorted(by_column.items()):
+        condition, params = _covering_sql(sorting, _log_column("timestamp"))
+        keys[f"sorted_{column}"] = (f"CASE WHEN {condition} THEN {_log_column(column)} ELSE NULL END", params)
+    return keys
 
 
-def _fetch_numbers(rows: QuerySet) -> list[tuple]:
-    """The rows as the driver returns them, without Django's per-row converters."""
-    sql, params = rows.query.sql_with_params()
-    with connections[rows.db].cursor() as cursor:
-        cursor.execute(sql, params)
-        return cursor.fetchall()
-
-
-def _code_of(lookup: str, values: list[Any], default: int = -1) -> Case:
-    """Which of `values` a row's column equals (its index; `lookup` ending in __lt: the first it is
-    below), else `default`."""
-    return Case(
-        *[When(**{lookup: value}, then=Value(index)) for index, value in enumerate(values)],
-        default=Value(default),
-        output_field=IntegerField(),
-    )
-
-
-def _part_keys(parts: RolledUpParts) -> dict[str, Case]:
+def _part_keys(parts: RolledUpParts) -> dict[str, SqlPart]:
     """Whether a row is above the watermark the roll-ups were read at, and its latency bucket (as
     the roll-ups count it) where a part asks for a histogram."""
-    keys = {}
+    keys: dict[str, SqlPart] = {}
     if parts:
-        keys["above"] = _code_of("id__lte", [parts.watermark], default=1)
+        keys["above"] = (f"CASE WHEN {_log_column('id')} <= %s THEN 0 ELSE 1 END", [parts.watermark])
     histogram = [part for part in [*parts.edges, *parts.rest] if part.latency]
     histogram_windows = [window for window in parts.windows if window.latency]
     if histogram or histogram_windows:
-        condition = _covering(histogram)
-        if histogram_windows:
-            condition |= replace(parts, windows=histogram_windows).above()
-        keys["bucket"] = Case(
-            When(condition, then=rollups.bucket_of("latency_ms")), default=Value(-1), output_field=IntegerField()
+        condition, params = _covering_sql(histogram, _log_column("timestamp"))
+        above, above_params = _above_sql(replace(parts, windows=histogram_windows))
+        bucket, bucket_params = _compiled_fragment(connections[LLMRequestLog.objects.db].vendor, "bucket")
+        keys["bucket"] = (
+            f"CASE WHEN ({condition} OR {above}) THEN {bucket} ELSE -1 END",
+            [*params, *above_params, *bucket_params],
         )
     return keys
+
+
+def _above_sql(parts: RolledUpParts) -> SqlPart:
+    """RolledUpParts.above in SQL: the time tested on COALESCE(timestamp, timestamp), no index's."""
+    if not parts.windows:
+        return "1 = 0", []
+    stamp = f"COALESCE({_log_column('timestamp')}, {_log_column('timestamp')})"
+    covered, params = _covering_sql(parts.windows, stamp)
+    condition = f"({_log_column('id')} > %s AND {_log_column('id')} <= %s AND {covered})"
+    return condition, [parts.watermark, LARGEST_ID, *params]
+
+
+@functools.cache
+def _compiled_fragment(vendor: str, name: str) -> tuple[str, tuple]:
+    """A row's latency bucket (rollups.bucket_of, as the roll-ups count it) or cost in units
+    (_row_cost_units), compiled by the ORM once per database vendor: the same SQL text, so the same
+    arithmetic, as every other reading. Only text of constants is kept, no data."""
+    expression = rollups.bucket_of("latency_ms") if name == "bucket" else _row_cost_units()
+    query = LLMRequestLog.objects.order_by().query
+    resolved = expression.resolve_expression(query, allow_joins=False)
+    return query.get_compiler(LLMRequestLog.objects.db).compile(resolved)
 
 
 def _covering(windows: list[Window], field_name: str = "timestamp") -> Q:
     """The rows of any of the windows: those of all models as joined spans, a model's window only
     where no span of all models covers it (the planner reads each through its own index). Their
     time is `field_name` (an alias of it no index answers, where an index must not be used)."""
+    condition = Q(pk__in=[])
+    for start, end, model in _covering_spans(windows):
+        within = Q(**{f"{field_name}__gte": start, f"{field_name}__lt": end})
+        condition |= within & Q(model_name=model) if model else within
+    return condition
+
+
+def _covering_sql(windows: list[Window], column: str) -> SqlPart:
+    """_covering in SQL over `column` (an expression of the row's time)."""
+    spans = _covering_spans(windows)
+    if not spans:
+        return "1 = 0", []
+    model_column = _log_column("model_name")
+    conditions, params = [], []
+    for start, end, model in spans:
+        of_model = f" AND {model_column} = %s" if model else ""
+        conditions.append(f"({column} >= %s AND {column} < %s{of_model})")
+        params += [plain_sql.moment(start), plain_sql.moment(end), *([model] if model else [])]
+    return f"({' OR '.join(conditions)})", params
+
+
+def _covering_spans(windows: list[Window]) -> list[tuple[datetime, datetime, str]]:
+    """(start, end, model or "") of _covering: the joined spans of all models, then each model's
+    window that none of them covers."""
     spans: list[list[datetime]] = []
     for window in sorted((window for window in windows if not window.model), key=lambda window: window.start):
         if spans and window.start <= spans[-1][1]:
             spans[-1][1] = max(spans[-1][1], window.end)
         else:
             spans.append([window.start, window.end])
-
-    def within(start: datetime, end: datetime) -> Q:
-        return Q(**{f"{field_name}__gte": start, f"{field_name}__lt": end})
-
-    condition = Q(pk__in=[])
-    for start, end in spans:
-        condition |= within(start, end)
+    found = [(start, end, "") for start, end in spans]
     for window in windows:
         if window.model and not any(start <= window.start and window.end <= end for start, end in spans):
-            condition |= within(window.start, window.end) & Q(model_name=window.model)
-    return condition
+            found.append((window.start, window.end, window.model))
+    return found
 
 
 def _row_cost_units() -> Cast:

@@ -34,10 +34,20 @@ LOGS_PER_PAGE = 50
 LOG_FILTERS = ("status", "user_id", "search", "session_id", "source", "error_type", "tag")
 
 
-def page(request: HttpRequest, template: str, window: dashboard.TimeRange | None, **context) -> HttpResponse:
-    """Render with what every page's filter bar needs."""
+def page(
+    request: HttpRequest,
+    template: str,
+    window: dashboard.TimeRange | None,
+    *,
+    settings_row: DashboardSettings | None = None,
+    **context,
+) -> HttpResponse:
+    """Render with what every page's filter bar needs. `settings_row`: DashboardSettings as the
+    page already read it (the overview's thresholds), so an unchanged origin costs no query."""
     # Alert notices link to where the dashboard is really served when SITE_URL is empty.
-    DashboardSettings.remember_origin(notifiers.request_origin(request))
+    origin = notifiers.request_origin(request)
+    if settings_row is None or settings_row.served_origin != origin:
+        DashboardSettings.remember_origin(origin)
     context.setdefault("access", access_for(request.user))
     if window is not None:
         context |= {
@@ -66,7 +76,9 @@ def overview(request: HttpRequest) -> HttpResponse:
         "sparks": {spec.key: spec.series for spec in dashboard.CARDS},
     }
     has_any_logs = data["figures"]["total_requests"] > 0 or LLMRequestLog.objects.exists()
-    return page(request, "dashboard/overview.html", window, **data, charts=charts, has_any_logs=has_any_logs)
+    settings_row = data.pop("dashboard_settings")
+    context = {**data, "charts": charts, "has_any_logs": has_any_logs}
+    return page(request, "dashboard/overview.html", window, settings_row=settings_row, **context)
 
 
 @login_required
