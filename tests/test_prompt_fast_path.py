@@ -27,6 +27,7 @@ from django.utils import timezone
 from core.asgi import ObservatoryASGIHandler
 from llm import auth, budgets, throttles
 from llm.api.prompt import FAST_PATHS
+from llm.logging import JSONFormatter
 from llm.models import APIKey, Budget, LLMRequestLog
 from llm.providers.chat_completions import close_async_clients
 from tests.factories import make_api_key, make_log
@@ -239,6 +240,51 @@ def test_a_vendor_error_on_the_fast_path_is_answered_as_on_the_ordinary_path(
     assert slow["headers"].get("Retry-After") == fast["headers"].get("Retry-After")
     [row] = rows(fast_answer["request_id"])
     assert row.status == "error" and row.error_type == error_type and row.prompt_text == "fails 2"
+
+
+def test_the_request_line_names_the_final_status_not_the_placeholders(handler, key, fake_groq, caplog):
+    """Both paths answer a deferred placeholder (200) to the middleware: the request line is the
+    final answer's, written once the call has ended, with the request's id for the JSON log."""
+    _, raw_key = key
+    fake_groq.will(*[Behaviour(mode="status", status=500, error_message="Boom")] * 2, Behaviour(text="Oui."))
+    caplog.set_level(logging.INFO, logger="llm.requests")
+    json_lines = JSONLines()
+    logging.getLogger("llm.requests").addHandler(json_lines)
+    with ordinary_requests() as ordinary:
+        answers = run(
+            handler,
+            ({"prompt": "fails 1"}, raw_key, [(b"x-request-id", b"slow-1")]),
+            ({"prompt": "fails 2"}, raw_key, [(b"x-request-id", b"fast-2")]),
+            ({"prompt": "works"}, raw_key, [(b"x-request-id", b"fast-3")]),
+        )
+    assert len(ordinary) == 1
+    assert [answer["status"] for answer in answers] == [502, 502, 200]
+    records = [record for record in caplog.records if record.name == "llm.requests"]
+    assert [(record.status, record.getMessage().split(" ")[2]) for record in records] == [
+        (502, "502"),
+        (502, "502"),
+        (200, "200"),
+    ]
+    assert [record.api_key for record in records] == ["fast"] * 3
+    assert all(record.duration_ms >= 0 for record in records)
+    logging.getLogger("llm.requests").removeHandler(json_lines)
+    assert [(line["status"], line["request_id"]) for line in json_lines.lines] == [
+        (502, "slow-1"),
+        (502, "fast-2"),
+        (200, "fast-3"),
+    ]
+
+
+class JSONLines(logging.Handler):
+    """Each record as LOG_FORMAT=json writes it, formatted as it is emitted (the request id is read then)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[dict] = []
+        self.formatter = JSONFormatter()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(json.loads(self.format(record)))
 
 
 def test_a_timeout_after_the_sdks_retries_is_one_row(handler, key, fake_groq, settings):
