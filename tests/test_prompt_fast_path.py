@@ -22,13 +22,15 @@ from typing import Any
 
 import pytest
 from django.core import signals
+from django.db import connection
+from django.db.models import F
 from django.utils import timezone
 
 from core.asgi import ObservatoryASGIHandler
 from llm import auth, budgets, throttles
 from llm.api.prompt import FAST_PATHS
 from llm.logging import JSONFormatter
-from llm.models import APIKey, Budget, LLMRequestLog
+from llm.models import APIKey, Budget, LLMRequestLog, RateLimitCounter
 from llm.providers.chat_completions import close_async_clients
 from tests.factories import make_api_key, make_log
 from tests.fake_groq import Behaviour
@@ -405,6 +407,57 @@ def test_the_rate_limit_holds_across_both_paths(handler, key, fake_groq, setting
     refused = json.loads(answers[-1]["body"])
     assert "100 prompts a minute" in refused["error"] and answers[-1]["headers"]["Retry-After"]
     assert LLMRequestLog.objects.filter(prompt_text__startswith="limited").count() == 100
+
+
+def test_a_stale_rate_limit_view_is_decided_by_the_shared_row_on_the_fast_path(handler, key, fake_groq, settings):
+    """Once this process's view of the shared count is older than CONTACT_SECONDS, a prompt stays
+    on the fast path and waits for throttles.use() (the row's contact, in a thread): admitted and
+    counted in the row once, or, when other processes used up the minute meanwhile, refused with
+    the ordinary path's 429 (same headers, same shape) and no row."""
+    api_key, raw_key = key
+    settings.PROMPT_RATE_LIMIT = 100  # a process may admit 1 on its own between contacts
+    fake_groq.default = Behaviour(text="ok", prompt_tokens=1, completion_tokens=1)
+    subject, minute = f"prompt:key:{api_key.pk}", int(time.time() // 60)
+
+    async def calls() -> list[dict]:
+        answers = [await exchange(handler, {"prompt": "first"}, raw_key)]  # ordinary: caches the key
+        await asyncio.sleep(throttles.CONTACT_SECONDS + 0.05)
+        answers.append(await exchange(handler, {"prompt": "stale view"}, raw_key))
+        await asyncio.sleep(throttles.CONTACT_SECONDS + 0.05)
+        # Another process takes the rest of the minute.
+        await asyncio.to_thread(use_up_the_minute, subject, minute)
+        answers.append(await exchange(handler, {"prompt": "over, stale view"}, raw_key))
+        answers.append(await exchange(handler, {"prompt": "over, known"}, raw_key))
+        return answers
+
+    with ordinary_requests() as ordinary:
+        first, stale, refused_fast, refused_ordinary = on_a_loop(calls)
+    if int(time.time() // 60) != minute:
+        pytest.skip("a minute boundary fell inside the test")  # the window is the calendar minute
+    # The first and the last take the ordinary path (a key not cached yet; a limit known passed).
+    assert len(ordinary) == 2
+    assert (first["status"], stale["status"]) == (200, 200)
+    assert list(LLMRequestLog.objects.filter(prompt_text="stale view").values_list("status", flat=True)) == ["success"]
+    assert refused_fast["status"] == refused_ordinary["status"] == 429
+    # But Content-Length, which CommonMiddleware adds to an ordinary answer made in the view and
+    # no deferred answer has (the server frames it): the vendor errors' answers on both paths alike.
+    assert refused_fast["headers"].keys() == refused_ordinary["headers"].keys() - {"Content-Length"}
+    for name in refused_fast["headers"].keys() - {"X-Request-ID", "Retry-After", "Content-Length"}:
+        assert refused_fast["headers"][name] == refused_ordinary["headers"][name], name
+    assert abs(int(refused_fast["headers"]["Retry-After"]) - int(refused_ordinary["headers"]["Retry-After"])) <= 1
+    fast_body, ordinary_body = json.loads(refused_fast["body"]), json.loads(refused_ordinary["body"])
+    assert fast_body.keys() == ordinary_body.keys() == {"error"}
+    assert "100 prompts a minute" in fast_body["error"] and 'API key "fast"' in fast_body["error"]
+    assert not LLMRequestLog.objects.filter(prompt_text__startswith="over").exists()
+    # The row counts the two admitted prompts and the other process's 98, nothing refused.
+    assert RateLimitCounter.objects.get(subject=subject, minute=minute).hits == 100
+
+
+def use_up_the_minute(subject: str, minute: int) -> None:
+    try:
+        RateLimitCounter.objects.filter(subject=subject, minute=minute).update(hits=F("hits") + 98)
+    finally:
+        connection.close()
 
 
 def test_what_the_fast_path_cannot_decide_takes_the_ordinary_path(handler, key, fake_groq):

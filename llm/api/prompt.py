@@ -382,12 +382,13 @@ class PromptView(APIView):
 
 # The fast path: a prompt served on the ASGI worker's event loop (core/asgi.py), without a thread
 # hop, Django's inner middleware or DRF's view machinery, when everything it needs is already known
-# in this process: the API key in the key cache (llm/auth.py), the rate limit admitting it with no
-# query (throttles.admit_locally), the list of spent hard-limit budgets fresh
-# (budgets.spent_hard_limits_if_known) and not covering it. The rules are the view's own: the same
-# parser, PromptInput, right, budget rule, call, answer and error answers. Anything else (a key not
-# cached yet, a limit needing the shared row, invalid input, another content type, a session
-# cookie's user, the browsable API) takes the ordinary path, unchanged, before anything is counted.
+# in this process: the API key in the key cache (llm/auth.py), the list of spent hard-limit budgets
+# fresh (budgets.spent_hard_limits_if_known) and not covering it. The rate limit admits it with no
+# query (throttles.decide_locally) or, when only the shared row can tell, decides in a thread before
+# the call (throttles.use, as the view's throttle). The rules are the view's own: the same parser,
+# PromptInput, right, rate limit, budget rule, call, answer and error answers. Anything else (a key
+# not cached yet, a limit already passed, invalid input, another content type, a session cookie's
+# user, the browsable API) takes the ordinary path, unchanged, before anything is counted.
 
 # The paths of the view (with and without the slash, llm/urls.py).
 FAST_PATHS = frozenset({"/api/llm/prompt/", "/api/llm/prompt"})
@@ -408,12 +409,21 @@ def fast_prompt(request: HttpRequest) -> DeferredResponse | None:
     if eligible is None:
         return None
     api_key, chat, context, provider, stream = eligible
-    if not throttles.admit_locally(throttles.PROMPTS, throttles.caller_for_key(api_key)):
-        return None
+    caller = throttles.caller_for_key(api_key)
+    decision = throttles.decide_locally(throttles.PROMPTS, caller)
+    if decision == throttles.REFUSE:
+        return None  # the ordinary path answers its 429
+    # CONTACT: only throttles.use() can decide (a stale view of the shared count, a new minute, a
+    # contact under way), in a thread, as the ordinary path's throttle does: the prompt waits for
+    # that decision and stays here. Sent down the ordinary path instead, every prompt arriving
+    # before the contact had been claimed went there too: a fifth of a worker's CPU in a burst of
+    # a thousand prompts (py-spy), Django's whole stack and DRF's for each.
+    ask_first = decision == throttles.CONTACT
     request.auth = api_key  # the request's log line names the key (llm.logging.who)
 
     async def complete(run_sync: RunSync) -> HttpResponseBase:
-        response = await PromptView._call_async(chat, context, provider, stream, run_sync)
+        refused = await run_sync(rate_limit_refusal, caller) if ask_first else None
+        response = refused or await PromptView._call_async(chat, context, provider, stream, run_sync)
         if isinstance(response, Response):
             response.accepted_renderer = FAST_RENDERER()
             response.accepted_media_type = FAST_RENDERER.media_type
@@ -428,6 +438,15 @@ def fast_prompt(request: HttpRequest) -> DeferredResponse | None:
 
 
 FAST_RENDERER = api_settings.DEFAULT_RENDERER_CLASSES[0]
+
+
+def rate_limit_refusal(caller: throttles.Caller) -> Response | None:
+    """PromptRateThrottle's decision in a thread that may query (throttles.use, the same count and
+    guarantee): None when admitted (counted), else the 429 the view's exception handler answers."""
+    refusal = throttles.use(throttles.PROMPTS, caller)
+    if refusal is None:
+        return None
+    return api_settings.EXCEPTION_HANDLER(throttles.RateLimited(refusal), {"view": None, "args": (), "kwargs": {}})
 
 
 def _fast_checks(request: HttpRequest) -> tuple[APIKey, ChatRequest, CallContext, Provider, bool] | None:
