@@ -27,7 +27,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from core.asgi import ObservatoryASGIHandler
-from llm import auth, budgets, throttles
+from llm import auth, budgets, models, throttles
 from llm.api.prompt import FAST_PATHS
 from llm.logging import JSONFormatter
 from llm.models import APIKey, Budget, LLMRequestLog, RateLimitCounter
@@ -458,6 +458,42 @@ def use_up_the_minute(subject: str, minute: int) -> None:
         RateLimitCounter.objects.filter(subject=subject, minute=minute).update(hits=F("hits") + 98)
     finally:
         connection.close()
+
+
+def test_caches_gone_stale_are_filled_again_once_and_the_prompts_stay_on_the_fast_path(
+    handler, key, fake_groq, monkeypatch
+):
+    """When the key's, the budgets' and the prices' cache times are up together, the prompts
+    arriving then wait for one refill of each (in a thread) and are served on the loop, instead
+    of all taking the ordinary path until one of them has refilled the caches."""
+    _, raw_key = key
+    monkeypatch.setattr(auth, "KEY_CACHE_SECONDS", 0.3)
+    monkeypatch.setattr(budgets, "HARD_LIMIT_CACHE_SECONDS", 0.3)
+    monkeypatch.setattr(models, "PRICE_CACHE_SECONDS", 0.3)
+    fake_groq.default = Behaviour(text="ok", prompt_tokens=1, completion_tokens=1)
+
+    async def calls() -> list[dict]:
+        answers = [await exchange(handler, {"prompt": f"warm {n}"}, raw_key) for n in range(2)]
+        await asyncio.sleep(0.4)  # every cache's time is up
+        # (The prices' too, unless a row written meanwhile read them again.)
+        assert handler.stale_fast_caches(f"Bearer {raw_key}").keys() >= {f"key {APIKey.hash_key(raw_key)}", "budgets"}
+        answers += await asyncio.gather(*(exchange(handler, {"prompt": f"burst {n}"}, raw_key) for n in range(6)))
+        return answers
+
+    with ordinary_requests() as ordinary:
+        answers = on_a_loop(calls)
+    assert len(ordinary) == 1  # the very first: a key never seen takes the ordinary path
+    assert [answer["status"] for answer in answers] == [200] * 8
+    assert handler.refills == {}
+    for n in range(6):
+        assert LLMRequestLog.objects.filter(prompt_text=f"burst {n}").count() == 1
+    # A key revoked meanwhile is looked up, found revoked, and refused by the ordinary path.
+    APIKey.objects.filter(name="fast").update(revoked_at=timezone.now())
+    auth.forget_keys()
+    with ordinary_requests() as ordinary:
+        [refused] = run(handler, ({"prompt": "revoked"}, raw_key))
+    assert refused["status"] == 401 and len(ordinary) == 1
+    assert handler.stale_fast_caches(f"Bearer {raw_key}").keys() <= {"budgets", "prices"}
 
 
 def test_what_the_fast_path_cannot_decide_takes_the_ordinary_path(handler, key, fake_groq):
