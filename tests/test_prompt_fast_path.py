@@ -467,14 +467,16 @@ def test_caches_gone_stale_are_filled_again_once_and_the_prompts_stay_on_the_fas
     arriving then wait for one refill of each (in a thread) and are served on the loop, instead
     of all taking the ordinary path until one of them has refilled the caches."""
     _, raw_key = key
-    monkeypatch.setattr(auth, "KEY_CACHE_SECONDS", 0.3)
-    monkeypatch.setattr(budgets, "HARD_LIMIT_CACHE_SECONDS", 0.3)
-    monkeypatch.setattr(models, "PRICE_CACHE_SECONDS", 0.3)
+    # Long enough that a refill is still fresh when the prompts waiting on it try again, on a
+    # loaded machine too.
+    monkeypatch.setattr(auth, "KEY_CACHE_SECONDS", 1.0)
+    monkeypatch.setattr(budgets, "HARD_LIMIT_CACHE_SECONDS", 1.0)
+    monkeypatch.setattr(models, "PRICE_CACHE_SECONDS", 1.0)
     fake_groq.default = Behaviour(text="ok", prompt_tokens=1, completion_tokens=1)
 
     async def calls() -> list[dict]:
         answers = [await exchange(handler, {"prompt": f"warm {n}"}, raw_key) for n in range(2)]
-        await asyncio.sleep(0.4)  # every cache's time is up
+        await asyncio.sleep(1.1)  # every cache's time is up
         # (The prices' too, unless a row written meanwhile read them again.)
         assert handler.stale_fast_caches(f"Bearer {raw_key}").keys() >= {f"key {APIKey.hash_key(raw_key)}", "budgets"}
         answers += await asyncio.gather(*(exchange(handler, {"prompt": f"burst {n}"}, raw_key) for n in range(6)))
