@@ -534,16 +534,21 @@ def main() -> None:
             loop_run(warm_up(app_port, auth))
             results["throughput limit off"] = loop_run(measure_throughput(app_port, auth))
     with (
-        fake_groq(slow_port, SLOW_SECONDS, logs / "fake-slow.log"),
-        app_server(app_port, f"http://127.0.0.1:{slow_port}", logs / "app-slow.log"),
+        fake_groq(slow_port, SLOW_SECONDS, logs / "fake-slow.log") as upstream,
+        app_server(app_port, f"http://127.0.0.1:{slow_port}", logs / "app-slow.log") as app,
     ):
         # A running server's figure, not a booting one's: gunicorn listens before its workers have
         # imported the app (seconds of CPU each, more with PYTHONDONTWRITEBYTECODE), so a thousand
         # prompts sent at once would also wait for that. One prompt per client first (2 s).
         loop_run(warm_up(app_port, auth, prompts=1))
         before = row_count()
-        results["concurrent"] = loop_run(measure_concurrency(app_port, auth, stream=False))
-        results["concurrent stream"] = loop_run(measure_concurrency(app_port, auth, stream=True))
+        # CPU seconds of each process tree during each burst: taking in a thousand prompts is
+        # CPU-bound, and this client's share is taken on the same two cores.
+        meter = CPUMeter(app=app.pid, upstream=upstream.pid, database=postgres_root())
+        for key, stream in (("concurrent", False), ("concurrent stream", True)):
+            meter.start()
+            results[key] = loop_run(measure_concurrency(app_port, auth, stream=stream))
+            results[key]["cpu"] = meter.stop()
         results["rows slow"] = {"written": row_count() - before, "expected": 2 * CONCURRENT}
     print_table(results, engine)
     print(f"server logs: {logs}", file=sys.stderr)
@@ -589,13 +594,13 @@ def print_table(results: dict[str, dict], engine: str) -> None:
         (
             f"{CONCURRENT:,} concurrent {SLOW_SECONDS:g} s prompts",
             f"{slow['wall']:.2f} s wall",
-            f"median {slow['median']:.2f} s, {slow['ok']:,} answered 200",
+            f"median {slow['median']:.2f} s, {slow['ok']:,} answered 200; {burst_cpu(slow)}",
             "< 3 s",
         ),
         (
             f"{CONCURRENT:,} concurrent {SLOW_SECONDS:g} s prompts, streamed",
             f"{slow_stream['wall']:.2f} s wall",
-            f"median {slow_stream['median']:.2f} s, {slow_stream['ok']:,} ended with done",
+            f"median {slow_stream['median']:.2f} s, {slow_stream['ok']:,} ended with done; {burst_cpu(slow_stream)}",
             "< 3 s",
         ),
         (
@@ -618,6 +623,12 @@ def print_table(results: dict[str, dict], engine: str) -> None:
     print("-|-".join("-" * w for w in widths))
     for row in rows:
         print(" | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
+
+
+def burst_cpu(result: dict) -> str:
+    """CPU seconds per process tree during a burst (the client's own included: same cores)."""
+    cpu = result.get("cpu") or {}
+    return "CPU s " + ", ".join(f"{name} {seconds:.2f}" for name, seconds in cpu.items())
 
 
 def cpu_row(results: dict[str, dict]) -> tuple[str, str, str, str]:

@@ -66,10 +66,13 @@ class ObservatoryASGIHandler(ASGIHandler):
         self.loop_writer = None
         self.fast_chain = fast_middleware_chain()
         # Imported here: the view module needs django.setup(), which runs below.
-        from llm.api.prompt import FAST_PATHS, fast_prompt
+        from llm.api.prompt import FAST_PATHS, fast_prompt, stale_fast_caches
 
         self.fast_paths = FAST_PATHS
         self.fast_prompt = fast_prompt
+        self.stale_fast_caches = stale_fast_caches
+        # The refills of the fast path's caches under way, by name (one at a time each).
+        self.refills: dict[str, asyncio.Future] = {}
 
     async def run_sync(self, function, *args):
         """`function(*args)` in one of the pool's threads (where the ORM may be used)."""
@@ -90,7 +93,7 @@ class ObservatoryASGIHandler(ASGIHandler):
             return None
         deferred = False
         try:
-            response = self.respond_fast(scope, body_file) if scope["path"] in self.fast_paths else None
+            response = await self.respond_fast_or_refill(scope, body_file) if scope["path"] in self.fast_paths else None
             if response is None:
                 response = await self.run_sync(self.respond, scope, body_file)
             if isinstance(response, DeferredResponse):
@@ -127,6 +130,33 @@ class ObservatoryASGIHandler(ASGIHandler):
         if isinstance(response, FileResponse):
             response.block_size = self.chunk_size
         return response
+
+    async def respond_fast_or_refill(self, scope, body_file):
+        """respond_fast(); when it misses for a cache gone stale (a key's, the budgets', the prices'),
+        those are filled again in a pool thread, once for all the prompts waiting on them, and the
+        prompt tries the fast path again."""
+        response = self.respond_fast(scope, body_file)
+        if response is not None:
+            return response
+        authorization = next((value for name, value in scope["headers"] if name.lower() == b"authorization"), b"")
+        stale = self.stale_fast_caches(authorization.decode("latin-1"))
+        if not stale:
+            return None
+        for name, refill in stale.items():
+            future = self.refills.get(name)
+            if future is None:
+                future = self.refills[name] = asyncio.ensure_future(self.run_sync(refill))
+                future.add_done_callback(functools.partial(self.refilled, name))
+            try:
+                await asyncio.shield(future)
+            except Exception:  # noqa: BLE001 - the ordinary path meets the same error and answers it
+                return None
+        return self.respond_fast(scope, body_file)
+
+    def refilled(self, name: str, future: asyncio.Future) -> None:
+        self.refills.pop(name, None)
+        if not future.cancelled():
+            future.exception()  # retrieved: a failed refill is the ordinary path's to answer
 
     def respond_fast(self, scope, body_file):
         """A prompt's answer made on the loop (a DeferredResponse through the middleware above

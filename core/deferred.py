@@ -37,8 +37,21 @@ class DeferredResponse(HttpResponse):
         super().__init__(content_type="application/json")
         self._complete = complete
         self._request = request
+        # Called with the final response once resolve() has it (None: resolve raised, a 500): what
+        # the middleware sees is this placeholder, whose 200 says nothing of the call's outcome
+        # (llm.logging.RequestLogMiddleware writes its request line here).
+        self.on_resolved: list[Callable[[HttpResponseBase | None], None]] = []
 
     async def resolve(self, run_sync: RunSync) -> HttpResponseBase:
+        final = None
+        try:
+            final = await self._resolve(run_sync)
+        finally:
+            for callback in self.on_resolved:
+                callback(final)
+        return final
+
+    async def _resolve(self, run_sync: RunSync) -> HttpResponseBase:
         try:
             final = await self._complete(run_sync)
         except Exception as exc:

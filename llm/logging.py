@@ -9,6 +9,7 @@ module before they are ready.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -58,7 +59,8 @@ class JSONFormatter(logging.Formatter):
 
 class RequestLogMiddleware:
     """Outermost middleware: gives the request its id, and logs one line when the answer is ready
-    (for a streamed answer, when its headers are: `duration_ms` is the time to the first byte)."""
+    (for a streamed answer, when its headers are: `duration_ms` is the time to the first byte; for
+    a deferred one, when the call has ended and its final status is known)."""
 
     def __init__(self, get_response: Callable) -> None:
         self.get_response = get_response
@@ -72,27 +74,45 @@ class RequestLogMiddleware:
         try:
             response = self.get_response(request)
             response["X-Request-ID"] = request_id
-            duration_ms = round((time.perf_counter() - started) * 1000, 1)
-            caller = who(request)
-            fields = {
-                "method": request.method,
-                "path": request.path,
-                "status": response.status_code,
-                "duration_ms": duration_ms,
-                **caller,
-            }
-            logger.info(
-                "%s %s %s %.1f ms%s",
-                request.method,
-                request.path,
-                response.status_code,
-                duration_ms,
-                "".join(f" {key}={value}" for key, value in caller.items()),
-                extra=fields,
-            )
+            later = getattr(response, "on_resolved", None)
+            if later is not None:
+                # A deferred answer (core/deferred.py, the proxy on the event loop): the line is
+                # written when the final answer is known, with its status, not the placeholder's 200.
+                later.append(functools.partial(self.log_resolved, request, request_id, started))
+            else:
+                self.log(request, response.status_code, started)
             return response
         finally:
             request_id_var.reset(token)
+
+    def log_resolved(self, request, request_id: str, started: float, final) -> None:
+        token = request_id_var.set(request_id)
+        try:
+            # No final answer: the deferred call raised, and the server answers 500.
+            self.log(request, final.status_code if final is not None else 500, started)
+        finally:
+            request_id_var.reset(token)
+
+    @staticmethod
+    def log(request, status: int, started: float) -> None:
+        duration_ms = round((time.perf_counter() - started) * 1000, 1)
+        caller = who(request)
+        fields = {
+            "method": request.method,
+            "path": request.path,
+            "status": status,
+            "duration_ms": duration_ms,
+            **caller,
+        }
+        logger.info(
+            "%s %s %s %.1f ms%s",
+            request.method,
+            request.path,
+            status,
+            duration_ms,
+            "".join(f" {key}={value}" for key, value in caller.items()),
+            extra=fields,
+        )
 
 
 def who(request) -> dict[str, str]:

@@ -306,7 +306,7 @@ def store_rows(rows: list[dict[str, Any]]) -> list[LLMRequestLog | Exception]:
         logs = [LLMRequestLog(**fields) for fields in rows]
         try:
             LLMRequestLog.objects.record_many(logs)
-            return logs
+            return _as_stored(logs, rows)
         except Exception:  # noqa: BLE001 - each row on its own, below
             logger.warning("A batch of %d call rows failed; writing them one by one", len(rows), exc_info=True)
     outcomes: list[LLMRequestLog | Exception] = []
@@ -316,6 +316,22 @@ def store_rows(rows: list[dict[str, Any]]) -> list[LLMRequestLog | Exception]:
         except Exception as exc:  # noqa: BLE001 - this call's waiter raises it
             outcomes.append(exc)
     return outcomes
+
+
+def _as_stored(logs: list[LLMRequestLog], rows: list[dict[str, Any]]) -> list[LLMRequestLog]:
+    """Each log as `record` answers it: a log record_many did not insert (its request_id stored
+    already, or twice in the batch) is the stored row, not the unsaved object; one query for all."""
+    missing = [log.request_id for log in logs if log.pk is None]
+    if not missing:
+        return logs
+    stored = LLMRequestLog.objects.in_bulk(missing, field_name="request_id")
+    answers = []
+    for log, fields in zip(logs, rows, strict=True):
+        if log.pk is None:
+            # Not found: stored by another writer and purged since; `record` stores it after all.
+            log = stored.get(log.request_id) or LLMRequestLog.objects.record(**fields)[0]
+        answers.append(log)
+    return answers
 
 
 _batchers: dict[tuple[int, RunSync], tuple[asyncio.AbstractEventLoop, RowBatcher]] = {}

@@ -156,23 +156,32 @@ def use(limit: RateLimit, caller: Caller | None, amount: int = 1) -> Refusal | N
 
 
 def admit_locally(limit: RateLimit, caller: Caller, amount: int = 1) -> bool:
-    """Count `amount` if this process can admit it on its own, with no query and no wait (the
-    prompt's fast path on the event loop: llm/api/prompt.py); False, counting nothing, whenever
-    use() would have to contact the row, refuse, or start a new minute (the caller then takes
-    the ordinary path, which does). A limit of 0 admits everything."""
+    """Count `amount` if this process can admit it on its own, with no query and no wait; False,
+    counting nothing, whenever use() would have to contact the row, refuse, or start a new minute.
+    A limit of 0 admits everything."""
+    return decide_locally(limit, caller, amount) == ADMIT
+
+
+def decide_locally(limit: RateLimit, caller: Caller, amount: int = 1) -> str:
+    """What this process can decide on its own, with no query and no wait (the prompt's fast path
+    on the event loop: llm/api/prompt.py): ADMIT (counted), REFUSE (nothing counted: what is known
+    already passes the limit), or CONTACT (nothing counted): only use() can decide, in a thread
+    (it contacts the row, waits for another thread's contact, or starts a new minute)."""
     per_minute = limit.per_minute
     if per_minute <= 0:
-        return True
+        return ADMIT
     now = time.time()
     key = (f"{limit.name}:{caller.subject}", int(now // 60))
     if key[1] != _latest_minute[0]:
-        return False
+        return CONTACT
     with _lock:
         count = _counts.get(key)
-        if count is None or _choose(count, amount, per_minute, now) != ADMIT:
-            return False
-        count.pending += amount
-    return True
+        if count is None:
+            return CONTACT
+        decision = _choose(count, amount, per_minute, now)
+        if decision == ADMIT:
+            count.pending += amount
+    return decision
 
 
 # This process's counts.

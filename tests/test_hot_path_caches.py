@@ -155,6 +155,25 @@ def test_calls_ending_together_are_written_in_few_batches_each_exactly_once():
         assert (row.response_text, row.completion_tokens, row.total_tokens) == (f"answer {index}", 2 * index, 3 * index)
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_answers_the_stored_row_for_a_request_id_stored_already():
+    """A call whose request_id is stored (a client's retry) is answered the stored row, as
+    `record` answers it alone, in a batch as well; the batch's other rows are written."""
+    earlier = row_fields(1, response_text="Stored first.")
+    LLMRequestLog.objects.record(**earlier)
+    stored_first = LLMRequestLog.objects.get(request_id=earlier["request_id"])
+    again = row_fields(2, request_id=earlier["request_id"])
+    rows = [row_fields(3), again, row_fields(4)]
+    outcomes = proxy.store_rows(rows)
+    assert [log.request_id for log in outcomes] == [fields["request_id"] for fields in rows]
+    assert outcomes[1].pk == stored_first.pk and outcomes[1].response_text == "Stored first."
+    assert outcomes[1].prompt_tokens == 1 and outcomes[1]._state.adding is False
+    assert all(log.pk is not None for log in outcomes)
+    assert LLMRequestLog.objects.filter(model_name="batch-model").count() == 3
+    for log in (outcomes[0], outcomes[2]):
+        assert LLMRequestLog.objects.get(pk=log.pk).response_text == log.response_text
+
+
 # PostgreSQL only: record_many's INSERT on SQLite is INSERT OR IGNORE, which drops a row breaking
 # a NOT NULL or CHECK constraint instead of refusing it (no row, no error, on SQLite).
 @pytest.mark.postgres_only

@@ -22,12 +22,15 @@ from typing import Any
 
 import pytest
 from django.core import signals
+from django.db import connection
+from django.db.models import F
 from django.utils import timezone
 
 from core.asgi import ObservatoryASGIHandler
-from llm import auth, budgets, throttles
+from llm import auth, budgets, models, throttles
 from llm.api.prompt import FAST_PATHS
-from llm.models import APIKey, Budget, LLMRequestLog
+from llm.logging import JSONFormatter
+from llm.models import APIKey, Budget, LLMRequestLog, RateLimitCounter
 from llm.providers.chat_completions import close_async_clients
 from tests.factories import make_api_key, make_log
 from tests.fake_groq import Behaviour
@@ -241,6 +244,51 @@ def test_a_vendor_error_on_the_fast_path_is_answered_as_on_the_ordinary_path(
     assert row.status == "error" and row.error_type == error_type and row.prompt_text == "fails 2"
 
 
+def test_the_request_line_names_the_final_status_not_the_placeholders(handler, key, fake_groq, caplog):
+    """Both paths answer a deferred placeholder (200) to the middleware: the request line is the
+    final answer's, written once the call has ended, with the request's id for the JSON log."""
+    _, raw_key = key
+    fake_groq.will(*[Behaviour(mode="status", status=500, error_message="Boom")] * 2, Behaviour(text="Oui."))
+    caplog.set_level(logging.INFO, logger="llm.requests")
+    json_lines = JSONLines()
+    logging.getLogger("llm.requests").addHandler(json_lines)
+    with ordinary_requests() as ordinary:
+        answers = run(
+            handler,
+            ({"prompt": "fails 1"}, raw_key, [(b"x-request-id", b"slow-1")]),
+            ({"prompt": "fails 2"}, raw_key, [(b"x-request-id", b"fast-2")]),
+            ({"prompt": "works"}, raw_key, [(b"x-request-id", b"fast-3")]),
+        )
+    assert len(ordinary) == 1
+    assert [answer["status"] for answer in answers] == [502, 502, 200]
+    records = [record for record in caplog.records if record.name == "llm.requests"]
+    assert [(record.status, record.getMessage().split(" ")[2]) for record in records] == [
+        (502, "502"),
+        (502, "502"),
+        (200, "200"),
+    ]
+    assert [record.api_key for record in records] == ["fast"] * 3
+    assert all(record.duration_ms >= 0 for record in records)
+    logging.getLogger("llm.requests").removeHandler(json_lines)
+    assert [(line["status"], line["request_id"]) for line in json_lines.lines] == [
+        (502, "slow-1"),
+        (502, "fast-2"),
+        (200, "fast-3"),
+    ]
+
+
+class JSONLines(logging.Handler):
+    """Each record as LOG_FORMAT=json writes it, formatted as it is emitted (the request id is read then)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[dict] = []
+        self.formatter = JSONFormatter()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(json.loads(self.format(record)))
+
+
 def test_a_timeout_after_the_sdks_retries_is_one_row(handler, key, fake_groq, settings):
     """The SDK retries a timed-out call once (GROQ_MAX_RETRIES=1): two attempts, one row, 504."""
     _, raw_key = key
@@ -359,6 +407,95 @@ def test_the_rate_limit_holds_across_both_paths(handler, key, fake_groq, setting
     refused = json.loads(answers[-1]["body"])
     assert "100 prompts a minute" in refused["error"] and answers[-1]["headers"]["Retry-After"]
     assert LLMRequestLog.objects.filter(prompt_text__startswith="limited").count() == 100
+
+
+def test_a_stale_rate_limit_view_is_decided_by_the_shared_row_on_the_fast_path(handler, key, fake_groq, settings):
+    """Once this process's view of the shared count is older than CONTACT_SECONDS, a prompt stays
+    on the fast path and waits for throttles.use() (the row's contact, in a thread): admitted and
+    counted in the row once, or, when other processes used up the minute meanwhile, refused with
+    the ordinary path's 429 (same headers, same shape) and no row."""
+    api_key, raw_key = key
+    settings.PROMPT_RATE_LIMIT = 100  # a process may admit 1 on its own between contacts
+    fake_groq.default = Behaviour(text="ok", prompt_tokens=1, completion_tokens=1)
+    subject, minute = f"prompt:key:{api_key.pk}", int(time.time() // 60)
+
+    async def calls() -> list[dict]:
+        answers = [await exchange(handler, {"prompt": "first"}, raw_key)]  # ordinary: caches the key
+        await asyncio.sleep(throttles.CONTACT_SECONDS + 0.05)
+        answers.append(await exchange(handler, {"prompt": "stale view"}, raw_key))
+        await asyncio.sleep(throttles.CONTACT_SECONDS + 0.05)
+        # Another process takes the rest of the minute.
+        await asyncio.to_thread(use_up_the_minute, subject, minute)
+        answers.append(await exchange(handler, {"prompt": "over, stale view"}, raw_key))
+        answers.append(await exchange(handler, {"prompt": "over, known"}, raw_key))
+        return answers
+
+    with ordinary_requests() as ordinary:
+        first, stale, refused_fast, refused_ordinary = on_a_loop(calls)
+    if int(time.time() // 60) != minute:
+        pytest.skip("a minute boundary fell inside the test")  # the window is the calendar minute
+    # The first and the last take the ordinary path (a key not cached yet; a limit known passed).
+    assert len(ordinary) == 2
+    assert (first["status"], stale["status"]) == (200, 200)
+    assert list(LLMRequestLog.objects.filter(prompt_text="stale view").values_list("status", flat=True)) == ["success"]
+    assert refused_fast["status"] == refused_ordinary["status"] == 429
+    # But Content-Length, which CommonMiddleware adds to an ordinary answer made in the view and
+    # no deferred answer has (the server frames it): the vendor errors' answers on both paths alike.
+    assert refused_fast["headers"].keys() == refused_ordinary["headers"].keys() - {"Content-Length"}
+    for name in refused_fast["headers"].keys() - {"X-Request-ID", "Retry-After", "Content-Length"}:
+        assert refused_fast["headers"][name] == refused_ordinary["headers"][name], name
+    assert abs(int(refused_fast["headers"]["Retry-After"]) - int(refused_ordinary["headers"]["Retry-After"])) <= 1
+    fast_body, ordinary_body = json.loads(refused_fast["body"]), json.loads(refused_ordinary["body"])
+    assert fast_body.keys() == ordinary_body.keys() == {"error"}
+    assert "100 prompts a minute" in fast_body["error"] and 'API key "fast"' in fast_body["error"]
+    assert not LLMRequestLog.objects.filter(prompt_text__startswith="over").exists()
+    # The row counts the two admitted prompts and the other process's 98, nothing refused.
+    assert RateLimitCounter.objects.get(subject=subject, minute=minute).hits == 100
+
+
+def use_up_the_minute(subject: str, minute: int) -> None:
+    try:
+        RateLimitCounter.objects.filter(subject=subject, minute=minute).update(hits=F("hits") + 98)
+    finally:
+        connection.close()
+
+
+def test_caches_gone_stale_are_filled_again_once_and_the_prompts_stay_on_the_fast_path(
+    handler, key, fake_groq, monkeypatch
+):
+    """When the key's, the budgets' and the prices' cache times are up together, the prompts
+    arriving then wait for one refill of each (in a thread) and are served on the loop, instead
+    of all taking the ordinary path until one of them has refilled the caches."""
+    _, raw_key = key
+    # Long enough that a refill is still fresh when the prompts waiting on it try again, on a
+    # loaded machine too.
+    monkeypatch.setattr(auth, "KEY_CACHE_SECONDS", 1.0)
+    monkeypatch.setattr(budgets, "HARD_LIMIT_CACHE_SECONDS", 1.0)
+    monkeypatch.setattr(models, "PRICE_CACHE_SECONDS", 1.0)
+    fake_groq.default = Behaviour(text="ok", prompt_tokens=1, completion_tokens=1)
+
+    async def calls() -> list[dict]:
+        answers = [await exchange(handler, {"prompt": f"warm {n}"}, raw_key) for n in range(2)]
+        await asyncio.sleep(1.1)  # every cache's time is up
+        # (The prices' too, unless a row written meanwhile read them again.)
+        assert handler.stale_fast_caches(f"Bearer {raw_key}").keys() >= {f"key {APIKey.hash_key(raw_key)}", "budgets"}
+        answers += await asyncio.gather(*(exchange(handler, {"prompt": f"burst {n}"}, raw_key) for n in range(6)))
+        return answers
+
+    with ordinary_requests() as ordinary:
+        answers = on_a_loop(calls)
+    assert len(ordinary) == 1  # the very first: a key never seen takes the ordinary path
+    assert [answer["status"] for answer in answers] == [200] * 8
+    assert handler.refills == {}
+    for n in range(6):
+        assert LLMRequestLog.objects.filter(prompt_text=f"burst {n}").count() == 1
+    # A key revoked meanwhile is looked up, found revoked, and refused by the ordinary path.
+    APIKey.objects.filter(name="fast").update(revoked_at=timezone.now())
+    auth.forget_keys()
+    with ordinary_requests() as ordinary:
+        [refused] = run(handler, ({"prompt": "revoked"}, raw_key))
+    assert refused["status"] == 401 and len(ordinary) == 1
+    assert handler.stale_fast_caches(f"Bearer {raw_key}").keys() <= {"budgets", "prices"}
 
 
 def test_what_the_fast_path_cannot_decide_takes_the_ordinary_path(handler, key, fake_groq):

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import re
+from collections.abc import Callable
 
 from django.conf import settings
+from django.core.exceptions import SynchronousOnlyOperation
 from django.http import HttpRequest, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.utils import timezone
@@ -22,7 +25,7 @@ from rest_framework.views import APIView
 
 from core.deferred import DeferredResponse, RelayResponse, RunSync, can_defer
 from llm import budgets, throttles
-from llm.auth import bearer_key, cached_key
+from llm.auth import KEY_CACHE_MAX, authenticate_key, bearer_key, cached_key
 from llm.ingest_limits import (
     MAX_TEMPERATURE,
     MIN_TEMPERATURE,
@@ -30,7 +33,7 @@ from llm.ingest_limits import (
     JSONError,
     parse_json,
 )
-from llm.models import APIKey, LLMRequestLog, ModelPrice
+from llm.models import APIKey, LLMRequestLog, ModelPrice, cached_price_table
 from llm.permissions import RIGHTS, key_has
 from llm.providers import ChatRequest, Provider, UnknownModel, get_provider, route
 from llm.providers.errors import whole_seconds
@@ -382,12 +385,13 @@ class PromptView(APIView):
 
 # The fast path: a prompt served on the ASGI worker's event loop (core/asgi.py), without a thread
 # hop, Django's inner middleware or DRF's view machinery, when everything it needs is already known
-# in this process: the API key in the key cache (llm/auth.py), the rate limit admitting it with no
-# query (throttles.admit_locally), the list of spent hard-limit budgets fresh
-# (budgets.spent_hard_limits_if_known) and not covering it. The rules are the view's own: the same
-# parser, PromptInput, right, budget rule, call, answer and error answers. Anything else (a key not
-# cached yet, a limit needing the shared row, invalid input, another content type, a session
-# cookie's user, the browsable API) takes the ordinary path, unchanged, before anything is counted.
+# in this process: the API key in the key cache (llm/auth.py), the list of spent hard-limit budgets
+# fresh (budgets.spent_hard_limits_if_known) and not covering it. The rate limit admits it with no
+# query (throttles.decide_locally) or, when only the shared row can tell, decides in a thread before
+# the call (throttles.use, as the view's throttle). The rules are the view's own: the same parser,
+# PromptInput, right, rate limit, budget rule, call, answer and error answers. Anything else (a key
+# not cached yet, a limit already passed, invalid input, another content type, a session cookie's
+# user, the browsable API) takes the ordinary path, unchanged, before anything is counted.
 
 # The paths of the view (with and without the slash, llm/urls.py).
 FAST_PATHS = frozenset({"/api/llm/prompt/", "/api/llm/prompt"})
@@ -408,12 +412,21 @@ def fast_prompt(request: HttpRequest) -> DeferredResponse | None:
     if eligible is None:
         return None
     api_key, chat, context, provider, stream = eligible
-    if not throttles.admit_locally(throttles.PROMPTS, throttles.caller_for_key(api_key)):
-        return None
+    caller = throttles.caller_for_key(api_key)
+    decision = throttles.decide_locally(throttles.PROMPTS, caller)
+    if decision == throttles.REFUSE:
+        return None  # the ordinary path answers its 429
+    # CONTACT: only throttles.use() can decide (a stale view of the shared count, a new minute, a
+    # contact under way), in a thread, as the ordinary path's throttle does: the prompt waits for
+    # that decision and stays here. Sent down the ordinary path instead, every prompt arriving
+    # before the contact had been claimed went there too: a fifth of a worker's CPU in a burst of
+    # a thousand prompts (py-spy), Django's whole stack and DRF's for each.
+    ask_first = decision == throttles.CONTACT
     request.auth = api_key  # the request's log line names the key (llm.logging.who)
 
     async def complete(run_sync: RunSync) -> HttpResponseBase:
-        response = await PromptView._call_async(chat, context, provider, stream, run_sync)
+        refused = await run_sync(rate_limit_refusal, caller) if ask_first else None
+        response = refused or await PromptView._call_async(chat, context, provider, stream, run_sync)
         if isinstance(response, Response):
             response.accepted_renderer = FAST_RENDERER()
             response.accepted_media_type = FAST_RENDERER.media_type
@@ -428,6 +441,15 @@ def fast_prompt(request: HttpRequest) -> DeferredResponse | None:
 
 
 FAST_RENDERER = api_settings.DEFAULT_RENDERER_CLASSES[0]
+
+
+def rate_limit_refusal(caller: throttles.Caller) -> Response | None:
+    """PromptRateThrottle's decision in a thread that may query (throttles.use, the same count and
+    guarantee): None when admitted (counted), else the 429 the view's exception handler answers."""
+    refusal = throttles.use(throttles.PROMPTS, caller)
+    if refusal is None:
+        return None
+    return api_settings.EXCEPTION_HANDLER(throttles.RateLimited(refusal), {"view": None, "args": (), "kwargs": {}})
 
 
 def _fast_checks(request: HttpRequest) -> tuple[APIKey, ChatRequest, CallContext, Provider, bool] | None:
@@ -461,6 +483,41 @@ def _fast_checks(request: HttpRequest) -> tuple[APIKey, ChatRequest, CallContext
     return api_key, chat, context, provider, data["stream"]
 
 
+# Hashes of the API keys this process has served on the fast path: when one's time
+# there is up, stale_fast_caches() has it looked up again. Only those: a key never valid here (a
+# bad one) is left to the ordinary path's single lookup.
+_seen_keys: set[str] = set()
+
+
+def stale_fast_caches(authorization: str) -> dict[str, Callable[[], object]]:
+    """What made a prompt miss the fast path that a query can fill again, by name: the caller's key
+    (its KEY_CACHE_SECONDS over), the spent budgets' list, the price table; each with the sync
+    function (for a thread) that fills its cache as the ordinary path would. When all of them expire
+    under a burst, every prompt arriving before an ordinary one has refilled them took Django's and
+    DRF's whole stack too (200-650 of a 1,000-prompt burst, each worker's pool swamped by them)."""
+    stale: dict[str, Callable[[], object]] = {}
+    raw_key = bearer_key(authorization)
+    if raw_key and cached_key(raw_key) is None:
+        key_hash = APIKey.hash_key(raw_key)
+        if key_hash in _seen_keys:
+            stale[f"key {key_hash}"] = functools.partial(_look_up_key, raw_key, key_hash)
+    if budgets.spent_hard_limits_if_known(timezone.now()) is None:
+        stale["budgets"] = lambda: budgets.spent_hard_limits(timezone.now())
+    try:
+        cached_price_table()
+    except SynchronousOnlyOperation:  # gone stale: reading it again is a query
+        stale["prices"] = cached_price_table
+    return stale
+
+
+def _look_up_key(raw_key: str, key_hash: str) -> None:
+    """authenticate_key (in a thread): cached again when valid; a key revoked or expired since is
+    forgotten here too, so that its next requests cost the ordinary path's lookup alone."""
+    api_key = authenticate_key(raw_key)
+    if api_key is None or api_key.has_expired():
+        _seen_keys.discard(key_hash)
+
+
 def _plain_json_request(request: HttpRequest) -> bool:
     """A POST of UTF-8 JSON, no query string, answered in JSON (or a stream) as DRF would."""
     return (
@@ -478,4 +535,9 @@ def _cached_key_with_right(request: HttpRequest) -> APIKey | None:
     api_key = cached_key(raw_key) if raw_key else None
     if api_key is None or api_key.has_expired() or not key_has(api_key, RIGHTS[PromptView.required_right]):
         return None
+    key_hash = api_key.key_hash
+    if key_hash not in _seen_keys:
+        if len(_seen_keys) >= KEY_CACHE_MAX:
+            _seen_keys.clear()
+        _seen_keys.add(key_hash)
     return api_key
