@@ -580,12 +580,7 @@ def _day_placed_tag_costs(
         LLMRequestLog.objects.none(), first, last, narrowed_to=(f"{metrics.TAG_BREAKDOWN_PREFIX}{key}", value)
     )
     units = _day_placed_units(metrics.breakdown_plan(chosen, period="day"), detail, False, None)
-    if units is None:
-        return None
-    found: dict[datetime | None, int] = defaultdict(int)
-    for (hour, _model_name), cost in units.items():
-        found[hour] += cost
-    return found
+    return None if units is None else _all_models(units)
 
 
 def _day_placed_user_costs(
@@ -602,8 +597,11 @@ def _day_placed_user_costs(
     state = recent.state if recent is not None else None
     chosen = metrics.Selection(LLMRequestLog.objects.none(), first, last, rollups_apply=True)
     units = _day_placed_units(metrics.plan(chosen, "day", state=state), detail, False, None, user)
-    if units is None:
-        return None
+    return None if units is None else _all_models(units)
+
+
+def _all_models(units: ModelCosts) -> dict[datetime | None, int]:
+    """Costs by (hour, model) summed over the models: by hour."""
     found: dict[datetime | None, int] = defaultdict(int)
     for (hour, _model_name), cost in units.items():
         found[hour] += cost
