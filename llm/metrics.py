@@ -56,7 +56,7 @@ from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast, Coalesce, Round, RowNumber, TruncDay, TruncHour, TruncMinute, TruncMonth
 from django.utils import timezone
 
-from llm import rollup_math, rollups
+from llm import rollup_math, rollup_sql, rollups
 from llm.models import (
     DailyBreakdownRollup,
     DailyLatency,
@@ -1069,7 +1069,18 @@ def read_shared(
     reading = SharedReading(the_plan.period, watermark)
     blobs: list[Any] = []
     owners: list[int] = []
-    for hourly, rows in _shared_rollup_rows(the_plan):
+    if not the_plan.selection.status:
+        # One query over DailyLatency and HourlyLatency, its SQL written out (llm/rollup_sql.py).
+        split = the_plan.split
+        for day, epoch, model, *values, histogram in rollup_sql.latency_rows(
+            split.days, split.hours, the_plan.selection.model
+        ):
+            key = (period_of(hour_at(epoch) if day is None else day), model)
+            reading.keys.append(key)
+            reading.values.append(values)
+            blobs.append(histogram)
+            owners.append(reading.cells.setdefault(key, len(reading.cells)))
+    for hourly, rows in _shared_rollup_rows(the_plan) if the_plan.selection.status else ():
         for moment, model, *values, failed, histogram in _driver_rows(rows) if hourly else rows:
             key = (period_of(hour_at(moment) if hourly else moment), model)
             reading.keys.append(key)
@@ -1111,33 +1122,24 @@ def _shared_rollup_rows(the_plan: Plan) -> Iterator[tuple[bool, QuerySet]]:
 
 def _read_shared_failures(reading: SharedReading, the_plan: Plan, period_of: PeriodOf) -> None:
     """Add the failures per error type of the plan's whole days and hours (their count and latest
-    period: a few rows per table) to `reading`."""
-    failed = Q(status=LLMRequestLog.Status.ERROR)
-    if the_plan.split.days:
-        days = DailyRollup.objects.filter(the_plan.daily(), failed).order_by().values("error_type")
-        for error_type, count, latest in days.annotate(count=Sum("requests"), latest=Max("day")).values_list(
-            "error_type", "count", "latest"
-        ):
-            day = (rollup_math.day_start(latest, the_plan.zone), rollup_math.day_start(latest + ONE_DAY, the_plan.zone))
-            reading.add_failures(error_type, count, period_of(latest), span=day)
-    if the_plan.split.hours:
-        # The hours reaching beyond the window (subtract_edges) apart, each under its own epoch.
-        edges = {floor for low, _high in the_plan.split.outside for floor in [rollup_math.floor_hour(low)]}
-        edge = Case(*(When(hour=hour, then=Value(int(hour.timestamp()))) for hour in edges), default=Value(0))
-        hours = HourlyRollup.objects.filter(the_plan.hourly(), failed).order_by()
-        names = ["error_type", "edge"] if edges else ["error_type"]
-        hours = hours.annotate(edge=edge).values(*names) if edges else hours.values(*names)
-        for row in hours.annotate(count=Sum("requests"), latest=Max(EpochSeconds("hour"))).values(
-            *names, "count", "latest"
-        ):
-            hour = hour_at(row.get("edge") or row["latest"])
-            reading.add_failures(
-                row["error_type"],
-                row["count"],
-                period_of(hour),
-                edge=bool(row.get("edge")),
-                span=(hour, hour + ONE_HOUR),
+    period: a few rows per table, one query: llm/rollup_sql.py) to `reading`. The hours reaching
+    beyond the window (subtract_edges) come apart, each under its own epoch."""
+    if the_plan.selection.status not in ("", LLMRequestLog.Status.ERROR):
+        return  # no failure among the rows of another status
+    split = the_plan.split
+    edges = sorted({rollup_math.floor_hour(low) for low, _high in split.outside}) if split.hours else []
+    for error_type, count, latest_day, edge, latest_hour in rollup_sql.failure_rows(
+        split.days, split.hours, the_plan.selection.model, edges
+    ):
+        if latest_day is not None:
+            day = (
+                rollup_math.day_start(latest_day, the_plan.zone),
+                rollup_math.day_start(latest_day + ONE_DAY, the_plan.zone),
             )
+            reading.add_failures(error_type, count, period_of(latest_day), span=day)
+            continue
+        hour = hour_at(edge or latest_hour)
+        reading.add_failures(error_type, count, period_of(hour), edge=bool(edge), span=(hour, hour + ONE_HOUR))
 
 
 def _driver_rows(rows: QuerySet) -> list[tuple]:
