@@ -33,6 +33,7 @@ from django.db.models import (
     Avg,
     BigIntegerField,
     BinaryField,
+    BooleanField,
     Case,
     CharField,
     Count,
@@ -52,6 +53,7 @@ from django.db.models import (
     When,
 )
 from django.db.models import Window as SQLWindow
+from django.db.models.expressions import RawSQL
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast, Coalesce, Round, RowNumber, TruncDay, TruncHour, TruncMinute, TruncMonth
 from django.utils import timezone
@@ -2655,7 +2657,9 @@ def latest_errors(
     if not since:
         return {}
     fields = ("error_type", "error_message", "timestamp")
-    if connections[failed.db].features.supports_slicing_ordering_in_compound:
+    if connections[failed.db].vendor == "postgresql":
+        rows = _latest_by_lateral(failed, since, until or {})
+    elif connections[failed.db].features.supports_slicing_ordering_in_compound:
         until = until or {}
         parts = [
             failed.filter(error_type=error_type, timestamp__gte=moment)
@@ -2683,6 +2687,38 @@ def latest_errors(
         )
         for error_type in since
     }
+
+
+# The newest failure of each error type, on PostgreSQL: one query whose types and bounds are rows
+# of a VALUES list, each type's newest row found by a LATERAL subquery (an index scan backwards
+# that stops at the first row, as the parts of a UNION ALL did). Django built the same plan from
+# one part per type, compiling each (~1 ms a type: 6 types, 6 ms of the overview's 60 at 10M).
+LATEST_WANTED = (
+    '"llm_llmrequestlog"."error_type" = wanted.error_type',
+    '"llm_llmrequestlog"."timestamp" >= wanted.since',
+    '"llm_llmrequestlog"."timestamp" < wanted.until',
+)
+
+
+def _latest_by_lateral(failed: QuerySet, since: dict[str, datetime], until: dict[str, datetime]) -> list[dict]:
+    """Per error type of `since`, its newest row among `failed` at or after since[type] and before
+    until[type] (when given), as latest_errors reads them; PostgreSQL only."""
+    wanted = [RawSQL(condition, (), output_field=BooleanField()) for condition in LATEST_WANTED]  # noqa: S611 - constants
+    newest = failed.filter(*wanted).order_by("-timestamp", "-id").values("error_message", "timestamp")[:1]
+    sql, params = newest.query.sql_with_params()
+    values = ", ".join(["(%s, %s::timestamptz, %s::timestamptz)"] * len(since))
+    rows = [
+        value
+        for error_type, moment in since.items()
+        for value in (error_type, moment, until.get(error_type, datetime.max.replace(tzinfo=UTC)))
+    ]
+    query = (
+        "SELECT wanted.error_type, latest.error_message, latest.timestamp"  # noqa: S608 - Django's SQL
+        f" FROM (VALUES {values}) AS wanted(error_type, since, until) CROSS JOIN LATERAL ({sql}) AS latest"
+    )
+    with connections[failed.db].cursor() as cursor:
+        cursor.execute(query, (*rows, *params))
+        return [dict(zip(("error_type", "error_message", "timestamp"), row, strict=True)) for row in cursor.fetchall()]
 
 
 def _error_counts(chosen: Selection) -> tuple[int, dict[str, tuple[int, datetime]]]:
