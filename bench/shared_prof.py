@@ -65,8 +65,10 @@ if os.environ.get("PROFILE"):
     settings.DEBUG = True
     reset_queries()
     profile = cProfile.Profile()
+    repeats = int(os.environ.get("PROFILE_RUNS", "1"))  # several: the profile's figures summed
     profile.enable()
-    reading(days)
+    for _ in range(repeats):
+        reading(days)
     profile.disable()
     print(len(connection.queries), "queries; slowest:")
     for query in sorted(connection.queries, key=lambda q: -float(q["time"]))[:10]:

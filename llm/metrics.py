@@ -515,9 +515,9 @@ def consistent(read: Any, the_plan: Plan | None = None) -> Any:
     """`read(watermark)` at a watermark that did not move while it ran (see above); the first try
     at the plan's."""
     for attempt in range(READ_ATTEMPTS):
-        before = the_plan.watermark if the_plan is not None and attempt == 0 else rollup_state().last_id
+        before = the_plan.watermark if the_plan is not None and attempt == 0 else rollup_sql.watermark()
         answer = read(before)
-        if rollup_state().last_id == before:
+        if rollup_sql.watermark() == before:
             return answer
     return None  # roll-ups kept moving: the caller reads the logs instead
 
