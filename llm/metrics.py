@@ -420,8 +420,7 @@ def recent_rows(watermark: int, state: MetricWatermark | None = None) -> RecentR
     """The calls above `watermark` summed per UTC hour, model and status (one query); None when
     there are more than RECENT_ROWS_LIMIT of them (told by the largest id, an index lookup).
     `state`: the roll-ups' state `watermark` is from, kept for the readings to plan from."""
-    newest = LLMRequestLog.objects.order_by("-id").values_list("id", flat=True).first() or 0
-    if newest - watermark > RECENT_ROWS_LIMIT:
+    if rollup_sql.newest_id() - watermark > RECENT_ROWS_LIMIT:
         return None
     sums = _raw_sums()
     requests, cost = list(sums).index("requests") + 5, list(sums).index("cost_units") + 5
@@ -2438,10 +2437,21 @@ def _periods_from_rollups(
 def _with_partial(
     rows: list[dict[str, Any]], group_by: str, start: datetime | None, end: datetime | None
 ) -> list[dict[str, Any]]:
+    """The rows with `partial` (is_partial). A period of a fixed length ends that long after it
+    starts, compared as instants: no local time made per row (~10 µs each, 168 rows by hour)."""
     now = timezone.now()
-    return [
-        {**row, "partial": is_partial(datetime.fromisoformat(row["period"]), group_by, start, end, now)} for row in rows
-    ]
+    step = FIXED_STEPS.get(group_by)
+    if step is None:
+        return [
+            {**row, "partial": is_partial(datetime.fromisoformat(row["period"]), group_by, start, end, now)}
+            for row in rows
+        ]
+    cutoff = min(end, now) if end else now
+    answer = []
+    for row in rows:
+        moment = datetime.fromisoformat(row["period"])
+        answer.append({**row, "partial": (start is not None and moment < start) or moment + step > cutoff})
+    return answer
 
 
 def timeseries(

@@ -98,6 +98,14 @@ def watermark() -> int:
     return int(rows[0][0]) if rows else 0
 
 
+def newest_id() -> int:
+    """The largest id of the log table (0 when empty): an index lookup, its SQL written out."""
+    using = LLMRequestLog.objects.db
+    table = connections[using].ops.quote_name(LLMRequestLog._meta.db_table)
+    rows = fetch(using, f"SELECT MAX(id) FROM {table}", [])  # noqa: S608 - our names
+    return int(rows[0][0] or 0)
+
+
 def latency_rows(days: list[date], hours: list[tuple[datetime, datetime]], model: str) -> list[tuple]:
     """The rows of DailyLatency for `days` (first to last) and of HourlyLatency within `hours`, of
     `model` when given, days first: (day or None, hour as epoch seconds or None, model_name,
