@@ -420,15 +420,18 @@ def recent_rows(watermark: int, state: MetricWatermark | None = None) -> RecentR
     """The calls above `watermark` summed per UTC hour, model and status (one query); None when
     there are more than RECENT_ROWS_LIMIT of them (told by the largest id, an index lookup).
     `state`: the roll-ups' state `watermark` is from, kept for the readings to plan from."""
-    if rollup_sql.newest_id() - watermark > RECENT_ROWS_LIMIT:
+    newest = rollup_sql.newest_id()
+    if newest - watermark > RECENT_ROWS_LIMIT:
         return None
     sums = _raw_sums()
     requests, cost = list(sums).index("requests") + 5, list(sums).index("cost_units") + 5
-    above = LLMRequestLog.objects.filter(id__gt=watermark, id__lte=LARGEST_ID).order_by()
-    grouped = above.annotate(
-        bucket=rollups.bucket_of("latency_ms"), period=EpochSeconds("timestamp") / Value(SECONDS_PER_HOUR)
-    )
-    groups = _driver_rows(grouped.values("period", "model_name", "status", "error_type", "bucket").annotate(**sums))
+    groups: list[tuple] = []
+    if newest > watermark:  # else every call is rolled up (roll-ups kept as calls are written): no query
+        above = LLMRequestLog.objects.filter(id__gt=watermark, id__lte=LARGEST_ID).order_by()
+        grouped = above.annotate(
+            bucket=rollups.bucket_of("latency_ms"), period=EpochSeconds("timestamp") / Value(SECONDS_PER_HOUR)
+        )
+        groups = _driver_rows(grouped.values("period", "model_name", "status", "error_type", "bucket").annotate(**sums))
     hours: dict[tuple[int, str, str], tuple[int, int]] = {}
     failed_hours: dict[tuple[str, str], set[int]] = defaultdict(set)
     for group in groups:
@@ -2681,13 +2684,7 @@ def _failure_hours(
 def _latest_failed_hours(spans: dict[str, tuple[datetime, datetime]], model: str) -> dict[str, datetime]:
     """Per error type, the latest hour of HourlyRollup within its span [start, end) with a failure
     of that type (of `model`, when given), in one query."""
-    within = Q(pk__in=[])
-    for error_type, (start, end) in spans.items():
-        within |= Q(error_type=error_type, hour__gte=start, hour__lt=end)
-    rows = HourlyRollup.objects.filter(within, status=LLMRequestLog.Status.ERROR, requests__gt=0)
-    if model:
-        rows = rows.filter(model_name=model)
-    return dict(rows.order_by().values("error_type").annotate(latest=Max("hour")).values_list("error_type", "latest"))
+    return {error_type: hour_at(epoch) for error_type, epoch in rollup_sql.latest_failed_hours(spans, model)}
 
 
 def latest_errors(

@@ -179,3 +179,25 @@ def failure_rows(
 def _date(value: Any) -> date | None:
     """A date SQLite answers (its text, or a date where the column's declared type converts it)."""
     return date.fromisoformat(value) if isinstance(value, str) else value
+
+
+def latest_failed_hours(spans: dict[str, tuple[datetime, datetime]], model: str) -> list[tuple[str, int]]:
+    """Per error type, the latest hour of HourlyRollup within its span [start, end) with a failure
+    of that type (of `model`, when given), as epoch seconds: (error_type, epoch) rows, one query."""
+    using = HourlyRollup.objects.db
+    connection = connections[using]
+    adapt = connection.ops.adapt_datetimefield_value
+    within = " OR ".join(["(error_type = %s AND hour >= %s AND hour < %s)"] * len(spans))
+    params: list[Any] = [LLMRequestLog.Status.ERROR]
+    for error_type, (start, end) in spans.items():
+        params += [error_type, adapt(start), adapt(end)]
+    by_model = ""
+    if model:
+        by_model = " AND model_name = %s"
+        params.append(model)
+    table = connection.ops.quote_name(HourlyRollup._meta.db_table)
+    sql = (
+        f"SELECT error_type, MAX({_epoch(connection, 'hour')}) FROM {table}"  # noqa: S608 - our names
+        f" WHERE status = %s AND requests > 0 AND ({within}){by_model} GROUP BY 1"
+    )
+    return [(error_type, int(epoch)) for error_type, epoch in fetch(using, sql, params)]

@@ -175,3 +175,32 @@ def test_the_newest_failure_per_type_within_bounds(calls):
         expected = newest and {"error_message": newest.error_message, "timestamp": newest.timestamp}
         assert found[error_type] == expected
     assert found[TYPES[0]] is not None and found[TYPES[2]] is None
+
+
+def test_the_latest_failed_hour_per_type(calls):
+    start = NOW - timedelta(days=2, hours=7, minutes=29)
+    spans = {TYPES[0]: (start, NOW), TYPES[1]: (start, NOW - timedelta(hours=30)), "no such type": (start, NOW)}
+    for model in ("", "model-b"):
+        found = dict(rollup_sql.latest_failed_hours(spans, model))
+        expected = {}
+        for log in calls:
+            hour = rollup_math.floor_hour(log.timestamp)
+            low, high = spans.get(log.error_type, (NOW, NOW))
+            if log.is_error and model in ("", log.model_name) and low <= hour < high:
+                expected[log.error_type] = max(expected.get(log.error_type, 0), int(hour.timestamp()))
+        assert found == expected and set(found) == set(TYPES[:2])
+
+
+def test_recent_rows_read_nothing_when_every_call_is_rolled_up(calls):
+    watermark = rollup_sql.watermark()
+    assert watermark == max(log.id for log in calls)
+    with CaptureQueriesContext(connection) as queries:
+        recent = metrics.recent_rows(watermark)
+    assert len(queries) == 1  # the newest id only
+    assert (recent.hours, recent.groups, recent.failed_hours) == ({}, [], {})
+    with time_machine.travel(NOW, tick=False):
+        late = make_logs(3, timestamp=NOW - timedelta(hours=2), status="error", error_type=TYPES[0])
+    recent = metrics.recent_rows(watermark)
+    hour = int(rollup_math.floor_hour(NOW - timedelta(hours=2)).timestamp())
+    assert sum(count for count, _units in recent.hours.values()) == len(late)
+    assert {key[0] for key in recent.hours} == {hour}
