@@ -1215,7 +1215,8 @@ def _add_raw_groups(
     sums) to `reading`, times `sign`; answers their (cell, bucket, count)."""
     if raw_period is None:
         return columns.add(reading, [None] * len(found), found, sign)
-    period_of = _period_column_converter(grouped)
+    # A UTC hour number is an integer as the driver answers it: no converter, no SQL compiled to find one.
+    period_of = (lambda moment: moment) if raw_period.by_hour_number else _period_column_converter(grouped)
     moments = [row[0] for row in found]
     texts = {moment: raw_period.text(period_of(moment)) for moment in set(moments)}
     periods = [texts[moment] for moment in moments]
