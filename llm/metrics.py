@@ -1190,17 +1190,8 @@ def _read_shared_raw(
     buckets: list[tuple[int, int, int]] = []
     raw_period = RawPeriod(the_plan) if the_plan.period else None
     known = _recent_within(the_plan, watermark, recent)
-    kept = _raw_parts(the_plan, watermark, recent) if known is None else the_plan.raw_rows(watermark)[:-1]
-    parts: list[tuple[int, QuerySet]] = [(1, rows) for rows in kept]
-    outside = the_plan.outside_rows(watermark)
-    if outside is not None and the_plan.split.raw:
-        # The edges and the rows beyond the window in one query (one SQL built, one round trip),
-        # each group told by its sign: the edges are the first part (Plan.raw_rows).
-        parts[0] = (0, _signed_edges(the_plan, watermark))
-    elif outside is not None:
-        parts.append((-1, outside))
     columns = _RawColumns(list(sums))
-    for sign, rows in parts:
+    for sign, rows in _raw_reading_parts(the_plan, watermark, recent, known is None):
         grouped = _raw_grouped(rows, raw_period, sums, signed=not sign)
         found = _driver_rows(grouped)
         signs = [sign] if sign else [1, -1]
@@ -1210,6 +1201,27 @@ def _read_shared_raw(
     if known:
         buckets.extend(_add_recent(reading, columns, the_plan, known))
     return buckets
+
+
+def _raw_reading_parts(
+    the_plan: Plan, watermark: int, recent: RecentRows | None, above: bool
+) -> list[tuple[int, QuerySet]]:
+    """The raw parts of a shared reading as (sign, rows): 1 for rows added, -1 for rows subtracted,
+    0 for rows of both, told apart by their `sign` column (_signed_edges). `above`: with the
+    rows above the watermark (unless `recent` tells none lies within the plan's roll-ups)."""
+    split = the_plan.split
+    if split.raw and split.outside:
+        # The edges and the rows beyond the window in one query (one SQL built, one round trip).
+        parts: list[tuple[int, QuerySet]] = [(0, _signed_edges(the_plan, watermark))]
+        if above:  # Plan.raw_rows' parts after the edges
+            parts += [(1, rows) for rows in _raw_parts(the_plan, watermark, recent)[1:]]
+        return parts
+    kept = _raw_parts(the_plan, watermark, recent) if above else the_plan.raw_rows(watermark)[:-1]
+    parts = [(1, rows) for rows in kept]
+    outside = the_plan.outside_rows(watermark)
+    if outside is not None:
+        parts.append((-1, outside))
+    return parts
 
 
 def _signed_edges(the_plan: Plan, watermark: int) -> QuerySet:
