@@ -17,9 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402, F401  (sets Django up)
-
-from django.db import connection, reset_queries  # noqa: E402
 from django.conf import settings  # noqa: E402
+from django.db import connection, reset_queries  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
 from llm import dashboard, metrics  # noqa: E402
@@ -73,4 +72,5 @@ if os.environ.get("PROFILE"):
     print(len(connection.queries), "queries; slowest:")
     for query in sorted(connection.queries, key=lambda q: -float(q["time"]))[:10]:
         print(f"  {float(query['time']) * 1000:.1f} ms  {query['sql'][:200]}")
-    pstats.Stats(profile).sort_stats(os.environ.get("SORT", "cumulative")).print_stats(int(os.environ.get("LINES", "50")))
+    stats = pstats.Stats(profile).sort_stats(os.environ.get("SORT", "cumulative"))
+    stats.print_stats(int(os.environ.get("LINES", "50")))
