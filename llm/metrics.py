@@ -848,6 +848,8 @@ class SharedReading:
     # The groups as arrays (_columns), once the reading is complete, and their keys coded (_coded).
     columns: tuple[list[tuple], Any, Any] | None = field(default=None, repr=False)
     codes: tuple[Any, list[list]] | None = field(default=None, repr=False)
+    # period (a PeriodOf text) -> its (start, end), as add_failures finds them.
+    spans: dict[str, tuple[datetime, datetime]] = field(default_factory=dict, repr=False)
 
     def answers(self, period: str | None, group: tuple[str, ...] = ()) -> bool:
         """Whether figures by `period` (None: over the whole window) per `group` follow from this reading."""
@@ -976,9 +978,11 @@ class SharedReading:
         hour holds a latest failure only if some are left once the outside rows are subtracted."""
         found = self.failures.setdefault(error_type, [0, None, None])
         found[0] += int(count)
-        if span is None:
-            start = datetime.fromisoformat(period)
-            span = (start, period_end(start, self.period))
+        if span is None:  # the period's own span, made once per period (a local day's end is slow)
+            span = self.spans.get(period)
+            if span is None:
+                start = datetime.fromisoformat(period)
+                span = self.spans[period] = (start, period_end(start, self.period))
         if edge or count < 0:
             known = self.edge_failures.get((error_type, period))
             # The span of the edge hours' roll-ups; rows subtracted only lower the count.
@@ -2472,23 +2476,31 @@ def _periods_from_rollups(
     ]
 
 
+# More than the longest a local day or month can last (a day is 23 to 25 hours where clocks
+# change; a zone moving across the date line once had a 48-hour day): a period starting that long
+# before a cutoff has ended by it, without its end computed (_with_partial).
+LONGEST_PERIOD = {"day": timedelta(days=3), "month": timedelta(days=34)}
+
+
 def _with_partial(
     rows: list[dict[str, Any]], group_by: str, start: datetime | None, end: datetime | None
 ) -> list[dict[str, Any]]:
     """The rows with `partial` (is_partial). A period of a fixed length ends that long after it
     starts, compared as instants: no local time made per row (~10 µs each, 168 rows by hour)."""
     now = timezone.now()
-    step = FIXED_STEPS.get(group_by)
-    if step is None:
-        return [
-            {**row, "partial": is_partial(datetime.fromisoformat(row["period"]), group_by, start, end, now)}
-            for row in rows
-        ]
     cutoff = min(end, now) if end else now
+    step = FIXED_STEPS.get(group_by)
+    longest = step or LONGEST_PERIOD.get(group_by)
     answer = []
     for row in rows:
         moment = datetime.fromisoformat(row["period"])
-        answer.append({**row, "partial": (start is not None and moment < start) or moment + step > cutoff})
+        if start is not None and moment < start:
+            partial = True
+        elif longest is not None and moment + longest <= cutoff:
+            partial = False  # it ended by the cutoff, however long it was
+        else:
+            partial = (moment + step if step else period_end(moment, group_by)) > cutoff
+        answer.append({**row, "partial": partial})
     return answer
 
 
