@@ -1132,7 +1132,8 @@ def _shared_rollup_rows(the_plan: Plan) -> Iterator[tuple[bool, QuerySet]]:
     """(hourly, rows) of the plan's whole days and hours: each row (day, or hour as epoch seconds,
     model_name, *ROLLUP_SUMS, failures, latency histogram or None). From DailyLatency and
     HourlyLatency, or, under a status filter, from DailyRollup and HourlyRollup (their failures
-    are their requests when the status is error; their histograms read apart)."""
+    are their requests when the status is error; their histograms read apart). read_shared reads
+    the former by rollup_sql.latency_rows: this serves a status filter."""
     status = the_plan.selection.status
     daily, hourly = period_model_tables(the_plan)
     failed = Case(When(status=LLMRequestLog.Status.ERROR, then=F("requests")), default=Value(0))
@@ -2486,7 +2487,8 @@ def _with_partial(
     rows: list[dict[str, Any]], group_by: str, start: datetime | None, end: datetime | None
 ) -> list[dict[str, Any]]:
     """The rows with `partial` (is_partial). A period of a fixed length ends that long after it
-    starts, compared as instants: no local time made per row (~10 µs each, 168 rows by hour)."""
+    starts, compared as instants, and a day or month that began LONGEST_PERIOD before the cutoff
+    has ended: no local time made per row (~10 µs each, 168 rows by hour)."""
     now = timezone.now()
     cutoff = min(end, now) if end else now
     step = FIXED_STEPS.get(group_by)
@@ -2740,9 +2742,11 @@ def latest_errors(
     """Per error type, its latest failure's message and time among `failed`, looked for from
     where the counts say it is (`since`, and before `until` where known: no failure of the type
     is later), in one query (one per type cost a round trip each).
-    PostgreSQL: each type's newest row (an index scan backwards that stops at the first one) in
-    a UNION ALL; a window function over all of them would read every failure since the start
-    of the day at 90 days. SQLite (no ordered parts in a union): the newest row ranked first."""
+    PostgreSQL: each type's newest row (an index scan backwards that stops at the first one) by a
+    LATERAL subquery per row of a VALUES list (_latest_by_lateral); a window function over all of
+    them would read every failure since the start of the day at 90 days. Other databases with
+    ordered parts in a union: a UNION ALL of one part per type. SQLite (no ordered parts in a
+    union): the newest row ranked first."""
     if not since:
         return {}
     fields = ("error_type", "error_message", "timestamp")
