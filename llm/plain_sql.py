@@ -61,7 +61,19 @@ def in_list(column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
     return f"{column} IN ({', '.join(['%s'] * len(values))})", list(values)
 
 
-def fetch(sql: str, params: Sequence[Any]) -> list[tuple]:
-    with connection.cursor() as cursor:
+def fetch(sql: str, params: Sequence[Any], *, binary: bool = False) -> list[tuple]:
+    """The rows of `sql` as the driver answers them; `binary`: in PostgreSQL's binary format (a
+    cursor binding its parameters on the server, which binary results need; Django's own cursors
+    bind on the client). Either way through Django's cursor wrapper: logged and counted as any query."""
+    if binary and connection.vendor == "postgresql":
+        import psycopg  # the PostgreSQL driver: only here
+
+        connection.ensure_connection()
+        raw = psycopg.Cursor(connection.connection)
+        raw.format = psycopg.pq.Format.BINARY
+        cursor = connection.make_debug_cursor(raw) if connection.queries_logged else connection.make_cursor(raw)
+    else:
+        cursor = connection.cursor()
+    with cursor:
         cursor.execute(sql, params)
         return cursor.fetchall()

@@ -175,25 +175,29 @@ def unpack(groups: Sequence[int], stored: Sequence[bytes | memoryview | None], a
     (cell, bucket, count) triples `also` (counts of raw rows, negative for rows subtracted)."""
     kept = [(group, bytes(histogram)) for group, histogram in zip(groups, stored, strict=True) if histogram]
     extra = np.array(also, dtype=np.int64).reshape(-1, 3)
-    cells, buckets, counts = extra[:, 0], extra[:, 1], extra[:, 2]
+    cells, buckets, counts = extra[:, 0], extra[:, 1], extra[:, 2].astype(np.float64)
     if kept:
-        words = np.frombuffer(b"".join(blob for _group, blob in kept), dtype=_COUNTS)
-        lengths = np.fromiter((len(blob) // 4 for _group, blob in kept), dtype=np.int64, count=len(kept))
-        owners = np.fromiter((group for group, _blob in kept), dtype=np.int64, count=len(kept))
+        owners, blobs = zip(*kept, strict=True)
+        words = np.frombuffer(b"".join(blobs), dtype=_COUNTS)
+        lengths = np.fromiter(map(len, blobs), dtype=np.int64, count=len(blobs)) // 4
         headers = np.cumsum(lengths) - lengths
-        firsts = words[headers].view(_HEADER).astype(np.int64)
-        # Word i of histogram h is bucket firsts[h] + (i - headers[h] - 1); the headers are no
-        # counts, and zero counts (half the words of hourly histograms) add nothing.
+        # Only the non-zero counts (half the words of hourly histograms) are looked at: each one's
+        # histogram (a 4-byte index per word, the one array the size of `words`) and from there
+        # its cell and its bucket, firsts[h] + (i - headers[h] - 1) for word i of histogram h. A
+        # 7-day reading by hour at 10,000,000 calls: 235,000 words, 126,000 counted.
         counted = words != 0
-        counted[headers] = False
-        word_buckets = np.repeat(firsts - headers - 1, lengths) + np.arange(len(words))
-        cells = np.concatenate([np.repeat(owners, lengths)[counted], cells])
-        buckets = np.concatenate([word_buckets[counted], buckets])
-        counts = np.concatenate([words[counted].astype(np.int64), counts])
+        counted[headers] = False  # the headers are no counts
+        index = np.flatnonzero(counted)
+        histogram = np.repeat(np.arange(len(blobs), dtype=np.int32), lengths)[index]
+        base = headers + 1 - words[headers].view(_HEADER).astype(np.int64)
+        cells = np.concatenate([np.asarray(owners, dtype=np.int64)[histogram], cells])
+        buckets = np.concatenate([index - base[histogram], buckets])
+        counts = np.concatenate([words[index].astype(np.float64), counts])
     if not len(buckets):
-        return Words(cells, buckets, counts.astype(np.float64))
+        return Words(cells, buckets, counts)
     first = int(buckets.min())
-    return Words(cells, buckets - first, counts.astype(np.float64), first, int(buckets.max()) + 1 - first)
+    buckets -= first
+    return Words(cells, buckets, counts, first, int(buckets.max()) + 1)
 
 
 # What each bucket stands for, computed once by bucket_value (so the percentiles of many

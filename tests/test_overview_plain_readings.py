@@ -20,7 +20,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from llm import dashboard, forecast, metrics, rollup_math, rollups
+from llm import dashboard, forecast, metrics, rollup_math, rollup_sql, rollups
 from llm.models import LLMRequestLog, MetricWatermark
 from tests.factories import make_logs
 
@@ -234,7 +234,7 @@ def test_user_and_rolled_up_tag_histories_are_read_from_the_rollups(time_machine
 
 
 def test_the_watermark_read_in_plain_sql_is_the_states(calls, at_now):
-    assert metrics.rollup_watermark() == metrics.rollup_state().last_id > 0
+    assert rollup_sql.watermark() == metrics.rollup_state().last_id > 0
     LLMRequestLog.objects.all().delete()
     MetricWatermark.objects.all().delete()
-    assert metrics.rollup_watermark() == metrics.rollup_state().last_id == 0
+    assert rollup_sql.watermark() == metrics.rollup_state().last_id == 0
