@@ -193,3 +193,20 @@ def test_like_wildcards_match_literally(wildcard_calls, api_client, needle):
     assert sorted(row["prompt_text"] for row in answer.json()["results"]) == want
     walked = search_logs(filter_logs({"hours": "1"}).queryset, {"search": needle}, walk=True)
     assert sorted(walked.values_list("prompt_text", flat=True)) == want
+
+
+@pytest.mark.parametrize("number", ["99999999999999999999", str(2**63 - 1), str(2**63 // 50 + 1)])
+def test_a_page_number_past_any_row_is_not_found_not_a_500(calls, api_client, logged_in_client, number):
+    # Above the exact limit PostgreSQL's count is an estimate, so a page past it is read to see
+    # whether rows remain: an offset past the largest row id cannot hold one (nor fit a bigint).
+    params = {**window(MATCHES), "search": "refund", "page": number}
+    assert api_client.get("/api/logs/", params).status_code == 404
+    assert api_client.get("/api/logs/", {**params, "page_size": 1}).status_code == 404
+    page = logged_in_client.get("/logs/", {**params, "range": "custom"})
+    assert page.status_code == 200
+    # Django's rule: the last page (on PostgreSQL the estimated last, or the first if that is empty).
+    shown, size = page.context["page_obj"], page.context["page_obj"].paginator.per_page
+    number = shown.number
+    assert number == -(-MATCHES // size) or shown.paginator.count_is_estimate
+    assert [str(log.request_id) for log in shown.object_list] == expected(MATCHES)[(number - 1) * size : number * size]
+    assert shown.object_list
