@@ -109,3 +109,16 @@ def test_a_timeout_inside_the_callers_transaction_rolls_back_only_the_reading():
         assert session_state()[:2] == ("0", "on")
         # The caller's own write survived the reading's rollback, and its transaction goes on.
         assert LLMRequestLog.objects.filter(prompt_text="written before").count() == 1
+
+
+@pytest.mark.django_db
+def test_the_longest_budget_postgresql_takes_is_the_settings_limit(api_client, settings):
+    from tests.test_settings import build_settings
+
+    make_logs(2, timestamp=NOW - timedelta(minutes=1), prompt_text="a refund", response_text="")
+    # statement_timeout takes up to 2^31 - 1 ms; one more is refused by PostgreSQL at every search.
+    settings.SEARCH_TIMEOUT_MS = 2**31 - 1
+    assert api_client.get("/api/logs/", {"hours": 1, "search": "refund"}).json()["count"] == 2
+    built = build_settings({"limit": {"SEARCH_TIMEOUT_MS": str(2**31 - 1)}, "over": {"SEARCH_TIMEOUT_MS": str(2**31)}})
+    assert "SEARCH_TIMEOUT_MS" in built["limit"]["read"] and "error" not in built["limit"]
+    assert "SEARCH_TIMEOUT_MS" in built["over"]["error"] and str(2**31 - 1) in built["over"]["error"]
