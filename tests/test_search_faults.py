@@ -122,3 +122,21 @@ def test_the_longest_budget_postgresql_takes_is_the_settings_limit(api_client, s
     built = build_settings({"limit": {"SEARCH_TIMEOUT_MS": str(2**31 - 1)}, "over": {"SEARCH_TIMEOUT_MS": str(2**31)}})
     assert "SEARCH_TIMEOUT_MS" in built["limit"]["read"] and "error" not in built["limit"]
     assert "SEARCH_TIMEOUT_MS" in built["over"]["error"] and str(2**31 - 1) in built["over"]["error"]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("matches", [5, 1_001])
+def test_the_export_streams_without_the_search_budget(api_client, settings, matches):
+    # Which rows to stream is decided within the budget before the response begins (a 400 then);
+    # the stream itself reads under the session's own settings, so it cannot be cut short half way
+    # by the search's timeout (by ids up to 1,000 matches, through the plan that found them above).
+    make_logs(matches, timestamp=lambda index: NOW - timedelta(seconds=index + 1), prompt_text="a refund")
+    settings.SEARCH_TIMEOUT_MS = 1_000
+    before = session_state()
+    response = api_client.get("/api/export/csv/", {"hours": 1, "search": "refund"})
+    assert response.status_code == 200
+    chunks = iter(response.streaming_content)
+    first = next(chunks)
+    assert session_state() == before  # mid-stream
+    lines = (first + b"".join(chunks)).decode().splitlines()
+    assert len(lines) == matches + 1
