@@ -32,8 +32,13 @@ def match_text(index: int) -> tuple[str, str]:
     return [("a refund please", ""), ("", "Your REFUND is on its way"), ("Refund?", "yes")][index % 3]
 
 
-@pytest.fixture
-def calls(db) -> None:
+@pytest.fixture(scope="module")
+def calls(module_transaction, django_db_blocker) -> None:
+    with django_db_blocker.unblock():
+        write_calls()
+
+
+def write_calls() -> None:
     # Matches at minutes 1..MATCHES before NOW; calls without the word between them; a window
     # starting half a minute before match k holds exactly k matches.
     make_logs(
