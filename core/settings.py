@@ -351,8 +351,9 @@ REDACT_PII = env.bool("REDACT_PII", default=False)
 MAX_STORED_TEXT_CHARS = env.int("MAX_STORED_TEXT_CHARS", default=20_000, minimum=0)
 RETENTION_DAYS = env.int("RETENTION_DAYS", default=90, minimum=1)
 # A text search (`search` on the logs list and page) answers within this many milliseconds on
-# PostgreSQL or says what to narrow (400); 0: no limit (llm/paging.py, SearchReading).
-SEARCH_TIMEOUT_MS = env.int("SEARCH_TIMEOUT_MS", default=1000, minimum=0)
+# PostgreSQL or says what to narrow (400); 0: no limit (llm/paging.py, SearchReading). At most what
+# PostgreSQL's statement_timeout takes (a 32-bit int of ms): above it every search was a 500.
+SEARCH_TIMEOUT_MS = env.int("SEARCH_TIMEOUT_MS", default=1000, minimum=0, maximum=2**31 - 1)
 
 # Prometheus scraping: when set, GET /metrics needs `Authorization: Bearer <METRICS_TOKEN>` (or an API
 # key). With DEBUG=False it always needs one or the other (llm/api/prometheus.py; llm.W017 says so

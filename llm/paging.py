@@ -38,6 +38,8 @@ from django.db.models.sql.where import WhereNode
 from django.utils.functional import cached_property
 from rest_framework.exceptions import ValidationError
 
+from llm.ingest_limits import MAX_ROW_ID
+
 # Counted exactly up to here: a bounded COUNT of 10,000 rows costs ~7 ms on PostgreSQL, while
 # one of 100,000 cost 55-145 ms (bench/quickfix_bench.py, 1M rows). A 24-hour window at 10
 # million calls over 90 days holds ~110,000 rows: its count is an estimate.
@@ -336,9 +338,12 @@ class EstimatingPaginator(Paginator):
         try:
             return super().validate_number(number)
         except EmptyPage:
-            if not self.count_is_estimate or int(float(number)) < 1:
+            number = int(float(number))
+            # Past the estimated end page() decides from the rows; past the largest row id no row
+            # can be (and the offset would not fit PostgreSQL's bigint: a 500, not a 404).
+            if not self.count_is_estimate or number < 1 or (number - 1) * self.per_page > MAX_ROW_ID:
                 raise
-            return int(float(number))  # past the estimated end: page() decides from the rows
+            return number
 
     def _rows(self, number: int) -> list:
         """Page `number`'s rows and the next page's first (whether one follows)."""

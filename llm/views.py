@@ -122,14 +122,11 @@ def logs(request: HttpRequest) -> HttpResponse:
         query = query.copy()
         query.pop("search")
     try:
-        rows = search_logs(window.logs(), query)
-        rows = rows.order_by(*dashboard.LOG_SORTS[sort][1])
-    except ValidationError as error:  # a bad status or search is shown above the table, not a 500
-        window.errors |= {name: [str(message) for message in problems] for name, problems in error.detail.items()}
-        rows = LLMRequestLog.objects.none()
-    try:
+        rows = search_logs(window.logs(), query).order_by(*dashboard.LOG_SORTS[sort][1])
         page_obj = EstimatingPaginator(rows, LOGS_PER_PAGE).get_page(request.GET.get("page"))
-    except ValidationError as error:  # a search that did not finish in time (llm.paging.SearchTooLong)
+    except ValidationError as error:
+        # A bad status or search, or a search that did not finish in time (llm.paging.SearchTooLong):
+        # said above an empty table, not a 500.
         window.errors |= {name: [str(message) for message in problems] for name, problems in error.detail.items()}
         page_obj = EstimatingPaginator(LLMRequestLog.objects.none(), LOGS_PER_PAGE).get_page(1)
     return page(
