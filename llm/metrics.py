@@ -2297,12 +2297,21 @@ def _grouped_query(
     cost, cost_params = _compiled_fragment(connections[LLMRequestLog.objects.db].vendor, "cost_units")
     selected = [f"{sql} AS key_{name}" for name, (sql, _params) in keys.items()]
     grouped = [str(place) for place, (sql, _params) in enumerate(keys.values(), start=1) if sql.startswith("CASE")]
+    # Only the conditions that can hold are joined: SQLite reads an OR through its indexes (one
+    # range each) only when every term has one, so a constant false term (`OR 1 = 0`, no rows
+    # above the watermark) made it read the whole table: the overview's previous window of 90
+    # days at 1,000,000 calls, 2 edge part-hours of 77 calls, ~185 ms -> <1 ms.
+    terms = [(sql, values) for sql, values in ((covered, params), (above, above_params)) if sql != FALSE_SQL]
+    where = " OR ".join(sql for sql, _values in terms) or FALSE_SQL
     sql = (
         f"SELECT {', '.join(selected)}, COUNT(*), SUM({_log_column('total_tokens')}), SUM({cost})"  # noqa: S608
-        f" FROM {plain_sql.table(LLMRequestLog)} WHERE ({covered} OR {above}) GROUP BY {', '.join(grouped)}"
+        f" FROM {plain_sql.table(LLMRequestLog)} WHERE ({where}) GROUP BY {', '.join(grouped)}"
     )
     key_params = [value for _sql, values in keys.values() for value in values]
-    return list(keys), sql, [*key_params, *cost_params, *params, *above_params]
+    return list(keys), sql, [*key_params, *cost_params, *(value for _sql, values in terms for value in values)]
+
+
+FALSE_SQL = "1 = 0"  # no row: what _covering_sql and _above_sql answer without a span
 
 
 def _code_sql(column: str, operator_sql: str, values: list[Any], default: int = -1) -> SqlPart:
@@ -2350,7 +2359,7 @@ def _part_keys(parts: RolledUpParts) -> dict[str, SqlPart]:
 def _above_sql(parts: RolledUpParts) -> SqlPart:
     """RolledUpParts.above in SQL: the time tested on COALESCE(timestamp, timestamp), no index's."""
     if not parts.windows:
-        return "1 = 0", []
+        return FALSE_SQL, []
     stamp = f"COALESCE({_log_column('timestamp')}, {_log_column('timestamp')})"
     covered, params = _covering_sql(parts.windows, stamp)
     condition = f"({_log_column('id')} > %s AND {_log_column('id')} <= %s AND {covered})"
@@ -2383,7 +2392,7 @@ def _covering_sql(windows: list[Window], column: str) -> SqlPart:
     """_covering in SQL over `column` (an expression of the row's time)."""
     spans = _covering_spans(windows)
     if not spans:
-        return "1 = 0", []
+        return FALSE_SQL, []
     model_column = _log_column("model_name")
     conditions, params = [], []
     for start, end, model in spans:
