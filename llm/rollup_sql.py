@@ -22,21 +22,8 @@ from django.db import connection
 from llm import plain_sql, rollups
 from llm.models import DailyLatency, DailyRollup, HourlyLatency, HourlyRollup, LLMRequestLog, MetricWatermark
 
-# The sums of a roll-up row as llm.rollups.Figures.SUMS names them, in that order.
-SUMS = (
-    "requests",
-    "prompt_tokens",
-    "completion_tokens",
-    "total_tokens",
-    "cost_units",
-    "latency_sum_ms",
-    "ttft_count",
-    "ttft_sum_ms",
-    "speed_count",
-    "speed_sum",
-    "queue_count",
-    "queue_sum_ms",
-)
+# The sums of a roll-up row, in llm.rollups.Figures' order (the rows are read into its arrays).
+SUMS = rollups.Figures.SUMS
 
 
 def _where(column: str, days: list[date], hours: list[tuple[datetime, datetime]], model: str) -> tuple[str, list[Any]]:
