@@ -14,7 +14,7 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from llm import metrics, rollups
+from llm import metrics, rollup_sql, rollups
 from llm.models import LLMRequestLog
 from tests.factories import make_logs
 
@@ -55,7 +55,7 @@ def read(calls: list[LLMRequestLog]) -> list[str]:
     """The windows' totals checked against the raw rows; the SQL of the rows' reading."""
     # The calls above the watermark, summed (as the overview passes them): windows they do not
     # touch have no part above the watermark to read.
-    recent = metrics.recent_rows(metrics.rollup_watermark())
+    recent = metrics.recent_rows(rollup_sql.watermark())
     with CaptureQueriesContext(connection) as queries:
         found = metrics.window_totals(WINDOWS, recent)
     for window in WINDOWS:
