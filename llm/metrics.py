@@ -2045,36 +2045,13 @@ CORE_COLUMNS = ("model_name", "requests", "errors", "total_tokens", "cost_units"
 
 def _core_rows(plans: dict[tuple, Plan]) -> list[tuple]:
     """(hourly, day or hour as epoch seconds, *CORE_COLUMNS) of every day and hour the plans read,
-    of every model unless all the plans are of some models. One query in plain SQL (both tables
-    through UNION ALL: llm/plain_sql.py), not two built by the ORM (~2 ms of Python a reading)."""
+    of every model unless all the plans are of some models. One query written out
+    (rollup_sql.latency_union), not two built by the ORM (~2 ms of Python a reading)."""
     days = sorted({day for the_plan in plans.values() for day in the_plan.split.days})
     hours = rollup_math.joined_spans([span for the_plan in plans.values() for span in the_plan.split.hours])
     models = {span[2] for span in plans}
-    of_models, model_params = ("1 = 1", []) if "" in models else plain_sql.in_list("model_name", sorted(models))
-    columns = ", ".join(CORE_COLUMNS)
-    selects, params = [], []
-    if days:
-        daily = plain_sql.table(DailyLatency)
-        selects.append(
-            f"SELECT 0, CAST(day AS TEXT), NULL, {columns} FROM {daily}"  # noqa: S608 - our own names
-            f" WHERE {of_models} AND day >= %s AND day <= %s"
-        )
-        params += [*model_params, plain_sql.day_value(days[0]), plain_sql.day_value(days[-1])]
-    if hours:
-        within, hour_params = plain_sql.within("hour", hours)
-        hourly = plain_sql.table(HourlyLatency)
-        selects.append(
-            f"SELECT 1, NULL, {plain_sql.epoch_seconds('hour')}, {columns}"  # noqa: S608 - our own names
-            f" FROM {hourly} WHERE {of_models} AND {within}"
-        )
-        params += [*model_params, *hour_params]
-    if not selects:
-        return []
-    rows = plain_sql.fetch(" UNION ALL ".join(selects), params)
-    return [
-        (True, epoch, *rest) if hourly else (False, date_type.fromisoformat(day), *rest)
-        for hourly, day, epoch, *rest in rows
-    ]
+    rows = rollup_sql.latency_union(CORE_COLUMNS, days, hours, [] if "" in models else sorted(models))
+    return [(day is None, epoch if day is None else day, *rest) for day, epoch, *rest in rows]
 
 
 def _core_totals(rows: list[tuple], first: int, histograms: np.ndarray) -> Totals:

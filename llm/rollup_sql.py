@@ -14,6 +14,7 @@ llm.rollups' names only (llm.metrics imports this).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import date, datetime
 from typing import Any
 
@@ -26,9 +27,11 @@ from llm.models import DailyLatency, DailyRollup, HourlyLatency, HourlyRollup, L
 SUMS = rollups.Figures.SUMS
 
 
-def _where(column: str, days: list[date], hours: list[tuple[datetime, datetime]], model: str) -> tuple[str, list[Any]]:
+def _where(
+    column: str, days: list[date], hours: list[tuple[datetime, datetime]], models: Sequence[str]
+) -> tuple[str, list[Any]]:
     """The WHERE clause of a daily (`days`, first to last) or hourly (`hours`, [start, end) spans)
-    roll-up table, of one model when `model`."""
+    roll-up table, of `models` when given."""
     if days:
         condition, params = (
             f"{column} >= %s AND {column} <= %s",
@@ -36,9 +39,10 @@ def _where(column: str, days: list[date], hours: list[tuple[datetime, datetime]]
         )
     else:
         condition, params = plain_sql.within(column, hours)
-    if model:
-        condition += " AND model_name = %s"
-        params.append(model)
+    if models:
+        of_models, model_params = plain_sql.in_list("model_name", models)
+        condition += f" AND {of_models}"
+        params += model_params
     return condition, params
 
 
@@ -61,22 +65,37 @@ def latency_rows(days: list[date], hours: list[tuple[datetime, datetime]], model
     """The rows of DailyLatency for `days` (first to last) and of HourlyLatency within `hours`, of
     `model` when given, days first: (day or None, hour as epoch seconds or None, model_name,
     *SUMS, errors, latency histogram as bytes). The day is a date on both databases."""
-    columns = ", ".join(("model_name", *SUMS, "errors", "latency_histogram"))
+    columns = ("model_name", *SUMS, "errors", "latency_histogram")
+    return latency_union(columns, days, hours, [model] if model else [], binary=True)
+
+
+def latency_union(
+    columns: Sequence[str],
+    days: list[date],
+    hours: list[tuple[datetime, datetime]],
+    models: Sequence[str],
+    *,
+    binary: bool = False,
+) -> list[tuple]:
+    """`columns` of DailyLatency's `days` (first to last) and HourlyLatency's `hours` ([start, end)
+    spans) of `models` (every model when none), one query, days first: (day or None, hour as epoch
+    seconds or None, *columns), the day a date on both databases; `binary` as plain_sql.fetch."""
+    listed = ", ".join(columns)
     parts, params = [], []
     if days:
-        where, values = _where("day", days, [], model)
+        where, values = _where("day", days, [], models)
         table = plain_sql.table(DailyLatency)
-        parts.append(f"SELECT day, NULL, {columns} FROM {table} WHERE {where}")  # noqa: S608 - our names
+        parts.append(f"SELECT day, NULL, {listed} FROM {table} WHERE {where}")  # noqa: S608 - our names
         params += values
     if hours:
-        where, values = _where("hour", [], hours, model)
+        where, values = _where("hour", [], hours, models)
         epoch = plain_sql.epoch_seconds("hour")
         table = plain_sql.table(HourlyLatency)
-        parts.append(f"SELECT NULL, {epoch}, {columns} FROM {table} WHERE {where}")  # noqa: S608 - our names
+        parts.append(f"SELECT NULL, {epoch}, {listed} FROM {table} WHERE {where}")  # noqa: S608 - our names
         params += values
     if not parts:
         return []
-    rows = plain_sql.fetch(" UNION ALL ".join(parts), params, binary=True)
+    rows = plain_sql.fetch(" UNION ALL ".join(parts), params, binary=binary)
     if connection.vendor != "sqlite" or not days:
         return rows
     # SQLite may answer a date as its text: made a date once per distinct day.
@@ -94,7 +113,7 @@ def failure_rows(
     error = LLMRequestLog.Status.ERROR
     parts, params = [], []
     if days:
-        where, values = _where("day", days, [], model)
+        where, values = _where("day", days, [], [model] if model else [])
         parts.append(
             "SELECT error_type, SUM(requests), MAX(day), 0, NULL"  # noqa: S608 - our names
             f" FROM {plain_sql.table(DailyRollup)}"
@@ -102,7 +121,7 @@ def failure_rows(
         )
         params += [error, *values]
     if hours:
-        where, values = _where("hour", [], hours, model)
+        where, values = _where("hour", [], hours, [model] if model else [])
         epoch = plain_sql.epoch_seconds("hour")
         # The edge hours' epochs are integers of ours: written in, so the CASE is one expression
         # in the SELECT list and in GROUP BY (by position) however the parameters are bound.
