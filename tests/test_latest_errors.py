@@ -42,9 +42,16 @@ def failures():
     return start, list(LLMRequestLog.objects.order_by("id"))
 
 
-def newest(rows, error_type, since):
-    """The latest failure of `error_type` from `since` on, by (time, id), in plain Python."""
-    chosen = [row for row in rows if row.is_error and row.error_type == error_type and row.timestamp >= since]
+def newest(rows, error_type, since, until=None, model=None):
+    """The latest failure of `error_type` in [since, until) (of `model`), by (time, id), in plain Python."""
+    chosen = [
+        row
+        for row in rows
+        if row.is_error
+        and row.error_type == error_type
+        and since <= row.timestamp < (until or row.timestamp + timedelta(1))
+        and model in (None, row.model_name)
+    ]
     if not chosen:
         return None
     latest = max(chosen, key=lambda row: (row.timestamp, row.id))
@@ -85,3 +92,35 @@ def test_errors_answer_matches_raw_rows(failures):
         assert row["latest_message"] == latest["error_message"]
         assert row["last_seen"] == latest["timestamp"].isoformat()
         assert row["count"] == sum(r.is_error and r.error_type == error_type for r in rows)
+
+
+def test_latest_error_before_until_of_one_model(failures):
+    start, rows = failures
+    LLMRequestLog.objects.filter(id__in=[row.id for row in rows[::4]]).update(model_name="other-model")
+    rows = list(LLMRequestLog.objects.order_by("id"))
+    since = {TYPES[0]: start, TYPES[1]: start + timedelta(minutes=10), TYPES[2]: start}
+    until = {TYPES[0]: start + timedelta(minutes=21), TYPES[2]: start + timedelta(minutes=5)}
+    for model in (None, "other-model"):
+        failed = LLMRequestLog.objects.for_model(model).failed()
+        found = metrics.latest_errors(failed, since, until)
+        assert found == {
+            error_type: newest(rows, error_type, moment, until.get(error_type), model)
+            for error_type, moment in since.items()
+        }
+        assert all(found.values())
+
+
+def test_each_types_newest_is_an_index_walk_that_stops(failures):
+    """On SQLite, one correlated subquery walks the status index backwards (no sort of the failures)."""
+    if connection.vendor != "sqlite":
+        pytest.skip("SQLite's plan; PostgreSQL's LATERAL plan is checked at 10M calls by bench/scale_bench.py")
+    start, _rows = failures
+    with CaptureQueriesContext(connection) as queries:
+        metrics.latest_errors(LLMRequestLog.objects.failed(), dict.fromkeys(TYPES, start))
+    with connection.cursor() as cursor:
+        cursor.execute("EXPLAIN QUERY PLAN " + queries[0]["sql"])
+        plan = [row[-1] for row in cursor.fetchall()]
+    assert "CORRELATED SCALAR SUBQUERY 1" in plan
+    walk = "SEARCH llm_llmrequestlog USING INDEX llm_log_status_time (status=? AND timestamp>"
+    assert any(step.startswith(walk) for step in plan), plan
+    assert not any("TEMP B-TREE" in step for step in plan), plan
