@@ -12,6 +12,7 @@ from django.urls import reverse
 from rest_framework.test import APIClient
 
 from llm.models import AlertLog, AlertRule, LLMRequestLog, UserFeedback
+from llm.paging import EXACT_COUNT_UP_TO, SEARCH_EXACT_COUNT_UP_TO
 from llm.urls import api_urlpatterns
 from tests.factories import make_api_key
 from tests.read_api_data import NOW, make_logs
@@ -172,3 +173,12 @@ def test_each_answer_has_the_documented_fields(api_client, schema, data, name):
     if rows:
         assert answer["results"], "no row to compare"
         assert set(answer["results"][0]) == rows
+
+
+def test_count_is_estimate_states_both_exact_limits(schema):
+    # The logs list's `search` is counted exactly only up to SEARCH_EXACT_COUNT_UP_TO matches.
+    answer = schema["paths"]["/api/logs/"]["get"]["responses"]["200"]["content"]["application/json"]
+    description = properties_of(schema, answer["schema"])["count_is_estimate"]["description"]
+    assert f"{EXACT_COUNT_UP_TO:,} rows" in description
+    assert f"{SEARCH_EXACT_COUNT_UP_TO:,} matches with `search`" in description
+    assert "SQLite" in description

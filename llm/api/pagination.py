@@ -10,7 +10,7 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.response import Response
 
-from llm.paging import EXACT_COUNT_UP_TO, EstimatingPaginator
+from llm.paging import EXACT_COUNT_UP_TO, SEARCH_EXACT_COUNT_UP_TO, EstimatingPaginator
 
 MAX_PAGE_SIZE = 500
 
@@ -21,8 +21,9 @@ class StrictPageNumberPagination(PageNumberPagination):
     DRF caps a too large page_size silently; we answer 400, naming the field, so a client that
     asked for 1,000 rows does not take 500 for the whole list.
 
-    `count` is exact up to llm.paging.EXACT_COUNT_UP_TO rows and PostgreSQL's estimate above
-    (`count_is_estimate`); `next` is there exactly while rows remain (see llm/paging.py).
+    `count` is exact up to llm.paging.EXACT_COUNT_UP_TO rows (SEARCH_EXACT_COUNT_UP_TO with
+    `search`) and PostgreSQL's estimate above (`count_is_estimate`); `next` is there exactly while
+    rows remain (see llm/paging.py).
     """
 
     django_paginator_class = EstimatingPaginator
@@ -69,8 +70,9 @@ class StrictPageNumberPagination(PageNumberPagination):
         properties = list(paginated["properties"].items())
         estimate = {
             "type": "boolean",
-            "description": f"True when `count` is PostgreSQL's estimate (above {EXACT_COUNT_UP_TO:,} rows); "
-            "`next` is exact either way.",
+            "description": f"True when `count` is PostgreSQL's estimate: above {EXACT_COUNT_UP_TO:,} rows, or above "
+            f"{SEARCH_EXACT_COUNT_UP_TO:,} matches with `search` (an estimate is never below that limit plus one). "
+            "Up to the limit, and always on SQLite, `count` is exact. `next` is exact either way.",
         }
         properties.insert(1, ("count_is_estimate", estimate))
         paginated["properties"] = dict(properties)
