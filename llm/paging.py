@@ -28,7 +28,7 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from django.conf import settings
 from django.core.paginator import EmptyPage, Page, Paginator
@@ -226,23 +226,28 @@ class SearchReading:
 
 @contextmanager
 def local_settings(using: str, values: dict[str, str]) -> Iterator[None]:
-    """PostgreSQL settings for the readings inside, in a transaction (a savepoint inside one).
+    """PostgreSQL settings for the readings inside (reads only), in a transaction (a savepoint
+    inside one) that is rolled back after them, which takes the settings with it.
 
     A setting made local to a savepoint outlives the savepoint once it is released, up to the end
-    of the enclosing transaction: so the previous values are put back after the readings (a
-    reading that fails rolls its savepoint, and the settings, back)."""
+    of the enclosing transaction; so they are not released but rolled back. Nor put back by a
+    statement: that statement ran under the reading's own statement_timeout (as short as 1 ms),
+    and under load it was cancelled (57014) after a reading that had finished, which then counted
+    as a search too long (400). PostgreSQL stops a statement's timeout before it does the work of a
+    ROLLBACK (TO SAVEPOINT) (postgres.c, finish_xact_command): 1,600 settings are rolled back under
+    a 1 ms timeout in tests/test_search_faults.py. If the rollback still fails, Django closes the
+    connection (autocommit) or leaves the enclosing transaction to be rolled back: the settings
+    never outlive the readings. What a reading writes is undone with them."""
     names = list(values)
-    with transaction.atomic(using=using), connections[using].cursor() as cursor:
-        cursor.execute("SELECT " + ", ".join("current_setting(%s)" for _ in names), names)
-        before = cursor.fetchone()
-        cursor.execute("SELECT " + ", ".join("set_config(%s, %s, true)" for _ in names), _pairs(names, values))
+    with transaction.atomic(using=using):
+        with connections[using].cursor() as cursor:
+            cursor.execute("SELECT " + ", ".join("set_config(%s, %s, true)" for _ in names), _pairs(names, values))
         yield
-        cursor.execute("SELECT " + ", ".join("set_config(%s, %s, true)" for _ in names), _pairs(names, before))
+        transaction.set_rollback(True, using=using)
 
 
-def _pairs(names: list[str], values: Any) -> list[str]:
-    chosen = values if isinstance(values, dict) else dict(zip(names, values, strict=True))
-    return [item for name in names for item in (name, chosen[name])]
+def _pairs(names: list[str], values: dict[str, str]) -> list[str]:
+    return [item for name in names for item in (name, values[name])]
 
 
 def uses_indexes(node: dict, names: frozenset[str]) -> bool:

@@ -144,3 +144,43 @@ def test_the_export_streams_without_the_search_budget(api_client, settings, matc
     assert session_state() == before  # mid-stream
     lines = (first + b"".join(chunks)).decode().splitlines()
     assert len(lines) == matches + 1
+
+
+# Settings that take several times the reading's 1 ms statement_timeout to put back (1,600 set and
+# rolled back: ~12 ms; PostgreSQL takes at most 1,664 values in one SELECT). Put back by a statement,
+# as they were, that statement was cancelled (57014) after every reading that had finished: 5 of 5.
+MANY_SETTINGS = {"statement_timeout": "1", "enable_bitmapscan": "off"} | {f"h2.setting{i}": "x" for i in range(1_600)}
+
+
+def read_under_many_settings() -> tuple:
+    make_logs(2, timestamp=NOW - timedelta(minutes=1))
+    before = session_state()
+    with local_settings(connection.alias, MANY_SETTINGS), connection.cursor() as cursor:
+        cursor.execute("SELECT current_setting('statement_timeout'), current_setting('h2.setting1599')")
+        inside = cursor.fetchone()
+        read = LLMRequestLog.objects.count()
+    return before, inside, read
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_reading_survives_putting_back_its_settings_past_a_tiny_timeout_in_autocommit():
+    before, inside, read = read_under_many_settings()
+    assert (inside, read) == (("1ms", "x"), 2)
+    assert session_state() == before == ("0", "on", True, False, False)
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW statement_timeout")
+        assert cursor.fetchone() == ("0",)
+
+
+@pytest.mark.django_db
+def test_the_reading_survives_putting_back_its_settings_past_a_tiny_timeout_in_a_transaction():
+    with transaction.atomic():
+        before, inside, read = read_under_many_settings()
+        assert (inside, read) == (("1ms", "x"), 2)
+        assert session_state() == before
+        assert before[:2] == ("0", "on") and connection.in_atomic_block
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW statement_timeout")
+            assert cursor.fetchone() == ("0",)
+        # The transaction goes on: the rows written before the reading are still there.
+        assert LLMRequestLog.objects.count() == 2
