@@ -8,8 +8,10 @@ or a function of the row's index (`timestamp=lambda index: now - timedelta(secon
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+import random
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from django.utils import timezone
@@ -48,6 +50,56 @@ def make_logs(count: int, **overrides: Any | Callable[[int], Any]) -> list[LLMRe
         for index in range(count)
     ]
     return LLMRequestLog.objects.bulk_create(logs)
+
+
+def random_calls(
+    rng: random.Random,
+    count: int,
+    *,
+    failure_share: float,
+    timestamp: Callable[[int], datetime],
+    models: Sequence[str],
+    error_types: Sequence[str] = (),
+    message: str = "message {}",
+    **fields: Any | Callable[[int], Any],
+) -> list[LLMRequestLog]:
+    """`count` stored calls drawn from `rng`, always in this order (a seed draws the same calls):
+    whether each call failed (`failure_share`), then per call its `timestamp`, model, error type
+    (a failure's, when `error_types` are given: its message is `message` with the call's index)
+    and `fields` in their order (make_logs' values: draws from `rng`, such as drawn_traffic's)."""
+    failed = [rng.random() < failure_share for _ in range(count)]
+    failures = {}
+    if error_types:
+        failures = {
+            "error_type": lambda index: rng.choice(error_types) if failed[index] else "",
+            "error_message": lambda index: message.format(index) if failed[index] else "",
+        }
+    return make_logs(
+        count,
+        timestamp=timestamp,
+        model_name=lambda index: rng.choice(models),
+        status=lambda index: "error" if failed[index] else "success",
+        **failures,
+        **fields,
+    )
+
+
+def drawn_traffic(
+    rng: random.Random, prompt: int = 2000, completion: int = 800, sigma: float = 0.8, cost: int = 5_000_000
+) -> dict[str, Callable[[int], Any]]:
+    """A call's tokens (uniform up to `prompt` and `completion`), latency (log-normal around
+    e^6 ms, `sigma`) and cost (uniform up to `cost` / 10^10 USD), drawn from `rng` in this order."""
+    return {
+        "prompt_tokens": lambda index: rng.randint(0, prompt),
+        "completion_tokens": lambda index: rng.randint(0, completion),
+        "latency_ms": lambda index: rng.lognormvariate(6, sigma),
+        "cost_estimate": lambda index: drawn_cost(rng, cost),
+    }
+
+
+def drawn_cost(rng: random.Random, most: int = 5_000_000) -> Decimal:
+    """A cost uniform up to `most` / 10^10 USD, in steps of 10^-10."""
+    return Decimal(rng.randint(0, most)) / 10**10
 
 
 def make_rule(**overrides: Any) -> AlertRule:

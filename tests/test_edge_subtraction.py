@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from llm import metrics, rollup_math, rollups
 from llm.models import LLMRequestLog
-from tests.factories import make_logs
+from tests.factories import drawn_traffic, make_logs, random_calls
 
 pytestmark = pytest.mark.django_db
 # Late in its hour: a window ending now keeps most of the current hour (its edge is subtracted).
@@ -32,19 +32,10 @@ BOUND = rollup_math.ERROR_BOUND
 
 def random_logs(count: int, seed: int, moment) -> None:
     rng = random.Random(seed)
-    failed = [rng.random() < 0.2 for _ in range(count)]
-    make_logs(
-        count,
-        timestamp=lambda i: moment(rng),
-        model_name=lambda i: rng.choice(MODELS),
-        status=lambda i: "error" if failed[i] else "success",
-        error_type=lambda i: rng.choice(ERROR_TYPES) if failed[i] else "",
-        error_message=lambda i: f"message {i}" if failed[i] else "",
-        prompt_tokens=lambda i: rng.randint(0, 2000),
-        completion_tokens=lambda i: rng.randint(0, 800),
-        latency_ms=lambda i: rng.lognormvariate(6, 0.8),
-        cost_estimate=lambda i: Decimal(rng.randint(0, 5_000_000)) / 10**10,
-        output_tokens_per_second=lambda i: rng.choice([None, rng.uniform(10, 300)]),
+    speed = {"output_tokens_per_second": lambda i: rng.choice([None, rng.uniform(10, 300)])}
+    drawn = drawn_traffic(rng) | speed
+    random_calls(
+        rng, count, failure_share=0.2, timestamp=lambda i: moment(rng), models=MODELS, error_types=ERROR_TYPES, **drawn
     )
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import random
 from collections import Counter, defaultdict
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 
 import pytest
 import time_machine
@@ -18,7 +17,7 @@ from django.utils import timezone
 
 from llm import metrics, rollup_math, rollup_sql, rollups
 from llm.models import LLMRequestLog, MetricWatermark
-from tests.factories import make_logs
+from tests.factories import drawn_traffic, make_logs, random_calls
 
 pytestmark = pytest.mark.django_db
 
@@ -39,19 +38,9 @@ def calls() -> list[LLMRequestLog]:
     rng = random.Random(7)
     moments = [NOW - timedelta(seconds=rng.uniform(0, 3 * 86400)) for _ in range(300)]
     moments += [rollup_math.floor_hour(NOW) + timedelta(seconds=rng.uniform(0, 3599)) for _ in range(40)]
-    failed = [rng.random() < 0.25 for _ in moments]
-    make_logs(
-        len(moments),
-        timestamp=lambda i: moments[i],
-        model_name=lambda i: rng.choice(MODELS),
-        status=lambda i: "error" if failed[i] else "success",
-        error_type=lambda i: rng.choice(TYPES) if failed[i] else "",
-        error_message=lambda i: f"failure {i}" if failed[i] else "",
-        prompt_tokens=lambda i: rng.randint(0, 900),
-        completion_tokens=lambda i: rng.randint(0, 300),
-        latency_ms=lambda i: rng.lognormvariate(6, 0.9),
-        cost_estimate=lambda i: Decimal(rng.randint(0, 9_000_000)) / 10**10,
-    )
+    traffic = drawn_traffic(rng, prompt=900, completion=300, sigma=0.9, cost=9_000_000)
+    failures = {"failure_share": 0.25, "error_types": TYPES, "message": "failure {}"}
+    random_calls(rng, len(moments), timestamp=lambda i: moments[i], models=MODELS, **failures, **traffic)
     rollups.roll_up()
     return list(LLMRequestLog.objects.all())
 

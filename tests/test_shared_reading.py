@@ -23,7 +23,7 @@ from django.utils import timezone
 
 from llm import dashboard, metrics, rollup_math, rollups
 from llm.models import HourlyLatency, HourlyRollup, LLMRequestLog, MetricWatermark
-from tests.factories import make_logs
+from tests.factories import drawn_traffic, make_logs, random_calls
 
 pytestmark = pytest.mark.django_db
 NOW = datetime(2026, 3, 31, 10, 17, 23, tzinfo=UTC)
@@ -40,20 +40,9 @@ WINDOWS = [
 
 def random_logs(count: int, seed: int) -> None:
     rng = random.Random(seed)
-    statuses = ["error" if rng.random() < 0.15 else "success" for _ in range(count)]
-    make_logs(
-        count,
-        timestamp=lambda i: NOW - timedelta(seconds=rng.randint(0, 10 * 86400)),
-        model_name=lambda i: rng.choice(MODELS),
-        status=lambda i: statuses[i],
-        error_type=lambda i: rng.choice(ERROR_TYPES) if statuses[i] == "error" else "",
-        error_message=lambda i: f"message {i}" if statuses[i] == "error" else "",
-        prompt_tokens=lambda i: rng.randint(0, 2000),
-        completion_tokens=lambda i: rng.randint(0, 800),
-        latency_ms=lambda i: rng.lognormvariate(6, 0.8),
-        cost_estimate=lambda i: Decimal(rng.randint(0, 5_000_000)) / 10**10,
-        user_id=lambda i: rng.choice(["", "ann", "bob", "cy", "dee"]),
-    )
+    drawn = drawn_traffic(rng) | {"user_id": lambda i: rng.choice(["", "ann", "bob", "cy", "dee"])}
+    within_ten_days = {"timestamp": lambda i: NOW - timedelta(seconds=rng.randint(0, 10 * 86400))}
+    random_calls(rng, count, failure_share=0.15, models=MODELS, error_types=ERROR_TYPES, **within_ten_days, **drawn)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from django.test.utils import CaptureQueriesContext
 
 from llm import metrics, rollup_sql, rollups
 from llm.models import LLMRequestLog
-from tests.factories import make_logs
+from tests.factories import drawn_cost, random_calls
 
 pytestmark = pytest.mark.django_db
 NOW = datetime(2026, 3, 31, 10, 17, 23, 417000, tzinfo=UTC)  # not on an hour, minute or second
@@ -30,15 +30,9 @@ WINDOWS = [
 
 def add_calls(count: int, seed: int) -> None:
     rng = random.Random(seed)
-    statuses = ["error" if rng.random() < 0.2 else "success" for _ in range(count)]
-    make_logs(
-        count,
-        timestamp=lambda i: NOW - timedelta(seconds=rng.randint(1, 4 * 86400)),
-        model_name=lambda i: rng.choice(MODELS),
-        status=lambda i: statuses[i],
-        total_tokens=lambda i: rng.randint(0, 3000),
-        cost_estimate=lambda i: Decimal(rng.randint(0, 5_000_000)) / 10**10,
-    )
+    within_four_days = {"timestamp": lambda i: NOW - timedelta(seconds=rng.randint(1, 4 * 86400))}
+    drawn = {"total_tokens": lambda i: rng.randint(0, 3000), "cost_estimate": lambda i: drawn_cost(rng)}
+    random_calls(rng, count, failure_share=0.2, models=MODELS, **within_four_days, **drawn)
 
 
 def expected(calls: list[LLMRequestLog], window: metrics.Window) -> tuple[int, int, int, float]:
