@@ -494,10 +494,10 @@ def stale_fast_caches(authorization: str) -> dict[str, Callable[[], object]]:
     stale: dict[str, Callable[[], object]] = {}
     raw_key = bearer_key(authorization)
     if raw_key and cached_key_gone_stale(raw_key):
-        # Whichever path looked the key up last: a worker whose first prompts all came at once took
-        # the ordinary path for each, and its next burst waited on nothing to refill it (every
-        # prompt of it went the ordinary way, ~490 of 500 per worker, the key looked up again
-        # only once the first of them reached a pool thread).
+        # Whichever path looked the key up: a worker whose first prompts all came at once served
+        # each on the ordinary path, and the fast path, never having seen the key, had nothing
+        # refill it once its time was up; every prompt arriving until an ordinary one had looked it
+        # up again took the ordinary path (tests/test_prompt_fast_path.py).
         stale[f"key {APIKey.hash_key(raw_key)}"] = functools.partial(authenticate_key, raw_key)
     if budgets.spent_hard_limits_if_known(timezone.now()) is None:
         stale["budgets"] = lambda: budgets.spent_hard_limits(timezone.now())
