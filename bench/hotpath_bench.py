@@ -518,11 +518,12 @@ def row_count() -> int:
 
 
 def settle_database() -> dict[str, float]:
-    """Before the bursts, what the earlier rows (the ingest rows: ~300,000) leave the database to
-    do: their roll-ups (else the workers' roll-ups after writes, 20,000 rows a second each) and, on
-    PostgreSQL, the autovacuum and autoanalyze that so many inserts set off. Both ran during one
-    burst or the other of a full run, on the cores the bursts measure (database CPU 0.67-1.12 s in
-    a burst against ~0.1 s in runs without ingest; that burst's wall 3.1-3.4 s against 2.7)."""
+    """Before the bursts, what the earlier rows (the ingest rows: ~300,000) leave to do: the roll-ups
+    not yet made (20,000-25,000 rows; else the workers' roll-ups after writes) and, on PostgreSQL,
+    the autovacuum and autoanalyze that so many inserts set off, on the cores the bursts measure.
+    In full runs one burst of most runs had database CPU of 0.67-1.12 s against ~0.1 s in runs
+    without ingest (that burst 3.1-3.4 s wall against ~2.7); an instrumented run saw autovacuum
+    of the log table seconds before the bursts and its autoanalyze still to come."""
     from django.db import connection
 
     from llm.models import LLMRequestLog
