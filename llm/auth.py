@@ -46,6 +46,15 @@ def cached_key(raw_key: str) -> APIKey | None:
     return None
 
 
+def cached_key_gone_stale(raw_key: str) -> bool:
+    """Whether this process found the key valid, unexpired, when it last looked it up, and that
+    look-up's time in the cache is up: a key worth looking up again before the requests that need
+    it (the prompt's fast path, llm/api/prompt.py), whichever path looked it up first. A key never
+    valid here, or dropped from the cache since (a save, a failed look-up), is not."""
+    cached = _valid_keys.get(APIKey.hash_key(raw_key))
+    return cached is not None and cached[1] <= time.monotonic() and not cached[0].has_expired()
+
+
 def bearer_key(header: str) -> str | None:
     """The key of an `Authorization: Bearer <key>` header ("" when it names none); None for no
     header or another scheme."""

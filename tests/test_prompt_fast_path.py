@@ -498,6 +498,33 @@ def test_caches_gone_stale_are_filled_again_once_and_the_prompts_stay_on_the_fas
     assert handler.stale_fast_caches(f"Bearer {raw_key}").keys() <= {"budgets", "prices"}
 
 
+def test_a_key_only_the_ordinary_path_has_looked_up_is_refilled_for_the_fast_path_too(
+    handler, key, fake_groq, monkeypatch
+):
+    """A worker whose first prompts all came at once served each on the ordinary path, which cached
+    the key; once that cache time is up, the next prompts wait for one lookup of the key and are
+    served on the loop (they all took the ordinary path when only the fast path's own keys were
+    looked up again). A key the cache has never held valid is still the ordinary path's alone."""
+    _, raw_key = key
+    monkeypatch.setattr(auth, "KEY_CACHE_SECONDS", 1.0)
+    fake_groq.default = Behaviour(text="ok", prompt_tokens=1, completion_tokens=1)
+
+    async def calls() -> list[dict]:
+        answers = [await exchange(handler, {"prompt": "first"}, raw_key)]
+        await asyncio.sleep(1.1)  # the key's time in the cache is up
+        assert f"key {APIKey.hash_key(raw_key)}" in handler.stale_fast_caches(f"Bearer {raw_key}")
+        answers += await asyncio.gather(*(exchange(handler, {"prompt": f"later {n}"}, raw_key) for n in range(4)))
+        return answers
+
+    with ordinary_requests() as ordinary:
+        answers = on_a_loop(calls)
+    assert len(ordinary) == 1  # the first, for a key never seen; none of the four after it
+    assert [answer["status"] for answer in answers] == [200] * 5
+    for n in range(4):
+        assert LLMRequestLog.objects.filter(prompt_text=f"later {n}").count() == 1
+    assert not any(name.startswith("key") for name in handler.stale_fast_caches("Bearer not-a-key"))
+
+
 def test_what_the_fast_path_cannot_decide_takes_the_ordinary_path(handler, key, fake_groq):
     _, raw_key = key
     fake_groq.default = Behaviour(text="ok")

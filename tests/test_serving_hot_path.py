@@ -6,8 +6,10 @@ event loop, once, while a sync answer is still closed in a pool thread."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import threading
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import groq
@@ -15,7 +17,7 @@ import pytest
 from django.core import signals
 from django.db import connections
 
-from core.asgi import THREADS, ObservatoryASGIHandler
+from core.asgi import GC_THRESHOLDS, THREADS, ObservatoryASGIHandler, settle_garbage_collector
 from llm.api.prompt import PromptInput
 from llm.models import APIKey, LLMRequestLog
 from llm.providers.chat_completions import close_async_clients
@@ -168,3 +170,31 @@ def test_the_groq_endpoint_url_is_the_one_the_sdk_would_join(base_url):
         # What the SDK posts to, given the path as documented, and given our parsed URL.
         assert client._prepare_url(absolute) == client._prepare_url(CHAT_COMPLETIONS_PATH)
     assert str(absolute) == base_url.rstrip("/") + CHAT_COMPLETIONS_PATH
+
+
+class Node:
+    """An object that can be part of a reference cycle."""
+
+
+def test_a_worker_leaves_its_start_up_heap_to_the_collector_and_still_collects_what_it_makes_later():
+    """settle_garbage_collector (a worker's lifespan startup): what exists then is frozen, out of
+    every collection's walk; a cycle made afterwards is still found and freed by a collection."""
+    thresholds = gc.get_threshold()
+    before = Node()
+    before.itself = before
+    try:
+        settle_garbage_collector()
+        assert gc.get_freeze_count() > 0
+        # Out of the generations every collection walks (in the permanent one).
+        assert not any(tracked is before for generation in range(3) for tracked in gc.get_objects(generation))
+        assert gc.get_threshold() == GC_THRESHOLDS
+        later = Node()
+        later.itself = later
+        gone = weakref.ref(later)
+        del later
+        assert gone() is not None  # a cycle: reference counting alone cannot free it
+        gc.collect()
+        assert gone() is None
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)

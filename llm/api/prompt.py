@@ -25,7 +25,7 @@ from rest_framework.views import APIView
 
 from core.deferred import DeferredResponse, RelayResponse, RunSync, can_defer
 from llm import budgets, throttles
-from llm.auth import KEY_CACHE_MAX, authenticate_key, bearer_key, cached_key
+from llm.auth import authenticate_key, bearer_key, cached_key, cached_key_gone_stale
 from llm.ingest_limits import (
     MAX_TEMPERATURE,
     MIN_TEMPERATURE,
@@ -483,24 +483,22 @@ def _fast_checks(request: HttpRequest) -> tuple[APIKey, ChatRequest, CallContext
     return api_key, chat, context, provider, data["stream"]
 
 
-# Hashes of the API keys this process has served on the fast path: when one's time
-# there is up, stale_fast_caches() has it looked up again. Only those: a key never valid here (a
-# bad one) is left to the ordinary path's single lookup.
-_seen_keys: set[str] = set()
-
-
 def stale_fast_caches(authorization: str) -> dict[str, Callable[[], object]]:
     """What made a prompt miss the fast path that a query can fill again, by name: the caller's key
-    (its KEY_CACHE_SECONDS over), the spent budgets' list, the price table; each with the sync
-    function (for a thread) that fills its cache as the ordinary path would. When all of them expire
-    under a burst, every prompt arriving before an ordinary one has refilled them took Django's and
-    DRF's whole stack too (200-650 of a 1,000-prompt burst, each worker's pool swamped by them)."""
+    (valid when last looked up, its KEY_CACHE_SECONDS over), the spent budgets' list, the price
+    table; each with the sync function (for a thread) that fills its cache as the ordinary path
+    would. When all of them expire under a burst, every prompt arriving before an ordinary one has
+    refilled them took Django's and DRF's whole stack too (200-650 of a 1,000-prompt burst, each
+    worker's pool swamped by them). A key never valid here (a bad one) is left to the ordinary
+    path's single lookup."""
     stale: dict[str, Callable[[], object]] = {}
     raw_key = bearer_key(authorization)
-    if raw_key and cached_key(raw_key) is None:
-        key_hash = APIKey.hash_key(raw_key)
-        if key_hash in _seen_keys:
-            stale[f"key {key_hash}"] = functools.partial(_look_up_key, raw_key, key_hash)
+    if raw_key and cached_key_gone_stale(raw_key):
+        # Whichever path looked the key up: a worker whose first prompts all came at once served
+        # each on the ordinary path, and the fast path, never having seen the key, had nothing
+        # refill it once its time was up; every prompt arriving until an ordinary one had looked it
+        # up again took the ordinary path (tests/test_prompt_fast_path.py).
+        stale[f"key {APIKey.hash_key(raw_key)}"] = functools.partial(authenticate_key, raw_key)
     if budgets.spent_hard_limits_if_known(timezone.now()) is None:
         stale["budgets"] = lambda: budgets.spent_hard_limits(timezone.now())
     try:
@@ -508,14 +506,6 @@ def stale_fast_caches(authorization: str) -> dict[str, Callable[[], object]]:
     except SynchronousOnlyOperation:  # gone stale: reading it again is a query
         stale["prices"] = cached_price_table
     return stale
-
-
-def _look_up_key(raw_key: str, key_hash: str) -> None:
-    """authenticate_key (in a thread): cached again when valid; a key revoked or expired since is
-    forgotten here too, so that its next requests cost the ordinary path's lookup alone."""
-    api_key = authenticate_key(raw_key)
-    if api_key is None or api_key.has_expired():
-        _seen_keys.discard(key_hash)
 
 
 def _plain_json_request(request: HttpRequest) -> bool:
@@ -535,9 +525,4 @@ def _cached_key_with_right(request: HttpRequest) -> APIKey | None:
     api_key = cached_key(raw_key) if raw_key else None
     if api_key is None or api_key.has_expired() or not key_has(api_key, RIGHTS[PromptView.required_right]):
         return None
-    key_hash = api_key.key_hash
-    if key_hash not in _seen_keys:
-        if len(_seen_keys) >= KEY_CACHE_MAX:
-            _seen_keys.clear()
-        _seen_keys.add(key_hash)
     return api_key
