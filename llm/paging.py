@@ -238,16 +238,12 @@ def local_settings(using: str, values: dict[str, str]) -> Iterator[None]:
     a 1 ms timeout in tests/test_search_faults.py. If the rollback still fails, Django closes the
     connection (autocommit) or leaves the enclosing transaction to be rolled back: the settings
     never outlive the readings. What a reading writes is undone with them."""
-    names = list(values)
+    calls = ", ".join("set_config(%s, %s, true)" for _ in values)
     with transaction.atomic(using=using):
         with connections[using].cursor() as cursor:
-            cursor.execute("SELECT " + ", ".join("set_config(%s, %s, true)" for _ in names), _pairs(names, values))
+            cursor.execute("SELECT " + calls, [item for pair in values.items() for item in pair])
         yield
         transaction.set_rollback(True, using=using)
-
-
-def _pairs(names: list[str], values: dict[str, str]) -> list[str]:
-    return [item for name in names for item in (name, values[name])]
 
 
 def uses_indexes(node: dict, names: frozenset[str]) -> bool:
