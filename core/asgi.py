@@ -54,7 +54,7 @@ SYNC_STREAM_BATCH_BYTES = 64 * 1024
 FAST_MIDDLEWARE_END = "llm.middleware.FriendlyErrorsMiddleware"
 # The collector's thresholds in a worker (settle_garbage_collector): Python's (700, 10, 10) but for
 # the last, the middle-generation collections between two full ones.
-GC_THRESHOLDS = (700, 10, 100)
+GC_THRESHOLDS = (10000, 10, 100)
 
 
 class ObservatoryASGIHandler(ASGIHandler):
@@ -95,23 +95,27 @@ class ObservatoryASGIHandler(ASGIHandler):
             body_file = await self.read_body(receive)
         except RequestAborted:
             return None
-        deferred = False
+        placeholder = final = None
         try:
             response = await self.respond_fast_or_refill(scope, body_file) if scope["path"] in self.fast_paths else None
             if response is None:
                 response = await self.run_sync(self.respond, scope, body_file)
             if isinstance(response, DeferredResponse):
-                deferred = True
-                response = await response.resolve(self.run_write)
+                placeholder = response
+                response = final = await placeholder.resolve(self.run_write)
             if isinstance(response, RelayResponse):
-                await self.send_relay(response, send, receive)
+                await self.send_relay(response, send, receive, placeholder)
             elif response.streaming:
                 await self.send_sync_stream(response, send)
             else:
                 await self.send_response(response, send)
         finally:
             body_file.close()
-        if deferred:
+            if placeholder is not None:
+                # Its request line, now that the answer is sent: no caller waits for the line to be
+                # written (None: resolve raised, and the server answers 500).
+                placeholder.finished(final)
+        if placeholder is not None:
             # Made on the loop, it holds nothing of a pool thread's (no cursor, no file): closed here,
             # without a third hop per prompt. The pool thread that ran its sync half checks its
             # connection at its next request_started, as Django does at both ends of a request.
@@ -217,10 +221,13 @@ class ObservatoryASGIHandler(ASGIHandler):
             write_rows_on_loop_with(None)
             await writer.close()
 
-    async def send_relay(self, response: RelayResponse, send, receive) -> None:
+    async def send_relay(self, response: RelayResponse, send, receive, placeholder: DeferredResponse | None) -> None:
         """Relay an async stream; when the client leaves, close the source at once so that it
-        finishes its own way (the proxy reads the rest of the answer and logs the call)."""
+        finishes its own way (the proxy reads the rest of the answer and logs the call). The
+        request line of a stream is written once its headers are sent."""
         await send({"type": "http.response.start", "status": response.status_code, "headers": headers(response)})
+        if placeholder is not None:
+            placeholder.finished(response)
         gone = asyncio.Event()
         watcher = asyncio.create_task(wait_for_disconnect(receive, gone))
         try:

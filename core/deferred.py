@@ -37,19 +37,21 @@ class DeferredResponse(HttpResponse):
         super().__init__(content_type="application/json")
         self._complete = complete
         self._request = request
-        # Called with the final response once resolve() has it (None: resolve raised, a 500): what
-        # the middleware sees is this placeholder, whose 200 says nothing of the call's outcome
+        # Called with the final response by `finished()` (None: resolve raised, a 500): what the
+        # middleware sees is this placeholder, whose 200 says nothing of the call's outcome
         # (llm.logging.RequestLogMiddleware writes its request line here).
         self.on_resolved: list[Callable[[HttpResponseBase | None], None]] = []
 
     async def resolve(self, run_sync: RunSync) -> HttpResponseBase:
-        final = None
-        try:
-            final = await self._resolve(run_sync)
-        finally:
-            for callback in self.on_resolved:
-                callback(final)
-        return final
+        """The final response; the handler calls `finished()` once it is sent."""
+        return await self._resolve(run_sync)
+
+    def finished(self, final: HttpResponseBase | None) -> None:
+        """The answer `final` is sent (a stream's headers are), or None: resolve() raised. Runs the
+        on_resolved callbacks, once."""
+        callbacks, self.on_resolved = self.on_resolved, []
+        for callback in callbacks:
+            callback(final)
 
     async def _resolve(self, run_sync: RunSync) -> HttpResponseBase:
         try:
@@ -66,6 +68,10 @@ class DeferredResponse(HttpResponse):
                 final[header] = value
         for key, morsel in self.cookies.items():
             final.cookies.setdefault(key, morsel)
+        if not final.streaming and not final.has_header("Content-Length"):
+            # As CommonMiddleware gives any other answer (it saw only this placeholder): the client
+            # knows where the answer ends, and the server sends it in one write (core/workers.py).
+            final["Content-Length"] = str(len(final.content))
         final._resource_closers.extend(self._resource_closers)
         self._resource_closers = []
         return final

@@ -1,6 +1,6 @@
 """How `make run` serves the app: `gunicorn --config core/gunicorn.conf.py core.asgi:application`.
 
-Uvicorn workers (the uvicorn-worker package; uvicorn's own `uvicorn.workers` is deprecated) run
+Uvicorn workers (core/workers.py, the uvicorn-worker package's; uvicorn's own `uvicorn.workers` is deprecated) run
 core/asgi.py on an event loop: a prompt waiting on its LLM vendor holds no thread, and Django's sync
 code runs in THREADS threads per worker (core/asgi.py), as gthread's did. BIND, WEB_CONCURRENCY
 and the other GUNICORN_CMD_ARGS flags still apply.
@@ -8,7 +8,7 @@ and the other GUNICORN_CMD_ARGS flags still apply.
 
 import os
 
-worker_class = "uvicorn_worker.UvicornWorker"
+worker_class = "core.workers.Worker"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 timeout = 120
 graceful_timeout = 10

@@ -252,8 +252,9 @@ class RowBatcher:
         self.pending.append((fields, future))
         if self.task is None or self.task.done():
             self.task = asyncio.get_running_loop().create_task(self.drain())
-        # Shielded: a call cancelled meanwhile leaves its row to be written, not a lost future.
-        return await asyncio.shield(future)
+        # Not shielded (a shield costs the waiting call one more turn of the loop): a call cancelled
+        # meanwhile cancels its future only; its row stays in the batch, and drain() skips a done future.
+        return await future
 
     async def drain(self) -> None:
         while self.pending:

@@ -137,6 +137,27 @@ def test_a_stored_request_id_answers_the_stored_row_and_the_others_are_written(o
     assert stored(new["request_id"])["response_text"] == "Paris."
 
 
+def test_a_call_cancelled_while_its_row_is_written_leaves_the_row_stored(on_loop):
+    """A waiting call that is cancelled (a worker shutting down) cancels its own wait only: its row
+    is in the batch being written, and the call waiting beside it gets its stored row."""
+    cancelled, kept = fields(), fields()
+
+    async def cancel_one(writer, run_sync):
+        batcher = RowBatcher(run_sync)
+        waiting = asyncio.ensure_future(batcher.write(cancelled))
+        other = asyncio.ensure_future(batcher.write(kept))
+        await asyncio.sleep(0)  # both queued, the batch under way
+        waiting.cancel()
+        log = await other
+        await batcher.task
+        return waiting.cancelled(), log
+
+    was_cancelled, log = on_loop(cancel_one)
+    assert was_cancelled
+    assert log.pk is not None and log.request_id == kept["request_id"]
+    assert LLMRequestLog.objects.filter(request_id__in=[cancelled["request_id"], kept["request_id"]]).count() == 2
+
+
 def test_a_lost_connection_hands_the_rows_to_the_orm_path_then_reconnects(on_loop):
     rows = [fields() for _ in range(3)]
 

@@ -512,7 +512,7 @@ def _plain_json_request(request: HttpRequest) -> bool:
     """A POST of UTF-8 JSON, no query string, answered in JSON (or a stream) as DRF would."""
     return (
         request.method == "POST"
-        and not request.GET
+        and not request.META.get("QUERY_STRING")  # not request.GET, which parses it into a QueryDict
         and request.content_type == "application/json"
         and request.content_params.get("charset", "utf-8").lower() == "utf-8"
         and request.headers.get("Accept", "").strip() in FAST_ACCEPTS
