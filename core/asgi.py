@@ -54,7 +54,7 @@ SYNC_STREAM_BATCH_BYTES = 64 * 1024
 FAST_MIDDLEWARE_END = "llm.middleware.FriendlyErrorsMiddleware"
 # The collector's thresholds in a worker (settle_garbage_collector): Python's (700, 10, 10) but for
 # the last, the middle-generation collections between two full ones.
-GC_THRESHOLDS = (10000, 10, 100)
+GC_THRESHOLDS = (700, 10, 100)
 
 
 class ObservatoryASGIHandler(ASGIHandler):
