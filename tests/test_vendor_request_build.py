@@ -11,13 +11,14 @@ import threading
 import uuid
 
 import groq
+import httpx
 from groq._base_client import get_platform
 from groq._models import FinalRequestOptions
 
 from llm import request_ids
 from llm.providers import ChatRequest
 from llm.providers.chat_completions import options
-from llm.providers.groq import GroqProvider, chat_completions_url, post_options
+from llm.providers.groq import MERGED_HEADERS_KEPT, GroqProvider, chat_completions_url, post_options
 
 REQUEST = ChatRequest(prompt="What is the capital of France?", model="llama-3.1-8b-instant", max_tokens=5)
 
@@ -59,6 +60,48 @@ def test_the_vendor_client_builds_the_sdks_request_on_every_try():
         finally:
             await ours.close()
             await stock.close()
+
+    asyncio.run(compare())
+
+
+def test_the_vendor_http_client_builds_httpx_own_request():
+    """VendorHttpClient.build_request (the client's headers merged once per set of call headers) makes
+    what httpx's build_request makes, byte for byte and in order, for the SDK's calls and for
+    anything else (a relative URL, query parameters, cookies), and keeps a bounded set of merges."""
+
+    async def compare() -> None:
+        client = GroqProvider.make_async_client("gsk_test", "http://127.0.0.1:9/", 7.5, 2)
+        http = client._client
+        url = chat_completions_url(str(client.base_url))
+        body = b'{"model":"m","messages":[]}'
+        calls = [
+            {"method": "post", "url": url, "headers": client._build_headers(post_options(url, {}), retries_taken=n)}
+            | {"content": body, "timeout": timeout}
+            for n in (0, 1, 2, 0)
+            for timeout in (7.5, httpx.Timeout(3.0, connect=1.0), httpx.USE_CLIENT_DEFAULT)
+        ]
+        calls += [
+            {"method": "post", "url": "/openai/v1/chat/completions", "headers": {"X-A": "1"}, "content": body},
+            {"method": "get", "url": url, "headers": httpx.Headers({"X-A": "1"}), "params": {"q": "a b"}},
+            {"method": "post", "url": url, "headers": httpx.Headers({"X-A": "1"}), "cookies": {"c": "1"}},
+            {"method": "post", "url": url, "headers": httpx.Headers({"X-A": "2"}), "json": {"a": 1}},
+        ]
+        try:
+            for call in calls:
+                ours = http.build_request(**call)
+                theirs = httpx.AsyncClient.build_request(http, **call)
+                assert (ours.method, ours.url, ours.headers.raw, ours.content, ours.extensions) == (
+                    theirs.method,
+                    theirs.url,
+                    theirs.headers.raw,
+                    theirs.content,
+                    theirs.extensions,
+                )
+            for index in range(MERGED_HEADERS_KEPT + 5):
+                http.build_request("post", url, headers=httpx.Headers({"X-N": str(index)}), content=body)
+            assert 0 < len(http._merged_headers) <= MERGED_HEADERS_KEPT
+        finally:
+            await client.close()
 
     asyncio.run(compare())
 
