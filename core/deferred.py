@@ -60,12 +60,17 @@ class DeferredResponse(HttpResponse):
             final = self._unavailable(exc)
             if final is None:
                 raise
-        for header, value in self.items():
-            name = header.lower()
-            if name == "vary":
-                patch_vary_headers(final, [part.strip() for part in value.split(",")])
-            elif name not in BODY_HEADERS and not final.has_header(header):
-                final[header] = value
+        # Header by header as the middleware set them on the placeholder, already checked and encoded
+        # there: copied as they are stored ({lower-cased name: (name, value)}, Django's ResponseHeaders)
+        # rather than set again one by one (~3 us each, ten a prompt).
+        final_headers = final.headers._store
+        for name, pair in self.headers._store.items():
+            if name in BODY_HEADERS:
+                continue
+            if name not in final_headers:
+                final_headers[name] = pair
+            elif name == "vary":
+                patch_vary_headers(final, [part.strip() for part in pair[1].split(",")])
         for key, morsel in self.cookies.items():
             final.cookies.setdefault(key, morsel)
         if not final.streaming and not final.has_header("Content-Length"):

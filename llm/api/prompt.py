@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from django.conf import settings
 from django.core.exceptions import SynchronousOnlyOperation
-from django.http import HttpRequest, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
@@ -427,12 +427,7 @@ def fast_prompt(request: HttpRequest) -> DeferredResponse | None:
     async def complete(run_sync: RunSync) -> HttpResponseBase:
         refused = await run_sync(rate_limit_refusal, caller) if ask_first else None
         response = refused or await PromptView._call_async(chat, context, provider, stream, run_sync)
-        if isinstance(response, Response):
-            response.accepted_renderer = FAST_RENDERER()
-            response.accepted_media_type = FAST_RENDERER.media_type
-            response.renderer_context = {}
-            response.render()
-        return response
+        return rendered(response) if isinstance(response, Response) else response
 
     deferred = DeferredResponse(complete, request)
     for header, value in VIEW_HEADERS.items():
@@ -440,7 +435,20 @@ def fast_prompt(request: HttpRequest) -> DeferredResponse | None:
     return deferred
 
 
-FAST_RENDERER = api_settings.DEFAULT_RENDERER_CLASSES[0]
+FAST_RENDERER = api_settings.DEFAULT_RENDERER_CLASSES[0]()
+
+
+def rendered(response: Response) -> HttpResponse:
+    """The view's DRF Response as DRF renders it in JSON (its renderer's bytes, the renderer's media
+    type, the status and the other headers the response carries: Retry-After), as a plain
+    HttpResponse: without the template response's rendering machinery (~25 us a prompt)."""
+    answer = HttpResponse(
+        FAST_RENDERER.render(response.data), status=response.status_code, content_type=FAST_RENDERER.media_type
+    )
+    for header, value in response.items():
+        if header.lower() != "content-type":  # a Response's placeholder until rendered
+            answer[header] = value
+    return answer
 
 
 def rate_limit_refusal(caller: throttles.Caller) -> Response | None:
