@@ -18,7 +18,7 @@ from django.db import connection
 from django.db.models import Count
 from django.utils import timezone
 
-from llm.loop_writer import LoopRowWriter
+from llm.loop_writer import PREPARE_THRESHOLD, LoopRowWriter
 from llm.models import LLMRequestLog, cached_price_table, calls_recorded
 from llm.providers import ChatRequest, ChatResult, get_provider
 from llm.proxy import CallContext, RowBatcher, _log_fields, write_rows_on_loop_with
@@ -135,6 +135,27 @@ def test_a_stored_request_id_answers_the_stored_row_and_the_others_are_written(o
     assert second.request_id == new["request_id"] and second.pk is not None
     assert LLMRequestLog.objects.count() == 2
     assert stored(new["request_id"])["response_text"] == "Paris."
+
+
+def test_the_row_insert_is_prepared_on_the_server_once_written_a_few_times(on_loop):
+    """The writer's connection prepares the INSERT of a batch size after PREPARE_THRESHOLD uses:
+    PostgreSQL then runs the prepared statement (pg_prepared_statements counts its executions)."""
+    rows = [fields() for _ in range(PREPARE_THRESHOLD + 3)]
+
+    async def write_them(writer, run_sync):
+        batcher = RowBatcher(run_sync)
+        for row in rows:
+            await batcher.write(row)
+        async with writer.connection.cursor() as cursor:
+            await cursor.execute(
+                "SELECT statement, generic_plans + custom_plans FROM pg_prepared_statements WHERE NOT from_sql"
+            )
+            return await cursor.fetchall()
+
+    prepared = on_loop(write_them)
+    [(statement, executions)] = [row for row in prepared if "llm_llmrequestlog" in row[0]]
+    assert statement.startswith("INSERT INTO") and executions == len(rows) - PREPARE_THRESHOLD
+    assert LLMRequestLog.objects.filter(request_id__in=[row["request_id"] for row in rows]).count() == len(rows)
 
 
 def test_a_call_cancelled_while_its_row_is_written_leaves_the_row_stored(on_loop):
