@@ -9,6 +9,7 @@ the headers and cookies the middleware set on the deferred one.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -16,6 +17,7 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.utils.cache import patch_vary_headers
 
+logger = logging.getLogger(__name__)
 # Runs a sync function (one that may use the ORM) in one of the worker's threads.
 RunSync = Callable[..., Awaitable[Any]]
 # Set by the ASGI handler on each request it serves: a view may then answer a DeferredResponse.
@@ -51,7 +53,10 @@ class DeferredResponse(HttpResponse):
         on_resolved callbacks, once."""
         callbacks, self.on_resolved = self.on_resolved, []
         for callback in callbacks:
-            callback(final)
+            try:
+                callback(final)
+            except Exception:  # the answer is sent: a failing line must not close the connection
+                logger.exception("A callback of a deferred answer failed")
 
     async def _resolve(self, run_sync: RunSync) -> HttpResponseBase:
         try:

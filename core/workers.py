@@ -36,8 +36,16 @@ class HeadHeldTransport:
         self.transport.write(data)
 
     def flush(self) -> None:
-        if self.held:
-            self.write(b"")
+        if not self.held:
+            return
+        if self.transport.is_closing():
+            self.held = b""  # the client has gone: nothing to send it to
+            return
+        self.write(b"")
+
+    def close(self) -> None:
+        self.flush()  # uvicorn closes a connection that ends (an error after the head, Connection: close)
+        self.transport.close()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.transport, name)
@@ -48,10 +56,11 @@ class OneWriteCycle(RequestResponseCycle):
     first body message."""
 
     async def send(self, message: Any) -> None:
-        if message["type"] != "http.response.start" or not has_length(message):
+        # An answer to HEAD has no body to wait for.
+        if message["type"] != "http.response.start" or not has_length(message) or self.scope["method"] == "HEAD":
             await super().send(message)
             if isinstance(self.transport, HeadHeldTransport):
-                self.transport.flush()  # an answer to HEAD writes no body: its head leaves now
+                self.transport.flush()  # a body uvicorn did not write (the client gone): nothing held stays
             return
         if not isinstance(self.transport, HeadHeldTransport):
             self.transport = HeadHeldTransport(self.transport)

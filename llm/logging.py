@@ -60,7 +60,8 @@ class JSONFormatter(logging.Formatter):
 class RequestLogMiddleware:
     """Outermost middleware: gives the request its id, and logs one line when the answer is ready
     (for a streamed answer, when its headers are: `duration_ms` is the time to the first byte; for
-    a deferred one, when the call has ended and its final status is known)."""
+    a deferred one, once its final answer is sent, so that its status is the call's outcome and no
+    caller waits for the line: core/asgi.py)."""
 
     def __init__(self, get_response: Callable) -> None:
         self.get_response = get_response

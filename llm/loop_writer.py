@@ -65,7 +65,8 @@ class LoopRowWriter:
             for name in DJANGO_ONLY_PARAMETERS:
                 parameters.pop(name, None)
             parameters.setdefault("connect_timeout", CONNECT_TIMEOUT_SECONDS)
-            parameters["prepare_threshold"] = PREPARE_THRESHOLD
+            if "prepare_threshold" not in self.database.settings_dict["OPTIONS"]:
+                parameters["prepare_threshold"] = PREPARE_THRESHOLD  # unless the settings say otherwise
             self.connection = await psycopg.AsyncConnection.connect(**parameters, autocommit=True)
         return self.connection
 

@@ -45,6 +45,9 @@ INSERT_BATCH_ROWS = 500
 # From this many rows PostgreSQL gets COPY + INSERT … SELECT (three statements, the first only once
 # per connection); below it, one INSERT … VALUES is fewer round trips (the proxy's single rows).
 STAGED_MIN_ROWS = 20
+# The largest batch whose INSERT … VALUES a connection that prepares statements may prepare
+# (llm/loop_writer.py): the proxy's rows come one or a few at a time.
+PREPARED_MAX_ROWS = 16
 
 
 class RowShape:
@@ -145,7 +148,10 @@ async def ainsert_new(model: type[models.Model], logs: list[models.Model], datab
         for start in range(0, len(logs), INSERT_BATCH_ROWS):
             chunk = logs[start : start + INSERT_BATCH_ROWS]
             params = [value for log in chunk for value in columns.values(log, database)]
-            await cursor.execute(_numbered_statement(columns, len(chunk)), params)
+            # Only a small batch's statement may be prepared (by the connection's prepare_threshold):
+            # one per size is kept on the server, and a burst's batches come in every size up to 500.
+            prepare = None if len(chunk) <= PREPARED_MAX_ROWS else False
+            await cursor.execute(_numbered_statement(columns, len(chunk)), params, prepare=prepare)
             inserted.update((as_uuid(request_id), pk) for pk, request_id in await cursor.fetchall())
     return _mark_stored(logs, inserted, database.alias)
 

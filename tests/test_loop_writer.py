@@ -22,6 +22,7 @@ from llm.loop_writer import PREPARE_THRESHOLD, LoopRowWriter
 from llm.models import LLMRequestLog, cached_price_table, calls_recorded
 from llm.providers import ChatRequest, ChatResult, get_provider
 from llm.proxy import CallContext, RowBatcher, _log_fields, write_rows_on_loop_with
+from llm.row_insert import PREPARED_MAX_ROWS
 from tests.test_outage import cluster_command
 from tests.test_prompt_server import serving
 
@@ -156,6 +157,26 @@ def test_the_row_insert_is_prepared_on_the_server_once_written_a_few_times(on_lo
     [(statement, executions)] = [row for row in prepared if "llm_llmrequestlog" in row[0]]
     assert statement.startswith("INSERT INTO") and executions == len(rows) - PREPARE_THRESHOLD
     assert LLMRequestLog.objects.filter(request_id__in=[row["request_id"] for row in rows]).count() == len(rows)
+
+
+def test_a_large_batch_is_never_prepared_and_the_settings_can_turn_preparing_off(on_loop):
+    """A burst's batches come in every size: only those of up to PREPARED_MAX_ROWS rows may be
+    prepared. And OPTIONS' prepare_threshold (Django's switch, for a pooler) is the writer's too."""
+    batches = [[fields() for _ in range(PREPARED_MAX_ROWS + 1)] for _ in range(PREPARE_THRESHOLD + 2)]
+
+    async def write_them(writer, run_sync):
+        for batch in batches:
+            assert all(log is not None for log in await writer.store(batch))
+        async with writer.connection.cursor() as cursor:
+            await cursor.execute("SELECT count(*) FROM pg_prepared_statements WHERE NOT from_sql")
+            [(prepared,)] = await cursor.fetchall()
+        await writer.close()
+        writer.database.settings_dict["OPTIONS"]["prepare_threshold"] = None
+        return prepared, (await writer.connect()).prepare_threshold
+
+    prepared, threshold_from_settings = on_loop(write_them)
+    assert prepared == 0 and threshold_from_settings is None
+    assert LLMRequestLog.objects.count() == sum(len(batch) for batch in batches)
 
 
 def test_a_call_cancelled_while_its_row_is_written_leaves_the_row_stored(on_loop):

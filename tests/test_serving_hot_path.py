@@ -18,7 +18,7 @@ from django.core import signals
 from django.db import connections
 
 from core.asgi import GC_THRESHOLDS, THREADS, ObservatoryASGIHandler, settle_garbage_collector
-from llm.api.prompt import PromptInput
+from llm.api.prompt import PromptInput, rendered
 from llm.models import APIKey, LLMRequestLog
 from llm.providers.chat_completions import close_async_clients
 from llm.providers.groq import CHAT_COMPLETIONS_PATH, chat_completions_url
@@ -198,3 +198,16 @@ def test_a_worker_leaves_its_start_up_heap_to_the_collector_and_still_collects_w
     finally:
         gc.unfreeze()
         gc.set_threshold(*thresholds)
+
+
+def test_an_answer_the_renderer_must_escape_leaves_the_next_answers_as_they_were():
+    """The fast path renders the view's Response with DRF's JSON renderer (llm.api.prompt.rendered): a
+    lone surrogate in a vendor's text is escaped in that answer only (the renderer escapes the whole
+    answer to ASCII when it cannot encode it), not in every answer after it."""
+    from rest_framework.response import Response
+
+    escaped = rendered(Response({"response": "x\ud800"}))
+    after = rendered(Response({"response": "café"}, status=201, headers={"Retry-After": "3"}))
+    assert escaped.content == b'{"response":"x\\ud800"}'
+    assert after.content == '{"response":"café"}'.encode()
+    assert after.status_code == 201 and after["Retry-After"] == "3" and after["Content-Type"] == "application/json"

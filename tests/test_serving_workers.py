@@ -26,6 +26,8 @@ class RecordingTransport(asyncio.Transport):
         return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 50000)}.get(name, default)
 
     def write(self, data) -> None:
+        if self.closed:  # as uvloop's transport (the workers' loop) answers a write after close
+            raise RuntimeError("unable to perform operation on <TCPTransport closed=True>")
         self.writes.append(bytes(data))
 
     def close(self) -> None:
@@ -41,8 +43,9 @@ class RecordingTransport(asyncio.Transport):
         pass
 
 
-def serve_once(app, request: bytes = REQUEST) -> tuple[list[bytes], type]:
-    """The writes one request's answer makes, and the class of its cycle."""
+def serve_once(app, request: bytes = REQUEST, gone_before_body: bool = False) -> tuple[list[bytes], type]:
+    """The writes one request's answer makes, and the class of its cycle; `gone_before_body`: the
+    client leaves once the head is sent (the app's send of the body waits for that)."""
 
     async def scenario():
         config = Config(app=app, http=OneWriteProtocol, lifespan="off", log_config=None)
@@ -52,8 +55,14 @@ def serve_once(app, request: bytes = REQUEST) -> tuple[list[bytes], type]:
         protocol.connection_made(transport)
         protocol.data_received(request)
         cycle = protocol.cycle
+        if gone_before_body:
+            while not cycle.response_started:
+                await asyncio.sleep(0)
+            transport.close()
+            protocol.connection_lost(None)
+            await asyncio.sleep(0.1)  # the app sends its body to the gone client, and ends
         for _ in range(100):
-            if cycle.response_complete:
+            if cycle.response_complete or cycle.disconnected:
                 break
             await asyncio.sleep(0.01)
         protocol.connection_lost(None)
@@ -119,3 +128,43 @@ def test_an_empty_body_still_sends_the_head(method):
     writes, _ = serve_once(app, f"{method} / HTTP/1.1\r\nHost: example.com\r\n\r\n".encode())
     [write] = writes
     assert write.startswith(b"HTTP/1.1 200 OK\r\n") and write.endswith(b"content-length: 0\r\n\r\n")
+
+
+@pytest.mark.parametrize(
+    "request_line",
+    [b"HEAD / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", b"HEAD / HTTP/1.0\r\n\r\n"],
+)
+def test_an_answer_to_head_on_a_closing_connection_is_sent_before_it_closes(request_line):
+    """HTTP/1.0 health checks (HAProxy's httpchk) and Connection: close: uvicorn closes right after
+    the head, with no body to wait for."""
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"42")]})
+        await send({"type": "http.response.body", "body": b""})
+
+    writes, _ = serve_once(app, request_line)
+    [write] = writes
+    assert write.startswith(b"HTTP/1.1 200 OK\r\n") and b"content-length: 42" in write
+
+
+def test_an_app_failing_after_the_head_still_sends_the_head_then_closes():
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"5")]})
+        raise RuntimeError("failed before its body")
+
+    writes, _ = serve_once(app)
+    [write] = writes  # as stock uvicorn: the head, then the connection closed (no body)
+    assert write.startswith(b"HTTP/1.1 200 OK\r\n") and write.endswith(b"\r\n\r\n")
+
+
+def test_a_client_gone_before_the_body_gets_nothing_and_the_app_no_error():
+    finished = []
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await asyncio.sleep(0.05)  # the client leaves meanwhile
+        await send({"type": "http.response.body", "body": b"ok"})
+        finished.append(True)
+
+    writes, _ = serve_once(app, gone_before_body=True)
+    assert writes == [] and finished == [True]

@@ -435,15 +435,16 @@ def fast_prompt(request: HttpRequest) -> DeferredResponse | None:
     return deferred
 
 
-FAST_RENDERER = api_settings.DEFAULT_RENDERER_CLASSES[0]()
+FAST_RENDERER = api_settings.DEFAULT_RENDERER_CLASSES[0]
 
 
 def rendered(response: Response) -> HttpResponse:
     """The view's DRF Response as DRF renders it in JSON (its renderer's bytes, the renderer's media
     type, the status and the other headers the response carries: Retry-After), as a plain
     HttpResponse: without the template response's rendering machinery (~25 us a prompt)."""
+    # A renderer per answer, as DRF makes one per response: ours escapes one answer it cannot encode.
     answer = HttpResponse(
-        FAST_RENDERER.render(response.data), status=response.status_code, content_type=FAST_RENDERER.media_type
+        FAST_RENDERER().render(response.data), status=response.status_code, content_type=FAST_RENDERER.media_type
     )
     for header, value in response.items():
         if header.lower() != "content-type":  # a Response's placeholder until rendered

@@ -1,0 +1,121 @@
+"""The proxy's overhead of two or more checkouts, measured side by side (an A/B of a change).
+
+    scripts/with-postgres .venv/bin/python bench/overhead_ab.py DIR_A DIR_B [DIR ...]
+
+Each DIR is a checkout with its virtualenv at DIR/.venv (a git worktree: `git worktree add ../b
+HEAD~1 && ln -s "$PWD/.venv" ../b/.venv`). One fake Groq answers them all; each checkout's server
+runs as `make run` serves it (WEB_CONCURRENCY workers, 1 by default), on the same database; one
+client sends the same prompt to the upstream directly, then to each server in turn, rotating the
+order every prompt. The whole-bench overhead (bench/hotpath_bench.py) moves 0.3 ms and more from run
+to run on this shared 2-core machine, which hides a change worth 0.1 ms; prompts alternated within
+one run see the same machine. Prints each checkout's overhead p50/p90/p99 over the direct p50.
+BENCH_AB_CALLS prompts per checkout (3,000), BENCH_AB_ENV_<i>="NAME=value ..." settings for one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "core.settings")
+
+from bench import hotpath_bench as hotpath  # noqa: E402 - after the path and the settings
+
+CALLS = int(os.environ.get("BENCH_AB_CALLS", "3000"))
+WARM_UP = 100
+
+
+def start_server(index: int, checkout: str, port: int, upstream: str, log: Path) -> subprocess.Popen:
+    env = {
+        **hotpath.RATE_LIMITS,
+        **os.environ,
+        "DEBUG": "False",
+        "DJANGO_SECRET_KEY": hotpath.SECRET_KEY,
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "SECURE_SSL_REDIRECT": "False",
+        "GROQ_API_KEY": "gsk_bench",
+        "GROQ_BASE_URL": upstream,
+        "GROQ_MAX_RETRIES": "0",
+        "OBSERVATORY_ENV_FILE": "",
+        "WEB_CONCURRENCY": os.environ.get("WEB_CONCURRENCY", "1"),
+    }
+    for pair in os.environ.get(f"BENCH_AB_ENV_{index}", "").split():
+        name, _, value = pair.partition("=")
+        env[name] = value
+    command = [f"{checkout}/.venv/bin/gunicorn", "--config", "core/gunicorn.conf.py", "core.asgi:application"]
+    with log.open("w") as output:
+        server = subprocess.Popen(
+            [*command, "--bind", f"127.0.0.1:{port}"], cwd=checkout, env=env, stdout=output, stderr=subprocess.STDOUT
+        )
+    hotpath.wait_for_port(port, server)
+    hotpath.wait_for_workers(log, server)
+    return server
+
+
+async def alternate(upstream_port: int, ports: list[int], auth: str) -> dict[str, list[float]]:
+    upstream_body = json.dumps(
+        {"model": hotpath.PROMPT["model"], "messages": [{"role": "user", "content": hotpath.PROMPT["prompt"]}]}
+    ).encode()
+    body = json.dumps(hotpath.PROMPT).encode()
+    direct = hotpath.Connection(upstream_port)
+    servers = [hotpath.Connection(port) for port in ports]
+    times: dict[str, list[float]] = {"direct": [], **{str(index): [] for index in range(len(ports))}}
+
+    async def timed(connection: hotpath.Connection, path: str, content: bytes, headers: str = "") -> float:
+        started = time.perf_counter()
+        status, answer = await connection.post(path, content, headers)
+        assert status == 200, answer[:300]
+        return (time.perf_counter() - started) * 1000
+
+    for call in range(WARM_UP + CALLS):
+        direct_ms = await timed(direct, "/openai/v1/chat/completions", upstream_body)
+        order = list(range(len(ports)))
+        order = order[call % len(order) :] + order[: call % len(order)]
+        through = {index: await timed(servers[index], "/api/llm/prompt/", body, auth) for index in order}
+        if call >= WARM_UP:
+            times["direct"].append(direct_ms)
+            for index, milliseconds in through.items():
+                times[str(index)].append(milliseconds)
+    for connection in (direct, *servers):
+        connection.close()
+    return times
+
+
+def main() -> None:
+    checkouts = sys.argv[1:]
+    if len(checkouts) < 2:
+        sys.exit(__doc__)
+    auth = f"Authorization: Bearer {hotpath.prepare_database()}\r\n"
+    logs = Path(tempfile.mkdtemp(prefix="llm-overhead-ab-"))
+    upstream_port = hotpath.free_port()
+    with hotpath.fake_groq(upstream_port, hotpath.FAST_SECONDS, logs / "fake.log"):
+        ports = [hotpath.free_port() for _ in checkouts]
+        servers = []
+        try:
+            for index, (checkout, port) in enumerate(zip(checkouts, ports, strict=True)):
+                upstream = f"http://127.0.0.1:{upstream_port}"
+                servers.append(start_server(index, checkout, port, upstream, logs / f"app{index}.log"))
+            times = hotpath._loop_runner()(alternate(upstream_port, ports, auth))
+        finally:
+            for server in servers:
+                server.terminate()
+                server.wait()
+    direct = statistics.median(times["direct"])
+    print(f"{CALLS} prompts each, load average {hotpath.load_average()}, direct p50 {direct:.3f} ms")
+    print("checkout | overhead p50 | p90 | p99")
+    for index, checkout in enumerate(checkouts):
+        cuts = statistics.quantiles(times[str(index)], n=100)
+        median = statistics.median(times[str(index)])
+        print(f"{checkout} | {median - direct:.3f} ms | {cuts[89] - direct:.3f} ms | {cuts[98] - direct:.3f} ms")
+    print(f"server logs: {logs}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
