@@ -196,10 +196,15 @@ def wait_for_workers(log: Path, process: subprocess.Popen, seconds: float = 60) 
 def _app_process(port: int, upstream: str, log: Path, **settings: str):
     command = shlex.split(_serve_label()) + ["--bind", f"127.0.0.1:{port}"]
     command[0] = str(ROOT / ".venv" / "bin" / command[0]) if not os.path.isabs(command[0]) else command[0]
-    env = {
+    return running(command, port, app_environment(upstream, **settings), log)
+
+
+def app_environment(upstream: str, **settings: str) -> dict[str, str]:
+    """The app server's environment: production settings (no debug bookkeeping, plain HTTP on the
+    loopback), the rate limits out of the way, Groq at `upstream`, and `settings` over them."""
+    return {
         **RATE_LIMITS,
         **os.environ,
-        # Production settings: no debug bookkeeping, plain HTTP on the loopback.
         "DEBUG": "False",
         "DJANGO_SECRET_KEY": SECRET_KEY,
         "ALLOWED_HOSTS": "127.0.0.1,localhost",
@@ -210,7 +215,6 @@ def _app_process(port: int, upstream: str, log: Path, **settings: str):
         "OBSERVATORY_ENV_FILE": "",
         **settings,
     }
-    return running(command, port, env, log)
 
 
 # A minimal HTTP/1.1 client: keep-alive, Content-Length or chunked answers.

@@ -33,22 +33,8 @@ WARM_UP = 100
 
 
 def start_server(index: int, checkout: str, port: int, upstream: str, log: Path) -> subprocess.Popen:
-    env = {
-        **hotpath.RATE_LIMITS,
-        **os.environ,
-        "DEBUG": "False",
-        "DJANGO_SECRET_KEY": hotpath.SECRET_KEY,
-        "ALLOWED_HOSTS": "127.0.0.1,localhost",
-        "SECURE_SSL_REDIRECT": "False",
-        "GROQ_API_KEY": "gsk_bench",
-        "GROQ_BASE_URL": upstream,
-        "GROQ_MAX_RETRIES": "0",
-        "OBSERVATORY_ENV_FILE": "",
-        "WEB_CONCURRENCY": os.environ.get("WEB_CONCURRENCY", "1"),
-    }
-    for pair in os.environ.get(f"BENCH_AB_ENV_{index}", "").split():
-        name, _, value = pair.partition("=")
-        env[name] = value
+    settings = dict(pair.partition("=")[::2] for pair in os.environ.get(f"BENCH_AB_ENV_{index}", "").split())
+    env = hotpath.app_environment(upstream, **{"WEB_CONCURRENCY": os.environ.get("WEB_CONCURRENCY", "1"), **settings})
     command = [f"{checkout}/.venv/bin/gunicorn", "--config", "core/gunicorn.conf.py", "core.asgi:application"]
     with log.open("w") as output:
         server = subprocess.Popen(
