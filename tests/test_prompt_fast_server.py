@@ -71,10 +71,13 @@ def test_a_fast_answer_matches_the_ordinary_one_header_by_header(server, client,
     )
     assert fast_count(server) == before + 1
     assert fast.status_code == ordinary.status_code == 200
-    per_request = {"x-request-id", "date"}
+    # The length too is the answer's own (its request_id and latency differ): given on both, and true.
+    per_request = {"x-request-id", "date", "content-length"}
     assert {name: value for name, value in fast.headers.items() if name not in per_request} == {
         name: value for name, value in ordinary.headers.items() if name not in per_request
     }
+    for answer in (fast, ordinary):
+        assert int(answer.headers["content-length"]) == len(answer.content)
     assert fast.json().keys() == ordinary.json().keys()
     [row] = server.rows("fast capital?")
     assert row["response_text"] == "Paris." and row["total_tokens"] == 16 and row["api_key_name"] == "server-tests"
