@@ -79,9 +79,9 @@ def wait_for_port(port: int, process: subprocess.Popen, seconds: float = 30) -> 
 
 
 @contextmanager
-def running(command: list[str], port: int, env: dict[str, str], log: Path):
+def running(command: list[str], port: int, env: dict[str, str], log: Path, cwd: Path = ROOT):
     with log.open("ab") as output:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=output, stderr=subprocess.STDOUT)
     try:
         wait_for_port(port, process)
         yield process

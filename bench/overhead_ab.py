@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -32,17 +35,16 @@ CALLS = int(os.environ.get("BENCH_AB_CALLS", "3000"))
 WARM_UP = 100
 
 
-def start_server(index: int, checkout: str, port: int, upstream: str, log: Path) -> subprocess.Popen:
+@contextmanager
+def served(index: int, checkout: str, port: int, upstream: str, log: Path) -> Iterator[subprocess.Popen]:
+    """The checkout's server as `make run` serves it (hotpath_bench's command, from the checkout)."""
     settings = dict(pair.partition("=")[::2] for pair in os.environ.get(f"BENCH_AB_ENV_{index}", "").split())
     env = hotpath.app_environment(upstream, **{"WEB_CONCURRENCY": os.environ.get("WEB_CONCURRENCY", "1"), **settings})
-    command = [f"{checkout}/.venv/bin/gunicorn", "--config", "core/gunicorn.conf.py", "core.asgi:application"]
-    with log.open("w") as output:
-        server = subprocess.Popen(
-            [*command, "--bind", f"127.0.0.1:{port}"], cwd=checkout, env=env, stdout=output, stderr=subprocess.STDOUT
-        )
-    hotpath.wait_for_port(port, server)
-    hotpath.wait_for_workers(log, server)
-    return server
+    command = shlex.split(hotpath.SERVE_COMMAND) + ["--bind", f"127.0.0.1:{port}"]
+    command[0] = f"{checkout}/.venv/bin/{command[0]}"
+    with hotpath.running(command, port, env, log, cwd=Path(checkout)) as server:
+        hotpath.wait_for_workers(log, server)
+        yield server
 
 
 async def alternate(upstream_port: int, ports: list[int], auth: str) -> dict[str, list[float]]:
@@ -83,16 +85,11 @@ def main() -> None:
     upstream_port = hotpath.free_port()
     with hotpath.fake_groq(upstream_port, hotpath.FAST_SECONDS, logs / "fake.log"):
         ports = [hotpath.free_port() for _ in checkouts]
-        servers = []
-        try:
+        upstream = f"http://127.0.0.1:{upstream_port}"
+        with ExitStack() as servers:
             for index, (checkout, port) in enumerate(zip(checkouts, ports, strict=True)):
-                upstream = f"http://127.0.0.1:{upstream_port}"
-                servers.append(start_server(index, checkout, port, upstream, logs / f"app{index}.log"))
+                servers.enter_context(served(index, checkout, port, upstream, logs / f"app{index}.log"))
             times = hotpath._loop_runner()(alternate(upstream_port, ports, auth))
-        finally:
-            for server in servers:
-                server.terminate()
-                server.wait()
     direct = statistics.median(times["direct"])
     print(f"{CALLS} prompts each, load average {hotpath.load_average()}, direct p50 {direct:.3f} ms")
     print("checkout | overhead p50 | p90 | p99")
