@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import random
 import shlex
 import signal
 import socket
@@ -551,30 +550,6 @@ def load_average() -> str:
     return Path("/proc/loadavg").read_text().split()[0]
 
 
-# The machine's own speed at the moment: the same work timed in CPU ms, lookups of 150,000 keys in
-# random order in a dict of 400,000, bound by memory as a prompt's Python is (its objects spread over
-# megabytes). On this shared 2-core machine it varies by a third from one minute to the next, idle or
-# not, and the app's CPU per prompt with it (docs/benchmarks.md, "Eleventh round").
-SPEED_PROBE_KEYS = 400_000
-SPEED_PROBE_LOOKUPS = 150_000
-
-
-def machine_speed() -> float:
-    """CPU ms of the fixed lookups, the median of five tries."""
-    table = {f"key-{index}": [index, str(index)] for index in range(SPEED_PROBE_KEYS)}
-    keys = list(table)
-    random.Random(1).shuffle(keys)
-    keys = keys[:SPEED_PROBE_LOOKUPS]
-    tries = []
-    for _ in range(5):
-        started = time.process_time()
-        total = 0
-        for key in keys:
-            total += table[key][0]
-        tries.append((time.process_time() - started) * 1000)
-    return statistics.median(tries)
-
-
 def main() -> None:
     raw_key = prepare_database()
     auth = f"Authorization: Bearer {raw_key}\r\n"
@@ -595,13 +570,11 @@ def main() -> None:
         app_server(app_port, f"http://127.0.0.1:{fast_port}", logs / "app.log") as app,
     ):
         before = row_count()
-        results["speed"] = {"before": machine_speed()}
         results["overhead"] = loop_run(measure_overhead(app_port, fast_port, auth))
         meter = CPUMeter(app=app.pid, upstream=upstream.pid, database=postgres_root())
         meter.start()
         results["throughput"] = loop_run(measure_throughput(app_port, auth))
         results["cpu"] = meter.stop()
-        results["speed"]["after"] = machine_speed()
         results["throughput stream"] = loop_run(measure_throughput(app_port, auth, stream=True))
         written = row_count() - before
         expected = OVERHEAD_CALLS + 50 + results["throughput"]["calls"] + results["throughput stream"]["calls"]
@@ -698,11 +671,6 @@ def print_table(results: dict[str, dict], engine: str) -> None:
     ]
     print(f"\nHot path on {engine}, {os.cpu_count()} cores, served by: {_serve_label()}")
     print(f"1-minute load average: {results['load']['before']} before, {load_average()} after (a shared machine)")
-    speed = results["speed"]
-    print(
-        f"Machine speed: {SPEED_PROBE_LOOKUPS:,} random dict lookups took {speed['before']:.0f} ms of CPU before "
-        f"the overhead measure, {speed['after']:.0f} ms after the {CLIENTS} clients (lower is faster)"
-    )
     settled = results["settled"]
     print(f"Before the bursts: {settled['rows']:,} rows rolled up (and VACUUM ANALYZE) in {settled['seconds']:.1f} s")
     widths = [max(len(str(row[i])) for row in rows) for i in range(4)]
