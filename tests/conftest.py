@@ -176,14 +176,12 @@ def pytest_collection_modifyitems(config, items):
 
     suite = "sqlite" if settings.DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3" else "postgresql"
     for item in items:
-        if item.get_closest_marker("browser") and suite != "sqlite":
-            item.add_marker(pytest.mark.skip(reason="browser: run in the SQLite suite"))
+        if item.get_closest_marker("browser"):  # whatever else it is marked
+            if suite != "sqlite":
+                item.add_marker(pytest.mark.skip(reason="browser: run in the SQLite suite"))
         elif item.get_closest_marker("one_database") and suite != ONE_DATABASE_SUITE:
-            item.add_marker(
-                pytest.mark.skip(
-                    reason=f"one_database: the same on every database, run in the {ONE_DATABASE_SUITE} suite"
-                )
-            )
+            reason = f"one_database: the same on every database, run in the {ONE_DATABASE_SUITE} suite"
+            item.add_marker(pytest.mark.skip(reason=reason))
 
 
 def _shared_rows_last(items: list[pytest.Item]) -> None:
