@@ -171,8 +171,12 @@ def test_a_large_batch_is_never_prepared_and_the_settings_can_turn_preparing_off
             await cursor.execute("SELECT count(*) FROM pg_prepared_statements WHERE NOT from_sql")
             [(prepared,)] = await cursor.fetchall()
         await writer.close()
-        writer.database.settings_dict["OPTIONS"]["prepare_threshold"] = None
-        return prepared, (await writer.connect()).prepare_threshold
+        options = writer.database.settings_dict["OPTIONS"]  # the settings' own dict, every connection's
+        options["prepare_threshold"] = None
+        try:
+            return prepared, (await writer.connect()).prepare_threshold
+        finally:
+            del options["prepare_threshold"]
 
     prepared, threshold_from_settings = on_loop(write_them)
     assert prepared == 0 and threshold_from_settings is None
