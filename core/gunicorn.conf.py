@@ -23,6 +23,11 @@ backlog = 4096
 # worker whose loop woke first accepted every connection of a burst: 16 keep-alive clients were
 # often all served by one worker, on one core, while the other sat idle.
 reuse_port = True
+# No control socket (gunicorn 25's `gunicornc`): its path is one per user ($XDG_RUNTIME_DIR/gunicorn.ctl or
+# ~/.gunicorn/gunicorn.ctl), which each server that starts takes over and each that stops removes, so
+# the tool would reach whichever instance on the host started last (two deployments, `make run` beside
+# the tests). Signals (HUP, TERM, TTIN/TTOU) and systemd manage the server: docs/deployment.md.
+control_socket_disable = True
 
 
 def on_starting(server) -> None:
@@ -32,3 +37,11 @@ def on_starting(server) -> None:
     inherited = os.environ.get("LISTEN_FDS") or os.environ.get("GUNICORN_FD")
     if inherited or any(address.startswith(("unix:", "fd://")) for address in server.cfg.bind):
         server.cfg.set("reuse_port", False)
+
+
+def when_ready(server) -> None:
+    """With a socket per worker the master holds none, and gunicorn's own "Listening at:" line is
+    empty: say where the workers listen."""
+    if server.cfg.reuse_port:
+        addresses = ", ".join(f"http://{address}" for address in server.cfg.bind)
+        server.log.info("Workers listen at: %s (a socket each)", addresses)

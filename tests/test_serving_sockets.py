@@ -11,7 +11,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.serving import ROOT, SERVE, children, socket_inodes
+import httpx
+
+from tests.serving import ROOT, SERVE, children, free_port, socket_inodes
 
 
 def listening_unix_inodes(path: str) -> list[str]:
@@ -53,6 +55,43 @@ def test_workers_share_the_masters_unix_socket(tmp_path):
         listening = listening_unix_inodes(path)
         assert len(listening) == 1, listening
         assert all(listening[0] in socket_inodes(worker) for worker in children(process.pid))
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_a_server_leaves_no_control_socket_and_says_where_it_listens(tmp_path):
+    """gunicorn's control socket is one path per user, taken over by every server that starts: none
+    is made. With a socket per worker, the log still names the address."""
+    home, runtime = tmp_path / "home", tmp_path / "run"
+    home.mkdir()
+    runtime.mkdir()
+    port = free_port()
+    env = {
+        **os.environ,
+        "HOME": str(home),
+        "XDG_RUNTIME_DIR": str(runtime),
+        "DJANGO_SETTINGS_MODULE": "core.settings",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        "OBSERVATORY_ENV_FILE": "",
+        "WEB_CONCURRENCY": "1",
+        "ALLOWED_HOSTS": "127.0.0.1",
+    }
+    log = tmp_path / "server.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [*SERVE, "--bind", f"127.0.0.1:{port}"], cwd=ROOT, env=env, stdout=output, stderr=output
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while "Application startup complete" not in log.read_text():
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)  # a starting server: nothing to wait on but its log
+        assert httpx.get(f"http://127.0.0.1:{port}/health/", timeout=30).status_code == 200
+        text = log.read_text()
+        assert f"Workers listen at: http://127.0.0.1:{port} (a socket each)" in text, text
+        assert "Control socket" not in text, text
+        assert list(home.iterdir()) == [] and list(runtime.iterdir()) == []
     finally:
         process.terminate()
         process.wait(timeout=30)
