@@ -33,19 +33,24 @@ def get_health(path: str) -> bytes:
         return client.recv(12)
 
 
-def test_workers_share_the_masters_unix_socket(tmp_path):
-    path = str(tmp_path / "app.sock")
+def start_server(tmp_path: Path, bind: str, **env: str) -> tuple[subprocess.Popen, Path]:
+    """The server `make run` starts, bound to `bind`, on a SQLite file of its own; its output in the log."""
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "core.settings",
         "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
         "OBSERVATORY_ENV_FILE": "",
-        "WEB_CONCURRENCY": "2",
-        "ALLOWED_HOSTS": "localhost",
+        **env,
     }
     log = tmp_path / "server.log"
     with log.open("wb") as output:
-        process = subprocess.Popen([*SERVE, "--bind", f"unix:{path}"], cwd=ROOT, env=env, stdout=output, stderr=output)
+        process = subprocess.Popen([*SERVE, "--bind", bind], cwd=ROOT, env=env, stdout=output, stderr=output)
+    return process, log
+
+
+def test_workers_share_the_masters_unix_socket(tmp_path):
+    path = str(tmp_path / "app.sock")
+    process, log = start_server(tmp_path, f"unix:{path}", WEB_CONCURRENCY="2", ALLOWED_HOSTS="localhost")
     try:
         deadline = time.monotonic() + 60
         while not (os.path.exists(path) and len(children(process.pid)) == 2):
@@ -67,21 +72,14 @@ def test_a_server_leaves_no_control_socket_and_says_where_it_listens(tmp_path):
     home.mkdir()
     runtime.mkdir()
     port = free_port()
-    env = {
-        **os.environ,
-        "HOME": str(home),
-        "XDG_RUNTIME_DIR": str(runtime),
-        "DJANGO_SETTINGS_MODULE": "core.settings",
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
-        "OBSERVATORY_ENV_FILE": "",
-        "WEB_CONCURRENCY": "1",
-        "ALLOWED_HOSTS": "127.0.0.1",
-    }
-    log = tmp_path / "server.log"
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [*SERVE, "--bind", f"127.0.0.1:{port}"], cwd=ROOT, env=env, stdout=output, stderr=output
-        )
+    process, log = start_server(
+        tmp_path,
+        f"127.0.0.1:{port}",
+        HOME=str(home),
+        XDG_RUNTIME_DIR=str(runtime),
+        WEB_CONCURRENCY="1",
+        ALLOWED_HOSTS="127.0.0.1",
+    )
     try:
         deadline = time.monotonic() + 60
         while "Application startup complete" not in log.read_text():
