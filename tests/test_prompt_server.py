@@ -165,16 +165,18 @@ def test_credentials_are_checked_as_before(server, key):
     assert twin.status_code == 401
 
 
-def established_sockets(pid: int, port: int) -> int:
-    """How many of the server's accepted TCP connections (local port `port`) process `pid` holds."""
+def established_sockets(pid: int, port: int, peer_ports: set[int]) -> int:
+    """How many of the server's accepted TCP connections (local port `port`) from the client ports
+    `peer_ports` process `pid` holds."""
     inodes = socket_inodes(pid)
     held = 0
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:
             fields = line.split()
             local_port = int(fields[1].rsplit(":", 1)[1], 16)
-            if local_port == port and fields[3] == "01" and fields[9] in inodes:  # 01: ESTABLISHED
-                held += 1
+            peer_port = int(fields[2].rsplit(":", 1)[1], 16)
+            if local_port == port and peer_port in peer_ports and fields[3] == "01" and fields[9] in inodes:
+                held += 1  # 01: ESTABLISHED
     return held
 
 
@@ -186,15 +188,16 @@ def test_a_burst_of_connections_is_spread_over_both_workers(server):
     while len(workers := children(server.pid)) < 2 and time.monotonic() < deadline:
         time.sleep(0.1)  # the port answers once the first worker listens; the second may still be forking
     assert len(workers) == 2
-    # Connections the module's earlier tests' clients still keep open are not this burst's.
-    already = [established_sockets(pid, port) for pid in workers]
     connections = [socket.create_connection(("127.0.0.1", port), timeout=60) for _ in range(16)]
     try:
         for connection in connections:  # each answered, so each accepted by some worker
             connection.sendall(b"GET /health/ HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         for connection in connections:
             assert connection.recv(12).startswith(b"HTTP/1.1 200")
-        held = [established_sockets(pid, port) - before for pid, before in zip(workers, already, strict=True)]
+        # This burst's connections only, by their client ports: any other (an earlier test's client,
+        # a connection accepted meanwhile) is not counted.
+        burst = {connection.getsockname()[1] for connection in connections}
+        held = [established_sockets(pid, port, burst) for pid in workers]
         assert sum(held) == 16
         # Spread by the kernel's hash of the addresses: both workers get some (all 16 on one
         # worker, or 15, has a chance of 34 in 65,536 of a fair spread).
