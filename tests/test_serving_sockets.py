@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.serving import ROOT, SERVE, children, free_port, socket_inodes
+from tests.serving import ROOT, SERVE, children, core_environment, free_port, socket_inodes
 
 
 def listening_unix_inodes(path: str) -> list[str]:
@@ -35,13 +35,7 @@ def get_health(path: str) -> bytes:
 
 def start_server(tmp_path: Path, bind: str, **env: str) -> tuple[subprocess.Popen, Path]:
     """The server `make run` starts, bound to `bind`, on a SQLite file of its own; its output in the log."""
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "core.settings",
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
-        "OBSERVATORY_ENV_FILE": "",
-        **env,
-    }
+    env = {**core_environment(f"sqlite:///{tmp_path / 'db.sqlite3'}"), **env}
     log = tmp_path / "server.log"
     with log.open("wb") as output:
         process = subprocess.Popen([*SERVE, "--bind", bind], cwd=ROOT, env=env, stdout=output, stderr=output)
